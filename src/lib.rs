@@ -1,0 +1,6 @@
+//! tapeflow
+#![warn(missing_docs)]
+pub mod error;
+pub mod tensor;
+pub use error::{Error, Result};
+pub use tensor::{DType, Data, Shape};

@@ -1,0 +1,171 @@
+//! `Data`: the concrete buffer behind a tensor, one ndarray per dtype.
+
+use super::dtype::{DType, Shape};
+use ndarray::{ArrayD, IxDyn};
+
+/// Floating-point element types the kernels are generic over (`f32`, `f64`).
+pub trait Float:
+    num_traits::Float
+    + num_traits::FromPrimitive
+    + ndarray::ScalarOperand
+    + ndarray::LinalgScalar
+    + std::fmt::Debug
+    + std::fmt::Display
+    + std::iter::Sum
+    + Send
+    + Sync
+    + Default
+    + 'static
+{
+    /// The dtype tag of this element type.
+    const DTYPE: DType;
+    /// Wraps an array of this element type.
+    fn wrap(a: ArrayD<Self>) -> Data;
+    /// Borrows the array of this element type, if `d` holds one.
+    fn unwrap(d: &Data) -> Option<&ArrayD<Self>>;
+    /// Converts from f64 (rounding for f32).
+    fn from_f64(x: f64) -> Self;
+    /// Converts to f64.
+    fn to_f64(self) -> f64;
+}
+
+impl Float for f32 {
+    const DTYPE: DType = DType::F32;
+    fn wrap(a: ArrayD<f32>) -> Data {
+        Data::F32(a)
+    }
+    fn unwrap(d: &Data) -> Option<&ArrayD<f32>> {
+        match d {
+            Data::F32(a) => Some(a),
+            _ => None,
+        }
+    }
+    fn from_f64(x: f64) -> f32 {
+        x as f32
+    }
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+}
+
+impl Float for f64 {
+    const DTYPE: DType = DType::F64;
+    fn wrap(a: ArrayD<f64>) -> Data {
+        Data::F64(a)
+    }
+    fn unwrap(d: &Data) -> Option<&ArrayD<f64>> {
+        match d {
+            Data::F64(a) => Some(a),
+            _ => None,
+        }
+    }
+    fn from_f64(x: f64) -> f64 {
+        x
+    }
+    fn to_f64(self) -> f64 {
+        self
+    }
+}
+
+/// A concrete n-dimensional buffer. Always in standard (row-major) layout once it
+/// leaves a kernel, so kernels may take slices of it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Data {
+    /// f32 elements.
+    F32(ArrayD<f32>),
+    /// f64 elements.
+    F64(ArrayD<f64>),
+    /// i64 elements.
+    I64(ArrayD<i64>),
+}
+
+/// Runs `$body` with `$a` bound to the array of whichever dtype `$d` holds.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! with_data {
+    ($d:expr, $a:ident => $body:expr) => {
+        match $d {
+            $crate::tensor::Data::F32($a) => $body,
+            $crate::tensor::Data::F64($a) => $body,
+            $crate::tensor::Data::I64($a) => $body,
+        }
+    };
+}
+
+/// Like [`with_data!`] but re-wraps an array result in the same dtype variant.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! map_data {
+    ($d:expr, $a:ident => $body:expr) => {
+        match $d {
+            $crate::tensor::Data::F32($a) => $crate::tensor::Data::F32($body),
+            $crate::tensor::Data::F64($a) => $crate::tensor::Data::F64($body),
+            $crate::tensor::Data::I64($a) => $crate::tensor::Data::I64($body),
+        }
+    };
+}
+
+impl Data {
+    /// The dtype of the elements.
+    pub fn dtype(&self) -> DType {
+        match self {
+            Data::F32(_) => DType::F32,
+            Data::F64(_) => DType::F64,
+            Data::I64(_) => DType::I64,
+        }
+    }
+
+    /// The shape.
+    pub fn shape(&self) -> Shape {
+        with_data!(self, a => Shape::from_slice(a.shape()))
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        with_data!(self, a => a.len())
+    }
+
+    /// Whether there are no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A buffer of zeros.
+    pub fn zeros(dtype: DType, shape: &[usize]) -> Data {
+        let s = IxDyn(shape);
+        match dtype {
+            DType::F32 => Data::F32(ArrayD::zeros(s)),
+            DType::F64 => Data::F64(ArrayD::zeros(s)),
+            DType::I64 => Data::I64(ArrayD::zeros(s)),
+        }
+    }
+
+    /// A buffer filled with `v` (truncated for integers).
+    pub fn full(dtype: DType, shape: &[usize], v: f64) -> Data {
+        let s = IxDyn(shape);
+        match dtype {
+            DType::F32 => Data::F32(ArrayD::from_elem(s, v as f32)),
+            DType::F64 => Data::F64(ArrayD::from_elem(s, v)),
+            DType::I64 => Data::I64(ArrayD::from_elem(s, v as i64)),
+        }
+    }
+
+    /// All elements converted to f64, in row-major order.
+    pub fn to_f64_vec(&self) -> Vec<f64> {
+        match self {
+            Data::F32(a) => a.iter().map(|&x| x as f64).collect(),
+            Data::F64(a) => a.iter().copied().collect(),
+            Data::I64(a) => a.iter().map(|&x| x as f64).collect(),
+        }
+    }
+
+    /// Makes the layout standard (row-major, contiguous) if it is not already.
+    pub fn into_standard(self) -> Data {
+        map_data!(self, a => if a.is_standard_layout() { a } else { a.as_standard_layout().into_owned() })
+    }
+
+    /// Bytes held by the elements.
+    pub fn nbytes(&self) -> usize {
+        self.len() * self.dtype().size()
+    }
+}

@@ -1,0 +1,89 @@
+//! Element types and shapes.
+
+use smallvec::SmallVec;
+use std::fmt;
+
+/// The element type of a tensor.
+///
+/// `F32` is the default for floats; `F64` serves gradient checks and science; `I64`
+/// holds labels and indices (and the 0/1 masks that comparisons of integers produce).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DType {
+    /// 32-bit float (the default).
+    F32,
+    /// 64-bit float.
+    F64,
+    /// 64-bit signed integer (labels, indices).
+    I64,
+}
+
+impl DType {
+    /// Text name used by the IR: `f32`, `f64`, `i64`.
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::F64 => "f64",
+            DType::I64 => "i64",
+        }
+    }
+
+    /// Parses a text name back.
+    pub fn from_name(s: &str) -> Option<DType> {
+        match s {
+            "f32" => Some(DType::F32),
+            "f64" => Some(DType::F64),
+            "i64" => Some(DType::I64),
+            _ => None,
+        }
+    }
+
+    /// Whether this is a floating-point dtype (differentiable).
+    pub fn is_float(self) -> bool {
+        matches!(self, DType::F32 | DType::F64)
+    }
+
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::F64 | DType::I64 => 8,
+        }
+    }
+}
+
+impl fmt::Display for DType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A tensor shape: the length of each axis. Scalars have an empty shape.
+pub type Shape = SmallVec<[usize; 4]>;
+
+/// Number of elements of a shape.
+pub fn numel(shape: &[usize]) -> usize {
+    shape.iter().product()
+}
+
+/// Formats `dtype[d0,d1,...]`, the form used by the IR and error messages.
+pub fn type_str(dtype: DType, shape: &[usize]) -> String {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    format!("{}[{}]", dtype, dims.join(","))
+}
+
+/// NumPy broadcasting of two shapes, or `None` when they are incompatible.
+pub fn broadcast_shapes(a: &[usize], b: &[usize]) -> Option<Shape> {
+    let n = a.len().max(b.len());
+    let mut out = Shape::with_capacity(n);
+    for i in 0..n {
+        let da = if i + a.len() >= n { a[i + a.len() - n] } else { 1 };
+        let db = if i + b.len() >= n { b[i + b.len() - n] } else { 1 };
+        out.push(match (da, db) {
+            (x, y) if x == y => x,
+            (1, y) => y,
+            (x, 1) => x,
+            _ => return None,
+        });
+    }
+    Some(out)
+}
