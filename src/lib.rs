@@ -1,6 +1,16 @@
 //! tapeflow
 #![warn(missing_docs)]
+pub mod autodiff;
 pub mod error;
+pub mod exec;
+pub mod ir;
+pub mod ops;
+pub mod passes;
 pub mod tensor;
+pub mod trace;
+
+pub use autodiff::{custom_gradient, GradientTape};
 pub use error::{Error, Result};
-pub use tensor::{DType, Data, Shape};
+pub use ops::Padding;
+pub use tensor::{DType, Data, Shape, Tensor, Variable};
+pub use trace::{function, function_with, Function};

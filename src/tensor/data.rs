@@ -1,7 +1,10 @@
 //! `Data`: the concrete buffer behind a tensor, one ndarray per dtype.
 
 use super::dtype::{DType, Shape};
-use ndarray::{ArrayD, IxDyn};
+use ndarray::{ArcArray, ArrayD, IxDyn};
+
+/// Shared, copy-on-write n-dimensional array: the storage of every concrete tensor.
+pub type Arr<T> = ArcArray<T, IxDyn>;
 
 /// Floating-point element types the kernels are generic over (`f32`, `f64`).
 pub trait Float:
@@ -22,7 +25,7 @@ pub trait Float:
     /// Wraps an array of this element type.
     fn wrap(a: ArrayD<Self>) -> Data;
     /// Borrows the array of this element type, if `d` holds one.
-    fn unwrap(d: &Data) -> Option<&ArrayD<Self>>;
+    fn unwrap(d: &Data) -> Option<&Arr<Self>>;
     /// Converts from f64 (rounding for f32).
     fn from_f64(x: f64) -> Self;
     /// Converts to f64.
@@ -32,9 +35,9 @@ pub trait Float:
 impl Float for f32 {
     const DTYPE: DType = DType::F32;
     fn wrap(a: ArrayD<f32>) -> Data {
-        Data::F32(a)
+        Data::F32(a.into_shared())
     }
-    fn unwrap(d: &Data) -> Option<&ArrayD<f32>> {
+    fn unwrap(d: &Data) -> Option<&Arr<f32>> {
         match d {
             Data::F32(a) => Some(a),
             _ => None,
@@ -51,9 +54,9 @@ impl Float for f32 {
 impl Float for f64 {
     const DTYPE: DType = DType::F64;
     fn wrap(a: ArrayD<f64>) -> Data {
-        Data::F64(a)
+        Data::F64(a.into_shared())
     }
-    fn unwrap(d: &Data) -> Option<&ArrayD<f64>> {
+    fn unwrap(d: &Data) -> Option<&Arr<f64>> {
         match d {
             Data::F64(a) => Some(a),
             _ => None,
@@ -72,11 +75,11 @@ impl Float for f64 {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Data {
     /// f32 elements.
-    F32(ArrayD<f32>),
+    F32(Arr<f32>),
     /// f64 elements.
-    F64(ArrayD<f64>),
+    F64(Arr<f64>),
     /// i64 elements.
-    I64(ArrayD<i64>),
+    I64(Arr<i64>),
 }
 
 /// Runs `$body` with `$a` bound to the array of whichever dtype `$d` holds.
@@ -134,9 +137,9 @@ impl Data {
     pub fn zeros(dtype: DType, shape: &[usize]) -> Data {
         let s = IxDyn(shape);
         match dtype {
-            DType::F32 => Data::F32(ArrayD::zeros(s)),
-            DType::F64 => Data::F64(ArrayD::zeros(s)),
-            DType::I64 => Data::I64(ArrayD::zeros(s)),
+            DType::F32 => Data::F32(ArcArray::zeros(s)),
+            DType::F64 => Data::F64(ArcArray::zeros(s)),
+            DType::I64 => Data::I64(ArcArray::zeros(s)),
         }
     }
 
@@ -144,9 +147,9 @@ impl Data {
     pub fn full(dtype: DType, shape: &[usize], v: f64) -> Data {
         let s = IxDyn(shape);
         match dtype {
-            DType::F32 => Data::F32(ArrayD::from_elem(s, v as f32)),
-            DType::F64 => Data::F64(ArrayD::from_elem(s, v)),
-            DType::I64 => Data::I64(ArrayD::from_elem(s, v as i64)),
+            DType::F32 => Data::F32(ArcArray::from_elem(s, v as f32)),
+            DType::F64 => Data::F64(ArcArray::from_elem(s, v)),
+            DType::I64 => Data::I64(ArcArray::from_elem(s, v as i64)),
         }
     }
 
@@ -161,7 +164,7 @@ impl Data {
 
     /// Makes the layout standard (row-major, contiguous) if it is not already.
     pub fn into_standard(self) -> Data {
-        map_data!(self, a => if a.is_standard_layout() { a } else { a.as_standard_layout().into_owned() })
+        map_data!(self, a => if a.is_standard_layout() { a } else { a.as_standard_layout().into_owned().into_shared() })
     }
 
     /// Bytes held by the elements.

@@ -1,0 +1,6 @@
+//! Kernels shared by eager mode, the interpreter and the constant folder.
+pub mod conv;
+pub mod ew;
+pub mod gemm;
+pub mod pool;
+pub mod reduce;

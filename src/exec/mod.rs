@@ -1,0 +1,5 @@
+//! Execution: kernels and the graph interpreter.
+mod interp;
+pub mod kernels;
+
+pub use interp::{Plan, RunStats};

@@ -1,0 +1,164 @@
+//! Reads the canonical text form back into a [`Graph`] (`print(parse(s)) == s`).
+//!
+//! Every node line is checked with its op's shape rule, so a hand-written filetest with
+//! a wrong type is an error naming the line.
+
+use super::graph::{Graph, GraphVar, Node, NodeId};
+use crate::error::{Error, Result};
+use crate::ops::{attrs::AttrMap, Op};
+use crate::tensor::{DType, Data, Shape};
+use std::collections::HashMap;
+
+fn err(line_no: usize, line: &str, msg: impl std::fmt::Display) -> Error {
+    Error::Graph(format!("parse error on line {line_no} `{}`: {msg}", line.trim()))
+}
+
+/// Parses `f32[64,10]`.
+pub fn parse_type(s: &str) -> std::result::Result<(DType, Shape), String> {
+    let s = s.trim();
+    let open = s.find('[').ok_or_else(|| format!("bad type `{s}`"))?;
+    let dtype = DType::from_name(&s[..open]).ok_or_else(|| format!("unknown dtype in `{s}`"))?;
+    let dims = crate::ops::attrs::parse_list(&s[open..])?;
+    Ok((dtype, Shape::from_slice(&dims)))
+}
+
+/// Splits on commas that are not inside brackets.
+fn split_top(s: &str) -> Vec<&str> {
+    let (mut depth, mut start, mut out) = (0i32, 0usize, Vec::new());
+    for (i, c) in s.char_indices() {
+        match c {
+            '[' => depth += 1,
+            ']' => depth -= 1,
+            ',' if depth == 0 => {
+                out.push(s[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if !s[start..].trim().is_empty() {
+        out.push(s[start..].trim());
+    }
+    out
+}
+
+fn parse_const(text: &str, dtype: DType, shape: &[usize]) -> std::result::Result<Data, String> {
+    if text.starts_with('<') {
+        return Err("large constants (`<N elements>`) are not representable in text".into());
+    }
+    let items: Vec<&str> = match text.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
+        Some(inner) => inner.split(',').map(|t| t.trim()).filter(|t| !t.is_empty()).collect(),
+        None => vec![text.trim()],
+    };
+    let vals: Vec<f64> = items
+        .iter()
+        .map(|t| t.parse::<f64>().map_err(|e| format!("bad number `{t}`: {e}")))
+        .collect::<std::result::Result<_, _>>()?;
+    if vals.len() != shape.iter().product::<usize>() {
+        return Err(format!("{} values do not fill shape {shape:?}", vals.len()));
+    }
+    let a = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(shape), vals).map_err(|e| e.to_string())?;
+    Ok(crate::ops::shape::cast(&Data::F64(a.into_shared()), dtype))
+}
+
+/// Parses a graph from its text form.
+pub fn parse(text: &str) -> Result<Graph> {
+    let mut g = Graph::new();
+    let mut ids: HashMap<String, NodeId> = HashMap::new();
+    let mut lines = text.lines().enumerate().map(|(i, l)| (i + 1, l)).filter(|(_, l)| {
+        let t = l.trim();
+        !t.is_empty() && !t.starts_with(';')
+    });
+    let (n0, header) = lines.next().ok_or_else(|| Error::Graph("empty graph text".into()))?;
+    let args = header
+        .trim()
+        .strip_prefix("graph(")
+        .and_then(|h| h.strip_suffix(") {"))
+        .ok_or_else(|| err(n0, header, "expected `graph(...) {`"))?;
+    for (i, arg) in split_top(args).into_iter().enumerate() {
+        let (name, ty) = arg.split_once(':').ok_or_else(|| err(n0, header, "argument without type"))?;
+        let (dtype, shape) = parse_type(ty).map_err(|e| err(n0, header, e))?;
+        let id = g.add(Node::new(Op::Input(i as u32), dtype, shape), &[]);
+        g.inputs.push(id);
+        ids.insert(name.trim().to_string(), id);
+    }
+    let lookup = |ids: &HashMap<String, NodeId>, n: usize, line: &str, name: &str| {
+        ids.get(name.trim()).copied().ok_or_else(|| err(n, line, format!("`{}` is not defined above", name.trim())))
+    };
+    for (n, line) in lines {
+        let t = line.split("  ;").next().unwrap_or(line).trim();
+        if t == "}" {
+            return Ok(g);
+        }
+        if let Some(rest) = t.strip_prefix("return") {
+            for o in split_top(rest) {
+                let id = lookup(&ids, n, line, o)?;
+                g.outputs.push(id);
+            }
+            continue;
+        }
+        let (lhs, rhs) = t.split_once(" = ").ok_or_else(|| err(n, line, "expected `%n = op ...`"))?;
+        let (body, ty) = rhs.rsplit_once(" : ").ok_or_else(|| err(n, line, "missing ` : type`"))?;
+        let (dtype, shape) = parse_type(ty).map_err(|e| err(n, line, e))?;
+        let name_end = body.find(['[', ' ']).unwrap_or(body.len());
+        let name = &body[..name_end];
+        let mut rest = &body[name_end..];
+        let mut attr_text = "";
+        if rest.starts_with('[') {
+            let mut depth = 0;
+            let close = rest
+                .char_indices()
+                .find(|&(_, c)| {
+                    depth += match c {
+                        '[' => 1,
+                        ']' => -1,
+                        _ => 0,
+                    };
+                    depth == 0
+                })
+                .map(|(i, _)| i)
+                .ok_or_else(|| err(n, line, "unclosed `[`"))?;
+            attr_text = &rest[1..close];
+            rest = &rest[close + 1..];
+        }
+        let rest = rest.trim();
+        let mut node = Node::new(Op::Const, dtype, shape.clone());
+        let mut operands = Vec::new();
+        match name {
+            "const" => node.value = Some(parse_const(rest, dtype, &shape).map_err(|e| err(n, line, e))?),
+            "read_var" | "assign" => {
+                let var = GraphVar { name: attr_text.to_string(), dtype, shape: shape.clone(), handle: None };
+                let i = g.var_index(var);
+                node.op = if name == "read_var" { Op::ReadVar(i) } else { Op::Assign(i) };
+            }
+            _ => {
+                let mut m = AttrMap::new();
+                for kv in split_top(attr_text) {
+                    let (k, v) = kv.split_once('=').ok_or_else(|| err(n, line, format!("bad attribute `{kv}`")))?;
+                    m.insert(k.trim().to_string(), v.trim().to_string());
+                }
+                node.op = Op::parse(name, &m).map_err(|e| err(n, line, e))?;
+            }
+        }
+        if name != "const" {
+            for o in split_top(rest) {
+                operands.push(lookup(&ids, n, line, o)?);
+            }
+        }
+        if !matches!(node.op, Op::Const | Op::ReadVar(_)) {
+            let types: Vec<(DType, &[usize])> =
+                operands.iter().map(|&o| (g.node(o).dtype, &g.node(o).shape[..])).collect();
+            let (d, s) = node.op.infer(&types, Some(&shape)).map_err(|e| err(n, line, e))?;
+            if d != dtype || s != shape {
+                return Err(err(n, line, format!("declared type differs from the inferred {}", crate::tensor::type_str(d, &s))));
+            }
+        }
+        let is_assign = matches!(node.op, Op::Assign(_));
+        let id = g.add(node, &operands);
+        if is_assign {
+            g.assigns.push(id);
+        }
+        ids.insert(lhs.trim().to_string(), id);
+    }
+    Err(Error::Graph("graph text ends without `}`".into()))
+}

@@ -1,0 +1,136 @@
+//! The canonical text form of a graph (what snapshots store, errors quote and the parser
+//! reads back):
+//!
+//! ```text
+//! graph(%0: f32[3]) {
+//!   %1 = read_var[w] : f32[3]
+//!   %2 = mul %0, %1 : f32[3]
+//!   %3 = sum[axes=[0]] %2 : f32[]
+//!   return %3
+//! }
+//! ```
+//!
+//! Numbers are assigned at print time in [`Graph::canonical_order`], so the text depends
+//! only on the graph's structure. Dead nodes are not printed. Constants with more than
+//! [`MAX_CONST_ELEMS`] elements print as `<N elements>`, which the parser rejects.
+
+use super::graph::{Graph, NodeId};
+use crate::ops::Op;
+use crate::tensor::{type_str, Data};
+use std::collections::HashMap;
+use std::fmt::Write;
+
+/// Largest constant printed element by element.
+pub const MAX_CONST_ELEMS: usize = 64;
+
+/// Formats a constant's value: a scalar, `[a, b, ...]`, or `<N elements>`.
+pub fn const_text(d: &Data) -> String {
+    if d.len() > MAX_CONST_ELEMS {
+        return format!("<{} elements>", d.len());
+    }
+    let items: Vec<String> = match d {
+        Data::F32(a) => a.iter().map(|v| format!("{v:?}")).collect(),
+        Data::F64(a) => a.iter().map(|v| format!("{v:?}")).collect(),
+        Data::I64(a) => a.iter().map(|v| v.to_string()).collect(),
+    };
+    if d.shape().is_empty() {
+        items[0].clone()
+    } else {
+        format!("[{}]", items.join(", "))
+    }
+}
+
+fn attr_text(g: &Graph, op: &Op) -> String {
+    match op {
+        Op::ReadVar(i) | Op::Assign(i) => format!("[{}]", g.vars[*i as usize].name),
+        _ => {
+            let a = op.attrs();
+            if a.is_empty() {
+                String::new()
+            } else {
+                let parts: Vec<String> = a.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
+                format!("[{}]", parts.join(", "))
+            }
+        }
+    }
+}
+
+/// Prints the graph; with `locations`, each line ends with `; file:line` of its source.
+pub fn print(g: &Graph, locations: bool) -> String {
+    let order = g.canonical_order();
+    let num: HashMap<NodeId, usize> = order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
+    let name = |n: &NodeId| format!("%{}", num[n]);
+    let mut s = String::new();
+    let args: Vec<String> = g
+        .inputs
+        .iter()
+        .map(|i| format!("{}: {}", name(i), type_str(g.node(*i).dtype, &g.node(*i).shape)))
+        .collect();
+    let _ = writeln!(s, "graph({}) {{", args.join(", "));
+    for &n in order.iter().skip(g.inputs.len()) {
+        let node = g.node(n);
+        let operands: Vec<String> = g.operands(n).iter().map(name).collect();
+        let mut line = format!("  {} = {}{}", name(&n), node.op.name(), attr_text(g, &node.op));
+        if let Some(v) = &node.value {
+            let _ = write!(line, " {}", const_text(v));
+        }
+        if !operands.is_empty() {
+            let _ = write!(line, " {}", operands.join(", "));
+        }
+        let _ = write!(line, " : {}", type_str(node.dtype, &node.shape));
+        if locations {
+            if let Some(l) = node.loc {
+                let _ = write!(line, "  ; {}:{}", l.file(), l.line());
+            }
+        }
+        let _ = writeln!(s, "{line}");
+    }
+    let outs: Vec<String> = g.outputs.iter().map(name).collect();
+    let _ = writeln!(s, "  return {}", outs.join(", "));
+    s.push_str("}\n");
+    s
+}
+
+impl std::fmt::Display for Graph {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&print(self, false))
+    }
+}
+
+impl std::fmt::Debug for Graph {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&print(self, true))
+    }
+}
+
+/// Graphviz DOT: one box per live node labelled `%n op : type`, edges labelled by slot
+/// when an op has several operands.
+pub fn to_dot(g: &Graph) -> String {
+    let order = g.canonical_order();
+    let num: HashMap<NodeId, usize> = order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
+    let mut s = String::from("digraph tapeflow {\n  node [shape=box, fontname=\"monospace\"];\n");
+    for &n in &order {
+        let node = g.node(n);
+        let label = format!("%{} {}{} : {}", num[&n], node.op.name(), attr_text(g, &node.op), type_str(node.dtype, &node.shape));
+        let style = match node.op {
+            Op::Input(_) | Op::ReadVar(_) => ", style=filled, fillcolor=lightblue",
+            Op::Assign(_) => ", style=filled, fillcolor=lightpink",
+            Op::Const => ", style=filled, fillcolor=lightgrey",
+            _ => "",
+        };
+        let _ = writeln!(s, "  n{} [label=\"{}\"{}];", num[&n], label.replace('"', "\\\""), style);
+        let ops = g.operands(n);
+        for (slot, o) in ops.iter().enumerate() {
+            if ops.len() > 1 {
+                let _ = writeln!(s, "  n{} -> n{} [label=\"{}\"];", num[o], num[&n], slot);
+            } else {
+                let _ = writeln!(s, "  n{} -> n{};", num[o], num[&n]);
+            }
+        }
+    }
+    for (i, o) in g.outputs.iter().enumerate() {
+        let _ = writeln!(s, "  out{i} [label=\"return {i}\", shape=oval];\n  n{} -> out{i};", num[o]);
+    }
+    s.push_str("}\n");
+    s
+}

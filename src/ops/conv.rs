@@ -1,0 +1,218 @@
+//! Convolution and pooling: `conv2d` (NHWC input, [kh,kw,cin,cout] filter) with its two
+//! backprops, and `max_pool2d` with its gradient and the gradient's adjoint. Each family
+//! member's VJP is built from the others, so the family is closed under differentiation
+//! (second derivatives of a CNN work).
+
+use super::attrs::{self, AttrMap};
+use super::{arity, float_only, operand_types, same_dtype, Grads, Op, VjpArgs};
+use crate::exec::kernels::conv::{self as kc, Conv2dGeom};
+use crate::exec::kernels::pool::{self as kp, Pool2dGeom};
+pub use crate::exec::kernels::conv::Padding;
+use crate::tensor::{Arr, DType, Data, Float, Shape, Tensor};
+use ndarray::IxDyn;
+use smallvec::smallvec;
+
+/// Attributes of a convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConvAttrs {
+    /// Stride (rows, cols).
+    pub stride: (u8, u8),
+    /// Padding mode.
+    pub padding: Padding,
+}
+
+/// Attributes of a pooling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PoolAttrs {
+    /// Window (rows, cols).
+    pub ksize: (u8, u8),
+    /// Stride (rows, cols).
+    pub stride: (u8, u8),
+    /// Padding mode.
+    pub padding: Padding,
+}
+
+impl ConvAttrs {
+    fn geom(&self, x: &[usize], w: &[usize]) -> Result<Conv2dGeom, String> {
+        Conv2dGeom::new(x, w, (self.stride.0 as usize, self.stride.1 as usize), self.padding)
+    }
+}
+
+impl PoolAttrs {
+    fn geom(&self, x: &[usize]) -> Result<Pool2dGeom, String> {
+        Pool2dGeom::new(
+            x,
+            (self.ksize.0 as usize, self.ksize.1 as usize),
+            (self.stride.0 as usize, self.stride.1 as usize),
+            self.padding,
+        )
+    }
+}
+
+pub(super) fn name(op: &Op) -> &'static str {
+    match op {
+        Op::Conv2d(_) => "conv2d",
+        Op::Conv2dBackpropInput(_) => "conv2d_backprop_input",
+        Op::Conv2dBackpropFilter(_) => "conv2d_backprop_filter",
+        Op::MaxPool2d(_) => "max_pool2d",
+        Op::MaxPool2dGrad(_) => "max_pool2d_grad",
+        Op::MaxPool2dGather(_) => "max_pool2d_gather",
+        _ => unreachable!(),
+    }
+}
+
+fn pad_name(p: Padding) -> String {
+    match p {
+        Padding::Valid => "valid".into(),
+        Padding::Same => "same".into(),
+    }
+}
+
+pub(super) fn attrs(op: &Op) -> Vec<(&'static str, String)> {
+    match *op {
+        Op::Conv2d(c) | Op::Conv2dBackpropInput(c) | Op::Conv2dBackpropFilter(c) => vec![
+            ("stride", attrs::list(&[c.stride.0 as usize, c.stride.1 as usize])),
+            ("padding", pad_name(c.padding)),
+        ],
+        Op::MaxPool2d(p) | Op::MaxPool2dGrad(p) | Op::MaxPool2dGather(p) => vec![
+            ("ksize", attrs::list(&[p.ksize.0 as usize, p.ksize.1 as usize])),
+            ("stride", attrs::list(&[p.stride.0 as usize, p.stride.1 as usize])),
+            ("padding", pad_name(p.padding)),
+        ],
+        _ => unreachable!(),
+    }
+}
+
+pub(super) fn parse(name: &str, m: &AttrMap) -> Option<Result<Op, String>> {
+    let pair = |k: &str| -> Result<(u8, u8), String> {
+        match attrs::parse_list(attrs::get(m, k)?)?.as_slice() {
+            [a, b] => Ok((*a as u8, *b as u8)),
+            v => Err(format!("`{k}` needs two values, got {v:?}")),
+        }
+    };
+    let padding = || match attrs::get(m, "padding")? {
+        "valid" => Ok(Padding::Valid),
+        "same" => Ok(Padding::Same),
+        p => Err(format!("unknown padding `{p}`")),
+    };
+    let conv = || Ok(ConvAttrs { stride: pair("stride")?, padding: padding()? });
+    let pool = || Ok(PoolAttrs { ksize: pair("ksize")?, stride: pair("stride")?, padding: padding()? });
+    Some(match name {
+        "conv2d" => conv().map(Op::Conv2d),
+        "conv2d_backprop_input" => conv().map(Op::Conv2dBackpropInput),
+        "conv2d_backprop_filter" => conv().map(Op::Conv2dBackpropFilter),
+        "max_pool2d" => pool().map(Op::MaxPool2d),
+        "max_pool2d_grad" => pool().map(Op::MaxPool2dGrad),
+        "max_pool2d_gather" => pool().map(Op::MaxPool2dGather),
+        _ => return None,
+    })
+}
+
+pub(super) fn infer(op: &Op, x: &[(DType, &[usize])], out: Option<&[usize]>) -> Result<(DType, Shape), String> {
+    let d = same_dtype(x)?;
+    float_only(d)?;
+    let target = || out.ok_or_else(|| "needs a target shape".to_string());
+    let check = |expect: &[usize], got: &[usize]| {
+        if expect != got {
+            Err(format!("cotangent shape {got:?} does not match the convolution's output {expect:?}: {}", operand_types(x)))
+        } else {
+            Ok(())
+        }
+    };
+    let shape: Shape = match op {
+        Op::Conv2d(c) => {
+            arity(x, 2)?;
+            Shape::from_slice(&c.geom(x[0].1, x[1].1)?.out_shape())
+        }
+        Op::Conv2dBackpropInput(c) => {
+            arity(x, 2)?;
+            let t = target()?;
+            check(&c.geom(t, x[1].1)?.out_shape(), x[0].1)?;
+            Shape::from_slice(t)
+        }
+        Op::Conv2dBackpropFilter(c) => {
+            arity(x, 2)?;
+            let t = target()?;
+            check(&c.geom(x[0].1, t)?.out_shape(), x[1].1)?;
+            Shape::from_slice(t)
+        }
+        Op::MaxPool2d(p) => {
+            arity(x, 1)?;
+            Shape::from_slice(&p.geom(x[0].1)?.out_shape())
+        }
+        Op::MaxPool2dGrad(p) => {
+            arity(x, 2)?;
+            check(&p.geom(x[0].1)?.out_shape(), x[1].1)?;
+            Shape::from_slice(x[0].1)
+        }
+        Op::MaxPool2dGather(p) => {
+            arity(x, 2)?;
+            if x[0].1 != x[1].1 {
+                return Err(format!("operands must have one shape: {}", operand_types(x)));
+            }
+            Shape::from_slice(&p.geom(x[0].1)?.out_shape())
+        }
+        _ => unreachable!(),
+    };
+    Ok((d, shape))
+}
+
+fn run<T: Float>(op: &Op, x: &[&Arr<T>], shape: &[usize]) -> Arr<T> {
+    let s = |i: usize| x[i].as_slice().expect("standard layout");
+    let v = match op {
+        Op::Conv2d(c) => kc::conv2d(s(0), s(1), &c.geom(x[0].shape(), x[1].shape()).expect("checked")),
+        Op::Conv2dBackpropInput(c) => kc::conv2d_backprop_input(s(0), s(1), &c.geom(shape, x[1].shape()).expect("checked")),
+        Op::Conv2dBackpropFilter(c) => kc::conv2d_backprop_filter(s(0), s(1), &c.geom(x[0].shape(), shape).expect("checked")),
+        Op::MaxPool2d(p) => kp::max_pool2d(s(0), &p.geom(x[0].shape()).expect("checked")),
+        Op::MaxPool2dGrad(p) => kp::max_pool2d_backprop(s(0), s(1), &p.geom(x[0].shape()).expect("checked")),
+        Op::MaxPool2dGather(p) => kp::max_pool2d_gather(s(0), s(1), &p.geom(x[0].shape()).expect("checked")),
+        _ => unreachable!(),
+    };
+    Arr::from_shape_vec(IxDyn(shape), v).expect("kernel output matches shape")
+}
+
+pub(super) fn eval(op: &Op, x: &[&Data], shape: &[usize]) -> Data {
+    if let Some(v) = x.iter().map(|d| f32::unwrap(d)).collect::<Option<Vec<_>>>() {
+        Data::F32(run(op, &v, shape))
+    } else {
+        let v: Vec<_> = x.iter().map(|d| f64::unwrap(d).expect("infer checks dtypes")).collect();
+        Data::F64(run(op, &v, shape))
+    }
+}
+
+pub(super) fn vjp(op: &Op, a: &VjpArgs, gy: &Tensor) -> Grads {
+    let (p, q) = (&a.x[0], a.x.get(1));
+    let want = |i: usize| a.needs.get(i).copied().unwrap_or(false);
+    match *op {
+        // conv is bilinear: each backprop is the adjoint of conv in one argument
+        Op::Conv2d(c) => {
+            let w = q.expect("two operands");
+            smallvec![
+                want(0).then(|| Tensor::conv2d_op(Op::Conv2dBackpropInput(c), gy, w, p.shape())),
+                want(1).then(|| Tensor::conv2d_op(Op::Conv2dBackpropFilter(c), p, gy, w.shape()))
+            ]
+        }
+        // <bi(gy, w), g> = <gy, conv(g, w)>
+        Op::Conv2dBackpropInput(c) => {
+            let w = q.expect("two operands");
+            smallvec![
+                want(0).then(|| Tensor::conv2d_op(Op::Conv2d(c), gy, w, p.shape())),
+                want(1).then(|| Tensor::conv2d_op(Op::Conv2dBackpropFilter(c), gy, p, w.shape()))
+            ]
+        }
+        // <bf(x, gy), g> = <gy, conv(x, g)>
+        Op::Conv2dBackpropFilter(c) => {
+            let gyf = q.expect("two operands");
+            smallvec![
+                want(0).then(|| Tensor::conv2d_op(Op::Conv2dBackpropInput(c), gyf, gy, p.shape())),
+                want(1).then(|| Tensor::conv2d_op(Op::Conv2d(c), p, gy, gyf.shape()))
+            ]
+        }
+        // max pooling routes the cotangent to each window's argmax; the selection itself
+        // is piecewise constant in x, so x gets no second-order term
+        Op::MaxPool2d(pa) => smallvec![Some(Tensor::pool_op(Op::MaxPool2dGrad(pa), p, Some(gy)))],
+        Op::MaxPool2dGrad(pa) => smallvec![None, want(1).then(|| Tensor::pool_op(Op::MaxPool2dGather(pa), p, Some(gy)))],
+        Op::MaxPool2dGather(pa) => smallvec![None, want(1).then(|| Tensor::pool_op(Op::MaxPool2dGrad(pa), p, Some(gy)))],
+        _ => unreachable!(),
+    }
+}

@@ -1,0 +1,358 @@
+//! The op catalogue.
+//!
+//! [`Op`] is the closed set of primitives the compiler knows (Copy + Eq + Hash, float
+//! attributes stored as bits), grouped in families, one file each. Everything about an
+//! op lives in its family file, together: text name and attributes, shape/dtype rule,
+//! eager kernel (shared by the interpreter and the constant folder), VJP rule (written
+//! with `Tensor` ops, so it works eagerly, traced, and again on its own output for higher
+//! derivatives) and fusion class. This file only routes an `Op` to its family.
+//!
+//! Everything else users call (`sub` of scalars, `relu`, `softmax`, `mean`, `one_hot`,
+//! losses, ...) is sugar composed of these primitives in `tensor/math.rs`.
+
+pub mod attrs;
+pub mod conv;
+pub mod elementwise;
+pub mod index;
+pub mod linalg;
+pub mod reduce;
+pub mod shape;
+pub mod source;
+
+pub use attrs::{AxisSet, Perm};
+pub use conv::{ConvAttrs, Padding, PoolAttrs};
+pub use elementwise::{Binary, Compare, Unary};
+
+use crate::tensor::{type_str, DType, Data, Shape, Tensor};
+use smallvec::SmallVec;
+
+/// A primitive op with its attributes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Op {
+    /// Graph input number `n` (an argument of the traced function).
+    Input(u32),
+    /// A constant; its value is stored on the node.
+    Const,
+    /// Reads variable number `n` of the graph's variable table.
+    ReadVar(u32),
+    /// Writes its operand to variable number `n` when the graph finishes.
+    Assign(u32),
+    /// `f(x)` elementwise.
+    Unary(Unary),
+    /// `f(a, b)` elementwise with NumPy broadcasting.
+    Binary(Binary),
+    /// `a ? b` elementwise, producing a 0/1 mask of the operands' dtype.
+    Compare(Compare),
+    /// `select(mask, a, b)`: `a` where `mask != 0`, else `b` (broadcasting).
+    Select,
+    /// Sum over a set of axes.
+    Sum {
+        /// Reduced axes.
+        axes: AxisSet,
+        /// Keep reduced axes as length 1.
+        keep: bool,
+    },
+    /// Maximum over a set of axes.
+    Max {
+        /// Reduced axes.
+        axes: AxisSet,
+        /// Keep reduced axes as length 1.
+        keep: bool,
+    },
+    /// Index of the maximum along one axis (i64; first on ties).
+    ArgMax {
+        /// The axis.
+        axis: u8,
+    },
+    /// Same elements, new shape (the node's shape).
+    Reshape,
+    /// NumPy broadcast to the node's shape.
+    BroadcastTo,
+    /// Permutes axes.
+    Transpose(Perm),
+    /// Joins operands along an axis.
+    Concat {
+        /// The axis.
+        axis: u8,
+    },
+    /// `x[.., start..end, ..]` along one axis.
+    Slice {
+        /// The axis.
+        axis: u8,
+        /// First index.
+        start: u32,
+        /// One past the last index.
+        end: u32,
+    },
+    /// Zero padding along one axis (the adjoint of `Slice`).
+    Pad {
+        /// The axis.
+        axis: u8,
+        /// Zeros before.
+        before: u32,
+        /// Zeros after.
+        after: u32,
+    },
+    /// Converts the dtype.
+    Cast(DType),
+    /// Identity whose gradient is zero.
+    StopGradient,
+    /// `x` indexed by i64 `indices` along `axis`.
+    Gather {
+        /// The axis.
+        axis: u8,
+    },
+    /// Adds rows of `updates` into zeros of length `size` along `axis` at `indices` (the adjoint of `Gather`).
+    ScatterAdd {
+        /// The axis.
+        axis: u8,
+        /// Length of the result along `axis`.
+        size: u32,
+    },
+    /// Matrix product of the last two axes (batched over leading ones), optionally transposing either operand.
+    MatMul {
+        /// Transpose the left operand's last two axes.
+        ta: bool,
+        /// Transpose the right operand's last two axes.
+        tb: bool,
+    },
+    /// 2-D convolution, NHWC input, [kh,kw,cin,cout] filter.
+    Conv2d(ConvAttrs),
+    /// Gradient of `conv2d` w.r.t. its input: operands `(gy, w)`; the node's shape is the input's.
+    Conv2dBackpropInput(ConvAttrs),
+    /// Gradient of `conv2d` w.r.t. its filter: operands `(x, gy)`; the node's shape is the filter's.
+    Conv2dBackpropFilter(ConvAttrs),
+    /// 2-D max pooling, NHWC.
+    MaxPool2d(PoolAttrs),
+    /// Gradient of `max_pool2d`: operands `(x, gy)`, x-shaped result.
+    MaxPool2dGrad(PoolAttrs),
+    /// Picks, per pooling window, the value of `gx` at the window's argmax: operands `(x, gx)`.
+    MaxPool2dGather(PoolAttrs),
+}
+
+/// Per-input cotangents returned by a VJP rule; `None` is a symbolic zero.
+pub type Grads = SmallVec<[Option<Tensor>; 3]>;
+
+/// What a VJP rule sees: the primal inputs and output, and which inputs need a gradient.
+pub struct VjpArgs<'a> {
+    /// Primal inputs.
+    pub x: &'a [Tensor],
+    /// Primal output.
+    pub y: &'a Tensor,
+    /// `needs[i]`: the gradient for input `i` is wanted (rules may skip the others).
+    pub needs: &'a [bool],
+}
+
+/// How the fusion pass may group an op.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FusionClass {
+    /// One output element from the same-index elements of its (broadcast) inputs.
+    Elementwise,
+    /// A reduction, fusable as the epilogue of an elementwise region.
+    Reduction,
+    /// Not fusable.
+    Opaque,
+}
+
+impl Op {
+    /// The op's text name, as in the IR: `add`, `matmul`, `sum`, ...
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Input(_) | Op::Const | Op::ReadVar(_) | Op::Assign(_) => source::name(self),
+            Op::Unary(u) => u.name(),
+            Op::Binary(b) => b.name(),
+            Op::Compare(c) => c.name(),
+            Op::Select => "select",
+            Op::Sum { .. } | Op::Max { .. } | Op::ArgMax { .. } => reduce::name(self),
+            Op::Reshape
+            | Op::BroadcastTo
+            | Op::Transpose(_)
+            | Op::Concat { .. }
+            | Op::Slice { .. }
+            | Op::Pad { .. }
+            | Op::Cast(_)
+            | Op::StopGradient => shape::name(self),
+            Op::Gather { .. } | Op::ScatterAdd { .. } => index::name(self),
+            Op::MatMul { .. } => "matmul",
+            _ => conv::name(self),
+        }
+    }
+
+    /// Dtype and shape of the result, or a message saying what does not fit.
+    ///
+    /// `out` is the requested result shape for ops whose shape is not implied by their
+    /// operands (`reshape`, `broadcast_to`, the convolution backprops); others ignore it.
+    pub fn infer(&self, x: &[(DType, &[usize])], out: Option<&[usize]>) -> Result<(DType, Shape), String> {
+        match self {
+            Op::Input(_) | Op::Const | Op::ReadVar(_) | Op::Assign(_) => source::infer(self, x),
+            Op::Unary(u) => elementwise::infer_unary(*u, x),
+            Op::Binary(_) | Op::Compare(_) | Op::Select => elementwise::infer_nary(self, x),
+            Op::Sum { .. } | Op::Max { .. } | Op::ArgMax { .. } => reduce::infer(self, x),
+            Op::Reshape
+            | Op::BroadcastTo
+            | Op::Transpose(_)
+            | Op::Concat { .. }
+            | Op::Slice { .. }
+            | Op::Pad { .. }
+            | Op::Cast(_)
+            | Op::StopGradient => shape::infer(self, x, out),
+            Op::Gather { .. } | Op::ScatterAdd { .. } => index::infer(self, x),
+            Op::MatMul { ta, tb } => linalg::infer(*ta, *tb, x),
+            _ => conv::infer(self, x, out),
+        }
+    }
+
+    /// Runs the kernel on concrete inputs. `shape` is the node's (inferred) shape.
+    ///
+    /// Returns `Err` for run-time failures that shapes cannot rule out (an index out of range).
+    ///
+    /// # Panics
+    /// If called on a source op (`input`, `const`, `read_var`, `assign`), which the
+    /// interpreter handles itself, or on operands that [`Op::infer`] rejects.
+    pub fn eval(&self, x: &[&Data], shape: &[usize]) -> Result<Data, String> {
+        if let Op::Gather { .. } | Op::ScatterAdd { .. } = self {
+            return index::eval(self, x, shape);
+        }
+        Ok(match self {
+            Op::Input(_) | Op::Const | Op::ReadVar(_) | Op::Assign(_) => {
+                panic!("{} has no kernel: the interpreter supplies its value", self.name())
+            }
+            Op::Unary(u) => elementwise::eval_unary(*u, x[0]),
+            Op::Binary(_) | Op::Compare(_) | Op::Select => elementwise::eval_nary(self, x, shape),
+            Op::Sum { .. } | Op::Max { .. } | Op::ArgMax { .. } => reduce::eval(self, x[0]),
+            Op::Reshape
+            | Op::BroadcastTo
+            | Op::Transpose(_)
+            | Op::Concat { .. }
+            | Op::Slice { .. }
+            | Op::Pad { .. }
+            | Op::Cast(_)
+            | Op::StopGradient => shape::eval(self, x, shape),
+            Op::Gather { .. } | Op::ScatterAdd { .. } => unreachable!(),
+            Op::MatMul { ta, tb } => linalg::eval(*ta, *tb, x[0], x[1], shape),
+            _ => conv::eval(self, x, shape),
+        })
+    }
+
+    /// The VJP rule: cotangents of the inputs given the cotangent `gy` of the output.
+    pub fn vjp(&self, a: &VjpArgs, gy: &Tensor) -> Grads {
+        match self {
+            Op::Input(_) | Op::Const | Op::ReadVar(_) | Op::Assign(_) => Grads::new(),
+            Op::Unary(u) => elementwise::vjp_unary(*u, a, gy),
+            Op::Binary(_) | Op::Compare(_) | Op::Select => elementwise::vjp_nary(self, a, gy),
+            Op::Sum { .. } | Op::Max { .. } | Op::ArgMax { .. } => reduce::vjp(self, a, gy),
+            Op::Reshape
+            | Op::BroadcastTo
+            | Op::Transpose(_)
+            | Op::Concat { .. }
+            | Op::Slice { .. }
+            | Op::Pad { .. }
+            | Op::Cast(_)
+            | Op::StopGradient => shape::vjp(self, a, gy),
+            Op::Gather { .. } | Op::ScatterAdd { .. } => index::vjp(self, a, gy),
+            Op::MatMul { ta, tb } => linalg::vjp(*ta, *tb, a, gy),
+            _ => conv::vjp(self, a, gy),
+        }
+    }
+
+    /// Attributes as `key=value` text, in a fixed order (empty for none).
+    pub fn attrs(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Op::Input(_) | Op::Const | Op::ReadVar(_) | Op::Assign(_) => Vec::new(),
+            Op::Sum { .. } | Op::Max { .. } | Op::ArgMax { .. } => reduce::attrs(self),
+            Op::Reshape
+            | Op::BroadcastTo
+            | Op::Transpose(_)
+            | Op::Concat { .. }
+            | Op::Slice { .. }
+            | Op::Pad { .. }
+            | Op::Cast(_)
+            | Op::StopGradient => shape::attrs(self),
+            Op::Gather { .. } | Op::ScatterAdd { .. } => index::attrs(self),
+            Op::MatMul { ta, tb } => linalg::attrs(*ta, *tb),
+            Op::Unary(_) | Op::Binary(_) | Op::Compare(_) | Op::Select => Vec::new(),
+            _ => conv::attrs(self),
+        }
+    }
+
+    /// Reads an op back from its text name and attributes (the inverse of `name` + `attrs`).
+    /// Source ops are parsed by the IR parser itself.
+    pub fn parse(name: &str, attrs: &attrs::AttrMap) -> Result<Op, String> {
+        if let Some(op) = elementwise::parse(name) {
+            return Ok(op);
+        }
+        let parsers: [fn(&str, &attrs::AttrMap) -> Option<Result<Op, String>>; 5] =
+            [reduce::parse, shape::parse, index::parse, linalg::parse, conv::parse];
+        for p in parsers {
+            if let Some(r) = p(name, attrs) {
+                return r;
+            }
+        }
+        Err(format!("unknown op `{name}`"))
+    }
+
+    /// How fusion may group this op.
+    pub fn fusion_class(&self) -> FusionClass {
+        match self {
+            Op::Unary(_) | Op::Binary(_) | Op::Compare(_) | Op::Select => FusionClass::Elementwise,
+            Op::Cast(to) if to.is_float() => FusionClass::Elementwise,
+            Op::Sum { .. } => FusionClass::Reduction,
+            _ => FusionClass::Opaque,
+        }
+    }
+
+    /// Whether `op(a, b) == op(b, a)` (CSE sorts such operands).
+    pub fn is_commutative(&self) -> bool {
+        matches!(
+            self,
+            Op::Binary(Binary::Add | Binary::Mul | Binary::Maximum | Binary::Minimum)
+                | Op::Compare(Compare::Eq | Compare::Ne)
+        )
+    }
+
+    /// Whether the result shape must be given to [`Op::infer`] (it is the node's shape).
+    pub fn needs_out_shape(&self) -> bool {
+        matches!(
+            self,
+            Op::Reshape | Op::BroadcastTo | Op::Conv2dBackpropInput(_) | Op::Conv2dBackpropFilter(_)
+        )
+    }
+
+    /// Whether the op has a gradient path at all (false for masks, argmax, casts to int, stop_gradient).
+    pub fn is_differentiable(&self) -> bool {
+        !matches!(
+            self,
+            Op::Compare(_) | Op::ArgMax { .. } | Op::StopGradient | Op::Input(_) | Op::Const | Op::ReadVar(_)
+        ) && !matches!(self, Op::Unary(Unary::Sign))
+    }
+}
+
+/// Formats operand types for error messages: `f32[2,3], f32[4]`.
+pub fn operand_types(x: &[(DType, &[usize])]) -> String {
+    x.iter().map(|(d, s)| type_str(*d, s)).collect::<Vec<_>>().join(", ")
+}
+
+/// Checks that all operands share one dtype and returns it.
+pub(crate) fn same_dtype(x: &[(DType, &[usize])]) -> Result<DType, String> {
+    let d = x[0].0;
+    if x.iter().any(|(e, _)| *e != d) {
+        return Err(format!("operands must have one dtype, got {}", operand_types(x)));
+    }
+    Ok(d)
+}
+
+/// Checks the number of operands.
+pub(crate) fn arity(x: &[(DType, &[usize])], n: usize) -> Result<(), String> {
+    if x.len() != n {
+        return Err(format!("expects {n} operands, got {}", x.len()));
+    }
+    Ok(())
+}
+
+/// Checks that an operand is floating point.
+pub(crate) fn float_only(d: DType) -> Result<(), String> {
+    if !d.is_float() {
+        return Err(format!("expects f32 or f64 operands, got {d} (cast first)"));
+    }
+    Ok(())
+}

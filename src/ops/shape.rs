@@ -1,0 +1,222 @@
+//! Shape ops: reshape, broadcast_to, transpose, concat, slice, pad, cast, stop_gradient.
+//!
+//! None of them computes; each moves or converts elements. `reshape` and
+//! `stop_gradient` share the input buffer (no copy).
+
+use super::attrs::{self, AttrMap, Perm};
+use super::{arity, operand_types, same_dtype, Grads, Op, VjpArgs};
+use crate::exec::kernels::ew;
+use crate::tensor::{broadcast_shapes, numel, type_str, Arr, DType, Data, Shape, Tensor};
+use ndarray::{Axis, IxDyn, Slice};
+use smallvec::{smallvec, SmallVec};
+
+pub(super) fn name(op: &Op) -> &'static str {
+    match op {
+        Op::Reshape => "reshape",
+        Op::BroadcastTo => "broadcast",
+        Op::Transpose(_) => "transpose",
+        Op::Concat { .. } => "concat",
+        Op::Slice { .. } => "slice",
+        Op::Pad { .. } => "pad",
+        Op::Cast(_) => "cast",
+        Op::StopGradient => "stop_gradient",
+        _ => unreachable!(),
+    }
+}
+
+pub(super) fn attrs(op: &Op) -> Vec<(&'static str, String)> {
+    match *op {
+        Op::Transpose(p) => vec![("perm", attrs::list(&p.to_vec()))],
+        Op::Concat { axis } => vec![("axis", axis.to_string())],
+        Op::Slice { axis, start, end } => {
+            vec![("axis", axis.to_string()), ("start", start.to_string()), ("end", end.to_string())]
+        }
+        Op::Pad { axis, before, after } => {
+            vec![("axis", axis.to_string()), ("before", before.to_string()), ("after", after.to_string())]
+        }
+        Op::Cast(d) => vec![("to", d.name().to_string())],
+        _ => Vec::new(),
+    }
+}
+
+pub(super) fn parse(name: &str, m: &AttrMap) -> Option<Result<Op, String>> {
+    let u = |k: &str| attrs::get_usize(m, k);
+    let r = match name {
+        "reshape" => Ok(Op::Reshape),
+        "broadcast" => Ok(Op::BroadcastTo),
+        "stop_gradient" => Ok(Op::StopGradient),
+        "transpose" => attrs::get(m, "perm")
+            .and_then(attrs::parse_list)
+            .and_then(|p| Perm::new(&p).ok_or_else(|| format!("bad permutation {p:?}")))
+            .map(Op::Transpose),
+        "concat" => u("axis").map(|a| Op::Concat { axis: a as u8 }),
+        "slice" => (|| Ok(Op::Slice { axis: u("axis")? as u8, start: u("start")? as u32, end: u("end")? as u32 }))(),
+        "pad" => (|| Ok(Op::Pad { axis: u("axis")? as u8, before: u("before")? as u32, after: u("after")? as u32 }))(),
+        "cast" => attrs::get(m, "to")
+            .and_then(|d| DType::from_name(d).ok_or_else(|| format!("unknown dtype `{d}`")))
+            .map(Op::Cast),
+        _ => return None,
+    };
+    Some(r)
+}
+
+fn axis_ok(axis: u8, rank: usize) -> Result<usize, String> {
+    let a = axis as usize;
+    if a >= rank {
+        return Err(format!("axis {a} is out of range for rank {rank}"));
+    }
+    Ok(a)
+}
+
+pub(super) fn infer(op: &Op, x: &[(DType, &[usize])], out: Option<&[usize]>) -> Result<(DType, Shape), String> {
+    if !matches!(op, Op::Concat { .. }) {
+        arity(x, 1)?;
+    } else if x.is_empty() {
+        return Err("needs at least one operand".into());
+    }
+    let (d, s) = x[0];
+    let target = || out.ok_or_else(|| "needs a target shape".to_string());
+    let shape: Shape = match *op {
+        Op::Reshape => {
+            let t = target()?;
+            if numel(t) != numel(s) {
+                return Err(format!("cannot reshape {} to {:?}: element counts differ", type_str(d, s), t));
+            }
+            Shape::from_slice(t)
+        }
+        Op::BroadcastTo => {
+            let t = target()?;
+            if broadcast_shapes(s, t).as_deref() != Some(t) {
+                return Err(format!("cannot broadcast {} to {:?}", type_str(d, s), t));
+            }
+            Shape::from_slice(t)
+        }
+        Op::Transpose(p) => {
+            if p.rank as usize != s.len() {
+                return Err(format!("permutation {:?} does not fit rank {}", p.to_vec(), s.len()));
+            }
+            p.to_vec().iter().map(|&a| s[a]).collect()
+        }
+        Op::Concat { axis } => {
+            same_dtype(x)?;
+            let a = axis_ok(axis, s.len())?;
+            let mut shape = Shape::from_slice(s);
+            shape[a] = 0;
+            for (_, t) in x {
+                let fits = t.len() == s.len() && (0..s.len()).all(|i| i == a || t[i] == s[i]);
+                if !fits {
+                    return Err(format!("operands differ off axis {a}: {}", operand_types(x)));
+                }
+                shape[a] += t[a];
+            }
+            shape
+        }
+        Op::Slice { axis, start, end } => {
+            let a = axis_ok(axis, s.len())?;
+            if start > end || end as usize > s[a] {
+                return Err(format!("range {start}..{end} is out of bounds for axis {a} of {}", type_str(d, s)));
+            }
+            let mut shape = Shape::from_slice(s);
+            shape[a] = (end - start) as usize;
+            shape
+        }
+        Op::Pad { axis, before, after } => {
+            let a = axis_ok(axis, s.len())?;
+            let mut shape = Shape::from_slice(s);
+            shape[a] += (before + after) as usize;
+            shape
+        }
+        Op::Cast(to) => return Ok((to, Shape::from_slice(s))),
+        Op::StopGradient => Shape::from_slice(s),
+        _ => unreachable!(),
+    };
+    Ok((d, shape))
+}
+
+fn reshape<T: Clone>(a: &Arr<T>, shape: &[usize]) -> Arr<T> {
+    a.clone().into_shape_with_order(IxDyn(shape)).expect("standard layout, same length")
+}
+
+fn pad<T: Clone + num_traits::Zero>(a: &Arr<T>, axis: usize, before: usize, shape: &[usize]) -> Arr<T> {
+    let mut out = ndarray::ArrayD::<T>::zeros(IxDyn(shape));
+    let len = a.shape()[axis];
+    out.slice_axis_mut(Axis(axis), Slice::from(before..before + len)).assign(a);
+    out.into_shared()
+}
+
+fn concat<T: Clone>(parts: &[&Arr<T>], axis: usize) -> Arr<T> {
+    let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
+    ndarray::concatenate(Axis(axis), &views).expect("infer checked concat").into_shared()
+}
+
+pub(super) fn eval(op: &Op, x: &[&Data], shape: &[usize]) -> Data {
+    let d = x[0];
+    match *op {
+        Op::Reshape => crate::map_data!(d, a => reshape(a, shape)),
+        Op::StopGradient => d.clone(),
+        Op::BroadcastTo => crate::map_data!(d, a => a.broadcast(IxDyn(shape)).expect("checked").to_owned().into_shared()),
+        Op::Transpose(p) => crate::map_data!(d, a => a.view().permuted_axes(IxDyn(&p.to_vec())).as_standard_layout().into_owned().into_shared()),
+        Op::Slice { axis, start, end } => crate::map_data!(d, a => a
+            .slice_axis(Axis(axis as usize), Slice::from(start as usize..end as usize))
+            .as_standard_layout()
+            .into_owned()
+            .into_shared()),
+        Op::Pad { axis, before, .. } => crate::map_data!(d, a => pad(a, axis as usize, before as usize, shape)),
+        Op::Concat { axis } => {
+            let ax = axis as usize;
+            match d {
+                Data::F32(_) => Data::F32(concat(&x.iter().map(|e| match e { Data::F32(a) => a, _ => unreachable!() }).collect::<Vec<_>>(), ax)),
+                Data::F64(_) => Data::F64(concat(&x.iter().map(|e| match e { Data::F64(a) => a, _ => unreachable!() }).collect::<Vec<_>>(), ax)),
+                Data::I64(_) => Data::I64(concat(&x.iter().map(|e| match e { Data::I64(a) => a, _ => unreachable!() }).collect::<Vec<_>>(), ax)),
+            }
+        }
+        Op::Cast(to) => cast(d, to),
+        _ => unreachable!(),
+    }
+}
+
+/// Converts a buffer to another dtype (floats to integers truncate toward zero).
+pub fn cast(d: &Data, to: DType) -> Data {
+    match (d, to) {
+        (Data::F32(_), DType::F32) | (Data::F64(_), DType::F64) | (Data::I64(_), DType::I64) => d.clone(),
+        (Data::F32(a), DType::F64) => Data::F64(ew::map(a, |v| v as f64)),
+        (Data::F32(a), DType::I64) => Data::I64(ew::map(a, |v| v as i64)),
+        (Data::F64(a), DType::F32) => Data::F32(ew::map(a, |v| v as f32)),
+        (Data::F64(a), DType::I64) => Data::I64(ew::map(a, |v| v as i64)),
+        (Data::I64(a), DType::F32) => Data::F32(ew::map(a, |v| v as f32)),
+        (Data::I64(a), DType::F64) => Data::F64(ew::map(a, |v| v as f64)),
+    }
+}
+
+pub(super) fn vjp(op: &Op, a: &VjpArgs, gy: &Tensor) -> Grads {
+    let x = &a.x[0];
+    match *op {
+        Op::Reshape => smallvec![Some(gy.reshape(x.shape()))],
+        Op::BroadcastTo => smallvec![Some(gy.sum_to(x.shape()))],
+        Op::Transpose(p) => smallvec![Some(gy.transpose(&p.inverse().to_vec()))],
+        // each operand gets its slice of the cotangent
+        Op::Concat { axis } => {
+            let mut off = 0;
+            let mut g: SmallVec<[Option<Tensor>; 3]> = SmallVec::new();
+            for (i, xi) in a.x.iter().enumerate() {
+                let len = xi.shape()[axis as usize];
+                g.push(a.needs[i].then(|| gy.slice_axis(axis as usize, off, off + len)));
+                off += len;
+            }
+            g
+        }
+        // slice and pad are each other's adjoints
+        Op::Slice { axis, start, end } => {
+            let after = x.shape()[axis as usize] - end as usize;
+            smallvec![Some(gy.pad_axis(axis as usize, start as usize, after))]
+        }
+        Op::Pad { axis, before, .. } => {
+            let len = x.shape()[axis as usize];
+            smallvec![Some(gy.slice_axis(axis as usize, before as usize, before as usize + len))]
+        }
+        // casts between floats pass the cotangent through; integers cut the path
+        Op::Cast(to) => smallvec![(to.is_float() && x.dtype().is_float()).then(|| gy.cast(x.dtype()))],
+        Op::StopGradient => smallvec![None],
+        _ => unreachable!(),
+    }
+}

@@ -1,0 +1,490 @@
+//! The user-facing math on `Tensor`: primitives (thin calls into the op catalogue) and
+//! sugar composed of them (`sub` by a scalar, `relu`, `square`, `mean`, `softmax`,
+//! `one_hot`, ...). Sugar gets gradients, folding and fusion for free.
+//!
+//! # Panics
+//! Every method here panics eagerly when its operands do not fit the op's rule (shapes
+//! that do not broadcast, a wrong dtype, an axis out of range), with a message naming
+//! the op, the operand types and the caller's source line. Inside a traced function the
+//! same mistake does not panic: the function's `call` returns it as an `Err`.
+
+use super::dispatch::apply;
+use super::{DType, Tensor};
+use crate::ops::{AxisSet, Binary, Compare, ConvAttrs, Op, Padding, Perm, PoolAttrs, Unary};
+use std::ops::{Add, Div, Mul, Neg, Sub};
+
+fn norm_axis(axis: isize, rank: usize) -> usize {
+    if axis < 0 {
+        (rank as isize + axis).max(0) as usize
+    } else {
+        axis as usize
+    }
+}
+
+macro_rules! unary_methods {
+    ($($(#[$m:meta])* $name:ident => $u:ident;)*) => {$(
+        $(#[$m])*
+        #[track_caller]
+        pub fn $name(&self) -> Tensor {
+            apply(Op::Unary(Unary::$u), &[self], None)
+        }
+    )*};
+}
+
+macro_rules! compare_methods {
+    ($($(#[$m:meta])* $name:ident => $c:ident;)*) => {$(
+        $(#[$m])*
+        #[track_caller]
+        pub fn $name(&self, other: &Tensor) -> Tensor {
+            apply(Op::Compare(Compare::$c), &[self, other], None)
+        }
+    )*};
+}
+
+impl Tensor {
+    unary_methods! {
+        /// `eˣ` elementwise.
+        exp => Exp;
+        /// Natural logarithm elementwise.
+        log => Log;
+        /// `sin x` elementwise.
+        sin => Sin;
+        /// `cos x` elementwise.
+        cos => Cos;
+        /// `tanh x` elementwise.
+        tanh => Tanh;
+        /// `√x` elementwise.
+        sqrt => Sqrt;
+        /// `|x|` elementwise.
+        abs => Abs;
+        /// `-1, 0, 1` by sign (no gradient).
+        sign => Sign;
+        /// `1/(1+e⁻ˣ)` elementwise, stable for large |x|.
+        sigmoid => Sigmoid;
+    }
+
+    compare_methods! {
+        /// `self > other` as a 0/1 mask (operands' dtype; broadcasting).
+        gt => Gt;
+        /// `self >= other` as a 0/1 mask.
+        ge => Ge;
+        /// `self < other` as a 0/1 mask.
+        lt => Lt;
+        /// `self <= other` as a 0/1 mask.
+        le => Le;
+        /// `self == other` as a 0/1 mask.
+        eq => Eq;
+        /// `self != other` as a 0/1 mask.
+        ne => Ne;
+    }
+
+    /// A scalar of this tensor's dtype (how `x * 2.0` turns `2.0` into a tensor).
+    #[track_caller]
+    pub fn scalar_like(&self, v: f64) -> Tensor {
+        Tensor::scalar_of(self.dtype(), v)
+    }
+
+    /// Zeros of this tensor's dtype and shape.
+    #[track_caller]
+    pub fn zeros_like(&self) -> Tensor {
+        self.scalar_like(0.0).broadcast_to(self.shape())
+    }
+
+    /// Ones of this tensor's dtype and shape.
+    #[track_caller]
+    pub fn ones_like(&self) -> Tensor {
+        self.scalar_like(1.0).broadcast_to(self.shape())
+    }
+
+    #[track_caller]
+    fn binary(&self, b: Binary, other: &Tensor) -> Tensor {
+        apply(Op::Binary(b), &[self, other], None)
+    }
+
+    /// `selfᵉ` elementwise (broadcasting).
+    #[track_caller]
+    pub fn pow(&self, e: &Tensor) -> Tensor {
+        self.binary(Binary::Pow, e)
+    }
+
+    /// `selfᵉ` with a scalar exponent.
+    #[track_caller]
+    pub fn powf(&self, e: f64) -> Tensor {
+        self.pow(&self.scalar_like(e))
+    }
+
+    /// `self²`.
+    #[track_caller]
+    pub fn square(&self) -> Tensor {
+        self * self
+    }
+
+    /// Elementwise maximum (broadcasting).
+    #[track_caller]
+    pub fn maximum(&self, other: &Tensor) -> Tensor {
+        self.binary(Binary::Maximum, other)
+    }
+
+    /// Elementwise minimum (broadcasting).
+    #[track_caller]
+    pub fn minimum(&self, other: &Tensor) -> Tensor {
+        self.binary(Binary::Minimum, other)
+    }
+
+    /// `max(x, 0)`.
+    #[track_caller]
+    pub fn relu(&self) -> Tensor {
+        self.maximum(&self.scalar_like(0.0))
+    }
+
+    /// `mask ? a : b` elementwise (`mask != 0`), broadcasting all three.
+    #[track_caller]
+    pub fn select(mask: &Tensor, a: &Tensor, b: &Tensor) -> Tensor {
+        apply(Op::Select, &[mask, a, b], None)
+    }
+
+    /// Sum over `axes` (negative axes count from the end); `keep` keeps them as length 1.
+    #[track_caller]
+    pub fn sum(&self, axes: &[isize], keep: bool) -> Tensor {
+        let axes: Vec<usize> = axes.iter().map(|&a| norm_axis(a, self.rank())).collect();
+        self.sum_axes(&axes, keep)
+    }
+
+    /// Sum over axes given as `usize`.
+    #[track_caller]
+    pub fn sum_axes(&self, axes: &[usize], keep: bool) -> Tensor {
+        apply(Op::Sum { axes: AxisSet::of(axes), keep }, &[self], None)
+    }
+
+    /// Sum of all elements (a scalar).
+    #[track_caller]
+    pub fn sum_all(&self) -> Tensor {
+        self.sum_axes(&(0..self.rank()).collect::<Vec<_>>(), false)
+    }
+
+    /// Mean over `axes`.
+    #[track_caller]
+    pub fn mean(&self, axes: &[isize], keep: bool) -> Tensor {
+        let axes: Vec<usize> = axes.iter().map(|&a| norm_axis(a, self.rank())).collect();
+        let n: usize = axes.iter().map(|&a| self.shape().get(a).copied().unwrap_or(1)).product();
+        self.sum_axes(&axes, keep) / (n.max(1) as f64)
+    }
+
+    /// Mean of all elements.
+    #[track_caller]
+    pub fn mean_all(&self) -> Tensor {
+        self.sum_all() / (self.len().max(1) as f64)
+    }
+
+    /// Maximum over `axes`.
+    #[track_caller]
+    pub fn max(&self, axes: &[isize], keep: bool) -> Tensor {
+        let axes: Vec<usize> = axes.iter().map(|&a| norm_axis(a, self.rank())).collect();
+        apply(Op::Max { axes: AxisSet::of(&axes), keep }, &[self], None)
+    }
+
+    /// Minimum over `axes` (`-max(-x)`).
+    #[track_caller]
+    pub fn min(&self, axes: &[isize], keep: bool) -> Tensor {
+        -(-self).max(axes, keep)
+    }
+
+    /// Index of the maximum along `axis` (i64, first on ties).
+    #[track_caller]
+    pub fn argmax(&self, axis: isize) -> Tensor {
+        apply(Op::ArgMax { axis: norm_axis(axis, self.rank()) as u8 }, &[self], None)
+    }
+
+    /// Same elements in a new shape.
+    #[track_caller]
+    pub fn reshape(&self, shape: &[usize]) -> Tensor {
+        if shape == self.shape() {
+            return self.clone();
+        }
+        apply(Op::Reshape, &[self], Some(shape))
+    }
+
+    /// NumPy-broadcasts to `shape`.
+    #[track_caller]
+    pub fn broadcast_to(&self, shape: &[usize]) -> Tensor {
+        if shape == self.shape() {
+            return self.clone();
+        }
+        apply(Op::BroadcastTo, &[self], Some(shape))
+    }
+
+    /// Sums a broadcast tensor back to `shape` (the adjoint of `broadcast_to`).
+    #[track_caller]
+    pub fn sum_to(&self, shape: &[usize]) -> Tensor {
+        if shape == self.shape() {
+            return self.clone();
+        }
+        let lead = self.rank().saturating_sub(shape.len());
+        let axes: Vec<usize> = (0..self.rank())
+            .filter(|&i| i < lead || (shape[i - lead] == 1 && self.shape()[i] != 1))
+            .collect();
+        self.sum_axes(&axes, true).reshape(shape)
+    }
+
+    /// Permutes axes: output axis `i` is input axis `perm[i]`.
+    #[track_caller]
+    pub fn transpose(&self, perm: &[usize]) -> Tensor {
+        match Perm::new(perm) {
+            Some(p) => apply(Op::Transpose(p), &[self], None),
+            None => {
+                let loc = super::dispatch::location(std::panic::Location::caller());
+                let trace = super::dispatch::fail("transpose", format!("{perm:?} is not a permutation of ≤ 8 axes"), loc)
+                    .expect("fail panics when not tracing");
+                Tensor::poisoned(trace, self.dtype(), self.0.shape.clone(), loc)
+            }
+        }
+    }
+
+    /// Swaps the last two axes.
+    #[track_caller]
+    pub fn t(&self) -> Tensor {
+        let r = self.rank();
+        let mut p: Vec<usize> = (0..r).collect();
+        if r >= 2 {
+            p.swap(r - 1, r - 2);
+        }
+        self.transpose(&p)
+    }
+
+    /// Joins tensors along `axis`.
+    #[track_caller]
+    pub fn concat(parts: &[&Tensor], axis: usize) -> Tensor {
+        apply(Op::Concat { axis: axis as u8 }, parts, None)
+    }
+
+    /// `self[.., start..end, ..]` along `axis`.
+    #[track_caller]
+    pub fn slice_axis(&self, axis: usize, start: usize, end: usize) -> Tensor {
+        apply(Op::Slice { axis: axis as u8, start: start as u32, end: end as u32 }, &[self], None)
+    }
+
+    /// Zero-pads `axis` with `before` and `after` elements.
+    #[track_caller]
+    pub fn pad_axis(&self, axis: usize, before: usize, after: usize) -> Tensor {
+        apply(Op::Pad { axis: axis as u8, before: before as u32, after: after as u32 }, &[self], None)
+    }
+
+    /// Inserts a length-1 axis at `axis` (negative counts from the end of the result).
+    #[track_caller]
+    pub fn expand_dims(&self, axis: isize) -> Tensor {
+        let a = norm_axis(axis, self.rank() + 1).min(self.rank());
+        let mut s = self.shape().to_vec();
+        s.insert(a, 1);
+        self.reshape(&s)
+    }
+
+    /// Removes a length-1 axis.
+    #[track_caller]
+    pub fn squeeze(&self, axis: isize) -> Tensor {
+        let a = norm_axis(axis, self.rank());
+        let mut s = self.shape().to_vec();
+        if s.get(a) == Some(&1) {
+            s.remove(a);
+        }
+        self.reshape(&s)
+    }
+
+    /// Keeps the first axis and flattens the rest (`[n, ...] -> [n, prod]`).
+    #[track_caller]
+    pub fn flatten_batch(&self) -> Tensor {
+        let n = self.shape().first().copied().unwrap_or(1);
+        let rest: usize = self.shape().iter().skip(1).product();
+        self.reshape(&[n, rest])
+    }
+
+    /// Converts the dtype (floats to i64 truncate; the gradient path is cut at integers).
+    #[track_caller]
+    pub fn cast(&self, dtype: DType) -> Tensor {
+        if dtype == self.dtype() {
+            return self.clone();
+        }
+        apply(Op::Cast(dtype), &[self], None)
+    }
+
+    /// The same values with a zero gradient.
+    #[track_caller]
+    pub fn stop_gradient(&self) -> Tensor {
+        apply(Op::StopGradient, &[self], None)
+    }
+
+    /// Picks entries along `axis` by i64 `indices`.
+    #[track_caller]
+    pub fn gather(&self, indices: &Tensor, axis: usize) -> Tensor {
+        apply(Op::Gather { axis: axis as u8 }, &[self, indices], None)
+    }
+
+    /// Adds `self`'s entries into zeros of length `size` along `axis` at `indices`.
+    #[track_caller]
+    pub fn scatter_add(&self, indices: &Tensor, axis: usize, size: usize) -> Tensor {
+        apply(Op::ScatterAdd { axis: axis as u8, size: size as u32 }, &[self, indices], None)
+    }
+
+    /// One-hot rows of length `depth` in `dtype` for integer labels (`[..] -> [.., depth]`).
+    /// Labels outside `0..depth` give all-zero rows (as in TensorFlow).
+    #[track_caller]
+    pub fn one_hot(&self, depth: usize, dtype: DType) -> Tensor {
+        let labels = self.cast(DType::I64).expand_dims(-1);
+        labels.eq(&Tensor::arange(0, depth as i64, DType::I64)).cast(dtype)
+    }
+
+    /// Matrix product of the last two axes (batched over leading ones).
+    #[track_caller]
+    pub fn matmul(&self, other: &Tensor) -> Tensor {
+        self.matmul_t(other, false, false)
+    }
+
+    /// Matrix product with either operand transposed in its last two axes.
+    #[track_caller]
+    pub fn matmul_t(&self, other: &Tensor, ta: bool, tb: bool) -> Tensor {
+        apply(Op::MatMul { ta, tb }, &[self, other], None)
+    }
+
+    /// 2-D convolution of an NHWC input with a `[kh,kw,cin,cout]` filter.
+    #[track_caller]
+    pub fn conv2d(&self, filter: &Tensor, stride: (usize, usize), padding: Padding) -> Tensor {
+        let attrs = ConvAttrs { stride: (stride.0 as u8, stride.1 as u8), padding };
+        apply(Op::Conv2d(attrs), &[self, filter], None)
+    }
+
+    /// 2-D max pooling of an NHWC input.
+    #[track_caller]
+    pub fn max_pool2d(&self, ksize: (usize, usize), stride: (usize, usize), padding: Padding) -> Tensor {
+        let attrs = PoolAttrs {
+            ksize: (ksize.0 as u8, ksize.1 as u8),
+            stride: (stride.0 as u8, stride.1 as u8),
+            padding,
+        };
+        Tensor::pool_op(Op::MaxPool2d(attrs), self, None)
+    }
+
+    #[track_caller]
+    pub(crate) fn conv2d_op(op: Op, a: &Tensor, b: &Tensor, out: &[usize]) -> Tensor {
+        let out = if matches!(op, Op::Conv2d(_)) { None } else { Some(out) };
+        apply(op, &[a, b], out)
+    }
+
+    #[track_caller]
+    pub(crate) fn pool_op(op: Op, x: &Tensor, g: Option<&Tensor>) -> Tensor {
+        match g {
+            Some(g) => apply(op, &[x, g], None),
+            None => apply(op, &[x], None),
+        }
+    }
+
+    /// `log Σ exp(x)` over `axis`, shifted by the maximum for stability.
+    #[track_caller]
+    pub fn logsumexp(&self, axis: isize, keep: bool) -> Tensor {
+        let m = self.max(&[axis], true).stop_gradient();
+        let s = (self - &m).exp().sum(&[axis], true).log() + m;
+        if keep {
+            s
+        } else {
+            s.squeeze(axis)
+        }
+    }
+
+    /// `log softmax(x)` over `axis`, numerically stable.
+    #[track_caller]
+    pub fn log_softmax(&self, axis: isize) -> Tensor {
+        self - &self.logsumexp(axis, true)
+    }
+
+    /// `softmax(x)` over `axis`, numerically stable.
+    #[track_caller]
+    pub fn softmax(&self, axis: isize) -> Tensor {
+        let z = self - &self.max(&[axis], true).stop_gradient();
+        let e = z.exp();
+        &e / &e.sum(&[axis], true)
+    }
+}
+
+macro_rules! binop {
+    ($tr:ident, $m:ident, $op:expr) => {
+        impl $tr<&Tensor> for &Tensor {
+            type Output = Tensor;
+            #[track_caller]
+            fn $m(self, rhs: &Tensor) -> Tensor {
+                apply(Op::Binary($op), &[self, rhs], None)
+            }
+        }
+        impl $tr<Tensor> for Tensor {
+            type Output = Tensor;
+            #[track_caller]
+            fn $m(self, rhs: Tensor) -> Tensor {
+                (&self).$m(&rhs)
+            }
+        }
+        impl $tr<&Tensor> for Tensor {
+            type Output = Tensor;
+            #[track_caller]
+            fn $m(self, rhs: &Tensor) -> Tensor {
+                (&self).$m(rhs)
+            }
+        }
+        impl $tr<Tensor> for &Tensor {
+            type Output = Tensor;
+            #[track_caller]
+            fn $m(self, rhs: Tensor) -> Tensor {
+                self.$m(&rhs)
+            }
+        }
+        binop!(@scalar $tr, $m, f32);
+        binop!(@scalar $tr, $m, f64);
+    };
+    (@scalar $tr:ident, $m:ident, $s:ty) => {
+        impl $tr<$s> for &Tensor {
+            type Output = Tensor;
+            #[track_caller]
+            fn $m(self, rhs: $s) -> Tensor {
+                self.$m(&self.scalar_like(rhs as f64))
+            }
+        }
+        impl $tr<$s> for Tensor {
+            type Output = Tensor;
+            #[track_caller]
+            fn $m(self, rhs: $s) -> Tensor {
+                (&self).$m(rhs)
+            }
+        }
+        impl $tr<&Tensor> for $s {
+            type Output = Tensor;
+            #[track_caller]
+            fn $m(self, rhs: &Tensor) -> Tensor {
+                rhs.scalar_like(self as f64).$m(rhs)
+            }
+        }
+        impl $tr<Tensor> for $s {
+            type Output = Tensor;
+            #[track_caller]
+            fn $m(self, rhs: Tensor) -> Tensor {
+                self.$m(&rhs)
+            }
+        }
+    };
+}
+
+binop!(Add, add, Binary::Add);
+binop!(Sub, sub, Binary::Sub);
+binop!(Mul, mul, Binary::Mul);
+binop!(Div, div, Binary::Div);
+
+impl Neg for &Tensor {
+    type Output = Tensor;
+    #[track_caller]
+    fn neg(self) -> Tensor {
+        apply(Op::Unary(Unary::Neg), &[self], None)
+    }
+}
+
+impl Neg for Tensor {
+    type Output = Tensor;
+    #[track_caller]
+    fn neg(self) -> Tensor {
+        -&self
+    }
+}

@@ -1,0 +1,288 @@
+//! `function`: tf.function for Rust closures.
+//!
+//! `function(closure)` returns a [`Function`]. Its `call` traces the closure once per
+//! input signature (dtypes + shapes) into a [`Graph`], optimizes and plans it into a
+//! [`ConcreteFunction`], caches it, and runs it. Later calls with the same signature
+//! only run the cached plan: side effects in the closure (printing, pushing to a Vec)
+//! happen at trace time only, as in TensorFlow. A call with a new signature retraces and
+//! records which argument changed ([`Function::retrace_reasons`]).
+
+use super::context;
+use crate::error::{Error, Result};
+use crate::exec::{Plan, RunStats};
+use crate::ir::Graph;
+use crate::passes::{PassConfig, PassStat};
+use crate::tensor::{type_str, DType, Shape, Tensor};
+use std::marker::PhantomData;
+use std::panic::Location;
+use std::sync::{Arc, Mutex};
+
+/// What a traced closure may return: one tensor, a tuple of tensors, a `Vec`, or `()`.
+pub trait Outputs: Sized {
+    /// The tensors, in order.
+    fn flatten(self) -> Vec<Tensor>;
+    /// Rebuilds the value from tensors in the same order.
+    fn unflatten(v: Vec<Tensor>) -> Self;
+}
+
+impl Outputs for Tensor {
+    fn flatten(self) -> Vec<Tensor> {
+        vec![self]
+    }
+    fn unflatten(mut v: Vec<Tensor>) -> Self {
+        v.remove(0)
+    }
+}
+
+impl Outputs for () {
+    fn flatten(self) -> Vec<Tensor> {
+        Vec::new()
+    }
+    fn unflatten(_: Vec<Tensor>) -> Self {}
+}
+
+impl Outputs for Vec<Tensor> {
+    fn flatten(self) -> Vec<Tensor> {
+        self
+    }
+    fn unflatten(v: Vec<Tensor>) -> Self {
+        v
+    }
+}
+
+impl Outputs for (Tensor, Tensor) {
+    fn flatten(self) -> Vec<Tensor> {
+        vec![self.0, self.1]
+    }
+    fn unflatten(v: Vec<Tensor>) -> Self {
+        let mut it = v.into_iter();
+        (it.next().expect("2 outputs"), it.next().expect("2 outputs"))
+    }
+}
+
+impl Outputs for (Tensor, Tensor, Tensor) {
+    fn flatten(self) -> Vec<Tensor> {
+        vec![self.0, self.1, self.2]
+    }
+    fn unflatten(v: Vec<Tensor>) -> Self {
+        let mut it = v.into_iter();
+        (it.next().expect("3"), it.next().expect("3"), it.next().expect("3"))
+    }
+}
+
+/// A closure that `function` can trace, for each arity `A = (Tensor, ...)`.
+pub trait Traceable<A> {
+    /// What the closure returns on success.
+    type Out: Outputs;
+    /// Number of tensor arguments.
+    const ARITY: usize;
+    /// Calls the closure with `args.len() == ARITY` tensors.
+    fn invoke(&self, args: &[Tensor]) -> Result<Self::Out>;
+}
+
+macro_rules! traceable {
+    ($n:expr; $($i:tt),*) => {
+        impl<F, O> Traceable<($(traceable!(@t $i),)*)> for F
+        where
+            F: Fn($(traceable!(@r $i)),*) -> Result<O>,
+            O: Outputs,
+        {
+            type Out = O;
+            const ARITY: usize = $n;
+            #[allow(unused_variables)]
+            fn invoke(&self, args: &[Tensor]) -> Result<O> {
+                self($(&args[$i]),*)
+            }
+        }
+    };
+    (@t $i:tt) => { Tensor };
+    (@r $i:tt) => { &Tensor };
+}
+
+traceable!(0;);
+traceable!(1; 0);
+traceable!(2; 0, 1);
+traceable!(3; 0, 1, 2);
+traceable!(4; 0, 1, 2, 3);
+
+/// The input signature a concrete function was traced for.
+pub type Signature = Vec<(DType, Shape)>;
+
+/// One traced, optimized and planned graph for one input signature.
+pub struct ConcreteFunction {
+    signature: Signature,
+    traced: Graph,
+    plan: Plan,
+    pass_stats: Vec<PassStat>,
+    compile_time: std::time::Duration,
+}
+
+impl ConcreteFunction {
+    /// The input signature.
+    pub fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    /// The graph as traced (forward and backward, before optimization).
+    pub fn traced_graph(&self) -> &Graph {
+        &self.traced
+    }
+    /// The optimized graph that runs.
+    pub fn graph(&self) -> &Graph {
+        self.plan.graph()
+    }
+    /// Canonical text IR of the optimized graph.
+    pub fn text(&self) -> String {
+        crate::ir::print(self.graph(), false)
+    }
+    /// Graphviz DOT of the optimized graph.
+    pub fn dot(&self) -> String {
+        crate::ir::to_dot(self.graph())
+    }
+    /// One line per pass: name, nodes before → after, time.
+    pub fn pass_stats(&self) -> &[PassStat] {
+        &self.pass_stats
+    }
+    /// The execution plan (order, buffer reuse, peak memory).
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+    /// Time spent tracing, differentiating, optimizing and planning.
+    pub fn compile_time(&self) -> std::time::Duration {
+        self.compile_time
+    }
+    /// Runs on concrete arguments; updates variables assigned by the graph.
+    pub fn run(&self, args: &[Tensor]) -> Result<Vec<Tensor>> {
+        let datas = args.iter().map(|a| a.data()).collect::<Result<Vec<_>>>()?;
+        let out = self.plan.run(&datas, &mut RunStats::default())?;
+        Ok(out.into_iter().map(Tensor::from_data).collect())
+    }
+}
+
+struct State {
+    cache: Vec<Arc<ConcreteFunction>>,
+    traces: usize,
+    reasons: Vec<String>,
+}
+
+/// A traced function; see [`function`].
+pub struct Function<A, F> {
+    f: F,
+    config: PassConfig,
+    state: Mutex<State>,
+    _args: PhantomData<fn(A)>,
+}
+
+/// Wraps a closure as a traced function (`tf.function`). The closure takes `&Tensor`
+/// arguments and returns `Result<O>` where `O` is a tensor, a tuple of tensors, a `Vec`
+/// of tensors or `()`.
+///
+/// ```
+/// use tapeflow::{function, Tensor, Variable};
+/// let w = Variable::named("w", Tensor::scalar(2.0));
+/// let w2 = w.clone();
+/// let f = function(move |x: &Tensor| Ok(x * &w2.read()));
+/// let y = f.call(&Tensor::vec(&[1.0f32, 3.0])).unwrap();
+/// assert_eq!(y.to_vec_f32().unwrap(), vec![2.0, 6.0]);
+/// assert_eq!(f.trace_count(), 1);
+/// ```
+pub fn function<A, F: Traceable<A>>(f: F) -> Function<A, F> {
+    function_with(f, PassConfig::default())
+}
+
+/// [`function`] with a chosen optimization pipeline (e.g. with a pass turned off).
+pub fn function_with<A, F: Traceable<A>>(f: F, config: PassConfig) -> Function<A, F> {
+    Function { f, config, state: Mutex::new(State { cache: Vec::new(), traces: 0, reasons: Vec::new() }), _args: PhantomData }
+}
+
+impl<A, F: Traceable<A>> Function<A, F> {
+    /// How many times the closure has been traced.
+    pub fn trace_count(&self) -> usize {
+        self.state.lock().expect("function lock").traces
+    }
+
+    /// Why each retrace happened (one line per retrace after the first trace).
+    pub fn retrace_reasons(&self) -> Vec<String> {
+        self.state.lock().expect("function lock").reasons.clone()
+    }
+
+    /// The concrete function for these arguments, tracing it if needed (does not run it).
+    #[track_caller]
+    pub fn concrete(&self, args: &[&Tensor]) -> Result<Arc<ConcreteFunction>> {
+        let loc = Location::caller();
+        if args.len() != F::ARITY {
+            return Err(Error::Function(format!("expects {} arguments, got {} (at {loc})", F::ARITY, args.len())));
+        }
+        let sig: Signature = args.iter().map(|a| (a.dtype(), Shape::from_slice(a.shape()))).collect();
+        let mut st = self.state.lock().expect("function lock");
+        if let Some(c) = st.cache.iter().find(|c| c.signature == sig) {
+            return Ok(c.clone());
+        }
+        if let Some(last) = st.cache.last() {
+            let changed: Vec<String> = last
+                .signature
+                .iter()
+                .zip(&sig)
+                .enumerate()
+                .filter(|(_, (a, b))| a != b)
+                .map(|(i, (a, b))| format!("argument {i} changed from {} to {}", type_str(a.0, &a.1), type_str(b.0, &b.1)))
+                .collect();
+            st.reasons.push(format!("retrace at {loc}: {}", changed.join("; ")));
+        }
+        let c = Arc::new(self.trace(sig)?);
+        st.traces += 1;
+        st.cache.push(c.clone());
+        Ok(c)
+    }
+
+    fn trace(&self, sig: Signature) -> Result<ConcreteFunction> {
+        let start = std::time::Instant::now();
+        let loc = Location::caller();
+        let (graph, res) = context::with_graph(Graph::new(), |_| -> Result<()> {
+            let args: Vec<Tensor> =
+                sig.iter().enumerate().map(|(i, (d, s))| context::add_input(i, *d, s, loc)).collect();
+            let out = self.f.invoke(&args)?;
+            for t in out.flatten() {
+                context::add_output(&t)?;
+            }
+            Ok(())
+        });
+        res??;
+        crate::ir::verify(&graph)?;
+        let (optimized, pass_stats) = crate::passes::run_pipeline(&graph, &self.config)?;
+        let plan = Plan::new(optimized)?;
+        Ok(ConcreteFunction { signature: sig, traced: graph, plan, pass_stats, compile_time: start.elapsed() })
+    }
+
+    /// Traces (if needed) and runs on a slice of arguments.
+    #[track_caller]
+    pub fn call_slice(&self, args: &[&Tensor]) -> Result<F::Out> {
+        if context::is_tracing() {
+            // called from inside another trace: inline the closure into that graph
+            let owned: Vec<Tensor> = args.iter().map(|&t| t.clone()).collect();
+            return self.f.invoke(&owned);
+        }
+        let c = self.concrete(args)?;
+        let owned: Vec<Tensor> = args.iter().map(|&t| t.clone()).collect();
+        Ok(F::Out::unflatten(c.run(&owned)?))
+    }
+}
+
+macro_rules! call_impl {
+    ($($a:ident),*) => {
+        impl<F: Traceable<($(call_impl!(@t $a),)*)>> Function<($(call_impl!(@t $a),)*), F> {
+            /// Traces on the first call for this input signature, then runs the compiled graph.
+            #[track_caller]
+            #[allow(clippy::too_many_arguments)]
+            pub fn call(&self, $($a: &Tensor),*) -> Result<F::Out> {
+                self.call_slice(&[$($a),*])
+            }
+        }
+    };
+    (@t $a:ident) => { Tensor };
+}
+
+call_impl!();
+call_impl!(a);
+call_impl!(a, b);
+call_impl!(a, b, c);
+call_impl!(a, b, c, d);
