@@ -3,33 +3,37 @@
 //!
 //! Algorithm: roots are visited in reverse canonical order (users before producers). An
 //! unclaimed elementwise node (unary, binary, compare, select, float cast, broadcast)
-//! or `sum` starts a region; its operands are considered in decreasing position
-//! (so all of a candidate's users have been decided before it) and absorbed when
-//! - every user of the candidate is in the region and it is not a graph output (its
-//!   value is needed nowhere else, so it never has to exist in memory), and
-//! - it is elementwise, and either has as many elements as the region's iteration space
-//!   or is cheap (not `exp log sin cos tanh sqrt sigmoid pow`: an expensive value of a
-//!   smaller shape stays materialized so it is computed once per element of its own); or
-//! - it is a `matmul` of the region's (elementwise) root's shape and the region has no
-//!   matmul yet: the *matmul + bias + activation* epilogue, run in place on the GEMM's
-//!   output.
+//! or `sum` starts a region; its operands are considered in decreasing position (so all
+//! of a candidate's users have been decided before it). A candidate joins when it is
+//! not a graph output and all its users are in the region, in the same loop (the
+//! *summed* loop below the region's sum, or the *result* loop) — its value is then
+//! needed nowhere else, so it never exists in memory — and it is:
+//! - elementwise, with as many elements as its loop or cheap (not `exp log sin cos tanh
+//!   sqrt sigmoid pow`: an expensive value of a smaller shape stays materialized, so it
+//!   is computed once per element of its own shape rather than once per loop element);
+//! - a `sum` in the result loop, when the region has no sum and no matmul yet: the
+//!   *reduction epilogue* (`sum(square(a - b))`, with elementwise ops after it such as
+//!   `mean`'s scaling or an SGD update of a bias);
+//! - a `reshape`: it becomes a *load* reading its operand (which stays outside) with
+//!   the new shape;
+//! - a `matmul` of the root's type in the result loop, when the region has no matmul
+//!   and no sum: the *matmul + bias + activation* epilogue, run on the GEMM's output.
 //!
-//! A `sum` is fused only as a region's root, over an absorbed elementwise operand (the
-//! *reduction epilogue*, e.g. `sum(square(a - b))`). Regions of two or more nodes become
-//! one `fused` node whose operands are the region's inputs (in order of first use) and
-//! whose expression lists the region's nodes in canonical order (a matmul first); the
-//! region's nodes are removed. One sweep; `fused` nodes are opaque to a second run, which
-//! therefore finds only single-node regions and changes nothing.
+//! Regions of two or more nodes become one `fused` node whose operands are the region's
+//! inputs (in order of first use) and whose expression lists the matmul, the summed
+//! loop, the sum and the result loop, each in canonical order; the region's nodes are
+//! removed. One sweep; `fused` nodes are opaque to a second run, which therefore finds
+//! only single-node regions and changes nothing.
 //!
-//! It does not: duplicate (recompute) a node that has users outside the region, fuse
-//! `max`/`argmax` or `sum`s in the middle of a region, fuse across reshapes, transposes,
-//! slices or concatenations, or fuse two matmuls.
+//! It does not: duplicate (recompute) a node that has users outside the region or in
+//! both loops, fuse `max`/`argmax` or two sums or two matmuls into one node, or fuse
+//! across transposes, slices or concatenations.
 
 use crate::error::{Error, Result};
 use crate::exec::kernels::fused::{Arg, FusedExpr, Inst};
 use crate::ir::{Graph, Node, NodeId};
 use crate::ops::{Binary, FusionClass, Op, Unary};
-use crate::tensor::{numel, DType, Shape};
+use crate::tensor::{numel, DType};
 use smallvec::SmallVec;
 use std::collections::{BinaryHeap, HashMap};
 
@@ -42,13 +46,33 @@ fn is_cheap(op: Op) -> bool {
     )
 }
 
-struct Region {
-    root: NodeId,
-    members: Vec<NodeId>,
-    matmul: Option<NodeId>,
+/// Which loop of a fused node a member is evaluated in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Space {
+    /// Over the summed value's elements (before the region's sum).
+    Summed,
+    /// Over the result's elements (no sum, or after it).
+    Result,
+    /// The region's sum itself.
+    Sum,
 }
 
-/// Fuses elementwise regions (with sum and matmul ends) into `fused` nodes.
+struct Region {
+    root: NodeId,
+    members: Vec<(NodeId, Space)>,
+    matmul: Option<NodeId>,
+    sum: Option<NodeId>,
+    /// Reshapes absorbed as loads (their operands stay outside).
+    loads: Vec<NodeId>,
+}
+
+impl Region {
+    fn space(&self, n: NodeId) -> Option<Space> {
+        self.members.iter().find(|(m, _)| *m == n).map(|&(_, s)| s)
+    }
+}
+
+/// Fuses elementwise regions (with sum and matmul parts) into `fused` nodes.
 pub fn fuse_elementwise(g: &mut Graph) -> Result<()> {
     let order = g.canonical_order();
     let mut pos = vec![usize::MAX; g.capacity()];
@@ -61,46 +85,70 @@ pub fn fuse_elementwise(g: &mut Graph) -> Result<()> {
         if claimed[n.index()] {
             continue;
         }
-        let node = g.node(n);
-        let (is_sum, it): (bool, Shape) = match node.op.fusion_class() {
-            FusionClass::Elementwise => (false, node.shape.clone()),
-            FusionClass::Reduction => (true, g.node(g.operands(n)[0]).shape.clone()),
+        let root_space = match g.node(n).op.fusion_class() {
+            FusionClass::Elementwise => Space::Result,
+            FusionClass::Reduction => Space::Sum,
             FusionClass::Opaque => continue,
         };
         claimed[n.index()] = true;
-        let mut r = Region { root: n, members: vec![n], matmul: None };
-        let mut in_region: HashMap<NodeId, ()> = HashMap::from([(n, ())]);
+        let mut r = Region { root: n, members: vec![(n, root_space)], matmul: None, sum: None, loads: Vec::new() };
+        if root_space == Space::Sum {
+            r.sum = Some(n);
+        }
         let mut heap: BinaryHeap<(usize, NodeId)> = g.operands(n).iter().map(|&o| (pos[o.index()], o)).collect();
         while let Some((_, p)) = heap.pop() {
-            if in_region.contains_key(&p) || claimed[p.index()] {
+            if r.space(p).is_some() || claimed[p.index()] || g.outputs.contains(&p) {
                 continue;
+            }
+            // the loop p would be evaluated in: that of all its users (the sum's operand is summed)
+            let mut spaces = g.users(p).into_iter().map(|u| match r.space(u) {
+                Some(Space::Sum) => Some(Space::Summed),
+                s => s,
+            });
+            let first = spaces.next().flatten();
+            let Some(space) = first.filter(|&f| spaces.all(|s| s == Some(f))) else { continue };
+            let feeds_part = r.matmul.into_iter().chain(r.loads.iter().copied()).any(|m| g.operands(m).contains(&p));
+            if feeds_part {
+                continue; // a matmul's or a reshape's operand stays outside
             }
             let pn = g.node(p);
-            let users_inside = g.users(p).iter().all(|u| in_region.contains_key(u)) && !g.outputs.contains(&p);
-            let feeds_matmul = r.matmul.is_some_and(|m| g.operands(m).contains(&p));
-            if !users_inside || feeds_matmul {
-                continue;
-            }
-            let elementwise = pn.op.fusion_class() == FusionClass::Elementwise
-                && (numel(&pn.shape) == numel(&it) || is_cheap(pn.op));
-            let matmul = matches!(pn.op, Op::MatMul { .. })
-                && r.matmul.is_none()
-                && !is_sum
-                && pn.shape == it
-                && !g.operands(p).iter().any(|o| in_region.contains_key(o));
-            if elementwise {
+            let loop_elems = match space {
+                Space::Summed => numel(&g.node(g.operands(r.sum.expect("a summed space has a sum"))[0]).shape),
+                _ => numel(&g.node(r.root).shape),
+            };
+            let joined = match pn.op.fusion_class() {
+                FusionClass::Elementwise if numel(&pn.shape) == loop_elems || is_cheap(pn.op) => space,
+                // one sum per result element: the sum's result is not broadcast in the region
+                FusionClass::Reduction
+                    if space == Space::Result
+                        && r.sum.is_none()
+                        && r.matmul.is_none()
+                        && numel(&pn.shape) == numel(&g.node(r.root).shape) =>
+                {
+                    r.sum = Some(p);
+                    Space::Sum
+                }
+                _ if pn.op == Op::Reshape => {
+                    r.loads.push(p);
+                    space
+                }
+                _ if matches!(pn.op, Op::MatMul { .. })
+                    && space == Space::Result
+                    && r.matmul.is_none()
+                    && r.sum.is_none()
+                    && pn.shape == g.node(r.root).shape
+                    && pn.dtype == g.node(r.root).dtype =>
+                {
+                    r.matmul = Some(p);
+                    space
+                }
+                _ => continue,
+            };
+            if !matches!(pn.op, Op::Reshape | Op::MatMul { .. }) {
                 heap.extend(g.operands(p).iter().map(|&o| (pos[o.index()], o)));
-            } else if matmul {
-                r.matmul = Some(p);
-            } else {
-                continue;
             }
-            in_region.insert(p, ());
             claimed[p.index()] = true;
-            r.members.push(p);
-        }
-        if is_sum && r.members.len() == 1 {
-            continue; // a sum alone: nothing to fuse with
+            r.members.push((p, joined));
         }
         if r.members.len() >= 2 {
             regions.push(r);
@@ -114,8 +162,14 @@ pub fn fuse_elementwise(g: &mut Graph) -> Result<()> {
 
 /// Replaces a region by one `fused` node.
 fn build(g: &mut Graph, mut r: Region, pos: &[usize]) -> Result<()> {
-    // canonical order, with the matmul (whose operands are all outside) first
-    r.members.sort_by_key(|m| (Some(*m) != r.matmul, pos[m.index()]));
+    // the matmul first, then the summed loop, the sum, the result's loop; canonical order within each
+    let rank = |m: NodeId, s: Space| match s {
+        _ if Some(m) == r.matmul => 0,
+        Space::Summed => 1,
+        Space::Sum => 2,
+        Space::Result => 3,
+    };
+    r.members.sort_by_key(|&(m, s)| (rank(m, s), pos[m.index()]));
     let mut params: Vec<NodeId> = Vec::new();
     let mut param_of: HashMap<NodeId, u32> = HashMap::new();
     let mut inst_of: HashMap<NodeId, u32> = HashMap::new();
@@ -126,7 +180,7 @@ fn build(g: &mut Graph, mut r: Region, pos: &[usize]) -> Result<()> {
         param_of.entry(ops[1]).or_insert(1);
     }
     let mut e = FusedExpr::default();
-    for (k, &m) in r.members.iter().enumerate() {
+    for (k, &(m, _)) in r.members.iter().enumerate() {
         let mut args: SmallVec<[Arg; 3]> = SmallVec::new();
         for (slot, o) in g.operands(m).into_iter().enumerate() {
             args.push(match (inst_of.get(&o), Some(m) == r.matmul) {
@@ -153,7 +207,7 @@ fn build(g: &mut Graph, mut r: Region, pos: &[usize]) -> Result<()> {
     node.loc = root.loc;
     let f = g.add(node, &params);
     g.replace_uses(r.root, f);
-    for m in r.members {
+    for (m, _) in r.members {
         g.remove(m);
     }
     Ok(())

@@ -101,7 +101,7 @@ pub fn plan_memory(g: &Graph, order: &[NodeId]) -> MemoryPlan {
                         let ok = last_use[o] == Some(i)
                             && users[sl] == 1
                             && operands[i].iter().filter(|&&x| x == o).count() == 1
-                            && g.fused[f as usize].can_overwrite((on.dtype, &on.shape));
+                            && g.fused[f as usize].can_overwrite(k, (on.dtype, &on.shape));
                         ok.then_some((k, sl))
                     }),
                     _ => None,

@@ -19,7 +19,8 @@ use super::rewrite::{add_unique, as_type_of, replace, splat};
 use crate::error::Result;
 use crate::ir::{Graph, NodeId};
 use crate::ops::{Binary, Op, Perm, Unary};
-use crate::tensor::DType;
+use crate::ops::reduce::reduced_shape;
+use crate::tensor::{numel, DType};
 use std::collections::BTreeMap;
 
 /// Most sweeps before giving up on a fixpoint.
@@ -53,6 +54,9 @@ pub const RULES: &[(&str, RuleFn)] = &[
     ("sum_no_axes",           sum_no_axes),           // sum[axes=[]](x) = x  (rank ≥ 1; rank 0 takes the kernel's 0 + x path)
     ("max_no_axes",           max_no_axes),           // max[axes=[]](x) = x
     ("stop_gradient",         stop_gradient),         // stop_gradient(x) = x  (optimized graphs are not differentiated)
+    ("reshape_kept_reduce",   reshape_kept_reduce),   // reshape(sum[keep](x)) = sum(x) when it drops the kept axes (also max)
+    ("unary_of_broadcast",    unary_of_broadcast),    // f(broadcast(x)) = broadcast(f(x))  (f elementwise: each element is f of the same x)
+    ("reshape_of_broadcast_scalar", reshape_of_broadcast_scalar), // reshape(broadcast(x)) = broadcast(x) when x has one element
 ];
 
 /// Applies [`RULES`] to a fixpoint; returns how often each rule fired.
@@ -334,4 +338,58 @@ fn cast_f32_f64_f32(g: &mut Graph, n: NodeId) -> Result<Option<NodeId>> {
     }
     let x = g.operands(inner)[0];
     Ok((g.node(x).dtype == DType::F32).then_some(x))
+}
+
+fn reshape_kept_reduce(g: &mut Graph, n: NodeId) -> Result<Option<NodeId>> {
+    if g.node(n).op != Op::Reshape {
+        return Ok(None);
+    }
+    let r = g.operands(n)[0];
+    let (op, x) = match g.node(r).op {
+        Op::Sum { axes, keep: true } => (Op::Sum { axes, keep: false }, g.operands(r)[0]),
+        Op::Max { axes, keep: true } => (Op::Max { axes, keep: false }, g.operands(r)[0]),
+        _ => return Ok(None),
+    };
+    let (Op::Sum { axes, .. } | Op::Max { axes, .. }) = op else { unreachable!() };
+    if reduced_shape(&g.node(x).shape, axes, false) != g.node(n).shape {
+        return Ok(None);
+    }
+    add_unique(g, op, &[x], None, n).map(Some)
+}
+
+fn unary_of_broadcast(g: &mut Graph, n: NodeId) -> Result<Option<NodeId>> {
+    let op = g.node(n).op;
+    if !matches!(op, Op::Unary(_) | Op::Cast(_)) {
+        return Ok(None);
+    }
+    let b = g.operands(n)[0];
+    if g.node(b).op != Op::BroadcastTo {
+        return Ok(None);
+    }
+    let x = g.operands(b)[0];
+    let fx = add_unique(g, op, &[x], None, n)?;
+    let shape = g.node(n).shape.clone();
+    add_unique(g, Op::BroadcastTo, &[fx], Some(&shape), n).map(Some)
+}
+
+fn reshape_of_broadcast_scalar(g: &mut Graph, n: NodeId) -> Result<Option<NodeId>> {
+    if g.node(n).op != Op::Reshape {
+        return Ok(None);
+    }
+    let b = g.operands(n)[0];
+    if g.node(b).op != Op::BroadcastTo {
+        return Ok(None);
+    }
+    let mut x = g.operands(b)[0];
+    if numel(&g.node(x).shape) != 1 {
+        return Ok(None);
+    }
+    let shape = g.node(n).shape.clone();
+    if g.node(x).shape.len() > shape.len() {
+        x = add_unique(g, Op::Reshape, &[x], Some(&[]), n)?;
+    }
+    if g.node(x).shape == shape {
+        return Ok(Some(x));
+    }
+    add_unique(g, Op::BroadcastTo, &[x], Some(&shape), n).map(Some)
 }

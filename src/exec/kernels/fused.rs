@@ -3,32 +3,37 @@
 //! A [`FusedExpr`] is a small straight-line program made by the fusion pass: instructions
 //! in topological order over the fused node's operands (`$i`, its *params*) and earlier
 //! instructions (`#k`); the last instruction is the result. Instructions are elementwise
-//! ops (unary, binary, compare, select, float casts) and `broadcast`, plus two optional ends:
+//! ops (unary, binary, compare, select, float casts), `broadcast`, and `reshape` of a
+//! param (which reads the param's buffer with the new shape), plus two optional parts:
 //! - a **matmul prologue**: instruction 0 is `matmul $0, $1` of the result's shape. The
 //!   kernel runs the ordinary matmul kernel into the output buffer and applies the rest
 //!   of the expression to it in place (bias + activation epilogues);
-//! - a **sum epilogue**: the last instruction is a `sum` of the instruction before it
-//!   (`sum(square(a - b))`), accumulated while the elements are produced.
+//! - one **sum**: the instructions before it compute the summed value (`square(a - b)`
+//!   in `sum(square(a - b))`), accumulated while it is produced; the instructions after
+//!   it are elementwise on the sum's result (`mean`'s scaling, an SGD update of a bias).
 //!
 //! Invariants ([`FusedExpr::infer`] checks them):
-//! - every value of the expression broadcasts to the *iteration shape* (the result's
-//!   shape, or the summed value's shape for a sum epilogue). So every value can be
-//!   evaluated at the current index of the iteration space: a param is read through
-//!   strides (0 along its broadcast axes) and `broadcast` is the identity on a scalar;
+//! - every value broadcasts to the shape of its loop: the summed value's shape before the
+//!   sum, the result's shape otherwise; the sum's result has as many elements as the
+//!   result (one sum per result element). So every value can be evaluated at the current
+//!   index of its loop: a param is read through strides (0 along its broadcast axes) and
+//!   `broadcast` is the identity on a scalar; instructions after the sum read only the
+//!   sum, later instructions and params;
 //! - each instruction's declared type is what its op infers from its arguments.
 //!
-//! The kernel makes one loop over the iteration space and evaluates the whole expression
-//! per element in registers: no tensor-sized intermediate buffer exists. Every
-//! instruction calls its op's own scalar function ([`Unary::f`](crate::ops::Unary::f),
+//! The kernel makes one loop over the result's elements (with, for a sum, an inner loop
+//! over each element's reduced elements) and evaluates the whole expression per element
+//! in registers: no tensor-sized intermediate buffer exists. Every instruction calls its
+//! op's own scalar function ([`Unary::f`](crate::ops::Unary::f),
 //! [`Binary::f`](crate::ops::Binary::f), [`Compare::f`](crate::ops::Compare::f), the same
 //! `as` conversions as `cast`), in the same order as the unfused graph, so results are
-//! bit-identical to it. The sum epilogue adds in exactly the order of
+//! bit-identical to it. The sum adds in exactly the order of
 //! [`reduce::sum`](super::reduce::sum): a fixed 8-lane tree for a full reduction, one
 //! sequential fold per reduced axis (innermost first) otherwise. Output elements are
 //! independent, so splitting the loop across threads never changes a bit.
 
 use super::ew::fill_par;
-use crate::ops::{AxisSet, FusionClass, Op};
+use crate::ops::{FusionClass, Op};
 use crate::tensor::{broadcast_shapes, numel, type_str, Arr, DType, Data, Shape};
 use ndarray::IxDyn;
 use smallvec::SmallVec;
@@ -79,20 +84,9 @@ impl FusedExpr {
         }
     }
 
-    /// `(axes, keep)` of the sum epilogue, if there is one.
-    pub fn sum(&self) -> Option<(AxisSet, bool)> {
-        match self.insts.last().map(|i| i.op) {
-            Some(Op::Sum { axes, keep }) => Some((axes, keep)),
-            _ => None,
-        }
-    }
-
-    /// The shape of the loop: the result's, or the summed value's for a sum epilogue.
-    pub fn iteration_shape(&self) -> &[usize] {
-        match (self.sum(), self.insts.len()) {
-            (Some(_), n) if n >= 2 => &self.insts[n - 2].shape,
-            _ => &self.result().shape,
-        }
+    /// The position of the `sum` instruction, if there is one.
+    pub fn sum_index(&self) -> Option<usize> {
+        self.insts.iter().position(|i| matches!(i.op, Op::Sum { .. }))
     }
 
     /// Checks the expression against the fused node's operand types and returns the
@@ -102,6 +96,7 @@ impl FusedExpr {
         if n == 0 {
             return Err("empty fused expression".into());
         }
+        let s = self.sum_index();
         let mut used = vec![false; params.len()];
         let mut types: Vec<(DType, Shape)> = Vec::with_capacity(n);
         for (k, inst) in self.insts.iter().enumerate() {
@@ -113,6 +108,10 @@ impl FusedExpr {
                         let (d, s) = params.get(p as usize).ok_or_else(|| here(format!("${p} is not an operand")))?;
                         used[p as usize] = true;
                         (*d, Shape::from_slice(s))
+                    }
+                    // values after the sum live in the result's index space, values before it in the summed one
+                    Arg::Inst(j) if s.is_some_and(|s| k > s && (j as usize) < s) => {
+                        return Err(here(format!("#{j} is computed before the sum and cannot be read after it")))
                     }
                     Arg::Inst(j) if (j as usize) < k => types[j as usize].clone(),
                     Arg::Inst(j) => return Err(here(format!("#{j} is not an earlier instruction"))),
@@ -126,34 +125,52 @@ impl FusedExpr {
                     }
                 }
                 Op::Sum { .. } => {
-                    if k + 1 != n || k == 0 || inst.args[..] != [Arg::Inst(k as u32 - 1)] {
-                        return Err(here("a sum must be the last instruction, of the one before it".into()));
+                    if s != Some(k) {
+                        return Err(here("only one sum may be fused".into()));
+                    }
+                }
+                Op::Reshape => {
+                    if !matches!(inst.args[..], [Arg::Param(_)]) {
+                        return Err(here("a reshape must read an operand (`reshape $n`)".into()));
                     }
                 }
                 op if op.fusion_class() == FusionClass::Elementwise => {}
                 _ => return Err(here("this op cannot be fused".into())),
             }
-            let (d, s) = inst.op.infer(&arg_types, Some(&inst.shape)).map_err(here)?;
-            if d != inst.dtype || s != inst.shape {
+            let (d, sh) = inst.op.infer(&arg_types, Some(&inst.shape)).map_err(here)?;
+            if d != inst.dtype || sh != inst.shape {
                 return Err(here(format!(
                     "declared {} but infers {}",
                     type_str(inst.dtype, &inst.shape),
-                    type_str(d, &s)
+                    type_str(d, &sh)
                 )));
             }
-            types.push((d, s));
+            types.push((d, sh));
         }
         if let Some(p) = used.iter().position(|u| !u) {
             return Err(format!("operand ${p} is not used by the expression"));
         }
-        if self.matmul().is_some() && (self.sum().is_some() || self.insts[0].shape != self.result().shape) {
-            return Err("a matmul prologue needs an elementwise result of its own shape".into());
+        let result = &self.result().shape;
+        let r = self.result();
+        if self.matmul().is_some() && (s.is_some() || self.insts[0].shape != r.shape || self.insts[0].dtype != r.dtype) {
+            return Err("a matmul prologue needs an elementwise result of its own type and no sum".into());
         }
-        let it = self.iteration_shape();
-        let last = if self.sum().is_some() { n - 1 } else { n };
-        for (k, inst) in self.insts[..last].iter().enumerate() {
-            if broadcast_shapes(&inst.shape, it).as_deref() != Some(it) {
-                return Err(format!("#{k} {} does not broadcast to the iteration shape {it:?}", type_str(inst.dtype, &inst.shape)));
+        if s.is_some_and(|s| numel(&self.insts[s].shape) != numel(result)) {
+            return Err("the sum's result must not be broadcast (one sum per result element)".into());
+        }
+        let summed: Shape = match s.map(|s| self.insts[s].args[0]) {
+            Some(Arg::Param(p)) => Shape::from_slice(params[p as usize].1),
+            Some(Arg::Inst(j)) => types[j as usize].1.clone(),
+            None => result.clone(),
+        };
+        for (k, inst) in self.insts.iter().enumerate() {
+            let space: &[usize] = match s {
+                Some(s) if k == s => continue,
+                Some(s) if k < s => &summed,
+                _ => result,
+            };
+            if broadcast_shapes(&inst.shape, space).as_deref() != Some(space) {
+                return Err(format!("#{k} {} does not broadcast to its loop's shape {space:?}", type_str(inst.dtype, &inst.shape)));
             }
         }
         Ok(types.pop().expect("n > 0"))
@@ -161,10 +178,11 @@ impl FusedExpr {
 
     /// Whether the result may be written over param `p` (of type `param`) while it is
     /// read: true when the param is read only at the index being written (it has the
-    /// result's exact type and is not broadcast) and there is no matmul or sum end.
-    pub fn can_overwrite(&self, param: (DType, &[usize])) -> bool {
+    /// result's exact type, is not broadcast or reshaped) and there is no matmul or sum.
+    pub fn can_overwrite(&self, p: usize, param: (DType, &[usize])) -> bool {
         let r = self.result();
-        self.matmul().is_none() && self.sum().is_none() && param.0 == r.dtype && param.1 == &r.shape[..]
+        let reshaped = self.insts.iter().any(|i| i.op == Op::Reshape && i.args[..] == [Arg::Param(p as u32)]);
+        self.matmul().is_none() && self.sum_index().is_none() && !reshaped && param.0 == r.dtype && param.1 == &r.shape[..]
     }
 }
 
@@ -367,34 +385,76 @@ impl<'s> Cursor<'s> {
     }
 }
 
-/// What one element evaluation needs.
-struct Program<'a> {
-    e: &'a FusedExpr,
-    srcs: SmallVec<[Src<'a>; 8]>,
-    /// Instructions evaluated per element (all but a matmul prologue and a sum epilogue).
-    range: std::ops::Range<usize>,
+/// An operand of a compiled step: a load (by index in its loop's loads) or a register.
+#[derive(Clone, Copy)]
+enum Operand {
+    Load(usize),
+    Reg(usize),
 }
 
-impl Program<'_> {
-    /// Evaluates the loop body at the cursor; `cur` is the output buffer's value there.
-    #[inline(always)]
-    fn at(&self, offs: &[usize], cur: Scalar, regs: &mut [Scalar]) -> Scalar {
-        if self.range.start == 1 {
-            regs[0] = cur; // the matmul prologue's value, computed into the output buffer
+/// One instruction, compiled: its op and where its arguments come from.
+struct Step {
+    op: Op,
+    args: SmallVec<[Operand; 3]>,
+}
+
+/// The reads of one loop (the summed index space, or the result's): where each load
+/// reads and its shape (its strides follow from the shape and the loop's shape).
+#[derive(Default)]
+struct Loads<'a> {
+    srcs: SmallVec<[Src<'a>; 8]>,
+    shapes: SmallVec<[Shape; 8]>,
+    /// (param, reshape instruction) of each load, to share loads of the same view.
+    keys: SmallVec<[(usize, Option<usize>); 8]>,
+}
+
+impl<'a> Loads<'a> {
+    fn get(&mut self, key: (usize, Option<usize>), src: Src<'a>, shape: &[usize]) -> usize {
+        if let Some(i) = self.keys.iter().position(|k| *k == key) {
+            return i;
         }
-        let mut args: SmallVec<[Scalar; 3]> = SmallVec::new();
-        for k in self.range.clone() {
-            let inst = &self.e.insts[k];
-            args.clear();
-            for a in &inst.args {
-                args.push(match *a {
-                    Arg::Param(p) => self.srcs[p as usize].read(offs[p as usize], cur),
-                    Arg::Inst(j) => regs[j as usize],
-                });
-            }
-            regs[k] = apply(inst.op, &args);
+        self.keys.push(key);
+        self.srcs.push(src);
+        self.shapes.push(Shape::from_slice(shape));
+        self.srcs.len() - 1
+    }
+
+    /// Per-load strides along the loop axes `order` of `loop_shape` (0 where a load
+    /// broadcasts or reads the output buffer).
+    fn strides(&self, loop_shape: &[usize], order: &[usize]) -> Vec<SmallVec<[usize; 6]>> {
+        self.shapes
+            .iter()
+            .zip(&self.srcs)
+            .map(|(s, src)| match src {
+                Src::Out => SmallVec::from_elem(0, order.len()),
+                _ => {
+                    let bs = broadcast_strides(s, loop_shape);
+                    order.iter().map(|&d| bs[d]).collect()
+                }
+            })
+            .collect()
+    }
+}
+
+/// Evaluates `steps[range]` at one point of a loop; `cur` is the output buffer's value there.
+#[inline(always)]
+fn eval_steps(steps: &[Step], range: std::ops::Range<usize>, loads: &Loads, offs: &[usize], cur: Scalar, regs: &mut [Scalar]) {
+    let mut args: SmallVec<[Scalar; 3]> = SmallVec::new();
+    for k in range {
+        let st = &steps[k];
+        args.clear();
+        for a in &st.args {
+            args.push(match *a {
+                Operand::Load(l) => loads.srcs[l].read(offs[l], cur),
+                Operand::Reg(j) => regs[j],
+            });
         }
-        regs[self.range.end - 1]
+        regs[k] = match st.op {
+            Op::MatMul { .. } => cur, // computed into the output buffer before the loop
+            Op::Reshape => args[0],   // a load with the reshaped strides
+            Op::Sum { .. } => args[0], // one element of the sum; the loop accumulates it
+            op => apply(op, &args),
+        };
     }
 }
 
@@ -409,7 +469,8 @@ fn contiguous(shape: &[usize]) -> SmallVec<[usize; 6]> {
     st
 }
 
-/// Param strides along each axis of `it` (right-aligned broadcasting: 0 on broadcast axes).
+/// Strides of a `shape` buffer along each axis of `it` (right-aligned broadcasting: 0 on
+/// broadcast axes).
 fn broadcast_strides(shape: &[usize], it: &[usize]) -> SmallVec<[usize; 6]> {
     let cs = contiguous(shape);
     let lead = it.len() - shape.len();
@@ -418,19 +479,33 @@ fn broadcast_strides(shape: &[usize], it: &[usize]) -> SmallVec<[usize; 6]> {
         .collect()
 }
 
+fn zero(d: DType) -> Scalar {
+    match d {
+        DType::F32 => Scalar::F32(0.0),
+        DType::F64 => Scalar::F64(0.0),
+        DType::I64 => unreachable!("infer checks that sums are of floats"),
+    }
+}
+
 fn run<O: Elem>(e: &FusedExpr, x: &[Option<&Data>], shape: &[usize], out: OutBuf) -> Data {
     let n_out = numel(shape);
     let mut buf: Option<Vec<O>> = None;
     let mut held: Option<Data> = None; // an operand we were handed but could not overwrite
     let mut from_out: Option<usize> = None;
-    let mut mm: Option<Data> = None;
     if let Some((ta, tb)) = e.matmul() {
         let (a, b) = (x[0].expect("matmul operands are given"), x[1].expect("matmul operands are given"));
-        mm = Some(Op::MatMul { ta, tb }.eval(&[a, b], shape).expect("matmul cannot fail at run time"));
+        let m = Op::MatMul { ta, tb }.eval(&[a, b], shape).expect("matmul cannot fail at run time");
+        buf = Some(O::take_vec(m).unwrap_or_else(|_| unreachable!("a fresh matmul result is owned")));
     } else {
         match out {
             OutBuf::Fresh => {}
-            OutBuf::Spare(d) => buf = O::take_vec(d).ok(),
+            OutBuf::Spare(d) => {
+                buf = O::take_vec(d).ok().map(|mut v| {
+                    v.clear();
+                    v.resize(n_out, O::default());
+                    v
+                })
+            }
             OutBuf::Operand(k, d) => match O::take_vec(d) {
                 Ok(v) if v.len() == n_out => {
                     buf = Some(v);
@@ -441,102 +516,114 @@ fn run<O: Elem>(e: &FusedExpr, x: &[Option<&Data>], shape: &[usize], out: OutBuf
             },
         }
     }
-    let mut buf = match (mm, buf) {
-        (Some(m), _) => O::take_vec(m).unwrap_or_else(|_| unreachable!("a fresh matmul result is owned")),
-        (None, Some(mut v)) => {
-            if from_out.is_none() {
-                v.clear();
-                v.resize(n_out, O::default());
+    let mut buf = buf.unwrap_or_else(|| vec![O::default(); n_out]);
+    let param = |p: usize| -> (Src, Shape) {
+        match (x[p], from_out) {
+            (_, Some(k)) if k == p => (Src::Out, Shape::from_slice(shape)),
+            (Some(d), _) => (Src::of(d), d.shape()),
+            (None, _) => {
+                let d = held.as_ref().expect("the caller's operand is held");
+                (Src::of(d), d.shape())
             }
-            v
         }
-        (None, None) => vec![O::default(); n_out],
     };
-    let srcs: SmallVec<[Src; 8]> = (0..x.len())
-        .map(|p| match (x[p], from_out) {
-            _ if e.matmul().is_some() && p < 2 && !e.insts[1..].iter().any(|i| i.args.contains(&Arg::Param(p as u32))) => {
-                Src::Out // consumed by the matmul only; never read in the loop
+    // compile: each argument becomes a load of the loop it is read in, or a register
+    let s = e.sum_index();
+    let (mut inner, mut outer) = (Loads::default(), Loads::default());
+    let mut steps: Vec<Step> = Vec::with_capacity(e.insts.len());
+    for (k, inst) in e.insts.iter().enumerate() {
+        let loads = if s.is_some_and(|s| k <= s) { &mut inner } else { &mut outer };
+        let args = match (inst.op, &inst.args[..]) {
+            (Op::MatMul { .. }, _) => SmallVec::new(),
+            (Op::Reshape, [Arg::Param(p)]) => {
+                let (src, _) = param(*p as usize);
+                SmallVec::from_elem(Operand::Load(loads.get((*p as usize, Some(k)), src, &inst.shape)), 1)
             }
-            (_, Some(k)) if k == p => Src::Out,
-            (Some(d), _) => Src::of(d),
-            (None, _) => Src::of(held.as_ref().expect("the caller's operand is held")),
-        })
-        .collect();
-    let it: Shape = Shape::from_slice(e.iteration_shape());
-    let shapes: SmallVec<[Shape; 8]> = (0..x.len())
-        .map(|p| match (x[p], from_out) {
-            (_, Some(k)) if k == p => it.clone(),
-            (Some(d), _) => d.shape(),
-            (None, _) => held.as_ref().map(|d| d.shape()).unwrap_or_else(|| it.clone()),
-        })
-        .collect();
-    let start = usize::from(e.matmul().is_some());
-    let end = e.insts.len() - usize::from(e.sum().is_some());
-    let prog = Program { e, srcs, range: start..end };
-    let nregs = e.insts.len();
-    // params read from the output buffer need no offset
-    let strides: Vec<SmallVec<[usize; 6]>> = shapes
-        .iter()
-        .enumerate()
-        .map(|(p, s)| match prog.srcs[p] {
-            Src::Out => SmallVec::from_elem(0, it.len()),
-            _ => broadcast_strides(s, &it),
-        })
-        .collect();
-    let result = match e.sum() {
+            _ => inst
+                .args
+                .iter()
+                .map(|a| match *a {
+                    Arg::Param(p) => {
+                        let (src, sh) = param(p as usize);
+                        Operand::Load(loads.get((p as usize, None), src, &sh))
+                    }
+                    Arg::Inst(j) => Operand::Reg(j as usize),
+                })
+                .collect(),
+        };
+        steps.push(Step { op: inst.op, args });
+    }
+    let nregs = steps.len();
+    let result = match s {
         None => {
+            let all: Vec<usize> = (0..shape.len()).collect();
+            let strides = outer.strides(shape, &all);
             fill_par(&mut buf, |off, chunk| {
-                let mut c = Cursor::new(&it, &strides, off);
+                let mut c = Cursor::new(shape, &strides, off);
                 let mut regs = vec![Scalar::I64(0); nregs];
                 for o in chunk.iter_mut() {
-                    *o = O::get(prog.at(&c.offs, o.put(), &mut regs));
+                    eval_steps(&steps, 0..nregs, &outer, &c.offs, o.put(), &mut regs);
+                    *o = O::get(regs[nregs - 1]);
                     c.advance();
                 }
             });
-            Arr::from_shape_vec(IxDyn(shape), buf).expect("length matches shape")
+            buf
         }
-        Some((axes, _)) => {
-            // loop order: kept axes, then reduced axes (each output's lane is contiguous)
+        Some(s) => {
+            let Op::Sum { axes, .. } = e.insts[s].op else { unreachable!("sum_index points at a sum") };
+            let it: Shape = match e.insts[s].args[0] {
+                Arg::Param(p) => param(p as usize).1,
+                Arg::Inst(j) => e.insts[j as usize].shape.clone(),
+            };
+            let z = zero(e.insts[s].dtype);
+            // inner loop order: kept axes, then reduced axes (each output's lane is contiguous)
             let kept: Vec<usize> = (0..it.len()).filter(|&d| !axes.contains(d)).collect();
             let red: Vec<usize> = (0..it.len()).filter(|&d| axes.contains(d)).collect();
             let order: Vec<usize> = kept.iter().chain(&red).copied().collect();
             let dims: Vec<usize> = order.iter().map(|&d| it[d]).collect();
-            let strides: Vec<SmallVec<[usize; 6]>> =
-                strides.iter().map(|bs| order.iter().map(|&d| bs[d]).collect()).collect();
             let red_dims: Vec<usize> = red.iter().map(|&d| it[d]).collect();
             let lane: usize = red_dims.iter().product();
-            let zero = match O::default().put() {
-                Scalar::F32(_) => Scalar::F32(0.0),
-                Scalar::F64(_) => Scalar::F64(0.0),
-                Scalar::I64(_) => unreachable!("infer checks that sums are of floats"),
+            let (istrides, ostrides) = (inner.strides(&it, &order), outer.strides(shape, &(0..shape.len()).collect::<Vec<_>>()));
+            // one element of the summed value, at the inner cursor
+            let element = |c: &Cursor, regs: &mut [Scalar]| {
+                eval_steps(&steps, 0..s + 1, &inner, &c.offs, Scalar::I64(0), regs);
+                regs[s]
             };
             if red.len() == it.len() {
                 // full reduction: `reduce::sum` takes the 8-lane path
-                let mut c = Cursor::new(&dims, &strides, 0);
+                let mut c = Cursor::new(&dims, &istrides, 0);
                 let mut regs = vec![Scalar::I64(0); nregs];
-                let mut s = Lanes8::new(lane, zero);
+                let mut acc = Lanes8::new(lane, z);
                 for _ in 0..lane {
-                    s.push(prog.at(&c.offs, Scalar::I64(0), &mut regs));
+                    acc.push(element(&c, &mut regs));
                     c.advance();
                 }
-                buf = vec![O::get(s.finish())];
+                regs[s] = acc.finish();
+                let oc = Cursor::new(shape, &ostrides, 0);
+                eval_steps(&steps, s + 1..nregs, &outer, &oc.offs, Scalar::I64(0), &mut regs);
+                buf = vec![O::get(regs[nregs - 1]); n_out];
             } else {
                 fill_par(&mut buf, |off, chunk| {
-                    let mut c = Cursor::new(&dims, &strides, off * lane);
+                    let mut c = Cursor::new(&dims, &istrides, off * lane);
+                    let mut oc = Cursor::new(shape, &ostrides, off);
                     let mut regs = vec![Scalar::I64(0); nregs];
                     for o in chunk.iter_mut() {
-                        *o = O::get(fold_axes(&red_dims, zero, &mut || {
-                            let v = prog.at(&c.offs, Scalar::I64(0), &mut regs);
+                        let v = fold_axes(&red_dims, z, &mut || {
+                            let v = element(&c, &mut regs);
                             c.advance();
                             v
-                        }));
+                        });
+                        regs[s] = v;
+                        eval_steps(&steps, s + 1..nregs, &outer, &oc.offs, Scalar::I64(0), &mut regs);
+                        *o = O::get(regs[nregs - 1]);
+                        oc.advance();
                     }
                 });
             }
-            Arr::from_shape_vec(IxDyn(shape), buf).expect("length matches shape")
+            buf
         }
     };
-    O::wrap(result)
+    O::wrap(Arr::from_shape_vec(IxDyn(shape), result).expect("length matches shape"))
 }
 
 fn add(a: Scalar, b: Scalar) -> Scalar {
