@@ -32,9 +32,10 @@
 //! sequential fold per reduced axis (innermost first) otherwise. Output elements are
 //! independent, so splitting the loop across threads never changes a bit.
 
-use super::ew::fill_par;
+use super::ew::PAR_CHUNK;
+use rayon::prelude::*;
 use crate::ops::{FusionClass, Op};
-use crate::tensor::{broadcast_shapes, numel, type_str, Arr, DType, Data, Shape};
+use crate::tensor::{broadcast_shapes, numel, type_str, Arr, DType, Data, Float, Shape};
 use ndarray::IxDyn;
 use smallvec::SmallVec;
 
@@ -208,37 +209,44 @@ pub fn eval(e: &FusedExpr, x: &[Option<&Data>], shape: &[usize], out: OutBuf) ->
     }
 }
 
-/// A scalar register.
-#[derive(Clone, Copy, Debug)]
-enum Scalar {
-    F32(f32),
-    F64(f64),
-    I64(i64),
+/// Elements evaluated together: each instruction runs over a tile of this many loop
+/// elements held in a small register (reused for every tile), never over a tensor.
+pub const TILE: usize = 256;
+
+/// A register: one value per element of the current tile.
+enum Tile {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+    I64(Vec<i64>),
+    /// A register lent out while its instruction is computed.
+    Lent,
+}
+
+impl Tile {
+    fn new(d: DType) -> Tile {
+        match d {
+            DType::F32 => Tile::F32(vec![0.0; TILE]),
+            DType::F64 => Tile::F64(vec![0.0; TILE]),
+            DType::I64 => Tile::I64(vec![0; TILE]),
+        }
+    }
 }
 
 /// An element type of a result buffer.
 trait Elem: Copy + Default + Send + Sync + 'static {
-    fn get(s: Scalar) -> Self;
-    fn put(self) -> Scalar;
+    const DTYPE: DType;
     /// The buffer's elements, if `d` holds this type and owns them alone.
     fn take_vec(d: Data) -> Result<Vec<Self>, Data>;
     fn wrap(a: Arr<Self>) -> Data;
+    /// `t[at..] = src`.
+    fn to_tile(src: &[Self], t: &mut Tile, at: usize);
+    fn from_tile(t: &Tile, dst: &mut [Self]);
 }
 
 macro_rules! elem {
     ($t:ty, $v:ident) => {
         impl Elem for $t {
-            #[inline(always)]
-            fn get(s: Scalar) -> $t {
-                match s {
-                    Scalar::$v(x) => x,
-                    _ => unreachable!("infer checks the result dtype"),
-                }
-            }
-            #[inline(always)]
-            fn put(self) -> Scalar {
-                Scalar::$v(self)
-            }
+            const DTYPE: DType = DType::$v;
             fn take_vec(d: Data) -> Result<Vec<$t>, Data> {
                 match d {
                     Data::$v(a) if a.is_standard_layout() => match a.try_into_owned_nocopy() {
@@ -257,6 +265,18 @@ macro_rules! elem {
             fn wrap(a: Arr<$t>) -> Data {
                 Data::$v(a)
             }
+            fn to_tile(src: &[$t], t: &mut Tile, at: usize) {
+                match t {
+                    Tile::$v(v) => v[at..at + src.len()].copy_from_slice(src),
+                    _ => unreachable!("the output buffer's register has its dtype"),
+                }
+            }
+            fn from_tile(t: &Tile, dst: &mut [$t]) {
+                match t {
+                    Tile::$v(v) => dst.copy_from_slice(&v[..dst.len()]),
+                    _ => unreachable!("infer checks the result dtype"),
+                }
+            }
         }
     };
 }
@@ -264,13 +284,13 @@ elem!(f32, F32);
 elem!(f64, F64);
 elem!(i64, I64);
 
-/// A param as the loop reads it.
+/// Where a load reads.
 #[derive(Clone, Copy)]
 enum Src<'a> {
     F32(&'a [f32]),
     F64(&'a [f64]),
     I64(&'a [i64]),
-    /// The value at the current position of the output buffer (matmul result or a param overwritten in place).
+    /// The output buffer at the current position (a matmul result or a param overwritten in place).
     Out,
 }
 
@@ -282,79 +302,36 @@ impl<'a> Src<'a> {
             Data::I64(a) => Src::I64(a.as_slice().expect("kernel results are in standard layout")),
         }
     }
-
-    #[inline(always)]
-    fn read(self, off: usize, cur: Scalar) -> Scalar {
-        match self {
-            Src::F32(s) => Scalar::F32(s[off]),
-            Src::F64(s) => Scalar::F64(s[off]),
-            Src::I64(s) => Scalar::I64(s[off]),
-            Src::Out => cur,
-        }
-    }
 }
 
-/// `op(args)` on scalars, with the op's own scalar function.
-#[inline(always)]
-fn apply(op: Op, a: &[Scalar]) -> Scalar {
-    use Scalar::*;
-    match op {
-        Op::Unary(u) => match a[0] {
-            F32(x) => F32(u.f(x)),
-            F64(x) => F64(u.f(x)),
-            I64(_) => unreachable!("infer rejects integer operands of unary ops"),
-        },
-        Op::Binary(b) => match (a[0], a[1]) {
-            (F32(x), F32(y)) => F32(b.f(x, y)),
-            (F64(x), F64(y)) => F64(b.f(x, y)),
-            (I64(x), I64(y)) => I64(b.fi().expect("infer rejects integer operands")(x, y)),
-            _ => unreachable!("infer checks binary dtypes"),
-        },
-        Op::Compare(c) => match (a[0], a[1]) {
-            (F32(x), F32(y)) => F32(if c.f(x, y) { 1.0 } else { 0.0 }),
-            (F64(x), F64(y)) => F64(if c.f(x, y) { 1.0 } else { 0.0 }),
-            (I64(x), I64(y)) => I64(c.f(x, y) as i64),
-            _ => unreachable!("infer checks compare dtypes"),
-        },
-        Op::Select => {
-            let m = match a[0] {
-                F32(v) => v != 0.0,
-                F64(v) => v != 0.0,
-                I64(v) => v != 0,
-            };
-            if m {
-                a[1]
-            } else {
-                a[2]
+/// Copies `n` elements from `s` starting at `base` with stride `st` into `t[at..]`.
+fn gather<T: Copy>(s: &[T], base: usize, st: usize, t: &mut [T], at: usize, n: usize) {
+    let t = &mut t[at..at + n];
+    match st {
+        0 => t.fill(s[base]),
+        1 => t.copy_from_slice(&s[base..base + n]),
+        _ => {
+            for (i, o) in t.iter_mut().enumerate() {
+                *o = s[base + i * st];
             }
         }
-        // the conversions of `ops::shape::cast`
-        Op::Cast(to) => match (a[0], to) {
-            (F32(v), DType::F64) => F64(v as f64),
-            (F32(v), DType::I64) => I64(v as i64),
-            (F64(v), DType::F32) => F32(v as f32),
-            (F64(v), DType::I64) => I64(v as i64),
-            (I64(v), DType::F32) => F32(v as f32),
-            (I64(v), DType::F64) => F64(v as f64),
-            (s, _) => s,
-        },
-        Op::BroadcastTo => a[0],
-        _ => unreachable!("infer admits only elementwise ops inside the loop"),
     }
 }
 
-/// The loop: a multi-index over `dims` (row-major) and each param's offset at it.
+/// The loop over one index space: a row-major multi-index over `dims` and each load's
+/// offset at it.
 struct Cursor<'s> {
-    dims: &'s [usize],
-    /// `strides[p][d]`: how far param `p`'s offset moves per step along loop axis `d`.
+    dims: SmallVec<[usize; 6]>,
+    /// `strides[l][d]`: how far load `l`'s offset moves per step along loop axis `d`.
     strides: &'s [SmallVec<[usize; 6]>],
     idx: SmallVec<[usize; 6]>,
     offs: SmallVec<[usize; 8]>,
 }
 
 impl<'s> Cursor<'s> {
-    /// A cursor at flat position `start`.
-    fn new(dims: &'s [usize], strides: &'s [SmallVec<[usize; 6]>], start: usize) -> Cursor<'s> {
+    /// A cursor at flat position `start` (a rank-0 loop is one element).
+    fn new(dims: &[usize], strides: &'s [SmallVec<[usize; 6]>], start: usize) -> Cursor<'s> {
+        let dims: SmallVec<[usize; 6]> = if dims.is_empty() { SmallVec::from_elem(1, 1) } else { SmallVec::from_slice(dims) };
         let mut idx: SmallVec<[usize; 6]> = SmallVec::from_elem(0, dims.len());
         let mut rest = start;
         for d in (0..dims.len()).rev() {
@@ -367,60 +344,57 @@ impl<'s> Cursor<'s> {
         Cursor { dims, strides, idx, offs }
     }
 
-    #[inline(always)]
-    fn advance(&mut self) {
-        for d in (0..self.dims.len()).rev() {
-            self.idx[d] += 1;
-            for (o, st) in self.offs.iter_mut().zip(self.strides) {
-                *o += st[d];
+    fn stride(&self, l: usize) -> usize {
+        self.strides[l].last().copied().unwrap_or(0)
+    }
+
+    /// Elements left in the current innermost row.
+    fn row_left(&self) -> usize {
+        self.dims[self.dims.len() - 1] - self.idx[self.dims.len() - 1]
+    }
+
+    /// Moves `n` (at most [`Cursor::row_left`]) elements along the innermost axis, carrying at a row's end.
+    fn advance(&mut self, n: usize) {
+        let last = self.dims.len() - 1;
+        self.idx[last] += n;
+        for (l, o) in self.offs.iter_mut().enumerate() {
+            *o += self.strides[l].last().copied().unwrap_or(0) * n;
+        }
+        if self.idx[last] < self.dims[last] {
+            return;
+        }
+        for d in (0..=last).rev() {
+            if d < last {
+                self.idx[d] += 1;
+                for (l, o) in self.offs.iter_mut().enumerate() {
+                    *o += self.strides[l].get(d).copied().unwrap_or(0);
+                }
             }
             if self.idx[d] < self.dims[d] {
                 return;
             }
-            for (o, st) in self.offs.iter_mut().zip(self.strides) {
-                *o -= st[d] * self.dims[d];
+            for (l, o) in self.offs.iter_mut().enumerate() {
+                *o -= self.strides[l].get(d).copied().unwrap_or(0) * self.dims[d];
             }
             self.idx[d] = 0;
         }
     }
 }
 
-/// An operand of a compiled step: a load (by index in its loop's loads) or a register.
-#[derive(Clone, Copy)]
-enum Operand {
-    Load(usize),
-    Reg(usize),
-}
-
-/// One instruction, compiled: its op and where its arguments come from.
-struct Step {
-    op: Op,
-    args: SmallVec<[Operand; 3]>,
-}
-
-/// The reads of one loop (the summed index space, or the result's): where each load
-/// reads and its shape (its strides follow from the shape and the loop's shape).
+/// The reads of one index space (the summed value's, or the result's).
 #[derive(Default)]
 struct Loads<'a> {
     srcs: SmallVec<[Src<'a>; 8]>,
     shapes: SmallVec<[Shape; 8]>,
+    /// The register each load fills.
+    regs: SmallVec<[usize; 8]>,
     /// (param, reshape instruction) of each load, to share loads of the same view.
     keys: SmallVec<[(usize, Option<usize>); 8]>,
 }
 
 impl<'a> Loads<'a> {
-    fn get(&mut self, key: (usize, Option<usize>), src: Src<'a>, shape: &[usize]) -> usize {
-        if let Some(i) = self.keys.iter().position(|k| *k == key) {
-            return i;
-        }
-        self.keys.push(key);
-        self.srcs.push(src);
-        self.shapes.push(Shape::from_slice(shape));
-        self.srcs.len() - 1
-    }
-
-    /// Per-load strides along the loop axes `order` of `loop_shape` (0 where a load
-    /// broadcasts or reads the output buffer).
+    /// Strides along the loop axes `order` of `loop_shape` (0 where a load broadcasts or
+    /// reads the output buffer).
     fn strides(&self, loop_shape: &[usize], order: &[usize]) -> Vec<SmallVec<[usize; 6]>> {
         self.shapes
             .iter()
@@ -434,27 +408,116 @@ impl<'a> Loads<'a> {
             })
             .collect()
     }
+
+    /// Fills the load registers for the next `n` loop elements and moves the cursor on;
+    /// `out` is the output buffer's matching segment (for [`Src::Out`] loads).
+    fn fill<O: Elem>(&self, c: &mut Cursor, regs: &mut [Tile], n: usize, out: Option<&[O]>) {
+        let mut at = 0;
+        while at < n {
+            let run = c.row_left().min(n - at);
+            for (l, src) in self.srcs.iter().enumerate() {
+                let (base, st) = (c.offs[l], c.stride(l));
+                match (src, &mut regs[self.regs[l]]) {
+                    (Src::F32(s), Tile::F32(t)) => gather(s, base, st, t, at, run),
+                    (Src::F64(s), Tile::F64(t)) => gather(s, base, st, t, at, run),
+                    (Src::I64(s), Tile::I64(t)) => gather(s, base, st, t, at, run),
+                    (Src::Out, t) => O::to_tile(&out.expect("output loads read the output buffer")[at..at + run], t, at),
+                    _ => unreachable!("a load's register has its source's dtype"),
+                }
+            }
+            c.advance(run);
+            at += run;
+        }
+    }
 }
 
-/// Evaluates `steps[range]` at one point of a loop; `cur` is the output buffer's value there.
-#[inline(always)]
-fn eval_steps(steps: &[Step], range: std::ops::Range<usize>, loads: &Loads, offs: &[usize], cur: Scalar, regs: &mut [Scalar]) {
-    let mut args: SmallVec<[Scalar; 3]> = SmallVec::new();
-    for k in range {
-        let st = &steps[k];
-        args.clear();
-        for a in &st.args {
-            args.push(match *a {
-                Operand::Load(l) => loads.srcs[l].read(offs[l], cur),
-                Operand::Reg(j) => regs[j],
-            });
-        }
-        regs[k] = match st.op {
-            Op::MatMul { .. } => cur, // computed into the output buffer before the loop
-            Op::Reshape => args[0],   // a load with the reshaped strides
-            Op::Sum { .. } => args[0], // one element of the sum; the loop accumulates it
-            op => apply(op, &args),
+/// A compiled instruction: its op, the registers of its arguments and its own register.
+struct Step {
+    op: Op,
+    args: SmallVec<[usize; 3]>,
+    reg: usize,
+}
+
+/// `op(args)` over the first `n` elements of the argument registers, with the op's own
+/// scalar function per element.
+fn compute(op: Op, a: &[&Tile], o: &mut Tile, n: usize) {
+    use Tile::*;
+    macro_rules! map1 {
+        ($x:expr, $o:expr, $f:expr) => {
+            for (o, &x) in $o[..n].iter_mut().zip(&$x[..n]) {
+                *o = $f(x);
+            }
         };
+    }
+    macro_rules! map2 {
+        ($x:expr, $y:expr, $o:expr, $f:expr) => {
+            for ((o, &x), &y) in $o[..n].iter_mut().zip(&$x[..n]).zip(&$y[..n]) {
+                *o = $f(x, y);
+            }
+        };
+    }
+    match op {
+        Op::Unary(u) => match (a[0], o) {
+            (F32(x), F32(o)) => map1!(x, o, |v| u.f(v)),
+            (F64(x), F64(o)) => map1!(x, o, |v| u.f(v)),
+            _ => unreachable!("infer checks unary dtypes"),
+        },
+        Op::Binary(b) => match (a[0], a[1], o) {
+            (F32(x), F32(y), F32(o)) => map2!(x, y, o, |p, q| b.f(p, q)),
+            (F64(x), F64(y), F64(o)) => map2!(x, y, o, |p, q| b.f(p, q)),
+            (I64(x), I64(y), I64(o)) => {
+                let f = b.fi().expect("infer rejects integer operands");
+                map2!(x, y, o, f)
+            }
+            _ => unreachable!("infer checks binary dtypes"),
+        },
+        Op::Compare(c) => match (a[0], a[1], o) {
+            (F32(x), F32(y), F32(o)) => map2!(x, y, o, |p, q| if c.f(p, q) { 1.0 } else { 0.0 }),
+            (F64(x), F64(y), F64(o)) => map2!(x, y, o, |p, q| if c.f(p, q) { 1.0 } else { 0.0 }),
+            (I64(x), I64(y), I64(o)) => map2!(x, y, o, |p, q| c.f(p, q) as i64),
+            _ => unreachable!("infer checks compare dtypes"),
+        },
+        Op::Select => {
+            // the mask test of `ew::mask_of`
+            let m: Vec<bool> = match a[0] {
+                F32(v) => v[..n].iter().map(|&x| x != 0.0).collect(),
+                F64(v) => v[..n].iter().map(|&x| x != 0.0).collect(),
+                I64(v) => v[..n].iter().map(|&x| x != 0).collect(),
+                Lent => unreachable!(),
+            };
+            match (a[1], a[2], o) {
+                (F32(x), F32(y), F32(o)) => (0..n).for_each(|i| o[i] = if m[i] { x[i] } else { y[i] }),
+                (F64(x), F64(y), F64(o)) => (0..n).for_each(|i| o[i] = if m[i] { x[i] } else { y[i] }),
+                (I64(x), I64(y), I64(o)) => (0..n).for_each(|i| o[i] = if m[i] { x[i] } else { y[i] }),
+                _ => unreachable!("infer checks select dtypes"),
+            }
+        }
+        // the conversions of `ops::shape::cast`
+        Op::Cast(_) => match (a[0], o) {
+            (F32(x), F32(o)) => map1!(x, o, |v| v),
+            (F32(x), F64(o)) => map1!(x, o, |v| v as f64),
+            (F32(x), I64(o)) => map1!(x, o, |v| v as i64),
+            (F64(x), F32(o)) => map1!(x, o, |v| v as f32),
+            (F64(x), F64(o)) => map1!(x, o, |v| v),
+            (F64(x), I64(o)) => map1!(x, o, |v| v as i64),
+            (I64(x), F32(o)) => map1!(x, o, |v| v as f32),
+            (I64(x), F64(o)) => map1!(x, o, |v| v as f64),
+            (I64(x), I64(o)) => map1!(x, o, |v| v),
+            _ => unreachable!(),
+        },
+        _ => unreachable!("infer admits only elementwise ops inside the loop"),
+    }
+}
+
+/// Runs `steps` over the first `n` elements of the registers.
+fn eval_steps(steps: &[Step], regs: &mut [Tile], n: usize) {
+    for st in steps {
+        let mut o = std::mem::replace(&mut regs[st.reg], Tile::Lent);
+        {
+            let args: SmallVec<[&Tile; 3]> = st.args.iter().map(|&r| &regs[r]).collect();
+            compute(st.op, &args, &mut o, n);
+        }
+        regs[st.reg] = o;
     }
 }
 
@@ -479,11 +542,84 @@ fn broadcast_strides(shape: &[usize], it: &[usize]) -> SmallVec<[usize; 6]> {
         .collect()
 }
 
-fn zero(d: DType) -> Scalar {
-    match d {
-        DType::F32 => Scalar::F32(0.0),
-        DType::F64 => Scalar::F64(0.0),
-        DType::I64 => unreachable!("infer checks that sums are of floats"),
+/// Accumulates a stream of summed elements in the order of `reduce::sum`.
+enum Accum<T> {
+    /// A full reduction: `reduce::sum_slice`'s 8 accumulators over whole chunks of 8, a
+    /// fixed tree, then the remainder in order.
+    Lanes { acc: [T; 8], full: usize, seen: usize, total: Option<T> },
+    /// A partial reduction: one sequential fold from zero per reduced axis, the innermost
+    /// first (`reduce::reduce`); `acc[l]` is the running sum at reduced axis `l`.
+    Nested { dims: SmallVec<[usize; 6]>, idx: SmallVec<[usize; 6]>, acc: SmallVec<[T; 6]> },
+}
+
+impl<T: Float> Accum<T> {
+    /// Adds `vals` in order; each finished sum is written to `out[*done]`.
+    fn push(&mut self, vals: &[T], out: &mut [T], done: &mut usize) {
+        match self {
+            Accum::Lanes { acc, full, seen, total } => {
+                for &v in vals {
+                    if *seen < *full {
+                        acc[*seen % 8] = acc[*seen % 8] + v;
+                    } else {
+                        let t = total.unwrap_or_else(|| tree(acc));
+                        *total = Some(t + v);
+                    }
+                    *seen += 1;
+                }
+            }
+            Accum::Nested { dims, idx, acc } => {
+                let k = dims.len();
+                for &v in vals {
+                    if k == 0 {
+                        out[*done] = v; // no reduced axis: the kernel returns the value itself
+                        *done += 1;
+                        continue;
+                    }
+                    acc[k - 1] = acc[k - 1] + v;
+                    let mut l = k - 1;
+                    loop {
+                        idx[l] += 1;
+                        if idx[l] < dims[l] {
+                            break;
+                        }
+                        idx[l] = 0;
+                        if l == 0 {
+                            out[*done] = acc[0];
+                            *done += 1;
+                            acc[0] = T::zero();
+                            break;
+                        }
+                        acc[l - 1] = acc[l - 1] + acc[l];
+                        acc[l] = T::zero();
+                        l -= 1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The full reduction's result.
+    fn total(&self) -> T {
+        match self {
+            Accum::Lanes { acc, total, .. } => total.unwrap_or_else(|| tree(acc)),
+            Accum::Nested { .. } => unreachable!("partial sums are written as they finish"),
+        }
+    }
+}
+
+fn tree<T: Float>(a: &[T; 8]) -> T {
+    ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]))
+}
+
+/// Splits the outputs into parallel chunks when the whole loop is long (`work` loop
+/// elements per output); each output is computed independently, so the split never
+/// changes a bit.
+fn par_outputs<O: Send>(out: &mut [O], work: usize, f: impl Fn(usize, &mut [O]) + Sync) {
+    let per = (PAR_CHUNK / work.max(1)).max(1);
+    if out.len() * work.max(1) < 2 * PAR_CHUNK || out.len() < 2 {
+        f(0, out);
+    } else {
+        out.par_chunks_mut(per).enumerate().for_each(|(i, c)| f(i * per, c));
     }
 }
 
@@ -517,57 +653,90 @@ fn run<O: Elem>(e: &FusedExpr, x: &[Option<&Data>], shape: &[usize], out: OutBuf
         }
     }
     let mut buf = buf.unwrap_or_else(|| vec![O::default(); n_out]);
-    let param = |p: usize| -> (Src, Shape) {
+    let param = |p: usize| -> (Src, Shape, DType) {
         match (x[p], from_out) {
-            (_, Some(k)) if k == p => (Src::Out, Shape::from_slice(shape)),
-            (Some(d), _) => (Src::of(d), d.shape()),
+            (_, Some(k)) if k == p => (Src::Out, Shape::from_slice(shape), O::DTYPE),
+            (Some(d), _) => (Src::of(d), d.shape(), d.dtype()),
             (None, _) => {
                 let d = held.as_ref().expect("the caller's operand is held");
-                (Src::of(d), d.shape())
+                (Src::of(d), d.shape(), d.dtype())
             }
         }
     };
-    // compile: each argument becomes a load of the loop it is read in, or a register
+
+    // compile: registers are the loads, then one per instruction; identities (broadcast,
+    // reshape views, the sum's element, the matmul's output) reuse their source's register
     let s = e.sum_index();
     let (mut inner, mut outer) = (Loads::default(), Loads::default());
-    let mut steps: Vec<Step> = Vec::with_capacity(e.insts.len());
+    let mut dtypes: Vec<DType> = Vec::new();
+    let mut reg_of: Vec<usize> = Vec::with_capacity(e.insts.len());
+    let mut steps: Vec<Step> = Vec::new();
+    let mut split = 0; // steps before it belong to the summed loop
+    let mut sum_src = 0; // the register of the summed element
     for (k, inst) in e.insts.iter().enumerate() {
-        let loads = if s.is_some_and(|s| k <= s) { &mut inner } else { &mut outer };
-        let args = match (inst.op, &inst.args[..]) {
-            (Op::MatMul { .. }, _) => SmallVec::new(),
-            (Op::Reshape, [Arg::Param(p)]) => {
-                let (src, _) = param(*p as usize);
-                SmallVec::from_elem(Operand::Load(loads.get((*p as usize, Some(k)), src, &inst.shape)), 1)
+        let inner_space = s.is_some_and(|s| k <= s);
+        let mut load = |p: usize, view: Option<usize>, shape: Option<&[usize]>| -> usize {
+            let loads = if inner_space { &mut inner } else { &mut outer };
+            if let Some(i) = loads.keys.iter().position(|&key| key == (p, view)) {
+                return loads.regs[i];
             }
+            let (src, own, dtype) = match p {
+                usize::MAX => (Src::Out, Shape::from_slice(shape.expect("the matmul's shape")), O::DTYPE),
+                p => param(p),
+            };
+            loads.keys.push((p, view));
+            loads.srcs.push(src);
+            loads.shapes.push(shape.map(Shape::from_slice).unwrap_or(own));
+            dtypes.push(dtype);
+            loads.regs.push(dtypes.len() - 1);
+            dtypes.len() - 1
+        };
+        let args: SmallVec<[usize; 3]> = match (inst.op, &inst.args[..]) {
+            // the GEMM's result is read from the output buffer, like an operand overwritten in place
+            (Op::MatMul { .. }, _) => SmallVec::from_elem(load(usize::MAX, None, Some(&inst.shape)), 1),
+            (Op::Reshape, [Arg::Param(p)]) => SmallVec::from_elem(load(*p as usize, Some(k), Some(&inst.shape)), 1),
             _ => inst
                 .args
                 .iter()
                 .map(|a| match *a {
-                    Arg::Param(p) => {
-                        let (src, sh) = param(p as usize);
-                        Operand::Load(loads.get((p as usize, None), src, &sh))
-                    }
-                    Arg::Inst(j) => Operand::Reg(j as usize),
+                    Arg::Param(p) => load(p as usize, None, None),
+                    Arg::Inst(j) => reg_of[j as usize],
                 })
                 .collect(),
         };
-        steps.push(Step { op: inst.op, args });
+        let reg = match inst.op {
+            Op::MatMul { .. } | Op::BroadcastTo | Op::Reshape => args[0],
+            Op::Cast(to) if to == dtypes[args[0]] => args[0],
+            Op::Sum { .. } => {
+                split = steps.len();
+                sum_src = args[0];
+                dtypes.push(inst.dtype);
+                dtypes.len() - 1
+            }
+            op => {
+                dtypes.push(inst.dtype);
+                steps.push(Step { op, args, reg: dtypes.len() - 1 });
+                dtypes.len() - 1
+            }
+        };
+        reg_of.push(reg);
     }
-    let nregs = steps.len();
-    let result = match s {
+    let result_reg = reg_of[e.insts.len() - 1];
+    let fresh = || -> Vec<Tile> { dtypes.iter().map(|&d| Tile::new(d)).collect() };
+
+    match s {
         None => {
-            let all: Vec<usize> = (0..shape.len()).collect();
-            let strides = outer.strides(shape, &all);
-            fill_par(&mut buf, |off, chunk| {
+            let strides = outer.strides(shape, &(0..shape.len()).collect::<Vec<_>>());
+            par_outputs(&mut buf, 1, |off, chunk| {
+                let mut regs = fresh();
                 let mut c = Cursor::new(shape, &strides, off);
-                let mut regs = vec![Scalar::I64(0); nregs];
-                for o in chunk.iter_mut() {
-                    eval_steps(&steps, 0..nregs, &outer, &c.offs, o.put(), &mut regs);
-                    *o = O::get(regs[nregs - 1]);
-                    c.advance();
+                for seg in chunk.chunks_mut(TILE) {
+                    let n = seg.len();
+                    outer.fill::<O>(&mut c, &mut regs, n, Some(seg));
+                    eval_steps(&steps, &mut regs, n);
+                    O::from_tile(&regs[result_reg], seg);
                 }
             });
-            buf
         }
         Some(s) => {
             let Op::Sum { axes, .. } = e.insts[s].op else { unreachable!("sum_index points at a sum") };
@@ -575,110 +744,100 @@ fn run<O: Elem>(e: &FusedExpr, x: &[Option<&Data>], shape: &[usize], out: OutBuf
                 Arg::Param(p) => param(p as usize).1,
                 Arg::Inst(j) => e.insts[j as usize].shape.clone(),
             };
-            let z = zero(e.insts[s].dtype);
-            // inner loop order: kept axes, then reduced axes (each output's lane is contiguous)
+            // the summed loop: kept axes, then reduced axes (each output's lane is contiguous)
             let kept: Vec<usize> = (0..it.len()).filter(|&d| !axes.contains(d)).collect();
             let red: Vec<usize> = (0..it.len()).filter(|&d| axes.contains(d)).collect();
             let order: Vec<usize> = kept.iter().chain(&red).copied().collect();
             let dims: Vec<usize> = order.iter().map(|&d| it[d]).collect();
-            let red_dims: Vec<usize> = red.iter().map(|&d| it[d]).collect();
+            let red_dims: SmallVec<[usize; 6]> = red.iter().map(|&d| it[d]).collect();
             let lane: usize = red_dims.iter().product();
+            let full = red.len() == it.len();
             let (istrides, ostrides) = (inner.strides(&it, &order), outer.strides(shape, &(0..shape.len()).collect::<Vec<_>>()));
-            // one element of the summed value, at the inner cursor
-            let element = |c: &Cursor, regs: &mut [Scalar]| {
-                eval_steps(&steps, 0..s + 1, &inner, &c.offs, Scalar::I64(0), regs);
-                regs[s]
-            };
-            if red.len() == it.len() {
-                // full reduction: `reduce::sum` takes the 8-lane path
-                let mut c = Cursor::new(&dims, &istrides, 0);
-                let mut regs = vec![Scalar::I64(0); nregs];
-                let mut acc = Lanes8::new(lane, z);
-                for _ in 0..lane {
-                    acc.push(element(&c, &mut regs));
-                    c.advance();
-                }
-                regs[s] = acc.finish();
-                let oc = Cursor::new(shape, &ostrides, 0);
-                eval_steps(&steps, s + 1..nregs, &outer, &oc.offs, Scalar::I64(0), &mut regs);
-                buf = vec![O::get(regs[nregs - 1]); n_out];
-            } else {
-                fill_par(&mut buf, |off, chunk| {
-                    let mut c = Cursor::new(&dims, &istrides, off * lane);
-                    let mut oc = Cursor::new(shape, &ostrides, off);
-                    let mut regs = vec![Scalar::I64(0); nregs];
-                    for o in chunk.iter_mut() {
-                        let v = fold_axes(&red_dims, z, &mut || {
-                            let v = element(&c, &mut regs);
-                            c.advance();
-                            v
-                        });
-                        regs[s] = v;
-                        eval_steps(&steps, s + 1..nregs, &outer, &oc.offs, Scalar::I64(0), &mut regs);
-                        *o = O::get(regs[nregs - 1]);
-                        oc.advance();
+            let sums = reg_of[s];
+            let (before, after) = steps.split_at(split);
+            let work = |chunk: &mut [O], off: usize| {
+                let mut regs = fresh();
+                let mut ci = Cursor::new(&dims, &istrides, off * lane);
+                let mut co = Cursor::new(shape, &ostrides, off);
+                let mut acc = new_accum(e.insts[s].dtype, full, lane, &red_dims);
+                for seg in chunk.chunks_mut(TILE) {
+                    let m = seg.len();
+                    let mut done = 0;
+                    if lane == 0 {
+                        zero_into(&mut regs[sums], m); // an empty reduction is +0
+                        done = m;
                     }
-                });
+                    let mut left = if full { lane } else { m * lane };
+                    while left > 0 {
+                        let n = left.min(TILE);
+                        inner.fill::<O>(&mut ci, &mut regs, n, None);
+                        eval_steps(before, &mut regs, n);
+                        let mut out = std::mem::replace(&mut regs[sums], Tile::Lent);
+                        acc.push(&regs[sum_src], n, &mut out, &mut done);
+                        regs[sums] = out;
+                        left -= n;
+                    }
+                    if full {
+                        acc.total_into(&mut regs[sums]);
+                    }
+                    outer.fill::<O>(&mut co, &mut regs, m, Some(seg));
+                    eval_steps(after, &mut regs, m);
+                    O::from_tile(&regs[result_reg], seg);
+                }
+            };
+            if full {
+                work(&mut buf, 0);
+            } else {
+                par_outputs(&mut buf, lane, |off, chunk| work(chunk, off));
             }
-            buf
         }
-    };
-    O::wrap(Arr::from_shape_vec(IxDyn(shape), result).expect("length matches shape"))
+    }
+    O::wrap(Arr::from_shape_vec(IxDyn(shape), buf).expect("length matches shape"))
 }
 
-fn add(a: Scalar, b: Scalar) -> Scalar {
-    match (a, b) {
-        (Scalar::F32(x), Scalar::F32(y)) => Scalar::F32(x + y),
-        (Scalar::F64(x), Scalar::F64(y)) => Scalar::F64(x + y),
+fn zero_into(t: &mut Tile, n: usize) {
+    match t {
+        Tile::F32(v) => v[..n].fill(0.0),
+        Tile::F64(v) => v[..n].fill(0.0),
         _ => unreachable!("infer checks that sums are of floats"),
     }
 }
 
-/// The order of `reduce::reduce` for partial sums: the last reduced axis folds first,
-/// each fold sequential from zero. `next` yields the lane's elements in row-major order
-/// over the reduced axes.
-fn fold_axes(dims: &[usize], zero: Scalar, next: &mut dyn FnMut() -> Scalar) -> Scalar {
-    let Some((&n, rest)) = dims.split_first() else {
-        return next();
-    };
-    let mut acc = zero;
-    for _ in 0..n {
-        acc = add(acc, fold_axes(rest, zero, next));
-    }
-    acc
+/// An accumulator of the sum's dtype.
+enum AnyAccum {
+    F32(Accum<f32>),
+    F64(Accum<f64>),
 }
 
-/// The order of `reduce::sum_slice`: 8 accumulators over whole chunks of 8, a fixed
-/// tree, then the remainder in order.
-struct Lanes8 {
-    acc: [Scalar; 8],
-    full: usize,
-    seen: usize,
-    total: Option<Scalar>,
-}
-
-impl Lanes8 {
-    fn new(n: usize, zero: Scalar) -> Self {
-        Lanes8 { acc: [zero; 8], full: n - n % 8, seen: 0, total: None }
-    }
-
-    fn tree(&self) -> Scalar {
-        let a = &self.acc;
-        add(add(add(a[0], a[1]), add(a[2], a[3])), add(add(a[4], a[5]), add(a[6], a[7])))
-    }
-
-    fn push(&mut self, v: Scalar) {
-        if self.seen < self.full {
-            let l = self.seen % 8;
-            self.acc[l] = add(self.acc[l], v);
+fn new_accum(d: DType, full: bool, lane: usize, red: &[usize]) -> AnyAccum {
+    fn make<T: Float>(full: bool, lane: usize, red: &[usize]) -> Accum<T> {
+        if full {
+            Accum::Lanes { acc: [T::zero(); 8], full: lane - lane % 8, seen: 0, total: None }
         } else {
-            let t = self.total.unwrap_or_else(|| self.tree());
-            self.total = Some(add(t, v));
+            Accum::Nested { dims: SmallVec::from_slice(red), idx: SmallVec::from_elem(0, red.len()), acc: SmallVec::from_elem(T::zero(), red.len()) }
         }
-        self.seen += 1;
+    }
+    match d {
+        DType::F32 => AnyAccum::F32(make(full, lane, red)),
+        DType::F64 => AnyAccum::F64(make(full, lane, red)),
+        DType::I64 => unreachable!("infer checks that sums are of floats"),
+    }
+}
+
+impl AnyAccum {
+    fn push(&mut self, vals: &Tile, n: usize, out: &mut Tile, done: &mut usize) {
+        match (self, vals, out) {
+            (AnyAccum::F32(a), Tile::F32(v), Tile::F32(o)) => a.push(&v[..n], o, done),
+            (AnyAccum::F64(a), Tile::F64(v), Tile::F64(o)) => a.push(&v[..n], o, done),
+            _ => unreachable!("the summed value has the sum's dtype"),
+        }
     }
 
-    fn finish(self) -> Scalar {
-        self.total.unwrap_or_else(|| self.tree())
+    fn total_into(&self, out: &mut Tile) {
+        match (self, out) {
+            (AnyAccum::F32(a), Tile::F32(o)) => o[0] = a.total(),
+            (AnyAccum::F64(a), Tile::F64(o)) => o[0] = a.total(),
+            _ => unreachable!("the sum's register has its dtype"),
+        }
     }
 }
