@@ -43,13 +43,31 @@ struct FileTest {
 
 fn parse_values(text: &str, dtype: DType, shape: &[usize]) -> Data {
     let items: Vec<&str> = match text.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
-        Some(inner) => inner.split(',').map(str::trim).filter(|t| !t.is_empty()).collect(),
+        Some(inner) => inner
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .collect(),
         None => vec![text.trim()],
     };
     let n: usize = shape.iter().product();
-    let vals: Vec<f64> = items.iter().map(|t| t.parse::<f64>().unwrap_or_else(|e| panic!("bad value `{t}`: {e}"))).collect();
-    let vals = if vals.len() == 1 { vec![vals[0]; n] } else { vals };
-    assert_eq!(vals.len(), n, "run value `{text}` does not fill shape {shape:?}");
+    let vals: Vec<f64> = items
+        .iter()
+        .map(|t| {
+            t.parse::<f64>()
+                .unwrap_or_else(|e| panic!("bad value `{t}`: {e}"))
+        })
+        .collect();
+    let vals = if vals.len() == 1 {
+        vec![vals[0]; n]
+    } else {
+        vals
+    };
+    assert_eq!(
+        vals.len(),
+        n,
+        "run value `{text}` does not fill shape {shape:?}"
+    );
     let a = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(shape), vals).unwrap();
     let d = Data::F64(a.into_shared());
     match dtype {
@@ -72,8 +90,15 @@ fn run_items(line: &str) -> Vec<(usize, String)> {
     while let Some(r) = rest.strip_prefix('%') {
         let (num, r) = r.split_once('=').expect("`%n=value`");
         let r = r.trim_start();
-        let end = if r.starts_with('[') { r.find(']').expect("closing `]`") + 1 } else { r.find(' ').unwrap_or(r.len()) };
-        out.push((num.trim().parse().expect("input number"), r[..end].to_string()));
+        let end = if r.starts_with('[') {
+            r.find(']').expect("closing `]`") + 1
+        } else {
+            r.find(' ').unwrap_or(r.len())
+        };
+        out.push((
+            num.trim().parse().expect("input number"),
+            r[..end].to_string(),
+        ));
         rest = r[end..].trim_start();
     }
     assert!(rest.is_empty(), "cannot read run line at `{rest}`");
@@ -95,7 +120,11 @@ fn load(path: &Path) -> FileTest {
         .filter_map(|l| l.strip_prefix("; run:"))
         .map(|l| {
             let items = run_items(l);
-            assert_eq!(items.len(), graph.inputs.len(), "a run line gives every input");
+            assert_eq!(
+                items.len(),
+                graph.inputs.len(),
+                "a run line gives every input"
+            );
             items
                 .iter()
                 .enumerate()
@@ -133,8 +162,14 @@ fn same_bits(a: &Data, b: &Data) -> bool {
         return false;
     }
     match (a, b) {
-        (Data::F32(x), Data::F32(y)) => x.iter().zip(y.iter()).all(|(p, q)| p.to_bits() == q.to_bits() || (p.is_nan() && q.is_nan())),
-        (Data::F64(x), Data::F64(y)) => x.iter().zip(y.iter()).all(|(p, q)| p.to_bits() == q.to_bits() || (p.is_nan() && q.is_nan())),
+        (Data::F32(x), Data::F32(y)) => x
+            .iter()
+            .zip(y.iter())
+            .all(|(p, q)| p.to_bits() == q.to_bits() || (p.is_nan() && q.is_nan())),
+        (Data::F64(x), Data::F64(y)) => x
+            .iter()
+            .zip(y.iter())
+            .all(|(p, q)| p.to_bits() == q.to_bits() || (p.is_nan() && q.is_nan())),
         (Data::I64(x), Data::I64(y)) => x == y,
         _ => false,
     }
@@ -157,14 +192,39 @@ fn check(path: &Path) -> String {
     verify(&after).unwrap_or_else(|e| panic!("{}: after {}: {e}", path.display(), t.kind));
     let text = print(&after, false);
     let (again, _) = apply(&t.kind, &after);
-    assert_eq!(print(&again, false), text, "{}: `{}` is not idempotent", path.display(), t.kind);
-    let reparsed = parse(&text).unwrap_or_else(|e| panic!("{}: the result does not parse: {e}", path.display()));
-    assert_eq!(print(&reparsed, false), text, "{}: the result's text does not round-trip", path.display());
+    assert_eq!(
+        print(&again, false),
+        text,
+        "{}: `{}` is not idempotent",
+        path.display(),
+        t.kind
+    );
+    let reparsed = parse(&text)
+        .unwrap_or_else(|e| panic!("{}: the result does not parse: {e}", path.display()));
+    assert_eq!(
+        print(&reparsed, false),
+        text,
+        "{}: the result's text does not round-trip",
+        path.display()
+    );
     let mut snap = format!("; test {}\n", t.kind);
-    snap += &format!("; live nodes {} -> {}, all nodes {} -> {}\n", t.graph.live_len(), after.live_len(), t.graph.len(), after.len());
+    snap += &format!(
+        "; live nodes {} -> {}, all nodes {} -> {}\n",
+        t.graph.live_len(),
+        after.live_len(),
+        t.graph.len(),
+        after.len()
+    );
     if t.kind == "simplify" {
         let names: Vec<String> = fired.iter().map(|(k, v)| format!("{k} x{v}")).collect();
-        snap += &format!("; fired: {}\n", if names.is_empty() { "none".to_string() } else { names.join(", ") });
+        snap += &format!(
+            "; fired: {}\n",
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            }
+        );
     }
     for inputs in &t.runs {
         let (want, got) = (run(&t.graph, inputs), run(&after, inputs));
@@ -208,7 +268,10 @@ fn files() -> Vec<std::path::PathBuf> {
         }
     }
     let mut out = Vec::new();
-    walk(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/filetests"), &mut out);
+    walk(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/filetests"),
+        &mut out,
+    );
     out.sort();
     out
 }
@@ -221,10 +284,17 @@ fn every_pass_and_rule_has_a_filetest() {
     let kinds: BTreeSet<String> = all.iter().map(|p| load(p).kind).collect();
     for (name, _) in PIPELINE {
         let header = KINDS.iter().find(|(_, pass)| pass == name).map(|(h, _)| *h);
-        let header = header.unwrap_or_else(|| panic!("pipeline pass `{name}` has no `; test` kind"));
-        assert!(kinds.contains(header), "pipeline pass `{name}` has no filetest (`; test {header}`)");
+        let header =
+            header.unwrap_or_else(|| panic!("pipeline pass `{name}` has no `; test` kind"));
+        assert!(
+            kinds.contains(header),
+            "pipeline pass `{name}` has no filetest (`; test {header}`)"
+        );
     }
-    assert!(kinds.contains("pipeline"), "the whole pipeline has no filetest");
+    assert!(
+        kinds.contains("pipeline"),
+        "the whole pipeline has no filetest"
+    );
     let mut fired: BTreeSet<&str> = BTreeSet::new();
     for p in &all {
         let t = load(p);
@@ -232,6 +302,13 @@ fn every_pass_and_rule_has_a_filetest() {
             fired.extend(apply("simplify", &t.graph).1.keys());
         }
     }
-    let missing: Vec<&str> = RULES.iter().map(|(n, _)| *n).filter(|n| !fired.contains(n)).collect();
-    assert!(missing.is_empty(), "simplify rules without a filetest in which they fire: {missing:?}");
+    let missing: Vec<&str> = RULES
+        .iter()
+        .map(|(n, _)| *n)
+        .filter(|n| !fired.contains(n))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "simplify rules without a filetest in which they fire: {missing:?}"
+    );
 }

@@ -51,7 +51,11 @@ fn row(n: usize, x: &Tensor) -> (Row, Vec<f64>) {
     let (a, b) = (opt.call(x).unwrap(), unopt.call(x).unwrap());
     let (a, b) = (a.to_vec_f64().unwrap(), b.to_vec_f64().unwrap());
     for (p, q) in a.iter().zip(&b) {
-        assert_eq!(p.to_bits(), q.to_bits(), "n = {n}: optimized {p} vs unoptimized {q}");
+        assert_eq!(
+            p.to_bits(),
+            q.to_bits(),
+            "n = {n}: optimized {p} vs unoptimized {q}"
+        );
     }
     (r, a)
 }
@@ -84,19 +88,36 @@ fn nth_derivative_graphs_stay_small() {
                 2 => ((4.0 * x * x - 3.0) * s - 4.0 * x * c) * e,
                 _ => continue,
             };
-            assert!((values[i] - want).abs() <= 1e-12 * (1.0 + want.abs()), "n = {n}, x = {x}: {} vs {want}", values[i]);
+            assert!(
+                (values[i] - want).abs() <= 1e-12 * (1.0 + want.abs()),
+                "n = {n}, x = {x}: {} vs {want}",
+                values[i]
+            );
         }
         rows.push(r);
     }
     for (i, r) in rows.iter().enumerate() {
         let ops = r.optimized - r.fused_nodes + r.fused_insts;
-        assert!(ops < r.traced, "n = {}: optimization did not shrink the graph ({} -> {ops} ops)", i + 1, r.traced);
+        assert!(
+            ops < r.traced,
+            "n = {}: optimization did not shrink the graph ({} -> {ops} ops)",
+            i + 1,
+            r.traced
+        );
     }
     // growth per derivative order stays modest after optimization (the traced graph grows faster)
     for w in rows.windows(2) {
         let (a, b) = (&w[0], &w[1]);
-        let (oa, ob) = (a.optimized - a.fused_nodes + a.fused_insts, b.optimized - b.fused_nodes + b.fused_insts);
-        assert!(ob * a.traced < oa * b.traced * 2, "optimized growth {oa} -> {ob} vs traced {} -> {}", a.traced, b.traced);
+        let (oa, ob) = (
+            a.optimized - a.fused_nodes + a.fused_insts,
+            b.optimized - b.fused_nodes + b.fused_insts,
+        );
+        assert!(
+            ob * a.traced < oa * b.traced * 2,
+            "optimized growth {oa} -> {ob} vs traced {} -> {}",
+            a.traced,
+            b.traced
+        );
     }
 }
 
@@ -109,7 +130,10 @@ fn second_derivative_graphs() {
     let mut settings = insta::Settings::clone_current();
     settings.set_snapshot_path("../snapshots");
     settings.bind(|| {
-        insta::assert_snapshot!("second_derivative_traced", tapeflow::ir::print(c.traced_graph(), false));
+        insta::assert_snapshot!(
+            "second_derivative_traced",
+            tapeflow::ir::print(c.traced_graph(), false)
+        );
         insta::assert_snapshot!("second_derivative_optimized", c.text());
     });
 }

@@ -7,7 +7,10 @@ use tapeflow::passes::{run_pipeline, PassConfig};
 use tapeflow::{DType, Data, Tensor};
 
 fn input(shape: &[usize], seed: u64) -> Data {
-    Tensor::random_normal(shape, 0.0, 1.0, seed, DType::F32).data().unwrap().clone()
+    Tensor::random_normal(shape, 0.0, 1.0, seed, DType::F32)
+        .data()
+        .unwrap()
+        .clone()
 }
 
 fn run(g: &Graph, inputs: &[Data]) -> (Plan, Vec<Data>) {
@@ -18,7 +21,9 @@ fn run(g: &Graph, inputs: &[Data]) -> (Plan, Vec<Data>) {
 }
 
 fn optimized(text: &str) -> Graph {
-    run_pipeline(&parse(text).unwrap(), &PassConfig::default()).unwrap().0
+    run_pipeline(&parse(text).unwrap(), &PassConfig::default())
+        .unwrap()
+        .0
 }
 
 #[test]
@@ -58,7 +63,11 @@ fn a_buffer_shared_with_a_live_value_is_not_overwritten() {
     let x = vec![input(&[8, 8], 2)];
     let (plan, got) = run(&g, &x);
     let (_, want) = run(&parse(text).unwrap(), &x);
-    assert_eq!(plan.memory().in_place_steps(), 0, "the reshape of %1 is an output: {g}");
+    assert_eq!(
+        plan.memory().in_place_steps(),
+        0,
+        "the reshape of %1 is an output: {g}"
+    );
     assert_eq!(got, want);
 }
 
@@ -81,9 +90,21 @@ fn dead_buffers_are_reused_and_handed_to_fused_steps() {
     let (unplanned, want) = run(&parse(text).unwrap(), &x);
     assert_eq!(got, want);
     let m = plan.memory();
-    assert!(m.hand_over.iter().any(|h| h.is_some()), "the sum's step reuses a dead matrix buffer: {m:?}");
+    assert!(
+        m.hand_over.iter().any(|h| h.is_some()),
+        "the sum's step reuses a dead matrix buffer: {m:?}"
+    );
     // a chain of matmuls needs two matrix buffers at a time, however long it is
-    assert_eq!(m.slot_bytes.iter().filter(|&&b| b == 32 * 32 * 4).count(), 2, "{m:?}");
+    assert_eq!(
+        m.slot_bytes.iter().filter(|&&b| b == 32 * 32 * 4).count(),
+        2,
+        "{m:?}"
+    );
     assert!(plan.peak_bytes() < unplanned.total_bytes());
-    println!("peak {} B, total {} B, slots {:?}", plan.peak_bytes(), unplanned.total_bytes(), m.slot_bytes);
+    println!(
+        "peak {} B, total {} B, slots {:?}",
+        plan.peak_bytes(),
+        unplanned.total_bytes(),
+        m.slot_bytes
+    );
 }

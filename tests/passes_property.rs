@@ -32,8 +32,28 @@ struct Gen {
     dtype: DType,
 }
 
-const SHAPES: &[&[usize]] = &[&[], &[3], &[2, 3], &[1, 3], &[2, 1], &[4, 2, 3], &[4, 1, 3], &[9]];
-const SPECIAL: &[f64] = &[0.0, -0.0, 1.0, -1.0, 2.0, 0.5, 4.0, 3.0, f64::INFINITY, f64::NAN];
+const SHAPES: &[&[usize]] = &[
+    &[],
+    &[3],
+    &[2, 3],
+    &[1, 3],
+    &[2, 1],
+    &[4, 2, 3],
+    &[4, 1, 3],
+    &[9],
+];
+const SPECIAL: &[f64] = &[
+    0.0,
+    -0.0,
+    1.0,
+    -1.0,
+    2.0,
+    0.5,
+    4.0,
+    3.0,
+    f64::INFINITY,
+    f64::NAN,
+];
 
 fn data(dtype: DType, shape: &[usize], vals: Vec<f64>) -> Data {
     let a = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(shape), vals).unwrap();
@@ -47,8 +67,18 @@ fn data(dtype: DType, shape: &[usize], vals: Vec<f64>) -> Data {
 impl Gen {
     fn new(seed: u64) -> Gen {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let dtype = if rng.gen_bool(0.5) { DType::F32 } else { DType::F64 };
-        Gen { rng, g: Graph::new(), pool: Vec::new(), inputs: Vec::new(), dtype }
+        let dtype = if rng.gen_bool(0.5) {
+            DType::F32
+        } else {
+            DType::F64
+        };
+        Gen {
+            rng,
+            g: Graph::new(),
+            pool: Vec::new(),
+            inputs: Vec::new(),
+            dtype,
+        }
     }
 
     fn value(&mut self) -> f64 {
@@ -61,7 +91,9 @@ impl Gen {
 
     fn input(&mut self, shape: &[usize]) -> NodeId {
         let k = self.g.inputs.len() as u32;
-        let id = self.g.add(Node::new(Op::Input(k), self.dtype, shape.into()), &[]);
+        let id = self
+            .g
+            .add(Node::new(Op::Input(k), self.dtype, shape.into()), &[]);
         self.g.inputs.push(id);
         let n: usize = shape.iter().product();
         let vals = (0..n).map(|_| self.value()).collect();
@@ -84,8 +116,10 @@ impl Gen {
 
     /// Adds `op(operands)` if it type-checks.
     fn op(&mut self, op: Op, operands: &[NodeId], out: Option<&[usize]>) -> Option<NodeId> {
-        let types: Vec<(DType, &[usize])> =
-            operands.iter().map(|&o| (self.g.node(o).dtype, &self.g.node(o).shape[..])).collect();
+        let types: Vec<(DType, &[usize])> = operands
+            .iter()
+            .map(|&o| (self.g.node(o).dtype, &self.g.node(o).shape[..]))
+            .collect();
         let (d, s) = op.infer(&types, out).ok()?;
         let id = self.g.add(Node::new(op, d, s), operands);
         if d.is_float() {
@@ -136,7 +170,11 @@ impl Gen {
             3..=5 => {
                 let b = self.partner(a);
                 let op = Op::Binary(BINARY_OPS[self.rng.gen_range(0..BINARY_OPS.len())]);
-                let ops = if self.rng.gen_bool(0.5) { [a, b] } else { [b, a] };
+                let ops = if self.rng.gen_bool(0.5) {
+                    [a, b]
+                } else {
+                    [b, a]
+                };
                 self.op(op, &ops, None);
             }
             6 => {
@@ -152,15 +190,24 @@ impl Gen {
                 let axes: Vec<usize> = (0..rank).filter(|_| self.rng.gen_bool(0.5)).collect();
                 let keep = self.rng.gen_bool(0.3);
                 let op = if self.rng.gen_bool(0.75) {
-                    Op::Sum { axes: AxisSet::of(&axes), keep }
+                    Op::Sum {
+                        axes: AxisSet::of(&axes),
+                        keep,
+                    }
                 } else {
-                    Op::Max { axes: AxisSet::of(&axes), keep }
+                    Op::Max {
+                        axes: AxisSet::of(&axes),
+                        keep,
+                    }
                 };
                 self.op(op, &[a], None);
             }
             9 => {
-                let mut targets: Vec<&[usize]> =
-                    SHAPES.iter().copied().filter(|t| broadcast_shapes(&sa, t).as_deref() == Some(*t)).collect();
+                let mut targets: Vec<&[usize]> = SHAPES
+                    .iter()
+                    .copied()
+                    .filter(|t| broadcast_shapes(&sa, t).as_deref() == Some(*t))
+                    .collect();
                 targets.push(&sa);
                 let t = targets[self.rng.gen_range(0..targets.len())];
                 self.op(Op::BroadcastTo, &[a], Some(t));
@@ -185,11 +232,19 @@ impl Gen {
                 let k = if ta { sa[0] } else { sa[1] };
                 let n = self.rng.gen_range(1..4);
                 let bs: Vec<usize> = if tb { vec![n, k] } else { vec![k, n] };
-                let b = if self.rng.gen_bool(0.5) { self.input(&bs) } else { self.constant(&bs, dtype) };
+                let b = if self.rng.gen_bool(0.5) {
+                    self.input(&bs)
+                } else {
+                    self.constant(&bs, dtype)
+                };
                 self.op(Op::MatMul { ta, tb }, &[a, b], None);
             }
             13 => {
-                let other = if dtype == DType::F32 { DType::F64 } else { DType::F32 };
+                let other = if dtype == DType::F32 {
+                    DType::F64
+                } else {
+                    DType::F32
+                };
                 let c = self.op(Op::Cast(other), &[a], None).unwrap();
                 let f = UNARY_OPS[self.rng.gen_range(0..UNARY_OPS.len())];
                 let u = self.op(Op::Unary(f), &[c], None).unwrap();
@@ -201,7 +256,10 @@ impl Gen {
                 let ids = self.g.node_ids();
                 let n = ids[self.rng.gen_range(0..ids.len())];
                 let node = self.g.node(n).clone();
-                if !matches!(node.op, Op::Input(_) | Op::Const | Op::ReadVar(_) | Op::Assign(_)) {
+                if !matches!(
+                    node.op,
+                    Op::Input(_) | Op::Const | Op::ReadVar(_) | Op::Assign(_)
+                ) {
                     let mut ops = self.g.operands(n).to_vec();
                     if self.rng.gen_bool(0.5) {
                         ops.reverse();
@@ -212,10 +270,13 @@ impl Gen {
             }
             _ => {
                 // an identity the simplifier should remove: x∘e with e in {0, -0, 1, 2ᵏ} or neg(neg x)
-                let op = [Binary::Add, Binary::Sub, Binary::Mul, Binary::Div][self.rng.gen_range(0..4)];
+                let op =
+                    [Binary::Add, Binary::Sub, Binary::Mul, Binary::Div][self.rng.gen_range(0..4)];
                 let e = self.constant(&[], dtype);
                 if self.rng.gen_bool(0.3) {
-                    let n = self.op(Op::Unary(tapeflow::ops::Unary::Neg), &[a], None).unwrap();
+                    let n = self
+                        .op(Op::Unary(tapeflow::ops::Unary::Neg), &[a], None)
+                        .unwrap();
                     self.op(Op::Unary(tapeflow::ops::Unary::Neg), &[n], None);
                 } else {
                     self.op(Op::Binary(op), &[a, e], None);
@@ -251,8 +312,14 @@ fn same_bits(a: &Data, b: &Data) -> bool {
     a.dtype() == b.dtype()
         && a.shape() == b.shape()
         && match (a, b) {
-            (Data::F32(x), Data::F32(y)) => x.iter().zip(y.iter()).all(|(p, q)| p.to_bits() == q.to_bits() || (p.is_nan() && q.is_nan())),
-            (Data::F64(x), Data::F64(y)) => x.iter().zip(y.iter()).all(|(p, q)| p.to_bits() == q.to_bits() || (p.is_nan() && q.is_nan())),
+            (Data::F32(x), Data::F32(y)) => x
+                .iter()
+                .zip(y.iter())
+                .all(|(p, q)| p.to_bits() == q.to_bits() || (p.is_nan() && q.is_nan())),
+            (Data::F64(x), Data::F64(y)) => x
+                .iter()
+                .zip(y.iter())
+                .all(|(p, q)| p.to_bits() == q.to_bits() || (p.is_nan() && q.is_nan())),
             (Data::I64(x), Data::I64(y)) => x == y,
             _ => false,
         }
@@ -260,13 +327,17 @@ fn same_bits(a: &Data, b: &Data) -> bool {
 
 fn run(g: &Graph, inputs: &[Data]) -> Vec<Data> {
     let refs: Vec<&Data> = inputs.iter().collect();
-    Plan::new(g.clone()).unwrap().run(&refs, &mut RunStats::default()).unwrap()
+    Plan::new(g.clone())
+        .unwrap()
+        .run(&refs, &mut RunStats::default())
+        .unwrap()
 }
 
 fn check(seed: u64) -> Result<(), TestCaseError> {
     let (g, inputs) = random_graph(seed);
     verify(&g).map_err(|e| TestCaseError::fail(format!("generator made a bad graph: {e}\n{g}")))?;
-    let (opt, _) = run_pipeline(&g, &PassConfig::default()).map_err(|e| TestCaseError::fail(format!("{e}\n{g}")))?;
+    let (opt, _) = run_pipeline(&g, &PassConfig::default())
+        .map_err(|e| TestCaseError::fail(format!("{e}\n{g}")))?;
     verify(&opt).map_err(|e| TestCaseError::fail(format!("{e}\n{opt}")))?;
     let (want, got) = (run(&g, &inputs), run(&opt, &inputs));
     for (i, (w, o)) in want.iter().zip(&got).enumerate() {
@@ -278,7 +349,13 @@ fn check(seed: u64) -> Result<(), TestCaseError> {
         );
     }
     let (again, _) = run_pipeline(&opt, &PassConfig::default()).unwrap();
-    prop_assert_eq!(print(&again, false), print(&opt, false), "seed {}: the pipeline is not idempotent\nbefore:\n{}", seed, g);
+    prop_assert_eq!(
+        print(&again, false),
+        print(&opt, false),
+        "seed {}: the pipeline is not idempotent\nbefore:\n{}",
+        seed,
+        g
+    );
     Ok(())
 }
 
@@ -302,7 +379,11 @@ fn random_graphs_get_optimized() {
         let (opt, _) = run_pipeline(&g, &PassConfig::default()).unwrap();
         before += g.live_len();
         after += opt.live_len();
-        fused += opt.node_ids().iter().filter(|&&n| matches!(opt.node(n).op, Op::Fused(_))).count();
+        fused += opt
+            .node_ids()
+            .iter()
+            .filter(|&&n| matches!(opt.node(n).op, Op::Fused(_)))
+            .count();
     }
     println!("200 random graphs: {before} -> {after} live nodes, {fused} fused nodes");
     assert!(after * 10 < before * 8, "{before} -> {after}");
@@ -323,14 +404,34 @@ fn large_fused_loops_match_unfused_kernels() {
         let x = gen.input(&shape);
         let b = gen.input(&bias);
         let d = gen.op(Op::Binary(Binary::Sub), &[x, b], None).unwrap();
-        let e = gen.op(Op::Unary(tapeflow::ops::Unary::Sin), &[d], None).unwrap();
+        let e = gen
+            .op(Op::Unary(tapeflow::ops::Unary::Sin), &[d], None)
+            .unwrap();
         let sq = gen.op(Op::Binary(Binary::Mul), &[e, d], None).unwrap();
-        let s = gen.op(Op::Sum { axes: AxisSet::of(&axes), keep: false }, &[sq], None).unwrap();
-        let t = gen.op(Op::Unary(tapeflow::ops::Unary::Tanh), &[d], None).unwrap();
+        let s = gen
+            .op(
+                Op::Sum {
+                    axes: AxisSet::of(&axes),
+                    keep: false,
+                },
+                &[sq],
+                None,
+            )
+            .unwrap();
+        let t = gen
+            .op(Op::Unary(tapeflow::ops::Unary::Tanh), &[d], None)
+            .unwrap();
         let u = gen.op(Op::Binary(Binary::Add), &[t, x], None).unwrap();
         gen.g.outputs = vec![s, u];
         let (opt, _) = run_pipeline(&gen.g, &PassConfig::default()).unwrap();
-        assert_eq!(opt.node_ids().iter().filter(|&&n| matches!(opt.node(n).op, Op::Fused(_))).count(), 2, "{opt}");
+        assert_eq!(
+            opt.node_ids()
+                .iter()
+                .filter(|&&n| matches!(opt.node(n).op, Op::Fused(_)))
+                .count(),
+            2,
+            "{opt}"
+        );
         let (want, got) = (run(&gen.g, &gen.inputs), run(&opt, &gen.inputs));
         for (w, o) in want.iter().zip(&got) {
             assert!(same_bits(w, o), "shape {shape:?}: fused result differs");

@@ -25,14 +25,24 @@ pub fn fold_constants(g: &mut Graph) -> Result<()> {
         let node = g.node(n);
         let foldable = !matches!(
             node.op,
-            Op::Input(_) | Op::Const | Op::ReadVar(_) | Op::Assign(_) | Op::Fused(_) | Op::BroadcastTo
+            Op::Input(_)
+                | Op::Const
+                | Op::ReadVar(_)
+                | Op::Assign(_)
+                | Op::Fused(_)
+                | Op::BroadcastTo
         ) && numel(&node.shape) <= FOLD_MAX_ELEMS;
         let operands = g.operands(n);
         if !foldable || !operands.iter().all(|&o| g.node(o).op == Op::Const) {
             continue;
         }
-        let args: Vec<&Data> = operands.iter().map(|&o| g.node(o).value.as_ref().expect("verified const")).collect();
-        let Ok(value) = node.op.eval(&args, &node.shape) else { continue };
+        let args: Vec<&Data> = operands
+            .iter()
+            .map(|&o| g.node(o).value.as_ref().expect("verified const"))
+            .collect();
+        let Ok(value) = node.op.eval(&args, &node.shape) else {
+            continue;
+        };
         let mut c = Node::new(Op::Const, node.dtype, node.shape.clone());
         c.loc = node.loc;
         c.value = Some(value.into_standard());

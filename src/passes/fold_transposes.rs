@@ -18,10 +18,13 @@ use crate::ops::Op;
 
 /// The input of `t` if `t` transposes exactly the last two axes.
 fn swapped_input(g: &Graph, t: NodeId) -> Option<NodeId> {
-    let Op::Transpose(p) = g.node(t).op else { return None };
+    let Op::Transpose(p) = g.node(t).op else {
+        return None;
+    };
     let r = p.rank as usize;
     let v = p.to_vec();
-    let swaps_last_two = r >= 2 && v[r - 2] == r - 1 && v[r - 1] == r - 2 && (0..r - 2).all(|i| v[i] == i);
+    let swaps_last_two =
+        r >= 2 && v[r - 2] == r - 1 && v[r - 1] == r - 2 && (0..r - 2).all(|i| v[i] == i);
     swaps_last_two.then(|| g.operands(t)[0])
 }
 
@@ -31,13 +34,18 @@ pub fn fold_transposes_into_matmul(g: &mut Graph) -> Result<()> {
         if !g.contains(n) {
             continue;
         }
-        let Op::MatMul { ta, tb } = g.node(n).op else { continue };
+        let Op::MatMul { ta, tb } = g.node(n).op else {
+            continue;
+        };
         let ops = g.operands(n);
         let (a, b) = (swapped_input(g, ops[0]), swapped_input(g, ops[1]));
         if a.is_none() && b.is_none() {
             continue;
         }
-        let op = Op::MatMul { ta: ta ^ a.is_some(), tb: tb ^ b.is_some() };
+        let op = Op::MatMul {
+            ta: ta ^ a.is_some(),
+            tb: tb ^ b.is_some(),
+        };
         let new = add_unique(g, op, &[a.unwrap_or(ops[0]), b.unwrap_or(ops[1])], None, n)?;
         replace(g, n, new);
         g.remove(n);

@@ -41,8 +41,15 @@ use std::collections::{BinaryHeap, HashMap};
 fn is_cheap(op: Op) -> bool {
     !matches!(
         op,
-        Op::Unary(Unary::Exp | Unary::Log | Unary::Sin | Unary::Cos | Unary::Tanh | Unary::Sqrt | Unary::Sigmoid)
-            | Op::Binary(Binary::Pow)
+        Op::Unary(
+            Unary::Exp
+                | Unary::Log
+                | Unary::Sin
+                | Unary::Cos
+                | Unary::Tanh
+                | Unary::Sqrt
+                | Unary::Sigmoid
+        ) | Op::Binary(Binary::Pow)
     )
 }
 
@@ -91,11 +98,18 @@ pub fn fuse_elementwise(g: &mut Graph) -> Result<()> {
             FusionClass::Opaque => continue,
         };
         claimed[n.index()] = true;
-        let mut r = Region { root: n, members: vec![(n, root_space)], matmul: None, sum: None, loads: Vec::new() };
+        let mut r = Region {
+            root: n,
+            members: vec![(n, root_space)],
+            matmul: None,
+            sum: None,
+            loads: Vec::new(),
+        };
         if root_space == Space::Sum {
             r.sum = Some(n);
         }
-        let mut heap: BinaryHeap<(usize, NodeId)> = g.operands(n).iter().map(|&o| (pos[o.index()], o)).collect();
+        let mut heap: BinaryHeap<(usize, NodeId)> =
+            g.operands(n).iter().map(|&o| (pos[o.index()], o)).collect();
         while let Some((_, p)) = heap.pop() {
             if r.space(p).is_some() || claimed[p.index()] || g.outputs.contains(&p) {
                 continue;
@@ -106,18 +120,29 @@ pub fn fuse_elementwise(g: &mut Graph) -> Result<()> {
                 s => s,
             });
             let first = spaces.next().flatten();
-            let Some(space) = first.filter(|&f| spaces.all(|s| s == Some(f))) else { continue };
-            let feeds_part = r.matmul.into_iter().chain(r.loads.iter().copied()).any(|m| g.operands(m).contains(&p));
+            let Some(space) = first.filter(|&f| spaces.all(|s| s == Some(f))) else {
+                continue;
+            };
+            let feeds_part = r
+                .matmul
+                .into_iter()
+                .chain(r.loads.iter().copied())
+                .any(|m| g.operands(m).contains(&p));
             if feeds_part {
                 continue; // a matmul's or a reshape's operand stays outside
             }
             let pn = g.node(p);
             let loop_elems = match space {
-                Space::Summed => numel(&g.node(g.operands(r.sum.expect("a summed space has a sum"))[0]).shape),
+                Space::Summed => numel(
+                    &g.node(g.operands(r.sum.expect("a summed space has a sum"))[0])
+                        .shape,
+                ),
                 _ => numel(&g.node(r.root).shape),
             };
             let joined = match pn.op.fusion_class() {
-                FusionClass::Elementwise if numel(&pn.shape) == loop_elems || is_cheap(pn.op) => space,
+                FusionClass::Elementwise if numel(&pn.shape) == loop_elems || is_cheap(pn.op) => {
+                    space
+                }
                 // one sum per result element: the sum's result is not broadcast in the region
                 FusionClass::Reduction
                     if space == Space::Result
@@ -169,7 +194,8 @@ fn build(g: &mut Graph, mut r: Region, pos: &[usize]) -> Result<()> {
         Space::Sum => 2,
         Space::Result => 3,
     };
-    r.members.sort_by_key(|&(m, s)| (rank(m, s), pos[m.index()]));
+    r.members
+        .sort_by_key(|&(m, s)| (rank(m, s), pos[m.index()]));
     let mut params: Vec<NodeId> = Vec::new();
     let mut param_of: HashMap<NodeId, u32> = HashMap::new();
     let mut inst_of: HashMap<NodeId, u32> = HashMap::new();
@@ -193,14 +219,26 @@ fn build(g: &mut Graph, mut r: Region, pos: &[usize]) -> Result<()> {
             });
         }
         let node = g.node(m);
-        e.insts.push(Inst { op: node.op, args, dtype: node.dtype, shape: node.shape.clone() });
+        e.insts.push(Inst {
+            op: node.op,
+            args,
+            dtype: node.dtype,
+            shape: node.shape.clone(),
+        });
         inst_of.insert(m, k as u32);
     }
     let root = g.node(r.root).clone();
-    let types: Vec<(DType, &[usize])> = params.iter().map(|&p| (g.node(p).dtype, &g.node(p).shape[..])).collect();
+    let types: Vec<(DType, &[usize])> = params
+        .iter()
+        .map(|&p| (g.node(p).dtype, &g.node(p).shape[..]))
+        .collect();
     match e.infer(&types) {
         Ok((d, s)) if d == root.dtype && s == root.shape => {}
-        other => return Err(Error::Graph(format!("fuse_elementwise built a bad expression ({other:?}): {e:?}"))),
+        other => {
+            return Err(Error::Graph(format!(
+                "fuse_elementwise built a bad expression ({other:?}): {e:?}"
+            )))
+        }
     }
     g.fused.push(e);
     let mut node = Node::new(Op::Fused(g.fused.len() as u32 - 1), root.dtype, root.shape);

@@ -39,7 +39,10 @@ pub type PassFn = fn(&mut Graph) -> Result<()>;
 /// The pipeline, in order: (name, pass).
 pub const PIPELINE: &[(&str, PassFn)] = &[
     ("fold_constants", fold_constants),
-    ("eliminate_common_subexpressions", eliminate_common_subexpressions),
+    (
+        "eliminate_common_subexpressions",
+        eliminate_common_subexpressions,
+    ),
     ("simplify", simplify),
     ("eliminate_dead_nodes", eliminate_dead_nodes),
     ("fold_transposes_into_matmul", fold_transposes_into_matmul),
@@ -64,7 +67,10 @@ pub struct PassConfig {
 impl PassConfig {
     /// No optimization at all.
     pub fn unoptimized() -> PassConfig {
-        PassConfig { disabled: Vec::new(), none: true }
+        PassConfig {
+            disabled: Vec::new(),
+            none: true,
+        }
     }
 
     /// The default pipeline without the named pass.
@@ -93,12 +99,24 @@ pub struct PassStat {
 
 impl std::fmt::Display for PassStat {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:<32} {:>6} -> {:<6} nodes  {:>8.3} ms", self.name, self.before, self.after, self.time.as_secs_f64() * 1e3)
+        write!(
+            f,
+            "{:<32} {:>6} -> {:<6} nodes  {:>8.3} ms",
+            self.name,
+            self.before,
+            self.after,
+            self.time.as_secs_f64() * 1e3
+        )
     }
 }
 
 /// Runs one pass, timing it and verifying its result in debug builds.
-pub fn run_pass(g: &mut Graph, name: &'static str, pass: PassFn, stats: &mut Vec<PassStat>) -> Result<()> {
+pub fn run_pass(
+    g: &mut Graph,
+    name: &'static str,
+    pass: PassFn,
+    stats: &mut Vec<PassStat>,
+) -> Result<()> {
     let before = g.live_len();
     let t = Instant::now();
     pass(g)?;
@@ -106,7 +124,12 @@ pub fn run_pass(g: &mut Graph, name: &'static str, pass: PassFn, stats: &mut Vec
     if cfg!(debug_assertions) {
         verify(g).map_err(|e| crate::Error::Graph(format!("after pass {name}: {e}")))?;
     }
-    stats.push(PassStat { name, before, after: g.live_len(), time });
+    stats.push(PassStat {
+        name,
+        before,
+        after: g.live_len(),
+        time,
+    });
     Ok(())
 }
 

@@ -60,7 +60,10 @@ impl MemoryPlan {
 pub fn plan_memory(g: &Graph, order: &[NodeId]) -> MemoryPlan {
     let n = order.len();
     let pos: HashMap<NodeId, usize> = order.iter().enumerate().map(|(i, &id)| (id, i)).collect();
-    let operands: Vec<Vec<usize>> = order.iter().map(|&id| g.operands(id).iter().map(|o| pos[o]).collect()).collect();
+    let operands: Vec<Vec<usize>> = order
+        .iter()
+        .map(|&id| g.operands(id).iter().map(|o| pos[o]).collect())
+        .collect();
     let mut last_use = vec![None; n];
     for (i, ops) in operands.iter().enumerate() {
         for &o in ops {
@@ -141,7 +144,11 @@ pub fn plan_memory(g: &Graph, order: &[NodeId]) -> MemoryPlan {
             users[sl] += 1;
         }
         // values whose last use is this step die now, in value order (as the interpreter releases them)
-        let mut dying: Vec<usize> = operands[i].iter().copied().filter(|&o| last_use[o] == Some(i)).collect();
+        let mut dying: Vec<usize> = operands[i]
+            .iter()
+            .copied()
+            .filter(|&o| last_use[o] == Some(i))
+            .collect();
         dying.sort_unstable();
         dying.dedup();
         for o in dying {

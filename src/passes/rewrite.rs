@@ -49,14 +49,32 @@ pub fn key(g: &Graph, id: NodeId) -> Option<Key> {
         op if op.is_commutative() => operands.sort_unstable(),
         _ => {}
     }
-    Some(Key { op, operands, dtype: node.dtype, shape: node.shape.clone(), value: node.value.as_ref().map(bits), fused })
+    Some(Key {
+        op,
+        operands,
+        dtype: node.dtype,
+        shape: node.shape.clone(),
+        value: node.value.as_ref().map(bits),
+        fused,
+    })
 }
 
 /// Adds `op(operands)` with its inferred type (`shape` for ops that need one), or
 /// returns an existing node with the same key.
-pub fn add_unique(g: &mut Graph, op: Op, operands: &[NodeId], shape: Option<&[usize]>, like: NodeId) -> Result<NodeId> {
-    let types: Vec<(DType, &[usize])> = operands.iter().map(|&o| (g.node(o).dtype, &g.node(o).shape[..])).collect();
-    let (dtype, shape) = op.infer(&types, shape).map_err(|e| Error::Graph(format!("rewrite built a bad {}: {e}", op.name())))?;
+pub fn add_unique(
+    g: &mut Graph,
+    op: Op,
+    operands: &[NodeId],
+    shape: Option<&[usize]>,
+    like: NodeId,
+) -> Result<NodeId> {
+    let types: Vec<(DType, &[usize])> = operands
+        .iter()
+        .map(|&o| (g.node(o).dtype, &g.node(o).shape[..]))
+        .collect();
+    let (dtype, shape) = op
+        .infer(&types, shape)
+        .map_err(|e| Error::Graph(format!("rewrite built a bad {}: {e}", op.name())))?;
     let mut node = Node::new(op, dtype, shape);
     node.loc = g.node(like).loc;
     let id = g.add(node, operands);
@@ -109,7 +127,9 @@ pub fn splat(g: &Graph, id: NodeId) -> Option<f64> {
         Op::Const => {
             let v = node.value.as_ref()?.to_f64_vec();
             let first = *v.first()?;
-            v.iter().all(|x| x.to_bits() == first.to_bits()).then_some(first)
+            v.iter()
+                .all(|x| x.to_bits() == first.to_bits())
+                .then_some(first)
         }
         Op::BroadcastTo | Op::Reshape => splat(g, g.operands(id)[0]),
         _ => None,
@@ -133,7 +153,10 @@ pub fn as_type_of(g: &mut Graph, x: NodeId, like: NodeId) -> Result<Option<NodeI
 /// If another `const` has `c`'s type and value bits, removes `c` and returns that one.
 pub fn unique_const(g: &mut Graph, c: NodeId) -> NodeId {
     let k = key(g, c);
-    let twin = g.node_ids().into_iter().find(|&o| o != c && g.node(o).op == Op::Const && key(g, o) == k);
+    let twin = g
+        .node_ids()
+        .into_iter()
+        .find(|&o| o != c && g.node(o).op == Op::Const && key(g, o) == k);
     match twin {
         Some(t) => {
             g.remove(c);

@@ -18,8 +18,8 @@
 use super::rewrite::{add_unique, as_type_of, replace, splat};
 use crate::error::Result;
 use crate::ir::{Graph, NodeId};
-use crate::ops::{Binary, Op, Perm, Unary};
 use crate::ops::reduce::reduced_shape;
+use crate::ops::{Binary, Op, Perm, Unary};
 use crate::tensor::{numel, DType};
 use std::collections::BTreeMap;
 
@@ -65,7 +65,12 @@ pub fn simplify_counting(g: &mut Graph) -> Result<BTreeMap<&'static str, usize>>
     for _ in 0..MAX_SWEEPS {
         let mut changed = false;
         for n in g.canonical_order() {
-            if !g.contains(n) || matches!(g.node(n).op, Op::Input(_) | Op::Const | Op::ReadVar(_) | Op::Assign(_) | Op::Fused(_)) {
+            if !g.contains(n)
+                || matches!(
+                    g.node(n).op,
+                    Op::Input(_) | Op::Const | Op::ReadVar(_) | Op::Assign(_) | Op::Fused(_)
+                )
+            {
                 continue;
             }
             for &(name, rule) in RULES {
@@ -132,7 +137,11 @@ fn add_neg_zero(g: &mut Graph, n: NodeId) -> Result<Option<NodeId>> {
         return Ok(None);
     }
     // integers have no -0, and x + 0 = x; for floats only -0.0 is the additive identity
-    let zero = if g.node(n).dtype == DType::I64 { 0.0 } else { -0.0 };
+    let zero = if g.node(n).dtype == DType::I64 {
+        0.0
+    } else {
+        -0.0
+    };
     identity_operand(g, n, zero, &[1, 0])
 }
 
@@ -164,7 +173,9 @@ fn div_power_of_two(g: &mut Graph, n: NodeId) -> Result<Option<NodeId>> {
         return Ok(None);
     }
     let (x, c) = operands2(g, n);
-    let Some(v) = splat(g, c) else { return Ok(None) };
+    let Some(v) = splat(g, c) else {
+        return Ok(None);
+    };
     let dtype = g.node(n).dtype;
     let exact = match dtype {
         DType::F32 => {
@@ -272,11 +283,18 @@ fn cast_same(g: &mut Graph, n: NodeId) -> Result<Option<NodeId>> {
 }
 
 fn sum_no_axes(g: &mut Graph, n: NodeId) -> Result<Option<NodeId>> {
-    Ok(same_type_operand(g, n, |op| matches!(op, Op::Sum { axes, .. } if axes.0 == 0)).filter(|&x| !g.node(x).shape.is_empty()))
+    Ok(
+        same_type_operand(g, n, |op| matches!(op, Op::Sum { axes, .. } if axes.0 == 0))
+            .filter(|&x| !g.node(x).shape.is_empty()),
+    )
 }
 
 fn max_no_axes(g: &mut Graph, n: NodeId) -> Result<Option<NodeId>> {
-    Ok(same_type_operand(g, n, |op| matches!(op, Op::Max { axes, .. } if axes.0 == 0)))
+    Ok(same_type_operand(
+        g,
+        n,
+        |op| matches!(op, Op::Max { axes, .. } if axes.0 == 0),
+    ))
 }
 
 fn stop_gradient(g: &mut Graph, n: NodeId) -> Result<Option<NodeId>> {
@@ -310,13 +328,21 @@ fn broadcast_broadcast(g: &mut Graph, n: NodeId) -> Result<Option<NodeId>> {
 }
 
 fn transpose_identity(g: &mut Graph, n: NodeId) -> Result<Option<NodeId>> {
-    Ok(same_type_operand(g, n, |op| matches!(op, Op::Transpose(p) if p.to_vec().iter().enumerate().all(|(i, &a)| i == a))))
+    Ok(same_type_operand(
+        g,
+        n,
+        |op| matches!(op, Op::Transpose(p) if p.to_vec().iter().enumerate().all(|(i, &a)| i == a)),
+    ))
 }
 
 fn transpose_transpose(g: &mut Graph, n: NodeId) -> Result<Option<NodeId>> {
-    let Op::Transpose(q) = g.node(n).op else { return Ok(None) };
+    let Op::Transpose(q) = g.node(n).op else {
+        return Ok(None);
+    };
     let inner = g.operands(n)[0];
-    let Op::Transpose(p) = g.node(inner).op else { return Ok(None) };
+    let Op::Transpose(p) = g.node(inner).op else {
+        return Ok(None);
+    };
     let x = g.operands(inner)[0];
     // out[i] = inner[q[i]] = x[p[q[i]]]
     let (p, q) = (p.to_vec(), q.to_vec());
@@ -350,7 +376,9 @@ fn reshape_kept_reduce(g: &mut Graph, n: NodeId) -> Result<Option<NodeId>> {
         Op::Max { axes, keep: true } => (Op::Max { axes, keep: false }, g.operands(r)[0]),
         _ => return Ok(None),
     };
-    let (Op::Sum { axes, .. } | Op::Max { axes, .. }) = op else { unreachable!() };
+    let (Op::Sum { axes, .. } | Op::Max { axes, .. }) = op else {
+        unreachable!()
+    };
     if reduced_shape(&g.node(x).shape, axes, false) != g.node(n).shape {
         return Ok(None);
     }

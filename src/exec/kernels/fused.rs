@@ -33,10 +33,10 @@
 //! independent, so splitting the loop across threads never changes a bit.
 
 use super::ew::PAR_CHUNK;
-use rayon::prelude::*;
 use crate::ops::{FusionClass, Op};
 use crate::tensor::{broadcast_shapes, numel, type_str, Arr, DType, Data, Float, Shape};
 use ndarray::IxDyn;
+use rayon::prelude::*;
 use smallvec::SmallVec;
 
 /// An argument of an instruction: a param (operand of the fused node) or an earlier instruction.
@@ -74,7 +74,9 @@ impl FusedExpr {
     /// # Panics
     /// If the expression is empty (which [`FusedExpr::infer`] rejects).
     pub fn result(&self) -> &Inst {
-        self.insts.last().expect("a fused expression has instructions")
+        self.insts
+            .last()
+            .expect("a fused expression has instructions")
     }
 
     /// `(ta, tb)` of the matmul prologue, if there is one.
@@ -87,7 +89,9 @@ impl FusedExpr {
 
     /// The position of the `sum` instruction, if there is one.
     pub fn sum_index(&self) -> Option<usize> {
-        self.insts.iter().position(|i| matches!(i.op, Op::Sum { .. }))
+        self.insts
+            .iter()
+            .position(|i| matches!(i.op, Op::Sum { .. }))
     }
 
     /// Checks the expression against the fused node's operand types and returns the
@@ -106,19 +110,26 @@ impl FusedExpr {
             for a in &inst.args {
                 owned.push(match *a {
                     Arg::Param(p) => {
-                        let (d, s) = params.get(p as usize).ok_or_else(|| here(format!("${p} is not an operand")))?;
+                        let (d, s) = params
+                            .get(p as usize)
+                            .ok_or_else(|| here(format!("${p} is not an operand")))?;
                         used[p as usize] = true;
                         (*d, Shape::from_slice(s))
                     }
                     // values after the sum live in the result's index space, values before it in the summed one
                     Arg::Inst(j) if s.is_some_and(|s| k > s && (j as usize) < s) => {
-                        return Err(here(format!("#{j} is computed before the sum and cannot be read after it")))
+                        return Err(here(format!(
+                            "#{j} is computed before the sum and cannot be read after it"
+                        )))
                     }
                     Arg::Inst(j) if (j as usize) < k => types[j as usize].clone(),
-                    Arg::Inst(j) => return Err(here(format!("#{j} is not an earlier instruction"))),
+                    Arg::Inst(j) => {
+                        return Err(here(format!("#{j} is not an earlier instruction")))
+                    }
                 });
             }
-            let arg_types: SmallVec<[(DType, &[usize]); 3]> = owned.iter().map(|(d, s)| (*d, &s[..])).collect();
+            let arg_types: SmallVec<[(DType, &[usize]); 3]> =
+                owned.iter().map(|(d, s)| (*d, &s[..])).collect();
             match inst.op {
                 Op::MatMul { .. } => {
                     if k != 0 || inst.args[..] != [Arg::Param(0), Arg::Param(1)] {
@@ -153,11 +164,17 @@ impl FusedExpr {
         }
         let result = &self.result().shape;
         let r = self.result();
-        if self.matmul().is_some() && (s.is_some() || self.insts[0].shape != r.shape || self.insts[0].dtype != r.dtype) {
-            return Err("a matmul prologue needs an elementwise result of its own type and no sum".into());
+        if self.matmul().is_some()
+            && (s.is_some() || self.insts[0].shape != r.shape || self.insts[0].dtype != r.dtype)
+        {
+            return Err(
+                "a matmul prologue needs an elementwise result of its own type and no sum".into(),
+            );
         }
         if s.is_some_and(|s| numel(&self.insts[s].shape) != numel(result)) {
-            return Err("the sum's result must not be broadcast (one sum per result element)".into());
+            return Err(
+                "the sum's result must not be broadcast (one sum per result element)".into(),
+            );
         }
         let summed: Shape = match s.map(|s| self.insts[s].args[0]) {
             Some(Arg::Param(p)) => Shape::from_slice(params[p as usize].1),
@@ -171,7 +188,10 @@ impl FusedExpr {
                 _ => result,
             };
             if broadcast_shapes(&inst.shape, space).as_deref() != Some(space) {
-                return Err(format!("#{k} {} does not broadcast to its loop's shape {space:?}", type_str(inst.dtype, &inst.shape)));
+                return Err(format!(
+                    "#{k} {} does not broadcast to its loop's shape {space:?}",
+                    type_str(inst.dtype, &inst.shape)
+                ));
             }
         }
         Ok(types.pop().expect("n > 0"))
@@ -182,8 +202,15 @@ impl FusedExpr {
     /// result's exact type, is not broadcast or reshaped) and there is no matmul or sum.
     pub fn can_overwrite(&self, p: usize, param: (DType, &[usize])) -> bool {
         let r = self.result();
-        let reshaped = self.insts.iter().any(|i| i.op == Op::Reshape && i.args[..] == [Arg::Param(p as u32)]);
-        self.matmul().is_none() && self.sum_index().is_none() && !reshaped && param.0 == r.dtype && param.1 == &r.shape[..]
+        let reshaped = self
+            .insts
+            .iter()
+            .any(|i| i.op == Op::Reshape && i.args[..] == [Arg::Param(p as u32)]);
+        self.matmul().is_none()
+            && self.sum_index().is_none()
+            && !reshaped
+            && param.0 == r.dtype
+            && param.1 == &r.shape[..]
     }
 }
 
@@ -331,7 +358,11 @@ struct Cursor<'s> {
 impl<'s> Cursor<'s> {
     /// A cursor at flat position `start` (a rank-0 loop is one element).
     fn new(dims: &[usize], strides: &'s [SmallVec<[usize; 6]>], start: usize) -> Cursor<'s> {
-        let dims: SmallVec<[usize; 6]> = if dims.is_empty() { SmallVec::from_elem(1, 1) } else { SmallVec::from_slice(dims) };
+        let dims: SmallVec<[usize; 6]> = if dims.is_empty() {
+            SmallVec::from_elem(1, 1)
+        } else {
+            SmallVec::from_slice(dims)
+        };
         let mut idx: SmallVec<[usize; 6]> = SmallVec::from_elem(0, dims.len());
         let mut rest = start;
         for d in (0..dims.len()).rev() {
@@ -340,8 +371,16 @@ impl<'s> Cursor<'s> {
                 rest /= dims[d];
             }
         }
-        let offs = strides.iter().map(|st| idx.iter().zip(st).map(|(i, s)| i * s).sum()).collect();
-        Cursor { dims, strides, idx, offs }
+        let offs = strides
+            .iter()
+            .map(|st| idx.iter().zip(st).map(|(i, s)| i * s).sum())
+            .collect();
+        Cursor {
+            dims,
+            strides,
+            idx,
+            offs,
+        }
     }
 
     fn stride(&self, l: usize) -> usize {
@@ -421,7 +460,11 @@ impl<'a> Loads<'a> {
                     (Src::F32(s), Tile::F32(t)) => gather(s, base, st, t, at, run),
                     (Src::F64(s), Tile::F64(t)) => gather(s, base, st, t, at, run),
                     (Src::I64(s), Tile::I64(t)) => gather(s, base, st, t, at, run),
-                    (Src::Out, t) => O::to_tile(&out.expect("output loads read the output buffer")[at..at + run], t, at),
+                    (Src::Out, t) => O::to_tile(
+                        &out.expect("output loads read the output buffer")[at..at + run],
+                        t,
+                        at,
+                    ),
                     _ => unreachable!("a load's register has its source's dtype"),
                 }
             }
@@ -486,9 +529,15 @@ fn compute(op: Op, a: &[&Tile], o: &mut Tile, n: usize) {
                 Lent => unreachable!(),
             };
             match (a[1], a[2], o) {
-                (F32(x), F32(y), F32(o)) => (0..n).for_each(|i| o[i] = if m[i] { x[i] } else { y[i] }),
-                (F64(x), F64(y), F64(o)) => (0..n).for_each(|i| o[i] = if m[i] { x[i] } else { y[i] }),
-                (I64(x), I64(y), I64(o)) => (0..n).for_each(|i| o[i] = if m[i] { x[i] } else { y[i] }),
+                (F32(x), F32(y), F32(o)) => {
+                    (0..n).for_each(|i| o[i] = if m[i] { x[i] } else { y[i] })
+                }
+                (F64(x), F64(y), F64(o)) => {
+                    (0..n).for_each(|i| o[i] = if m[i] { x[i] } else { y[i] })
+                }
+                (I64(x), I64(y), I64(o)) => {
+                    (0..n).for_each(|i| o[i] = if m[i] { x[i] } else { y[i] })
+                }
                 _ => unreachable!("infer checks select dtypes"),
             }
         }
@@ -538,7 +587,13 @@ fn broadcast_strides(shape: &[usize], it: &[usize]) -> SmallVec<[usize; 6]> {
     let cs = contiguous(shape);
     let lead = it.len() - shape.len();
     (0..it.len())
-        .map(|d| if d < lead || shape[d - lead] == 1 { 0 } else { cs[d - lead] })
+        .map(|d| {
+            if d < lead || shape[d - lead] == 1 {
+                0
+            } else {
+                cs[d - lead]
+            }
+        })
         .collect()
 }
 
@@ -546,17 +601,31 @@ fn broadcast_strides(shape: &[usize], it: &[usize]) -> SmallVec<[usize; 6]> {
 enum Accum<T> {
     /// A full reduction: `reduce::sum_slice`'s 8 accumulators over whole chunks of 8, a
     /// fixed tree, then the remainder in order.
-    Lanes { acc: [T; 8], full: usize, seen: usize, total: Option<T> },
+    Lanes {
+        acc: [T; 8],
+        full: usize,
+        seen: usize,
+        total: Option<T>,
+    },
     /// A partial reduction: one sequential fold from zero per reduced axis, the innermost
     /// first (`reduce::reduce`); `acc[l]` is the running sum at reduced axis `l`.
-    Nested { dims: SmallVec<[usize; 6]>, idx: SmallVec<[usize; 6]>, acc: SmallVec<[T; 6]> },
+    Nested {
+        dims: SmallVec<[usize; 6]>,
+        idx: SmallVec<[usize; 6]>,
+        acc: SmallVec<[T; 6]>,
+    },
 }
 
 impl<T: Float> Accum<T> {
     /// Adds `vals` in order; each finished sum is written to `out[*done]`.
     fn push(&mut self, vals: &[T], out: &mut [T], done: &mut usize) {
         match self {
-            Accum::Lanes { acc, full, seen, total } => {
+            Accum::Lanes {
+                acc,
+                full,
+                seen,
+                total,
+            } => {
                 for &v in vals {
                     if *seen < *full {
                         acc[*seen % 8] = acc[*seen % 8] + v;
@@ -619,7 +688,9 @@ fn par_outputs<O: Send>(out: &mut [O], work: usize, f: impl Fn(usize, &mut [O]) 
     if out.len() * work.max(1) < 2 * PAR_CHUNK || out.len() < 2 {
         f(0, out);
     } else {
-        out.par_chunks_mut(per).enumerate().for_each(|(i, c)| f(i * per, c));
+        out.par_chunks_mut(per)
+            .enumerate()
+            .for_each(|(i, c)| f(i * per, c));
     }
 }
 
@@ -629,9 +700,15 @@ fn run<O: Elem>(e: &FusedExpr, x: &[Option<&Data>], shape: &[usize], out: OutBuf
     let mut held: Option<Data> = None; // an operand we were handed but could not overwrite
     let mut from_out: Option<usize> = None;
     if let Some((ta, tb)) = e.matmul() {
-        let (a, b) = (x[0].expect("matmul operands are given"), x[1].expect("matmul operands are given"));
-        let m = Op::MatMul { ta, tb }.eval(&[a, b], shape).expect("matmul cannot fail at run time");
-        buf = Some(O::take_vec(m).unwrap_or_else(|_| unreachable!("a fresh matmul result is owned")));
+        let (a, b) = (
+            x[0].expect("matmul operands are given"),
+            x[1].expect("matmul operands are given"),
+        );
+        let m = Op::MatMul { ta, tb }
+            .eval(&[a, b], shape)
+            .expect("matmul cannot fail at run time");
+        buf =
+            Some(O::take_vec(m).unwrap_or_else(|_| unreachable!("a fresh matmul result is owned")));
     } else {
         match out {
             OutBuf::Fresh => {}
@@ -681,20 +758,30 @@ fn run<O: Elem>(e: &FusedExpr, x: &[Option<&Data>], shape: &[usize], out: OutBuf
                 return loads.regs[i];
             }
             let (src, own, dtype) = match p {
-                usize::MAX => (Src::Out, Shape::from_slice(shape.expect("the matmul's shape")), O::DTYPE),
+                usize::MAX => (
+                    Src::Out,
+                    Shape::from_slice(shape.expect("the matmul's shape")),
+                    O::DTYPE,
+                ),
                 p => param(p),
             };
             loads.keys.push((p, view));
             loads.srcs.push(src);
-            loads.shapes.push(shape.map(Shape::from_slice).unwrap_or(own));
+            loads
+                .shapes
+                .push(shape.map(Shape::from_slice).unwrap_or(own));
             dtypes.push(dtype);
             loads.regs.push(dtypes.len() - 1);
             dtypes.len() - 1
         };
         let args: SmallVec<[usize; 3]> = match (inst.op, &inst.args[..]) {
             // the GEMM's result is read from the output buffer, like an operand overwritten in place
-            (Op::MatMul { .. }, _) => SmallVec::from_elem(load(usize::MAX, None, Some(&inst.shape)), 1),
-            (Op::Reshape, [Arg::Param(p)]) => SmallVec::from_elem(load(*p as usize, Some(k), Some(&inst.shape)), 1),
+            (Op::MatMul { .. }, _) => {
+                SmallVec::from_elem(load(usize::MAX, None, Some(&inst.shape)), 1)
+            }
+            (Op::Reshape, [Arg::Param(p)]) => {
+                SmallVec::from_elem(load(*p as usize, Some(k), Some(&inst.shape)), 1)
+            }
             _ => inst
                 .args
                 .iter()
@@ -715,7 +802,11 @@ fn run<O: Elem>(e: &FusedExpr, x: &[Option<&Data>], shape: &[usize], out: OutBuf
             }
             op => {
                 dtypes.push(inst.dtype);
-                steps.push(Step { op, args, reg: dtypes.len() - 1 });
+                steps.push(Step {
+                    op,
+                    args,
+                    reg: dtypes.len() - 1,
+                });
                 dtypes.len() - 1
             }
         };
@@ -739,7 +830,9 @@ fn run<O: Elem>(e: &FusedExpr, x: &[Option<&Data>], shape: &[usize], out: OutBuf
             });
         }
         Some(s) => {
-            let Op::Sum { axes, .. } = e.insts[s].op else { unreachable!("sum_index points at a sum") };
+            let Op::Sum { axes, .. } = e.insts[s].op else {
+                unreachable!("sum_index points at a sum")
+            };
             let it: Shape = match e.insts[s].args[0] {
                 Arg::Param(p) => param(p as usize).1,
                 Arg::Inst(j) => e.insts[j as usize].shape.clone(),
@@ -752,7 +845,10 @@ fn run<O: Elem>(e: &FusedExpr, x: &[Option<&Data>], shape: &[usize], out: OutBuf
             let red_dims: SmallVec<[usize; 6]> = red.iter().map(|&d| it[d]).collect();
             let lane: usize = red_dims.iter().product();
             let full = red.len() == it.len();
-            let (istrides, ostrides) = (inner.strides(&it, &order), outer.strides(shape, &(0..shape.len()).collect::<Vec<_>>()));
+            let (istrides, ostrides) = (
+                inner.strides(&it, &order),
+                outer.strides(shape, &(0..shape.len()).collect::<Vec<_>>()),
+            );
             let sums = reg_of[s];
             let (before, after) = steps.split_at(split);
             let work = |chunk: &mut [O], off: usize| {
@@ -812,9 +908,18 @@ enum AnyAccum {
 fn new_accum(d: DType, full: bool, lane: usize, red: &[usize]) -> AnyAccum {
     fn make<T: Float>(full: bool, lane: usize, red: &[usize]) -> Accum<T> {
         if full {
-            Accum::Lanes { acc: [T::zero(); 8], full: lane - lane % 8, seen: 0, total: None }
+            Accum::Lanes {
+                acc: [T::zero(); 8],
+                full: lane - lane % 8,
+                seen: 0,
+                total: None,
+            }
         } else {
-            Accum::Nested { dims: SmallVec::from_slice(red), idx: SmallVec::from_elem(0, red.len()), acc: SmallVec::from_elem(T::zero(), red.len()) }
+            Accum::Nested {
+                dims: SmallVec::from_slice(red),
+                idx: SmallVec::from_elem(0, red.len()),
+                acc: SmallVec::from_elem(T::zero(), red.len()),
+            }
         }
     }
     match d {
