@@ -356,3 +356,35 @@ pub(crate) fn float_only(d: DType) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// The op list: every op's text name, once. Tests check that each has a gradient-check
+/// row or a documented reason to have none; adding an op means adding its name here.
+pub fn all_op_names() -> Vec<&'static str> {
+    let mut v = vec!["input", "const", "read_var", "assign", "select"];
+    v.extend(elementwise::UNARY_OPS.iter().map(|u| u.name()));
+    v.extend(elementwise::BINARY_OPS.iter().map(|b| b.name()));
+    v.extend(elementwise::COMPARE_OPS.iter().map(|c| c.name()));
+    v.extend([
+        "sum",
+        "max",
+        "argmax",
+        "reshape",
+        "broadcast",
+        "transpose",
+        "concat",
+        "slice",
+        "pad",
+        "cast",
+        "stop_gradient",
+        "gather",
+        "scatter_add",
+        "matmul",
+        "conv2d",
+        "conv2d_backprop_input",
+        "conv2d_backprop_filter",
+        "max_pool2d",
+        "max_pool2d_grad",
+        "max_pool2d_gather",
+    ]);
+    v
+}

@@ -212,3 +212,28 @@ pub(crate) fn add_output(t: &Tensor) -> Result<(), Error> {
     STACK.with(|s| s.borrow_mut().last_mut().expect("tracing").graph.outputs.push(n));
     Ok(())
 }
+
+/// Symbolic tensors of the current trace for existing nodes (one handle per node).
+pub(crate) fn tensors_of(nodes: &[NodeId]) -> Vec<Tensor> {
+    STACK.with(|s| {
+        let s = s.borrow();
+        let ctx = s.last().expect("tracing");
+        nodes
+            .iter()
+            .map(|&node| {
+                let n = ctx.graph.node(node);
+                Tensor::symbolic(ctx.id, node, n.dtype, n.shape.clone(), n.loc.unwrap_or(std::panic::Location::caller()))
+            })
+            .collect()
+    })
+}
+
+/// A copy of the graph being built (for inspection while tracing).
+pub(crate) fn current_graph() -> Option<Graph> {
+    STACK.with(|s| s.borrow().last().map(|c| c.graph.clone()))
+}
+
+/// Runs `f` on the graph being built (read-only), for the node `n`.
+pub(crate) fn with_node<R>(_n: NodeId, f: impl FnOnce(&Graph) -> R) -> R {
+    STACK.with(|s| f(&s.borrow().last().expect("tracing").graph))
+}

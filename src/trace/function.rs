@@ -74,7 +74,7 @@ impl Outputs for (Tensor, Tensor, Tensor) {
 pub trait Traceable<A> {
     /// What the closure returns on success.
     type Out: Outputs;
-    /// Number of tensor arguments.
+    /// Number of tensor arguments (`usize::MAX` for a closure over a slice: any number).
     const ARITY: usize;
     /// Calls the closure with `args.len() == ARITY` tensors.
     fn invoke(&self, args: &[Tensor]) -> Result<Self::Out>;
@@ -97,6 +97,18 @@ macro_rules! traceable {
     };
     (@t $i:tt) => { Tensor };
     (@r $i:tt) => { &Tensor };
+}
+
+impl<F, O> Traceable<Vec<Tensor>> for F
+where
+    F: Fn(&[Tensor]) -> Result<O>,
+    O: Outputs,
+{
+    type Out = O;
+    const ARITY: usize = usize::MAX;
+    fn invoke(&self, args: &[Tensor]) -> Result<O> {
+        self(args)
+    }
 }
 
 traceable!(0;);
@@ -209,7 +221,7 @@ impl<A, F: Traceable<A>> Function<A, F> {
     #[track_caller]
     pub fn concrete(&self, args: &[&Tensor]) -> Result<Arc<ConcreteFunction>> {
         let loc = Location::caller();
-        if args.len() != F::ARITY {
+        if F::ARITY != usize::MAX && args.len() != F::ARITY {
             return Err(Error::Function(format!("expects {} arguments, got {} (at {loc})", F::ARITY, args.len())));
         }
         let sig: Signature = args.iter().map(|a| (a.dtype(), Shape::from_slice(a.shape()))).collect();
