@@ -1,5 +1,6 @@
 //! tapeflow
 #![warn(missing_docs)]
+pub mod data;
 pub mod error;
 pub mod tensor;
 pub use error::{Error, Result};
