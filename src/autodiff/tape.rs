@@ -136,8 +136,8 @@ impl Sources for &Variable {
 }
 
 macro_rules! list_sources {
-    ($t:ty, $conv:expr) => {
-        impl Sources for $t {
+    ([$($g:tt)*] $t:ty, $conv:expr) => {
+        impl<$($g)*> Sources for $t {
             type Output = Vec<Option<Tensor>>;
             fn to_sources(&self) -> Vec<Source> {
                 self.iter().map($conv).collect()
@@ -147,6 +147,9 @@ macro_rules! list_sources {
             }
         }
     };
+    ($t:ty, $conv:expr) => {
+        list_sources!([] $t, $conv);
+    };
 }
 
 list_sources!(&[Tensor], |t: &Tensor| Source::Tensor(t.clone()));
@@ -155,6 +158,10 @@ list_sources!(&[&Tensor], |t: &&Tensor| Source::Tensor((*t).clone()));
 list_sources!(&[Variable], |v: &Variable| Source::Var(v.clone()));
 list_sources!(&Vec<Variable>, |v: &Variable| Source::Var(v.clone()));
 list_sources!(&[&Variable], |v: &&Variable| Source::Var((*v).clone()));
+list_sources!([const N: usize] &[Tensor; N], |t: &Tensor| Source::Tensor(t.clone()));
+list_sources!([const N: usize] &[&Tensor; N], |t: &&Tensor| Source::Tensor((*t).clone()));
+list_sources!([const N: usize] &[Variable; N], |v: &Variable| Source::Var(v.clone()));
+list_sources!([const N: usize] &[&Variable; N], |v: &&Variable| Source::Var((*v).clone()));
 
 /// Records operations for automatic differentiation (`tf.GradientTape`).
 ///

@@ -2,6 +2,9 @@
 //! sugar composed of them (`sub` by a scalar, `relu`, `square`, `mean`, `softmax`,
 //! `one_hot`, ...). Sugar gets gradients, folding and fusion for free.
 //!
+//! Scalars on either side of `+ - * /` are `f64` (so a literal like `2.0` infers) and
+//! are converted to the tensor's dtype: `&x * 2.0`, `1.0 - &y`.
+//!
 //! # Panics
 //! Every method here panics eagerly when its operands do not fit the op's rule (shapes
 //! that do not broadcast, a wrong dtype, an axis out of range), with a message naming
@@ -433,7 +436,6 @@ macro_rules! binop {
                 self.$m(&rhs)
             }
         }
-        binop!(@scalar $tr, $m, f32);
         binop!(@scalar $tr, $m, f64);
     };
     (@scalar $tr:ident, $m:ident, $s:ty) => {
