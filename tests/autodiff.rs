@@ -61,7 +61,10 @@ fn non_persistent_tape_asked_twice_is_an_err() {
     });
     tape.gradient(&y, &x).unwrap();
     let e = tape.gradient(&y, &x).unwrap_err().to_string();
-    assert!(e.contains("already called") && e.contains("persistent"), "{e}");
+    assert!(
+        e.contains("already called") && e.contains("persistent"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -133,14 +136,22 @@ fn cube_closed_forms_inside_function() {
 
 #[test]
 fn grad_graph_of_cube_gives_closed_forms() {
-    let c = function(|x: &Tensor| Ok(x * x * x)).concrete(&[&Tensor::scalar_of(DType::F64, 0.0)]).unwrap();
+    let c = function(|x: &Tensor| Ok(x * x * x))
+        .concrete(&[&Tensor::scalar_of(DType::F64, 0.0)])
+        .unwrap();
     for (order, expect) in [(1, 12.0), (2, 12.0), (3, 6.0), (4, 0.0)] {
         let g = grad_graph(c.traced_graph(), &[0], order).unwrap();
         tapeflow::ir::verify(&g).unwrap();
         let plan = tapeflow::exec::Plan::new(g).unwrap();
         let x = Tensor::scalar_of(DType::F64, 2.0);
-        let out = plan.run(&[x.data().unwrap()], &mut Default::default()).unwrap();
-        assert_eq!(Tensor::from_data(out[0].clone()).to_scalar().unwrap(), expect, "order {order}");
+        let out = plan
+            .run(&[x.data().unwrap()], &mut Default::default())
+            .unwrap();
+        assert_eq!(
+            Tensor::from_data(out[0].clone()).to_scalar().unwrap(),
+            expect,
+            "order {order}"
+        );
     }
 }
 
@@ -151,7 +162,10 @@ fn closed_form(x: f64, order: usize) -> f64 {
         1 => cs - 2.0 * x * sn,
         2 => -3.0 * sn - 4.0 * x * cs + 4.0 * x * x * sn,
         3 => -7.0 * cs + 18.0 * x * sn + 12.0 * x * x * cs - 8.0 * x.powi(3) * sn,
-        4 => 25.0 * sn + 56.0 * x * cs - 72.0 * x * x * sn - 32.0 * x.powi(3) * cs + 16.0 * x.powi(4) * sn,
+        4 => {
+            25.0 * sn + 56.0 * x * cs - 72.0 * x * x * sn - 32.0 * x.powi(3) * cs
+                + 16.0 * x.powi(4) * sn
+        }
         _ => unreachable!(),
     }
 }
@@ -175,7 +189,11 @@ fn second_derivative_of_sin_exp_on_a_million_points() {
     });
     let d2 = f.call(&x).unwrap().to_vec_f64().unwrap();
     let xs = x.to_vec_f64().unwrap();
-    let worst = xs.iter().zip(&d2).map(|(&x, &d)| (d - closed_form(x, 2)).abs()).fold(0.0, f64::max);
+    let worst = xs
+        .iter()
+        .zip(&d2)
+        .map(|(&x, &d)| (d - closed_form(x, 2)).abs())
+        .fold(0.0, f64::max);
     assert!(worst < 1e-12, "max error {worst}");
 }
 
@@ -194,7 +212,11 @@ fn derivatives_one_to_four_match_closed_forms() {
             t.gradient(&y, x).unwrap()
         });
         let got = s(&f(&Tensor::scalar_of(DType::F64, x0)));
-        assert!((got - closed_form(x0, order)).abs() < 1e-12, "order {order}: {got} vs {}", closed_form(x0, order));
+        assert!(
+            (got - closed_form(x0, order)).abs() < 1e-12,
+            "order {order}: {got} vs {}",
+            closed_form(x0, order)
+        );
     }
 }
 
@@ -209,7 +231,11 @@ fn hessian_of_softmax_cross_entropy_matches_hand_formula() {
     for i in 0..4 {
         for j in 0..4 {
             let expect = if i == j { p[i] } else { 0.0 } - p[i] * p[j];
-            assert!((h[i * 4 + j] - expect).abs() < 1e-14, "H[{i}][{j}] = {} vs {expect}", h[i * 4 + j]);
+            assert!(
+                (h[i * 4 + j] - expect).abs() < 1e-14,
+                "H[{i}][{j}] = {} vs {expect}",
+                h[i * 4 + j]
+            );
         }
     }
     // Hessian-vector product (forward over reverse) agrees with H·v
@@ -227,10 +253,21 @@ fn jacobian_and_jvp() {
     let x = Tensor::vec(&[1.0f64, 2.0, 3.0]);
     let j = jacobian(|x| x * x, &x).unwrap();
     assert_eq!(j.shape(), &[3, 3]);
-    assert_eq!(j.to_vec_f64().unwrap(), vec![2.0, 0.0, 0.0, 0.0, 4.0, 0.0, 0.0, 0.0, 6.0]);
-    let (y, ty) = jvp(|xs| xs[0].sin(), std::slice::from_ref(&x), &[Tensor::vec(&[1.0f64, 0.0, 2.0])]).unwrap();
+    assert_eq!(
+        j.to_vec_f64().unwrap(),
+        vec![2.0, 0.0, 0.0, 0.0, 4.0, 0.0, 0.0, 0.0, 6.0]
+    );
+    let (y, ty) = jvp(
+        |xs| xs[0].sin(),
+        std::slice::from_ref(&x),
+        &[Tensor::vec(&[1.0f64, 0.0, 2.0])],
+    )
+    .unwrap();
     assert_eq!(y.to_vec_f64().unwrap(), x.sin().to_vec_f64().unwrap());
-    assert_eq!(ty.to_vec_f64().unwrap(), vec![1f64.cos(), 0.0, 2.0 * 3f64.cos()]);
+    assert_eq!(
+        ty.to_vec_f64().unwrap(),
+        vec![1f64.cos(), 0.0, 2.0 * 3f64.cos()]
+    );
 }
 
 #[test]
@@ -279,16 +316,25 @@ fn unconnected_sources_say_why() {
     });
     assert_eq!(s(&tape0.gradient(&y0, &z).unwrap()), 0.0);
     // never watched
-    let e = tape.gradient(&y, &Tensor::scalar(1.0)).unwrap_err().to_string();
+    let e = tape
+        .gradient(&y, &Tensor::scalar(1.0))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("never watched"), "{e}");
     // cut by stop_gradient / integer cast
     let tape = GradientTape::persistent();
     let (a, b) = tape.record(|| {
         tape.watch(&x);
-        (x.stop_gradient() * 2.0, x.cast(DType::I64).cast(DType::F64) * 2.0)
+        (
+            x.stop_gradient() * 2.0,
+            x.cast(DType::I64).cast(DType::F64) * 2.0,
+        )
     });
     let e = tape.gradient(&a, &x).unwrap_err().to_string();
-    assert!(e.contains("cut by `stop_gradient`") && e.contains("tests/autodiff.rs"), "{e}");
+    assert!(
+        e.contains("cut by `stop_gradient`") && e.contains("tests/autodiff.rs"),
+        "{e}"
+    );
     let e = tape.gradient(&b, &x).unwrap_err().to_string();
     assert!(e.contains("cut by `cast`"), "{e}");
     // value taken out of the graph
@@ -324,10 +370,21 @@ fn non_scalar_targets_are_summed_and_output_gradients_weight_them() {
         tape.watch(&x);
         &x * &x
     });
-    assert_eq!(tape.gradient(&y, &x).unwrap().to_vec_f64().unwrap(), vec![2.0, 4.0]);
+    assert_eq!(
+        tape.gradient(&y, &x).unwrap().to_vec_f64().unwrap(),
+        vec![2.0, 4.0]
+    );
     let w = Tensor::vec(&[10.0f64, 0.5]);
-    assert_eq!(tape.gradient_with(&y, &x, Some(&w)).unwrap().to_vec_f64().unwrap(), vec![20.0, 2.0]);
-    assert!(tape.gradient_with(&y, &x, Some(&Tensor::zeros(&[3]))).is_err());
+    assert_eq!(
+        tape.gradient_with(&y, &x, Some(&w))
+            .unwrap()
+            .to_vec_f64()
+            .unwrap(),
+        vec![20.0, 2.0]
+    );
+    assert!(tape
+        .gradient_with(&y, &x, Some(&Tensor::zeros(&[3])))
+        .is_err());
 }
 
 /// A numerically safe log(1 + eˣ) with its own gradient σ(x).
@@ -396,7 +453,13 @@ fn backward_nodes_carry_the_forward_ops_location() {
     });
     let c = f.concrete(&[&Tensor::scalar(1.0)]).unwrap();
     let text = tapeflow::ir::print(c.traced_graph(), true);
-    let cos_line = text.lines().find(|l| l.contains(" = cos ")).expect("cos node");
-    let sin_loc = format!("tests/autodiff.rs:{}", SIN_LINE.load(std::sync::atomic::Ordering::SeqCst));
+    let cos_line = text
+        .lines()
+        .find(|l| l.contains(" = cos "))
+        .expect("cos node");
+    let sin_loc = format!(
+        "tests/autodiff.rs:{}",
+        SIN_LINE.load(std::sync::atomic::Ordering::SeqCst)
+    );
     assert!(cos_line.ends_with(&sin_loc), "{cos_line} vs {sin_loc}");
 }

@@ -29,11 +29,19 @@ fn new_shape_or_dtype_retraces_with_a_reason() {
     let f = function(|x: &Tensor, y: &Tensor| Ok(x.sum_all() + y.sum_all()));
     f.call(&Tensor::zeros(&[2]), &Tensor::zeros(&[3])).unwrap();
     f.call(&Tensor::zeros(&[4]), &Tensor::zeros(&[3])).unwrap();
-    f.call(&Tensor::zeros(&[4]), &Tensor::zeros(&[3]).cast(DType::F64).cast(DType::F32)).unwrap();
+    f.call(
+        &Tensor::zeros(&[4]),
+        &Tensor::zeros(&[3]).cast(DType::F64).cast(DType::F32),
+    )
+    .unwrap();
     assert_eq!(f.trace_count(), 2);
     let reasons = f.retrace_reasons();
     assert_eq!(reasons.len(), 1);
-    assert!(reasons[0].contains("argument 0 changed from f32[2] to f32[4]"), "{}", reasons[0]);
+    assert!(
+        reasons[0].contains("argument 0 changed from f32[2] to f32[4]"),
+        "{}",
+        reasons[0]
+    );
     assert!(reasons[0].contains("tests/function.rs"), "{}", reasons[0]);
     // going back to a cached signature does not retrace
     f.call(&Tensor::zeros(&[2]), &Tensor::zeros(&[3])).unwrap();
@@ -115,13 +123,20 @@ fn assigning_the_wrong_shape_is_an_err() {
         Ok(())
     });
     let err = f.call(&Tensor::zeros(&[3])).unwrap_err().to_string();
-    assert!(err.contains("assign") && err.contains("f32[3]") && err.contains("f32[2]"), "{err}");
+    assert!(
+        err.contains("assign") && err.contains("f32[3]") && err.contains("f32[2]"),
+        "{err}"
+    );
 }
 
 #[test]
 fn a_closure_error_propagates() {
-    let f = function(|_x: &Tensor| -> tapeflow::Result<Tensor> { Err(Error::Invalid("nope".into())) });
-    assert_eq!(f.call(&Tensor::scalar(1.0)).unwrap_err().to_string(), "nope");
+    let f =
+        function(|_x: &Tensor| -> tapeflow::Result<Tensor> { Err(Error::Invalid("nope".into())) });
+    assert_eq!(
+        f.call(&Tensor::scalar(1.0)).unwrap_err().to_string(),
+        "nope"
+    );
 }
 
 #[test]
@@ -132,7 +147,11 @@ fn functions_inline_into_other_traces() {
     let y = outer.call(&Tensor::scalar(0.0)).unwrap();
     assert_eq!(y.to_scalar().unwrap(), 2.0);
     assert_eq!(inner.trace_count(), 0);
-    assert!(outer.concrete(&[&Tensor::scalar(0.0)]).unwrap().text().contains("exp"));
+    assert!(outer
+        .concrete(&[&Tensor::scalar(0.0)])
+        .unwrap()
+        .text()
+        .contains("exp"));
 }
 
 #[test]

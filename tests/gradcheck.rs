@@ -15,12 +15,25 @@ fn run_table(order: usize, mode: Mode, traced: bool) {
     for (k, r) in rows().iter().enumerate() {
         let xs = inputs(r, 10 + k as u64);
         let eps = r.eps.unwrap_or(if order == 1 { 1e-6 } else { 1e-5 });
-        let cfg = GradCheck { order, mode, traced, eps, rtol: r.rtol.max(if order == 2 { 1e-4 } else { 0.0 }), atol: 1e-6, seed: k as u64 };
+        let cfg = GradCheck {
+            order,
+            mode,
+            traced,
+            eps,
+            rtol: r.rtol.max(if order == 2 { 1e-4 } else { 0.0 }),
+            atol: 1e-6,
+            seed: k as u64,
+        };
         if let Err(e) = check_gradients(r.f, &xs, &cfg) {
             failures.push(format!("{}: {e}", r.name));
         }
     }
-    assert!(failures.is_empty(), "{} rows failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} rows failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -65,7 +78,11 @@ fn vjp_jvp_transpose_identity() {
         let xs = inputs(r, 50 + k as u64);
         let y = (r.f)(&xs);
         let c = Tensor::random_normal(y.shape(), 0.0, 1.0, 900 + k as u64, DType::F64);
-        let ts: Vec<Tensor> = xs.iter().enumerate().map(|(i, x)| Tensor::random_normal(x.shape(), 0.0, 1.0, 700 + i as u64, DType::F64)).collect();
+        let ts: Vec<Tensor> = xs
+            .iter()
+            .enumerate()
+            .map(|(i, x)| Tensor::random_normal(x.shape(), 0.0, 1.0, 700 + i as u64, DType::F64))
+            .collect();
         let tape = GradientTape::new().unconnected_zeros();
         let y = tape.record(|| {
             for x in &xs {
@@ -74,16 +91,31 @@ fn vjp_jvp_transpose_identity() {
             (r.f)(&xs)
         });
         let vjps = tape.gradient_with(&y, &xs, Some(&c)).unwrap();
-        let lhs: f64 = vjps.iter().zip(&ts).map(|(g, t)| (g.as_ref().unwrap() * t).sum_all().to_scalar().unwrap()).sum();
+        let lhs: f64 = vjps
+            .iter()
+            .zip(&ts)
+            .map(|(g, t)| (g.as_ref().unwrap() * t).sum_all().to_scalar().unwrap())
+            .sum();
         let (_, ty) = jvp(r.f, &xs, &ts).unwrap();
         let rhs = (ty * &c).sum_all().to_scalar().unwrap();
         let tol = if r.eps.is_some() { 1e-6 } else { 1e-9 };
-        assert!((lhs - rhs).abs() <= tol * (1.0 + lhs.abs()), "{}: <t,VJP(c)>={lhs} but <JVP(t),c>={rhs}", r.name);
+        assert!(
+            (lhs - rhs).abs() <= tol * (1.0 + lhs.abs()),
+            "{}: <t,VJP(c)>={lhs} but <JVP(t),c>={rhs}",
+            r.name
+        );
     }
 }
 
 /// Ops with no gradient by design, each pinned by its own test below.
-const NO_GRADIENT: [&str; 6] = ["input", "const", "read_var", "assign", "argmax", "stop_gradient"];
+const NO_GRADIENT: [&str; 6] = [
+    "input",
+    "const",
+    "read_var",
+    "assign",
+    "argmax",
+    "stop_gradient",
+];
 
 #[test]
 fn every_op_has_a_gradient_row() {
@@ -106,9 +138,16 @@ fn every_op_has_a_gradient_row() {
                     f(args).sum_all()
                 });
                 let gs = t2.gradient(&y, args).unwrap();
-                gs.iter().map(|g| g.as_ref().unwrap().sum_all()).reduce(|a, b| &a + &b).unwrap()
+                gs.iter()
+                    .map(|g| g.as_ref().unwrap().sum_all())
+                    .reduce(|a, b| &a + &b)
+                    .unwrap()
             });
-            Ok(t1.gradient(&g, args)?.into_iter().map(|g| g.unwrap()).collect::<Vec<_>>())
+            Ok(t1
+                .gradient(&g, args)?
+                .into_iter()
+                .map(|g| g.unwrap())
+                .collect::<Vec<_>>())
         });
         let refs: Vec<&Tensor> = xs.iter().collect();
         let c = second.concrete(&refs).unwrap();
@@ -117,9 +156,14 @@ fn every_op_has_a_gradient_row() {
             covered.insert(g.node(n).op.name());
         }
     }
-    let missing: Vec<&str> =
-        all_op_names().into_iter().filter(|n| !covered.contains(n) && !NO_GRADIENT.contains(n)).collect();
-    assert!(missing.is_empty(), "ops without a gradient-check row: {missing:?}");
+    let missing: Vec<&str> = all_op_names()
+        .into_iter()
+        .filter(|n| !covered.contains(n) && !NO_GRADIENT.contains(n))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "ops without a gradient-check row: {missing:?}"
+    );
 }
 
 #[test]
@@ -128,10 +172,19 @@ fn stop_gradient_and_argmax_have_zero_gradient() {
     let tape = GradientTape::persistent().unconnected_zeros();
     let (a, b) = tape.record(|| {
         tape.watch(&x);
-        ((&x * x.stop_gradient()).sum_all(), x.argmax(0).cast(DType::F64) * 1.0)
+        (
+            (&x * x.stop_gradient()).sum_all(),
+            x.argmax(0).cast(DType::F64) * 1.0,
+        )
     });
     // d/dx Σ x·sg(x) = sg(x) = x
-    assert_eq!(tape.gradient(&a, &x).unwrap().to_vec_f64().unwrap(), vec![1.0, 3.0, 2.0]);
-    assert_eq!(tape.gradient(&b, &x).unwrap().to_vec_f64().unwrap(), vec![0.0, 0.0, 0.0]);
+    assert_eq!(
+        tape.gradient(&a, &x).unwrap().to_vec_f64().unwrap(),
+        vec![1.0, 3.0, 2.0]
+    );
+    assert_eq!(
+        tape.gradient(&b, &x).unwrap().to_vec_f64().unwrap(),
+        vec![0.0, 0.0, 0.0]
+    );
     assert_eq!(x.argmax(0).to_vec_i64().unwrap(), vec![1]);
 }

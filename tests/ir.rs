@@ -15,7 +15,10 @@ fn snap(name: &str, text: &str) {
 }
 
 fn linear_vars() -> (Variable, Variable) {
-    (Variable::named("a", Tensor::scalar(0.5)), Variable::named("b", Tensor::scalar(0.1)))
+    (
+        Variable::named("a", Tensor::scalar(0.5)),
+        Variable::named("b", Tensor::scalar(0.1)),
+    )
 }
 
 #[test]
@@ -23,7 +26,14 @@ fn forward_linear_model() {
     let (a, b) = linear_vars();
     let x = Tensor::random_normal(&[100], 0.0, 1.0, 1, DType::F32);
     let y = &x * 3.0 + 2.0;
-    let c = trace(move |t| Ok(vec![(&a.read() * &t[0] + &b.read() - &t[1]).square().sum_all()]), &[&x, &y]);
+    let c = trace(
+        move |t| {
+            Ok(vec![(&a.read() * &t[0] + &b.read() - &t[1])
+                .square()
+                .sum_all()])
+        },
+        &[&x, &y],
+    );
     snap("forward_linear_model", &c.traced_graph().to_string());
 }
 
@@ -31,7 +41,10 @@ fn forward_linear_model() {
 fn forward_mlp_sparse_ce() {
     let mlp = Mlp::new(0);
     let (x, y) = fake_batch(64, 1);
-    let c = trace(move |t| Ok(vec![sparse_ce_from_logits(&t[1], &mlp.forward(&t[0]))]), &[&x, &y]);
+    let c = trace(
+        move |t| Ok(vec![sparse_ce_from_logits(&t[1], &mlp.forward(&t[0]))]),
+        &[&x, &y],
+    );
     snap("forward_mlp_sparse_ce", &c.traced_graph().to_string());
 }
 
@@ -98,19 +111,28 @@ fn backward_linear_regression() {
 fn backward_mlp_train_step() {
     let mlp = Mlp::new(0);
     let (x, y) = fake_batch(64, 1);
-    let c = trace(move |t| Ok(vec![mlp.train_step(&t[0], &t[1], 1e-3)?]), &[&x, &y]);
+    let c = trace(
+        move |t| Ok(vec![mlp.train_step(&t[0], &t[1], 1e-3)?]),
+        &[&x, &y],
+    );
     snap("backward_mlp_train_step", &c.traced_graph().to_string());
 }
 
 #[test]
 fn backward_conv_pool() {
     let x = Tensor::random_normal(&[2, 8, 8, 1], 0.0, 1.0, 1, DType::F32);
-    let w = Variable::named("conv/kernel", Tensor::random_normal(&[3, 3, 1, 4], 0.0, 0.1, 2, DType::F32));
+    let w = Variable::named(
+        "conv/kernel",
+        Tensor::random_normal(&[3, 3, 1, 4], 0.0, 0.1, 2, DType::F32),
+    );
     let c = trace(
         move |t| {
             let tape = GradientTape::new();
             let loss = tape.record(|| {
-                t[0].conv2d(&w.read(), (1, 1), Padding::Valid).relu().max_pool2d((2, 2), (2, 2), Padding::Valid).sum_all()
+                t[0].conv2d(&w.read(), (1, 1), Padding::Valid)
+                    .relu()
+                    .max_pool2d((2, 2), (2, 2), Padding::Valid)
+                    .sum_all()
             });
             Ok(vec![tape.gradient(&loss, &w)?])
         },
@@ -139,7 +161,10 @@ fn backward_second_order_sin_exp() {
         },
         &[&x],
     );
-    snap("backward_second_order_sin_exp", &c.traced_graph().to_string());
+    snap(
+        "backward_second_order_sin_exp",
+        &c.traced_graph().to_string(),
+    );
 }
 
 #[test]
@@ -167,13 +192,20 @@ fn every_snapshot_round_trips_through_the_parser() {
 fn dot_export_names_every_node_and_edge() {
     let (a, b) = linear_vars();
     let x = Tensor::vec(&[1.0f32, 2.0]);
-    let c = trace(move |t| Ok(vec![(&a.read() * &t[0] + &b.read()).sum_all()]), &[&x]);
+    let c = trace(
+        move |t| Ok(vec![(&a.read() * &t[0] + &b.read()).sum_all()]),
+        &[&x],
+    );
     let g = c.traced_graph();
     let dot = to_dot(g);
     assert!(dot.starts_with("digraph tapeflow {") && dot.trim_end().ends_with('}'));
     assert_eq!(dot.matches(" [label=\"%").count(), g.live_len());
     assert!(dot.contains("read_var[a]") && dot.contains("mul") && dot.contains("return 0"));
-    let edges: usize = g.canonical_order().iter().map(|&n| g.operands(n).len()).sum();
+    let edges: usize = g
+        .canonical_order()
+        .iter()
+        .map(|&n| g.operands(n).len())
+        .sum();
     assert_eq!(dot.matches(" -> n").count(), edges);
 }
 
@@ -182,7 +214,11 @@ fn locations_point_at_the_users_line() {
     let x = Tensor::vec(&[1.0f32, 2.0]);
     let c = trace(|t| Ok(vec![t[0].exp()]), &[&x]);
     let text = print(c.traced_graph(), true);
-    assert!(text.lines().any(|l| l.contains("exp") && l.contains("; tests/ir.rs:")), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.contains("exp") && l.contains("; tests/ir.rs:")),
+        "{text}"
+    );
 }
 
 #[test]
@@ -194,7 +230,10 @@ fn parse_errors_name_the_line() {
     let e = parse(wrong_type).unwrap_err().to_string();
     assert!(e.contains("inferred f32[2]"), "{e}");
     let unknown = "graph(%0: f32[2]) {\n  %1 = frobnicate %0 : f32[2]\n  return %1\n}\n";
-    assert!(parse(unknown).unwrap_err().to_string().contains("unknown op `frobnicate`"));
+    assert!(parse(unknown)
+        .unwrap_err()
+        .to_string()
+        .contains("unknown op `frobnicate`"));
 }
 
 #[test]
@@ -202,6 +241,8 @@ fn parsed_graph_runs() {
     let g = parse("graph(%0: f32[3]) {\n  %1 = const 2.0 : f32[]\n  %2 = mul %0, %1 : f32[3]\n  %3 = sum[axes=[0]] %2 : f32[]\n  return %3\n}\n").unwrap();
     let plan = tapeflow::exec::Plan::new(g).unwrap();
     let x = Tensor::vec(&[1.0f32, 2.0, 3.0]);
-    let out = plan.run(&[x.data().unwrap()], &mut Default::default()).unwrap();
+    let out = plan
+        .run(&[x.data().unwrap()], &mut Default::default())
+        .unwrap();
     assert_eq!(Tensor::from_data(out[0].clone()).to_scalar().unwrap(), 12.0);
 }

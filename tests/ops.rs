@@ -19,7 +19,11 @@ fn eager_vs_traced(dtype: DType) {
         assert_eq!(got.shape(), eager.shape(), "{}", r.name);
         let (a, b) = (eager.to_vec_f64().unwrap(), got.to_vec_f64().unwrap());
         for (i, (x, y)) in a.iter().zip(&b).enumerate() {
-            assert!(x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()), "{} {dtype}: element {i}: eager {x} vs traced {y}", r.name);
+            assert!(
+                x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()),
+                "{} {dtype}: element {i}: eager {x} vs traced {y}",
+                r.name
+            );
         }
     }
 }
@@ -70,27 +74,54 @@ fn integer_ops_eager_equals_traced() {
 #[test]
 fn reference_values() {
     let x = Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3]).unwrap();
-    assert_eq!(x.sum(&[0], false).to_vec_f32().unwrap(), vec![5.0, 7.0, 9.0]);
+    assert_eq!(
+        x.sum(&[0], false).to_vec_f32().unwrap(),
+        vec![5.0, 7.0, 9.0]
+    );
     assert_eq!(x.sum(&[1], true).shape(), &[2, 1]);
     assert_eq!(x.mean_all().to_scalar().unwrap(), 3.5);
     assert_eq!(x.max(&[-1], false).to_vec_f32().unwrap(), vec![3.0, 6.0]);
-    assert_eq!(x.min(&[0], false).to_vec_f32().unwrap(), vec![1.0, 2.0, 3.0]);
-    assert_eq!(x.t().to_vec_f32().unwrap(), vec![1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
+    assert_eq!(
+        x.min(&[0], false).to_vec_f32().unwrap(),
+        vec![1.0, 2.0, 3.0]
+    );
+    assert_eq!(
+        x.t().to_vec_f32().unwrap(),
+        vec![1.0, 4.0, 2.0, 5.0, 3.0, 6.0]
+    );
     let w = Tensor::from_vec(vec![1.0f32, 0.0, 0.0, 1.0, 1.0, 1.0], &[3, 2]).unwrap();
-    assert_eq!(x.matmul(&w).to_vec_f32().unwrap(), vec![4.0, 5.0, 10.0, 11.0]);
+    assert_eq!(
+        x.matmul(&w).to_vec_f32().unwrap(),
+        vec![4.0, 5.0, 10.0, 11.0]
+    );
     let s = x.softmax(-1).sum(&[-1], false).to_vec_f32().unwrap();
     assert!(s.iter().all(|v| (v - 1.0).abs() < 1e-6));
     // stable for large logits
     let big = Tensor::vec(&[1000.0f32, 0.0]);
     assert_eq!(big.log_softmax(0).to_vec_f32().unwrap(), vec![0.0, -1000.0]);
-    assert_eq!(Tensor::vec(&[-100.0f32]).sigmoid().to_vec_f32().unwrap()[0], (-100.0f32).exp() / (1.0 + (-100.0f32).exp()));
-    assert_eq!(x.slice_axis(1, 1, 3).to_vec_f32().unwrap(), vec![2.0, 3.0, 5.0, 6.0]);
+    assert_eq!(
+        Tensor::vec(&[-100.0f32]).sigmoid().to_vec_f32().unwrap()[0],
+        (-100.0f32).exp() / (1.0 + (-100.0f32).exp())
+    );
+    assert_eq!(
+        x.slice_axis(1, 1, 3).to_vec_f32().unwrap(),
+        vec![2.0, 3.0, 5.0, 6.0]
+    );
     assert_eq!(Tensor::concat(&[&x, &x], 0).shape(), &[4, 3]);
     assert_eq!(x.expand_dims(0).shape(), &[1, 2, 3]);
     assert_eq!(x.expand_dims(-1).shape(), &[2, 3, 1]);
     assert_eq!(x.expand_dims(0).squeeze(0).shape(), &[2, 3]);
-    assert_eq!(Tensor::vec(&[2i64, 0]).one_hot(3, DType::F32).to_vec_f32().unwrap(), vec![0.0, 0.0, 1.0, 1.0, 0.0, 0.0]);
-    assert_eq!(Tensor::arange(0, 4, DType::I64).to_vec_i64().unwrap(), vec![0, 1, 2, 3]);
+    assert_eq!(
+        Tensor::vec(&[2i64, 0])
+            .one_hot(3, DType::F32)
+            .to_vec_f32()
+            .unwrap(),
+        vec![0.0, 0.0, 1.0, 1.0, 0.0, 0.0]
+    );
+    assert_eq!(
+        Tensor::arange(0, 4, DType::I64).to_vec_i64().unwrap(),
+        vec![0, 1, 2, 3]
+    );
     assert_eq!((2.0 - &x).to_vec_f32().unwrap()[0], 1.0);
     assert_eq!((&x / 2.0).to_vec_f32().unwrap()[1], 1.0);
     assert_eq!(x.powf(2.0).to_vec_f32().unwrap()[2], 9.0);
@@ -105,7 +136,9 @@ fn seeded_random_is_deterministic() {
     assert_ne!(a.to_vec_f32().unwrap(), c.to_vec_f32().unwrap());
     let mean = a.mean_all().to_scalar().unwrap();
     assert!(mean.abs() < 0.3, "{mean}");
-    let u = Tensor::random_uniform(&[1000], -1.0, 2.0, 1, DType::F64).to_vec_f64().unwrap();
+    let u = Tensor::random_uniform(&[1000], -1.0, 2.0, 1, DType::F64)
+        .to_vec_f64()
+        .unwrap();
     assert!(u.iter().all(|&v| (-1.0..2.0).contains(&v)));
 }
 
@@ -119,7 +152,10 @@ fn eager_shape_error_panics_with_op_and_shapes() {
 fn eager_error_names_the_source_line() {
     let r = std::panic::catch_unwind(|| Tensor::zeros(&[2, 3]) + Tensor::zeros(&[4]));
     let msg = *r.unwrap_err().downcast::<String>().unwrap();
-    assert!(msg.contains("add") && msg.contains("f32[2,3], f32[4]") && msg.contains("tests/ops.rs:"), "{msg}");
+    assert!(
+        msg.contains("add") && msg.contains("f32[2,3], f32[4]") && msg.contains("tests/ops.rs:"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -129,12 +165,21 @@ fn values_of_symbolic_tensors_are_errors() {
         assert!(e.to_string().contains("symbolic"), "{e}");
         Ok(x * 2.0)
     });
-    assert_eq!(f.call(&Tensor::scalar(2.0)).unwrap().to_scalar().unwrap(), 4.0);
+    assert_eq!(
+        f.call(&Tensor::scalar(2.0)).unwrap().to_scalar().unwrap(),
+        4.0
+    );
 }
 
 #[test]
 fn gather_index_out_of_range_is_an_error_in_a_function() {
     let f = function(|x: &Tensor, i: &Tensor| Ok(x.gather(i, 0)));
-    let err = f.call(&Tensor::vec(&[1.0f32, 2.0]), &Tensor::vec(&[5i64])).unwrap_err();
-    assert!(err.to_string().contains("gather") && err.to_string().contains("index 5 is out of range 0..2"), "{err}");
+    let err = f
+        .call(&Tensor::vec(&[1.0f32, 2.0]), &Tensor::vec(&[5i64]))
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("gather")
+            && err.to_string().contains("index 5 is out of range 0..2"),
+        "{err}"
+    );
 }

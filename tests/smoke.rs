@@ -4,7 +4,10 @@ use tapeflow::*;
 fn smoke() {
     let x = Tensor::scalar(3.0);
     let tape = GradientTape::new();
-    let y = tape.record(|| { tape.watch(&x); &x * &x });
+    let y = tape.record(|| {
+        tape.watch(&x);
+        &x * &x
+    });
     assert_eq!(tape.gradient(&y, &x).unwrap().to_scalar().unwrap(), 6.0);
     assert!(tape.gradient(&y, &x).is_err());
 
@@ -14,7 +17,10 @@ fn smoke() {
     let t2 = GradientTape::new();
     let d1 = t1.record(|| {
         t1.watch(&x);
-        let y = t2.record(|| { t2.watch(&x); &x * &x });
+        let y = t2.record(|| {
+            t2.watch(&x);
+            &x * &x
+        });
         t2.gradient(&y, &x).unwrap()
     });
     assert_eq!(d1.to_scalar().unwrap(), 8.0);

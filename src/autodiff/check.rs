@@ -42,7 +42,15 @@ pub struct GradCheck {
 
 impl Default for GradCheck {
     fn default() -> Self {
-        GradCheck { order: 1, mode: Mode::Reverse, traced: false, eps: 1e-6, rtol: 1e-5, atol: 1e-7, seed: 0 }
+        GradCheck {
+            order: 1,
+            mode: Mode::Reverse,
+            traced: false,
+            eps: 1e-6,
+            rtol: 1e-5,
+            atol: 1e-7,
+            seed: 0,
+        }
     }
 }
 
@@ -60,16 +68,31 @@ fn direction(like: &Tensor, seed: u64) -> Tensor {
 }
 
 /// `h_j` of the module docs, evaluated at `xs` (scalar tensor).
-fn h(f: &dyn Fn(&[Tensor]) -> Tensor, xs: &[Tensor], j: usize, cfg: &GradCheck, c: &Tensor) -> Tensor {
+fn h(
+    f: &dyn Fn(&[Tensor]) -> Tensor,
+    xs: &[Tensor],
+    j: usize,
+    cfg: &GradCheck,
+    c: &Tensor,
+) -> Tensor {
     if j == 0 {
         return (f(xs) * c).sum_all();
     }
-    let us: Vec<Tensor> = xs.iter().enumerate().map(|(i, x)| direction(x, cfg.seed + 100 * j as u64 + i as u64)).collect();
+    let us: Vec<Tensor> = xs
+        .iter()
+        .enumerate()
+        .map(|(i, x)| direction(x, cfg.seed + 100 * j as u64 + i as u64))
+        .collect();
     directional(&|x: &[Tensor]| h(f, x, j - 1, cfg, c), xs, &us, cfg.mode)
 }
 
 /// `⟨∇g(xs), us⟩` (reverse) or `jvp(g, xs, us)` (forward).
-fn directional(g: &dyn Fn(&[Tensor]) -> Tensor, xs: &[Tensor], us: &[Tensor], mode: Mode) -> Tensor {
+fn directional(
+    g: &dyn Fn(&[Tensor]) -> Tensor,
+    xs: &[Tensor],
+    us: &[Tensor],
+    mode: Mode,
+) -> Tensor {
     match mode {
         Mode::Reverse => {
             let tape = GradientTape::new().unconnected_zeros();
@@ -91,18 +114,31 @@ fn directional(g: &dyn Fn(&[Tensor]) -> Tensor, xs: &[Tensor], us: &[Tensor], mo
 }
 
 /// Checks the `cfg.order`-th derivative of `f` at `xs`; `Err` describes a mismatch.
-pub fn check_gradients(f: impl Fn(&[Tensor]) -> Tensor, xs: &[Tensor], cfg: &GradCheck) -> Result<GradCheckReport> {
+pub fn check_gradients(
+    f: impl Fn(&[Tensor]) -> Tensor,
+    xs: &[Tensor],
+    cfg: &GradCheck,
+) -> Result<GradCheckReport> {
     if cfg.order == 0 {
         return Err(Error::Invalid("check_gradients: order must be ≥ 1".into()));
     }
     let y0 = f(xs);
     let c = direction(&y0, cfg.seed + 7);
     let k = cfg.order - 1;
-    let vs: Vec<Tensor> = xs.iter().enumerate().map(|(i, x)| direction(x, cfg.seed + 1000 + i as u64)).collect();
+    let vs: Vec<Tensor> = xs
+        .iter()
+        .enumerate()
+        .map(|(i, x)| direction(x, cfg.seed + 1000 + i as u64))
+        .collect();
     let symbolic = if cfg.traced {
         let (fr, cr, vr) = (&f, &c, &vs);
         let traced = crate::trace::function(move |args: &[Tensor]| -> Result<Tensor> {
-            Ok(directional(&|x: &[Tensor]| h(fr, x, k, cfg, cr), args, vr, cfg.mode))
+            Ok(directional(
+                &|x: &[Tensor]| h(fr, x, k, cfg, cr),
+                args,
+                vr,
+                cfg.mode,
+            ))
         });
         let refs: Vec<&Tensor> = xs.iter().collect();
         traced.call_slice(&refs)?.to_scalar()?
@@ -110,12 +146,17 @@ pub fn check_gradients(f: impl Fn(&[Tensor]) -> Tensor, xs: &[Tensor], cfg: &Gra
         directional(&|x: &[Tensor]| h(&f, x, k, cfg, &c), xs, &vs, cfg.mode).to_scalar()?
     };
     let shifted = |sign: f64| -> Result<f64> {
-        let xe: Vec<Tensor> = xs.iter().zip(&vs).map(|(x, v)| x + &(v * (sign * cfg.eps))).collect();
+        let xe: Vec<Tensor> = xs
+            .iter()
+            .zip(&vs)
+            .map(|(x, v)| x + &(v * (sign * cfg.eps)))
+            .collect();
         h(&f, &xe, k, cfg, &c).to_scalar()
     };
     let numeric = (shifted(1.0)? - shifted(-1.0)?) / (2.0 * cfg.eps);
     let err = (symbolic - numeric).abs();
-    if !(err <= cfg.atol + cfg.rtol * symbolic.abs().max(numeric.abs())) {
+    let within = err <= cfg.atol + cfg.rtol * symbolic.abs().max(numeric.abs());
+    if !within {
         return Err(Error::Invalid(format!(
             "gradient check failed (order {}, {:?}{}): symbolic {symbolic:.10e} vs numeric {numeric:.10e} (error {err:.3e})",
             cfg.order,

@@ -20,9 +20,17 @@ fn inner_sum(gs: &[Option<Tensor>], ts: &[Tensor]) -> Option<Tensor> {
 
 /// `(f(x), J_f(x)·t)`: the value and the directional derivative of `f` at `primals`
 /// along `tangents` (forward mode, like `jax.jvp` / TF's `ForwardAccumulator`).
-pub fn jvp(f: impl Fn(&[Tensor]) -> Tensor, primals: &[Tensor], tangents: &[Tensor]) -> Result<(Tensor, Tensor)> {
+pub fn jvp(
+    f: impl Fn(&[Tensor]) -> Tensor,
+    primals: &[Tensor],
+    tangents: &[Tensor],
+) -> Result<(Tensor, Tensor)> {
     if primals.len() != tangents.len() {
-        return Err(Error::Invalid(format!("jvp: {} primals but {} tangents", primals.len(), tangents.len())));
+        return Err(Error::Invalid(format!(
+            "jvp: {} primals but {} tangents",
+            primals.len(),
+            tangents.len()
+        )));
     }
     for (p, t) in primals.iter().zip(tangents) {
         if p.shape() != t.shape() || p.dtype() != t.dtype() {
@@ -44,7 +52,9 @@ pub fn jvp(f: impl Fn(&[Tensor]) -> Tensor, primals: &[Tensor], tangents: &[Tens
         });
         let u = y.zeros_like();
         outer.watch(&u);
-        let gs = inner.gradient_with(&y, primals, Some(&u)).unwrap_or_else(|_| vec![None; primals.len()]);
+        let gs = inner
+            .gradient_with(&y, primals, Some(&u))
+            .unwrap_or_else(|_| vec![None; primals.len()]);
         Ok((y, inner_sum(&gs, tangents), u))
     })?;
     let ty = match s {
@@ -63,7 +73,11 @@ pub fn gradient(f: impl Fn(&[Tensor]) -> Tensor, xs: &[Tensor]) -> Result<Vec<Te
         }
         f(xs)
     });
-    Ok(tape.gradient(&y, xs)?.into_iter().map(|g| g.expect("zeros for unconnected")).collect())
+    Ok(tape
+        .gradient(&y, xs)?
+        .into_iter()
+        .map(|g| g.expect("zeros for unconnected"))
+        .collect())
 }
 
 /// The Jacobian of `f` at `x`, shaped `f(x).shape ++ x.shape`.

@@ -24,7 +24,10 @@ pub fn grad(graph: Graph, ys: &[NodeId], xs: &[NodeId]) -> Result<(Graph, Vec<Op
         let mut entries = Vec::new();
         for (i, &n) in order.iter().enumerate() {
             let (op, operands) = context::with_node(n, |g| (g.node(n).op, g.operands(n)));
-            if matches!(op, Op::Input(_) | Op::Const | Op::ReadVar(_) | Op::Assign(_)) {
+            if matches!(
+                op,
+                Op::Input(_) | Op::Const | Op::ReadVar(_) | Op::Assign(_)
+            ) {
                 continue;
             }
             entries.push(Entry {
@@ -34,15 +37,23 @@ pub fn grad(graph: Graph, ys: &[NodeId], xs: &[NodeId]) -> Result<(Graph, Vec<Op
             });
         }
         let lookup = |n: &NodeId| {
-            of.get(n).map(|&i| tensors[i].clone()).ok_or_else(|| Error::Graph(format!("node {} is not live", n.index())))
+            of.get(n)
+                .map(|&i| tensors[i].clone())
+                .ok_or_else(|| Error::Graph(format!("node {} is not live", n.index())))
         };
         let targets = ys
             .iter()
             .map(|y| lookup(y).map(|t| (t.clone(), t.ones_like())))
             .collect::<Result<Vec<_>>>()?;
-        let sources = xs.iter().map(|x| lookup(x).map(|t| t.id())).collect::<Result<Vec<_>>>()?;
+        let sources = xs
+            .iter()
+            .map(|x| lookup(x).map(|t| t.id()))
+            .collect::<Result<Vec<_>>>()?;
         let grads = backward(&entries, &targets, &sources);
-        grads.into_iter().map(|g| g.map(|g| context::node_of(&g)).transpose()).collect()
+        grads
+            .into_iter()
+            .map(|g| g.map(|g| context::node_of(&g)).transpose())
+            .collect()
     });
     Ok((g, res??))
 }
@@ -54,7 +65,12 @@ pub fn grad_graph(graph: &Graph, wrt: &[usize], order: usize) -> Result<Graph> {
     for _ in 0..order {
         let xs: Vec<NodeId> = wrt
             .iter()
-            .map(|&i| g.inputs.get(i).copied().ok_or_else(|| Error::Graph(format!("the graph has no input {i}"))))
+            .map(|&i| {
+                g.inputs
+                    .get(i)
+                    .copied()
+                    .ok_or_else(|| Error::Graph(format!("the graph has no input {i}")))
+            })
             .collect::<Result<_>>()?;
         let ys = g.outputs.clone();
         let (mut g2, grads) = grad(g, &ys, &xs)?;

@@ -50,7 +50,12 @@ impl Plan {
             for &o in &operands {
                 last_use[o] = i;
             }
-            steps.push(Step { node: n, op: graph.node(n).op, operands, release: SmallVec::new() });
+            steps.push(Step {
+                node: n,
+                op: graph.node(n).op,
+                operands,
+                release: SmallVec::new(),
+            });
         }
         let outputs: Vec<usize> = graph.outputs.iter().map(|o| pos[o]).collect();
         let assigns: Vec<(u32, usize)> = graph
@@ -70,7 +75,10 @@ impl Plan {
             }
         }
         // planned memory: live bytes after each step (values released at last use)
-        let bytes: Vec<usize> = order.iter().map(|&n| graph.node(n).shape.iter().product::<usize>() * graph.node(n).dtype.size()).collect();
+        let bytes: Vec<usize> = order
+            .iter()
+            .map(|&n| graph.node(n).shape.iter().product::<usize>() * graph.node(n).dtype.size())
+            .collect();
         let (mut live, mut peak) = (0usize, 0usize);
         for (i, s) in steps.iter().enumerate() {
             live += bytes[i];
@@ -80,7 +88,14 @@ impl Plan {
             }
         }
         let total_bytes = bytes.iter().sum();
-        Ok(Plan { graph, steps, outputs, assigns, peak_bytes: peak, total_bytes })
+        Ok(Plan {
+            graph,
+            steps,
+            outputs,
+            assigns,
+            peak_bytes: peak,
+            total_bytes,
+        })
     }
 
     /// The planned graph.
@@ -102,7 +117,11 @@ impl Plan {
     pub fn run(&self, inputs: &[&Data], stats: &mut RunStats) -> Result<Vec<Data>> {
         let g = &self.graph;
         if inputs.len() != g.inputs.len() {
-            return Err(Error::Function(format!("expects {} inputs, got {}", g.inputs.len(), inputs.len())));
+            return Err(Error::Function(format!(
+                "expects {} inputs, got {}",
+                g.inputs.len(),
+                inputs.len()
+            )));
         }
         let mut vals: Vec<Option<Data>> = vec![None; self.steps.len()];
         for (i, s) in self.steps.iter().enumerate() {
@@ -122,18 +141,31 @@ impl Plan {
                 Op::Const => node.value.clone().expect("verified const"),
                 Op::ReadVar(v) => {
                     let var = g.vars[v as usize].handle.as_ref().ok_or_else(|| {
-                        Error::Graph(format!("variable `{}` has no live handle (parsed graph)", g.vars[v as usize].name))
+                        Error::Graph(format!(
+                            "variable `{}` has no live handle (parsed graph)",
+                            g.vars[v as usize].name
+                        ))
                     })?;
                     var.value().data()?.clone()
                 }
                 Op::Assign(_) => vals[s.operands[0]].clone().expect("operand computed"),
                 op => {
-                    let args: SmallVec<[&Data; 4]> =
-                        s.operands.iter().map(|&o| vals[o].as_ref().expect("operand computed")).collect();
+                    let args: SmallVec<[&Data; 4]> = s
+                        .operands
+                        .iter()
+                        .map(|&o| vals[o].as_ref().expect("operand computed"))
+                        .collect();
                     stats.steps += 1;
                     op.eval(&args, &node.shape).map_err(|msg| {
-                        let loc = node.loc.map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_else(|| "graph".into());
-                        Error::Op { op: op.name(), msg, loc }
+                        let loc = node
+                            .loc
+                            .map(|l| format!("{}:{}", l.file(), l.line()))
+                            .unwrap_or_else(|| "graph".into());
+                        Error::Op {
+                            op: op.name(),
+                            msg,
+                            loc,
+                        }
                     })?
                 }
             };
@@ -148,6 +180,10 @@ impl Plan {
                 *var.0.value.write().expect("variable lock") = Tensor::from_data(d);
             }
         }
-        Ok(self.outputs.iter().map(|&o| vals[o].clone().expect("output computed")).collect())
+        Ok(self
+            .outputs
+            .iter()
+            .map(|&o| vals[o].clone().expect("output computed"))
+            .collect())
     }
 }

@@ -27,7 +27,10 @@ pub fn verify(g: &Graph) -> Result<()> {
     }
     for &id in g.outputs.iter().chain(&g.assigns) {
         if !g.contains(id) {
-            errs.push(format!("output or assign {} is not a live node", id.index()));
+            errs.push(format!(
+                "output or assign {} is not a live node",
+                id.index()
+            ));
         }
     }
     let mut assigned = vec![false; g.vars.len()];
@@ -61,7 +64,10 @@ pub fn verify(g: &Graph) -> Result<()> {
             _ => {}
         }
         if !matches!(node.op, Op::Input(_) | Op::Const | Op::ReadVar(_)) {
-            let types: Vec<(DType, &[usize])> = ops.iter().map(|&o| (g.node(o).dtype, &g.node(o).shape[..])).collect();
+            let types: Vec<(DType, &[usize])> = ops
+                .iter()
+                .map(|&o| (g.node(o).dtype, &g.node(o).shape[..]))
+                .collect();
             match node.op.infer(&types, Some(&node.shape)) {
                 Ok((d, s)) if d == node.dtype && s == node.shape => {}
                 Ok((d, s)) => errs.push(format!(

@@ -182,7 +182,11 @@ impl Op {
     ///
     /// `out` is the requested result shape for ops whose shape is not implied by their
     /// operands (`reshape`, `broadcast_to`, the convolution backprops); others ignore it.
-    pub fn infer(&self, x: &[(DType, &[usize])], out: Option<&[usize]>) -> Result<(DType, Shape), String> {
+    pub fn infer(
+        &self,
+        x: &[(DType, &[usize])],
+        out: Option<&[usize]>,
+    ) -> Result<(DType, Shape), String> {
         match self {
             Op::Input(_) | Op::Const | Op::ReadVar(_) | Op::Assign(_) => source::infer(self, x),
             Op::Unary(u) => elementwise::infer_unary(*u, x),
@@ -215,7 +219,10 @@ impl Op {
         }
         Ok(match self {
             Op::Input(_) | Op::Const | Op::ReadVar(_) | Op::Assign(_) => {
-                panic!("{} has no kernel: the interpreter supplies its value", self.name())
+                panic!(
+                    "{} has no kernel: the interpreter supplies its value",
+                    self.name()
+                )
             }
             Op::Unary(u) => elementwise::eval_unary(*u, x[0]),
             Op::Binary(_) | Op::Compare(_) | Op::Select => elementwise::eval_nary(self, x, shape),
@@ -281,8 +288,13 @@ impl Op {
         if let Some(op) = elementwise::parse(name) {
             return Ok(op);
         }
-        let parsers: [fn(&str, &attrs::AttrMap) -> Option<Result<Op, String>>; 5] =
-            [reduce::parse, shape::parse, index::parse, linalg::parse, conv::parse];
+        let parsers: [FamilyParser; 5] = [
+            reduce::parse,
+            shape::parse,
+            index::parse,
+            linalg::parse,
+            conv::parse,
+        ];
         for p in parsers {
             if let Some(r) = p(name, attrs) {
                 return r;
@@ -314,7 +326,10 @@ impl Op {
     pub fn needs_out_shape(&self) -> bool {
         matches!(
             self,
-            Op::Reshape | Op::BroadcastTo | Op::Conv2dBackpropInput(_) | Op::Conv2dBackpropFilter(_)
+            Op::Reshape
+                | Op::BroadcastTo
+                | Op::Conv2dBackpropInput(_)
+                | Op::Conv2dBackpropFilter(_)
         )
     }
 
@@ -322,21 +337,35 @@ impl Op {
     pub fn is_differentiable(&self) -> bool {
         !matches!(
             self,
-            Op::Compare(_) | Op::ArgMax { .. } | Op::StopGradient | Op::Input(_) | Op::Const | Op::ReadVar(_)
+            Op::Compare(_)
+                | Op::ArgMax { .. }
+                | Op::StopGradient
+                | Op::Input(_)
+                | Op::Const
+                | Op::ReadVar(_)
         ) && !matches!(self, Op::Unary(Unary::Sign))
     }
 }
 
+/// A family's text parser: `None` when the name is not one of its ops.
+type FamilyParser = fn(&str, &attrs::AttrMap) -> Option<Result<Op, String>>;
+
 /// Formats operand types for error messages: `f32[2,3], f32[4]`.
 pub fn operand_types(x: &[(DType, &[usize])]) -> String {
-    x.iter().map(|(d, s)| type_str(*d, s)).collect::<Vec<_>>().join(", ")
+    x.iter()
+        .map(|(d, s)| type_str(*d, s))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Checks that all operands share one dtype and returns it.
 pub(crate) fn same_dtype(x: &[(DType, &[usize])]) -> Result<DType, String> {
     let d = x[0].0;
     if x.iter().any(|(e, _)| *e != d) {
-        return Err(format!("operands must have one dtype, got {}", operand_types(x)));
+        return Err(format!(
+            "operands must have one dtype, got {}",
+            operand_types(x)
+        ));
     }
     Ok(d)
 }

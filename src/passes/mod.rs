@@ -30,7 +30,10 @@ pub struct PassConfig {
 impl PassConfig {
     /// No optimization at all.
     pub fn unoptimized() -> PassConfig {
-        PassConfig { disabled: Vec::new(), none: true }
+        PassConfig {
+            disabled: Vec::new(),
+            none: true,
+        }
     }
 
     /// The default pipeline without the named pass.
@@ -59,7 +62,14 @@ pub struct PassStat {
 
 impl std::fmt::Display for PassStat {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:<24} {:>6} -> {:<6} nodes  {:>8.3} ms", self.name, self.before, self.after, self.time.as_secs_f64() * 1e3)
+        write!(
+            f,
+            "{:<24} {:>6} -> {:<6} nodes  {:>8.3} ms",
+            self.name,
+            self.before,
+            self.after,
+            self.time.as_secs_f64() * 1e3
+        )
     }
 }
 
@@ -78,7 +88,12 @@ pub fn run_pipeline(g: &Graph, config: &PassConfig) -> Result<(Graph, Vec<PassSt
         if cfg!(debug_assertions) {
             verify(&g).map_err(|e| crate::Error::Graph(format!("after pass {name}: {e}")))?;
         }
-        stats.push(PassStat { name, before, after: g.live_len(), time });
+        stats.push(PassStat {
+            name,
+            before,
+            after: g.live_len(),
+            time,
+        });
     }
     Ok((g, stats))
 }

@@ -25,8 +25,20 @@ pub struct Row {
     pub eps: Option<f64>,
 }
 
-const fn row(name: &'static str, shapes: &'static [&'static [usize]], dom: Dom, f: fn(&[Tensor]) -> Tensor) -> Row {
-    Row { name, shapes, dom, f, rtol: 2e-5, eps: None }
+const fn row(
+    name: &'static str,
+    shapes: &'static [&'static [usize]],
+    dom: Dom,
+    f: fn(&[Tensor]) -> Tensor,
+) -> Row {
+    Row {
+        name,
+        shapes,
+        dom,
+        f,
+        rtol: 2e-5,
+        eps: None,
+    }
 }
 
 fn idx(v: &[i64]) -> Tensor {
@@ -54,36 +66,87 @@ pub fn rows() -> Vec<Row> {
         row("powf", &[&[5]], Pos, |x| x[0].powf(3.0)),
         row("maximum", &[&[3, 4], &[3, 4]], Any, |x| x[0].maximum(&x[1])),
         row("minimum", &[&[4], &[3, 4]], Any, |x| x[0].minimum(&x[1])),
-        row("select", &[&[3, 4], &[3, 4], &[4]], Any, |x| Tensor::select(&x[0].gt(&x[1]), &x[1], &x[2])),
-        row("compare", &[&[3, 4]], Any, |x| x[0].ge(&x[0].scalar_like(0.0)) * &x[0]),
-        row("not_equal", &[&[3, 4]], Any, |x| x[0].ne(&x[0].scalar_like(0.0)) * x[0].exp()),
+        row("select", &[&[3, 4], &[3, 4], &[4]], Any, |x| {
+            Tensor::select(&x[0].gt(&x[1]), &x[1], &x[2])
+        }),
+        row("compare", &[&[3, 4]], Any, |x| {
+            x[0].ge(&x[0].scalar_like(0.0)) * &x[0]
+        }),
+        row("not_equal", &[&[3, 4]], Any, |x| {
+            x[0].ne(&x[0].scalar_like(0.0)) * x[0].exp()
+        }),
         row("sum", &[&[3, 4, 2]], Any, |x| x[0].sum(&[1], true)),
         row("sum_all", &[&[3, 4]], Any, |x| x[0].sum_all()),
         row("mean", &[&[3, 4]], Any, |x| x[0].mean(&[0], false)),
         row("max", &[&[3, 5]], Any, |x| x[0].max(&[1], false)),
         row("min", &[&[3, 5]], Any, |x| x[0].min(&[0], true)),
-        row("reshape", &[&[2, 6]], Any, |x| x[0].reshape(&[3, 4]) * Tensor::arange(0, 4, x[0].dtype())),
-        row("broadcast", &[&[1, 4]], Any, |x| x[0].broadcast_to(&[3, 4]) * Tensor::arange(0, 12, x[0].dtype()).reshape(&[3, 4])),
-        row("transpose", &[&[2, 3, 4]], Any, |x| x[0].transpose(&[2, 0, 1]).sin()),
-        row("concat", &[&[2, 3], &[4, 3]], Any, |x| Tensor::concat(&[&x[0], &x[1]], 0).exp()),
+        row("reshape", &[&[2, 6]], Any, |x| {
+            x[0].reshape(&[3, 4]) * Tensor::arange(0, 4, x[0].dtype())
+        }),
+        row("broadcast", &[&[1, 4]], Any, |x| {
+            x[0].broadcast_to(&[3, 4]) * Tensor::arange(0, 12, x[0].dtype()).reshape(&[3, 4])
+        }),
+        row("transpose", &[&[2, 3, 4]], Any, |x| {
+            x[0].transpose(&[2, 0, 1]).sin()
+        }),
+        row("concat", &[&[2, 3], &[4, 3]], Any, |x| {
+            Tensor::concat(&[&x[0], &x[1]], 0).exp()
+        }),
         row("slice", &[&[3, 5]], Any, |x| x[0].slice_axis(1, 1, 4).exp()),
         row("pad", &[&[3, 2]], Any, |x| x[0].pad_axis(1, 1, 2).exp()),
-        Row { rtol: 1e-4, eps: Some(1e-2), ..row("cast", &[&[3, 4]], Any, |x| x[0].cast(DType::F32).cast(x[0].dtype()) * 2.0) },
-        row("gather", &[&[5, 3]], Any, |x| x[0].gather(&idx(&[4, 0, 0, 2]), 0).exp()),
-        row("gather_axis1", &[&[2, 4]], Any, |x| x[0].gather(&idx(&[3, 1, 3]), 1).sin()),
-        row("scatter_add", &[&[4, 3]], Any, |x| x[0].scatter_add(&idx(&[1, 4, 1, 0]), 0, 5).exp()),
-        row("one_hot", &[&[3, 4]], Any, |x| idx(&[2, 0, 3]).one_hot(4, x[0].dtype()) * x[0].exp()),
+        Row {
+            rtol: 1e-4,
+            eps: Some(1e-2),
+            ..row("cast", &[&[3, 4]], Any, |x| {
+                x[0].cast(DType::F32).cast(x[0].dtype()) * 2.0
+            })
+        },
+        row("gather", &[&[5, 3]], Any, |x| {
+            x[0].gather(&idx(&[4, 0, 0, 2]), 0).exp()
+        }),
+        row("gather_axis1", &[&[2, 4]], Any, |x| {
+            x[0].gather(&idx(&[3, 1, 3]), 1).sin()
+        }),
+        row("scatter_add", &[&[4, 3]], Any, |x| {
+            x[0].scatter_add(&idx(&[1, 4, 1, 0]), 0, 5).exp()
+        }),
+        row("one_hot", &[&[3, 4]], Any, |x| {
+            idx(&[2, 0, 3]).one_hot(4, x[0].dtype()) * x[0].exp()
+        }),
         row("matmul", &[&[3, 4], &[4, 2]], Any, |x| x[0].matmul(&x[1])),
-        row("matmul_ta", &[&[4, 3], &[4, 2]], Any, |x| x[0].matmul_t(&x[1], true, false)),
-        row("matmul_tb", &[&[3, 4], &[2, 4]], Any, |x| x[0].matmul_t(&x[1], false, true)),
-        row("matmul_tab", &[&[4, 3], &[2, 4]], Any, |x| x[0].matmul_t(&x[1], true, true)),
-        row("matmul_batched", &[&[2, 3, 4], &[2, 4, 5]], Any, |x| x[0].matmul(&x[1])),
-        row("matmul_bcast", &[&[2, 3, 4], &[4, 5]], Any, |x| x[0].matmul(&x[1])),
-        row("matmul_square", &[&[3, 3]], Any, |x| x[0].matmul(&x[0]).tanh()),
-        row("conv2d_valid", &[&[2, 5, 5, 2], &[3, 3, 2, 3]], Any, |x| x[0].conv2d(&x[1], (1, 1), Padding::Valid).tanh()),
-        row("conv2d_same_s2", &[&[1, 6, 5, 2], &[2, 3, 2, 2]], Any, |x| x[0].conv2d(&x[1], (2, 2), Padding::Same).tanh()),
-        row("max_pool2d", &[&[2, 4, 4, 3]], Any, |x| x[0].max_pool2d((2, 2), (2, 2), Padding::Valid).sin()),
-        row("max_pool2d_same", &[&[1, 5, 5, 2]], Any, |x| x[0].max_pool2d((3, 3), (2, 2), Padding::Same).sin()),
+        row("matmul_ta", &[&[4, 3], &[4, 2]], Any, |x| {
+            x[0].matmul_t(&x[1], true, false)
+        }),
+        row("matmul_tb", &[&[3, 4], &[2, 4]], Any, |x| {
+            x[0].matmul_t(&x[1], false, true)
+        }),
+        row("matmul_tab", &[&[4, 3], &[2, 4]], Any, |x| {
+            x[0].matmul_t(&x[1], true, true)
+        }),
+        row("matmul_batched", &[&[2, 3, 4], &[2, 4, 5]], Any, |x| {
+            x[0].matmul(&x[1])
+        }),
+        row("matmul_bcast", &[&[2, 3, 4], &[4, 5]], Any, |x| {
+            x[0].matmul(&x[1])
+        }),
+        row("matmul_square", &[&[3, 3]], Any, |x| {
+            x[0].matmul(&x[0]).tanh()
+        }),
+        row("conv2d_valid", &[&[2, 5, 5, 2], &[3, 3, 2, 3]], Any, |x| {
+            x[0].conv2d(&x[1], (1, 1), Padding::Valid).tanh()
+        }),
+        row(
+            "conv2d_same_s2",
+            &[&[1, 6, 5, 2], &[2, 3, 2, 2]],
+            Any,
+            |x| x[0].conv2d(&x[1], (2, 2), Padding::Same).tanh(),
+        ),
+        row("max_pool2d", &[&[2, 4, 4, 3]], Any, |x| {
+            x[0].max_pool2d((2, 2), (2, 2), Padding::Valid).sin()
+        }),
+        row("max_pool2d_same", &[&[1, 5, 5, 2]], Any, |x| {
+            x[0].max_pool2d((3, 3), (2, 2), Padding::Same).sin()
+        }),
         row("softmax", &[&[3, 5]], Any, |x| x[0].softmax(-1)),
         row("log_softmax", &[&[3, 5]], Any, |x| x[0].log_softmax(-1)),
         row("logsumexp", &[&[3, 5]], Any, |x| x[0].logsumexp(1, false)),
@@ -113,7 +176,6 @@ pub fn inputs_of(r: &Row, seed: u64, dtype: DType) -> Vec<Tensor> {
         .collect()
 }
 
-
 /// Sparse categorical cross-entropy from logits, written with core ops.
 pub fn sparse_ce_from_logits(labels: &Tensor, logits: &Tensor) -> Tensor {
     let classes = logits.shape()[logits.rank() - 1];
@@ -131,7 +193,10 @@ impl Mlp {
         let dense = |name: &str, i: usize, o: usize, s: u64| {
             let lim = (6.0 / (i + o) as f64).sqrt();
             vec![
-                Variable::named(format!("{name}/kernel"), Tensor::random_uniform(&[i, o], -lim, lim, s, DType::F32)),
+                Variable::named(
+                    format!("{name}/kernel"),
+                    Tensor::random_uniform(&[i, o], -lim, lim, s, DType::F32),
+                ),
                 Variable::named(format!("{name}/bias"), Tensor::zeros(&[o])),
             ]
         };

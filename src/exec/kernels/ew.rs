@@ -17,22 +17,33 @@ pub fn fill_par<O: Send>(out: &mut [O], f: impl Fn(usize, &mut [O]) + Sync) {
     if out.len() < 2 * PAR_CHUNK {
         f(0, out);
     } else {
-        out.par_chunks_mut(PAR_CHUNK).enumerate().for_each(|(i, c)| f(i * PAR_CHUNK, c));
+        out.par_chunks_mut(PAR_CHUNK)
+            .enumerate()
+            .for_each(|(i, c)| f(i * PAR_CHUNK, c));
     }
 }
 
-fn collect<O: Copy + Default + Send>(shape: &[usize], n: usize, f: impl Fn(usize) -> O + Sync) -> Arr<O> {
+fn collect<O: Copy + Default + Send>(
+    shape: &[usize],
+    n: usize,
+    f: impl Fn(usize) -> O + Sync,
+) -> Arr<O> {
     let mut v = vec![O::default(); n];
     fill_par(&mut v, |off, c| {
         for (j, o) in c.iter_mut().enumerate() {
             *o = f(off + j);
         }
     });
-    ArrayD::from_shape_vec(IxDyn(shape), v).expect("length matches shape").into_shared()
+    ArrayD::from_shape_vec(IxDyn(shape), v)
+        .expect("length matches shape")
+        .into_shared()
 }
 
 /// `f(x)` for every element.
-pub fn map<T: Copy + Default + Send + Sync, O: Copy + Default + Send + Sync>(a: &Arr<T>, f: impl Fn(T) -> O + Sync) -> Arr<O> {
+pub fn map<T: Copy + Default + Send + Sync, O: Copy + Default + Send + Sync>(
+    a: &Arr<T>,
+    f: impl Fn(T) -> O + Sync,
+) -> Arr<O> {
     match a.as_slice() {
         Some(s) => collect(a.shape(), s.len(), |i| f(s[i])),
         None => a.map(|&x| f(x)).into_shared(),
@@ -55,7 +66,10 @@ where
             let sh = IxDyn(shape);
             let av = a.broadcast(sh.clone()).expect("infer checked broadcasting");
             let bv = b.broadcast(sh).expect("infer checked broadcasting");
-            Zip::from(&av).and(&bv).map_collect(|&x, &y| f(x, y)).into_shared()
+            Zip::from(&av)
+                .and(&bv)
+                .map_collect(|&x, &y| f(x, y))
+                .into_shared()
         }
     }
 }
@@ -70,12 +84,20 @@ pub fn mask_of(m: &Data, shape: &[usize]) -> Arr<bool> {
     if b.shape() == shape {
         b
     } else {
-        b.broadcast(IxDyn(shape)).expect("infer checked broadcasting").to_owned().into_shared()
+        b.broadcast(IxDyn(shape))
+            .expect("infer checked broadcasting")
+            .to_owned()
+            .into_shared()
     }
 }
 
 /// `mask ? a : b` elementwise, broadcasting `a` and `b` to `shape`.
-pub fn select<T: Copy + Default + Send + Sync>(mask: &Arr<bool>, a: &Arr<T>, b: &Arr<T>, shape: &[usize]) -> Arr<T> {
+pub fn select<T: Copy + Default + Send + Sync>(
+    mask: &Arr<bool>,
+    a: &Arr<T>,
+    b: &Arr<T>,
+    shape: &[usize],
+) -> Arr<T> {
     let ab = zip(a, b, shape, |x, y| (x, y));
     zip(mask, &ab, shape, |m, (x, y)| if m { x } else { y })
 }
