@@ -183,3 +183,17 @@ fn gather_index_out_of_range_is_an_error_in_a_function() {
         "{err}"
     );
 }
+
+#[test]
+fn scalars_on_either_side() {
+    let x = Tensor::vec(&[1.0f32, 2.0]);
+    let lr32: f32 = 0.5;
+    let lr64: f64 = 0.25;
+    assert_eq!((&x * 2.0).to_vec_f32().unwrap(), vec![2.0, 4.0]);
+    assert_eq!((&x * lr32).to_vec_f32().unwrap(), vec![0.5, 1.0]);
+    assert_eq!((&x * lr64).to_vec_f32().unwrap(), vec![0.25, 0.5]);
+    assert_eq!((x.clone() - 1.0f32).to_vec_f32().unwrap(), vec![0.0, 1.0]);
+    assert_eq!((3.0 - &x).to_vec_f32().unwrap(), vec![2.0, 1.0]);
+    assert_eq!((lr64 / &x).to_vec_f32().unwrap(), vec![0.25, 0.125]);
+    assert_eq!((1.0 + x).dtype(), DType::F32);
+}

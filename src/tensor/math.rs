@@ -2,8 +2,10 @@
 //! sugar composed of them (`sub` by a scalar, `relu`, `square`, `mean`, `softmax`,
 //! `one_hot`, ...). Sugar gets gradients, folding and fusion for free.
 //!
-//! Scalars on either side of `+ - * /` are `f64` (so a literal like `2.0` infers) and
-//! are converted to the tensor's dtype: `&x * 2.0`, `1.0 - &y`.
+//! Scalars work on either side of `+ - * /` and are converted to the tensor's dtype:
+//! `&x * 2.0`, `&x * lr` with `lr: f32` or `f64`, `1.0 - &y`. On the left only `f64` is
+//! accepted, so that a bare literal like `2.0` infers (write `&x * lr` or `lr as f64 * &x`
+//! for an `f32` on the left).
 //!
 //! # Panics
 //! Every method here panics eagerly when its operands do not fit the op's rule (shapes
@@ -503,17 +505,17 @@ macro_rules! binop {
         binop!(@scalar $tr, $m, f64);
     };
     (@scalar $tr:ident, $m:ident, $s:ty) => {
-        impl $tr<$s> for &Tensor {
+        impl<S: Scalar> $tr<S> for &Tensor {
             type Output = Tensor;
             #[track_caller]
-            fn $m(self, rhs: $s) -> Tensor {
-                self.$m(&self.scalar_like(rhs as f64))
+            fn $m(self, rhs: S) -> Tensor {
+                self.$m(&self.scalar_like(rhs.to_f64()))
             }
         }
-        impl $tr<$s> for Tensor {
+        impl<S: Scalar> $tr<S> for Tensor {
             type Output = Tensor;
             #[track_caller]
-            fn $m(self, rhs: $s) -> Tensor {
+            fn $m(self, rhs: S) -> Tensor {
                 (&self).$m(rhs)
             }
         }
@@ -521,7 +523,7 @@ macro_rules! binop {
             type Output = Tensor;
             #[track_caller]
             fn $m(self, rhs: &Tensor) -> Tensor {
-                rhs.scalar_like(self as f64).$m(rhs)
+                rhs.scalar_like(self).$m(rhs)
             }
         }
         impl $tr<Tensor> for $s {
@@ -532,6 +534,24 @@ macro_rules! binop {
             }
         }
     };
+}
+
+/// Plain numbers usable on the right of `+ - * /` with a tensor (`f32`, `f64`).
+pub trait Scalar: Copy {
+    /// The value as f64 (converted to the tensor's dtype by the op).
+    fn to_f64(self) -> f64;
+}
+
+impl Scalar for f32 {
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+}
+
+impl Scalar for f64 {
+    fn to_f64(self) -> f64 {
+        self
+    }
 }
 
 binop!(Add, add, Binary::Add);

@@ -18,6 +18,7 @@ mod variable;
 
 pub use data::{Arr, Data, Float};
 pub use dtype::{broadcast_shapes, numel, type_str, DType, Shape};
+pub use math::Scalar;
 pub use variable::Variable;
 
 use crate::error::{Error, Loc, Result};
