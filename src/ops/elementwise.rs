@@ -236,6 +236,37 @@ impl Compare {
     }
 }
 
+/// Runs `$body` with `$k` bound to `$op` as a compile-time constant, so the scalar
+/// function's `match` folds away and each loop compiles to one vectorizable operation.
+macro_rules! with_const {
+    ($ty:ident, $op:expr, $k:ident => $body:expr, [$($v:ident),*]) => {
+        match $op {
+            $($ty::$v => {
+                const $k: $ty = $ty::$v;
+                $body
+            })*
+        }
+    };
+}
+
+macro_rules! unary_const {
+    ($op:expr, $k:ident => $body:expr) => {
+        with_const!(Unary, $op, $k => $body, [Neg, Exp, Log, Sin, Cos, Tanh, Sqrt, Abs, Sign, Sigmoid])
+    };
+}
+
+macro_rules! binary_const {
+    ($op:expr, $k:ident => $body:expr) => {
+        with_const!(Binary, $op, $k => $body, [Add, Sub, Mul, Div, Pow, Maximum, Minimum])
+    };
+}
+
+macro_rules! compare_const {
+    ($op:expr, $k:ident => $body:expr) => {
+        with_const!(Compare, $op, $k => $body, [Gt, Ge, Lt, Le, Eq, Ne])
+    };
+}
+
 pub(super) fn parse(name: &str) -> Option<Op> {
     if name == "select" {
         return Some(Op::Select);
@@ -285,8 +316,8 @@ pub(super) fn infer_nary(op: &Op, x: &[(DType, &[usize])]) -> Result<(DType, Sha
 
 pub(super) fn eval_unary(u: Unary, x: &Data) -> Data {
     match x {
-        Data::F32(a) => Data::F32(ew::map(a, |v| u.f(v))),
-        Data::F64(a) => Data::F64(ew::map(a, |v| u.f(v))),
+        Data::F32(a) => unary_const!(u, OP => Data::F32(ew::map(a, |v| OP.f(v)))),
+        Data::F64(a) => unary_const!(u, OP => Data::F64(ew::map(a, |v| OP.f(v)))),
         Data::I64(_) => unreachable!("infer rejects integer operands of {}", u.name()),
     }
 }
@@ -294,27 +325,21 @@ pub(super) fn eval_unary(u: Unary, x: &Data) -> Data {
 pub(super) fn eval_nary(op: &Op, x: &[&Data], shape: &[usize]) -> Data {
     match (op, x) {
         (Op::Binary(b), [Data::F32(p), Data::F32(q)]) => {
-            Data::F32(ew::zip(p, q, shape, |u, v| b.f(u, v)))
+            binary_const!(*b, OP => Data::F32(ew::zip(p, q, shape, |u, v| OP.f(u, v))))
         }
         (Op::Binary(b), [Data::F64(p), Data::F64(q)]) => {
-            Data::F64(ew::zip(p, q, shape, |u, v| b.f(u, v)))
+            binary_const!(*b, OP => Data::F64(ew::zip(p, q, shape, |u, v| OP.f(u, v))))
         }
         (Op::Binary(b), [Data::I64(p), Data::I64(q)]) => {
             let f = b.fi().expect("infer rejects integer operands");
             Data::I64(ew::zip(p, q, shape, f))
         }
-        (Op::Compare(c), [Data::F32(p), Data::F32(q)]) => Data::F32(ew::zip(
-            p,
-            q,
-            shape,
-            |u, v| if c.f(u, v) { 1.0 } else { 0.0 },
-        )),
-        (Op::Compare(c), [Data::F64(p), Data::F64(q)]) => Data::F64(ew::zip(
-            p,
-            q,
-            shape,
-            |u, v| if c.f(u, v) { 1.0 } else { 0.0 },
-        )),
+        (Op::Compare(c), [Data::F32(p), Data::F32(q)]) => {
+            compare_const!(*c, OP => Data::F32(ew::zip(p, q, shape, |u, v| if OP.f(u, v) { 1.0 } else { 0.0 })))
+        }
+        (Op::Compare(c), [Data::F64(p), Data::F64(q)]) => {
+            compare_const!(*c, OP => Data::F64(ew::zip(p, q, shape, |u, v| if OP.f(u, v) { 1.0 } else { 0.0 })))
+        }
         (Op::Compare(c), [Data::I64(p), Data::I64(q)]) => {
             Data::I64(ew::zip(p, q, shape, |u, v| c.f(u, v) as i64))
         }
