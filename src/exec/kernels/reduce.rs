@@ -50,6 +50,11 @@ pub fn sum<T: crate::tensor::Float>(a: &Arr<T>, axes: &[usize], keep: bool) -> A
 
 /// Sum of a slice with 8 fixed accumulators (deterministic, vectorizable).
 pub fn sum_slice<T: crate::tensor::Float>(s: &[T]) -> T {
+    super::ew::vectorized(|| sum8(s))
+}
+
+#[inline(always)]
+fn sum8<T: crate::tensor::Float>(s: &[T]) -> T {
     let mut acc = [T::zero(); 8];
     let chunks = s.chunks_exact(8);
     let rest = chunks.remainder();
