@@ -1,6 +1,43 @@
-//! tapeflow
+//! # tapeflow — `tf.function` + `tf.GradientTape` for Rust
+//!
+//! Write an ordinary Rust closure — a training step with a gradient tape inside — and
+//! tapeflow traces it into a static graph, differentiates that graph symbolically (the
+//! gradient is itself a graph, so derivatives of any order work), optimizes it and runs
+//! it. The same code also runs eagerly, op by op.
+//!
+//! ```
+//! use tapeflow::{function, GradientTape, Tensor, Variable};
+//!
+//! // y = a·x + b, fitted by gradient descent inside a compiled step
+//! let a = Variable::named("a", Tensor::scalar(0.0));
+//! let b = Variable::named("b", Tensor::scalar(0.0));
+//! let (a2, b2) = (a.clone(), b.clone());
+//! let train_step = function(move |x: &Tensor, y: &Tensor| {
+//!     let tape = GradientTape::new();
+//!     let loss = tape.record(|| (&(&a2.read() * x) + &b2.read() - y).square().mean_all());
+//!     let grads = tape.gradient(&loss, &[a2.clone(), b2.clone()])?;
+//!     a2.assign_sub(&(grads[0].as_ref().unwrap() * 0.1));
+//!     b2.assign_sub(&(grads[1].as_ref().unwrap() * 0.1));
+//!     Ok(loss)
+//! });
+//! let x = Tensor::vec(&[0.0f32, 1.0, 2.0, 3.0]);
+//! let y = Tensor::vec(&[1.0f32, 3.0, 5.0, 7.0]); // a = 2, b = 1
+//! for _ in 0..500 {
+//!     train_step.call(&x, &y).unwrap();
+//! }
+//! assert!((a.value().to_scalar().unwrap() - 2.0).abs() < 1e-3);
+//! assert_eq!(train_step.trace_count(), 1); // traced once, then the compiled graph runs
+//! ```
+//!
+//! ## Errors and panics
+//! Eager ops panic when operands do not fit (shapes that do not broadcast, wrong dtypes),
+//! with a message naming the op, the operand types and your source line — like a Rust
+//! index out of bounds. Inside [`function`] the same mistake never panics: `call`
+//! returns it as an [`Error`]. Everything that reads data or runs a graph returns
+//! [`Result`].
 #![warn(missing_docs)]
 pub mod autodiff;
+pub mod data;
 pub mod error;
 pub mod exec;
 pub mod ir;

@@ -46,10 +46,16 @@ impl Entry {
 
 /// Ids reachable forward from `sources` through `entries` (all entries, or only those
 /// a gradient can pass when `differentiable_only`).
-pub(crate) fn reachable(entries: &[Entry], sources: &[u64], differentiable_only: bool) -> HashSet<u64> {
+pub(crate) fn reachable(
+    entries: &[Entry],
+    sources: &[u64],
+    differentiable_only: bool,
+) -> HashSet<u64> {
     let mut r: HashSet<u64> = sources.iter().copied().collect();
     for e in entries {
-        if (!differentiable_only || e.differentiable()) && e.inputs.iter().any(|x| r.contains(&x.id())) {
+        if (!differentiable_only || e.differentiable())
+            && e.inputs.iter().any(|x| r.contains(&x.id()))
+        {
             r.insert(e.output.id());
         }
     }
@@ -73,7 +79,11 @@ fn sum_in_order(mut parts: Vec<Tensor>) -> Tensor {
 }
 
 /// Cotangents of `sources` given `(target, seed)` pairs; `None` where nothing flows.
-pub(crate) fn backward(entries: &[Entry], targets: &[(Tensor, Tensor)], sources: &[u64]) -> Vec<Option<Tensor>> {
+pub(crate) fn backward(
+    entries: &[Entry],
+    targets: &[(Tensor, Tensor)],
+    sources: &[u64],
+) -> Vec<Option<Tensor>> {
     let from_src = reachable(entries, sources, true);
     let target_ids: Vec<u64> = targets.iter().map(|(t, _)| t.id()).collect();
     let to_tgt = ancestors(entries, &target_ids);
@@ -91,7 +101,11 @@ pub(crate) fn backward(entries: &[Entry], targets: &[(Tensor, Tensor)], sources:
         }
         // a source's own cotangent is read at the end, but it may also be an
         // intermediate (watched mid-computation): keep propagating through it
-        let Some(parts) = (if source_set.contains(&out) { grads.get(&out).cloned() } else { grads.remove(&out) }) else {
+        let Some(parts) = (if source_set.contains(&out) {
+            grads.get(&out).cloned()
+        } else {
+            grads.remove(&out)
+        }) else {
             continue;
         };
         let gy = sum_in_order(parts);
@@ -104,7 +118,16 @@ pub(crate) fn backward(entries: &[Entry], targets: &[(Tensor, Tensor)], sources:
             continue;
         }
         let gx: Vec<Option<Tensor>> = at_location(e.output.location(), || match &e.op {
-            EntryOp::Prim(op) => op.vjp(&VjpArgs { x: &e.inputs, y: &e.output, needs: &needs }, &gy).into_vec(),
+            EntryOp::Prim(op) => op
+                .vjp(
+                    &VjpArgs {
+                        x: &e.inputs,
+                        y: &e.output,
+                        needs: &needs,
+                    },
+                    &gy,
+                )
+                .into_vec(),
             EntryOp::Custom(f) => f(&e.inputs, &e.output, &gy),
         });
         for ((x, g), need) in e.inputs.iter().zip(gx).zip(&needs) {
@@ -114,5 +137,8 @@ pub(crate) fn backward(entries: &[Entry], targets: &[(Tensor, Tensor)], sources:
             }
         }
     }
-    sources.iter().map(|s| grads.remove(s).map(sum_in_order)).collect()
+    sources
+        .iter()
+        .map(|s| grads.remove(s).map(sum_in_order))
+        .collect()
 }

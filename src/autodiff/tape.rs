@@ -46,7 +46,11 @@ fn record_entry(op: impl Fn() -> EntryOp, inputs: &[&Tensor], out: &Tensor) {
         for tape in active.iter() {
             let mut t = tape.borrow_mut();
             if inputs.iter().any(|x| t.tracked.contains(&x.id())) {
-                t.entries.push(Entry { op: op(), inputs: inputs.iter().map(|&x| x.clone()).collect(), output: out.clone() });
+                t.entries.push(Entry {
+                    op: op(),
+                    inputs: inputs.iter().map(|&x| x.clone()).collect(),
+                    output: out.clone(),
+                });
                 t.tracked.insert(out.id());
             }
         }
@@ -110,7 +114,10 @@ fn single(mut g: Vec<Option<Tensor>>, why: &dyn Fn(usize) -> String) -> Result<T
 
 fn list(g: Vec<Option<Tensor>>, why: &dyn Fn(usize) -> String) -> Result<Vec<Option<Tensor>>> {
     if !g.is_empty() && g.iter().all(|x| x.is_none()) {
-        return Err(Error::Tape(format!("no source is connected to the target: {}", why(0))));
+        return Err(Error::Tape(format!(
+            "no source is connected to the target: {}",
+            why(0)
+        )));
     }
     Ok(g)
 }
@@ -136,8 +143,8 @@ impl Sources for &Variable {
 }
 
 macro_rules! list_sources {
-    ($t:ty, $conv:expr) => {
-        impl Sources for $t {
+    ([$($g:tt)*] $t:ty, $conv:expr) => {
+        impl<$($g)*> Sources for $t {
             type Output = Vec<Option<Tensor>>;
             fn to_sources(&self) -> Vec<Source> {
                 self.iter().map($conv).collect()
@@ -147,6 +154,9 @@ macro_rules! list_sources {
             }
         }
     };
+    ($t:ty, $conv:expr) => {
+        list_sources!([] $t, $conv);
+    };
 }
 
 list_sources!(&[Tensor], |t: &Tensor| Source::Tensor(t.clone()));
@@ -155,6 +165,10 @@ list_sources!(&[&Tensor], |t: &&Tensor| Source::Tensor((*t).clone()));
 list_sources!(&[Variable], |v: &Variable| Source::Var(v.clone()));
 list_sources!(&Vec<Variable>, |v: &Variable| Source::Var(v.clone()));
 list_sources!(&[&Variable], |v: &&Variable| Source::Var((*v).clone()));
+list_sources!([const N: usize] &[Tensor; N], |t: &Tensor| Source::Tensor(t.clone()));
+list_sources!([const N: usize] &[&Tensor; N], |t: &&Tensor| Source::Tensor((*t).clone()));
+list_sources!([const N: usize] &[Variable; N], |v: &Variable| Source::Var(v.clone()));
+list_sources!([const N: usize] &[&Variable; N], |v: &&Variable| Source::Var((*v).clone()));
 
 /// Records operations for automatic differentiation (`tf.GradientTape`).
 ///
@@ -179,7 +193,9 @@ impl Default for GradientTape {
 impl GradientTape {
     /// A tape that answers one `gradient` call.
     pub fn new() -> GradientTape {
-        GradientTape { state: Rc::new(RefCell::new(State::default())) }
+        GradientTape {
+            state: Rc::new(RefCell::new(State::default())),
+        }
     }
 
     /// A tape that answers any number of `gradient` calls.
@@ -224,7 +240,9 @@ impl GradientTape {
     pub fn stop_recording<R>(&self, f: impl FnOnce() -> R) -> R {
         let pos = ACTIVE.with(|a| {
             let mut a = a.borrow_mut();
-            a.iter().rposition(|t| Rc::ptr_eq(t, &self.state)).map(|i| (i, a.remove(i)))
+            a.iter()
+                .rposition(|t| Rc::ptr_eq(t, &self.state))
+                .map(|i| (i, a.remove(i)))
         });
         let r = f();
         if let Some((i, t)) = pos {
@@ -247,7 +265,8 @@ impl GradientTape {
     /// Watches a variable (also a non-trainable one): its current value (or symbolic read) becomes a source.
     #[track_caller]
     pub fn watch_variable(&self, v: &Variable) {
-        let t = crate::trace::context::read_var(v, std::panic::Location::caller()).unwrap_or_else(|| v.value());
+        let t = crate::trace::context::read_var(v, std::panic::Location::caller())
+            .unwrap_or_else(|| v.value());
         watch_var_read(&mut self.state.borrow_mut(), v, &t);
     }
 
@@ -283,7 +302,12 @@ impl GradientTape {
 
     /// [`GradientTape::gradient`] with an explicit cotangent for the target
     /// (`output_gradients` in TF), which must have the target's shape.
-    pub fn gradient_with<S: Sources>(&self, target: &Tensor, sources: S, output_gradient: Option<&Tensor>) -> Result<S::Output> {
+    pub fn gradient_with<S: Sources>(
+        &self,
+        target: &Tensor,
+        sources: S,
+        output_gradient: Option<&Tensor>,
+    ) -> Result<S::Output> {
         let srcs = sources.to_sources();
         let (entries, ids, zeros) = {
             let mut s = self.state.borrow_mut();
@@ -300,7 +324,11 @@ impl GradientTape {
                 .iter()
                 .map(|src| match src {
                     Source::Tensor(t) => vec![t.id()],
-                    Source::Var(v) => s.var_reads.get(&v.id()).map(|r| r.iter().map(|t| t.id()).collect()).unwrap_or_default(),
+                    Source::Var(v) => s
+                        .var_reads
+                        .get(&v.id())
+                        .map(|r| r.iter().map(|t| t.id()).collect())
+                        .unwrap_or_default(),
                 })
                 .collect();
             (s.entries.clone(), ids, s.zeros_for_unconnected)
@@ -318,7 +346,8 @@ impl GradientTape {
         };
         let flat: Vec<u64> = ids.iter().flatten().copied().collect();
         // the tape pauses itself; outer tapes keep recording the backward ops
-        let flat_grads = self.stop_recording(|| backward(&entries, &[(target.clone(), seed)], &flat));
+        let flat_grads =
+            self.stop_recording(|| backward(&entries, &[(target.clone(), seed)], &flat));
         let mut it = flat_grads.into_iter();
         let mut out: Vec<Option<Tensor>> = Vec::with_capacity(srcs.len());
         for (src, group) in srcs.iter().zip(&ids) {
@@ -337,13 +366,28 @@ impl GradientTape {
         S::pack(out, &why)
     }
 
-    fn explain(&self, entries: &[Entry], target: &Tensor, srcs: &[Source], ids: &[Vec<u64>], i: usize) -> String {
+    fn explain(
+        &self,
+        entries: &[Entry],
+        target: &Tensor,
+        srcs: &[Source],
+        ids: &[Vec<u64>],
+        i: usize,
+    ) -> String {
         let s = self.state.borrow();
         let name = match &srcs[i] {
-            Source::Tensor(t) => format!("the source {} made at {}", type_str(t.dtype(), t.shape()), t.location()),
+            Source::Tensor(t) => format!(
+                "the source {} made at {}",
+                type_str(t.dtype(), t.shape()),
+                t.location()
+            ),
             Source::Var(v) => format!("variable `{}`", v.name()),
         };
-        if ids[i].is_empty() || !ids[i].iter().any(|id| s.watched.contains(id) || s.tracked.contains(id)) {
+        if ids[i].is_empty()
+            || !ids[i]
+                .iter()
+                .any(|id| s.watched.contains(id) || s.tracked.contains(id))
+        {
             return format!(
                 "{name} was never watched: call tape.watch(&x) (or read a trainable Variable) inside tape.record(...)"
             );
@@ -357,7 +401,9 @@ impl GradientTape {
         }
         let all = reachable(entries, &ids[i], false);
         let need = ancestors(entries, &[target.id()]);
-        if let Some(cut) = entries.iter().find(|e| !e.differentiable() && all.contains(&e.output.id()) && need.contains(&e.output.id())) {
+        if let Some(cut) = entries.iter().find(|e| {
+            !e.differentiable() && all.contains(&e.output.id()) && need.contains(&e.output.id())
+        }) {
             let op = match &cut.op {
                 EntryOp::Prim(op) => op.name(),
                 EntryOp::Custom(_) => "custom",
@@ -371,7 +417,9 @@ impl GradientTape {
     /// Needs a persistent tape.
     pub fn jacobian(&self, y: &Tensor, x: &Tensor) -> Result<Tensor> {
         if !self.state.borrow().persistent {
-            return Err(Error::Tape("jacobian needs a persistent tape (GradientTape::persistent())".into()));
+            return Err(Error::Tape(
+                "jacobian needs a persistent tape (GradientTape::persistent())".into(),
+            ));
         }
         let n = y.len();
         let mut rows = Vec::with_capacity(n);
@@ -379,7 +427,9 @@ impl GradientTape {
             let seed = Tensor::arange(i as i64, i as i64 + 1, crate::DType::I64)
                 .one_hot(n, y.dtype())
                 .reshape(y.shape());
-            let g = self.gradient_with(y, x, Some(&seed)).or_else(|_| Ok::<_, Error>(x.zeros_like()))?;
+            let g = self
+                .gradient_with(y, x, Some(&seed))
+                .or_else(|_| Ok::<_, Error>(x.zeros_like()))?;
             rows.push(g.reshape(&[1, x.len()]));
         }
         let refs: Vec<&Tensor> = rows.iter().collect();

@@ -12,8 +12,8 @@
 //! allocate their result, and every buffer is released at its last use.
 
 use crate::error::{Error, Result};
-use crate::ir::{Graph, NodeId};
 use crate::exec::kernels::fused::{self, OutBuf};
+use crate::ir::{Graph, NodeId};
 use crate::ops::Op;
 use crate::passes::{plan_memory, MemoryPlan};
 use crate::tensor::{type_str, Data, Tensor};
@@ -57,7 +57,12 @@ impl Plan {
             for &o in &operands {
                 last_use[o] = i;
             }
-            steps.push(Step { node: n, op: graph.node(n).op, operands, release: SmallVec::new() });
+            steps.push(Step {
+                node: n,
+                op: graph.node(n).op,
+                operands,
+                release: SmallVec::new(),
+            });
         }
         let outputs: Vec<usize> = graph.outputs.iter().map(|o| pos[o]).collect();
         let assigns: Vec<(u32, usize)> = graph
@@ -76,10 +81,20 @@ impl Plan {
                 steps[lu].release.push(v);
             }
         }
-        let bytes: Vec<usize> = order.iter().map(|&n| graph.node(n).shape.iter().product::<usize>() * graph.node(n).dtype.size()).collect();
+        let bytes: Vec<usize> = order
+            .iter()
+            .map(|&n| graph.node(n).shape.iter().product::<usize>() * graph.node(n).dtype.size())
+            .collect();
         let total_bytes = bytes.iter().sum();
         let memory = plan_memory(&graph, &order);
-        Ok(Plan { graph, steps, outputs, assigns, memory, total_bytes })
+        Ok(Plan {
+            graph,
+            steps,
+            outputs,
+            assigns,
+            memory,
+            total_bytes,
+        })
     }
 
     /// The planned graph.
@@ -107,7 +122,11 @@ impl Plan {
     pub fn run(&self, inputs: &[&Data], stats: &mut RunStats) -> Result<Vec<Data>> {
         let g = &self.graph;
         if inputs.len() != g.inputs.len() {
-            return Err(Error::Function(format!("expects {} inputs, got {}", g.inputs.len(), inputs.len())));
+            return Err(Error::Function(format!(
+                "expects {} inputs, got {}",
+                g.inputs.len(),
+                inputs.len()
+            )));
         }
         let mut vals: Vec<Option<Data>> = vec![None; self.steps.len()];
         let mut spares: Vec<Option<Data>> = vec![None; self.steps.len()];
@@ -128,7 +147,10 @@ impl Plan {
                 Op::Const => node.value.clone().expect("verified const"),
                 Op::ReadVar(v) => {
                     let var = g.vars[v as usize].handle.as_ref().ok_or_else(|| {
-                        Error::Graph(format!("variable `{}` has no live handle (parsed graph)", g.vars[v as usize].name))
+                        Error::Graph(format!(
+                            "variable `{}` has no live handle (parsed graph)",
+                            g.vars[v as usize].name
+                        ))
                     })?;
                     var.value().data()?.clone()
                 }
@@ -149,17 +171,29 @@ impl Plan {
                         .operands
                         .iter()
                         .enumerate()
-                        .map(|(k, &o)| (taken != Some(k)).then(|| vals[o].as_ref().expect("operand computed")))
+                        .map(|(k, &o)| {
+                            (taken != Some(k)).then(|| vals[o].as_ref().expect("operand computed"))
+                        })
                         .collect();
                     fused::eval(&g.fused[f as usize], &args, &node.shape, out)
                 }
                 op => {
-                    let args: SmallVec<[&Data; 4]> =
-                        s.operands.iter().map(|&o| vals[o].as_ref().expect("operand computed")).collect();
+                    let args: SmallVec<[&Data; 4]> = s
+                        .operands
+                        .iter()
+                        .map(|&o| vals[o].as_ref().expect("operand computed"))
+                        .collect();
                     stats.steps += 1;
                     op.eval(&args, &node.shape).map_err(|msg| {
-                        let loc = node.loc.map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_else(|| "graph".into());
-                        Error::Op { op: op.name(), msg, loc }
+                        let loc = node
+                            .loc
+                            .map(|l| format!("{}:{}", l.file(), l.line()))
+                            .unwrap_or_else(|| "graph".into());
+                        Error::Op {
+                            op: op.name(),
+                            msg,
+                            loc,
+                        }
                     })?
                 }
             };
@@ -177,6 +211,10 @@ impl Plan {
                 *var.0.value.write().expect("variable lock") = Tensor::from_data(d);
             }
         }
-        Ok(self.outputs.iter().map(|&o| vals[o].clone().expect("output computed")).collect())
+        Ok(self
+            .outputs
+            .iter()
+            .map(|&o| vals[o].clone().expect("output computed"))
+            .collect())
     }
 }

@@ -1,4 +1,8 @@
-//! Execution: kernels and the graph interpreter.
+//! Execution: running graphs on concrete buffers.
+//!
+//! `kernels` holds the numeric kernels that eager ops, the interpreter and the constant
+//! folder all call; `interp` holds the execution [`Plan`] and the interpreter. This
+//! layer depends on `ir` and `tensor` buffers only, never on `trace` or `autodiff`.
 mod interp;
 pub mod kernels;
 

@@ -48,7 +48,13 @@ pub struct Node {
 impl Node {
     /// A node without value or location.
     pub fn new(op: Op, dtype: DType, shape: Shape) -> Node {
-        Node { op, dtype, shape, loc: None, value: None }
+        Node {
+            op,
+            dtype,
+            shape,
+            loc: None,
+            value: None,
+        }
     }
 }
 
@@ -130,7 +136,11 @@ impl Graph {
 
     /// Nodes that use `id`, in ascending id order, without duplicates.
     pub fn users(&self, id: NodeId) -> Vec<NodeId> {
-        let mut v: Vec<NodeId> = self.g.neighbors_directed(id.0, Direction::Outgoing).map(NodeId).collect();
+        let mut v: Vec<NodeId> = self
+            .g
+            .neighbors_directed(id.0, Direction::Outgoing)
+            .map(NodeId)
+            .collect();
         v.sort_unstable();
         v.dedup();
         v
@@ -201,7 +211,11 @@ impl Graph {
 
     /// Replaces all operands of `id`.
     pub fn set_operands(&mut self, id: NodeId, operands: &[NodeId]) {
-        let edges: Vec<_> = self.g.edges_directed(id.0, Direction::Incoming).map(|e| e.id()).collect();
+        let edges: Vec<_> = self
+            .g
+            .edges_directed(id.0, Direction::Incoming)
+            .map(|e| e.id())
+            .collect();
         for e in edges {
             self.g.remove_edge(e);
         }
@@ -230,7 +244,8 @@ impl Graph {
                 continue;
             }
             // iterative DFS: (node, next operand slot to visit)
-            let mut stack: Vec<(NodeId, usize, SmallVec<[NodeId; 4]>)> = vec![(root, 0, self.operands(root))];
+            let mut stack: Vec<(NodeId, usize, SmallVec<[NodeId; 4]>)> =
+                vec![(root, 0, self.operands(root))];
             seen[root.index()] = true;
             while let Some((n, i, ops)) = stack.last_mut() {
                 if *i < ops.len() {

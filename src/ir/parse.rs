@@ -12,7 +12,10 @@ use smallvec::SmallVec;
 use std::collections::HashMap;
 
 fn err(line_no: usize, line: &str, msg: impl std::fmt::Display) -> Error {
-    Error::Graph(format!("parse error on line {line_no} `{}`: {msg}", line.trim()))
+    Error::Graph(format!(
+        "parse error on line {line_no} `{}`: {msg}",
+        line.trim()
+    ))
 }
 
 /// Parses `f32[64,10]`.
@@ -49,17 +52,25 @@ fn parse_const(text: &str, dtype: DType, shape: &[usize]) -> std::result::Result
         return Err("large constants (`<N elements>`) are not representable in text".into());
     }
     let items: Vec<&str> = match text.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
-        Some(inner) => inner.split(',').map(|t| t.trim()).filter(|t| !t.is_empty()).collect(),
+        Some(inner) => inner
+            .split(',')
+            .map(|t| t.trim())
+            .filter(|t| !t.is_empty())
+            .collect(),
         None => vec![text.trim()],
     };
     let vals: Vec<f64> = items
         .iter()
-        .map(|t| t.parse::<f64>().map_err(|e| format!("bad number `{t}`: {e}")))
+        .map(|t| {
+            t.parse::<f64>()
+                .map_err(|e| format!("bad number `{t}`: {e}"))
+        })
         .collect::<std::result::Result<_, _>>()?;
     if vals.len() != shape.iter().product::<usize>() {
         return Err(format!("{} values do not fill shape {shape:?}", vals.len()));
     }
-    let a = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(shape), vals).map_err(|e| e.to_string())?;
+    let a =
+        ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(shape), vals).map_err(|e| e.to_string())?;
     Ok(crate::ops::shape::cast(&Data::F64(a.into_shared()), dtype))
 }
 
@@ -93,7 +104,9 @@ fn split_op(body: &str) -> std::result::Result<(&str, &str, &str), String> {
 fn parse_op(name: &str, attr_text: &str) -> std::result::Result<Op, String> {
     let mut m = AttrMap::new();
     for kv in split_top(attr_text) {
-        let (k, v) = kv.split_once('=').ok_or_else(|| format!("bad attribute `{kv}`"))?;
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| format!("bad attribute `{kv}`"))?;
         m.insert(k.trim().to_string(), v.trim().to_string());
     }
     Op::parse(name, &m)
@@ -118,7 +131,12 @@ fn parse_inst(t: &str, index: usize) -> std::result::Result<Inst, String> {
             _ => return Err(format!("argument `{a}` is neither `$n` nor `#n`")),
         });
     }
-    Ok(Inst { op, args, dtype, shape })
+    Ok(Inst {
+        op,
+        args,
+        dtype,
+        shape,
+    })
 }
 
 /// Parses a graph from its text form.
@@ -134,21 +152,27 @@ pub fn parse(text: &str) -> Result<Graph> {
             !t.is_empty() && !t.starts_with(';')
         })
         .peekable();
-    let (n0, header) = lines.next().ok_or_else(|| Error::Graph("empty graph text".into()))?;
+    let (n0, header) = lines
+        .next()
+        .ok_or_else(|| Error::Graph("empty graph text".into()))?;
     let args = header
         .trim()
         .strip_prefix("graph(")
         .and_then(|h| h.strip_suffix(") {"))
         .ok_or_else(|| err(n0, header, "expected `graph(...) {`"))?;
     for (i, arg) in split_top(args).into_iter().enumerate() {
-        let (name, ty) = arg.split_once(':').ok_or_else(|| err(n0, header, "argument without type"))?;
+        let (name, ty) = arg
+            .split_once(':')
+            .ok_or_else(|| err(n0, header, "argument without type"))?;
         let (dtype, shape) = parse_type(ty).map_err(|e| err(n0, header, e))?;
         let id = g.add(Node::new(Op::Input(i as u32), dtype, shape), &[]);
         g.inputs.push(id);
         ids.insert(name.trim().to_string(), id);
     }
     let lookup = |ids: &HashMap<String, NodeId>, n: usize, line: &str, name: &str| {
-        ids.get(name.trim()).copied().ok_or_else(|| err(n, line, format!("`{}` is not defined above", name.trim())))
+        ids.get(name.trim())
+            .copied()
+            .ok_or_else(|| err(n, line, format!("`{}` is not defined above", name.trim())))
     };
     while let Some((n, line)) = lines.next() {
         let t = line.split("  ;").next().unwrap_or(line).trim();
@@ -162,18 +186,33 @@ pub fn parse(text: &str) -> Result<Graph> {
             }
             continue;
         }
-        let (lhs, rhs) = t.split_once(" = ").ok_or_else(|| err(n, line, "expected `%n = op ...`"))?;
-        let (body, ty) = rhs.rsplit_once(" : ").ok_or_else(|| err(n, line, "missing ` : type`"))?;
+        let (lhs, rhs) = t
+            .split_once(" = ")
+            .ok_or_else(|| err(n, line, "expected `%n = op ...`"))?;
+        let (body, ty) = rhs
+            .rsplit_once(" : ")
+            .ok_or_else(|| err(n, line, "missing ` : type`"))?;
         let (dtype, shape) = parse_type(ty).map_err(|e| err(n, line, e))?;
         let (name, attr_text, rest) = split_op(body).map_err(|e| err(n, line, e))?;
         let mut node = Node::new(Op::Const, dtype, shape.clone());
         let mut operands = Vec::new();
         match name {
-            "const" => node.value = Some(parse_const(rest, dtype, &shape).map_err(|e| err(n, line, e))?),
+            "const" => {
+                node.value = Some(parse_const(rest, dtype, &shape).map_err(|e| err(n, line, e))?)
+            }
             "read_var" | "assign" => {
-                let var = GraphVar { name: attr_text.to_string(), dtype, shape: shape.clone(), handle: None };
+                let var = GraphVar {
+                    name: attr_text.to_string(),
+                    dtype,
+                    shape: shape.clone(),
+                    handle: None,
+                };
                 let i = g.var_index(var);
-                node.op = if name == "read_var" { Op::ReadVar(i) } else { Op::Assign(i) };
+                node.op = if name == "read_var" {
+                    Op::ReadVar(i)
+                } else {
+                    Op::Assign(i)
+                };
             }
             "fused" => {
                 let mut e = FusedExpr::default();
@@ -181,7 +220,9 @@ pub fn parse(text: &str) -> Result<Graph> {
                     if !inner.trim().starts_with('#') {
                         break;
                     }
-                    e.insts.push(parse_inst(inner.trim(), e.insts.len()).map_err(|m| err(k, inner, m))?);
+                    e.insts.push(
+                        parse_inst(inner.trim(), e.insts.len()).map_err(|m| err(k, inner, m))?,
+                    );
                     lines.next();
                 }
                 g.fused.push(e);
@@ -195,15 +236,24 @@ pub fn parse(text: &str) -> Result<Graph> {
             }
         }
         if !matches!(node.op, Op::Const | Op::ReadVar(_)) {
-            let types: Vec<(DType, &[usize])> =
-                operands.iter().map(|&o| (g.node(o).dtype, &g.node(o).shape[..])).collect();
+            let types: Vec<(DType, &[usize])> = operands
+                .iter()
+                .map(|&o| (g.node(o).dtype, &g.node(o).shape[..]))
+                .collect();
             let inferred = match node.op {
                 Op::Fused(f) => g.fused[f as usize].infer(&types),
                 op => op.infer(&types, Some(&shape)),
             };
             let (d, s) = inferred.map_err(|e| err(n, line, e))?;
             if d != dtype || s != shape {
-                return Err(err(n, line, format!("declared type differs from the inferred {}", crate::tensor::type_str(d, &s))));
+                return Err(err(
+                    n,
+                    line,
+                    format!(
+                        "declared type differs from the inferred {}",
+                        crate::tensor::type_str(d, &s)
+                    ),
+                ));
             }
         }
         let is_assign = matches!(node.op, Op::Assign(_));

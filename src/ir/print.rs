@@ -101,13 +101,24 @@ pub fn print(g: &Graph, locations: bool) -> String {
     let args: Vec<String> = g
         .inputs
         .iter()
-        .map(|i| format!("{}: {}", name(i), type_str(g.node(*i).dtype, &g.node(*i).shape)))
+        .map(|i| {
+            format!(
+                "{}: {}",
+                name(i),
+                type_str(g.node(*i).dtype, &g.node(*i).shape)
+            )
+        })
         .collect();
     let _ = writeln!(s, "graph({}) {{", args.join(", "));
     for &n in order.iter().skip(g.inputs.len()) {
         let node = g.node(n);
         let operands: Vec<String> = g.operands(n).iter().map(name).collect();
-        let mut line = format!("  {} = {}{}", name(&n), node.op.name(), attr_text(g, &node.op));
+        let mut line = format!(
+            "  {} = {}{}",
+            name(&n),
+            node.op.name(),
+            attr_text(g, &node.op)
+        );
         if let Some(v) = &node.value {
             let _ = write!(line, " {}", const_text(v));
         }
@@ -151,14 +162,26 @@ pub fn to_dot(g: &Graph) -> String {
     let mut s = String::from("digraph tapeflow {\n  node [shape=box, fontname=\"monospace\"];\n");
     for &n in &order {
         let node = g.node(n);
-        let label = format!("%{} {}{} : {}", num[&n], node.op.name(), attr_text(g, &node.op), type_str(node.dtype, &node.shape));
+        let label = format!(
+            "%{} {}{} : {}",
+            num[&n],
+            node.op.name(),
+            attr_text(g, &node.op),
+            type_str(node.dtype, &node.shape)
+        );
         let style = match node.op {
             Op::Input(_) | Op::ReadVar(_) => ", style=filled, fillcolor=lightblue",
             Op::Assign(_) => ", style=filled, fillcolor=lightpink",
             Op::Const => ", style=filled, fillcolor=lightgrey",
             _ => "",
         };
-        let _ = writeln!(s, "  n{} [label=\"{}\"{}];", num[&n], label.replace('"', "\\\""), style);
+        let _ = writeln!(
+            s,
+            "  n{} [label=\"{}\"{}];",
+            num[&n],
+            label.replace('"', "\\\""),
+            style
+        );
         let ops = g.operands(n);
         for (slot, o) in ops.iter().enumerate() {
             if ops.len() > 1 {
@@ -169,7 +192,11 @@ pub fn to_dot(g: &Graph) -> String {
         }
     }
     for (i, o) in g.outputs.iter().enumerate() {
-        let _ = writeln!(s, "  out{i} [label=\"return {i}\", shape=oval];\n  n{} -> out{i};", num[o]);
+        let _ = writeln!(
+            s,
+            "  out{i} [label=\"return {i}\", shape=oval];\n  n{} -> out{i};",
+            num[o]
+        );
     }
     s.push_str("}\n");
     s

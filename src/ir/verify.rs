@@ -29,7 +29,10 @@ pub fn verify(g: &Graph) -> Result<()> {
     }
     for &id in g.outputs.iter().chain(&g.assigns) {
         if !g.contains(id) {
-            errs.push(format!("output or assign {} is not a live node", id.index()));
+            errs.push(format!(
+                "output or assign {} is not a live node",
+                id.index()
+            ));
         }
     }
     let mut assigned = vec![false; g.vars.len()];
@@ -63,9 +66,16 @@ pub fn verify(g: &Graph) -> Result<()> {
             _ => {}
         }
         if !matches!(node.op, Op::Input(_) | Op::Const | Op::ReadVar(_)) {
-            let types: Vec<(DType, &[usize])> = ops.iter().map(|&o| (g.node(o).dtype, &g.node(o).shape[..])).collect();
+            let types: Vec<(DType, &[usize])> = ops
+                .iter()
+                .map(|&o| (g.node(o).dtype, &g.node(o).shape[..]))
+                .collect();
             let inferred = match node.op {
-                Op::Fused(f) => g.fused.get(f as usize).ok_or_else(|| format!("no fused expression {f}")).and_then(|e| e.infer(&types)),
+                Op::Fused(f) => g
+                    .fused
+                    .get(f as usize)
+                    .ok_or_else(|| format!("no fused expression {f}"))
+                    .and_then(|e| e.infer(&types)),
                 op => op.infer(&types, Some(&node.shape)),
             };
             match inferred {

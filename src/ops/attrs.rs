@@ -49,11 +49,17 @@ impl Perm {
             seen[a] = true;
             perm[i] = a as u8;
         }
-        Some(Perm { rank: p.len() as u8, perm })
+        Some(Perm {
+            rank: p.len() as u8,
+            perm,
+        })
     }
     /// As a vector.
     pub fn to_vec(self) -> Vec<usize> {
-        self.perm[..self.rank as usize].iter().map(|&a| a as usize).collect()
+        self.perm[..self.rank as usize]
+            .iter()
+            .map(|&a| a as usize)
+            .collect()
     }
     /// The inverse permutation.
     pub fn inverse(self) -> Perm {
@@ -61,7 +67,10 @@ impl Perm {
         for i in 0..self.rank as usize {
             inv[self.perm[i] as usize] = i as u8;
         }
-        Perm { rank: self.rank, perm: inv }
+        Perm {
+            rank: self.rank,
+            perm: inv,
+        }
     }
 }
 
@@ -70,7 +79,13 @@ pub type AttrMap = BTreeMap<String, String>;
 
 /// Formats a list as `[1,0,2]`.
 pub fn list(v: &[usize]) -> String {
-    format!("[{}]", v.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(","))
+    format!(
+        "[{}]",
+        v.iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    )
 }
 
 /// Parses `[1,0,2]`.
@@ -84,16 +99,24 @@ pub fn parse_list(s: &str) -> Result<Vec<usize>, String> {
     }
     inner
         .split(',')
-        .map(|t| t.trim().parse::<usize>().map_err(|e| format!("bad integer `{t}`: {e}")))
+        .map(|t| {
+            t.trim()
+                .parse::<usize>()
+                .map_err(|e| format!("bad integer `{t}`: {e}"))
+        })
         .collect()
 }
 
 /// Looks up a required attribute.
 pub fn get<'a>(m: &'a AttrMap, k: &str) -> Result<&'a str, String> {
-    m.get(k).map(|s| s.as_str()).ok_or_else(|| format!("missing attribute `{k}`"))
+    m.get(k)
+        .map(|s| s.as_str())
+        .ok_or_else(|| format!("missing attribute `{k}`"))
 }
 
 /// Looks up a required integer attribute.
 pub fn get_usize(m: &AttrMap, k: &str) -> Result<usize, String> {
-    get(m, k)?.parse().map_err(|e| format!("attribute `{k}`: {e}"))
+    get(m, k)?
+        .parse()
+        .map_err(|e| format!("attribute `{k}`: {e}"))
 }

@@ -5,9 +5,9 @@
 
 use super::attrs::{self, AttrMap};
 use super::{arity, float_only, operand_types, same_dtype, Grads, Op, VjpArgs};
+pub use crate::exec::kernels::conv::Padding;
 use crate::exec::kernels::conv::{self as kc, Conv2dGeom};
 use crate::exec::kernels::pool::{self as kp, Pool2dGeom};
-pub use crate::exec::kernels::conv::Padding;
 use crate::tensor::{Arr, DType, Data, Float, Shape, Tensor};
 use ndarray::IxDyn;
 use smallvec::smallvec;
@@ -34,7 +34,12 @@ pub struct PoolAttrs {
 
 impl ConvAttrs {
     fn geom(&self, x: &[usize], w: &[usize]) -> Result<Conv2dGeom, String> {
-        Conv2dGeom::new(x, w, (self.stride.0 as usize, self.stride.1 as usize), self.padding)
+        Conv2dGeom::new(
+            x,
+            w,
+            (self.stride.0 as usize, self.stride.1 as usize),
+            self.padding,
+        )
     }
 }
 
@@ -71,12 +76,21 @@ fn pad_name(p: Padding) -> String {
 pub(super) fn attrs(op: &Op) -> Vec<(&'static str, String)> {
     match *op {
         Op::Conv2d(c) | Op::Conv2dBackpropInput(c) | Op::Conv2dBackpropFilter(c) => vec![
-            ("stride", attrs::list(&[c.stride.0 as usize, c.stride.1 as usize])),
+            (
+                "stride",
+                attrs::list(&[c.stride.0 as usize, c.stride.1 as usize]),
+            ),
             ("padding", pad_name(c.padding)),
         ],
         Op::MaxPool2d(p) | Op::MaxPool2dGrad(p) | Op::MaxPool2dGather(p) => vec![
-            ("ksize", attrs::list(&[p.ksize.0 as usize, p.ksize.1 as usize])),
-            ("stride", attrs::list(&[p.stride.0 as usize, p.stride.1 as usize])),
+            (
+                "ksize",
+                attrs::list(&[p.ksize.0 as usize, p.ksize.1 as usize]),
+            ),
+            (
+                "stride",
+                attrs::list(&[p.stride.0 as usize, p.stride.1 as usize]),
+            ),
             ("padding", pad_name(p.padding)),
         ],
         _ => unreachable!(),
@@ -95,8 +109,19 @@ pub(super) fn parse(name: &str, m: &AttrMap) -> Option<Result<Op, String>> {
         "same" => Ok(Padding::Same),
         p => Err(format!("unknown padding `{p}`")),
     };
-    let conv = || Ok(ConvAttrs { stride: pair("stride")?, padding: padding()? });
-    let pool = || Ok(PoolAttrs { ksize: pair("ksize")?, stride: pair("stride")?, padding: padding()? });
+    let conv = || {
+        Ok(ConvAttrs {
+            stride: pair("stride")?,
+            padding: padding()?,
+        })
+    };
+    let pool = || {
+        Ok(PoolAttrs {
+            ksize: pair("ksize")?,
+            stride: pair("stride")?,
+            padding: padding()?,
+        })
+    };
     Some(match name {
         "conv2d" => conv().map(Op::Conv2d),
         "conv2d_backprop_input" => conv().map(Op::Conv2dBackpropInput),
@@ -108,13 +133,20 @@ pub(super) fn parse(name: &str, m: &AttrMap) -> Option<Result<Op, String>> {
     })
 }
 
-pub(super) fn infer(op: &Op, x: &[(DType, &[usize])], out: Option<&[usize]>) -> Result<(DType, Shape), String> {
+pub(super) fn infer(
+    op: &Op,
+    x: &[(DType, &[usize])],
+    out: Option<&[usize]>,
+) -> Result<(DType, Shape), String> {
     let d = same_dtype(x)?;
     float_only(d)?;
     let target = || out.ok_or_else(|| "needs a target shape".to_string());
     let check = |expect: &[usize], got: &[usize]| {
         if expect != got {
-            Err(format!("cotangent shape {got:?} does not match the convolution's output {expect:?}: {}", operand_types(x)))
+            Err(format!(
+                "cotangent shape {got:?} does not match the convolution's output {expect:?}: {}",
+                operand_types(x)
+            ))
         } else {
             Ok(())
         }
@@ -148,7 +180,10 @@ pub(super) fn infer(op: &Op, x: &[(DType, &[usize])], out: Option<&[usize]>) -> 
         Op::MaxPool2dGather(p) => {
             arity(x, 2)?;
             if x[0].1 != x[1].1 {
-                return Err(format!("operands must have one shape: {}", operand_types(x)));
+                return Err(format!(
+                    "operands must have one shape: {}",
+                    operand_types(x)
+                ));
             }
             Shape::from_slice(&p.geom(x[0].1)?.out_shape())
         }
@@ -160,12 +195,24 @@ pub(super) fn infer(op: &Op, x: &[(DType, &[usize])], out: Option<&[usize]>) -> 
 fn run<T: Float>(op: &Op, x: &[&Arr<T>], shape: &[usize]) -> Arr<T> {
     let s = |i: usize| x[i].as_slice().expect("standard layout");
     let v = match op {
-        Op::Conv2d(c) => kc::conv2d(s(0), s(1), &c.geom(x[0].shape(), x[1].shape()).expect("checked")),
-        Op::Conv2dBackpropInput(c) => kc::conv2d_backprop_input(s(0), s(1), &c.geom(shape, x[1].shape()).expect("checked")),
-        Op::Conv2dBackpropFilter(c) => kc::conv2d_backprop_filter(s(0), s(1), &c.geom(x[0].shape(), shape).expect("checked")),
+        Op::Conv2d(c) => kc::conv2d(
+            s(0),
+            s(1),
+            &c.geom(x[0].shape(), x[1].shape()).expect("checked"),
+        ),
+        Op::Conv2dBackpropInput(c) => {
+            kc::conv2d_backprop_input(s(0), s(1), &c.geom(shape, x[1].shape()).expect("checked"))
+        }
+        Op::Conv2dBackpropFilter(c) => {
+            kc::conv2d_backprop_filter(s(0), s(1), &c.geom(x[0].shape(), shape).expect("checked"))
+        }
         Op::MaxPool2d(p) => kp::max_pool2d(s(0), &p.geom(x[0].shape()).expect("checked")),
-        Op::MaxPool2dGrad(p) => kp::max_pool2d_backprop(s(0), s(1), &p.geom(x[0].shape()).expect("checked")),
-        Op::MaxPool2dGather(p) => kp::max_pool2d_gather(s(0), s(1), &p.geom(x[0].shape()).expect("checked")),
+        Op::MaxPool2dGrad(p) => {
+            kp::max_pool2d_backprop(s(0), s(1), &p.geom(x[0].shape()).expect("checked"))
+        }
+        Op::MaxPool2dGather(p) => {
+            kp::max_pool2d_gather(s(0), s(1), &p.geom(x[0].shape()).expect("checked"))
+        }
         _ => unreachable!(),
     };
     Arr::from_shape_vec(IxDyn(shape), v).expect("kernel output matches shape")
@@ -175,7 +222,10 @@ pub(super) fn eval(op: &Op, x: &[&Data], shape: &[usize]) -> Data {
     if let Some(v) = x.iter().map(|d| f32::unwrap(d)).collect::<Option<Vec<_>>>() {
         Data::F32(run(op, &v, shape))
     } else {
-        let v: Vec<_> = x.iter().map(|d| f64::unwrap(d).expect("infer checks dtypes")).collect();
+        let v: Vec<_> = x
+            .iter()
+            .map(|d| f64::unwrap(d).expect("infer checks dtypes"))
+            .collect();
         Data::F64(run(op, &v, shape))
     }
 }
@@ -211,8 +261,14 @@ pub(super) fn vjp(op: &Op, a: &VjpArgs, gy: &Tensor) -> Grads {
         // max pooling routes the cotangent to each window's argmax; the selection itself
         // is piecewise constant in x, so x gets no second-order term
         Op::MaxPool2d(pa) => smallvec![Some(Tensor::pool_op(Op::MaxPool2dGrad(pa), p, Some(gy)))],
-        Op::MaxPool2dGrad(pa) => smallvec![None, want(1).then(|| Tensor::pool_op(Op::MaxPool2dGather(pa), p, Some(gy)))],
-        Op::MaxPool2dGather(pa) => smallvec![None, want(1).then(|| Tensor::pool_op(Op::MaxPool2dGrad(pa), p, Some(gy)))],
+        Op::MaxPool2dGrad(pa) => smallvec![
+            None,
+            want(1).then(|| Tensor::pool_op(Op::MaxPool2dGather(pa), p, Some(gy)))
+        ],
+        Op::MaxPool2dGather(pa) => smallvec![
+            None,
+            want(1).then(|| Tensor::pool_op(Op::MaxPool2dGrad(pa), p, Some(gy)))
+        ],
         _ => unreachable!(),
     }
 }

@@ -119,8 +119,15 @@ pub enum Binary {
 }
 
 /// All binary ops, for tables and tests.
-pub const BINARY_OPS: [Binary; 7] =
-    [Binary::Add, Binary::Sub, Binary::Mul, Binary::Div, Binary::Pow, Binary::Maximum, Binary::Minimum];
+pub const BINARY_OPS: [Binary; 7] = [
+    Binary::Add,
+    Binary::Sub,
+    Binary::Mul,
+    Binary::Div,
+    Binary::Pow,
+    Binary::Maximum,
+    Binary::Minimum,
+];
 
 impl Binary {
     /// Text name.
@@ -193,7 +200,14 @@ pub enum Compare {
 }
 
 /// All comparisons.
-pub const COMPARE_OPS: [Compare; 6] = [Compare::Gt, Compare::Ge, Compare::Lt, Compare::Le, Compare::Eq, Compare::Ne];
+pub const COMPARE_OPS: [Compare; 6] = [
+    Compare::Gt,
+    Compare::Ge,
+    Compare::Lt,
+    Compare::Le,
+    Compare::Eq,
+    Compare::Ne,
+];
 
 impl Compare {
     /// Text name.
@@ -222,6 +236,37 @@ impl Compare {
     }
 }
 
+/// Runs `$body` with `$k` bound to `$op` as a compile-time constant, so the scalar
+/// function's `match` folds away and each loop compiles to one vectorizable operation.
+macro_rules! with_const {
+    ($ty:ident, $op:expr, $k:ident => $body:expr, [$($v:ident),*]) => {
+        match $op {
+            $($ty::$v => {
+                const $k: $ty = $ty::$v;
+                $body
+            })*
+        }
+    };
+}
+
+macro_rules! unary_const {
+    ($op:expr, $k:ident => $body:expr) => {
+        with_const!(Unary, $op, $k => $body, [Neg, Exp, Log, Sin, Cos, Tanh, Sqrt, Abs, Sign, Sigmoid])
+    };
+}
+
+macro_rules! binary_const {
+    ($op:expr, $k:ident => $body:expr) => {
+        with_const!(Binary, $op, $k => $body, [Add, Sub, Mul, Div, Pow, Maximum, Minimum])
+    };
+}
+
+macro_rules! compare_const {
+    ($op:expr, $k:ident => $body:expr) => {
+        with_const!(Compare, $op, $k => $body, [Gt, Ge, Lt, Le, Eq, Ne])
+    };
+}
+
 pub(super) fn parse(name: &str) -> Option<Op> {
     if name == "select" {
         return Some(Op::Select);
@@ -230,8 +275,18 @@ pub(super) fn parse(name: &str) -> Option<Op> {
         .iter()
         .find(|u| u.name() == name)
         .map(|&u| Op::Unary(u))
-        .or_else(|| BINARY_OPS.iter().find(|b| b.name() == name).map(|&b| Op::Binary(b)))
-        .or_else(|| COMPARE_OPS.iter().find(|c| c.name() == name).map(|&c| Op::Compare(c)))
+        .or_else(|| {
+            BINARY_OPS
+                .iter()
+                .find(|b| b.name() == name)
+                .map(|&b| Op::Binary(b))
+        })
+        .or_else(|| {
+            COMPARE_OPS
+                .iter()
+                .find(|c| c.name() == name)
+                .map(|&c| Op::Compare(c))
+        })
 }
 
 pub(super) fn infer_unary(_u: Unary, x: &[(DType, &[usize])]) -> Result<(DType, Shape), String> {
@@ -246,38 +301,44 @@ pub(super) fn infer_nary(op: &Op, x: &[(DType, &[usize])]) -> Result<(DType, Sha
     let dtype = same_dtype(operands)?;
     if let Op::Binary(b) = op {
         if !dtype.is_float() && b.fi().is_none() {
-            return Err(format!("is defined for floats only, got {}", operand_types(x)));
+            return Err(format!(
+                "is defined for floats only, got {}",
+                operand_types(x)
+            ));
         }
     }
     let mut shape = Shape::from_slice(x[0].1);
     for (_, s) in &x[1..] {
-        shape = broadcast_shapes(&shape, s)
-            .ok_or_else(|| "shapes do not broadcast".to_string())?;
+        shape = broadcast_shapes(&shape, s).ok_or_else(|| "shapes do not broadcast".to_string())?;
     }
     Ok((dtype, shape))
 }
 
 pub(super) fn eval_unary(u: Unary, x: &Data) -> Data {
     match x {
-        Data::F32(a) => Data::F32(ew::map(a, |v| u.f(v))),
-        Data::F64(a) => Data::F64(ew::map(a, |v| u.f(v))),
+        Data::F32(a) => unary_const!(u, OP => Data::F32(ew::map(a, |v| OP.f(v)))),
+        Data::F64(a) => unary_const!(u, OP => Data::F64(ew::map(a, |v| OP.f(v)))),
         Data::I64(_) => unreachable!("infer rejects integer operands of {}", u.name()),
     }
 }
 
 pub(super) fn eval_nary(op: &Op, x: &[&Data], shape: &[usize]) -> Data {
     match (op, x) {
-        (Op::Binary(b), [Data::F32(p), Data::F32(q)]) => Data::F32(ew::zip(p, q, shape, |u, v| b.f(u, v))),
-        (Op::Binary(b), [Data::F64(p), Data::F64(q)]) => Data::F64(ew::zip(p, q, shape, |u, v| b.f(u, v))),
+        (Op::Binary(b), [Data::F32(p), Data::F32(q)]) => {
+            binary_const!(*b, OP => Data::F32(ew::zip(p, q, shape, |u, v| OP.f(u, v))))
+        }
+        (Op::Binary(b), [Data::F64(p), Data::F64(q)]) => {
+            binary_const!(*b, OP => Data::F64(ew::zip(p, q, shape, |u, v| OP.f(u, v))))
+        }
         (Op::Binary(b), [Data::I64(p), Data::I64(q)]) => {
             let f = b.fi().expect("infer rejects integer operands");
             Data::I64(ew::zip(p, q, shape, f))
         }
         (Op::Compare(c), [Data::F32(p), Data::F32(q)]) => {
-            Data::F32(ew::zip(p, q, shape, |u, v| if c.f(u, v) { 1.0 } else { 0.0 }))
+            compare_const!(*c, OP => Data::F32(ew::zip(p, q, shape, |u, v| if OP.f(u, v) { 1.0 } else { 0.0 })))
         }
         (Op::Compare(c), [Data::F64(p), Data::F64(q)]) => {
-            Data::F64(ew::zip(p, q, shape, |u, v| if c.f(u, v) { 1.0 } else { 0.0 }))
+            compare_const!(*c, OP => Data::F64(ew::zip(p, q, shape, |u, v| if OP.f(u, v) { 1.0 } else { 0.0 })))
         }
         (Op::Compare(c), [Data::I64(p), Data::I64(q)]) => {
             Data::I64(ew::zip(p, q, shape, |u, v| c.f(u, v) as i64))
@@ -298,16 +359,16 @@ pub(super) fn eval_nary(op: &Op, x: &[&Data], shape: &[usize]) -> Data {
 pub(super) fn vjp_unary(u: Unary, a: &VjpArgs, gy: &Tensor) -> Grads {
     let (x, y) = (&a.x[0], a.y);
     let gx = match u {
-        Unary::Neg => -gy,                               // d/dx (-x) = -1
-        Unary::Exp => gy * y,                            // d/dx eˣ = eˣ
-        Unary::Log => gy / x,                            // d/dx ln x = 1/x
-        Unary::Sin => gy * x.cos(),                      // d/dx sin x = cos x
-        Unary::Cos => -(gy * x.sin()),                   // d/dx cos x = -sin x
-        Unary::Tanh => gy * (1.0 - y * y),               // d/dx tanh x = 1 - tanh²x
-        Unary::Sqrt => gy * 0.5 / y,                     // d/dx √x = 1/(2√x)
-        Unary::Abs => gy * x.sign(),                     // d/dx |x| = sign x
-        Unary::Sign => return smallvec![None],           // piecewise constant
-        Unary::Sigmoid => gy * (y * (1.0 - y)),          // d/dx σ(x) = σ(x)(1-σ(x))
+        Unary::Neg => -gy,                      // d/dx (-x) = -1
+        Unary::Exp => gy * y,                   // d/dx eˣ = eˣ
+        Unary::Log => gy / x,                   // d/dx ln x = 1/x
+        Unary::Sin => gy * x.cos(),             // d/dx sin x = cos x
+        Unary::Cos => -(gy * x.sin()),          // d/dx cos x = -sin x
+        Unary::Tanh => gy * (1.0 - y * y),      // d/dx tanh x = 1 - tanh²x
+        Unary::Sqrt => gy * 0.5 / y,            // d/dx √x = 1/(2√x)
+        Unary::Abs => gy * x.sign(),            // d/dx |x| = sign x
+        Unary::Sign => return smallvec![None],  // piecewise constant
+        Unary::Sigmoid => gy * (y * (1.0 - y)), // d/dx σ(x) = σ(x)(1-σ(x))
     };
     smallvec![Some(gx)]
 }
@@ -329,14 +390,8 @@ pub(super) fn vjp_nary(op: &Op, a: &VjpArgs, gy: &Tensor) -> Grads {
                     want(1).then(|| gy * y * p.log()),
                 ),
                 // the larger operand takes the gradient; ties go to q (so relu'(0) = 0)
-                Binary::Maximum => (
-                    want(0).then(|| gy * p.gt(q)),
-                    want(1).then(|| gy * p.le(q)),
-                ),
-                Binary::Minimum => (
-                    want(0).then(|| gy * p.lt(q)),
-                    want(1).then(|| gy * p.ge(q)),
-                ),
+                Binary::Maximum => (want(0).then(|| gy * p.gt(q)), want(1).then(|| gy * p.le(q))),
+                Binary::Minimum => (want(0).then(|| gy * p.lt(q)), want(1).then(|| gy * p.ge(q))),
             };
             smallvec![gp, gq]
         }

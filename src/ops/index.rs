@@ -16,7 +16,9 @@ pub(super) fn name(op: &Op) -> &'static str {
 pub(super) fn attrs(op: &Op) -> Vec<(&'static str, String)> {
     match *op {
         Op::Gather { axis } => vec![("axis", axis.to_string())],
-        Op::ScatterAdd { axis, size } => vec![("axis", axis.to_string()), ("size", size.to_string())],
+        Op::ScatterAdd { axis, size } => {
+            vec![("axis", axis.to_string()), ("size", size.to_string())]
+        }
         _ => unreachable!(),
     }
 }
@@ -25,7 +27,12 @@ pub(super) fn parse(name: &str, m: &AttrMap) -> Option<Result<Op, String>> {
     let u = |k: &str| attrs::get_usize(m, k);
     match name {
         "gather" => Some(u("axis").map(|a| Op::Gather { axis: a as u8 })),
-        "scatter_add" => Some((|| Ok(Op::ScatterAdd { axis: u("axis")? as u8, size: u("size")? as u32 }))()),
+        "scatter_add" => Some((|| {
+            Ok(Op::ScatterAdd {
+                axis: u("axis")? as u8,
+                size: u("size")? as u32,
+            })
+        })()),
         _ => None,
     }
 }
@@ -42,7 +49,15 @@ pub(super) fn infer(op: &Op, x: &[(DType, &[usize])]) -> Result<(DType, Shape), 
             if a >= s.len() {
                 return Err(format!("axis {a} is out of range for {}", type_str(d, s)));
             }
-            Ok((d, s[..a].iter().chain(si).chain(&s[a + 1..]).copied().collect()))
+            Ok((
+                d,
+                s[..a]
+                    .iter()
+                    .chain(si)
+                    .chain(&s[a + 1..])
+                    .copied()
+                    .collect(),
+            ))
         }
         Op::ScatterAdd { axis, size } => {
             let a = axis as usize;
@@ -53,14 +68,27 @@ pub(super) fn infer(op: &Op, x: &[(DType, &[usize])]) -> Result<(DType, Shape), 
                     si
                 ));
             }
-            Ok((d, s[..a].iter().chain(&[size as usize]).chain(&s[a + si.len()..]).copied().collect()))
+            Ok((
+                d,
+                s[..a]
+                    .iter()
+                    .chain(&[size as usize])
+                    .chain(&s[a + si.len()..])
+                    .copied()
+                    .collect(),
+            ))
         }
         _ => unreachable!(),
     }
 }
 
 /// `out[o, j, i] = x[o, idx[j], i]` with `o` the axes before `axis` and `i` those after.
-fn gather<T: Copy + Default>(x: &Arr<T>, idx: &[i64], axis: usize, shape: &[usize]) -> Result<Arr<T>, String> {
+fn gather<T: Copy + Default>(
+    x: &Arr<T>,
+    idx: &[i64],
+    axis: usize,
+    shape: &[usize],
+) -> Result<Arr<T>, String> {
     let n = x.shape()[axis];
     let outer: usize = x.shape()[..axis].iter().product();
     let inner: usize = x.shape()[axis + 1..].iter().product();
@@ -79,7 +107,12 @@ fn gather<T: Copy + Default>(x: &Arr<T>, idx: &[i64], axis: usize, shape: &[usiz
 }
 
 /// The adjoint of [`gather`]: `out[o, idx[j], i] += u[o, j, i]`.
-fn scatter_add<T: crate::tensor::Float>(u: &Arr<T>, idx: &[i64], axis: usize, shape: &[usize]) -> Result<Arr<T>, String> {
+fn scatter_add<T: crate::tensor::Float>(
+    u: &Arr<T>,
+    idx: &[i64],
+    axis: usize,
+    shape: &[usize],
+) -> Result<Arr<T>, String> {
     let n = shape[axis];
     let outer: usize = shape[..axis].iter().product();
     let inner: usize = shape[axis + 1..].iter().product();
@@ -127,7 +160,10 @@ pub(super) fn vjp(op: &Op, a: &VjpArgs, gy: &Tensor) -> Grads {
     match *op {
         // gather and scatter_add are each other's adjoints
         Op::Gather { axis } => {
-            smallvec![Some(gy.scatter_add(idx, axis as usize, x.shape()[axis as usize])), None]
+            smallvec![
+                Some(gy.scatter_add(idx, axis as usize, x.shape()[axis as usize])),
+                None
+            ]
         }
         Op::ScatterAdd { axis, .. } => smallvec![Some(gy.gather(idx, axis as usize)), None],
         _ => unreachable!(),

@@ -42,12 +42,18 @@ pub(super) fn infer(ta: bool, tb: bool, x: &[(DType, &[usize])]) -> Result<(DTyp
     float_only(d)?;
     let (sa, sb) = (x[0].1, x[1].1);
     if sa.len() < 2 || sb.len() < 2 {
-        return Err(format!("operands must have rank ≥ 2, got {}", operand_types(x)));
+        return Err(format!(
+            "operands must have rank ≥ 2, got {}",
+            operand_types(x)
+        ));
     }
     let (ba, m, ka) = dims(sa, ta);
     let (bb, kb, n) = dims(sb, tb);
     if ka != kb {
-        return Err(format!("inner dimensions differ ({ka} vs {kb}): {}", operand_types(x)));
+        return Err(format!(
+            "inner dimensions differ ({ka} vs {kb}): {}",
+            operand_types(x)
+        ));
     }
     let batch = if ba == bb || bb.is_empty() {
         ba
@@ -65,10 +71,20 @@ pub(super) fn infer(ta: bool, tb: bool, x: &[(DType, &[usize])]) -> Result<(DTyp
 fn matmul<T: Float>(a: &Arr<T>, b: &Arr<T>, ta: bool, tb: bool, shape: &[usize]) -> Arr<T> {
     let r = shape.len();
     let (m, n) = (shape[r - 2], shape[r - 1]);
-    let k = if ta { a.shape()[a.ndim() - 2] } else { a.shape()[a.ndim() - 1] };
+    let k = if ta {
+        a.shape()[a.ndim() - 2]
+    } else {
+        a.shape()[a.ndim() - 1]
+    };
     let batch: usize = shape[..r - 2].iter().product();
-    let (sa, sb) = (a.as_slice().expect("standard"), b.as_slice().expect("standard"));
-    let (stride_a, stride_b) = (if a.ndim() == 2 { 0 } else { m * k }, if b.ndim() == 2 { 0 } else { k * n });
+    let (sa, sb) = (
+        a.as_slice().expect("standard"),
+        b.as_slice().expect("standard"),
+    );
+    let (stride_a, stride_b) = (
+        if a.ndim() == 2 { 0 } else { m * k },
+        if b.ndim() == 2 { 0 } else { k * n },
+    );
     let mut out = vec![T::zero(); batch * m * n];
     for i in 0..batch {
         gemm(

@@ -188,7 +188,11 @@ impl Op {
     ///
     /// `out` is the requested result shape for ops whose shape is not implied by their
     /// operands (`reshape`, `broadcast_to`, the convolution backprops); others ignore it.
-    pub fn infer(&self, x: &[(DType, &[usize])], out: Option<&[usize]>) -> Result<(DType, Shape), String> {
+    pub fn infer(
+        &self,
+        x: &[(DType, &[usize])],
+        out: Option<&[usize]>,
+    ) -> Result<(DType, Shape), String> {
         match self {
             Op::Input(_) | Op::Const | Op::ReadVar(_) | Op::Assign(_) => source::infer(self, x),
             Op::Unary(u) => elementwise::infer_unary(*u, x),
@@ -204,7 +208,9 @@ impl Op {
             | Op::StopGradient => shape::infer(self, x, out),
             Op::Gather { .. } | Op::ScatterAdd { .. } => index::infer(self, x),
             Op::MatMul { ta, tb } => linalg::infer(*ta, *tb, x),
-            Op::Fused(_) => Err("is typed by its fused expression (FusedExpr::infer), not by the op alone".into()),
+            Op::Fused(_) => Err(
+                "is typed by its fused expression (FusedExpr::infer), not by the op alone".into(),
+            ),
             _ => conv::infer(self, x, out),
         }
     }
@@ -222,7 +228,10 @@ impl Op {
         }
         Ok(match self {
             Op::Input(_) | Op::Const | Op::ReadVar(_) | Op::Assign(_) => {
-                panic!("{} has no kernel: the interpreter supplies its value", self.name())
+                panic!(
+                    "{} has no kernel: the interpreter supplies its value",
+                    self.name()
+                )
             }
             Op::Unary(u) => elementwise::eval_unary(*u, x[0]),
             Op::Binary(_) | Op::Compare(_) | Op::Select => elementwise::eval_nary(self, x, shape),
@@ -259,7 +268,9 @@ impl Op {
             | Op::StopGradient => shape::vjp(self, a, gy),
             Op::Gather { .. } | Op::ScatterAdd { .. } => index::vjp(self, a, gy),
             Op::MatMul { ta, tb } => linalg::vjp(*ta, *tb, a, gy),
-            Op::Fused(_) => panic!("fused nodes exist only in optimized graphs, which are never differentiated"),
+            Op::Fused(_) => {
+                panic!("fused nodes exist only in optimized graphs, which are never differentiated")
+            }
             _ => conv::vjp(self, a, gy),
         }
     }
@@ -290,8 +301,13 @@ impl Op {
         if let Some(op) = elementwise::parse(name) {
             return Ok(op);
         }
-        let parsers: [fn(&str, &attrs::AttrMap) -> Option<Result<Op, String>>; 5] =
-            [reduce::parse, shape::parse, index::parse, linalg::parse, conv::parse];
+        let parsers: [FamilyParser; 5] = [
+            reduce::parse,
+            shape::parse,
+            index::parse,
+            linalg::parse,
+            conv::parse,
+        ];
         for p in parsers {
             if let Some(r) = p(name, attrs) {
                 return r;
@@ -317,14 +333,20 @@ impl Op {
     /// Not `maximum`/`minimum`: on equal operands they return the first, so
     /// `maximum(0.0, -0.0)` is `0.0` but `maximum(-0.0, 0.0)` is `-0.0`.
     pub fn is_commutative(&self) -> bool {
-        matches!(self, Op::Binary(Binary::Add | Binary::Mul) | Op::Compare(Compare::Eq | Compare::Ne))
+        matches!(
+            self,
+            Op::Binary(Binary::Add | Binary::Mul) | Op::Compare(Compare::Eq | Compare::Ne)
+        )
     }
 
     /// Whether the result shape must be given to [`Op::infer`] (it is the node's shape).
     pub fn needs_out_shape(&self) -> bool {
         matches!(
             self,
-            Op::Reshape | Op::BroadcastTo | Op::Conv2dBackpropInput(_) | Op::Conv2dBackpropFilter(_)
+            Op::Reshape
+                | Op::BroadcastTo
+                | Op::Conv2dBackpropInput(_)
+                | Op::Conv2dBackpropFilter(_)
         )
     }
 
@@ -332,21 +354,35 @@ impl Op {
     pub fn is_differentiable(&self) -> bool {
         !matches!(
             self,
-            Op::Compare(_) | Op::ArgMax { .. } | Op::StopGradient | Op::Input(_) | Op::Const | Op::ReadVar(_)
+            Op::Compare(_)
+                | Op::ArgMax { .. }
+                | Op::StopGradient
+                | Op::Input(_)
+                | Op::Const
+                | Op::ReadVar(_)
         ) && !matches!(self, Op::Unary(Unary::Sign))
     }
 }
 
+/// A family's text parser: `None` when the name is not one of its ops.
+type FamilyParser = fn(&str, &attrs::AttrMap) -> Option<Result<Op, String>>;
+
 /// Formats operand types for error messages: `f32[2,3], f32[4]`.
 pub fn operand_types(x: &[(DType, &[usize])]) -> String {
-    x.iter().map(|(d, s)| type_str(*d, s)).collect::<Vec<_>>().join(", ")
+    x.iter()
+        .map(|(d, s)| type_str(*d, s))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Checks that all operands share one dtype and returns it.
 pub(crate) fn same_dtype(x: &[(DType, &[usize])]) -> Result<DType, String> {
     let d = x[0].0;
     if x.iter().any(|(e, _)| *e != d) {
-        return Err(format!("operands must have one dtype, got {}", operand_types(x)));
+        return Err(format!(
+            "operands must have one dtype, got {}",
+            operand_types(x)
+        ));
     }
     Ok(d)
 }
@@ -365,4 +401,36 @@ pub(crate) fn float_only(d: DType) -> Result<(), String> {
         return Err(format!("expects f32 or f64 operands, got {d} (cast first)"));
     }
     Ok(())
+}
+
+/// The op list: every op's text name, once. Tests check that each has a gradient-check
+/// row or a documented reason to have none; adding an op means adding its name here.
+pub fn all_op_names() -> Vec<&'static str> {
+    let mut v = vec!["input", "const", "read_var", "assign", "select"];
+    v.extend(elementwise::UNARY_OPS.iter().map(|u| u.name()));
+    v.extend(elementwise::BINARY_OPS.iter().map(|b| b.name()));
+    v.extend(elementwise::COMPARE_OPS.iter().map(|c| c.name()));
+    v.extend([
+        "sum",
+        "max",
+        "argmax",
+        "reshape",
+        "broadcast",
+        "transpose",
+        "concat",
+        "slice",
+        "pad",
+        "cast",
+        "stop_gradient",
+        "gather",
+        "scatter_add",
+        "matmul",
+        "conv2d",
+        "conv2d_backprop_input",
+        "conv2d_backprop_filter",
+        "max_pool2d",
+        "max_pool2d_grad",
+        "max_pool2d_gather",
+    ]);
+    v
 }

@@ -32,7 +32,11 @@ pub(super) fn parse(name: &str, m: &AttrMap) -> Option<Result<Op, String>> {
     let reduce = |sum: bool| -> Result<Op, String> {
         let axes = AxisSet::of(&attrs::parse_list(attrs::get(m, "axes")?)?);
         let keep = m.get("keep").map(|s| s == "true").unwrap_or(false);
-        Ok(if sum { Op::Sum { axes, keep } } else { Op::Max { axes, keep } })
+        Ok(if sum {
+            Op::Sum { axes, keep }
+        } else {
+            Op::Max { axes, keep }
+        })
     };
     match name {
         "sum" => Some(reduce(true)),
@@ -91,7 +95,9 @@ pub(super) fn eval(op: &Op, x: &Data) -> Data {
         (Op::Max { axes, keep }, Data::I64(a)) => {
             Data::I64(k::reduce(a, &axes.to_vec(), *keep, i64::MIN, std::cmp::max))
         }
-        (Op::ArgMax { axis }, d) => Data::I64(crate::with_data!(d, a => k::argmax(a, *axis as usize))),
+        (Op::ArgMax { axis }, d) => {
+            Data::I64(crate::with_data!(d, a => k::argmax(a, *axis as usize)))
+        }
         _ => unreachable!("infer checks reductions"),
     }
 }

@@ -29,10 +29,22 @@ pub(super) fn attrs(op: &Op) -> Vec<(&'static str, String)> {
         Op::Transpose(p) => vec![("perm", attrs::list(&p.to_vec()))],
         Op::Concat { axis } => vec![("axis", axis.to_string())],
         Op::Slice { axis, start, end } => {
-            vec![("axis", axis.to_string()), ("start", start.to_string()), ("end", end.to_string())]
+            vec![
+                ("axis", axis.to_string()),
+                ("start", start.to_string()),
+                ("end", end.to_string()),
+            ]
         }
-        Op::Pad { axis, before, after } => {
-            vec![("axis", axis.to_string()), ("before", before.to_string()), ("after", after.to_string())]
+        Op::Pad {
+            axis,
+            before,
+            after,
+        } => {
+            vec![
+                ("axis", axis.to_string()),
+                ("before", before.to_string()),
+                ("after", after.to_string()),
+            ]
         }
         Op::Cast(d) => vec![("to", d.name().to_string())],
         _ => Vec::new(),
@@ -50,8 +62,20 @@ pub(super) fn parse(name: &str, m: &AttrMap) -> Option<Result<Op, String>> {
             .and_then(|p| Perm::new(&p).ok_or_else(|| format!("bad permutation {p:?}")))
             .map(Op::Transpose),
         "concat" => u("axis").map(|a| Op::Concat { axis: a as u8 }),
-        "slice" => (|| Ok(Op::Slice { axis: u("axis")? as u8, start: u("start")? as u32, end: u("end")? as u32 }))(),
-        "pad" => (|| Ok(Op::Pad { axis: u("axis")? as u8, before: u("before")? as u32, after: u("after")? as u32 }))(),
+        "slice" => (|| {
+            Ok(Op::Slice {
+                axis: u("axis")? as u8,
+                start: u("start")? as u32,
+                end: u("end")? as u32,
+            })
+        })(),
+        "pad" => (|| {
+            Ok(Op::Pad {
+                axis: u("axis")? as u8,
+                before: u("before")? as u32,
+                after: u("after")? as u32,
+            })
+        })(),
         "cast" => attrs::get(m, "to")
             .and_then(|d| DType::from_name(d).ok_or_else(|| format!("unknown dtype `{d}`")))
             .map(Op::Cast),
@@ -68,7 +92,11 @@ fn axis_ok(axis: u8, rank: usize) -> Result<usize, String> {
     Ok(a)
 }
 
-pub(super) fn infer(op: &Op, x: &[(DType, &[usize])], out: Option<&[usize]>) -> Result<(DType, Shape), String> {
+pub(super) fn infer(
+    op: &Op,
+    x: &[(DType, &[usize])],
+    out: Option<&[usize]>,
+) -> Result<(DType, Shape), String> {
     if !matches!(op, Op::Concat { .. }) {
         arity(x, 1)?;
     } else if x.is_empty() {
@@ -80,7 +108,11 @@ pub(super) fn infer(op: &Op, x: &[(DType, &[usize])], out: Option<&[usize]>) -> 
         Op::Reshape => {
             let t = target()?;
             if numel(t) != numel(s) {
-                return Err(format!("cannot reshape {} to {:?}: element counts differ", type_str(d, s), t));
+                return Err(format!(
+                    "cannot reshape {} to {:?}: element counts differ",
+                    type_str(d, s),
+                    t
+                ));
             }
             Shape::from_slice(t)
         }
@@ -93,7 +125,11 @@ pub(super) fn infer(op: &Op, x: &[(DType, &[usize])], out: Option<&[usize]>) -> 
         }
         Op::Transpose(p) => {
             if p.rank as usize != s.len() {
-                return Err(format!("permutation {:?} does not fit rank {}", p.to_vec(), s.len()));
+                return Err(format!(
+                    "permutation {:?} does not fit rank {}",
+                    p.to_vec(),
+                    s.len()
+                ));
             }
             p.to_vec().iter().map(|&a| s[a]).collect()
         }
@@ -105,7 +141,10 @@ pub(super) fn infer(op: &Op, x: &[(DType, &[usize])], out: Option<&[usize]>) -> 
             for (_, t) in x {
                 let fits = t.len() == s.len() && (0..s.len()).all(|i| i == a || t[i] == s[i]);
                 if !fits {
-                    return Err(format!("operands differ off axis {a}: {}", operand_types(x)));
+                    return Err(format!(
+                        "operands differ off axis {a}: {}",
+                        operand_types(x)
+                    ));
                 }
                 shape[a] += t[a];
             }
@@ -114,13 +153,20 @@ pub(super) fn infer(op: &Op, x: &[(DType, &[usize])], out: Option<&[usize]>) -> 
         Op::Slice { axis, start, end } => {
             let a = axis_ok(axis, s.len())?;
             if start > end || end as usize > s[a] {
-                return Err(format!("range {start}..{end} is out of bounds for axis {a} of {}", type_str(d, s)));
+                return Err(format!(
+                    "range {start}..{end} is out of bounds for axis {a} of {}",
+                    type_str(d, s)
+                ));
             }
             let mut shape = Shape::from_slice(s);
             shape[a] = (end - start) as usize;
             shape
         }
-        Op::Pad { axis, before, after } => {
+        Op::Pad {
+            axis,
+            before,
+            after,
+        } => {
             let a = axis_ok(axis, s.len())?;
             let mut shape = Shape::from_slice(s);
             shape[a] += (before + after) as usize;
@@ -134,19 +180,29 @@ pub(super) fn infer(op: &Op, x: &[(DType, &[usize])], out: Option<&[usize]>) -> 
 }
 
 fn reshape<T: Clone>(a: &Arr<T>, shape: &[usize]) -> Arr<T> {
-    a.clone().into_shape_with_order(IxDyn(shape)).expect("standard layout, same length")
+    a.clone()
+        .into_shape_with_order(IxDyn(shape))
+        .expect("standard layout, same length")
 }
 
-fn pad<T: Clone + num_traits::Zero>(a: &Arr<T>, axis: usize, before: usize, shape: &[usize]) -> Arr<T> {
+fn pad<T: Clone + num_traits::Zero>(
+    a: &Arr<T>,
+    axis: usize,
+    before: usize,
+    shape: &[usize],
+) -> Arr<T> {
     let mut out = ndarray::ArrayD::<T>::zeros(IxDyn(shape));
     let len = a.shape()[axis];
-    out.slice_axis_mut(Axis(axis), Slice::from(before..before + len)).assign(a);
+    out.slice_axis_mut(Axis(axis), Slice::from(before..before + len))
+        .assign(a);
     out.into_shared()
 }
 
 fn concat<T: Clone>(parts: &[&Arr<T>], axis: usize) -> Arr<T> {
     let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
-    ndarray::concatenate(Axis(axis), &views).expect("infer checked concat").into_shared()
+    ndarray::concatenate(Axis(axis), &views)
+        .expect("infer checked concat")
+        .into_shared()
 }
 
 pub(super) fn eval(op: &Op, x: &[&Data], shape: &[usize]) -> Data {
@@ -154,20 +210,50 @@ pub(super) fn eval(op: &Op, x: &[&Data], shape: &[usize]) -> Data {
     match *op {
         Op::Reshape => crate::map_data!(d, a => reshape(a, shape)),
         Op::StopGradient => d.clone(),
-        Op::BroadcastTo => crate::map_data!(d, a => a.broadcast(IxDyn(shape)).expect("checked").to_owned().into_shared()),
-        Op::Transpose(p) => crate::map_data!(d, a => a.view().permuted_axes(IxDyn(&p.to_vec())).as_standard_layout().into_owned().into_shared()),
+        Op::BroadcastTo => {
+            crate::map_data!(d, a => a.broadcast(IxDyn(shape)).expect("checked").to_owned().into_shared())
+        }
+        Op::Transpose(p) => {
+            crate::map_data!(d, a => a.view().permuted_axes(IxDyn(&p.to_vec())).as_standard_layout().into_owned().into_shared())
+        }
         Op::Slice { axis, start, end } => crate::map_data!(d, a => a
             .slice_axis(Axis(axis as usize), Slice::from(start as usize..end as usize))
             .as_standard_layout()
             .into_owned()
             .into_shared()),
-        Op::Pad { axis, before, .. } => crate::map_data!(d, a => pad(a, axis as usize, before as usize, shape)),
+        Op::Pad { axis, before, .. } => {
+            crate::map_data!(d, a => pad(a, axis as usize, before as usize, shape))
+        }
         Op::Concat { axis } => {
             let ax = axis as usize;
             match d {
-                Data::F32(_) => Data::F32(concat(&x.iter().map(|e| match e { Data::F32(a) => a, _ => unreachable!() }).collect::<Vec<_>>(), ax)),
-                Data::F64(_) => Data::F64(concat(&x.iter().map(|e| match e { Data::F64(a) => a, _ => unreachable!() }).collect::<Vec<_>>(), ax)),
-                Data::I64(_) => Data::I64(concat(&x.iter().map(|e| match e { Data::I64(a) => a, _ => unreachable!() }).collect::<Vec<_>>(), ax)),
+                Data::F32(_) => Data::F32(concat(
+                    &x.iter()
+                        .map(|e| match e {
+                            Data::F32(a) => a,
+                            _ => unreachable!(),
+                        })
+                        .collect::<Vec<_>>(),
+                    ax,
+                )),
+                Data::F64(_) => Data::F64(concat(
+                    &x.iter()
+                        .map(|e| match e {
+                            Data::F64(a) => a,
+                            _ => unreachable!(),
+                        })
+                        .collect::<Vec<_>>(),
+                    ax,
+                )),
+                Data::I64(_) => Data::I64(concat(
+                    &x.iter()
+                        .map(|e| match e {
+                            Data::I64(a) => a,
+                            _ => unreachable!(),
+                        })
+                        .collect::<Vec<_>>(),
+                    ax,
+                )),
             }
         }
         Op::Cast(to) => cast(d, to),
@@ -178,7 +264,9 @@ pub(super) fn eval(op: &Op, x: &[&Data], shape: &[usize]) -> Data {
 /// Converts a buffer to another dtype (floats to integers truncate toward zero).
 pub fn cast(d: &Data, to: DType) -> Data {
     match (d, to) {
-        (Data::F32(_), DType::F32) | (Data::F64(_), DType::F64) | (Data::I64(_), DType::I64) => d.clone(),
+        (Data::F32(_), DType::F32) | (Data::F64(_), DType::F64) | (Data::I64(_), DType::I64) => {
+            d.clone()
+        }
         (Data::F32(a), DType::F64) => Data::F64(ew::map(a, |v| v as f64)),
         (Data::F32(a), DType::I64) => Data::I64(ew::map(a, |v| v as i64)),
         (Data::F64(a), DType::F32) => Data::F32(ew::map(a, |v| v as f32)),
@@ -212,10 +300,16 @@ pub(super) fn vjp(op: &Op, a: &VjpArgs, gy: &Tensor) -> Grads {
         }
         Op::Pad { axis, before, .. } => {
             let len = x.shape()[axis as usize];
-            smallvec![Some(gy.slice_axis(axis as usize, before as usize, before as usize + len))]
+            smallvec![Some(gy.slice_axis(
+                axis as usize,
+                before as usize,
+                before as usize + len
+            ))]
         }
         // casts between floats pass the cotangent through; integers cut the path
-        Op::Cast(to) => smallvec![(to.is_float() && x.dtype().is_float()).then(|| gy.cast(x.dtype()))],
+        Op::Cast(to) => {
+            smallvec![(to.is_float() && x.dtype().is_float()).then(|| gy.cast(x.dtype()))]
+        }
         Op::StopGradient => smallvec![None],
         _ => unreachable!(),
     }

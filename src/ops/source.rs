@@ -22,6 +22,9 @@ pub(super) fn infer(op: &Op, x: &[(DType, &[usize])]) -> Result<(DType, Shape), 
             arity(x, 1)?;
             Ok((x[0].0, Shape::from_slice(x[0].1)))
         }
-        _ => Err(format!("`{}` gets its type from the graph builder, not from operands", name(op))),
+        _ => Err(format!(
+            "`{}` gets its type from the graph builder, not from operands",
+            name(op)
+        )),
     }
 }

@@ -1,6 +1,6 @@
 //! Constructors: scalars, vectors, from buffers and ndarrays, filled, seeded random, ranges.
 
-use super::{numel, Data, DType, Tensor};
+use super::{numel, DType, Data, Tensor};
 use crate::error::{Error, Result};
 use ndarray::{ArrayD, IxDyn};
 use rand::{Rng, SeedableRng};
@@ -44,7 +44,9 @@ impl Tensor {
     /// A 1-D tensor copied from a slice. `Tensor::vec(&[1.0f32, 2.0])`.
     #[track_caller]
     pub fn vec<T: Element>(v: &[T]) -> Tensor {
-        Tensor::from_data(T::into_data(ArrayD::from_shape_vec(IxDyn(&[v.len()]), v.to_vec()).expect("1-D")))
+        Tensor::from_data(T::into_data(
+            ArrayD::from_shape_vec(IxDyn(&[v.len()]), v.to_vec()).expect("1-D"),
+        ))
     }
 
     /// A tensor from row-major elements and a shape.
@@ -54,7 +56,10 @@ impl Tensor {
     pub fn from_vec<T: Element>(v: Vec<T>, shape: &[usize]) -> Result<Tensor> {
         let n = v.len();
         let a = ArrayD::from_shape_vec(IxDyn(shape), v).map_err(|_| {
-            Error::Invalid(format!("from_vec: {n} elements do not fill shape {shape:?} ({} elements)", numel(shape)))
+            Error::Invalid(format!(
+                "from_vec: {n} elements do not fill shape {shape:?} ({} elements)",
+                numel(shape)
+            ))
         })?;
         Ok(Tensor::from_data(T::into_data(a)))
     }
@@ -88,7 +93,11 @@ impl Tensor {
     pub fn arange(start: i64, end: i64, dtype: DType) -> Tensor {
         let v: Vec<f64> = (start..end.max(start)).map(|i| i as f64).collect();
         let n = v.len();
-        let d = Data::F64(ArrayD::from_shape_vec(IxDyn(&[n]), v).expect("1-D").into_shared());
+        let d = Data::F64(
+            ArrayD::from_shape_vec(IxDyn(&[n]), v)
+                .expect("1-D")
+                .into_shared(),
+        );
         Tensor::from_data(crate::ops::shape::cast(&d, dtype))
     }
 
@@ -115,13 +124,19 @@ impl Tensor {
     #[track_caller]
     pub fn random_uniform(shape: &[usize], low: f64, high: f64, seed: u64, dtype: DType) -> Tensor {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let v: Vec<f64> = (0..numel(shape)).map(|_| low + (high - low) * rng.gen::<f64>()).collect();
+        let v: Vec<f64> = (0..numel(shape))
+            .map(|_| low + (high - low) * rng.gen::<f64>())
+            .collect();
         Tensor::from_f64s(v, shape, dtype)
     }
 
     #[track_caller]
     fn from_f64s(v: Vec<f64>, shape: &[usize], dtype: DType) -> Tensor {
-        let d = Data::F64(ArrayD::from_shape_vec(IxDyn(shape), v).expect("shape").into_shared());
+        let d = Data::F64(
+            ArrayD::from_shape_vec(IxDyn(shape), v)
+                .expect("shape")
+                .into_shared(),
+        );
         Tensor::from_data(crate::ops::shape::cast(&d, dtype))
     }
 }

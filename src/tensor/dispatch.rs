@@ -50,11 +50,14 @@ pub(crate) fn apply(op: Op, inputs: &[&Tensor], out: Option<&[usize]>) -> Tensor
     let loc = location(Location::caller());
     for t in inputs {
         if let Kind::Poisoned { trace } = t.0.kind {
-            let shape = out.map(Shape::from_slice).unwrap_or_else(|| t.0.shape.clone());
+            let shape = out
+                .map(Shape::from_slice)
+                .unwrap_or_else(|| t.0.shape.clone());
             return Tensor::poisoned(trace, t.dtype(), shape, loc);
         }
     }
-    let types: SmallVec<[(DType, &[usize]); 4]> = inputs.iter().map(|t| (t.dtype(), t.shape())).collect();
+    let types: SmallVec<[(DType, &[usize]); 4]> =
+        inputs.iter().map(|t| (t.dtype(), t.shape())).collect();
     let (dtype, shape) = match op.infer(&types, out) {
         Ok(ty) => ty,
         Err(msg) => {

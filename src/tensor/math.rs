@@ -2,6 +2,11 @@
 //! sugar composed of them (`sub` by a scalar, `relu`, `square`, `mean`, `softmax`,
 //! `one_hot`, ...). Sugar gets gradients, folding and fusion for free.
 //!
+//! Scalars work on either side of `+ - * /` and are converted to the tensor's dtype:
+//! `&x * 2.0`, `&x * lr` with `lr: f32` or `f64`, `1.0 - &y`. On the left only `f64` is
+//! accepted, so that a bare literal like `2.0` infers (write `&x * lr` or `lr as f64 * &x`
+//! for an `f32` on the left).
+//!
 //! # Panics
 //! Every method here panics eagerly when its operands do not fit the op's rule (shapes
 //! that do not broadcast, a wrong dtype, an axis out of range), with a message naming
@@ -153,7 +158,14 @@ impl Tensor {
     /// Sum over axes given as `usize`.
     #[track_caller]
     pub fn sum_axes(&self, axes: &[usize], keep: bool) -> Tensor {
-        apply(Op::Sum { axes: AxisSet::of(axes), keep }, &[self], None)
+        apply(
+            Op::Sum {
+                axes: AxisSet::of(axes),
+                keep,
+            },
+            &[self],
+            None,
+        )
     }
 
     /// Sum of all elements (a scalar).
@@ -166,7 +178,10 @@ impl Tensor {
     #[track_caller]
     pub fn mean(&self, axes: &[isize], keep: bool) -> Tensor {
         let axes: Vec<usize> = axes.iter().map(|&a| norm_axis(a, self.rank())).collect();
-        let n: usize = axes.iter().map(|&a| self.shape().get(a).copied().unwrap_or(1)).product();
+        let n: usize = axes
+            .iter()
+            .map(|&a| self.shape().get(a).copied().unwrap_or(1))
+            .product();
         self.sum_axes(&axes, keep) / (n.max(1) as f64)
     }
 
@@ -180,7 +195,14 @@ impl Tensor {
     #[track_caller]
     pub fn max(&self, axes: &[isize], keep: bool) -> Tensor {
         let axes: Vec<usize> = axes.iter().map(|&a| norm_axis(a, self.rank())).collect();
-        apply(Op::Max { axes: AxisSet::of(&axes), keep }, &[self], None)
+        apply(
+            Op::Max {
+                axes: AxisSet::of(&axes),
+                keep,
+            },
+            &[self],
+            None,
+        )
     }
 
     /// Minimum over `axes` (`-max(-x)`).
@@ -192,7 +214,13 @@ impl Tensor {
     /// Index of the maximum along `axis` (i64, first on ties).
     #[track_caller]
     pub fn argmax(&self, axis: isize) -> Tensor {
-        apply(Op::ArgMax { axis: norm_axis(axis, self.rank()) as u8 }, &[self], None)
+        apply(
+            Op::ArgMax {
+                axis: norm_axis(axis, self.rank()) as u8,
+            },
+            &[self],
+            None,
+        )
     }
 
     /// Same elements in a new shape.
@@ -233,8 +261,12 @@ impl Tensor {
             Some(p) => apply(Op::Transpose(p), &[self], None),
             None => {
                 let loc = super::dispatch::location(std::panic::Location::caller());
-                let trace = super::dispatch::fail("transpose", format!("{perm:?} is not a permutation of ≤ 8 axes"), loc)
-                    .expect("fail panics when not tracing");
+                let trace = super::dispatch::fail(
+                    "transpose",
+                    format!("{perm:?} is not a permutation of ≤ 8 axes"),
+                    loc,
+                )
+                .expect("fail panics when not tracing");
                 Tensor::poisoned(trace, self.dtype(), self.0.shape.clone(), loc)
             }
         }
@@ -260,13 +292,29 @@ impl Tensor {
     /// `self[.., start..end, ..]` along `axis`.
     #[track_caller]
     pub fn slice_axis(&self, axis: usize, start: usize, end: usize) -> Tensor {
-        apply(Op::Slice { axis: axis as u8, start: start as u32, end: end as u32 }, &[self], None)
+        apply(
+            Op::Slice {
+                axis: axis as u8,
+                start: start as u32,
+                end: end as u32,
+            },
+            &[self],
+            None,
+        )
     }
 
     /// Zero-pads `axis` with `before` and `after` elements.
     #[track_caller]
     pub fn pad_axis(&self, axis: usize, before: usize, after: usize) -> Tensor {
-        apply(Op::Pad { axis: axis as u8, before: before as u32, after: after as u32 }, &[self], None)
+        apply(
+            Op::Pad {
+                axis: axis as u8,
+                before: before as u32,
+                after: after as u32,
+            },
+            &[self],
+            None,
+        )
     }
 
     /// Inserts a length-1 axis at `axis` (negative counts from the end of the result).
@@ -321,7 +369,14 @@ impl Tensor {
     /// Adds `self`'s entries into zeros of length `size` along `axis` at `indices`.
     #[track_caller]
     pub fn scatter_add(&self, indices: &Tensor, axis: usize, size: usize) -> Tensor {
-        apply(Op::ScatterAdd { axis: axis as u8, size: size as u32 }, &[self, indices], None)
+        apply(
+            Op::ScatterAdd {
+                axis: axis as u8,
+                size: size as u32,
+            },
+            &[self, indices],
+            None,
+        )
     }
 
     /// One-hot rows of length `depth` in `dtype` for integer labels (`[..] -> [.., depth]`).
@@ -329,7 +384,9 @@ impl Tensor {
     #[track_caller]
     pub fn one_hot(&self, depth: usize, dtype: DType) -> Tensor {
         let labels = self.cast(DType::I64).expand_dims(-1);
-        labels.eq(&Tensor::arange(0, depth as i64, DType::I64)).cast(dtype)
+        labels
+            .eq(&Tensor::arange(0, depth as i64, DType::I64))
+            .cast(dtype)
     }
 
     /// Matrix product of the last two axes (batched over leading ones).
@@ -347,13 +404,21 @@ impl Tensor {
     /// 2-D convolution of an NHWC input with a `[kh,kw,cin,cout]` filter.
     #[track_caller]
     pub fn conv2d(&self, filter: &Tensor, stride: (usize, usize), padding: Padding) -> Tensor {
-        let attrs = ConvAttrs { stride: (stride.0 as u8, stride.1 as u8), padding };
+        let attrs = ConvAttrs {
+            stride: (stride.0 as u8, stride.1 as u8),
+            padding,
+        };
         apply(Op::Conv2d(attrs), &[self, filter], None)
     }
 
     /// 2-D max pooling of an NHWC input.
     #[track_caller]
-    pub fn max_pool2d(&self, ksize: (usize, usize), stride: (usize, usize), padding: Padding) -> Tensor {
+    pub fn max_pool2d(
+        &self,
+        ksize: (usize, usize),
+        stride: (usize, usize),
+        padding: Padding,
+    ) -> Tensor {
         let attrs = PoolAttrs {
             ksize: (ksize.0 as u8, ksize.1 as u8),
             stride: (stride.0 as u8, stride.1 as u8),
@@ -364,7 +429,11 @@ impl Tensor {
 
     #[track_caller]
     pub(crate) fn conv2d_op(op: Op, a: &Tensor, b: &Tensor, out: &[usize]) -> Tensor {
-        let out = if matches!(op, Op::Conv2d(_)) { None } else { Some(out) };
+        let out = if matches!(op, Op::Conv2d(_)) {
+            None
+        } else {
+            Some(out)
+        };
         apply(op, &[a, b], out)
     }
 
@@ -433,21 +502,20 @@ macro_rules! binop {
                 self.$m(&rhs)
             }
         }
-        binop!(@scalar $tr, $m, f32);
         binop!(@scalar $tr, $m, f64);
     };
     (@scalar $tr:ident, $m:ident, $s:ty) => {
-        impl $tr<$s> for &Tensor {
+        impl<S: Scalar> $tr<S> for &Tensor {
             type Output = Tensor;
             #[track_caller]
-            fn $m(self, rhs: $s) -> Tensor {
-                self.$m(&self.scalar_like(rhs as f64))
+            fn $m(self, rhs: S) -> Tensor {
+                self.$m(&self.scalar_like(rhs.to_f64()))
             }
         }
-        impl $tr<$s> for Tensor {
+        impl<S: Scalar> $tr<S> for Tensor {
             type Output = Tensor;
             #[track_caller]
-            fn $m(self, rhs: $s) -> Tensor {
+            fn $m(self, rhs: S) -> Tensor {
                 (&self).$m(rhs)
             }
         }
@@ -455,7 +523,7 @@ macro_rules! binop {
             type Output = Tensor;
             #[track_caller]
             fn $m(self, rhs: &Tensor) -> Tensor {
-                rhs.scalar_like(self as f64).$m(rhs)
+                rhs.scalar_like(self).$m(rhs)
             }
         }
         impl $tr<Tensor> for $s {
@@ -466,6 +534,24 @@ macro_rules! binop {
             }
         }
     };
+}
+
+/// Plain numbers usable on the right of `+ - * /` with a tensor (`f32`, `f64`).
+pub trait Scalar: Copy {
+    /// The value as f64 (converted to the tensor's dtype by the op).
+    fn to_f64(self) -> f64;
+}
+
+impl Scalar for f32 {
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+}
+
+impl Scalar for f64 {
+    fn to_f64(self) -> f64 {
+        self
+    }
 }
 
 binop!(Add, add, Binary::Add);

@@ -18,6 +18,7 @@ mod variable;
 
 pub use data::{Arr, Data, Float};
 pub use dtype::{broadcast_shapes, numel, type_str, DType, Shape};
+pub use math::Scalar;
 pub use variable::Variable;
 
 use crate::error::{Error, Loc, Result};
@@ -79,7 +80,13 @@ impl Tensor {
         Tensor::from_data_at(data, std::panic::Location::caller())
     }
 
-    pub(crate) fn symbolic(trace: u64, node: NodeId, dtype: DType, shape: Shape, loc: Loc) -> Tensor {
+    pub(crate) fn symbolic(
+        trace: u64,
+        node: NodeId,
+        dtype: DType,
+        shape: Shape,
+        loc: Loc,
+    ) -> Tensor {
         Tensor(Arc::new(Inner {
             id: fresh_id(),
             dtype,
@@ -157,7 +164,12 @@ impl Tensor {
 
     /// All elements as `f32`, row-major (converting from the tensor's dtype).
     pub fn to_vec_f32(&self) -> Result<Vec<f32>> {
-        Ok(self.data()?.to_f64_vec().into_iter().map(|x| x as f32).collect())
+        Ok(self
+            .data()?
+            .to_f64_vec()
+            .into_iter()
+            .map(|x| x as f32)
+            .collect())
     }
 
     /// All elements as `f64`, row-major (converting from the tensor's dtype).
@@ -200,8 +212,10 @@ impl Tensor {
 
     /// The elements as an f64 ndarray (converting from the tensor's dtype).
     pub fn to_ndarray_f64(&self) -> Result<ndarray::ArrayD<f64>> {
-        Ok(ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(self.shape()), self.to_vec_f64()?)
-            .expect("shape matches length"))
+        Ok(
+            ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(self.shape()), self.to_vec_f64()?)
+                .expect("shape matches length"),
+        )
     }
 }
 
@@ -218,16 +232,12 @@ impl fmt::Display for Tensor {
         let ty = type_str(self.dtype(), self.shape());
         match &self.0.kind {
             Kind::Concrete(d) => {
-                let v = d.to_f64_vec();
-                let shown: Vec<String> = v
-                    .iter()
-                    .take(8)
-                    .map(|x| match d.dtype() {
-                        DType::I64 => format!("{}", *x as i64),
-                        _ => format!("{x}"),
-                    })
-                    .collect();
-                let more = if v.len() > 8 { ", ..." } else { "" };
+                let shown: Vec<String> = match d {
+                    Data::F32(a) => a.iter().take(8).map(|x| x.to_string()).collect(),
+                    Data::F64(a) => a.iter().take(8).map(|x| x.to_string()).collect(),
+                    Data::I64(a) => a.iter().take(8).map(|x| x.to_string()).collect(),
+                };
+                let more = if d.len() > 8 { ", ..." } else { "" };
                 write!(f, "Tensor({ty} [{}{more}])", shown.join(", "))
             }
             Kind::Symbolic { node, .. } => write!(f, "Tensor(symbolic {ty} node {})", node.index()),

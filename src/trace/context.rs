@@ -69,7 +69,8 @@ pub(crate) fn add_node(op: Op, inputs: &[&Tensor], dtype: DType, shape: Shape, l
     let res = STACK.with(|s| {
         let mut s = s.borrow_mut();
         let ctx = s.last_mut().expect("add_node is called while tracing");
-        let operands: Result<Vec<NodeId>, String> = inputs.iter().map(|t| node_for(ctx, t)).collect();
+        let operands: Result<Vec<NodeId>, String> =
+            inputs.iter().map(|t| node_for(ctx, t)).collect();
         match operands {
             Ok(operands) => {
                 let mut node = Node::new(op, dtype, shape.clone());
@@ -134,9 +135,19 @@ pub(crate) fn assign_var(v: &Variable, value: &Tensor, loc: Loc) -> bool {
                 return true;
             }
         };
-        let var = GraphVar { name: v.name().to_string(), dtype: v.dtype(), shape: Shape::from_slice(v.shape()), handle: Some(v.clone()) };
+        let var = GraphVar {
+            name: v.name().to_string(),
+            dtype: v.dtype(),
+            shape: Shape::from_slice(v.shape()),
+            handle: Some(v.clone()),
+        };
         let idx = ctx.graph.var_index(var);
-        if let Some(pos) = ctx.graph.assigns.iter().position(|&a| ctx.graph.node(a).op == Op::Assign(idx)) {
+        if let Some(pos) = ctx
+            .graph
+            .assigns
+            .iter()
+            .position(|&a| ctx.graph.node(a).op == Op::Assign(idx))
+        {
             let old = ctx.graph.assigns.remove(pos);
             ctx.graph.remove(old);
         }
@@ -147,7 +158,13 @@ pub(crate) fn assign_var(v: &Variable, value: &Tensor, loc: Loc) -> bool {
         let value = if value.is_symbolic() {
             value.clone()
         } else {
-            Tensor::symbolic(ctx.id, operand, v.dtype(), Shape::from_slice(v.shape()), loc)
+            Tensor::symbolic(
+                ctx.id,
+                operand,
+                v.dtype(),
+                Shape::from_slice(v.shape()),
+                loc,
+            )
         };
         ctx.vars.insert(v.id(), value);
         true
@@ -159,7 +176,13 @@ pub(crate) fn assign_var(v: &Variable, value: &Tensor, loc: Loc) -> bool {
 pub(crate) fn with_graph<R>(graph: Graph, f: impl FnOnce(u64) -> R) -> (Graph, Result<R, Error>) {
     let id = fresh_id();
     STACK.with(|s| {
-        s.borrow_mut().push(Ctx { id, graph, consts: HashMap::new(), vars: HashMap::new(), error: None })
+        s.borrow_mut().push(Ctx {
+            id,
+            graph,
+            consts: HashMap::new(),
+            vars: HashMap::new(),
+            error: None,
+        })
     });
     // pop the context even if `f` panics, so the thread stays usable
     struct Pop;
@@ -188,7 +211,9 @@ pub(crate) fn with_graph<R>(graph: Graph, f: impl FnOnce(u64) -> R) -> (Graph, R
 pub(crate) fn node_of(t: &Tensor) -> Result<NodeId, Error> {
     STACK.with(|s| {
         let mut s = s.borrow_mut();
-        let ctx = s.last_mut().ok_or_else(|| Error::Symbolic("not tracing".into()))?;
+        let ctx = s
+            .last_mut()
+            .ok_or_else(|| Error::Symbolic("not tracing".into()))?;
         node_for(ctx, t).map_err(Error::Symbolic)
     })
 }
@@ -209,6 +234,39 @@ pub(crate) fn add_input(i: usize, dtype: DType, shape: &[usize], loc: Loc) -> Te
 /// Marks `t` as a graph output (concrete values become constants).
 pub(crate) fn add_output(t: &Tensor) -> Result<(), Error> {
     let n = node_of(t)?;
-    STACK.with(|s| s.borrow_mut().last_mut().expect("tracing").graph.outputs.push(n));
+    STACK.with(|s| {
+        s.borrow_mut()
+            .last_mut()
+            .expect("tracing")
+            .graph
+            .outputs
+            .push(n)
+    });
     Ok(())
+}
+
+/// Symbolic tensors of the current trace for existing nodes (one handle per node).
+pub(crate) fn tensors_of(nodes: &[NodeId]) -> Vec<Tensor> {
+    STACK.with(|s| {
+        let s = s.borrow();
+        let ctx = s.last().expect("tracing");
+        nodes
+            .iter()
+            .map(|&node| {
+                let n = ctx.graph.node(node);
+                Tensor::symbolic(
+                    ctx.id,
+                    node,
+                    n.dtype,
+                    n.shape.clone(),
+                    n.loc.unwrap_or(std::panic::Location::caller()),
+                )
+            })
+            .collect()
+    })
+}
+
+/// Runs `f` on the graph being built (read-only), for the node `n`.
+pub(crate) fn with_node<R>(_n: NodeId, f: impl FnOnce(&Graph) -> R) -> R {
+    STACK.with(|s| f(&s.borrow().last().expect("tracing").graph))
 }

@@ -66,7 +66,11 @@ impl Outputs for (Tensor, Tensor, Tensor) {
     }
     fn unflatten(v: Vec<Tensor>) -> Self {
         let mut it = v.into_iter();
-        (it.next().expect("3"), it.next().expect("3"), it.next().expect("3"))
+        (
+            it.next().expect("3"),
+            it.next().expect("3"),
+            it.next().expect("3"),
+        )
     }
 }
 
@@ -74,7 +78,7 @@ impl Outputs for (Tensor, Tensor, Tensor) {
 pub trait Traceable<A> {
     /// What the closure returns on success.
     type Out: Outputs;
-    /// Number of tensor arguments.
+    /// Number of tensor arguments (`usize::MAX` for a closure over a slice: any number).
     const ARITY: usize;
     /// Calls the closure with `args.len() == ARITY` tensors.
     fn invoke(&self, args: &[Tensor]) -> Result<Self::Out>;
@@ -97,6 +101,18 @@ macro_rules! traceable {
     };
     (@t $i:tt) => { Tensor };
     (@r $i:tt) => { &Tensor };
+}
+
+impl<F, O> Traceable<Vec<Tensor>> for F
+where
+    F: Fn(&[Tensor]) -> Result<O>,
+    O: Outputs,
+{
+    type Out = O;
+    const ARITY: usize = usize::MAX;
+    fn invoke(&self, args: &[Tensor]) -> Result<O> {
+        self(args)
+    }
 }
 
 traceable!(0;);
@@ -191,7 +207,16 @@ pub fn function<A, F: Traceable<A>>(f: F) -> Function<A, F> {
 
 /// [`function`] with a chosen optimization pipeline (e.g. with a pass turned off).
 pub fn function_with<A, F: Traceable<A>>(f: F, config: PassConfig) -> Function<A, F> {
-    Function { f, config, state: Mutex::new(State { cache: Vec::new(), traces: 0, reasons: Vec::new() }), _args: PhantomData }
+    Function {
+        f,
+        config,
+        state: Mutex::new(State {
+            cache: Vec::new(),
+            traces: 0,
+            reasons: Vec::new(),
+        }),
+        _args: PhantomData,
+    }
 }
 
 impl<A, F: Traceable<A>> Function<A, F> {
@@ -209,10 +234,17 @@ impl<A, F: Traceable<A>> Function<A, F> {
     #[track_caller]
     pub fn concrete(&self, args: &[&Tensor]) -> Result<Arc<ConcreteFunction>> {
         let loc = Location::caller();
-        if args.len() != F::ARITY {
-            return Err(Error::Function(format!("expects {} arguments, got {} (at {loc})", F::ARITY, args.len())));
+        if F::ARITY != usize::MAX && args.len() != F::ARITY {
+            return Err(Error::Function(format!(
+                "expects {} arguments, got {} (at {loc})",
+                F::ARITY,
+                args.len()
+            )));
         }
-        let sig: Signature = args.iter().map(|a| (a.dtype(), Shape::from_slice(a.shape()))).collect();
+        let sig: Signature = args
+            .iter()
+            .map(|a| (a.dtype(), Shape::from_slice(a.shape())))
+            .collect();
         let mut st = self.state.lock().expect("function lock");
         if let Some(c) = st.cache.iter().find(|c| c.signature == sig) {
             return Ok(c.clone());
@@ -224,9 +256,16 @@ impl<A, F: Traceable<A>> Function<A, F> {
                 .zip(&sig)
                 .enumerate()
                 .filter(|(_, (a, b))| a != b)
-                .map(|(i, (a, b))| format!("argument {i} changed from {} to {}", type_str(a.0, &a.1), type_str(b.0, &b.1)))
+                .map(|(i, (a, b))| {
+                    format!(
+                        "argument {i} changed from {} to {}",
+                        type_str(a.0, &a.1),
+                        type_str(b.0, &b.1)
+                    )
+                })
                 .collect();
-            st.reasons.push(format!("retrace at {loc}: {}", changed.join("; ")));
+            st.reasons
+                .push(format!("retrace at {loc}: {}", changed.join("; ")));
         }
         let c = Arc::new(self.trace(sig)?);
         st.traces += 1;
@@ -238,8 +277,11 @@ impl<A, F: Traceable<A>> Function<A, F> {
         let start = std::time::Instant::now();
         let loc = Location::caller();
         let (graph, res) = context::with_graph(Graph::new(), |_| -> Result<()> {
-            let args: Vec<Tensor> =
-                sig.iter().enumerate().map(|(i, (d, s))| context::add_input(i, *d, s, loc)).collect();
+            let args: Vec<Tensor> = sig
+                .iter()
+                .enumerate()
+                .map(|(i, (d, s))| context::add_input(i, *d, s, loc))
+                .collect();
             let out = self.f.invoke(&args)?;
             for t in out.flatten() {
                 context::add_output(&t)?;
@@ -250,7 +292,13 @@ impl<A, F: Traceable<A>> Function<A, F> {
         crate::ir::verify(&graph)?;
         let (optimized, pass_stats) = crate::passes::run_pipeline(&graph, &self.config)?;
         let plan = Plan::new(optimized)?;
-        Ok(ConcreteFunction { signature: sig, traced: graph, plan, pass_stats, compile_time: start.elapsed() })
+        Ok(ConcreteFunction {
+            signature: sig,
+            traced: graph,
+            plan,
+            pass_stats,
+            compile_time: start.elapsed(),
+        })
     }
 
     /// Traces (if needed) and runs on a slice of arguments.

@@ -2,4 +2,6 @@
 pub(crate) mod context;
 mod function;
 
-pub use function::{function, function_with, ConcreteFunction, Function, Outputs, Signature, Traceable};
+pub use function::{
+    function, function_with, ConcreteFunction, Function, Outputs, Signature, Traceable,
+};

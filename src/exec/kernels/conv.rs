@@ -1,78 +1,458 @@
-//! Direct 2-D convolution (temporary; replaced by the im2col + GEMM kernels).
-use crate::tensor::Float;
+//! 2-D convolution kernels: NHWC input `[n, h, w, cin]`, filter `[kh, kw, cin, cout]`
+//! (TensorFlow's layouts), output `[n, oh, ow, cout]`; forward and both backprops.
+//!
+//! Owns: [`Padding`] and its TensorFlow output/padding rule (shared with pooling),
+//! [`Conv2dGeom`] (the one place conv shapes are checked), [`conv2d`],
+//! [`conv2d_backprop_input`] and [`conv2d_backprop_filter`].
+//!
+//! Algorithm: im2col + GEMM. Output row `r = (b, oy, ox)` of the im2col matrix `col`
+//! holds the receptive field of that output pixel in filter order `(ky, kx, ci)`, zeros
+//! where it hangs over the padding, so with `K = kh·kw·cin`:
+//! - forward: `y[rows, cout] = col[rows, K] · w[K, cout]` (the filter is already `[K, cout]`);
+//! - input grad: `dcol = gy · wᵀ`, then col2im scatter-adds `dcol` back onto `gx`;
+//! - filter grad: `gw[K, cout] = colᵀ · gy`.
+//!
+//! A 1×1, stride-1, unpadded conv skips im2col (`col` is `x` itself).
+//!
+//! Invariants:
+//! - Memory stays bounded: `col` (and the input grad's `dcol`) is built per chunk of
+//!   output rows, about `COL_CHUNK_ELEMS` elements per worker, never for the whole
+//!   batch; the filter grad keeps at most `MAX_PARTIALS` partial sums, within about
+//!   `PARTIALS_ELEMS` elements (or a single one, when the filter alone is larger).
+//! - Deterministic: chunk and task boundaries depend only on the geometry, never on
+//!   the thread count, and so does every choice between the serial and the parallel
+//!   GEMM. Forward chunks are independent; input-grad tasks own whole images (their
+//!   `gx` regions are disjoint) and scatter-add in row order; the filter grad sums
+//!   its chunks' products in order within fixed groups, then the groups in order.
 
-/// Padding mode, TensorFlow semantics.
+use super::gemm::{gemm, gemm_serial};
+use crate::tensor::Float;
+use rayon::prelude::*;
+
+/// Target size, in elements, of one chunk's im2col buffer (256 KiB of f32).
+const COL_CHUNK_ELEMS: usize = 1 << 16;
+/// Fewest output rows per chunk, so small-`K` convs still give GEMM some height.
+const MIN_CHUNK_ROWS: usize = 64;
+/// Most output rows per chunk, so large batches still split across threads.
+const MAX_CHUNK_ROWS: usize = 2048;
+/// Budget, in elements, for the filter grad's per-group partial sums (8 MiB of f32).
+const PARTIALS_ELEMS: usize = 1 << 21;
+/// Most groups the filter grad splits its reduction into.
+const MAX_PARTIALS: usize = 64;
+
+/// How a window is placed over the input edges (TensorFlow's `padding` attribute).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Padding {
-    /// No padding.
+    /// No padding: only windows that fit inside the input; `out = (len - k) / s + 1`.
     Valid,
-    /// Output = ceil(input / stride).
+    /// Zero padding so that `out = ceil(len / s)`; the odd pixel of padding, if any,
+    /// goes at the bottom/right.
     Same,
 }
 
-/// Geometry of one convolution.
+impl Padding {
+    /// Output length and padding before the first element along one axis of length
+    /// `len`, for a window of `k` and a stride `s`. `None` when a `Valid` window does
+    /// not fit.
+    ///
+    /// # Panics
+    /// If `s` is 0.
+    ///
+    /// # Example
+    /// ```
+    /// use tapeflow::exec::kernels::conv::Padding;
+    /// assert_eq!(Padding::Valid.out_len_and_pad(28, 3, 1), Some((26, 0)));
+    /// assert_eq!(Padding::Same.out_len_and_pad(5, 3, 2), Some((3, 1)));
+    /// assert_eq!(Padding::Valid.out_len_and_pad(2, 3, 1), None);
+    /// ```
+    pub fn out_len_and_pad(self, len: usize, k: usize, s: usize) -> Option<(usize, usize)> {
+        match self {
+            Padding::Valid => (len >= k).then(|| ((len - k) / s + 1, 0)),
+            Padding::Same => {
+                let out = len.div_ceil(s);
+                let pad_total = if out == 0 {
+                    0
+                } else {
+                    ((out - 1) * s + k).saturating_sub(len)
+                };
+                Some((out, pad_total / 2))
+            }
+        }
+    }
+}
+
+/// The checked geometry of one 2-D convolution: input `[n, h, w, cin]`, filter
+/// `[kh, kw, cin, cout]`, strides, padding before the first row/column, and the output
+/// size `[n, oh, ow, cout]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[allow(missing_docs)]
-pub struct Conv2dGeom { pub n: usize, pub h: usize, pub w: usize, pub cin: usize, pub kh: usize, pub kw: usize, pub cout: usize, pub sh: usize, pub sw: usize, pub pad_top: usize, pub pad_left: usize, pub oh: usize, pub ow: usize }
+pub struct Conv2dGeom {
+    /// Batch size.
+    pub n: usize,
+    /// Input height.
+    pub h: usize,
+    /// Input width.
+    pub w: usize,
+    /// Input channels.
+    pub cin: usize,
+    /// Filter height.
+    pub kh: usize,
+    /// Filter width.
+    pub kw: usize,
+    /// Output channels.
+    pub cout: usize,
+    /// Vertical stride.
+    pub sh: usize,
+    /// Horizontal stride.
+    pub sw: usize,
+    /// Zero rows above the input (the rest of the vertical padding is below).
+    pub pad_top: usize,
+    /// Zero columns left of the input (the rest of the horizontal padding is right).
+    pub pad_left: usize,
+    /// Output height.
+    pub oh: usize,
+    /// Output width.
+    pub ow: usize,
+}
 
 impl Conv2dGeom {
-    /// Geometry from shapes.
-    pub fn new(x: &[usize], w: &[usize], stride: (usize, usize), padding: Padding) -> Result<Conv2dGeom, String> {
-        if x.len() != 4 || w.len() != 4 || x[3] != w[2] || stride.0 == 0 || stride.1 == 0 {
-            return Err(format!("input {x:?} and filter {w:?} do not fit"));
+    /// Checks that input `x_shape` `[n, h, w, cin]` and filter `w_shape`
+    /// `[kh, kw, cin, cout]` fit together with the given stride `(sh, sw)` and padding.
+    ///
+    /// # Errors
+    /// A message naming both shapes when either is not rank 4, the channel counts
+    /// differ, a stride or filter size is zero, or the filter is larger than the
+    /// (padded) input.
+    ///
+    /// # Example
+    /// ```
+    /// use tapeflow::exec::kernels::conv::{Conv2dGeom, Padding};
+    /// let g = Conv2dGeom::new(&[32, 28, 28, 1], &[3, 3, 1, 32], (1, 1), Padding::Valid).unwrap();
+    /// assert_eq!(g.out_shape(), [32, 26, 26, 32]);
+    /// assert!(Conv2dGeom::new(&[32, 28, 28, 2], &[3, 3, 1, 32], (1, 1), Padding::Valid).is_err());
+    /// ```
+    pub fn new(
+        x_shape: &[usize],
+        w_shape: &[usize],
+        stride: (usize, usize),
+        padding: Padding,
+    ) -> Result<Conv2dGeom, String> {
+        let fail = |why: &str| {
+            Err(format!(
+                "conv2d: input {x_shape:?} [n, h, w, cin] and filter {w_shape:?} [kh, kw, cin, cout] \
+                 (stride {stride:?}, {padding:?}): {why}"
+            ))
+        };
+        let (&[n, h, w, cin], &[kh, kw, wcin, cout]) = (x_shape, w_shape) else {
+            return fail("both must be rank 4");
+        };
+        if cin != wcin {
+            return fail(&format!("input has {cin} channels, filter expects {wcin}"));
         }
-        let (oh, pt) = out_len(x[1], w[0], stride.0, padding)?;
-        let (ow, pl) = out_len(x[2], w[1], stride.1, padding)?;
-        Ok(Conv2dGeom { n: x[0], h: x[1], w: x[2], cin: x[3], kh: w[0], kw: w[1], cout: w[3], sh: stride.0, sw: stride.1, pad_top: pt, pad_left: pl, oh, ow })
+        let (sh, sw) = stride;
+        if sh == 0 || sw == 0 {
+            return fail("strides must be at least 1");
+        }
+        if kh == 0 || kw == 0 {
+            return fail("filter height and width must be at least 1");
+        }
+        let (Some((oh, pad_top)), Some((ow, pad_left))) = (
+            padding.out_len_and_pad(h, kh, sh),
+            padding.out_len_and_pad(w, kw, sw),
+        ) else {
+            return fail("filter is larger than the input");
+        };
+        Ok(Conv2dGeom {
+            n,
+            h,
+            w,
+            cin,
+            kh,
+            kw,
+            cout,
+            sh,
+            sw,
+            pad_top,
+            pad_left,
+            oh,
+            ow,
+        })
     }
-    /// `[n, oh, ow, cout]`
+
+    /// The output shape `[n, oh, ow, cout]`.
     pub fn out_shape(&self) -> [usize; 4] {
         [self.n, self.oh, self.ow, self.cout]
     }
+
+    /// Output pixels over the batch: the rows of the im2col matrix.
+    fn rows(&self) -> usize {
+        self.n * self.oh * self.ow
+    }
+
+    /// Length of one receptive field: the columns of the im2col matrix.
+    fn k(&self) -> usize {
+        self.kh * self.kw * self.cin
+    }
+
+    /// Whether the im2col matrix is `x` itself.
+    fn is_pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.sh == 1 && self.sw == 1
+    }
+
+    /// Output rows per chunk: depends on the geometry only (determinism).
+    fn chunk_rows(&self) -> usize {
+        (COL_CHUNK_ELEMS / self.k().max(1)).clamp(MIN_CHUNK_ROWS, MAX_CHUNK_ROWS)
+    }
+
+    fn check(&self, what: &str, len: usize, shape: [usize; 4]) {
+        let want: usize = shape.iter().product();
+        assert_eq!(
+            len, want,
+            "conv2d: {what} has {len} elements, geometry wants {shape:?}"
+        );
+    }
 }
 
-fn out_len(h: usize, k: usize, s: usize, p: Padding) -> Result<(usize, usize), String> {
-    match p {
-        Padding::Valid => {
-            if k > h { return Err(format!("kernel {k} larger than input {h}")); }
-            Ok(((h - k) / s + 1, 0))
+/// Forward convolution `y = x ⋆ w`: `x` `[n, h, w, cin]`, `w` `[kh, kw, cin, cout]`,
+/// returns `y` `[n, oh, ow, cout]` (cross-correlation, as in TensorFlow).
+///
+/// # Panics
+/// If a slice length does not match `g`.
+///
+/// # Example
+/// ```
+/// use tapeflow::exec::kernels::conv::{conv2d, Conv2dGeom, Padding};
+/// // A 3x3 image, a 2x2 box filter, stride 1, no padding.
+/// let g = Conv2dGeom::new(&[1, 3, 3, 1], &[2, 2, 1, 1], (1, 1), Padding::Valid).unwrap();
+/// let x = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0];
+/// assert_eq!(conv2d(&x, &[1.0f32; 4], &g), vec![12.0, 16.0, 24.0, 28.0]);
+/// ```
+pub fn conv2d<T: Float>(x: &[T], w: &[T], g: &Conv2dGeom) -> Vec<T> {
+    g.check("input", x.len(), [g.n, g.h, g.w, g.cin]);
+    g.check("filter", w.len(), [g.kh, g.kw, g.cin, g.cout]);
+    let (rows, k, cout) = (g.rows(), g.k(), g.cout);
+    let mut y = vec![T::zero(); rows * cout];
+    if y.is_empty() || k == 0 {
+        return y;
+    }
+    if g.is_pointwise() {
+        gemm(x, w, &mut y, rows, k, cout, false, false);
+        return y;
+    }
+    let chunk = g.chunk_rows();
+    let multiply = piece_gemm(rows.div_ceil(chunk));
+    y.par_chunks_mut(chunk * cout)
+        .enumerate()
+        .for_each_init(Vec::new, |col, (i, yc)| {
+            let nr = yc.len() / cout;
+            col.resize(nr * k, T::zero());
+            im2col(x, g, i * chunk, col);
+            multiply(col, w, yc, nr, k, cout, false, false);
+        });
+    y
+}
+
+/// Gradient of [`conv2d`] with respect to its input: given `gy` `[n, oh, ow, cout]`
+/// and `w`, returns `gx` `[n, h, w, cin]` (TensorFlow's `Conv2DBackpropInput`).
+///
+/// # Panics
+/// If a slice length does not match `g`.
+pub fn conv2d_backprop_input<T: Float>(gy: &[T], w: &[T], g: &Conv2dGeom) -> Vec<T> {
+    g.check("output gradient", gy.len(), g.out_shape());
+    g.check("filter", w.len(), [g.kh, g.kw, g.cin, g.cout]);
+    let (k, cout) = (g.k(), g.cout);
+    let image = g.h * g.w * g.cin;
+    let mut gx = vec![T::zero(); g.n * image];
+    if gx.is_empty() || g.rows() == 0 || cout == 0 {
+        return gx;
+    }
+    if g.is_pointwise() {
+        // gx = gy · wᵀ with w read as [cin, cout].
+        gemm(gy, w, &mut gx, g.rows(), cout, k, false, true);
+        return gx;
+    }
+    // Tasks own whole images, so their gx regions are disjoint; inside a task, dcol
+    // is built a chunk of rows at a time and scatter-added in row order.
+    let (chunk, pixels) = (g.chunk_rows(), g.oh * g.ow);
+    let images = (chunk / pixels).max(1);
+    let multiply = piece_gemm(g.n.div_ceil(images));
+    gx.par_chunks_mut(images * image)
+        .enumerate()
+        .for_each_init(Vec::new, |dcol, (i, gxc)| {
+            let first = i * images * pixels;
+            let task_rows = gxc.len() / image * pixels;
+            for r in (0..task_rows).step_by(chunk) {
+                let nr = chunk.min(task_rows - r);
+                dcol.resize(nr * k, T::zero());
+                let gyc = &gy[(first + r) * cout..(first + r + nr) * cout];
+                multiply(gyc, w, dcol, nr, cout, k, false, true);
+                col2im(dcol, g, r, gxc);
+            }
+        });
+    gx
+}
+
+/// Gradient of [`conv2d`] with respect to its filter: given `x` and `gy`
+/// `[n, oh, ow, cout]`, returns `gw` `[kh, kw, cin, cout]` (TensorFlow's
+/// `Conv2DBackpropFilter`).
+///
+/// # Panics
+/// If a slice length does not match `g`.
+pub fn conv2d_backprop_filter<T: Float>(x: &[T], gy: &[T], g: &Conv2dGeom) -> Vec<T> {
+    g.check("input", x.len(), [g.n, g.h, g.w, g.cin]);
+    g.check("output gradient", gy.len(), g.out_shape());
+    let (rows, k, cout) = (g.rows(), g.k(), g.cout);
+    let mut gw = vec![T::zero(); k * cout];
+    if gw.is_empty() || rows == 0 {
+        return gw;
+    }
+    if g.is_pointwise() {
+        // gw = xᵀ · gy: one GEMM; its parallel split never cuts the reduction over rows.
+        gemm(x, gy, &mut gw, k, rows, cout, true, false);
+        return gw;
+    }
+    // Chunks are dealt out in contiguous runs to a bounded number of groups; each
+    // group sums its chunks' colᵀ·gy in order, then the groups are summed in order.
+    let chunk = g.chunk_rows();
+    let chunks = rows.div_ceil(chunk);
+    let groups = (PARTIALS_ELEMS / (k * cout))
+        .clamp(1, MAX_PARTIALS)
+        .min(chunks);
+    let per_group = chunks.div_ceil(groups);
+    let groups = chunks.div_ceil(per_group);
+    let multiply = piece_gemm(groups);
+    let partials: Vec<Vec<T>> = (0..groups)
+        .into_par_iter()
+        .map_init(
+            || (Vec::new(), Vec::new()),
+            |(col, part), grp| {
+                let mut sum = vec![T::zero(); k * cout];
+                part.resize(k * cout, T::zero());
+                for r0 in (grp * per_group * chunk..rows)
+                    .step_by(chunk)
+                    .take(per_group)
+                {
+                    let nr = chunk.min(rows - r0);
+                    col.resize(nr * k, T::zero());
+                    im2col(x, g, r0, col);
+                    let gyc = &gy[r0 * cout..(r0 + nr) * cout];
+                    multiply(col, gyc, part, k, nr, cout, true, false);
+                    add_into(&mut sum, part);
+                }
+                sum
+            },
+        )
+        .collect();
+    // Fixed left-to-right order over groups: the same bits for any pool.
+    for sum in &partials {
+        add_into(&mut gw, sum);
+    }
+    gw
+}
+
+/// The GEMM for one of `pieces` pieces of a kernel that runs its pieces in parallel:
+/// serial when the pieces already share out the pool, parallel when there is only
+/// one. The choice depends on the shape alone, so it never changes the result bits.
+#[allow(clippy::type_complexity)]
+fn piece_gemm<T: Float>(
+    pieces: usize,
+) -> fn(&[T], &[T], &mut [T], usize, usize, usize, bool, bool) {
+    if pieces > 1 {
+        gemm_serial
+    } else {
+        gemm
+    }
+}
+
+/// Where the window of output coordinate `o` starts along an axis, in unpadded input
+/// coordinates (negative inside the leading padding).
+fn window_start(o: usize, stride: usize, pad: usize) -> isize {
+    (o * stride) as isize - pad as isize
+}
+
+/// The output pixels `(b, oy, ox)` of consecutive im2col rows, from row `r0` on.
+/// Counts up instead of dividing per row: three divisions per row cost as much as
+/// the copy for small filters.
+fn output_pixels(g: &Conv2dGeom, r0: usize) -> impl Iterator<Item = (usize, usize, usize)> {
+    let (oh, ow) = (g.oh, g.ow);
+    let mut at = (r0 / (oh * ow), r0 / ow % oh, r0 % ow);
+    std::iter::from_fn(move || {
+        let here = at;
+        at.2 += 1;
+        if at.2 == ow {
+            at = (at.0, at.1 + 1, 0);
+            if at.1 == oh {
+                at = (at.0 + 1, 0, 0);
+            }
         }
-        Padding::Same => {
-            let o = h.div_ceil(s);
-            let total = ((o - 1) * s + k).saturating_sub(h);
-            Ok((o, total / 2))
+        Some(here)
+    })
+}
+
+/// Calls `f(field_part, x_offset)` for each filter row `ky` and, when the window
+/// hangs over the left/right padding, each pixel `kx` of a receptive field:
+/// `field_part` is the part of the field (row of `col`) it covers and `x_offset` the
+/// flat index into `x` of the matching input, or `None` for padding. One walk shared
+/// by [`im2col`] and [`col2im`] so the two stay exact adjoints.
+fn walk_field<F>(g: &Conv2dGeom, (b, oy, ox): (usize, usize, usize), mut f: F)
+where
+    F: FnMut(std::ops::Range<usize>, Option<usize>),
+{
+    let (cin, kw) = (g.cin, g.kw);
+    let span = kw * cin; // one filter row: kw pixels of cin channels, contiguous in x
+    let x0 = window_start(ox, g.sw, g.pad_left);
+    let y0 = window_start(oy, g.sh, g.pad_top);
+    let inside = x0 >= 0 && x0 as usize + kw <= g.w;
+    for ky in 0..g.kh {
+        let part = ky * span..(ky + 1) * span;
+        let iy = y0 + ky as isize;
+        if iy < 0 || iy >= g.h as isize {
+            f(part, None);
+            continue;
+        }
+        let row = (b * g.h + iy as usize) * g.w;
+        if inside {
+            f(part, Some((row + x0 as usize) * cin));
+            continue;
+        }
+        for kx in 0..kw {
+            let px = part.start + kx * cin..part.start + (kx + 1) * cin;
+            let ix = x0 + kx as isize;
+            let inside_x = ix >= 0 && ix < g.w as isize;
+            f(px, inside_x.then(|| (row + ix as usize) * cin));
         }
     }
 }
 
-fn each<T: Float>(g: &Conv2dGeom, mut f: impl FnMut(usize, usize, usize)) {
-    let _ = T::zero();
-    for b in 0..g.n { for oy in 0..g.oh { for ox in 0..g.ow { for ky in 0..g.kh { for kx in 0..g.kw {
-        let iy = (oy * g.sh + ky) as isize - g.pad_top as isize;
-        let ix = (ox * g.sw + kx) as isize - g.pad_left as isize;
-        if iy < 0 || ix < 0 || iy as usize >= g.h || ix as usize >= g.w { continue; }
-        let xo = ((b * g.h + iy as usize) * g.w + ix as usize) * g.cin;
-        let yo = ((b * g.oh + oy) * g.ow + ox) * g.cout;
-        let wo = (ky * g.kw + kx) * g.cin * g.cout;
-        f(xo, yo, wo);
-    }}}}}
+/// Fills `col` (`col.len() / K` rows) with the receptive fields of the output rows
+/// starting at `r0`; padding positions get zero.
+fn im2col<T: Float>(x: &[T], g: &Conv2dGeom, r0: usize, col: &mut [T]) {
+    for (pixel, field) in output_pixels(g, r0).zip(col.chunks_exact_mut(g.k())) {
+        walk_field(g, pixel, |part, at| {
+            let dst = &mut field[part];
+            match at {
+                Some(at) => dst.copy_from_slice(&x[at..at + dst.len()]),
+                None => dst.fill(T::zero()),
+            }
+        });
+    }
 }
 
-/// Forward convolution.
-pub fn conv2d<T: Float>(x: &[T], w: &[T], g: &Conv2dGeom) -> Vec<T> {
-    let mut y = vec![T::zero(); g.n * g.oh * g.ow * g.cout];
-    each::<T>(g, |xo, yo, wo| for ci in 0..g.cin { for co in 0..g.cout { y[yo + co] = y[yo + co] + x[xo + ci] * w[wo + ci * g.cout + co]; } });
-    y
+/// The adjoint of [`im2col`]: adds each receptive field of `dcol` (rows `r0..` of
+/// the im2col matrix of the images that `gx` holds) back onto the input pixels it was
+/// read from. Padding positions are dropped. Fixed order.
+fn col2im<T: Float>(dcol: &[T], g: &Conv2dGeom, r0: usize, gx: &mut [T]) {
+    for (pixel, field) in output_pixels(g, r0).zip(dcol.chunks_exact(g.k())) {
+        walk_field(g, pixel, |part, at| {
+            if let Some(at) = at {
+                let len = part.len();
+                add_into(&mut gx[at..at + len], &field[part]);
+            }
+        });
+    }
 }
-/// Gradient w.r.t. the input.
-pub fn conv2d_backprop_input<T: Float>(gy: &[T], w: &[T], g: &Conv2dGeom) -> Vec<T> {
-    let mut gx = vec![T::zero(); g.n * g.h * g.w * g.cin];
-    each::<T>(g, |xo, yo, wo| for ci in 0..g.cin { for co in 0..g.cout { gx[xo + ci] = gx[xo + ci] + gy[yo + co] * w[wo + ci * g.cout + co]; } });
-    gx
-}
-/// Gradient w.r.t. the filter.
-pub fn conv2d_backprop_filter<T: Float>(x: &[T], gy: &[T], g: &Conv2dGeom) -> Vec<T> {
-    let mut gw = vec![T::zero(); g.kh * g.kw * g.cin * g.cout];
-    each::<T>(g, |xo, yo, wo| for ci in 0..g.cin { for co in 0..g.cout { gw[wo + ci * g.cout + co] = gw[wo + ci * g.cout + co] + x[xo + ci] * gy[yo + co]; } });
-    gw
+
+fn add_into<T: Float>(acc: &mut [T], v: &[T]) {
+    for (a, &b) in acc.iter_mut().zip(v) {
+        *a = *a + b;
+    }
 }

@@ -1,45 +1,338 @@
-//! Max pooling (temporary direct version).
+//! 2-D max pooling kernels over NHWC tensors `[n, h, w, c]`: forward, backprop, and
+//! the gather that is the backprop's transpose (for second derivatives).
+//!
+//! Owns: [`Pool2dGeom`] (the one place pooling shapes are checked), [`max_pool2d`],
+//! [`max_pool2d_backprop`] and [`max_pool2d_gather`].
+//!
+//! Invariants:
+//! - One selection rule, `Window::argmax`, serves all three kernels: the winner of a
+//!   window (per channel) is its first maximal element in row-major `(ky, kx)` order,
+//!   except that a NaN beats every number (the first NaN wins), so NaN propagates as in
+//!   TensorFlow. Padding positions are never candidates (they act as `-inf`); with
+//!   TensorFlow's `Same` rule every window holds at least one real element.
+//! - So `max_pool2d_backprop(x, ·)` and `max_pool2d_gather(x, ·)` are exact transposes
+//!   of each other as linear maps: `<backprop(x, gy), gx> = <gy, gather(x, gx)>`.
+//! - Deterministic: forward and gather write each output once; backprop accumulates
+//!   per image (windows of different images never overlap) in a fixed order.
+
 use super::conv::Padding;
 use crate::tensor::Float;
+use rayon::prelude::*;
+use smallvec::SmallVec;
 
-/// Geometry of one pooling.
+/// Target number of output elements per parallel task of the forward and gather.
+const TASK_ELEMS: usize = 1 << 12;
+/// Channels scanned together by the window scan (one or two SIMD registers).
+const LANES: usize = 8;
+
+/// The checked geometry of one 2-D pooling: input `[n, h, w, c]`, window `(kh, kw)`,
+/// strides, padding before the first row/column, and output `[n, oh, ow, c]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[allow(missing_docs)]
-pub struct Pool2dGeom { pub n: usize, pub h: usize, pub w: usize, pub c: usize, pub kh: usize, pub kw: usize, pub sh: usize, pub sw: usize, pub pad_top: usize, pub pad_left: usize, pub oh: usize, pub ow: usize }
+pub struct Pool2dGeom {
+    /// Batch size.
+    pub n: usize,
+    /// Input height.
+    pub h: usize,
+    /// Input width.
+    pub w: usize,
+    /// Channels.
+    pub c: usize,
+    /// Window height.
+    pub kh: usize,
+    /// Window width.
+    pub kw: usize,
+    /// Vertical stride.
+    pub sh: usize,
+    /// Horizontal stride.
+    pub sw: usize,
+    /// Padding rows above the input (never selected).
+    pub pad_top: usize,
+    /// Padding columns left of the input (never selected).
+    pub pad_left: usize,
+    /// Output height.
+    pub oh: usize,
+    /// Output width.
+    pub ow: usize,
+}
 
 impl Pool2dGeom {
-    /// Geometry from shapes.
-    pub fn new(x: &[usize], k: (usize, usize), s: (usize, usize), p: Padding) -> Result<Pool2dGeom, String> {
-        if x.len() != 4 { return Err(format!("input {x:?} is not NHWC")); }
-        let g = super::conv::Conv2dGeom::new(x, &[k.0, k.1, x[3], 1], s, p)?;
-        Ok(Pool2dGeom { n: x[0], h: x[1], w: x[2], c: x[3], kh: k.0, kw: k.1, sh: s.0, sw: s.1, pad_top: g.pad_top, pad_left: g.pad_left, oh: g.oh, ow: g.ow })
+    /// Checks input shape `x_shape` `[n, h, w, c]` against the window `ksize`
+    /// `(kh, kw)`, stride `(sh, sw)` and padding.
+    ///
+    /// # Errors
+    /// A message naming the shape when it is not rank 4, a window or stride size is
+    /// zero, or a `Valid` window is larger than the input.
+    ///
+    /// # Example
+    /// ```
+    /// use tapeflow::exec::kernels::{conv::Padding, pool::Pool2dGeom};
+    /// let g = Pool2dGeom::new(&[32, 26, 26, 32], (2, 2), (2, 2), Padding::Valid).unwrap();
+    /// assert_eq!(g.out_shape(), [32, 13, 13, 32]);
+    /// ```
+    pub fn new(
+        x_shape: &[usize],
+        ksize: (usize, usize),
+        stride: (usize, usize),
+        padding: Padding,
+    ) -> Result<Pool2dGeom, String> {
+        let fail = |why: &str| {
+            Err(format!(
+                "max_pool2d: input {x_shape:?} [n, h, w, c] with window {ksize:?} \
+                 (stride {stride:?}, {padding:?}): {why}"
+            ))
+        };
+        let &[n, h, w, c] = x_shape else {
+            return fail("input must be rank 4");
+        };
+        let ((kh, kw), (sh, sw)) = (ksize, stride);
+        if kh == 0 || kw == 0 || sh == 0 || sw == 0 {
+            return fail("window sizes and strides must be at least 1");
+        }
+        let (Some((oh, pad_top)), Some((ow, pad_left))) = (
+            padding.out_len_and_pad(h, kh, sh),
+            padding.out_len_and_pad(w, kw, sw),
+        ) else {
+            return fail("window is larger than the input");
+        };
+        Ok(Pool2dGeom {
+            n,
+            h,
+            w,
+            c,
+            kh,
+            kw,
+            sh,
+            sw,
+            pad_top,
+            pad_left,
+            oh,
+            ow,
+        })
     }
-    /// `[n, oh, ow, c]`
-    pub fn out_shape(&self) -> [usize; 4] { [self.n, self.oh, self.ow, self.c] }
+
+    /// The output shape `[n, oh, ow, c]`.
+    pub fn out_shape(&self) -> [usize; 4] {
+        [self.n, self.oh, self.ow, self.c]
+    }
+
+    fn check(&self, what: &str, len: usize, shape: [usize; 4]) {
+        let want: usize = shape.iter().product();
+        assert_eq!(
+            len, want,
+            "max_pool2d: {what} has {len} elements, geometry wants {shape:?}"
+        );
+    }
+
+    /// The part of the window of output coordinate `o` inside `0..len`.
+    fn clip(o: usize, stride: usize, pad: usize, k: usize, len: usize) -> std::ops::Range<usize> {
+        let start = (o * stride) as isize - pad as isize;
+        let end = (start + k as isize).min(len as isize);
+        start.max(0) as usize..end.max(0) as usize
+    }
 }
 
-fn argmaxes<T: Float>(x: &[T], g: &Pool2dGeom) -> Vec<usize> {
-    let mut out = Vec::with_capacity(g.n * g.oh * g.ow * g.c);
-    for b in 0..g.n { for oy in 0..g.oh { for ox in 0..g.ow { for ch in 0..g.c {
-        let mut best: Option<usize> = None;
-        for ky in 0..g.kh { for kx in 0..g.kw {
-            let iy = (oy * g.sh + ky) as isize - g.pad_top as isize;
-            let ix = (ox * g.sw + kx) as isize - g.pad_left as isize;
-            if iy < 0 || ix < 0 || iy as usize >= g.h || ix as usize >= g.w { continue; }
-            let i = ((b * g.h + iy as usize) * g.w + ix as usize) * g.c + ch;
-            best = match best { None => Some(i), Some(j) if x[j].is_nan() => Some(j), Some(j) => if x[i] > x[j] || x[i].is_nan() { Some(i) } else { Some(j) } };
-        }}
-        out.push(best.expect("window not empty"));
-    }}}}
-    out
+/// Max pooling: `y[b, oy, ox, ch]` is the maximum of `x` over the window of
+/// `(oy, ox)`; returns `[n, oh, ow, c]`. A NaN in a window makes the output NaN.
+///
+/// # Panics
+/// If `x.len()` does not match `g`.
+///
+/// # Example
+/// ```
+/// use tapeflow::exec::kernels::{conv::Padding, pool::{max_pool2d, Pool2dGeom}};
+/// let g = Pool2dGeom::new(&[1, 2, 4, 1], (2, 2), (2, 2), Padding::Valid).unwrap();
+/// let x = [1.0, 5.0, 2.0, 0.0, 3.0, 4.0, 7.0, 6.0];
+/// assert_eq!(max_pool2d(&x, &g), vec![5.0f64, 7.0]);
+/// ```
+pub fn max_pool2d<T: Float>(x: &[T], g: &Pool2dGeom) -> Vec<T> {
+    g.check("input", x.len(), [g.n, g.h, g.w, g.c]);
+    per_output_row(g, |b, oy, yrow, pos| {
+        for (ox, best) in yrow.chunks_exact_mut(g.c).enumerate() {
+            Window::new(g, b, oy, ox).argmax(x, best, pos);
+        }
+    })
 }
-/// Forward.
-pub fn max_pool2d<T: Float>(x: &[T], g: &Pool2dGeom) -> Vec<T> { argmaxes(x, g).into_iter().map(|i| x[i]).collect() }
-/// Backward.
+
+/// Gradient of [`max_pool2d`] with respect to `x`: each `gy[b, oy, ox, ch]` is added
+/// to `x`'s position that won that window (see the module docs for the rule); returns
+/// an `x`-shaped buffer, zero where nothing won.
+///
+/// # Panics
+/// If a slice length does not match `g`.
 pub fn max_pool2d_backprop<T: Float>(x: &[T], gy: &[T], g: &Pool2dGeom) -> Vec<T> {
-    let mut gx = vec![T::zero(); x.len()];
-    for (o, i) in argmaxes(x, g).into_iter().enumerate() { gx[i] = gx[i] + gy[o]; }
+    g.check("input", x.len(), [g.n, g.h, g.w, g.c]);
+    g.check("output gradient", gy.len(), g.out_shape());
+    let image = g.h * g.w * g.c;
+    let mut gx = vec![T::zero(); g.n * image];
+    if gx.is_empty() || g.oh * g.ow == 0 {
+        return gx;
+    }
+    let out_image = g.oh * g.ow * g.c;
+    gx.par_chunks_mut(image)
+        .zip(gy.par_chunks(out_image))
+        .enumerate()
+        .for_each_init(
+            || (vec![T::zero(); g.c], vec![0; g.c]),
+            |(best, pos), (b, (gxb, gyb))| {
+                for (o, gyp) in gyb.chunks_exact(g.c).enumerate() {
+                    let win = Window::new(g, b, o / g.ow, o % g.ow);
+                    win.argmax(x, best, pos);
+                    // Every pixel of the window, adding gy where it won and +0 where
+                    // not: branch-free, and bitwise a no-op (a sum that starts at +0
+                    // is never -0).
+                    for (p, at) in win.pixels() {
+                        let at = at - b * image;
+                        let gxp = &mut gxb[at..at + g.c];
+                        for ((acc, &q), &v) in gxp.iter_mut().zip(pos.iter()).zip(gyp) {
+                            *acc = *acc + if q == p { v } else { T::zero() };
+                        }
+                    }
+                }
+            },
+        );
     gx
 }
-/// Gather at argmax.
-pub fn max_pool2d_gather<T: Float>(x: &[T], gx: &[T], g: &Pool2dGeom) -> Vec<T> { argmaxes(x, g).into_iter().map(|i| gx[i]).collect() }
+
+/// The transpose of [`max_pool2d_backprop`] in its gradient argument: for each window
+/// (and channel), `gx` read at the position that won it; returns `[n, oh, ow, c]`.
+/// It is what the gradient of the backprop needs, so max pooling has second
+/// derivatives.
+///
+/// # Panics
+/// If a slice length does not match `g`.
+pub fn max_pool2d_gather<T: Float>(x: &[T], gx: &[T], g: &Pool2dGeom) -> Vec<T> {
+    g.check("input", x.len(), [g.n, g.h, g.w, g.c]);
+    g.check("input gradient", gx.len(), [g.n, g.h, g.w, g.c]);
+    per_output_row(g, |b, oy, yrow, pos| {
+        for (ox, out) in yrow.chunks_exact_mut(g.c).enumerate() {
+            // `out` is scratch for the winning values, then holds the gathered gx.
+            let win = Window::new(g, b, oy, ox);
+            win.argmax(x, out, pos);
+            let pixels: SmallVec<[usize; 16]> = win.pixels().map(|(_, at)| at).collect();
+            for (ch, (o, &p)) in out.iter_mut().zip(pos.iter()).enumerate() {
+                *o = gx[pixels[p as usize] + ch];
+            }
+        }
+    })
+}
+
+/// Allocates the output `[n, oh, ow, c]` and fills it by calling `fill(b, oy, row,
+/// pos)` once per output row `(b, oy)` (`row` is its `ow·c` elements, `pos` scratch
+/// for the `c` winning positions), in parallel over groups of rows.
+fn per_output_row<T, F>(g: &Pool2dGeom, fill: F) -> Vec<T>
+where
+    T: Float,
+    F: Fn(usize, usize, &mut [T], &mut [u32]) + Sync,
+{
+    let row = g.ow * g.c;
+    let mut y = vec![T::zero(); g.n * g.oh * row];
+    if y.is_empty() {
+        return y;
+    }
+    let rows_per_task = (TASK_ELEMS / row).max(1);
+    y.par_chunks_mut(rows_per_task * row)
+        .enumerate()
+        .for_each_init(
+            || vec![0; g.c],
+            |pos, (i, task)| {
+                for (j, yrow) in task.chunks_exact_mut(row).enumerate() {
+                    let t = i * rows_per_task + j;
+                    fill(t / g.oh, t % g.oh, yrow, pos);
+                }
+            },
+        );
+    y
+}
+
+/// Whether `cand` replaces the current winner `best` of a window: strictly greater
+/// (so ties keep the first), or the first NaN. Non-short-circuit `|`/`&` keep it
+/// branch-free, so the channel loop vectorizes: which element wins is data-dependent
+/// and would mispredict.
+#[inline(always)]
+fn wins<T: Float>(cand: T, best: T) -> bool {
+    (cand > best) | (cand.is_nan() & !best.is_nan())
+}
+
+/// The real (unpadded) part of one pooling window, as flat offsets into `x`. Its
+/// positions are numbered `0..rows·cols` in row-major order.
+struct Window {
+    /// Flat index of channel 0 of the window's first real pixel.
+    base: usize,
+    rows: usize,
+    cols: usize,
+    /// Elements between vertically adjacent pixels (`w·c`).
+    row_stride: usize,
+    c: usize,
+}
+
+impl Window {
+    fn new(g: &Pool2dGeom, b: usize, oy: usize, ox: usize) -> Window {
+        let rows = Pool2dGeom::clip(oy, g.sh, g.pad_top, g.kh, g.h);
+        let cols = Pool2dGeom::clip(ox, g.sw, g.pad_left, g.kw, g.w);
+        debug_assert!(!rows.is_empty() && !cols.is_empty(), "empty pooling window");
+        Window {
+            base: ((b * g.h + rows.start) * g.w + cols.start) * g.c,
+            rows: rows.len(),
+            cols: cols.len(),
+            row_stride: g.w * g.c,
+            c: g.c,
+        }
+    }
+
+    /// The window's real pixels in row-major order: each one's position number and
+    /// the flat index into `x` of its channel 0.
+    fn pixels(&self) -> impl Iterator<Item = (u32, usize)> + '_ {
+        (0..self.rows)
+            .flat_map(move |r| (0..self.cols).map(move |col| (r, col)))
+            .enumerate()
+            .map(|(p, (r, col))| (p as u32, self.base + r * self.row_stride + col * self.c))
+    }
+
+    /// The selection rule, per channel: `best[ch]` gets the winner's value and
+    /// `arg[ch]` its position number, scanning positions in row-major order with
+    /// [`wins`].
+    fn argmax<T: Float>(&self, x: &[T], best: &mut [T], arg: &mut [u32]) {
+        let mut ch = 0;
+        while ch + LANES <= self.c {
+            self.argmax_lanes::<T, LANES>(x, ch, best, arg);
+            ch += LANES;
+        }
+        while ch < self.c {
+            self.argmax_lanes::<T, 1>(x, ch, best, arg);
+            ch += 1;
+        }
+    }
+
+    /// [`Window::argmax`] for channels `ch0..ch0 + L`. The running winners live in
+    /// fixed-size local arrays so that the selects compile to vector blends rather
+    /// than branches around conditional stores.
+    fn argmax_lanes<T: Float, const L: usize>(
+        &self,
+        x: &[T],
+        ch0: usize,
+        best: &mut [T],
+        arg: &mut [u32],
+    ) {
+        let mut bv = [T::zero(); L];
+        let mut av = [0u32; L];
+        let mut p = 0u32;
+        for r in 0..self.rows {
+            for col in 0..self.cols {
+                let at = self.base + r * self.row_stride + col * self.c + ch0;
+                let px: &[T; L] = x[at..at + L].try_into().expect("L elements");
+                if p == 0 {
+                    bv = *px;
+                } else {
+                    for l in 0..L {
+                        let w = wins(px[l], bv[l]);
+                        bv[l] = if w { px[l] } else { bv[l] };
+                        av[l] = if w { p } else { av[l] };
+                    }
+                }
+                p += 1;
+            }
+        }
+        best[ch0..ch0 + L].copy_from_slice(&bv);
+        arg[ch0..ch0 + L].copy_from_slice(&av);
+    }
+}

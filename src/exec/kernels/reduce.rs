@@ -17,12 +17,20 @@ pub fn reduce<T: Copy + Send + Sync + 'static>(
 ) -> Arr<T> {
     let mut cur = a.clone();
     for &ax in axes.iter().rev() {
-        cur = cur.fold_axis(Axis(ax), init, |&acc, &x| fold(acc, x)).into_shared();
+        cur = cur
+            .fold_axis(Axis(ax), init, |&acc, &x| fold(acc, x))
+            .into_shared();
     }
     if keep {
-        let shape: Vec<usize> =
-            a.shape().iter().enumerate().map(|(i, &d)| if axes.contains(&i) { 1 } else { d }).collect();
-        cur = cur.into_shape_with_order(IxDyn(&shape)).expect("same length");
+        let shape: Vec<usize> = a
+            .shape()
+            .iter()
+            .enumerate()
+            .map(|(i, &d)| if axes.contains(&i) { 1 } else { d })
+            .collect();
+        cur = cur
+            .into_shape_with_order(IxDyn(&shape))
+            .expect("same length");
     }
     cur
 }
@@ -42,6 +50,11 @@ pub fn sum<T: crate::tensor::Float>(a: &Arr<T>, axes: &[usize], keep: bool) -> A
 
 /// Sum of a slice with 8 fixed accumulators (deterministic, vectorizable).
 pub fn sum_slice<T: crate::tensor::Float>(s: &[T]) -> T {
+    super::ew::vectorized(|| sum8(s))
+}
+
+#[inline(always)]
+fn sum8<T: crate::tensor::Float>(s: &[T]) -> T {
     let mut acc = [T::zero(); 8];
     let chunks = s.chunks_exact(8);
     let rest = chunks.remainder();
@@ -59,7 +72,13 @@ pub fn sum_slice<T: crate::tensor::Float>(s: &[T]) -> T {
 
 /// Maximum over `axes`; NaN wins.
 pub fn max<T: crate::tensor::Float>(a: &Arr<T>, axes: &[usize], keep: bool) -> Arr<T> {
-    reduce(a, axes, keep, T::neg_infinity(), |m, x| if m.is_nan() || m >= x { m } else { x })
+    reduce(a, axes, keep, T::neg_infinity(), |m, x| {
+        if m.is_nan() || m >= x {
+            m
+        } else {
+            x
+        }
+    })
 }
 
 /// Index of the first maximum along `axis`.

@@ -1,0 +1,249 @@
+//! Shared test fixtures: the op table (one row per op, with input shapes that exercise
+//! broadcasting) used by the gradient checks and the eager-vs-traced tests, and small
+//! models written with the core API only.
+#![allow(dead_code)]
+
+use tapeflow::{function, DType, GradientTape, Padding, Tensor, Variable};
+
+#[derive(Clone, Copy)]
+pub enum Dom {
+    /// Standard normal.
+    Any,
+    /// 0.5 + |normal|: for log, sqrt, pow bases.
+    Pos,
+    /// ±(0.5 + |normal|): away from zero (abs, div).
+    NonZero,
+}
+
+pub struct Row {
+    pub name: &'static str,
+    pub shapes: &'static [&'static [usize]],
+    pub dom: Dom,
+    pub f: fn(&[Tensor]) -> Tensor,
+    pub rtol: f64,
+    /// Finite-difference step override (rows that round through f32 need a big one).
+    pub eps: Option<f64>,
+}
+
+const fn row(
+    name: &'static str,
+    shapes: &'static [&'static [usize]],
+    dom: Dom,
+    f: fn(&[Tensor]) -> Tensor,
+) -> Row {
+    Row {
+        name,
+        shapes,
+        dom,
+        f,
+        rtol: 2e-5,
+        eps: None,
+    }
+}
+
+fn idx(v: &[i64]) -> Tensor {
+    Tensor::vec(v)
+}
+
+pub fn rows() -> Vec<Row> {
+    use Dom::*;
+    vec![
+        row("neg", &[&[3, 4]], Any, |x| -&x[0]),
+        row("exp", &[&[3, 4]], Any, |x| x[0].exp()),
+        row("log", &[&[3, 4]], Pos, |x| x[0].log()),
+        row("sin", &[&[3, 4]], Any, |x| x[0].sin()),
+        row("cos", &[&[3, 4]], Any, |x| x[0].cos()),
+        row("tanh", &[&[3, 4]], Any, |x| x[0].tanh()),
+        row("sqrt", &[&[3, 4]], Pos, |x| x[0].sqrt()),
+        row("abs", &[&[3, 4]], NonZero, |x| x[0].abs()),
+        row("sign", &[&[3, 4]], NonZero, |x| x[0].sign() * &x[0]),
+        row("sigmoid", &[&[3, 4]], Any, |x| x[0].sigmoid()),
+        row("add", &[&[3, 4], &[4]], Any, |x| &x[0] + &x[1]),
+        row("sub", &[&[3, 1], &[1, 4]], Any, |x| &x[0] - &x[1]),
+        row("mul", &[&[2, 3, 4], &[3, 1]], Any, |x| &x[0] * &x[1]),
+        row("div", &[&[3, 4], &[4]], NonZero, |x| &x[0] / &x[1]),
+        row("pow", &[&[3, 4], &[4]], Pos, |x| x[0].pow(&x[1])),
+        row("powf", &[&[5]], Pos, |x| x[0].powf(3.0)),
+        row("maximum", &[&[3, 4], &[3, 4]], Any, |x| x[0].maximum(&x[1])),
+        row("minimum", &[&[4], &[3, 4]], Any, |x| x[0].minimum(&x[1])),
+        row("select", &[&[3, 4], &[3, 4], &[4]], Any, |x| {
+            Tensor::select(&x[0].gt(&x[1]), &x[1], &x[2])
+        }),
+        row("compare", &[&[3, 4]], Any, |x| {
+            x[0].ge(&x[0].scalar_like(0.0)) * &x[0]
+        }),
+        row("not_equal", &[&[3, 4]], Any, |x| {
+            x[0].ne(&x[0].scalar_like(0.0)) * x[0].exp()
+        }),
+        row("sum", &[&[3, 4, 2]], Any, |x| x[0].sum(&[1], true)),
+        row("sum_all", &[&[3, 4]], Any, |x| x[0].sum_all()),
+        row("mean", &[&[3, 4]], Any, |x| x[0].mean(&[0], false)),
+        row("max", &[&[3, 5]], Any, |x| x[0].max(&[1], false)),
+        row("min", &[&[3, 5]], Any, |x| x[0].min(&[0], true)),
+        row("reshape", &[&[2, 6]], Any, |x| {
+            x[0].reshape(&[3, 4]) * Tensor::arange(0, 4, x[0].dtype())
+        }),
+        row("broadcast", &[&[1, 4]], Any, |x| {
+            x[0].broadcast_to(&[3, 4]) * Tensor::arange(0, 12, x[0].dtype()).reshape(&[3, 4])
+        }),
+        row("transpose", &[&[2, 3, 4]], Any, |x| {
+            x[0].transpose(&[2, 0, 1]).sin()
+        }),
+        row("concat", &[&[2, 3], &[4, 3]], Any, |x| {
+            Tensor::concat(&[&x[0], &x[1]], 0).exp()
+        }),
+        row("slice", &[&[3, 5]], Any, |x| x[0].slice_axis(1, 1, 4).exp()),
+        row("pad", &[&[3, 2]], Any, |x| x[0].pad_axis(1, 1, 2).exp()),
+        Row {
+            rtol: 1e-4,
+            eps: Some(1e-2),
+            ..row("cast", &[&[3, 4]], Any, |x| {
+                x[0].cast(DType::F32).cast(x[0].dtype()) * 2.0
+            })
+        },
+        row("gather", &[&[5, 3]], Any, |x| {
+            x[0].gather(&idx(&[4, 0, 0, 2]), 0).exp()
+        }),
+        row("gather_axis1", &[&[2, 4]], Any, |x| {
+            x[0].gather(&idx(&[3, 1, 3]), 1).sin()
+        }),
+        row("scatter_add", &[&[4, 3]], Any, |x| {
+            x[0].scatter_add(&idx(&[1, 4, 1, 0]), 0, 5).exp()
+        }),
+        row("one_hot", &[&[3, 4]], Any, |x| {
+            idx(&[2, 0, 3]).one_hot(4, x[0].dtype()) * x[0].exp()
+        }),
+        row("matmul", &[&[3, 4], &[4, 2]], Any, |x| x[0].matmul(&x[1])),
+        row("matmul_ta", &[&[4, 3], &[4, 2]], Any, |x| {
+            x[0].matmul_t(&x[1], true, false)
+        }),
+        row("matmul_tb", &[&[3, 4], &[2, 4]], Any, |x| {
+            x[0].matmul_t(&x[1], false, true)
+        }),
+        row("matmul_tab", &[&[4, 3], &[2, 4]], Any, |x| {
+            x[0].matmul_t(&x[1], true, true)
+        }),
+        row("matmul_batched", &[&[2, 3, 4], &[2, 4, 5]], Any, |x| {
+            x[0].matmul(&x[1])
+        }),
+        row("matmul_bcast", &[&[2, 3, 4], &[4, 5]], Any, |x| {
+            x[0].matmul(&x[1])
+        }),
+        row("matmul_square", &[&[3, 3]], Any, |x| {
+            x[0].matmul(&x[0]).tanh()
+        }),
+        row("conv2d_valid", &[&[2, 5, 5, 2], &[3, 3, 2, 3]], Any, |x| {
+            x[0].conv2d(&x[1], (1, 1), Padding::Valid).tanh()
+        }),
+        row(
+            "conv2d_same_s2",
+            &[&[1, 6, 5, 2], &[2, 3, 2, 2]],
+            Any,
+            |x| x[0].conv2d(&x[1], (2, 2), Padding::Same).tanh(),
+        ),
+        row("max_pool2d", &[&[2, 4, 4, 3]], Any, |x| {
+            x[0].max_pool2d((2, 2), (2, 2), Padding::Valid).sin()
+        }),
+        row("max_pool2d_same", &[&[1, 5, 5, 2]], Any, |x| {
+            x[0].max_pool2d((3, 3), (2, 2), Padding::Same).sin()
+        }),
+        row("softmax", &[&[3, 5]], Any, |x| x[0].softmax(-1)),
+        row("log_softmax", &[&[3, 5]], Any, |x| x[0].log_softmax(-1)),
+        row("logsumexp", &[&[3, 5]], Any, |x| x[0].logsumexp(1, false)),
+        row("relu", &[&[3, 4]], NonZero, |x| x[0].relu()),
+        row("square", &[&[3, 4]], Any, |x| x[0].square()),
+    ]
+}
+
+/// Inputs for a row in f64 (what gradient checks need).
+pub fn inputs(r: &Row, seed: u64) -> Vec<Tensor> {
+    inputs_of(r, seed, DType::F64)
+}
+
+/// Inputs for a row in `dtype`.
+pub fn inputs_of(r: &Row, seed: u64, dtype: DType) -> Vec<Tensor> {
+    r.shapes
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let n = Tensor::random_normal(s, 0.0, 1.0, seed * 31 + i as u64, dtype);
+            match r.dom {
+                Dom::Any => n,
+                Dom::Pos => n.abs() + 0.5,
+                Dom::NonZero => n.sign() * (n.abs() + 0.5),
+            }
+        })
+        .collect()
+}
+
+/// Sparse categorical cross-entropy from logits, written with core ops.
+pub fn sparse_ce_from_logits(labels: &Tensor, logits: &Tensor) -> Tensor {
+    let classes = logits.shape()[logits.rank() - 1];
+    let picked = (labels.one_hot(classes, logits.dtype()) * logits).sum(&[-1], false);
+    (logits.logsumexp(-1, false) - picked).mean_all()
+}
+
+/// The MLP 784-64-64-10 of the tutorials as plain variables (seeded).
+pub struct Mlp {
+    pub vars: Vec<Variable>,
+}
+
+impl Mlp {
+    pub fn new(seed: u64) -> Mlp {
+        let dense = |name: &str, i: usize, o: usize, s: u64| {
+            let lim = (6.0 / (i + o) as f64).sqrt();
+            vec![
+                Variable::named(
+                    format!("{name}/kernel"),
+                    Tensor::random_uniform(&[i, o], -lim, lim, s, DType::F32),
+                ),
+                Variable::named(format!("{name}/bias"), Tensor::zeros(&[o])),
+            ]
+        };
+        let mut vars = dense("dense", 784, 64, seed);
+        vars.extend(dense("dense_1", 64, 64, seed + 1));
+        vars.extend(dense("dense_2", 64, 10, seed + 2));
+        Mlp { vars }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let v: Vec<Tensor> = self.vars.iter().map(|v| v.read()).collect();
+        let h = (x.matmul(&v[0]) + &v[1]).relu();
+        let h = (h.matmul(&v[2]) + &v[3]).relu();
+        h.matmul(&v[4]) + &v[5]
+    }
+
+    /// One SGD train step with a tape: forward, backward, assign_sub.
+    pub fn train_step(&self, x: &Tensor, y: &Tensor, lr: f64) -> tapeflow::Result<Tensor> {
+        let tape = GradientTape::new();
+        let loss = tape.record(|| sparse_ce_from_logits(y, &self.forward(x)));
+        let grads = tape.gradient(&loss, &self.vars)?;
+        for (v, g) in self.vars.iter().zip(grads) {
+            v.assign_sub(&(g.expect("connected") * lr));
+        }
+        Ok(loss)
+    }
+}
+
+/// A seeded MNIST-shaped batch: images [n,784] in [0,1) and labels in 0..10.
+pub fn fake_batch(n: usize, seed: u64) -> (Tensor, Tensor) {
+    let x = Tensor::random_uniform(&[n, 784], 0.0, 1.0, seed, DType::F32);
+    let y = Tensor::random_uniform(&[n], 0.0, 10.0, seed + 1, DType::F64).cast(DType::I64);
+    (x, y)
+}
+
+/// Strips an insta snapshot header, returning the body.
+pub fn snapshot_body(snap: &str) -> &str {
+    match snap.strip_prefix("---") {
+        Some(rest) => rest.split_once("\n---\n").map(|(_, b)| b).unwrap_or(rest),
+        None => snap,
+    }
+}
+
+/// Traces `f` once for `args` and returns the concrete function.
+pub fn trace<F>(f: F, args: &[&Tensor]) -> std::sync::Arc<tapeflow::trace::ConcreteFunction>
+where
+    F: Fn(&[Tensor]) -> tapeflow::Result<Vec<Tensor>>,
+{
+    function(f).concrete(args).expect("traces")
+}
