@@ -7,11 +7,16 @@
 //! powers of two, duplicated subexpressions). Inputs mix ordinary values with `±0.0`,
 //! `±inf` and NaN.
 //!
-//! Stated tolerance: none. The optimized graph must compute bit-identical results
-//! (every NaN counts as equal to every NaN), because every pass is exact: folding and
-//! fusion call the ops' own kernels and scalar functions in the same order, and the
-//! rewrite rules are IEEE identities. The pipeline must also be idempotent: running it
-//! on its own output changes nothing.
+//! Stated tolerance: none, except for transpose folding. The optimized graph must compute
+//! bit-identical results (every NaN counts as equal to every NaN), because the passes are
+//! exact: folding and fusion call the ops' own kernels and scalar functions in the same
+//! order, and the rewrite rules are IEEE identities. The one exception is
+//! `fold_transposes_into_matmul`, which changes the layout the GEMM reads: the `gemm`
+//! backend sums small products in a layout-dependent order, so those results agree
+//! within the rounding bound of a dot product (checked separately, below). So the
+//! property is checked bit for bit on the pipeline without that pass, and on the full
+//! pipeline whenever the pass changed nothing. The pipeline must also be idempotent
+//! (with or without that pass): running it on its own output changes nothing.
 
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
@@ -333,30 +338,140 @@ fn run(g: &Graph, inputs: &[Data]) -> Vec<Data> {
         .unwrap()
 }
 
+/// The pipeline without the one pass that is not bit-exact (see the module docs).
+fn exact() -> PassConfig {
+    PassConfig::default().without("fold_transposes_into_matmul")
+}
+
 fn check(seed: u64) -> Result<(), TestCaseError> {
     let (g, inputs) = random_graph(seed);
     verify(&g).map_err(|e| TestCaseError::fail(format!("generator made a bad graph: {e}\n{g}")))?;
-    let (opt, _) = run_pipeline(&g, &PassConfig::default())
-        .map_err(|e| TestCaseError::fail(format!("{e}\n{g}")))?;
-    verify(&opt).map_err(|e| TestCaseError::fail(format!("{e}\n{opt}")))?;
-    let (want, got) = (run(&g, &inputs), run(&opt, &inputs));
-    for (i, (w, o)) in want.iter().zip(&got).enumerate() {
-        prop_assert!(
-            same_bits(w, o),
-            "seed {seed}: output {i} differs: {} vs {}\nbefore:\n{g}\nafter:\n{opt}",
-            tapeflow::ir::const_text(w),
-            tapeflow::ir::const_text(o)
+    let want = run(&g, &inputs);
+    for config in [exact(), PassConfig::default()] {
+        let (opt, _) =
+            run_pipeline(&g, &config).map_err(|e| TestCaseError::fail(format!("{e}\n{g}")))?;
+        verify(&opt).map_err(|e| TestCaseError::fail(format!("{e}\n{opt}")))?;
+        let (again, _) = run_pipeline(&opt, &config).unwrap();
+        prop_assert_eq!(
+            print(&again, false),
+            print(&opt, false),
+            "seed {}: the pipeline is not idempotent\nbefore:\n{}",
+            seed,
+            g
         );
+        let (exact_opt, _) = run_pipeline(&g, &exact()).unwrap();
+        if print(&opt, false) != print(&exact_opt, false) {
+            continue; // a transpose was folded into a matmul: checked with a tolerance below
+        }
+        let got = run(&opt, &inputs);
+        for (i, (w, o)) in want.iter().zip(&got).enumerate() {
+            prop_assert!(
+                same_bits(w, o),
+                "seed {seed}: output {i} differs: {} vs {}\nbefore:\n{g}\nafter:\n{opt}",
+                tapeflow::ir::const_text(w),
+                tapeflow::ir::const_text(o)
+            );
+        }
     }
-    let (again, _) = run_pipeline(&opt, &PassConfig::default()).unwrap();
-    prop_assert_eq!(
-        print(&again, false),
-        print(&opt, false),
-        "seed {}: the pipeline is not idempotent\nbefore:\n{}",
-        seed,
-        g
-    );
     Ok(())
+}
+
+/// `fold_transposes_into_matmul` changes only the layout the GEMM reads, but the GEMM
+/// backend may sum small products in a layout-dependent order. Each element then stays
+/// within the rounding bound of a dot product in any order: `2·k·ε·Σ|aᵢ·bᵢ|`.
+#[test]
+fn transpose_folding_is_within_the_dot_product_bound() {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let (mut folded, mut differing) = (0, 0);
+    for &(m, k, n) in &[
+        (1, 1, 1),
+        (3, 2, 1),
+        (1, 7, 5),
+        (5, 7, 1),
+        (8, 8, 8),
+        (17, 33, 9),
+        (64, 64, 64),
+        (2, 300, 3),
+        (32, 784, 10),
+    ] {
+        for (ta, tb) in [(true, false), (false, true), (true, true)] {
+            let mut gen = Gen::new(rng.gen());
+            gen.dtype = DType::F32;
+            let a = gen.input(&if ta { [k, m] } else { [m, k] });
+            let b = gen.input(&if tb { [n, k] } else { [k, n] });
+            let swap = Op::Transpose(Perm::new(&[1, 0]).unwrap());
+            let a2 = if ta {
+                gen.op(swap, &[a], None).unwrap()
+            } else {
+                a
+            };
+            let b2 = if tb {
+                gen.op(swap, &[b], None).unwrap()
+            } else {
+                b
+            };
+            let c = gen
+                .op(
+                    Op::MatMul {
+                        ta: false,
+                        tb: false,
+                    },
+                    &[a2, b2],
+                    None,
+                )
+                .unwrap();
+            // the bound's Σ|aᵢ·bᵢ|: the same product of the absolute values
+            let (aa, ab) = (
+                gen.op(Op::Unary(tapeflow::ops::Unary::Abs), &[a2], None)
+                    .unwrap(),
+                gen.op(Op::Unary(tapeflow::ops::Unary::Abs), &[b2], None)
+                    .unwrap(),
+            );
+            let bound = gen
+                .op(
+                    Op::MatMul {
+                        ta: false,
+                        tb: false,
+                    },
+                    &[aa, ab],
+                    None,
+                )
+                .unwrap();
+            gen.g.outputs = vec![c, bound];
+            for d in gen.inputs.iter_mut() {
+                if let Data::F32(x) = d {
+                    *x = x
+                        .mapv(|v| if v.is_finite() { v } else { 1.0 })
+                        .into_shared();
+                }
+            }
+            let (opt, _) = run_pipeline(&gen.g, &PassConfig::default()).unwrap();
+            folded += opt
+                .node_ids()
+                .iter()
+                .filter(|&&id| {
+                    matches!(
+                        opt.node(id).op,
+                        Op::MatMul { ta: true, .. } | Op::MatMul { tb: true, .. }
+                    )
+                })
+                .count();
+            let (want, got) = (run(&gen.g, &gen.inputs), run(&opt, &gen.inputs));
+            let (Data::F32(w), Data::F32(o), Data::F32(bd)) = (&want[0], &got[0], &want[1]) else {
+                unreachable!()
+            };
+            for ((&w, &o), &bd) in w.iter().zip(o.iter()).zip(bd.iter()) {
+                differing += usize::from(w.to_bits() != o.to_bits());
+                let tol = 2.0 * k as f32 * f32::EPSILON * bd;
+                assert!(
+                    (w - o).abs() <= tol,
+                    "({m},{k},{n}) ta={ta} tb={tb}: {w} vs {o} (bound {tol})"
+                );
+            }
+        }
+    }
+    println!("transpose folding: {folded} matmul flags folded, {differing} elements differ in their last bits");
+    assert!(folded >= 27, "every transpose should fold ({folded})");
 }
 
 proptest! {

@@ -2,11 +2,17 @@
 //!
 //! Algorithm: one sweep over the `matmul` nodes in canonical order; an operand that is
 //! a `transpose` swapping exactly the last two axes (identity on batch axes) is
-//! replaced by the transpose's input and the operand's transpose flag flips. The GEMM
-//! reads the operand through transposed strides, so the products and their summation
-//! order are unchanged. The transpose itself is left to dead-node elimination when it
-//! has no other users. One sweep reaches the fixpoint (the new operand is never such a
-//! transpose of the same kind twice over: `simplify` composes transposes first).
+//! replaced by the transpose's input and the operand's transpose flag flips, so the
+//! GEMM reads the operand through transposed strides instead of a copy. The transpose
+//! itself is left to dead-node elimination when it has no other users. One sweep
+//! reaches the fixpoint (`simplify` composes stacked transposes first).
+//!
+//! Exactness: this is the one pass that is not bit-exact. The products and the values
+//! are the same, but the `gemm` backend picks its summation order by layout for small
+//! products (about 32 or less per side), so a folded matmul may differ from the
+//! unfolded one in the last bits, within the rounding bound of a dot product
+//! (`2·k·ε·Σ|aᵢbᵢ|`; `tests/passes_property.rs` checks it). Autodiff never emits these
+//! transposes (matmul's VJP uses the flags), so they come only from user code.
 //!
 //! It does not fold other permutations, or a transpose of the matmul's result
 //! (`(AB)ᵀ = BᵀAᵀ`).
