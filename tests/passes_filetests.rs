@@ -15,7 +15,7 @@
 //! the graph, runs the pass, verifies again, checks the pass is idempotent and that the
 //! result's text round-trips through the parser, runs the interpreter on every run
 //! line before and after and asserts bit-identical outputs (NaN equals NaN), and
-//! snapshots the text after (with the run results) in `snapshots/`.
+//! snapshots the text after (followed by the run results) in `snapshots/`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -185,7 +185,9 @@ fn value_text(d: &Data) -> String {
     tapeflow::ir::const_text(d)
 }
 
-/// Checks one file and returns its snapshot text.
+/// Checks one file and returns its snapshot text: the graph after the pass, then
+/// comment lines (what ran, node counts, rules fired, run results), so the snapshot
+/// still parses as IR.
 fn check(path: &Path) -> String {
     let t = load(path);
     let (after, fired) = apply(&t.kind, &t.graph);
@@ -241,7 +243,7 @@ fn check(path: &Path) -> String {
         let shown: Vec<String> = got.iter().map(value_text).collect();
         snap += &format!("; run -> {}\n", shown.join("; "));
     }
-    snap + &text
+    text + &snap
 }
 
 #[test]

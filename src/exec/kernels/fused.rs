@@ -22,12 +22,15 @@
 //! - each instruction's declared type is what its op infers from its arguments.
 //!
 //! The kernel makes one loop over the result's elements (with, for a sum, an inner loop
-//! over each element's reduced elements) and evaluates the whole expression per element
-//! in registers: no tensor-sized intermediate buffer exists. Every instruction calls its
-//! op's own scalar function ([`Unary::f`](crate::ops::Unary::f),
+//! over each element's reduced elements); no tensor-sized intermediate buffer exists.
+//! The loop advances a [`TILE`] of consecutive elements at a time: each instruction
+//! runs over the tile in a register of `TILE` values (reused for every tile, a few KiB
+//! that stay in cache), so its inner loop is a tight, vectorizable loop over one op.
+//! Every element is still computed by the same scalar functions in the same order:
+//! each instruction calls its op's own scalar function ([`Unary::f`](crate::ops::Unary::f),
 //! [`Binary::f`](crate::ops::Binary::f), [`Compare::f`](crate::ops::Compare::f), the same
-//! `as` conversions as `cast`), in the same order as the unfused graph, so results are
-//! bit-identical to it. The sum adds in exactly the order of
+//! `as` conversions as `cast`), as the unfused kernels do, so results are
+//! bit-identical to the unfused graph. The sum adds in exactly the order of
 //! [`reduce::sum`](super::reduce::sum): a fixed 8-lane tree for a full reduction, one
 //! sequential fold per reduced axis (innermost first) otherwise. Output elements are
 //! independent, so splitting the loop across threads never changes a bit.
