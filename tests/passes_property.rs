@@ -553,3 +553,30 @@ fn large_fused_loops_match_unfused_kernels() {
         }
     }
 }
+
+/// Any pass can be turned off by name: it then does not run, and the result is still
+/// bit-identical.
+#[test]
+fn any_pass_can_be_turned_off() {
+    for seed in 0..60 {
+        let (g, inputs) = random_graph(seed);
+        let want = run(&g, &inputs);
+        for (name, _) in tapeflow::passes::PIPELINE {
+            let (opt, stats) = run_pipeline(&g, &exact().without(name)).unwrap();
+            assert!(
+                stats.iter().all(|s| s.name != *name),
+                "{name} ran while turned off"
+            );
+            verify(&opt).unwrap();
+            for (w, o) in want.iter().zip(&run(&opt, &inputs)) {
+                assert!(
+                    same_bits(w, o),
+                    "seed {seed}, without {name}: values differ"
+                );
+            }
+        }
+        let (none, stats) = run_pipeline(&g, &PassConfig::unoptimized()).unwrap();
+        assert!(stats.is_empty());
+        assert_eq!(print(&none, false), print(&g, false));
+    }
+}

@@ -115,7 +115,13 @@ fn optimized_backward_mlp_train_step() {
         let mlp = Mlp::new(0);
         Box::new(move |t: &[Tensor]| Ok(vec![mlp.train_step(&t[0], &t[1], 1e-3)?]))
     };
-    check("optimized_backward_mlp_train_step", make, &[&x, &y]);
+    let c = check("optimized_backward_mlp_train_step", make, &[&x, &y]);
+    // the DOT export lists a fused node's inner ops under its name
+    assert!(
+        c.dot().contains("fused : f32[64,64]\\n(matmul add)"),
+        "{}",
+        c.dot()
+    );
 }
 
 #[test]

@@ -162,13 +162,21 @@ pub fn to_dot(g: &Graph) -> String {
     let mut s = String::from("digraph tapeflow {\n  node [shape=box, fontname=\"monospace\"];\n");
     for &n in &order {
         let node = g.node(n);
-        let label = format!(
+        let mut label = format!(
             "%{} {}{} : {}",
             num[&n],
             node.op.name(),
             attr_text(g, &node.op),
             type_str(node.dtype, &node.shape)
         );
+        if let Op::Fused(f) = node.op {
+            let ops: Vec<&str> = g.fused[f as usize]
+                .insts
+                .iter()
+                .map(|i| i.op.name())
+                .collect();
+            let _ = write!(label, "\\n({})", ops.join(" "));
+        }
         let style = match node.op {
             Op::Input(_) | Op::ReadVar(_) => ", style=filled, fillcolor=lightblue",
             Op::Assign(_) => ", style=filled, fillcolor=lightpink",
