@@ -14,3 +14,5 @@ pub use error::{Error, Result};
 pub use ops::Padding;
 pub use tensor::{DType, Data, Shape, Tensor, Variable};
 pub use trace::{function, function_with, Function};
+pub mod data;
+pub mod nn;
