@@ -1,9 +1,12 @@
 //! tapeflow
 #![warn(missing_docs)]
 pub mod autodiff;
+pub mod data;
+pub mod datasets;
 pub mod error;
 pub mod exec;
 pub mod ir;
+pub mod nn;
 pub mod ops;
 pub mod passes;
 pub mod tensor;
@@ -14,5 +17,3 @@ pub use error::{Error, Result};
 pub use ops::Padding;
 pub use tensor::{DType, Data, Shape, Tensor, Variable};
 pub use trace::{function, function_with, Function};
-pub mod data;
-pub mod nn;
