@@ -167,7 +167,7 @@ struct DenseVars {
 /// ```
 /// use tapeflow::nn::{Dense, Initializer, Layer};
 /// use tapeflow::Tensor;
-/// let d = Dense::new(2).kernel_initializer(Initializer::Ones).name("d");
+/// let d = Dense::new(2).kernel_initializer(Initializer::Ones).named("d");
 /// let y = d.call(&Tensor::from_vec(vec![1.0f32, 2.0, 3.0], &[1, 3]).unwrap(), false).unwrap();
 /// assert_eq!(y.to_vec_f32().unwrap(), vec![6.0, 6.0]);
 /// assert_eq!(d.variables()[0].name(), "d/kernel");
@@ -234,7 +234,7 @@ impl Dense {
     }
 
     /// An explicit name instead of the next `dense_N`.
-    pub fn name(self, name: impl Into<String>) -> Dense {
+    pub fn named(self, name: impl Into<String>) -> Dense {
         self.name.set(name.into());
         self
     }
@@ -472,7 +472,7 @@ impl Conv2D {
     }
 
     /// An explicit name instead of the next `conv2d_N`.
-    pub fn name(self, name: impl Into<String>) -> Conv2D {
+    pub fn named(self, name: impl Into<String>) -> Conv2D {
         self.name.set(name.into());
         self
     }
@@ -580,7 +580,7 @@ impl MaxPooling2D {
     }
 
     /// An explicit name.
-    pub fn name(self, name: impl Into<String>) -> MaxPooling2D {
+    pub fn named(self, name: impl Into<String>) -> MaxPooling2D {
         self.name.set(name.into());
         self
     }
@@ -643,7 +643,7 @@ impl Flatten {
     }
 
     /// An explicit name.
-    pub fn name(self, name: impl Into<String>) -> Flatten {
+    pub fn named(self, name: impl Into<String>) -> Flatten {
         self.name.set(name.into());
         self
     }
@@ -724,7 +724,7 @@ impl Dropout {
     }
 
     /// An explicit name.
-    pub fn name(self, name: impl Into<String>) -> Dropout {
+    pub fn named(self, name: impl Into<String>) -> Dropout {
         self.name.set(name.into());
         self
     }
