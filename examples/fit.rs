@@ -9,13 +9,18 @@
 //! `fit` compiles its train step with `function`; `--eager` runs it eagerly instead.
 
 use tapeflow::nn::{
-    Activation, Adam, Dense, FitOptions, MeanSquaredError, Model, Sequential, SparseCategoricalCrossentropy, SGD,
+    Activation, Adam, Dense, FitOptions, MeanSquaredError, Model, Sequential,
+    SparseCategoricalCrossentropy, SGD,
 };
 use tapeflow::{DType, Result};
 
 fn epochs_from_args(default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == "--epochs").and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+    args.iter()
+        .position(|a| a == "--epochs")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn main() -> Result<()> {
@@ -34,7 +39,12 @@ fn main() -> Result<()> {
     let y = tapeflow::Tensor::random_uniform(&[64, 1], 0.0, 1.0, 1, DType::F32);
     // model.fit(x, y, epochs=10, batch_size=32)
     let history = model.fit(&x, &y, FitOptions::new(10, 32).run_eagerly(eager))?;
-    let losses: Vec<String> = history.get("loss").unwrap_or(&[]).iter().map(|v| format!("{v:.4}")).collect();
+    let losses: Vec<String> = history
+        .get("loss")
+        .unwrap_or(&[])
+        .iter()
+        .map(|v| format!("{v:.4}"))
+        .collect();
     println!("random data: loss per epoch {}", losses.join(" "));
 
     // --- the same API on MNIST -----------------------------------------------------------
@@ -48,15 +58,38 @@ fn main() -> Result<()> {
         .input_shape(&[784])
         .into();
     mnist.summary()?;
-    mnist.compile(SparseCategoricalCrossentropy::from_logits(true), Adam::default(), &["accuracy"])?;
-    let opts = FitOptions::new(epochs_from_args(3), 32).validation_data(&x_test, &y_test).run_eagerly(eager);
+    mnist.compile(
+        SparseCategoricalCrossentropy::from_logits(true),
+        Adam::default(),
+        &["accuracy"],
+    )?;
+    let opts = FitOptions::new(epochs_from_args(3), 32)
+        .validation_data(&x_test, &y_test)
+        .run_eagerly(eager);
     let history = mnist.fit(&x_train, &y_train, opts)?;
     for (name, values) in &history.history {
-        println!("{name:>13}: {}", values.iter().map(|v| format!("{v:.4}")).collect::<Vec<_>>().join("  "));
+        println!(
+            "{name:>13}: {}",
+            values
+                .iter()
+                .map(|v| format!("{v:.4}"))
+                .collect::<Vec<_>>()
+                .join("  ")
+        );
     }
     let logs = mnist.evaluate(&x_test, &y_test, 256)?;
-    println!("evaluate: {}", logs.iter().map(|(k, v)| format!("{k} = {v:.4}")).collect::<Vec<_>>().join(", "));
+    println!(
+        "evaluate: {}",
+        logs.iter()
+            .map(|(k, v)| format!("{k} = {v:.4}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let first = mnist.predict(&x_test.slice_axis(0, 0, 8), 8)?.argmax(-1);
-    println!("predict (first 8 test digits): {:?}, labels {:?}", first.to_vec_i64()?, y_test.slice_axis(0, 0, 8).to_vec_i64()?);
+    println!(
+        "predict (first 8 test digits): {:?}, labels {:?}",
+        first.to_vec_i64()?,
+        y_test.slice_axis(0, 0, 8).to_vec_i64()?
+    );
     Ok(())
 }

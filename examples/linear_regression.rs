@@ -65,10 +65,16 @@ fn main() -> Result<()> {
             println!("Epoch: {epoch:>3}  Loss: {:.6}", loss.to_scalar()?);
         }
     }
-    println!("a = {:.4}, b = {:.4} (data made with a = 3, b = 2)", a.value().to_scalar()?, b.value().to_scalar()?);
+    println!(
+        "a = {:.4}, b = {:.4} (data made with a = 3, b = 2)",
+        a.value().to_scalar()?,
+        b.value().to_scalar()?
+    );
 
     // model = Sequential([Dense(1, kernel_initializer='zeros', bias_initializer='zeros')])
-    let dense = Dense::new(1).kernel_initializer(Initializer::Zeros).bias_initializer(Initializer::Zeros);
+    let dense = Dense::new(1)
+        .kernel_initializer(Initializer::Zeros)
+        .bias_initializer(Initializer::Zeros);
     let model = Sequential::new().add(dense);
     let optimizer = Adam::new(0.07);
     println!("Dense(1) with Adam(0.07):");

@@ -20,8 +20,8 @@ use plotters::prelude::*;
 use std::time::Instant;
 use tapeflow::data::Dataset;
 use tapeflow::nn::{
-    input_named, Activation, Adam, Dense, Layer, Loss, Mean, Metric, Model, Optimizer, SparseCategoricalAccuracy,
-    SparseCategoricalCrossentropy,
+    input_named, Activation, Adam, Dense, Layer, Loss, Mean, Metric, Model, Optimizer,
+    SparseCategoricalAccuracy, SparseCategoricalCrossentropy,
 };
 use tapeflow::{function, GradientTape, Result, Tensor};
 
@@ -60,14 +60,22 @@ fn epochs_from_args() -> usize {
         .position(|a| a == "--epochs")
         .and_then(|i| args.get(i + 1))
         .and_then(|v| v.parse().ok())
-        .or_else(|| std::env::var("MNIST_EPOCHS").ok().and_then(|v| v.parse().ok()))
+        .or_else(|| {
+            std::env::var("MNIST_EPOCHS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+        })
         .unwrap_or(5)
 }
 
 /// Times `steps` train steps eagerly and compiled on a scratch model, in ms per step.
 fn time_eager_vs_compiled(batches: &[(Tensor, Tensor)]) -> Result<(f64, f64, f64)> {
     let scratch = build_model()?;
-    let step = make_train_step(scratch, SparseCategoricalCrossentropy::from_logits(true), Adam::default());
+    let step = make_train_step(
+        scratch,
+        SparseCategoricalCrossentropy::from_logits(true),
+        Adam::default(),
+    );
     let compiled = function(step.clone());
     let t = Instant::now();
     for (x, y) in batches {
@@ -97,12 +105,27 @@ fn plot(path: &str, c: &Curves) -> std::result::Result<(), Box<dyn std::error::E
     root.fill(&WHITE)?;
     let (left, right) = root.split_horizontally(480);
     let n = c.train_loss.len() as f64;
-    let xs = |v: &[f64]| v.iter().enumerate().map(|(i, y)| ((i + 1) as f64, *y)).collect::<Vec<_>>();
-    let panels: [(&DrawingArea<SVGBackend, _>, &str, &[f64], &[f64]); 2] =
-        [(&left, "loss", &c.train_loss, &c.test_loss), (&right, "accuracy", &c.train_acc, &c.test_acc)];
+    let xs = |v: &[f64]| {
+        v.iter()
+            .enumerate()
+            .map(|(i, y)| ((i + 1) as f64, *y))
+            .collect::<Vec<_>>()
+    };
+    let panels: [(&DrawingArea<SVGBackend, _>, &str, &[f64], &[f64]); 2] = [
+        (&left, "loss", &c.train_loss, &c.test_loss),
+        (&right, "accuracy", &c.train_acc, &c.test_acc),
+    ];
     for (area, name, train, test) in panels {
-        let lo = train.iter().chain(test).cloned().fold(f64::INFINITY, f64::min);
-        let hi = train.iter().chain(test).cloned().fold(f64::NEG_INFINITY, f64::max);
+        let lo = train
+            .iter()
+            .chain(test)
+            .cloned()
+            .fold(f64::INFINITY, f64::min);
+        let hi = train
+            .iter()
+            .chain(test)
+            .cloned()
+            .fold(f64::NEG_INFINITY, f64::max);
         let pad = ((hi - lo) * 0.1).max(1e-3);
         let mut chart = ChartBuilder::on(area)
             .caption(format!("MNIST MLP: {name} per epoch"), ("sans-serif", 18))
@@ -111,13 +134,19 @@ fn plot(path: &str, c: &Curves) -> std::result::Result<(), Box<dyn std::error::E
             .y_label_area_size(50)
             .build_cartesian_2d(0.5..n + 0.5, (lo - pad)..(hi + pad))?;
         chart.configure_mesh().x_desc("epoch").y_desc(name).draw()?;
-        chart.draw_series(LineSeries::new(xs(train), &BLUE))?.label(format!("train {name}")).legend(|(x, y)| {
-            PathElement::new(vec![(x, y), (x + 16, y)], BLUE)
-        });
-        chart.draw_series(LineSeries::new(xs(test), &RED))?.label(format!("test {name}")).legend(|(x, y)| {
-            PathElement::new(vec![(x, y), (x + 16, y)], RED)
-        });
-        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+        chart
+            .draw_series(LineSeries::new(xs(train), &BLUE))?
+            .label(format!("train {name}"))
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLUE));
+        chart
+            .draw_series(LineSeries::new(xs(test), &RED))?
+            .label(format!("test {name}"))
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], RED));
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()?;
     }
     root.present()?;
     Ok(())
@@ -131,10 +160,20 @@ fn main() -> Result<()> {
     let ((x_train, y_train), (x_test, y_test)) = tapeflow::datasets::mnist::load_data()?;
     let x_train = x_train.reshape(&[x_train.shape()[0], 784]);
     let x_test = x_test.reshape(&[x_test.shape()[0], 784]);
-    println!("loaded MNIST: train {:?}, test {:?} ({:.1}s)", x_train.shape(), x_test.shape(), start.elapsed().as_secs_f64());
+    println!(
+        "loaded MNIST: train {:?}, test {:?} ({:.1}s)",
+        x_train.shape(),
+        x_test.shape(),
+        start.elapsed().as_secs_f64()
+    );
 
-    let train_ds = Dataset::from_tensor_slices((x_train, y_train))?.shuffle(10000, 42).batch(32).prefetch(4);
-    let test_ds = Dataset::from_tensor_slices((x_test, y_test))?.batch(32).prefetch(4);
+    let train_ds = Dataset::from_tensor_slices((x_train, y_train))?
+        .shuffle(10000, 42)
+        .batch(32)
+        .prefetch(4);
+    let test_ds = Dataset::from_tensor_slices((x_test, y_test))?
+        .batch(32)
+        .prefetch(4);
 
     let model = build_model()?;
     model.summary()?;
@@ -148,7 +187,11 @@ fn main() -> Result<()> {
     let test_accuracy = SparseCategoricalAccuracy::named("test_accuracy");
 
     // @tf.function def train_step(images, labels): ...
-    let train_step = function(make_train_step(model.clone(), loss_object, optimizer.clone()));
+    let train_step = function(make_train_step(
+        model.clone(),
+        loss_object,
+        optimizer.clone(),
+    ));
     // @tf.function def test_step(images, labels): ...
     let test_model = model.clone();
     let test_step = function(move |images: &Tensor, labels: &Tensor| {
@@ -164,7 +207,12 @@ fn main() -> Result<()> {
         eager_ms / compiled_ms
     );
 
-    let mut curves = Curves { train_loss: vec![], train_acc: vec![], test_loss: vec![], test_acc: vec![] };
+    let mut curves = Curves {
+        train_loss: vec![],
+        train_acc: vec![],
+        test_loss: vec![],
+        test_acc: vec![],
+    };
     for epoch in 0..epochs {
         let epoch_start = Instant::now();
         // Reset the metrics at the start of the next epoch
@@ -179,7 +227,10 @@ fn main() -> Result<()> {
             train_loss.update(&loss)?;
             train_accuracy.update(&labels, &predictions)?;
             if steps % 600 == 0 {
-                println!("  step {steps:>4}: training loss (for one batch) {:.4}", loss.to_scalar()?);
+                println!(
+                    "  step {steps:>4}: training loss (for one batch) {:.4}",
+                    loss.to_scalar()?
+                );
             }
             steps += 1;
         }
@@ -204,7 +255,11 @@ fn main() -> Result<()> {
         curves.test_loss.push(test_loss.result());
         curves.test_acc.push(test_accuracy.result());
     }
-    println!("train_step traced {} time(s), test_step {} time(s)", train_step.trace_count(), test_step.trace_count());
+    println!(
+        "train_step traced {} time(s), test_step {} time(s)",
+        train_step.trace_count(),
+        test_step.trace_count()
+    );
 
     match plot("mnist_training.svg", &curves) {
         Ok(()) => println!("wrote mnist_training.svg"),

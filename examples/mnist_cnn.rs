@@ -14,8 +14,8 @@
 use std::time::Instant;
 use tapeflow::data::Dataset;
 use tapeflow::nn::{
-    input, Activation, Adam, Conv2D, Dense, Flatten, Layer, Loss, MaxPooling2D, Mean, Metric, Model, Optimizer,
-    SparseCategoricalAccuracy, SparseCategoricalCrossentropy,
+    input, Activation, Adam, Conv2D, Dense, Flatten, Layer, Loss, MaxPooling2D, Mean, Metric,
+    Model, Optimizer, SparseCategoricalAccuracy, SparseCategoricalCrossentropy,
 };
 use tapeflow::{function, DType, GradientTape, Result, Tensor};
 
@@ -39,8 +39,16 @@ fn main() -> Result<()> {
     let start = Instant::now();
     let quick = std::env::args().any(|a| a == "--quick");
     let epochs = setting("--epochs", "MNIST_EPOCHS", if quick { 1 } else { 5 });
-    let n_train = setting("--train-samples", "MNIST_TRAIN_SAMPLES", if quick { 6000 } else { 60000 });
-    let n_test = setting("--test-samples", "MNIST_TEST_SAMPLES", if quick { 1000 } else { 10000 });
+    let n_train = setting(
+        "--train-samples",
+        "MNIST_TRAIN_SAMPLES",
+        if quick { 6000 } else { 60000 },
+    );
+    let n_test = setting(
+        "--test-samples",
+        "MNIST_TEST_SAMPLES",
+        if quick { 1000 } else { 10000 },
+    );
 
     let mnist = tapeflow::datasets::mnist::load_data()?;
     let ((x_train, y_train), (x_test, y_test)) = mnist;
@@ -49,13 +57,24 @@ fn main() -> Result<()> {
     let y_train = first_rows(&y_train, n_train);
     let x_test = first_rows(&x_test, n_test).expand_dims(-1);
     let y_test = first_rows(&y_test, n_test);
-    println!("train {:?}, test {:?}, {epochs} epoch(s)", x_train.shape(), x_test.shape());
+    println!(
+        "train {:?}, test {:?}, {epochs} epoch(s)",
+        x_train.shape(),
+        x_test.shape()
+    );
 
-    let train_ds = Dataset::from_tensor_slices((x_train, y_train))?.shuffle(10000, 0).batch(32).prefetch(4);
-    let test_ds = Dataset::from_tensor_slices((x_test, y_test))?.batch(32).prefetch(4);
+    let train_ds = Dataset::from_tensor_slices((x_train, y_train))?
+        .shuffle(10000, 0)
+        .batch(32)
+        .prefetch(4);
+    let test_ds = Dataset::from_tensor_slices((x_test, y_test))?
+        .batch(32)
+        .prefetch(4);
 
     let inputs = input(&[28, 28, 1]);
-    let x = Conv2D::new(32, 3).activation(Activation::Relu).apply(&inputs)?;
+    let x = Conv2D::new(32, 3)
+        .activation(Activation::Relu)
+        .apply(&inputs)?;
     let x = MaxPooling2D::new((2, 2)).apply(&x)?;
     let x = Conv2D::new(64, 3).activation(Activation::Relu).apply(&x)?;
     let x = MaxPooling2D::new((2, 2)).apply(&x)?;

@@ -4,10 +4,11 @@
 //! errors users hit (wrong shapes, bad labels, misuse of the optimizer).
 
 use tapeflow::nn::{
-    input, set_seed, Activation, Adam, AdamW, BinaryCrossentropy, CategoricalCrossentropy, Conv2D, CosineDecay, Dense,
-    Dropout, ExponentialDecay, FitOptions, Flatten, Initializer, Layer, LearningRateSchedule, Loss, MaxPooling2D,
-    MeanSquaredError, Metric, Model, Optimizer, RMSprop, Sequential, SparseCategoricalAccuracy,
-    SparseCategoricalCrossentropy, CategoricalAccuracy, SGD,
+    input, set_seed, Activation, Adam, AdamW, BinaryCrossentropy, CategoricalAccuracy,
+    CategoricalCrossentropy, Conv2D, CosineDecay, Dense, Dropout, ExponentialDecay, FitOptions,
+    Flatten, Initializer, Layer, LearningRateSchedule, Loss, MaxPooling2D, MeanSquaredError,
+    Metric, Model, Optimizer, RMSprop, Sequential, SparseCategoricalAccuracy,
+    SparseCategoricalCrossentropy, SGD,
 };
 use tapeflow::{function, DType, GradientTape, Padding, Tensor, Variable};
 
@@ -22,7 +23,10 @@ fn f32s(v: &[f32], shape: &[usize]) -> Tensor {
 fn assert_close(got: &[f64], want: &[f64], tol: f64) {
     assert_eq!(got.len(), want.len(), "lengths differ: {got:?} vs {want:?}");
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!((g - w).abs() <= tol * (1.0 + w.abs()), "element {i}: got {g}, want {w} (all: {got:?} vs {want:?})");
+        assert!(
+            (g - w).abs() <= tol * (1.0 + w.abs()),
+            "element {i}: got {g}, want {w} (all: {got:?} vs {want:?})"
+        );
     }
 }
 
@@ -31,11 +35,17 @@ fn assert_close(got: &[f64], want: &[f64], tol: f64) {
 
 #[test]
 fn dense_forward_matches_hand_computation() {
-    let d = Dense::new(2).activation(Activation::Relu).dtype(DType::F64).named("hand_dense");
+    let d = Dense::new(2)
+        .activation(Activation::Relu)
+        .dtype(DType::F64)
+        .named("hand_dense");
     d.build(&[3]).unwrap();
     let k = d.kernel().unwrap();
     let b = d.bias().unwrap();
-    assert_eq!((k.name(), b.name()), ("hand_dense/kernel", "hand_dense/bias"));
+    assert_eq!(
+        (k.name(), b.name()),
+        ("hand_dense/kernel", "hand_dense/bias")
+    );
     k.assign(&t2(&[1.0, -1.0, 2.0, 0.5, -3.0, 1.0], &[3, 2]));
     b.assign(&t2(&[0.5, -0.25], &[2]));
     let x = t2(&[1.0, 2.0, 3.0, -1.0, 0.0, 2.0], &[2, 3]);
@@ -47,7 +57,9 @@ fn dense_forward_matches_hand_computation() {
 
 #[test]
 fn dense_acts_on_the_last_axis_of_any_rank() {
-    let d = Dense::new(1).kernel_initializer(Initializer::Ones).bias_initializer(Initializer::Constant(1.0));
+    let d = Dense::new(1)
+        .kernel_initializer(Initializer::Ones)
+        .bias_initializer(Initializer::Constant(1.0));
     let x = f32s(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0], &[2, 2, 2]);
     let y = d.call(&x, false).unwrap();
     assert_eq!(y.shape(), &[2, 2, 1]);
@@ -63,8 +75,18 @@ fn dense_kernel_is_glorot_uniform_and_bias_zero() {
     assert!(k.iter().all(|v| v.abs() <= limit));
     // U(-l, l) has variance l²/3
     let var = k.iter().map(|v| v * v).sum::<f64>() / k.len() as f64;
-    assert!((var - limit * limit / 3.0).abs() < 0.05 * limit * limit / 3.0, "variance {var}");
-    assert!(d.bias().unwrap().value().to_vec_f64().unwrap().iter().all(|v| *v == 0.0));
+    assert!(
+        (var - limit * limit / 3.0).abs() < 0.05 * limit * limit / 3.0,
+        "variance {var}"
+    );
+    assert!(d
+        .bias()
+        .unwrap()
+        .value()
+        .to_vec_f64()
+        .unwrap()
+        .iter()
+        .all(|v| *v == 0.0));
 }
 
 #[test]
@@ -73,20 +95,44 @@ fn initializers_follow_keras_fans_and_seeds() {
     assert_eq!(Initializer::fans(&[784, 10]), (784, 10));
     let a = Initializer::GlorotNormal { seed: Some(5) }.init(&[100, 100], DType::F64, "x");
     let b = Initializer::GlorotNormal { seed: Some(5) }.init(&[100, 100], DType::F64, "y");
-    assert_eq!(a.to_vec_f64().unwrap(), b.to_vec_f64().unwrap(), "an explicit seed wins over the name");
+    assert_eq!(
+        a.to_vec_f64().unwrap(),
+        b.to_vec_f64().unwrap(),
+        "an explicit seed wins over the name"
+    );
     let sd = (2.0f64 / 200.0).sqrt() / 0.879_625_661_034_239_8;
-    assert!(a.to_vec_f64().unwrap().iter().all(|v| v.abs() <= 2.0 * sd + 1e-12), "truncated at 2σ");
+    assert!(
+        a.to_vec_f64()
+            .unwrap()
+            .iter()
+            .all(|v| v.abs() <= 2.0 * sd + 1e-12),
+        "truncated at 2σ"
+    );
     let c = Initializer::GlorotUniform { seed: None }.init(&[4], DType::F32, "same_name");
     let d = Initializer::GlorotUniform { seed: None }.init(&[4], DType::F32, "same_name");
-    assert_eq!(c.to_vec_f32().unwrap(), d.to_vec_f32().unwrap(), "derived seeds are reproducible");
+    assert_eq!(
+        c.to_vec_f32().unwrap(),
+        d.to_vec_f32().unwrap(),
+        "derived seeds are reproducible"
+    );
     let e = Initializer::GlorotUniform { seed: None }.init(&[4], DType::F32, "other_name");
     assert_ne!(c.to_vec_f32().unwrap(), e.to_vec_f32().unwrap());
-    let he = Initializer::HeUniform { seed: Some(1) }.init(&[50, 10], DType::F64, "h").to_vec_f64().unwrap();
+    let he = Initializer::HeUniform { seed: Some(1) }
+        .init(&[50, 10], DType::F64, "h")
+        .to_vec_f64()
+        .unwrap();
     assert!(he.iter().all(|v| v.abs() <= (6.0f64 / 50.0).sqrt()));
 }
 
 /// Direct convolution in f64: NHWC input, [kh,kw,cin,cout] kernel, TF padding rules.
-fn conv_reference(x: &[f64], xs: [usize; 4], k: &[f64], ks: [usize; 4], stride: usize, same: bool) -> (Vec<f64>, [usize; 4]) {
+fn conv_reference(
+    x: &[f64],
+    xs: [usize; 4],
+    k: &[f64],
+    ks: [usize; 4],
+    stride: usize,
+    same: bool,
+) -> (Vec<f64>, [usize; 4]) {
     let [n, h, w, cin] = xs;
     let [kh, kw, _, cout] = ks;
     let (oh, ow, pt, pl) = if same {
@@ -128,8 +174,14 @@ fn conv_reference(x: &[f64], xs: [usize; 4], k: &[f64], ks: [usize; 4], stride: 
 #[test]
 fn conv2d_forward_matches_hand_computation() {
     // a tiny case worked by hand: 3x3 input, 2x2 kernel of ones, bias 1
-    let c = Conv2D::new(1, 2).dtype(DType::F64).bias_initializer(Initializer::Constant(1.0)).kernel_initializer(Initializer::Ones);
-    let x = t2(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0], &[1, 3, 3, 1]);
+    let c = Conv2D::new(1, 2)
+        .dtype(DType::F64)
+        .bias_initializer(Initializer::Constant(1.0))
+        .kernel_initializer(Initializer::Ones);
+    let x = t2(
+        &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0],
+        &[1, 3, 3, 1],
+    );
     let y = c.call(&x, false).unwrap();
     assert_eq!(y.shape(), &[1, 2, 2, 1]);
     assert_eq!(y.to_vec_f64().unwrap(), vec![13.0, 17.0, 25.0, 29.0]);
@@ -144,14 +196,21 @@ fn conv2d_forward_matches_hand_computation() {
             .strides((stride, stride))
             .padding(if same { Padding::Same } else { Padding::Valid })
             .activation(Activation::Relu)
-            .kernel_initializer(Initializer::RandomUniform { min: -1.0, max: 1.0, seed: Some(3) })
+            .kernel_initializer(Initializer::RandomUniform {
+                min: -1.0,
+                max: 1.0,
+                seed: Some(3),
+            })
             .bias_initializer(Initializer::Constant(0.1))
             .dtype(DType::F64);
         let y = c.call(&xv, false).unwrap();
         let kv = c.variables()[0].value().to_vec_f64().unwrap();
         let (want, shape) = conv_reference(&xv.to_vec_f64().unwrap(), xs, &kv, ks, stride, same);
         assert_eq!(y.shape(), &shape);
-        assert_eq!(c.compute_output_shape(&xs[1..]).unwrap(), shape[1..].to_vec());
+        assert_eq!(
+            c.compute_output_shape(&xs[1..]).unwrap(),
+            shape[1..].to_vec()
+        );
         let want: Vec<f64> = want.iter().map(|v| (v + 0.1).max(0.0)).collect();
         assert_close(&y.to_vec_f64().unwrap(), &want, 1e-12);
     }
@@ -159,7 +218,10 @@ fn conv2d_forward_matches_hand_computation() {
 
 #[test]
 fn max_pooling_and_flatten_match_hand_computation() {
-    let x = f32s(&(0..32).map(|v| ((v * 7) % 11) as f32).collect::<Vec<_>>(), &[1, 4, 4, 2]);
+    let x = f32s(
+        &(0..32).map(|v| ((v * 7) % 11) as f32).collect::<Vec<_>>(),
+        &[1, 4, 4, 2],
+    );
     let y = MaxPooling2D::new((2, 2)).call(&x, false).unwrap();
     assert_eq!(y.shape(), &[1, 2, 2, 2]);
     let xv = x.to_vec_f32().unwrap();
@@ -167,7 +229,12 @@ fn max_pooling_and_flatten_match_hand_computation() {
     let mut want = Vec::new();
     for (r, c) in [(0, 0), (0, 2), (2, 0), (2, 2)] {
         for ch in 0..2 {
-            want.push(at(r, c, ch).max(at(r + 1, c, ch)).max(at(r, c + 1, ch)).max(at(r + 1, c + 1, ch)));
+            want.push(
+                at(r, c, ch)
+                    .max(at(r + 1, c, ch))
+                    .max(at(r, c + 1, ch))
+                    .max(at(r + 1, c + 1, ch)),
+            );
         }
     }
     assert_eq!(y.to_vec_f32().unwrap(), want);
@@ -183,17 +250,26 @@ fn max_pooling_and_flatten_match_hand_computation() {
 fn dropout_is_identity_at_inference_and_scales_kept_units() {
     let d = Dropout::new(0.25).seed(3);
     let x = Tensor::ones(&[8, 500]);
-    assert_eq!(d.call(&x, false).unwrap().to_vec_f32().unwrap(), x.to_vec_f32().unwrap());
+    assert_eq!(
+        d.call(&x, false).unwrap().to_vec_f32().unwrap(),
+        x.to_vec_f32().unwrap()
+    );
     let a = d.call(&x, true).unwrap().to_vec_f32().unwrap();
     let b = d.call(&x, true).unwrap().to_vec_f32().unwrap();
     let dropped = a.iter().filter(|v| **v == 0.0).count() as f64 / a.len() as f64;
     assert!((dropped - 0.25).abs() < 0.02, "dropped fraction {dropped}");
-    assert!(a.iter().all(|v| *v == 0.0 || (*v - 1.0 / 0.75).abs() < 1e-6));
+    assert!(a
+        .iter()
+        .all(|v| *v == 0.0 || (*v - 1.0 / 0.75).abs() < 1e-6));
     assert_ne!(a, b, "each call draws a new mask");
     // neighbouring elements are not correlated
     let mask: Vec<f64> = a.iter().map(|v| (*v != 0.0) as u8 as f64).collect();
     let mean = mask.iter().sum::<f64>() / mask.len() as f64;
-    let cov = mask.windows(2).map(|w| (w[0] - mean) * (w[1] - mean)).sum::<f64>() / (mask.len() - 1) as f64;
+    let cov = mask
+        .windows(2)
+        .map(|w| (w[0] - mean) * (w[1] - mean))
+        .sum::<f64>()
+        / (mask.len() - 1) as f64;
     assert!(cov.abs() < 0.01, "lag-1 covariance {cov}");
 }
 
@@ -210,7 +286,11 @@ fn dropout_masks_are_the_same_eager_and_compiled() {
         assert_eq!(e, c);
     }
     assert_eq!(f.trace_count(), 1);
-    assert_eq!(traced.variables()[0].value().to_vec_i64().unwrap(), vec![3], "the counter advanced in the graph");
+    assert_eq!(
+        traced.variables()[0].value().to_vec_i64().unwrap(),
+        vec![3],
+        "the counter advanced in the graph"
+    );
 }
 
 #[test]
@@ -221,9 +301,16 @@ fn layer_names_are_unique_and_prefix_variables() {
     b.build(&[1]).unwrap();
     assert_ne!(a.name(), b.name());
     for l in [&a, &b] {
-        assert!(l.name() == "dense" || l.name().starts_with("dense_"), "{}", l.name());
+        assert!(
+            l.name() == "dense" || l.name().starts_with("dense_"),
+            "{}",
+            l.name()
+        );
         let names: Vec<String> = l.variables().iter().map(|v| v.name().to_string()).collect();
-        assert_eq!(names, vec![format!("{}/kernel", l.name()), format!("{}/bias", l.name())]);
+        assert_eq!(
+            names,
+            vec![format!("{}/kernel", l.name()), format!("{}/bias", l.name())]
+        );
     }
 }
 
@@ -234,22 +321,54 @@ fn trainable_variables_are_in_layer_order_kernel_before_bias() {
         .add(Dropout::new(0.1).named("drop"))
         .add(Dense::new(2).named("second"))
         .input_shape(&[4]);
-    let names: Vec<String> = model.trainable_variables().iter().map(|v| v.name().to_string()).collect();
-    assert_eq!(names, ["first/kernel", "first/bias", "second/kernel", "second/bias"]);
-    let all: Vec<String> = model.variables().iter().map(|v| v.name().to_string()).collect();
-    assert_eq!(all, ["first/kernel", "first/bias", "drop/seed_generator_state", "second/kernel", "second/bias"]);
+    let names: Vec<String> = model
+        .trainable_variables()
+        .iter()
+        .map(|v| v.name().to_string())
+        .collect();
+    assert_eq!(
+        names,
+        ["first/kernel", "first/bias", "second/kernel", "second/bias"]
+    );
+    let all: Vec<String> = model
+        .variables()
+        .iter()
+        .map(|v| v.name().to_string())
+        .collect();
+    assert_eq!(
+        all,
+        [
+            "first/kernel",
+            "first/bias",
+            "drop/seed_generator_state",
+            "second/kernel",
+            "second/bias"
+        ]
+    );
 }
 
 #[test]
 fn cnn_summary_matches_keras() {
     let inputs = input(&[28, 28, 1]);
-    let x = Conv2D::new(32, 3).activation(Activation::Relu).apply(&inputs).unwrap();
+    let x = Conv2D::new(32, 3)
+        .activation(Activation::Relu)
+        .apply(&inputs)
+        .unwrap();
     let x = MaxPooling2D::new((2, 2)).apply(&x).unwrap();
-    let x = Conv2D::new(64, 3).activation(Activation::Relu).apply(&x).unwrap();
+    let x = Conv2D::new(64, 3)
+        .activation(Activation::Relu)
+        .apply(&x)
+        .unwrap();
     let x = MaxPooling2D::new((2, 2)).apply(&x).unwrap();
-    let x = Conv2D::new(64, 3).activation(Activation::Relu).apply(&x).unwrap();
+    let x = Conv2D::new(64, 3)
+        .activation(Activation::Relu)
+        .apply(&x)
+        .unwrap();
     let x = Flatten::new().apply(&x).unwrap();
-    let x = Dense::new(64).activation(Activation::Relu).apply(&x).unwrap();
+    let x = Dense::new(64)
+        .activation(Activation::Relu)
+        .apply(&x)
+        .unwrap();
     let outputs = Dense::new(10).apply(&x).unwrap();
     let model = Model::new(&inputs, &outputs).unwrap();
     let s = model.summary_string().unwrap();
@@ -264,18 +383,31 @@ fn cnn_summary_matches_keras() {
         ("(None, 64)", "36928"),
         ("(None, 10)", "650"),
     ] {
-        assert!(s.lines().any(|l| l.contains(shape) && l.trim_end().ends_with(params)), "no row {shape} {params} in\n{s}");
+        assert!(
+            s.lines()
+                .any(|l| l.contains(shape) && l.trim_end().ends_with(params)),
+            "no row {shape} {params} in\n{s}"
+        );
     }
     assert!(s.contains("Total params: 93322 (364.54 KB)"), "{s}");
     assert!(s.contains("Trainable params: 93322"), "{s}");
     assert!(s.contains("Non-trainable params: 0 (0.00 Byte)"), "{s}");
     assert_eq!(model.count_params(), 93322);
-    assert_eq!(model.call(&Tensor::zeros(&[2, 28, 28, 1]), false).unwrap().shape(), &[2, 10]);
+    assert_eq!(
+        model
+            .call(&Tensor::zeros(&[2, 28, 28, 1]), false)
+            .unwrap()
+            .shape(),
+        &[2, 10]
+    );
 }
 
 #[test]
 fn wrong_feature_count_is_a_clear_error_eager_and_compiled() {
-    let model = Sequential::new().add(Dense::new(4).named("dense_in")).add(Dense::new(2)).input_shape(&[784]);
+    let model = Sequential::new()
+        .add(Dense::new(4).named("dense_in"))
+        .add(Dense::new(2))
+        .input_shape(&[784]);
     let bad = Tensor::zeros(&[8, 100]);
     let e = model.call(&bad, false).unwrap_err().to_string();
     assert!(e.contains("[784]") && e.contains("f32[8,100]"), "{e}");
@@ -283,15 +415,25 @@ fn wrong_feature_count_is_a_clear_error_eager_and_compiled() {
     let layer = std::sync::Arc::new(Dense::new(3).named("lonely_dense"));
     layer.call(&Tensor::zeros(&[2, 5]), false).unwrap();
     let e = layer.call(&bad, false).unwrap_err().to_string();
-    assert!(e.contains("lonely_dense") && e.contains("5 features") && e.contains("f32[8,100]"), "{e}");
+    assert!(
+        e.contains("lonely_dense") && e.contains("5 features") && e.contains("f32[8,100]"),
+        "{e}"
+    );
 
     let l2 = layer.clone();
     let f = function(move |x: &Tensor| l2.call(x, false));
     let e = f.call(&bad).unwrap_err().to_string();
-    assert!(e.contains("lonely_dense") && e.contains("5 features"), "{e}");
+    assert!(
+        e.contains("lonely_dense") && e.contains("5 features"),
+        "{e}"
+    );
     assert!(f.call(&Tensor::zeros(&[2, 5])).is_ok());
 
-    let e = Dense::new(2).dtype(DType::F64).call(&Tensor::zeros(&[1, 2]), false).unwrap_err().to_string();
+    let e = Dense::new(2)
+        .dtype(DType::F64)
+        .call(&Tensor::zeros(&[1, 2]), false)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("dtype f32") && e.contains("f64"), "{e}");
 }
 
@@ -300,9 +442,16 @@ fn functional_model_needs_its_own_input() {
     let a = input(&[3]);
     let b = input(&[3]);
     let out = Dense::new(1).apply(&b).unwrap();
-    let e = Model::new(&a, &out).err().expect("outputs are not computed from a").to_string();
+    let e = Model::new(&a, &out)
+        .err()
+        .expect("outputs are not computed from a")
+        .to_string();
     assert!(e.contains("computed from input"), "{e}");
-    let e = Conv2D::new(1, 5).apply(&input(&[3, 3, 1])).err().expect("window too big").to_string();
+    let e = Conv2D::new(1, 5)
+        .apply(&input(&[3, 3, 1]))
+        .err()
+        .expect("window too big")
+        .to_string();
     assert!(e.contains("does not fit"), "{e}");
 }
 
@@ -316,9 +465,13 @@ fn mean_squared_error_matches_formula() {
     let l = MeanSquaredError.call(&y, &p).unwrap().to_scalar().unwrap();
     assert!((l - (0.25 + 0.0 + 1.0 + 4.0) / 4.0).abs() < 1e-15);
     // [n] targets against [n, 1] predictions
-    let l = MeanSquaredError.call(&t2(&[1.0, 2.0], &[2]), &t2(&[2.0, 4.0], &[2, 1])).unwrap();
+    let l = MeanSquaredError
+        .call(&t2(&[1.0, 2.0], &[2]), &t2(&[2.0, 4.0], &[2, 1]))
+        .unwrap();
     assert_eq!(l.to_scalar().unwrap(), 2.5);
-    assert!(MeanSquaredError.call(&t2(&[1.0, 2.0, 3.0], &[3]), &t2(&[2.0, 4.0], &[2, 1])).is_err());
+    assert!(MeanSquaredError
+        .call(&t2(&[1.0, 2.0, 3.0], &[3]), &t2(&[2.0, 4.0], &[2, 1]))
+        .is_err());
 }
 
 fn log_softmax_row(r: &[f64]) -> Vec<f64> {
@@ -333,36 +486,54 @@ fn sparse_categorical_crossentropy_matches_formula() {
     let labels = [2i64, 1];
     let want = -(log_softmax_row(&logits[0..3])[2] + log_softmax_row(&logits[3..6])[1]) / 2.0;
     let x = t2(&logits, &[2, 3]);
-    let l = SparseCategoricalCrossentropy::from_logits(true).call(&Tensor::vec(&labels), &x).unwrap();
+    let l = SparseCategoricalCrossentropy::from_logits(true)
+        .call(&Tensor::vec(&labels), &x)
+        .unwrap();
     assert!((l.to_scalar().unwrap() - want).abs() < 1e-12);
     // float labels and [n, 1] labels mean the same
-    let l2 = SparseCategoricalCrossentropy::from_logits(true).call(&t2(&[2.0, 1.0], &[2, 1]), &x).unwrap();
+    let l2 = SparseCategoricalCrossentropy::from_logits(true)
+        .call(&t2(&[2.0, 1.0], &[2, 1]), &x)
+        .unwrap();
     assert!((l2.to_scalar().unwrap() - want).abs() < 1e-12);
     // from probabilities
     let probs = x.softmax(-1);
-    let l3 = SparseCategoricalCrossentropy::new().call(&Tensor::vec(&labels), &probs).unwrap();
+    let l3 = SparseCategoricalCrossentropy::new()
+        .call(&Tensor::vec(&labels), &probs)
+        .unwrap();
     assert!((l3.to_scalar().unwrap() - want).abs() < 1e-9);
     // probabilities are clipped: a zero probability gives -ln(1e-7), not infinity
-    let l4 = SparseCategoricalCrossentropy::new().call(&Tensor::vec(&[0i64]), &t2(&[0.0, 1.0], &[1, 2])).unwrap();
+    let l4 = SparseCategoricalCrossentropy::new()
+        .call(&Tensor::vec(&[0i64]), &t2(&[0.0, 1.0], &[1, 2]))
+        .unwrap();
     assert!((l4.to_scalar().unwrap() + (1e-7f64).ln()).abs() < 1e-6);
 }
 
 #[test]
 fn crossentropies_are_stable_for_huge_logits() {
     let x = t2(&[1000.0, -1000.0, 0.0], &[1, 3]);
-    let l = SparseCategoricalCrossentropy::from_logits(true).call(&Tensor::vec(&[1i64]), &x).unwrap().to_scalar().unwrap();
+    let l = SparseCategoricalCrossentropy::from_logits(true)
+        .call(&Tensor::vec(&[1i64]), &x)
+        .unwrap()
+        .to_scalar()
+        .unwrap();
     assert!((l - 2000.0).abs() < 1e-9, "{l}");
     let g = {
         let tape = GradientTape::new();
         let l = tape.record(|| {
             tape.watch(&x);
-            SparseCategoricalCrossentropy::from_logits(true).call(&Tensor::vec(&[1i64]), &x).unwrap()
+            SparseCategoricalCrossentropy::from_logits(true)
+                .call(&Tensor::vec(&[1i64]), &x)
+                .unwrap()
         });
         tape.gradient(&l, &x).unwrap().to_vec_f64().unwrap()
     };
     // d/dx = softmax(x) - onehot
     assert_close(&g, &[1.0, -1.0, 0.0], 1e-12);
-    let c = CategoricalCrossentropy::from_logits(true).call(&t2(&[0.0, 1.0, 0.0], &[1, 3]), &x).unwrap().to_scalar().unwrap();
+    let c = CategoricalCrossentropy::from_logits(true)
+        .call(&t2(&[0.0, 1.0, 0.0], &[1, 3]), &x)
+        .unwrap()
+        .to_scalar()
+        .unwrap();
     assert!((c - 2000.0).abs() < 1e-9);
 }
 
@@ -376,20 +547,28 @@ fn categorical_crossentropy_matches_formula() {
         want -= (0..3).map(|j| targets[r * 3 + j] * lp[j]).sum::<f64>();
     }
     want /= 2.0;
-    let l = CategoricalCrossentropy::from_logits(true).call(&t2(&targets, &[2, 3]), &t2(&logits, &[2, 3])).unwrap();
+    let l = CategoricalCrossentropy::from_logits(true)
+        .call(&t2(&targets, &[2, 3]), &t2(&logits, &[2, 3]))
+        .unwrap();
     assert!((l.to_scalar().unwrap() - want).abs() < 1e-12);
     let probs = t2(&logits, &[2, 3]).softmax(-1);
-    let l = CategoricalCrossentropy::new().call(&t2(&targets, &[2, 3]), &probs).unwrap();
+    let l = CategoricalCrossentropy::new()
+        .call(&t2(&targets, &[2, 3]), &probs)
+        .unwrap();
     assert!((l.to_scalar().unwrap() - want).abs() < 1e-9);
     // label smoothing 0.3 over 3 classes: y' = 0.7·y + 0.1
     let smoothed: Vec<f64> = targets.iter().map(|y| 0.7 * y + 0.1).collect();
-    let want_s = CategoricalCrossentropy::from_logits(true).call(&t2(&smoothed, &[2, 3]), &t2(&logits, &[2, 3])).unwrap();
+    let want_s = CategoricalCrossentropy::from_logits(true)
+        .call(&t2(&smoothed, &[2, 3]), &t2(&logits, &[2, 3]))
+        .unwrap();
     let got_s = CategoricalCrossentropy::from_logits(true)
         .label_smoothing(0.3)
         .call(&t2(&targets, &[2, 3]), &t2(&logits, &[2, 3]))
         .unwrap();
     assert!((got_s.to_scalar().unwrap() - want_s.to_scalar().unwrap()).abs() < 1e-12);
-    assert!(CategoricalCrossentropy::new().call(&t2(&targets[..3], &[1, 3]), &probs).is_err());
+    assert!(CategoricalCrossentropy::new()
+        .call(&t2(&targets[..3], &[1, 3]), &probs)
+        .is_err());
 }
 
 #[test]
@@ -397,14 +576,27 @@ fn binary_crossentropy_matches_formula() {
     let z = [0.0, 1.0, 1.0, 0.0];
     let x = [0.3, -1.2, 2.0, 0.0];
     let sig = |v: f64| 1.0 / (1.0 + (-v).exp());
-    let want = z.iter().zip(&x).map(|(z, x)| -(z * sig(*x).ln() + (1.0 - z) * (1.0 - sig(*x)).ln())).sum::<f64>() / 4.0;
-    let l = BinaryCrossentropy::from_logits(true).call(&t2(&z, &[2, 2]), &t2(&x, &[2, 2])).unwrap();
+    let want = z
+        .iter()
+        .zip(&x)
+        .map(|(z, x)| -(z * sig(*x).ln() + (1.0 - z) * (1.0 - sig(*x)).ln()))
+        .sum::<f64>()
+        / 4.0;
+    let l = BinaryCrossentropy::from_logits(true)
+        .call(&t2(&z, &[2, 2]), &t2(&x, &[2, 2]))
+        .unwrap();
     assert!((l.to_scalar().unwrap() - want).abs() < 1e-12);
     let p: Vec<f64> = x.iter().map(|v| sig(*v)).collect();
-    let l = BinaryCrossentropy::new().call(&t2(&z, &[2, 2]), &t2(&p, &[2, 2])).unwrap();
+    let l = BinaryCrossentropy::new()
+        .call(&t2(&z, &[2, 2]), &t2(&p, &[2, 2]))
+        .unwrap();
     assert!((l.to_scalar().unwrap() - want).abs() < 1e-9);
     // a certain wrong prediction is clipped, not infinite
-    let l = BinaryCrossentropy::new().call(&t2(&[1.0], &[1]), &t2(&[0.0], &[1])).unwrap().to_scalar().unwrap();
+    let l = BinaryCrossentropy::new()
+        .call(&t2(&[1.0], &[1]), &t2(&[0.0], &[1]))
+        .unwrap()
+        .to_scalar()
+        .unwrap();
     assert!((l + (1e-7f64).ln()).abs() < 1e-6);
 }
 
@@ -412,16 +604,28 @@ fn binary_crossentropy_matches_formula() {
 fn labels_out_of_range_are_errors_eager_and_compiled() {
     let loss = SparseCategoricalCrossentropy::from_logits(true);
     let logits = Tensor::zeros(&[3, 10]);
-    let e = loss.call(&Tensor::vec(&[1i64, 10, 2]), &logits).unwrap_err().to_string();
+    let e = loss
+        .call(&Tensor::vec(&[1i64, 10, 2]), &logits)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("label 10") && e.contains("[0, 10)"), "{e}");
-    let e = loss.call(&Tensor::vec(&[-1.0f32, 0.0, 2.0]), &logits).unwrap_err().to_string();
+    let e = loss
+        .call(&Tensor::vec(&[-1.0f32, 0.0, 2.0]), &logits)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("label -1"), "{e}");
-    let e = loss.call(&Tensor::vec(&[1i64, 2]), &logits).unwrap_err().to_string();
+    let e = loss
+        .call(&Tensor::vec(&[1i64, 2]), &logits)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("do not fit"), "{e}");
 
     let f = function(move |y: &Tensor, x: &Tensor| loss.call(y, x));
     assert!(f.call(&Tensor::vec(&[1i64, 9, 2]), &logits).is_ok());
-    let e = f.call(&Tensor::vec(&[1i64, 10, 2]), &logits).unwrap_err().to_string();
+    let e = f
+        .call(&Tensor::vec(&[1i64, 10, 2]), &logits)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("out of range"), "{e}");
 }
 
@@ -437,7 +641,8 @@ fn run_opt(opt: &dyn Optimizer) -> Vec<Vec<f64>> {
     GRADS
         .iter()
         .map(|g| {
-            opt.apply_gradients(&[Some(t2(g, &[2]))], &[w.clone()]).unwrap();
+            opt.apply_gradients(&[Some(t2(g, &[2]))], &[w.clone()])
+                .unwrap();
             w.value().to_vec_f64().unwrap()
         })
         .collect()
@@ -470,11 +675,18 @@ fn sgd_plain_momentum_and_nesterov_follow_their_rules() {
         for g in GRADS {
             for i in 0..2 {
                 m[i] = mu * m[i] - lr * g[i];
-                w[i] += if nesterov { mu * m[i] - lr * g[i] } else { m[i] };
+                w[i] += if nesterov {
+                    mu * m[i] - lr * g[i]
+                } else {
+                    m[i]
+                };
             }
             want.push(w.clone());
         }
-        check_steps(&run_opt(&SGD::new(lr).momentum(mu).nesterov(nesterov)), &want);
+        check_steps(
+            &run_opt(&SGD::new(lr).momentum(mu).nesterov(nesterov)),
+            &want,
+        );
     }
 }
 
@@ -498,14 +710,23 @@ fn adam_reference(lr: f64, b1: f64, b2: f64, eps: f64, wd: f64) -> Vec<Vec<f64>>
 
 #[test]
 fn adam_follows_its_rule() {
-    check_steps(&run_opt(&Adam::new(0.01)), &adam_reference(0.01, 0.9, 0.999, 1e-7, 0.0));
+    check_steps(
+        &run_opt(&Adam::new(0.01)),
+        &adam_reference(0.01, 0.9, 0.999, 1e-7, 0.0),
+    );
     let custom = Adam::new(0.05).beta_1(0.8).beta_2(0.99).epsilon(1e-3);
-    check_steps(&run_opt(&custom), &adam_reference(0.05, 0.8, 0.99, 1e-3, 0.0));
+    check_steps(
+        &run_opt(&custom),
+        &adam_reference(0.05, 0.8, 0.99, 1e-3, 0.0),
+    );
 }
 
 #[test]
 fn adamw_decays_weights_then_steps_like_adam() {
-    check_steps(&run_opt(&AdamW::new(0.01).weight_decay(0.1)), &adam_reference(0.01, 0.9, 0.999, 1e-7, 0.1));
+    check_steps(
+        &run_opt(&AdamW::new(0.01).weight_decay(0.1)),
+        &adam_reference(0.01, 0.9, 0.999, 1e-7, 0.1),
+    );
 }
 
 #[test]
@@ -533,17 +754,27 @@ fn rmsprop_plain_momentum_and_centered_follow_their_rules() {
             }
             want.push(w.clone());
         }
-        check_steps(&run_opt(&RMSprop::new(lr).momentum(mu).centered(centered)), &want);
+        check_steps(
+            &run_opt(&RMSprop::new(lr).momentum(mu).centered(centered)),
+            &want,
+        );
     }
 }
 
 #[test]
 fn learning_rate_schedules_match_their_formulas() {
-    let at = |s: &dyn LearningRateSchedule, step: f64| s.at(&Tensor::scalar_of(DType::F64, step)).to_scalar().unwrap();
+    let at = |s: &dyn LearningRateSchedule, step: f64| {
+        s.at(&Tensor::scalar_of(DType::F64, step))
+            .to_scalar()
+            .unwrap()
+    };
     let e = ExponentialDecay::new(0.1, 100, 0.96);
     for step in [0.0, 1.0, 150.0, 1000.0] {
         assert!((at(&e, step) - 0.1 * 0.96f64.powf(step / 100.0)).abs() < 1e-15);
-        assert!((at(&e.staircase(true), step) - 0.1 * 0.96f64.powf((step / 100.0).floor())).abs() < 1e-15);
+        assert!(
+            (at(&e.staircase(true), step) - 0.1 * 0.96f64.powf((step / 100.0).floor())).abs()
+                < 1e-15
+        );
     }
     let c = CosineDecay::new(0.1, 50).alpha(0.1);
     for step in [0.0, 10.0, 25.0, 50.0, 80.0] {
@@ -557,7 +788,8 @@ fn learning_rate_schedules_match_their_formulas() {
     let mut want = 0.0;
     for k in 0..3 {
         assert!((sgd.current_learning_rate() - 0.5 * 0.5f64.powi(k)).abs() < 1e-15);
-        sgd.apply_gradients(&[Some(t2(&[1.0], &[1]))], &[w.clone()]).unwrap();
+        sgd.apply_gradients(&[Some(t2(&[1.0], &[1]))], &[w.clone()])
+            .unwrap();
         want -= 0.5 * 0.5f64.powi(k);
         assert!((w.value().to_vec_f64().unwrap()[0] - want).abs() < 1e-15);
     }
@@ -610,7 +842,11 @@ fn slots_survive_retraces_and_none_gradients_are_skipped() {
     step.call(&t2(&[1.0, 0.5], &[2])).unwrap();
     step.call(&t2(&[1.0], &[1])).unwrap();
     assert_eq!(step.trace_count(), 2);
-    assert_eq!(opt.variables().len(), n_vars, "no slot was created again on retrace");
+    assert_eq!(
+        opt.variables().len(),
+        n_vars,
+        "no slot was created again on retrace"
+    );
     assert_eq!(n_vars, 3, "iterations + m, v of `a`; `b` had no gradient");
     assert_eq!(b.value().to_vec_f64().unwrap(), vec![3.0]);
     assert_ne!(a.value().to_vec_f64().unwrap(), vec![1.0, 2.0]);
@@ -621,11 +857,20 @@ fn slots_survive_retraces_and_none_gradients_are_skipped() {
 fn apply_gradients_rejects_bad_arguments() {
     let w = Variable::named("w_bad", t2(&[1.0, 2.0], &[2]));
     let opt = SGD::new(0.1);
-    let e = opt.apply_gradients(&[None, None], &[w.clone()]).unwrap_err().to_string();
+    let e = opt
+        .apply_gradients(&[None, None], &[w.clone()])
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("2 gradients for 1 variables"), "{e}");
-    let e = opt.apply_gradients(&[Some(t2(&[1.0], &[1]))], &[w.clone()]).unwrap_err().to_string();
+    let e = opt
+        .apply_gradients(&[Some(t2(&[1.0], &[1]))], &[w.clone()])
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("w_bad"), "{e}");
-    let e = opt.apply_gradients(&[None], &[w.clone()]).unwrap_err().to_string();
+    let e = opt
+        .apply_gradients(&[None], &[w.clone()])
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("no gradients"), "{e}");
     assert_eq!(w.value().to_vec_f64().unwrap(), vec![1.0, 2.0]);
     assert_eq!(opt.iterations().value().to_vec_i64().unwrap(), vec![0]);
@@ -640,14 +885,19 @@ fn metrics_accumulate_and_reset() {
     let pred = f32s(&[0.1, 0.7, 0.2, 0.9, 0.05, 0.05, 0.3, 0.3, 0.4], &[3, 3]);
     acc.update(&Tensor::vec(&[1i64, 0, 0]), &pred).unwrap();
     assert!((acc.result() - 2.0 / 3.0).abs() < 1e-12);
-    acc.update(&Tensor::vec(&[2.0f32, 2.0, 2.0]), &pred).unwrap();
+    acc.update(&Tensor::vec(&[2.0f32, 2.0, 2.0]), &pred)
+        .unwrap();
     assert!((acc.result() - 3.0 / 6.0).abs() < 1e-12);
     acc.reset_state();
     assert_eq!(acc.result(), 0.0);
     assert!(acc.update(&Tensor::vec(&[1i64]), &pred).is_err());
 
     let cat = CategoricalAccuracy::new();
-    cat.update(&f32s(&[0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0], &[3, 3]), &pred).unwrap();
+    cat.update(
+        &f32s(&[0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0], &[3, 3]),
+        &pred,
+    )
+    .unwrap();
     assert!((cat.result() - 1.0 / 3.0).abs() < 1e-12);
 }
 
@@ -656,7 +906,11 @@ fn metrics_accumulate_and_reset() {
 
 fn mlp(name: &str) -> Model {
     Sequential::named(name)
-        .add(Dense::new(16).activation(Activation::Relu).named(format!("{name}_h")))
+        .add(
+            Dense::new(16)
+                .activation(Activation::Relu)
+                .named(format!("{name}_h")),
+        )
         .add(Dense::new(3).named(format!("{name}_out")))
         .input_shape(&[5])
         .into()
@@ -665,7 +919,18 @@ fn mlp(name: &str) -> Model {
 fn toy_data(n: usize) -> (Tensor, Tensor) {
     let x = Tensor::random_normal(&[n, 5], 0.0, 1.0, 17, DType::F32);
     let xv = x.to_vec_f32().unwrap();
-    let y: Vec<i64> = xv.chunks(5).map(|r| if r[0] + r[1] > 0.5 { 2 } else if r[2] > 0.0 { 1 } else { 0 }).collect();
+    let y: Vec<i64> = xv
+        .chunks(5)
+        .map(|r| {
+            if r[0] + r[1] > 0.5 {
+                2
+            } else if r[2] > 0.0 {
+                1
+            } else {
+                0
+            }
+        })
+        .collect();
     (x, Tensor::from_vec(y, &[n]).unwrap())
 }
 
@@ -704,14 +969,25 @@ fn compiled_and_eager_train_steps_give_the_same_weights() {
             }
         }
         assert_eq!(f.trace_count(), compiled as usize);
-        model.get_weights().iter().map(|w| w.to_vec_f32().unwrap()).collect()
+        model
+            .get_weights()
+            .iter()
+            .map(|w| w.to_vec_f32().unwrap())
+            .collect()
     };
     let compiled = run(true);
     let eager = run(false);
-    assert_ne!(compiled[0], initial[0].to_vec_f32().unwrap(), "training changed the weights");
+    assert_ne!(
+        compiled[0],
+        initial[0].to_vec_f32().unwrap(),
+        "training changed the weights"
+    );
     for (c, e) in compiled.iter().zip(&eager) {
         for (a, b) in c.iter().zip(e) {
-            assert!((a - b).abs() <= 1e-6 * (1.0 + b.abs()), "compiled {a} vs eager {b}");
+            assert!(
+                (a - b).abs() <= 1e-6 * (1.0 + b.abs()),
+                "compiled {a} vs eager {b}"
+            );
         }
     }
 }
@@ -720,20 +996,31 @@ fn compiled_and_eager_train_steps_give_the_same_weights() {
 fn fit_on_random_data_like_the_tutorial() {
     // model.compile(loss=mean_squared_error, optimizer=SGD(1e-3)); fit(x, y, epochs=10, batch_size=32)
     set_seed(1);
-    let model: Model = Sequential::named("fit_random").add(Dense::new(1).named("fit_random_dense")).input_shape(&[10]).into();
-    model.compile(MeanSquaredError, SGD::new(1e-3), &[]).unwrap();
+    let model: Model = Sequential::named("fit_random")
+        .add(Dense::new(1).named("fit_random_dense"))
+        .input_shape(&[10])
+        .into();
+    model
+        .compile(MeanSquaredError, SGD::new(1e-3), &[])
+        .unwrap();
     let x = Tensor::random_uniform(&[64, 10], 0.0, 1.0, 1, DType::F32);
     let y = Tensor::random_uniform(&[64, 1], 0.0, 1.0, 2, DType::F32);
     let initial = model.get_weights();
-    let h = model.fit(&x, &y, FitOptions::new(10, 32).verbose(0)).unwrap();
+    let h = model
+        .fit(&x, &y, FitOptions::new(10, 32).verbose(0))
+        .unwrap();
     let loss = h.get("loss").unwrap();
     assert_eq!(loss.len(), 10);
     assert!(loss[9] < loss[0], "{loss:?}");
     let trained = model.get_weights();
     // the same fit run eagerly gives the same history and weights
     model.set_weights(&initial).unwrap();
-    model.compile(MeanSquaredError, SGD::new(1e-3), &[]).unwrap();
-    let he = model.fit(&x, &y, FitOptions::new(10, 32).verbose(0).run_eagerly(true)).unwrap();
+    model
+        .compile(MeanSquaredError, SGD::new(1e-3), &[])
+        .unwrap();
+    let he = model
+        .fit(&x, &y, FitOptions::new(10, 32).verbose(0).run_eagerly(true))
+        .unwrap();
     assert_close(he.get("loss").unwrap(), loss, 1e-6);
     for (a, b) in model.get_weights().iter().zip(&trained) {
         assert_close(&a.to_vec_f64().unwrap(), &b.to_vec_f64().unwrap(), 1e-6);
@@ -743,10 +1030,22 @@ fn fit_on_random_data_like_the_tutorial() {
 #[test]
 fn fit_evaluate_predict_on_a_classification_task() {
     let model = mlp("fit_cls");
-    model.compile(SparseCategoricalCrossentropy::from_logits(true), Adam::new(0.02), &["accuracy"]).unwrap();
+    model
+        .compile(
+            SparseCategoricalCrossentropy::from_logits(true),
+            Adam::new(0.02),
+            &["accuracy"],
+        )
+        .unwrap();
     let (x, y) = toy_data(300);
     let (xv, yv) = toy_data(100);
-    let h = model.fit(&x, &y, FitOptions::new(15, 32).validation_data(&xv, &yv).verbose(0)).unwrap();
+    let h = model
+        .fit(
+            &x,
+            &y,
+            FitOptions::new(15, 32).validation_data(&xv, &yv).verbose(0),
+        )
+        .unwrap();
     let keys: Vec<&str> = h.history.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(keys, ["loss", "accuracy", "val_loss", "val_accuracy"]);
     let acc = h.get("accuracy").unwrap();
@@ -757,21 +1056,44 @@ fn fit_evaluate_predict_on_a_classification_task() {
     let p = model.predict(&xv, 32).unwrap();
     assert_eq!(p.shape(), &[100, 3]);
     let direct = model.call(&xv, false).unwrap();
-    assert_close(&p.to_vec_f64().unwrap(), &direct.to_vec_f64().unwrap(), 1e-6);
+    assert_close(
+        &p.to_vec_f64().unwrap(),
+        &direct.to_vec_f64().unwrap(),
+        1e-6,
+    );
 }
 
 #[test]
 fn compile_and_fit_misuse_are_errors() {
     let model = mlp("misuse");
     let (x, y) = toy_data(10);
-    let e = model.fit(&x, &y, FitOptions::new(1, 4).verbose(0)).unwrap_err().to_string();
+    let e = model
+        .fit(&x, &y, FitOptions::new(1, 4).verbose(0))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("must be compiled"), "{e}");
-    assert!(model.compile(MeanSquaredError, SGD::default(), &["accuracy"]).is_err());
-    assert!(model.compile(MeanSquaredError, SGD::default(), &["f1"]).is_err());
-    model.compile(SparseCategoricalCrossentropy::from_logits(true), SGD::default(), &["acc"]).unwrap();
-    let e = model.fit(&x, &y.slice_axis(0, 0, 5), FitOptions::new(1, 4).verbose(0)).unwrap_err().to_string();
+    assert!(model
+        .compile(MeanSquaredError, SGD::default(), &["accuracy"])
+        .is_err());
+    assert!(model
+        .compile(MeanSquaredError, SGD::default(), &["f1"])
+        .is_err());
+    model
+        .compile(
+            SparseCategoricalCrossentropy::from_logits(true),
+            SGD::default(),
+            &["acc"],
+        )
+        .unwrap();
+    let e = model
+        .fit(&x, &y.slice_axis(0, 0, 5), FitOptions::new(1, 4).verbose(0))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("samples"), "{e}");
     let bad_labels = Tensor::full(&[10], 7.0, DType::I64);
-    let e = model.fit(&x, &bad_labels, FitOptions::new(1, 4).verbose(0)).unwrap_err().to_string();
+    let e = model
+        .fit(&x, &bad_labels, FitOptions::new(1, 4).verbose(0))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("out of range"), "{e}");
 }

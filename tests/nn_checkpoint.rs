@@ -3,7 +3,10 @@
 //! checkpoint of another model or a damaged file.
 
 use std::path::PathBuf;
-use tapeflow::nn::{load_variables, save_variables, Activation, Adam, Checkpoint, Dense, Model, Optimizer, Sequential};
+use tapeflow::nn::{
+    load_variables, save_variables, Activation, Adam, Checkpoint, Dense, Model, Optimizer,
+    Sequential,
+};
 use tapeflow::{DType, GradientTape, Tensor, Variable};
 
 struct TempDir(PathBuf);
@@ -19,8 +22,10 @@ impl TempDir {
         self.0.join(f)
     }
     fn files(&self) -> Vec<String> {
-        let mut v: Vec<String> =
-            std::fs::read_dir(&self.0).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let mut v: Vec<String> = std::fs::read_dir(&self.0)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
         v.sort();
         v
     }
@@ -55,9 +60,27 @@ fn train(model: &Model, opt: &Adam, steps: usize) {
 fn bits(vars: &[Variable]) -> Vec<Vec<u64>> {
     vars.iter()
         .map(|v| match v.dtype() {
-            DType::F32 => v.value().to_vec_f32().unwrap().iter().map(|x| x.to_bits() as u64).collect(),
-            DType::F64 => v.value().to_vec_f64().unwrap().iter().map(|x| x.to_bits()).collect(),
-            DType::I64 => v.value().to_vec_i64().unwrap().iter().map(|x| *x as u64).collect(),
+            DType::F32 => v
+                .value()
+                .to_vec_f32()
+                .unwrap()
+                .iter()
+                .map(|x| x.to_bits() as u64)
+                .collect(),
+            DType::F64 => v
+                .value()
+                .to_vec_f64()
+                .unwrap()
+                .iter()
+                .map(|x| x.to_bits())
+                .collect(),
+            DType::I64 => v
+                .value()
+                .to_vec_i64()
+                .unwrap()
+                .iter()
+                .map(|x| *x as u64)
+                .collect(),
         })
         .collect()
 }
@@ -73,7 +96,10 @@ fn model_and_optimizer_round_trip_bit_exactly_and_training_resumes() {
     // a second model in the same process has other names (dense_2, ...): matched by position
     let (b, opt_b) = (model(5), Adam::new(0.01));
     assert_ne!(a.variables()[0].name(), b.variables()[0].name());
-    Checkpoint::new(&b).optimizer(&opt_b).restore(dir.path("a.safetensors")).unwrap();
+    Checkpoint::new(&b)
+        .optimizer(&opt_b)
+        .restore(dir.path("a.safetensors"))
+        .unwrap();
     assert_eq!(bits(&a.variables()), bits(&b.variables()));
     assert_eq!(bits(&opt_a.variables()), bits(&opt_b.variables()));
     assert_eq!(opt_b.iterations().value().to_vec_i64().unwrap(), vec![3]);
@@ -86,16 +112,29 @@ fn model_and_optimizer_round_trip_bit_exactly_and_training_resumes() {
     // and the same model restores its own earlier state by name
     ckpt.restore(dir.path("a.safetensors")).unwrap();
     assert_eq!(opt_a.iterations().value().to_vec_i64().unwrap(), vec![3]);
-    assert_eq!(dir.files(), ["a.safetensors"], "no temporary file is left behind");
+    assert_eq!(
+        dir.files(),
+        ["a.safetensors"],
+        "no temporary file is left behind"
+    );
 }
 
 #[test]
 fn weights_of_every_dtype_round_trip_bit_exactly() {
     let dir = TempDir::new("dtypes");
     let vars = vec![
-        Variable::named("f32", Tensor::from_vec(vec![1.5f32, -0.0, f32::MIN_POSITIVE, 1e-45, f32::MAX], &[5]).unwrap()),
-        Variable::named("f64", Tensor::from_vec(vec![std::f64::consts::PI, -1e-300, 4.9e-324], &[3, 1]).unwrap()),
-        Variable::named("i64", Tensor::from_vec(vec![i64::MIN, -1, 0, i64::MAX], &[2, 2]).unwrap()),
+        Variable::named(
+            "f32",
+            Tensor::from_vec(vec![1.5f32, -0.0, f32::MIN_POSITIVE, 1e-45, f32::MAX], &[5]).unwrap(),
+        ),
+        Variable::named(
+            "f64",
+            Tensor::from_vec(vec![std::f64::consts::PI, -1e-300, 4.9e-324], &[3, 1]).unwrap(),
+        ),
+        Variable::named(
+            "i64",
+            Tensor::from_vec(vec![i64::MIN, -1, 0, i64::MAX], &[2, 2]).unwrap(),
+        ),
         Variable::named("scalar", Tensor::scalar(7.25)),
     ];
     save_variables(dir.path("v.safetensors"), &vars).unwrap();
@@ -114,13 +153,30 @@ fn loading_a_checkpoint_of_another_model_names_the_variable_and_changes_nothing(
     small.save_weights(dir.path("small.safetensors")).unwrap();
     let big = model(6);
     let before = bits(&big.variables());
-    let e = big.load_weights(dir.path("small.safetensors")).unwrap_err().to_string();
-    assert!(e.contains("kernel") && e.contains("f32[3,4]") && e.contains("f32[3,6]"), "{e}");
+    let e = big
+        .load_weights(dir.path("small.safetensors"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("kernel") && e.contains("f32[3,4]") && e.contains("f32[3,6]"),
+        "{e}"
+    );
     assert_eq!(bits(&big.variables()), before, "nothing was assigned");
 
-    let deeper: Model = Sequential::new().add(Dense::new(4)).add(Dense::new(4)).add(Dense::new(2)).input_shape(&[3]).into();
-    let e = deeper.load_weights(dir.path("small.safetensors")).unwrap_err().to_string();
-    assert!(e.contains("has no variable") && e.contains("/kernel"), "{e}");
+    let deeper: Model = Sequential::new()
+        .add(Dense::new(4))
+        .add(Dense::new(4))
+        .add(Dense::new(2))
+        .input_shape(&[3])
+        .into();
+    let e = deeper
+        .load_weights(dir.path("small.safetensors"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("has no variable") && e.contains("/kernel"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -139,17 +195,29 @@ fn save_replaces_atomically_and_damaged_files_are_errors() {
     assert_eq!(dir.files(), ["w.safetensors"]);
 
     // a save that fails (two variables with one name) leaves the previous file as it was
-    let dup = vec![Variable::named("same", Tensor::scalar(1.0)), Variable::named("same", Tensor::scalar(2.0))];
+    let dup = vec![
+        Variable::named("same", Tensor::scalar(1.0)),
+        Variable::named("same", Tensor::scalar(2.0)),
+    ];
     let e = save_variables(&path, &dup).unwrap_err().to_string();
     assert!(e.contains("same"), "{e}");
     assert_eq!(std::fs::read(&path).unwrap(), second);
     // a save into a missing directory is an error naming the path
-    let e = m.save_weights(dir.path("missing/w.safetensors")).unwrap_err().to_string();
+    let e = m
+        .save_weights(dir.path("missing/w.safetensors"))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("missing"), "{e}");
 
     std::fs::write(dir.path("cut.safetensors"), &second[..second.len() / 2]).unwrap();
-    let e = m.load_weights(dir.path("cut.safetensors")).unwrap_err().to_string();
+    let e = m
+        .load_weights(dir.path("cut.safetensors"))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("cut.safetensors"), "{e}");
-    let e = m.load_weights(dir.path("absent.safetensors")).unwrap_err().to_string();
+    let e = m
+        .load_weights(dir.path("absent.safetensors"))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("absent.safetensors"), "{e}");
 }

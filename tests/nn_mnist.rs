@@ -5,8 +5,8 @@
 use std::time::Instant;
 use tapeflow::data::Dataset;
 use tapeflow::nn::{
-    input, Activation, Adam, Dense, FitOptions, Layer, Loss, Mean, Metric, Model, Optimizer, SparseCategoricalAccuracy,
-    SparseCategoricalCrossentropy,
+    input, Activation, Adam, Dense, FitOptions, Layer, Loss, Mean, Metric, Model, Optimizer,
+    SparseCategoricalAccuracy, SparseCategoricalCrossentropy,
 };
 use tapeflow::{function, DType, GradientTape, Tensor};
 
@@ -16,8 +16,14 @@ fn first_rows(t: &Tensor, n: usize) -> Tensor {
 
 fn mlp() -> Model {
     let inputs = input(&[784]);
-    let x = Dense::new(64).activation(Activation::Relu).apply(&inputs).unwrap();
-    let x = Dense::new(64).activation(Activation::Relu).apply(&x).unwrap();
+    let x = Dense::new(64)
+        .activation(Activation::Relu)
+        .apply(&inputs)
+        .unwrap();
+    let x = Dense::new(64)
+        .activation(Activation::Relu)
+        .apply(&x)
+        .unwrap();
     let outputs = Dense::new(10).apply(&x).unwrap();
     Model::new(&inputs, &outputs).unwrap()
 }
@@ -47,7 +53,10 @@ fn a_few_hundred_mnist_samples_train_well_above_chance() {
         o.apply_gradients(&grads, &vars)?;
         Ok((loss, logits))
     });
-    let train_ds = Dataset::from_tensor_slices((x_train.clone(), y_train.clone())).unwrap().shuffle(800, 0).batch(32);
+    let train_ds = Dataset::from_tensor_slices((x_train.clone(), y_train.clone()))
+        .unwrap()
+        .shuffle(800, 0)
+        .batch(32);
     let train_loss = Mean::new("train_loss");
     let train_acc = SparseCategoricalAccuracy::new();
     let mut losses = Vec::new();
@@ -61,19 +70,53 @@ fn a_few_hundred_mnist_samples_train_well_above_chance() {
         }
         losses.push(train_loss.result());
     }
-    assert_eq!(train_step.trace_count(), 1, "800 = 25 full batches: one signature");
+    assert_eq!(
+        train_step.trace_count(),
+        1,
+        "800 = 25 full batches: one signature"
+    );
     assert!(losses[4] < losses[0] * 0.5, "{losses:?}");
     let test_acc = SparseCategoricalAccuracy::new();
-    test_acc.update(&y_test, &model.call(&x_test, false).unwrap()).unwrap();
-    eprintln!("custom loop: losses {losses:?}, test accuracy {:.3}", test_acc.result());
-    assert!(test_acc.result() > 0.75, "custom loop: test accuracy {}", test_acc.result());
+    test_acc
+        .update(&y_test, &model.call(&x_test, false).unwrap())
+        .unwrap();
+    eprintln!(
+        "custom loop: losses {losses:?}, test accuracy {:.3}",
+        test_acc.result()
+    );
+    assert!(
+        test_acc.result() > 0.75,
+        "custom loop: test accuracy {}",
+        test_acc.result()
+    );
 
     // model.compile + model.fit on the same data
     let model = mlp();
-    model.compile(SparseCategoricalCrossentropy::from_logits(true), Adam::default(), &["accuracy"]).unwrap();
-    let h = model.fit(&x_train, &y_train, FitOptions::new(5, 32).validation_data(&x_test, &y_test).verbose(0)).unwrap();
+    model
+        .compile(
+            SparseCategoricalCrossentropy::from_logits(true),
+            Adam::default(),
+            &["accuracy"],
+        )
+        .unwrap();
+    let h = model
+        .fit(
+            &x_train,
+            &y_train,
+            FitOptions::new(5, 32)
+                .validation_data(&x_test, &y_test)
+                .verbose(0),
+        )
+        .unwrap();
     let val = h.get("val_accuracy").unwrap();
-    eprintln!("fit: validation accuracy per epoch {val:?} ({:.1}s in all)", start.elapsed().as_secs_f64());
+    eprintln!(
+        "fit: validation accuracy per epoch {val:?} ({:.1}s in all)",
+        start.elapsed().as_secs_f64()
+    );
     assert!(val[4] > 0.75, "fit: validation accuracy {val:?}");
-    assert!(start.elapsed().as_secs_f64() < 60.0, "took {:?}", start.elapsed());
+    assert!(
+        start.elapsed().as_secs_f64() < 60.0,
+        "took {:?}",
+        start.elapsed()
+    );
 }

@@ -56,7 +56,11 @@ impl Element for (Tensor, Tensor, Tensor) {
     }
     fn from_parts(parts: Vec<Tensor>) -> Self {
         let mut it = parts.into_iter();
-        (it.next().expect("3 parts"), it.next().expect("3 parts"), it.next().expect("3 parts"))
+        (
+            it.next().expect("3 parts"),
+            it.next().expect("3 parts"),
+            it.next().expect("3 parts"),
+        )
     }
 }
 
@@ -64,9 +68,18 @@ type MapFn = Arc<dyn Fn(Vec<Tensor>) -> Vec<Tensor> + Send + Sync>;
 
 #[derive(Clone)]
 enum Stage {
-    Shuffle { buffer: usize, seed: u64, epochs: Arc<AtomicU64> },
-    Batch { size: usize, drop_remainder: bool },
-    Repeat { count: Option<usize> },
+    Shuffle {
+        buffer: usize,
+        seed: u64,
+        epochs: Arc<AtomicU64>,
+    },
+    Batch {
+        size: usize,
+        drop_remainder: bool,
+    },
+    Repeat {
+        count: Option<usize>,
+    },
     Map(MapFn),
     Prefetch(usize),
     Take(usize),
@@ -110,7 +123,10 @@ pub struct Dataset<E> {
 
 impl<E> Clone for Dataset<E> {
     fn clone(&self) -> Self {
-        Dataset { pipeline: self.pipeline.clone(), _element: PhantomData }
+        Dataset {
+            pipeline: self.pipeline.clone(),
+            _element: PhantomData,
+        }
     }
 }
 
@@ -129,7 +145,9 @@ impl<E: Element> Dataset<E> {
                 )));
             }
             let n = *t.shape().first().ok_or_else(|| {
-                Error::Invalid(format!("Dataset::from_tensor_slices: tensor {i} is a scalar; it has no rows to slice"))
+                Error::Invalid(format!(
+                    "Dataset::from_tensor_slices: tensor {i} is a scalar; it has no rows to slice"
+                ))
             })?;
             match rows {
                 None => rows = Some(n),
@@ -143,7 +161,11 @@ impl<E: Element> Dataset<E> {
             }
         }
         Ok(Dataset {
-            pipeline: Arc::new(Pipeline { columns, rows: rows.unwrap_or(0), stages: Vec::new() }),
+            pipeline: Arc::new(Pipeline {
+                columns,
+                rows: rows.unwrap_or(0),
+                stages: Vec::new(),
+            }),
             _element: PhantomData,
         })
     }
@@ -164,7 +186,11 @@ impl<E: Element> Dataset<E> {
     /// Shuffles with a buffer of `buffer` elements (`buffer ≥` the dataset size gives a
     /// uniform permutation), deterministically for `seed`, with a new order each epoch.
     pub fn shuffle(self, buffer: usize, seed: u64) -> Dataset<E> {
-        self.with(Stage::Shuffle { buffer, seed, epochs: Arc::new(AtomicU64::new(0)) })
+        self.with(Stage::Shuffle {
+            buffer,
+            seed,
+            epochs: Arc::new(AtomicU64::new(0)),
+        })
     }
 
     /// Groups consecutive elements into batches of `size` (the last one may be smaller).
@@ -173,7 +199,10 @@ impl<E: Element> Dataset<E> {
     /// If `size` is 0.
     pub fn batch(self, size: usize) -> Dataset<E> {
         assert!(size > 0, "Dataset::batch: the batch size must be positive");
-        self.with(Stage::Batch { size, drop_remainder: false })
+        self.with(Stage::Batch {
+            size,
+            drop_remainder: false,
+        })
     }
 
     /// Like [`Dataset::batch`] but drops a final partial batch (all batches have one shape).
@@ -181,8 +210,14 @@ impl<E: Element> Dataset<E> {
     /// # Panics
     /// If `size` is 0.
     pub fn batch_drop_remainder(self, size: usize) -> Dataset<E> {
-        assert!(size > 0, "Dataset::batch_drop_remainder: the batch size must be positive");
-        self.with(Stage::Batch { size, drop_remainder: true })
+        assert!(
+            size > 0,
+            "Dataset::batch_drop_remainder: the batch size must be positive"
+        );
+        self.with(Stage::Batch {
+            size,
+            drop_remainder: true,
+        })
     }
 
     /// Repeats forever (each repetition is a new epoch for stages before it).
@@ -220,8 +255,20 @@ impl<E: Element> Dataset<E> {
                     Stage::Take(k) => Some(*k),
                     _ => None,
                 },
-                (Stage::Batch { size, drop_remainder: true }, Some(n)) => Some(n / size),
-                (Stage::Batch { size, drop_remainder: false }, Some(n)) => Some(n.div_ceil(*size)),
+                (
+                    Stage::Batch {
+                        size,
+                        drop_remainder: true,
+                    },
+                    Some(n),
+                ) => Some(n / size),
+                (
+                    Stage::Batch {
+                        size,
+                        drop_remainder: false,
+                    },
+                    Some(n),
+                ) => Some(n.div_ceil(*size)),
                 (Stage::Repeat { count: None }, Some(n)) => (n == 0).then_some(0),
                 (Stage::Repeat { count: Some(c) }, Some(n)) => Some(n * c),
                 (Stage::Take(k), Some(n)) => Some(n.min(*k)),
@@ -282,7 +329,10 @@ fn materialize(p: &Pipeline, item: Item) -> Vec<Tensor> {
 /// Stacks items into one batch: rows by one gather per column, values by concatenation.
 fn stack(p: &Pipeline, items: Vec<Item>) -> Vec<Tensor> {
     if items.iter().all(|i| matches!(i, Item::Row(_))) {
-        let rows: Vec<usize> = items.iter().map(|i| if let Item::Row(r) = i { *r } else { 0 }).collect();
+        let rows: Vec<usize> = items
+            .iter()
+            .map(|i| if let Item::Row(r) = i { *r } else { 0 })
+            .collect();
         let idx = index_tensor(&rows);
         return p.columns.iter().map(|c| c.gather(&idx, 0)).collect();
     }
@@ -303,12 +353,24 @@ fn build(p: &Arc<Pipeline>, upto: usize) -> Stream {
     }
     let upstream = || build(p, upto - 1);
     match &p.stages[upto - 1] {
-        Stage::Shuffle { buffer, seed, epochs } => {
+        Stage::Shuffle {
+            buffer,
+            seed,
+            epochs,
+        } => {
             let epoch = epochs.fetch_add(1, Ordering::Relaxed);
             let rng = ChaCha8Rng::seed_from_u64(mix(*seed, epoch));
-            Box::new(Shuffle { upstream: upstream(), buffer: Vec::with_capacity(*buffer), cap: (*buffer).max(1), rng })
+            Box::new(Shuffle {
+                upstream: upstream(),
+                buffer: Vec::with_capacity(*buffer),
+                cap: (*buffer).max(1),
+                rng,
+            })
         }
-        Stage::Batch { size, drop_remainder } => {
+        Stage::Batch {
+            size,
+            drop_remainder,
+        } => {
             let (size, drop) = (*size, *drop_remainder);
             let pipeline = p.clone();
             let mut up = upstream();
@@ -402,7 +464,10 @@ impl Prefetch {
                 }
             })
             .expect("spawn the prefetch thread");
-        Prefetch { rx: Some(rx), worker: Some(worker) }
+        Prefetch {
+            rx: Some(rx),
+            worker: Some(worker),
+        }
     }
 }
 

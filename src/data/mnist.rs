@@ -37,7 +37,10 @@ pub fn load_data_from(dir: &Path) -> Result<Splits> {
 }
 
 fn images(idx: &IdxU8) -> Result<Tensor> {
-    Tensor::from_vec(idx.data.iter().map(|&b| b as f32 / 255.0).collect(), &idx.dims)
+    Tensor::from_vec(
+        idx.data.iter().map(|&b| b as f32 / 255.0).collect(),
+        &idx.dims,
+    )
 }
 
 fn labels(idx: &IdxU8) -> Result<Tensor> {

@@ -54,24 +54,45 @@ fn from_st_dtype(d: Dtype) -> Option<DType> {
 /// Little-endian bytes of a concrete tensor.
 fn bytes_of(t: &Tensor) -> Result<Vec<u8>> {
     Ok(match t.dtype() {
-        DType::F32 => t.to_vec_f64()?.into_iter().flat_map(|v| (v as f32).to_le_bytes()).collect(),
-        DType::F64 => t.to_vec_f64()?.into_iter().flat_map(|v| v.to_le_bytes()).collect(),
-        DType::I64 => t.to_vec_i64()?.into_iter().flat_map(|v| v.to_le_bytes()).collect(),
+        DType::F32 => t
+            .to_vec_f64()?
+            .into_iter()
+            .flat_map(|v| (v as f32).to_le_bytes())
+            .collect(),
+        DType::F64 => t
+            .to_vec_f64()?
+            .into_iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        DType::I64 => t
+            .to_vec_i64()?
+            .into_iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
     })
 }
 
 fn tensor_of(dtype: DType, shape: &[usize], bytes: &[u8]) -> Result<Tensor> {
     match dtype {
         DType::F32 => Tensor::from_vec(
-            bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect(),
+            bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+                .collect(),
             shape,
         ),
         DType::F64 => Tensor::from_vec(
-            bytes.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes"))).collect(),
+            bytes
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+                .collect(),
             shape,
         ),
         DType::I64 => Tensor::from_vec(
-            bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect(),
+            bytes
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+                .collect(),
             shape,
         ),
     }
@@ -85,12 +106,25 @@ pub fn save_variables(path: impl AsRef<Path>, vars: &[Variable]) -> Result<()> {
     let mut seen = HashSet::new();
     for v in vars {
         if !seen.insert(v.name()) {
-            return Err(err(path, format!("two variables are named `{}`; checkpoint keys must be unique", v.name())));
+            return Err(err(
+                path,
+                format!(
+                    "two variables are named `{}`; checkpoint keys must be unique",
+                    v.name()
+                ),
+            ));
         }
     }
     let data: Vec<(String, DType, Vec<usize>, Vec<u8>)> = vars
         .iter()
-        .map(|v| Ok((v.name().to_string(), v.dtype(), v.shape().to_vec(), bytes_of(&v.value())?)))
+        .map(|v| {
+            Ok((
+                v.name().to_string(),
+                v.dtype(),
+                v.shape().to_vec(),
+                bytes_of(&v.value())?,
+            ))
+        })
         .collect::<Result<_>>()?;
     let views: Vec<(String, TensorView<'_>)> = data
         .iter()
@@ -102,10 +136,17 @@ pub fn save_variables(path: impl AsRef<Path>, vars: &[Variable]) -> Result<()> {
         .collect::<Result<_>>()?;
     let order: Vec<&str> = vars.iter().map(|v| v.name()).collect();
     let meta = Some(HashMap::from([(ORDER_KEY.to_string(), order.join("\n"))]));
-    let bytes = safetensors::serialize(views, &meta).map_err(|e| err(path, format!("serialize: {e}")))?;
+    let bytes =
+        safetensors::serialize(views, &meta).map_err(|e| err(path, format!("serialize: {e}")))?;
 
-    let file_name = path.file_name().ok_or_else(|| err(path, "not a file path".into()))?;
-    let tmp = path.with_file_name(format!(".{}.tmp-{}", file_name.to_string_lossy(), std::process::id()));
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| err(path, "not a file path".into()))?;
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp-{}",
+        file_name.to_string_lossy(),
+        std::process::id()
+    ));
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(&bytes)?;
@@ -134,14 +175,21 @@ pub fn save_variables(path: impl AsRef<Path>, vars: &[Variable]) -> Result<()> {
 pub fn load_variables(path: impl AsRef<Path>, vars: &[Variable]) -> Result<()> {
     let path = path.as_ref();
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| err(path, format!("not a valid safetensors file: {e}")))?;
-    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| err(path, format!("bad header: {e}")))?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| err(path, format!("not a valid safetensors file: {e}")))?;
+    let (_, meta) =
+        SafeTensors::read_metadata(&bytes).map_err(|e| err(path, format!("bad header: {e}")))?;
     let names: HashSet<String> = st.names().into_iter().cloned().collect();
     let order: Vec<String> = meta
         .metadata()
         .as_ref()
         .and_then(|m| m.get(ORDER_KEY))
-        .map(|s| s.split('\n').filter(|n| !n.is_empty()).map(str::to_string).collect())
+        .map(|s| {
+            s.split('\n')
+                .filter(|n| !n.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
         .unwrap_or_default();
 
     let keys: Vec<String> = if vars.iter().all(|v| names.contains(v.name())) {
@@ -149,7 +197,10 @@ pub fn load_variables(path: impl AsRef<Path>, vars: &[Variable]) -> Result<()> {
     } else if order.len() == vars.len() && order.iter().all(|n| names.contains(n)) {
         order.clone()
     } else {
-        let missing = vars.iter().find(|v| !names.contains(v.name())).expect("some name is missing");
+        let missing = vars
+            .iter()
+            .find(|v| !names.contains(v.name()))
+            .expect("some name is missing");
         let mut held: Vec<&String> = names.iter().collect();
         held.sort();
         let shown: Vec<&str> = held.iter().take(8).map(|s| s.as_str()).collect();
@@ -168,12 +219,22 @@ pub fn load_variables(path: impl AsRef<Path>, vars: &[Variable]) -> Result<()> {
 
     let mut values = Vec::with_capacity(vars.len());
     for (v, key) in vars.iter().zip(&keys) {
-        let view = st.tensor(key).map_err(|e| err(path, format!("variable `{key}`: {e}")))?;
-        let dtype = from_st_dtype(view.dtype())
-            .ok_or_else(|| err(path, format!("variable `{key}` has unsupported dtype {:?}", view.dtype())))?;
+        let view = st
+            .tensor(key)
+            .map_err(|e| err(path, format!("variable `{key}`: {e}")))?;
+        let dtype = from_st_dtype(view.dtype()).ok_or_else(|| {
+            err(
+                path,
+                format!("variable `{key}` has unsupported dtype {:?}", view.dtype()),
+            )
+        })?;
         let shape = view.shape().to_vec();
         if dtype != v.dtype() || shape != v.shape() {
-            let which = if key == v.name() { format!("`{key}`") } else { format!("`{key}` (for `{}`)", v.name()) };
+            let which = if key == v.name() {
+                format!("`{key}`")
+            } else {
+                format!("`{key}` (for `{}`)", v.name())
+            };
             return Err(err(
                 path,
                 format!(
@@ -234,7 +295,10 @@ pub struct Checkpoint {
 impl Checkpoint {
     /// A checkpoint of `model`'s variables.
     pub fn new(model: &Model) -> Checkpoint {
-        Checkpoint { model: model.clone(), optimizer: None }
+        Checkpoint {
+            model: model.clone(),
+            optimizer: None,
+        }
     }
 
     /// Also saves and restores the optimizer's step counter and slots.

@@ -53,14 +53,26 @@ pub struct FitOptions {
 
 impl Default for FitOptions {
     fn default() -> Self {
-        FitOptions { epochs: 1, batch_size: 32, validation_data: None, shuffle: true, seed: 0, verbose: 1, run_eagerly: false }
+        FitOptions {
+            epochs: 1,
+            batch_size: 32,
+            validation_data: None,
+            shuffle: true,
+            seed: 0,
+            verbose: 1,
+            run_eagerly: false,
+        }
     }
 }
 
 impl FitOptions {
     /// `epochs` passes in batches of `batch_size`, other options at their defaults.
     pub fn new(epochs: usize, batch_size: usize) -> FitOptions {
-        FitOptions { epochs, batch_size, ..FitOptions::default() }
+        FitOptions {
+            epochs,
+            batch_size,
+            ..FitOptions::default()
+        }
     }
 
     /// Evaluates on `(x, y)` after each epoch.
@@ -99,7 +111,10 @@ pub struct History {
 impl History {
     /// The values of `name` per epoch.
     pub fn get(&self, name: &str) -> Option<&[f64]> {
-        self.history.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_slice())
+        self.history
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
     }
 
     fn push(&mut self, name: &str, v: f64) {
@@ -110,7 +125,11 @@ impl History {
     }
 }
 
-fn train_step(net: Arc<Net>, loss: Arc<dyn Loss>, opt: Arc<dyn Optimizer>) -> impl Fn(&Tensor, &Tensor) -> Result<(Tensor, Tensor)> {
+fn train_step(
+    net: Arc<Net>,
+    loss: Arc<dyn Loss>,
+    opt: Arc<dyn Optimizer>,
+) -> impl Fn(&Tensor, &Tensor) -> Result<(Tensor, Tensor)> {
     move |x: &Tensor, y: &Tensor| {
         let tape = GradientTape::new();
         let (l, pred) = tape.record(|| -> Result<(Tensor, Tensor)> {
@@ -124,7 +143,10 @@ fn train_step(net: Arc<Net>, loss: Arc<dyn Loss>, opt: Arc<dyn Optimizer>) -> im
     }
 }
 
-fn test_step(net: Arc<Net>, loss: Arc<dyn Loss>) -> impl Fn(&Tensor, &Tensor) -> Result<(Tensor, Tensor)> {
+fn test_step(
+    net: Arc<Net>,
+    loss: Arc<dyn Loss>,
+) -> impl Fn(&Tensor, &Tensor) -> Result<(Tensor, Tensor)> {
     move |x: &Tensor, y: &Tensor| {
         let pred = net.forward(x, false)?;
         Ok((loss.call(y, &pred)?, pred))
@@ -132,7 +154,10 @@ fn test_step(net: Arc<Net>, loss: Arc<dyn Loss>) -> impl Fn(&Tensor, &Tensor) ->
 }
 
 fn logs_line(logs: &[(String, f64)]) -> String {
-    logs.iter().map(|(k, v)| format!("{k}: {v:.4}")).collect::<Vec<_>>().join(" - ")
+    logs.iter()
+        .map(|(k, v)| format!("{k}: {v:.4}"))
+        .collect::<Vec<_>>()
+        .join(" - ")
 }
 
 impl Model {
@@ -140,7 +165,12 @@ impl Model {
     /// checkpoint it) and metrics by name: `"accuracy"`/`"acc"` (sparse or categorical,
     /// chosen from the loss, as Keras does), `"sparse_categorical_accuracy"`,
     /// `"categorical_accuracy"`. An `Err` for an unknown name.
-    pub fn compile(&self, loss: impl Loss + 'static, optimizer: impl Optimizer + 'static, metrics: &[&str]) -> Result<()> {
+    pub fn compile(
+        &self,
+        loss: impl Loss + 'static,
+        optimizer: impl Optimizer + 'static,
+        metrics: &[&str],
+    ) -> Result<()> {
         let mut ms: Vec<Arc<dyn Metric>> = Vec::new();
         for &m in metrics {
             ms.push(match m {
@@ -163,7 +193,12 @@ impl Model {
     }
 
     /// [`Model::compile`] with metric objects.
-    pub fn compile_with_metrics(&self, loss: impl Loss + 'static, optimizer: impl Optimizer + 'static, metrics: Vec<Arc<dyn Metric>>) {
+    pub fn compile_with_metrics(
+        &self,
+        loss: impl Loss + 'static,
+        optimizer: impl Optimizer + 'static,
+        metrics: Vec<Arc<dyn Metric>>,
+    ) {
         *self.compiled.lock().expect("model lock") = Some(Compiled {
             loss: Arc::new(loss),
             optimizer: Arc::new(optimizer),
@@ -243,7 +278,11 @@ impl Model {
         }
         let n = x.shape()[0];
         let ds = Dataset::from_tensor_slices((x.clone(), y.clone()))?;
-        let ds = if opts.shuffle { ds.shuffle(n, opts.seed) } else { ds };
+        let ds = if opts.shuffle {
+            ds.shuffle(n, opts.seed)
+        } else {
+            ds
+        };
         let ds = ds.batch(opts.batch_size);
         let step = self.train_fn(opts.run_eagerly)?;
         let loss_tracker = Mean::new("loss");
@@ -255,8 +294,13 @@ impl Model {
             }
             let start = Instant::now();
             let bar = if opts.verbose == 1 {
-                let b = ProgressBar::with_draw_target(ds.cardinality().map(|c| c as u64), ProgressDrawTarget::stderr());
-                if let Ok(style) = ProgressStyle::with_template("{pos}/{len} [{bar:30}] {elapsed_precise} {msg}") {
+                let b = ProgressBar::with_draw_target(
+                    ds.cardinality().map(|c| c as u64),
+                    ProgressDrawTarget::stderr(),
+                );
+                if let Ok(style) =
+                    ProgressStyle::with_template("{pos}/{len} [{bar:30}] {elapsed_precise} {msg}")
+                {
                     b.set_style(style.progress_chars("=> "));
                 }
                 b
@@ -289,7 +333,13 @@ impl Model {
                 history.push(k, *v);
             }
             if opts.verbose > 0 {
-                println!("Epoch {}/{} - {:.1}s - {}", epoch + 1, opts.epochs, start.elapsed().as_secs_f64(), logs_line(&logs));
+                println!(
+                    "Epoch {}/{} - {:.1}s - {}",
+                    epoch + 1,
+                    opts.epochs,
+                    start.elapsed().as_secs_f64(),
+                    logs_line(&logs)
+                );
             }
         }
         Ok(history)
@@ -297,11 +347,22 @@ impl Model {
 
     /// The loss and metrics on `(x, y)` in batches (`model.evaluate`): `[("loss", ..),
     /// (metric, ..), ...]`. Metrics are reset first.
-    pub fn evaluate(&self, x: &Tensor, y: &Tensor, batch_size: usize) -> Result<Vec<(String, f64)>> {
+    pub fn evaluate(
+        &self,
+        x: &Tensor,
+        y: &Tensor,
+        batch_size: usize,
+    ) -> Result<Vec<(String, f64)>> {
         self.evaluate_with(x, y, batch_size, false)
     }
 
-    fn evaluate_with(&self, x: &Tensor, y: &Tensor, batch_size: usize, eager: bool) -> Result<Vec<(String, f64)>> {
+    fn evaluate_with(
+        &self,
+        x: &Tensor,
+        y: &Tensor,
+        batch_size: usize,
+        eager: bool,
+    ) -> Result<Vec<(String, f64)>> {
         let (_, _, metrics) = self.compiled_parts()?;
         let step = self.test_fn(eager)?;
         let ds = Dataset::from_tensor_slices((x.clone(), y.clone()))?.batch(batch_size.max(1));
@@ -345,11 +406,19 @@ impl Model {
             return Err(Error::Invalid("predict: no samples".into()));
         }
         let refs: Vec<&Tensor> = outs.iter().collect();
-        Ok(if refs.len() == 1 { outs[0].clone() } else { Tensor::concat(&refs, 0) })
+        Ok(if refs.len() == 1 {
+            outs[0].clone()
+        } else {
+            Tensor::concat(&refs, 0)
+        })
     }
 
     /// The optimizer given to `compile`, if compiled (to checkpoint its state).
     pub fn optimizer(&self) -> Option<Arc<dyn Optimizer>> {
-        self.compiled.lock().expect("model lock").as_ref().map(|c| c.optimizer.clone())
+        self.compiled
+            .lock()
+            .expect("model lock")
+            .as_ref()
+            .map(|c| c.optimizer.clone())
     }
 }

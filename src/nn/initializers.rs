@@ -126,13 +126,27 @@ fn truncated_normal(shape: &[usize], stddev: f64, seed: u64, dtype: DType) -> Te
     let mut round = 0u64;
     while kept.len() < n {
         let want = (n - kept.len()) * 2 + 16;
-        let draw = Tensor::random_normal(&[want], 0.0, 1.0, super::naming::splitmix(seed ^ round), DType::F64);
+        let draw = Tensor::random_normal(
+            &[want],
+            0.0,
+            1.0,
+            super::naming::splitmix(seed ^ round),
+            DType::F64,
+        );
         let values = draw.to_vec_f64().expect("random_normal is concrete");
-        kept.extend(values.into_iter().filter(|v| v.abs() <= 2.0).take(n - kept.len()));
+        kept.extend(
+            values
+                .into_iter()
+                .filter(|v| v.abs() <= 2.0)
+                .take(n - kept.len()),
+        );
         round += 1;
     }
     let scaled: Vec<f64> = kept.into_iter().map(|v| v * stddev).collect();
-    cast_concrete(Tensor::from_vec(scaled, shape).expect("n elements fill the shape"), dtype)
+    cast_concrete(
+        Tensor::from_vec(scaled, shape).expect("n elements fill the shape"),
+        dtype,
+    )
 }
 
 /// Converts a concrete tensor's dtype without an op, so the result stays concrete even
@@ -142,7 +156,11 @@ pub(crate) fn cast_concrete(t: Tensor, dtype: DType) -> Tensor {
     let v = t.to_vec_f64().expect("initial values are concrete");
     match dtype {
         DType::F64 => t,
-        DType::F32 => Tensor::from_vec(v.into_iter().map(|x| x as f32).collect(), &shape).expect("shape"),
-        DType::I64 => Tensor::from_vec(v.into_iter().map(|x| x as i64).collect(), &shape).expect("shape"),
+        DType::F32 => {
+            Tensor::from_vec(v.into_iter().map(|x| x as f32).collect(), &shape).expect("shape")
+        }
+        DType::I64 => {
+            Tensor::from_vec(v.into_iter().map(|x| x as i64).collect(), &shape).expect("shape")
+        }
     }
 }

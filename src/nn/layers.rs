@@ -42,12 +42,18 @@ pub trait Layer: Send + Sync {
 
     /// The trainable variables, in the same stable order.
     fn trainable_variables(&self) -> Vec<Variable> {
-        self.variables().into_iter().filter(|v| v.trainable()).collect()
+        self.variables()
+            .into_iter()
+            .filter(|v| v.trainable())
+            .collect()
     }
 
     /// Number of scalars in all variables.
     fn count_params(&self) -> usize {
-        self.variables().iter().map(|v| v.shape().iter().product::<usize>()).sum()
+        self.variables()
+            .iter()
+            .map(|v| v.shape().iter().product::<usize>())
+            .sum()
     }
 
     /// Applies the layer to a functional model's symbolic tensor (`Dense(64)(x)` in
@@ -97,7 +103,10 @@ struct LayerName {
 
 impl LayerName {
     fn new(prefix: &'static str) -> LayerName {
-        LayerName { prefix, name: OnceLock::new() }
+        LayerName {
+            prefix,
+            name: OnceLock::new(),
+        }
     }
     fn get(&self) -> &str {
         self.name.get_or_init(|| unique_name(self.prefix))
@@ -134,14 +143,23 @@ fn check_batch(class: &str, name: &str, x: &Tensor, dtype: DType, min_rank: usiz
         return Err(bad_input(
             class,
             name,
-            format!("input dtype {} does not match the layer's {dtype} (input {})", x.dtype(), shape_str(x.dtype(), x.shape())),
+            format!(
+                "input dtype {} does not match the layer's {dtype} (input {})",
+                x.dtype(),
+                shape_str(x.dtype(), x.shape())
+            ),
         ));
     }
     Ok(())
 }
 
 /// The per-sample shape a layer was built for, with a clear error on a mismatch.
-fn check_built_shape(class: &str, name: &str, built: &[usize], input_shape: &[usize]) -> Result<()> {
+fn check_built_shape(
+    class: &str,
+    name: &str,
+    built: &[usize],
+    input_shape: &[usize],
+) -> Result<()> {
     if built != input_shape {
         return Err(bad_input(
             class,
@@ -241,12 +259,20 @@ impl Dense {
 
     /// The kernel variable (`None` before the layer is built).
     pub fn kernel(&self) -> Option<Variable> {
-        self.vars.lock().expect("layer lock").as_ref().map(|v| v.kernel.clone())
+        self.vars
+            .lock()
+            .expect("layer lock")
+            .as_ref()
+            .map(|v| v.kernel.clone())
     }
 
     /// The bias variable (`None` before the layer is built or without a bias).
     pub fn bias(&self) -> Option<Variable> {
-        self.vars.lock().expect("layer lock").as_ref().and_then(|v| v.bias.clone())
+        self.vars
+            .lock()
+            .expect("layer lock")
+            .as_ref()
+            .and_then(|v| v.bias.clone())
     }
 }
 
@@ -266,15 +292,31 @@ impl Layer for Dense {
             return check_built_shape("Dense", &name, &v.input_shape, input_shape);
         }
         let features = *input_shape.last().ok_or_else(|| {
-            bad_input("Dense", &name, "needs inputs with at least one feature axis, got per-sample shape []".into())
+            bad_input(
+                "Dense",
+                &name,
+                "needs inputs with at least one feature axis, got per-sample shape []".into(),
+            )
         })?;
         let kname = format!("{name}/kernel");
-        let kernel = Variable::named(&kname, self.kernel_initializer.init(&[features, self.units], self.dtype, &kname));
+        let kernel = Variable::named(
+            &kname,
+            self.kernel_initializer
+                .init(&[features, self.units], self.dtype, &kname),
+        );
         let bias = self.use_bias.then(|| {
             let bname = format!("{name}/bias");
-            Variable::named(&bname, self.bias_initializer.init(&[self.units], self.dtype, &bname))
+            Variable::named(
+                &bname,
+                self.bias_initializer
+                    .init(&[self.units], self.dtype, &bname),
+            )
         });
-        *vars = Some(DenseVars { input_shape: input_shape.to_vec(), kernel, bias });
+        *vars = Some(DenseVars {
+            input_shape: input_shape.to_vec(),
+            kernel,
+            bias,
+        });
         Ok(())
     }
 
@@ -282,7 +324,13 @@ impl Layer for Dense {
         let mut s = input_shape.to_vec();
         match s.last_mut() {
             Some(last) => *last = self.units,
-            None => return Err(bad_input("Dense", self.name(), "needs at least one feature axis".into())),
+            None => {
+                return Err(bad_input(
+                    "Dense",
+                    self.name(),
+                    "needs at least one feature axis".into(),
+                ))
+            }
         }
         Ok(s)
     }
@@ -323,7 +371,9 @@ impl Layer for Dense {
             let rows: usize = lead.iter().product();
             let mut out = lead.to_vec();
             out.push(self.units);
-            x.reshape(&[rows, x.shape()[x.rank() - 1]]).matmul(&k).reshape(&out)
+            x.reshape(&[rows, x.shape()[x.rank() - 1]])
+                .matmul(&k)
+                .reshape(&out)
         };
         let y = match bias {
             Some(b) => y + b.read(),
@@ -334,7 +384,9 @@ impl Layer for Dense {
 
     fn variables(&self) -> Vec<Variable> {
         match self.vars.lock().expect("layer lock").as_ref() {
-            Some(v) => std::iter::once(v.kernel.clone()).chain(v.bias.clone()).collect(),
+            Some(v) => std::iter::once(v.kernel.clone())
+                .chain(v.bias.clone())
+                .collect(),
             None => Vec::new(),
         }
     }
@@ -361,7 +413,13 @@ fn window_shape(
     channels: usize,
 ) -> Result<Vec<usize>> {
     if input_shape.len() != 3 {
-        return Err(bad_input(class, name, format!("expects NHWC inputs (per-sample [h, w, c]), got per-sample shape {input_shape:?}")));
+        return Err(bad_input(
+            class,
+            name,
+            format!(
+                "expects NHWC inputs (per-sample [h, w, c]), got per-sample shape {input_shape:?}"
+            ),
+        ));
     }
     let oh = window_out(input_shape[0], k.0, s.0, padding);
     let ow = window_out(input_shape[1], k.1, s.1, padding);
@@ -498,28 +556,62 @@ impl Layer for Conv2D {
         let cin = input_shape[2];
         let (kh, kw) = self.kernel_size;
         let kname = format!("{name}/kernel");
-        let kernel =
-            Variable::named(&kname, self.kernel_initializer.init(&[kh, kw, cin, self.filters], self.dtype, &kname));
+        let kernel = Variable::named(
+            &kname,
+            self.kernel_initializer
+                .init(&[kh, kw, cin, self.filters], self.dtype, &kname),
+        );
         let bias = self.use_bias.then(|| {
             let bname = format!("{name}/bias");
-            Variable::named(&bname, self.bias_initializer.init(&[self.filters], self.dtype, &bname))
+            Variable::named(
+                &bname,
+                self.bias_initializer
+                    .init(&[self.filters], self.dtype, &bname),
+            )
         });
-        *vars = Some(ConvVars { input_shape: input_shape.to_vec(), kernel, bias });
+        *vars = Some(ConvVars {
+            input_shape: input_shape.to_vec(),
+            kernel,
+            bias,
+        });
         Ok(())
     }
 
     fn compute_output_shape(&self, input_shape: &[usize]) -> Result<Vec<usize>> {
-        if self.strides.0 == 0 || self.strides.1 == 0 || self.kernel_size.0 == 0 || self.kernel_size.1 == 0 {
-            return Err(bad_input("Conv2D", self.name(), "kernel size and strides must be positive".into()));
+        if self.strides.0 == 0
+            || self.strides.1 == 0
+            || self.kernel_size.0 == 0
+            || self.kernel_size.1 == 0
+        {
+            return Err(bad_input(
+                "Conv2D",
+                self.name(),
+                "kernel size and strides must be positive".into(),
+            ));
         }
-        window_shape("Conv2D", self.name(), input_shape, self.kernel_size, self.strides, self.padding, self.filters)
+        window_shape(
+            "Conv2D",
+            self.name(),
+            input_shape,
+            self.kernel_size,
+            self.strides,
+            self.padding,
+            self.filters,
+        )
     }
 
     fn call(&self, x: &Tensor, _training: bool) -> Result<Tensor> {
         let name = self.name.get();
         check_batch("Conv2D", name, x, self.dtype, 4)?;
         if x.rank() != 4 {
-            return Err(bad_input("Conv2D", name, format!("expects NHWC batches of rank 4, got {}", shape_str(x.dtype(), x.shape()))));
+            return Err(bad_input(
+                "Conv2D",
+                name,
+                format!(
+                    "expects NHWC batches of rank 4, got {}",
+                    shape_str(x.dtype(), x.shape())
+                ),
+            ));
         }
         self.build(&x.shape()[1..])?;
         let (kernel, bias) = {
@@ -537,7 +629,9 @@ impl Layer for Conv2D {
 
     fn variables(&self) -> Vec<Variable> {
         match self.vars.lock().expect("layer lock").as_ref() {
-            Some(v) => std::iter::once(v.kernel.clone()).chain(v.bias.clone()).collect(),
+            Some(v) => std::iter::once(v.kernel.clone())
+                .chain(v.bias.clone())
+                .collect(),
             None => Vec::new(),
         }
     }
@@ -564,7 +658,12 @@ pub struct MaxPooling2D {
 impl MaxPooling2D {
     /// Pools `pool_size` windows.
     pub fn new(pool_size: (usize, usize)) -> MaxPooling2D {
-        MaxPooling2D { pool_size, strides: None, padding: Padding::Valid, name: LayerName::new("max_pooling2d") }
+        MaxPooling2D {
+            pool_size,
+            strides: None,
+            padding: Padding::Valid,
+            name: LayerName::new("max_pooling2d"),
+        }
     }
 
     /// Strides (default: the pool size).
@@ -606,10 +705,22 @@ impl Layer for MaxPooling2D {
     fn compute_output_shape(&self, input_shape: &[usize]) -> Result<Vec<usize>> {
         let s = self.stride();
         if s.0 == 0 || s.1 == 0 || self.pool_size.0 == 0 || self.pool_size.1 == 0 {
-            return Err(bad_input("MaxPooling2D", self.name(), "pool size and strides must be positive".into()));
+            return Err(bad_input(
+                "MaxPooling2D",
+                self.name(),
+                "pool size and strides must be positive".into(),
+            ));
         }
         let c = input_shape.get(2).copied().unwrap_or(0);
-        window_shape("MaxPooling2D", self.name(), input_shape, self.pool_size, s, self.padding, c)
+        window_shape(
+            "MaxPooling2D",
+            self.name(),
+            input_shape,
+            self.pool_size,
+            s,
+            self.padding,
+            c,
+        )
     }
 
     fn call(&self, x: &Tensor, _training: bool) -> Result<Tensor> {
@@ -617,7 +728,10 @@ impl Layer for MaxPooling2D {
             return Err(bad_input(
                 "MaxPooling2D",
                 self.name(),
-                format!("expects NHWC batches of rank 4, got {}", shape_str(x.dtype(), x.shape())),
+                format!(
+                    "expects NHWC batches of rank 4, got {}",
+                    shape_str(x.dtype(), x.shape())
+                ),
             ));
         }
         self.compute_output_shape(&x.shape()[1..])?;
@@ -639,7 +753,9 @@ pub struct Flatten {
 impl Flatten {
     /// A flatten layer.
     pub fn new() -> Flatten {
-        Flatten { name: LayerName::new("flatten") }
+        Flatten {
+            name: LayerName::new("flatten"),
+        }
     }
 
     /// An explicit name.
@@ -674,7 +790,11 @@ impl Layer for Flatten {
 
     fn call(&self, x: &Tensor, _training: bool) -> Result<Tensor> {
         if x.rank() == 0 {
-            return Err(bad_input("Flatten", self.name(), "expects a batch (rank ≥ 1), got a scalar".into()));
+            return Err(bad_input(
+                "Flatten",
+                self.name(),
+                "expects a batch (rank ≥ 1), got a scalar".into(),
+            ));
         }
         Ok(x.flatten_batch())
     }
@@ -714,7 +834,12 @@ pub struct Dropout {
 impl Dropout {
     /// Drops a fraction `rate` (in `[0, 1)`) of the inputs while training.
     pub fn new(rate: f64) -> Dropout {
-        Dropout { rate, seed: None, name: LayerName::new("dropout"), counter: OnceLock::new() }
+        Dropout {
+            rate,
+            seed: None,
+            name: LayerName::new("dropout"),
+            counter: OnceLock::new(),
+        }
     }
 
     /// An explicit seed (default: derived from the global seed and the layer name).
@@ -731,7 +856,10 @@ impl Dropout {
 
     fn counter(&self) -> &Variable {
         self.counter.get_or_init(|| {
-            Variable::non_trainable(format!("{}/seed_generator_state", self.name.get()), Tensor::full(&[], 0.0, DType::I64))
+            Variable::non_trainable(
+                format!("{}/seed_generator_state", self.name.get()),
+                Tensor::full(&[], 0.0, DType::I64),
+            )
         })
     }
 }
@@ -747,7 +875,11 @@ impl Layer for Dropout {
 
     fn build(&self, _input_shape: &[usize]) -> Result<()> {
         if !(0.0..1.0).contains(&self.rate) {
-            return Err(bad_input("Dropout", self.name(), format!("rate must be in [0, 1), got {}", self.rate)));
+            return Err(bad_input(
+                "Dropout",
+                self.name(),
+                format!("rate must be in [0, 1), got {}", self.rate),
+            ));
         }
         self.counter();
         Ok(())
@@ -763,14 +895,25 @@ impl Layer for Dropout {
             return Ok(x.clone());
         }
         if !x.dtype().is_float() {
-            return Err(bad_input("Dropout", self.name(), format!("expects float inputs, got {}", shape_str(x.dtype(), x.shape()))));
+            return Err(bad_input(
+                "Dropout",
+                self.name(),
+                format!(
+                    "expects float inputs, got {}",
+                    shape_str(x.dtype(), x.shape())
+                ),
+            ));
         }
         let counter = self.counter();
         let c = counter.read();
         counter.assign(&(&c + &Tensor::full(&[], 1.0, DType::I64)));
-        let seed = self.seed.unwrap_or_else(|| super::naming::derived_seed(self.name()));
+        let seed = self
+            .seed
+            .unwrap_or_else(|| super::naming::derived_seed(self.name()));
         let u = random::uniform(x.shape(), seed, &c);
-        let keep = u.ge(&Tensor::scalar_of(DType::F64, self.rate)).cast(x.dtype());
+        let keep = u
+            .ge(&Tensor::scalar_of(DType::F64, self.rate))
+            .cast(x.dtype());
         Ok(x * &keep * (1.0 / (1.0 - self.rate)))
     }
 

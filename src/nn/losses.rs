@@ -39,10 +39,16 @@ fn invalid(loss: &str, msg: String) -> Error {
 
 fn float_pred(loss: &str, y_pred: &Tensor) -> Result<()> {
     if !y_pred.dtype().is_float() {
-        return Err(invalid(loss, format!("predictions must be f32 or f64, got {}", shape_str(y_pred))));
+        return Err(invalid(
+            loss,
+            format!("predictions must be f32 or f64, got {}", shape_str(y_pred)),
+        ));
     }
     if y_pred.rank() == 0 {
-        return Err(invalid(loss, "predictions must be a batch (rank ≥ 1), got a scalar".into()));
+        return Err(invalid(
+            loss,
+            "predictions must be a batch (rank ≥ 1), got a scalar".into(),
+        ));
     }
     Ok(())
 }
@@ -54,22 +60,34 @@ fn match_targets(loss: &str, y_true: &Tensor, y_pred: &Tensor) -> Result<Tensor>
     if t.shape() == y_pred.shape() {
         return Ok(t);
     }
-    if t.rank() + 1 == y_pred.rank() && y_pred.shape().last() == Some(&1) && y_pred.shape()[..t.rank()] == *t.shape() {
+    if t.rank() + 1 == y_pred.rank()
+        && y_pred.shape().last() == Some(&1)
+        && y_pred.shape()[..t.rank()] == *t.shape()
+    {
         return Ok(t.expand_dims(-1));
     }
-    if t.rank() == y_pred.rank() + 1 && t.shape().last() == Some(&1) && t.shape()[..y_pred.rank()] == *y_pred.shape() {
+    if t.rank() == y_pred.rank() + 1
+        && t.shape().last() == Some(&1)
+        && t.shape()[..y_pred.rank()] == *y_pred.shape()
+    {
         return Ok(t.squeeze(-1));
     }
     Err(invalid(
         loss,
-        format!("targets {} do not match predictions {}", shape_str(y_true), shape_str(y_pred)),
+        format!(
+            "targets {} do not match predictions {}",
+            shape_str(y_true),
+            shape_str(y_pred)
+        ),
     ))
 }
 
 /// `log p` of probabilities normalized over the last axis and clipped to `[ε, 1-ε]`.
 fn clipped_log_probs(p: &Tensor) -> Tensor {
     let p = p / &p.sum(&[-1], true);
-    p.maximum(&p.scalar_like(EPSILON)).minimum(&p.scalar_like(1.0 - EPSILON)).log()
+    p.maximum(&p.scalar_like(EPSILON))
+        .minimum(&p.scalar_like(1.0 - EPSILON))
+        .log()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -136,7 +154,10 @@ pub(crate) fn sparse_labels(loss: &str, y_true: &Tensor, y_pred: &Tensor) -> Res
     let mut labels = y_true.cast(DType::I64);
     let lead = &y_pred.shape()[..y_pred.rank() - 1];
     if labels.shape() != lead {
-        if labels.rank() == y_pred.rank() && labels.shape().last() == Some(&1) && labels.shape()[..lead.len()] == *lead {
+        if labels.rank() == y_pred.rank()
+            && labels.shape().last() == Some(&1)
+            && labels.shape()[..lead.len()] == *lead
+        {
             labels = labels.squeeze(-1);
         } else {
             return Err(invalid(
@@ -155,7 +176,11 @@ pub(crate) fn sparse_labels(loss: &str, y_true: &Tensor, y_pred: &Tensor) -> Res
         return Ok(Tensor::arange(0, classes as i64, DType::I64).gather(&labels, 0));
     }
     let values = labels.to_vec_i64()?;
-    if let Some((i, bad)) = values.iter().enumerate().find(|(_, &v)| v < 0 || v as usize >= classes) {
+    if let Some((i, bad)) = values
+        .iter()
+        .enumerate()
+        .find(|(_, &v)| v < 0 || v as usize >= classes)
+    {
         let raw = y_true.to_vec_f64()?[i];
         return Err(invalid(
             loss,
@@ -174,7 +199,11 @@ impl Loss for SparseCategoricalCrossentropy {
         float_pred("SparseCategoricalCrossentropy", y_pred)?;
         let labels = sparse_labels("SparseCategoricalCrossentropy", y_true, y_pred)?;
         let classes = *y_pred.shape().last().expect("rank ≥ 1");
-        let logp = if self.from_logits { y_pred.log_softmax(-1) } else { clipped_log_probs(y_pred) };
+        let logp = if self.from_logits {
+            y_pred.log_softmax(-1)
+        } else {
+            clipped_log_probs(y_pred)
+        };
         let picked = (labels.one_hot(classes, y_pred.dtype()) * logp).sum(&[-1], false);
         Ok(-picked.mean_all())
     }
@@ -198,7 +227,10 @@ impl CategoricalCrossentropy {
 
     /// Chooses whether predictions are logits.
     pub fn from_logits(from_logits: bool) -> CategoricalCrossentropy {
-        CategoricalCrossentropy { from_logits, label_smoothing: 0.0 }
+        CategoricalCrossentropy {
+            from_logits,
+            label_smoothing: 0.0,
+        }
     }
 
     /// Mixes targets with the uniform distribution: `y·(1-s) + s/classes`.
@@ -219,7 +251,11 @@ impl Loss for CategoricalCrossentropy {
         if t.shape() != y_pred.shape() {
             return Err(invalid(
                 "CategoricalCrossentropy",
-                format!("targets {} must have the predictions' shape {}", shape_str(y_true), shape_str(y_pred)),
+                format!(
+                    "targets {} must have the predictions' shape {}",
+                    shape_str(y_true),
+                    shape_str(y_pred)
+                ),
             ));
         }
         let classes = *y_pred.shape().last().expect("rank ≥ 1") as f64;
@@ -228,7 +264,11 @@ impl Loss for CategoricalCrossentropy {
         } else {
             t
         };
-        let logp = if self.from_logits { y_pred.log_softmax(-1) } else { clipped_log_probs(y_pred) };
+        let logp = if self.from_logits {
+            y_pred.log_softmax(-1)
+        } else {
+            clipped_log_probs(y_pred)
+        };
         Ok(-(t * logp).sum(&[-1], false).mean_all())
     }
 }
@@ -277,7 +317,9 @@ impl Loss for BinaryCrossentropy {
             let x = y_pred;
             x.relu() - x * &z + ((-x.abs()).exp() + 1.0f64).log()
         } else {
-            let p = y_pred.maximum(&y_pred.scalar_like(EPSILON)).minimum(&y_pred.scalar_like(1.0 - EPSILON));
+            let p = y_pred
+                .maximum(&y_pred.scalar_like(EPSILON))
+                .minimum(&y_pred.scalar_like(1.0 - EPSILON));
             -(&z * p.log() + (1.0f64 - &z) * (1.0f64 - &p).log())
         };
         Ok(per.mean_all())

@@ -60,7 +60,10 @@ pub struct Mean {
 impl Mean {
     /// An empty mean.
     pub fn new(name: impl Into<String>) -> Mean {
-        Mean { name: name.into(), state: Mutex::new(Totals::default()) }
+        Mean {
+            name: name.into(),
+            state: Mutex::new(Totals::default()),
+        }
     }
 
     /// The name.
@@ -113,7 +116,12 @@ fn row_argmax(pred: &[f64], classes: usize) -> impl Iterator<Item = usize> + '_ 
 fn pred_rows(metric: &str, y_pred: &Tensor) -> Result<(Vec<f64>, usize)> {
     let classes = match y_pred.shape().last() {
         Some(&c) if c > 0 && y_pred.rank() >= 1 => c,
-        _ => return Err(Error::Invalid(format!("{metric}: predictions need a class axis, got shape {:?}", y_pred.shape()))),
+        _ => {
+            return Err(Error::Invalid(format!(
+                "{metric}: predictions need a class axis, got shape {:?}",
+                y_pred.shape()
+            )))
+        }
     };
     Ok((y_pred.to_vec_f64()?, classes))
 }
@@ -142,7 +150,10 @@ impl SparseCategoricalAccuracy {
 
     /// With a chosen name (e.g. `accuracy`, `train_accuracy`).
     pub fn named(name: impl Into<String>) -> SparseCategoricalAccuracy {
-        SparseCategoricalAccuracy { name: name.into(), state: Mutex::new(Totals::default()) }
+        SparseCategoricalAccuracy {
+            name: name.into(),
+            state: Mutex::new(Totals::default()),
+        }
     }
 }
 
@@ -168,7 +179,10 @@ impl Metric for SparseCategoricalAccuracy {
                 y_pred.shape()
             )));
         }
-        let correct = row_argmax(&pred, classes).zip(&labels).filter(|(p, l)| *p as f64 == **l).count();
+        let correct = row_argmax(&pred, classes)
+            .zip(&labels)
+            .filter(|(p, l)| *p as f64 == **l)
+            .count();
         let mut s = self.state.lock().expect("metric lock");
         s.total += correct as f64;
         s.count += rows as f64;
@@ -199,7 +213,10 @@ impl CategoricalAccuracy {
 
     /// With a chosen name.
     pub fn named(name: impl Into<String>) -> CategoricalAccuracy {
-        CategoricalAccuracy { name: name.into(), state: Mutex::new(Totals::default()) }
+        CategoricalAccuracy {
+            name: name.into(),
+            state: Mutex::new(Totals::default()),
+        }
     }
 }
 
@@ -225,7 +242,10 @@ impl Metric for CategoricalAccuracy {
         let (pred, classes) = pred_rows("CategoricalAccuracy", y_pred)?;
         let truth = y_true.to_vec_f64()?;
         let rows = pred.len() / classes;
-        let correct = row_argmax(&pred, classes).zip(row_argmax(&truth, classes)).filter(|(p, t)| p == t).count();
+        let correct = row_argmax(&pred, classes)
+            .zip(row_argmax(&truth, classes))
+            .filter(|(p, t)| p == t)
+            .count();
         let mut s = self.state.lock().expect("metric lock");
         s.total += correct as f64;
         s.count += rows as f64;

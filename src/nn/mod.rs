@@ -44,10 +44,14 @@ pub use checkpoint::{load_variables, save_variables, Checkpoint};
 pub use fit::{FitOptions, History};
 pub use initializers::Initializer;
 pub use layers::{Activation, Conv2D, Dense, Dropout, Flatten, Layer, MaxPooling2D};
-pub use losses::{BinaryCrossentropy, CategoricalCrossentropy, Loss, MeanSquaredError, SparseCategoricalCrossentropy};
+pub use losses::{
+    BinaryCrossentropy, CategoricalCrossentropy, Loss, MeanSquaredError,
+    SparseCategoricalCrossentropy,
+};
 pub use metrics::{CategoricalAccuracy, Mean, Metric, SparseCategoricalAccuracy};
 pub use model::{input, input_named, Model, Sequential, SymbolicTensor};
 pub use naming::{set_seed, unique_name};
 pub use optimizers::{
-    Adam, AdamW, CosineDecay, ExponentialDecay, LearningRate, LearningRateSchedule, Optimizer, RMSprop, SGD,
+    Adam, AdamW, CosineDecay, ExponentialDecay, LearningRate, LearningRateSchedule, Optimizer,
+    RMSprop, SGD,
 };

@@ -30,8 +30,14 @@ pub struct SymbolicTensor {
 }
 
 enum Origin {
-    Input { id: u64, name: String },
-    Layer { layer: Arc<dyn Layer>, parent: SymbolicTensor },
+    Input {
+        id: u64,
+        name: String,
+    },
+    Layer {
+        layer: Arc<dyn Layer>,
+        parent: SymbolicTensor,
+    },
 }
 
 /// The input of a functional model: samples of `shape` (without the batch axis).
@@ -52,7 +58,13 @@ pub fn input(shape: &[usize]) -> SymbolicTensor {
 /// [`input`] with a name (Keras' `Input(shape, name=...)`).
 pub fn input_named(shape: &[usize], name: &str) -> SymbolicTensor {
     let id = NEXT_SYMBOL.fetch_add(1, Ordering::Relaxed);
-    SymbolicTensor { shape: shape.to_vec(), origin: Arc::new(Origin::Input { id, name: name.to_string() }) }
+    SymbolicTensor {
+        shape: shape.to_vec(),
+        origin: Arc::new(Origin::Input {
+            id,
+            name: name.to_string(),
+        }),
+    }
 }
 
 impl SymbolicTensor {
@@ -67,7 +79,10 @@ impl SymbolicTensor {
         let shape = layer.compute_output_shape(&self.shape)?;
         Ok(SymbolicTensor {
             shape,
-            origin: Arc::new(Origin::Layer { layer, parent: self.clone() }),
+            origin: Arc::new(Origin::Layer {
+                layer,
+                parent: self.clone(),
+            }),
         })
     }
 }
@@ -118,7 +133,10 @@ impl Net {
     /// The forward pass on a batch.
     pub(crate) fn forward(&self, x: &Tensor, training: bool) -> Result<Tensor> {
         if x.rank() == 0 {
-            return Err(Error::Invalid(format!("model `{}` expects a batch (batch axis first), got a scalar", self.name)));
+            return Err(Error::Invalid(format!(
+                "model `{}` expects a batch (batch axis first), got a scalar",
+                self.name
+            )));
         }
         let known = self.input_shape.lock().expect("model lock").clone();
         match known {
@@ -126,7 +144,9 @@ impl Net {
                 return Err(Error::Invalid(format!(
                     "model `{}` expects inputs of per-sample shape {s:?} (batch {:?}), got {}",
                     self.name,
-                    std::iter::once("n".to_string()).chain(s.iter().map(|d| d.to_string())).collect::<Vec<_>>(),
+                    std::iter::once("n".to_string())
+                        .chain(s.iter().map(|d| d.to_string()))
+                        .collect::<Vec<_>>(),
                     type_str(x)
                 )))
             }
@@ -145,7 +165,10 @@ impl Net {
     }
 
     pub(crate) fn trainable_variables(&self) -> Vec<Variable> {
-        self.layers().iter().flat_map(|l| l.trainable_variables()).collect()
+        self.layers()
+            .iter()
+            .flat_map(|l| l.trainable_variables())
+            .collect()
     }
 
     /// Builds from the known input shape if not built yet (errors surface on `call`).
@@ -175,11 +198,17 @@ impl Model {
     }
 
     /// [`Model::new`] with a name.
-    pub fn new_named(inputs: &SymbolicTensor, outputs: &SymbolicTensor, name: &str) -> Result<Model> {
+    pub fn new_named(
+        inputs: &SymbolicTensor,
+        outputs: &SymbolicTensor,
+        name: &str,
+    ) -> Result<Model> {
         let (input_id, input_name) = match &*inputs.origin {
             Origin::Input { id, name } => (*id, name.clone()),
             Origin::Layer { .. } => {
-                return Err(Error::Invalid(format!("Model `{name}`: `inputs` must come from nn::input(), not from a layer")))
+                return Err(Error::Invalid(format!(
+                    "Model `{name}`: `inputs` must come from nn::input(), not from a layer"
+                )))
             }
         };
         let mut layers = Vec::new();
@@ -211,7 +240,10 @@ impl Model {
     }
 
     fn from_net(net: Net) -> Model {
-        Model { net: Arc::new(net), compiled: Arc::new(Mutex::new(None)) }
+        Model {
+            net: Arc::new(net),
+            compiled: Arc::new(Mutex::new(None)),
+        }
     }
 
     /// The name (`sequential`, `model_1`, ...).
@@ -306,7 +338,9 @@ impl Model {
         })?;
         self.net.build(&input_shape)?;
         let shape_str = |s: &[usize]| {
-            let dims: Vec<String> = std::iter::once("None".to_string()).chain(s.iter().map(|d| d.to_string())).collect();
+            let dims: Vec<String> = std::iter::once("None".to_string())
+                .chain(s.iter().map(|d| d.to_string()))
+                .collect();
             if s.is_empty() {
                 "(None,)".to_string()
             } else {
@@ -319,7 +353,9 @@ impl Model {
             let mut line = String::from(" ");
             for (i, f) in fields.iter().enumerate() {
                 let end = cols[i];
-                let room = end.saturating_sub(line.chars().count()).saturating_sub(if i < 2 { 2 } else { 0 });
+                let room = end
+                    .saturating_sub(line.chars().count())
+                    .saturating_sub(if i < 2 { 2 } else { 0 });
                 let text: String = f.chars().take(room.max(1)).collect();
                 line.push_str(&text);
                 while line.chars().count() < end {
@@ -335,12 +371,20 @@ impl Model {
         let _ = writeln!(out, "{}", "=".repeat(width));
         let mut rows: Vec<[String; 3]> = Vec::new();
         if let (true, Some(name)) = (self.net.functional, &self.net.input_name) {
-            rows.push([format!("{name} (InputLayer)"), shape_str(&input_shape), "0".into()]);
+            rows.push([
+                format!("{name} (InputLayer)"),
+                shape_str(&input_shape),
+                "0".into(),
+            ]);
         }
         let mut shape = input_shape.clone();
         for l in self.layers() {
             shape = l.compute_output_shape(&shape)?;
-            rows.push([format!("{} ({})", l.name(), l.class_name()), shape_str(&shape), l.count_params().to_string()]);
+            rows.push([
+                format!("{} ({})", l.name(), l.class_name()),
+                shape_str(&shape),
+                l.count_params().to_string(),
+            ]);
         }
         let blank = " ".repeat(width);
         for (i, r) in rows.iter().enumerate() {
@@ -349,7 +393,8 @@ impl Model {
                 let _ = writeln!(out, "{blank}");
             }
         }
-        let (mut trainable, mut frozen, mut bytes_t, mut bytes_f) = (0usize, 0usize, 0usize, 0usize);
+        let (mut trainable, mut frozen, mut bytes_t, mut bytes_f) =
+            (0usize, 0usize, 0usize, 0usize);
         for l in self.layers() {
             let counted = l.count_params() > 0;
             for v in l.variables() {
@@ -365,9 +410,24 @@ impl Model {
             }
         }
         let _ = writeln!(out, "{}", "=".repeat(width));
-        let _ = writeln!(out, "Total params: {} ({})", trainable + frozen, readable_bytes(bytes_t + bytes_f));
-        let _ = writeln!(out, "Trainable params: {} ({})", trainable, readable_bytes(bytes_t));
-        let _ = writeln!(out, "Non-trainable params: {} ({})", frozen, readable_bytes(bytes_f));
+        let _ = writeln!(
+            out,
+            "Total params: {} ({})",
+            trainable + frozen,
+            readable_bytes(bytes_t + bytes_f)
+        );
+        let _ = writeln!(
+            out,
+            "Trainable params: {} ({})",
+            trainable,
+            readable_bytes(bytes_t)
+        );
+        let _ = writeln!(
+            out,
+            "Non-trainable params: {} ({})",
+            frozen,
+            readable_bytes(bytes_f)
+        );
         let _ = writeln!(out, "{}", "_".repeat(width));
         Ok(out)
     }
@@ -434,7 +494,12 @@ impl Sequential {
     pub fn add_shared(self, layer: Arc<dyn Layer>) -> Sequential {
         // the name is assigned now, in model order
         let _ = layer.name();
-        self.model.net.layers.write().expect("model lock").push(layer);
+        self.model
+            .net
+            .layers
+            .write()
+            .expect("model lock")
+            .push(layer);
         self
     }
 

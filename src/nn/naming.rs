@@ -25,7 +25,11 @@ pub fn unique_name(prefix: &str) -> String {
     let mut guard = COUNTERS.lock().expect("name counters poisoned");
     let counters = guard.get_or_insert_with(HashMap::new);
     let n = counters.entry(prefix.to_string()).or_insert(0);
-    let name = if *n == 0 { prefix.to_string() } else { format!("{prefix}_{n}") };
+    let name = if *n == 0 {
+        prefix.to_string()
+    } else {
+        format!("{prefix}_{n}")
+    };
     *n += 1;
     name
 }

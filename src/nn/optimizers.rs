@@ -91,7 +91,12 @@ pub struct ExponentialDecay {
 impl ExponentialDecay {
     /// A smooth exponential decay.
     pub fn new(initial_learning_rate: f64, decay_steps: u64, decay_rate: f64) -> ExponentialDecay {
-        ExponentialDecay { initial_learning_rate, decay_steps, decay_rate, staircase: false }
+        ExponentialDecay {
+            initial_learning_rate,
+            decay_steps,
+            decay_rate,
+            staircase: false,
+        }
     }
 
     /// Decays in whole periods.
@@ -105,7 +110,11 @@ impl LearningRateSchedule for ExponentialDecay {
     fn at(&self, step: &Tensor) -> Tensor {
         let p = step.cast(DType::F64) / self.decay_steps.max(1) as f64;
         // floor of a non-negative number: truncation through i64
-        let p = if self.staircase { p.cast(DType::I64).cast(DType::F64) } else { p };
+        let p = if self.staircase {
+            p.cast(DType::I64).cast(DType::F64)
+        } else {
+            p
+        };
         Tensor::scalar_of(DType::F64, self.decay_rate).pow(&p) * self.initial_learning_rate
     }
 }
@@ -131,7 +140,11 @@ pub struct CosineDecay {
 impl CosineDecay {
     /// Decays to zero over `decay_steps`.
     pub fn new(initial_learning_rate: f64, decay_steps: u64) -> CosineDecay {
-        CosineDecay { initial_learning_rate, decay_steps, alpha: 0.0 }
+        CosineDecay {
+            initial_learning_rate,
+            decay_steps,
+            alpha: 0.0,
+        }
     }
 
     /// The final fraction of the initial rate.
@@ -144,7 +157,9 @@ impl CosineDecay {
 impl LearningRateSchedule for CosineDecay {
     fn at(&self, step: &Tensor) -> Tensor {
         let total = self.decay_steps.max(1) as f64;
-        let s = step.cast(DType::F64).minimum(&Tensor::scalar_of(DType::F64, total));
+        let s = step
+            .cast(DType::F64)
+            .minimum(&Tensor::scalar_of(DType::F64, total));
         let cosine = ((s * (PI / total)).cos() + 1.0) * 0.5;
         (cosine * (1.0 - self.alpha) + self.alpha) * self.initial_learning_rate
     }
@@ -200,8 +215,19 @@ struct Core {
 impl Core {
     fn new(prefix: &str, lr: LearningRate) -> Arc<Core> {
         let name = unique_name(prefix);
-        let iterations = Variable::non_trainable(format!("{name}/iterations"), Tensor::full(&[], 0.0, DType::I64));
-        Arc::new(Core { name, lr, iterations, table: Mutex::new(SlotTable { index: HashMap::new(), slots: Vec::new() }) })
+        let iterations = Variable::non_trainable(
+            format!("{name}/iterations"),
+            Tensor::full(&[], 0.0, DType::I64),
+        );
+        Arc::new(Core {
+            name,
+            lr,
+            iterations,
+            table: Mutex::new(SlotTable {
+                index: HashMap::new(),
+                slots: Vec::new(),
+            }),
+        })
     }
 
     /// The slots of `var`, created as concrete zeros on first request.
@@ -227,7 +253,9 @@ impl Core {
 
     fn variables(&self) -> Vec<Variable> {
         let t = self.table.lock().expect("optimizer lock");
-        std::iter::once(self.iterations.clone()).chain(t.slots.iter().flatten().cloned()).collect()
+        std::iter::once(self.iterations.clone())
+            .chain(t.slots.iter().flatten().cloned())
+            .collect()
     }
 
     fn current_learning_rate(&self) -> f64 {
@@ -286,7 +314,8 @@ impl Core {
                 update(v, g, &slots, &lr, &t);
             }
         }
-        self.iterations.assign(&(&it + &Tensor::full(&[], 1.0, DType::I64)));
+        self.iterations
+            .assign(&(&it + &Tensor::full(&[], 1.0, DType::I64)));
         Ok(())
     }
 
@@ -310,7 +339,9 @@ macro_rules! optimizer_common {
             }
             fn apply_gradients(&self, grads: &[Option<Tensor>], vars: &[Variable]) -> Result<()> {
                 let names = self.slot_names();
-                self.core.apply(grads, vars, &names, |v, g, slots, lr, t| self.update(v, g, slots, lr, t))
+                self.core.apply(grads, vars, &names, |v, g, slots, lr, t| {
+                    self.update(v, g, slots, lr, t)
+                })
             }
             fn build(&self, vars: &[Variable]) {
                 self.core.build(vars, &self.slot_names());
@@ -352,7 +383,11 @@ pub struct SGD {
 impl SGD {
     /// Plain SGD with learning rate `lr` (a number or a schedule).
     pub fn new(lr: impl Into<LearningRate>) -> SGD {
-        SGD { momentum: 0.0, nesterov: false, core: Core::new("SGD", lr.into()) }
+        SGD {
+            momentum: 0.0,
+            nesterov: false,
+            core: Core::new("SGD", lr.into()),
+        }
     }
 
     /// Momentum `μ` (default 0).
@@ -421,7 +456,13 @@ pub struct Adam {
 impl Adam {
     /// Adam with learning rate `lr` (a number or a schedule) and Keras' defaults otherwise.
     pub fn new(lr: impl Into<LearningRate>) -> Adam {
-        Adam { beta_1: 0.9, beta_2: 0.999, epsilon: 1e-7, weight_decay: 0.0, core: Core::new("adam", lr.into()) }
+        Adam {
+            beta_1: 0.9,
+            beta_2: 0.999,
+            epsilon: 1e-7,
+            weight_decay: 0.0,
+            core: Core::new("adam", lr.into()),
+        }
     }
 
     /// β₁, the first-moment decay (default 0.9).
@@ -564,7 +605,13 @@ pub struct RMSprop {
 impl RMSprop {
     /// RMSprop with learning rate `lr` and Keras' defaults otherwise.
     pub fn new(lr: impl Into<LearningRate>) -> RMSprop {
-        RMSprop { rho: 0.9, momentum: 0.0, epsilon: 1e-7, centered: false, core: Core::new("rmsprop", lr.into()) }
+        RMSprop {
+            rho: 0.9,
+            momentum: 0.0,
+            epsilon: 1e-7,
+            centered: false,
+            core: Core::new("rmsprop", lr.into()),
+        }
     }
 
     /// ρ, the decay of the squared-gradient average (default 0.9).
