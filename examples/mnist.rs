@@ -100,54 +100,61 @@ struct Curves {
     test_acc: Vec<f64>,
 }
 
+/// One panel: train and test curves of one quantity per epoch.
+fn panel(
+    area: &DrawingArea<SVGBackend, plotters::coord::Shift>,
+    name: &str,
+    train: &[f64],
+    test: &[f64],
+) -> std::result::Result<(), Box<dyn std::error::Error>> {
+    let points = |v: &[f64]| -> Vec<(f64, f64)> {
+        v.iter()
+            .enumerate()
+            .map(|(i, y)| ((i + 1) as f64, *y))
+            .collect()
+    };
+    let lo = train
+        .iter()
+        .chain(test)
+        .cloned()
+        .fold(f64::INFINITY, f64::min);
+    let hi = train
+        .iter()
+        .chain(test)
+        .cloned()
+        .fold(f64::NEG_INFINITY, f64::max);
+    let pad = ((hi - lo) * 0.1).max(1e-3);
+    let n = train.len() as f64;
+    let mut chart = ChartBuilder::on(area)
+        .caption(format!("MNIST MLP: {name} per epoch"), ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(30)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0.5..n + 0.5, (lo - pad)..(hi + pad))?;
+    chart.configure_mesh().x_desc("epoch").y_desc(name).draw()?;
+    chart
+        .draw_series(LineSeries::new(points(train), &BLUE))?
+        .label(format!("train {name}"))
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLUE));
+    chart
+        .draw_series(LineSeries::new(points(test), &RED))?
+        .label(format!("test {name}"))
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], RED));
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    Ok(())
+}
+
+/// Writes the loss and accuracy curves side by side as an SVG.
 fn plot(path: &str, c: &Curves) -> std::result::Result<(), Box<dyn std::error::Error>> {
     let root = SVGBackend::new(path, (960, 400)).into_drawing_area();
     root.fill(&WHITE)?;
     let (left, right) = root.split_horizontally(480);
-    let n = c.train_loss.len() as f64;
-    let xs = |v: &[f64]| {
-        v.iter()
-            .enumerate()
-            .map(|(i, y)| ((i + 1) as f64, *y))
-            .collect::<Vec<_>>()
-    };
-    let panels: [(&DrawingArea<SVGBackend, _>, &str, &[f64], &[f64]); 2] = [
-        (&left, "loss", &c.train_loss, &c.test_loss),
-        (&right, "accuracy", &c.train_acc, &c.test_acc),
-    ];
-    for (area, name, train, test) in panels {
-        let lo = train
-            .iter()
-            .chain(test)
-            .cloned()
-            .fold(f64::INFINITY, f64::min);
-        let hi = train
-            .iter()
-            .chain(test)
-            .cloned()
-            .fold(f64::NEG_INFINITY, f64::max);
-        let pad = ((hi - lo) * 0.1).max(1e-3);
-        let mut chart = ChartBuilder::on(area)
-            .caption(format!("MNIST MLP: {name} per epoch"), ("sans-serif", 18))
-            .margin(12)
-            .x_label_area_size(30)
-            .y_label_area_size(50)
-            .build_cartesian_2d(0.5..n + 0.5, (lo - pad)..(hi + pad))?;
-        chart.configure_mesh().x_desc("epoch").y_desc(name).draw()?;
-        chart
-            .draw_series(LineSeries::new(xs(train), &BLUE))?
-            .label(format!("train {name}"))
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLUE));
-        chart
-            .draw_series(LineSeries::new(xs(test), &RED))?
-            .label(format!("test {name}"))
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], RED));
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()?;
-    }
+    panel(&left, "loss", &c.train_loss, &c.test_loss)?;
+    panel(&right, "accuracy", &c.train_acc, &c.test_acc)?;
     root.present()?;
     Ok(())
 }

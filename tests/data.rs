@@ -237,7 +237,7 @@ fn mnist_load_data_gives_scaled_images_and_integer_labels() {
     assert_eq!(y_test.shape(), &[10000]);
     let px = x_test.to_vec_f32().unwrap();
     assert!(px.iter().all(|v| (0.0..=1.0).contains(v)));
-    assert!(px.iter().any(|v| *v == 1.0) && px.iter().any(|v| *v == 0.0));
+    assert!(px.contains(&1.0) && px.contains(&0.0));
     // the first test digit is a 7, the first training digit a 5 (as everyone knows)
     assert_eq!(y_test.to_vec_i64().unwrap()[0], 7);
     assert_eq!(y_train.to_vec_i64().unwrap()[0], 5);
@@ -264,8 +264,7 @@ fn a_truncated_mnist_file_is_an_error_naming_it() {
         std::fs::write(dir.join(f), &bytes[..keep]).unwrap();
     }
     let e = tapeflow::datasets::mnist::load_data_from(&dir)
-        .err()
-        .expect("truncated file")
+        .expect_err("truncated file")
         .to_string();
     let _ = std::fs::remove_dir_all(&dir);
     assert!(e.contains("t10k-labels-idx1-ubyte.gz"), "{e}");

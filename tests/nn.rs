@@ -641,7 +641,7 @@ fn run_opt(opt: &dyn Optimizer) -> Vec<Vec<f64>> {
     GRADS
         .iter()
         .map(|g| {
-            opt.apply_gradients(&[Some(t2(g, &[2]))], &[w.clone()])
+            opt.apply_gradients(&[Some(t2(g, &[2]))], std::slice::from_ref(&w))
                 .unwrap();
             w.value().to_vec_f64().unwrap()
         })
@@ -788,7 +788,7 @@ fn learning_rate_schedules_match_their_formulas() {
     let mut want = 0.0;
     for k in 0..3 {
         assert!((sgd.current_learning_rate() - 0.5 * 0.5f64.powi(k)).abs() < 1e-15);
-        sgd.apply_gradients(&[Some(t2(&[1.0], &[1]))], &[w.clone()])
+        sgd.apply_gradients(&[Some(t2(&[1.0], &[1]))], std::slice::from_ref(&w))
             .unwrap();
         want -= 0.5 * 0.5f64.powi(k);
         assert!((w.value().to_vec_f64().unwrap()[0] - want).abs() < 1e-15);
@@ -810,7 +810,7 @@ fn optimizers_give_the_same_numbers_inside_a_function() {
         let w = Variable::named("w_fn", t2(&W0, &[2]));
         let (o2, w2) = (opt.clone(), w.clone());
         let step = function(move |g: &Tensor| {
-            o2.apply_gradients(&[Some(g.clone())], &[w2.clone()])?;
+            o2.apply_gradients(&[Some(g.clone())], std::slice::from_ref(&w2))?;
             Ok(w2.read())
         });
         for (k, g) in GRADS.iter().enumerate() {
@@ -858,17 +858,17 @@ fn apply_gradients_rejects_bad_arguments() {
     let w = Variable::named("w_bad", t2(&[1.0, 2.0], &[2]));
     let opt = SGD::new(0.1);
     let e = opt
-        .apply_gradients(&[None, None], &[w.clone()])
+        .apply_gradients(&[None, None], std::slice::from_ref(&w))
         .unwrap_err()
         .to_string();
     assert!(e.contains("2 gradients for 1 variables"), "{e}");
     let e = opt
-        .apply_gradients(&[Some(t2(&[1.0], &[1]))], &[w.clone()])
+        .apply_gradients(&[Some(t2(&[1.0], &[1]))], std::slice::from_ref(&w))
         .unwrap_err()
         .to_string();
     assert!(e.contains("w_bad"), "{e}");
     let e = opt
-        .apply_gradients(&[None], &[w.clone()])
+        .apply_gradients(&[None], std::slice::from_ref(&w))
         .unwrap_err()
         .to_string();
     assert!(e.contains("no gradients"), "{e}");

@@ -288,7 +288,7 @@ impl<E: Element> Dataset<E> {
     }
 }
 
-impl<'a, E: Element> IntoIterator for &'a Dataset<E> {
+impl<E: Element> IntoIterator for &Dataset<E> {
     type Item = E;
     type IntoIter = DatasetIter<E>;
     fn into_iter(self) -> DatasetIter<E> {

@@ -21,6 +21,8 @@ use std::time::Instant;
 
 type Step2 = Box<dyn Fn(&Tensor, &Tensor) -> Result<(Tensor, Tensor)> + Send + Sync>;
 type Step1 = Box<dyn Fn(&Tensor) -> Result<Tensor> + Send + Sync>;
+/// The loss, optimizer and metrics given to `compile`.
+type Parts = (Arc<dyn Loss>, Arc<dyn Optimizer>, Vec<Arc<dyn Metric>>);
 
 /// What `compile` stored, plus the steps built from it on first use.
 pub(crate) struct Compiled {
@@ -209,7 +211,7 @@ impl Model {
         });
     }
 
-    fn compiled_parts(&self) -> Result<(Arc<dyn Loss>, Arc<dyn Optimizer>, Vec<Arc<dyn Metric>>)> {
+    fn compiled_parts(&self) -> Result<Parts> {
         let c = self.compiled.lock().expect("model lock");
         let c = c.as_ref().ok_or_else(|| {
             Error::Invalid(format!("model `{}` must be compiled (model.compile(loss, optimizer, metrics)) before fit/evaluate", self.name()))
