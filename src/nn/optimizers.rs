@@ -263,14 +263,16 @@ impl Core {
         self.lr.at(&step).to_scalar().unwrap_or(f64::NAN)
     }
 
-    /// Validates, then runs `update(var, grad, slots, lr, t)` for each variable with a
-    /// gradient, with `lr` the (f64 scalar) rate at the current step and `t` the 1-based
-    /// step number (f64 scalar), then advances `iterations`.
+    /// Validates, then runs `update(var, grad, slots, lr, coef)` for each variable with a
+    /// gradient, then advances `iterations`. `lr` is the (f64 scalar) rate at the current
+    /// step and `coef = prepare(lr, t)` a per-step scalar computed once for all variables
+    /// (Adam's bias-corrected rate), with `t` the 1-based step number.
     fn apply(
         &self,
         grads: &[Option<Tensor>],
         vars: &[Variable],
         slot_names: &[&str],
+        prepare: impl Fn(&Tensor, &Tensor) -> Tensor,
         update: impl Fn(&Variable, &Tensor, &[Variable], &Tensor, &Tensor),
     ) -> Result<()> {
         if grads.len() != vars.len() {
@@ -307,11 +309,11 @@ impl Core {
         let it = self.iterations.read();
         let step = it.cast(DType::F64);
         let lr = self.lr.at(&step);
-        let t = &step + 1.0;
+        let coef = prepare(&lr, &(&step + 1.0));
         for (g, v) in grads.iter().zip(vars) {
             if let Some(g) = g {
                 let slots = self.slots(v, slot_names);
-                update(v, g, &slots, &lr, &t);
+                update(v, g, &slots, &lr, &coef);
             }
         }
         self.iterations
@@ -339,9 +341,13 @@ macro_rules! optimizer_common {
             }
             fn apply_gradients(&self, grads: &[Option<Tensor>], vars: &[Variable]) -> Result<()> {
                 let names = self.slot_names();
-                self.core.apply(grads, vars, &names, |v, g, slots, lr, t| {
-                    self.update(v, g, slots, lr, t)
-                })
+                self.core.apply(
+                    grads,
+                    vars,
+                    &names,
+                    |lr, t| self.prepare(lr, t),
+                    |v, g, slots, lr, coef| self.update(v, g, slots, lr, coef),
+                )
             }
             fn build(&self, vars: &[Variable]) {
                 self.core.build(vars, &self.slot_names());
@@ -410,7 +416,11 @@ impl SGD {
         }
     }
 
-    fn update(&self, w: &Variable, g: &Tensor, slots: &[Variable], lr: &Tensor, _t: &Tensor) {
+    fn prepare(&self, lr: &Tensor, _t: &Tensor) -> Tensor {
+        lr.clone()
+    }
+
+    fn update(&self, w: &Variable, g: &Tensor, slots: &[Variable], lr: &Tensor, _coef: &Tensor) {
         let lr = lr.cast(w.dtype());
         if self.momentum > 0.0 {
             let m = &slots[0];
@@ -487,16 +497,21 @@ impl Adam {
         vec!["m", "v"]
     }
 
-    fn update(&self, w: &Variable, g: &Tensor, slots: &[Variable], lr: &Tensor, t: &Tensor) {
+    /// The bias-corrected rate `α = lr·√(1 - β₂ᵗ) / (1 - β₁ᵗ)`, once per step.
+    fn prepare(&self, lr: &Tensor, t: &Tensor) -> Tensor {
+        let b1_t = s(DType::F64, self.beta_1).pow(t);
+        let b2_t = s(DType::F64, self.beta_2).pow(t);
+        lr * (1.0f64 - b2_t).sqrt() / (1.0f64 - b1_t)
+    }
+
+    fn update(&self, w: &Variable, g: &Tensor, slots: &[Variable], lr: &Tensor, alpha: &Tensor) {
         let d = w.dtype();
         if self.weight_decay > 0.0 {
             // decoupled weight decay (AdamW), applied before the Adam step: w ← w - w·λ·lr
             w.assign_sub(&(w.read() * (lr * self.weight_decay).cast(d)));
         }
         let (m, v) = (&slots[0], &slots[1]);
-        let b1_t = s(DType::F64, self.beta_1).pow(t);
-        let b2_t = s(DType::F64, self.beta_2).pow(t);
-        let alpha = (lr * (1.0f64 - b2_t).sqrt() / (1.0f64 - b1_t)).cast(d);
+        let alpha = alpha.cast(d);
         let m_old = m.read();
         let v_old = v.read();
         let m_new = &m_old + (g - &m_old) * (1.0 - self.beta_1);
@@ -649,7 +664,11 @@ impl RMSprop {
         v
     }
 
-    fn update(&self, w: &Variable, g: &Tensor, slots: &[Variable], lr: &Tensor, _t: &Tensor) {
+    fn prepare(&self, lr: &Tensor, _t: &Tensor) -> Tensor {
+        lr.clone()
+    }
+
+    fn update(&self, w: &Variable, g: &Tensor, slots: &[Variable], lr: &Tensor, _coef: &Tensor) {
         let lr = lr.cast(w.dtype());
         let vel = &slots[0];
         let v_new = vel.read() * self.rho + g * g * (1.0 - self.rho);
