@@ -182,9 +182,14 @@ pub(crate) fn sparse_labels(loss: &str, y_true: &Tensor, y_pred: &Tensor) -> Res
         .find(|(_, &v)| v < 0 || v as usize >= classes)
     {
         let raw = y_true.to_vec_f64()?[i];
+        let cast = if raw == *bad as f64 {
+            String::new()
+        } else {
+            format!(" (read as {bad})")
+        };
         return Err(invalid(
             loss,
-            format!("label {raw} (at position {i}) is outside the valid range [0, {classes}) of the {classes} predicted classes (cast to {bad})"),
+            format!("label {raw}{cast} at position {i} is outside the valid range [0, {classes}) of the predicted classes"),
         ));
     }
     Ok(labels)

@@ -142,11 +142,12 @@ impl Net {
         match known {
             Some(s) if s != x.shape()[1..] => {
                 return Err(Error::Invalid(format!(
-                    "model `{}` expects inputs of per-sample shape {s:?} (batch {:?}), got {}",
+                    "model `{}` expects batches of shape [n, {}] (per-sample shape {s:?}), got {}",
                     self.name,
-                    std::iter::once("n".to_string())
-                        .chain(s.iter().map(|d| d.to_string()))
-                        .collect::<Vec<_>>(),
+                    s.iter()
+                        .map(|d| d.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     type_str(x)
                 )))
             }
