@@ -18,6 +18,26 @@
 //! assert_eq!(model.trainable_variables().len(), 4);
 //! ```
 //!
+//! # From Keras to tapeflow
+//!
+//! | Keras | tapeflow |
+//! | --- | --- |
+//! | `Dense(64, activation="relu", name="d")` | `Dense::new(64).activation(Activation::Relu).named("d")` |
+//! | `Conv2D(32, 3)`, `MaxPooling2D((2, 2))`, `Flatten()`, `Dropout(0.5)` | [`Conv2D::new(32, 3)`](Conv2D), [`MaxPooling2D::new((2, 2))`](MaxPooling2D), [`Flatten::new()`](Flatten), [`Dropout::new(0.5)`](Dropout) |
+//! | `keras.Sequential([...])` | `Sequential::new().add(...).add(...)` |
+//! | `inputs = keras.Input((784,)); x = Dense(64)(inputs)` | `let inputs = input(&[784]); let x = Dense::new(64).apply(&inputs)?;` |
+//! | `keras.Model(inputs, outputs)` | [`Model::new(&inputs, &outputs)?`](Model::new) |
+//! | `model(x, training=True)` | `model.call(&x, true)?` |
+//! | `model.trainable_variables` | [`model.trainable_variables()`](Model::trainable_variables) |
+//! | `model.summary()` | [`model.summary()?`](Model::summary) |
+//! | `SparseCategoricalCrossentropy(from_logits=True)(y, logits)` | `SparseCategoricalCrossentropy::from_logits(true).call(&y, &logits)?` |
+//! | `optimizer.apply_gradients(zip(grads, vars))` | `opt.apply_gradients(&grads, &vars)?` |
+//! | `metric(y, pred)`, `.result()`, `.reset_state()` | `metric.update(&y, &pred)?`, `.result()`, `.reset_state()` |
+//! | `model.compile(loss, optimizer, metrics=["accuracy"])` | `model.compile(loss, opt, &["accuracy"])?` |
+//! | `model.fit(x, y, epochs=5, batch_size=32, validation_data=(xv, yv))` | `model.fit(&x, &y, FitOptions::new(5, 32).validation_data(&xv, &yv))?` |
+//! | `model.save_weights(p)`, `tf.train.Checkpoint(model=m, optimizer=o)` | [`model.save_weights(p)?`](Model::save_weights), [`Checkpoint::new(&m).optimizer(&o)`](Checkpoint) |
+//! | `tf.random.set_seed(s)` | [`set_seed(s)`](set_seed) |
+//!
 //! # Conventions (and why)
 //! - Fallible calls return [`Result`](crate::Result): a layer given the wrong input shape
 //!   returns an `Err` naming the layer and the shapes, eagerly and inside a traced function
