@@ -64,6 +64,12 @@ fn dense_acts_on_the_last_axis_of_any_rank() {
     let y = d.call(&x, false).unwrap();
     assert_eq!(y.shape(), &[2, 2, 1]);
     assert_eq!(y.to_vec_f32().unwrap(), vec![4.0, 8.0, 12.0, 16.0]);
+    // built for 2 features, it takes any rank with 2 features last, and nothing else
+    assert_eq!(
+        d.call(&Tensor::ones(&[3, 2]), false).unwrap().shape(),
+        &[3, 1]
+    );
+    assert!(d.call(&Tensor::ones(&[3, 4]), false).is_err());
 }
 
 #[test]

@@ -289,7 +289,13 @@ impl Layer for Dense {
         let name = self.name.get().to_string();
         let mut vars = self.vars.lock().expect("layer lock");
         if let Some(v) = vars.as_ref() {
-            return check_built_shape("Dense", &name, &v.input_shape, input_shape);
+            // only the feature axis is fixed: a dense layer maps the last axis of any rank
+            return check_built_shape(
+                "Dense",
+                &name,
+                &v.input_shape[v.input_shape.len() - 1..],
+                &input_shape[input_shape.len().saturating_sub(1)..],
+            );
         }
         let features = *input_shape.last().ok_or_else(|| {
             bad_input(
@@ -343,12 +349,12 @@ impl Layer for Dense {
             if let Some(v) = vars.as_ref() {
                 let want = *v.input_shape.last().expect("built with a feature axis");
                 let got = *x.shape().last().expect("rank ≥ 2");
-                if want != got || v.input_shape.len() != x.rank() - 1 {
+                if want != got {
                     return Err(bad_input(
                         "Dense",
                         name,
                         format!(
-                            "expected inputs with {want} features on the last axis (per-sample shape {:?}), got {}",
+                            "expected inputs with {want} features on the last axis (it was built for per-sample shape {:?}), got {}",
                             v.input_shape,
                             shape_str(x.dtype(), x.shape())
                         ),
