@@ -38,9 +38,11 @@
 #![warn(missing_docs)]
 pub mod autodiff;
 pub mod data;
+pub mod datasets;
 pub mod error;
 pub mod exec;
 pub mod ir;
+pub mod nn;
 pub mod ops;
 pub mod passes;
 pub mod tensor;

@@ -1,0 +1,426 @@
+//! `compile` / `fit` / `evaluate` / `predict` (Keras' built-in training loop).
+//!
+//! `compile` stores the loss, optimizer and metrics. `fit` runs the same train step
+//! users write by hand — forward under a `GradientTape`, gradients of the loss,
+//! `apply_gradients` — compiled once with [`function`] (tf.function semantics: one trace
+//! per batch shape, so a smaller last batch adds one trace) or run eagerly when asked.
+//! Metrics are updated eagerly from the values the step returns.
+//!
+//! The step closures capture the model's layers, not the model, so the compiled steps
+//! cached in the model do not keep themselves alive through a reference cycle.
+
+use super::losses::Loss;
+use super::metrics::{CategoricalAccuracy, Mean, Metric, SparseCategoricalAccuracy};
+use super::model::{Model, Net};
+use super::optimizers::Optimizer;
+use crate::data::Dataset;
+use crate::{function, Error, GradientTape, Result, Tensor};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::sync::Arc;
+use std::time::Instant;
+
+type Step2 = Box<dyn Fn(&Tensor, &Tensor) -> Result<(Tensor, Tensor)> + Send + Sync>;
+type Step1 = Box<dyn Fn(&Tensor) -> Result<Tensor> + Send + Sync>;
+/// The loss, optimizer and metrics given to `compile`.
+type Parts = (Arc<dyn Loss>, Arc<dyn Optimizer>, Vec<Arc<dyn Metric>>);
+
+/// What `compile` stored, plus the steps built from it on first use.
+pub(crate) struct Compiled {
+    loss: Arc<dyn Loss>,
+    optimizer: Arc<dyn Optimizer>,
+    metrics: Vec<Arc<dyn Metric>>,
+    train: Option<(bool, Arc<Step2>)>,
+    test: Option<(bool, Arc<Step2>)>,
+    predict: Option<(bool, Arc<Step1>)>,
+}
+
+/// Options of [`Model::fit`] (Keras' keyword arguments).
+#[derive(Clone)]
+pub struct FitOptions {
+    /// Passes over the data (default 1).
+    pub epochs: usize,
+    /// Samples per step (default 32).
+    pub batch_size: usize,
+    /// Data evaluated after each epoch (`val_loss`, `val_<metric>` in the history).
+    pub validation_data: Option<(Tensor, Tensor)>,
+    /// Reshuffle the training data each epoch (default true).
+    pub shuffle: bool,
+    /// Seed of the shuffling (default 0).
+    pub seed: u64,
+    /// 0 silent, 1 progress bar + a line per epoch (default), 2 a line per epoch.
+    pub verbose: u8,
+    /// Run the train step eagerly instead of compiling it (default false).
+    pub run_eagerly: bool,
+}
+
+impl Default for FitOptions {
+    fn default() -> Self {
+        FitOptions {
+            epochs: 1,
+            batch_size: 32,
+            validation_data: None,
+            shuffle: true,
+            seed: 0,
+            verbose: 1,
+            run_eagerly: false,
+        }
+    }
+}
+
+impl FitOptions {
+    /// `epochs` passes in batches of `batch_size`, other options at their defaults.
+    pub fn new(epochs: usize, batch_size: usize) -> FitOptions {
+        FitOptions {
+            epochs,
+            batch_size,
+            ..FitOptions::default()
+        }
+    }
+
+    /// Evaluates on `(x, y)` after each epoch.
+    pub fn validation_data(mut self, x: &Tensor, y: &Tensor) -> FitOptions {
+        self.validation_data = Some((x.clone(), y.clone()));
+        self
+    }
+
+    /// Sets the verbosity (0, 1, 2).
+    pub fn verbose(mut self, v: u8) -> FitOptions {
+        self.verbose = v;
+        self
+    }
+
+    /// Runs eagerly (no `function`) when true.
+    pub fn run_eagerly(mut self, on: bool) -> FitOptions {
+        self.run_eagerly = on;
+        self
+    }
+
+    /// Whether and with which seed to shuffle.
+    pub fn shuffle(mut self, on: bool, seed: u64) -> FitOptions {
+        self.shuffle = on;
+        self.seed = seed;
+        self
+    }
+}
+
+/// Per-epoch values of the loss and metrics (`History.history`), in insertion order.
+#[derive(Clone, Debug, Default)]
+pub struct History {
+    /// `(name, one value per epoch)`: `loss`, metrics, then `val_loss`, `val_<metric>`.
+    pub history: Vec<(String, Vec<f64>)>,
+}
+
+impl History {
+    /// The values of `name` per epoch.
+    pub fn get(&self, name: &str) -> Option<&[f64]> {
+        self.history
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
+    }
+
+    fn push(&mut self, name: &str, v: f64) {
+        match self.history.iter_mut().find(|(n, _)| n == name) {
+            Some((_, vals)) => vals.push(v),
+            None => self.history.push((name.to_string(), vec![v])),
+        }
+    }
+}
+
+fn train_step(
+    net: Arc<Net>,
+    loss: Arc<dyn Loss>,
+    opt: Arc<dyn Optimizer>,
+) -> impl Fn(&Tensor, &Tensor) -> Result<(Tensor, Tensor)> {
+    move |x: &Tensor, y: &Tensor| {
+        let tape = GradientTape::new();
+        let (l, pred) = tape.record(|| -> Result<(Tensor, Tensor)> {
+            let pred = net.forward(x, true)?;
+            Ok((loss.call(y, &pred)?, pred))
+        })?;
+        let vars = net.trainable_variables();
+        let grads = tape.gradient(&l, &vars)?;
+        opt.apply_gradients(&grads, &vars)?;
+        Ok((l, pred))
+    }
+}
+
+fn test_step(
+    net: Arc<Net>,
+    loss: Arc<dyn Loss>,
+) -> impl Fn(&Tensor, &Tensor) -> Result<(Tensor, Tensor)> {
+    move |x: &Tensor, y: &Tensor| {
+        let pred = net.forward(x, false)?;
+        Ok((loss.call(y, &pred)?, pred))
+    }
+}
+
+fn logs_line(logs: &[(String, f64)]) -> String {
+    logs.iter()
+        .map(|(k, v)| format!("{k}: {v:.4}"))
+        .collect::<Vec<_>>()
+        .join(" - ")
+}
+
+impl Model {
+    /// Configures training (`model.compile`): a loss, an optimizer (keep a clone to
+    /// checkpoint it) and metrics by name: `"accuracy"`/`"acc"` (sparse or categorical,
+    /// chosen from the loss, as Keras does), `"sparse_categorical_accuracy"`,
+    /// `"categorical_accuracy"`. An `Err` for an unknown name.
+    pub fn compile(
+        &self,
+        loss: impl Loss + 'static,
+        optimizer: impl Optimizer + 'static,
+        metrics: &[&str],
+    ) -> Result<()> {
+        let mut ms: Vec<Arc<dyn Metric>> = Vec::new();
+        for &m in metrics {
+            ms.push(match m {
+                "accuracy" | "acc" => match loss.name() {
+                    "categorical_crossentropy" => Arc::new(CategoricalAccuracy::named(m)),
+                    "sparse_categorical_crossentropy" => Arc::new(SparseCategoricalAccuracy::named(m)),
+                    other => {
+                        return Err(Error::Invalid(format!(
+                            "compile: cannot infer which accuracy fits the loss `{other}`; pass a metric object with compile_with_metrics"
+                        )))
+                    }
+                },
+                "sparse_categorical_accuracy" => Arc::new(SparseCategoricalAccuracy::new()),
+                "categorical_accuracy" => Arc::new(CategoricalAccuracy::new()),
+                other => return Err(Error::Invalid(format!("compile: unknown metric `{other}`"))),
+            });
+        }
+        self.compile_with_metrics(loss, optimizer, ms);
+        Ok(())
+    }
+
+    /// [`Model::compile`] with metric objects.
+    pub fn compile_with_metrics(
+        &self,
+        loss: impl Loss + 'static,
+        optimizer: impl Optimizer + 'static,
+        metrics: Vec<Arc<dyn Metric>>,
+    ) {
+        *self.compiled.lock().expect("model lock") = Some(Compiled {
+            loss: Arc::new(loss),
+            optimizer: Arc::new(optimizer),
+            metrics,
+            train: None,
+            test: None,
+            predict: None,
+        });
+    }
+
+    fn compiled_parts(&self) -> Result<Parts> {
+        let c = self.compiled.lock().expect("model lock");
+        let c = c.as_ref().ok_or_else(|| {
+            Error::Invalid(format!("model `{}` must be compiled (model.compile(loss, optimizer, metrics)) before fit/evaluate", self.name()))
+        })?;
+        Ok((c.loss.clone(), c.optimizer.clone(), c.metrics.clone()))
+    }
+
+    /// The compiled (or eager) train step, built once and cached.
+    fn train_fn(&self, eager: bool) -> Result<Arc<Step2>> {
+        let (loss, opt, _) = self.compiled_parts()?;
+        let mut c = self.compiled.lock().expect("model lock");
+        let c = c.as_mut().expect("checked above");
+        if let Some((e, f)) = &c.train {
+            if *e == eager {
+                return Ok(f.clone());
+            }
+        }
+        let step = train_step(self.net.clone(), loss, opt);
+        let f: Step2 = if eager {
+            Box::new(step)
+        } else {
+            let compiled = function(step);
+            Box::new(move |x: &Tensor, y: &Tensor| compiled.call(x, y))
+        };
+        let f = Arc::new(f);
+        c.train = Some((eager, f.clone()));
+        Ok(f)
+    }
+
+    fn test_fn(&self, eager: bool) -> Result<Arc<Step2>> {
+        let (loss, _, _) = self.compiled_parts()?;
+        let mut c = self.compiled.lock().expect("model lock");
+        let c = c.as_mut().expect("checked above");
+        if let Some((e, f)) = &c.test {
+            if *e == eager {
+                return Ok(f.clone());
+            }
+        }
+        let step = test_step(self.net.clone(), loss);
+        let f: Step2 = if eager {
+            Box::new(step)
+        } else {
+            let compiled = function(step);
+            Box::new(move |x: &Tensor, y: &Tensor| compiled.call(x, y))
+        };
+        let f = Arc::new(f);
+        c.test = Some((eager, f.clone()));
+        Ok(f)
+    }
+
+    /// Trains for `opts.epochs` passes over `(x, y)` (`model.fit`), returning the history.
+    ///
+    /// Shows an indicatif progress bar per epoch (hidden when stderr is not a terminal)
+    /// and a line per epoch unless `verbose` is 0.
+    pub fn fit(&self, x: &Tensor, y: &Tensor, opts: FitOptions) -> Result<History> {
+        let (_, _, metrics) = self.compiled_parts()?;
+        if x.shape().first() != y.shape().first() {
+            return Err(Error::Invalid(format!(
+                "fit: x has {:?} samples but y has {:?}",
+                x.shape().first(),
+                y.shape().first()
+            )));
+        }
+        if opts.batch_size == 0 {
+            return Err(Error::Invalid("fit: batch_size must be positive".into()));
+        }
+        let n = x.shape()[0];
+        let ds = Dataset::from_tensor_slices((x.clone(), y.clone()))?;
+        let ds = if opts.shuffle {
+            ds.shuffle(n, opts.seed)
+        } else {
+            ds
+        };
+        let ds = ds.batch(opts.batch_size);
+        let step = self.train_fn(opts.run_eagerly)?;
+        let loss_tracker = Mean::new("loss");
+        let mut history = History::default();
+        for epoch in 0..opts.epochs {
+            loss_tracker.reset_state();
+            for m in &metrics {
+                m.reset_state();
+            }
+            let start = Instant::now();
+            let bar = if opts.verbose == 1 {
+                let b = ProgressBar::with_draw_target(
+                    ds.cardinality().map(|c| c as u64),
+                    ProgressDrawTarget::stderr(),
+                );
+                if let Ok(style) =
+                    ProgressStyle::with_template("{pos}/{len} [{bar:30}] {elapsed_precise} {msg}")
+                {
+                    b.set_style(style.progress_chars("=> "));
+                }
+                b
+            } else {
+                ProgressBar::hidden()
+            };
+            if opts.verbose > 0 {
+                bar.println(format!("Epoch {}/{}", epoch + 1, opts.epochs));
+            }
+            for (xb, yb) in &ds {
+                let (l, pred) = step(&xb, &yb)?;
+                loss_tracker.update_weighted(&l, xb.shape()[0] as f64)?;
+                for m in &metrics {
+                    m.update(&yb, &pred)?;
+                }
+                bar.inc(1);
+                let mut logs = vec![("loss".to_string(), loss_tracker.result())];
+                logs.extend(metrics.iter().map(|m| (m.name().to_string(), m.result())));
+                bar.set_message(logs_line(&logs));
+            }
+            bar.finish_and_clear();
+            let mut logs = vec![("loss".to_string(), loss_tracker.result())];
+            logs.extend(metrics.iter().map(|m| (m.name().to_string(), m.result())));
+            if let Some((xv, yv)) = &opts.validation_data {
+                for (k, v) in self.evaluate_with(xv, yv, opts.batch_size, opts.run_eagerly)? {
+                    logs.push((format!("val_{k}"), v));
+                }
+            }
+            for (k, v) in &logs {
+                history.push(k, *v);
+            }
+            if opts.verbose > 0 {
+                println!(
+                    "Epoch {}/{} - {:.1}s - {}",
+                    epoch + 1,
+                    opts.epochs,
+                    start.elapsed().as_secs_f64(),
+                    logs_line(&logs)
+                );
+            }
+        }
+        Ok(history)
+    }
+
+    /// The loss and metrics on `(x, y)` in batches (`model.evaluate`): `[("loss", ..),
+    /// (metric, ..), ...]`. Metrics are reset first.
+    pub fn evaluate(
+        &self,
+        x: &Tensor,
+        y: &Tensor,
+        batch_size: usize,
+    ) -> Result<Vec<(String, f64)>> {
+        self.evaluate_with(x, y, batch_size, false)
+    }
+
+    fn evaluate_with(
+        &self,
+        x: &Tensor,
+        y: &Tensor,
+        batch_size: usize,
+        eager: bool,
+    ) -> Result<Vec<(String, f64)>> {
+        let (_, _, metrics) = self.compiled_parts()?;
+        let step = self.test_fn(eager)?;
+        let ds = Dataset::from_tensor_slices((x.clone(), y.clone()))?.batch(batch_size.max(1));
+        let loss_tracker = Mean::new("loss");
+        for m in &metrics {
+            m.reset_state();
+        }
+        for (xb, yb) in &ds {
+            let (l, pred) = step(&xb, &yb)?;
+            loss_tracker.update_weighted(&l, xb.shape()[0] as f64)?;
+            for m in &metrics {
+                m.update(&yb, &pred)?;
+            }
+        }
+        let mut logs = vec![("loss".to_string(), loss_tracker.result())];
+        logs.extend(metrics.iter().map(|m| (m.name().to_string(), m.result())));
+        Ok(logs)
+    }
+
+    /// The model's outputs on `x`, computed in compiled batches (`model.predict`). Does
+    /// not need `compile`.
+    pub fn predict(&self, x: &Tensor, batch_size: usize) -> Result<Tensor> {
+        let f = {
+            let mut guard = self.compiled.lock().expect("model lock");
+            match guard.as_mut().and_then(|c| c.predict.clone()) {
+                Some((_, f)) => f,
+                None => {
+                    let net = self.net.clone();
+                    let compiled = function(move |x: &Tensor| net.forward(x, false));
+                    let f: Arc<Step1> = Arc::new(Box::new(move |x: &Tensor| compiled.call(x)));
+                    if let Some(c) = guard.as_mut() {
+                        c.predict = Some((false, f.clone()));
+                    }
+                    f
+                }
+            }
+        };
+        let ds = Dataset::from_tensor_slices(x.clone())?.batch(batch_size.max(1));
+        let outs: Vec<Tensor> = ds.iter().map(|xb| f(&xb)).collect::<Result<_>>()?;
+        if outs.is_empty() {
+            return Err(Error::Invalid("predict: no samples".into()));
+        }
+        let refs: Vec<&Tensor> = outs.iter().collect();
+        Ok(if refs.len() == 1 {
+            outs[0].clone()
+        } else {
+            Tensor::concat(&refs, 0)
+        })
+    }
+
+    /// The optimizer given to `compile`, if compiled (to checkpoint its state).
+    pub fn optimizer(&self) -> Option<Arc<dyn Optimizer>> {
+        self.compiled
+            .lock()
+            .expect("model lock")
+            .as_ref()
+            .map(|c| c.optimizer.clone())
+    }
+}

@@ -1,0 +1,77 @@
+//! `nn`: the Keras-style training stack — layers, models, losses, optimizers, metrics,
+//! initializers, `compile`/`fit` and checkpoints.
+//!
+//! Everything here is built from the public core API only ([`Tensor`](crate::Tensor)
+//! ops, [`Variable`](crate::Variable), [`GradientTape`](crate::GradientTape) and
+//! [`function`](crate::function)), so the same layer code runs eagerly and inside a
+//! traced, compiled `train_step`.
+//!
+//! ```
+//! use tapeflow::nn::{Activation, Dense, Sequential};
+//! use tapeflow::Tensor;
+//! let model = Sequential::new()
+//!     .add(Dense::new(4).activation(Activation::Relu))
+//!     .add(Dense::new(1))
+//!     .input_shape(&[3]);
+//! let y = model.call(&Tensor::ones(&[2, 3]), false).unwrap();
+//! assert_eq!(y.shape(), &[2, 1]);
+//! assert_eq!(model.trainable_variables().len(), 4);
+//! ```
+//!
+//! # From Keras to tapeflow
+//!
+//! | Keras | tapeflow |
+//! | --- | --- |
+//! | `Dense(64, activation="relu", name="d")` | `Dense::new(64).activation(Activation::Relu).named("d")` |
+//! | `Conv2D(32, 3)`, `MaxPooling2D((2, 2))`, `Flatten()`, `Dropout(0.5)` | [`Conv2D::new(32, 3)`](Conv2D), [`MaxPooling2D::new((2, 2))`](MaxPooling2D), [`Flatten::new()`](Flatten), [`Dropout::new(0.5)`](Dropout) |
+//! | `keras.Sequential([...])` | `Sequential::new().add(...).add(...)` |
+//! | `inputs = keras.Input((784,)); x = Dense(64)(inputs)` | `let inputs = input(&[784]); let x = Dense::new(64).apply(&inputs)?;` |
+//! | `keras.Model(inputs, outputs)` | [`Model::new(&inputs, &outputs)?`](Model::new) |
+//! | `model(x, training=True)` | `model.call(&x, true)?` |
+//! | `model.trainable_variables` | [`model.trainable_variables()`](Model::trainable_variables) |
+//! | `model.summary()` | [`model.summary()?`](Model::summary) |
+//! | `SparseCategoricalCrossentropy(from_logits=True)(y, logits)` | `SparseCategoricalCrossentropy::from_logits(true).call(&y, &logits)?` |
+//! | `optimizer.apply_gradients(zip(grads, vars))` | `opt.apply_gradients(&grads, &vars)?` |
+//! | `metric(y, pred)`, `.result()`, `.reset_state()` | `metric.update(&y, &pred)?`, `.result()`, `.reset_state()` |
+//! | `model.compile(loss, optimizer, metrics=["accuracy"])` | `model.compile(loss, opt, &["accuracy"])?` |
+//! | `model.fit(x, y, epochs=5, batch_size=32, validation_data=(xv, yv))` | `model.fit(&x, &y, FitOptions::new(5, 32).validation_data(&xv, &yv))?` |
+//! | `model.save_weights(p)`, `tf.train.Checkpoint(model=m, optimizer=o)` | [`model.save_weights(p)?`](Model::save_weights), [`Checkpoint::new(&m).optimizer(&o)`](Checkpoint) |
+//! | `tf.random.set_seed(s)` | [`set_seed(s)`](set_seed) |
+//!
+//! # Conventions (and why)
+//! - Fallible calls return [`Result`](crate::Result): a layer given the wrong input shape
+//!   returns an `Err` naming the layer and the shapes, eagerly and inside a traced function
+//!   (where a panic would be the wrong tool: the error belongs to the `call`).
+//! - Variables are created lazily the first time a layer sees its input shape (as in Keras),
+//!   from concrete initial values, so building inside a trace is allowed and happens once.
+//! - Names are unique per process (`dense`, `dense_1`, ...) and prefix the variables
+//!   (`dense_1/kernel`), which is what graphs and checkpoints show.
+//! - Shared objects (models, layers, optimizers) are cheap `Arc` handles: a clone moved
+//!   into a `function` closure updates the same state.
+
+mod checkpoint;
+mod fit;
+mod initializers;
+mod layers;
+mod losses;
+mod metrics;
+mod model;
+mod naming;
+mod optimizers;
+mod random;
+
+pub use checkpoint::{load_variables, save_variables, Checkpoint};
+pub use fit::{FitOptions, History};
+pub use initializers::Initializer;
+pub use layers::{Activation, Conv2D, Dense, Dropout, Flatten, Layer, MaxPooling2D};
+pub use losses::{
+    BinaryCrossentropy, CategoricalCrossentropy, Loss, MeanSquaredError,
+    SparseCategoricalCrossentropy,
+};
+pub use metrics::{CategoricalAccuracy, Mean, Metric, SparseCategoricalAccuracy};
+pub use model::{input, input_named, Model, Sequential, SymbolicTensor};
+pub use naming::{set_seed, unique_name};
+pub use optimizers::{
+    Adam, AdamW, CosineDecay, ExponentialDecay, LearningRate, LearningRateSchedule, Optimizer,
+    RMSprop, SGD,
+};
