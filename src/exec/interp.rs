@@ -16,7 +16,7 @@ use crate::exec::kernels::fused::{self, OutBuf};
 use crate::ir::{Graph, NodeId};
 use crate::ops::Op;
 use crate::passes::{plan_memory, MemoryPlan};
-use crate::tensor::{type_str, Data, Tensor};
+use crate::tensor::{type_str, DType, Data, Tensor};
 use smallvec::SmallVec;
 use std::collections::HashMap;
 
@@ -42,6 +42,8 @@ pub struct Plan {
     outputs: Vec<usize>,
     assigns: Vec<(u32, usize)>,
     memory: MemoryPlan,
+    /// The compiled program of each `fused` step.
+    programs: Vec<Option<fused::Program>>,
     total_bytes: usize,
 }
 
@@ -87,12 +89,31 @@ impl Plan {
             .collect();
         let total_bytes = bytes.iter().sum();
         let memory = plan_memory(&graph, &order);
+        let programs = order
+            .iter()
+            .map(|&n| match graph.node(n).op {
+                Op::Fused(f) => {
+                    let ops = graph.operands(n);
+                    let types: Vec<(DType, &[usize])> = ops
+                        .iter()
+                        .map(|&o| (graph.node(o).dtype, &graph.node(o).shape[..]))
+                        .collect();
+                    Some(fused::Program::new(
+                        &graph.fused[f as usize],
+                        &types,
+                        &graph.node(n).shape,
+                    ))
+                }
+                _ => None,
+            })
+            .collect();
         Ok(Plan {
             graph,
             steps,
             outputs,
             assigns,
             memory,
+            programs,
             total_bytes,
         })
     }
@@ -155,7 +176,7 @@ impl Plan {
                     var.value().data()?.clone()
                 }
                 Op::Assign(_) => vals[s.operands[0]].clone().expect("operand computed"),
-                Op::Fused(f) => {
+                Op::Fused(_) => {
                     stats.steps += 1;
                     let mut out = spares[i].take().map_or(OutBuf::Fresh, OutBuf::Spare);
                     if let Some(k) = self.memory.in_place[i] {
@@ -175,7 +196,10 @@ impl Plan {
                             (taken != Some(k)).then(|| vals[o].as_ref().expect("operand computed"))
                         })
                         .collect();
-                    fused::eval(&g.fused[f as usize], &args, &node.shape, out)
+                    self.programs[i]
+                        .as_ref()
+                        .expect("compiled at plan time")
+                        .run(&args, out)
                 }
                 op => {
                     let args: SmallVec<[&Data; 4]> = s

@@ -35,8 +35,8 @@
 //! sequential fold per reduced axis (innermost first) otherwise. Output elements are
 //! independent, so splitting the loop across threads never changes a bit.
 
-use super::ew::PAR_CHUNK;
-use crate::ops::{FusionClass, Op};
+use super::ew::{vectorized, PAR_CHUNK};
+use crate::ops::{Binary, Compare, FusionClass, Op, Unary};
 use crate::tensor::{broadcast_shapes, numel, type_str, Arr, DType, Data, Float, Shape};
 use ndarray::IxDyn;
 use rayon::prelude::*;
@@ -230,13 +230,25 @@ pub enum OutBuf {
 }
 
 /// Runs the expression on its params (`None` only for the param given as
-/// [`OutBuf::Operand`]); `shape` is the fused node's shape.
+/// [`OutBuf::Operand`]); `shape` is the fused node's shape. Compiles the expression for
+/// these operands each call; a [`Program`] compiles once.
 pub fn eval(e: &FusedExpr, x: &[Option<&Data>], shape: &[usize], out: OutBuf) -> Data {
-    match e.result().dtype {
-        DType::F32 => run::<f32>(e, x, shape, out),
-        DType::F64 => run::<f64>(e, x, shape, out),
-        DType::I64 => run::<i64>(e, x, shape, out),
-    }
+    let held = match &out {
+        OutBuf::Operand(k, d) => Some((*k, d)),
+        _ => None,
+    };
+    let types: Vec<(DType, Shape)> = x
+        .iter()
+        .enumerate()
+        .map(|(p, d)| {
+            let d = d
+                .or(held.filter(|(k, _)| *k == p).map(|(_, d)| d))
+                .expect("every operand is given");
+            (d.dtype(), d.shape())
+        })
+        .collect();
+    let types: Vec<(DType, &[usize])> = types.iter().map(|(d, s)| (*d, &s[..])).collect();
+    Program::new(e, &types, shape).run(x, out)
 }
 
 /// Elements evaluated together: each instruction runs over a tile of this many loop
@@ -253,18 +265,18 @@ enum Tile {
 }
 
 impl Tile {
-    fn new(d: DType) -> Tile {
+    /// A register of `len` (at most [`TILE`]) elements.
+    fn new(d: DType, len: usize) -> Tile {
         match d {
-            DType::F32 => Tile::F32(vec![0.0; TILE]),
-            DType::F64 => Tile::F64(vec![0.0; TILE]),
-            DType::I64 => Tile::I64(vec![0; TILE]),
+            DType::F32 => Tile::F32(vec![0.0; len]),
+            DType::F64 => Tile::F64(vec![0.0; len]),
+            DType::I64 => Tile::I64(vec![0; len]),
         }
     }
 }
 
 /// An element type of a result buffer.
 trait Elem: Copy + Default + Send + Sync + 'static {
-    const DTYPE: DType;
     /// The buffer's elements, if `d` holds this type and owns them alone.
     fn take_vec(d: Data) -> Result<Vec<Self>, Data>;
     fn wrap(a: Arr<Self>) -> Data;
@@ -276,7 +288,6 @@ trait Elem: Copy + Default + Send + Sync + 'static {
 macro_rules! elem {
     ($t:ty, $v:ident) => {
         impl Elem for $t {
-            const DTYPE: DType = DType::$v;
             fn take_vec(d: Data) -> Result<Vec<$t>, Data> {
                 match d {
                     Data::$v(a) if a.is_standard_layout() => match a.try_into_owned_nocopy() {
@@ -423,41 +434,107 @@ impl<'s> Cursor<'s> {
     }
 }
 
-/// The reads of one index space (the summed value's, or the result's).
-#[derive(Default)]
-struct Loads<'a> {
-    srcs: SmallVec<[Src<'a>; 8]>,
-    shapes: SmallVec<[Shape; 8]>,
-    /// The register each load fills.
-    regs: SmallVec<[usize; 8]>,
-    /// (param, reshape instruction) of each load, to share loads of the same view.
-    keys: SmallVec<[(usize, Option<usize>); 8]>,
+/// Where a load reads, fixed when the program is compiled.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum From {
+    /// A param: its own buffer, or the output buffer when it is overwritten in place.
+    Param(usize),
+    /// The matmul prologue's result, in the output buffer.
+    Matmul,
 }
 
-impl<'a> Loads<'a> {
-    /// Strides along the loop axes `order` of `loop_shape` (0 where a load broadcasts or
-    /// reads the output buffer).
-    fn strides(&self, loop_shape: &[usize], order: &[usize]) -> Vec<SmallVec<[usize; 6]>> {
-        self.shapes
+/// The reads of one loop (over the summed value, or over the result): each load's
+/// source, register and strides along the loop's (coalesced) axes.
+#[derive(Default, Debug)]
+struct Loop {
+    from: SmallVec<[From; 8]>,
+    /// (param, reshape instruction) of each load, to share loads of the same view.
+    keys: SmallVec<[(From, Option<usize>); 8]>,
+    shapes: SmallVec<[Shape; 8]>,
+    regs: SmallVec<[usize; 8]>,
+    dims: SmallVec<[usize; 6]>,
+    strides: Vec<SmallVec<[usize; 6]>>,
+}
+
+impl Loop {
+    /// The register of a load, adding it if new.
+    fn load(
+        &mut self,
+        from: From,
+        view: Option<usize>,
+        shape: &[usize],
+        dtype: DType,
+        dtypes: &mut Vec<DType>,
+    ) -> usize {
+        if let Some(i) = self.keys.iter().position(|&k| k == (from, view)) {
+            return self.regs[i];
+        }
+        self.keys.push((from, view));
+        self.from.push(from);
+        self.shapes.push(Shape::from_slice(shape));
+        dtypes.push(dtype);
+        self.regs.push(dtypes.len() - 1);
+        dtypes.len() - 1
+    }
+
+    /// Fixes the loop: axes `order` of `loop_shape`, without length-1 axes, and adjacent
+    /// axes merged where every load steps through them as one (the element order is
+    /// unchanged, so runs along the innermost axis get as long as possible).
+    fn plan(&mut self, loop_shape: &[usize], order: &[usize]) {
+        let full: Vec<SmallVec<[usize; 6]>> = self
+            .shapes
             .iter()
-            .zip(&self.srcs)
-            .map(|(s, src)| match src {
-                Src::Out => SmallVec::from_elem(0, order.len()),
-                _ => {
+            .zip(&self.from)
+            .map(|(s, f)| match f {
+                From::Matmul => SmallVec::from_elem(0, order.len()),
+                From::Param(_) => {
                     let bs = broadcast_strides(s, loop_shape);
                     order.iter().map(|&d| bs[d]).collect()
                 }
             })
-            .collect()
+            .collect();
+        let mut dims: SmallVec<[usize; 6]> = SmallVec::new();
+        let mut strides: Vec<SmallVec<[usize; 6]>> = vec![SmallVec::new(); full.len()];
+        for (i, &d) in order.iter().enumerate() {
+            let n = loop_shape[d];
+            if n == 1 {
+                continue;
+            }
+            let merge = !dims.is_empty()
+                && full
+                    .iter()
+                    .zip(&strides)
+                    .all(|(f, st)| st[st.len() - 1] == f[i] * n);
+            if merge {
+                *dims.last_mut().expect("not empty") *= n;
+                for (st, f) in strides.iter_mut().zip(&full) {
+                    *st.last_mut().expect("not empty") = f[i];
+                }
+            } else {
+                dims.push(n);
+                for (st, f) in strides.iter_mut().zip(&full) {
+                    st.push(f[i]);
+                }
+            }
+        }
+        self.dims = dims;
+        self.strides = strides;
     }
 
     /// Fills the load registers for the next `n` loop elements and moves the cursor on;
     /// `out` is the output buffer's matching segment (for [`Src::Out`] loads).
-    fn fill<O: Elem>(&self, c: &mut Cursor, regs: &mut [Tile], n: usize, out: Option<&[O]>) {
+    fn fill<O: Elem>(
+        &self,
+        srcs: &[Src],
+        c: &mut Cursor,
+        regs: &mut [Tile],
+        n: usize,
+        out: Option<&[O]>,
+    ) {
         let mut at = 0;
         while at < n {
             let run = c.row_left().min(n - at);
-            for (l, src) in self.srcs.iter().enumerate() {
+            for (l, src) in srcs.iter().enumerate() {
                 let (base, st) = (c.offs[l], c.stride(l));
                 match (src, &mut regs[self.regs[l]]) {
                     (Src::F32(s), Tile::F32(t)) => gather(s, base, st, t, at, run),
@@ -484,78 +561,129 @@ struct Step {
     reg: usize,
 }
 
+/// Runs `$body` with `$k` a compile-time constant equal to `$op`, so the scalar
+/// function's own `match` folds away and the loop over a tile is one vectorizable
+/// operation (the device `ops::elementwise`'s kernels use). The match is exhaustive: a
+/// new op is a compile error here, never a silent fallback.
+macro_rules! specialize {
+    (Unary, $op:expr, $k:ident => $body:expr) => {
+        specialize!(@ Unary, $op, $k => $body, [Neg, Exp, Log, Sin, Cos, Tanh, Sqrt, Abs, Sign, Sigmoid])
+    };
+    (Binary, $op:expr, $k:ident => $body:expr) => {
+        specialize!(@ Binary, $op, $k => $body, [Add, Sub, Mul, Div, Pow, Maximum, Minimum])
+    };
+    (Compare, $op:expr, $k:ident => $body:expr) => {
+        specialize!(@ Compare, $op, $k => $body, [Gt, Ge, Lt, Le, Eq, Ne])
+    };
+    (@ $ty:ident, $op:expr, $k:ident => $body:expr, [$($v:ident),*]) => {
+        match $op {
+            $($ty::$v => {
+                const $k: $ty = $ty::$v;
+                $body
+            })*
+        }
+    };
+}
+
+fn map1<A: Copy, O>(x: &[A], o: &mut [O], f: impl Fn(A) -> O) {
+    vectorized(|| {
+        for (o, &x) in o.iter_mut().zip(x) {
+            *o = f(x);
+        }
+    })
+}
+
+fn map2<A: Copy, B: Copy, O>(x: &[A], y: &[B], o: &mut [O], f: impl Fn(A, B) -> O) {
+    vectorized(|| {
+        for ((o, &x), &y) in o.iter_mut().zip(x).zip(y) {
+            *o = f(x, y);
+        }
+    })
+}
+
+/// `mask != 0 ? x : y` per element (the mask test of `ew::mask_of`).
+fn select_into<M: Copy + PartialEq + Default, T: Copy>(m: &[M], x: &[T], y: &[T], o: &mut [T]) {
+    vectorized(|| {
+        for (((o, &m), &x), &y) in o.iter_mut().zip(m).zip(x).zip(y) {
+            *o = if m != M::default() { x } else { y };
+        }
+    })
+}
+
 /// `op(args)` over the first `n` elements of the argument registers, with the op's own
 /// scalar function per element.
 fn compute(op: Op, a: &[&Tile], o: &mut Tile, n: usize) {
     use Tile::*;
-    macro_rules! map1 {
-        ($x:expr, $o:expr, $f:expr) => {
-            for (o, &x) in $o[..n].iter_mut().zip(&$x[..n]) {
-                *o = $f(x);
-            }
-        };
-    }
-    macro_rules! map2 {
-        ($x:expr, $y:expr, $o:expr, $f:expr) => {
-            for ((o, &x), &y) in $o[..n].iter_mut().zip(&$x[..n]).zip(&$y[..n]) {
-                *o = $f(x, y);
-            }
-        };
-    }
     match op {
         Op::Unary(u) => match (a[0], o) {
-            (F32(x), F32(o)) => map1!(x, o, |v| u.f(v)),
-            (F64(x), F64(o)) => map1!(x, o, |v| u.f(v)),
+            (F32(x), F32(o)) => specialize!(Unary, u, K => map1(&x[..n], &mut o[..n], |v| K.f(v))),
+            (F64(x), F64(o)) => specialize!(Unary, u, K => map1(&x[..n], &mut o[..n], |v| K.f(v))),
             _ => unreachable!("infer checks unary dtypes"),
         },
         Op::Binary(b) => match (a[0], a[1], o) {
-            (F32(x), F32(y), F32(o)) => map2!(x, y, o, |p, q| b.f(p, q)),
-            (F64(x), F64(y), F64(o)) => map2!(x, y, o, |p, q| b.f(p, q)),
-            (I64(x), I64(y), I64(o)) => {
-                let f = b.fi().expect("infer rejects integer operands");
-                map2!(x, y, o, f)
+            (F32(x), F32(y), F32(o)) => {
+                specialize!(Binary, b, K => map2(&x[..n], &y[..n], &mut o[..n], |p, q| K.f(p, q)))
             }
+            (F64(x), F64(y), F64(o)) => {
+                specialize!(Binary, b, K => map2(&x[..n], &y[..n], &mut o[..n], |p, q| K.f(p, q)))
+            }
+            (I64(x), I64(y), I64(o)) => map2(
+                &x[..n],
+                &y[..n],
+                &mut o[..n],
+                b.fi().expect("infer rejects integer operands"),
+            ),
             _ => unreachable!("infer checks binary dtypes"),
         },
         Op::Compare(c) => match (a[0], a[1], o) {
-            (F32(x), F32(y), F32(o)) => map2!(x, y, o, |p, q| if c.f(p, q) { 1.0 } else { 0.0 }),
-            (F64(x), F64(y), F64(o)) => map2!(x, y, o, |p, q| if c.f(p, q) { 1.0 } else { 0.0 }),
-            (I64(x), I64(y), I64(o)) => map2!(x, y, o, |p, q| c.f(p, q) as i64),
+            (F32(x), F32(y), F32(o)) => {
+                specialize!(Compare, c, K => map2(&x[..n], &y[..n], &mut o[..n], |p, q| {
+                    if K.f(p, q) { 1.0 } else { 0.0 }
+                }))
+            }
+            (F64(x), F64(y), F64(o)) => {
+                specialize!(Compare, c, K => map2(&x[..n], &y[..n], &mut o[..n], |p, q| {
+                    if K.f(p, q) { 1.0 } else { 0.0 }
+                }))
+            }
+            (I64(x), I64(y), I64(o)) => {
+                specialize!(Compare, c, K => map2(&x[..n], &y[..n], &mut o[..n], |p, q| K.f(p, q) as i64))
+            }
             _ => unreachable!("infer checks compare dtypes"),
         },
         Op::Select => {
-            // the mask test of `ew::mask_of`
-            let m: Vec<bool> = match a[0] {
-                F32(v) => v[..n].iter().map(|&x| x != 0.0).collect(),
-                F64(v) => v[..n].iter().map(|&x| x != 0.0).collect(),
-                I64(v) => v[..n].iter().map(|&x| x != 0).collect(),
-                Lent => unreachable!(),
-            };
-            match (a[1], a[2], o) {
-                (F32(x), F32(y), F32(o)) => {
-                    (0..n).for_each(|i| o[i] = if m[i] { x[i] } else { y[i] })
-                }
-                (F64(x), F64(y), F64(o)) => {
-                    (0..n).for_each(|i| o[i] = if m[i] { x[i] } else { y[i] })
-                }
-                (I64(x), I64(y), I64(o)) => {
-                    (0..n).for_each(|i| o[i] = if m[i] { x[i] } else { y[i] })
-                }
-                _ => unreachable!("infer checks select dtypes"),
+            macro_rules! pick {
+                ($m:expr) => {
+                    match (a[1], a[2], o) {
+                        (F32(x), F32(y), F32(o)) => {
+                            select_into(&$m[..n], &x[..n], &y[..n], &mut o[..n])
+                        }
+                        (F64(x), F64(y), F64(o)) => {
+                            select_into(&$m[..n], &x[..n], &y[..n], &mut o[..n])
+                        }
+                        (I64(x), I64(y), I64(o)) => {
+                            select_into(&$m[..n], &x[..n], &y[..n], &mut o[..n])
+                        }
+                        _ => unreachable!("infer checks select dtypes"),
+                    }
+                };
+            }
+            match a[0] {
+                F32(m) => pick!(m),
+                F64(m) => pick!(m),
+                I64(m) => pick!(m),
+                Lent => unreachable!("an argument register is never lent"),
             }
         }
         // the conversions of `ops::shape::cast`
         Op::Cast(_) => match (a[0], o) {
-            (F32(x), F32(o)) => map1!(x, o, |v| v),
-            (F32(x), F64(o)) => map1!(x, o, |v| v as f64),
-            (F32(x), I64(o)) => map1!(x, o, |v| v as i64),
-            (F64(x), F32(o)) => map1!(x, o, |v| v as f32),
-            (F64(x), F64(o)) => map1!(x, o, |v| v),
-            (F64(x), I64(o)) => map1!(x, o, |v| v as i64),
-            (I64(x), F32(o)) => map1!(x, o, |v| v as f32),
-            (I64(x), F64(o)) => map1!(x, o, |v| v as f64),
-            (I64(x), I64(o)) => map1!(x, o, |v| v),
-            _ => unreachable!(),
+            (F32(x), F64(o)) => map1(&x[..n], &mut o[..n], |v| v as f64),
+            (F32(x), I64(o)) => map1(&x[..n], &mut o[..n], |v| v as i64),
+            (F64(x), F32(o)) => map1(&x[..n], &mut o[..n], |v| v as f32),
+            (F64(x), I64(o)) => map1(&x[..n], &mut o[..n], |v| v as i64),
+            (I64(x), F32(o)) => map1(&x[..n], &mut o[..n], |v| v as f32),
+            (I64(x), F64(o)) => map1(&x[..n], &mut o[..n], |v| v as f64),
+            _ => unreachable!("a cast to its own dtype reuses its operand's register"),
         },
         _ => unreachable!("infer admits only elementwise ops inside the loop"),
     }
@@ -629,31 +757,54 @@ impl<T: Float> Accum<T> {
                 seen,
                 total,
             } => {
-                for &v in vals {
-                    if *seen < *full {
-                        acc[*seen % 8] = acc[*seen % 8] + v;
-                    } else {
-                        let t = total.unwrap_or_else(|| tree(acc));
-                        *total = Some(t + v);
+                let mut i = 0;
+                // up to a chunk boundary, then whole chunks of 8 (lane j takes element j)
+                while i < vals.len() && *seen < *full && *seen % 8 != 0 {
+                    acc[*seen % 8] = acc[*seen % 8] + vals[i];
+                    (i, *seen) = (i + 1, *seen + 1);
+                }
+                let chunks = (vals.len() - i).min(*full - *seen) / 8 * 8;
+                vectorized(|| {
+                    for c in vals[i..i + chunks].chunks_exact(8) {
+                        for j in 0..8 {
+                            acc[j] = acc[j] + c[j];
+                        }
                     }
+                });
+                (i, *seen) = (i + chunks, *seen + chunks);
+                while i < vals.len() && *seen < *full {
+                    acc[*seen % 8] = acc[*seen % 8] + vals[i];
+                    (i, *seen) = (i + 1, *seen + 1);
+                }
+                // the remainder after the tree, in order
+                for &v in &vals[i..] {
+                    let t = total.unwrap_or_else(|| tree(acc));
+                    *total = Some(t + v);
                     *seen += 1;
                 }
             }
             Accum::Nested { dims, idx, acc } => {
                 let k = dims.len();
-                for &v in vals {
-                    if k == 0 {
-                        out[*done] = v; // no reduced axis: the kernel returns the value itself
-                        *done += 1;
-                        continue;
+                if k == 0 {
+                    // no reduced axis: the kernel returns the value itself
+                    out[*done..*done + vals.len()].copy_from_slice(vals);
+                    *done += vals.len();
+                    return;
+                }
+                let mut i = 0;
+                while i < vals.len() {
+                    // a run along the innermost reduced axis, added in order
+                    let run = (dims[k - 1] - idx[k - 1]).min(vals.len() - i);
+                    let mut a = acc[k - 1];
+                    for &v in &vals[i..i + run] {
+                        a = a + v;
                     }
-                    acc[k - 1] = acc[k - 1] + v;
+                    acc[k - 1] = a;
+                    i += run;
+                    idx[k - 1] += run;
+                    // carry finished axes outward
                     let mut l = k - 1;
-                    loop {
-                        idx[l] += 1;
-                        if idx[l] < dims[l] {
-                            break;
-                        }
+                    while idx[l] == dims[l] {
                         idx[l] = 0;
                         if l == 0 {
                             out[*done] = acc[0];
@@ -664,6 +815,7 @@ impl<T: Float> Accum<T> {
                         acc[l - 1] = acc[l - 1] + acc[l];
                         acc[l] = T::zero();
                         l -= 1;
+                        idx[l] += 1;
                     }
                 }
             }
@@ -697,201 +849,307 @@ fn par_outputs<O: Send>(out: &mut [O], work: usize, f: impl Fn(usize, &mut [O]) 
     }
 }
 
-fn run<O: Elem>(e: &FusedExpr, x: &[Option<&Data>], shape: &[usize], out: OutBuf) -> Data {
-    let n_out = numel(shape);
-    let mut buf: Option<Vec<O>> = None;
-    let mut held: Option<Data> = None; // an operand we were handed but could not overwrite
-    let mut from_out: Option<usize> = None;
-    if let Some((ta, tb)) = e.matmul() {
-        let (a, b) = (
-            x[0].expect("matmul operands are given"),
-            x[1].expect("matmul operands are given"),
-        );
-        let m = Op::MatMul { ta, tb }
-            .eval(&[a, b], shape)
-            .expect("matmul cannot fail at run time");
-        buf =
-            Some(O::take_vec(m).unwrap_or_else(|_| unreachable!("a fresh matmul result is owned")));
-    } else {
-        match out {
-            OutBuf::Fresh => {}
-            OutBuf::Spare(d) => {
-                buf = O::take_vec(d).ok().map(|mut v| {
-                    v.clear();
-                    v.resize(n_out, O::default());
-                    v
-                })
-            }
-            OutBuf::Operand(k, d) => match O::take_vec(d) {
-                Ok(v) if v.len() == n_out => {
-                    buf = Some(v);
-                    from_out = Some(k);
-                }
-                Ok(_) => unreachable!("the planner overwrites only operands of the result's type"),
-                Err(d) => held = Some(d),
-            },
-        }
-    }
-    let mut buf = buf.unwrap_or_else(|| vec![O::default(); n_out]);
-    let param = |p: usize| -> (Src, Shape, DType) {
-        match (x[p], from_out) {
-            (_, Some(k)) if k == p => (Src::Out, Shape::from_slice(shape), O::DTYPE),
-            (Some(d), _) => (Src::of(d), d.shape(), d.dtype()),
-            (None, _) => {
-                let d = held.as_ref().expect("the caller's operand is held");
-                (Src::of(d), d.shape(), d.dtype())
-            }
-        }
-    };
+/// The sum of a program: where its elements come from and how they add up.
+#[derive(Debug)]
+struct SumPlan {
+    /// The register the sums are written to (read by the instructions after the sum).
+    reg: usize,
+    /// The register of the summed element.
+    src: usize,
+    dtype: DType,
+    /// All axes reduced: `reduce::sum`'s 8-lane order.
+    full: bool,
+    /// Reduced elements per sum.
+    lane: usize,
+    red_dims: SmallVec<[usize; 6]>,
+}
 
-    // compile: registers are the loads, then one per instruction; identities (broadcast,
-    // reshape views, the sum's element, the matmul's output) reuse their source's register
-    let s = e.sum_index();
-    let (mut inner, mut outer) = (Loads::default(), Loads::default());
-    let mut dtypes: Vec<DType> = Vec::new();
-    let mut reg_of: Vec<usize> = Vec::with_capacity(e.insts.len());
-    let mut steps: Vec<Step> = Vec::new();
-    let mut split = 0; // steps before it belong to the summed loop
-    let mut sum_src = 0; // the register of the summed element
-    for (k, inst) in e.insts.iter().enumerate() {
-        let inner_space = s.is_some_and(|s| k <= s);
-        let mut load = |p: usize, view: Option<usize>, shape: Option<&[usize]>| -> usize {
-            let loads = if inner_space { &mut inner } else { &mut outer };
-            if let Some(i) = loads.keys.iter().position(|&key| key == (p, view)) {
-                return loads.regs[i];
-            }
-            let (src, own, dtype) = match p {
-                usize::MAX => (
-                    Src::Out,
-                    Shape::from_slice(shape.expect("the matmul's shape")),
-                    O::DTYPE,
-                ),
-                p => param(p),
+/// A fused expression compiled for its operands' types (once per plan): registers,
+/// loads, steps and loops. [`Program::run`] binds buffers and runs it.
+#[derive(Debug)]
+pub struct Program {
+    dtype: DType,
+    shape: Shape,
+    matmul: Option<(bool, bool)>,
+    dtypes: Vec<DType>,
+    steps: Vec<Step>,
+    /// Steps before this index run in the summed loop.
+    split: usize,
+    result_reg: usize,
+    sum: Option<SumPlan>,
+    inner: Loop,
+    outer: Loop,
+    tile: usize,
+}
+
+impl std::fmt::Debug for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "r{} = {}{:?}", self.reg, self.op.name(), self.args)
+    }
+}
+
+impl Program {
+    /// Compiles `e` for operands of `params` types; `shape` is the fused node's shape.
+    ///
+    /// # Panics
+    /// If `e` does not infer for these operands (the verifier checks it).
+    pub fn new(e: &FusedExpr, params: &[(DType, &[usize])], shape: &[usize]) -> Program {
+        let (dtype, _) = e.infer(params).expect("a verified fused expression");
+        let s = e.sum_index();
+        let it: Shape = match s.map(|s| e.insts[s].args[0]) {
+            Some(Arg::Param(p)) => Shape::from_slice(params[p as usize].1),
+            Some(Arg::Inst(j)) => e.insts[j as usize].shape.clone(),
+            None => Shape::from_slice(shape),
+        };
+        // registers: the loads, then one per instruction; identities (broadcast, reshape
+        // views, the matmul's output, casts to the same dtype) reuse their source's register
+        let (mut inner, mut outer) = (Loop::default(), Loop::default());
+        let mut dtypes: Vec<DType> = Vec::new();
+        let mut reg_of: Vec<usize> = Vec::with_capacity(e.insts.len());
+        let mut steps: Vec<Step> = Vec::new();
+        let (mut split, mut sum_src) = (0, 0);
+        for (k, inst) in e.insts.iter().enumerate() {
+            let lp = if s.is_some_and(|s| k <= s) {
+                &mut inner
+            } else {
+                &mut outer
             };
-            loads.keys.push((p, view));
-            loads.srcs.push(src);
-            loads
-                .shapes
-                .push(shape.map(Shape::from_slice).unwrap_or(own));
-            dtypes.push(dtype);
-            loads.regs.push(dtypes.len() - 1);
-            dtypes.len() - 1
-        };
-        let args: SmallVec<[usize; 3]> = match (inst.op, &inst.args[..]) {
-            // the GEMM's result is read from the output buffer, like an operand overwritten in place
-            (Op::MatMul { .. }, _) => {
-                SmallVec::from_elem(load(usize::MAX, None, Some(&inst.shape)), 1)
-            }
-            (Op::Reshape, [Arg::Param(p)]) => {
-                SmallVec::from_elem(load(*p as usize, Some(k), Some(&inst.shape)), 1)
-            }
-            _ => inst
-                .args
-                .iter()
-                .map(|a| match *a {
-                    Arg::Param(p) => load(p as usize, None, None),
-                    Arg::Inst(j) => reg_of[j as usize],
-                })
-                .collect(),
-        };
-        let reg = match inst.op {
-            Op::MatMul { .. } | Op::BroadcastTo | Op::Reshape => args[0],
-            Op::Cast(to) if to == dtypes[args[0]] => args[0],
-            Op::Sum { .. } => {
-                split = steps.len();
-                sum_src = args[0];
-                dtypes.push(inst.dtype);
-                dtypes.len() - 1
-            }
-            op => {
-                dtypes.push(inst.dtype);
-                steps.push(Step {
-                    op,
-                    args,
-                    reg: dtypes.len() - 1,
-                });
-                dtypes.len() - 1
-            }
-        };
-        reg_of.push(reg);
-    }
-    let result_reg = reg_of[e.insts.len() - 1];
-    let fresh = || -> Vec<Tile> { dtypes.iter().map(|&d| Tile::new(d)).collect() };
-
-    match s {
-        None => {
-            let strides = outer.strides(shape, &(0..shape.len()).collect::<Vec<_>>());
-            par_outputs(&mut buf, 1, |off, chunk| {
-                let mut regs = fresh();
-                let mut c = Cursor::new(shape, &strides, off);
-                for seg in chunk.chunks_mut(TILE) {
-                    let n = seg.len();
-                    outer.fill::<O>(&mut c, &mut regs, n, Some(seg));
-                    eval_steps(&steps, &mut regs, n);
-                    O::from_tile(&regs[result_reg], seg);
+            let args: SmallVec<[usize; 3]> = match (inst.op, &inst.args[..]) {
+                (Op::MatMul { .. }, _) => SmallVec::from_elem(
+                    lp.load(From::Matmul, None, &inst.shape, dtype, &mut dtypes),
+                    1,
+                ),
+                (Op::Reshape, [Arg::Param(p)]) => {
+                    let d = params[*p as usize].0;
+                    SmallVec::from_elem(
+                        lp.load(
+                            From::Param(*p as usize),
+                            Some(k),
+                            &inst.shape,
+                            d,
+                            &mut dtypes,
+                        ),
+                        1,
+                    )
                 }
-            });
+                _ => inst
+                    .args
+                    .iter()
+                    .map(|a| match *a {
+                        Arg::Param(p) => {
+                            let (d, sh) = params[p as usize];
+                            lp.load(From::Param(p as usize), None, sh, d, &mut dtypes)
+                        }
+                        Arg::Inst(j) => reg_of[j as usize],
+                    })
+                    .collect(),
+            };
+            let reg = match inst.op {
+                Op::MatMul { .. } | Op::BroadcastTo | Op::Reshape => args[0],
+                Op::Cast(to) if to == dtypes[args[0]] => args[0],
+                Op::Sum { .. } => {
+                    split = steps.len();
+                    sum_src = args[0];
+                    dtypes.push(inst.dtype);
+                    dtypes.len() - 1
+                }
+                op => {
+                    dtypes.push(inst.dtype);
+                    steps.push(Step {
+                        op,
+                        args,
+                        reg: dtypes.len() - 1,
+                    });
+                    dtypes.len() - 1
+                }
+            };
+            reg_of.push(reg);
         }
-        Some(s) => {
+        let all: Vec<usize> = (0..shape.len()).collect();
+        outer.plan(shape, &all);
+        let sum = s.map(|s| {
             let Op::Sum { axes, .. } = e.insts[s].op else {
                 unreachable!("sum_index points at a sum")
             };
-            let it: Shape = match e.insts[s].args[0] {
-                Arg::Param(p) => param(p as usize).1,
-                Arg::Inst(j) => e.insts[j as usize].shape.clone(),
-            };
             // the summed loop: kept axes, then reduced axes (each output's lane is contiguous)
-            let kept: Vec<usize> = (0..it.len()).filter(|&d| !axes.contains(d)).collect();
+            let kept = (0..it.len()).filter(|&d| !axes.contains(d));
             let red: Vec<usize> = (0..it.len()).filter(|&d| axes.contains(d)).collect();
-            let order: Vec<usize> = kept.iter().chain(&red).copied().collect();
-            let dims: Vec<usize> = order.iter().map(|&d| it[d]).collect();
+            let order: Vec<usize> = kept.chain(red.iter().copied()).collect();
+            inner.plan(&it, &order);
             let red_dims: SmallVec<[usize; 6]> = red.iter().map(|&d| it[d]).collect();
-            let lane: usize = red_dims.iter().product();
-            let full = red.len() == it.len();
-            let (istrides, ostrides) = (
-                inner.strides(&it, &order),
-                outer.strides(shape, &(0..shape.len()).collect::<Vec<_>>()),
+            SumPlan {
+                reg: reg_of[s],
+                src: sum_src,
+                dtype: e.insts[s].dtype,
+                full: red.len() == it.len(),
+                lane: red_dims.iter().product(),
+                red_dims,
+            }
+        });
+        let tile = TILE.min(numel(shape).max(numel(&it))).max(1);
+        let split = if sum.is_some() { split } else { steps.len() };
+        Program {
+            dtype,
+            shape: Shape::from_slice(shape),
+            matmul: e.matmul(),
+            dtypes,
+            steps,
+            split,
+            result_reg: reg_of[e.insts.len() - 1],
+            sum,
+            inner,
+            outer,
+            tile,
+        }
+    }
+
+    /// Runs on the operands (`None` only for the one given as [`OutBuf::Operand`]).
+    pub fn run(&self, x: &[Option<&Data>], out: OutBuf) -> Data {
+        match self.dtype {
+            DType::F32 => self.run_as::<f32>(x, out),
+            DType::F64 => self.run_as::<f64>(x, out),
+            DType::I64 => self.run_as::<i64>(x, out),
+        }
+    }
+
+    fn run_as<O: Elem>(&self, x: &[Option<&Data>], out: OutBuf) -> Data {
+        let shape = &self.shape[..];
+        let n_out = numel(shape);
+        let mut buf: Option<Vec<O>> = None;
+        let mut held: Option<Data> = None; // an operand we were handed but could not overwrite
+        let mut from_out: Option<usize> = None;
+        if let Some((ta, tb)) = self.matmul {
+            let (a, b) = (
+                x[0].expect("matmul operands are given"),
+                x[1].expect("matmul operands are given"),
             );
-            let sums = reg_of[s];
-            let (before, after) = steps.split_at(split);
-            let work = |chunk: &mut [O], off: usize| {
-                let mut regs = fresh();
-                let mut ci = Cursor::new(&dims, &istrides, off * lane);
-                let mut co = Cursor::new(shape, &ostrides, off);
-                let mut acc = new_accum(e.insts[s].dtype, full, lane, &red_dims);
-                for seg in chunk.chunks_mut(TILE) {
-                    let m = seg.len();
-                    let mut done = 0;
-                    if lane == 0 {
-                        zero_into(&mut regs[sums], m); // an empty reduction is +0
-                        done = m;
-                    }
-                    let mut left = if full { lane } else { m * lane };
-                    while left > 0 {
-                        let n = left.min(TILE);
-                        inner.fill::<O>(&mut ci, &mut regs, n, None);
-                        eval_steps(before, &mut regs, n);
-                        let mut out = std::mem::replace(&mut regs[sums], Tile::Lent);
-                        acc.push(&regs[sum_src], n, &mut out, &mut done);
-                        regs[sums] = out;
-                        left -= n;
-                    }
-                    if full {
-                        acc.total_into(&mut regs[sums]);
-                    }
-                    outer.fill::<O>(&mut co, &mut regs, m, Some(seg));
-                    eval_steps(after, &mut regs, m);
-                    O::from_tile(&regs[result_reg], seg);
+            let m = Op::MatMul { ta, tb }
+                .eval(&[a, b], shape)
+                .expect("matmul cannot fail at run time");
+            buf = Some(
+                O::take_vec(m).unwrap_or_else(|_| unreachable!("a fresh matmul result is owned")),
+            );
+        } else {
+            match out {
+                OutBuf::Fresh => {}
+                OutBuf::Spare(d) => {
+                    buf = O::take_vec(d).ok().map(|mut v| {
+                        v.clear();
+                        v.resize(n_out, O::default());
+                        v
+                    })
                 }
-            };
-            if full {
-                work(&mut buf, 0);
+                OutBuf::Operand(k, d) => match O::take_vec(d) {
+                    Ok(v) if v.len() == n_out => {
+                        buf = Some(v);
+                        from_out = Some(k);
+                    }
+                    Ok(_) => {
+                        unreachable!("the planner overwrites only operands of the result's type")
+                    }
+                    Err(d) => held = Some(d),
+                },
+            }
+        }
+        let mut buf = buf.unwrap_or_else(|| vec![O::default(); n_out]);
+        let bind = |lp: &Loop| -> SmallVec<[Src; 8]> {
+            lp.from
+                .iter()
+                .map(|f| match *f {
+                    From::Matmul => Src::Out,
+                    From::Param(p) if from_out == Some(p) => Src::Out,
+                    From::Param(p) => {
+                        Src::of(x[p].or(held.as_ref()).expect("every operand is given"))
+                    }
+                })
+                .collect()
+        };
+        let (isrcs, osrcs) = (bind(&self.inner), bind(&self.outer));
+        match &self.sum {
+            None => par_outputs(&mut buf, 1, |off, chunk| {
+                with_regs(&self.dtypes, self.tile, |regs| {
+                    let mut c = Cursor::new(&self.outer.dims, &self.outer.strides, off);
+                    for seg in chunk.chunks_mut(self.tile) {
+                        let n = seg.len();
+                        self.outer.fill::<O>(&osrcs, &mut c, regs, n, Some(seg));
+                        eval_steps(&self.steps, regs, n);
+                        O::from_tile(&regs[self.result_reg], seg);
+                    }
+                })
+            }),
+            Some(sp) => {
+                let (before, after) = self.steps.split_at(self.split);
+                let work = |chunk: &mut [O], off: usize| {
+                    with_regs(&self.dtypes, self.tile, |regs| {
+                        let mut ci =
+                            Cursor::new(&self.inner.dims, &self.inner.strides, off * sp.lane);
+                        let mut co = Cursor::new(&self.outer.dims, &self.outer.strides, off);
+                        let mut acc = new_accum(sp.dtype, sp.full, sp.lane, &sp.red_dims);
+                        for seg in chunk.chunks_mut(self.tile) {
+                            let m = seg.len();
+                            let mut done = 0;
+                            if sp.lane == 0 {
+                                zero_into(&mut regs[sp.reg], m); // an empty reduction is +0
+                                done = m;
+                            }
+                            let mut left = if sp.full { sp.lane } else { m * sp.lane };
+                            while left > 0 {
+                                let n = left.min(self.tile);
+                                self.inner.fill::<O>(&isrcs, &mut ci, regs, n, None);
+                                eval_steps(before, regs, n);
+                                let mut sums = std::mem::replace(&mut regs[sp.reg], Tile::Lent);
+                                acc.push(&regs[sp.src], n, &mut sums, &mut done);
+                                regs[sp.reg] = sums;
+                                left -= n;
+                            }
+                            if sp.full {
+                                acc.total_into(&mut regs[sp.reg]);
+                            }
+                            self.outer.fill::<O>(&osrcs, &mut co, regs, m, Some(seg));
+                            eval_steps(after, regs, m);
+                            O::from_tile(&regs[self.result_reg], seg);
+                        }
+                    })
+                };
+                if sp.full {
+                    work(&mut buf, 0);
+                } else {
+                    par_outputs(&mut buf, sp.lane, |off, chunk| work(chunk, off));
+                }
+            }
+        }
+        O::wrap(Arr::from_shape_vec(IxDyn(shape), buf).expect("length matches shape"))
+    }
+}
+
+thread_local! {
+    /// Registers kept between calls on this thread (a fused kernel never calls another).
+    static REGS: std::cell::RefCell<Vec<Tile>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with registers of `dtypes`, each at least `len` long, reusing this thread's.
+fn with_regs<R>(dtypes: &[DType], len: usize, f: impl FnOnce(&mut [Tile]) -> R) -> R {
+    let mut regs = REGS.with(|r| std::mem::take(&mut *r.borrow_mut()));
+    regs.truncate(dtypes.len());
+    for (i, &d) in dtypes.iter().enumerate() {
+        let fits = match regs.get(i) {
+            Some(Tile::F32(v)) => d == DType::F32 && v.len() >= len,
+            Some(Tile::F64(v)) => d == DType::F64 && v.len() >= len,
+            Some(Tile::I64(v)) => d == DType::I64 && v.len() >= len,
+            _ => false,
+        };
+        if !fits {
+            let t = Tile::new(d, len);
+            if i < regs.len() {
+                regs[i] = t;
             } else {
-                par_outputs(&mut buf, lane, |off, chunk| work(chunk, off));
+                regs.push(t);
             }
         }
     }
-    O::wrap(Arr::from_shape_vec(IxDyn(shape), buf).expect("length matches shape"))
+    let r = f(&mut regs);
+    REGS.with(|cell| *cell.borrow_mut() = regs);
+    r
 }
 
 fn zero_into(t: &mut Tile, n: usize) {
