@@ -35,7 +35,7 @@
 //! sequential fold per reduced axis (innermost first) otherwise. Output elements are
 //! independent, so splitting the loop across threads never changes a bit.
 
-use super::ew::{vectorized, PAR_CHUNK};
+use super::ew::{vectorized, PAR_CHUNK, PAR_MIN};
 use crate::ops::{Binary, Compare, FusionClass, Op, Unary};
 use crate::tensor::{broadcast_shapes, numel, type_str, Arr, DType, Data, Float, Shape};
 use ndarray::IxDyn;
@@ -840,7 +840,7 @@ fn tree<T: Float>(a: &[T; 8]) -> T {
 /// changes a bit.
 fn par_outputs<O: Send>(out: &mut [O], work: usize, f: impl Fn(usize, &mut [O]) + Sync) {
     let per = (PAR_CHUNK / work.max(1)).max(1);
-    if out.len() * work.max(1) < 2 * PAR_CHUNK || out.len() < 2 {
+    if out.len() * work.max(1) < PAR_MIN || out.len() < 2 {
         f(0, out);
     } else {
         out.par_chunks_mut(per)
