@@ -5,10 +5,17 @@
 //! each value is last used so its buffer is released at once. Running reads variables
 //! at the start and writes assigned values when every step has run, so a step never
 //! observes a half-updated variable.
+//!
+//! The plan carries a memory plan ([`crate::passes::plan_memory`]): liveness, buffer
+//! slots and in-place steps. `fused` steps follow it: they overwrite a dying operand in
+//! place, or write into the buffer of a dead value handed over to them; other kernels
+//! allocate their result, and every buffer is released at its last use.
 
 use crate::error::{Error, Result};
+use crate::exec::kernels::fused::{self, OutBuf};
 use crate::ir::{Graph, NodeId};
 use crate::ops::Op;
+use crate::passes::{plan_memory, MemoryPlan};
 use crate::tensor::{type_str, Data, Tensor};
 use smallvec::SmallVec;
 use std::collections::HashMap;
@@ -34,7 +41,7 @@ pub struct Plan {
     steps: Vec<Step>,
     outputs: Vec<usize>,
     assigns: Vec<(u32, usize)>,
-    peak_bytes: usize,
+    memory: MemoryPlan,
     total_bytes: usize,
 }
 
@@ -74,26 +81,18 @@ impl Plan {
                 steps[lu].release.push(v);
             }
         }
-        // planned memory: live bytes after each step (values released at last use)
         let bytes: Vec<usize> = order
             .iter()
             .map(|&n| graph.node(n).shape.iter().product::<usize>() * graph.node(n).dtype.size())
             .collect();
-        let (mut live, mut peak) = (0usize, 0usize);
-        for (i, s) in steps.iter().enumerate() {
-            live += bytes[i];
-            peak = peak.max(live);
-            for &r in &s.release {
-                live -= bytes[r];
-            }
-        }
         let total_bytes = bytes.iter().sum();
+        let memory = plan_memory(&graph, &order);
         Ok(Plan {
             graph,
             steps,
             outputs,
             assigns,
-            peak_bytes: peak,
+            memory,
             total_bytes,
         })
     }
@@ -103,9 +102,15 @@ impl Plan {
         &self.graph
     }
 
-    /// Peak bytes of live values during a run, with buffers released at last use.
+    /// Planned peak bytes of a run: inputs, constants and variables plus every buffer
+    /// slot of the memory plan (reused after last use, in place where possible).
     pub fn peak_bytes(&self) -> usize {
-        self.peak_bytes
+        self.memory.peak_bytes()
+    }
+
+    /// The memory plan (slots, in-place steps), indexed by step.
+    pub fn memory(&self) -> &MemoryPlan {
+        &self.memory
     }
 
     /// Bytes of all values if none were ever released.
@@ -124,6 +129,7 @@ impl Plan {
             )));
         }
         let mut vals: Vec<Option<Data>> = vec![None; self.steps.len()];
+        let mut spares: Vec<Option<Data>> = vec![None; self.steps.len()];
         for (i, s) in self.steps.iter().enumerate() {
             let node = g.node(s.node);
             let v = match s.op {
@@ -149,6 +155,28 @@ impl Plan {
                     var.value().data()?.clone()
                 }
                 Op::Assign(_) => vals[s.operands[0]].clone().expect("operand computed"),
+                Op::Fused(f) => {
+                    stats.steps += 1;
+                    let mut out = spares[i].take().map_or(OutBuf::Fresh, OutBuf::Spare);
+                    if let Some(k) = self.memory.in_place[i] {
+                        if let Some(d) = vals[s.operands[k]].take() {
+                            out = OutBuf::Operand(k, d);
+                        }
+                    }
+                    let taken = match out {
+                        OutBuf::Operand(k, _) => Some(k),
+                        _ => None,
+                    };
+                    let args: SmallVec<[Option<&Data>; 4]> = s
+                        .operands
+                        .iter()
+                        .enumerate()
+                        .map(|(k, &o)| {
+                            (taken != Some(k)).then(|| vals[o].as_ref().expect("operand computed"))
+                        })
+                        .collect();
+                    fused::eval(&g.fused[f as usize], &args, &node.shape, out)
+                }
                 op => {
                     let args: SmallVec<[&Data; 4]> = s
                         .operands
@@ -171,7 +199,10 @@ impl Plan {
             };
             vals[i] = Some(v);
             for &r in &s.release {
-                vals[r] = None;
+                match self.memory.hand_over[r] {
+                    Some(t) => spares[t] = vals[r].take(),
+                    None => vals[r] = None,
+                }
             }
         }
         for &(v, p) in &self.assigns {

@@ -11,6 +11,7 @@
 //!   [`NodeId`] stay valid while passes rewrite the graph.
 
 use crate::error::Loc;
+use crate::exec::kernels::fused::FusedExpr;
 use crate::ops::Op;
 use crate::tensor::{DType, Data, Shape, Variable};
 use petgraph::stable_graph::{NodeIndex, StableDiGraph};
@@ -82,6 +83,8 @@ pub struct Graph {
     pub vars: Vec<GraphVar>,
     /// `assign` nodes, in the order the variables were first assigned.
     pub assigns: Vec<NodeId>,
+    /// Expressions of `fused` nodes (`Op::Fused(n)` runs `fused[n]`).
+    pub fused: Vec<FusedExpr>,
 }
 
 impl Graph {

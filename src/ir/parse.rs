@@ -5,8 +5,10 @@
 
 use super::graph::{Graph, GraphVar, Node, NodeId};
 use crate::error::{Error, Result};
+use crate::exec::kernels::fused::{Arg, FusedExpr, Inst};
 use crate::ops::{attrs::AttrMap, Op};
 use crate::tensor::{DType, Data, Shape};
+use smallvec::SmallVec;
 use std::collections::HashMap;
 
 fn err(line_no: usize, line: &str, msg: impl std::fmt::Display) -> Error {
@@ -72,6 +74,71 @@ fn parse_const(text: &str, dtype: DType, shape: &[usize]) -> std::result::Result
     Ok(crate::ops::shape::cast(&Data::F64(a.into_shared()), dtype))
 }
 
+/// Splits `name[attrs] rest` into its three parts (attrs without brackets, may be empty).
+fn split_op(body: &str) -> std::result::Result<(&str, &str, &str), String> {
+    let name_end = body.find(['[', ' ']).unwrap_or(body.len());
+    let name = &body[..name_end];
+    let mut rest = &body[name_end..];
+    let mut attr_text = "";
+    if rest.starts_with('[') {
+        let mut depth = 0;
+        let close = rest
+            .char_indices()
+            .find(|&(_, c)| {
+                depth += match c {
+                    '[' => 1,
+                    ']' => -1,
+                    _ => 0,
+                };
+                depth == 0
+            })
+            .map(|(i, _)| i)
+            .ok_or("unclosed `[`")?;
+        attr_text = &rest[1..close];
+        rest = &rest[close + 1..];
+    }
+    Ok((name, attr_text, rest.trim()))
+}
+
+/// An op from its name and `key=value, ...` attribute text.
+fn parse_op(name: &str, attr_text: &str) -> std::result::Result<Op, String> {
+    let mut m = AttrMap::new();
+    for kv in split_top(attr_text) {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| format!("bad attribute `{kv}`"))?;
+        m.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    Op::parse(name, &m)
+}
+
+/// One line `#k = op[attrs] $0, #1 : type` of a fused node's body (`k` must be `index`).
+fn parse_inst(t: &str, index: usize) -> std::result::Result<Inst, String> {
+    let (lhs, rhs) = t.split_once(" = ").ok_or("expected `#k = op ...`")?;
+    if lhs.trim() != format!("#{index}") {
+        return Err(format!("expected instruction #{index}"));
+    }
+    let (body, ty) = rhs.rsplit_once(" : ").ok_or("missing ` : type`")?;
+    let (dtype, shape) = parse_type(ty)?;
+    let (name, attr_text, rest) = split_op(body)?;
+    let op = parse_op(name, attr_text)?;
+    let mut args = SmallVec::new();
+    for a in split_top(rest) {
+        let num = |s: &str| s.parse::<u32>().map_err(|_| format!("bad argument `{a}`"));
+        args.push(match (a.strip_prefix('$'), a.strip_prefix('#')) {
+            (Some(p), _) => Arg::Param(num(p)?),
+            (_, Some(j)) => Arg::Inst(num(j)?),
+            _ => return Err(format!("argument `{a}` is neither `$n` nor `#n`")),
+        });
+    }
+    Ok(Inst {
+        op,
+        args,
+        dtype,
+        shape,
+    })
+}
+
 /// Parses a graph from its text form.
 pub fn parse(text: &str) -> Result<Graph> {
     let mut g = Graph::new();
@@ -83,7 +150,8 @@ pub fn parse(text: &str) -> Result<Graph> {
         .filter(|(_, l)| {
             let t = l.trim();
             !t.is_empty() && !t.starts_with(';')
-        });
+        })
+        .peekable();
     let (n0, header) = lines
         .next()
         .ok_or_else(|| Error::Graph("empty graph text".into()))?;
@@ -106,7 +174,7 @@ pub fn parse(text: &str) -> Result<Graph> {
             .copied()
             .ok_or_else(|| err(n, line, format!("`{}` is not defined above", name.trim())))
     };
-    for (n, line) in lines {
+    while let Some((n, line)) = lines.next() {
         let t = line.split("  ;").next().unwrap_or(line).trim();
         if t == "}" {
             return Ok(g);
@@ -125,28 +193,7 @@ pub fn parse(text: &str) -> Result<Graph> {
             .rsplit_once(" : ")
             .ok_or_else(|| err(n, line, "missing ` : type`"))?;
         let (dtype, shape) = parse_type(ty).map_err(|e| err(n, line, e))?;
-        let name_end = body.find(['[', ' ']).unwrap_or(body.len());
-        let name = &body[..name_end];
-        let mut rest = &body[name_end..];
-        let mut attr_text = "";
-        if rest.starts_with('[') {
-            let mut depth = 0;
-            let close = rest
-                .char_indices()
-                .find(|&(_, c)| {
-                    depth += match c {
-                        '[' => 1,
-                        ']' => -1,
-                        _ => 0,
-                    };
-                    depth == 0
-                })
-                .map(|(i, _)| i)
-                .ok_or_else(|| err(n, line, "unclosed `[`"))?;
-            attr_text = &rest[1..close];
-            rest = &rest[close + 1..];
-        }
-        let rest = rest.trim();
+        let (name, attr_text, rest) = split_op(body).map_err(|e| err(n, line, e))?;
         let mut node = Node::new(Op::Const, dtype, shape.clone());
         let mut operands = Vec::new();
         match name {
@@ -167,16 +214,21 @@ pub fn parse(text: &str) -> Result<Graph> {
                     Op::Assign(i)
                 };
             }
-            _ => {
-                let mut m = AttrMap::new();
-                for kv in split_top(attr_text) {
-                    let (k, v) = kv
-                        .split_once('=')
-                        .ok_or_else(|| err(n, line, format!("bad attribute `{kv}`")))?;
-                    m.insert(k.trim().to_string(), v.trim().to_string());
+            "fused" => {
+                let mut e = FusedExpr::default();
+                while let Some(&(k, inner)) = lines.peek() {
+                    if !inner.trim().starts_with('#') {
+                        break;
+                    }
+                    e.insts.push(
+                        parse_inst(inner.trim(), e.insts.len()).map_err(|m| err(k, inner, m))?,
+                    );
+                    lines.next();
                 }
-                node.op = Op::parse(name, &m).map_err(|e| err(n, line, e))?;
+                g.fused.push(e);
+                node.op = Op::Fused(g.fused.len() as u32 - 1);
             }
+            _ => node.op = parse_op(name, attr_text).map_err(|e| err(n, line, e))?,
         }
         if name != "const" {
             for o in split_top(rest) {
@@ -188,10 +240,11 @@ pub fn parse(text: &str) -> Result<Graph> {
                 .iter()
                 .map(|&o| (g.node(o).dtype, &g.node(o).shape[..]))
                 .collect();
-            let (d, s) = node
-                .op
-                .infer(&types, Some(&shape))
-                .map_err(|e| err(n, line, e))?;
+            let inferred = match node.op {
+                Op::Fused(f) => g.fused[f as usize].infer(&types),
+                op => op.infer(&types, Some(&shape)),
+            };
+            let (d, s) = inferred.map_err(|e| err(n, line, e))?;
             if d != dtype || s != shape {
                 return Err(err(
                     n,

@@ -10,11 +10,23 @@
 //! }
 //! ```
 //!
+//! A `fused` node is followed by its expression, indented, with local numbering
+//! (`$i` is the node's operand `i`, `#k` the expression's instruction `k`, the last
+//! line is the result):
+//!
+//! ```text
+//!   %4 = fused %0, %1 : f32[]
+//!     #0 = sub $0, $1 : f32[3]
+//!     #1 = mul #0, #0 : f32[3]
+//!     #2 = sum[axes=[0]] #1 : f32[]
+//! ```
+//!
 //! Numbers are assigned at print time in [`Graph::canonical_order`], so the text depends
 //! only on the graph's structure. Dead nodes are not printed. Constants with more than
 //! [`MAX_CONST_ELEMS`] elements print as `<N elements>`, which the parser rejects.
 
 use super::graph::{Graph, NodeId};
+use crate::exec::kernels::fused::{Arg, FusedExpr};
 use crate::ops::Op;
 use crate::tensor::{type_str, Data};
 use std::collections::HashMap;
@@ -53,6 +65,31 @@ fn attr_text(g: &Graph, op: &Op) -> String {
             }
         }
     }
+}
+
+/// The body of a fused node: one indented line per instruction, numbered `#0, #1, ...`
+/// locally, reading the node's operands as `$0, $1, ...`; the last line is the result.
+fn fused_text(g: &Graph, e: &FusedExpr) -> String {
+    let mut s = String::new();
+    for (k, inst) in e.insts.iter().enumerate() {
+        let args: Vec<String> = inst
+            .args
+            .iter()
+            .map(|a| match a {
+                Arg::Param(p) => format!("${p}"),
+                Arg::Inst(j) => format!("#{j}"),
+            })
+            .collect();
+        let _ = writeln!(
+            s,
+            "    #{k} = {}{} {} : {}",
+            inst.op.name(),
+            attr_text(g, &inst.op),
+            args.join(", "),
+            type_str(inst.dtype, &inst.shape)
+        );
+    }
+    s
 }
 
 /// Prints the graph; with `locations`, each line ends with `; file:line` of its source.
@@ -95,6 +132,9 @@ pub fn print(g: &Graph, locations: bool) -> String {
             }
         }
         let _ = writeln!(s, "{line}");
+        if let Op::Fused(f) = node.op {
+            s.push_str(&fused_text(g, &g.fused[f as usize]));
+        }
     }
     let outs: Vec<String> = g.outputs.iter().map(name).collect();
     let _ = writeln!(s, "  return {}", outs.join(", "));
@@ -122,13 +162,21 @@ pub fn to_dot(g: &Graph) -> String {
     let mut s = String::from("digraph tapeflow {\n  node [shape=box, fontname=\"monospace\"];\n");
     for &n in &order {
         let node = g.node(n);
-        let label = format!(
+        let mut label = format!(
             "%{} {}{} : {}",
             num[&n],
             node.op.name(),
             attr_text(g, &node.op),
             type_str(node.dtype, &node.shape)
         );
+        if let Op::Fused(f) = node.op {
+            let ops: Vec<&str> = g.fused[f as usize]
+                .insts
+                .iter()
+                .map(|i| i.op.name())
+                .collect();
+            let _ = write!(label, "\\n({})", ops.join(" "));
+        }
         let style = match node.op {
             Op::Input(_) | Op::ReadVar(_) => ", style=filled, fillcolor=lightblue",
             Op::Assign(_) => ", style=filled, fillcolor=lightpink",

@@ -7,7 +7,9 @@
 //! 4. `inputs[i]` is an `input(i)` node, outputs and assigns are live nodes, every
 //!    `assign` is listed in `assigns` and vice versa, at most one per variable;
 //! 5. `const` nodes hold a value of their type; `read_var`/`assign` name a variable of
-//!    the graph's table with the same type.
+//!    the graph's table with the same type;
+//! 6. a `fused` node names an entry of the graph's fused-expression table that is well
+//!    formed for its operands and infers the node's type (`FusedExpr::infer`).
 
 use super::graph::Graph;
 use crate::error::{Error, Result};
@@ -68,7 +70,15 @@ pub fn verify(g: &Graph) -> Result<()> {
                 .iter()
                 .map(|&o| (g.node(o).dtype, &g.node(o).shape[..]))
                 .collect();
-            match node.op.infer(&types, Some(&node.shape)) {
+            let inferred = match node.op {
+                Op::Fused(f) => g
+                    .fused
+                    .get(f as usize)
+                    .ok_or_else(|| format!("no fused expression {f}"))
+                    .and_then(|e| e.infer(&types)),
+                op => op.infer(&types, Some(&node.shape)),
+            };
+            match inferred {
                 Ok((d, s)) if d == node.dtype && s == node.shape => {}
                 Ok((d, s)) => errs.push(format!(
                     "{here}: has type {} but its op infers {}",

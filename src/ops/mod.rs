@@ -128,6 +128,11 @@ pub enum Op {
     MaxPool2dGrad(PoolAttrs),
     /// Picks, per pooling window, the value of `gx` at the window's argmax: operands `(x, gx)`.
     MaxPool2dGather(PoolAttrs),
+    /// A fused elementwise region: entry `n` of the graph's fused-expression table
+    /// ([`crate::exec::kernels::fused::FusedExpr`]), made by the fusion pass. Its type
+    /// and kernel come from that expression, so [`Op::infer`] and [`Op::eval`] defer to
+    /// the graph (verifier, parser, interpreter); optimized graphs are never differentiated.
+    Fused(u32),
 }
 
 /// Per-input cotangents returned by a VJP rule; `None` is a symbolic zero.
@@ -174,6 +179,7 @@ impl Op {
             | Op::StopGradient => shape::name(self),
             Op::Gather { .. } | Op::ScatterAdd { .. } => index::name(self),
             Op::MatMul { .. } => "matmul",
+            Op::Fused(_) => "fused",
             _ => conv::name(self),
         }
     }
@@ -202,6 +208,9 @@ impl Op {
             | Op::StopGradient => shape::infer(self, x, out),
             Op::Gather { .. } | Op::ScatterAdd { .. } => index::infer(self, x),
             Op::MatMul { ta, tb } => linalg::infer(*ta, *tb, x),
+            Op::Fused(_) => Err(
+                "is typed by its fused expression (FusedExpr::infer), not by the op alone".into(),
+            ),
             _ => conv::infer(self, x, out),
         }
     }
@@ -237,6 +246,7 @@ impl Op {
             | Op::StopGradient => shape::eval(self, x, shape),
             Op::Gather { .. } | Op::ScatterAdd { .. } => unreachable!(),
             Op::MatMul { ta, tb } => linalg::eval(*ta, *tb, x[0], x[1], shape),
+            Op::Fused(_) => panic!("fused has no standalone kernel: the interpreter runs it with the graph's fused expression"),
             _ => conv::eval(self, x, shape),
         })
     }
@@ -258,6 +268,9 @@ impl Op {
             | Op::StopGradient => shape::vjp(self, a, gy),
             Op::Gather { .. } | Op::ScatterAdd { .. } => index::vjp(self, a, gy),
             Op::MatMul { ta, tb } => linalg::vjp(*ta, *tb, a, gy),
+            Op::Fused(_) => {
+                panic!("fused nodes exist only in optimized graphs, which are never differentiated")
+            }
             _ => conv::vjp(self, a, gy),
         }
     }
@@ -277,7 +290,7 @@ impl Op {
             | Op::StopGradient => shape::attrs(self),
             Op::Gather { .. } | Op::ScatterAdd { .. } => index::attrs(self),
             Op::MatMul { ta, tb } => linalg::attrs(*ta, *tb),
-            Op::Unary(_) | Op::Binary(_) | Op::Compare(_) | Op::Select => Vec::new(),
+            Op::Unary(_) | Op::Binary(_) | Op::Compare(_) | Op::Select | Op::Fused(_) => Vec::new(),
             _ => conv::attrs(self),
         }
     }
@@ -308,17 +321,21 @@ impl Op {
         match self {
             Op::Unary(_) | Op::Binary(_) | Op::Compare(_) | Op::Select => FusionClass::Elementwise,
             Op::Cast(to) if to.is_float() => FusionClass::Elementwise,
+            // reads its operand at the broadcast index: a stride of 0, no data movement
+            Op::BroadcastTo => FusionClass::Elementwise,
             Op::Sum { .. } => FusionClass::Reduction,
             _ => FusionClass::Opaque,
         }
     }
 
-    /// Whether `op(a, b) == op(b, a)` (CSE sorts such operands).
+    /// Whether `op(a, b) == op(b, a)` bit for bit (CSE sorts such operands).
+    ///
+    /// Not `maximum`/`minimum`: on equal operands they return the first, so
+    /// `maximum(0.0, -0.0)` is `0.0` but `maximum(-0.0, 0.0)` is `-0.0`.
     pub fn is_commutative(&self) -> bool {
         matches!(
             self,
-            Op::Binary(Binary::Add | Binary::Mul | Binary::Maximum | Binary::Minimum)
-                | Op::Compare(Compare::Eq | Compare::Ne)
+            Op::Binary(Binary::Add | Binary::Mul) | Op::Compare(Compare::Eq | Compare::Ne)
         )
     }
 

@@ -1,15 +1,20 @@
 //! `eliminate_dead_nodes`: removes nodes no output or assign depends on.
 //!
 //! Roots are the outputs and the `assign` nodes (a variable update is never dead).
-//! Inputs are kept even when unused, so the signature does not change.
+//! Inputs are kept even when unused, so the signature does not change. The fused
+//! expression table is compacted to the live `fused` nodes, numbered in canonical order.
+//! One sweep; nothing to iterate. It does not remove nodes that are live but useless
+//! (e.g. `x * 1`: that is `simplify`).
 
 use crate::error::Result;
 use crate::ir::Graph;
+use crate::ops::Op;
 
 /// Removes every node not reachable from the roots (inputs stay).
 pub fn eliminate_dead_nodes(g: &mut Graph) -> Result<()> {
+    let order = g.canonical_order();
     let mut live = vec![false; g.capacity()];
-    for n in g.canonical_order() {
+    for &n in &order {
         live[n.index()] = true;
     }
     for n in g.node_ids() {
@@ -17,5 +22,13 @@ pub fn eliminate_dead_nodes(g: &mut Graph) -> Result<()> {
             g.remove(n);
         }
     }
+    let mut table = Vec::new();
+    for n in order {
+        if let Op::Fused(f) = g.node(n).op {
+            table.push(g.fused[f as usize].clone());
+            g.node_mut(n).op = Op::Fused(table.len() as u32 - 1);
+        }
+    }
+    g.fused = table;
     Ok(())
 }

@@ -1,22 +1,59 @@
 //! Graph optimization passes and the pipeline that runs them.
 //!
 //! Each pass is a function `&mut Graph -> Result<()>` in its own file, named by what it
-//! does. The pipeline is a flat list; [`PassConfig`] turns any pass off by name. After
-//! every pass, the verifier runs in tests and debug builds.
+//! does. The pipeline is a flat list, [`PIPELINE`]; [`PassConfig`] turns any pass off by
+//! name. Its first [`CLEANUP_PASSES`] entries (folding, CSE, simplification, dead-node
+//! elimination) feed each other — a fold exposes an identity, an identity exposes a
+//! duplicate — so they repeat as a group until a round leaves the graph's text
+//! unchanged, at most [`CLEANUP_ROUNDS`] times; the rest run once. After every pass the
+//! verifier runs in tests and debug builds. Every pass is idempotent, and so is the
+//! pipeline.
+//!
+//! Memory planning ([`plan_memory`]) is not a graph rewrite: `exec::Plan` runs it on the
+//! final graph's execution order.
 
+mod cse;
 mod dce;
+mod fold_constants;
+mod fold_transposes;
+mod fuse;
+mod plan_memory;
+mod rewrite;
+mod simplify;
 
+pub use cse::eliminate_common_subexpressions;
 pub use dce::eliminate_dead_nodes;
+pub use fold_constants::{fold_constants, FOLD_MAX_ELEMS};
+pub use fold_transposes::fold_transposes_into_matmul;
+pub use fuse::fuse_elementwise;
+pub use plan_memory::{plan_memory, MemoryPlan};
+pub use simplify::{simplify, simplify_counting, RuleFn, MAX_SWEEPS, RULES};
 
 use crate::error::Result;
-use crate::ir::{verify, Graph};
+use crate::ir::{print, verify, Graph};
 use std::time::{Duration, Instant};
 
 /// A pass: rewrites the graph in place.
 pub type PassFn = fn(&mut Graph) -> Result<()>;
 
 /// The pipeline, in order: (name, pass).
-pub const PIPELINE: &[(&str, PassFn)] = &[("eliminate_dead_nodes", eliminate_dead_nodes)];
+pub const PIPELINE: &[(&str, PassFn)] = &[
+    ("fold_constants", fold_constants),
+    (
+        "eliminate_common_subexpressions",
+        eliminate_common_subexpressions,
+    ),
+    ("simplify", simplify),
+    ("eliminate_dead_nodes", eliminate_dead_nodes),
+    ("fold_transposes_into_matmul", fold_transposes_into_matmul),
+    ("fuse_elementwise", fuse_elementwise),
+];
+
+/// How many passes at the head of [`PIPELINE`] repeat as a group.
+pub const CLEANUP_PASSES: usize = 4;
+
+/// Most rounds of the cleanup group.
+pub const CLEANUP_ROUNDS: usize = 4;
 
 /// Which passes run.
 #[derive(Clone, Debug, Default)]
@@ -64,7 +101,7 @@ impl std::fmt::Display for PassStat {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{:<24} {:>6} -> {:<6} nodes  {:>8.3} ms",
+            "{:<32} {:>6} -> {:<6} nodes  {:>8.3} ms",
             self.name,
             self.before,
             self.after,
@@ -73,27 +110,49 @@ impl std::fmt::Display for PassStat {
     }
 }
 
+/// Runs one pass, timing it and verifying its result in debug builds.
+pub fn run_pass(
+    g: &mut Graph,
+    name: &'static str,
+    pass: PassFn,
+    stats: &mut Vec<PassStat>,
+) -> Result<()> {
+    let before = g.live_len();
+    let t = Instant::now();
+    pass(g)?;
+    let time = t.elapsed();
+    if cfg!(debug_assertions) {
+        verify(g).map_err(|e| crate::Error::Graph(format!("after pass {name}: {e}")))?;
+    }
+    stats.push(PassStat {
+        name,
+        before,
+        after: g.live_len(),
+        time,
+    });
+    Ok(())
+}
+
 /// Runs the enabled passes of the pipeline on a copy of `g`.
 pub fn run_pipeline(g: &Graph, config: &PassConfig) -> Result<(Graph, Vec<PassStat>)> {
     let mut g = g.clone();
     let mut stats = Vec::new();
-    for &(name, pass) in PIPELINE {
-        if !config.enabled(name) {
-            continue;
+    let (cleanup, rest) = PIPELINE.split_at(CLEANUP_PASSES);
+    for _ in 0..CLEANUP_ROUNDS {
+        let before = print(&g, false);
+        for &(name, pass) in cleanup {
+            if config.enabled(name) {
+                run_pass(&mut g, name, pass, &mut stats)?;
+            }
         }
-        let before = g.live_len();
-        let t = Instant::now();
-        pass(&mut g)?;
-        let time = t.elapsed();
-        if cfg!(debug_assertions) {
-            verify(&g).map_err(|e| crate::Error::Graph(format!("after pass {name}: {e}")))?;
+        if print(&g, false) == before {
+            break;
         }
-        stats.push(PassStat {
-            name,
-            before,
-            after: g.live_len(),
-            time,
-        });
+    }
+    for &(name, pass) in rest {
+        if config.enabled(name) {
+            run_pass(&mut g, name, pass, &mut stats)?;
+        }
     }
     Ok((g, stats))
 }

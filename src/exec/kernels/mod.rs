@@ -15,6 +15,7 @@
 
 pub mod conv;
 pub mod ew;
+pub mod fused;
 pub mod gemm;
 pub mod pool;
 pub mod reduce;

@@ -1,0 +1,951 @@
+//! The fused kernel and the expression it runs.
+//!
+//! A [`FusedExpr`] is a small straight-line program made by the fusion pass: instructions
+//! in topological order over the fused node's operands (`$i`, its *params*) and earlier
+//! instructions (`#k`); the last instruction is the result. Instructions are elementwise
+//! ops (unary, binary, compare, select, float casts), `broadcast`, and `reshape` of a
+//! param (which reads the param's buffer with the new shape), plus two optional parts:
+//! - a **matmul prologue**: instruction 0 is `matmul $0, $1` of the result's shape. The
+//!   kernel runs the ordinary matmul kernel into the output buffer and applies the rest
+//!   of the expression to it in place (bias + activation epilogues);
+//! - one **sum**: the instructions before it compute the summed value (`square(a - b)`
+//!   in `sum(square(a - b))`), accumulated while it is produced; the instructions after
+//!   it are elementwise on the sum's result (`mean`'s scaling, an SGD update of a bias).
+//!
+//! Invariants ([`FusedExpr::infer`] checks them):
+//! - every value broadcasts to the shape of its loop: the summed value's shape before the
+//!   sum, the result's shape otherwise; the sum's result has as many elements as the
+//!   result (one sum per result element). So every value can be evaluated at the current
+//!   index of its loop: a param is read through strides (0 along its broadcast axes) and
+//!   `broadcast` is the identity on a scalar; instructions after the sum read only the
+//!   sum, later instructions and params;
+//! - each instruction's declared type is what its op infers from its arguments.
+//!
+//! The kernel makes one loop over the result's elements (with, for a sum, an inner loop
+//! over each element's reduced elements); no tensor-sized intermediate buffer exists.
+//! The loop advances a [`TILE`] of consecutive elements at a time: each instruction
+//! runs over the tile in a register of `TILE` values (reused for every tile, a few KiB
+//! that stay in cache), so its inner loop is a tight, vectorizable loop over one op.
+//! Every element is still computed by the same scalar functions in the same order:
+//! each instruction calls its op's own scalar function ([`Unary::f`](crate::ops::Unary::f),
+//! [`Binary::f`](crate::ops::Binary::f), [`Compare::f`](crate::ops::Compare::f), the same
+//! `as` conversions as `cast`), as the unfused kernels do, so results are
+//! bit-identical to the unfused graph. The sum adds in exactly the order of
+//! [`reduce::sum`](super::reduce::sum): a fixed 8-lane tree for a full reduction, one
+//! sequential fold per reduced axis (innermost first) otherwise. Output elements are
+//! independent, so splitting the loop across threads never changes a bit.
+
+use super::ew::PAR_CHUNK;
+use crate::ops::{FusionClass, Op};
+use crate::tensor::{broadcast_shapes, numel, type_str, Arr, DType, Data, Float, Shape};
+use ndarray::IxDyn;
+use rayon::prelude::*;
+use smallvec::SmallVec;
+
+/// An argument of an instruction: a param (operand of the fused node) or an earlier instruction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Arg {
+    /// Operand `n` of the fused node (`$n` in the text IR).
+    Param(u32),
+    /// The value of instruction `n` (`#n` in the text IR).
+    Inst(u32),
+}
+
+/// One instruction of a fused expression.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Inst {
+    /// The op (elementwise, `broadcast`, a leading `matmul` or a trailing `sum`).
+    pub op: Op,
+    /// Its arguments in slot order.
+    pub args: SmallVec<[Arg; 3]>,
+    /// Result dtype.
+    pub dtype: DType,
+    /// Result shape.
+    pub shape: Shape,
+}
+
+/// A fused region as a straight-line program; see the [module docs](self).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FusedExpr {
+    /// Instructions in evaluation order; the last is the result.
+    pub insts: Vec<Inst>,
+}
+
+impl FusedExpr {
+    /// The result instruction.
+    ///
+    /// # Panics
+    /// If the expression is empty (which [`FusedExpr::infer`] rejects).
+    pub fn result(&self) -> &Inst {
+        self.insts
+            .last()
+            .expect("a fused expression has instructions")
+    }
+
+    /// `(ta, tb)` of the matmul prologue, if there is one.
+    pub fn matmul(&self) -> Option<(bool, bool)> {
+        match self.insts.first().map(|i| i.op) {
+            Some(Op::MatMul { ta, tb }) => Some((ta, tb)),
+            _ => None,
+        }
+    }
+
+    /// The position of the `sum` instruction, if there is one.
+    pub fn sum_index(&self) -> Option<usize> {
+        self.insts
+            .iter()
+            .position(|i| matches!(i.op, Op::Sum { .. }))
+    }
+
+    /// Checks the expression against the fused node's operand types and returns the
+    /// result type, or says what is wrong (naming the instruction).
+    pub fn infer(&self, params: &[(DType, &[usize])]) -> Result<(DType, Shape), String> {
+        let n = self.insts.len();
+        if n == 0 {
+            return Err("empty fused expression".into());
+        }
+        let s = self.sum_index();
+        let mut used = vec![false; params.len()];
+        let mut types: Vec<(DType, Shape)> = Vec::with_capacity(n);
+        for (k, inst) in self.insts.iter().enumerate() {
+            let here = |m: String| format!("#{k} {}: {m}", inst.op.name());
+            let mut owned: SmallVec<[(DType, Shape); 3]> = SmallVec::new();
+            for a in &inst.args {
+                owned.push(match *a {
+                    Arg::Param(p) => {
+                        let (d, s) = params
+                            .get(p as usize)
+                            .ok_or_else(|| here(format!("${p} is not an operand")))?;
+                        used[p as usize] = true;
+                        (*d, Shape::from_slice(s))
+                    }
+                    // values after the sum live in the result's index space, values before it in the summed one
+                    Arg::Inst(j) if s.is_some_and(|s| k > s && (j as usize) < s) => {
+                        return Err(here(format!(
+                            "#{j} is computed before the sum and cannot be read after it"
+                        )))
+                    }
+                    Arg::Inst(j) if (j as usize) < k => types[j as usize].clone(),
+                    Arg::Inst(j) => {
+                        return Err(here(format!("#{j} is not an earlier instruction")))
+                    }
+                });
+            }
+            let arg_types: SmallVec<[(DType, &[usize]); 3]> =
+                owned.iter().map(|(d, s)| (*d, &s[..])).collect();
+            match inst.op {
+                Op::MatMul { .. } => {
+                    if k != 0 || inst.args[..] != [Arg::Param(0), Arg::Param(1)] {
+                        return Err(here("a matmul must be instruction #0 of `$0, $1`".into()));
+                    }
+                }
+                Op::Sum { .. } => {
+                    if s != Some(k) {
+                        return Err(here("only one sum may be fused".into()));
+                    }
+                }
+                Op::Reshape => {
+                    if !matches!(inst.args[..], [Arg::Param(_)]) {
+                        return Err(here("a reshape must read an operand (`reshape $n`)".into()));
+                    }
+                }
+                op if op.fusion_class() == FusionClass::Elementwise => {}
+                _ => return Err(here("this op cannot be fused".into())),
+            }
+            let (d, sh) = inst.op.infer(&arg_types, Some(&inst.shape)).map_err(here)?;
+            if d != inst.dtype || sh != inst.shape {
+                return Err(here(format!(
+                    "declared {} but infers {}",
+                    type_str(inst.dtype, &inst.shape),
+                    type_str(d, &sh)
+                )));
+            }
+            types.push((d, sh));
+        }
+        if let Some(p) = used.iter().position(|u| !u) {
+            return Err(format!("operand ${p} is not used by the expression"));
+        }
+        let result = &self.result().shape;
+        let r = self.result();
+        if self.matmul().is_some()
+            && (s.is_some() || self.insts[0].shape != r.shape || self.insts[0].dtype != r.dtype)
+        {
+            return Err(
+                "a matmul prologue needs an elementwise result of its own type and no sum".into(),
+            );
+        }
+        if s.is_some_and(|s| numel(&self.insts[s].shape) != numel(result)) {
+            return Err(
+                "the sum's result must not be broadcast (one sum per result element)".into(),
+            );
+        }
+        let summed: Shape = match s.map(|s| self.insts[s].args[0]) {
+            Some(Arg::Param(p)) => Shape::from_slice(params[p as usize].1),
+            Some(Arg::Inst(j)) => types[j as usize].1.clone(),
+            None => result.clone(),
+        };
+        for (k, inst) in self.insts.iter().enumerate() {
+            let space: &[usize] = match s {
+                Some(s) if k == s => continue,
+                Some(s) if k < s => &summed,
+                _ => result,
+            };
+            if broadcast_shapes(&inst.shape, space).as_deref() != Some(space) {
+                return Err(format!(
+                    "#{k} {} does not broadcast to its loop's shape {space:?}",
+                    type_str(inst.dtype, &inst.shape)
+                ));
+            }
+        }
+        Ok(types.pop().expect("n > 0"))
+    }
+
+    /// Whether the result may be written over param `p` (of type `param`) while it is
+    /// read: true when the param is read only at the index being written (it has the
+    /// result's exact type, is not broadcast or reshaped) and there is no matmul or sum.
+    pub fn can_overwrite(&self, p: usize, param: (DType, &[usize])) -> bool {
+        let r = self.result();
+        let reshaped = self
+            .insts
+            .iter()
+            .any(|i| i.op == Op::Reshape && i.args[..] == [Arg::Param(p as u32)]);
+        self.matmul().is_none()
+            && self.sum_index().is_none()
+            && !reshaped
+            && param.0 == r.dtype
+            && param.1 == &r.shape[..]
+    }
+}
+
+/// Where the kernel writes its result.
+pub enum OutBuf {
+    /// A new buffer.
+    Fresh,
+    /// A dead buffer whose allocation may be reused (ignored unless uniquely owned and of
+    /// the result's dtype).
+    Spare(Data),
+    /// Param `k`'s value, dying here: the result overwrites it in place when it is
+    /// uniquely owned (the caller passes `None` for that param); else it is only read.
+    Operand(usize, Data),
+}
+
+/// Runs the expression on its params (`None` only for the param given as
+/// [`OutBuf::Operand`]); `shape` is the fused node's shape.
+pub fn eval(e: &FusedExpr, x: &[Option<&Data>], shape: &[usize], out: OutBuf) -> Data {
+    match e.result().dtype {
+        DType::F32 => run::<f32>(e, x, shape, out),
+        DType::F64 => run::<f64>(e, x, shape, out),
+        DType::I64 => run::<i64>(e, x, shape, out),
+    }
+}
+
+/// Elements evaluated together: each instruction runs over a tile of this many loop
+/// elements held in a small register (reused for every tile), never over a tensor.
+pub const TILE: usize = 256;
+
+/// A register: one value per element of the current tile.
+enum Tile {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+    I64(Vec<i64>),
+    /// A register lent out while its instruction is computed.
+    Lent,
+}
+
+impl Tile {
+    fn new(d: DType) -> Tile {
+        match d {
+            DType::F32 => Tile::F32(vec![0.0; TILE]),
+            DType::F64 => Tile::F64(vec![0.0; TILE]),
+            DType::I64 => Tile::I64(vec![0; TILE]),
+        }
+    }
+}
+
+/// An element type of a result buffer.
+trait Elem: Copy + Default + Send + Sync + 'static {
+    const DTYPE: DType;
+    /// The buffer's elements, if `d` holds this type and owns them alone.
+    fn take_vec(d: Data) -> Result<Vec<Self>, Data>;
+    fn wrap(a: Arr<Self>) -> Data;
+    /// `t[at..] = src`.
+    fn to_tile(src: &[Self], t: &mut Tile, at: usize);
+    fn from_tile(t: &Tile, dst: &mut [Self]);
+}
+
+macro_rules! elem {
+    ($t:ty, $v:ident) => {
+        impl Elem for $t {
+            const DTYPE: DType = DType::$v;
+            fn take_vec(d: Data) -> Result<Vec<$t>, Data> {
+                match d {
+                    Data::$v(a) if a.is_standard_layout() => match a.try_into_owned_nocopy() {
+                        Ok(owned) => {
+                            let n = owned.len();
+                            let (mut v, off) = owned.into_raw_vec_and_offset();
+                            v.drain(..off.unwrap_or(0));
+                            v.truncate(n);
+                            Ok(v)
+                        }
+                        Err(shared) => Err(Data::$v(shared)),
+                    },
+                    other => Err(other),
+                }
+            }
+            fn wrap(a: Arr<$t>) -> Data {
+                Data::$v(a)
+            }
+            fn to_tile(src: &[$t], t: &mut Tile, at: usize) {
+                match t {
+                    Tile::$v(v) => v[at..at + src.len()].copy_from_slice(src),
+                    _ => unreachable!("the output buffer's register has its dtype"),
+                }
+            }
+            fn from_tile(t: &Tile, dst: &mut [$t]) {
+                match t {
+                    Tile::$v(v) => dst.copy_from_slice(&v[..dst.len()]),
+                    _ => unreachable!("infer checks the result dtype"),
+                }
+            }
+        }
+    };
+}
+elem!(f32, F32);
+elem!(f64, F64);
+elem!(i64, I64);
+
+/// Where a load reads.
+#[derive(Clone, Copy)]
+enum Src<'a> {
+    F32(&'a [f32]),
+    F64(&'a [f64]),
+    I64(&'a [i64]),
+    /// The output buffer at the current position (a matmul result or a param overwritten in place).
+    Out,
+}
+
+impl<'a> Src<'a> {
+    fn of(d: &'a Data) -> Src<'a> {
+        match d {
+            Data::F32(a) => Src::F32(a.as_slice().expect("kernel results are in standard layout")),
+            Data::F64(a) => Src::F64(a.as_slice().expect("kernel results are in standard layout")),
+            Data::I64(a) => Src::I64(a.as_slice().expect("kernel results are in standard layout")),
+        }
+    }
+}
+
+/// Copies `n` elements from `s` starting at `base` with stride `st` into `t[at..]`.
+fn gather<T: Copy>(s: &[T], base: usize, st: usize, t: &mut [T], at: usize, n: usize) {
+    let t = &mut t[at..at + n];
+    match st {
+        0 => t.fill(s[base]),
+        1 => t.copy_from_slice(&s[base..base + n]),
+        _ => {
+            for (i, o) in t.iter_mut().enumerate() {
+                *o = s[base + i * st];
+            }
+        }
+    }
+}
+
+/// The loop over one index space: a row-major multi-index over `dims` and each load's
+/// offset at it.
+struct Cursor<'s> {
+    dims: SmallVec<[usize; 6]>,
+    /// `strides[l][d]`: how far load `l`'s offset moves per step along loop axis `d`.
+    strides: &'s [SmallVec<[usize; 6]>],
+    idx: SmallVec<[usize; 6]>,
+    offs: SmallVec<[usize; 8]>,
+}
+
+impl<'s> Cursor<'s> {
+    /// A cursor at flat position `start` (a rank-0 loop is one element).
+    fn new(dims: &[usize], strides: &'s [SmallVec<[usize; 6]>], start: usize) -> Cursor<'s> {
+        let dims: SmallVec<[usize; 6]> = if dims.is_empty() {
+            SmallVec::from_elem(1, 1)
+        } else {
+            SmallVec::from_slice(dims)
+        };
+        let mut idx: SmallVec<[usize; 6]> = SmallVec::from_elem(0, dims.len());
+        let mut rest = start;
+        for d in (0..dims.len()).rev() {
+            if dims[d] > 0 {
+                idx[d] = rest % dims[d];
+                rest /= dims[d];
+            }
+        }
+        let offs = strides
+            .iter()
+            .map(|st| idx.iter().zip(st).map(|(i, s)| i * s).sum())
+            .collect();
+        Cursor {
+            dims,
+            strides,
+            idx,
+            offs,
+        }
+    }
+
+    fn stride(&self, l: usize) -> usize {
+        self.strides[l].last().copied().unwrap_or(0)
+    }
+
+    /// Elements left in the current innermost row.
+    fn row_left(&self) -> usize {
+        self.dims[self.dims.len() - 1] - self.idx[self.dims.len() - 1]
+    }
+
+    /// Moves `n` (at most [`Cursor::row_left`]) elements along the innermost axis, carrying at a row's end.
+    fn advance(&mut self, n: usize) {
+        let last = self.dims.len() - 1;
+        self.idx[last] += n;
+        for (l, o) in self.offs.iter_mut().enumerate() {
+            *o += self.strides[l].last().copied().unwrap_or(0) * n;
+        }
+        if self.idx[last] < self.dims[last] {
+            return;
+        }
+        for d in (0..=last).rev() {
+            if d < last {
+                self.idx[d] += 1;
+                for (l, o) in self.offs.iter_mut().enumerate() {
+                    *o += self.strides[l].get(d).copied().unwrap_or(0);
+                }
+            }
+            if self.idx[d] < self.dims[d] {
+                return;
+            }
+            for (l, o) in self.offs.iter_mut().enumerate() {
+                *o -= self.strides[l].get(d).copied().unwrap_or(0) * self.dims[d];
+            }
+            self.idx[d] = 0;
+        }
+    }
+}
+
+/// The reads of one index space (the summed value's, or the result's).
+#[derive(Default)]
+struct Loads<'a> {
+    srcs: SmallVec<[Src<'a>; 8]>,
+    shapes: SmallVec<[Shape; 8]>,
+    /// The register each load fills.
+    regs: SmallVec<[usize; 8]>,
+    /// (param, reshape instruction) of each load, to share loads of the same view.
+    keys: SmallVec<[(usize, Option<usize>); 8]>,
+}
+
+impl<'a> Loads<'a> {
+    /// Strides along the loop axes `order` of `loop_shape` (0 where a load broadcasts or
+    /// reads the output buffer).
+    fn strides(&self, loop_shape: &[usize], order: &[usize]) -> Vec<SmallVec<[usize; 6]>> {
+        self.shapes
+            .iter()
+            .zip(&self.srcs)
+            .map(|(s, src)| match src {
+                Src::Out => SmallVec::from_elem(0, order.len()),
+                _ => {
+                    let bs = broadcast_strides(s, loop_shape);
+                    order.iter().map(|&d| bs[d]).collect()
+                }
+            })
+            .collect()
+    }
+
+    /// Fills the load registers for the next `n` loop elements and moves the cursor on;
+    /// `out` is the output buffer's matching segment (for [`Src::Out`] loads).
+    fn fill<O: Elem>(&self, c: &mut Cursor, regs: &mut [Tile], n: usize, out: Option<&[O]>) {
+        let mut at = 0;
+        while at < n {
+            let run = c.row_left().min(n - at);
+            for (l, src) in self.srcs.iter().enumerate() {
+                let (base, st) = (c.offs[l], c.stride(l));
+                match (src, &mut regs[self.regs[l]]) {
+                    (Src::F32(s), Tile::F32(t)) => gather(s, base, st, t, at, run),
+                    (Src::F64(s), Tile::F64(t)) => gather(s, base, st, t, at, run),
+                    (Src::I64(s), Tile::I64(t)) => gather(s, base, st, t, at, run),
+                    (Src::Out, t) => O::to_tile(
+                        &out.expect("output loads read the output buffer")[at..at + run],
+                        t,
+                        at,
+                    ),
+                    _ => unreachable!("a load's register has its source's dtype"),
+                }
+            }
+            c.advance(run);
+            at += run;
+        }
+    }
+}
+
+/// A compiled instruction: its op, the registers of its arguments and its own register.
+struct Step {
+    op: Op,
+    args: SmallVec<[usize; 3]>,
+    reg: usize,
+}
+
+/// `op(args)` over the first `n` elements of the argument registers, with the op's own
+/// scalar function per element.
+fn compute(op: Op, a: &[&Tile], o: &mut Tile, n: usize) {
+    use Tile::*;
+    macro_rules! map1 {
+        ($x:expr, $o:expr, $f:expr) => {
+            for (o, &x) in $o[..n].iter_mut().zip(&$x[..n]) {
+                *o = $f(x);
+            }
+        };
+    }
+    macro_rules! map2 {
+        ($x:expr, $y:expr, $o:expr, $f:expr) => {
+            for ((o, &x), &y) in $o[..n].iter_mut().zip(&$x[..n]).zip(&$y[..n]) {
+                *o = $f(x, y);
+            }
+        };
+    }
+    match op {
+        Op::Unary(u) => match (a[0], o) {
+            (F32(x), F32(o)) => map1!(x, o, |v| u.f(v)),
+            (F64(x), F64(o)) => map1!(x, o, |v| u.f(v)),
+            _ => unreachable!("infer checks unary dtypes"),
+        },
+        Op::Binary(b) => match (a[0], a[1], o) {
+            (F32(x), F32(y), F32(o)) => map2!(x, y, o, |p, q| b.f(p, q)),
+            (F64(x), F64(y), F64(o)) => map2!(x, y, o, |p, q| b.f(p, q)),
+            (I64(x), I64(y), I64(o)) => {
+                let f = b.fi().expect("infer rejects integer operands");
+                map2!(x, y, o, f)
+            }
+            _ => unreachable!("infer checks binary dtypes"),
+        },
+        Op::Compare(c) => match (a[0], a[1], o) {
+            (F32(x), F32(y), F32(o)) => map2!(x, y, o, |p, q| if c.f(p, q) { 1.0 } else { 0.0 }),
+            (F64(x), F64(y), F64(o)) => map2!(x, y, o, |p, q| if c.f(p, q) { 1.0 } else { 0.0 }),
+            (I64(x), I64(y), I64(o)) => map2!(x, y, o, |p, q| c.f(p, q) as i64),
+            _ => unreachable!("infer checks compare dtypes"),
+        },
+        Op::Select => {
+            // the mask test of `ew::mask_of`
+            let m: Vec<bool> = match a[0] {
+                F32(v) => v[..n].iter().map(|&x| x != 0.0).collect(),
+                F64(v) => v[..n].iter().map(|&x| x != 0.0).collect(),
+                I64(v) => v[..n].iter().map(|&x| x != 0).collect(),
+                Lent => unreachable!(),
+            };
+            match (a[1], a[2], o) {
+                (F32(x), F32(y), F32(o)) => {
+                    (0..n).for_each(|i| o[i] = if m[i] { x[i] } else { y[i] })
+                }
+                (F64(x), F64(y), F64(o)) => {
+                    (0..n).for_each(|i| o[i] = if m[i] { x[i] } else { y[i] })
+                }
+                (I64(x), I64(y), I64(o)) => {
+                    (0..n).for_each(|i| o[i] = if m[i] { x[i] } else { y[i] })
+                }
+                _ => unreachable!("infer checks select dtypes"),
+            }
+        }
+        // the conversions of `ops::shape::cast`
+        Op::Cast(_) => match (a[0], o) {
+            (F32(x), F32(o)) => map1!(x, o, |v| v),
+            (F32(x), F64(o)) => map1!(x, o, |v| v as f64),
+            (F32(x), I64(o)) => map1!(x, o, |v| v as i64),
+            (F64(x), F32(o)) => map1!(x, o, |v| v as f32),
+            (F64(x), F64(o)) => map1!(x, o, |v| v),
+            (F64(x), I64(o)) => map1!(x, o, |v| v as i64),
+            (I64(x), F32(o)) => map1!(x, o, |v| v as f32),
+            (I64(x), F64(o)) => map1!(x, o, |v| v as f64),
+            (I64(x), I64(o)) => map1!(x, o, |v| v),
+            _ => unreachable!(),
+        },
+        _ => unreachable!("infer admits only elementwise ops inside the loop"),
+    }
+}
+
+/// Runs `steps` over the first `n` elements of the registers.
+fn eval_steps(steps: &[Step], regs: &mut [Tile], n: usize) {
+    for st in steps {
+        let mut o = std::mem::replace(&mut regs[st.reg], Tile::Lent);
+        {
+            let args: SmallVec<[&Tile; 3]> = st.args.iter().map(|&r| &regs[r]).collect();
+            compute(st.op, &args, &mut o, n);
+        }
+        regs[st.reg] = o;
+    }
+}
+
+/// Contiguous strides of `shape`.
+fn contiguous(shape: &[usize]) -> SmallVec<[usize; 6]> {
+    let mut st: SmallVec<[usize; 6]> = SmallVec::from_elem(0, shape.len());
+    let mut acc = 1;
+    for d in (0..shape.len()).rev() {
+        st[d] = acc;
+        acc *= shape[d];
+    }
+    st
+}
+
+/// Strides of a `shape` buffer along each axis of `it` (right-aligned broadcasting: 0 on
+/// broadcast axes).
+fn broadcast_strides(shape: &[usize], it: &[usize]) -> SmallVec<[usize; 6]> {
+    let cs = contiguous(shape);
+    let lead = it.len() - shape.len();
+    (0..it.len())
+        .map(|d| {
+            if d < lead || shape[d - lead] == 1 {
+                0
+            } else {
+                cs[d - lead]
+            }
+        })
+        .collect()
+}
+
+/// Accumulates a stream of summed elements in the order of `reduce::sum`.
+enum Accum<T> {
+    /// A full reduction: `reduce::sum_slice`'s 8 accumulators over whole chunks of 8, a
+    /// fixed tree, then the remainder in order.
+    Lanes {
+        acc: [T; 8],
+        full: usize,
+        seen: usize,
+        total: Option<T>,
+    },
+    /// A partial reduction: one sequential fold from zero per reduced axis, the innermost
+    /// first (`reduce::reduce`); `acc[l]` is the running sum at reduced axis `l`.
+    Nested {
+        dims: SmallVec<[usize; 6]>,
+        idx: SmallVec<[usize; 6]>,
+        acc: SmallVec<[T; 6]>,
+    },
+}
+
+impl<T: Float> Accum<T> {
+    /// Adds `vals` in order; each finished sum is written to `out[*done]`.
+    fn push(&mut self, vals: &[T], out: &mut [T], done: &mut usize) {
+        match self {
+            Accum::Lanes {
+                acc,
+                full,
+                seen,
+                total,
+            } => {
+                for &v in vals {
+                    if *seen < *full {
+                        acc[*seen % 8] = acc[*seen % 8] + v;
+                    } else {
+                        let t = total.unwrap_or_else(|| tree(acc));
+                        *total = Some(t + v);
+                    }
+                    *seen += 1;
+                }
+            }
+            Accum::Nested { dims, idx, acc } => {
+                let k = dims.len();
+                for &v in vals {
+                    if k == 0 {
+                        out[*done] = v; // no reduced axis: the kernel returns the value itself
+                        *done += 1;
+                        continue;
+                    }
+                    acc[k - 1] = acc[k - 1] + v;
+                    let mut l = k - 1;
+                    loop {
+                        idx[l] += 1;
+                        if idx[l] < dims[l] {
+                            break;
+                        }
+                        idx[l] = 0;
+                        if l == 0 {
+                            out[*done] = acc[0];
+                            *done += 1;
+                            acc[0] = T::zero();
+                            break;
+                        }
+                        acc[l - 1] = acc[l - 1] + acc[l];
+                        acc[l] = T::zero();
+                        l -= 1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The full reduction's result.
+    fn total(&self) -> T {
+        match self {
+            Accum::Lanes { acc, total, .. } => total.unwrap_or_else(|| tree(acc)),
+            Accum::Nested { .. } => unreachable!("partial sums are written as they finish"),
+        }
+    }
+}
+
+fn tree<T: Float>(a: &[T; 8]) -> T {
+    ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]))
+}
+
+/// Splits the outputs into parallel chunks when the whole loop is long (`work` loop
+/// elements per output); each output is computed independently, so the split never
+/// changes a bit.
+fn par_outputs<O: Send>(out: &mut [O], work: usize, f: impl Fn(usize, &mut [O]) + Sync) {
+    let per = (PAR_CHUNK / work.max(1)).max(1);
+    if out.len() * work.max(1) < 2 * PAR_CHUNK || out.len() < 2 {
+        f(0, out);
+    } else {
+        out.par_chunks_mut(per)
+            .enumerate()
+            .for_each(|(i, c)| f(i * per, c));
+    }
+}
+
+fn run<O: Elem>(e: &FusedExpr, x: &[Option<&Data>], shape: &[usize], out: OutBuf) -> Data {
+    let n_out = numel(shape);
+    let mut buf: Option<Vec<O>> = None;
+    let mut held: Option<Data> = None; // an operand we were handed but could not overwrite
+    let mut from_out: Option<usize> = None;
+    if let Some((ta, tb)) = e.matmul() {
+        let (a, b) = (
+            x[0].expect("matmul operands are given"),
+            x[1].expect("matmul operands are given"),
+        );
+        let m = Op::MatMul { ta, tb }
+            .eval(&[a, b], shape)
+            .expect("matmul cannot fail at run time");
+        buf =
+            Some(O::take_vec(m).unwrap_or_else(|_| unreachable!("a fresh matmul result is owned")));
+    } else {
+        match out {
+            OutBuf::Fresh => {}
+            OutBuf::Spare(d) => {
+                buf = O::take_vec(d).ok().map(|mut v| {
+                    v.clear();
+                    v.resize(n_out, O::default());
+                    v
+                })
+            }
+            OutBuf::Operand(k, d) => match O::take_vec(d) {
+                Ok(v) if v.len() == n_out => {
+                    buf = Some(v);
+                    from_out = Some(k);
+                }
+                Ok(_) => unreachable!("the planner overwrites only operands of the result's type"),
+                Err(d) => held = Some(d),
+            },
+        }
+    }
+    let mut buf = buf.unwrap_or_else(|| vec![O::default(); n_out]);
+    let param = |p: usize| -> (Src, Shape, DType) {
+        match (x[p], from_out) {
+            (_, Some(k)) if k == p => (Src::Out, Shape::from_slice(shape), O::DTYPE),
+            (Some(d), _) => (Src::of(d), d.shape(), d.dtype()),
+            (None, _) => {
+                let d = held.as_ref().expect("the caller's operand is held");
+                (Src::of(d), d.shape(), d.dtype())
+            }
+        }
+    };
+
+    // compile: registers are the loads, then one per instruction; identities (broadcast,
+    // reshape views, the sum's element, the matmul's output) reuse their source's register
+    let s = e.sum_index();
+    let (mut inner, mut outer) = (Loads::default(), Loads::default());
+    let mut dtypes: Vec<DType> = Vec::new();
+    let mut reg_of: Vec<usize> = Vec::with_capacity(e.insts.len());
+    let mut steps: Vec<Step> = Vec::new();
+    let mut split = 0; // steps before it belong to the summed loop
+    let mut sum_src = 0; // the register of the summed element
+    for (k, inst) in e.insts.iter().enumerate() {
+        let inner_space = s.is_some_and(|s| k <= s);
+        let mut load = |p: usize, view: Option<usize>, shape: Option<&[usize]>| -> usize {
+            let loads = if inner_space { &mut inner } else { &mut outer };
+            if let Some(i) = loads.keys.iter().position(|&key| key == (p, view)) {
+                return loads.regs[i];
+            }
+            let (src, own, dtype) = match p {
+                usize::MAX => (
+                    Src::Out,
+                    Shape::from_slice(shape.expect("the matmul's shape")),
+                    O::DTYPE,
+                ),
+                p => param(p),
+            };
+            loads.keys.push((p, view));
+            loads.srcs.push(src);
+            loads
+                .shapes
+                .push(shape.map(Shape::from_slice).unwrap_or(own));
+            dtypes.push(dtype);
+            loads.regs.push(dtypes.len() - 1);
+            dtypes.len() - 1
+        };
+        let args: SmallVec<[usize; 3]> = match (inst.op, &inst.args[..]) {
+            // the GEMM's result is read from the output buffer, like an operand overwritten in place
+            (Op::MatMul { .. }, _) => {
+                SmallVec::from_elem(load(usize::MAX, None, Some(&inst.shape)), 1)
+            }
+            (Op::Reshape, [Arg::Param(p)]) => {
+                SmallVec::from_elem(load(*p as usize, Some(k), Some(&inst.shape)), 1)
+            }
+            _ => inst
+                .args
+                .iter()
+                .map(|a| match *a {
+                    Arg::Param(p) => load(p as usize, None, None),
+                    Arg::Inst(j) => reg_of[j as usize],
+                })
+                .collect(),
+        };
+        let reg = match inst.op {
+            Op::MatMul { .. } | Op::BroadcastTo | Op::Reshape => args[0],
+            Op::Cast(to) if to == dtypes[args[0]] => args[0],
+            Op::Sum { .. } => {
+                split = steps.len();
+                sum_src = args[0];
+                dtypes.push(inst.dtype);
+                dtypes.len() - 1
+            }
+            op => {
+                dtypes.push(inst.dtype);
+                steps.push(Step {
+                    op,
+                    args,
+                    reg: dtypes.len() - 1,
+                });
+                dtypes.len() - 1
+            }
+        };
+        reg_of.push(reg);
+    }
+    let result_reg = reg_of[e.insts.len() - 1];
+    let fresh = || -> Vec<Tile> { dtypes.iter().map(|&d| Tile::new(d)).collect() };
+
+    match s {
+        None => {
+            let strides = outer.strides(shape, &(0..shape.len()).collect::<Vec<_>>());
+            par_outputs(&mut buf, 1, |off, chunk| {
+                let mut regs = fresh();
+                let mut c = Cursor::new(shape, &strides, off);
+                for seg in chunk.chunks_mut(TILE) {
+                    let n = seg.len();
+                    outer.fill::<O>(&mut c, &mut regs, n, Some(seg));
+                    eval_steps(&steps, &mut regs, n);
+                    O::from_tile(&regs[result_reg], seg);
+                }
+            });
+        }
+        Some(s) => {
+            let Op::Sum { axes, .. } = e.insts[s].op else {
+                unreachable!("sum_index points at a sum")
+            };
+            let it: Shape = match e.insts[s].args[0] {
+                Arg::Param(p) => param(p as usize).1,
+                Arg::Inst(j) => e.insts[j as usize].shape.clone(),
+            };
+            // the summed loop: kept axes, then reduced axes (each output's lane is contiguous)
+            let kept: Vec<usize> = (0..it.len()).filter(|&d| !axes.contains(d)).collect();
+            let red: Vec<usize> = (0..it.len()).filter(|&d| axes.contains(d)).collect();
+            let order: Vec<usize> = kept.iter().chain(&red).copied().collect();
+            let dims: Vec<usize> = order.iter().map(|&d| it[d]).collect();
+            let red_dims: SmallVec<[usize; 6]> = red.iter().map(|&d| it[d]).collect();
+            let lane: usize = red_dims.iter().product();
+            let full = red.len() == it.len();
+            let (istrides, ostrides) = (
+                inner.strides(&it, &order),
+                outer.strides(shape, &(0..shape.len()).collect::<Vec<_>>()),
+            );
+            let sums = reg_of[s];
+            let (before, after) = steps.split_at(split);
+            let work = |chunk: &mut [O], off: usize| {
+                let mut regs = fresh();
+                let mut ci = Cursor::new(&dims, &istrides, off * lane);
+                let mut co = Cursor::new(shape, &ostrides, off);
+                let mut acc = new_accum(e.insts[s].dtype, full, lane, &red_dims);
+                for seg in chunk.chunks_mut(TILE) {
+                    let m = seg.len();
+                    let mut done = 0;
+                    if lane == 0 {
+                        zero_into(&mut regs[sums], m); // an empty reduction is +0
+                        done = m;
+                    }
+                    let mut left = if full { lane } else { m * lane };
+                    while left > 0 {
+                        let n = left.min(TILE);
+                        inner.fill::<O>(&mut ci, &mut regs, n, None);
+                        eval_steps(before, &mut regs, n);
+                        let mut out = std::mem::replace(&mut regs[sums], Tile::Lent);
+                        acc.push(&regs[sum_src], n, &mut out, &mut done);
+                        regs[sums] = out;
+                        left -= n;
+                    }
+                    if full {
+                        acc.total_into(&mut regs[sums]);
+                    }
+                    outer.fill::<O>(&mut co, &mut regs, m, Some(seg));
+                    eval_steps(after, &mut regs, m);
+                    O::from_tile(&regs[result_reg], seg);
+                }
+            };
+            if full {
+                work(&mut buf, 0);
+            } else {
+                par_outputs(&mut buf, lane, |off, chunk| work(chunk, off));
+            }
+        }
+    }
+    O::wrap(Arr::from_shape_vec(IxDyn(shape), buf).expect("length matches shape"))
+}
+
+fn zero_into(t: &mut Tile, n: usize) {
+    match t {
+        Tile::F32(v) => v[..n].fill(0.0),
+        Tile::F64(v) => v[..n].fill(0.0),
+        _ => unreachable!("infer checks that sums are of floats"),
+    }
+}
+
+/// An accumulator of the sum's dtype.
+enum AnyAccum {
+    F32(Accum<f32>),
+    F64(Accum<f64>),
+}
+
+fn new_accum(d: DType, full: bool, lane: usize, red: &[usize]) -> AnyAccum {
+    fn make<T: Float>(full: bool, lane: usize, red: &[usize]) -> Accum<T> {
+        if full {
+            Accum::Lanes {
+                acc: [T::zero(); 8],
+                full: lane - lane % 8,
+                seen: 0,
+                total: None,
+            }
+        } else {
+            Accum::Nested {
+                dims: SmallVec::from_slice(red),
+                idx: SmallVec::from_elem(0, red.len()),
+                acc: SmallVec::from_elem(T::zero(), red.len()),
+            }
+        }
+    }
+    match d {
+        DType::F32 => AnyAccum::F32(make(full, lane, red)),
+        DType::F64 => AnyAccum::F64(make(full, lane, red)),
+        DType::I64 => unreachable!("infer checks that sums are of floats"),
+    }
+}
+
+impl AnyAccum {
+    fn push(&mut self, vals: &Tile, n: usize, out: &mut Tile, done: &mut usize) {
+        match (self, vals, out) {
+            (AnyAccum::F32(a), Tile::F32(v), Tile::F32(o)) => a.push(&v[..n], o, done),
+            (AnyAccum::F64(a), Tile::F64(v), Tile::F64(o)) => a.push(&v[..n], o, done),
+            _ => unreachable!("the summed value has the sum's dtype"),
+        }
+    }
+
+    fn total_into(&self, out: &mut Tile) {
+        match (self, out) {
+            (AnyAccum::F32(a), Tile::F32(o)) => o[0] = a.total(),
+            (AnyAccum::F64(a), Tile::F64(o)) => o[0] = a.total(),
+            _ => unreachable!("the sum's register has its dtype"),
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! `fuse_elementwise`: turns maximal regions of elementwise ops into `fused` nodes that
+//! make one pass over memory.
+//!
+//! Algorithm: roots are visited in reverse canonical order (users before producers). An
+//! unclaimed elementwise node (unary, binary, compare, select, float cast, broadcast)
+//! or `sum` starts a region; its operands are considered in decreasing position (so all
+//! of a candidate's users have been decided before it). A candidate joins when it is
+//! not a graph output and all its users are in the region, in the same loop (the
+//! *summed* loop below the region's sum, or the *result* loop) — its value is then
+//! needed nowhere else, so it never exists in memory — and it is:
+//! - elementwise, with as many elements as its loop or cheap (not `exp log sin cos tanh
+//!   sqrt sigmoid pow`: an expensive value of a smaller shape stays materialized, so it
+//!   is computed once per element of its own shape rather than once per loop element);
+//! - a `sum` in the result loop, when the region has no sum and no matmul yet: the
+//!   *reduction epilogue* (`sum(square(a - b))`, with elementwise ops after it such as
+//!   `mean`'s scaling or an SGD update of a bias);
+//! - a `reshape`: it becomes a *load* reading its operand (which stays outside) with
+//!   the new shape;
+//! - a `matmul` of the root's type in the result loop, when the region has no matmul
+//!   and no sum: the *matmul + bias + activation* epilogue, run on the GEMM's output.
+//!
+//! Regions of two or more nodes become one `fused` node whose operands are the region's
+//! inputs (in order of first use) and whose expression lists the matmul, the summed
+//! loop, the sum and the result loop, each in canonical order; the region's nodes are
+//! removed. One sweep; `fused` nodes are opaque to a second run, which therefore finds
+//! only single-node regions and changes nothing.
+//!
+//! It does not: duplicate (recompute) a node that has users outside the region or in
+//! both loops, fuse `max`/`argmax` or two sums or two matmuls into one node, or fuse
+//! across transposes, slices or concatenations.
+
+use crate::error::{Error, Result};
+use crate::exec::kernels::fused::{Arg, FusedExpr, Inst};
+use crate::ir::{Graph, Node, NodeId};
+use crate::ops::{Binary, FusionClass, Op, Unary};
+use crate::tensor::{numel, DType};
+use smallvec::SmallVec;
+use std::collections::{BinaryHeap, HashMap};
+
+/// Ops worth recomputing for every element of a larger iteration space.
+fn is_cheap(op: Op) -> bool {
+    !matches!(
+        op,
+        Op::Unary(
+            Unary::Exp
+                | Unary::Log
+                | Unary::Sin
+                | Unary::Cos
+                | Unary::Tanh
+                | Unary::Sqrt
+                | Unary::Sigmoid
+        ) | Op::Binary(Binary::Pow)
+    )
+}
+
+/// Which loop of a fused node a member is evaluated in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Space {
+    /// Over the summed value's elements (before the region's sum).
+    Summed,
+    /// Over the result's elements (no sum, or after it).
+    Result,
+    /// The region's sum itself.
+    Sum,
+}
+
+struct Region {
+    root: NodeId,
+    members: Vec<(NodeId, Space)>,
+    matmul: Option<NodeId>,
+    sum: Option<NodeId>,
+    /// Reshapes absorbed as loads (their operands stay outside).
+    loads: Vec<NodeId>,
+}
+
+impl Region {
+    fn space(&self, n: NodeId) -> Option<Space> {
+        self.members.iter().find(|(m, _)| *m == n).map(|&(_, s)| s)
+    }
+}
+
+/// Fuses elementwise regions (with sum and matmul parts) into `fused` nodes.
+pub fn fuse_elementwise(g: &mut Graph) -> Result<()> {
+    let order = g.canonical_order();
+    let mut pos = vec![usize::MAX; g.capacity()];
+    for (i, &n) in order.iter().enumerate() {
+        pos[n.index()] = i;
+    }
+    let mut claimed = vec![false; g.capacity()];
+    let mut regions = Vec::new();
+    for &n in order.iter().rev() {
+        if claimed[n.index()] {
+            continue;
+        }
+        let root_space = match g.node(n).op.fusion_class() {
+            FusionClass::Elementwise => Space::Result,
+            FusionClass::Reduction => Space::Sum,
+            FusionClass::Opaque => continue,
+        };
+        claimed[n.index()] = true;
+        let mut r = Region {
+            root: n,
+            members: vec![(n, root_space)],
+            matmul: None,
+            sum: None,
+            loads: Vec::new(),
+        };
+        if root_space == Space::Sum {
+            r.sum = Some(n);
+        }
+        let mut heap: BinaryHeap<(usize, NodeId)> =
+            g.operands(n).iter().map(|&o| (pos[o.index()], o)).collect();
+        while let Some((_, p)) = heap.pop() {
+            if r.space(p).is_some() || claimed[p.index()] || g.outputs.contains(&p) {
+                continue;
+            }
+            // the loop p would be evaluated in: that of all its users (the sum's operand is summed)
+            let mut spaces = g.users(p).into_iter().map(|u| match r.space(u) {
+                Some(Space::Sum) => Some(Space::Summed),
+                s => s,
+            });
+            let first = spaces.next().flatten();
+            let Some(space) = first.filter(|&f| spaces.all(|s| s == Some(f))) else {
+                continue;
+            };
+            let feeds_part = r
+                .matmul
+                .into_iter()
+                .chain(r.loads.iter().copied())
+                .any(|m| g.operands(m).contains(&p));
+            if feeds_part {
+                continue; // a matmul's or a reshape's operand stays outside
+            }
+            let pn = g.node(p);
+            let loop_elems = match space {
+                Space::Summed => numel(
+                    &g.node(g.operands(r.sum.expect("a summed space has a sum"))[0])
+                        .shape,
+                ),
+                _ => numel(&g.node(r.root).shape),
+            };
+            let joined = match pn.op.fusion_class() {
+                FusionClass::Elementwise if numel(&pn.shape) == loop_elems || is_cheap(pn.op) => {
+                    space
+                }
+                // one sum per result element: the sum's result is not broadcast in the region
+                FusionClass::Reduction
+                    if space == Space::Result
+                        && r.sum.is_none()
+                        && r.matmul.is_none()
+                        && numel(&pn.shape) == numel(&g.node(r.root).shape) =>
+                {
+                    r.sum = Some(p);
+                    Space::Sum
+                }
+                _ if pn.op == Op::Reshape => {
+                    r.loads.push(p);
+                    space
+                }
+                _ if matches!(pn.op, Op::MatMul { .. })
+                    && space == Space::Result
+                    && r.matmul.is_none()
+                    && r.sum.is_none()
+                    && pn.shape == g.node(r.root).shape
+                    && pn.dtype == g.node(r.root).dtype =>
+                {
+                    r.matmul = Some(p);
+                    space
+                }
+                _ => continue,
+            };
+            if !matches!(pn.op, Op::Reshape | Op::MatMul { .. }) {
+                heap.extend(g.operands(p).iter().map(|&o| (pos[o.index()], o)));
+            }
+            claimed[p.index()] = true;
+            r.members.push((p, joined));
+        }
+        if r.members.len() >= 2 {
+            regions.push(r);
+        }
+    }
+    for r in regions {
+        build(g, r, &pos)?;
+    }
+    Ok(())
+}
+
+/// Replaces a region by one `fused` node.
+fn build(g: &mut Graph, mut r: Region, pos: &[usize]) -> Result<()> {
+    // the matmul first, then the summed loop, the sum, the result's loop; canonical order within each
+    let rank = |m: NodeId, s: Space| match s {
+        _ if Some(m) == r.matmul => 0,
+        Space::Summed => 1,
+        Space::Sum => 2,
+        Space::Result => 3,
+    };
+    r.members
+        .sort_by_key(|&(m, s)| (rank(m, s), pos[m.index()]));
+    let mut params: Vec<NodeId> = Vec::new();
+    let mut param_of: HashMap<NodeId, u32> = HashMap::new();
+    let mut inst_of: HashMap<NodeId, u32> = HashMap::new();
+    if let Some(m) = r.matmul {
+        let ops = g.operands(m);
+        params.extend_from_slice(&ops);
+        param_of.entry(ops[0]).or_insert(0);
+        param_of.entry(ops[1]).or_insert(1);
+    }
+    let mut e = FusedExpr::default();
+    for (k, &(m, _)) in r.members.iter().enumerate() {
+        let mut args: SmallVec<[Arg; 3]> = SmallVec::new();
+        for (slot, o) in g.operands(m).into_iter().enumerate() {
+            args.push(match (inst_of.get(&o), Some(m) == r.matmul) {
+                (_, true) => Arg::Param(slot as u32),
+                (Some(&j), false) => Arg::Inst(j),
+                (None, false) => Arg::Param(*param_of.entry(o).or_insert_with(|| {
+                    params.push(o);
+                    params.len() as u32 - 1
+                })),
+            });
+        }
+        let node = g.node(m);
+        e.insts.push(Inst {
+            op: node.op,
+            args,
+            dtype: node.dtype,
+            shape: node.shape.clone(),
+        });
+        inst_of.insert(m, k as u32);
+    }
+    let root = g.node(r.root).clone();
+    let types: Vec<(DType, &[usize])> = params
+        .iter()
+        .map(|&p| (g.node(p).dtype, &g.node(p).shape[..]))
+        .collect();
+    match e.infer(&types) {
+        Ok((d, s)) if d == root.dtype && s == root.shape => {}
+        other => {
+            return Err(Error::Graph(format!(
+                "fuse_elementwise built a bad expression ({other:?}): {e:?}"
+            )))
+        }
+    }
+    g.fused.push(e);
+    let mut node = Node::new(Op::Fused(g.fused.len() as u32 - 1), root.dtype, root.shape);
+    node.loc = root.loc;
+    let f = g.add(node, &params);
+    g.replace_uses(r.root, f);
+    for (m, _) in r.members {
+        g.remove(m);
+    }
+    Ok(())
+}

@@ -1,0 +1,423 @@
+//! `simplify`: algebraic identities that hold bit for bit in IEEE arithmetic.
+//!
+//! Algorithm: sweeps over the canonical order; at each node the rules of [`RULES`] are
+//! tried in table order and the first that applies replaces the node (through
+//! [`replace`], which also merges users that became duplicates). Sweeps repeat until
+//! one changes nothing, at most [`MAX_SWEEPS`] times (a rule's new node is looked at by
+//! the next sweep).
+//!
+//! Every rule is exact for every input, including `-0.0`, infinities and NaN (all NaNs
+//! count as the same value; payloads may differ). So it does not do: `x + 0.0 → x`
+//! (`-0.0 + 0.0` is `+0.0`; only adding `-0.0` is an identity), `x - x → 0` (NaN, ∞),
+//! `x * 0 → 0` (NaN, ∞, and `-x * 0` is `-0.0`), `x / x → 1`, `-(a - b) → b - a`
+//! (`-(a - a)` is `-0.0`), reassociation or distribution (rounding), `sum` over
+//! length-1 axes (the kernel computes `0 + x`, which turns `-0.0` into `+0.0`). A
+//! result with another shape than the node it replaces is broadcast to the node's shape
+//! (exact: broadcasting copies values). Rules never look inside `fused` nodes.
+
+use super::rewrite::{add_unique, as_type_of, replace, splat};
+use crate::error::Result;
+use crate::ir::{Graph, NodeId};
+use crate::ops::reduce::reduced_shape;
+use crate::ops::{Binary, Op, Perm, Unary};
+use crate::tensor::{numel, DType};
+use std::collections::BTreeMap;
+
+/// Most sweeps before giving up on a fixpoint.
+pub const MAX_SWEEPS: usize = 16;
+
+/// A rule looks at one node and returns the node that replaces it, if it applies.
+pub type RuleFn = fn(&mut Graph, NodeId) -> Result<Option<NodeId>>;
+
+/// The rewrite rules: (name, rule). Each rule's identity is in its comment.
+#[rustfmt::skip]
+pub const RULES: &[(&str, RuleFn)] = &[
+    ("add_neg_zero",          add_neg_zero),          // x + (-0.0) = x,  (-0.0) + x = x   (ints: x + 0 = x)
+    ("sub_zero",              sub_zero),              // x - 0.0 = x                       (= x + (-0.0))
+    ("mul_one",               mul_one),               // x * 1 = x,  1 * x = x
+    ("div_one",               div_one),               // x / 1 = x
+    ("div_power_of_two",      div_power_of_two),      // x / 2ᵏ = x * 2⁻ᵏ   (both round the same real number)
+    ("neg_neg",               neg_neg),               // -(-x) = x
+    ("sub_neg",               sub_neg),               // x - (-y) = x + y
+    ("add_neg",               add_neg),               // x + (-y) = x - y,  (-y) + x = x - y
+    ("max_min_same",          max_min_same),          // maximum(x, x) = x,  minimum(x, x) = x
+    ("select_same",           select_same),           // select(m, x, x) = x
+    ("select_const_mask",     select_const_mask),     // select(c ≠ 0, a, b) = a,  select(0, a, b) = b
+    ("reshape_same",          reshape_same),          // reshape(x: s → s) = x
+    ("reshape_reshape",       reshape_reshape),       // reshape(reshape(x)) = reshape(x)
+    ("broadcast_same",        broadcast_same),        // broadcast(x: s → s) = x
+    ("broadcast_broadcast",   broadcast_broadcast),   // broadcast(broadcast(x)) = broadcast(x)
+    ("transpose_identity",    transpose_identity),    // transpose[perm=[0,1,..]](x) = x
+    ("transpose_transpose",   transpose_transpose),   // transpose[q](transpose[p](x)) = transpose[p∘q](x)
+    ("cast_same",             cast_same),             // cast[to=dtype(x)](x) = x
+    ("cast_f32_f64_f32",      cast_f32_f64_f32),      // cast[to=f32](cast[to=f64](x: f32)) = x   (f64 holds every f32)
+    ("sum_no_axes",           sum_no_axes),           // sum[axes=[]](x) = x  (rank ≥ 1; rank 0 takes the kernel's 0 + x path)
+    ("max_no_axes",           max_no_axes),           // max[axes=[]](x) = x
+    ("stop_gradient",         stop_gradient),         // stop_gradient(x) = x  (optimized graphs are not differentiated)
+    ("reshape_kept_reduce",   reshape_kept_reduce),   // reshape(sum[keep](x)) = sum(x) when it drops the kept axes (also max)
+    ("unary_of_broadcast",    unary_of_broadcast),    // f(broadcast(x)) = broadcast(f(x))  (f elementwise: each element is f of the same x)
+    ("reshape_of_broadcast_scalar", reshape_of_broadcast_scalar), // reshape(broadcast(x)) = broadcast(x) when x has one element
+];
+
+/// Applies [`RULES`] to a fixpoint; returns how often each rule fired.
+pub fn simplify_counting(g: &mut Graph) -> Result<BTreeMap<&'static str, usize>> {
+    let mut fired = BTreeMap::new();
+    for _ in 0..MAX_SWEEPS {
+        let mut changed = false;
+        for n in g.canonical_order() {
+            if !g.contains(n)
+                || matches!(
+                    g.node(n).op,
+                    Op::Input(_) | Op::Const | Op::ReadVar(_) | Op::Assign(_) | Op::Fused(_)
+                )
+            {
+                continue;
+            }
+            for &(name, rule) in RULES {
+                if let Some(new) = rule(g, n)? {
+                    if new != n {
+                        replace(g, n, new);
+                        if g.contains(n) && g.users(n).is_empty() && !g.roots().contains(&n) {
+                            g.remove(n);
+                        }
+                        *fired.entry(name).or_insert(0) += 1;
+                        changed = true;
+                    }
+                    break;
+                }
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    Ok(fired)
+}
+
+/// Applies the rewrite rules of [`RULES`] until none applies.
+pub fn simplify(g: &mut Graph) -> Result<()> {
+    simplify_counting(g).map(|_| ())
+}
+
+fn operands2(g: &Graph, n: NodeId) -> (NodeId, NodeId) {
+    let o = g.operands(n);
+    (o[0], o[1])
+}
+
+fn is_binary(g: &Graph, n: NodeId, b: Binary) -> bool {
+    g.node(n).op == Op::Binary(b)
+}
+
+fn is_neg(g: &Graph, n: NodeId) -> Option<NodeId> {
+    (g.node(n).op == Op::Unary(Unary::Neg)).then(|| g.operands(n)[0])
+}
+
+/// Whether `c` is a splat of `v` in the bits of `dtype` (for integers, the value).
+fn splat_is(g: &Graph, c: NodeId, v: f64) -> bool {
+    match (splat(g, c), g.node(c).dtype) {
+        (Some(s), DType::I64) => s == v,
+        (Some(s), _) => s.to_bits() == v.to_bits(),
+        _ => false,
+    }
+}
+
+/// For an identity `x ∘ e = x`: the result when operand `e_slot` is the splat `e`.
+fn identity_operand(g: &mut Graph, n: NodeId, e: f64, e_slots: &[usize]) -> Result<Option<NodeId>> {
+    let o = g.operands(n);
+    for &s in e_slots {
+        if splat_is(g, o[s], e) {
+            return as_type_of(g, o[1 - s], n);
+        }
+    }
+    Ok(None)
+}
+
+fn add_neg_zero(g: &mut Graph, n: NodeId) -> Result<Option<NodeId>> {
+    if !is_binary(g, n, Binary::Add) {
+        return Ok(None);
+    }
+    // integers have no -0, and x + 0 = x; for floats only -0.0 is the additive identity
+    let zero = if g.node(n).dtype == DType::I64 {
+        0.0
+    } else {
+        -0.0
+    };
+    identity_operand(g, n, zero, &[1, 0])
+}
+
+fn sub_zero(g: &mut Graph, n: NodeId) -> Result<Option<NodeId>> {
+    if !is_binary(g, n, Binary::Sub) {
+        return Ok(None);
+    }
+    identity_operand(g, n, 0.0, &[1])
+}
+
+fn mul_one(g: &mut Graph, n: NodeId) -> Result<Option<NodeId>> {
+    if !is_binary(g, n, Binary::Mul) {
+        return Ok(None);
+    }
+    identity_operand(g, n, 1.0, &[1, 0])
+}
+
+fn div_one(g: &mut Graph, n: NodeId) -> Result<Option<NodeId>> {
+    if !is_binary(g, n, Binary::Div) {
+        return Ok(None);
+    }
+    identity_operand(g, n, 1.0, &[1])
+}
+
+/// `x / c → x * (1/c)` when `c` is a splat power of two whose reciprocal is a normal
+/// number of the dtype: `x / c` and `x * (1/c)` are then the same real number, rounded once.
+fn div_power_of_two(g: &mut Graph, n: NodeId) -> Result<Option<NodeId>> {
+    if !is_binary(g, n, Binary::Div) {
+        return Ok(None);
+    }
+    let (x, c) = operands2(g, n);
+    let Some(v) = splat(g, c) else {
+        return Ok(None);
+    };
+    let dtype = g.node(n).dtype;
+    let exact = match dtype {
+        DType::F32 => {
+            let (v32, r) = (v as f32, 1.0 / v as f32);
+            v32 as f64 == v && v32.is_normal() && r.is_normal() && (v32.to_bits() & 0x7f_ffff) == 0
+        }
+        DType::F64 => {
+            let r = 1.0 / v;
+            v.is_normal() && r.is_normal() && (v.to_bits() & 0xf_ffff_ffff_ffff) == 0
+        }
+        DType::I64 => false,
+    };
+    if !exact || v == 1.0 {
+        return Ok(None); // x / 1 is `div_one`
+    }
+    let mut r = crate::ir::Node::new(Op::Const, dtype, crate::tensor::Shape::new());
+    r.value = Some(crate::tensor::Data::full(dtype, &[], 1.0 / v));
+    r.loc = g.node(c).loc;
+    let r = g.add(r, &[]);
+    let r = super::rewrite::unique_const(g, r);
+    add_unique(g, Op::Binary(Binary::Mul), &[x, r], None, n).map(Some)
+}
+
+fn neg_neg(g: &mut Graph, n: NodeId) -> Result<Option<NodeId>> {
+    Ok(is_neg(g, n).and_then(|x| is_neg(g, x)))
+}
+
+fn sub_neg(g: &mut Graph, n: NodeId) -> Result<Option<NodeId>> {
+    if !is_binary(g, n, Binary::Sub) {
+        return Ok(None);
+    }
+    let (x, ny) = operands2(g, n);
+    match is_neg(g, ny) {
+        Some(y) => add_unique(g, Op::Binary(Binary::Add), &[x, y], None, n).map(Some),
+        None => Ok(None),
+    }
+}
+
+fn add_neg(g: &mut Graph, n: NodeId) -> Result<Option<NodeId>> {
+    if !is_binary(g, n, Binary::Add) {
+        return Ok(None);
+    }
+    let (a, b) = operands2(g, n);
+    let (x, y) = match (is_neg(g, a), is_neg(g, b)) {
+        (_, Some(y)) => (a, y),
+        (Some(y), None) => (b, y),
+        (None, None) => return Ok(None),
+    };
+    add_unique(g, Op::Binary(Binary::Sub), &[x, y], None, n).map(Some)
+}
+
+fn max_min_same(g: &mut Graph, n: NodeId) -> Result<Option<NodeId>> {
+    if !is_binary(g, n, Binary::Maximum) && !is_binary(g, n, Binary::Minimum) {
+        return Ok(None);
+    }
+    let (a, b) = operands2(g, n);
+    if a != b {
+        return Ok(None);
+    }
+    as_type_of(g, a, n)
+}
+
+fn select_same(g: &mut Graph, n: NodeId) -> Result<Option<NodeId>> {
+    if g.node(n).op != Op::Select {
+        return Ok(None);
+    }
+    let o = g.operands(n);
+    if o[1] != o[2] {
+        return Ok(None);
+    }
+    as_type_of(g, o[1], n)
+}
+
+fn select_const_mask(g: &mut Graph, n: NodeId) -> Result<Option<NodeId>> {
+    if g.node(n).op != Op::Select {
+        return Ok(None);
+    }
+    let o = g.operands(n);
+    match splat(g, o[0]) {
+        // the kernel tests `mask != 0`, so NaN picks `a` too
+        Some(m) => as_type_of(g, if m != 0.0 { o[1] } else { o[2] }, n),
+        None => Ok(None),
+    }
+}
+
+/// `x` when `n` is `op(x)` and `x` has `n`'s type.
+fn same_type_operand(g: &Graph, n: NodeId, is_op: impl Fn(Op) -> bool) -> Option<NodeId> {
+    if !is_op(g.node(n).op) {
+        return None;
+    }
+    let x = g.operands(n)[0];
+    (g.node(x).dtype == g.node(n).dtype && g.node(x).shape == g.node(n).shape).then_some(x)
+}
+
+fn reshape_same(g: &mut Graph, n: NodeId) -> Result<Option<NodeId>> {
+    Ok(same_type_operand(g, n, |op| op == Op::Reshape))
+}
+
+fn broadcast_same(g: &mut Graph, n: NodeId) -> Result<Option<NodeId>> {
+    Ok(same_type_operand(g, n, |op| op == Op::BroadcastTo))
+}
+
+fn cast_same(g: &mut Graph, n: NodeId) -> Result<Option<NodeId>> {
+    Ok(same_type_operand(g, n, |op| matches!(op, Op::Cast(_))))
+}
+
+fn sum_no_axes(g: &mut Graph, n: NodeId) -> Result<Option<NodeId>> {
+    Ok(
+        same_type_operand(g, n, |op| matches!(op, Op::Sum { axes, .. } if axes.0 == 0))
+            .filter(|&x| !g.node(x).shape.is_empty()),
+    )
+}
+
+fn max_no_axes(g: &mut Graph, n: NodeId) -> Result<Option<NodeId>> {
+    Ok(same_type_operand(
+        g,
+        n,
+        |op| matches!(op, Op::Max { axes, .. } if axes.0 == 0),
+    ))
+}
+
+fn stop_gradient(g: &mut Graph, n: NodeId) -> Result<Option<NodeId>> {
+    Ok(same_type_operand(g, n, |op| op == Op::StopGradient))
+}
+
+/// `op(inner(x))` → `op(x)` when both are `op` (reshape and broadcast compose by their
+/// target shape alone).
+fn collapse_twice(g: &mut Graph, n: NodeId, op: Op) -> Result<Option<NodeId>> {
+    if g.node(n).op != op {
+        return Ok(None);
+    }
+    let inner = g.operands(n)[0];
+    if g.node(inner).op != op {
+        return Ok(None);
+    }
+    let x = g.operands(inner)[0];
+    let shape = g.node(n).shape.clone();
+    if g.node(x).shape == shape {
+        return Ok(Some(x));
+    }
+    add_unique(g, op, &[x], Some(&shape), n).map(Some)
+}
+
+fn reshape_reshape(g: &mut Graph, n: NodeId) -> Result<Option<NodeId>> {
+    collapse_twice(g, n, Op::Reshape)
+}
+
+fn broadcast_broadcast(g: &mut Graph, n: NodeId) -> Result<Option<NodeId>> {
+    collapse_twice(g, n, Op::BroadcastTo)
+}
+
+fn transpose_identity(g: &mut Graph, n: NodeId) -> Result<Option<NodeId>> {
+    Ok(same_type_operand(
+        g,
+        n,
+        |op| matches!(op, Op::Transpose(p) if p.to_vec().iter().enumerate().all(|(i, &a)| i == a)),
+    ))
+}
+
+fn transpose_transpose(g: &mut Graph, n: NodeId) -> Result<Option<NodeId>> {
+    let Op::Transpose(q) = g.node(n).op else {
+        return Ok(None);
+    };
+    let inner = g.operands(n)[0];
+    let Op::Transpose(p) = g.node(inner).op else {
+        return Ok(None);
+    };
+    let x = g.operands(inner)[0];
+    // out[i] = inner[q[i]] = x[p[q[i]]]
+    let (p, q) = (p.to_vec(), q.to_vec());
+    let composed: Vec<usize> = q.iter().map(|&i| p[i]).collect();
+    if composed.iter().enumerate().all(|(i, &a)| i == a) {
+        return Ok(Some(x));
+    }
+    let perm = Perm::new(&composed).expect("a composition of permutations is one");
+    add_unique(g, Op::Transpose(perm), &[x], None, n).map(Some)
+}
+
+fn cast_f32_f64_f32(g: &mut Graph, n: NodeId) -> Result<Option<NodeId>> {
+    if g.node(n).op != Op::Cast(DType::F32) {
+        return Ok(None);
+    }
+    let inner = g.operands(n)[0];
+    if g.node(inner).op != Op::Cast(DType::F64) {
+        return Ok(None);
+    }
+    let x = g.operands(inner)[0];
+    Ok((g.node(x).dtype == DType::F32).then_some(x))
+}
+
+fn reshape_kept_reduce(g: &mut Graph, n: NodeId) -> Result<Option<NodeId>> {
+    if g.node(n).op != Op::Reshape {
+        return Ok(None);
+    }
+    let r = g.operands(n)[0];
+    let (op, x) = match g.node(r).op {
+        Op::Sum { axes, keep: true } => (Op::Sum { axes, keep: false }, g.operands(r)[0]),
+        Op::Max { axes, keep: true } => (Op::Max { axes, keep: false }, g.operands(r)[0]),
+        _ => return Ok(None),
+    };
+    let (Op::Sum { axes, .. } | Op::Max { axes, .. }) = op else {
+        unreachable!()
+    };
+    if reduced_shape(&g.node(x).shape, axes, false) != g.node(n).shape {
+        return Ok(None);
+    }
+    add_unique(g, op, &[x], None, n).map(Some)
+}
+
+fn unary_of_broadcast(g: &mut Graph, n: NodeId) -> Result<Option<NodeId>> {
+    let op = g.node(n).op;
+    if !matches!(op, Op::Unary(_) | Op::Cast(_)) {
+        return Ok(None);
+    }
+    let b = g.operands(n)[0];
+    if g.node(b).op != Op::BroadcastTo {
+        return Ok(None);
+    }
+    let x = g.operands(b)[0];
+    let fx = add_unique(g, op, &[x], None, n)?;
+    let shape = g.node(n).shape.clone();
+    add_unique(g, Op::BroadcastTo, &[fx], Some(&shape), n).map(Some)
+}
+
+fn reshape_of_broadcast_scalar(g: &mut Graph, n: NodeId) -> Result<Option<NodeId>> {
+    if g.node(n).op != Op::Reshape {
+        return Ok(None);
+    }
+    let b = g.operands(n)[0];
+    if g.node(b).op != Op::BroadcastTo {
+        return Ok(None);
+    }
+    let mut x = g.operands(b)[0];
+    if numel(&g.node(x).shape) != 1 {
+        return Ok(None);
+    }
+    let shape = g.node(n).shape.clone();
+    if g.node(x).shape.len() > shape.len() {
+        x = add_unique(g, Op::Reshape, &[x], Some(&[]), n)?;
+    }
+    if g.node(x).shape == shape {
+        return Ok(Some(x));
+    }
+    add_unique(g, Op::BroadcastTo, &[x], Some(&shape), n).map(Some)
+}
