@@ -125,7 +125,7 @@ fn nth_derivative_graphs_stay_small() {
 #[test]
 fn second_derivative_graphs() {
     let x = Tensor::from_vec(vec![0.5f64, 1.0], &[2]).unwrap();
-    let f = tapeflow::function(|x: &Tensor| Ok(nth(x, 2)));
+    let f = tapeflow::function_with(|x: &Tensor| Ok(nth(x, 2)), PassConfig::default());
     let c = f.concrete(&[&x]).unwrap();
     let mut settings = insta::Settings::clone_current();
     settings.set_snapshot_path("../snapshots");

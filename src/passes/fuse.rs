@@ -81,6 +81,12 @@ impl Region {
 
 /// Fuses elementwise regions (with sum and matmul parts) into `fused` nodes.
 pub fn fuse_elementwise(g: &mut Graph) -> Result<()> {
+    fuse_elementwise_min(g, 0)
+}
+
+/// [`fuse_elementwise`] keeping only regions whose longest loop has at least
+/// `min_elems` elements (smaller regions stay as separate kernels).
+pub fn fuse_elementwise_min(g: &mut Graph, min_elems: usize) -> Result<()> {
     let order = g.canonical_order();
     let mut pos = vec![usize::MAX; g.capacity()];
     for (i, &n) in order.iter().enumerate() {
@@ -175,7 +181,7 @@ pub fn fuse_elementwise(g: &mut Graph) -> Result<()> {
             claimed[p.index()] = true;
             r.members.push((p, joined));
         }
-        if r.members.len() >= 2 {
+        if r.members.len() >= 2 && region_elems(g, &r) >= min_elems {
             regions.push(r);
         }
     }
@@ -183,6 +189,15 @@ pub fn fuse_elementwise(g: &mut Graph) -> Result<()> {
         build(g, r, &pos)?;
     }
     Ok(())
+}
+
+/// Elements of the region's longest loop (the summed one, or the result).
+fn region_elems(g: &Graph, r: &Region) -> usize {
+    let summed = r
+        .sum
+        .map(|s| numel(&g.node(g.operands(s)[0]).shape))
+        .unwrap_or(0);
+    summed.max(numel(&g.node(r.root).shape))
 }
 
 /// Replaces a region by one `fused` node.

@@ -202,7 +202,7 @@ pub struct Function<A, F> {
 /// assert_eq!(f.trace_count(), 1);
 /// ```
 pub fn function<A, F: Traceable<A>>(f: F) -> Function<A, F> {
-    function_with(f, PassConfig::default())
+    function_with(f, PassConfig::tuned())
 }
 
 /// [`function`] with a chosen optimization pipeline (e.g. with a pass turned off).

@@ -1,0 +1,72 @@
+//! Same inputs and seeds give bit-identical results whatever the number of threads:
+//! compiled train steps run in rayon pools of 1, 2 and 4 threads end with the same bits.
+
+mod common;
+
+use common::{fake_batch, Mlp};
+use tapeflow::{function, DType, GradientTape, Padding, Tensor, Variable};
+
+fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+        .install(f)
+}
+
+/// Final weights of an MLP after 3 compiled SGD steps at batch 512 (big enough for the
+/// parallel elementwise, reduction and GEMM paths).
+fn mlp_weights() -> Vec<Vec<f32>> {
+    let mlp = Mlp::new(11);
+    let (x, y) = fake_batch(512, 3);
+    let vars = mlp.vars.clone();
+    let step = function(move |x: &Tensor, y: &Tensor| mlp.train_step(x, y, 0.1));
+    for _ in 0..3 {
+        step.call(&x, &y).unwrap();
+    }
+    vars.iter()
+        .map(|v| v.value().to_vec_f32().unwrap())
+        .collect()
+}
+
+/// Final filter of a conv + pool model after 2 compiled steps.
+fn conv_weights() -> Vec<f32> {
+    let w = Variable::named(
+        "k",
+        Tensor::random_normal(&[3, 3, 1, 8], 0.0, 0.3, 5, DType::F32),
+    );
+    let x = Tensor::random_normal(&[16, 28, 28, 1], 0.0, 1.0, 6, DType::F32);
+    let w2 = w.clone();
+    let step = function(move |x: &Tensor| {
+        let tape = GradientTape::new();
+        let loss = tape.record(|| {
+            x.conv2d(&w2.read(), (1, 1), Padding::Same)
+                .relu()
+                .max_pool2d((2, 2), (2, 2), Padding::Valid)
+                .square()
+                .mean_all()
+        });
+        let g = tape.gradient(&loss, &w2)?;
+        w2.assign_sub(&(g * 0.01));
+        Ok(loss)
+    });
+    for _ in 0..2 {
+        step.call(&x).unwrap();
+    }
+    w.value().to_vec_f32().unwrap()
+}
+
+#[test]
+fn compiled_mlp_steps_are_bit_identical_on_1_2_4_threads() {
+    let runs: Vec<_> = [1, 2, 4].iter().map(|&t| in_pool(t, mlp_weights)).collect();
+    assert!(runs.windows(2).all(|w| w[0] == w[1]));
+}
+
+#[test]
+fn compiled_conv_steps_are_bit_identical_on_1_2_4_threads() {
+    let runs: Vec<_> = [1, 2, 4]
+        .iter()
+        .map(|&t| in_pool(t, conv_weights))
+        .collect();
+    assert!(runs.windows(2).all(|w| w[0] == w[1]));
+}
