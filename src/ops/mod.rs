@@ -159,16 +159,26 @@ pub enum FusionClass {
     Opaque,
 }
 
+/// The family file an op's rules live in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Family {
+    Source,
+    Elementwise,
+    Reduce,
+    Shape,
+    Index,
+    Linalg,
+    Conv,
+    Fused,
+}
+
 impl Op {
-    /// The op's text name, as in the IR: `add`, `matmul`, `sum`, ...
-    pub fn name(&self) -> &'static str {
+    /// Which family file holds this op's rules (the one place ops are grouped).
+    fn family(&self) -> Family {
         match self {
-            Op::Input(_) | Op::Const | Op::ReadVar(_) | Op::Assign(_) => source::name(self),
-            Op::Unary(u) => u.name(),
-            Op::Binary(b) => b.name(),
-            Op::Compare(c) => c.name(),
-            Op::Select => "select",
-            Op::Sum { .. } | Op::Max { .. } | Op::ArgMax { .. } => reduce::name(self),
+            Op::Input(_) | Op::Const | Op::ReadVar(_) | Op::Assign(_) => Family::Source,
+            Op::Unary(_) | Op::Binary(_) | Op::Compare(_) | Op::Select => Family::Elementwise,
+            Op::Sum { .. } | Op::Max { .. } | Op::ArgMax { .. } => Family::Reduce,
             Op::Reshape
             | Op::BroadcastTo
             | Op::Transpose(_)
@@ -176,11 +186,41 @@ impl Op {
             | Op::Slice { .. }
             | Op::Pad { .. }
             | Op::Cast(_)
-            | Op::StopGradient => shape::name(self),
-            Op::Gather { .. } | Op::ScatterAdd { .. } => index::name(self),
-            Op::MatMul { .. } => "matmul",
-            Op::Fused(_) => "fused",
-            _ => conv::name(self),
+            | Op::StopGradient => Family::Shape,
+            Op::Gather { .. } | Op::ScatterAdd { .. } => Family::Index,
+            Op::MatMul { .. } => Family::Linalg,
+            Op::Conv2d(_)
+            | Op::Conv2dBackpropInput(_)
+            | Op::Conv2dBackpropFilter(_)
+            | Op::MaxPool2d(_)
+            | Op::MaxPool2dGrad(_)
+            | Op::MaxPool2dGather(_) => Family::Conv,
+            Op::Fused(_) => Family::Fused,
+        }
+    }
+
+    /// `(ta, tb)` of a matmul.
+    fn matmul_flags(&self) -> (bool, bool) {
+        match *self {
+            Op::MatMul { ta, tb } => (ta, tb),
+            _ => unreachable!("only called for the linalg family"),
+        }
+    }
+
+    /// The op's text name, as in the IR: `add`, `matmul`, `sum`, ...
+    pub fn name(&self) -> &'static str {
+        match (self.family(), self) {
+            (Family::Source, _) => source::name(self),
+            (Family::Elementwise, Op::Unary(u)) => u.name(),
+            (Family::Elementwise, Op::Binary(b)) => b.name(),
+            (Family::Elementwise, Op::Compare(c)) => c.name(),
+            (Family::Elementwise, _) => "select",
+            (Family::Reduce, _) => reduce::name(self),
+            (Family::Shape, _) => shape::name(self),
+            (Family::Index, _) => index::name(self),
+            (Family::Linalg, _) => "matmul",
+            (Family::Conv, _) => conv::name(self),
+            (Family::Fused, _) => "fused",
         }
     }
 
@@ -193,25 +233,21 @@ impl Op {
         x: &[(DType, &[usize])],
         out: Option<&[usize]>,
     ) -> Result<(DType, Shape), String> {
-        match self {
-            Op::Input(_) | Op::Const | Op::ReadVar(_) | Op::Assign(_) => source::infer(self, x),
-            Op::Unary(u) => elementwise::infer_unary(*u, x),
-            Op::Binary(_) | Op::Compare(_) | Op::Select => elementwise::infer_nary(self, x),
-            Op::Sum { .. } | Op::Max { .. } | Op::ArgMax { .. } => reduce::infer(self, x),
-            Op::Reshape
-            | Op::BroadcastTo
-            | Op::Transpose(_)
-            | Op::Concat { .. }
-            | Op::Slice { .. }
-            | Op::Pad { .. }
-            | Op::Cast(_)
-            | Op::StopGradient => shape::infer(self, x, out),
-            Op::Gather { .. } | Op::ScatterAdd { .. } => index::infer(self, x),
-            Op::MatMul { ta, tb } => linalg::infer(*ta, *tb, x),
-            Op::Fused(_) => Err(
+        match (self.family(), self) {
+            (Family::Source, _) => source::infer(self, x),
+            (Family::Elementwise, Op::Unary(u)) => elementwise::infer_unary(*u, x),
+            (Family::Elementwise, _) => elementwise::infer_nary(self, x),
+            (Family::Reduce, _) => reduce::infer(self, x),
+            (Family::Shape, _) => shape::infer(self, x, out),
+            (Family::Index, _) => index::infer(self, x),
+            (Family::Linalg, _) => {
+                let (ta, tb) = self.matmul_flags();
+                linalg::infer(ta, tb, x)
+            }
+            (Family::Conv, _) => conv::infer(self, x, out),
+            (Family::Fused, _) => Err(
                 "is typed by its fused expression (FusedExpr::infer), not by the op alone".into(),
             ),
-            _ => conv::infer(self, x, out),
         }
     }
 
@@ -221,77 +257,64 @@ impl Op {
     ///
     /// # Panics
     /// If called on a source op (`input`, `const`, `read_var`, `assign`), which the
-    /// interpreter handles itself, or on operands that [`Op::infer`] rejects.
+    /// interpreter handles itself, on a `fused` op (run with its graph's expression), or
+    /// on operands that [`Op::infer`] rejects.
     pub fn eval(&self, x: &[&Data], shape: &[usize]) -> Result<Data, String> {
-        if let Op::Gather { .. } | Op::ScatterAdd { .. } = self {
-            return index::eval(self, x, shape);
-        }
-        Ok(match self {
-            Op::Input(_) | Op::Const | Op::ReadVar(_) | Op::Assign(_) => {
-                panic!(
-                    "{} has no kernel: the interpreter supplies its value",
-                    self.name()
-                )
+        Ok(match (self.family(), self) {
+            (Family::Source, _) => {
+                panic!("{} has no kernel: the interpreter supplies its value", self.name())
             }
-            Op::Unary(u) => elementwise::eval_unary(*u, x[0]),
-            Op::Binary(_) | Op::Compare(_) | Op::Select => elementwise::eval_nary(self, x, shape),
-            Op::Sum { .. } | Op::Max { .. } | Op::ArgMax { .. } => reduce::eval(self, x[0]),
-            Op::Reshape
-            | Op::BroadcastTo
-            | Op::Transpose(_)
-            | Op::Concat { .. }
-            | Op::Slice { .. }
-            | Op::Pad { .. }
-            | Op::Cast(_)
-            | Op::StopGradient => shape::eval(self, x, shape),
-            Op::Gather { .. } | Op::ScatterAdd { .. } => unreachable!(),
-            Op::MatMul { ta, tb } => linalg::eval(*ta, *tb, x[0], x[1], shape),
-            Op::Fused(_) => panic!("fused has no standalone kernel: the interpreter runs it with the graph's fused expression"),
-            _ => conv::eval(self, x, shape),
+            (Family::Elementwise, Op::Unary(u)) => elementwise::eval_unary(*u, x[0]),
+            (Family::Elementwise, _) => elementwise::eval_nary(self, x, shape),
+            (Family::Reduce, _) => reduce::eval(self, x[0]),
+            (Family::Shape, _) => shape::eval(self, x, shape),
+            (Family::Index, _) => return index::eval(self, x, shape),
+            (Family::Linalg, _) => {
+                let (ta, tb) = self.matmul_flags();
+                linalg::eval(ta, tb, x[0], x[1], shape)
+            }
+            (Family::Conv, _) => conv::eval(self, x, shape),
+            (Family::Fused, _) => panic!(
+                "fused has no standalone kernel: the interpreter runs it with the graph's fused expression"
+            ),
         })
     }
 
     /// The VJP rule: cotangents of the inputs given the cotangent `gy` of the output.
+    ///
+    /// # Panics
+    /// On a `fused` op: fused nodes exist only in optimized graphs, which are never differentiated.
     pub fn vjp(&self, a: &VjpArgs, gy: &Tensor) -> Grads {
-        match self {
-            Op::Input(_) | Op::Const | Op::ReadVar(_) | Op::Assign(_) => Grads::new(),
-            Op::Unary(u) => elementwise::vjp_unary(*u, a, gy),
-            Op::Binary(_) | Op::Compare(_) | Op::Select => elementwise::vjp_nary(self, a, gy),
-            Op::Sum { .. } | Op::Max { .. } | Op::ArgMax { .. } => reduce::vjp(self, a, gy),
-            Op::Reshape
-            | Op::BroadcastTo
-            | Op::Transpose(_)
-            | Op::Concat { .. }
-            | Op::Slice { .. }
-            | Op::Pad { .. }
-            | Op::Cast(_)
-            | Op::StopGradient => shape::vjp(self, a, gy),
-            Op::Gather { .. } | Op::ScatterAdd { .. } => index::vjp(self, a, gy),
-            Op::MatMul { ta, tb } => linalg::vjp(*ta, *tb, a, gy),
-            Op::Fused(_) => {
+        match (self.family(), self) {
+            (Family::Source, _) => Grads::new(),
+            (Family::Elementwise, Op::Unary(u)) => elementwise::vjp_unary(*u, a, gy),
+            (Family::Elementwise, _) => elementwise::vjp_nary(self, a, gy),
+            (Family::Reduce, _) => reduce::vjp(self, a, gy),
+            (Family::Shape, _) => shape::vjp(self, a, gy),
+            (Family::Index, _) => index::vjp(self, a, gy),
+            (Family::Linalg, _) => {
+                let (ta, tb) = self.matmul_flags();
+                linalg::vjp(ta, tb, a, gy)
+            }
+            (Family::Conv, _) => conv::vjp(self, a, gy),
+            (Family::Fused, _) => {
                 panic!("fused nodes exist only in optimized graphs, which are never differentiated")
             }
-            _ => conv::vjp(self, a, gy),
         }
     }
 
     /// Attributes as `key=value` text, in a fixed order (empty for none).
     pub fn attrs(&self) -> Vec<(&'static str, String)> {
-        match self {
-            Op::Input(_) | Op::Const | Op::ReadVar(_) | Op::Assign(_) => Vec::new(),
-            Op::Sum { .. } | Op::Max { .. } | Op::ArgMax { .. } => reduce::attrs(self),
-            Op::Reshape
-            | Op::BroadcastTo
-            | Op::Transpose(_)
-            | Op::Concat { .. }
-            | Op::Slice { .. }
-            | Op::Pad { .. }
-            | Op::Cast(_)
-            | Op::StopGradient => shape::attrs(self),
-            Op::Gather { .. } | Op::ScatterAdd { .. } => index::attrs(self),
-            Op::MatMul { ta, tb } => linalg::attrs(*ta, *tb),
-            Op::Unary(_) | Op::Binary(_) | Op::Compare(_) | Op::Select | Op::Fused(_) => Vec::new(),
-            _ => conv::attrs(self),
+        match self.family() {
+            Family::Source | Family::Elementwise | Family::Fused => Vec::new(),
+            Family::Reduce => reduce::attrs(self),
+            Family::Shape => shape::attrs(self),
+            Family::Index => index::attrs(self),
+            Family::Linalg => {
+                let (ta, tb) = self.matmul_flags();
+                linalg::attrs(ta, tb)
+            }
+            Family::Conv => conv::attrs(self),
         }
     }
 
