@@ -154,6 +154,25 @@ fn check_batch(class: &str, name: &str, x: &Tensor, dtype: DType, min_rank: usiz
 }
 
 /// The per-sample shape a layer was built for, with a clear error on a mismatch.
+/// A layer's `name/kernel` of `kernel_shape` and, with `use_bias`, its `name/bias` sized
+/// by the kernel's last axis (Dense and Conv2D build their weights the same way).
+fn kernel_and_bias(
+    name: &str,
+    kernel_shape: &[usize],
+    use_bias: bool,
+    (kernel_init, bias_init): (&Initializer, &Initializer),
+    dtype: DType,
+) -> (Variable, Option<Variable>) {
+    let kname = format!("{name}/kernel");
+    let kernel = Variable::named(&kname, kernel_init.init(kernel_shape, dtype, &kname));
+    let units = kernel_shape[kernel_shape.len() - 1];
+    let bias = use_bias.then(|| {
+        let bname = format!("{name}/bias");
+        Variable::named(&bname, bias_init.init(&[units], dtype, &bname))
+    });
+    (kernel, bias)
+}
+
 fn check_built_shape(
     class: &str,
     name: &str,
@@ -304,20 +323,13 @@ impl Layer for Dense {
                 "needs inputs with at least one feature axis, got per-sample shape []".into(),
             )
         })?;
-        let kname = format!("{name}/kernel");
-        let kernel = Variable::named(
-            &kname,
-            self.kernel_initializer
-                .init(&[features, self.units], self.dtype, &kname),
+        let (kernel, bias) = kernel_and_bias(
+            &name,
+            &[features, self.units],
+            self.use_bias,
+            (&self.kernel_initializer, &self.bias_initializer),
+            self.dtype,
         );
-        let bias = self.use_bias.then(|| {
-            let bname = format!("{name}/bias");
-            Variable::named(
-                &bname,
-                self.bias_initializer
-                    .init(&[self.units], self.dtype, &bname),
-            )
-        });
         *vars = Some(DenseVars {
             input_shape: input_shape.to_vec(),
             kernel,
@@ -561,20 +573,13 @@ impl Layer for Conv2D {
         }
         let cin = input_shape[2];
         let (kh, kw) = self.kernel_size;
-        let kname = format!("{name}/kernel");
-        let kernel = Variable::named(
-            &kname,
-            self.kernel_initializer
-                .init(&[kh, kw, cin, self.filters], self.dtype, &kname),
+        let (kernel, bias) = kernel_and_bias(
+            &name,
+            &[kh, kw, cin, self.filters],
+            self.use_bias,
+            (&self.kernel_initializer, &self.bias_initializer),
+            self.dtype,
         );
-        let bias = self.use_bias.then(|| {
-            let bname = format!("{name}/bias");
-            Variable::named(
-                &bname,
-                self.bias_initializer
-                    .init(&[self.filters], self.dtype, &bname),
-            )
-        });
         *vars = Some(ConvVars {
             input_shape: input_shape.to_vec(),
             kernel,
