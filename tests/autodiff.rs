@@ -174,19 +174,7 @@ fn closed_form(x: f64, order: usize) -> f64 {
 fn second_derivative_of_sin_exp_on_a_million_points() {
     let n = 1_000_000;
     let x = Tensor::random_uniform(&[n], -3.0, 3.0, 5, DType::F64);
-    let f = function(|x: &Tensor| {
-        let outer = GradientTape::new();
-        let g = outer.record(|| {
-            outer.watch(x);
-            let inner = GradientTape::new();
-            let y = inner.record(|| {
-                inner.watch(x);
-                (x.sin() * (-(x * x)).exp()).sum_all()
-            });
-            inner.gradient(&y, x).map(|g| g.sum_all())
-        })?;
-        outer.gradient(&g, x)
-    });
+    let f = function(|x: &Tensor| common::sin_exp_second_derivative(x));
     let d2 = f.call(&x).unwrap().to_vec_f64().unwrap();
     let xs = x.to_vec_f64().unwrap();
     let worst = xs

@@ -3,7 +3,9 @@
 
 mod common;
 
-use common::{fake_batch, snapshot_body, sparse_ce_from_logits, trace, Mlp};
+use common::{
+    fake_batch, sin_exp_second_derivative, snapshot_body, sparse_ce_from_logits, trace, Mlp,
+};
 use tapeflow::ir::{parse, print, to_dot, verify};
 use tapeflow::{DType, GradientTape, Padding, Tensor, Variable};
 
@@ -144,23 +146,7 @@ fn backward_conv_pool() {
 #[test]
 fn backward_second_order_sin_exp() {
     let x = Tensor::random_normal(&[16], 0.0, 1.0, 1, DType::F32);
-    let c = trace(
-        |t| {
-            let x = &t[0];
-            let outer = GradientTape::new();
-            let g = outer.record(|| {
-                outer.watch(x);
-                let inner = GradientTape::new();
-                let y = inner.record(|| {
-                    inner.watch(x);
-                    (x.sin() * (-(x * x)).exp()).sum_all()
-                });
-                inner.gradient(&y, x).map(|g| g.sum_all())
-            })?;
-            Ok(vec![outer.gradient(&g, x)?])
-        },
-        &[&x],
-    );
+    let c = trace(|t| Ok(vec![sin_exp_second_derivative(&t[0])?]), &[&x]);
     snap(
         "backward_second_order_sin_exp",
         &c.traced_graph().to_string(),

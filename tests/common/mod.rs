@@ -247,3 +247,18 @@ where
 {
     function(f).concrete(args).expect("traces")
 }
+
+/// d²/dx² of f(x) = Σ sin(x)·e^(−x²) by two nested tapes (elementwise, since f is a sum).
+pub fn sin_exp_second_derivative(x: &Tensor) -> tapeflow::Result<Tensor> {
+    let outer = GradientTape::new();
+    let g = outer.record(|| {
+        outer.watch(x);
+        let inner = GradientTape::new();
+        let y = inner.record(|| {
+            inner.watch(x);
+            (x.sin() * (-(x * x)).exp()).sum_all()
+        });
+        inner.gradient(&y, x).map(|g| g.sum_all())
+    })?;
+    outer.gradient(&g, x)
+}
