@@ -1,10 +1,14 @@
-//! Same inputs and seeds give bit-identical results whatever the number of threads:
-//! compiled train steps run in rayon pools of 1, 2 and 4 threads end with the same bits.
+//! Same inputs and seeds give bit-identical results whatever the number of threads and
+//! the schedule: compiled train steps run in rayon pools of 1, 2 and 4 threads, with
+//! their steps in order or as a parallel dataflow graph, end with the same bits.
 
 mod common;
 
 use common::{fake_batch, Mlp};
+use tapeflow::exec::Schedule;
 use tapeflow::{function, DType, GradientTape, Padding, Tensor, Variable};
+
+const SCHEDULES: [Schedule; 2] = [Schedule::Sequential, Schedule::Parallel];
 
 fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
     rayon::ThreadPoolBuilder::new()
@@ -16,11 +20,15 @@ fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
 
 /// Final weights of an MLP after 3 compiled SGD steps at batch 512 (big enough for the
 /// parallel elementwise, reduction and GEMM paths).
-fn mlp_weights() -> Vec<Vec<f32>> {
+fn mlp_weights(schedule: Schedule) -> Vec<Vec<f32>> {
     let mlp = Mlp::new(11);
     let (x, y) = fake_batch(512, 3);
     let vars = mlp.vars.clone();
     let step = function(move |x: &Tensor, y: &Tensor| mlp.train_step(x, y, 0.1));
+    step.concrete(&[&x, &y])
+        .unwrap()
+        .plan()
+        .set_schedule(schedule);
     for _ in 0..3 {
         step.call(&x, &y).unwrap();
     }
@@ -30,7 +38,7 @@ fn mlp_weights() -> Vec<Vec<f32>> {
 }
 
 /// Final filter of a conv + pool model after 2 compiled steps.
-fn conv_weights() -> Vec<f32> {
+fn conv_weights(schedule: Schedule) -> Vec<f32> {
     let w = Variable::named(
         "k",
         Tensor::random_normal(&[3, 3, 1, 8], 0.0, 0.3, 5, DType::F32),
@@ -50,23 +58,31 @@ fn conv_weights() -> Vec<f32> {
         w2.assign_sub(&(g * 0.01));
         Ok(loss)
     });
+    step.concrete(&[&x]).unwrap().plan().set_schedule(schedule);
     for _ in 0..2 {
         step.call(&x).unwrap();
     }
     w.value().to_vec_f32().unwrap()
 }
 
+/// `f` run under every schedule in pools of 1, 2 and 4 threads.
+fn every_way<R: Send>(f: impl Fn(Schedule) -> R + Sync) -> Vec<R> {
+    SCHEDULES
+        .iter()
+        .flat_map(|&s| [1, 2, 4].map(|t| (s, t)))
+        .map(|(s, t)| in_pool(t, || f(s)))
+        .collect()
+}
+
 #[test]
-fn compiled_mlp_steps_are_bit_identical_on_1_2_4_threads() {
-    let runs: Vec<_> = [1, 2, 4].iter().map(|&t| in_pool(t, mlp_weights)).collect();
+fn compiled_mlp_steps_are_bit_identical_on_1_2_4_threads_and_both_schedules() {
+    let runs = every_way(mlp_weights);
+    assert_eq!(runs.len(), 6);
     assert!(runs.windows(2).all(|w| w[0] == w[1]));
 }
 
 #[test]
-fn compiled_conv_steps_are_bit_identical_on_1_2_4_threads() {
-    let runs: Vec<_> = [1, 2, 4]
-        .iter()
-        .map(|&t| in_pool(t, conv_weights))
-        .collect();
+fn compiled_conv_steps_are_bit_identical_on_1_2_4_threads_and_both_schedules() {
+    let runs = every_way(conv_weights);
     assert!(runs.windows(2).all(|w| w[0] == w[1]));
 }

@@ -1,17 +1,36 @@
 //! The interpreter: runs a planned graph on concrete inputs.
 //!
 //! A [`Plan`] is made once per concrete function: the execution order (canonical
-//! order of the live graph), each step's operand positions, and the step after which
-//! each value is last used so its buffer is released at once. Running reads variables
-//! at the start and writes assigned values when every step has run, so a step never
-//! observes a half-updated variable.
+//! order of the live graph), each step's operands and consumers, how many uses each
+//! value has, the compiled program of each `fused` step, a cost estimate per step, the
+//! memory plan ([`crate::passes::plan_memory`]) and a [`BufferPool`].
 //!
-//! The plan carries a memory plan ([`crate::passes::plan_memory`]): liveness, buffer
-//! slots and in-place steps. `fused` steps follow it: they overwrite a dying operand in
-//! place, or write into the buffer of a dead value handed over to them; other kernels
-//! allocate their result, and every buffer is released at its last use.
+//! Running:
+//! - **Buffers.** Kernels draw their outputs and scratch from the plan's pool
+//!   ([`crate::exec::buffers`]). In order, a value goes back to the pool as soon as its
+//!   last consumer has run, so later steps reuse it; in a parallel run, dead values go
+//!   back when the run ends (the order of steps, and so how many buffers of a size are
+//!   live at once, varies from run to run, and this keeps the demand of every run the
+//!   same). A variable's old value goes back when the run replaces it. From the second
+//!   call on, a run allocates no tensor buffer except for the values that escape
+//!   (outputs). `fused` steps also overwrite a dying operand in place where the memory
+//!   plan says so.
+//! - **Schedule.** Sources (inputs, constants, variable reads) are bound first, on the
+//!   calling thread. Then, for a graph with enough work and more than one rayon thread,
+//!   the steps run as a dataflow graph on rayon: each step has an atomic count of
+//!   operands still to compute; the thread that finishes a step continues with one of
+//!   the consumers it made ready and spawns the others. Small graphs (below
+//!   [`INTER_OP_MIN_WORK`]) run their steps in order on the calling thread, where any
+//!   task overhead would cost more than it buys. Either way, big kernels split their
+//!   own loops across the pool.
+//! - **Determinism.** Every kernel's bits are independent of the thread count and of
+//!   which buffer it writes into, and each value is computed exactly once from the same
+//!   operands, so the schedule never changes a result.
+//! - **Variables.** Variables are read before any step runs and written after every
+//!   step has run, so a step never observes a half-updated variable.
 
 use crate::error::{Error, Result};
+use crate::exec::buffers::{with_pool, BufferPool};
 use crate::exec::kernels::fused::{self, OutBuf};
 use crate::ir::{Graph, NodeId};
 use crate::ops::Op;
@@ -19,20 +38,69 @@ use crate::passes::{plan_memory, MemoryPlan};
 use crate::tensor::{type_str, DType, Data, Tensor};
 use smallvec::SmallVec;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-/// Counters of one run (for tests and benchmarks).
+/// Estimated work (about one unit per element touched or multiply-add) above which a
+/// graph runs its steps as a parallel dataflow graph; below it, in order on the
+/// calling thread.
+pub const INTER_OP_MIN_WORK: u64 = 1 << 28;
+
+/// How a [`Plan`] schedules its steps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Schedule {
+    /// Parallel dataflow when the graph's work reaches [`INTER_OP_MIN_WORK`] and the
+    /// rayon pool has more than one thread; else in order (the default).
+    Auto,
+    /// Always in order on the calling thread (kernels may still split big loops).
+    Sequential,
+    /// Always as a dataflow graph on the rayon pool.
+    Parallel,
+}
+
+/// Counters of one run (for tests, benchmarks and profiles).
 #[derive(Clone, Debug, Default)]
 pub struct RunStats {
     /// Kernels executed.
     pub steps: usize,
+    /// Tensor buffers allocated because the pool had no spare one of that size (all of
+    /// them on a first call; in steady state, only the values that escape the run).
+    pub fresh_buffers: usize,
+    /// Whether the steps ran as a parallel dataflow graph.
+    pub parallel: bool,
+    /// Set before the run to collect [`RunStats::profile`].
+    pub collect_profile: bool,
+    /// With `collect_profile`: wall time per op name, summed over steps (the run is
+    /// forced sequential so the times add up to the run's).
+    pub profile: Vec<(&'static str, Duration)>,
 }
 
 struct Step {
     node: NodeId,
     op: Op,
     operands: SmallVec<[usize; 4]>,
-    /// Values (by step position) whose last use is this step.
-    release: SmallVec<[usize; 4]>,
+    /// Distinct operand steps.
+    inputs: SmallVec<[usize; 4]>,
+    /// Distinct steps that consume this one.
+    consumers: SmallVec<[usize; 4]>,
+    /// Consumers plus one if the value must outlive the run (output, assigned value).
+    uses: u32,
+    /// Estimated work of this step.
+    work: u64,
+}
+
+/// The per-run state, kept between runs so a steady-state run allocates none of it.
+struct RunState {
+    vals: Vec<Mutex<Option<Data>>>,
+    pending: Vec<AtomicU32>,
+    uses: Vec<AtomicU32>,
+    failed: AtomicBool,
+    error: Mutex<Option<Error>>,
+    /// Whether this run is a parallel dataflow run.
+    parallel: AtomicBool,
+    /// Values released during a parallel run, returned to the pool when it ends.
+    retired: Mutex<Vec<Data>>,
 }
 
 /// An execution plan for one graph.
@@ -45,6 +113,37 @@ pub struct Plan {
     /// The compiled program of each `fused` step.
     programs: Vec<Option<fused::Program>>,
     total_bytes: usize,
+    work: u64,
+    schedule: AtomicU8,
+    pool: BufferPool,
+    states: Mutex<Vec<RunState>>,
+}
+
+fn work_of(g: &Graph, n: NodeId) -> u64 {
+    let node = g.node(n);
+    let out: u64 = node.shape.iter().product::<usize>() as u64;
+    let first_in = || {
+        g.operands(n)
+            .first()
+            .map_or(0, |&o| g.node(o).shape.iter().product::<usize>() as u64)
+    };
+    match node.op {
+        Op::Input(_) | Op::Const | Op::ReadVar(_) | Op::Assign(_) | Op::Reshape => 0,
+        Op::MatMul { ta, .. } => {
+            let a = &g.node(g.operands(n)[0]).shape;
+            let k = if ta { a[a.len() - 2] } else { a[a.len() - 1] };
+            out * k as u64
+        }
+        Op::Conv2d(_) | Op::Conv2dBackpropInput(_) | Op::Conv2dBackpropFilter(_) => {
+            let ops = g.operands(n);
+            let w = &g.node(ops[1]).shape;
+            let filter: usize = w.iter().product();
+            let x = &g.node(ops[0]).shape;
+            (x.iter().product::<usize>() as u64).max(out) * filter as u64 / w[2].max(1) as u64
+        }
+        Op::Sum { .. } | Op::Max { .. } | Op::ArgMax { .. } => first_in().max(out),
+        _ => out.max(first_in()),
+    }
 }
 
 impl Plan {
@@ -52,19 +151,28 @@ impl Plan {
     pub fn new(graph: Graph) -> Result<Plan> {
         let order = graph.canonical_order();
         let pos: HashMap<NodeId, usize> = order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
-        let mut last_use = vec![usize::MAX; order.len()];
         let mut steps: Vec<Step> = Vec::with_capacity(order.len());
-        for (i, &n) in order.iter().enumerate() {
+        for &n in &order {
             let operands: SmallVec<[usize; 4]> = graph.operands(n).iter().map(|o| pos[o]).collect();
-            for &o in &operands {
-                last_use[o] = i;
-            }
+            let mut inputs = operands.clone();
+            inputs.sort_unstable();
+            inputs.dedup();
             steps.push(Step {
                 node: n,
                 op: graph.node(n).op,
                 operands,
-                release: SmallVec::new(),
+                inputs,
+                consumers: SmallVec::new(),
+                uses: 0,
+                work: work_of(&graph, n),
             });
+        }
+        for i in 0..steps.len() {
+            for k in 0..steps[i].inputs.len() {
+                let o = steps[i].inputs[k];
+                steps[o].consumers.push(i);
+                steps[o].uses += 1;
+            }
         }
         let outputs: Vec<usize> = graph.outputs.iter().map(|o| pos[o]).collect();
         let assigns: Vec<(u32, usize)> = graph
@@ -76,18 +184,12 @@ impl Plan {
             })
             .collect();
         for &o in outputs.iter().chain(assigns.iter().map(|(_, p)| p)) {
-            last_use[o] = usize::MAX;
+            steps[o].uses += 1;
         }
-        for (v, &lu) in last_use.iter().enumerate() {
-            if lu != usize::MAX {
-                steps[lu].release.push(v);
-            }
-        }
-        let bytes: Vec<usize> = order
+        let total_bytes = order
             .iter()
             .map(|&n| graph.node(n).shape.iter().product::<usize>() * graph.node(n).dtype.size())
-            .collect();
-        let total_bytes = bytes.iter().sum();
+            .sum();
         let memory = plan_memory(&graph, &order);
         let programs = order
             .iter()
@@ -107,6 +209,7 @@ impl Plan {
                 _ => None,
             })
             .collect();
+        let work = steps.iter().map(|s| s.work).sum();
         Ok(Plan {
             graph,
             steps,
@@ -115,6 +218,10 @@ impl Plan {
             memory,
             programs,
             total_bytes,
+            work,
+            schedule: AtomicU8::new(0),
+            pool: BufferPool::new(),
+            states: Mutex::new(Vec::new()),
         })
     }
 
@@ -139,6 +246,43 @@ impl Plan {
         self.total_bytes
     }
 
+    /// Estimated work of one run (about one unit per element touched or multiply-add).
+    pub fn work(&self) -> u64 {
+        self.work
+    }
+
+    /// The buffer pool (spare buffers kept between runs).
+    pub fn pool(&self) -> &BufferPool {
+        &self.pool
+    }
+
+    /// How steps are scheduled.
+    pub fn schedule(&self) -> Schedule {
+        match self.schedule.load(Ordering::Relaxed) {
+            1 => Schedule::Sequential,
+            2 => Schedule::Parallel,
+            _ => Schedule::Auto,
+        }
+    }
+
+    /// Sets how steps are scheduled (results are bit-identical either way).
+    pub fn set_schedule(&self, s: Schedule) {
+        let v = match s {
+            Schedule::Auto => 0,
+            Schedule::Sequential => 1,
+            Schedule::Parallel => 2,
+        };
+        self.schedule.store(v, Ordering::Relaxed);
+    }
+
+    fn parallel(&self) -> bool {
+        match self.schedule() {
+            Schedule::Sequential => false,
+            Schedule::Parallel => true,
+            Schedule::Auto => self.work >= INTER_OP_MIN_WORK && rayon::current_num_threads() > 1,
+        }
+    }
+
     /// Runs the plan. Inputs must match the graph's signature.
     pub fn run(&self, inputs: &[&Data], stats: &mut RunStats) -> Result<Vec<Data>> {
         let g = &self.graph;
@@ -149,8 +293,55 @@ impl Plan {
                 inputs.len()
             )));
         }
-        let mut vals: Vec<Option<Data>> = vec![None; self.steps.len()];
-        let mut spares: Vec<Option<Data>> = vec![None; self.steps.len()];
+        let misses = self.pool.misses();
+        let st = self.take_state();
+        let result = with_pool(&self.pool, || self.run_with(&st, inputs, stats));
+        stats.fresh_buffers += self.pool.misses() - misses;
+        self.put_state(st);
+        result
+    }
+
+    fn take_state(&self) -> RunState {
+        let cached = self.states.lock().ok().and_then(|mut s| s.pop());
+        let n = self.steps.len();
+        let st = cached.unwrap_or_else(|| RunState {
+            vals: (0..n).map(|_| Mutex::new(None)).collect(),
+            pending: (0..n).map(|_| AtomicU32::new(0)).collect(),
+            uses: (0..n).map(|_| AtomicU32::new(0)).collect(),
+            failed: AtomicBool::new(false),
+            error: Mutex::new(None),
+            parallel: AtomicBool::new(false),
+            retired: Mutex::new(Vec::new()),
+        });
+        for (i, s) in self.steps.iter().enumerate() {
+            st.pending[i].store(s.inputs.len() as u32, Ordering::Relaxed);
+            st.uses[i].store(s.uses, Ordering::Relaxed);
+        }
+        st.failed.store(false, Ordering::Relaxed);
+        st
+    }
+
+    /// Clears a run's state (its values go back to the pool) and keeps it for reuse.
+    fn put_state(&self, st: RunState) {
+        for v in &st.vals {
+            if let Some(d) = v.lock().ok().and_then(|mut v| v.take()) {
+                self.pool.recycle(d);
+            }
+        }
+        for d in lock(&st.retired).drain(..) {
+            self.pool.recycle(d);
+        }
+        if let Ok(mut e) = st.error.lock() {
+            *e = None;
+        }
+        if let Ok(mut s) = self.states.lock() {
+            s.push(st);
+        }
+    }
+
+    fn run_with(&self, st: &RunState, inputs: &[&Data], stats: &mut RunStats) -> Result<Vec<Data>> {
+        let g = &self.graph;
+        // Sources first, on this thread.
         for (i, s) in self.steps.iter().enumerate() {
             let node = g.node(s.node);
             let v = match s.op {
@@ -175,70 +366,181 @@ impl Plan {
                     })?;
                     var.value().data()?.clone()
                 }
-                Op::Assign(_) => vals[s.operands[0]].clone().expect("operand computed"),
-                Op::Fused(_) => {
-                    stats.steps += 1;
-                    let mut out = spares[i].take().map_or(OutBuf::Fresh, OutBuf::Spare);
-                    if let Some(k) = self.memory.in_place[i] {
-                        if let Some(d) = vals[s.operands[k]].take() {
-                            out = OutBuf::Operand(k, d);
-                        }
-                    }
-                    let taken = match out {
-                        OutBuf::Operand(k, _) => Some(k),
-                        _ => None,
-                    };
-                    let args: SmallVec<[Option<&Data>; 4]> = s
-                        .operands
-                        .iter()
-                        .enumerate()
-                        .map(|(k, &o)| {
-                            (taken != Some(k)).then(|| vals[o].as_ref().expect("operand computed"))
-                        })
-                        .collect();
-                    self.programs[i]
-                        .as_ref()
-                        .expect("compiled at plan time")
-                        .run(&args, out)
-                }
-                op => {
-                    let args: SmallVec<[&Data; 4]> = s
-                        .operands
-                        .iter()
-                        .map(|&o| vals[o].as_ref().expect("operand computed"))
-                        .collect();
-                    stats.steps += 1;
-                    op.eval(&args, &node.shape).map_err(|msg| {
-                        let loc = node
-                            .loc
-                            .map(|l| format!("{}:{}", l.file(), l.line()))
-                            .unwrap_or_else(|| "graph".into());
-                        Error::Op {
-                            op: op.name(),
-                            msg,
-                            loc,
-                        }
-                    })?
-                }
+                _ => continue,
             };
-            vals[i] = Some(v);
-            for &r in &s.release {
-                match self.memory.hand_over[r] {
-                    Some(t) => spares[t] = vals[r].take(),
-                    None => vals[r] = None,
+            *lock(&st.vals[i]) = Some(v);
+        }
+        let parallel = self.parallel() && !stats.collect_profile;
+        stats.parallel = parallel;
+        st.parallel.store(parallel, Ordering::Relaxed);
+        let is_source = |s: &Step| matches!(s.op, Op::Input(_) | Op::Const | Op::ReadVar(_));
+        if parallel {
+            let kernels = &AtomicU32::new(0);
+            rayon::in_place_scope(|scope| {
+                for (i, s) in self.steps.iter().enumerate() {
+                    if is_source(s) {
+                        for &c in &s.consumers {
+                            if st.pending[c].fetch_sub(1, Ordering::AcqRel) == 1 {
+                                scope.spawn(move |scope| self.task(scope, c, st, kernels));
+                            }
+                        }
+                    } else if s.inputs.is_empty() {
+                        scope.spawn(move |scope| self.task(scope, i, st, kernels));
+                    }
+                }
+            });
+            stats.steps += kernels.load(Ordering::Relaxed) as usize;
+            if let Some(e) = lock(&st.error).take() {
+                return Err(e);
+            }
+        } else {
+            for (i, s) in self.steps.iter().enumerate() {
+                if is_source(s) {
+                    continue;
+                }
+                let t = stats.collect_profile.then(Instant::now);
+                stats.steps += self.exec(i, st)? as usize;
+                if let Some(t) = t {
+                    let name = s.op.name();
+                    let d = t.elapsed();
+                    match stats.profile.iter_mut().find(|(n, _)| *n == name) {
+                        Some((_, acc)) => *acc += d,
+                        None => stats.profile.push((name, d)),
+                    }
                 }
             }
         }
         for &(v, p) in &self.assigns {
             if let Some(var) = &g.vars[v as usize].handle {
-                let d = vals[p].clone().expect("assign computed");
-                *var.0.value.write().expect("variable lock") = Tensor::from_data(d);
+                let d = lock(&st.vals[p]).clone().expect("assign computed");
+                let old = std::mem::replace(
+                    &mut *var.0.value.write().expect("variable lock"),
+                    Tensor::from_data(d),
+                );
+                if let Some(old) = old.into_unshared_data() {
+                    self.pool.recycle(old);
+                }
             }
         }
         Ok(self
             .outputs
             .iter()
-            .map(|&o| vals[o].clone().expect("output computed"))
+            .map(|&o| lock(&st.vals[o]).clone().expect("output computed"))
             .collect())
     }
+
+    /// Runs step `i` as a rayon task, then continues with one consumer it made ready
+    /// and spawns the others.
+    fn task<'s>(
+        &'s self,
+        scope: &rayon::Scope<'s>,
+        mut i: usize,
+        st: &'s RunState,
+        kernels: &'s AtomicU32,
+    ) {
+        loop {
+            if st.failed.load(Ordering::Acquire) {
+                return;
+            }
+            match with_pool(&self.pool, || self.exec(i, st)) {
+                Ok(k) => {
+                    kernels.fetch_add(k as u32, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    let mut slot = lock(&st.error);
+                    if slot.is_none() {
+                        *slot = Some(e);
+                    }
+                    st.failed.store(true, Ordering::Release);
+                    return;
+                }
+            }
+            let mut next = None;
+            for &c in &self.steps[i].consumers {
+                if st.pending[c].fetch_sub(1, Ordering::AcqRel) == 1 {
+                    match next {
+                        None => next = Some(c),
+                        Some(_) => scope.spawn(move |scope| self.task(scope, c, st, kernels)),
+                    }
+                }
+            }
+            match next {
+                Some(c) => i = c,
+                None => return,
+            }
+        }
+    }
+
+    /// Computes step `i` from its operands, stores it, and releases operands whose last
+    /// consumer it was. Returns whether a kernel ran.
+    fn exec(&self, i: usize, st: &RunState) -> Result<bool> {
+        let s = &self.steps[i];
+        let node = self.graph.node(s.node);
+        let get = |o: usize| lock(&st.vals[o]).clone().expect("operand computed");
+        let (v, kernel) = match s.op {
+            Op::Assign(_) => (get(s.operands[0]), false),
+            Op::Fused(_) => {
+                // Overwrite the operand the memory plan names when this step is its
+                // last consumer (and it appears once among the operands).
+                let mut out = OutBuf::Fresh;
+                if let Some(k) = self.memory.in_place[i] {
+                    let o = s.operands[k];
+                    let once = s.operands.iter().filter(|&&p| p == o).count() == 1;
+                    if once && st.uses[o].load(Ordering::Acquire) == 1 {
+                        if let Some(d) = lock(&st.vals[o]).take() {
+                            out = OutBuf::Operand(k, d);
+                        }
+                    }
+                }
+                let taken = match out {
+                    OutBuf::Operand(k, _) => Some(k),
+                    _ => None,
+                };
+                let args: SmallVec<[Option<Data>; 4]> = s
+                    .operands
+                    .iter()
+                    .enumerate()
+                    .map(|(k, &o)| (taken != Some(k)).then(|| get(o)))
+                    .collect();
+                let refs: SmallVec<[Option<&Data>; 4]> = args.iter().map(|a| a.as_ref()).collect();
+                let program = self.programs[i].as_ref().expect("compiled at plan time");
+                (program.run(&refs, out), true)
+            }
+            op => {
+                let args: SmallVec<[Data; 4]> = s.operands.iter().map(|&o| get(o)).collect();
+                let refs: SmallVec<[&Data; 4]> = args.iter().collect();
+                let v = op.eval(&refs, &node.shape).map_err(|msg| {
+                    let loc = node
+                        .loc
+                        .map(|l| format!("{}:{}", l.file(), l.line()))
+                        .unwrap_or_else(|| "graph".into());
+                    Error::Op {
+                        op: op.name(),
+                        msg,
+                        loc,
+                    }
+                })?;
+                (v, true)
+            }
+        };
+        *lock(&st.vals[i]) = Some(v);
+        for &o in &s.inputs {
+            if st.uses[o].fetch_sub(1, Ordering::AcqRel) == 1 {
+                if let Some(d) = lock(&st.vals[o]).take() {
+                    if st.parallel.load(Ordering::Relaxed) {
+                        lock(&st.retired).push(d);
+                    } else {
+                        self.pool.recycle(d);
+                    }
+                }
+            }
+        }
+        Ok(kernel)
+    }
+}
+
+/// Locks a value slot (a poisoned lock only means another step panicked; the slot
+/// itself is still a plain `Option`).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -3,7 +3,8 @@
 //! `kernels` holds the numeric kernels that eager ops, the interpreter and the constant
 //! folder all call; `interp` holds the execution [`Plan`] and the interpreter. This
 //! layer depends on `ir` and `tensor` buffers only, never on `trace` or `autodiff`.
+pub mod buffers;
 mod interp;
 pub mod kernels;
 
-pub use interp::{Plan, RunStats};
+pub use interp::{Plan, RunStats, Schedule, INTER_OP_MIN_WORK};

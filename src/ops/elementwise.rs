@@ -344,12 +344,26 @@ pub(super) fn eval_nary(op: &Op, x: &[&Data], shape: &[usize]) -> Data {
             Data::I64(ew::zip(p, q, shape, |u, v| c.f(u, v) as i64))
         }
         (Op::Select, [m, a, b]) => {
-            let mask = ew::mask_of(m, shape);
-            match (a, b) {
-                (Data::F32(p), Data::F32(q)) => Data::F32(ew::select(&mask, p, q, shape)),
-                (Data::F64(p), Data::F64(q)) => Data::F64(ew::select(&mask, p, q, shape)),
-                (Data::I64(p), Data::I64(q)) => Data::I64(ew::select(&mask, p, q, shape)),
-                _ => unreachable!("infer checks select's dtypes"),
+            macro_rules! pick {
+                ($mask:expr, $set:expr) => {
+                    match (a, b) {
+                        (Data::F32(p), Data::F32(q)) => {
+                            Data::F32(ew::select($mask, $set, p, q, shape))
+                        }
+                        (Data::F64(p), Data::F64(q)) => {
+                            Data::F64(ew::select($mask, $set, p, q, shape))
+                        }
+                        (Data::I64(p), Data::I64(q)) => {
+                            Data::I64(ew::select($mask, $set, p, q, shape))
+                        }
+                        _ => unreachable!("infer checks select's dtypes"),
+                    }
+                };
+            }
+            match m {
+                Data::F32(mk) => pick!(mk, |v| v != 0.0),
+                Data::F64(mk) => pick!(mk, |v| v != 0.0),
+                Data::I64(mk) => pick!(mk, |v| v != 0),
             }
         }
         _ => unreachable!("infer checks {}'s operands", op.name()),

@@ -83,7 +83,7 @@ pub(super) fn infer(op: &Op, x: &[(DType, &[usize])]) -> Result<(DType, Shape), 
 }
 
 /// `out[o, j, i] = x[o, idx[j], i]` with `o` the axes before `axis` and `i` those after.
-fn gather<T: Copy + Default>(
+fn gather<T: crate::exec::buffers::Pooled>(
     x: &Arr<T>,
     idx: &[i64],
     axis: usize,
@@ -93,7 +93,7 @@ fn gather<T: Copy + Default>(
     let outer: usize = x.shape()[..axis].iter().product();
     let inner: usize = x.shape()[axis + 1..].iter().product();
     let xs = x.as_slice().expect("standard layout");
-    let mut out = Vec::with_capacity(outer * idx.len() * inner);
+    let mut out = crate::exec::buffers::take(outer * idx.len() * inner);
     for o in 0..outer {
         for &j in idx {
             if j < 0 || j as usize >= n {
@@ -117,7 +117,7 @@ fn scatter_add<T: crate::tensor::Float>(
     let outer: usize = shape[..axis].iter().product();
     let inner: usize = shape[axis + 1..].iter().product();
     let us = u.as_slice().expect("standard layout");
-    let mut out = vec![T::zero(); outer * n * inner];
+    let mut out = crate::exec::buffers::zeroed(outer * n * inner);
     for o in 0..outer {
         for (jj, &j) in idx.iter().enumerate() {
             if j < 0 || j as usize >= n {
@@ -134,8 +134,11 @@ fn scatter_add<T: crate::tensor::Float>(
 }
 
 pub(super) fn eval(op: &Op, x: &[&Data], shape: &[usize]) -> Result<Data, String> {
-    let idx: Vec<i64> = match x[1] {
-        Data::I64(a) => a.iter().copied().collect(),
+    let idx: std::borrow::Cow<'_, [i64]> = match x[1] {
+        Data::I64(a) => match a.as_slice() {
+            Some(s) => s.into(),
+            None => a.iter().copied().collect::<Vec<_>>().into(),
+        },
         _ => unreachable!("infer checks the index dtype"),
     };
     match *op {

@@ -92,9 +92,7 @@ pub(super) fn eval(op: &Op, x: &Data) -> Data {
         (Op::Sum { axes, keep }, Data::F64(a)) => Data::F64(k::sum(a, &axes.to_vec(), *keep)),
         (Op::Max { axes, keep }, Data::F32(a)) => Data::F32(k::max(a, &axes.to_vec(), *keep)),
         (Op::Max { axes, keep }, Data::F64(a)) => Data::F64(k::max(a, &axes.to_vec(), *keep)),
-        (Op::Max { axes, keep }, Data::I64(a)) => {
-            Data::I64(k::reduce(a, &axes.to_vec(), *keep, i64::MIN, std::cmp::max))
-        }
+        (Op::Max { axes, keep }, Data::I64(a)) => Data::I64(k::max_i64(a, &axes.to_vec(), *keep)),
         (Op::ArgMax { axis }, d) => {
             Data::I64(crate::with_data!(d, a => k::argmax(a, *axis as usize)))
         }

@@ -5,6 +5,7 @@
 
 use super::attrs::{self, AttrMap, Perm};
 use super::{arity, operand_types, same_dtype, Grads, Op, VjpArgs};
+use crate::exec::buffers::{self, Pooled};
 use crate::exec::kernels::ew;
 use crate::tensor::{broadcast_shapes, numel, type_str, Arr, DType, Data, Shape, Tensor};
 use ndarray::{Axis, IxDyn, Slice};
@@ -185,13 +186,51 @@ fn reshape<T: Clone>(a: &Arr<T>, shape: &[usize]) -> Arr<T> {
         .expect("standard layout, same length")
 }
 
-fn pad<T: Clone + num_traits::Zero>(
-    a: &Arr<T>,
-    axis: usize,
-    before: usize,
-    shape: &[usize],
-) -> Arr<T> {
-    let mut out = ndarray::ArrayD::<T>::zeros(IxDyn(shape));
+/// A view's elements in logical order, in a new standard-layout (pooled) buffer.
+fn materialize<T: Pooled>(v: ndarray::ArrayViewD<'_, T>) -> Arr<T> {
+    let mut out = buffers::take(v.len());
+    match v.as_slice() {
+        Some(s) => out.extend_from_slice(s),
+        None => out.extend(v.iter().copied()),
+    }
+    Arr::from_shape_vec(v.raw_dim(), out)
+        .expect("length matches shape")
+        .into_shared()
+}
+
+/// `a` broadcast to `shape`, materialized; a trailing row repeats by whole copies.
+fn broadcast<T: Pooled>(a: &Arr<T>, shape: &[usize]) -> Arr<T> {
+    let n: usize = shape.iter().product();
+    match a.as_slice() {
+        Some(row)
+            if !row.is_empty() && n % row.len() == 0 && {
+                let lead = shape.len() - a.ndim();
+                a.shape()
+                    .iter()
+                    .zip(&shape[lead..])
+                    .skip_while(|(s, _)| **s == 1)
+                    .all(|(s, t)| s == t)
+            } =>
+        {
+            let mut out = buffers::take(n);
+            for _ in 0..n / row.len() {
+                out.extend_from_slice(row);
+            }
+            Arr::from_shape_vec(IxDyn(shape), out)
+                .expect("length matches shape")
+                .into_shared()
+        }
+        _ => materialize(
+            a.broadcast(IxDyn(shape))
+                .expect("infer checked broadcasting"),
+        ),
+    }
+}
+
+fn pad<T: Pooled>(a: &Arr<T>, axis: usize, before: usize, shape: &[usize]) -> Arr<T> {
+    let mut out =
+        ndarray::ArrayD::from_shape_vec(IxDyn(shape), buffers::zeroed(shape.iter().product()))
+            .expect("length matches shape");
     let len = a.shape()[axis];
     out.slice_axis_mut(Axis(axis), Slice::from(before..before + len))
         .assign(a);
@@ -210,17 +249,13 @@ pub(super) fn eval(op: &Op, x: &[&Data], shape: &[usize]) -> Data {
     match *op {
         Op::Reshape => crate::map_data!(d, a => reshape(a, shape)),
         Op::StopGradient => d.clone(),
-        Op::BroadcastTo => {
-            crate::map_data!(d, a => a.broadcast(IxDyn(shape)).expect("checked").to_owned().into_shared())
-        }
+        Op::BroadcastTo => crate::map_data!(d, a => broadcast(a, shape)),
         Op::Transpose(p) => {
-            crate::map_data!(d, a => a.view().permuted_axes(IxDyn(&p.to_vec())).as_standard_layout().into_owned().into_shared())
+            crate::map_data!(d, a => materialize(a.view().permuted_axes(IxDyn(&p.to_vec()))))
         }
-        Op::Slice { axis, start, end } => crate::map_data!(d, a => a
-            .slice_axis(Axis(axis as usize), Slice::from(start as usize..end as usize))
-            .as_standard_layout()
-            .into_owned()
-            .into_shared()),
+        Op::Slice { axis, start, end } => crate::map_data!(d, a => materialize(
+            a.slice_axis(Axis(axis as usize), Slice::from(start as usize..end as usize))
+        )),
         Op::Pad { axis, before, .. } => {
             crate::map_data!(d, a => pad(a, axis as usize, before as usize, shape))
         }

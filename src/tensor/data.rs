@@ -18,6 +18,7 @@ pub trait Float:
     + Send
     + Sync
     + Default
+    + crate::exec::buffers::Pooled
     + 'static
 {
     /// The dtype tag of this element type.

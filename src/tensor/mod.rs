@@ -74,6 +74,14 @@ impl Tensor {
         }))
     }
 
+    /// The buffer of a concrete tensor nobody else holds (for recycling).
+    pub(crate) fn into_unshared_data(self) -> Option<Data> {
+        match Arc::try_unwrap(self.0).ok()?.kind {
+            Kind::Concrete(d) => Some(d),
+            _ => None,
+        }
+    }
+
     /// Wraps a concrete buffer.
     #[track_caller]
     pub fn from_data(data: Data) -> Tensor {

@@ -26,6 +26,7 @@
 //!   its chunks' products in order within fixed groups, then the groups in order.
 
 use super::gemm::{gemm, gemm_serial};
+use crate::exec::buffers::{self, Scratch};
 use crate::tensor::Float;
 use rayon::prelude::*;
 
@@ -230,7 +231,7 @@ pub fn conv2d<T: Float>(x: &[T], w: &[T], g: &Conv2dGeom) -> Vec<T> {
     g.check("input", x.len(), [g.n, g.h, g.w, g.cin]);
     g.check("filter", w.len(), [g.kh, g.kw, g.cin, g.cout]);
     let (rows, k, cout) = (g.rows(), g.k(), g.cout);
-    let mut y = vec![T::zero(); rows * cout];
+    let mut y = buffers::zeroed(rows * cout);
     if y.is_empty() || k == 0 {
         return y;
     }
@@ -240,14 +241,16 @@ pub fn conv2d<T: Float>(x: &[T], w: &[T], g: &Conv2dGeom) -> Vec<T> {
     }
     let chunk = g.chunk_rows();
     let multiply = piece_gemm(rows.div_ceil(chunk));
-    y.par_chunks_mut(chunk * cout)
-        .enumerate()
-        .for_each_init(Vec::new, |col, (i, yc)| {
+    let pool = buffers::current();
+    y.par_chunks_mut(chunk * cout).enumerate().for_each_init(
+        || Scratch::new(pool),
+        |col, (i, yc)| {
             let nr = yc.len() / cout;
-            col.resize(nr * k, T::zero());
+            let col = col.resize(nr * k);
             im2col(x, g, i * chunk, col);
             multiply(col, w, yc, nr, k, cout, false, false);
-        });
+        },
+    );
     y
 }
 
@@ -261,7 +264,7 @@ pub fn conv2d_backprop_input<T: Float>(gy: &[T], w: &[T], g: &Conv2dGeom) -> Vec
     g.check("filter", w.len(), [g.kh, g.kw, g.cin, g.cout]);
     let (k, cout) = (g.k(), g.cout);
     let image = g.h * g.w * g.cin;
-    let mut gx = vec![T::zero(); g.n * image];
+    let mut gx = buffers::zeroed(g.n * image);
     if gx.is_empty() || g.rows() == 0 || cout == 0 {
         return gx;
     }
@@ -275,19 +278,21 @@ pub fn conv2d_backprop_input<T: Float>(gy: &[T], w: &[T], g: &Conv2dGeom) -> Vec
     let (chunk, pixels) = (g.chunk_rows(), g.oh * g.ow);
     let images = (chunk / pixels).max(1);
     let multiply = piece_gemm(g.n.div_ceil(images));
-    gx.par_chunks_mut(images * image)
-        .enumerate()
-        .for_each_init(Vec::new, |dcol, (i, gxc)| {
+    let pool = buffers::current();
+    gx.par_chunks_mut(images * image).enumerate().for_each_init(
+        || Scratch::new(pool),
+        |dcol, (i, gxc)| {
             let first = i * images * pixels;
             let task_rows = gxc.len() / image * pixels;
             for r in (0..task_rows).step_by(chunk) {
                 let nr = chunk.min(task_rows - r);
-                dcol.resize(nr * k, T::zero());
+                let dcol = dcol.resize(nr * k);
                 let gyc = &gy[(first + r) * cout..(first + r + nr) * cout];
                 multiply(gyc, w, dcol, nr, cout, k, false, true);
                 col2im(dcol, g, r, gxc);
             }
-        });
+        },
+    );
     gx
 }
 
@@ -301,7 +306,7 @@ pub fn conv2d_backprop_filter<T: Float>(x: &[T], gy: &[T], g: &Conv2dGeom) -> Ve
     g.check("input", x.len(), [g.n, g.h, g.w, g.cin]);
     g.check("output gradient", gy.len(), g.out_shape());
     let (rows, k, cout) = (g.rows(), g.k(), g.cout);
-    let mut gw = vec![T::zero(); k * cout];
+    let mut gw = buffers::zeroed(k * cout);
     if gw.is_empty() || rows == 0 {
         return gw;
     }
@@ -320,19 +325,21 @@ pub fn conv2d_backprop_filter<T: Float>(x: &[T], gy: &[T], g: &Conv2dGeom) -> Ve
     let per_group = chunks.div_ceil(groups);
     let groups = chunks.div_ceil(per_group);
     let multiply = piece_gemm(groups);
+    let pool = buffers::current();
     let partials: Vec<Vec<T>> = (0..groups)
         .into_par_iter()
         .map_init(
-            || (Vec::new(), Vec::new()),
+            || (Scratch::new(pool), Scratch::new(pool)),
             |(col, part), grp| {
-                let mut sum = vec![T::zero(); k * cout];
-                part.resize(k * cout, T::zero());
+                let mut sum = pool.take(k * cout);
+                sum.resize(k * cout, T::zero());
+                let part = part.resize(k * cout);
                 for r0 in (grp * per_group * chunk..rows)
                     .step_by(chunk)
                     .take(per_group)
                 {
                     let nr = chunk.min(rows - r0);
-                    col.resize(nr * k, T::zero());
+                    let col = col.resize(nr * k);
                     im2col(x, g, r0, col);
                     let gyc = &gy[r0 * cout..(r0 + nr) * cout];
                     multiply(col, gyc, part, k, nr, cout, true, false);
@@ -343,8 +350,9 @@ pub fn conv2d_backprop_filter<T: Float>(x: &[T], gy: &[T], g: &Conv2dGeom) -> Ve
         )
         .collect();
     // Fixed left-to-right order over groups: the same bits for any pool.
-    for sum in &partials {
-        add_into(&mut gw, sum);
+    for sum in partials {
+        add_into(&mut gw, &sum);
+        pool.give(sum);
     }
     gw
 }

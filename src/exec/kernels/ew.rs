@@ -5,9 +5,11 @@
 //! of the result's (a bias `[k]` added to `[n, k]`). Everything else goes through
 //! ndarray's broadcasting `Zip`. Loops longer than [`PAR_MIN`] elements are split
 //! across rayon threads in fixed chunks; each element is computed independently, so
-//! the split never changes a bit. Results are always in standard layout.
+//! the split never changes a bit. Results are always in standard layout, in buffers
+//! from the installed [`buffers`](crate::exec::buffers) pool when there is one.
 
-use crate::tensor::{Arr, Data};
+use crate::exec::buffers::{self, Pooled};
+use crate::tensor::Arr;
 use ndarray::{ArrayD, IxDyn, Zip};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
@@ -54,8 +56,8 @@ pub fn vectorized<R>(f: impl FnOnce() -> R) -> R {
 
 /// A Vec of `n` elements written in parallel chunks of [`PAR_CHUNK`] by `fill(start, chunk)`,
 /// which must write every element of its chunk.
-fn par_fill<O: Send>(n: usize, fill: impl Fn(usize, &mut [MaybeUninit<O>]) + Sync) -> Vec<O> {
-    let mut v = Vec::with_capacity(n);
+fn par_fill<O: Pooled>(n: usize, fill: impl Fn(usize, &mut [MaybeUninit<O>]) + Sync) -> Vec<O> {
+    let mut v = buffers::take(n);
     v.spare_capacity_mut()[..n]
         .par_chunks_mut(PAR_CHUNK)
         .enumerate()
@@ -67,9 +69,11 @@ fn par_fill<O: Send>(n: usize, fill: impl Fn(usize, &mut [MaybeUninit<O>]) + Syn
 }
 
 /// `f` over a slice into a new Vec (parallel above [`PAR_MIN`]).
-fn map_slice<T: Copy + Sync, O: Send>(x: &[T], f: impl Fn(T) -> O + Sync) -> Vec<O> {
+fn map_slice<T: Copy + Sync, O: Pooled>(x: &[T], f: impl Fn(T) -> O + Sync) -> Vec<O> {
     if x.len() < PAR_MIN {
-        vectorized(|| x.iter().map(|&v| f(v)).collect())
+        let mut out = buffers::take(x.len());
+        vectorized(|| out.extend(x.iter().map(|&v| f(v))));
+        out
     } else {
         par_fill(x.len(), |s, out| {
             vectorized(|| {
@@ -82,13 +86,15 @@ fn map_slice<T: Copy + Sync, O: Send>(x: &[T], f: impl Fn(T) -> O + Sync) -> Vec
 }
 
 /// `f` over two equal-length slices into a new Vec.
-fn zip_slices<A: Copy + Sync, B: Copy + Sync, O: Send>(
+fn zip_slices<A: Copy + Sync, B: Copy + Sync, O: Pooled>(
     x: &[A],
     y: &[B],
     f: impl Fn(A, B) -> O + Sync,
 ) -> Vec<O> {
     if x.len() < PAR_MIN {
-        vectorized(|| x.iter().zip(y).map(|(&a, &b)| f(a, b)).collect())
+        let mut out = buffers::take(x.len());
+        vectorized(|| out.extend(x.iter().zip(y).map(|(&a, &b)| f(a, b))));
+        out
     } else {
         par_fill(x.len(), |s, out| {
             vectorized(|| {
@@ -101,29 +107,35 @@ fn zip_slices<A: Copy + Sync, B: Copy + Sync, O: Send>(
 }
 
 /// `f(x[i], row[i % row.len()])` with `x` a whole number of rows.
-fn zip_rows<A: Copy + Sync, B: Copy + Sync, O: Send + Sync>(
+fn zip_rows<A: Copy + Sync, B: Copy + Sync, O: Pooled>(
     x: &[A],
     row: &[B],
     f: impl Fn(A, B) -> O + Sync,
 ) -> Vec<O> {
     let k = row.len();
-    let rows = |x: &[A]| {
+    let rows = |s: usize, out: &mut [MaybeUninit<O>]| {
         vectorized(|| {
-            let mut out = Vec::with_capacity(x.len());
-            for xr in x.chunks_exact(k) {
-                out.extend(xr.iter().zip(row).map(|(&a, &b)| f(a, b)));
+            for (or, xr) in out.chunks_exact_mut(k).zip(x[s..].chunks_exact(k)) {
+                for ((o, &a), &b) in or.iter_mut().zip(xr).zip(row) {
+                    o.write(f(a, b));
+                }
             }
-            out
         })
     };
+    let mut v = buffers::take(x.len());
     if x.len() < PAR_MIN {
-        rows(x)
+        rows(0, &mut v.spare_capacity_mut()[..x.len()]);
     } else {
-        let rows_per_task = (PAR_CHUNK / k).max(1);
-        x.par_chunks(rows_per_task * k)
-            .flat_map_iter(rows)
-            .collect()
+        let task = (PAR_CHUNK / k).max(1) * k;
+        v.spare_capacity_mut()[..x.len()]
+            .par_chunks_mut(task)
+            .enumerate()
+            .for_each(|(i, c)| rows(i * task, c));
     }
+    // SAFETY: `x.len()` is a multiple of `k`, so the row chunks cover 0..x.len() and
+    // each wrote every element; a panic propagates before this line.
+    unsafe { v.set_len(x.len()) };
+    v
 }
 
 /// Whether `small` broadcasts to `full` as a trailing row: after dropping leading 1s it
@@ -134,10 +146,7 @@ fn is_row_of(small: &[usize], full: &[usize]) -> bool {
 }
 
 /// `f(x)` for every element.
-pub fn map<T: Copy + Send + Sync, O: Copy + Send + Sync>(
-    a: &Arr<T>,
-    f: impl Fn(T) -> O + Sync,
-) -> Arr<O> {
+pub fn map<T: Copy + Send + Sync, O: Pooled>(a: &Arr<T>, f: impl Fn(T) -> O + Sync) -> Arr<O> {
     match a.as_slice() {
         Some(s) => wrap(a.shape(), map_slice(s, f)),
         None => a.map(|&x| f(x)).into_shared(),
@@ -149,7 +158,7 @@ pub fn zip<A, B, O>(a: &Arr<A>, b: &Arr<B>, shape: &[usize], f: impl Fn(A, B) ->
 where
     A: Copy + Send + Sync,
     B: Copy + Send + Sync,
-    O: Copy + Send + Sync,
+    O: Pooled,
 {
     let n: usize = shape.iter().product();
     if let (Some(x), Some(y)) = (a.as_slice(), b.as_slice()) {
@@ -170,40 +179,96 @@ where
         if y.len() == n && is_row_of(a.shape(), shape) {
             return wrap(shape, zip_rows(y, x, |q, p| f(p, q)));
         }
+        if let (true, Some(k)) = (x.len() == n, col_width(b.shape(), shape)) {
+            return wrap(shape, zip_cols(x, y, k, f));
+        }
+        if let (true, Some(k)) = (y.len() == n, col_width(a.shape(), shape)) {
+            return wrap(shape, zip_cols(y, x, k, |q, p| f(p, q)));
+        }
     }
     let sh = IxDyn(shape);
     let av = a.broadcast(sh.clone()).expect("infer checked broadcasting");
     let bv = b.broadcast(sh).expect("infer checked broadcasting");
-    Zip::from(&av)
-        .and(&bv)
-        .map_collect(|&x, &y| f(x, y))
-        .into_shared()
+    let mut out = buffers::take(n);
+    out.extend(av.iter().zip(bv.iter()).map(|(&x, &y)| f(x, y)));
+    wrap(shape, out)
 }
 
-/// The mask operand of `select` as booleans broadcast to `shape`.
-pub fn mask_of(m: &Data, shape: &[usize]) -> Arr<bool> {
-    let b: Arr<bool> = match m {
-        Data::F32(a) => map(a, |v| v != 0.0),
-        Data::F64(a) => map(a, |v| v != 0.0),
-        Data::I64(a) => map(a, |v| v != 0),
+/// If `small` broadcasts to `full` as a column, `[d0, .., dj, 1, .., 1]` with the
+/// `d`s a prefix of `full`, the number of elements each of its values spans.
+fn col_width(small: &[usize], full: &[usize]) -> Option<usize> {
+    let lead = full.len().checked_sub(small.len())?;
+    let padded = std::iter::repeat(1).take(lead).chain(small.iter().copied());
+    let ones = padded.clone().rev().take_while(|&d| d == 1).count();
+    let kept = full.len() - ones;
+    let matches = padded.take(kept).zip(&full[..kept]).all(|(s, &f)| s == f);
+    let k: usize = full[kept..].iter().product();
+    (matches && ones > 0 && k > 1).then_some(k)
+}
+
+/// `f(x[i], col[i / k])`: each column value spans `k` consecutive elements.
+fn zip_cols<A: Copy + Sync, B: Copy + Sync, O: Pooled>(
+    x: &[A],
+    col: &[B],
+    k: usize,
+    f: impl Fn(A, B) -> O + Sync,
+) -> Vec<O> {
+    let task = (PAR_CHUNK / k).max(1) * k;
+    let fill = |s: usize, out: &mut [MaybeUninit<O>]| {
+        vectorized(|| {
+            for ((oc, xc), &c) in out.chunks_mut(k).zip(x[s..].chunks(k)).zip(&col[s / k..]) {
+                for (o, &a) in oc.iter_mut().zip(xc) {
+                    o.write(f(a, c));
+                }
+            }
+        })
     };
-    if b.shape() == shape {
-        b
+    let mut v = buffers::take(x.len());
+    if x.len() < PAR_MIN {
+        fill(0, &mut v.spare_capacity_mut()[..x.len()]);
     } else {
-        b.broadcast(IxDyn(shape))
-            .expect("infer checked broadcasting")
-            .to_owned()
-            .into_shared()
+        v.spare_capacity_mut()[..x.len()]
+            .par_chunks_mut(task)
+            .enumerate()
+            .for_each(|(i, c)| fill(i * task, c));
     }
+    // SAFETY: `x.len()` is a multiple of `k` and the chunks cover 0..x.len(), each
+    // element written once; a panic propagates before this line.
+    unsafe { v.set_len(x.len()) };
+    v
 }
 
-/// `mask ? a : b` elementwise, broadcasting `a` and `b` to `shape`.
-pub fn select<T: Copy + Default + Send + Sync>(
-    mask: &Arr<bool>,
+/// `set(mask) ? a : b` elementwise, broadcasting all three to `shape`.
+pub fn select<M: Copy + Send + Sync, T: Pooled>(
+    mask: &Arr<M>,
+    set: impl Fn(M) -> bool + Sync,
     a: &Arr<T>,
     b: &Arr<T>,
     shape: &[usize],
 ) -> Arr<T> {
-    let ab = zip(a, b, shape, |x, y| (x, y));
-    zip(mask, &ab, shape, |m, (x, y)| if m { x } else { y })
+    let n: usize = shape.iter().product();
+    if let (Some(m), Some(x), Some(y)) = (mask.as_slice(), a.as_slice(), b.as_slice()) {
+        if m.len() == n && x.len() == n && y.len() == n {
+            let v = par_fill(n, |s, out| {
+                vectorized(|| {
+                    for (((o, &m), &x), &y) in out.iter_mut().zip(&m[s..]).zip(&x[s..]).zip(&y[s..])
+                    {
+                        o.write(if set(m) { x } else { y });
+                    }
+                })
+            });
+            return wrap(shape, v);
+        }
+    }
+    let sh = IxDyn(shape);
+    let mv = mask
+        .broadcast(sh.clone())
+        .expect("infer checked broadcasting");
+    let av = a.broadcast(sh.clone()).expect("infer checked broadcasting");
+    let bv = b.broadcast(sh).expect("infer checked broadcasting");
+    Zip::from(&mv)
+        .and(&av)
+        .and(&bv)
+        .map_collect(|&m, &x, &y| if set(m) { x } else { y })
+        .into_shared()
 }

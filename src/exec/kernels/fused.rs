@@ -276,7 +276,7 @@ impl Tile {
 }
 
 /// An element type of a result buffer.
-trait Elem: Copy + Default + Send + Sync + 'static {
+trait Elem: crate::exec::buffers::Pooled {
     /// The buffer's elements, if `d` holds this type and owns them alone.
     fn take_vec(d: Data) -> Result<Vec<Self>, Data>;
     fn wrap(a: Arr<Self>) -> Data;
@@ -601,7 +601,7 @@ fn map2<A: Copy, B: Copy, O>(x: &[A], y: &[B], o: &mut [O], f: impl Fn(A, B) -> 
     })
 }
 
-/// `mask != 0 ? x : y` per element (the mask test of `ew::mask_of`).
+/// `mask != 0 ? x : y` per element (the mask test of `ew::select`).
 fn select_into<M: Copy + PartialEq + Default, T: Copy>(m: &[M], x: &[T], y: &[T], o: &mut [T]) {
     vectorized(|| {
         for (((o, &m), &x), &y) in o.iter_mut().zip(m).zip(x).zip(y) {
@@ -1051,7 +1051,7 @@ impl Program {
                 },
             }
         }
-        let mut buf = buf.unwrap_or_else(|| vec![O::default(); n_out]);
+        let mut buf = buf.unwrap_or_else(|| crate::exec::buffers::zeroed(n_out));
         let bind = |lp: &Loop| -> SmallVec<[Src; 8]> {
             lp.from
                 .iter()

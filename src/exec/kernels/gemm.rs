@@ -123,7 +123,7 @@ fn multiply<T: Float>(
         // `a` / `b` and every element written in `c` (row-major, row stride n); `c` is
         // a unique borrow, so it aliases neither input. `read_dst = false` makes the
         // call write `c` without reading it: c = 1·(a·b).
-        unsafe {
+        crate::exec::buffers::in_backend(|| unsafe {
             ::gemm::gemm(
                 m,
                 n,
@@ -145,7 +145,7 @@ fn multiply<T: Float>(
                 false,
                 threads,
             );
-        }
+        });
     } else {
         let av = view(a, m, k, ta);
         let bv = view(b, k, n, tb);

@@ -16,6 +16,7 @@
 //!   per image (windows of different images never overlap) in a fixed order.
 
 use super::conv::Padding;
+use crate::exec::buffers;
 use crate::tensor::Float;
 use rayon::prelude::*;
 use smallvec::SmallVec;
@@ -163,7 +164,7 @@ pub fn max_pool2d_backprop<T: Float>(x: &[T], gy: &[T], g: &Pool2dGeom) -> Vec<T
     g.check("input", x.len(), [g.n, g.h, g.w, g.c]);
     g.check("output gradient", gy.len(), g.out_shape());
     let image = g.h * g.w * g.c;
-    let mut gx = vec![T::zero(); g.n * image];
+    let mut gx = buffers::zeroed(g.n * image);
     if gx.is_empty() || g.oh * g.ow == 0 {
         return gx;
     }
@@ -225,7 +226,7 @@ where
     F: Fn(usize, usize, &mut [T], &mut [u32]) + Sync,
 {
     let row = g.ow * g.c;
-    let mut y = vec![T::zero(); g.n * g.oh * row];
+    let mut y = buffers::zeroed(g.n * g.oh * row);
     if y.is_empty() {
         return y;
     }

@@ -3,49 +3,93 @@
 //! Accumulation order is fixed by the data layout (never by thread scheduling), so
 //! results are bit-identical run to run.
 
+use crate::exec::buffers::{self, Pooled};
 use crate::tensor::Arr;
 use ndarray::{Axis, IxDyn};
 
-/// Reduces `axes` (ascending) with `fold`, starting every lane at `init`; with `keep`,
-/// reduced axes stay as length 1.
-pub fn reduce<T: Copy + Send + Sync + 'static>(
+/// Reduces `axes` (ascending) with `fold`, starting every lane at `init`: one
+/// sequential fold per reduced axis, the innermost first; with `keep`, reduced axes
+/// stay as length 1. `full`, if given, reduces a whole contiguous buffer on its own
+/// (for [`sum`], an 8-lane tree). The fused kernel adds in exactly this order.
+///
+/// A contiguous input is reduced one axis at a time, viewed as `[outer, len, inner]`,
+/// into pooled buffers (`inner`-wide accumulators folded over the axis in order,
+/// vectorized); other layouts go through ndarray's `fold_axis`.
+fn reduce<T: Pooled>(
     a: &Arr<T>,
     axes: &[usize],
     keep: bool,
     init: T,
     fold: impl Fn(T, T) -> T + Copy,
+    full: Option<fn(&[T]) -> T>,
 ) -> Arr<T> {
-    let mut cur = a.clone();
-    for &ax in axes.iter().rev() {
-        cur = cur
-            .fold_axis(Axis(ax), init, |&acc, &x| fold(acc, x))
-            .into_shared();
-    }
-    if keep {
-        let shape: Vec<usize> = a
-            .shape()
-            .iter()
-            .enumerate()
-            .map(|(i, &d)| if axes.contains(&i) { 1 } else { d })
-            .collect();
-        cur = cur
-            .into_shape_with_order(IxDyn(&shape))
+    let out_shape: Vec<usize> = (0..a.ndim())
+        .filter_map(|i| match (axes.contains(&i), keep) {
+            (false, _) => Some(a.shape()[i]),
+            (true, true) => Some(1),
+            (true, false) => None,
+        })
+        .collect();
+    let wrap = |v: Vec<T>| {
+        Arr::from_shape_vec(IxDyn(&out_shape), v)
+            .expect("length matches shape")
+            .into_shared()
+    };
+    let Some(x) = a.as_slice() else {
+        let mut cur = a.clone();
+        for &ax in axes.iter().rev() {
+            cur = cur
+                .fold_axis(Axis(ax), init, |&acc, &x| fold(acc, x))
+                .into_shared();
+        }
+        return cur
+            .into_shape_with_order(IxDyn(&out_shape))
             .expect("same length");
+    };
+    if let (Some(full), true) = (full, axes.len() == a.ndim()) {
+        let mut v = buffers::take(1);
+        v.push(full(x));
+        return wrap(v);
     }
-    cur
+    let mut shape = a.shape().to_vec();
+    let mut cur: Option<Vec<T>> = None;
+    for &ax in axes.iter().rev() {
+        let (outer, len, inner) = (
+            shape[..ax].iter().product::<usize>(),
+            shape[ax],
+            shape[ax + 1..].iter().product::<usize>(),
+        );
+        let src = cur.as_deref().unwrap_or(x);
+        let mut out = buffers::take(outer * inner);
+        out.resize(outer * inner, init);
+        super::ew::vectorized(|| {
+            for (acc, block) in out
+                .chunks_exact_mut(inner.max(1))
+                .zip(src.chunks_exact((len * inner).max(1)))
+            {
+                for r in block.chunks_exact(inner) {
+                    for (s, &v) in acc.iter_mut().zip(r) {
+                        *s = fold(*s, v);
+                    }
+                }
+            }
+        });
+        if let Some(old) = cur.replace(out) {
+            buffers::current().give(old);
+        }
+        shape[ax] = 1;
+    }
+    wrap(cur.unwrap_or_else(|| {
+        let mut v = buffers::take(x.len());
+        v.extend_from_slice(x);
+        v
+    }))
 }
 
-/// Sums over `axes`. A full reduction of a contiguous buffer uses a fixed 8-lane tree so
-/// long sums stay accurate and vectorize.
-pub fn sum<T: crate::tensor::Float>(a: &Arr<T>, axes: &[usize], keep: bool) -> Arr<T> {
-    if axes.len() == a.ndim() {
-        if let Some(s) = a.as_slice() {
-            let total = sum_slice(s);
-            let shape: Vec<usize> = if keep { vec![1; a.ndim()] } else { vec![] };
-            return Arr::from_elem(IxDyn(&shape), total);
-        }
-    }
-    reduce(a, axes, keep, T::zero(), |x, y| x + y)
+/// Sums over `axes`. A full reduction of a contiguous buffer uses a fixed 8-lane tree
+/// so long sums stay accurate and vectorize.
+pub fn sum<T: crate::tensor::Float + Pooled>(a: &Arr<T>, axes: &[usize], keep: bool) -> Arr<T> {
+    reduce(a, axes, keep, T::zero(), |x, y| x + y, Some(sum_slice::<T>))
 }
 
 /// Sum of a slice with 8 fixed accumulators (deterministic, vectorizable).
@@ -71,14 +115,20 @@ fn sum8<T: crate::tensor::Float>(s: &[T]) -> T {
 }
 
 /// Maximum over `axes`; NaN wins.
-pub fn max<T: crate::tensor::Float>(a: &Arr<T>, axes: &[usize], keep: bool) -> Arr<T> {
-    reduce(a, axes, keep, T::neg_infinity(), |m, x| {
-        if m.is_nan() || m >= x {
-            m
-        } else {
-            x
-        }
-    })
+pub fn max<T: crate::tensor::Float + Pooled>(a: &Arr<T>, axes: &[usize], keep: bool) -> Arr<T> {
+    reduce(
+        a,
+        axes,
+        keep,
+        T::neg_infinity(),
+        |m, x| if m.is_nan() || m >= x { m } else { x },
+        None,
+    )
+}
+
+/// The maximum over `axes` of an i64 array.
+pub fn max_i64(a: &Arr<i64>, axes: &[usize], keep: bool) -> Arr<i64> {
+    reduce(a, axes, keep, i64::MIN, std::cmp::max, None)
 }
 
 /// Index of the first maximum along `axis`.

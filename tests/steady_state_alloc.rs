@@ -1,0 +1,132 @@
+//! Steady-state compiled calls allocate no tensor buffers: a counting global allocator
+//! sees no allocation of 2 KiB or more from the fourth call on of compiled
+//! MLP and CNN train steps (every intermediate buffer, im2col scratch and old variable
+//! value is recycled through the plan's buffer pool; what is left is bookkeeping of a
+//! few dozen bytes), under both schedules. Not counted: the `gemm` crate's own
+//! per-call packing scratch, which tapeflow cannot hand a buffer to
+//! (`in_backend_call`).
+//!
+//! This binary holds a single test so no other test allocates while it counts.
+
+mod common;
+
+use common::{fake_batch, Mlp};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use tapeflow::exec::buffers::in_backend_call;
+use tapeflow::exec::{RunStats, Schedule};
+use tapeflow::trace::ConcreteFunction;
+use tapeflow::{function, DType, GradientTape, Padding, Tensor, Variable};
+
+/// Allocations at least this big count as buffers. (Below it: bookkeeping such as
+/// rayon's 1.5 KiB injector-queue blocks when work enters the pool from outside. The
+/// pool's own `fresh_buffers` counter covers the small tensor buffers.)
+const BIG: usize = 2048;
+
+struct Counting;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static BIG_ALLOCS: AtomicUsize = AtomicUsize::new(0);
+static BIG_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards to the system allocator unchanged; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        if l.size() >= BIG && COUNTING.load(Ordering::Relaxed) && !in_backend_call() {
+            BIG_ALLOCS.fetch_add(1, Ordering::Relaxed);
+            BIG_BYTES.fetch_add(l.size(), Ordering::Relaxed);
+        }
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        if new >= BIG && COUNTING.load(Ordering::Relaxed) && !in_backend_call() {
+            BIG_ALLOCS.fetch_add(1, Ordering::Relaxed);
+            BIG_BYTES.fetch_add(new, Ordering::Relaxed);
+        }
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(p, l, new) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Big allocations and fresh pool buffers over 3 steady-state runs (after 3 warm-up runs) of `c`'s plan.
+fn steady_state(
+    c: &ConcreteFunction,
+    inputs: &[&Tensor],
+    schedule: Schedule,
+) -> (usize, usize, usize) {
+    let plan = c.plan();
+    plan.set_schedule(schedule);
+    let data: Vec<_> = inputs.iter().map(|t| t.data().unwrap()).collect();
+    for _ in 0..3 {
+        plan.run(&data, &mut RunStats::default()).unwrap();
+    }
+    BIG_ALLOCS.store(0, Ordering::SeqCst);
+    BIG_BYTES.store(0, Ordering::SeqCst);
+    let mut stats = RunStats::default();
+    COUNTING.store(true, Ordering::SeqCst);
+    for _ in 0..3 {
+        let out = plan.run(&data, &mut stats).unwrap();
+        drop(out);
+    }
+    COUNTING.store(false, Ordering::SeqCst);
+    (
+        BIG_ALLOCS.load(Ordering::SeqCst),
+        BIG_BYTES.load(Ordering::SeqCst),
+        stats.fresh_buffers,
+    )
+}
+
+fn mlp_step() -> (std::sync::Arc<ConcreteFunction>, Vec<Tensor>) {
+    let mlp = Mlp::new(3);
+    let (x, y) = fake_batch(256, 4);
+    let step = function(move |x: &Tensor, y: &Tensor| mlp.train_step(x, y, 0.01));
+    (step.concrete(&[&x, &y]).unwrap(), vec![x, y])
+}
+
+fn cnn_step() -> (std::sync::Arc<ConcreteFunction>, Vec<Tensor>) {
+    let w = Variable::named(
+        "k",
+        Tensor::random_normal(&[3, 3, 1, 8], 0.0, 0.3, 5, DType::F32),
+    );
+    let x = Tensor::random_normal(&[16, 28, 28, 1], 0.0, 1.0, 6, DType::F32);
+    let step = function(move |x: &Tensor| {
+        let tape = GradientTape::new();
+        let loss = tape.record(|| {
+            x.conv2d(&w.read(), (1, 1), Padding::Same)
+                .relu()
+                .max_pool2d((2, 2), (2, 2), Padding::Valid)
+                .square()
+                .mean_all()
+        });
+        let g = tape.gradient(&loss, &w)?;
+        w.assign_sub(&(g * 0.01));
+        Ok(loss)
+    });
+    (step.concrete(&[&x]).unwrap(), vec![x])
+}
+
+#[test]
+fn steady_state_calls_allocate_no_buffers() {
+    for (name, (c, inputs)) in [("mlp", mlp_step()), ("cnn", cnn_step())] {
+        let refs: Vec<&Tensor> = inputs.iter().collect();
+        let total = c.plan().total_bytes();
+        for schedule in [Schedule::Sequential, Schedule::Parallel] {
+            let (allocs, bytes, fresh) = steady_state(&c, &refs, schedule);
+            assert_eq!(
+                (allocs, bytes),
+                (0, 0),
+                "{name} {schedule:?}: {allocs} allocations of ≥{BIG} B ({bytes} B) in 3 steady-state runs (all values: {total} B)"
+            );
+            // Only the loss (a scalar output) leaves the pool each run.
+            assert_eq!(fresh, 3, "{name} {schedule:?}: fresh pool buffers");
+        }
+    }
+}
