@@ -71,11 +71,11 @@ impl Unary {
     pub fn f<T: Float>(self, x: T) -> T {
         match self {
             Unary::Neg => -x,
-            Unary::Exp => x.exp(),
-            Unary::Log => x.ln(),
-            Unary::Sin => x.sin(),
-            Unary::Cos => x.cos(),
-            Unary::Tanh => x.tanh(),
+            Unary::Exp => x.kernel_exp(),
+            Unary::Log => x.kernel_ln(),
+            Unary::Sin => x.kernel_sin(),
+            Unary::Cos => x.kernel_cos(),
+            Unary::Tanh => x.kernel_tanh(),
             Unary::Sqrt => x.sqrt(),
             Unary::Abs => x.abs(),
             Unary::Sign => {
@@ -88,10 +88,11 @@ impl Unary {
                 }
             }
             Unary::Sigmoid => {
+                // one exponential of a non-positive argument for both signs
+                let e = (-x.abs()).kernel_exp();
                 if x >= T::zero() {
-                    T::one() / (T::one() + (-x).exp())
+                    T::one() / (T::one() + e)
                 } else {
-                    let e = x.exp();
                     e / (T::one() + e)
                 }
             }

@@ -1,6 +1,7 @@
 //! `Data`: the concrete buffer behind a tensor, one ndarray per dtype.
 
 use super::dtype::{DType, Shape};
+use super::fastmath;
 use ndarray::{ArcArray, ArrayD, IxDyn};
 
 /// Shared, copy-on-write n-dimensional array: the storage of every concrete tensor.
@@ -31,6 +32,19 @@ pub trait Float:
     fn from_f64(x: f64) -> Self;
     /// Converts to f64.
     fn to_f64(self) -> f64;
+    /// `eˣ` as the kernels compute it. f32: the vectorizable version in
+    /// `tensor::fastmath` (within 1 ulp); f64: std (libm, so f64 gradient checks keep
+    /// its accuracy). The same for the other `kernel_*` functions.
+    fn kernel_exp(self) -> Self;
+    /// `ln x` as the kernels compute it (see [`Float::kernel_exp`]).
+    fn kernel_ln(self) -> Self;
+    /// `sin x` as the kernels compute it (see [`Float::kernel_exp`]; f32 is within 1 ulp
+    /// for |x| ≤ 2²⁷, less accurate beyond).
+    fn kernel_sin(self) -> Self;
+    /// `cos x` as the kernels compute it (see [`Float::kernel_sin`]).
+    fn kernel_cos(self) -> Self;
+    /// `tanh x` as the kernels compute it (see [`Float::kernel_exp`]).
+    fn kernel_tanh(self) -> Self;
 }
 
 impl Float for f32 {
@@ -50,6 +64,26 @@ impl Float for f32 {
     fn to_f64(self) -> f64 {
         self as f64
     }
+    #[inline(always)]
+    fn kernel_exp(self) -> f32 {
+        fastmath::exp(self)
+    }
+    #[inline(always)]
+    fn kernel_ln(self) -> f32 {
+        fastmath::ln(self)
+    }
+    #[inline(always)]
+    fn kernel_sin(self) -> f32 {
+        fastmath::sin(self)
+    }
+    #[inline(always)]
+    fn kernel_cos(self) -> f32 {
+        fastmath::cos(self)
+    }
+    #[inline(always)]
+    fn kernel_tanh(self) -> f32 {
+        fastmath::tanh(self)
+    }
 }
 
 impl Float for f64 {
@@ -68,6 +102,26 @@ impl Float for f64 {
     }
     fn to_f64(self) -> f64 {
         self
+    }
+    #[inline(always)]
+    fn kernel_exp(self) -> f64 {
+        self.exp()
+    }
+    #[inline(always)]
+    fn kernel_ln(self) -> f64 {
+        self.ln()
+    }
+    #[inline(always)]
+    fn kernel_sin(self) -> f64 {
+        self.sin()
+    }
+    #[inline(always)]
+    fn kernel_cos(self) -> f64 {
+        self.cos()
+    }
+    #[inline(always)]
+    fn kernel_tanh(self) -> f64 {
+        self.tanh()
     }
 }
 
