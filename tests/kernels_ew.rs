@@ -51,15 +51,20 @@ fn naive_zip(a: &Arr<f32>, b: &Arr<f32>, shape: &[usize], f: impl Fn(f32, f32) -
 #[test]
 fn zip_matches_naive_on_every_broadcast_path() {
     let cases: &[(&[usize], &[usize], &[usize])] = &[
-        (&[7, 13], &[7, 13], &[7, 13]),     // same shape
-        (&[7, 13], &[], &[7, 13]),          // scalar right
-        (&[], &[5, 3], &[5, 3]),            // scalar left
-        (&[9, 17], &[17], &[9, 17]),        // row right
-        (&[1, 17], &[9, 17], &[9, 17]),     // row left
-        (&[3, 5, 7], &[5, 1], &[3, 5, 7]),  // general
-        (&[301, 257], &[257], &[301, 257]), // parallel row path
-        (&[70001], &[70001], &[70001]),     // parallel same-shape path
-        (&[70001], &[1], &[70001]),         // parallel scalar path
+        (&[7, 13], &[7, 13], &[7, 13]),         // same shape
+        (&[7, 13], &[], &[7, 13]),              // scalar right
+        (&[], &[5, 3], &[5, 3]),                // scalar left
+        (&[9, 17], &[17], &[9, 17]),            // row right
+        (&[1, 17], &[9, 17], &[9, 17]),         // row left
+        (&[3, 5, 7], &[5, 1], &[3, 5, 7]),      // general
+        (&[301, 257], &[257], &[301, 257]),     // parallel row path
+        (&[70001], &[70001], &[70001]),         // parallel same-shape path
+        (&[70001], &[1], &[70001]),             // parallel scalar path
+        (&[9, 17], &[9, 1], &[9, 17]),          // column right
+        (&[4, 1, 1], &[4, 3, 5], &[4, 3, 5]),   // column left, two trailing axes
+        (&[64, 1], &[10], &[64, 10]),           // outer product (one-hot)
+        (&[5, 1], &[1, 7], &[5, 7]),            // outer product, padded row
+        (&[3001, 1], &[3001, 37], &[3001, 37]), // parallel column path
     ];
     for (k, (sa, sb, out)) in cases.iter().enumerate() {
         let (a, b) = (arr(sa, k as u64), arr(sb, 100 + k as u64));
@@ -147,4 +152,28 @@ fn kernels_are_bit_identical_for_any_thread_count() {
         })
         .collect();
     assert!(results.windows(2).all(|w| w[0] == w[1]));
+}
+
+#[test]
+fn broadcast_to_matches_ndarray_on_row_column_and_general_paths() {
+    use tapeflow::ops::Op;
+    use tapeflow::tensor::Data;
+    let cases: &[(&[usize], &[usize])] = &[
+        (&[17], &[9, 17]),        // row
+        (&[1, 17], &[3, 9, 17]),  // row with a leading 1
+        (&[9, 1], &[9, 17]),      // column
+        (&[4, 1, 1], &[4, 3, 5]), // column over two axes
+        (&[1], &[6, 7]),          // scalar-like
+        (&[3, 1, 5], &[3, 4, 5]), // general
+        (&[], &[2, 3]),           // rank 0
+    ];
+    for (k, (from, to)) in cases.iter().enumerate() {
+        let a = arr(from, k as u64);
+        let got = Op::BroadcastTo.eval(&[&Data::F32(a.clone())], to).unwrap();
+        let want = a.broadcast(IxDyn(to)).unwrap().to_owned();
+        match got {
+            Data::F32(g) => assert_eq!(g, want.into_shared(), "{from:?} -> {to:?}"),
+            _ => panic!("dtype changed"),
+        }
+    }
 }

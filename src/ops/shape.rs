@@ -220,6 +220,16 @@ fn broadcast<T: Pooled>(a: &Arr<T>, shape: &[usize]) -> Arr<T> {
                 .expect("length matches shape")
                 .into_shared()
         }
+        Some(col) if ew::col_width(a.shape(), shape).is_some() => {
+            let k = n / col.len().max(1);
+            let mut out = buffers::take(n);
+            for &v in col {
+                out.extend(std::iter::repeat(v).take(k));
+            }
+            Arr::from_shape_vec(IxDyn(shape), out)
+                .expect("length matches shape")
+                .into_shared()
+        }
         _ => materialize(
             a.broadcast(IxDyn(shape))
                 .expect("infer checked broadcasting"),

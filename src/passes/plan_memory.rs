@@ -14,14 +14,14 @@
 //!   slot), or a new slot.
 //!
 //! A slot is free again after the last step that uses any value in it; outputs and
-//! assigned values live to the end. When a freed slot's next occupant is a `fused` step,
-//! the plan hands the dead buffer over so the fused kernel writes into that allocation.
-//! The planned peak is the external bytes plus the sum of slot sizes; the live bytes of
-//! a run never exceed it.
+//! assigned values live to the end. The planned peak is the external bytes plus the
+//! sum of slot sizes; the live bytes of a run in order never exceed it.
 //!
-//! It does not reorder steps to lower the peak, split or merge slots, or compute
-//! unfused kernels in place (they allocate their result; their buffers are still
-//! released at last use, so the plan's bound holds).
+//! At run time the interpreter realizes the slots through its buffer pool
+//! ([`crate::exec::buffers`]): a value's buffer returns to the pool at its last use and
+//! the next value of that length takes it, and `fused` steps overwrite in place as
+//! planned. It does not reorder steps to lower the peak, split or merge slots, or
+//! compute unfused kernels in place.
 
 use crate::ir::{Graph, NodeId};
 use crate::ops::Op;
@@ -37,8 +37,6 @@ pub struct MemoryPlan {
     pub slot_bytes: Vec<usize>,
     /// For each step: the operand (by slot order) whose buffer the result overwrites.
     pub in_place: Vec<Option<usize>>,
-    /// For each value: the later `fused` step that reuses its buffer after it dies.
-    pub hand_over: Vec<Option<usize>>,
     /// Bytes of inputs, constants and variables read.
     pub external_bytes: usize,
 }
@@ -80,12 +78,10 @@ pub fn plan_memory(g: &Graph, order: &[NodeId]) -> MemoryPlan {
     let mut plan = MemoryPlan {
         slot: vec![None; n],
         in_place: vec![None; n],
-        hand_over: vec![None; n],
         ..MemoryPlan::default()
     };
     let mut users = Vec::new(); // live values per slot
     let mut free: Vec<usize> = Vec::new();
-    let mut freed_by: Vec<Option<usize>> = Vec::new(); // the value whose death freed the slot
     for i in 0..n {
         let node = g.node(order[i]);
         let b = bytes(i);
@@ -127,13 +123,9 @@ pub fn plan_memory(g: &Graph, order: &[NodeId]) -> MemoryPlan {
                             None => {
                                 plan.slot_bytes.push(b);
                                 users.push(0);
-                                freed_by.push(None);
                                 plan.slot_bytes.len() - 1
                             }
                         };
-                        if let (Some(v), Op::Fused(_)) = (freed_by[sl].take(), op) {
-                            plan.hand_over[v] = Some(i);
-                        }
                         Some(sl)
                     }
                 }
@@ -159,7 +151,6 @@ pub fn plan_memory(g: &Graph, order: &[NodeId]) -> MemoryPlan {
                 users[sl] -= 1;
                 if users[sl] == 0 {
                     free.push(sl);
-                    freed_by[sl] = Some(o);
                 }
             }
         }

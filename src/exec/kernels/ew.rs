@@ -185,6 +185,16 @@ where
         if let (true, Some(k)) = (y.len() == n, col_width(a.shape(), shape)) {
             return wrap(shape, zip_cols(y, x, k, |q, p| f(p, q)));
         }
+        // an outer product: a column against a row (a one-hot's `labels == classes`)
+        if col_width(a.shape(), shape) == Some(y.len()) && is_row_of(b.shape(), shape) {
+            let mut out = buffers::take(n);
+            vectorized(|| {
+                for &p in x {
+                    out.extend(y.iter().map(|&q| f(p, q)));
+                }
+            });
+            return wrap(shape, out);
+        }
     }
     let sh = IxDyn(shape);
     let av = a.broadcast(sh.clone()).expect("infer checked broadcasting");
@@ -196,7 +206,7 @@ where
 
 /// If `small` broadcasts to `full` as a column, `[d0, .., dj, 1, .., 1]` with the
 /// `d`s a prefix of `full`, the number of elements each of its values spans.
-fn col_width(small: &[usize], full: &[usize]) -> Option<usize> {
+pub(crate) fn col_width(small: &[usize], full: &[usize]) -> Option<usize> {
     let lead = full.len().checked_sub(small.len())?;
     let padded = std::iter::repeat(1).take(lead).chain(small.iter().copied());
     let ones = padded.clone().rev().take_while(|&d| d == 1).count();

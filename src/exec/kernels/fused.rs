@@ -221,9 +221,6 @@ impl FusedExpr {
 pub enum OutBuf {
     /// A new buffer.
     Fresh,
-    /// A dead buffer whose allocation may be reused (ignored unless uniquely owned and of
-    /// the result's dtype).
-    Spare(Data),
     /// Param `k`'s value, dying here: the result overwrites it in place when it is
     /// uniquely owned (the caller passes `None` for that param); else it is only read.
     Operand(usize, Data),
@@ -1032,13 +1029,6 @@ impl Program {
         } else {
             match out {
                 OutBuf::Fresh => {}
-                OutBuf::Spare(d) => {
-                    buf = O::take_vec(d).ok().map(|mut v| {
-                        v.clear();
-                        v.resize(n_out, O::default());
-                        v
-                    })
-                }
                 OutBuf::Operand(k, d) => match O::take_vec(d) {
                     Ok(v) if v.len() == n_out => {
                         buf = Some(v);
