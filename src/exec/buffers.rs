@@ -109,6 +109,22 @@ impl BufferPool {
         }
     }
 
+    /// A spare buffer of exactly `n` elements as it was left (its old values), or
+    /// zeros on a miss.
+    fn pop_filled<T: Pooled>(&self, n: usize) -> Vec<T> {
+        match T::shelf(self).pop(n) {
+            Some(mut v) => {
+                v.truncate(n);
+                v.resize(n, T::default());
+                v
+            }
+            None => {
+                self.misses.fetch_add(1, Ordering::Relaxed);
+                vec![T::default(); n]
+            }
+        }
+    }
+
     fn give<T: Pooled>(&self, v: Vec<T>, n: usize) {
         if v.capacity() >= n && n > 0 {
             T::shelf(self).push(v, n);
@@ -220,6 +236,15 @@ pub fn with_pool<R>(pool: &BufferPool, f: impl FnOnce() -> R) -> R {
 /// An empty `Vec` with room for `n` elements, from the installed pool if any.
 pub fn take<T: Pooled>(n: usize) -> Vec<T> {
     current().take(n)
+}
+
+/// `n` elements with unspecified values (a recycled buffer's old contents, or zeros),
+/// for kernels that overwrite every element: it skips the zeroing pass of [`zeroed`].
+pub fn overwritable<T: Pooled>(n: usize) -> Vec<T> {
+    match current().get() {
+        Some(p) => p.pop_filled(n),
+        None => vec![T::default(); n],
+    }
 }
 
 /// `n` copies of `T::default()` (zero), in a buffer from the installed pool if any.

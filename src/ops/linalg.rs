@@ -85,7 +85,11 @@ fn matmul<T: Float>(a: &Arr<T>, b: &Arr<T>, ta: bool, tb: bool, shape: &[usize])
         if a.ndim() == 2 { 0 } else { m * k },
         if b.ndim() == 2 { 0 } else { k * n },
     );
-    let mut out = crate::exec::buffers::zeroed(batch * m * n);
+    let mut out = if k == 0 {
+        crate::exec::buffers::zeroed(batch * m * n) // an empty sum
+    } else {
+        crate::exec::buffers::overwritable(batch * m * n)
+    };
     for i in 0..batch {
         gemm(
             &sa[i * stride_a..i * stride_a + m * k],

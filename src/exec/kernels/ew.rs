@@ -10,7 +10,7 @@
 
 use crate::exec::buffers::{self, Pooled};
 use crate::tensor::Arr;
-use ndarray::{ArrayD, IxDyn, Zip};
+use ndarray::{ArrayD, IxDyn};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
@@ -149,7 +149,12 @@ fn is_row_of(small: &[usize], full: &[usize]) -> bool {
 pub fn map<T: Copy + Send + Sync, O: Pooled>(a: &Arr<T>, f: impl Fn(T) -> O + Sync) -> Arr<O> {
     match a.as_slice() {
         Some(s) => wrap(a.shape(), map_slice(s, f)),
-        None => a.map(|&x| f(x)).into_shared(),
+        None => {
+            // logical order, so the result is in standard layout whatever `a`'s is
+            let mut out = buffers::take(a.len());
+            out.extend(a.iter().map(|&x| f(x)));
+            wrap(a.shape(), out)
+        }
     }
 }
 
@@ -276,9 +281,11 @@ pub fn select<M: Copy + Send + Sync, T: Pooled>(
         .expect("infer checked broadcasting");
     let av = a.broadcast(sh.clone()).expect("infer checked broadcasting");
     let bv = b.broadcast(sh).expect("infer checked broadcasting");
-    Zip::from(&mv)
-        .and(&av)
-        .and(&bv)
-        .map_collect(|&m, &x, &y| if set(m) { x } else { y })
-        .into_shared()
+    let mut out = buffers::take(n);
+    out.extend(
+        mv.iter()
+            .zip(av.iter().zip(bv.iter()))
+            .map(|(&m, (&x, &y))| if set(m) { x } else { y }),
+    );
+    wrap(shape, out)
 }

@@ -1041,7 +1041,7 @@ impl Program {
                 },
             }
         }
-        let mut buf = buf.unwrap_or_else(|| crate::exec::buffers::zeroed(n_out));
+        let mut buf = buf.unwrap_or_else(|| crate::exec::buffers::overwritable(n_out));
         let bind = |lp: &Loop| -> SmallVec<[Src; 8]> {
             lp.from
                 .iter()

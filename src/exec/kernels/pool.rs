@@ -226,7 +226,7 @@ where
     F: Fn(usize, usize, &mut [T], &mut [u32]) + Sync,
 {
     let row = g.ow * g.c;
-    let mut y = buffers::zeroed(g.n * g.oh * row);
+    let mut y = buffers::overwritable(g.n * g.oh * row);
     if y.is_empty() {
         return y;
     }
