@@ -4,9 +4,9 @@
 
 mod common;
 
-use common::{fake_batch, Mlp};
+use common::{conv_train_step, fake_batch, Mlp};
 use tapeflow::exec::Schedule;
-use tapeflow::{function, DType, GradientTape, Padding, Tensor, Variable};
+use tapeflow::{function, Tensor};
 
 const SCHEDULES: [Schedule; 2] = [Schedule::Sequential, Schedule::Parallel];
 
@@ -39,25 +39,7 @@ fn mlp_weights(schedule: Schedule) -> Vec<Vec<f32>> {
 
 /// Final filter of a conv + pool model after 2 compiled steps.
 fn conv_weights(schedule: Schedule) -> Vec<f32> {
-    let w = Variable::named(
-        "k",
-        Tensor::random_normal(&[3, 3, 1, 8], 0.0, 0.3, 5, DType::F32),
-    );
-    let x = Tensor::random_normal(&[16, 28, 28, 1], 0.0, 1.0, 6, DType::F32);
-    let w2 = w.clone();
-    let step = function(move |x: &Tensor| {
-        let tape = GradientTape::new();
-        let loss = tape.record(|| {
-            x.conv2d(&w2.read(), (1, 1), Padding::Same)
-                .relu()
-                .max_pool2d((2, 2), (2, 2), Padding::Valid)
-                .square()
-                .mean_all()
-        });
-        let g = tape.gradient(&loss, &w2)?;
-        w2.assign_sub(&(g * 0.01));
-        Ok(loss)
-    });
+    let (step, x, w) = conv_train_step();
     step.concrete(&[&x]).unwrap().plan().set_schedule(schedule);
     for _ in 0..2 {
         step.call(&x).unwrap();

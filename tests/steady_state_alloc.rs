@@ -10,13 +10,13 @@
 
 mod common;
 
-use common::{fake_batch, Mlp};
+use common::{conv_train_step, fake_batch, Mlp};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use tapeflow::exec::buffers::in_backend_call;
 use tapeflow::exec::{RunStats, Schedule};
 use tapeflow::trace::ConcreteFunction;
-use tapeflow::{function, DType, GradientTape, Padding, Tensor, Variable};
+use tapeflow::{function, Tensor};
 
 /// Allocations at least this big count as buffers. (Below it: bookkeeping such as
 /// rayon's 1.5 KiB injector-queue blocks when work enters the pool from outside. The
@@ -92,24 +92,7 @@ fn mlp_step() -> (std::sync::Arc<ConcreteFunction>, Vec<Tensor>) {
 }
 
 fn cnn_step() -> (std::sync::Arc<ConcreteFunction>, Vec<Tensor>) {
-    let w = Variable::named(
-        "k",
-        Tensor::random_normal(&[3, 3, 1, 8], 0.0, 0.3, 5, DType::F32),
-    );
-    let x = Tensor::random_normal(&[16, 28, 28, 1], 0.0, 1.0, 6, DType::F32);
-    let step = function(move |x: &Tensor| {
-        let tape = GradientTape::new();
-        let loss = tape.record(|| {
-            x.conv2d(&w.read(), (1, 1), Padding::Same)
-                .relu()
-                .max_pool2d((2, 2), (2, 2), Padding::Valid)
-                .square()
-                .mean_all()
-        });
-        let g = tape.gradient(&loss, &w)?;
-        w.assign_sub(&(g * 0.01));
-        Ok(loss)
-    });
+    let (step, x, _) = conv_train_step();
     (step.concrete(&[&x]).unwrap(), vec![x])
 }
 

@@ -22,30 +22,39 @@
 
 use crate::tensor::{Arr, Data};
 use std::cell::Cell;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-/// Spare buffers of one element type, by length.
+/// Spare buffers of one element type, by length: a short list searched linearly (a
+/// graph has a few dozen distinct sizes at most, and this beats hashing at that size).
 #[doc(hidden)]
-#[derive(Default)]
-pub struct Shelf<T>(Mutex<HashMap<usize, Vec<Vec<T>>>>);
+pub struct Shelf<T>(Mutex<Vec<(usize, Vec<Vec<T>>)>>);
+
+impl<T> Default for Shelf<T> {
+    fn default() -> Self {
+        Shelf(Mutex::new(Vec::new()))
+    }
+}
 
 impl<T> Shelf<T> {
     fn pop(&self, n: usize) -> Option<Vec<T>> {
-        self.0.lock().ok()?.get_mut(&n)?.pop()
+        let mut m = self.0.lock().ok()?;
+        m.iter_mut().find(|(len, _)| *len == n)?.1.pop()
     }
 
     fn push(&self, v: Vec<T>, n: usize) {
         if let Ok(mut m) = self.0.lock() {
-            m.entry(n).or_default().push(v);
+            match m.iter_mut().find(|(len, _)| *len == n) {
+                Some((_, bufs)) => bufs.push(v),
+                None => m.push((n, vec![v])),
+            }
         }
     }
 
     fn bytes(&self) -> usize {
         self.0.lock().map_or(0, |m| {
-            m.values()
-                .flatten()
+            m.iter()
+                .flat_map(|(_, bufs)| bufs)
                 .map(|v| v.capacity() * std::mem::size_of::<T>())
                 .sum()
         })

@@ -262,3 +262,33 @@ pub fn sin_exp_second_derivative(x: &Tensor) -> tapeflow::Result<Tensor> {
     })?;
     outer.gradient(&g, x)
 }
+
+/// A small conv model's compiled train step: 3x3x1x8 filter `k` (seeded), conv (same) →
+/// relu → 2x2 max-pool → mean of squares, SGD 0.01 on the filter; with its seeded input
+/// batch [16,28,28,1] and the filter variable.
+pub fn conv_train_step() -> (
+    tapeflow::trace::Function<(Tensor,), impl Fn(&Tensor) -> tapeflow::Result<Tensor>>,
+    Tensor,
+    Variable,
+) {
+    let w = Variable::named(
+        "k",
+        Tensor::random_normal(&[3, 3, 1, 8], 0.0, 0.3, 5, DType::F32),
+    );
+    let x = Tensor::random_normal(&[16, 28, 28, 1], 0.0, 1.0, 6, DType::F32);
+    let w2 = w.clone();
+    let step = function(move |x: &Tensor| {
+        let tape = GradientTape::new();
+        let loss = tape.record(|| {
+            x.conv2d(&w2.read(), (1, 1), Padding::Same)
+                .relu()
+                .max_pool2d((2, 2), (2, 2), Padding::Valid)
+                .square()
+                .mean_all()
+        });
+        let g = tape.gradient(&loss, &w2)?;
+        w2.assign_sub(&(g * 0.01));
+        Ok(loss)
+    });
+    (step, x, w)
+}
