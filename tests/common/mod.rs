@@ -266,6 +266,7 @@ pub fn sin_exp_second_derivative(x: &Tensor) -> tapeflow::Result<Tensor> {
 /// A small conv model's compiled train step: 3x3x1x8 filter `k` (seeded), conv (same) →
 /// relu → 2x2 max-pool → mean of squares, SGD 0.01 on the filter; with its seeded input
 /// batch [16,28,28,1] and the filter variable.
+#[allow(clippy::type_complexity)]
 pub fn conv_train_step() -> (
     tapeflow::trace::Function<(Tensor,), impl Fn(&Tensor) -> tapeflow::Result<Tensor>>,
     Tensor,
