@@ -1,4 +1,4 @@
-//! Convolution and pooling: `conv2d` (NHWC input, [kh,kw,cin,cout] filter) with its two
+//! Convolution and pooling: `conv2d` (NHWC input, `[kh,kw,cin,cout]` filter) with its two
 //! backprops, and `max_pool2d` with its gradient and the gradient's adjoint. Each family
 //! member's VJP is built from the others, so the family is closed under differentiation
 //! (second derivatives of a CNN work).

@@ -116,7 +116,7 @@ pub enum Op {
         /// Transpose the right operand's last two axes.
         tb: bool,
     },
-    /// 2-D convolution, NHWC input, [kh,kw,cin,cout] filter.
+    /// 2-D convolution, NHWC input, `[kh,kw,cin,cout]` filter.
     Conv2d(ConvAttrs),
     /// Gradient of `conv2d` w.r.t. its input: operands `(gy, w)`; the node's shape is the input's.
     Conv2dBackpropInput(ConvAttrs),

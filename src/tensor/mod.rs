@@ -3,7 +3,7 @@
 //! A [`Tensor`] is a cheap immutable handle (`Arc`). It is either *concrete* (it owns a
 //! [`Data`] buffer) or *symbolic* (it names a node of the graph being traced by
 //! [`crate::function`]). Every op goes through one dispatch point
-//! ([`dispatch::apply`]) which runs the kernel now (eager) or adds a node (traced), and
+//! (`dispatch::apply`) which runs the kernel now (eager) or adds a node (traced), and
 //! records the op on the active gradient tapes. User code cannot tell the modes apart,
 //! except that a symbolic tensor has no value to read.
 //!

@@ -6,7 +6,7 @@
 //! ndarray's broadcasting `Zip`. Loops longer than [`PAR_MIN`] elements are split
 //! across rayon threads in fixed chunks; each element is computed independently, so
 //! the split never changes a bit. Results are always in standard layout, in buffers
-//! from the installed [`buffers`](crate::exec::buffers) pool when there is one.
+//! from the installed [`crate::exec::buffers`] pool when there is one.
 
 use crate::exec::buffers::{self, Pooled};
 use crate::tensor::Arr;
