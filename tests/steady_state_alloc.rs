@@ -14,6 +14,7 @@ use common::{conv_train_step, fake_batch, Mlp};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use tapeflow::exec::buffers::in_backend_call;
+use tapeflow::exec::kernels::gemm::gemm;
 use tapeflow::exec::{RunStats, Schedule};
 use tapeflow::trace::ConcreteFunction;
 use tapeflow::{function, Tensor};
@@ -65,6 +66,12 @@ fn steady_state(
     let plan = c.plan();
     plan.set_schedule(schedule);
     let data: Vec<_> = inputs.iter().map(|t| t.data().unwrap()).collect();
+    // The gemm crate keeps a packing slab per thread, made on the thread's first GEMM;
+    // make it on every worker now, whichever of them the warm-up runs happen to use.
+    rayon::broadcast(|_| {
+        let (a, mut c) = (vec![1.0f32; 256 * 256], vec![0.0f32; 256 * 256]);
+        gemm(&a, &a, &mut c, 256, 256, 256, false, false);
+    });
     for _ in 0..3 {
         plan.run(&data, &mut RunStats::default()).unwrap();
     }

@@ -89,9 +89,10 @@ pooled!(f32, f32);
 pooled!(f64, f64);
 pooled!(i64, i64);
 
-/// The `Vec` behind a standard-layout array, if nothing else shares it.
+/// The `Vec` behind an array, if nothing else shares it and the array spans all of it
+/// (its layout does not matter: the buffer is reused as raw storage).
 fn unshared<T: Clone>(a: Arr<T>) -> Option<Vec<T>> {
-    if !a.is_standard_layout() || !a.is_unique() {
+    if !a.is_unique() {
         return None;
     }
     let n = a.len();
@@ -116,6 +117,20 @@ impl BufferPool {
                 Vec::with_capacity(n)
             }
         }
+    }
+
+    /// Like [`BufferPool::pop`], but a miss also stocks `spares` more buffers of that
+    /// length.
+    fn pop_stocking<T: Pooled>(&self, n: usize, spares: usize) -> Vec<T> {
+        if let Some(mut v) = T::shelf(self).pop(n) {
+            v.clear();
+            return v;
+        }
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        for _ in 0..spares {
+            self.give(Vec::<T>::with_capacity(n), n);
+        }
+        Vec::with_capacity(n)
     }
 
     /// A spare buffer of exactly `n` elements as it was left (its old values), or
@@ -281,9 +296,18 @@ impl<T: Pooled> Scratch<T> {
     }
 
     /// Makes the buffer `n` zeros long (recycling the old one when the length changes).
+    ///
+    /// How many scratch buffers of a size are in use at once depends on how rayon
+    /// shares out the work (at most two per thread: a kernel holds one or two), so a
+    /// miss stocks that many at once: later calls never miss however the work falls.
     pub fn resize(&mut self, n: usize) -> &mut Vec<T> {
         if self.buf.len() != n {
-            let old = std::mem::replace(&mut self.buf, self.pool.take(n));
+            let spares = 2 * rayon::current_num_threads() - 1;
+            let fresh = match self.pool.get() {
+                Some(p) => p.pop_stocking(n, spares),
+                None => Vec::with_capacity(n),
+            };
+            let old = std::mem::replace(&mut self.buf, fresh);
             self.pool.give(old);
             self.buf.resize(n, T::default());
         }

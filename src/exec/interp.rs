@@ -39,7 +39,7 @@ use crate::tensor::{type_str, DType, Data, Tensor};
 use smallvec::SmallVec;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 /// Estimated work (about one unit per element touched or multiply-add) above which a
@@ -92,7 +92,7 @@ struct Step {
 
 /// The per-run state, kept between runs so a steady-state run allocates none of it.
 struct RunState {
-    vals: Vec<Mutex<Option<Data>>>,
+    vals: Vec<RwLock<Option<Data>>>,
     pending: Vec<AtomicU32>,
     uses: Vec<AtomicU32>,
     failed: AtomicBool,
@@ -305,7 +305,7 @@ impl Plan {
         let cached = self.states.lock().ok().and_then(|mut s| s.pop());
         let n = self.steps.len();
         let st = cached.unwrap_or_else(|| RunState {
-            vals: (0..n).map(|_| Mutex::new(None)).collect(),
+            vals: (0..n).map(|_| RwLock::new(None)).collect(),
             pending: (0..n).map(|_| AtomicU32::new(0)).collect(),
             uses: (0..n).map(|_| AtomicU32::new(0)).collect(),
             failed: AtomicBool::new(false),
@@ -324,7 +324,7 @@ impl Plan {
     /// Clears a run's state (its values go back to the pool) and keeps it for reuse.
     fn put_state(&self, st: RunState) {
         for v in &st.vals {
-            if let Some(d) = v.lock().ok().and_then(|mut v| v.take()) {
+            if let Some(d) = write(v).take() {
                 self.pool.recycle(d);
             }
         }
@@ -368,7 +368,7 @@ impl Plan {
                 }
                 _ => continue,
             };
-            *lock(&st.vals[i]) = Some(v);
+            *write(&st.vals[i]) = Some(v);
         }
         let parallel = self.parallel() && !stats.collect_profile;
         stats.parallel = parallel;
@@ -412,7 +412,7 @@ impl Plan {
         }
         for &(v, p) in &self.assigns {
             if let Some(var) = &g.vars[v as usize].handle {
-                let d = lock(&st.vals[p]).clone().expect("assign computed");
+                let d = read(&st.vals[p]).clone().expect("assign computed");
                 let old = std::mem::replace(
                     &mut *var.0.value.write().expect("variable lock"),
                     Tensor::from_data(d),
@@ -425,7 +425,7 @@ impl Plan {
         Ok(self
             .outputs
             .iter()
-            .map(|&o| lock(&st.vals[o]).clone().expect("output computed"))
+            .map(|&o| read(&st.vals[o]).clone().expect("output computed"))
             .collect())
     }
 
@@ -476,9 +476,13 @@ impl Plan {
     fn exec(&self, i: usize, st: &RunState) -> Result<bool> {
         let s = &self.steps[i];
         let node = self.graph.node(s.node);
-        let get = |o: usize| lock(&st.vals[o]).clone().expect("operand computed");
         let (v, kernel) = match s.op {
-            Op::Assign(_) => (get(s.operands[0]), false),
+            Op::Assign(_) => (
+                read(&st.vals[s.operands[0]])
+                    .clone()
+                    .expect("operand computed"),
+                false,
+            ),
             Op::Fused(_) => {
                 // Overwrite the operand the memory plan names when this step is its
                 // last consumer (and it appears once among the operands).
@@ -487,7 +491,7 @@ impl Plan {
                     let o = s.operands[k];
                     let once = s.operands.iter().filter(|&&p| p == o).count() == 1;
                     if once && st.uses[o].load(Ordering::Acquire) == 1 {
-                        if let Some(d) = lock(&st.vals[o]).take() {
+                        if let Some(d) = write(&st.vals[o]).take() {
                             out = OutBuf::Operand(k, d);
                         }
                     }
@@ -496,20 +500,21 @@ impl Plan {
                     OutBuf::Operand(k, _) => Some(k),
                     _ => None,
                 };
-                let args: SmallVec<[Option<Data>; 4]> = s
+                let guards = self.read_inputs(s, st);
+                let args: SmallVec<[Option<&Data>; 4]> = s
                     .operands
                     .iter()
                     .enumerate()
-                    .map(|(k, &o)| (taken != Some(k)).then(|| get(o)))
+                    .map(|(k, &o)| (taken != Some(k)).then(|| operand(s, &guards, o)))
                     .collect();
-                let refs: SmallVec<[Option<&Data>; 4]> = args.iter().map(|a| a.as_ref()).collect();
                 let program = self.programs[i].as_ref().expect("compiled at plan time");
-                (program.run(&refs, out), true)
+                (program.run(&args, out), true)
             }
             op => {
-                let args: SmallVec<[Data; 4]> = s.operands.iter().map(|&o| get(o)).collect();
-                let refs: SmallVec<[&Data; 4]> = args.iter().collect();
-                let v = op.eval(&refs, &node.shape).map_err(|msg| {
+                let guards = self.read_inputs(s, st);
+                let args: SmallVec<[&Data; 4]> =
+                    s.operands.iter().map(|&o| operand(s, &guards, o)).collect();
+                let v = op.eval(&args, &node.shape).map_err(|msg| {
                     let loc = node
                         .loc
                         .map(|l| format!("{}:{}", l.file(), l.line()))
@@ -523,10 +528,10 @@ impl Plan {
                 (v, true)
             }
         };
-        *lock(&st.vals[i]) = Some(v);
+        *write(&st.vals[i]) = Some(v);
         for &o in &s.inputs {
             if st.uses[o].fetch_sub(1, Ordering::AcqRel) == 1 {
-                if let Some(d) = lock(&st.vals[o]).take() {
+                if let Some(d) = write(&st.vals[o]).take() {
                     if st.parallel.load(Ordering::Relaxed) {
                         lock(&st.retired).push(d);
                     } else {
@@ -537,6 +542,35 @@ impl Plan {
         }
         Ok(kernel)
     }
+
+    /// Read guards on step `s`'s distinct operands (in `s.inputs` order). A slot is only
+    /// written by its producer (before any reader runs) and by whoever takes it at its
+    /// last use, which no reader can be waiting for, so holding these never blocks a
+    /// writer.
+    fn read_inputs<'a>(&self, s: &Step, st: &'a RunState) -> SmallVec<[Slot<'a>; 4]> {
+        s.inputs.iter().map(|&o| read(&st.vals[o])).collect()
+    }
+}
+
+type Slot<'a> = RwLockReadGuard<'a, Option<Data>>;
+
+/// Operand `o` of step `s`, from the guards of [`Plan::read_inputs`] (an operand taken
+/// for in-place use is never looked up).
+fn operand<'a>(s: &Step, guards: &'a [Slot<'_>], o: usize) -> &'a Data {
+    let k = s
+        .inputs
+        .iter()
+        .position(|&p| p == o)
+        .expect("operand is an input");
+    guards[k].as_ref().expect("operand computed")
+}
+
+fn read<T>(m: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(m: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Locks a value slot (a poisoned lock only means another step panicked; the slot
