@@ -135,13 +135,13 @@ const PIO2_1: f64 = 1.5707963109016418;
 const PIO2_2: f64 = 1.5893254712295857e-8;
 const PIO2_3: f64 = 6.123233995736766e-17;
 
-/// `sin x` (`quadrant = 0`) or `cos x` (`quadrant = 1`, as cos x = sin(x + π/2)).
-/// With x = k·π/2 + r, sin x is sin r, cos r, −sin r, −cos r for k mod 4 = 0, 1, 2, 3.
+/// x = k·π/2 + r, |r| ≤ π/4: `(sin r, cos r, k)` with `k` as the low bits of a u64.
+/// Both polynomials are evaluated for every x, so one reduction serves `sin` and `cos`.
 #[inline(always)]
-fn sin_quadrant(x: f32, quadrant: u64) -> f32 {
+fn sin_cos_reduced(x: f32) -> (f64, f64, u64) {
     let xd = x as f64;
-    // x = k·π/2 + r, |r| ≤ π/4 (plus rounding). x − k·P1 and the subtraction of k·P2
-    // are exact for |k| < 2²⁷, so r is accurate to about 2⁻⁵³ relative.
+    // x − k·P1 and the subtraction of k·P2 are exact for |k| < 2²⁷, so r is accurate
+    // to about 2⁻⁵³ relative.
     let (k, kbits) = round_to_int(xd * FRAC_2_PI);
     let r = ((xd - k * PIO2_1) - k * PIO2_2) - k * PIO2_3;
     // Beyond ~1e15 the reduction is meaningless; keep r where the polynomials stay in
@@ -172,7 +172,14 @@ fn sin_quadrant(x: f32, quadrant: u64) -> f32 {
         pc = pc * z + c;
     }
     let cos_r = 1.0 + z * (pc * z - 0.5);
-    let q = kbits.wrapping_add(quadrant);
+    (sin_r, cos_r, kbits)
+}
+
+/// sin(r + q·π/2) from [`sin_cos_reduced`]'s `sin r` and `cos r`: sin r, cos r, −sin r,
+/// −cos r for q mod 4 = 0, 1, 2, 3. `sin x` is quadrant k, `cos x` = sin(x + π/2) is
+/// quadrant k + 1.
+#[inline(always)]
+fn quadrant(sin_r: f64, cos_r: f64, q: u64) -> f32 {
     let y = if q & 1 == 0 { sin_r } else { cos_r };
     let y = if q & 2 == 0 { y } else { -y };
     y as f32
@@ -186,7 +193,8 @@ fn sin_quadrant(x: f32, quadrant: u64) -> f32 {
 /// `sin(NaN)` are NaN.
 #[inline(always)]
 pub fn sin(x: f32) -> f32 {
-    sin_quadrant(x, 0)
+    let (s, c, k) = sin_cos_reduced(x);
+    quadrant(s, c, k)
 }
 
 /// `cos x` for f32.
@@ -196,7 +204,16 @@ pub fn sin(x: f32) -> f32 {
 /// the result is an arbitrary value in [-1, 1]. `cos(±inf)` and `cos(NaN)` are NaN.
 #[inline(always)]
 pub fn cos(x: f32) -> f32 {
-    sin_quadrant(x, 1)
+    let (s, c, k) = sin_cos_reduced(x);
+    quadrant(s, c, k.wrapping_add(1))
+}
+
+/// `(sin x, cos x)` with one shared range reduction: exactly the bits of [`sin`] and
+/// [`cos`] (the same operations on the same values), for about the cost of one of them.
+#[inline(always)]
+pub fn sin_cos(x: f32) -> (f32, f32) {
+    let (s, c, k) = sin_cos_reduced(x);
+    (quadrant(s, c, k), quadrant(s, c, k.wrapping_add(1)))
 }
 
 /// `tanh x` for f32, within 1 ulp of the correctly rounded result for every input.
@@ -403,6 +420,41 @@ mod tests {
             for y in [sin(x), cos(x)] {
                 assert!((-1.0..=1.0).contains(&y), "{y} at {x:e}");
             }
+        }
+    }
+
+    #[test]
+    fn sin_cos_gives_the_bits_of_sin_and_cos() {
+        let mut xs = sweep(f32::INFINITY);
+        xs.extend([
+            0.0,
+            -0.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            f32::MAX,
+            -f32::MAX,
+            f32::from_bits(1),
+            1e20,
+        ]);
+        xs.extend((-1000..=1000).map(|k| (k as f64 * std::f64::consts::FRAC_PI_4) as f32));
+        // in the vectorized loops the kernels run, and one element at a time
+        let fast: Vec<(u32, u32, u32, u32)> = vectorized(|| {
+            xs.iter()
+                .map(|&x| {
+                    let (s, c) = sin_cos(x);
+                    (s.to_bits(), c.to_bits(), sin(x).to_bits(), cos(x).to_bits())
+                })
+                .collect()
+        });
+        for (&x, &(s, c, sin_x, cos_x)) in xs.iter().zip(&fast) {
+            assert_eq!((s, c), (sin_x, cos_x), "sin_cos({x:e})");
+        }
+        let slow: Vec<u32> = scalar_loop(|x| sin_cos(x).0, &xs);
+        let slow_c: Vec<u32> = scalar_loop(|x| sin_cos(x).1, &xs);
+        for ((&x, &(s, c, _, _)), (&ss, &sc)) in xs.iter().zip(&fast).zip(slow.iter().zip(&slow_c))
+        {
+            assert_eq!((s, c), (ss, sc), "sin_cos({x:e}) scalar");
         }
     }
 
