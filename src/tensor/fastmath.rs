@@ -4,7 +4,7 @@
 //! that uses them runs one element at a time. These versions have no calls, no tables
 //! and no data-dependent branches — every special case is a select on values, which
 //! becomes a blend — so they inline into the loops of [`crate::exec::kernels::ew`] and
-//! the fused-loop kernel and vectorize there (4 f64 lanes under AVX2).
+//! the fused-loop kernel and vectorize there (4 f64 lanes under AVX2, 8 under AVX-512).
 //!
 //! Each widens its argument to f64, works there and rounds to f32 once at the end. The
 //! f64 intermediate carries about 40 more bits than the answer needs, so the result is
@@ -14,8 +14,8 @@
 //! `exp` free of overflow, so range handling is a clamp and a final conversion.
 //!
 //! Invariants: only IEEE basic operations (+ − × ÷, conversions, bit moves), never
-//! `mul_add` — Rust does not contract `a*b+c` into an FMA, so the AVX2 copy and the
-//! baseline copy of a kernel compute the same bits. Every function is
+//! `mul_add` — Rust does not contract `a*b+c` into an FMA, so the AVX-512, AVX2 and
+//! baseline copies of a kernel compute the same bits. Every function is
 //! `#[inline(always)]` so that it is compiled inside the caller's feature-enabled loop.
 //!
 //! Polynomials are Taylor series, not minimax fits: with f64 working precision the one
@@ -248,7 +248,7 @@ pub fn tanh(x: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exec::kernels::ew::vectorized;
+    use crate::exec::kernels::ew::{vectorized, vectorized_for, Isa};
     use rand::{Rng, SeedableRng};
 
     /// The largest `|x|` for which [`sin`] and [`cos`] are documented to be within 1 ulp.
@@ -496,13 +496,19 @@ mod tests {
             .collect()
     }
 
-    /// `f` (a function item, so it inlines) over `xs` in the AVX2 copy of a loop and in
-    /// a scalar baseline loop.
+    /// `f` (a function item, so it inlines) over `xs` in each copy of a loop the CPU runs
+    /// (AVX-512, AVX2, baseline) and in a scalar baseline loop.
     fn assert_same_bits(name: &str, f: impl Fn(f32) -> f32 + Copy, xs: &[f32]) {
-        let fast: Vec<u32> = vectorized(|| xs.iter().map(|&x| f(x).to_bits()).collect());
         let slow = scalar_loop(f, xs);
-        for ((x, a), b) in xs.iter().zip(&fast).zip(&slow) {
-            assert_eq!(a, b, "{name}({x:e}): vectorized {a:#x}, scalar {b:#x}");
+        for isa in Isa::available() {
+            let fast: Vec<u32> = vectorized_for(
+                isa,
+                #[inline(always)]
+                || xs.iter().map(|&x| f(x).to_bits()).collect(),
+            );
+            for ((x, a), b) in xs.iter().zip(&fast).zip(&slow) {
+                assert_eq!(a, b, "{name}({x:e}): {isa:?} {a:#x}, scalar {b:#x}");
+            }
         }
     }
 
@@ -528,5 +534,7 @@ mod tests {
         assert_same_bits("sin", sin, &xs);
         assert_same_bits("cos", cos, &xs);
         assert_same_bits("tanh", tanh, &xs);
+        assert_same_bits("sin_cos.0", |x| sin_cos(x).0, &xs);
+        assert_same_bits("sin_cos.1", |x| sin_cos(x).1, &xs);
     }
 }

@@ -731,19 +731,19 @@ fn compute(op: Op, args: &[usize], regs: &[Tile], views: &Views, o: &mut Tile, n
     match op {
         Op::Unary(u) => match (a(0), o) {
             (V::F32(x), T::F32(o)) => {
-                specialize!(Unary, u, K => map1(&x[..n], &mut o[..n], |v| K.f(v)))
+                specialize!(Unary, u, K => map1(&x[..n], &mut o[..n], #[inline(always)] |v| K.f(v)))
             }
             (V::F64(x), T::F64(o)) => {
-                specialize!(Unary, u, K => map1(&x[..n], &mut o[..n], |v| K.f(v)))
+                specialize!(Unary, u, K => map1(&x[..n], &mut o[..n], #[inline(always)] |v| K.f(v)))
             }
             _ => unreachable!("infer checks unary dtypes"),
         },
         Op::Binary(b) => match (a(0), a(1), o) {
             (V::F32(x), V::F32(y), T::F32(o)) => {
-                specialize!(Binary, b, K => map2(&x[..n], &y[..n], &mut o[..n], |p, q| K.f(p, q)))
+                specialize!(Binary, b, K => map2(&x[..n], &y[..n], &mut o[..n], #[inline(always)] |p, q| K.f(p, q)))
             }
             (V::F64(x), V::F64(y), T::F64(o)) => {
-                specialize!(Binary, b, K => map2(&x[..n], &y[..n], &mut o[..n], |p, q| K.f(p, q)))
+                specialize!(Binary, b, K => map2(&x[..n], &y[..n], &mut o[..n], #[inline(always)] |p, q| K.f(p, q)))
             }
             (V::I64(x), V::I64(y), T::I64(o)) => map2(
                 &x[..n],
@@ -863,7 +863,7 @@ fn share_registers(steps: &mut [Step], split: usize, dtypes: &[DType], keep: &[u
             (st.reg, st.cos) = (name[st.reg], st.cos.map(|c| name[c]));
             // free what this step read for the last time, and results nobody reads
             for r in reads.into_iter().chain(writes) {
-                let dead = last_read[r].map_or(true, |l| l == i);
+                let dead = last_read[r].is_none_or(|l| l == i);
                 if dead && !keep.contains(&r) && !free.contains(&name[r]) {
                     free.push(name[r]);
                 }
@@ -1511,7 +1511,7 @@ mod tests {
         let p = w5();
         let mut used: Vec<usize> = p.outer.regs.to_vec();
         for s in &p.steps {
-            assert!(!s.args.contains(&s.reg) && s.cos.map_or(true, |c| !s.args.contains(&c)));
+            assert!(!s.args.contains(&s.reg) && s.cos.is_none_or(|c| !s.args.contains(&c)));
             used.extend(s.cos.into_iter().chain([s.reg]));
         }
         used.sort();
