@@ -233,7 +233,7 @@ fn main() -> Result<()> {
             let (loss, predictions) = train_step.call(&images, &labels)?;
             train_loss.update(&loss)?;
             train_accuracy.update(&labels, &predictions)?;
-            if steps % 600 == 0 {
+            if steps.is_multiple_of(600) {
                 println!(
                     "  step {steps:>4}: training loss (for one batch) {:.4}",
                     loss.to_scalar()?

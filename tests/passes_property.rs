@@ -554,6 +554,63 @@ fn large_fused_loops_match_unfused_kernels() {
     }
 }
 
+/// A fused program that takes `sin` and `cos` of one value (before and after a sum, as
+/// W5's second derivative does) computes both in one step from one range reduction:
+/// still the bits of the unfused `sin` and `cos` kernels, in f32 and f64, in loops long
+/// enough to be split across threads and in short ones.
+#[test]
+fn sin_and_cos_of_one_value_match_unfused_kernels() {
+    use tapeflow::ops::Unary::{Cos, Sin};
+    for dtype in [DType::F32, DType::F64] {
+        for (shape, axes) in [
+            (vec![70_001usize], vec![0usize]),
+            (vec![300, 250], vec![1]),
+            (vec![5], vec![0]),
+        ] {
+            let mut gen = Gen::new(11);
+            gen.dtype = dtype;
+            let x = gen.input(&shape);
+            let d = gen.op(Op::Binary(Binary::Mul), &[x, x], None).unwrap();
+            let c = gen.op(Op::Unary(Cos), &[d], None).unwrap();
+            let s = gen.op(Op::Unary(Sin), &[d], None).unwrap();
+            let p = gen.op(Op::Binary(Binary::Sub), &[s, c], None).unwrap();
+            let q = gen.op(Op::Binary(Binary::Mul), &[p, x], None).unwrap();
+            let sum = Op::Sum {
+                axes: AxisSet::of(&axes),
+                keep: false,
+            };
+            let t = gen.op(sum, &[q], None).unwrap();
+            let (st, ct) = (
+                gen.op(Op::Unary(Sin), &[t], None).unwrap(),
+                gen.op(Op::Unary(Cos), &[t], None).unwrap(),
+            );
+            let u = gen.op(Op::Binary(Binary::Add), &[ct, st], None).unwrap();
+            gen.g.outputs = vec![u, q];
+            let (opt, _) = run_pipeline(&gen.g, &PassConfig::default()).unwrap();
+            let pairs = opt
+                .fused
+                .iter()
+                .flat_map(|e| {
+                    let sin_args: Vec<_> = (e.insts.iter())
+                        .filter(|i| i.op == Op::Unary(Sin))
+                        .map(|i| i.args.clone())
+                        .collect();
+                    (e.insts.iter())
+                        .filter(move |i| i.op == Op::Unary(Cos) && sin_args.contains(&i.args))
+                })
+                .count();
+            assert!(
+                pairs >= 2,
+                "{dtype:?} {shape:?}: sin/cos pairs not fused\n{opt}"
+            );
+            let (want, got) = (run(&gen.g, &gen.inputs), run(&opt, &gen.inputs));
+            for (w, o) in want.iter().zip(&got) {
+                assert!(same_bits(w, o), "{dtype:?} {shape:?}: fused result differs");
+            }
+        }
+    }
+}
+
 /// Any pass can be turned off by name: it then does not run, and the result is still
 /// bit-identical.
 #[test]

@@ -203,7 +203,7 @@ fn broadcast<T: Pooled>(a: &Arr<T>, shape: &[usize]) -> Arr<T> {
     let n: usize = shape.iter().product();
     match a.as_slice() {
         Some(row)
-            if !row.is_empty() && n % row.len() == 0 && {
+            if !row.is_empty() && n.is_multiple_of(row.len()) && {
                 let lead = shape.len() - a.ndim();
                 a.shape()
                     .iter()
@@ -224,7 +224,7 @@ fn broadcast<T: Pooled>(a: &Arr<T>, shape: &[usize]) -> Arr<T> {
             let k = n / col.len().max(1);
             let mut out = buffers::take(n);
             for &v in col {
-                out.extend(std::iter::repeat(v).take(k));
+                out.extend(std::iter::repeat_n(v, k));
             }
             Arr::from_shape_vec(IxDyn(shape), out)
                 .expect("length matches shape")

@@ -43,6 +43,9 @@ pub trait Float:
     fn kernel_sin(self) -> Self;
     /// `cos x` as the kernels compute it (see [`Float::kernel_sin`]).
     fn kernel_cos(self) -> Self;
+    /// `(sin x, cos x)`: exactly the bits of [`Float::kernel_sin`] and
+    /// [`Float::kernel_cos`], computed together (f32 shares one range reduction).
+    fn kernel_sin_cos(self) -> (Self, Self);
     /// `tanh x` as the kernels compute it (see [`Float::kernel_exp`]).
     fn kernel_tanh(self) -> Self;
 }
@@ -79,6 +82,10 @@ impl Float for f32 {
     #[inline(always)]
     fn kernel_cos(self) -> f32 {
         fastmath::cos(self)
+    }
+    #[inline(always)]
+    fn kernel_sin_cos(self) -> (f32, f32) {
+        fastmath::sin_cos(self)
     }
     #[inline(always)]
     fn kernel_tanh(self) -> f32 {
@@ -118,6 +125,10 @@ impl Float for f64 {
     #[inline(always)]
     fn kernel_cos(self) -> f64 {
         self.cos()
+    }
+    #[inline(always)]
+    fn kernel_sin_cos(self) -> (f64, f64) {
+        (self.sin(), self.cos())
     }
     #[inline(always)]
     fn kernel_tanh(self) -> f64 {

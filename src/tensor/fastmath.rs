@@ -4,7 +4,7 @@
 //! that uses them runs one element at a time. These versions have no calls, no tables
 //! and no data-dependent branches — every special case is a select on values, which
 //! becomes a blend — so they inline into the loops of [`crate::exec::kernels::ew`] and
-//! the fused-loop kernel and vectorize there (4 f64 lanes under AVX2).
+//! the fused-loop kernel and vectorize there (4 f64 lanes under AVX2, 8 under AVX-512).
 //!
 //! Each widens its argument to f64, works there and rounds to f32 once at the end. The
 //! f64 intermediate carries about 40 more bits than the answer needs, so the result is
@@ -14,8 +14,8 @@
 //! `exp` free of overflow, so range handling is a clamp and a final conversion.
 //!
 //! Invariants: only IEEE basic operations (+ − × ÷, conversions, bit moves), never
-//! `mul_add` — Rust does not contract `a*b+c` into an FMA, so the AVX2 copy and the
-//! baseline copy of a kernel compute the same bits. Every function is
+//! `mul_add` — Rust does not contract `a*b+c` into an FMA, so the AVX-512, AVX2 and
+//! baseline copies of a kernel compute the same bits. Every function is
 //! `#[inline(always)]` so that it is compiled inside the caller's feature-enabled loop.
 //!
 //! Polynomials are Taylor series, not minimax fits: with f64 working precision the one
@@ -135,13 +135,13 @@ const PIO2_1: f64 = 1.5707963109016418;
 const PIO2_2: f64 = 1.5893254712295857e-8;
 const PIO2_3: f64 = 6.123233995736766e-17;
 
-/// `sin x` (`quadrant = 0`) or `cos x` (`quadrant = 1`, as cos x = sin(x + π/2)).
-/// With x = k·π/2 + r, sin x is sin r, cos r, −sin r, −cos r for k mod 4 = 0, 1, 2, 3.
+/// x = k·π/2 + r, |r| ≤ π/4: `(sin r, cos r, k)` with `k` as the low bits of a u64.
+/// Both polynomials are evaluated for every x, so one reduction serves `sin` and `cos`.
 #[inline(always)]
-fn sin_quadrant(x: f32, quadrant: u64) -> f32 {
+fn sin_cos_reduced(x: f32) -> (f64, f64, u64) {
     let xd = x as f64;
-    // x = k·π/2 + r, |r| ≤ π/4 (plus rounding). x − k·P1 and the subtraction of k·P2
-    // are exact for |k| < 2²⁷, so r is accurate to about 2⁻⁵³ relative.
+    // x − k·P1 and the subtraction of k·P2 are exact for |k| < 2²⁷, so r is accurate
+    // to about 2⁻⁵³ relative.
     let (k, kbits) = round_to_int(xd * FRAC_2_PI);
     let r = ((xd - k * PIO2_1) - k * PIO2_2) - k * PIO2_3;
     // Beyond ~1e15 the reduction is meaningless; keep r where the polynomials stay in
@@ -172,7 +172,14 @@ fn sin_quadrant(x: f32, quadrant: u64) -> f32 {
         pc = pc * z + c;
     }
     let cos_r = 1.0 + z * (pc * z - 0.5);
-    let q = kbits.wrapping_add(quadrant);
+    (sin_r, cos_r, kbits)
+}
+
+/// sin(r + q·π/2) from [`sin_cos_reduced`]'s `sin r` and `cos r`: sin r, cos r, −sin r,
+/// −cos r for q mod 4 = 0, 1, 2, 3. `sin x` is quadrant k, `cos x` = sin(x + π/2) is
+/// quadrant k + 1.
+#[inline(always)]
+fn quadrant(sin_r: f64, cos_r: f64, q: u64) -> f32 {
     let y = if q & 1 == 0 { sin_r } else { cos_r };
     let y = if q & 2 == 0 { y } else { -y };
     y as f32
@@ -186,7 +193,8 @@ fn sin_quadrant(x: f32, quadrant: u64) -> f32 {
 /// `sin(NaN)` are NaN.
 #[inline(always)]
 pub fn sin(x: f32) -> f32 {
-    sin_quadrant(x, 0)
+    let (s, c, k) = sin_cos_reduced(x);
+    quadrant(s, c, k)
 }
 
 /// `cos x` for f32.
@@ -196,7 +204,16 @@ pub fn sin(x: f32) -> f32 {
 /// the result is an arbitrary value in [-1, 1]. `cos(±inf)` and `cos(NaN)` are NaN.
 #[inline(always)]
 pub fn cos(x: f32) -> f32 {
-    sin_quadrant(x, 1)
+    let (s, c, k) = sin_cos_reduced(x);
+    quadrant(s, c, k.wrapping_add(1))
+}
+
+/// `(sin x, cos x)` with one shared range reduction: exactly the bits of [`sin`] and
+/// [`cos`] (the same operations on the same values), for about the cost of one of them.
+#[inline(always)]
+pub fn sin_cos(x: f32) -> (f32, f32) {
+    let (s, c, k) = sin_cos_reduced(x);
+    (quadrant(s, c, k), quadrant(s, c, k.wrapping_add(1)))
 }
 
 /// `tanh x` for f32, within 1 ulp of the correctly rounded result for every input.
@@ -231,7 +248,7 @@ pub fn tanh(x: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exec::kernels::ew::vectorized;
+    use crate::exec::kernels::ew::{vectorized, vectorized_for, Isa};
     use rand::{Rng, SeedableRng};
 
     /// The largest `|x|` for which [`sin`] and [`cos`] are documented to be within 1 ulp.
@@ -407,6 +424,41 @@ mod tests {
     }
 
     #[test]
+    fn sin_cos_gives_the_bits_of_sin_and_cos() {
+        let mut xs = sweep(f32::INFINITY);
+        xs.extend([
+            0.0,
+            -0.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            f32::MAX,
+            -f32::MAX,
+            f32::from_bits(1),
+            1e20,
+        ]);
+        xs.extend((-1000..=1000).map(|k| (k as f64 * std::f64::consts::FRAC_PI_4) as f32));
+        // in the vectorized loops the kernels run, and one element at a time
+        let fast: Vec<(u32, u32, u32, u32)> = vectorized(|| {
+            xs.iter()
+                .map(|&x| {
+                    let (s, c) = sin_cos(x);
+                    (s.to_bits(), c.to_bits(), sin(x).to_bits(), cos(x).to_bits())
+                })
+                .collect()
+        });
+        for (&x, &(s, c, sin_x, cos_x)) in xs.iter().zip(&fast) {
+            assert_eq!((s, c), (sin_x, cos_x), "sin_cos({x:e})");
+        }
+        let slow: Vec<u32> = scalar_loop(|x| sin_cos(x).0, &xs);
+        let slow_c: Vec<u32> = scalar_loop(|x| sin_cos(x).1, &xs);
+        for ((&x, &(s, c, _, _)), (&ss, &sc)) in xs.iter().zip(&fast).zip(slow.iter().zip(&slow_c))
+        {
+            assert_eq!((s, c), (ss, sc), "sin_cos({x:e}) scalar");
+        }
+    }
+
+    #[test]
     fn tanh_special_values() {
         assert_eq!(tanh(0.0).to_bits(), 0.0f32.to_bits());
         assert_eq!(tanh(-0.0).to_bits(), (-0.0f32).to_bits());
@@ -444,13 +496,19 @@ mod tests {
             .collect()
     }
 
-    /// `f` (a function item, so it inlines) over `xs` in the AVX2 copy of a loop and in
-    /// a scalar baseline loop.
+    /// `f` (a function item, so it inlines) over `xs` in each copy of a loop the CPU runs
+    /// (AVX-512, AVX2, baseline) and in a scalar baseline loop.
     fn assert_same_bits(name: &str, f: impl Fn(f32) -> f32 + Copy, xs: &[f32]) {
-        let fast: Vec<u32> = vectorized(|| xs.iter().map(|&x| f(x).to_bits()).collect());
         let slow = scalar_loop(f, xs);
-        for ((x, a), b) in xs.iter().zip(&fast).zip(&slow) {
-            assert_eq!(a, b, "{name}({x:e}): vectorized {a:#x}, scalar {b:#x}");
+        for isa in Isa::available() {
+            let fast: Vec<u32> = vectorized_for(
+                isa,
+                #[inline(always)]
+                || xs.iter().map(|&x| f(x).to_bits()).collect(),
+            );
+            for ((x, a), b) in xs.iter().zip(&fast).zip(&slow) {
+                assert_eq!(a, b, "{name}({x:e}): {isa:?} {a:#x}, scalar {b:#x}");
+            }
         }
     }
 
@@ -476,5 +534,7 @@ mod tests {
         assert_same_bits("sin", sin, &xs);
         assert_same_bits("cos", cos, &xs);
         assert_same_bits("tanh", tanh, &xs);
+        assert_same_bits("sin_cos.0", |x| sin_cos(x).0, &xs);
+        assert_same_bits("sin_cos.1", |x| sin_cos(x).1, &xs);
     }
 }

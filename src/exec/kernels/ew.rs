@@ -25,32 +25,108 @@ fn wrap<O: Clone>(shape: &[usize], v: Vec<O>) -> Arr<O> {
         .into_shared()
 }
 
-/// Whether the CPU has AVX2 and FMA (checked once at run time; the build itself
-/// targets baseline x86-64).
-#[cfg(target_arch = "x86_64")]
-pub fn has_avx2() -> bool {
-    use std::sync::OnceLock;
-    static HAS: OnceLock<bool> = OnceLock::new();
-    *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+/// The instruction sets the elementwise loops are compiled for, narrowest first. The
+/// build targets the baseline; [`vectorized`] picks the widest copy the CPU runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Isa {
+    /// The build's target (SSE2 on x86-64; the only one on other architectures).
+    Baseline,
+    /// AVX2 and FMA: 8 f32 or 4 f64 lanes.
+    Avx2,
+    /// AVX-512 F, VL, DQ and BW (with AVX2 and FMA): 16 f32 or 8 f64 lanes.
+    Avx512,
 }
 
-/// Runs `f` compiled for AVX2+FMA when the CPU has them, else for the baseline target.
-/// The loop inside `f` is inlined into the feature-enabled copy, so it vectorizes 8
-/// f32 lanes wide. Rust never contracts `a*b+c` into an FMA on its own, so both copies
-/// compute the same bits.
+impl Isa {
+    /// The widest instruction set this CPU runs (checked once).
+    pub fn detect() -> Isa {
+        use std::sync::OnceLock;
+        static ISA: OnceLock<Isa> = OnceLock::new();
+        *ISA.get_or_init(|| {
+            #[cfg(target_arch = "x86_64")]
+            {
+                use std::arch::is_x86_feature_detected as on;
+                let has = |f: &[bool]| f.iter().all(|&b| b);
+                let avx2 = has(&[on!("avx2"), on!("fma")]);
+                let avx512 = has(&[
+                    on!("avx512f"),
+                    on!("avx512vl"),
+                    on!("avx512dq"),
+                    on!("avx512bw"),
+                ]);
+                match (avx2, avx512) {
+                    (true, true) => return Isa::Avx512,
+                    (true, false) => return Isa::Avx2,
+                    _ => {}
+                }
+            }
+            Isa::Baseline
+        })
+    }
+
+    /// Every instruction set this CPU runs, narrowest first.
+    pub fn available() -> impl Iterator<Item = Isa> {
+        [Isa::Baseline, Isa::Avx2, Isa::Avx512]
+            .into_iter()
+            .filter(|&i| i <= Isa::detect())
+    }
+}
+
+/// Whether the CPU has AVX2 and FMA (checked once at run time).
+#[cfg(target_arch = "x86_64")]
+pub fn has_avx2() -> bool {
+    Isa::detect() >= Isa::Avx2
+}
+
+/// Runs `f` compiled for the widest [`Isa`] the CPU has. The loop inside `f` is inlined
+/// into that copy, so it vectorizes 8 or 16 f32 lanes wide. Callers mark `f`, and the
+/// scalar functions it calls per element, `#[inline(always)]`: each is called from
+/// three copies, and LLVM would otherwise keep a large one (`sin`) out of line, which
+/// leaves the loop scalar.
+/// Every copy computes the same bits: the loops use IEEE basic operations, conversions
+/// and selects, which round the same at any width, and Rust never contracts `a*b+c`
+/// into an FMA on its own.
 #[inline(always)]
 pub fn vectorized<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: the CPU runs the instruction set it detected.
+    unsafe { vectorized_unchecked(Isa::detect(), f) }
+}
+
+/// Runs `f` compiled for `isa` (for tests that compare the copies).
+///
+/// # Panics
+/// If the CPU does not run `isa`.
+#[inline(always)]
+pub fn vectorized_for<R>(isa: Isa, f: impl FnOnce() -> R) -> R {
+    assert!(isa <= Isa::detect(), "this CPU does not run {isa:?}");
+    // SAFETY: checked just above.
+    unsafe { vectorized_unchecked(isa, f) }
+}
+
+/// # Safety
+/// The CPU must run `isa`.
+#[inline(always)]
+unsafe fn vectorized_unchecked<R>(isa: Isa, f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx2,fma")]
         fn avx2<R>(f: impl FnOnce() -> R) -> R {
             f()
         }
-        if has_avx2() {
-            // SAFETY: the CPU supports avx2 and fma (checked just above).
-            return unsafe { avx2(f) };
+        #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")]
+        fn avx512<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        match isa {
+            // SAFETY: the caller's promise.
+            Isa::Avx512 => return unsafe { avx512(f) },
+            // SAFETY: the caller's promise.
+            Isa::Avx2 => return unsafe { avx2(f) },
+            Isa::Baseline => {}
         }
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = isa; // one copy only
     f()
 }
 
@@ -72,15 +148,21 @@ fn par_fill<O: Pooled>(n: usize, fill: impl Fn(usize, &mut [MaybeUninit<O>]) + S
 fn map_slice<T: Copy + Sync, O: Pooled>(x: &[T], f: impl Fn(T) -> O + Sync) -> Vec<O> {
     if x.len() < PAR_MIN {
         let mut out = buffers::take(x.len());
-        vectorized(|| out.extend(x.iter().map(|&v| f(v))));
+        vectorized(
+            #[inline(always)]
+            || out.extend(x.iter().map(|&v| f(v))),
+        );
         out
     } else {
         par_fill(x.len(), |s, out| {
-            vectorized(|| {
-                for (o, &v) in out.iter_mut().zip(&x[s..]) {
-                    o.write(f(v));
-                }
-            })
+            vectorized(
+                #[inline(always)]
+                || {
+                    for (o, &v) in out.iter_mut().zip(&x[s..]) {
+                        o.write(f(v));
+                    }
+                },
+            )
         })
     }
 }
@@ -93,15 +175,21 @@ fn zip_slices<A: Copy + Sync, B: Copy + Sync, O: Pooled>(
 ) -> Vec<O> {
     if x.len() < PAR_MIN {
         let mut out = buffers::take(x.len());
-        vectorized(|| out.extend(x.iter().zip(y).map(|(&a, &b)| f(a, b))));
+        vectorized(
+            #[inline(always)]
+            || out.extend(x.iter().zip(y).map(|(&a, &b)| f(a, b))),
+        );
         out
     } else {
         par_fill(x.len(), |s, out| {
-            vectorized(|| {
-                for ((o, &a), &b) in out.iter_mut().zip(&x[s..]).zip(&y[s..]) {
-                    o.write(f(a, b));
-                }
-            })
+            vectorized(
+                #[inline(always)]
+                || {
+                    for ((o, &a), &b) in out.iter_mut().zip(&x[s..]).zip(&y[s..]) {
+                        o.write(f(a, b));
+                    }
+                },
+            )
         })
     }
 }
@@ -114,13 +202,16 @@ fn zip_rows<A: Copy + Sync, B: Copy + Sync, O: Pooled>(
 ) -> Vec<O> {
     let k = row.len();
     let rows = |s: usize, out: &mut [MaybeUninit<O>]| {
-        vectorized(|| {
-            for (or, xr) in out.chunks_exact_mut(k).zip(x[s..].chunks_exact(k)) {
-                for ((o, &a), &b) in or.iter_mut().zip(xr).zip(row) {
-                    o.write(f(a, b));
+        vectorized(
+            #[inline(always)]
+            || {
+                for (or, xr) in out.chunks_exact_mut(k).zip(x[s..].chunks_exact(k)) {
+                    for ((o, &a), &b) in or.iter_mut().zip(xr).zip(row) {
+                        o.write(f(a, b));
+                    }
                 }
-            }
-        })
+            },
+        )
     };
     let mut v = buffers::take(x.len());
     if x.len() < PAR_MIN {
@@ -193,11 +284,14 @@ where
         // an outer product: a column against a row (a one-hot's `labels == classes`)
         if col_width(a.shape(), shape) == Some(y.len()) && is_row_of(b.shape(), shape) {
             let mut out = buffers::take(n);
-            vectorized(|| {
-                for &p in x {
-                    out.extend(y.iter().map(|&q| f(p, q)));
-                }
-            });
+            vectorized(
+                #[inline(always)]
+                || {
+                    for &p in x {
+                        out.extend(y.iter().map(|&q| f(p, q)));
+                    }
+                },
+            );
             return wrap(shape, out);
         }
     }
@@ -213,7 +307,7 @@ where
 /// `d`s a prefix of `full`, the number of elements each of its values spans.
 pub(crate) fn col_width(small: &[usize], full: &[usize]) -> Option<usize> {
     let lead = full.len().checked_sub(small.len())?;
-    let padded = std::iter::repeat(1).take(lead).chain(small.iter().copied());
+    let padded = std::iter::repeat_n(1, lead).chain(small.iter().copied());
     let ones = padded.clone().rev().take_while(|&d| d == 1).count();
     let kept = full.len() - ones;
     let matches = padded.take(kept).zip(&full[..kept]).all(|(s, &f)| s == f);
@@ -230,13 +324,16 @@ fn zip_cols<A: Copy + Sync, B: Copy + Sync, O: Pooled>(
 ) -> Vec<O> {
     let task = (PAR_CHUNK / k).max(1) * k;
     let fill = |s: usize, out: &mut [MaybeUninit<O>]| {
-        vectorized(|| {
-            for ((oc, xc), &c) in out.chunks_mut(k).zip(x[s..].chunks(k)).zip(&col[s / k..]) {
-                for (o, &a) in oc.iter_mut().zip(xc) {
-                    o.write(f(a, c));
+        vectorized(
+            #[inline(always)]
+            || {
+                for ((oc, xc), &c) in out.chunks_mut(k).zip(x[s..].chunks(k)).zip(&col[s / k..]) {
+                    for (o, &a) in oc.iter_mut().zip(xc) {
+                        o.write(f(a, c));
+                    }
                 }
-            }
-        })
+            },
+        )
     };
     let mut v = buffers::take(x.len());
     if x.len() < PAR_MIN {
@@ -265,12 +362,16 @@ pub fn select<M: Copy + Send + Sync, T: Pooled>(
     if let (Some(m), Some(x), Some(y)) = (mask.as_slice(), a.as_slice(), b.as_slice()) {
         if m.len() == n && x.len() == n && y.len() == n {
             let v = par_fill(n, |s, out| {
-                vectorized(|| {
-                    for (((o, &m), &x), &y) in out.iter_mut().zip(&m[s..]).zip(&x[s..]).zip(&y[s..])
-                    {
-                        o.write(if set(m) { x } else { y });
-                    }
-                })
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for (((o, &m), &x), &y) in
+                            out.iter_mut().zip(&m[s..]).zip(&x[s..]).zip(&y[s..])
+                        {
+                            o.write(if set(m) { x } else { y });
+                        }
+                    },
+                )
             });
             return wrap(shape, v);
         }

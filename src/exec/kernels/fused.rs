@@ -24,13 +24,18 @@
 //! The kernel makes one loop over the result's elements (with, for a sum, an inner loop
 //! over each element's reduced elements); no tensor-sized intermediate buffer exists.
 //! The loop advances a [`TILE`] of consecutive elements at a time: each instruction
-//! runs over the tile in a register of `TILE` values (reused for every tile, a few KiB
-//! that stay in cache), so its inner loop is a tight, vectorizable loop over one op.
+//! runs over the tile in a register of `TILE` values, so its inner loop is a tight,
+//! vectorizable loop over one op. Registers are reused for every tile and shared by
+//! instructions whose values are no longer read, so a tile touches a few of them, which
+//! stay in L1; a param whose buffer holds the loop's elements in loop order is read where
+//! it lies instead of being copied to a register.
 //! Every element is still computed by the same scalar functions in the same order:
 //! each instruction calls its op's own scalar function ([`Unary::f`](crate::ops::Unary::f),
 //! [`Binary::f`](crate::ops::Binary::f), [`Compare::f`](crate::ops::Compare::f), the same
 //! `as` conversions as `cast`), as the unfused kernels do, so results are
-//! bit-identical to the unfused graph. The sum adds in exactly the order of
+//! bit-identical to the unfused graph. (`sin` and `cos` of one value are one step that
+//! calls [`Float::kernel_sin_cos`], which shares the range reduction and returns exactly
+//! the bits of `kernel_sin` and `kernel_cos`.) The sum adds in exactly the order of
 //! [`reduce::sum`](super::reduce::sum): a fixed 8-lane tree for a full reduction, one
 //! sequential fold per reduced axis (innermost first) otherwise. Output elements are
 //! independent, so splitting the loop across threads never changes a bit.
@@ -41,6 +46,7 @@ use crate::tensor::{broadcast_shapes, numel, type_str, Arr, DType, Data, Float, 
 use ndarray::IxDyn;
 use rayon::prelude::*;
 use smallvec::SmallVec;
+use std::mem::MaybeUninit;
 
 /// An argument of an instruction: a param (operand of the fused node) or an earlier instruction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -250,7 +256,9 @@ pub fn eval(e: &FusedExpr, x: &[Option<&Data>], shape: &[usize], out: OutBuf) ->
 
 /// Elements evaluated together: each instruction runs over a tile of this many loop
 /// elements held in a small register (reused for every tile), never over a tensor.
-pub const TILE: usize = 256;
+/// Long enough that dispatching an instruction costs little next to its loop, short
+/// enough that the few registers a tile touches (4 KiB each in f32) stay in L1.
+pub const TILE: usize = 1024;
 
 /// A register: one value per element of the current tile.
 enum Tile {
@@ -272,6 +280,28 @@ impl Tile {
     }
 }
 
+/// A register's values as they are read: its tile, or where a direct load's values lie.
+#[derive(Clone, Copy)]
+enum Val<'a> {
+    F32(&'a [f32]),
+    F64(&'a [f64]),
+    I64(&'a [i64]),
+}
+
+/// For each register, the run of a param's buffer it stands for in the current tile
+/// when its load is direct (see [`Loop::plan`]); `None` for registers read from tiles.
+type Views<'a> = [Option<Val<'a>>];
+
+/// The values of register `r`.
+fn read<'a>(regs: &'a [Tile], views: &Views<'a>, r: usize) -> Val<'a> {
+    views[r].unwrap_or_else(|| match &regs[r] {
+        Tile::F32(v) => Val::F32(v),
+        Tile::F64(v) => Val::F64(v),
+        Tile::I64(v) => Val::I64(v),
+        Tile::Lent => unreachable!("a step never reads the register it writes"),
+    })
+}
+
 /// An element type of a result buffer.
 trait Elem: crate::exec::buffers::Pooled {
     /// The buffer's elements, if `d` holds this type and owns them alone.
@@ -279,7 +309,8 @@ trait Elem: crate::exec::buffers::Pooled {
     fn wrap(a: Arr<Self>) -> Data;
     /// `t[at..] = src`.
     fn to_tile(src: &[Self], t: &mut Tile, at: usize);
-    fn from_tile(t: &Tile, dst: &mut [Self]);
+    /// Writes the first `dst.len()` values of `v` to `dst`.
+    fn write_out(v: Val, dst: &mut [MaybeUninit<Self>]);
 }
 
 macro_rules! elem {
@@ -309,9 +340,13 @@ macro_rules! elem {
                     _ => unreachable!("the output buffer's register has its dtype"),
                 }
             }
-            fn from_tile(t: &Tile, dst: &mut [$t]) {
-                match t {
-                    Tile::$v(v) => dst.copy_from_slice(&v[..dst.len()]),
+            fn write_out(v: Val, dst: &mut [MaybeUninit<$t>]) {
+                match v {
+                    Val::$v(v) => {
+                        for (d, &x) in dst.iter_mut().zip(v) {
+                            d.write(x);
+                        }
+                    }
                     _ => unreachable!("infer checks the result dtype"),
                 }
             }
@@ -451,6 +486,9 @@ struct Loop {
     regs: SmallVec<[usize; 8]>,
     dims: SmallVec<[usize; 6]>,
     strides: Vec<SmallVec<[usize; 6]>>,
+    /// Loads read in place: a param whose buffer holds the loop's elements in loop
+    /// order, so a tile's values are one run of it and need no copy.
+    direct: SmallVec<[bool; 8]>,
 }
 
 impl Loop {
@@ -514,25 +552,47 @@ impl Loop {
                 }
             }
         }
+        let dense = contiguous(&dims);
+        self.direct = (self.from.iter().zip(&strides))
+            .map(|(f, st)| matches!(f, From::Param(_)) && *st == dense)
+            .collect();
         self.dims = dims;
         self.strides = strides;
     }
 
-    /// Fills the load registers for the next `n` loop elements and moves the cursor on;
-    /// `out` is the output buffer's matching segment (for [`Src::Out`] loads).
-    fn fill<O: Elem>(
+    /// Loads the next `n` loop elements (into the registers, or as views of a direct
+    /// load's run) and moves the cursor on; `out` is the output buffer's matching
+    /// segment (for [`Src::Out`] loads).
+    fn fill<'s, O: Elem>(
         &self,
-        srcs: &[Src],
+        srcs: &[Src<'s>],
         c: &mut Cursor,
         regs: &mut [Tile],
+        views: &mut Views<'s>,
         n: usize,
         out: Option<&[O]>,
     ) {
+        // a param overwritten in place is copied: its buffer is being written
+        let direct = |l: usize| self.direct[l] && !matches!(srcs[l], Src::Out);
+        for (l, src) in srcs.iter().enumerate() {
+            if direct(l) {
+                let at = c.offs[l];
+                views[self.regs[l]] = Some(match *src {
+                    Src::F32(s) => Val::F32(&s[at..at + n]),
+                    Src::F64(s) => Val::F64(&s[at..at + n]),
+                    Src::I64(s) => Val::I64(&s[at..at + n]),
+                    Src::Out => unreachable!("direct loads read params"),
+                });
+            }
+        }
         let mut at = 0;
         while at < n {
             let run = c.row_left().min(n - at);
             for (l, src) in srcs.iter().enumerate() {
                 let (base, st) = (c.offs[l], c.stride(l));
+                if direct(l) {
+                    continue;
+                }
                 match (src, &mut regs[self.regs[l]]) {
                     (Src::F32(s), Tile::F32(t)) => gather(s, base, st, t, at, run),
                     (Src::F64(s), Tile::F64(t)) => gather(s, base, st, t, at, run),
@@ -552,10 +612,45 @@ impl Loop {
 }
 
 /// A compiled instruction: its op, the registers of its arguments and its own register.
+#[derive(Clone)]
 struct Step {
     op: Op,
     args: SmallVec<[usize; 3]>,
     reg: usize,
+    /// With `op` = `sin`: the register of a `cos` of the same argument, computed in this
+    /// step from the same range reduction ([`Float::kernel_sin_cos`]).
+    cos: Option<usize>,
+}
+
+/// Merges each `sin` with a `cos` of the same argument into one step (at the first of
+/// the two: both read only that argument). [`Float::kernel_sin_cos`] returns exactly
+/// the bits of `kernel_sin` and `kernel_cos`, so only the time changes.
+fn pair_sin_cos(steps: Vec<Step>) -> Vec<Step> {
+    let (sin, cos) = (Op::Unary(Unary::Sin), Op::Unary(Unary::Cos));
+    let mut merged = vec![false; steps.len()];
+    let mut out = Vec::with_capacity(steps.len());
+    for i in 0..steps.len() {
+        if merged[i] {
+            continue;
+        }
+        let mut st = steps[i].clone();
+        if st.op == sin || st.op == cos {
+            let other = if st.op == sin { cos } else { sin };
+            let twin = (i + 1..steps.len())
+                .find(|&j| !merged[j] && steps[j].op == other && steps[j].args == st.args);
+            if let Some(j) = twin {
+                merged[j] = true;
+                let (s, c) = if st.op == sin {
+                    (st.reg, steps[j].reg)
+                } else {
+                    (steps[j].reg, st.reg)
+                };
+                (st.op, st.reg, st.cos) = (sin, s, Some(c));
+            }
+        }
+        out.push(st);
+    }
+    out
 }
 
 /// Runs `$body` with `$k` a compile-time constant equal to `$op`, so the scalar
@@ -583,48 +678,74 @@ macro_rules! specialize {
 }
 
 fn map1<A: Copy, O>(x: &[A], o: &mut [O], f: impl Fn(A) -> O) {
-    vectorized(|| {
-        for (o, &x) in o.iter_mut().zip(x) {
-            *o = f(x);
-        }
-    })
+    vectorized(
+        #[inline(always)]
+        || {
+            for (o, &x) in o.iter_mut().zip(x) {
+                *o = f(x);
+            }
+        },
+    )
 }
 
 fn map2<A: Copy, B: Copy, O>(x: &[A], y: &[B], o: &mut [O], f: impl Fn(A, B) -> O) {
-    vectorized(|| {
-        for ((o, &x), &y) in o.iter_mut().zip(x).zip(y) {
-            *o = f(x, y);
-        }
-    })
+    vectorized(
+        #[inline(always)]
+        || {
+            for ((o, &x), &y) in o.iter_mut().zip(x).zip(y) {
+                *o = f(x, y);
+            }
+        },
+    )
 }
 
 /// `mask != 0 ? x : y` per element (the mask test of `ew::select`).
 fn select_into<M: Copy + PartialEq + Default, T: Copy>(m: &[M], x: &[T], y: &[T], o: &mut [T]) {
-    vectorized(|| {
-        for (((o, &m), &x), &y) in o.iter_mut().zip(m).zip(x).zip(y) {
-            *o = if m != M::default() { x } else { y };
-        }
-    })
+    vectorized(
+        #[inline(always)]
+        || {
+            for (((o, &m), &x), &y) in o.iter_mut().zip(m).zip(x).zip(y) {
+                *o = if m != M::default() { x } else { y };
+            }
+        },
+    )
 }
 
-/// `op(args)` over the first `n` elements of the argument registers, with the op's own
-/// scalar function per element.
-fn compute(op: Op, a: &[&Tile], o: &mut Tile, n: usize) {
-    use Tile::*;
+/// `(sin x, cos x)` per element, with [`Float::kernel_sin_cos`].
+fn sin_cos_into<T: Float>(x: &[T], s: &mut [T], c: &mut [T]) {
+    vectorized(
+        #[inline(always)]
+        || {
+            for ((s, c), &x) in s.iter_mut().zip(c.iter_mut()).zip(x) {
+                (*s, *c) = x.kernel_sin_cos();
+            }
+        },
+    )
+}
+
+/// `op` of the registers `args` over their first `n` elements into `o`, with the op's
+/// own scalar function per element.
+fn compute(op: Op, args: &[usize], regs: &[Tile], views: &Views, o: &mut Tile, n: usize) {
+    use {Tile as T, Val as V};
+    let a = |i: usize| read(regs, views, args[i]);
     match op {
-        Op::Unary(u) => match (a[0], o) {
-            (F32(x), F32(o)) => specialize!(Unary, u, K => map1(&x[..n], &mut o[..n], |v| K.f(v))),
-            (F64(x), F64(o)) => specialize!(Unary, u, K => map1(&x[..n], &mut o[..n], |v| K.f(v))),
+        Op::Unary(u) => match (a(0), o) {
+            (V::F32(x), T::F32(o)) => {
+                specialize!(Unary, u, K => map1(&x[..n], &mut o[..n], #[inline(always)] |v| K.f(v)))
+            }
+            (V::F64(x), T::F64(o)) => {
+                specialize!(Unary, u, K => map1(&x[..n], &mut o[..n], #[inline(always)] |v| K.f(v)))
+            }
             _ => unreachable!("infer checks unary dtypes"),
         },
-        Op::Binary(b) => match (a[0], a[1], o) {
-            (F32(x), F32(y), F32(o)) => {
-                specialize!(Binary, b, K => map2(&x[..n], &y[..n], &mut o[..n], |p, q| K.f(p, q)))
+        Op::Binary(b) => match (a(0), a(1), o) {
+            (V::F32(x), V::F32(y), T::F32(o)) => {
+                specialize!(Binary, b, K => map2(&x[..n], &y[..n], &mut o[..n], #[inline(always)] |p, q| K.f(p, q)))
             }
-            (F64(x), F64(y), F64(o)) => {
-                specialize!(Binary, b, K => map2(&x[..n], &y[..n], &mut o[..n], |p, q| K.f(p, q)))
+            (V::F64(x), V::F64(y), T::F64(o)) => {
+                specialize!(Binary, b, K => map2(&x[..n], &y[..n], &mut o[..n], #[inline(always)] |p, q| K.f(p, q)))
             }
-            (I64(x), I64(y), I64(o)) => map2(
+            (V::I64(x), V::I64(y), T::I64(o)) => map2(
                 &x[..n],
                 &y[..n],
                 &mut o[..n],
@@ -632,18 +753,18 @@ fn compute(op: Op, a: &[&Tile], o: &mut Tile, n: usize) {
             ),
             _ => unreachable!("infer checks binary dtypes"),
         },
-        Op::Compare(c) => match (a[0], a[1], o) {
-            (F32(x), F32(y), F32(o)) => {
+        Op::Compare(c) => match (a(0), a(1), o) {
+            (V::F32(x), V::F32(y), T::F32(o)) => {
                 specialize!(Compare, c, K => map2(&x[..n], &y[..n], &mut o[..n], |p, q| {
                     if K.f(p, q) { 1.0 } else { 0.0 }
                 }))
             }
-            (F64(x), F64(y), F64(o)) => {
+            (V::F64(x), V::F64(y), T::F64(o)) => {
                 specialize!(Compare, c, K => map2(&x[..n], &y[..n], &mut o[..n], |p, q| {
                     if K.f(p, q) { 1.0 } else { 0.0 }
                 }))
             }
-            (I64(x), I64(y), I64(o)) => {
+            (V::I64(x), V::I64(y), T::I64(o)) => {
                 specialize!(Compare, c, K => map2(&x[..n], &y[..n], &mut o[..n], |p, q| K.f(p, q) as i64))
             }
             _ => unreachable!("infer checks compare dtypes"),
@@ -651,35 +772,34 @@ fn compute(op: Op, a: &[&Tile], o: &mut Tile, n: usize) {
         Op::Select => {
             macro_rules! pick {
                 ($m:expr) => {
-                    match (a[1], a[2], o) {
-                        (F32(x), F32(y), F32(o)) => {
+                    match (a(1), a(2), o) {
+                        (V::F32(x), V::F32(y), T::F32(o)) => {
                             select_into(&$m[..n], &x[..n], &y[..n], &mut o[..n])
                         }
-                        (F64(x), F64(y), F64(o)) => {
+                        (V::F64(x), V::F64(y), T::F64(o)) => {
                             select_into(&$m[..n], &x[..n], &y[..n], &mut o[..n])
                         }
-                        (I64(x), I64(y), I64(o)) => {
+                        (V::I64(x), V::I64(y), T::I64(o)) => {
                             select_into(&$m[..n], &x[..n], &y[..n], &mut o[..n])
                         }
                         _ => unreachable!("infer checks select dtypes"),
                     }
                 };
             }
-            match a[0] {
-                F32(m) => pick!(m),
-                F64(m) => pick!(m),
-                I64(m) => pick!(m),
-                Lent => unreachable!("an argument register is never lent"),
+            match a(0) {
+                V::F32(m) => pick!(m),
+                V::F64(m) => pick!(m),
+                V::I64(m) => pick!(m),
             }
         }
         // the conversions of `ops::shape::cast`
-        Op::Cast(_) => match (a[0], o) {
-            (F32(x), F64(o)) => map1(&x[..n], &mut o[..n], |v| v as f64),
-            (F32(x), I64(o)) => map1(&x[..n], &mut o[..n], |v| v as i64),
-            (F64(x), F32(o)) => map1(&x[..n], &mut o[..n], |v| v as f32),
-            (F64(x), I64(o)) => map1(&x[..n], &mut o[..n], |v| v as i64),
-            (I64(x), F32(o)) => map1(&x[..n], &mut o[..n], |v| v as f32),
-            (I64(x), F64(o)) => map1(&x[..n], &mut o[..n], |v| v as f64),
+        Op::Cast(_) => match (a(0), o) {
+            (V::F32(x), T::F64(o)) => map1(&x[..n], &mut o[..n], |v| v as f64),
+            (V::F32(x), T::I64(o)) => map1(&x[..n], &mut o[..n], |v| v as i64),
+            (V::F64(x), T::F32(o)) => map1(&x[..n], &mut o[..n], |v| v as f32),
+            (V::F64(x), T::I64(o)) => map1(&x[..n], &mut o[..n], |v| v as i64),
+            (V::I64(x), T::F32(o)) => map1(&x[..n], &mut o[..n], |v| v as f32),
+            (V::I64(x), T::F64(o)) => map1(&x[..n], &mut o[..n], |v| v as f64),
             _ => unreachable!("a cast to its own dtype reuses its operand's register"),
         },
         _ => unreachable!("infer admits only elementwise ops inside the loop"),
@@ -687,14 +807,68 @@ fn compute(op: Op, a: &[&Tile], o: &mut Tile, n: usize) {
 }
 
 /// Runs `steps` over the first `n` elements of the registers.
-fn eval_steps(steps: &[Step], regs: &mut [Tile], n: usize) {
+fn eval_steps(steps: &[Step], regs: &mut [Tile], views: &Views, n: usize) {
     for st in steps {
+        // a step never writes a register it reads (see `share_registers`)
         let mut o = std::mem::replace(&mut regs[st.reg], Tile::Lent);
-        {
-            let args: SmallVec<[&Tile; 3]> = st.args.iter().map(|&r| &regs[r]).collect();
-            compute(st.op, &args, &mut o, n);
+        match st.cos {
+            None => compute(st.op, &st.args, regs, views, &mut o, n),
+            Some(c) => {
+                let mut oc = std::mem::replace(&mut regs[c], Tile::Lent);
+                match (read(regs, views, st.args[0]), &mut o, &mut oc) {
+                    (Val::F32(x), Tile::F32(s), Tile::F32(c)) => {
+                        sin_cos_into(&x[..n], &mut s[..n], &mut c[..n])
+                    }
+                    (Val::F64(x), Tile::F64(s), Tile::F64(c)) => {
+                        sin_cos_into(&x[..n], &mut s[..n], &mut c[..n])
+                    }
+                    _ => unreachable!("infer checks unary dtypes"),
+                }
+                regs[c] = oc;
+            }
         }
         regs[st.reg] = o;
+    }
+}
+
+/// Lets steps share registers: a step's result goes to a register of its dtype whose
+/// value no later step reads, so a tile touches few registers and they stay in L1.
+/// `keep` are the registers read outside the steps (loads, the summed value, the sum,
+/// the result); they are never shared. A step never gets a register it reads, and
+/// registers freed in the summed loop are not reused after the sum (each part of
+/// `steps`, split at `split`, shares among itself).
+fn share_registers(steps: &mut [Step], split: usize, dtypes: &[DType], keep: &[usize]) {
+    let outs = |st: &Step| -> SmallVec<[usize; 2]> { st.cos.into_iter().chain([st.reg]).collect() };
+    let (before, after) = steps.split_at_mut(split);
+    for part in [before, after] {
+        let mut last_read: Vec<Option<usize>> = vec![None; dtypes.len()];
+        for (i, st) in part.iter().enumerate() {
+            for &a in &st.args {
+                last_read[a] = Some(i);
+            }
+        }
+        // register numbers are those of `Program::new`; `name` maps them to shared ones
+        let mut name: Vec<usize> = (0..dtypes.len()).collect();
+        let mut free: Vec<usize> = Vec::new();
+        for (i, st) in part.iter_mut().enumerate() {
+            let (reads, writes) = (st.args.clone(), outs(st));
+            for &o in writes.iter().filter(|o| !keep.contains(o)) {
+                if let Some(f) = free.iter().position(|&f| dtypes[f] == dtypes[o]) {
+                    name[o] = free.swap_remove(f);
+                }
+            }
+            for a in st.args.iter_mut() {
+                *a = name[*a];
+            }
+            (st.reg, st.cos) = (name[st.reg], st.cos.map(|c| name[c]));
+            // free what this step read for the last time, and results nobody reads
+            for r in reads.into_iter().chain(writes) {
+                let dead = last_read[r].is_none_or(|l| l == i);
+                if dead && !keep.contains(&r) && !free.contains(&name[r]) {
+                    free.push(name[r]);
+                }
+            }
+        }
     }
 }
 
@@ -761,13 +935,16 @@ impl<T: Float> Accum<T> {
                     (i, *seen) = (i + 1, *seen + 1);
                 }
                 let chunks = (vals.len() - i).min(*full - *seen) / 8 * 8;
-                vectorized(|| {
-                    for c in vals[i..i + chunks].chunks_exact(8) {
-                        for j in 0..8 {
-                            acc[j] = acc[j] + c[j];
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for c in vals[i..i + chunks].chunks_exact(8) {
+                            for j in 0..8 {
+                                acc[j] = acc[j] + c[j];
+                            }
                         }
-                    }
-                });
+                    },
+                );
                 (i, *seen) = (i + chunks, *seen + chunks);
                 while i < vals.len() && *seen < *full {
                     acc[*seen % 8] = acc[*seen % 8] + vals[i];
@@ -881,7 +1058,11 @@ pub struct Program {
 
 impl std::fmt::Debug for Step {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "r{} = {}{:?}", self.reg, self.op.name(), self.args)
+        write!(f, "r{} = {}{:?}", self.reg, self.op.name(), self.args)?;
+        match self.cos {
+            Some(c) => write!(f, ", r{c} = cos{:?}", self.args),
+            None => Ok(()),
+        }
     }
 }
 
@@ -956,6 +1137,7 @@ impl Program {
                         op,
                         args,
                         reg: dtypes.len() - 1,
+                        cos: None,
                     });
                     dtypes.len() - 1
                 }
@@ -985,19 +1167,69 @@ impl Program {
         });
         let tile = TILE.min(numel(shape).max(numel(&it))).max(1);
         let split = if sum.is_some() { split } else { steps.len() };
-        Program {
+        // sin and cos of one value in one step, separately in each loop
+        let after = pair_sin_cos(steps.split_off(split));
+        let mut steps = pair_sin_cos(steps);
+        let split = steps.len();
+        steps.extend(after);
+        let result_reg = reg_of[e.insts.len() - 1];
+        let mut keep: Vec<usize> = inner.regs.iter().chain(&outer.regs).copied().collect();
+        keep.push(result_reg);
+        if let Some(sp) = &sum {
+            keep.extend([sp.reg, sp.src]);
+        }
+        share_registers(&mut steps, split, &dtypes, &keep);
+        let mut p = Program {
             dtype,
             shape: Shape::from_slice(shape),
             matmul: e.matmul(),
             dtypes,
             steps,
             split,
-            result_reg: reg_of[e.insts.len() - 1],
+            result_reg,
             sum,
             inner,
             outer,
             tile,
+        };
+        p.drop_unused_registers();
+        p
+    }
+
+    /// Numbers the registers still in use after [`share_registers`] densely, so that
+    /// each thread allocates only those.
+    fn drop_unused_registers(&mut self) {
+        let mut used = vec![false; self.dtypes.len()];
+        let loads = self.inner.regs.iter().chain(&self.outer.regs);
+        let sum = self.sum.iter().flat_map(|sp| [sp.reg, sp.src]);
+        let steps = (self.steps.iter()).flat_map(|s| s.args.iter().chain(&s.cos).chain([&s.reg]));
+        for r in loads
+            .chain(steps)
+            .copied()
+            .chain(sum)
+            .chain([self.result_reg])
+        {
+            used[r] = true;
         }
+        let mut new = vec![0; used.len()];
+        let mut dtypes = Vec::new();
+        for (r, _) in used.iter().enumerate().filter(|(_, &u)| u) {
+            new[r] = dtypes.len();
+            dtypes.push(self.dtypes[r]);
+        }
+        self.dtypes = dtypes;
+        for r in self.inner.regs.iter_mut().chain(&mut self.outer.regs) {
+            *r = new[*r];
+        }
+        for s in &mut self.steps {
+            for r in s.args.iter_mut().chain(&mut s.cos).chain([&mut s.reg]) {
+                *r = new[*r];
+            }
+        }
+        if let Some(sp) = &mut self.sum {
+            (sp.reg, sp.src) = (new[sp.reg], new[sp.src]);
+        }
+        self.result_reg = new[self.result_reg];
     }
 
     /// Runs on the operands (`None` only for the one given as [`OutBuf::Operand`]).
@@ -1041,7 +1273,20 @@ impl Program {
                 },
             }
         }
-        let mut buf = buf.unwrap_or_else(|| crate::exec::buffers::overwritable(n_out));
+        // the kernel writes every element, so a fresh buffer is never zeroed first; a
+        // matmul result or an overwritten operand keeps its values for `Src::Out` loads
+        let prior = buf.is_some();
+        let mut buf = buf.unwrap_or_else(|| crate::exec::buffers::take(n_out));
+        // SAFETY: `n_out` elements fit (a taken buffer's capacity, or the length of a
+        // held one); length 0 only hides the held values until the end, when every
+        // element has been written.
+        unsafe { buf.set_len(0) };
+        let slots = &mut buf.spare_capacity_mut()[..n_out];
+        // The values of an output segment before the kernel writes it.
+        let values = |seg: &[MaybeUninit<O>]| -> Option<&[O]> {
+            // SAFETY: with `prior` the buffer held `n_out` values when it was handed in.
+            prior.then(|| unsafe { &*(seg as *const [MaybeUninit<O>] as *const [O]) })
+        };
         let bind = |lp: &Loop| -> SmallVec<[Src; 8]> {
             lp.from
                 .iter()
@@ -1056,21 +1301,24 @@ impl Program {
         };
         let (isrcs, osrcs) = (bind(&self.inner), bind(&self.outer));
         match &self.sum {
-            None => par_outputs(&mut buf, 1, |off, chunk| {
+            None => par_outputs(slots, 1, |off, chunk| {
                 with_regs(&self.dtypes, self.tile, |regs| {
+                    let mut views = no_views(regs.len());
                     let mut c = Cursor::new(&self.outer.dims, &self.outer.strides, off);
                     for seg in chunk.chunks_mut(self.tile) {
                         let n = seg.len();
-                        self.outer.fill::<O>(&osrcs, &mut c, regs, n, Some(seg));
-                        eval_steps(&self.steps, regs, n);
-                        O::from_tile(&regs[self.result_reg], seg);
+                        self.outer
+                            .fill(&osrcs, &mut c, regs, &mut views, n, values(seg));
+                        eval_steps(&self.steps, regs, &views, n);
+                        O::write_out(read(regs, &views, self.result_reg), seg);
                     }
                 })
             }),
             Some(sp) => {
                 let (before, after) = self.steps.split_at(self.split);
-                let work = |chunk: &mut [O], off: usize| {
+                let work = |chunk: &mut [MaybeUninit<O>], off: usize| {
                     with_regs(&self.dtypes, self.tile, |regs| {
+                        let mut views = no_views(regs.len());
                         let mut ci =
                             Cursor::new(&self.inner.dims, &self.inner.strides, off * sp.lane);
                         let mut co = Cursor::new(&self.outer.dims, &self.outer.strides, off);
@@ -1085,31 +1333,42 @@ impl Program {
                             let mut left = if sp.full { sp.lane } else { m * sp.lane };
                             while left > 0 {
                                 let n = left.min(self.tile);
-                                self.inner.fill::<O>(&isrcs, &mut ci, regs, n, None);
-                                eval_steps(before, regs, n);
+                                self.inner
+                                    .fill::<O>(&isrcs, &mut ci, regs, &mut views, n, None);
+                                eval_steps(before, regs, &views, n);
                                 let mut sums = std::mem::replace(&mut regs[sp.reg], Tile::Lent);
-                                acc.push(&regs[sp.src], n, &mut sums, &mut done);
+                                let vals = read(regs, &views, sp.src);
+                                acc.push(vals, n, &mut sums, &mut done);
                                 regs[sp.reg] = sums;
                                 left -= n;
                             }
                             if sp.full {
                                 acc.total_into(&mut regs[sp.reg]);
                             }
-                            self.outer.fill::<O>(&osrcs, &mut co, regs, m, Some(seg));
-                            eval_steps(after, regs, m);
-                            O::from_tile(&regs[self.result_reg], seg);
+                            self.outer
+                                .fill(&osrcs, &mut co, regs, &mut views, m, values(seg));
+                            eval_steps(after, regs, &views, m);
+                            O::write_out(read(regs, &views, self.result_reg), seg);
                         }
                     })
                 };
                 if sp.full {
-                    work(&mut buf, 0);
+                    work(slots, 0);
                 } else {
-                    par_outputs(&mut buf, sp.lane, |off, chunk| work(chunk, off));
+                    par_outputs(slots, sp.lane, |off, chunk| work(chunk, off));
                 }
             }
         }
+        // SAFETY: the chunks cover the `n_out` slots and each tile wrote its whole segment
+        // (a panic propagates before this line, leaving the length 0).
+        unsafe { buf.set_len(n_out) };
         O::wrap(Arr::from_shape_vec(IxDyn(shape), buf).expect("length matches shape"))
     }
+}
+
+/// Views for `n` registers, all read from their tiles.
+fn no_views<'a>(n: usize) -> SmallVec<[Option<Val<'a>>; 32]> {
+    SmallVec::from_elem(None, n)
 }
 
 thread_local! {
@@ -1181,10 +1440,10 @@ fn new_accum(d: DType, full: bool, lane: usize, red: &[usize]) -> AnyAccum {
 }
 
 impl AnyAccum {
-    fn push(&mut self, vals: &Tile, n: usize, out: &mut Tile, done: &mut usize) {
+    fn push(&mut self, vals: Val, n: usize, out: &mut Tile, done: &mut usize) {
         match (self, vals, out) {
-            (AnyAccum::F32(a), Tile::F32(v), Tile::F32(o)) => a.push(&v[..n], o, done),
-            (AnyAccum::F64(a), Tile::F64(v), Tile::F64(o)) => a.push(&v[..n], o, done),
+            (AnyAccum::F32(a), Val::F32(v), Tile::F32(o)) => a.push(&v[..n], o, done),
+            (AnyAccum::F64(a), Val::F64(v), Tile::F64(o)) => a.push(&v[..n], o, done),
             _ => unreachable!("the summed value has the sum's dtype"),
         }
     }
@@ -1195,5 +1454,95 @@ impl AnyAccum {
             (AnyAccum::F64(a), Tile::F64(o)) => o[0] = a.total(),
             _ => unreachable!("the sum's register has its dtype"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// W5's second derivative, d²/dx² sum(sin(x)·e^(−x²)), as the optimizer fuses it.
+    const W5: &str = "graph(%0: f32[5000]) {
+  %1 = fused %0 : f32[5000]
+    #0 = sin $0 : f32[5000]
+    #1 = mul $0, $0 : f32[5000]
+    #2 = neg #1 : f32[5000]
+    #3 = exp #2 : f32[5000]
+    #4 = mul #0, #3 : f32[5000]
+    #5 = neg #4 : f32[5000]
+    #6 = sub #5, #4 : f32[5000]
+    #7 = sub #6, #4 : f32[5000]
+    #8 = add $0, $0 : f32[5000]
+    #9 = neg #8 : f32[5000]
+    #10 = mul #9, #0 : f32[5000]
+    #11 = cos $0 : f32[5000]
+    #12 = add #10, #11 : f32[5000]
+    #13 = mul #12, #3 : f32[5000]
+    #14 = neg #13 : f32[5000]
+    #15 = mul #14, $0 : f32[5000]
+    #16 = add #7, #15 : f32[5000]
+    #17 = add #16, #15 : f32[5000]
+    #18 = mul #9, #3 : f32[5000]
+    #19 = mul #18, #11 : f32[5000]
+    #20 = add #17, #19 : f32[5000]
+  return %1
+}";
+
+    fn w5() -> Program {
+        let g = crate::ir::parse(W5).unwrap();
+        Program::new(&g.fused[0], &[(DType::F32, &[5000])], &[5000])
+    }
+
+    #[test]
+    fn sin_and_cos_of_one_value_are_one_step() {
+        let p = w5();
+        assert_eq!(p.steps.len(), 20, "{:?}", p.steps);
+        let both: Vec<&Step> = p.steps.iter().filter(|s| s.cos.is_some()).collect();
+        assert_eq!(both.len(), 1, "{:?}", p.steps);
+        assert_eq!(both[0].op, Op::Unary(Unary::Sin));
+        assert!(p
+            .steps
+            .iter()
+            .all(|s| !matches!(s.op, Op::Unary(Unary::Cos))));
+    }
+
+    #[test]
+    fn steps_share_registers_but_never_write_what_they_read() {
+        let p = w5();
+        let mut used: Vec<usize> = p.outer.regs.to_vec();
+        for s in &p.steps {
+            assert!(!s.args.contains(&s.reg) && s.cos.is_none_or(|c| !s.args.contains(&c)));
+            used.extend(s.cos.into_iter().chain([s.reg]));
+        }
+        used.sort();
+        used.dedup();
+        // the load, the result and at most 6 live values at a time, instead of 21
+        assert!(used.len() <= 8, "{} registers: {:?}", used.len(), p.steps);
+        assert_eq!(
+            used,
+            (0..p.dtypes.len()).collect::<Vec<_>>(),
+            "unused registers"
+        );
+    }
+
+    #[test]
+    fn a_param_in_loop_order_is_read_in_place() {
+        let p = w5();
+        assert_eq!(&p.outer.direct[..], &[true]);
+        // a broadcast row is copied
+        let g = crate::ir::parse(
+            "graph(%0: f32[3,4], %1: f32[4]) {
+  %2 = fused %0, %1 : f32[3,4]
+    #0 = add $0, $1 : f32[3,4]
+  return %2
+}",
+        )
+        .unwrap();
+        let p = Program::new(
+            &g.fused[0],
+            &[(DType::F32, &[3, 4]), (DType::F32, &[4])],
+            &[3, 4],
+        );
+        assert_eq!(&p.outer.direct[..], &[true, false]);
     }
 }
