@@ -317,8 +317,8 @@ pub(super) fn infer_nary(op: &Op, x: &[(DType, &[usize])]) -> Result<(DType, Sha
 
 pub(super) fn eval_unary(u: Unary, x: &Data) -> Data {
     match x {
-        Data::F32(a) => unary_const!(u, OP => Data::F32(ew::map(a, #[inline(always)] |v| OP.f(v)))),
-        Data::F64(a) => unary_const!(u, OP => Data::F64(ew::map(a, #[inline(always)] |v| OP.f(v)))),
+        Data::F32(a) => unary_const!(u, OP => Data::F32(ew::map(a, |v| OP.f(v)))),
+        Data::F64(a) => unary_const!(u, OP => Data::F64(ew::map(a, |v| OP.f(v)))),
         Data::I64(_) => unreachable!("infer rejects integer operands of {}", u.name()),
     }
 }
@@ -326,10 +326,10 @@ pub(super) fn eval_unary(u: Unary, x: &Data) -> Data {
 pub(super) fn eval_nary(op: &Op, x: &[&Data], shape: &[usize]) -> Data {
     match (op, x) {
         (Op::Binary(b), [Data::F32(p), Data::F32(q)]) => {
-            binary_const!(*b, OP => Data::F32(ew::zip(p, q, shape, #[inline(always)] |u, v| OP.f(u, v))))
+            binary_const!(*b, OP => Data::F32(ew::zip(p, q, shape, |u, v| OP.f(u, v))))
         }
         (Op::Binary(b), [Data::F64(p), Data::F64(q)]) => {
-            binary_const!(*b, OP => Data::F64(ew::zip(p, q, shape, #[inline(always)] |u, v| OP.f(u, v))))
+            binary_const!(*b, OP => Data::F64(ew::zip(p, q, shape, |u, v| OP.f(u, v))))
         }
         (Op::Binary(b), [Data::I64(p), Data::I64(q)]) => {
             let f = b.fi().expect("infer rejects integer operands");

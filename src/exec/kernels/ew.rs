@@ -25,8 +25,8 @@ fn wrap<O: Clone>(shape: &[usize], v: Vec<O>) -> Arr<O> {
         .into_shared()
 }
 
-/// The instruction sets the elementwise loops are compiled for, narrowest first. The
-/// build targets the baseline; [`vectorized`] picks the widest copy the CPU runs.
+/// The instruction sets loops are compiled for, narrowest first. The build targets the
+/// baseline; [`vectorized`] and [`vectorized_wide`] pick the widest copy the CPU runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Isa {
     /// The build's target (SSE2 on x86-64; the only one on other architectures).
@@ -78,16 +78,32 @@ pub fn has_avx2() -> bool {
     Isa::detect() >= Isa::Avx2
 }
 
-/// Runs `f` compiled for the widest [`Isa`] the CPU has. The loop inside `f` is inlined
-/// into that copy, so it vectorizes 8 or 16 f32 lanes wide. Callers mark `f`, and the
-/// scalar functions it calls per element, `#[inline(always)]`: each is called from
-/// three copies, and LLVM would otherwise keep a large one (`sin`) out of line, which
-/// leaves the loop scalar.
-/// Every copy computes the same bits: the loops use IEEE basic operations, conversions
-/// and selects, which round the same at any width, and Rust never contracts `a*b+c`
-/// into an FMA on its own.
+/// Runs `f` compiled for AVX2+FMA when the CPU has them, else for the baseline target.
+/// The loop inside `f` is inlined into the feature-enabled copy, so it vectorizes 8
+/// f32 lanes wide. Rust never contracts `a*b+c` into an FMA on its own, so both copies
+/// compute the same bits.
 #[inline(always)]
 pub fn vectorized<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU supports avx2 and fma (checked just above).
+        return unsafe { avx2(f) };
+    }
+    f()
+}
+
+/// [`vectorized`] with an AVX-512 copy as well (16 f32 lanes), for the loops measured
+/// to gain from it: the fused-loop kernel's, about 20% on transcendental-heavy
+/// programs. The elementwise kernels here stay on [`vectorized`] until they are checked
+/// loop by loop: with a third copy LLVM compiled some of them worse (eager `relu`'s
+/// scalar-operand loop 25% slower, the last-axis `max` fold 16%) and others better (the
+/// first-axis `max` fold 6x faster). Callers mark `f`, and the scalar functions it
+/// calls per element, `#[inline(always)]`: each is called from three copies, and LLVM
+/// would otherwise keep a large one (`sin`) out of line, which leaves the loop scalar.
+/// Every copy computes the same bits: IEEE basic operations, conversions and selects
+/// round the same at any width.
+#[inline(always)]
+pub fn vectorized_wide<R>(f: impl FnOnce() -> R) -> R {
     // SAFETY: the CPU runs the instruction set it detected.
     unsafe { vectorized_unchecked(Isa::detect(), f) }
 }
@@ -103,27 +119,29 @@ pub fn vectorized_for<R>(isa: Isa, f: impl FnOnce() -> R) -> R {
     unsafe { vectorized_unchecked(isa, f) }
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn avx2<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")]
+fn avx512<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
 /// # Safety
 /// The CPU must run `isa`.
 #[inline(always)]
 unsafe fn vectorized_unchecked<R>(isa: Isa, f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx2,fma")]
-        fn avx2<R>(f: impl FnOnce() -> R) -> R {
-            f()
-        }
-        #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")]
-        fn avx512<R>(f: impl FnOnce() -> R) -> R {
-            f()
-        }
-        match isa {
-            // SAFETY: the caller's promise.
-            Isa::Avx512 => return unsafe { avx512(f) },
-            // SAFETY: the caller's promise.
-            Isa::Avx2 => return unsafe { avx2(f) },
-            Isa::Baseline => {}
-        }
+    match isa {
+        // SAFETY: the caller's promise.
+        Isa::Avx512 => return unsafe { avx512(f) },
+        // SAFETY: the caller's promise.
+        Isa::Avx2 => return unsafe { avx2(f) },
+        Isa::Baseline => {}
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = isa; // one copy only
@@ -148,21 +166,15 @@ fn par_fill<O: Pooled>(n: usize, fill: impl Fn(usize, &mut [MaybeUninit<O>]) + S
 fn map_slice<T: Copy + Sync, O: Pooled>(x: &[T], f: impl Fn(T) -> O + Sync) -> Vec<O> {
     if x.len() < PAR_MIN {
         let mut out = buffers::take(x.len());
-        vectorized(
-            #[inline(always)]
-            || out.extend(x.iter().map(|&v| f(v))),
-        );
+        vectorized(|| out.extend(x.iter().map(|&v| f(v))));
         out
     } else {
         par_fill(x.len(), |s, out| {
-            vectorized(
-                #[inline(always)]
-                || {
-                    for (o, &v) in out.iter_mut().zip(&x[s..]) {
-                        o.write(f(v));
-                    }
-                },
-            )
+            vectorized(|| {
+                for (o, &v) in out.iter_mut().zip(&x[s..]) {
+                    o.write(f(v));
+                }
+            })
         })
     }
 }
@@ -175,21 +187,15 @@ fn zip_slices<A: Copy + Sync, B: Copy + Sync, O: Pooled>(
 ) -> Vec<O> {
     if x.len() < PAR_MIN {
         let mut out = buffers::take(x.len());
-        vectorized(
-            #[inline(always)]
-            || out.extend(x.iter().zip(y).map(|(&a, &b)| f(a, b))),
-        );
+        vectorized(|| out.extend(x.iter().zip(y).map(|(&a, &b)| f(a, b))));
         out
     } else {
         par_fill(x.len(), |s, out| {
-            vectorized(
-                #[inline(always)]
-                || {
-                    for ((o, &a), &b) in out.iter_mut().zip(&x[s..]).zip(&y[s..]) {
-                        o.write(f(a, b));
-                    }
-                },
-            )
+            vectorized(|| {
+                for ((o, &a), &b) in out.iter_mut().zip(&x[s..]).zip(&y[s..]) {
+                    o.write(f(a, b));
+                }
+            })
         })
     }
 }
@@ -202,16 +208,13 @@ fn zip_rows<A: Copy + Sync, B: Copy + Sync, O: Pooled>(
 ) -> Vec<O> {
     let k = row.len();
     let rows = |s: usize, out: &mut [MaybeUninit<O>]| {
-        vectorized(
-            #[inline(always)]
-            || {
-                for (or, xr) in out.chunks_exact_mut(k).zip(x[s..].chunks_exact(k)) {
-                    for ((o, &a), &b) in or.iter_mut().zip(xr).zip(row) {
-                        o.write(f(a, b));
-                    }
+        vectorized(|| {
+            for (or, xr) in out.chunks_exact_mut(k).zip(x[s..].chunks_exact(k)) {
+                for ((o, &a), &b) in or.iter_mut().zip(xr).zip(row) {
+                    o.write(f(a, b));
                 }
-            },
-        )
+            }
+        })
     };
     let mut v = buffers::take(x.len());
     if x.len() < PAR_MIN {
@@ -284,14 +287,11 @@ where
         // an outer product: a column against a row (a one-hot's `labels == classes`)
         if col_width(a.shape(), shape) == Some(y.len()) && is_row_of(b.shape(), shape) {
             let mut out = buffers::take(n);
-            vectorized(
-                #[inline(always)]
-                || {
-                    for &p in x {
-                        out.extend(y.iter().map(|&q| f(p, q)));
-                    }
-                },
-            );
+            vectorized(|| {
+                for &p in x {
+                    out.extend(y.iter().map(|&q| f(p, q)));
+                }
+            });
             return wrap(shape, out);
         }
     }
@@ -324,16 +324,13 @@ fn zip_cols<A: Copy + Sync, B: Copy + Sync, O: Pooled>(
 ) -> Vec<O> {
     let task = (PAR_CHUNK / k).max(1) * k;
     let fill = |s: usize, out: &mut [MaybeUninit<O>]| {
-        vectorized(
-            #[inline(always)]
-            || {
-                for ((oc, xc), &c) in out.chunks_mut(k).zip(x[s..].chunks(k)).zip(&col[s / k..]) {
-                    for (o, &a) in oc.iter_mut().zip(xc) {
-                        o.write(f(a, c));
-                    }
+        vectorized(|| {
+            for ((oc, xc), &c) in out.chunks_mut(k).zip(x[s..].chunks(k)).zip(&col[s / k..]) {
+                for (o, &a) in oc.iter_mut().zip(xc) {
+                    o.write(f(a, c));
                 }
-            },
-        )
+            }
+        })
     };
     let mut v = buffers::take(x.len());
     if x.len() < PAR_MIN {
@@ -362,16 +359,12 @@ pub fn select<M: Copy + Send + Sync, T: Pooled>(
     if let (Some(m), Some(x), Some(y)) = (mask.as_slice(), a.as_slice(), b.as_slice()) {
         if m.len() == n && x.len() == n && y.len() == n {
             let v = par_fill(n, |s, out| {
-                vectorized(
-                    #[inline(always)]
-                    || {
-                        for (((o, &m), &x), &y) in
-                            out.iter_mut().zip(&m[s..]).zip(&x[s..]).zip(&y[s..])
-                        {
-                            o.write(if set(m) { x } else { y });
-                        }
-                    },
-                )
+                vectorized(|| {
+                    for (((o, &m), &x), &y) in out.iter_mut().zip(&m[s..]).zip(&x[s..]).zip(&y[s..])
+                    {
+                        o.write(if set(m) { x } else { y });
+                    }
+                })
             });
             return wrap(shape, v);
         }

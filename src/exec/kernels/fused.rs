@@ -40,7 +40,7 @@
 //! sequential fold per reduced axis (innermost first) otherwise. Output elements are
 //! independent, so splitting the loop across threads never changes a bit.
 
-use super::ew::{vectorized, PAR_CHUNK, PAR_MIN};
+use super::ew::{vectorized_wide, PAR_CHUNK, PAR_MIN};
 use crate::ops::{Binary, Compare, FusionClass, Op, Unary};
 use crate::tensor::{broadcast_shapes, numel, type_str, Arr, DType, Data, Float, Shape};
 use ndarray::IxDyn;
@@ -678,7 +678,7 @@ macro_rules! specialize {
 }
 
 fn map1<A: Copy, O>(x: &[A], o: &mut [O], f: impl Fn(A) -> O) {
-    vectorized(
+    vectorized_wide(
         #[inline(always)]
         || {
             for (o, &x) in o.iter_mut().zip(x) {
@@ -689,7 +689,7 @@ fn map1<A: Copy, O>(x: &[A], o: &mut [O], f: impl Fn(A) -> O) {
 }
 
 fn map2<A: Copy, B: Copy, O>(x: &[A], y: &[B], o: &mut [O], f: impl Fn(A, B) -> O) {
-    vectorized(
+    vectorized_wide(
         #[inline(always)]
         || {
             for ((o, &x), &y) in o.iter_mut().zip(x).zip(y) {
@@ -701,7 +701,7 @@ fn map2<A: Copy, B: Copy, O>(x: &[A], y: &[B], o: &mut [O], f: impl Fn(A, B) -> 
 
 /// `mask != 0 ? x : y` per element (the mask test of `ew::select`).
 fn select_into<M: Copy + PartialEq + Default, T: Copy>(m: &[M], x: &[T], y: &[T], o: &mut [T]) {
-    vectorized(
+    vectorized_wide(
         #[inline(always)]
         || {
             for (((o, &m), &x), &y) in o.iter_mut().zip(m).zip(x).zip(y) {
@@ -713,7 +713,7 @@ fn select_into<M: Copy + PartialEq + Default, T: Copy>(m: &[M], x: &[T], y: &[T]
 
 /// `(sin x, cos x)` per element, with [`Float::kernel_sin_cos`].
 fn sin_cos_into<T: Float>(x: &[T], s: &mut [T], c: &mut [T]) {
-    vectorized(
+    vectorized_wide(
         #[inline(always)]
         || {
             for ((s, c), &x) in s.iter_mut().zip(c.iter_mut()).zip(x) {
@@ -935,7 +935,7 @@ impl<T: Float> Accum<T> {
                     (i, *seen) = (i + 1, *seen + 1);
                 }
                 let chunks = (vals.len() - i).min(*full - *seen) / 8 * 8;
-                vectorized(
+                vectorized_wide(
                     #[inline(always)]
                     || {
                         for c in vals[i..i + chunks].chunks_exact(8) {

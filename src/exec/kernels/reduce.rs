@@ -62,21 +62,18 @@ fn reduce<T: Pooled>(
         let src = cur.as_deref().unwrap_or(x);
         let mut out = buffers::take(outer * inner);
         out.resize(outer * inner, init);
-        super::ew::vectorized(
-            #[inline(always)]
-            || {
-                for (acc, block) in out
-                    .chunks_exact_mut(inner.max(1))
-                    .zip(src.chunks_exact((len * inner).max(1)))
-                {
-                    for r in block.chunks_exact(inner) {
-                        for (s, &v) in acc.iter_mut().zip(r) {
-                            *s = fold(*s, v);
-                        }
+        super::ew::vectorized(|| {
+            for (acc, block) in out
+                .chunks_exact_mut(inner.max(1))
+                .zip(src.chunks_exact((len * inner).max(1)))
+            {
+                for r in block.chunks_exact(inner) {
+                    for (s, &v) in acc.iter_mut().zip(r) {
+                        *s = fold(*s, v);
                     }
                 }
-            },
-        );
+            }
+        });
         if let Some(old) = cur.replace(out) {
             buffers::current().give(old);
         }
@@ -97,10 +94,7 @@ pub fn sum<T: crate::tensor::Float + Pooled>(a: &Arr<T>, axes: &[usize], keep: b
 
 /// Sum of a slice with 8 fixed accumulators (deterministic, vectorizable).
 pub fn sum_slice<T: crate::tensor::Float>(s: &[T]) -> T {
-    super::ew::vectorized(
-        #[inline(always)]
-        || sum8(s),
-    )
+    super::ew::vectorized(|| sum8(s))
 }
 
 #[inline(always)]
