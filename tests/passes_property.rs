@@ -611,6 +611,44 @@ fn sin_and_cos_of_one_value_match_unfused_kernels() {
     }
 }
 
+/// A `neg` of a binary value that nothing else reads is computed in the binary op's
+/// step (`neg(op(a, b))` per element): still the bits of the unfused kernels, also with
+/// NaN and infinite inputs, for every binary op, when the negation is the result, and
+/// when the binary value is also read elsewhere (then nothing is folded).
+#[test]
+fn negations_folded_into_binary_steps_match_unfused_kernels() {
+    use tapeflow::ops::Unary::{Exp, Neg};
+    for dtype in [DType::F32, DType::F64] {
+        for shape in [vec![70_001usize], vec![7]] {
+            let mut gen = Gen::new(13);
+            gen.dtype = dtype;
+            let (x, y) = (gen.input(&shape), gen.input(&shape));
+            let mut outs = Vec::new();
+            for b in BINARY_OPS {
+                let v = gen.op(Op::Binary(b), &[x, y], None).unwrap();
+                let n = gen.op(Op::Unary(Neg), &[v], None).unwrap();
+                outs.push(gen.op(Op::Unary(Exp), &[n], None).unwrap());
+            }
+            // read twice: not folded
+            let v = gen.op(Op::Binary(Binary::Mul), &[x, y], None).unwrap();
+            let n = gen.op(Op::Unary(Neg), &[v], None).unwrap();
+            outs.push(gen.op(Op::Binary(Binary::Sub), &[n, v], None).unwrap());
+            // the result itself
+            let v = gen.op(Op::Binary(Binary::Add), &[x, y], None).unwrap();
+            outs.push(gen.op(Op::Unary(Neg), &[v], None).unwrap());
+            gen.g.outputs = outs;
+            let (opt, _) = run_pipeline(&gen.g, &PassConfig::default()).unwrap();
+            let (want, got) = (run(&gen.g, &gen.inputs), run(&opt, &gen.inputs));
+            for (w, o) in want.iter().zip(&got) {
+                assert!(
+                    same_bits(w, o),
+                    "{dtype:?} {shape:?}: fused result differs\n{opt}"
+                );
+            }
+        }
+    }
+}
+
 /// Any pass can be turned off by name: it then does not run, and the result is still
 /// bit-identical.
 #[test]

@@ -33,9 +33,11 @@
 //! each instruction calls its op's own scalar function ([`Unary::f`](crate::ops::Unary::f),
 //! [`Binary::f`](crate::ops::Binary::f), [`Compare::f`](crate::ops::Compare::f), the same
 //! `as` conversions as `cast`), as the unfused kernels do, so results are
-//! bit-identical to the unfused graph. (`sin` and `cos` of one value are one step that
-//! calls [`Float::kernel_sin_cos`], which shares the range reduction and returns exactly
-//! the bits of `kernel_sin` and `kernel_cos`.) The sum adds in exactly the order of
+//! bit-identical to the unfused graph. Two kinds of instructions share a loop:
+//! `sin` and `cos` of one value are one step that calls [`Float::kernel_sin_cos`],
+//! which shares the range reduction and returns exactly the bits of `kernel_sin` and
+//! `kernel_cos`; and a `neg` of a binary op's value that nothing else reads runs in
+//! that op's loop, `neg(op(a, b))` per element. The sum adds in exactly the order of
 //! [`reduce::sum`](super::reduce::sum): a fixed 8-lane tree for a full reduction, one
 //! sequential fold per reduced axis (innermost first) otherwise. Output elements are
 //! independent, so splitting the loop across threads never changes a bit.
@@ -620,6 +622,9 @@ struct Step {
     /// With `op` = `sin`: the register of a `cos` of the same argument, computed in this
     /// step from the same range reduction ([`Float::kernel_sin_cos`]).
     cos: Option<usize>,
+    /// With a binary `op`: the step also negates its result (a folded `neg`, see
+    /// [`fold_neg`]).
+    neg: bool,
 }
 
 /// Merges each `sin` with a `cos` of the same argument into one step (at the first of
@@ -651,6 +656,32 @@ fn pair_sin_cos(steps: Vec<Step>) -> Vec<Step> {
         out.push(st);
     }
     out
+}
+
+/// Folds each `neg` of a binary step's value that nothing else reads (`keep` are the
+/// registers read outside the steps) into that step, which then computes
+/// `neg(op(a, b))` per element: the same two scalar functions in the same order, in one
+/// pass over the tile instead of two. Gradients are full of these (`-(a·b)`).
+fn fold_neg(mut steps: Vec<Step>, keep: &[usize]) -> Vec<Step> {
+    let mut j = 0;
+    while j < steps.len() {
+        let r = steps[j].args[0];
+        let readers: usize = (steps.iter())
+            .map(|s| s.args.iter().filter(|&&a| a == r).count())
+            .sum();
+        let binary = (steps[..j].iter())
+            .position(|s| s.reg == r && s.cos.is_none() && !s.neg && matches!(s.op, Op::Binary(_)));
+        let is_neg = steps[j].op == Op::Unary(Unary::Neg);
+        match binary {
+            Some(i) if is_neg && readers == 1 && !keep.contains(&r) => {
+                // registers are written once here, so none is read before the neg writes it
+                (steps[i].reg, steps[i].neg) = (steps[j].reg, true);
+                steps.remove(j);
+            }
+            _ => j += 1,
+        }
+    }
+    steps
 }
 
 /// Runs `$body` with `$k` a compile-time constant equal to `$op`, so the scalar
@@ -723,9 +754,26 @@ fn sin_cos_into<T: Float>(x: &[T], s: &mut [T], c: &mut [T]) {
     )
 }
 
+/// `b` per element, then `neg` when one was folded into the step.
+fn binary_into<T: Float>(b: Binary, neg: bool, x: &[T], y: &[T], o: &mut [T]) {
+    if neg {
+        specialize!(Binary, b, K => map2(x, y, o, #[inline(always)] |p, q| Unary::Neg.f(K.f(p, q))))
+    } else {
+        specialize!(Binary, b, K => map2(x, y, o, #[inline(always)] |p, q| K.f(p, q)))
+    }
+}
+
 /// `op` of the registers `args` over their first `n` elements into `o`, with the op's
-/// own scalar function per element.
-fn compute(op: Op, args: &[usize], regs: &[Tile], views: &Views, o: &mut Tile, n: usize) {
+/// own scalar function per element (for a binary op, then `neg` if `neg`).
+fn compute(
+    op: Op,
+    neg: bool,
+    args: &[usize],
+    regs: &[Tile],
+    views: &Views,
+    o: &mut Tile,
+    n: usize,
+) {
     use {Tile as T, Val as V};
     let a = |i: usize| read(regs, views, args[i]);
     match op {
@@ -739,12 +787,8 @@ fn compute(op: Op, args: &[usize], regs: &[Tile], views: &Views, o: &mut Tile, n
             _ => unreachable!("infer checks unary dtypes"),
         },
         Op::Binary(b) => match (a(0), a(1), o) {
-            (V::F32(x), V::F32(y), T::F32(o)) => {
-                specialize!(Binary, b, K => map2(&x[..n], &y[..n], &mut o[..n], #[inline(always)] |p, q| K.f(p, q)))
-            }
-            (V::F64(x), V::F64(y), T::F64(o)) => {
-                specialize!(Binary, b, K => map2(&x[..n], &y[..n], &mut o[..n], #[inline(always)] |p, q| K.f(p, q)))
-            }
+            (V::F32(x), V::F32(y), T::F32(o)) => binary_into(b, neg, &x[..n], &y[..n], &mut o[..n]),
+            (V::F64(x), V::F64(y), T::F64(o)) => binary_into(b, neg, &x[..n], &y[..n], &mut o[..n]),
             (V::I64(x), V::I64(y), T::I64(o)) => map2(
                 &x[..n],
                 &y[..n],
@@ -812,7 +856,7 @@ fn eval_steps(steps: &[Step], regs: &mut [Tile], views: &Views, n: usize) {
         // a step never writes a register it reads (see `share_registers`)
         let mut o = std::mem::replace(&mut regs[st.reg], Tile::Lent);
         match st.cos {
-            None => compute(st.op, &st.args, regs, views, &mut o, n),
+            None => compute(st.op, st.neg, &st.args, regs, views, &mut o, n),
             Some(c) => {
                 let mut oc = std::mem::replace(&mut regs[c], Tile::Lent);
                 match (read(regs, views, st.args[0]), &mut o, &mut oc) {
@@ -1058,7 +1102,8 @@ pub struct Program {
 
 impl std::fmt::Debug for Step {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "r{} = {}{:?}", self.reg, self.op.name(), self.args)?;
+        let neg = if self.neg { "neg " } else { "" };
+        write!(f, "r{} = {neg}{}{:?}", self.reg, self.op.name(), self.args)?;
         match self.cos {
             Some(c) => write!(f, ", r{c} = cos{:?}", self.args),
             None => Ok(()),
@@ -1138,6 +1183,7 @@ impl Program {
                         args,
                         reg: dtypes.len() - 1,
                         cos: None,
+                        neg: false,
                     });
                     dtypes.len() - 1
                 }
@@ -1167,17 +1213,18 @@ impl Program {
         });
         let tile = TILE.min(numel(shape).max(numel(&it))).max(1);
         let split = if sum.is_some() { split } else { steps.len() };
-        // sin and cos of one value in one step, separately in each loop
-        let after = pair_sin_cos(steps.split_off(split));
-        let mut steps = pair_sin_cos(steps);
-        let split = steps.len();
-        steps.extend(after);
         let result_reg = reg_of[e.insts.len() - 1];
         let mut keep: Vec<usize> = inner.regs.iter().chain(&outer.regs).copied().collect();
         keep.push(result_reg);
         if let Some(sp) = &sum {
             keep.extend([sp.reg, sp.src]);
         }
+        // sin and cos of one value in one step, negations into binary steps; separately
+        // in each loop
+        let after = fold_neg(pair_sin_cos(steps.split_off(split)), &keep);
+        let mut steps = fold_neg(pair_sin_cos(steps), &keep);
+        let split = steps.len();
+        steps.extend(after);
         share_registers(&mut steps, split, &dtypes, &keep);
         let mut p = Program {
             dtype,
@@ -1496,7 +1543,6 @@ mod tests {
     #[test]
     fn sin_and_cos_of_one_value_are_one_step() {
         let p = w5();
-        assert_eq!(p.steps.len(), 20, "{:?}", p.steps);
         let both: Vec<&Step> = p.steps.iter().filter(|s| s.cos.is_some()).collect();
         assert_eq!(both.len(), 1, "{:?}", p.steps);
         assert_eq!(both[0].op, Op::Unary(Unary::Sin));
@@ -1504,6 +1550,24 @@ mod tests {
             .steps
             .iter()
             .all(|s| !matches!(s.op, Op::Unary(Unary::Cos))));
+    }
+
+    #[test]
+    fn negations_of_binary_values_read_once_fold_into_their_step() {
+        let p = w5();
+        // #2 = neg #1, #9 = neg #8, #14 = neg #13 fold; #5 = neg #4 does not (#4 is
+        // also read by #6 and #7)
+        let negs: Vec<Op> = p.steps.iter().filter(|s| s.neg).map(|s| s.op).collect();
+        assert_eq!(
+            negs,
+            [Binary::Mul, Binary::Add, Binary::Mul].map(Op::Binary),
+            "{:?}",
+            p.steps
+        );
+        let left = p.steps.iter().filter(|s| s.op == Op::Unary(Unary::Neg));
+        assert_eq!(left.count(), 1, "{:?}", p.steps);
+        // 21 instructions: sin and cos in one step, three negations folded
+        assert_eq!(p.steps.len(), 17, "{:?}", p.steps);
     }
 
     #[test]
