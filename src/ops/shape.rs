@@ -193,32 +193,19 @@ fn materialize<T: Pooled>(v: ndarray::ArrayViewD<'_, T>) -> Arr<T> {
         Some(s) => out.extend_from_slice(s),
         None => out.extend(v.iter().copied()),
     }
-    Arr::from_shape_vec(v.raw_dim(), out)
-        .expect("length matches shape")
-        .into_shared()
+    ew::wrap(v.shape(), out)
 }
 
 /// `a` broadcast to `shape`, materialized; a trailing row repeats by whole copies.
 fn broadcast<T: Pooled>(a: &Arr<T>, shape: &[usize]) -> Arr<T> {
     let n: usize = shape.iter().product();
     match a.as_slice() {
-        Some(row)
-            if !row.is_empty() && n.is_multiple_of(row.len()) && {
-                let lead = shape.len() - a.ndim();
-                a.shape()
-                    .iter()
-                    .zip(&shape[lead..])
-                    .skip_while(|(s, _)| **s == 1)
-                    .all(|(s, t)| s == t)
-            } =>
-        {
+        Some(row) if !row.is_empty() && ew::is_row_of(a.shape(), shape) => {
             let mut out = buffers::take(n);
             for _ in 0..n / row.len() {
                 out.extend_from_slice(row);
             }
-            Arr::from_shape_vec(IxDyn(shape), out)
-                .expect("length matches shape")
-                .into_shared()
+            ew::wrap(shape, out)
         }
         Some(col) if ew::col_width(a.shape(), shape).is_some() => {
             let k = n / col.len().max(1);
@@ -226,9 +213,7 @@ fn broadcast<T: Pooled>(a: &Arr<T>, shape: &[usize]) -> Arr<T> {
             for &v in col {
                 out.extend(std::iter::repeat_n(v, k));
             }
-            Arr::from_shape_vec(IxDyn(shape), out)
-                .expect("length matches shape")
-                .into_shared()
+            ew::wrap(shape, out)
         }
         _ => materialize(
             a.broadcast(IxDyn(shape))

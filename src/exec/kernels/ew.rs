@@ -19,7 +19,8 @@ pub const PAR_MIN: usize = 1 << 16;
 /// Elements per parallel task.
 pub const PAR_CHUNK: usize = 1 << 14;
 
-fn wrap<O: Clone>(shape: &[usize], v: Vec<O>) -> Arr<O> {
+/// `v` as a standard-layout array of `shape`.
+pub(crate) fn wrap<O: Clone>(shape: &[usize], v: Vec<O>) -> Arr<O> {
     ArrayD::from_shape_vec(IxDyn(shape), v)
         .expect("length matches shape")
         .into_shared()
@@ -234,9 +235,9 @@ fn zip_rows<A: Copy + Sync, B: Copy + Sync, O: Pooled>(
 
 /// Whether `small` broadcasts to `full` as a trailing row: after dropping leading 1s it
 /// equals a suffix of `full`.
-fn is_row_of(small: &[usize], full: &[usize]) -> bool {
-    let s: Vec<usize> = small.iter().copied().skip_while(|&d| d == 1).collect();
-    !s.is_empty() && s.len() <= full.len() && full[full.len() - s.len()..] == s[..]
+pub(crate) fn is_row_of(small: &[usize], full: &[usize]) -> bool {
+    let s = &small[small.iter().take_while(|&&d| d == 1).count()..];
+    !s.is_empty() && s.len() <= full.len() && full[full.len() - s.len()..] == *s
 }
 
 /// `f(x)` for every element.
