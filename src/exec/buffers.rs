@@ -106,22 +106,9 @@ impl BufferPool {
         BufferPool::default()
     }
 
-    fn pop<T: Pooled>(&self, n: usize) -> Vec<T> {
-        match T::shelf(self).pop(n) {
-            Some(mut v) => {
-                v.clear();
-                v
-            }
-            None => {
-                self.misses.fetch_add(1, Ordering::Relaxed);
-                Vec::with_capacity(n)
-            }
-        }
-    }
-
-    /// Like [`BufferPool::pop`], but a miss also stocks `spares` more buffers of that
-    /// length.
-    fn pop_stocking<T: Pooled>(&self, n: usize, spares: usize) -> Vec<T> {
+    /// An empty buffer with room for `n` elements: a spare one, or on a miss a new one,
+    /// after stocking `spares` more of that length.
+    fn pop<T: Pooled>(&self, n: usize, spares: usize) -> Vec<T> {
         if let Some(mut v) = T::shelf(self).pop(n) {
             v.clear();
             return v;
@@ -225,7 +212,7 @@ impl PoolRef {
     /// An empty `Vec` with room for `n` elements (from the pool if it has one).
     pub fn take<T: Pooled>(self, n: usize) -> Vec<T> {
         match self.get() {
-            Some(p) => p.pop(n),
+            Some(p) => p.pop(n, 0),
             None => Vec::with_capacity(n),
         }
     }
@@ -304,7 +291,7 @@ impl<T: Pooled> Scratch<T> {
         if self.buf.len() != n {
             let spares = 2 * rayon::current_num_threads() - 1;
             let fresh = match self.pool.get() {
-                Some(p) => p.pop_stocking(n, spares),
+                Some(p) => p.pop(n, spares),
                 None => Vec::with_capacity(n),
             };
             let old = std::mem::replace(&mut self.buf, fresh);

@@ -331,12 +331,8 @@ impl Plan {
         for d in lock(&st.retired).drain(..) {
             self.pool.recycle(d);
         }
-        if let Ok(mut e) = st.error.lock() {
-            *e = None;
-        }
-        if let Ok(mut s) = self.states.lock() {
-            s.push(st);
-        }
+        *lock(&st.error) = None;
+        lock(&self.states).push(st);
     }
 
     fn run_with(&self, st: &RunState, inputs: &[&Data], stats: &mut RunStats) -> Result<Vec<Data>> {
