@@ -24,13 +24,13 @@ pub(super) fn attrs(op: &Op) -> Vec<(&'static str, String)> {
 }
 
 pub(super) fn parse(name: &str, m: &AttrMap) -> Option<Result<Op, String>> {
-    let u = |k: &str| attrs::get_usize(m, k);
+    let axis = || attrs::get_u8(m, "axis");
     match name {
-        "gather" => Some(u("axis").map(|a| Op::Gather { axis: a as u8 })),
+        "gather" => Some(axis().map(|axis| Op::Gather { axis })),
         "scatter_add" => Some((|| {
             Ok(Op::ScatterAdd {
-                axis: u("axis")? as u8,
-                size: u("size")? as u32,
+                axis: axis()?,
+                size: attrs::get_u32(m, "size")?,
             })
         })()),
         _ => None,

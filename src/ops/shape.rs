@@ -53,7 +53,7 @@ pub(super) fn attrs(op: &Op) -> Vec<(&'static str, String)> {
 }
 
 pub(super) fn parse(name: &str, m: &AttrMap) -> Option<Result<Op, String>> {
-    let u = |k: &str| attrs::get_usize(m, k);
+    let (axis, u) = (|| attrs::get_u8(m, "axis"), |k: &str| attrs::get_u32(m, k));
     let r = match name {
         "reshape" => Ok(Op::Reshape),
         "broadcast" => Ok(Op::BroadcastTo),
@@ -62,19 +62,19 @@ pub(super) fn parse(name: &str, m: &AttrMap) -> Option<Result<Op, String>> {
             .and_then(attrs::parse_list)
             .and_then(|p| Perm::new(&p).ok_or_else(|| format!("bad permutation {p:?}")))
             .map(Op::Transpose),
-        "concat" => u("axis").map(|a| Op::Concat { axis: a as u8 }),
+        "concat" => axis().map(|axis| Op::Concat { axis }),
         "slice" => (|| {
             Ok(Op::Slice {
-                axis: u("axis")? as u8,
-                start: u("start")? as u32,
-                end: u("end")? as u32,
+                axis: axis()?,
+                start: u("start")?,
+                end: u("end")?,
             })
         })(),
         "pad" => (|| {
             Ok(Op::Pad {
-                axis: u("axis")? as u8,
-                before: u("before")? as u32,
-                after: u("after")? as u32,
+                axis: axis()?,
+                before: u("before")?,
+                after: u("after")?,
             })
         })(),
         "cast" => attrs::get(m, "to")
@@ -147,7 +147,9 @@ pub(super) fn infer(
                         operand_types(x)
                     ));
                 }
-                shape[a] += t[a];
+                shape[a] = shape[a]
+                    .checked_add(t[a])
+                    .ok_or_else(|| format!("axis {a} overflows: {}", operand_types(x)))?;
             }
             shape
         }
@@ -170,7 +172,12 @@ pub(super) fn infer(
         } => {
             let a = axis_ok(axis, s.len())?;
             let mut shape = Shape::from_slice(s);
-            shape[a] += (before + after) as usize;
+            shape[a] = [before, after]
+                .iter()
+                .try_fold(s[a], |n, &p| n.checked_add(p as usize))
+                .ok_or_else(|| {
+                    format!("padding {before}+{after} overflows axis {a} of {}", type_str(d, s))
+                })?;
             shape
         }
         Op::Cast(to) => return Ok((to, Shape::from_slice(s))),

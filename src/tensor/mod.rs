@@ -18,7 +18,7 @@ mod math;
 mod variable;
 
 pub use data::{Arr, Data, Float};
-pub use dtype::{broadcast_shapes, numel, type_str, DType, Shape};
+pub use dtype::{broadcast_shapes, check_shape, numel, type_str, DType, Shape, MAX_ELEMENTS};
 pub use math::Scalar;
 pub use variable::Variable;
 
