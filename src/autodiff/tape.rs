@@ -395,7 +395,9 @@ impl GradientTape {
         if !s.tracked.contains(&target.id()) {
             return format!(
                 "the target made at {} was not computed from any watched tensor while the tape recorded \
-                 (computed outside record(), or its value was taken out of the graph, e.g. with to_vec)",
+                 (computed outside record(), returned by a compiled Function call, whose inside no \
+                 eager tape sees: take the gradient inside the function, or its value was taken out \
+                 of the graph, e.g. with to_vec)",
                 target.location()
             );
         }

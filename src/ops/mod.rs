@@ -59,7 +59,7 @@ pub enum Op {
         /// Keep reduced axes as length 1.
         keep: bool,
     },
-    /// Index of the maximum along one axis (i64; first on ties).
+    /// Index of the maximum along one axis (i64; first on ties; the first NaN if any).
     ArgMax {
         /// The axis.
         axis: u8,

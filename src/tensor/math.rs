@@ -238,7 +238,11 @@ impl Tensor {
         -(-self).max(axes, keep)
     }
 
-    /// Index of the maximum along `axis` (i64, first on ties).
+    /// Index of the maximum along `axis` (i64, first on ties; negative counts from the end).
+    ///
+    /// A NaN counts as the maximum: a lane containing NaN gives the index of its first
+    /// NaN, matching [`Tensor::max`], which returns NaN there (NumPy's and JAX's rule;
+    /// TensorFlow leaves NaN unspecified). Eager and compiled results agree.
     #[track_caller]
     pub fn argmax(&self, axis: isize) -> Tensor {
         let op = norm_axis(axis, self.rank())
