@@ -275,3 +275,26 @@ fn eager_tape_around_a_compiled_call_points_at_the_users_line() {
     assert!(e.contains(&format!("tests/checked.rs:{line}")), "{e}");
     assert!(!e.contains("/rustc/"), "{e}");
 }
+
+#[test]
+fn compiled_concat_along_a_middle_axis_feeds_slice_reading_kernels() {
+    // found by tests/fuzz.rs: the compiled concat returned a non-standard layout that
+    // gather and reshape (which read their operand as one slice) panicked on
+    let x = Tensor::from_vec((0..12).map(|i| i as f64).collect(), &[2, 1, 2, 3]).unwrap();
+    let prog = |x: &Tensor| {
+        let c = Tensor::concat(&[x, x], 2);
+        let g = c.gather(&Tensor::vec(&[2i64, 0]), 3);
+        vec![g, c.log().expand_dims(1)]
+    };
+    let f = function(move |x: &Tensor| Ok(prog(x)));
+    let compiled = f.call(&x).unwrap();
+    let eager = prog(&x);
+    for (c, e) in compiled.iter().zip(&eager) {
+        assert_eq!(c.shape(), e.shape());
+        assert_eq!(c.to_vec_f64().unwrap(), e.to_vec_f64().unwrap());
+    }
+    assert_eq!(
+        compiled[0].to_vec_f64().unwrap()[..4],
+        [2.0, 0.0, 5.0, 3.0]
+    );
+}

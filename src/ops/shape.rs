@@ -239,11 +239,21 @@ fn pad<T: Pooled>(a: &Arr<T>, axis: usize, before: usize, shape: &[usize]) -> Ar
     out.into_shared()
 }
 
-fn concat<T: Clone>(parts: &[&Arr<T>], axis: usize) -> Arr<T> {
-    let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
-    ndarray::concatenate(Axis(axis), &views)
-        .expect("infer checked concat")
-        .into_shared()
+/// Joins `parts` along `axis` into a standard-layout buffer of `shape` (kernels that
+/// read the result as a slice rely on that): for each index of the leading axes, each
+/// part's contiguous block in turn.
+fn concat<T: Pooled>(parts: &[&Arr<T>], axis: usize, shape: &[usize]) -> Arr<T> {
+    let outer: usize = shape[..axis].iter().product();
+    let mut out = buffers::take(shape.iter().product());
+    let standard: Vec<_> = parts.iter().map(|p| p.as_standard_layout()).collect();
+    for o in 0..outer {
+        for p in &standard {
+            let s = p.as_slice().expect("standard layout");
+            let block = s.len() / outer;
+            out.extend_from_slice(&s[o * block..(o + 1) * block]);
+        }
+    }
+    ew::wrap(shape, out)
 }
 
 pub(super) fn eval(op: &Op, x: &[&Data], shape: &[usize]) -> Data {
@@ -272,6 +282,7 @@ pub(super) fn eval(op: &Op, x: &[&Data], shape: &[usize]) -> Data {
                         })
                         .collect::<Vec<_>>(),
                     ax,
+                    shape,
                 )),
                 Data::F64(_) => Data::F64(concat(
                     &x.iter()
@@ -281,6 +292,7 @@ pub(super) fn eval(op: &Op, x: &[&Data], shape: &[usize]) -> Data {
                         })
                         .collect::<Vec<_>>(),
                     ax,
+                    shape,
                 )),
                 Data::I64(_) => Data::I64(concat(
                     &x.iter()
@@ -290,6 +302,7 @@ pub(super) fn eval(op: &Op, x: &[&Data], shape: &[usize]) -> Data {
                         })
                         .collect::<Vec<_>>(),
                     ax,
+                    shape,
                 )),
             }
         }

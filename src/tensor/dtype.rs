@@ -75,13 +75,16 @@ pub const MAX_ELEMENTS: usize = if usize::BITS >= 64 {
     isize::MAX as usize / 8
 };
 
-/// Number of elements of a shape.
+/// Number of elements of a shape (saturating at `usize::MAX`).
 ///
 /// Shapes of tensors and graph nodes are checked against [`MAX_ELEMENTS`] when they are
-/// made, so this product cannot overflow for them; use [`check_shape`] for a shape
-/// that comes from elsewhere.
+/// made, so this product is exact for them; use [`check_shape`] for a shape that
+/// comes from elsewhere.
 pub fn numel(shape: &[usize]) -> usize {
-    shape.iter().product()
+    if shape.contains(&0) {
+        return 0;
+    }
+    shape.iter().fold(1usize, |n, &d| n.saturating_mul(d))
 }
 
 /// The number of elements of `shape`, or a message when it exceeds [`MAX_ELEMENTS`].
