@@ -27,7 +27,11 @@ fn panic_message(f: impl FnOnce() -> Tensor) -> String {
 /// the eager panic message, which must be the same apart from the source line.
 fn traced_and_eager(x: &Tensor, op: fn(&Tensor) -> Tensor) -> String {
     let f = function(move |x: &Tensor| Ok(op(x)));
-    let err = f.call(x).map(|_| ()).expect_err("traced call must fail").to_string();
+    let err = f
+        .call(x)
+        .map(|_| ())
+        .expect_err("traced call must fail")
+        .to_string();
     let eager = panic_message(|| op(x));
     let strip = |s: &str| s.split(" (at ").next().unwrap_or_default().to_string();
     assert_eq!(strip(&err), strip(&eager), "traced vs eager message");
@@ -51,12 +55,18 @@ fn pad_past_the_element_limit_is_an_err() {
 fn broadcast_to_an_overflowing_shape_is_an_err() {
     let x = Tensor::scalar(1.0);
     let e = traced_and_eager(&x, |x| x.broadcast_to(&[1 << 33, 1 << 33]));
-    assert!(e.starts_with("broadcast: ") && e.contains("MAX_ELEMENTS"), "{e}");
+    assert!(
+        e.starts_with("broadcast: ") && e.contains("MAX_ELEMENTS"),
+        "{e}"
+    );
     // a zero-length axis does not hide an over-large one
     let e = traced_and_eager(&x, |x| x.broadcast_to(&[0, 1 << 40]));
     assert!(e.contains("MAX_ELEMENTS"), "{e}");
     let e = traced_and_eager(&x, |x| x.reshape(&[usize::MAX, 2]));
-    assert!(e.starts_with("reshape: ") && e.contains("MAX_ELEMENTS"), "{e}");
+    assert!(
+        e.starts_with("reshape: ") && e.contains("MAX_ELEMENTS"),
+        "{e}"
+    );
     // exactly at the limit is accepted (traced only: nothing is allocated)
     let f = function(|x: &Tensor| Ok(x.broadcast_to(&[MAX_ELEMENTS]).sum_all()));
     let c = f.concrete(&[&x]).expect("a shape at the limit traces");
@@ -68,14 +78,20 @@ fn broadcast_to_an_overflowing_shape_is_an_err() {
 #[test]
 fn constructors_reject_over_large_shapes() {
     let msg = panic_message(|| Tensor::zeros(&[1 << 33, 1 << 33]));
-    assert!(msg.starts_with("zeros: ") && msg.contains("MAX_ELEMENTS"), "{msg}");
+    assert!(
+        msg.starts_with("zeros: ") && msg.contains("MAX_ELEMENTS"),
+        "{msg}"
+    );
     let msg = panic_message(|| Tensor::full(&[usize::MAX], 1.0, DType::F64));
     assert!(msg.starts_with("full: "), "{msg}");
     let msg = panic_message(|| Tensor::arange(0, i64::MAX, DType::I64));
     assert!(msg.starts_with("arange: "), "{msg}");
     let f = function(|x: &Tensor| Ok(x + &Tensor::ones(&[1 << 40, 1 << 40])));
     let e = f.call(&Tensor::scalar(1.0)).unwrap_err().to_string();
-    assert!(e.starts_with("ones: ") && e.contains("tests/checked.rs"), "{e}");
+    assert!(
+        e.starts_with("ones: ") && e.contains("tests/checked.rs"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -116,13 +132,19 @@ fn out_of_range_axes_are_errors_not_truncated() {
     let e = traced_and_eager(&x, |x| x.argmax(-3));
     assert!(e.starts_with("argmax: ") && e.contains("axis -3"), "{e}");
     let e = traced_and_eager(&x, |x| x.slice_axis(0, 1 << 32, (1 << 32) + 1));
-    assert!(e.starts_with("slice: ") && e.contains("start 4294967296"), "{e}");
+    assert!(
+        e.starts_with("slice: ") && e.contains("start 4294967296"),
+        "{e}"
+    );
     let e = traced_and_eager(&x, |x| x.slice_axis(256, 0, 1));
     assert!(e.contains("axis 256"), "{e}");
     let e = traced_and_eager(&x, |x| x.gather(&Tensor::vec(&[0i64]), 300));
     assert!(e.starts_with("gather: ") && e.contains("axis 300"), "{e}");
     let e = traced_and_eager(&x, |x| x.scatter_add(&Tensor::vec(&[0i64, 1]), 0, 1 << 32));
-    assert!(e.starts_with("scatter_add: ") && e.contains("size 4294967296"), "{e}");
+    assert!(
+        e.starts_with("scatter_add: ") && e.contains("size 4294967296"),
+        "{e}"
+    );
     let e = traced_and_eager(&x, |x| x.expand_dims(-4));
     assert!(e.contains("axis -4"), "{e}");
     // the valid negative forms still work
@@ -139,7 +161,10 @@ fn conv_and_pool_strides_are_not_truncated() {
     });
     assert!(e.starts_with("conv2d: ") && e.contains("stride 257"), "{e}");
     let e = traced_and_eager(&x, |x| x.max_pool2d((2, 258), (1, 1), Padding::Valid));
-    assert!(e.starts_with("max_pool2d: ") && e.contains("ksize 258"), "{e}");
+    assert!(
+        e.starts_with("max_pool2d: ") && e.contains("ksize 258"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -148,8 +173,14 @@ fn parser_rejects_attributes_that_do_not_fit() {
         ("concat[axis=256] %0, %0", "axis 256 is out of range"),
         ("argmax[axis=256] %0", "axis 256 is out of range"),
         ("sum[axes=[17]] %0", "axis 17 is out of range"),
-        ("slice[axis=0, start=4294967296, end=4294967297] %0", "start 4294967296"),
-        ("pad[axis=0, before=0, after=4294967296] %0", "after 4294967296"),
+        (
+            "slice[axis=0, start=4294967296, end=4294967297] %0",
+            "start 4294967296",
+        ),
+        (
+            "pad[axis=0, before=0, after=4294967296] %0",
+            "after 4294967296",
+        ),
     ];
     for (op, want) in cases {
         let text = format!("graph(%0: f32[2,3]) {{\n  %1 = {op} : f32[2,3]\n  return %1\n}}\n");
@@ -180,12 +211,18 @@ fn gradient_seed_of_another_dtype_is_an_err() {
 fn custom_gradient_with_a_wrong_shape_or_dtype_is_an_err_naming_the_call() {
     type Rule = fn(&[Tensor], &Tensor, &Tensor) -> Vec<Option<Tensor>>;
     let rules: [(Rule, &str); 3] = [
-        (|_, _, g| vec![Some(g.sum_all())], "returned f32[] for input 0 of type f32[3]"),
+        (
+            |_, _, g| vec![Some(g.sum_all())],
+            "returned f32[] for input 0 of type f32[3]",
+        ),
         (
             |_, _, g| vec![Some(g.cast(DType::F64))],
             "returned f64[3] for input 0 of type f32[3]",
         ),
-        (|_, _, g| vec![Some(g.clone()), None], "returned 2 cotangents for 1 inputs"),
+        (
+            |_, _, g| vec![Some(g.clone()), None],
+            "returned 2 cotangents for 1 inputs",
+        ),
     ];
     for (rule, want) in rules {
         let x = Tensor::vec(&[1.0f32, 2.0, 3.0]);
@@ -196,7 +233,10 @@ fn custom_gradient_with_a_wrong_shape_or_dtype_is_an_err_naming_the_call() {
             custom_gradient(&[&x], |v| v[0].sin(), rule)
         });
         let e = tape.gradient(&y, &x).unwrap_err().to_string();
-        assert!(e.starts_with("custom_gradient: ") && e.contains(want), "{e}");
+        assert!(
+            e.starts_with("custom_gradient: ") && e.contains(want),
+            "{e}"
+        );
         assert!(e.contains(&format!("tests/checked.rs:{line}")), "{e}");
         // and inside a traced function
         let f = function(move |x: &Tensor| {
@@ -226,8 +266,14 @@ fn squeeze_of_an_axis_longer_than_one_is_an_err() {
 #[test]
 fn dense_with_zero_units_is_rejected() {
     let d = Dense::new(0).named("empty");
-    let e = d.call(&Tensor::zeros(&[2, 3]), false).unwrap_err().to_string();
-    assert!(e.contains("Dense layer `empty`") && e.contains("units"), "{e}");
+    let e = d
+        .call(&Tensor::zeros(&[2, 3]), false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("Dense layer `empty`") && e.contains("units"),
+        "{e}"
+    );
     assert!(d.compute_output_shape(&[3]).is_err());
     assert!(d.build(&[3]).is_err());
     assert!(d.variables().is_empty());
@@ -270,7 +316,10 @@ fn eager_tape_around_a_compiled_call_points_at_the_users_line() {
         f.call(&x).unwrap()
     });
     let loc = y.location().to_string();
-    assert!(loc.starts_with(&format!("tests/checked.rs:{line}")), "{loc}");
+    assert!(
+        loc.starts_with(&format!("tests/checked.rs:{line}")),
+        "{loc}"
+    );
     let e = tape.gradient(&y, &x).unwrap_err().to_string();
     assert!(e.contains(&format!("tests/checked.rs:{line}")), "{e}");
     assert!(!e.contains("/rustc/"), "{e}");
@@ -293,8 +342,5 @@ fn compiled_concat_along_a_middle_axis_feeds_slice_reading_kernels() {
         assert_eq!(c.shape(), e.shape());
         assert_eq!(c.to_vec_f64().unwrap(), e.to_vec_f64().unwrap());
     }
-    assert_eq!(
-        compiled[0].to_vec_f64().unwrap()[..4],
-        [2.0, 0.0, 5.0, 3.0]
-    );
+    assert_eq!(compiled[0].to_vec_f64().unwrap()[..4], [2.0, 0.0, 5.0, 3.0]);
 }

@@ -19,9 +19,9 @@ use rand_chacha::ChaCha8Rng;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use tapeflow::exec::{Plan, RunStats};
-use tapeflow::ir::{parse, verify};
+use tapeflow::ir::{parse, verify, Graph};
 use tapeflow::passes::{run_pipeline, PassConfig};
-use tapeflow::{function, DType, Data, Error, Padding, Tensor};
+use tapeflow::{function, DType, Data, Error, GradientTape, Padding, Tensor};
 
 /// The number of cases and the seed: `TAPEFLOW_FUZZ_CASES` and `TAPEFLOW_FUZZ_SEED`
 /// override the CI defaults for a longer local run.
@@ -230,29 +230,45 @@ fn input_data(dtype: DType, shape: &[usize], salt: usize) -> Data {
     t.data().expect("concrete").clone()
 }
 
-/// parse → verify → pipeline → verify → plan → run; `Err`s end the case early.
-fn ir_case(text: &str) -> Result<(), Error> {
+/// Runs a verified graph on deterministic inputs, if every value is small.
+fn run_graph(g: Graph) -> Result<Option<Vec<Data>>, Error> {
+    let small = g
+        .node_ids()
+        .into_iter()
+        .all(|n| g.node(n).shape.iter().product::<usize>() <= MAX_RUN_ELEMS);
+    if !small {
+        return Ok(None);
+    }
+    let inputs: Vec<Data> = g
+        .inputs
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| input_data(g.node(n).dtype, &g.node(n).shape, i))
+        .collect();
+    let plan = Plan::new(g)?;
+    let refs: Vec<&Data> = inputs.iter().collect();
+    Ok(Some(plan.run(&refs, &mut RunStats::default())?))
+}
+
+/// parse → verify → pipeline → verify → plan → run, before and after optimization;
+/// `Err`s end the case early. `Ok(Some(why))` when the two runs disagree.
+fn ir_case(text: &str) -> Result<Option<String>, Error> {
     let g = parse(text)?;
     verify(&g)?;
     let (opt, _) = run_pipeline(&g, &PassConfig::tuned())?;
     verify(&opt)?;
-    let small = opt
-        .node_ids()
-        .into_iter()
-        .all(|n| opt.node(n).shape.iter().product::<usize>() <= MAX_RUN_ELEMS);
-    if !small {
-        return Ok(());
+    let (before, after) = (run_graph(g)?, run_graph(opt)?);
+    if let (Some(b), Some(a)) = (before, after) {
+        let bits = |d: &[Data]| {
+            d.iter()
+                .map(|d| bits(&Tensor::from_data(d.clone())))
+                .collect::<Vec<_>>()
+        };
+        if bits(&b) != bits(&a) {
+            return Ok(Some(format!("unoptimized {b:?}\noptimized {a:?}")));
+        }
     }
-    let inputs: Vec<Data> = opt
-        .inputs
-        .iter()
-        .enumerate()
-        .map(|(i, &n)| input_data(opt.node(n).dtype, &opt.node(n).shape, i))
-        .collect();
-    let plan = Plan::new(opt)?;
-    let refs: Vec<&Data> = inputs.iter().collect();
-    plan.run(&refs, &mut RunStats::default())?;
-    Ok(())
+    Ok(None)
 }
 
 #[test]
@@ -273,6 +289,9 @@ fn ir_texts_never_panic() {
             mutate(seed, &mut rng, &ops)
         };
         match no_panic(|| ir_case(&text)) {
+            Ok(Ok(Some(why))) => {
+                failures.push(format!("case {case}: results differ on\n{text}\n{why}"))
+            }
             Ok(r) => {
                 parsed += parse(&text).is_ok() as usize;
                 ran += r.is_ok() as usize;
@@ -282,7 +301,7 @@ fn ir_texts_never_panic() {
     }
     assert!(
         failures.is_empty(),
-        "{} of {cases} texts panicked (seed {seed}); the first:\n{}",
+        "{} of {cases} texts panicked or ran differently optimized (seed {seed}); the first:\n{}",
         failures.len(),
         failures[..failures.len().min(3)].join("\n")
     );
@@ -354,10 +373,14 @@ fn axis(rng: &mut ChaCha8Rng) -> isize {
 
 fn shape(rng: &mut ChaCha8Rng) -> Vec<usize> {
     if rng.gen_bool(0.1) {
-        return [vec![1 << 33, 1 << 33], vec![usize::MAX, 2], vec![0, 1 << 40]]
-            .choose(rng)
-            .unwrap()
-            .clone();
+        return [
+            vec![1 << 33, 1 << 33],
+            vec![usize::MAX, 2],
+            vec![0, 1 << 40],
+        ]
+        .choose(rng)
+        .unwrap()
+        .clone();
     }
     (0..rng.gen_range(0..=4))
         .map(|_| rng.gen_range(1..=4))
@@ -370,8 +393,16 @@ fn random_step(rng: &mut ChaCha8Rng) -> Step {
     match rng.gen_range(0..20) {
         0 | 1 => Step::Unary(v, rng.gen_range(0..9)),
         2 | 3 => Step::Binary(v, w, rng.gen_range(0..6)),
-        4 => Step::Sum(v, (0..rng.gen_range(0..3)).map(|_| axis(rng)).collect(), rng.gen()),
-        5 => Step::Max(v, (0..rng.gen_range(0..3)).map(|_| axis(rng)).collect(), rng.gen()),
+        4 => Step::Sum(
+            v,
+            (0..rng.gen_range(0..3)).map(|_| axis(rng)).collect(),
+            rng.gen(),
+        ),
+        5 => Step::Max(
+            v,
+            (0..rng.gen_range(0..3)).map(|_| axis(rng)).collect(),
+            rng.gen(),
+        ),
         6 => Step::Mean(v, (0..rng.gen_range(0..3)).map(|_| axis(rng)).collect()),
         7 => Step::ArgMax(v, axis(rng)),
         8 => Step::Reshape(v, shape(rng)),
@@ -403,9 +434,15 @@ fn random_step(rng: &mut ChaCha8Rng) -> Step {
         ),
         16 => Step::MatMul(v, w, rng.gen(), rng.gen()),
         17 => Step::Softmax(v, axis(rng)),
-        18 => Step::Cast(v, *[DType::F32, DType::F64, DType::I64].choose(rng).unwrap()),
+        18 => Step::Cast(
+            v,
+            *[DType::F32, DType::F64, DType::I64].choose(rng).unwrap(),
+        ),
         _ => {
-            let (k, s) = ([small(rng, 3), small(rng, 3)], (small(rng, 2), small(rng, 2)));
+            let (k, s) = (
+                [small(rng, 3), small(rng, 3)],
+                (small(rng, 2), small(rng, 2)),
+            );
             if rng.gen_bool(0.5) {
                 Step::Conv(v, k, s, rng.gen())
             } else {
@@ -473,8 +510,10 @@ fn run_program(prog: &[Step], args: &[Tensor]) -> tapeflow::Result<Vec<Tensor>> 
                 // indices in range when the axis is, so that every failure is a
                 // trace-time one (eager and compiled must then fail alike)
                 let x = at(*v);
-                let len = x.shape().get(*axis).copied().unwrap_or(1).max(1) as i64;
-                let idx: Vec<i64> = idx.iter().map(|i| i.rem_euclid(len)).collect();
+                let idx: Vec<i64> = match x.shape().get(*axis).copied().unwrap_or(1) {
+                    0 => Vec::new(),
+                    len => idx.iter().map(|i| i.rem_euclid(len as i64)).collect(),
+                };
                 x.gather(&Tensor::vec(&idx), *axis)
             }
             Step::MatMul(a, b, ta, tb) => at(*a).matmul_t(at(*b), *ta, *tb),
@@ -495,6 +534,30 @@ fn run_program(prog: &[Step], args: &[Tensor]) -> tapeflow::Result<Vec<Tensor>> 
         vals.push(y);
     }
     Ok(vals.split_off(args.len()))
+}
+
+/// [`run_program`], then (with `grad`) the gradient of the sum of its float results
+/// with respect to the first argument, from a tape (eager or traced, the same code).
+fn run_with_grad(prog: &[Step], args: &[Tensor], grad: bool) -> tapeflow::Result<Vec<Tensor>> {
+    if !grad {
+        return run_program(prog, args);
+    }
+    let tape = GradientTape::new().unconnected_zeros();
+    let outs = tape.record(|| {
+        tape.watch(&args[0]);
+        run_program(prog, args)
+    })?;
+    let floats: Vec<&Tensor> = outs.iter().filter(|t| t.dtype().is_float()).collect();
+    let Some(first) = floats.first() else {
+        return Ok(outs);
+    };
+    let total = floats[1..]
+        .iter()
+        .fold(first.sum_all().cast(DType::F64), |acc, t| {
+            acc + t.sum_all().cast(DType::F64)
+        });
+    let g = tape.gradient(&total, &args[0])?;
+    Ok(outs.into_iter().chain([g]).collect())
 }
 
 fn random_args(rng: &mut ChaCha8Rng) -> Vec<Tensor> {
@@ -541,14 +604,15 @@ fn random_programs_agree_eagerly_and_compiled() {
             .map(|_| random_step(&mut rng))
             .collect();
         let p = prog.clone();
-        let f = function(move |xs: &[Tensor]| run_program(&p, xs));
+        let grad = rng.gen_bool(0.3);
+        let f = function(move |xs: &[Tensor]| run_with_grad(&p, xs, grad));
         let refs: Vec<&Tensor> = args.iter().collect();
         let describe = || {
             let types: Vec<String> = args
                 .iter()
                 .map(|a| format!("{}{:?}", a.dtype(), a.shape()))
                 .collect();
-            format!("case {case}: args {types:?}, program {prog:?}")
+            format!("case {case}: args {types:?}, grad {grad}, program {prog:?}")
         };
         let traced = match no_panic(|| f.call_slice(&refs)) {
             Ok(r) => r,
@@ -562,11 +626,12 @@ fn random_programs_agree_eagerly_and_compiled() {
                 continue;
             }
         }
-        let eager = no_panic(|| run_program(&prog, &args));
+        let eager = no_panic(|| run_with_grad(&prog, &args, grad));
         match (&traced, &eager) {
             (Ok(t), Ok(Ok(e))) => {
                 both_ok += 1;
-                let (tb, eb): (Vec<_>, Vec<_>) = (t.iter().map(bits).collect(), e.iter().map(bits).collect());
+                let (tb, eb): (Vec<_>, Vec<_>) =
+                    (t.iter().map(bits).collect(), e.iter().map(bits).collect());
                 if tb != eb {
                     failures.push(format!(
                         "{}\n  compiled and eager results differ:\n  compiled {t:?}\n  eager    {e:?}",

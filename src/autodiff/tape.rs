@@ -429,13 +429,11 @@ impl GradientTape {
             let seed = Tensor::arange(i as i64, i as i64 + 1, crate::DType::I64)
                 .one_hot(n, y.dtype())
                 .reshape(y.shape());
-            let g = self
-                .gradient_with(y, x, Some(&seed))
-                .or_else(|e| match e {
-                    // an unconnected row is zeros; a failing custom rule stays an error
-                    Error::Tape(_) => Ok(x.zeros_like()),
-                    e => Err(e),
-                })?;
+            let g = self.gradient_with(y, x, Some(&seed)).or_else(|e| match e {
+                // an unconnected row is zeros; a failing custom rule stays an error
+                Error::Tape(_) => Ok(x.zeros_like()),
+                e => Err(e),
+            })?;
             rows.push(g.reshape(&[1, x.len()]));
         }
         let refs: Vec<&Tensor> = rows.iter().collect();

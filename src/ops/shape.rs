@@ -176,7 +176,10 @@ pub(super) fn infer(
                 .iter()
                 .try_fold(s[a], |n, &p| n.checked_add(p as usize))
                 .ok_or_else(|| {
-                    format!("padding {before}+{after} overflows axis {a} of {}", type_str(d, s))
+                    format!(
+                        "padding {before}+{after} overflows axis {a} of {}",
+                        type_str(d, s)
+                    )
                 })?;
             shape
         }

@@ -369,7 +369,9 @@ impl Tensor {
                 "squeeze: axis {axis} has length {n}, not 1 (shape {:?})",
                 self.shape()
             )),
-            None => Err(format!("squeeze: axis {axis} is out of range for rank {rank}")),
+            None => Err(format!(
+                "squeeze: axis {axis} is out of range for rank {rank}"
+            )),
         });
         match a {
             Ok(a) => {
