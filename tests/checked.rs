@@ -146,6 +146,12 @@ fn out_of_range_axes_are_errors_not_truncated() {
         e.starts_with("scatter_add: ") && e.contains("size 4294967296"),
         "{e}"
     );
+    let labels = Tensor::vec(&[0i64, 1]);
+    let e = traced_and_eager(&labels, |l| l.one_hot(usize::MAX, DType::F32));
+    assert!(
+        e.starts_with("one_hot: ") && e.contains("depth 18446744073709551615"),
+        "{e}"
+    );
     let e = traced_and_eager(&x, |x| x.expand_dims(-4));
     assert!(e.contains("axis -4"), "{e}");
     // the valid negative forms still work

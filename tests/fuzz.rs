@@ -339,6 +339,10 @@ enum Step {
     Cast(usize, DType),
     Conv(usize, [usize; 2], (usize, usize), bool),
     Pool(usize, (usize, usize), (usize, usize), bool),
+    OneHot(usize, usize),
+    ScatterAdd(usize, usize, usize),
+    LogSumExp(usize, isize, bool),
+    Select(usize, usize, usize),
 }
 
 const HUGE: &[usize] = &[
@@ -390,7 +394,8 @@ fn shape(rng: &mut ChaCha8Rng) -> Vec<usize> {
 fn random_step(rng: &mut ChaCha8Rng) -> Step {
     let v = rng.gen_range(0..64);
     let w = rng.gen_range(0..64);
-    match rng.gen_range(0..20) {
+    let u = rng.gen_range(0..64);
+    match rng.gen_range(0..24) {
         0 | 1 => Step::Unary(v, rng.gen_range(0..9)),
         2 | 3 => Step::Binary(v, w, rng.gen_range(0..6)),
         4 => Step::Sum(
@@ -438,6 +443,15 @@ fn random_step(rng: &mut ChaCha8Rng) -> Step {
             v,
             *[DType::F32, DType::F64, DType::I64].choose(rng).unwrap(),
         ),
+        // one_hot builds its `arange` constant at trace time: a valid but huge depth
+        // would allocate it (as any constructor does), so only over-limit ones here
+        19 => Step::OneHot(
+            v,
+            Some(small(rng, 4)).filter(|&d| d <= 256).unwrap_or(1 << 33),
+        ),
+        20 => Step::ScatterAdd(v, small(rng, 3), small(rng, 4)),
+        21 => Step::LogSumExp(v, axis(rng), rng.gen()),
+        22 => Step::Select(v, w, u),
         _ => {
             let (k, s) = (
                 [small(rng, 3), small(rng, 3)],
@@ -527,6 +541,23 @@ fn run_program(prog: &[Step], args: &[Tensor]) -> tapeflow::Result<Vec<Tensor>> 
                 x.conv2d(&w, *stride, padding(*same))
             }
             Step::Pool(v, k, stride, same) => at(*v).max_pool2d(*k, *stride, padding(*same)),
+            Step::OneHot(v, depth) => at(*v).one_hot(*depth, DType::F64),
+            Step::ScatterAdd(v, axis, size) => {
+                // one index per row along `axis`, in range of `size` where it can be
+                let x = at(*v);
+                let len = x.shape().get(*axis).copied().unwrap_or(1);
+                let idx: Vec<i64> = match *size {
+                    // no index fits: a shape mismatch (a trace-time error) unless empty
+                    0 => Vec::new(),
+                    n => (0..len).map(|i| (i % n.min(1 << 20)) as i64).collect(),
+                };
+                x.scatter_add(&Tensor::vec(&idx), *axis, *size)
+            }
+            Step::LogSumExp(v, a, keep) => at(*v).logsumexp(*a, *keep),
+            Step::Select(m, a, b) => {
+                let (m, a, b) = (at(*m), at(*a), at(*b));
+                Tensor::select(&m.gt(a), a, b)
+            }
         };
         if y.len() > MAX_RUN_ELEMS {
             return Err(Error::Invalid("fuzz: value too large to run".into()));

@@ -429,6 +429,9 @@ impl Tensor {
     /// Labels outside `0..depth` give all-zero rows (as in TensorFlow).
     #[track_caller]
     pub fn one_hot(&self, depth: usize, dtype: DType) -> Tensor {
+        if let Err(e) = super::check_shape(&[depth]) {
+            return apply_checked("one_hot", Err(format!("depth {depth}: {e}")), &[self], None);
+        }
         let labels = self.cast(DType::I64).expand_dims(-1);
         labels
             .eq(&Tensor::arange(0, depth as i64, DType::I64))
