@@ -152,6 +152,16 @@ fn out_of_range_axes_are_errors_not_truncated() {
         e.starts_with("one_hot: ") && e.contains("depth 18446744073709551615"),
         "{e}"
     );
+    // found by tests/fuzz.rs: an integer scatter_add passed the shape rule and failed
+    // only when it ran (after later ops' trace-time errors had already been reported)
+    let e = traced_and_eager(&x, |x| {
+        x.cast(DType::I64)
+            .scatter_add(&Tensor::vec(&[0i64, 1]), 0, 2)
+    });
+    assert!(
+        e.starts_with("scatter_add: ") && e.contains("f32 or f64"),
+        "{e}"
+    );
     let e = traced_and_eager(&x, |x| x.expand_dims(-4));
     assert!(e.contains("axis -4"), "{e}");
     // the valid negative forms still work
@@ -350,4 +360,27 @@ fn compiled_concat_along_a_middle_axis_feeds_slice_reading_kernels() {
         assert_eq!(c.to_vec_f64().unwrap(), e.to_vec_f64().unwrap());
     }
     assert_eq!(compiled[0].to_vec_f64().unwrap()[..4], [2.0, 0.0, 5.0, 3.0]);
+}
+
+#[test]
+fn matmul_zero_has_one_sign_whatever_the_layout() {
+    // found by tests/fuzz.rs: +0 · negative products summed to -0 with a transposed
+    // operand and +0 without, so compiled (transpose folded into the matmul) and eager
+    // results differed in the sign of zero
+    let a = Tensor::from_vec(vec![0.0f64, 0.0, 0.0, 0.0, 0.0, 1.0], &[2, 3]).unwrap();
+    let b = Tensor::from_vec(vec![-2.5f64, -1.5, -0.5], &[1, 3]).unwrap();
+    let plain = a.matmul_t(&b, false, true);
+    let at = a.t();
+    let folded = at.matmul_t(&b, true, true);
+    let f = function(|a: &Tensor, b: &Tensor| Ok(a.t().t().matmul_t(b, false, true)));
+    let compiled = f.call(&a, &b).unwrap();
+    for r in [&plain, &folded, &compiled] {
+        let bits: Vec<u64> = r
+            .to_vec_f64()
+            .unwrap()
+            .iter()
+            .map(|x| x.to_bits())
+            .collect();
+        assert_eq!(bits, vec![0, (-0.5f64).to_bits()], "{r}");
+    }
 }

@@ -1,7 +1,7 @@
 //! Indexing: `gather` (rows of a tensor picked by i64 indices) and its adjoint `scatter_add`.
 
 use super::attrs::{self, AttrMap};
-use super::{arity, Grads, Op, VjpArgs};
+use super::{arity, float_only, Grads, Op, VjpArgs};
 use crate::tensor::{type_str, Arr, DType, Data, Shape, Tensor};
 use ndarray::IxDyn;
 use smallvec::smallvec;
@@ -60,6 +60,8 @@ pub(super) fn infer(op: &Op, x: &[(DType, &[usize])]) -> Result<(DType, Shape), 
             ))
         }
         Op::ScatterAdd { axis, size } => {
+            // the kernel adds floats only: say so at trace time, not when it runs
+            float_only(d)?;
             let a = axis as usize;
             if s.len() < a + si.len() || s[a..a + si.len()] != *si {
                 return Err(format!(
