@@ -9,8 +9,9 @@
 //!
 //! # Panics
 //! Every method here panics eagerly when its operands do not fit the op's rule (shapes
-//! that do not broadcast, a wrong dtype, an axis out of range), with a message naming
-//! the op, the operand types and the caller's source line. Inside a traced function the
+//! that do not broadcast, a wrong dtype, an axis out of range, an attribute too large
+//! for its field, a result over [`super::MAX_ELEMENTS`] elements), with a message naming
+//! the op, the operand types or the value, and the caller's source line. Inside a traced function the
 //! same mistake does not panic: the function's `call` returns it as an `Err`.
 
 use super::dispatch::{apply, fail, location};
