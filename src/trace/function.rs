@@ -166,11 +166,17 @@ impl ConcreteFunction {
     pub fn compile_time(&self) -> std::time::Duration {
         self.compile_time
     }
-    /// Runs on concrete arguments; updates variables assigned by the graph.
+    /// Runs on concrete arguments; updates variables assigned by the graph. The results
+    /// record the caller's line as their source location.
+    #[track_caller]
     pub fn run(&self, args: &[Tensor]) -> Result<Vec<Tensor>> {
+        let loc = Location::caller();
         let datas = args.iter().map(|a| a.data()).collect::<Result<Vec<_>>>()?;
         let out = self.plan.run(&datas, &mut RunStats::default())?;
-        Ok(out.into_iter().map(Tensor::from_data).collect())
+        Ok(out
+            .into_iter()
+            .map(|d| Tensor::from_data_at(d, loc))
+            .collect())
     }
 }
 
