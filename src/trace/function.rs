@@ -375,15 +375,14 @@ impl<A, F: Traceable<A>> Function<A, F> {
         st.tracing.push(sig.clone());
         st.last = Some(sig.clone());
         drop(st);
-        let result = {
-            let _tracing = TracingGuard {
-                state: &self.state,
-                traced: &self.traced,
-                sig: &sig,
-            };
-            self.trace(sig.clone(), loc)
+        // The guard takes the signature off `tracing` (and wakes waiters) when it drops:
+        // after the entry is cached, or on an error or a panic.
+        let _tracing = TracingGuard {
+            state: &self.state,
+            traced: &self.traced,
+            sig: &sig,
         };
-        let c = Arc::new(result?);
+        let c = Arc::new(self.trace(sig.clone(), loc)?);
         let mut st = lock(&self.state);
         st.traces += 1;
         st.clock += 1;
@@ -401,6 +400,7 @@ impl<A, F: Traceable<A>> Function<A, F> {
             format!("{} (at {loc})", arrows.join("; "))
         });
         record_call(&mut st, what.is_some(), what);
+        drop(st);
         Ok(c)
     }
 
