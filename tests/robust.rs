@@ -531,3 +531,96 @@ fn a_gzip_bomb_is_an_err_without_inflating_it() {
     // the whole file is read into memory; nothing near 64 MiB is allocated
     assert!(largest < 4 << 20, "largest allocation {largest} bytes");
 }
+
+// ---------------------------------------------------------------------------------------
+// Items 8, 9: cross-entropies with extreme logits, and labels that are not integers.
+
+/// `logsumexp(x) - x[label]` in f64.
+fn ce_reference(x: &[f32], label: usize) -> f64 {
+    let x: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+    let m = x.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let s: f64 = x.iter().map(|v| (v - m).exp()).sum();
+    m + s.ln() - x[label]
+}
+
+fn close(got: f64, want: f64) -> bool {
+    got == want || (got - want).abs() <= 1e-6 * want.abs().max(1.0)
+}
+
+#[test]
+fn crossentropies_are_exact_for_infinite_and_huge_logits() {
+    use tapeflow::nn::{CategoricalCrossentropy, Loss, SparseCategoricalCrossentropy};
+    let cases: [(&[f32], usize); 6] = [
+        (&[0.0, f32::NEG_INFINITY, 1.0], 0),
+        (&[0.0, f32::NEG_INFINITY, 1.0], 2),
+        (&[3e38, -3e38, 0.0], 0),
+        (&[3e38, -3e38, 0.0], 2),
+        (&[-3e38, 3e38, -3e38], 1),
+        (&[1.0, 2.0, 3.0], 1),
+    ];
+    let sparse = SparseCategoricalCrossentropy::from_logits(true);
+    let dense = CategoricalCrossentropy::from_logits(true);
+    let f_sparse = function(move |y: &Tensor, x: &Tensor| sparse.call(y, x));
+    let f_dense = function(move |y: &Tensor, x: &Tensor| dense.call(y, x));
+    for (row, label) in cases {
+        let want = ce_reference(row, label) as f32 as f64;
+        assert!(want.is_finite(), "{row:?}");
+        let x = Tensor::from_vec(row.to_vec(), &[1, 3]).unwrap();
+        let y = Tensor::vec(&[label as i64]);
+        let mut onehot = vec![0.0f32; 3];
+        onehot[label] = 1.0;
+        let t = Tensor::from_vec(onehot, &[1, 3]).unwrap();
+        let got = [
+            sparse.call(&y, &x).unwrap(),
+            f_sparse.call(&y, &x).unwrap(),
+            dense.call(&t, &x).unwrap(),
+            f_dense.call(&t, &x).unwrap(),
+        ];
+        for (k, g) in got.iter().enumerate() {
+            let g = g.to_scalar().unwrap();
+            assert!(
+                close(g, want),
+                "{row:?} label {label}, way {k}: {g} vs {want}"
+            );
+        }
+    }
+
+    // the gradient stays finite and exact: softmax - onehot, 0 for the -inf logit
+    let x = Tensor::from_vec(vec![0.0f32, f32::NEG_INFINITY, 1.0], &[1, 3]).unwrap();
+    let tape = tapeflow::GradientTape::new();
+    let l = tape.record(|| {
+        tape.watch(&x);
+        sparse.call(&Tensor::vec(&[0i64]), &x).unwrap()
+    });
+    let g = tape.gradient(&l, &x).unwrap().to_vec_f64().unwrap();
+    let e = 1f64.exp();
+    let want = [1.0 / (1.0 + e) - 1.0, 0.0, e / (1.0 + e)];
+    for (g, w) in g.iter().zip(want) {
+        assert!((g - w).abs() < 1e-6, "{g} vs {w}");
+    }
+}
+
+#[test]
+fn labels_that_are_not_integers_are_errors_eager_and_compiled() {
+    use tapeflow::nn::{Loss, SparseCategoricalCrossentropy};
+    let loss = SparseCategoricalCrossentropy::from_logits(true);
+    let logits = Tensor::zeros(&[3, 4]);
+    for (bad, shown) in [(f32::NAN, "NaN"), (2.5, "2.5"), (f32::INFINITY, "inf")] {
+        let y = Tensor::vec(&[1.0f32, bad, 0.0]);
+        let e = loss.call(&y, &logits).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("label {shown} at position 1 is not an integer")),
+            "{e}"
+        );
+    }
+    let f = function(move |y: &Tensor, x: &Tensor| loss.call(y, x));
+    let ok = f.call(&Tensor::vec(&[1.0f32, 3.0, 0.0]), &logits).unwrap();
+    assert!(close(ok.to_scalar().unwrap(), 4f64.ln()));
+    for bad in [f32::NAN, 2.5, f32::INFINITY, -0.5] {
+        let e = f
+            .call(&Tensor::vec(&[1.0f32, bad, 0.0]), &logits)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("gather") && e.contains("-1"), "{bad}: {e}");
+    }
+}
