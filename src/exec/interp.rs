@@ -390,7 +390,8 @@ impl Plan {
             .zip(vars.iter_mut())
             .filter_map(|(h, v)| Some((h?, v.take()?.1)))
             .collect();
-        let parallel = self.parallel() && !stats.collect_profile;
+        let checked = crate::debugging::check_numerics_enabled(); // report the first, in order
+        let parallel = self.parallel() && !stats.collect_profile && !checked;
         stats.parallel = parallel;
         st.parallel.store(parallel, Ordering::Relaxed);
         let is_source = |s: &Step| matches!(s.op, Op::Input(_) | Op::Const | Op::ReadVar(_));
@@ -554,6 +555,12 @@ impl Plan {
                 (v, true)
             }
         };
+        if crate::debugging::check_numerics_enabled() {
+            if let Some((k, x)) = v.first_non_finite() {
+                let ty = type_str(node.dtype, &node.shape);
+                return Err(Error::non_finite(s.op.name(), k, x, ty, node.loc));
+            }
+        }
         *write(&st.vals[i]) = Some(v);
         for &o in &s.inputs {
             if st.uses[o].fetch_sub(1, Ordering::AcqRel) == 1 {

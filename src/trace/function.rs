@@ -151,6 +151,8 @@ pub type Signature = Vec<(DType, Shape)>;
 /// One traced, optimized and planned graph for one input signature.
 pub struct ConcreteFunction {
     signature: Signature,
+    /// Compiled unoptimized for numerics checks ([`crate::debugging`]).
+    checked: bool,
     traced: Graph,
     plan: Plan,
     pass_stats: Vec<PassStat>,
@@ -207,8 +209,8 @@ struct Entry {
 struct State {
     cache: Vec<Entry>,
     capacity: usize,
-    /// Signatures some thread is tracing right now.
-    tracing: Vec<Signature>,
+    /// Signatures (and whether for numerics checks) some thread is tracing right now.
+    tracing: Vec<(Signature, bool)>,
     clock: u64,
     /// The signature of the previous call (what a retrace reason compares with).
     last: Option<Signature>,
@@ -232,13 +234,13 @@ pub struct Function<A, F> {
 struct TracingGuard<'a> {
     state: &'a Mutex<State>,
     traced: &'a Condvar,
-    sig: &'a Signature,
+    key: &'a (Signature, bool),
 }
 
 impl Drop for TracingGuard<'_> {
     fn drop(&mut self) {
         let mut st = lock(self.state);
-        st.tracing.retain(|s| s != self.sig);
+        st.tracing.retain(|k| k != self.key);
         self.traced.notify_all();
     }
 }
@@ -337,18 +339,24 @@ impl<A, F: Traceable<A>> Function<A, F> {
             .iter()
             .map(|a| (a.dtype(), Shape::from_slice(a.shape())))
             .collect();
+        let checked = crate::debugging::check_numerics_enabled();
+        let key = (sig.clone(), checked);
         let mut st = lock(&self.state);
         loop {
             st.clock += 1;
             let now = st.clock;
-            if let Some(e) = st.cache.iter_mut().find(|e| e.function.signature == sig) {
+            if let Some(e) = st
+                .cache
+                .iter_mut()
+                .find(|e| e.function.signature == sig && e.function.checked == checked)
+            {
                 e.last_used = now;
                 let c = e.function.clone();
                 st.last = Some(sig);
                 record_call(&mut st, false, None);
                 return Ok(c);
             }
-            if !st.tracing.contains(&sig) {
+            if !st.tracing.contains(&key) {
                 break;
             }
             // another thread is tracing this signature: wait for its result
@@ -365,14 +373,18 @@ impl<A, F: Traceable<A>> Function<A, F> {
                     .collect()
             });
         if let Some(changed) = &changed {
-            let words: Vec<String> = changed
+            let mut words: Vec<String> = changed
                 .iter()
                 .map(|(i, a, b)| format!("argument {i} changed from {a} to {b}"))
                 .collect();
+            if words.is_empty() {
+                let on = if checked { "on" } else { "off" };
+                words.push(format!("numerics checks are {on}"));
+            }
             st.reasons
                 .push(format!("retrace at {loc}: {}", words.join("; ")));
         }
-        st.tracing.push(sig.clone());
+        st.tracing.push(key.clone());
         st.last = Some(sig.clone());
         drop(st);
         // The guard takes the signature off `tracing` (and wakes waiters) when it drops:
@@ -380,9 +392,9 @@ impl<A, F: Traceable<A>> Function<A, F> {
         let _tracing = TracingGuard {
             state: &self.state,
             traced: &self.traced,
-            sig: &sig,
+            key: &key,
         };
-        let c = Arc::new(self.trace(sig.clone(), loc)?);
+        let c = Arc::new(self.trace(sig.clone(), checked, loc)?);
         let mut st = lock(&self.state);
         st.traces += 1;
         st.clock += 1;
@@ -404,7 +416,12 @@ impl<A, F: Traceable<A>> Function<A, F> {
         Ok(c)
     }
 
-    fn trace(&self, sig: Signature, loc: &'static Location<'static>) -> Result<ConcreteFunction> {
+    fn trace(
+        &self,
+        sig: Signature,
+        checked: bool,
+        loc: &'static Location<'static>,
+    ) -> Result<ConcreteFunction> {
         let start = std::time::Instant::now();
         let (graph, res) = context::with_graph(Graph::new(), |_| -> Result<()> {
             let args: Vec<Tensor> = sig
@@ -420,10 +437,17 @@ impl<A, F: Traceable<A>> Function<A, F> {
         });
         res??;
         crate::ir::verify(&graph)?;
-        let (optimized, pass_stats) = crate::passes::run_pipeline(&graph, &self.config)?;
+        // numerics checks run every traced op as its own step, so a report names it
+        let config = if checked {
+            PassConfig::unoptimized()
+        } else {
+            self.config.clone()
+        };
+        let (optimized, pass_stats) = crate::passes::run_pipeline(&graph, &config)?;
         let plan = Plan::new(optimized)?;
         Ok(ConcreteFunction {
             signature: sig,
+            checked,
             traced: graph,
             plan,
             pass_stats,
