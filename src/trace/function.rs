@@ -221,6 +221,12 @@ struct State {
 }
 
 /// A traced function; see [`function`].
+///
+/// # Threads
+/// A `Function` can be called from many threads at once (it is `Sync` when the closure
+/// is). Calls with compiled signatures never wait for a trace in progress; two calls
+/// with one new signature trace it once. Variable updates of concurrent calls are never
+/// lost: see [`crate::Variable`]'s concurrency notes.
 pub struct Function<A, F> {
     f: F,
     config: PassConfig,
