@@ -47,6 +47,7 @@
 pub mod autodiff;
 pub mod data;
 pub mod datasets;
+pub mod debugging;
 pub mod error;
 pub mod exec;
 pub mod ir;

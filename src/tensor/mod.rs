@@ -15,7 +15,7 @@ pub(crate) mod dispatch;
 mod dtype;
 pub(crate) mod fastmath;
 mod math;
-mod variable;
+pub(crate) mod variable;
 
 pub use data::{Arr, Data, Float};
 pub use dtype::{broadcast_shapes, check_shape, numel, type_str, DType, Shape, MAX_ELEMENTS};
