@@ -3,7 +3,7 @@
 //! A [`Plan`] is made once per concrete function: the execution order (canonical
 //! order of the live graph), each step's operands and consumers, how many uses each
 //! value has, the compiled program of each `fused` step, a cost estimate per step, the
-//! memory plan ([`crate::passes::plan_memory`]) and a [`BufferPool`].
+//! memory plan ([`plan_memory`](super::plan_memory)) and a [`BufferPool`].
 //!
 //! Running:
 //! - **Buffers.** Kernels draw their outputs and scratch from the plan's pool
@@ -29,12 +29,12 @@
 //! - **Variables.** Variables are read before any step runs and written after every
 //!   step has run, so a step never observes a half-updated variable.
 
+use super::fused::{self, OutBuf};
+use super::plan_memory::{plan_memory, MemoryPlan};
 use crate::error::{Error, Result};
 use crate::exec::buffers::{with_pool, BufferPool};
-use crate::exec::kernels::fused::{self, OutBuf};
 use crate::ir::{Graph, NodeId};
 use crate::ops::Op;
-use crate::passes::{plan_memory, MemoryPlan};
 use crate::tensor::{type_str, DType, Data, Tensor};
 use smallvec::SmallVec;
 use std::collections::HashMap;

@@ -129,7 +129,7 @@ pub enum Op {
     /// Picks, per pooling window, the value of `gx` at the window's argmax: operands `(x, gx)`.
     MaxPool2dGather(PoolAttrs),
     /// A fused elementwise region: entry `n` of the graph's fused-expression table
-    /// ([`crate::exec::kernels::fused::FusedExpr`]), made by the fusion pass. Its type
+    /// ([`crate::ir::FusedExpr`]), made by the fusion pass. Its type
     /// and kernel come from that expression, so [`Op::infer`] and [`Op::eval`] defer to
     /// the graph (verifier, parser, interpreter); optimized graphs are never differentiated.
     Fused(u32),

@@ -30,7 +30,7 @@
 //! across transposes, slices or concatenations.
 
 use crate::error::{Error, Result};
-use crate::exec::kernels::fused::{Arg, FusedExpr, Inst};
+use crate::ir::{Arg, FusedExpr, Inst};
 use crate::ir::{Graph, Node, NodeId};
 use crate::ops::{Binary, FusionClass, Op, Unary};
 use crate::tensor::{numel, DType};

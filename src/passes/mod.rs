@@ -9,7 +9,7 @@
 //! verifier runs in tests and debug builds. Every pass is idempotent, and so is the
 //! pipeline.
 //!
-//! Memory planning ([`plan_memory`]) is not a graph rewrite: `exec::Plan` runs it on the
+//! Memory planning ([`crate::exec::plan_memory`]) is not a graph rewrite: `exec::Plan` runs it on the
 //! final graph's execution order.
 
 mod cse;
@@ -17,7 +17,6 @@ mod dce;
 mod fold_constants;
 mod fold_transposes;
 mod fuse;
-mod plan_memory;
 mod rewrite;
 mod simplify;
 
@@ -26,7 +25,6 @@ pub use dce::eliminate_dead_nodes;
 pub use fold_constants::{fold_constants, FOLD_MAX_ELEMS};
 pub use fold_transposes::fold_transposes_into_matmul;
 pub use fuse::{fuse_elementwise, fuse_elementwise_min};
-pub use plan_memory::{plan_memory, MemoryPlan};
 pub use simplify::{simplify, simplify_counting, RuleFn, MAX_SWEEPS, RULES};
 
 use crate::error::Result;

@@ -13,7 +13,6 @@ mod create;
 mod data;
 pub(crate) mod dispatch;
 mod dtype;
-pub(crate) mod fastmath;
 mod math;
 mod variable;
 

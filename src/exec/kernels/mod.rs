@@ -15,7 +15,7 @@
 
 pub mod conv;
 pub mod ew;
-pub mod fused;
+pub(crate) mod fastmath;
 pub mod gemm;
 pub mod pool;
 pub mod reduce;
