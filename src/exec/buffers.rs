@@ -20,7 +20,7 @@
 //! before being overwritten ([`take`] returns an empty `Vec` with the capacity, and
 //! [`zeroed`] fills it), so recycling never changes a result bit.
 
-use crate::tensor::{Arr, Data};
+use crate::tensor::data::{Arr, Data};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;

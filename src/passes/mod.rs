@@ -138,7 +138,7 @@ pub fn run_pass(
     pass(g)?;
     let time = t.elapsed();
     if cfg!(debug_assertions) {
-        verify(g).map_err(|e| crate::Error::Graph(format!("after pass {name}: {e}")))?;
+        verify(g).map_err(|e| crate::error::Error::Graph(format!("after pass {name}: {e}")))?;
     }
     stats.push(PassStat {
         name,

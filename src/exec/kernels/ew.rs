@@ -9,7 +9,7 @@
 //! from the installed [`crate::exec::buffers`] pool when there is one.
 
 use crate::exec::buffers::{self, Pooled};
-use crate::tensor::Arr;
+use crate::tensor::data::Arr;
 use ndarray::{ArrayD, IxDyn};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;

@@ -19,7 +19,7 @@
 //!   checks 1, 2 and 4). The ndarray fallback is single-threaded.
 //! - `c` is overwritten, never read: stale NaNs in it cannot leak into the result.
 
-use crate::tensor::Float;
+use crate::tensor::data::Float;
 use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView2, ArrayViewMut2};
 use std::any::TypeId;
