@@ -119,31 +119,12 @@ pub struct Plan {
     states: Mutex<Vec<RunState>>,
 }
 
+/// The scheduler's cost estimate of node `n` ([`Op::work`]).
 fn work_of(g: &Graph, n: NodeId) -> u64 {
+    let operands = g.operands(n);
+    let x: SmallVec<[&[usize]; 4]> = operands.iter().map(|&o| &g.node(o).shape[..]).collect();
     let node = g.node(n);
-    let out: u64 = node.shape.iter().product::<usize>() as u64;
-    let first_in = || {
-        g.operands(n)
-            .first()
-            .map_or(0, |&o| g.node(o).shape.iter().product::<usize>() as u64)
-    };
-    match node.op {
-        Op::Input(_) | Op::Const | Op::ReadVar(_) | Op::Assign(_) | Op::Reshape => 0,
-        Op::MatMul { ta, .. } => {
-            let a = &g.node(g.operands(n)[0]).shape;
-            let k = if ta { a[a.len() - 2] } else { a[a.len() - 1] };
-            out * k as u64
-        }
-        Op::Conv2d(_) | Op::Conv2dBackpropInput(_) | Op::Conv2dBackpropFilter(_) => {
-            let ops = g.operands(n);
-            let w = &g.node(ops[1]).shape;
-            let filter: usize = w.iter().product();
-            let x = &g.node(ops[0]).shape;
-            (x.iter().product::<usize>() as u64).max(out) * filter as u64 / w[2].max(1) as u64
-        }
-        Op::Sum { .. } | Op::Max { .. } | Op::ArgMax { .. } => first_in().max(out),
-        _ => out.max(first_in()),
-    }
+    node.op.work(&x, &node.shape)
 }
 
 impl Plan {

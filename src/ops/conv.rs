@@ -437,3 +437,16 @@ pub(super) fn vjp(op: &Op, a: &VjpArgs, gy: &Tensor) -> Grads {
         _ => unreachable!(),
     }
 }
+
+/// Scheduling cost: a convolution's multiply-adds (the larger of its input and output
+/// times the filter, per input channel); pooling visits each element once.
+pub(super) fn work(op: &Op, x: &[&[usize]], out: &[usize]) -> u64 {
+    match op {
+        Op::Conv2d(_) | Op::Conv2dBackpropInput(_) | Op::Conv2dBackpropFilter(_) => {
+            let w = x[1];
+            let filter = super::elems(w);
+            super::elems(x[0]).max(super::elems(out)) * filter / w[2].max(1) as u64
+        }
+        _ => super::streamed(x, out),
+    }
+}

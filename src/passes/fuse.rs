@@ -32,26 +32,10 @@
 use crate::error::{Error, Result};
 use crate::ir::{Arg, FusedExpr, Inst};
 use crate::ir::{Graph, Node, NodeId};
-use crate::ops::{Binary, FusionClass, Op, Unary};
+use crate::ops::{FusionClass, Op};
 use crate::tensor::{numel, DType};
 use smallvec::SmallVec;
 use std::collections::{BinaryHeap, HashMap};
-
-/// Ops worth recomputing for every element of a larger iteration space.
-fn is_cheap(op: Op) -> bool {
-    !matches!(
-        op,
-        Op::Unary(
-            Unary::Exp
-                | Unary::Log
-                | Unary::Sin
-                | Unary::Cos
-                | Unary::Tanh
-                | Unary::Sqrt
-                | Unary::Sigmoid
-        ) | Op::Binary(Binary::Pow)
-    )
-}
 
 /// Which loop of a fused node a member is evaluated in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -146,7 +130,7 @@ pub fn fuse_elementwise_min(g: &mut Graph, min_elems: usize) -> Result<()> {
                 _ => numel(&g.node(r.root).shape),
             };
             let joined = match pn.op.fusion_class() {
-                FusionClass::Elementwise if numel(&pn.shape) == loop_elems || is_cheap(pn.op) => {
+                FusionClass::Elementwise if numel(&pn.shape) == loop_elems || pn.op.is_cheap() => {
                     space
                 }
                 // one sum per result element: the sum's result is not broadcast in the region
