@@ -229,7 +229,10 @@ fn the_op_list_has_every_op_once_and_each_parses_back() {
         UNARY_OPS.len() + BINARY_OPS.len() + COMPARE_OPS.len()
     );
     for op in ops {
-        if matches!(op, Op::Input(_) | Op::Const | Op::ReadVar(_) | Op::Assign(_)) {
+        if matches!(
+            op,
+            Op::Input(_) | Op::Const | Op::ReadVar(_) | Op::Assign(_)
+        ) {
             continue;
         }
         let attrs: AttrMap = op
@@ -246,9 +249,15 @@ fn the_op_list_has_every_op_once_and_each_parses_back() {
 #[test]
 fn op_costs_and_fusion_facts() {
     use tapeflow::ops::{Binary, Op, Unary};
-    let mm = Op::MatMul { ta: false, tb: false };
+    let mm = Op::MatMul {
+        ta: false,
+        tb: false,
+    };
     assert_eq!(mm.work(&[&[8, 5], &[5, 3]], &[8, 3]), 8 * 3 * 5);
-    let mm_t = Op::MatMul { ta: true, tb: false };
+    let mm_t = Op::MatMul {
+        ta: true,
+        tb: false,
+    };
     assert_eq!(mm_t.work(&[&[5, 8], &[5, 3]], &[8, 3]), 8 * 3 * 5);
     assert_eq!(Op::Reshape.work(&[&[4, 6]], &[24]), 0);
     assert_eq!(Op::Const.work(&[], &[1000]), 0);

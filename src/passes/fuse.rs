@@ -63,14 +63,15 @@ impl Region {
     }
 }
 
-/// Fuses elementwise regions (with sum and matmul parts) into `fused` nodes.
-pub fn fuse_elementwise(g: &mut Graph) -> Result<()> {
+/// Fuses elementwise regions (with sum and matmul parts) into `fused` nodes; returns
+/// whether it made any.
+pub fn fuse_elementwise(g: &mut Graph) -> Result<bool> {
     fuse_elementwise_min(g, 0)
 }
 
 /// [`fuse_elementwise`] keeping only regions whose longest loop has at least
 /// `min_elems` elements (smaller regions stay as separate kernels).
-pub fn fuse_elementwise_min(g: &mut Graph, min_elems: usize) -> Result<()> {
+pub fn fuse_elementwise_min(g: &mut Graph, min_elems: usize) -> Result<bool> {
     let order = g.canonical_order();
     let mut pos = vec![usize::MAX; g.capacity()];
     for (i, &n) in order.iter().enumerate() {
@@ -169,10 +170,11 @@ pub fn fuse_elementwise_min(g: &mut Graph, min_elems: usize) -> Result<()> {
             regions.push(r);
         }
     }
+    let changed = !regions.is_empty();
     for r in regions {
         build(g, r, &pos)?;
     }
-    Ok(())
+    Ok(changed)
 }
 
 /// Elements of the region's longest loop (the summed one, or the result).
