@@ -7,13 +7,14 @@
 //! (the test profile keeps overflow checks, which slow the scalar loops).
 
 use tapeflow::exec::kernels::conv::{
-    conv2d, conv2d_backprop_filter, conv2d_backprop_input, Conv2dGeom, Padding,
+    conv2d, conv2d_backprop_filter, conv2d_backprop_input, Conv2dGeom,
 };
 use tapeflow::exec::kernels::gemm::gemm;
 use tapeflow::exec::kernels::pool::{
     max_pool2d, max_pool2d_backprop, max_pool2d_gather, Pool2dGeom,
 };
 use tapeflow::tensor::Float;
+use tapeflow::Padding;
 
 /// A tiny seeded generator (64-bit LCG, high bits out): no dependency, same stream
 /// everywhere.

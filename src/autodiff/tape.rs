@@ -426,7 +426,7 @@ impl GradientTape {
         let n = y.len();
         let mut rows = Vec::with_capacity(n);
         for i in 0..n {
-            let seed = Tensor::arange(i as i64, i as i64 + 1, crate::DType::I64)
+            let seed = Tensor::arange(i as i64, i as i64 + 1, crate::tensor::DType::I64)
                 .one_hot(n, y.dtype())
                 .reshape(y.shape());
             let g = self.gradient_with(y, x, Some(&seed)).or_else(|e| match e {

@@ -3,7 +3,7 @@
 //! A [`Plan`] is made once per concrete function: the execution order (canonical
 //! order of the live graph), each step's operands and consumers, how many uses each
 //! value has, the compiled program of each `fused` step, a cost estimate per step, the
-//! memory plan ([`crate::passes::plan_memory`]) and a [`BufferPool`].
+//! memory plan ([`plan_memory`](super::plan_memory)) and a [`BufferPool`].
 //!
 //! Running:
 //! - **Buffers.** Kernels draw their outputs and scratch from the plan's pool
@@ -33,12 +33,12 @@
 //!   over on the new values, so concurrent runs act as if run one at a time (see
 //!   [`crate::Variable`]).
 
+use super::fused::{self, OutBuf};
+use super::plan_memory::{plan_memory, MemoryPlan};
 use crate::error::{Error, Result};
 use crate::exec::buffers::{with_pool, BufferPool};
-use crate::exec::kernels::fused::{self, OutBuf};
 use crate::ir::{Graph, NodeId};
 use crate::ops::Op;
-use crate::passes::{plan_memory, MemoryPlan};
 use crate::tensor::{type_str, variable, DType, Data, Tensor, Variable};
 use smallvec::SmallVec;
 use std::collections::HashMap;
@@ -139,31 +139,12 @@ pub struct Plan {
     states: Mutex<Vec<RunState>>,
 }
 
+/// The scheduler's cost estimate of node `n` ([`Op::work`]).
 fn work_of(g: &Graph, n: NodeId) -> u64 {
+    let operands = g.operands(n);
+    let x: SmallVec<[&[usize]; 4]> = operands.iter().map(|&o| &g.node(o).shape[..]).collect();
     let node = g.node(n);
-    let out: u64 = node.shape.iter().product::<usize>() as u64;
-    let first_in = || {
-        g.operands(n)
-            .first()
-            .map_or(0, |&o| g.node(o).shape.iter().product::<usize>() as u64)
-    };
-    match node.op {
-        Op::Input(_) | Op::Const | Op::ReadVar(_) | Op::Assign(_) | Op::Reshape => 0,
-        Op::MatMul { ta, .. } => {
-            let a = &g.node(g.operands(n)[0]).shape;
-            let k = if ta { a[a.len() - 2] } else { a[a.len() - 1] };
-            out * k as u64
-        }
-        Op::Conv2d(_) | Op::Conv2dBackpropInput(_) | Op::Conv2dBackpropFilter(_) => {
-            let ops = g.operands(n);
-            let w = &g.node(ops[1]).shape;
-            let filter: usize = w.iter().product();
-            let x = &g.node(ops[0]).shape;
-            (x.iter().product::<usize>() as u64).max(out) * filter as u64 / w[2].max(1) as u64
-        }
-        Op::Sum { .. } | Op::Max { .. } | Op::ArgMax { .. } => first_in().max(out),
-        _ => out.max(first_in()),
-    }
+    node.op.work(&x, &node.shape)
 }
 
 /// Multiply-adds of a matmul or convolution node (0 for any other op).

@@ -3,9 +3,9 @@
 //! Every node line is checked with its op's shape rule, so a hand-written filetest with
 //! a wrong type is an error naming the line.
 
+use super::fused::{Arg, FusedExpr, Inst};
 use super::graph::{Graph, GraphVar, Node, NodeId};
 use crate::error::{Error, Result};
-use crate::exec::kernels::fused::{Arg, FusedExpr, Inst};
 use crate::ops::{attrs::AttrMap, Op};
 use crate::tensor::{DType, Data, Shape};
 use smallvec::SmallVec;

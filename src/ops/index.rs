@@ -174,3 +174,8 @@ pub(super) fn vjp(op: &Op, a: &VjpArgs, gy: &Tensor) -> Grads {
         _ => unreachable!(),
     }
 }
+
+/// Scheduling cost: each element moved once.
+pub(super) fn work(_op: &Op, x: &[&[usize]], out: &[usize]) -> u64 {
+    super::streamed(x, out)
+}

@@ -367,3 +367,18 @@ pub(super) fn vjp(op: &Op, a: &VjpArgs, gy: &Tensor) -> Grads {
         _ => unreachable!(),
     }
 }
+
+/// Scheduling cost: `reshape` is a view (free); the others move each element once.
+pub(super) fn work(op: &Op, x: &[&[usize]], out: &[usize]) -> u64 {
+    match op {
+        Op::Reshape => 0,
+        _ => super::streamed(x, out),
+    }
+}
+
+/// Whether fusion may recompute the op for every element of a larger loop: the
+/// fusable members of this family (`broadcast`, float `cast`) only move or convert a
+/// value.
+pub(super) fn is_cheap(_op: &Op) -> bool {
+    true
+}

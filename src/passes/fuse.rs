@@ -30,28 +30,12 @@
 //! across transposes, slices or concatenations.
 
 use crate::error::{Error, Result};
-use crate::exec::kernels::fused::{Arg, FusedExpr, Inst};
+use crate::ir::{Arg, FusedExpr, Inst};
 use crate::ir::{Graph, Node, NodeId};
-use crate::ops::{Binary, FusionClass, Op, Unary};
+use crate::ops::{FusionClass, Op};
 use crate::tensor::{numel, DType};
 use smallvec::SmallVec;
 use std::collections::{BinaryHeap, HashMap};
-
-/// Ops worth recomputing for every element of a larger iteration space.
-fn is_cheap(op: Op) -> bool {
-    !matches!(
-        op,
-        Op::Unary(
-            Unary::Exp
-                | Unary::Log
-                | Unary::Sin
-                | Unary::Cos
-                | Unary::Tanh
-                | Unary::Sqrt
-                | Unary::Sigmoid
-        ) | Op::Binary(Binary::Pow)
-    )
-}
 
 /// Which loop of a fused node a member is evaluated in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,8 +63,9 @@ impl Region {
     }
 }
 
-/// Fuses elementwise regions (with sum and matmul parts) into `fused` nodes.
-pub fn fuse_elementwise(g: &mut Graph) -> Result<()> {
+/// Fuses elementwise regions (with sum and matmul parts) into `fused` nodes; returns
+/// whether it made any.
+pub fn fuse_elementwise(g: &mut Graph) -> Result<bool> {
     fuse_elementwise_min(g, 0)
 }
 
@@ -94,7 +79,7 @@ pub const SMALL_REGION_ELEMS: usize = 1 << 12;
 /// [`fuse_elementwise`] keeping only regions whose longest loop has at least
 /// `min_elems` elements, or at most [`SMALL_REGION_ELEMS`] (the regions in between stay
 /// as separate kernels).
-pub fn fuse_elementwise_min(g: &mut Graph, min_elems: usize) -> Result<()> {
+pub fn fuse_elementwise_min(g: &mut Graph, min_elems: usize) -> Result<bool> {
     let order = g.canonical_order();
     let mut pos = vec![usize::MAX; g.capacity()];
     for (i, &n) in order.iter().enumerate() {
@@ -154,7 +139,7 @@ pub fn fuse_elementwise_min(g: &mut Graph, min_elems: usize) -> Result<()> {
                 _ => numel(&g.node(r.root).shape),
             };
             let joined = match pn.op.fusion_class() {
-                FusionClass::Elementwise if numel(&pn.shape) == loop_elems || is_cheap(pn.op) => {
+                FusionClass::Elementwise if numel(&pn.shape) == loop_elems || pn.op.is_cheap() => {
                     space
                 }
                 // one sum per result element: the sum's result is not broadcast in the region
@@ -194,10 +179,11 @@ pub fn fuse_elementwise_min(g: &mut Graph, min_elems: usize) -> Result<()> {
             regions.push(r);
         }
     }
+    let changed = !regions.is_empty();
     for r in regions {
         build(g, r, &pos)?;
     }
-    Ok(())
+    Ok(changed)
 }
 
 /// Elements of the region's longest loop (the summed one, or the result).

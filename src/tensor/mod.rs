@@ -10,10 +10,9 @@
 //! Invariant: a tensor's `dtype` and `shape` are always known, in both modes.
 
 mod create;
-mod data;
+pub(crate) mod data;
 pub(crate) mod dispatch;
-mod dtype;
-pub(crate) mod fastmath;
+pub(crate) mod dtype;
 mod math;
 pub(crate) mod variable;
 

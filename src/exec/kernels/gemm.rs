@@ -20,7 +20,7 @@
 //! - `c` is overwritten, never read: stale NaNs in it cannot leak into the result.
 //! - A zero result is +0 whatever the layout (as for a sum started at +0).
 
-use crate::tensor::Float;
+use crate::tensor::data::Float;
 use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView2, ArrayViewMut2};
 use std::any::TypeId;
@@ -176,7 +176,9 @@ fn multiply<T: Float>(
 /// Whether a transposed `b` (`[n, k]`, rows `k` elements apart) has rows a multiple of
 /// 4 KiB apart, in a product big enough for a copy to pay.
 fn aliasing_stride<T>(m: usize, k: usize, n: usize) -> bool {
-    (k * std::mem::size_of::<T>()) % 4096 == 0 && n >= 32 && m * k * n >= 1 << 20
+    (k * std::mem::size_of::<T>()).is_multiple_of(4096)
+        && n >= 32
+        && m.saturating_mul(k).saturating_mul(n) >= 1 << 20
 }
 
 /// Elements of `dst` per parallel task of [`transpose`].
