@@ -24,7 +24,7 @@ pub mod kernels;
 mod plan_memory;
 
 pub use buffers::{in_backend_call, BufferPool};
-pub use interp::{Plan, RunStats, Schedule, INTER_OP_MIN_WORK};
+pub use interp::{Plan, RunStats, Schedule, StepTime, INTER_OP_MIN_WORK};
 pub use plan_memory::MemoryPlan;
 
 /// Kernel internals that the integration tests check directly (each instruction set
