@@ -26,8 +26,12 @@
 //! - **Determinism.** Every kernel's bits are independent of the thread count and of
 //!   which buffer it writes into, and each value is computed exactly once from the same
 //!   operands, so the schedule never changes a result.
-//! - **Variables.** Variables are read before any step runs and written after every
-//!   step has run, so a step never observes a half-updated variable.
+//! - **Variables.** Variables are read, all at one instant, before any step runs and
+//!   written, all at one instant, after every step has run, so a step never observes a
+//!   half-updated variable. The write happens only if no variable the run read has been
+//!   written since (by a concurrent run or an eager update); otherwise the run starts
+//!   over on the new values, so concurrent runs act as if run one at a time (see
+//!   [`crate::Variable`]).
 
 use super::fused::{self, OutBuf};
 use super::plan_memory::{plan_memory, MemoryPlan};
@@ -35,7 +39,7 @@ use crate::error::{Error, Result};
 use crate::exec::buffers::{with_pool, BufferPool};
 use crate::ir::{Graph, NodeId};
 use crate::ops::Op;
-use crate::tensor::{type_str, DType, Data, Tensor};
+use crate::tensor::{type_str, variable, DType, Data, Tensor, Variable};
 use smallvec::SmallVec;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
@@ -319,10 +323,17 @@ impl Plan {
             )));
         }
         let misses = self.pool.misses();
-        let st = self.take_state();
-        let result = with_pool(&self.pool, || self.run_with(&st, inputs, stats));
+        let result = loop {
+            let st = self.take_state();
+            let result = with_pool(&self.pool, || self.run_with(&st, inputs, stats));
+            self.put_state(st);
+            match result {
+                Ok(None) => continue, // a variable it read changed meanwhile: run again
+                Ok(Some(out)) => break Ok(out),
+                Err(e) => break Err(e),
+            }
+        };
         stats.fresh_buffers += self.pool.misses() - misses;
-        self.put_state(st);
         result
     }
 
@@ -360,8 +371,16 @@ impl Plan {
         lock(&self.states).push(st);
     }
 
-    fn run_with(&self, st: &RunState, inputs: &[&Data], stats: &mut RunStats) -> Result<Vec<Data>> {
+    /// One run; `None` if a variable it read was written before it could commit.
+    fn run_with(
+        &self,
+        st: &RunState,
+        inputs: &[&Data],
+        stats: &mut RunStats,
+    ) -> Result<Option<Vec<Data>>> {
         let g = &self.graph;
+        let handles = || g.vars.iter().map(|v| v.handle.as_ref());
+        let mut vars = variable::read_all(handles());
         // Sources first, on this thread.
         for (i, s) in self.steps.iter().enumerate() {
             let node = g.node(s.node);
@@ -379,19 +398,25 @@ impl Plan {
                 }
                 Op::Const => node.value.clone().expect("verified const"),
                 Op::ReadVar(v) => {
-                    let var = g.vars[v as usize].handle.as_ref().ok_or_else(|| {
+                    let (value, _) = vars[v as usize].as_ref().ok_or_else(|| {
                         Error::Graph(format!(
                             "variable `{}` has no live handle (parsed graph)",
                             g.vars[v as usize].name
                         ))
                     })?;
-                    var.value().data()?.clone()
+                    value.data()?.clone()
                 }
                 _ => continue,
             };
             *write(&st.vals[i]) = Some(v);
         }
-        let parallel = self.parallel() && !stats.collect_profile;
+        // keep only the versions, so old values can be recycled when replaced
+        let versions: SmallVec<[(&Variable, u64); 8]> = handles()
+            .zip(vars.iter_mut())
+            .filter_map(|(h, v)| Some((h?, v.take()?.1)))
+            .collect();
+        let checked = crate::debugging::check_numerics_enabled(); // report the first, in order
+        let parallel = self.parallel() && !stats.collect_profile && !checked;
         stats.parallel = parallel;
         st.parallel.store(parallel, Ordering::Relaxed);
         let is_source = |s: &Step| matches!(s.op, Op::Input(_) | Op::Const | Op::ReadVar(_));
@@ -438,23 +463,29 @@ impl Plan {
                 }
             }
         }
-        for &(v, p) in &self.assigns {
-            if let Some(var) = &g.vars[v as usize].handle {
+        let mut writes: SmallVec<[(&Variable, Tensor); 8]> = self
+            .assigns
+            .iter()
+            .filter_map(|&(v, p)| {
+                let var = g.vars[v as usize].handle.as_ref()?;
                 let d = read(&st.vals[p]).clone().expect("assign computed");
-                let old = std::mem::replace(
-                    &mut *var.0.value.write().expect("variable lock"),
-                    Tensor::from_data(d),
-                );
-                if let Some(old) = old.into_unshared_data() {
-                    self.pool.recycle(old);
-                }
+                Some((var, Tensor::from_data(d)))
+            })
+            .collect();
+        if !writes.is_empty() && !variable::commit(&versions, &mut writes) {
+            return Ok(None);
+        }
+        for (_, old) in writes {
+            if let Some(old) = old.into_unshared_data() {
+                self.pool.recycle(old);
             }
         }
-        Ok(self
-            .outputs
-            .iter()
-            .map(|&o| read(&st.vals[o]).clone().expect("output computed"))
-            .collect())
+        Ok(Some(
+            self.outputs
+                .iter()
+                .map(|&o| read(&st.vals[o]).clone().expect("output computed"))
+                .collect(),
+        ))
     }
 
     /// Runs step `i` as a rayon task, then continues with one consumer it made ready
@@ -556,6 +587,12 @@ impl Plan {
                 (v, true)
             }
         };
+        if crate::debugging::check_numerics_enabled() {
+            if let Some((k, x)) = v.first_non_finite() {
+                let ty = type_str(node.dtype, &node.shape);
+                return Err(Error::non_finite(s.op.name(), k, x, ty, node.loc));
+            }
+        }
         *write(&st.vals[i]) = Some(v);
         for &o in &s.inputs {
             if st.uses[o].fetch_sub(1, Ordering::AcqRel) == 1 {

@@ -265,7 +265,7 @@ pub(super) fn attrs(op: &Op) -> Vec<(&'static str, String)> {
 pub(super) fn parse(name: &str, m: &AttrMap) -> Option<Result<Op, String>> {
     let pair = |k: &str| -> Result<(u8, u8), String> {
         match attrs::parse_list(attrs::get(m, k)?)?.as_slice() {
-            [a, b] => Ok((*a as u8, *b as u8)),
+            [a, b] => Ok((attrs::to_u8(k, *a)?, attrs::to_u8(k, *b)?)),
             v => Err(format!("`{k}` needs two values, got {v:?}")),
         }
     };

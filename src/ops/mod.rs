@@ -23,7 +23,7 @@ pub use attrs::{AxisSet, Perm};
 pub use conv::{ConvAttrs, Padding, PoolAttrs};
 pub use elementwise::{Binary, Compare, Unary};
 
-use crate::tensor::{type_str, DType, Data, Shape, Tensor};
+use crate::tensor::{check_shape, type_str, DType, Data, Shape, Tensor};
 use smallvec::SmallVec;
 
 /// A primitive op with its attributes.
@@ -59,7 +59,7 @@ pub enum Op {
         /// Keep reduced axes as length 1.
         keep: bool,
     },
-    /// Index of the maximum along one axis (i64; first on ties).
+    /// Index of the maximum along one axis (i64; first on ties; the first NaN if any).
     ArgMax {
         /// The axis.
         axis: u8,
@@ -228,7 +228,23 @@ impl Op {
     ///
     /// `out` is the requested result shape for ops whose shape is not implied by their
     /// operands (`reshape`, `broadcast_to`, the convolution backprops); others ignore it.
+    ///
+    /// Every shape involved (operands, `out`, the result) must have at most
+    /// [`crate::tensor::MAX_ELEMENTS`] elements, so rules may multiply dimensions freely.
     pub fn infer(
+        &self,
+        x: &[(DType, &[usize])],
+        out: Option<&[usize]>,
+    ) -> Result<(DType, Shape), String> {
+        for s in x.iter().map(|(_, s)| *s).chain(out) {
+            check_shape(s)?;
+        }
+        let (d, s) = self.infer_unchecked(x, out)?;
+        check_shape(&s).map_err(|e| format!("the result {e}"))?;
+        Ok((d, s))
+    }
+
+    fn infer_unchecked(
         &self,
         x: &[(DType, &[usize])],
         out: Option<&[usize]>,

@@ -25,7 +25,7 @@ pub use cse::eliminate_common_subexpressions;
 pub use dce::eliminate_dead_nodes;
 pub use fold_constants::{fold_constants, FOLD_MAX_ELEMS};
 pub use fold_transposes::fold_transposes_into_matmul;
-pub use fuse::{fuse_elementwise, fuse_elementwise_min};
+pub use fuse::{fuse_elementwise, fuse_elementwise_min, SMALL_REGION_ELEMS};
 pub use simplify::{simplify, simplify_counting, RuleFn, MAX_SWEEPS, RULES};
 
 use crate::error::Result;
@@ -66,7 +66,8 @@ pub struct PassConfig {
     pub disabled: Vec<String>,
     /// Skip every pass.
     pub none: bool,
-    /// Fuse only regions whose longest loop has at least this many elements (0: all).
+    /// Fuse only regions whose longest loop has at least this many elements, or at most
+    /// [`SMALL_REGION_ELEMS`] (0: all).
     pub min_fused_elems: usize,
 }
 
@@ -86,7 +87,8 @@ impl PassConfig {
     }
 
     /// What [`crate::function`] uses: every pass, with fusion limited to loops long
-    /// enough for it to pay ([`TUNED_MIN_FUSED_ELEMS`]). `PassConfig::default()` fuses
+    /// enough for it to pay ([`TUNED_MIN_FUSED_ELEMS`]) or so short that kernel
+    /// overhead dominates ([`SMALL_REGION_ELEMS`]). `PassConfig::default()` fuses
     /// every region (what the filetests and property tests pin).
     pub fn tuned() -> PassConfig {
         PassConfig {

@@ -194,6 +194,23 @@ impl Data {
         with_data!(self, a => a.len())
     }
 
+    /// The row-major index and value of the first NaN or infinity (`None` for i64).
+    pub fn first_non_finite(&self) -> Option<(usize, f64)> {
+        match self {
+            Data::F32(a) => a
+                .iter()
+                .enumerate()
+                .find(|(_, v)| !v.is_finite())
+                .map(|(i, &v)| (i, v as f64)),
+            Data::F64(a) => a
+                .iter()
+                .enumerate()
+                .find(|(_, v)| !v.is_finite())
+                .map(|(i, &v)| (i, v)),
+            Data::I64(_) => None,
+        }
+    }
+
     /// Whether there are no elements.
     pub fn is_empty(&self) -> bool {
         self.len() == 0

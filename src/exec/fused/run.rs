@@ -2,7 +2,7 @@
 //! tile, and the writes of the result.
 
 use super::accum::new_accum;
-use super::{From, Loop, OutBuf, Program, Step};
+use super::{From, Loop, OutBuf, Program, Step, TILE};
 use crate::exec::kernels::ew::{vectorized_wide, PAR_CHUNK, PAR_MIN};
 use crate::ops::{Binary, Compare, Op, Unary};
 use crate::tensor::{numel, Arr, DType, Data, Float};
@@ -638,32 +638,46 @@ fn no_views<'a>(n: usize) -> SmallVec<[Option<Val<'a>>; 32]> {
 }
 
 thread_local! {
-    /// Registers kept between calls on this thread (a fused kernel never calls another).
-    static REGS: std::cell::RefCell<Vec<Tile>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// This thread's registers, kept between calls (a fused kernel never calls another):
+    /// the array lent to the running program, and the spares of each dtype (f32, f64,
+    /// i64). Programs with other dtypes or more registers take spares or add to them,
+    /// so alternating programs never reallocate.
+    static REGS: std::cell::RefCell<(Vec<Tile>, [Vec<Tile>; 3])> =
+        const { std::cell::RefCell::new((Vec::new(), [Vec::new(), Vec::new(), Vec::new()])) };
 }
 
 /// Runs `f` with registers of `dtypes`, each at least `len` long, reusing this thread's.
 fn with_regs<R>(dtypes: &[DType], len: usize, f: impl FnOnce(&mut [Tile]) -> R) -> R {
-    let mut regs = REGS.with(|r| std::mem::take(&mut *r.borrow_mut()));
-    regs.truncate(dtypes.len());
-    for (i, &d) in dtypes.iter().enumerate() {
-        let fits = match regs.get(i) {
-            Some(Tile::F32(v)) => d == DType::F32 && v.len() >= len,
-            Some(Tile::F64(v)) => d == DType::F64 && v.len() >= len,
-            Some(Tile::I64(v)) => d == DType::I64 && v.len() >= len,
-            _ => false,
-        };
-        if !fits {
-            let t = Tile::new(d, len);
-            if i < regs.len() {
-                regs[i] = t;
-            } else {
-                regs.push(t);
-            }
+    let kind = |d: DType| match d {
+        DType::F32 => 0,
+        DType::F64 => 1,
+        DType::I64 => 2,
+    };
+    let (mut regs, mut spares) = REGS.with(|r| std::mem::take(&mut *r.borrow_mut()));
+    for t in regs.drain(..) {
+        match t {
+            Tile::F32(_) => spares[0].push(t),
+            Tile::F64(_) => spares[1].push(t),
+            Tile::I64(_) => spares[2].push(t),
+            Tile::Lent => {}
         }
     }
+    for &d in dtypes {
+        let fits = |t: &Tile| match t {
+            Tile::F32(v) => v.len() >= len,
+            Tile::F64(v) => v.len() >= len,
+            Tile::I64(v) => v.len() >= len,
+            Tile::Lent => false,
+        };
+        let spare = &mut spares[kind(d)];
+        let t = match spare.last() {
+            Some(t) if fits(t) => spare.pop().expect("checked"),
+            _ => Tile::new(d, len.max(TILE)),
+        };
+        regs.push(t);
+    }
     let r = f(&mut regs);
-    REGS.with(|cell| *cell.borrow_mut() = regs);
+    REGS.with(|cell| *cell.borrow_mut() = (regs, spares));
     r
 }
 

@@ -131,12 +131,19 @@ pub fn max_i64(a: &Arr<i64>, axes: &[usize], keep: bool) -> Arr<i64> {
     reduce(a, axes, keep, i64::MIN, std::cmp::max, None)
 }
 
-/// Index of the first maximum along `axis`.
+/// Index of the first maximum along `axis`; a NaN counts as the maximum, so a lane with
+/// a NaN gives the index of its first NaN (NumPy's, JAX's and PyTorch's rule; TF leaves
+/// it unspecified). This agrees with [`max`], which returns NaN for such a lane.
 pub fn argmax<T: Copy + PartialOrd + Send + Sync + 'static>(a: &Arr<T>, axis: usize) -> Arr<i64> {
+    // only NaN is unordered against itself
+    let is_nan = |x: T| x.partial_cmp(&x).is_none();
     a.map_axis(Axis(axis), |lane| {
         let mut best = 0usize;
         for (i, &x) in lane.iter().enumerate() {
-            if x > lane[best] {
+            if is_nan(lane[best]) {
+                break;
+            }
+            if is_nan(x) || x > lane[best] {
                 best = i;
             }
         }
