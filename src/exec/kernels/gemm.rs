@@ -167,9 +167,14 @@ fn multiply<T: Float>(
     // microkernels differ on this by layout (a transposed operand could give -0 where
     // the plain one gives +0; found by tests/fuzz.rs as a compiled/eager mismatch once
     // transpose folding changed the layout). Adding +0 maps -0 to +0 and leaves every
-    // other value, NaN included, as it is.
-    for v in c.iter_mut() {
-        *v = *v + T::zero();
+    // other value, NaN included, as it is. (A parallel product's pass is split the
+    // same way: it is one pass over memory that the cores share.)
+    let positive_zero = |c: &mut [T]| c.iter_mut().for_each(|v| *v = *v + T::zero());
+    if matches!(threads, ::gemm::Parallelism::Rayon(_)) && c.len() >= 1 << 16 {
+        use rayon::prelude::*;
+        c.par_chunks_mut(1 << 14).for_each(positive_zero);
+    } else {
+        positive_zero(c);
     }
 }
 
