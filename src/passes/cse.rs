@@ -18,8 +18,9 @@ use std::collections::HashMap;
 
 /// Points every use of a duplicate node at the first node with the same key.
 pub fn eliminate_common_subexpressions(g: &mut Graph) -> Result<()> {
-    let mut seen: HashMap<Key, NodeId> = HashMap::new();
-    for n in g.canonical_order() {
+    let order = g.canonical_order();
+    let mut seen: HashMap<Key, NodeId> = HashMap::with_capacity(order.len());
+    for n in order {
         let Some(k) = key(g, n) else { continue };
         match seen.get(&k) {
             Some(&first) => {
