@@ -1,8 +1,7 @@
 //! Long graphs: every graph walk (trace, tape, grad, verify, passes, printer, parser,
 //! plan, run) is iterative, so a chain of 10^5 ops compiles and runs on a thread with a
-//! small stack; and compile time stays near-linear in the graph's size.
+//! small stack.
 
-use std::time::{Duration, Instant};
 use tapeflow::ir::{parse, print, verify, Graph};
 use tapeflow::passes::PassConfig;
 use tapeflow::{function_with, GradientTape, Tensor};

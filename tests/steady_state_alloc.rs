@@ -13,7 +13,7 @@ mod common;
 use common::{conv_train_step, fake_batch, Mlp};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use tapeflow::exec::buffers::in_backend_call;
+use tapeflow::exec::in_backend_call;
 use tapeflow::exec::kernels::gemm::gemm;
 use tapeflow::exec::{RunStats, Schedule};
 use tapeflow::trace::ConcreteFunction;

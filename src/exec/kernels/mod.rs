@@ -14,8 +14,8 @@
 //!   forward kernel with its gradient kernels.
 
 pub mod conv;
-pub mod ew;
-pub mod fused;
+pub(crate) mod ew;
+pub(crate) mod fastmath;
 pub mod gemm;
 pub mod pool;
-pub mod reduce;
+pub(crate) mod reduce;
