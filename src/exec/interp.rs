@@ -130,8 +130,9 @@ pub struct Plan {
     outputs: Vec<usize>,
     assigns: Vec<(u32, usize)>,
     memory: MemoryPlan,
-    /// The compiled program of each `fused` step.
-    programs: Vec<Option<fused::Program>>,
+    /// The compiled program of each `fused` step (boxed: a `Program` is large, and
+    /// most steps have none).
+    programs: Vec<Option<Box<fused::Program>>>,
     total_bytes: usize,
     work: u64,
     schedule: AtomicU8,
@@ -216,11 +217,11 @@ impl Plan {
                         .iter()
                         .map(|&o| (graph.node(o).dtype, &graph.node(o).shape[..]))
                         .collect();
-                    Some(fused::Program::new(
+                    Some(Box::new(fused::Program::new(
                         &graph.fused[f as usize],
                         &types,
                         &graph.node(n).shape,
-                    ))
+                    )))
                 }
                 _ => None,
             })
@@ -609,11 +610,8 @@ type Slot<'a> = RwLockReadGuard<'a, Option<Data>>;
 /// Operand `o` of step `s`, from the guards of [`Plan::read_inputs`] (an operand taken
 /// for in-place use is never looked up).
 fn operand<'a>(s: &Step, guards: &'a [Slot<'_>], o: usize) -> &'a Data {
-    let k = s
-        .inputs
-        .iter()
-        .position(|&p| p == o)
-        .expect("operand is an input");
+    // `inputs` is sorted
+    let k = s.inputs.binary_search(&o).expect("operand is an input");
     guards[k].as_ref().expect("operand computed")
 }
 

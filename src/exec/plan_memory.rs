@@ -8,13 +8,14 @@
 //!   its buffer);
 //! - a `fused` step takes over the slot of an operand that dies at this step when the
 //!   expression reads that operand only at the index it writes
-//!   ([`FusedExpr::can_overwrite`](crate::ir::FusedExpr::can_overwrite))
+//!   ([`FusedExpr::overwritable`](crate::ir::FusedExpr::overwritable))
 //!   and no other live value shares the slot: the result is computed in place;
 //! - any other value takes the smallest free slot that is big enough (ties: the lowest
 //!   slot), or a new slot.
 //!
 //! A slot is free again after the last step that uses any value in it; outputs and
-//! assigned values live to the end. The planned peak is the external bytes plus the
+//! assigned values live to the end. Free slots are kept ordered by (bytes, slot), so
+//! a best fit costs O(log slots): the scan is O(n log n) in the number of steps. The planned peak is the external bytes plus the
 //! sum of slot sizes; the live bytes of a run in order never exceed it.
 //!
 //! At run time the interpreter realizes the slots through its buffer pool
@@ -26,7 +27,7 @@
 use crate::ir::{Graph, NodeId};
 use crate::ops::Op;
 use crate::tensor::numel;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 /// Where each value of an execution order lives.
 #[derive(Clone, Debug, Default)]
@@ -81,7 +82,8 @@ pub fn plan_memory(g: &Graph, order: &[NodeId]) -> MemoryPlan {
         ..MemoryPlan::default()
     };
     let mut users = Vec::new(); // live values per slot
-    let mut free: Vec<usize> = Vec::new();
+                                // free slots ordered by (bytes, slot): the best fit is the first at or above a size
+    let mut free: BTreeSet<(usize, usize)> = BTreeSet::new();
     for i in 0..n {
         let node = g.node(order[i]);
         let b = bytes(i);
@@ -94,15 +96,26 @@ pub fn plan_memory(g: &Graph, order: &[NodeId]) -> MemoryPlan {
             _ if b == 0 => None,
             op => {
                 let inplace = match op {
-                    Op::Fused(f) => operands[i].iter().enumerate().find_map(|(k, &o)| {
-                        let on = g.node(order[o]);
-                        let sl = plan.slot[o]?;
-                        let ok = last_use[o] == Some(i)
-                            && users[sl] == 1
-                            && operands[i].iter().filter(|&&x| x == o).count() == 1
-                            && g.fused[f as usize].can_overwrite(k, (on.dtype, &on.shape));
-                        ok.then_some((k, sl))
-                    }),
+                    Op::Fused(f) => {
+                        let types: Vec<_> = (operands[i].iter())
+                            .map(|&o| (g.node(order[o]).dtype, &g.node(order[o]).shape[..]))
+                            .collect();
+                        let overwritable = g.fused[f as usize].overwritable(&types);
+                        let mut sorted = operands[i].clone();
+                        sorted.sort_unstable();
+                        let once = |o: usize| {
+                            let from = sorted.partition_point(|&x| x < o);
+                            sorted.get(from + 1) != Some(&o)
+                        };
+                        operands[i].iter().enumerate().find_map(|(k, &o)| {
+                            let sl = plan.slot[o]?;
+                            let ok = last_use[o] == Some(i)
+                                && users[sl] == 1
+                                && once(o)
+                                && overwritable[k];
+                            ok.then_some((k, sl))
+                        })
+                    }
                     _ => None,
                 };
                 match inplace {
@@ -112,14 +125,12 @@ pub fn plan_memory(g: &Graph, order: &[NodeId]) -> MemoryPlan {
                         Some(sl)
                     }
                     None => {
-                        let best = free
-                            .iter()
-                            .enumerate()
-                            .filter(|(_, &s)| plan.slot_bytes[s] >= b)
-                            .min_by_key(|(_, &s)| (plan.slot_bytes[s], s))
-                            .map(|(j, _)| j);
+                        let best = free.range((b, 0)..).next().copied();
                         let sl = match best {
-                            Some(j) => free.swap_remove(j),
+                            Some(fit) => {
+                                free.remove(&fit);
+                                fit.1
+                            }
                             None => {
                                 plan.slot_bytes.push(b);
                                 users.push(0);
@@ -150,7 +161,7 @@ pub fn plan_memory(g: &Graph, order: &[NodeId]) -> MemoryPlan {
             if let Some(sl) = plan.slot[o] {
                 users[sl] -= 1;
                 if users[sl] == 0 {
-                    free.push(sl);
+                    free.insert((plan.slot_bytes[sl], sl));
                 }
             }
         }

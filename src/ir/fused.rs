@@ -188,19 +188,23 @@ impl FusedExpr {
         Ok(types.pop().expect("n > 0"))
     }
 
-    /// Whether the result may be written over param `p` (of type `param`) while it is
-    /// read: true when the param is read only at the index being written (it has the
-    /// result's exact type, is not broadcast or reshaped) and there is no matmul or sum.
-    pub fn can_overwrite(&self, p: usize, param: (DType, &[usize])) -> bool {
+    /// For each param (of the given types), whether the result may be written over it
+    /// while it is read: true when the param is read only at the index being written
+    /// (it has the result's exact type, is not broadcast or reshaped) and there is no
+    /// matmul or sum. One pass over the instructions.
+    pub fn overwritable(&self, params: &[(DType, &[usize])]) -> Vec<bool> {
         let r = self.result();
-        let reshaped = self
-            .insts
-            .iter()
-            .any(|i| i.op == Op::Reshape && i.args[..] == [Arg::Param(p as u32)]);
-        self.matmul().is_none()
-            && self.sum_index().is_none()
-            && !reshaped
-            && param.0 == r.dtype
-            && param.1 == &r.shape[..]
+        let whole = self.matmul().is_none() && self.sum_index().is_none();
+        let mut ok: Vec<bool> = (params.iter())
+            .map(|&(d, s)| whole && d == r.dtype && s == &r.shape[..])
+            .collect();
+        for i in &self.insts {
+            if let (Op::Reshape, [Arg::Param(p)]) = (i.op, &i.args[..]) {
+                if let Some(o) = ok.get_mut(*p as usize) {
+                    *o = false;
+                }
+            }
+        }
+        ok
     }
 }

@@ -291,8 +291,30 @@ impl Graph {
         (self.vars.len() - 1) as u32
     }
 
-    /// Whether the graph has no cycles.
+    /// Whether the graph has no cycles. Kahn's algorithm with an explicit work list
+    /// (petgraph's `is_cyclic_directed` recurses once per node of a path and overflows
+    /// the stack on long chains): repeatedly remove nodes without remaining operands;
+    /// a node that is never freed lies on or after a cycle. O(nodes + edges).
     pub fn is_acyclic(&self) -> bool {
-        !petgraph::algo::is_cyclic_directed(&self.g)
+        let mut pending = vec![0usize; self.capacity()];
+        let mut ready = Vec::new();
+        for n in self.g.node_indices() {
+            pending[n.index()] = self.g.edges_directed(n, Direction::Incoming).count();
+            if pending[n.index()] == 0 {
+                ready.push(n);
+            }
+        }
+        let mut freed = 0;
+        while let Some(n) = ready.pop() {
+            freed += 1;
+            for e in self.g.edges_directed(n, Direction::Outgoing) {
+                let t = e.target();
+                pending[t.index()] -= 1;
+                if pending[t.index()] == 0 {
+                    ready.push(t);
+                }
+            }
+        }
+        freed == self.g.node_count()
     }
 }

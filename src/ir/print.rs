@@ -29,7 +29,6 @@ use super::fused::{Arg, FusedExpr};
 use super::graph::{Graph, NodeId};
 use crate::ops::Op;
 use crate::tensor::{type_str, Data};
-use std::collections::HashMap;
 use std::fmt::Write;
 
 /// Largest constant printed element by element.
@@ -92,11 +91,20 @@ fn fused_text(g: &Graph, e: &FusedExpr) -> String {
     s
 }
 
+/// The printed number of each node of `order`, indexed by node index.
+fn numbering(g: &Graph, order: &[NodeId]) -> Vec<usize> {
+    let mut num = vec![usize::MAX; g.capacity()];
+    for (i, &n) in order.iter().enumerate() {
+        num[n.index()] = i;
+    }
+    num
+}
+
 /// Prints the graph; with `locations`, each line ends with `; file:line` of its source.
 pub fn print(g: &Graph, locations: bool) -> String {
     let order = g.canonical_order();
-    let num: HashMap<NodeId, usize> = order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
-    let name = |n: &NodeId| format!("%{}", num[n]);
+    let num = numbering(g, &order);
+    let name = |n: &NodeId| format!("%{}", num[n.index()]);
     let mut s = String::new();
     let args: Vec<String> = g
         .inputs
@@ -158,13 +166,13 @@ impl std::fmt::Debug for Graph {
 /// when an op has several operands.
 pub fn to_dot(g: &Graph) -> String {
     let order = g.canonical_order();
-    let num: HashMap<NodeId, usize> = order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
+    let num = numbering(g, &order);
     let mut s = String::from("digraph tapeflow {\n  node [shape=box, fontname=\"monospace\"];\n");
     for &n in &order {
         let node = g.node(n);
         let mut label = format!(
             "%{} {}{} : {}",
-            num[&n],
+            num[n.index()],
             node.op.name(),
             attr_text(g, &node.op),
             type_str(node.dtype, &node.shape)
@@ -186,16 +194,22 @@ pub fn to_dot(g: &Graph) -> String {
         let _ = writeln!(
             s,
             "  n{} [label=\"{}\"{}];",
-            num[&n],
+            num[n.index()],
             label.replace('"', "\\\""),
             style
         );
         let ops = g.operands(n);
         for (slot, o) in ops.iter().enumerate() {
             if ops.len() > 1 {
-                let _ = writeln!(s, "  n{} -> n{} [label=\"{}\"];", num[o], num[&n], slot);
+                let _ = writeln!(
+                    s,
+                    "  n{} -> n{} [label=\"{}\"];",
+                    num[o.index()],
+                    num[n.index()],
+                    slot
+                );
             } else {
-                let _ = writeln!(s, "  n{} -> n{};", num[o], num[&n]);
+                let _ = writeln!(s, "  n{} -> n{};", num[o.index()], num[n.index()]);
             }
         }
     }
@@ -203,7 +217,7 @@ pub fn to_dot(g: &Graph) -> String {
         let _ = writeln!(
             s,
             "  out{i} [label=\"return {i}\", shape=oval];\n  n{} -> out{i};",
-            num[o]
+            num[o.index()]
         );
     }
     s.push_str("}\n");

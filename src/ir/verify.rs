@@ -40,29 +40,33 @@ pub fn verify(g: &Graph) -> Result<()> {
     for id in g.node_ids() {
         let node = g.node(id);
         let ops = g.operands(id);
-        let here = format!("node {} ({})", id.index(), node.op.name());
+        // formatted only for an error (a valid graph of 10^5 nodes allocates nothing here)
+        let here = || format!("node {} ({})", id.index(), node.op.name());
         if let Err(e) = crate::tensor::check_shape(&node.shape) {
-            errs.push(format!("{here}: {e}"));
+            errs.push(format!("{}: {e}", here()));
             continue;
         }
         match node.op {
             Op::Input(_) => {}
             Op::Const => match &node.value {
                 Some(v) if v.dtype() == node.dtype && v.shape() == node.shape => {}
-                _ => errs.push(format!("{here}: const without a value of its type")),
+                _ => errs.push(format!("{}: const without a value of its type", here())),
             },
             Op::ReadVar(v) | Op::Assign(v) => {
                 match g.vars.get(v as usize) {
                     Some(var) if var.dtype == node.dtype && var.shape == node.shape => {}
-                    _ => errs.push(format!("{here}: variable {v} missing or of another type")),
+                    _ => errs.push(format!(
+                        "{}: variable {v} missing or of another type",
+                        here()
+                    )),
                 }
                 if let Op::Assign(v) = node.op {
                     if !g.assigns.contains(&id) {
-                        errs.push(format!("{here}: assign not listed in assigns"));
+                        errs.push(format!("{}: assign not listed in assigns", here()));
                     }
                     if let Some(a) = assigned.get_mut(v as usize) {
                         if *a {
-                            errs.push(format!("{here}: second assign to variable {v}"));
+                            errs.push(format!("{}: second assign to variable {v}", here()));
                         }
                         *a = true;
                     }
@@ -86,11 +90,12 @@ pub fn verify(g: &Graph) -> Result<()> {
             match inferred {
                 Ok((d, s)) if d == node.dtype && s == node.shape => {}
                 Ok((d, s)) => errs.push(format!(
-                    "{here}: has type {} but its op infers {}",
+                    "{}: has type {} but its op infers {}",
+                    here(),
                     crate::tensor::type_str(node.dtype, &node.shape),
                     crate::tensor::type_str(d, &s)
                 )),
-                Err(e) => errs.push(format!("{here}: {e}")),
+                Err(e) => errs.push(format!("{}: {e}", here())),
             }
         }
     }

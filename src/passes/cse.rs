@@ -20,8 +20,9 @@ use std::collections::HashMap;
 /// whether it merged any.
 pub fn eliminate_common_subexpressions(g: &mut Graph) -> Result<bool> {
     let mut changed = false;
-    let mut seen: HashMap<Key, NodeId> = HashMap::new();
-    for n in g.canonical_order() {
+    let order = g.canonical_order();
+    let mut seen: HashMap<Key, NodeId> = HashMap::with_capacity(order.len());
+    for n in order {
         let Some(k) = key(g, n) else { continue };
         match seen.get(&k) {
             Some(&first) => {

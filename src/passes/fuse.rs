@@ -25,6 +25,10 @@
 //! removed. One sweep; `fused` nodes are opaque to a second run, which therefore finds
 //! only single-node regions and changes nothing.
 //!
+//! Cost: O(E log E) for E operand edges. Membership, loops and "are all users in the
+//! region" are side tables indexed by node (see `Marks`), so a candidate costs O(1)
+//! plus its operands, whatever the size of the region or the fan-out of the node.
+//!
 //! It does not: duplicate (recompute) a node that has users outside the region or in
 //! both loops, fuse `max`/`argmax` or two sums or two matmuls into one node, or fuse
 //! across transposes, slices or concatenations.
@@ -57,9 +61,92 @@ struct Region {
     loads: Vec<NodeId>,
 }
 
-impl Region {
-    fn space(&self, n: NodeId) -> Option<Space> {
-        self.members.iter().find(|(m, _)| *m == n).map(|&(_, s)| s)
+/// Side tables of the region being grown, indexed by node, so that each question the
+/// growth asks costs O(1) rather than a scan of the region or of a node's users:
+/// - `space`: the loop of each member;
+/// - `in_users`/`user_space`/`mixed`: for each node, how many of its (distinct) users
+///   are members, the loop those users put it in (a sum's operand is summed), and
+///   whether they disagree — a candidate can join when all its users are members of
+///   one loop, i.e. `in_users` equals its number of users and not `mixed`;
+/// - `feeds_part`: whether a node is an operand of the region's matmul or of a load.
+///
+/// Entries are set as members join and cleared when the region is done, so a region
+/// costs the sum of its members' operand counts.
+struct Marks {
+    space: Vec<Option<Space>>,
+    users: Vec<usize>,
+    in_users: Vec<usize>,
+    user_space: Vec<Option<Space>>,
+    mixed: Vec<bool>,
+    feeds_part: Vec<bool>,
+}
+
+/// A node's operands without repeats.
+fn distinct_operands(g: &Graph, n: NodeId) -> SmallVec<[NodeId; 4]> {
+    let mut ops = g.operands(n);
+    ops.sort_unstable();
+    ops.dedup();
+    ops
+}
+
+impl Marks {
+    fn new(g: &Graph) -> Marks {
+        let cap = g.capacity();
+        // every user counts, live or not (as in `Graph::users`)
+        let mut users = vec![0; cap];
+        for n in g.node_ids() {
+            for o in distinct_operands(g, n) {
+                users[o.index()] += 1;
+            }
+        }
+        Marks {
+            space: vec![None; cap],
+            users,
+            in_users: vec![0; cap],
+            user_space: vec![None; cap],
+            mixed: vec![false; cap],
+            feeds_part: vec![false; cap],
+        }
+    }
+
+    fn join(&mut self, g: &Graph, n: NodeId, s: Space) {
+        self.space[n.index()] = Some(s);
+        let operand_space = match s {
+            Space::Sum => Space::Summed,
+            s => s,
+        };
+        for o in distinct_operands(g, n) {
+            let i = o.index();
+            match self.user_space[i] {
+                None => self.user_space[i] = Some(operand_space),
+                Some(u) if u != operand_space => self.mixed[i] = true,
+                Some(_) => {}
+            }
+            self.in_users[i] += 1;
+            if matches!(g.node(n).op, Op::Reshape | Op::MatMul { .. }) {
+                self.feeds_part[i] = true;
+            }
+        }
+    }
+
+    /// The loop `p` would be evaluated in: that of all its users, if they all are
+    /// members in one loop.
+    fn users_space(&self, p: NodeId) -> Option<Space> {
+        let i = p.index();
+        (self.in_users[i] == self.users[i] && !self.mixed[i])
+            .then_some(self.user_space[i])
+            .flatten()
+    }
+
+    fn clear(&mut self, g: &Graph, r: &Region) {
+        for &(m, _) in &r.members {
+            self.space[m.index()] = None;
+            for o in g.operands(m) {
+                let i = o.index();
+                (self.in_users[i], self.user_space[i]) = (0, None);
+                (self.mixed[i], self.feeds_part[i]) = (false, false);
+            }
+        }
     }
 }
 
@@ -86,6 +173,11 @@ pub fn fuse_elementwise_min(g: &mut Graph, min_elems: usize) -> Result<bool> {
         pos[n.index()] = i;
     }
     let mut claimed = vec![false; g.capacity()];
+    let mut is_output = vec![false; g.capacity()];
+    for o in &g.outputs {
+        is_output[o.index()] = true;
+    }
+    let mut marks = Marks::new(g);
     let mut regions = Vec::new();
     for &n in order.iter().rev() {
         if claimed[n.index()] {
@@ -107,27 +199,25 @@ pub fn fuse_elementwise_min(g: &mut Graph, min_elems: usize) -> Result<bool> {
         if root_space == Space::Sum {
             r.sum = Some(n);
         }
+        marks.join(g, n, root_space);
         let mut heap: BinaryHeap<(usize, NodeId)> =
             g.operands(n).iter().map(|&o| (pos[o.index()], o)).collect();
+        let mut last = None;
         while let Some((_, p)) = heap.pop() {
-            if r.space(p).is_some() || claimed[p.index()] || g.outputs.contains(&p) {
+            // a node's entries pop one after another (it is never pushed again once
+            // popped: members joining later come after it), and all but the first
+            // would see the same region
+            if last.replace(p) == Some(p) {
+                continue;
+            }
+            if marks.space[p.index()].is_some() || claimed[p.index()] || is_output[p.index()] {
                 continue;
             }
             // the loop p would be evaluated in: that of all its users (the sum's operand is summed)
-            let mut spaces = g.users(p).into_iter().map(|u| match r.space(u) {
-                Some(Space::Sum) => Some(Space::Summed),
-                s => s,
-            });
-            let first = spaces.next().flatten();
-            let Some(space) = first.filter(|&f| spaces.all(|s| s == Some(f))) else {
+            let Some(space) = marks.users_space(p) else {
                 continue;
             };
-            let feeds_part = r
-                .matmul
-                .into_iter()
-                .chain(r.loads.iter().copied())
-                .any(|m| g.operands(m).contains(&p));
-            if feeds_part {
+            if marks.feeds_part[p.index()] {
                 continue; // a matmul's or a reshape's operand stays outside
             }
             let pn = g.node(p);
@@ -173,7 +263,9 @@ pub fn fuse_elementwise_min(g: &mut Graph, min_elems: usize) -> Result<bool> {
             }
             claimed[p.index()] = true;
             r.members.push((p, joined));
+            marks.join(g, p, joined);
         }
+        marks.clear(g, &r);
         let elems = region_elems(g, &r);
         if r.members.len() >= 2 && (elems >= min_elems || elems <= SMALL_REGION_ELEMS) {
             regions.push(r);

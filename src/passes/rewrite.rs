@@ -82,16 +82,18 @@ pub fn add_unique(
 }
 
 /// If another node has `id`'s key, removes `id` (pointing its uses at the twin) and
-/// returns the twin; else returns `id`. Twins share their first operand, so only its
-/// users are compared.
+/// returns the twin; else returns `id`. Twins share all their operands, so only the
+/// users of the operand with the fewest uses are compared (not those of a widely
+/// shared one, such as a graph input: that would make a sweep quadratic).
 fn merge_into_twin(g: &mut Graph, id: NodeId) -> NodeId {
     let Some(k) = key(g, id) else { return id };
-    let candidates = match g.operands(id).first() {
+    let candidates = match g.operands(id).iter().min_by_key(|&&o| g.use_count(o)) {
         Some(&o) => g.users(o),
         None => return id,
     };
     for c in candidates {
-        if c != id && key(g, c).as_ref() == Some(&k) {
+        let same_kind = std::mem::discriminant(&g.node(c).op) == std::mem::discriminant(&k.op);
+        if c != id && same_kind && key(g, c).as_ref() == Some(&k) {
             g.replace_uses(id, c);
             g.remove(id);
             return c;

@@ -5,6 +5,7 @@ use crate::ir::{Arg, FusedExpr};
 use crate::ops::{Op, Unary};
 use crate::tensor::{numel, DType, Shape};
 use smallvec::SmallVec;
+use std::collections::{HashMap, VecDeque};
 
 impl Loop {
     /// The register of a load, adding it if new.
@@ -16,10 +17,10 @@ impl Loop {
         dtype: DType,
         dtypes: &mut Vec<DType>,
     ) -> usize {
-        if let Some(i) = self.keys.iter().position(|&k| k == (from, view)) {
+        if let Some(&i) = self.keys.get(&(from, view)) {
             return self.regs[i];
         }
-        self.keys.push((from, view));
+        self.keys.insert((from, view), self.from.len());
         self.from.push(from);
         self.shapes.push(Shape::from_slice(shape));
         dtypes.push(dtype);
@@ -82,6 +83,17 @@ impl Loop {
 fn pair_sin_cos(steps: Vec<Step>) -> Vec<Step> {
     let (sin, cos) = (Op::Unary(Unary::Sin), Op::Unary(Unary::Cos));
     let mut merged = vec![false; steps.len()];
+    // the sins and the cosines of each argument, in order (a lookup table only: its
+    // iteration order never decides anything)
+    let mut of_arg: HashMap<(Op, &[usize]), VecDeque<usize>> = HashMap::new();
+    for (j, st) in steps.iter().enumerate() {
+        if st.op == sin || st.op == cos {
+            of_arg
+                .entry((st.op, &st.args[..]))
+                .or_default()
+                .push_back(j);
+        }
+    }
     let mut out = Vec::with_capacity(steps.len());
     for i in 0..steps.len() {
         if merged[i] {
@@ -90,8 +102,14 @@ fn pair_sin_cos(steps: Vec<Step>) -> Vec<Step> {
         let mut st = steps[i].clone();
         if st.op == sin || st.op == cos {
             let other = if st.op == sin { cos } else { sin };
-            let twin = (i + 1..steps.len())
-                .find(|&j| !merged[j] && steps[j].op == other && steps[j].args == st.args);
+            // the first unmerged twin after i (twins before i are merged already: each
+            // took the first unmerged partner after it, which i would have been)
+            let twin = of_arg.get_mut(&(other, &steps[i].args[..])).and_then(|q| {
+                while q.front().is_some_and(|&j| j <= i || merged[j]) {
+                    q.pop_front();
+                }
+                q.pop_front()
+            });
             if let Some(j) = twin {
                 merged[j] = true;
                 let (s, c) = if st.op == sin {
@@ -112,24 +130,45 @@ fn pair_sin_cos(steps: Vec<Step>) -> Vec<Step> {
 /// `neg(op(a, b))` per element: the same two scalar functions in the same order, in one
 /// pass over the tile instead of two. Gradients are full of these (`-(a·b)`).
 fn fold_neg(mut steps: Vec<Step>, keep: &[usize]) -> Vec<Step> {
-    let mut j = 0;
-    while j < steps.len() {
-        let r = steps[j].args[0];
-        let readers: usize = (steps.iter())
-            .map(|s| s.args.iter().filter(|&&a| a == r).count())
-            .sum();
-        let binary = (steps[..j].iter())
-            .position(|s| s.reg == r && s.cos.is_none() && !s.neg && matches!(s.op, Op::Binary(_)));
-        let is_neg = steps[j].op == Op::Unary(Unary::Neg);
-        match binary {
-            Some(i) if is_neg && readers == 1 && !keep.contains(&r) => {
-                // registers are written once here, so none is read before the neg writes it
-                (steps[i].reg, steps[i].neg) = (steps[j].reg, true);
-                steps.remove(j);
-            }
-            _ => j += 1,
+    // registers are written once here: `producer` finds a register's step, `readers`
+    // counts the reads of each register by the steps still in the list
+    let regs = (steps.iter())
+        .flat_map(|s| s.args.iter().chain(&s.cos).chain([&s.reg]))
+        .chain(keep)
+        .max()
+        .map_or(0, |&r| r + 1);
+    let mut producer = vec![None; regs];
+    let mut readers = vec![0usize; regs];
+    let mut kept = vec![false; regs];
+    for &k in keep {
+        kept[k] = true;
+    }
+    for (i, s) in steps.iter().enumerate() {
+        producer[s.reg] = Some(i);
+        for &a in &s.args {
+            readers[a] += 1;
         }
     }
+    let mut removed = vec![false; steps.len()];
+    for j in 0..steps.len() {
+        if steps[j].op != Op::Unary(Unary::Neg) {
+            continue;
+        }
+        let r = steps[j].args[0];
+        let binary = producer[r].filter(|&i| {
+            let s = &steps[i];
+            i < j && s.reg == r && s.cos.is_none() && !s.neg && matches!(s.op, Op::Binary(_))
+        });
+        if let Some(i) = binary.filter(|_| readers[r] == 1 && !kept[r]) {
+            // none is read before the neg writes it
+            (steps[i].reg, steps[i].neg) = (steps[j].reg, true);
+            producer[steps[j].reg] = Some(i);
+            readers[r] -= 1;
+            removed[j] = true;
+        }
+    }
+    let mut removed = removed.into_iter();
+    steps.retain(|_| !removed.next().expect("one flag per step"));
     steps
 }
 
@@ -141,6 +180,10 @@ fn fold_neg(mut steps: Vec<Step>, keep: &[usize]) -> Vec<Step> {
 /// `steps`, split at `split`, shares among itself).
 fn share_registers(steps: &mut [Step], split: usize, dtypes: &[DType], keep: &[usize]) {
     let outs = |st: &Step| -> SmallVec<[usize; 2]> { st.cos.into_iter().chain([st.reg]).collect() };
+    let mut kept = vec![false; dtypes.len()];
+    for &k in keep {
+        kept[k] = true;
+    }
     let (before, after) = steps.split_at_mut(split);
     for part in [before, after] {
         let mut last_read: Vec<Option<usize>> = vec![None; dtypes.len()];
@@ -152,11 +195,13 @@ fn share_registers(steps: &mut [Step], split: usize, dtypes: &[DType], keep: &[u
         // register numbers are those of `Program::new`; `name` maps them to shared ones
         let mut name: Vec<usize> = (0..dtypes.len()).collect();
         let mut free: Vec<usize> = Vec::new();
+        let mut is_free = vec![false; dtypes.len()];
         for (i, st) in part.iter_mut().enumerate() {
             let (reads, writes) = (st.args.clone(), outs(st));
-            for &o in writes.iter().filter(|o| !keep.contains(o)) {
+            for &o in writes.iter().filter(|&&o| !kept[o]) {
                 if let Some(f) = free.iter().position(|&f| dtypes[f] == dtypes[o]) {
                     name[o] = free.swap_remove(f);
+                    is_free[name[o]] = false;
                 }
             }
             for a in st.args.iter_mut() {
@@ -166,7 +211,8 @@ fn share_registers(steps: &mut [Step], split: usize, dtypes: &[DType], keep: &[u
             // free what this step read for the last time, and results nobody reads
             for r in reads.into_iter().chain(writes) {
                 let dead = last_read[r].is_none_or(|l| l == i);
-                if dead && !keep.contains(&r) && !free.contains(&name[r]) {
+                if dead && !kept[r] && !is_free[name[r]] {
+                    is_free[name[r]] = true;
                     free.push(name[r]);
                 }
             }

@@ -33,6 +33,7 @@ mod run;
 use crate::ops::Op;
 use crate::tensor::{DType, Data, Shape};
 use smallvec::SmallVec;
+use std::collections::BTreeMap;
 
 /// Where the kernel writes its result.
 pub enum OutBuf {
@@ -50,7 +51,7 @@ pub enum OutBuf {
 pub const TILE: usize = 1024;
 
 /// Where a load reads, fixed when the program is compiled.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 enum From {
     /// A param: its own buffer, or the output buffer when it is overwritten in place.
     Param(usize),
@@ -63,8 +64,8 @@ enum From {
 #[derive(Default, Debug)]
 struct Loop {
     from: SmallVec<[From; 8]>,
-    /// (param, reshape instruction) of each load, to share loads of the same view.
-    keys: SmallVec<[(From, Option<usize>); 8]>,
+    /// The load of each (param, reshape instruction), to share loads of the same view.
+    keys: BTreeMap<(From, Option<usize>), usize>,
     shapes: SmallVec<[Shape; 8]>,
     regs: SmallVec<[usize; 8]>,
     dims: SmallVec<[usize; 6]>,
