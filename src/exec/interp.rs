@@ -31,6 +31,7 @@
 
 use crate::error::{Error, Result};
 use crate::exec::buffers::{with_pool, BufferPool};
+use crate::exec::kernels::codegen::Codegen;
 use crate::exec::kernels::fused::{self, OutBuf};
 use crate::ir::{Graph, NodeId};
 use crate::ops::Op;
@@ -273,6 +274,22 @@ impl Plan {
             Schedule::Parallel => 2,
         };
         self.schedule.store(v, Ordering::Relaxed);
+    }
+
+    /// Sets whether fused steps run generated code (results are bit-identical either
+    /// way; see [`crate::exec::kernels::codegen`]). [`Codegen::Force`] waits until
+    /// every fused step's kernel is compiled.
+    pub fn set_codegen(&self, mode: Codegen) {
+        for p in self.programs.iter().flatten() {
+            p.set_codegen(mode);
+        }
+    }
+
+    /// `(running generated code now, all)` fused steps.
+    pub fn generated_steps(&self) -> (usize, usize) {
+        let all = self.programs.iter().flatten();
+        let generated = all.clone().filter(|p| p.uses_generated_code()).count();
+        (generated, all.count())
     }
 
     fn parallel(&self) -> bool {

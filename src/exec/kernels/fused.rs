@@ -42,6 +42,7 @@
 //! sequential fold per reduced axis (innermost first) otherwise. Output elements are
 //! independent, so splitting the loop across threads never changes a bit.
 
+use super::codegen;
 use super::ew::{vectorized_wide, PAR_CHUNK, PAR_MIN};
 use crate::ops::{Binary, Compare, FusionClass, Op, Unary};
 use crate::tensor::{broadcast_shapes, numel, type_str, Arr, DType, Data, Float, Shape};
@@ -1098,6 +1099,8 @@ pub struct Program {
     inner: Loop,
     outer: Loop,
     tile: usize,
+    /// The region as generated code, run instead of the steps once compiled.
+    gen: Option<codegen::Kernel>,
 }
 
 impl std::fmt::Debug for Step {
@@ -1238,9 +1241,23 @@ impl Program {
             inner,
             outer,
             tile,
+            gen: codegen::Kernel::new(e, params, shape),
         };
         p.drop_unused_registers();
         p
+    }
+
+    /// Sets whether this program runs generated code (see [`codegen`]); with
+    /// [`Codegen::Force`](codegen::Codegen::Force), waits for its compilation.
+    pub fn set_codegen(&self, mode: codegen::Codegen) {
+        if let Some(k) = &self.gen {
+            k.set_mode(mode);
+        }
+    }
+
+    /// Whether a run now executes generated code rather than the interpreter.
+    pub fn uses_generated_code(&self) -> bool {
+        self.gen.as_ref().is_some_and(|k| k.ready().is_some())
     }
 
     /// Numbers the registers still in use after [`share_registers`] densely, so that
@@ -1347,8 +1364,16 @@ impl Program {
                 .collect()
         };
         let (isrcs, osrcs) = (bind(&self.inner), bind(&self.outer));
-        match &self.sum {
-            None => par_outputs(slots, 1, |off, chunk| {
+        // generated code, once compiled, runs an elementwise region in place of the steps
+        match (&self.sum, self.gen.as_ref().and_then(|k| k.ready())) {
+            (None, Some(k)) => {
+                let params: SmallVec<[Option<&Data>; 8]> = (0..x.len())
+                    .map(|p| (from_out != Some(p)).then(|| x[p].or(held.as_ref()).expect("every operand is given")))
+                    .collect();
+                let bound = k.bind(&params);
+                par_outputs(slots, 1, |off, chunk| k.call(&bound, chunk, off));
+            }
+            (None, None) => par_outputs(slots, 1, |off, chunk| {
                 with_regs(&self.dtypes, self.tile, |regs| {
                     let mut views = no_views(regs.len());
                     let mut c = Cursor::new(&self.outer.dims, &self.outer.strides, off);
@@ -1361,7 +1386,7 @@ impl Program {
                     }
                 })
             }),
-            Some(sp) => {
+            (Some(sp), _) => {
                 let (before, after) = self.steps.split_at(self.split);
                 let work = |chunk: &mut [MaybeUninit<O>], off: usize| {
                     with_regs(&self.dtypes, self.tile, |regs| {

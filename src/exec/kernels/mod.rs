@@ -13,6 +13,7 @@
 //! - No kernel knows about graphs, tensors or autodiff; the ops layer pairs each
 //!   forward kernel with its gradient kernels.
 
+pub mod codegen;
 pub mod conv;
 pub mod ew;
 pub mod fused;
