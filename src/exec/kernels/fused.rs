@@ -1368,7 +1368,10 @@ impl Program {
         match (&self.sum, self.gen.as_ref().and_then(|k| k.ready())) {
             (None, Some(k)) => {
                 let params: SmallVec<[Option<&Data>; 8]> = (0..x.len())
-                    .map(|p| (from_out != Some(p)).then(|| x[p].or(held.as_ref()).expect("every operand is given")))
+                    .map(|p| {
+                        (from_out != Some(p))
+                            .then(|| x[p].or(held.as_ref()).expect("every operand is given"))
+                    })
                     .collect();
                 let bound = k.bind(&params);
                 par_outputs(slots, 1, |off, chunk| k.call(&bound, chunk, off));

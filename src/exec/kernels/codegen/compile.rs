@@ -47,10 +47,7 @@ impl Slot {
     pub(super) fn wait(&self) -> Option<KernelFn> {
         let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
         while !*done {
-            done = self
-                .finished
-                .wait(done)
-                .unwrap_or_else(|e| e.into_inner());
+            done = self.finished.wait(done).unwrap_or_else(|e| e.into_inner());
         }
         self.get()
     }
@@ -178,7 +175,10 @@ pub(super) fn toolchain() -> &'static Result<Toolchain, String> {
                 .collect(),
         };
         for cc in candidates {
-            let out = Command::new(&cc[0]).args(&cc[1..]).arg("--version").output();
+            let out = Command::new(&cc[0])
+                .args(&cc[1..])
+                .arg("--version")
+                .output();
             if let Some(out) = out.ok().filter(|o| o.status.success()) {
                 let version = String::from_utf8_lossy(&out.stdout)
                     .lines()
@@ -204,11 +204,17 @@ pub(super) fn toolchain() -> &'static Result<Toolchain, String> {
 /// (no FMA contraction, no reassociation: no -ffast-math), and the vector ISA of this
 /// CPU by run-time detection (explicit extensions, which every gcc ≥ 7 and clang know,
 /// with 512-bit vectors preferred where AVX-512 is there).
+///
+/// `-fno-trapping-math` lets gcc if-convert the selects of the math functions into
+/// blends (with traps "visible", it keeps them as branches and vectorizes nothing); it
+/// changes no value, only which floating-point exception flags may be raised, which
+/// Rust does not observe either.
 fn flags() -> Vec<&'static str> {
     let mut f = vec![
         "-O3",
         "-ffp-contract=off",
         "-fno-math-errno",
+        "-fno-trapping-math",
         "-fPIC",
         "-shared",
     ];
@@ -244,7 +250,11 @@ fn flags() -> Vec<&'static str> {
 /// else in the temp directory. `None` when it cannot be made private to this user
 /// (then each process compiles its kernels in a scratch directory).
 fn cache_dir() -> Option<PathBuf> {
-    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     let dir = env("TAPEFLOW_CACHE_DIR")
         .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("tapeflow-kernels")))
         .or_else(|| env("HOME").map(|d| d.join(".cache").join("tapeflow-kernels")))
@@ -299,7 +309,13 @@ fn unique(prefix: &str, ext: &str) -> String {
 fn build(source: &str) -> Result<(libloading::Library, KernelFn), String> {
     let tc = toolchain().as_ref().map_err(Clone::clone)?;
     let mut h = Sha256::new();
-    for part in [FORMAT, &tc.cc.join(" "), &tc.version, &tc.flags.join(" "), source] {
+    for part in [
+        FORMAT,
+        &tc.cc.join(" "),
+        &tc.version,
+        &tc.flags.join(" "),
+        source,
+    ] {
         h.update(part.as_bytes());
         h.update([0]);
     }
@@ -326,7 +342,10 @@ fn build(source: &str) -> Result<(libloading::Library, KernelFn), String> {
     let t = Instant::now();
     let c = dir.join(format!("{key}.c"));
     let tmp_c = dir.join(unique(&key, ".c"));
-    let tmp_so = dir.join(unique(&key, &format!(".{}", std::env::consts::DLL_EXTENSION)));
+    let tmp_so = dir.join(unique(
+        &key,
+        &format!(".{}", std::env::consts::DLL_EXTENSION),
+    ));
     std::fs::write(&tmp_c, source).map_err(|e| format!("writing {}: {e}", tmp_c.display()))?;
     let out = Command::new(&tc.cc[0])
         .args(&tc.cc[1..])

@@ -314,13 +314,17 @@ pub(super) fn lower(
         match strides[l][r - 1] {
             0 => {}
             1 => writeln!(w, "            const {t} a{l} = r{l}[t];").expect("to a String"),
-            st => writeln!(w, "            const {t} a{l} = r{l}[t * {st}LL];")
-                .expect("to a String"),
+            st => {
+                writeln!(w, "            const {t} a{l} = r{l}[t * {st}LL];").expect("to a String")
+            }
         }
     }
     w.push_str(&body);
-    writeln!(w, "            o[t] = v{result};\n        }}\n        i += n;\n    }}\n}}")
-        .expect("to a String");
+    writeln!(
+        w,
+        "            o[t] = v{result};\n        }}\n        i += n;\n    }}\n}}"
+    )
+    .expect("to a String");
     Ok(Lowered {
         source: s,
         params: params.iter().map(|(d, sh)| (*d, numel(sh))).collect(),

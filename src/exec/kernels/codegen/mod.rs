@@ -115,7 +115,9 @@ impl Codegen {
             Ok("force") => Codegen::Force,
             Ok("auto") | Ok("") | Err(_) => Codegen::Auto,
             Ok(other) => {
-                eprintln!("tapeflow: TAPEFLOW_CODEGEN={other:?} is not off, auto or force; using auto");
+                eprintln!(
+                    "tapeflow: TAPEFLOW_CODEGEN={other:?} is not off, auto or force; using auto"
+                );
                 Codegen::Auto
             }
         })
@@ -291,11 +293,17 @@ impl<'a> Ready<'a> {
             DType::I64 => std::any::TypeId::of::<O>() == std::any::TypeId::of::<i64>(),
         };
         assert!(elem_ok, "fused kernel: output element type");
-        assert!(off + chunk.len() <= n, "fused kernel: chunk past the output");
+        assert!(
+            off + chunk.len() <= n,
+            "fused kernel: chunk past the output"
+        );
         // the generated code indexes the output (and in-place params) from element 0
         let base = chunk.as_mut_ptr().wrapping_sub(off).cast::<c_void>();
-        let ptrs: SmallVec<[*const c_void; 8]> =
-            b.ptrs.iter().map(|p| p.unwrap_or(base.cast_const())).collect();
+        let ptrs: SmallVec<[*const c_void; 8]> = b
+            .ptrs
+            .iter()
+            .map(|p| p.unwrap_or(base.cast_const()))
+            .collect();
         // SAFETY: `bind` checked each param's dtype and length against the ones the code
         // was generated for, which reads only elements below those lengths; the code
         // writes exactly output elements off..off + chunk.len(), all inside `chunk`, and
