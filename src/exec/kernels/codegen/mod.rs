@@ -24,13 +24,19 @@
 //! f32 `exp`/`ln`/`sin`/`cos`/`tanh` are an operation-for-operation port of
 //! `tensor::fastmath` (f64 inside, branch-free: selects become blends, so they
 //! vectorize), the f64 ones and `pow` call the same C library functions that Rust's
-//! methods call, and float-to-integer casts saturate as Rust's `as` does. The compiler
-//! gets `-O3 -ffp-contract=off -fno-math-errno` and never `-ffast-math`: no FMA
-//! contraction and no reassociation, so each IEEE operation rounds as written. Vector
-//! width comes from run-time CPU detection (AVX-512 with 512-bit vectors, or AVX2+FMA —
-//! which cannot change a bit, since nothing contracts — or the baseline).
-//! `tests/codegen.rs` runs every op, cast and broadcast pattern through both paths on
-//! special values and compares bits.
+//! methods call, and casts convert as Rust's `as` does. The compiler gets
+//! `-O3 -ffp-contract=off -fno-math-errno -fno-trapping-math` and never `-ffast-math`:
+//! no FMA contraction, no reassociation, signed zeros and NaNs honoured, so each IEEE
+//! operation rounds as written (`-fno-trapping-math` only lets gcc turn the selects into
+//! blends; without it the loop does not vectorize). Vector width comes from run-time CPU
+//! detection (AVX-512 with 512-bit vectors, or AVX2+FMA — which cannot change a bit,
+//! since nothing contracts — or the baseline). One thing is not pinned: the sign and
+//! payload of a NaN result. IEEE 754 leaves them open, both rustc and gcc commute `+`
+//! and `×`, and with two NaN operands x86 returns the first, so where two NaNs meet the
+//! NaN may differ (the interpreter's own AVX-512, AVX2 and scalar copies are in the same
+//! position); a NaN element is NaN in both. `tests/codegen.rs` runs every op, compare,
+//! select, cast and broadcast pattern through both paths on special and random values
+//! and compares bits.
 //!
 //! **Threads.** The generated function computes a range of output elements; the
 //! interpreter's rayon chunking calls it per chunk. Elements are independent, so the
