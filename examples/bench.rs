@@ -1,10 +1,12 @@
 //! Eager vs compiled, same code: the benchmark report.
 //!
 //! `cargo run --release --example bench` prints a markdown table; `-- --json` prints the
-//! same as one JSON array (`-- --quick` for a short run). Compiled steps run their fused
-//! loops as generated code where a C compiler is there; the same plan is timed again
-//! with the fused-loop interpreter (`fused_interp_us`), and `codegen_ms` is how long the
-//! compiled step waited for the C compiler after its plan was made. Each workload is one training
+//! same as one JSON array (`-- --quick` for a short run; `-- --profile` adds, per workload,
+//! the compiled step's time per op kind and the GFLOP/s of every matmul and convolution).
+//! Compiled steps run their fused loops as generated code where a C compiler is there;
+//! the same plan is timed again with the fused-loop interpreter (`fused_interp_us`), and
+//! `codegen_ms` is how long the compiled step waited for the C compiler after its plan
+//! was made. Each workload is one training
 //! (or derivative) step written once as a closure, run eagerly op by op and compiled
 //! with `function`. The workloads live in `benches/workloads/mod.rs`, shared with the
 //! criterion benches:
@@ -21,6 +23,7 @@ mod workloads;
 
 use std::time::{Duration, Instant};
 use tapeflow::exec::kernels::codegen::Codegen;
+use tapeflow::exec::RunStats;
 use tapeflow::{function, Result};
 
 struct Row {
@@ -86,9 +89,62 @@ fn bench(w: &workloads::Workload, budget: Duration) -> Result<Row> {
     })
 }
 
+/// Prints where one compiled step of `w` spends its time: per op kind, and each
+/// matmul/convolution with its FLOP rate (median of several profiled runs).
+fn profile(w: &workloads::Workload, runs: usize) -> Result<()> {
+    let f = function(w.closure());
+    let cf = f.concrete(&[&w.x, &w.y])?;
+    cf.plan().set_codegen(Codegen::Force); // profile what `bench` times
+    let inputs = [w.x.data()?, w.y.data()?];
+    let mut all: Vec<RunStats> = Vec::new();
+    for i in 0..runs + 2 {
+        let mut stats = RunStats {
+            collect_profile: true,
+            ..RunStats::default()
+        };
+        cf.plan().run(&inputs, &mut stats)?;
+        if i >= 2 {
+            all.push(stats); // the first two runs warm the pool and caches
+        }
+    }
+    let total = |s: &RunStats| s.profile.iter().map(|(_, d)| d.as_secs_f64()).sum::<f64>();
+    all.sort_by(|a, b| total(a).total_cmp(&total(b)));
+    let median = &all[all.len() / 2];
+    let step_us = total(median) * 1e6;
+    println!(
+        "\n### {} (profiled step {step_us:.1} µs, run in order)\n",
+        w.name
+    );
+    println!("| op | µs | share |");
+    println!("| --- | ---: | ---: |");
+    let mut kinds = median.profile.clone();
+    kinds.sort_by(|a, b| b.1.cmp(&a.1));
+    for (op, d) in &kinds {
+        let us = d.as_secs_f64() * 1e6;
+        println!("| {op} | {us:.1} | {:.0}% |", 100.0 * us / step_us);
+    }
+    let gemms: Vec<_> = median.steps_profile.iter().filter(|s| s.macs > 0).collect();
+    if !gemms.is_empty() {
+        println!("\n| step | result | µs | GFLOP/s |");
+        println!("| --- | --- | ---: | ---: |");
+        for s in gemms {
+            let t = s.time.as_secs_f64();
+            let gflops = 2.0 * s.macs as f64 / t / 1e9;
+            println!("| {} | {} | {:.1} | {gflops:.1} |", s.op, s.ty, t * 1e6);
+        }
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let json = std::env::args().any(|a| a == "--json");
     let quick = std::env::args().any(|a| a == "--quick");
+    if std::env::args().any(|a| a == "--profile") {
+        for w in &workloads::all() {
+            profile(w, if quick { 3 } else { 15 })?;
+        }
+        return Ok(());
+    }
     let budget = Duration::from_millis(if quick { 200 } else { 3000 });
     let rows = workloads::all()
         .iter()

@@ -75,6 +75,22 @@ pub struct RunStats {
     /// With `collect_profile`: wall time per op name, summed over steps (the run is
     /// forced sequential so the times add up to the run's).
     pub profile: Vec<(&'static str, Duration)>,
+    /// With `collect_profile`: one entry per kernel step of the run, in run order.
+    pub steps_profile: Vec<StepTime>,
+}
+
+/// The time of one kernel step, for [`RunStats::steps_profile`].
+#[derive(Clone, Debug)]
+pub struct StepTime {
+    /// The op's text name.
+    pub op: &'static str,
+    /// The result type, e.g. `f32[64,10]`.
+    pub ty: String,
+    /// Multiply-adds of a `matmul` or convolution step (0 for other ops), so
+    /// `2 * macs / time` is its FLOP rate.
+    pub macs: u64,
+    /// Wall time of the step.
+    pub time: Duration,
 }
 
 struct Step {
@@ -144,6 +160,34 @@ fn work_of(g: &Graph, n: NodeId) -> u64 {
         }
         Op::Sum { .. } | Op::Max { .. } | Op::ArgMax { .. } => first_in().max(out),
         _ => out.max(first_in()),
+    }
+}
+
+/// Multiply-adds of a matmul or convolution node (0 for any other op).
+fn macs_of(g: &Graph, n: NodeId) -> u64 {
+    let numel = |m: NodeId| g.node(m).shape.iter().product::<usize>() as u64;
+    let shape = |m: NodeId| &g.node(m).shape;
+    let ops = g.operands(n);
+    // a convolution multiplies each element of the output-side tensor (y or gy) with
+    // one filter column of kh·kw·cin taps
+    let per_tap =
+        |filter: NodeId| numel(filter) / shape(filter).last().map_or(1, |&c| c.max(1) as u64);
+    let matmul_ta = match g.node(n).op {
+        Op::MatMul { ta, .. } => Some(ta),
+        // a fused matmul prologue: `matmul $0, $1` of the result's shape
+        Op::Fused(f) => g.fused[f as usize].matmul().map(|(ta, _)| ta),
+        _ => None,
+    };
+    if let Some(ta) = matmul_ta {
+        let a = shape(ops[0]);
+        let k = if ta { a[a.len() - 2] } else { a[a.len() - 1] };
+        return numel(n) * k as u64;
+    }
+    match g.node(n).op {
+        Op::Conv2d(_) => numel(n) * per_tap(ops[1]),
+        Op::Conv2dBackpropInput(_) => numel(ops[0]) * per_tap(ops[1]),
+        Op::Conv2dBackpropFilter(_) => numel(ops[1]) * per_tap(n),
+        _ => 0,
     }
 }
 
@@ -420,6 +464,13 @@ impl Plan {
                         Some((_, acc)) => *acc += d,
                         None => stats.profile.push((name, d)),
                     }
+                    let node = g.node(s.node);
+                    stats.steps_profile.push(StepTime {
+                        op: name,
+                        ty: type_str(node.dtype, &node.shape),
+                        macs: macs_of(g, s.node),
+                        time: d,
+                    });
                 }
             }
         }

@@ -7,4 +7,4 @@ pub mod buffers;
 mod interp;
 pub mod kernels;
 
-pub use interp::{Plan, RunStats, Schedule, INTER_OP_MIN_WORK};
+pub use interp::{Plan, RunStats, Schedule, StepTime, INTER_OP_MIN_WORK};
