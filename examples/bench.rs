@@ -118,7 +118,7 @@ fn profile(w: &workloads::Workload, runs: usize) -> Result<()> {
     println!("| op | µs | share |");
     println!("| --- | ---: | ---: |");
     let mut kinds = median.profile.clone();
-    kinds.sort_by(|a, b| b.1.cmp(&a.1));
+    kinds.sort_by_key(|k| std::cmp::Reverse(k.1));
     for (op, d) in &kinds {
         let us = d.as_secs_f64() * 1e6;
         println!("| {op} | {us:.1} | {:.0}% |", 100.0 * us / step_us);
