@@ -216,7 +216,10 @@ impl Kernel {
         let f = match self.mode() {
             Codegen::Off => None,
             Codegen::Auto => self.slot.get().and_then(|s| s.get()),
-            Codegen::Force => self.slot().wait(),
+            Codegen::Force => {
+                let s = self.slot();
+                s.get().or_else(|| s.wait())
+            }
         }?;
         Some(Ready { kernel: self, f })
     }
