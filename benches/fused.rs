@@ -3,7 +3,7 @@
 //! `cargo bench --bench fused`.
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use tapeflow::exec::kernels::codegen::{self, Codegen};
+use tapeflow::exec::codegen::{self, Codegen};
 use tapeflow::exec::{Plan, RunStats};
 use tapeflow::ir::parse;
 use tapeflow::{DType, Tensor};

@@ -22,7 +22,7 @@
 mod workloads;
 
 use std::time::{Duration, Instant};
-use tapeflow::exec::kernels::codegen::Codegen;
+use tapeflow::exec::codegen::Codegen;
 use tapeflow::exec::RunStats;
 use tapeflow::{function, Result};
 

@@ -45,6 +45,23 @@ pub enum Error {
     /// Bad arguments to a layer, model, optimizer or dataset.
     #[error("{0}")]
     Invalid(String),
+    /// An op produced a NaN or an infinity while numerics checks were on
+    /// ([`crate::debugging::enable_check_numerics`]).
+    #[error(
+        "check_numerics: {op} produced {value} at element {index} of its {ty} result (at {loc})"
+    )]
+    NonFinite {
+        /// The op's text name, e.g. `log`.
+        op: &'static str,
+        /// The first non-finite value (`NaN`, `inf` or `-inf`).
+        value: String,
+        /// Its index in the result, in row-major order.
+        index: usize,
+        /// The result's type, e.g. `f32[2,3]`.
+        ty: String,
+        /// The user's source line of the op (`graph` if unknown).
+        loc: String,
+    },
     /// An operating-system I/O error, with the path involved.
     #[error("io: {path}: {msg}")]
     Io {
@@ -62,6 +79,23 @@ impl Error {
             op,
             msg: msg.into(),
             loc: format!("{}:{}", loc.file(), loc.line()),
+        }
+    }
+
+    /// A non-finite `value` at `index` of an op's result of type `ty`.
+    pub(crate) fn non_finite(
+        op: &'static str,
+        index: usize,
+        value: f64,
+        ty: String,
+        loc: Option<Loc>,
+    ) -> Error {
+        Error::NonFinite {
+            op,
+            value: format!("{value}"),
+            index,
+            ty,
+            loc: loc.map_or_else(|| "graph".into(), |l| format!("{}:{}", l.file(), l.line())),
         }
     }
 

@@ -35,10 +35,19 @@
 //! index out of bounds. Inside [`function`] the same mistake never panics: `call`
 //! returns it as an [`Error`]. Everything that reads data or runs a graph returns
 //! [`Result`].
+//!
+//! The same holds for attributes and sizes: an axis out of range (negative ones count
+//! from the end, down to `-rank`), a stride, window, offset or length too large for
+//! its attribute, or a shape with more than [`tensor::MAX_ELEMENTS`] elements is an
+//! error naming the op and the value — never truncated or wrapped. The IR parser and
+//! verifier reject such shapes and attributes too. `tests/checked.rs` holds one
+//! regression test per case; `tests/fuzz.rs` checks the promise on random and mutated
+//! inputs.
 #![warn(missing_docs)]
 pub mod autodiff;
 pub mod data;
 pub mod datasets;
+pub mod debugging;
 pub mod error;
 pub mod exec;
 pub mod ir;

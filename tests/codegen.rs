@@ -10,7 +10,7 @@
 //! set (CI sets it: its image has gcc).
 
 use ndarray::{ArrayD, IxDyn};
-use tapeflow::exec::kernels::codegen::{self, Codegen};
+use tapeflow::exec::codegen::{self, Codegen};
 use tapeflow::exec::{Plan, RunStats};
 use tapeflow::ir::parse;
 use tapeflow::{function, DType, Data, Tensor};

@@ -3,7 +3,7 @@
 //! process with the same `$TAPEFLOW_CACHE_DIR`; it also prints both latencies.
 
 use std::time::Instant;
-use tapeflow::exec::kernels::codegen::{self, Codegen};
+use tapeflow::exec::codegen::{self, Codegen};
 use tapeflow::exec::{Plan, RunStats};
 use tapeflow::ir::parse;
 use tapeflow::{DType, Tensor};

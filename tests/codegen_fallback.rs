@@ -2,7 +2,7 @@
 //! results: `$CC` names a compiler that does not exist, so code generation is off for
 //! this whole process (this binary holds a single test, so nothing else runs first).
 
-use tapeflow::exec::kernels::codegen::{self, Codegen};
+use tapeflow::exec::codegen::{self, Codegen};
 use tapeflow::exec::{Plan, RunStats};
 use tapeflow::ir::parse;
 use tapeflow::{DType, Tensor};

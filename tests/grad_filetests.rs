@@ -1,60 +1,19 @@
 //! Grad filetests: IR text in, derivative graph out (STYLE.md 9).
 //!
 //! Each `tests/grad_filetests/*.ir` file starts with `; test grad wrt=%0,%1 order=N`
-//! and `; run: %0=... %1=...` lines. The harness applies `grad_graph` N times, snapshots
-//! the derivative graph's text, and for every run line checks each gradient element
+//! and `; run: %0=... %1=...` lines, read by the shared filetest harness
+//! (`tests/harness`, also used by the pass filetests). This test applies `grad_graph`
+//! N times, snapshots the derivative graph's text, and for every run line checks each gradient element
 //! against central finite differences of the order N−1 graph, so a snapshot diff shows
 //! what changed and the run lines prove the numbers are still right.
+
+mod harness;
 
 use std::fmt::Write;
 use tapeflow::autodiff::grad_graph;
 use tapeflow::exec::Plan;
-use tapeflow::ir::{parse, print, verify, Graph};
+use tapeflow::ir::{print, verify, Graph};
 use tapeflow::{Data, Tensor};
-
-struct Case {
-    wrt: Vec<usize>,
-    order: usize,
-    runs: Vec<Vec<Vec<f64>>>,
-}
-
-fn header(text: &str) -> Case {
-    let mut case = Case {
-        wrt: Vec::new(),
-        order: 1,
-        runs: Vec::new(),
-    };
-    for line in text.lines().filter_map(|l| l.strip_prefix("; ")) {
-        if let Some(rest) = line.strip_prefix("test grad ") {
-            for kv in rest.split_whitespace() {
-                match kv.split_once('=') {
-                    Some(("wrt", v)) => {
-                        case.wrt = v
-                            .split(',')
-                            .map(|s| s.trim_start_matches('%').parse().unwrap())
-                            .collect()
-                    }
-                    Some(("order", v)) => case.order = v.parse().unwrap(),
-                    _ => panic!("bad header item {kv}"),
-                }
-            }
-        } else if let Some(rest) = line.strip_prefix("run: ") {
-            let mut args = Vec::new();
-            for (i, part) in rest.split('%').skip(1).enumerate() {
-                let (k, v) = part.split_once('=').unwrap();
-                assert_eq!(k.parse::<usize>().unwrap(), i, "run arguments in order");
-                let v = v.trim().trim_start_matches('[').trim_end_matches(']');
-                args.push(
-                    v.split(',')
-                        .map(|x| x.trim().parse::<f64>().unwrap())
-                        .collect(),
-                );
-            }
-            case.runs.push(args);
-        }
-    }
-    case
-}
 
 fn run(g: &Graph, args: &[Tensor]) -> Vec<Vec<f64>> {
     let plan = Plan::new(g.clone()).unwrap();
@@ -76,27 +35,29 @@ fn tensors(g: &Graph, values: &[Vec<f64>]) -> Vec<Tensor> {
 
 #[test]
 fn grad_filetests() {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/grad_filetests");
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
+    let files = harness::files("grad_filetests");
     assert!(files.len() >= 6);
     for path in files {
-        let text = std::fs::read_to_string(&path).unwrap();
-        let case = header(&text);
-        let g = parse(&text).unwrap();
-        let lower = grad_graph(&g, &case.wrt, case.order - 1).unwrap();
-        let d = grad_graph(&g, &case.wrt, case.order).unwrap();
+        let t = harness::load(&path);
+        assert_eq!(t.kind, "grad", "{}", path.display());
+        let wrt: Vec<usize> = (t.arg("wrt").split(','))
+            .map(|s| s.trim_start_matches('%').parse().unwrap())
+            .collect();
+        let order: usize = t.arg("order").parse().unwrap();
+        let g = t.graph();
+        let lower = grad_graph(&g, &wrt, order - 1).unwrap();
+        let d = grad_graph(&g, &wrt, order).unwrap();
         verify(&d).unwrap();
         let mut out = print(&d, false);
-        for values in &case.runs {
+        let runs: Vec<Vec<Vec<f64>>> = (t.inputs(&g).iter())
+            .map(|run| run.iter().map(Data::to_f64_vec).collect())
+            .collect();
+        for values in &runs {
             let args = tensors(&g, values);
             let got = run(&d, &args);
             let _ = writeln!(out, "; run: {values:?} -> {got:?}");
             // finite differences of Σ(lower outputs) along each input element
-            for (k, &w) in case.wrt.iter().enumerate() {
+            for (k, &w) in wrt.iter().enumerate() {
                 for e in 0..values[w].len() {
                     let at = |h: f64| {
                         let mut v = values.clone();

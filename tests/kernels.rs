@@ -7,13 +7,14 @@
 //! (the test profile keeps overflow checks, which slow the scalar loops).
 
 use tapeflow::exec::kernels::conv::{
-    conv2d, conv2d_backprop_filter, conv2d_backprop_input, Conv2dGeom, Padding,
+    conv2d, conv2d_backprop_filter, conv2d_backprop_input, Conv2dGeom,
 };
 use tapeflow::exec::kernels::gemm::gemm;
 use tapeflow::exec::kernels::pool::{
     max_pool2d, max_pool2d_backprop, max_pool2d_gather, Pool2dGeom,
 };
 use tapeflow::tensor::Float;
+use tapeflow::Padding;
 
 /// A tiny seeded generator (64-bit LCG, high bits out): no dependency, same stream
 /// everywhere.
@@ -321,7 +322,15 @@ fn gemm_large_products_match_naive() {
     // Past the backend's threading threshold, with ragged edge tiles, a long k (several
     // k blocks), and skinny shapes, in both precisions and all transposes.
     let mut r = Lcg(3);
-    for (m, k, n) in [(301, 47, 67), (75, 61, 613), (3, 129, 1031), (37, 1500, 41)] {
+    // (k = 1024 and 512 with tb: rows of b 4 KiB apart, copied transposed first)
+    for (m, k, n) in [
+        (301, 47, 67),
+        (75, 61, 613),
+        (3, 129, 1031),
+        (37, 1500, 41),
+        (33, 1024, 97),
+        (70, 512, 40),
+    ] {
         for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
             check_gemm::<f64>(&mut r, m, k, n, ta, tb);
             check_gemm::<f32>(&mut r, m, k, n, ta, tb);
@@ -733,7 +742,12 @@ fn assert_pool_independent<T: Float>(what: &str, f: impl Fn() -> Vec<T> + Sync) 
 #[test]
 fn kernels_are_bitwise_deterministic_across_thread_counts() {
     let mut r = Lcg(30);
-    for (m, k, n) in [(517, 301, 263), (64, 784, 64), (97, 1000, 1100)] {
+    for (m, k, n) in [
+        (517, 301, 263),
+        (64, 784, 64),
+        (97, 1000, 1100),
+        (64, 1024, 1100),
+    ] {
         for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
             let a: Vec<f32> = r.vec(m * k);
             let b: Vec<f32> = r.vec(k * n);

@@ -3,7 +3,7 @@
 //! threshold; bit-identical results for 1, 2 and 4 threads.
 
 use ndarray::{ArrayD, IxDyn};
-use tapeflow::exec::kernels::{ew, reduce};
+use tapeflow::exec::testing::{ew, reduce};
 use tapeflow::tensor::Arr;
 
 fn arr(shape: &[usize], seed: u64) -> Arr<f32> {
@@ -159,7 +159,7 @@ fn kernels_are_bit_identical_for_any_thread_count() {
 /// and special values.
 #[test]
 fn elementwise_ops_give_the_same_bits_in_every_instruction_set() {
-    use tapeflow::exec::kernels::ew::{vectorized_for, Isa};
+    use tapeflow::exec::testing::ew::{vectorized_for, Isa};
     use tapeflow::ops::elementwise::{BINARY_OPS, UNARY_OPS};
     use tapeflow::tensor::Float;
     fn check<T: Float>(name: &str, xs: &[T], ys: &[T]) {

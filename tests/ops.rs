@@ -197,3 +197,77 @@ fn scalars_on_either_side() {
     assert_eq!((lr64 / &x).to_vec_f32().unwrap(), vec![0.25, 0.125]);
     assert_eq!((1.0 + x).dtype(), DType::F32);
 }
+
+/// The op list is the one place ops are enumerated: every name once, every unary, binary
+/// and comparison op in it, and every op (but the source ops, which the IR parser reads
+/// itself) reads back from its text name and attributes.
+#[test]
+fn the_op_list_has_every_op_once_and_each_parses_back() {
+    use std::collections::BTreeSet;
+    use tapeflow::ops::elementwise::{BINARY_OPS, COMPARE_OPS, UNARY_OPS};
+    use tapeflow::ops::{all_op_names, all_ops, attrs::AttrMap, Op};
+    let names = all_op_names();
+    let unique: BTreeSet<&str> = names.iter().copied().collect();
+    assert_eq!(unique.len(), names.len(), "a name twice: {names:?}");
+    assert!(!unique.contains("fused"), "fused is made by passes only");
+    let ops = all_ops();
+    for u in UNARY_OPS {
+        assert!(ops.contains(&Op::Unary(u)), "{u:?}");
+    }
+    for b in BINARY_OPS {
+        assert!(ops.contains(&Op::Binary(b)), "{b:?}");
+    }
+    for c in COMPARE_OPS {
+        assert!(ops.contains(&Op::Compare(c)), "{c:?}");
+    }
+    let elementwise = ops
+        .iter()
+        .filter(|o| matches!(o, Op::Unary(_) | Op::Binary(_) | Op::Compare(_)))
+        .count();
+    assert_eq!(
+        elementwise,
+        UNARY_OPS.len() + BINARY_OPS.len() + COMPARE_OPS.len()
+    );
+    for op in ops {
+        if matches!(
+            op,
+            Op::Input(_) | Op::Const | Op::ReadVar(_) | Op::Assign(_)
+        ) {
+            continue;
+        }
+        let attrs: AttrMap = op
+            .attrs()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        assert_eq!(Op::parse(op.name(), &attrs), Ok(op), "{}", op.name());
+    }
+}
+
+/// The cost and fusion facts live with the ops: matmul costs its multiply-adds, a
+/// reshape nothing, and fusion recomputes only cheap ops.
+#[test]
+fn op_costs_and_fusion_facts() {
+    use tapeflow::ops::{Binary, Op, Unary};
+    let mm = Op::MatMul {
+        ta: false,
+        tb: false,
+    };
+    assert_eq!(mm.work(&[&[8, 5], &[5, 3]], &[8, 3]), 8 * 3 * 5);
+    let mm_t = Op::MatMul {
+        ta: true,
+        tb: false,
+    };
+    assert_eq!(mm_t.work(&[&[5, 8], &[5, 3]], &[8, 3]), 8 * 3 * 5);
+    assert_eq!(Op::Reshape.work(&[&[4, 6]], &[24]), 0);
+    assert_eq!(Op::Const.work(&[], &[1000]), 0);
+    let sum = Op::Sum {
+        axes: tapeflow::ops::AxisSet::of(&[0]),
+        keep: false,
+    };
+    assert_eq!(sum.work(&[&[100, 3]], &[3]), 300);
+    assert_eq!(Op::Binary(Binary::Add).work(&[&[3], &[4, 3]], &[4, 3]), 12);
+    assert!(Op::Binary(Binary::Add).is_cheap() && Op::Unary(Unary::Neg).is_cheap());
+    assert!(!Op::Unary(Unary::Exp).is_cheap() && !Op::Binary(Binary::Pow).is_cheap());
+    assert!(Op::BroadcastTo.is_cheap());
+}

@@ -14,8 +14,8 @@ mod common;
 use common::{conv_train_step, fake_batch, Mlp};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use tapeflow::exec::buffers::in_backend_call;
-use tapeflow::exec::kernels::codegen::Codegen;
+use tapeflow::exec::codegen::Codegen;
+use tapeflow::exec::in_backend_call;
 use tapeflow::exec::kernels::gemm::gemm;
 use tapeflow::exec::{RunStats, Schedule};
 use tapeflow::trace::ConcreteFunction;
@@ -127,7 +127,7 @@ fn generated_step() -> (std::sync::Arc<ConcreteFunction>, Vec<Tensor>) {
     });
     let c = step.concrete(&[&x]).unwrap();
     c.plan().set_codegen(Codegen::Force);
-    if tapeflow::exec::kernels::codegen::compiler_available() {
+    if tapeflow::exec::codegen::compiler_available() {
         assert_eq!(c.plan().generated_steps(), (1, 1), "{}", c.text());
     }
     (c, vec![x])

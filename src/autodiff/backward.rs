@@ -9,9 +9,10 @@
 //! they add nodes, and on an outer tape they are recorded — which is all higher-order
 //! differentiation needs. Nothing is ever detached.
 
+use crate::error::{Error, Loc, Result};
 use crate::ops::{Op, VjpArgs};
 use crate::tensor::dispatch::at_location;
-use crate::tensor::Tensor;
+use crate::tensor::{type_str, Tensor};
 use smallvec::SmallVec;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -23,7 +24,8 @@ pub type CustomVjp = Arc<dyn Fn(&[Tensor], &Tensor, &Tensor) -> Vec<Option<Tenso
 #[derive(Clone)]
 pub(crate) enum EntryOp {
     Prim(Op),
-    Custom(CustomVjp),
+    /// A user rule and where `custom_gradient` was called.
+    Custom(CustomVjp, Loc),
 }
 
 /// One recorded op application.
@@ -39,7 +41,7 @@ impl Entry {
     pub fn differentiable(&self) -> bool {
         match &self.op {
             EntryOp::Prim(op) => op.is_differentiable() && self.output.dtype().is_float(),
-            EntryOp::Custom(_) => true,
+            EntryOp::Custom(..) => true,
         }
     }
 }
@@ -78,12 +80,39 @@ fn sum_in_order(mut parts: Vec<Tensor>) -> Tensor {
     parts.iter().fold(first, |acc, p| &acc + p)
 }
 
+/// Checks what a custom VJP returned: one cotangent per input, each of its input's
+/// dtype and shape (a rule is user code: a mistake is an `Err` naming its call site).
+fn check_custom(inputs: &[Tensor], gx: &[Option<Tensor>], loc: Loc) -> Result<()> {
+    let fail = |msg: String| Err(Error::op("custom_gradient", msg, loc));
+    if gx.len() != inputs.len() {
+        return fail(format!(
+            "the VJP returned {} cotangents for {} inputs",
+            gx.len(),
+            inputs.len()
+        ));
+    }
+    for (i, (x, g)) in inputs.iter().zip(gx).enumerate() {
+        if let Some(g) = g {
+            if g.dtype() != x.dtype() || g.shape() != x.shape() {
+                return fail(format!(
+                    "the VJP returned {} for input {i} of type {}",
+                    type_str(g.dtype(), g.shape()),
+                    type_str(x.dtype(), x.shape())
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Cotangents of `sources` given `(target, seed)` pairs; `None` where nothing flows.
+///
+/// Returns `Err` when a custom VJP returns cotangents that do not fit its inputs.
 pub(crate) fn backward(
     entries: &[Entry],
     targets: &[(Tensor, Tensor)],
     sources: &[u64],
-) -> Vec<Option<Tensor>> {
+) -> Result<Vec<Option<Tensor>>> {
     let from_src = reachable(entries, sources, true);
     let target_ids: Vec<u64> = targets.iter().map(|(t, _)| t.id()).collect();
     let to_tgt = ancestors(entries, &target_ids);
@@ -128,8 +157,11 @@ pub(crate) fn backward(
                     &gy,
                 )
                 .into_vec(),
-            EntryOp::Custom(f) => f(&e.inputs, &e.output, &gy),
+            EntryOp::Custom(f, _) => f(&e.inputs, &e.output, &gy),
         });
+        if let EntryOp::Custom(_, loc) = &e.op {
+            check_custom(&e.inputs, &gx, loc)?;
+        }
         for ((x, g), need) in e.inputs.iter().zip(gx).zip(&needs) {
             if let (Some(g), true) = (g, *need) {
                 let g = at_location(e.output.location(), || g.sum_to(x.shape()).cast(x.dtype()));
@@ -137,8 +169,8 @@ pub(crate) fn backward(
             }
         }
     }
-    sources
+    Ok(sources
         .iter()
         .map(|s| grads.remove(s).map(sum_in_order))
-        .collect()
+        .collect())
 }

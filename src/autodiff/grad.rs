@@ -49,7 +49,7 @@ pub fn grad(graph: Graph, ys: &[NodeId], xs: &[NodeId]) -> Result<(Graph, Vec<Op
             .iter()
             .map(|x| lookup(x).map(|t| t.id()))
             .collect::<Result<Vec<_>>>()?;
-        let grads = backward(&entries, &targets, &sources);
+        let grads = backward(&entries, &targets, &sources)?;
         grads
             .into_iter()
             .map(|g| g.map(|g| context::node_of(&g)).transpose())

@@ -301,7 +301,7 @@ impl GradientTape {
     }
 
     /// [`GradientTape::gradient`] with an explicit cotangent for the target
-    /// (`output_gradients` in TF), which must have the target's shape.
+    /// (`output_gradients` in TF), which must have the target's dtype and shape (else `Err`).
     pub fn gradient_with<S: Sources>(
         &self,
         target: &Tensor,
@@ -334,7 +334,7 @@ impl GradientTape {
             (s.entries.clone(), ids, s.zeros_for_unconnected)
         };
         let seed = match output_gradient {
-            Some(g) if g.shape() != target.shape() => {
+            Some(g) if g.shape() != target.shape() || g.dtype() != target.dtype() => {
                 return Err(Error::Tape(format!(
                     "output gradient {} does not match the target {}",
                     type_str(g.dtype(), g.shape()),
@@ -347,7 +347,7 @@ impl GradientTape {
         let flat: Vec<u64> = ids.iter().flatten().copied().collect();
         // the tape pauses itself; outer tapes keep recording the backward ops
         let flat_grads =
-            self.stop_recording(|| backward(&entries, &[(target.clone(), seed)], &flat));
+            self.stop_recording(|| backward(&entries, &[(target.clone(), seed)], &flat))?;
         let mut it = flat_grads.into_iter();
         let mut out: Vec<Option<Tensor>> = Vec::with_capacity(srcs.len());
         for (src, group) in srcs.iter().zip(&ids) {
@@ -395,7 +395,9 @@ impl GradientTape {
         if !s.tracked.contains(&target.id()) {
             return format!(
                 "the target made at {} was not computed from any watched tensor while the tape recorded \
-                 (computed outside record(), or its value was taken out of the graph, e.g. with to_vec)",
+                 (computed outside record(), returned by a compiled Function call, whose inside no \
+                 eager tape sees: take the gradient inside the function, or its value was taken out \
+                 of the graph, e.g. with to_vec)",
                 target.location()
             );
         }
@@ -406,7 +408,7 @@ impl GradientTape {
         }) {
             let op = match &cut.op {
                 EntryOp::Prim(op) => op.name(),
-                EntryOp::Custom(_) => "custom",
+                EntryOp::Custom(..) => "custom",
             };
             return format!("the path from {name} to the target is cut by `{op}` at {} (no gradient flows through it)", cut.output.location());
         }
@@ -424,12 +426,14 @@ impl GradientTape {
         let n = y.len();
         let mut rows = Vec::with_capacity(n);
         for i in 0..n {
-            let seed = Tensor::arange(i as i64, i as i64 + 1, crate::DType::I64)
+            let seed = Tensor::arange(i as i64, i as i64 + 1, crate::tensor::DType::I64)
                 .one_hot(n, y.dtype())
                 .reshape(y.shape());
-            let g = self
-                .gradient_with(y, x, Some(&seed))
-                .or_else(|_| Ok::<_, Error>(x.zeros_like()))?;
+            let g = self.gradient_with(y, x, Some(&seed)).or_else(|e| match e {
+                // an unconnected row is zeros; a failing custom rule stays an error
+                Error::Tape(_) => Ok(x.zeros_like()),
+                e => Err(e),
+            })?;
             rows.push(g.reshape(&[1, x.len()]));
         }
         let refs: Vec<&Tensor> = rows.iter().collect();
@@ -445,6 +449,10 @@ impl GradientTape {
 /// whose VJP is `vjp(inputs, output, cotangent)`, returning one cotangent per input
 /// (`None` for no gradient). Built from tensor ops, the rule is itself differentiable,
 /// so nested tapes differentiate it again. Works eagerly and inside traced functions.
+///
+/// A rule that returns the wrong number of cotangents, or one whose dtype or shape is
+/// not its input's, makes `gradient` return an `Err` naming this call's source line.
+#[track_caller]
 pub fn custom_gradient(
     inputs: &[&Tensor],
     forward: impl FnOnce(&[Tensor]) -> Tensor,
@@ -453,6 +461,7 @@ pub fn custom_gradient(
     let owned: SmallVec<[Tensor; 3]> = inputs.iter().map(|&t| t.clone()).collect();
     let y = without_tapes(|| forward(&owned));
     let f: CustomVjp = std::sync::Arc::new(vjp);
-    record_entry(|| EntryOp::Custom(f.clone()), inputs, &y);
+    let loc = std::panic::Location::caller();
+    record_entry(|| EntryOp::Custom(f.clone(), loc), inputs, &y);
     y
 }

@@ -185,6 +185,8 @@ impl<E: Element> Dataset<E> {
 
     /// Shuffles with a buffer of `buffer` elements (`buffer ≥` the dataset size gives a
     /// uniform permutation), deterministically for `seed`, with a new order each epoch.
+    /// The buffer is allocated as it fills, so any `buffer` up to `usize::MAX` is fine:
+    /// a buffer larger than the data costs only the data's size.
     pub fn shuffle(self, buffer: usize, seed: u64) -> Dataset<E> {
         self.with(Stage::Shuffle {
             buffer,
@@ -360,9 +362,13 @@ fn build(p: &Arc<Pipeline>, upto: usize) -> Stream {
         } => {
             let epoch = epochs.fetch_add(1, Ordering::Relaxed);
             let rng = ChaCha8Rng::seed_from_u64(mix(*seed, epoch));
+            let upstream = upstream();
+            // The buffer grows as it fills: a `buffer` at least the data's size (even
+            // `usize::MAX`) only ever holds the data, i.e. it is a full shuffle.
+            let hint = upstream.size_hint().1.unwrap_or(usize::MAX);
             Box::new(Shuffle {
-                upstream: upstream(),
-                buffer: Vec::with_capacity(*buffer),
+                upstream,
+                buffer: Vec::with_capacity((*buffer).min(hint).min(SHUFFLE_PREALLOC)),
                 cap: (*buffer).max(1),
                 rng,
             })
@@ -421,6 +427,9 @@ fn mix(seed: u64, epoch: u64) -> u64 {
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
 }
+
+/// At most this many buffer slots are allocated up front by a shuffle stage.
+const SHUFFLE_PREALLOC: usize = 1 << 12;
 
 struct Shuffle {
     upstream: Stream,

@@ -20,6 +20,10 @@
 //! - A checksum, when given, is checked on the gzip file's bytes before anything is
 //!   decompressed, so a wrong file is reported as such rather than as whatever
 //!   decoding error it happens to cause.
+//! - Decompression is bounded by the header: a gzip file is decoded as a stream, the
+//!   header first, then at most the declared payload plus one byte (to detect trailing
+//!   data). A small file that inflates to gigabytes (a "gzip bomb") is an error after
+//!   reading one byte past its declared size, and memory never exceeds that size.
 
 use crate::error::{Error, Result};
 use sha2::{Digest, Sha256};
@@ -111,11 +115,7 @@ pub fn read_idx_gz(path: &Path, expected_sha256: Option<&str>) -> Result<IdxU8> 
             )));
         }
     }
-    let mut bytes = gunzip(&gz, &name)?;
-    let (dims, header_len) = parse_header(&bytes, &name)?;
-    // Drop the header in place rather than copying the payload out.
-    bytes.drain(..header_len);
-    Ok(IdxU8 { dims, data: bytes })
+    gunzip_idx(&gz, &name)
 }
 
 /// The four MNIST files, checked: 60000 training and 10000 test images of 28x28
@@ -207,9 +207,14 @@ pub fn default_mnist_dir() -> PathBuf {
     }
 }
 
-/// Decompresses a whole gzip file (all members, as `gunzip` does, so trailing garbage
-/// after the first member is an error rather than silently ignored).
-fn gunzip(gz: &[u8], name: &str) -> Result<Vec<u8>> {
+/// Deflate cannot expand data by more than about 1032:1, so no gzip file of `n` bytes
+/// inflates to more than `n * MAX_INFLATE` bytes (a bound on what is worth reserving).
+const MAX_INFLATE: usize = 1032;
+
+/// Decodes a gzip file (all members, as `gunzip` does, so trailing garbage after the
+/// first member is an error rather than silently ignored) holding an IDX file, as a
+/// stream: the header first, then at most the declared payload plus one byte.
+fn gunzip_idx(gz: &[u8], name: &str) -> Result<IdxU8> {
     let corrupt = |what: String| Error::Data(format!("{name}: corrupt gzip file: {what}"));
     if gz.len() < 2 || gz[..2] != [0x1f, 0x8b] {
         return Err(corrupt(format!(
@@ -217,21 +222,78 @@ fn gunzip(gz: &[u8], name: &str) -> Result<Vec<u8>> {
             gz.len()
         )));
     }
-    // The last 4 bytes give the decompressed size mod 2^32: a hint only, capped so a
-    // damaged trailer cannot make us reserve gigabytes up front.
-    let size_hint = match gz[gz.len().saturating_sub(4)..] {
-        [a, b, c, d] => u32::from_le_bytes([a, b, c, d]).min(1 << 28) as usize,
-        _ => 0,
+    let mut stream = flate2::bufread::MultiGzDecoder::new(gz);
+    // Reads up to `n` more bytes (fewer only at the end of the stream) onto `buf`.
+    let mut read_up_to = |buf: &mut Vec<u8>, n: usize| -> Result<()> {
+        (&mut stream)
+            .take(n as u64)
+            .read_to_end(buf)
+            .map(|_| ())
+            .map_err(|e| corrupt(e.to_string()))
     };
-    let mut out = Vec::with_capacity(size_hint);
-    flate2::bufread::MultiGzDecoder::new(gz)
-        .read_to_end(&mut out)
-        .map_err(|e| corrupt(e.to_string()))?;
-    Ok(out)
+    let mut header = Vec::with_capacity(4 + 4 * 255);
+    read_up_to(&mut header, 4)?;
+    if let [0, 0, _, ndims] = header[..] {
+        read_up_to(&mut header, 4 * usize::from(ndims))?;
+    }
+    let (dims, header_len, expected) = parse_dims(&header, name)?;
+    // Reserve the declared size, but never more than the file could inflate to.
+    let limit = expected.saturating_add(1);
+    let mut data = Vec::with_capacity(limit.min(gz.len().saturating_mul(MAX_INFLATE)));
+    read_up_to(&mut data, limit)?;
+    check_payload(
+        &dims,
+        header_len,
+        expected,
+        data.len(),
+        data.len() == limit,
+        name,
+    )?;
+    Ok(IdxU8 { dims, data })
 }
 
 /// Checks an IDX header and the payload length; returns the dims and the header length.
 fn parse_header(bytes: &[u8], name: &str) -> Result<(Vec<usize>, usize)> {
+    let (dims, header_len, expected) = parse_dims(bytes, name)?;
+    check_payload(
+        &dims,
+        header_len,
+        expected,
+        bytes.len() - header_len,
+        false,
+        name,
+    )?;
+    Ok((dims, header_len))
+}
+
+/// Errs unless the payload has the `expected` length (`more`: the payload was cut off
+/// after `found` bytes, and there may be even more).
+fn check_payload(
+    dims: &[usize],
+    header_len: usize,
+    expected: usize,
+    found: usize,
+    more: bool,
+    name: &str,
+) -> Result<()> {
+    if found == expected {
+        return Ok(());
+    }
+    let what = if found < expected {
+        "is truncated"
+    } else {
+        "has trailing bytes"
+    };
+    let at_least = if more { "at least " } else { "" };
+    Err(Error::Data(format!(
+        "{name}: IDX payload {what}: dims {dims:?} need {expected} bytes after the \
+         {header_len}-byte header (expected {expected} bytes, found {at_least}{found})"
+    )))
+}
+
+/// Checks an IDX header (magic, type, that all dims are there and their product fits);
+/// returns the dims, the header length and the payload length they declare.
+fn parse_dims(bytes: &[u8], name: &str) -> Result<(Vec<usize>, usize, usize)> {
     let bad = |msg: String| Error::Data(format!("{name}: {msg}"));
     let [zero0, zero1, ty, ndims] = match bytes {
         [a, b, c, d, ..] => [*a, *b, *c, *d],
@@ -274,19 +336,7 @@ fn parse_header(bytes: &[u8], name: &str) -> Result<(Vec<usize>, usize)> {
         .iter()
         .try_fold(1usize, |n, &d| n.checked_mul(d))
         .ok_or_else(|| bad(format!("IDX dims {dims:?} overflow the address space")))?;
-    let found = bytes.len() - header_len;
-    if found != expected {
-        let what = if found < expected {
-            "is truncated"
-        } else {
-            "has trailing bytes"
-        };
-        return Err(bad(format!(
-            "IDX payload {what}: dims {dims:?} need {expected} bytes after the \
-             {header_len}-byte header (expected {expected} bytes, found {found})"
-        )));
-    }
-    Ok((dims, header_len))
+    Ok((dims, header_len, expected))
 }
 
 /// The IDX name of an element-type byte, for error messages.

@@ -20,7 +20,7 @@
 //! before being overwritten ([`take`] returns an empty `Vec` with the capacity, and
 //! [`zeroed`] fills it), so recycling never changes a result bit.
 
-use crate::tensor::{Arr, Data};
+use crate::tensor::data::{Arr, Data};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -193,10 +193,15 @@ pub fn in_backend_call() -> bool {
 
 /// The pool installed on this thread, as a handle that may cross into rayon tasks
 /// spawned (and joined) inside the installing call.
+///
+/// Crate-private on purpose: it is a raw pointer, valid only while the [`with_pool`]
+/// call that installed the pool runs. Kernels take it with [`current`] and drop it
+/// before they return; nothing may store it beyond that.
 #[derive(Clone, Copy)]
-pub struct PoolRef(*const BufferPool);
+pub(crate) struct PoolRef(*const BufferPool);
 
-// SAFETY: a PoolRef only exists inside `with_pool`, whose borrow of the pool outlives
+// SAFETY: a PoolRef is only used inside `with_pool` (the type is crate-private and no
+// kernel keeps one past its return), whose borrow of the pool outlives
 // every task a kernel spawns (kernels join their rayon work before returning), and the
 // pool itself is Sync.
 unsafe impl Send for PoolRef {}
@@ -210,7 +215,7 @@ impl PoolRef {
     }
 
     /// An empty `Vec` with room for `n` elements (from the pool if it has one).
-    pub fn take<T: Pooled>(self, n: usize) -> Vec<T> {
+    pub(crate) fn take<T: Pooled>(self, n: usize) -> Vec<T> {
         match self.get() {
             Some(p) => p.pop(n, 0),
             None => Vec::with_capacity(n),
@@ -218,7 +223,7 @@ impl PoolRef {
     }
 
     /// Gives a buffer of `v.len()` elements back to the pool (drops it if none).
-    pub fn give<T: Pooled>(self, v: Vec<T>) {
+    pub(crate) fn give<T: Pooled>(self, v: Vec<T>) {
         if let Some(p) = self.get() {
             let n = v.len();
             p.give(v, n);
@@ -227,13 +232,13 @@ impl PoolRef {
 }
 
 /// The pool installed on this thread (a null handle when none is).
-pub fn current() -> PoolRef {
+pub(crate) fn current() -> PoolRef {
     PoolRef(CURRENT.with(|c| c.get()))
 }
 
 /// Runs `f` with `pool` installed on this thread (restoring the previous one after,
 /// also on panic).
-pub fn with_pool<R>(pool: &BufferPool, f: impl FnOnce() -> R) -> R {
+pub(crate) fn with_pool<R>(pool: &BufferPool, f: impl FnOnce() -> R) -> R {
     struct Restore(*const BufferPool);
     impl Drop for Restore {
         fn drop(&mut self) {
@@ -245,13 +250,13 @@ pub fn with_pool<R>(pool: &BufferPool, f: impl FnOnce() -> R) -> R {
 }
 
 /// An empty `Vec` with room for `n` elements, from the installed pool if any.
-pub fn take<T: Pooled>(n: usize) -> Vec<T> {
+pub(crate) fn take<T: Pooled>(n: usize) -> Vec<T> {
     current().take(n)
 }
 
 /// `n` elements with unspecified values (a recycled buffer's old contents, or zeros),
 /// for kernels that overwrite every element: it skips the zeroing pass of [`zeroed`].
-pub fn overwritable<T: Pooled>(n: usize) -> Vec<T> {
+pub(crate) fn overwritable<T: Pooled>(n: usize) -> Vec<T> {
     match current().get() {
         Some(p) => p.pop_filled(n),
         None => vec![T::default(); n],
@@ -259,7 +264,7 @@ pub fn overwritable<T: Pooled>(n: usize) -> Vec<T> {
 }
 
 /// `n` copies of `T::default()` (zero), in a buffer from the installed pool if any.
-pub fn zeroed<T: Pooled>(n: usize) -> Vec<T> {
+pub(crate) fn zeroed<T: Pooled>(n: usize) -> Vec<T> {
     let mut v = take(n);
     v.resize(n, T::default());
     v
@@ -267,7 +272,7 @@ pub fn zeroed<T: Pooled>(n: usize) -> Vec<T> {
 
 /// A scratch buffer that goes back to the pool it came from when dropped (for
 /// kernels' temporaries, such as im2col columns, made on worker threads).
-pub struct Scratch<T: Pooled> {
+pub(crate) struct Scratch<T: Pooled> {
     buf: Vec<T>,
     pool: PoolRef,
 }
@@ -275,7 +280,7 @@ pub struct Scratch<T: Pooled> {
 impl<T: Pooled> Scratch<T> {
     /// A scratch buffer drawn from `pool` (pass [`current`] from the kernel's calling
     /// thread), initially empty; size it with [`Scratch::resize`].
-    pub fn new(pool: PoolRef) -> Scratch<T> {
+    pub(crate) fn new(pool: PoolRef) -> Scratch<T> {
         Scratch {
             buf: Vec::new(),
             pool,
@@ -287,7 +292,7 @@ impl<T: Pooled> Scratch<T> {
     /// How many scratch buffers of a size are in use at once depends on how rayon
     /// shares out the work (at most two per thread: a kernel holds one or two), so a
     /// miss stocks that many at once: later calls never miss however the work falls.
-    pub fn resize(&mut self, n: usize) -> &mut Vec<T> {
+    pub(crate) fn resize(&mut self, n: usize) -> &mut Vec<T> {
         if self.buf.len() != n {
             let spares = 2 * rayon::current_num_threads() - 1;
             let fresh = match self.pool.get() {

@@ -3,7 +3,7 @@
 //! A [`Plan`] is made once per concrete function: the execution order (canonical
 //! order of the live graph), each step's operands and consumers, how many uses each
 //! value has, the compiled program of each `fused` step, a cost estimate per step, the
-//! memory plan ([`crate::passes::plan_memory`]) and a [`BufferPool`].
+//! memory plan ([`plan_memory`](super::plan_memory)) and a [`BufferPool`].
 //!
 //! Running:
 //! - **Buffers.** Kernels draw their outputs and scratch from the plan's pool
@@ -26,17 +26,21 @@
 //! - **Determinism.** Every kernel's bits are independent of the thread count and of
 //!   which buffer it writes into, and each value is computed exactly once from the same
 //!   operands, so the schedule never changes a result.
-//! - **Variables.** Variables are read before any step runs and written after every
-//!   step has run, so a step never observes a half-updated variable.
+//! - **Variables.** Variables are read, all at one instant, before any step runs and
+//!   written, all at one instant, after every step has run, so a step never observes a
+//!   half-updated variable. The write happens only if no variable the run read has been
+//!   written since (by a concurrent run or an eager update); otherwise the run starts
+//!   over on the new values, so concurrent runs act as if run one at a time (see
+//!   [`crate::Variable`]).
 
+use super::codegen::Codegen;
+use super::fused::{self, OutBuf};
+use super::plan_memory::{plan_memory, MemoryPlan};
 use crate::error::{Error, Result};
 use crate::exec::buffers::{with_pool, BufferPool};
-use crate::exec::kernels::codegen::Codegen;
-use crate::exec::kernels::fused::{self, OutBuf};
 use crate::ir::{Graph, NodeId};
 use crate::ops::Op;
-use crate::passes::{plan_memory, MemoryPlan};
-use crate::tensor::{type_str, DType, Data, Tensor};
+use crate::tensor::{type_str, variable, DType, Data, Tensor, Variable};
 use smallvec::SmallVec;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
@@ -136,31 +140,12 @@ pub struct Plan {
     states: Mutex<Vec<RunState>>,
 }
 
+/// The scheduler's cost estimate of node `n` ([`Op::work`]).
 fn work_of(g: &Graph, n: NodeId) -> u64 {
+    let operands = g.operands(n);
+    let x: SmallVec<[&[usize]; 4]> = operands.iter().map(|&o| &g.node(o).shape[..]).collect();
     let node = g.node(n);
-    let out: u64 = node.shape.iter().product::<usize>() as u64;
-    let first_in = || {
-        g.operands(n)
-            .first()
-            .map_or(0, |&o| g.node(o).shape.iter().product::<usize>() as u64)
-    };
-    match node.op {
-        Op::Input(_) | Op::Const | Op::ReadVar(_) | Op::Assign(_) | Op::Reshape => 0,
-        Op::MatMul { ta, .. } => {
-            let a = &g.node(g.operands(n)[0]).shape;
-            let k = if ta { a[a.len() - 2] } else { a[a.len() - 1] };
-            out * k as u64
-        }
-        Op::Conv2d(_) | Op::Conv2dBackpropInput(_) | Op::Conv2dBackpropFilter(_) => {
-            let ops = g.operands(n);
-            let w = &g.node(ops[1]).shape;
-            let filter: usize = w.iter().product();
-            let x = &g.node(ops[0]).shape;
-            (x.iter().product::<usize>() as u64).max(out) * filter as u64 / w[2].max(1) as u64
-        }
-        Op::Sum { .. } | Op::Max { .. } | Op::ArgMax { .. } => first_in().max(out),
-        _ => out.max(first_in()),
-    }
+    node.op.work(&x, &node.shape)
 }
 
 /// Multiply-adds of a matmul or convolution node (0 for any other op).
@@ -321,7 +306,7 @@ impl Plan {
     }
 
     /// Sets whether fused steps run generated code (results are bit-identical either
-    /// way; see [`crate::exec::kernels::codegen`]). [`Codegen::Force`] waits until
+    /// way; see [`crate::exec::codegen`]). [`Codegen::Force`] waits until
     /// every fused step's kernel is compiled.
     pub fn set_codegen(&self, mode: Codegen) {
         for p in self.programs.iter().flatten() {
@@ -355,10 +340,17 @@ impl Plan {
             )));
         }
         let misses = self.pool.misses();
-        let st = self.take_state();
-        let result = with_pool(&self.pool, || self.run_with(&st, inputs, stats));
+        let result = loop {
+            let st = self.take_state();
+            let result = with_pool(&self.pool, || self.run_with(&st, inputs, stats));
+            self.put_state(st);
+            match result {
+                Ok(None) => continue, // a variable it read changed meanwhile: run again
+                Ok(Some(out)) => break Ok(out),
+                Err(e) => break Err(e),
+            }
+        };
         stats.fresh_buffers += self.pool.misses() - misses;
-        self.put_state(st);
         result
     }
 
@@ -396,8 +388,16 @@ impl Plan {
         lock(&self.states).push(st);
     }
 
-    fn run_with(&self, st: &RunState, inputs: &[&Data], stats: &mut RunStats) -> Result<Vec<Data>> {
+    /// One run; `None` if a variable it read was written before it could commit.
+    fn run_with(
+        &self,
+        st: &RunState,
+        inputs: &[&Data],
+        stats: &mut RunStats,
+    ) -> Result<Option<Vec<Data>>> {
         let g = &self.graph;
+        let handles = || g.vars.iter().map(|v| v.handle.as_ref());
+        let mut vars = variable::read_all(handles());
         // Sources first, on this thread.
         for (i, s) in self.steps.iter().enumerate() {
             let node = g.node(s.node);
@@ -415,19 +415,25 @@ impl Plan {
                 }
                 Op::Const => node.value.clone().expect("verified const"),
                 Op::ReadVar(v) => {
-                    let var = g.vars[v as usize].handle.as_ref().ok_or_else(|| {
+                    let (value, _) = vars[v as usize].as_ref().ok_or_else(|| {
                         Error::Graph(format!(
                             "variable `{}` has no live handle (parsed graph)",
                             g.vars[v as usize].name
                         ))
                     })?;
-                    var.value().data()?.clone()
+                    value.data()?.clone()
                 }
                 _ => continue,
             };
             *write(&st.vals[i]) = Some(v);
         }
-        let parallel = self.parallel() && !stats.collect_profile;
+        // keep only the versions, so old values can be recycled when replaced
+        let versions: SmallVec<[(&Variable, u64); 8]> = handles()
+            .zip(vars.iter_mut())
+            .filter_map(|(h, v)| Some((h?, v.take()?.1)))
+            .collect();
+        let checked = crate::debugging::check_numerics_enabled(); // report the first, in order
+        let parallel = self.parallel() && !stats.collect_profile && !checked;
         stats.parallel = parallel;
         st.parallel.store(parallel, Ordering::Relaxed);
         let is_source = |s: &Step| matches!(s.op, Op::Input(_) | Op::Const | Op::ReadVar(_));
@@ -474,23 +480,29 @@ impl Plan {
                 }
             }
         }
-        for &(v, p) in &self.assigns {
-            if let Some(var) = &g.vars[v as usize].handle {
+        let mut writes: SmallVec<[(&Variable, Tensor); 8]> = self
+            .assigns
+            .iter()
+            .filter_map(|&(v, p)| {
+                let var = g.vars[v as usize].handle.as_ref()?;
                 let d = read(&st.vals[p]).clone().expect("assign computed");
-                let old = std::mem::replace(
-                    &mut *var.0.value.write().expect("variable lock"),
-                    Tensor::from_data(d),
-                );
-                if let Some(old) = old.into_unshared_data() {
-                    self.pool.recycle(old);
-                }
+                Some((var, Tensor::from_data(d)))
+            })
+            .collect();
+        if !writes.is_empty() && !variable::commit(&versions, &mut writes) {
+            return Ok(None);
+        }
+        for (_, old) in writes {
+            if let Some(old) = old.into_unshared_data() {
+                self.pool.recycle(old);
             }
         }
-        Ok(self
-            .outputs
-            .iter()
-            .map(|&o| read(&st.vals[o]).clone().expect("output computed"))
-            .collect())
+        Ok(Some(
+            self.outputs
+                .iter()
+                .map(|&o| read(&st.vals[o]).clone().expect("output computed"))
+                .collect(),
+        ))
     }
 
     /// Runs step `i` as a rayon task, then continues with one consumer it made ready
@@ -592,6 +604,12 @@ impl Plan {
                 (v, true)
             }
         };
+        if crate::debugging::check_numerics_enabled() {
+            if let Some((k, x)) = v.first_non_finite() {
+                let ty = type_str(node.dtype, &node.shape);
+                return Err(Error::non_finite(s.op.name(), k, x, ty, node.loc));
+            }
+        }
         *write(&st.vals[i]) = Some(v);
         for &o in &s.inputs {
             if st.uses[o].fetch_sub(1, Ordering::AcqRel) == 1 {

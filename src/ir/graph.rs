@@ -10,8 +10,8 @@
 //! - node indices are stable across removals (StableDiGraph), so side tables keyed by
 //!   [`NodeId`] stay valid while passes rewrite the graph.
 
+use super::fused::FusedExpr;
 use crate::error::Loc;
-use crate::exec::kernels::fused::FusedExpr;
 use crate::ops::Op;
 use crate::tensor::{DType, Data, Shape, Variable};
 use petgraph::stable_graph::{NodeIndex, StableDiGraph};

@@ -1,9 +1,11 @@
 //! The IR: a dataflow [`Graph`] of ops, its verifier, and its text and DOT forms.
+mod fused;
 mod graph;
 mod parse;
 mod print;
 mod verify;
 
+pub use fused::{Arg, FusedExpr, Inst};
 pub use graph::{Graph, GraphVar, Node, NodeId};
 pub use parse::{parse, parse_type};
 pub use print::{const_text, print, to_dot, MAX_CONST_ELEMS};

@@ -3,9 +3,9 @@
 //! Every node line is checked with its op's shape rule, so a hand-written filetest with
 //! a wrong type is an error naming the line.
 
+use super::fused::{Arg, FusedExpr, Inst};
 use super::graph::{Graph, GraphVar, Node, NodeId};
 use crate::error::{Error, Result};
-use crate::exec::kernels::fused::{Arg, FusedExpr, Inst};
 use crate::ops::{attrs::AttrMap, Op};
 use crate::tensor::{DType, Data, Shape};
 use smallvec::SmallVec;
@@ -18,12 +18,13 @@ fn err(line_no: usize, line: &str, msg: impl std::fmt::Display) -> Error {
     ))
 }
 
-/// Parses `f32[64,10]`.
+/// Parses `f32[64,10]`; a shape over [`crate::tensor::MAX_ELEMENTS`] elements is an error.
 pub fn parse_type(s: &str) -> std::result::Result<(DType, Shape), String> {
     let s = s.trim();
     let open = s.find('[').ok_or_else(|| format!("bad type `{s}`"))?;
     let dtype = DType::from_name(&s[..open]).ok_or_else(|| format!("unknown dtype in `{s}`"))?;
     let dims = crate::ops::attrs::parse_list(&s[open..])?;
+    crate::tensor::check_shape(&dims)?;
     Ok((dtype, Shape::from_slice(&dims)))
 }
 

@@ -25,8 +25,8 @@
 //! only on the graph's structure. Dead nodes are not printed. Constants with more than
 //! [`MAX_CONST_ELEMS`] elements print as `<N elements>`, which the parser rejects.
 
+use super::fused::{Arg, FusedExpr};
 use super::graph::{Graph, NodeId};
-use crate::exec::kernels::fused::{Arg, FusedExpr};
 use crate::ops::Op;
 use crate::tensor::{type_str, Data};
 use std::collections::HashMap;

@@ -8,7 +8,8 @@
 //!    `assign` is listed in `assigns` and vice versa, at most one per variable;
 //! 5. `const` nodes hold a value of their type; `read_var`/`assign` name a variable of
 //!    the graph's table with the same type;
-//! 6. a `fused` node names an entry of the graph's fused-expression table that is well
+//! 6. every node's shape has at most [`crate::tensor::MAX_ELEMENTS`] elements;
+//! 7. a `fused` node names an entry of the graph's fused-expression table that is well
 //!    formed for its operands and infers the node's type (`FusedExpr::infer`).
 
 use super::graph::Graph;
@@ -40,6 +41,10 @@ pub fn verify(g: &Graph) -> Result<()> {
         let node = g.node(id);
         let ops = g.operands(id);
         let here = format!("node {} ({})", id.index(), node.op.name());
+        if let Err(e) = crate::tensor::check_shape(&node.shape) {
+            errs.push(format!("{here}: {e}"));
+            continue;
+        }
         match node.op {
             Op::Input(_) => {}
             Op::Const => match &node.value {

@@ -3,14 +3,21 @@
 //!
 //! - Keys are variable names (`dense_1/kernel`, `adam/dense_1/kernel/m`); the file's
 //!   metadata also records the saved order (`tapeflow.order`).
-//! - Saving is atomic: the bytes go to a temporary file in the same directory, which is
-//!   flushed to disk and then renamed over the target, so a crash mid-write leaves the
-//!   previous checkpoint intact.
+//! - Saving is atomic: the bytes go to a temporary file in the same directory
+//!   (`.<name>.tmp-<pid>-<n>`, unique per call, so threads and processes saving to one
+//!   path never share one), which is flushed to disk and then renamed over the target.
+//!   A crash mid-write leaves the previous checkpoint intact; readers see the old or the
+//!   new file, never a mix. A temporary file left by a process that died mid-save is
+//!   removed by the next save to the same path (on Linux, where a dead process can be
+//!   recognized through `/proc`; elsewhere such files stay until removed by hand).
+//! - Names are keys: `__metadata__` is reserved by the format and names containing a
+//!   newline cannot be recorded in the saved order, so saving such a variable is an `Err`.
 //! - Loading validates everything before assigning anything: a missing variable or a
 //!   dtype/shape mismatch is an `Err` naming the variable, and the model is unchanged.
-//!   Variables are matched by name; if the names differ (a second model built in the
-//!   same process is `dense_3/...` instead of `dense/...`), they are matched by position
-//!   when the counts agree, still checking every dtype and shape.
+//!   Variables are matched by name. Only if *no* name matches (a second model built in
+//!   the same process is `dense_3/...` instead of `dense/...`) are they matched by
+//!   position, when the counts agree, still checking every dtype and shape. Some names
+//!   matching and others not is an `Err` listing the missing ones.
 //! - Round trips are bit-exact: raw little-endian f32/f64/i64 bytes.
 
 use super::model::Model;
@@ -20,10 +27,17 @@ use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 const ORDER_KEY: &str = "tapeflow.order";
+
+/// The header key safetensors reserves for metadata: no tensor can have this name.
+const RESERVED_NAME: &str = "__metadata__";
+
+/// Numbers the temporary files of this process's saves (with the pid: unique per call).
+static SAVE_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 fn err(path: &Path, msg: String) -> Error {
     Error::Checkpoint(format!("{}: {msg}", path.display()))
@@ -105,6 +119,16 @@ pub fn save_variables(path: impl AsRef<Path>, vars: &[Variable]) -> Result<()> {
     let path = path.as_ref();
     let mut seen = HashSet::new();
     for v in vars {
+        if v.name() == RESERVED_NAME || v.name().contains('\n') {
+            return Err(err(
+                path,
+                format!(
+                    "variable name {:?} cannot be saved: `{RESERVED_NAME}` is reserved by \
+                     the safetensors format and names may not contain a newline; rename the variable",
+                    v.name()
+                ),
+            ));
+        }
         if !seen.insert(v.name()) {
             return Err(err(
                 path,
@@ -142,10 +166,12 @@ pub fn save_variables(path: impl AsRef<Path>, vars: &[Variable]) -> Result<()> {
     let file_name = path
         .file_name()
         .ok_or_else(|| err(path, "not a file path".into()))?;
+    let prefix = format!(".{}.tmp-", file_name.to_string_lossy());
+    remove_stale_temps(path, &prefix);
     let tmp = path.with_file_name(format!(
-        ".{}.tmp-{}",
-        file_name.to_string_lossy(),
-        std::process::id()
+        "{prefix}{}-{}",
+        std::process::id(),
+        SAVE_COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
@@ -170,6 +196,34 @@ pub fn save_variables(path: impl AsRef<Path>, vars: &[Variable]) -> Result<()> {
     Ok(())
 }
 
+/// Removes `<prefix><pid>-<n>` files next to `path` whose process has died (Linux only:
+/// elsewhere there is no cheap portable liveness check, and nothing is removed).
+fn remove_stale_temps(path: &Path, prefix: &str) {
+    if !cfg!(target_os = "linux") {
+        return;
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(prefix)) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new("/proc").join(pid.to_string()).exists() {
+            // best effort: another save may have removed it first
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// Loads values saved by [`save_variables`] into `vars` (see the module docs for the
 /// matching rules). Nothing is assigned unless every variable matches.
 pub fn load_variables(path: impl AsRef<Path>, vars: &[Variable]) -> Result<()> {
@@ -192,23 +246,30 @@ pub fn load_variables(path: impl AsRef<Path>, vars: &[Variable]) -> Result<()> {
         })
         .unwrap_or_default();
 
-    let keys: Vec<String> = if vars.iter().all(|v| names.contains(v.name())) {
+    let matched = vars.iter().filter(|v| names.contains(v.name())).count();
+    let keys: Vec<String> = if matched == vars.len() {
         vars.iter().map(|v| v.name().to_string()).collect()
-    } else if order.len() == vars.len() && order.iter().all(|n| names.contains(n)) {
+    } else if matched == 0 && order.len() == vars.len() && order.iter().all(|n| names.contains(n)) {
         order.clone()
     } else {
-        let missing = vars
+        let missing: Vec<String> = vars
             .iter()
-            .find(|v| !names.contains(v.name()))
-            .expect("some name is missing");
+            .filter(|v| !names.contains(v.name()))
+            .map(|v| format!("`{}`", v.name()))
+            .collect();
         let mut held: Vec<&String> = names.iter().collect();
         held.sort();
         let shown: Vec<&str> = held.iter().take(8).map(|s| s.as_str()).collect();
+        let why = if matched > 0 {
+            format!("{matched} names match, so they are not matched by position")
+        } else {
+            "and they cannot be matched by position".to_string()
+        };
         return Err(err(
             path,
             format!(
-                "has no variable `{}` ({} requested, {} saved: {}{}), and they cannot be matched by position",
-                missing.name(),
+                "has no variable {} ({} requested, {} saved: {}{}), {why}",
+                missing.join(", "),
                 vars.len(),
                 names.len(),
                 shown.join(", "),

@@ -268,6 +268,13 @@ impl Model {
     /// and a line per epoch unless `verbose` is 0.
     pub fn fit(&self, x: &Tensor, y: &Tensor, opts: FitOptions) -> Result<History> {
         let (_, _, metrics) = self.compiled_parts()?;
+        for (name, t) in [("x", x), ("y", y)] {
+            if t.shape().is_empty() {
+                return Err(Error::Invalid(format!(
+                    "fit: {name} is a scalar; it needs a first axis of samples (got shape [])"
+                )));
+            }
+        }
         if x.shape().first() != y.shape().first() {
             return Err(Error::Invalid(format!(
                 "fit: x has {:?} samples but y has {:?}",

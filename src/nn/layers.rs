@@ -222,6 +222,9 @@ pub struct Dense {
 
 impl Dense {
     /// A dense layer with `units` outputs, no activation, f32 weights.
+    ///
+    /// `units` must be positive: `Dense::new(0)` is an `Err` from the first `build`,
+    /// `call` or `compute_output_shape`.
     pub fn new(units: usize) -> Dense {
         Dense {
             units,
@@ -276,6 +279,19 @@ impl Dense {
         self
     }
 
+    /// `units` must be positive (Keras rejects `Dense(0)` too); checked when the layer
+    /// is first built or asked for its output shape.
+    fn check_units(&self) -> Result<()> {
+        if self.units == 0 {
+            return Err(bad_input(
+                "Dense",
+                self.name(),
+                "units must be a positive integer, got 0".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// The kernel variable (`None` before the layer is built).
     pub fn kernel(&self) -> Option<Variable> {
         self.vars
@@ -306,6 +322,7 @@ impl Layer for Dense {
 
     fn build(&self, input_shape: &[usize]) -> Result<()> {
         let name = self.name.get().to_string();
+        self.check_units()?;
         let mut vars = self.vars.lock().expect("layer lock");
         if let Some(v) = vars.as_ref() {
             // only the feature axis is fixed: a dense layer maps the last axis of any rank
@@ -339,6 +356,7 @@ impl Layer for Dense {
     }
 
     fn compute_output_shape(&self, input_shape: &[usize]) -> Result<Vec<usize>> {
+        self.check_units()?;
         let mut s = input_shape.to_vec();
         match s.last_mut() {
             Some(last) => *last = self.units,

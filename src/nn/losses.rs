@@ -9,10 +9,18 @@
 //! large logits never overflow; from probabilities, predictions are clipped to
 //! `[ε, 1 - ε]` (ε = 1e-7) before the logarithm, as Keras does.
 //!
-//! Labels out of range: an eager call checks integer labels and returns an `Err` naming
-//! the label. Inside a traced function labels have no value yet, so the labels go
-//! through a `gather` from `0..classes`: a bad label makes the compiled call return an
-//! `Err` (`gather: index 10 is out of range 0..10`) instead of a silently wrong loss.
+//! The sparse cross-entropy picks each row's target log-probability with a `gather`
+//! (never one-hot × log-probabilities, where a `-inf` or huge logit of another class
+//! would give `0 · -inf = NaN`); the categorical one skips the classes whose target is
+//! 0 (`0 · log 0 = 0`, as in `xlogy`). So a `-inf` logit of a non-target class and
+//! logits near ±`f32::MAX` give the exact loss.
+//!
+//! Bad labels: an eager call checks the labels and returns an `Err` naming the first
+//! label that is not an integer (NaN, ±inf, 2.5) or is outside `0..classes`. Inside a
+//! traced function labels have no value yet, so the labels go through a `gather` from
+//! `0..classes`, with float labels that are not integers read as `-1`: a bad label
+//! makes the compiled call return an `Err` (`gather: index 10 is out of range 0..10`,
+//! `index -1` for a non-integer label) instead of a silently wrong loss.
 
 use crate::{DType, Error, Result, Tensor};
 
@@ -148,10 +156,31 @@ impl SparseCategoricalCrossentropy {
     }
 }
 
-/// Integer labels shaped `[..]` for predictions `[.., classes]`, range-checked (see the module docs).
+/// Integer labels shaped `[..]` for predictions `[.., classes]`, checked to be integers
+/// in range (see the module docs).
 pub(crate) fn sparse_labels(loss: &str, y_true: &Tensor, y_pred: &Tensor) -> Result<Tensor> {
     let classes = *y_pred.shape().last().expect("rank ≥ 1");
-    let mut labels = y_true.cast(DType::I64);
+    let mut labels = if !y_true.dtype().is_float() {
+        y_true.clone()
+    } else if y_true.is_symbolic() {
+        // a non-integer label (NaN, ±inf, 2.5) becomes -1, which the range check rejects
+        let cast = y_true.cast(DType::I64);
+        let integral = cast.cast(y_true.dtype()).eq(y_true);
+        Tensor::select(&integral, &cast, &Tensor::scalar_of(DType::I64, -1.0))
+    } else {
+        let values = y_true.to_vec_f64()?;
+        if let Some((i, bad)) = values
+            .iter()
+            .enumerate()
+            .find(|(_, v)| !v.is_finite() || v.fract() != 0.0)
+        {
+            return Err(invalid(
+                loss,
+                format!("label {bad} at position {i} is not an integer class index"),
+            ));
+        }
+        y_true.cast(DType::I64)
+    };
     let lead = &y_pred.shape()[..y_pred.rank() - 1];
     if labels.shape() != lead {
         if labels.rank() == y_pred.rank()
@@ -209,9 +238,19 @@ impl Loss for SparseCategoricalCrossentropy {
         } else {
             clipped_log_probs(y_pred)
         };
-        let picked = (labels.one_hot(classes, y_pred.dtype()) * logp).sum(&[-1], false);
-        Ok(-picked.mean_all())
+        Ok(-pick(&logp, &labels, classes).mean_all())
     }
+}
+
+/// `x[.., labels[..]]`: the entry of each row of `x` (`[.., classes]`) at its label
+/// (`[..]`, in range), as one `gather` from the flattened `x`.
+fn pick(x: &Tensor, labels: &Tensor, classes: usize) -> Tensor {
+    let rows = labels.len();
+    let offsets = Tensor::arange(0, rows as i64, DType::I64) * (classes as f64);
+    let flat = offsets + labels.reshape(&[rows]);
+    x.reshape(&[rows * classes])
+        .gather(&flat, 0)
+        .reshape(labels.shape())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -274,6 +313,9 @@ impl Loss for CategoricalCrossentropy {
         } else {
             clipped_log_probs(y_pred)
         };
+        // 0 · log p = 0 even where log p is -inf (a -inf or huge negative logit)
+        let zero = logp.scalar_like(0.0);
+        let logp = Tensor::select(&t.eq(&t.scalar_like(0.0)), &zero, &logp);
         Ok(-(t * logp).sum(&[-1], false).mean_all())
     }
 }

@@ -2,18 +2,41 @@
 
 use std::collections::BTreeMap;
 
-/// A set of axes as a bit mask (rank ≤ 16). `Copy`, `Eq` and `Hash`, so ops stay `Copy`.
+/// A set of axes as a bit mask (axes below [`AxisSet::LIMIT`]). `Copy`, `Eq` and `Hash`,
+/// so ops stay `Copy`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct AxisSet(pub u16);
 
 impl AxisSet {
-    /// The set of the given axes.
-    pub fn of(axes: &[usize]) -> AxisSet {
-        AxisSet(axes.iter().fold(0u16, |m, &a| m | (1 << a)))
+    /// Axes must be below this (reductions work on the first 16 axes).
+    pub const LIMIT: usize = 16;
+
+    /// The set of the given axes, or a message naming the first axis that does not fit.
+    pub fn try_of(axes: &[usize]) -> Result<AxisSet, String> {
+        let mut m = 0u16;
+        for &a in axes {
+            if a >= Self::LIMIT {
+                return Err(format!(
+                    "axis {a} is out of range (reductions take axes below {})",
+                    Self::LIMIT
+                ));
+            }
+            m |= 1 << a;
+        }
+        Ok(AxisSet(m))
     }
-    /// All axes `0..rank`.
+
+    /// The set of the given axes.
+    ///
+    /// # Panics
+    /// If an axis is not below [`AxisSet::LIMIT`] (use [`AxisSet::try_of`] for untrusted axes).
+    pub fn of(axes: &[usize]) -> AxisSet {
+        Self::try_of(axes).unwrap_or_else(|e| panic!("AxisSet::of: {e}"))
+    }
+
+    /// All axes `0..rank` (those below [`AxisSet::LIMIT`]).
     pub fn all(rank: usize) -> AxisSet {
-        AxisSet(((1u32 << rank) - 1) as u16)
+        AxisSet(((1u32 << rank.min(Self::LIMIT)) - 1) as u16)
     }
     /// Whether `axis` is in the set.
     pub fn contains(self, axis: usize) -> bool {
@@ -119,4 +142,26 @@ pub fn get_usize(m: &AttrMap, k: &str) -> Result<usize, String> {
     get(m, k)?
         .parse()
         .map_err(|e| format!("attribute `{k}`: {e}"))
+}
+
+/// Looks up a required axis attribute (stored as `u8`).
+pub fn get_u8(m: &AttrMap, k: &str) -> Result<u8, String> {
+    to_u8(k, get_usize(m, k)?)
+}
+
+/// Looks up a required offset or length attribute (stored as `u32`).
+pub fn get_u32(m: &AttrMap, k: &str) -> Result<u32, String> {
+    to_u32(k, get_usize(m, k)?)
+}
+
+/// An axis, stride or window attribute narrowed to its stored `u8`, or a message naming
+/// `what` and the value (never a silent truncation: `256` is not axis 0).
+pub fn to_u8(what: &str, v: usize) -> Result<u8, String> {
+    u8::try_from(v).map_err(|_| format!("{what} {v} is out of range (at most {})", u8::MAX))
+}
+
+/// An offset or length attribute narrowed to its stored `u32`, or a message naming
+/// `what` and the value.
+pub fn to_u32(what: &str, v: usize) -> Result<u32, String> {
+    u32::try_from(v).map_err(|_| format!("{what} {v} is out of range (at most {})", u32::MAX))
 }

@@ -5,12 +5,177 @@
 
 use super::attrs::{self, AttrMap};
 use super::{arity, float_only, operand_types, same_dtype, Grads, Op, VjpArgs};
-pub use crate::exec::kernels::conv::Padding;
 use crate::exec::kernels::conv::{self as kc, Conv2dGeom};
 use crate::exec::kernels::pool::{self as kp, Pool2dGeom};
 use crate::tensor::{Arr, DType, Data, Float, Shape, Tensor};
 use ndarray::IxDyn;
 use smallvec::smallvec;
+
+/// How a window is placed over the input edges (TensorFlow's `padding` attribute).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Padding {
+    /// No padding: only windows that fit inside the input; `out = (len - k) / s + 1`.
+    Valid,
+    /// Zero padding so that `out = ceil(len / s)`; the odd pixel of padding, if any,
+    /// goes at the bottom/right.
+    Same,
+}
+
+impl Padding {
+    /// Output length and padding before the first element along one axis of length
+    /// `len`, for a window of `k` and a stride `s`. `None` when a `Valid` window does
+    /// not fit.
+    ///
+    /// # Panics
+    /// If `s` is 0.
+    ///
+    /// # Example
+    /// ```
+    /// use tapeflow::Padding;
+    /// assert_eq!(Padding::Valid.out_len_and_pad(28, 3, 1), Some((26, 0)));
+    /// assert_eq!(Padding::Same.out_len_and_pad(5, 3, 2), Some((3, 1)));
+    /// assert_eq!(Padding::Valid.out_len_and_pad(2, 3, 1), None);
+    /// ```
+    pub fn out_len_and_pad(self, len: usize, k: usize, s: usize) -> Option<(usize, usize)> {
+        match self {
+            Padding::Valid => (len >= k).then(|| ((len - k) / s + 1, 0)),
+            Padding::Same => {
+                let out = len.div_ceil(s);
+                let pad_total = if out == 0 {
+                    0
+                } else {
+                    ((out - 1) * s + k).saturating_sub(len)
+                };
+                Some((out, pad_total / 2))
+            }
+        }
+    }
+}
+
+// The kernels take resolved geometry; building it from shapes and a `Padding` is the
+// ops' shape rule, so the constructors live here.
+impl Conv2dGeom {
+    /// Checks that input `x_shape` `[n, h, w, cin]` and filter `w_shape`
+    /// `[kh, kw, cin, cout]` fit together with the given stride `(sh, sw)` and padding.
+    ///
+    /// # Errors
+    /// A message naming both shapes when either is not rank 4, the channel counts
+    /// differ, a stride or filter size is zero, or the filter is larger than the
+    /// (padded) input.
+    ///
+    /// # Example
+    /// ```
+    /// use tapeflow::exec::kernels::conv::Conv2dGeom;
+    /// use tapeflow::Padding;
+    /// let g = Conv2dGeom::new(&[32, 28, 28, 1], &[3, 3, 1, 32], (1, 1), Padding::Valid).unwrap();
+    /// assert_eq!(g.out_shape(), [32, 26, 26, 32]);
+    /// assert!(Conv2dGeom::new(&[32, 28, 28, 2], &[3, 3, 1, 32], (1, 1), Padding::Valid).is_err());
+    /// ```
+    pub fn new(
+        x_shape: &[usize],
+        w_shape: &[usize],
+        stride: (usize, usize),
+        padding: Padding,
+    ) -> Result<Conv2dGeom, String> {
+        let fail = |why: &str| {
+            Err(format!(
+                "conv2d: input {x_shape:?} [n, h, w, cin] and filter {w_shape:?} [kh, kw, cin, cout] \
+                 (stride {stride:?}, {padding:?}): {why}"
+            ))
+        };
+        let (&[n, h, w, cin], &[kh, kw, wcin, cout]) = (x_shape, w_shape) else {
+            return fail("both must be rank 4");
+        };
+        if cin != wcin {
+            return fail(&format!("input has {cin} channels, filter expects {wcin}"));
+        }
+        let (sh, sw) = stride;
+        if sh == 0 || sw == 0 {
+            return fail("strides must be at least 1");
+        }
+        if kh == 0 || kw == 0 {
+            return fail("filter height and width must be at least 1");
+        }
+        let (Some((oh, pad_top)), Some((ow, pad_left))) = (
+            padding.out_len_and_pad(h, kh, sh),
+            padding.out_len_and_pad(w, kw, sw),
+        ) else {
+            return fail("filter is larger than the input");
+        };
+        Ok(Conv2dGeom {
+            n,
+            h,
+            w,
+            cin,
+            kh,
+            kw,
+            cout,
+            sh,
+            sw,
+            pad_top,
+            pad_left,
+            oh,
+            ow,
+        })
+    }
+}
+
+impl Pool2dGeom {
+    /// Checks input shape `x_shape` `[n, h, w, c]` against the window `ksize`
+    /// `(kh, kw)`, stride `(sh, sw)` and padding.
+    ///
+    /// # Errors
+    /// A message naming the shape when it is not rank 4, a window or stride size is
+    /// zero, or a `Valid` window is larger than the input.
+    ///
+    /// # Example
+    /// ```
+    /// use tapeflow::exec::kernels::pool::Pool2dGeom;
+    /// use tapeflow::Padding;
+    /// let g = Pool2dGeom::new(&[32, 26, 26, 32], (2, 2), (2, 2), Padding::Valid).unwrap();
+    /// assert_eq!(g.out_shape(), [32, 13, 13, 32]);
+    /// ```
+    pub fn new(
+        x_shape: &[usize],
+        ksize: (usize, usize),
+        stride: (usize, usize),
+        padding: Padding,
+    ) -> Result<Pool2dGeom, String> {
+        let fail = |why: &str| {
+            Err(format!(
+                "max_pool2d: input {x_shape:?} [n, h, w, c] with window {ksize:?} \
+                 (stride {stride:?}, {padding:?}): {why}"
+            ))
+        };
+        let &[n, h, w, c] = x_shape else {
+            return fail("input must be rank 4");
+        };
+        let ((kh, kw), (sh, sw)) = (ksize, stride);
+        if kh == 0 || kw == 0 || sh == 0 || sw == 0 {
+            return fail("window sizes and strides must be at least 1");
+        }
+        let (Some((oh, pad_top)), Some((ow, pad_left))) = (
+            padding.out_len_and_pad(h, kh, sh),
+            padding.out_len_and_pad(w, kw, sw),
+        ) else {
+            return fail("window is larger than the input");
+        };
+        Ok(Pool2dGeom {
+            n,
+            h,
+            w,
+            c,
+            kh,
+            kw,
+            sh,
+            sw,
+            pad_top,
+            pad_left,
+            oh,
+            ow,
+        })
+    }
+}
 
 /// Attributes of a convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -100,7 +265,7 @@ pub(super) fn attrs(op: &Op) -> Vec<(&'static str, String)> {
 pub(super) fn parse(name: &str, m: &AttrMap) -> Option<Result<Op, String>> {
     let pair = |k: &str| -> Result<(u8, u8), String> {
         match attrs::parse_list(attrs::get(m, k)?)?.as_slice() {
-            [a, b] => Ok((*a as u8, *b as u8)),
+            [a, b] => Ok((attrs::to_u8(k, *a)?, attrs::to_u8(k, *b)?)),
             v => Err(format!("`{k}` needs two values, got {v:?}")),
         }
     };
@@ -270,5 +435,18 @@ pub(super) fn vjp(op: &Op, a: &VjpArgs, gy: &Tensor) -> Grads {
             want(1).then(|| Tensor::pool_op(Op::MaxPool2dGrad(pa), p, Some(gy)))
         ],
         _ => unreachable!(),
+    }
+}
+
+/// Scheduling cost: a convolution's multiply-adds (the larger of its input and output
+/// times the filter, per input channel); pooling visits each element once.
+pub(super) fn work(op: &Op, x: &[&[usize]], out: &[usize]) -> u64 {
+    match op {
+        Op::Conv2d(_) | Op::Conv2dBackpropInput(_) | Op::Conv2dBackpropFilter(_) => {
+            let w = x[1];
+            let filter = super::elems(w);
+            super::elems(x[0]).max(super::elems(out)) * filter / w[2].max(1) as u64
+        }
+        _ => super::streamed(x, out),
     }
 }

@@ -50,6 +50,22 @@ pub const UNARY_OPS: [Unary; 10] = [
 ];
 
 impl Unary {
+    /// Whether fusion may compute it again for every element of a larger (broadcast)
+    /// loop instead of keeping it in its own: true for the ops that cost about one
+    /// instruction per element.
+    pub fn is_cheap(self) -> bool {
+        match self {
+            Unary::Neg | Unary::Abs | Unary::Sign => true,
+            Unary::Exp
+            | Unary::Log
+            | Unary::Sin
+            | Unary::Cos
+            | Unary::Tanh
+            | Unary::Sqrt
+            | Unary::Sigmoid => false,
+        }
+    }
+
     /// Text name.
     pub fn name(self) -> &'static str {
         match self {
@@ -131,6 +147,20 @@ pub const BINARY_OPS: [Binary; 7] = [
 ];
 
 impl Binary {
+    /// Whether fusion may compute it again for every element of a larger loop (see
+    /// [`Unary::is_cheap`]).
+    pub fn is_cheap(self) -> bool {
+        match self {
+            Binary::Add
+            | Binary::Sub
+            | Binary::Mul
+            | Binary::Div
+            | Binary::Maximum
+            | Binary::Minimum => true,
+            Binary::Pow => false,
+        }
+    }
+
     /// Text name.
     pub fn name(self) -> &'static str {
         match self {
@@ -421,5 +451,21 @@ pub(super) fn vjp_nary(op: &Op, a: &VjpArgs, gy: &Tensor) -> Grads {
             ]
         }
         _ => unreachable!(),
+    }
+}
+
+/// Scheduling cost: one evaluation per output element (at least one visit per input).
+pub(super) fn work(_op: &Op, x: &[&[usize]], out: &[usize]) -> u64 {
+    super::streamed(x, out)
+}
+
+/// Whether fusion may recompute the op for every element of a larger loop.
+pub(super) fn is_cheap(op: &Op) -> bool {
+    match op {
+        Op::Unary(u) => u.is_cheap(),
+        Op::Binary(b) => b.is_cheap(),
+        // one comparison or one pick per element
+        Op::Compare(_) | Op::Select => true,
+        _ => unreachable!("not an elementwise op"),
     }
 }

@@ -1,7 +1,7 @@
 //! Indexing: `gather` (rows of a tensor picked by i64 indices) and its adjoint `scatter_add`.
 
 use super::attrs::{self, AttrMap};
-use super::{arity, Grads, Op, VjpArgs};
+use super::{arity, float_only, Grads, Op, VjpArgs};
 use crate::tensor::{type_str, Arr, DType, Data, Shape, Tensor};
 use ndarray::IxDyn;
 use smallvec::smallvec;
@@ -24,13 +24,13 @@ pub(super) fn attrs(op: &Op) -> Vec<(&'static str, String)> {
 }
 
 pub(super) fn parse(name: &str, m: &AttrMap) -> Option<Result<Op, String>> {
-    let u = |k: &str| attrs::get_usize(m, k);
+    let axis = || attrs::get_u8(m, "axis");
     match name {
-        "gather" => Some(u("axis").map(|a| Op::Gather { axis: a as u8 })),
+        "gather" => Some(axis().map(|axis| Op::Gather { axis })),
         "scatter_add" => Some((|| {
             Ok(Op::ScatterAdd {
-                axis: u("axis")? as u8,
-                size: u("size")? as u32,
+                axis: axis()?,
+                size: attrs::get_u32(m, "size")?,
             })
         })()),
         _ => None,
@@ -60,6 +60,8 @@ pub(super) fn infer(op: &Op, x: &[(DType, &[usize])]) -> Result<(DType, Shape), 
             ))
         }
         Op::ScatterAdd { axis, size } => {
+            // the kernel adds floats only: say so at trace time, not when it runs
+            float_only(d)?;
             let a = axis as usize;
             if s.len() < a + si.len() || s[a..a + si.len()] != *si {
                 return Err(format!(
@@ -171,4 +173,9 @@ pub(super) fn vjp(op: &Op, a: &VjpArgs, gy: &Tensor) -> Grads {
         Op::ScatterAdd { axis, .. } => smallvec![Some(gy.gather(idx, axis as usize)), None],
         _ => unreachable!(),
     }
+}
+
+/// Scheduling cost: each element moved once.
+pub(super) fn work(_op: &Op, x: &[&[usize]], out: &[usize]) -> u64 {
+    super::streamed(x, out)
 }

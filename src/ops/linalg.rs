@@ -130,3 +130,10 @@ pub(super) fn vjp(ta: bool, tb: bool, a: &VjpArgs, gy: &Tensor) -> Grads {
     });
     smallvec![gp, gq]
 }
+
+/// Scheduling cost: multiply-adds, `out · k` with `k` the contracted length of `x[0]`.
+pub(super) fn work(ta: bool, x: &[&[usize]], out: &[usize]) -> u64 {
+    let a = x[0];
+    let k = if ta { a[a.len() - 2] } else { a[a.len() - 1] };
+    super::elems(out) * k as u64
+}

@@ -23,7 +23,7 @@ pub use attrs::{AxisSet, Perm};
 pub use conv::{ConvAttrs, Padding, PoolAttrs};
 pub use elementwise::{Binary, Compare, Unary};
 
-use crate::tensor::{type_str, DType, Data, Shape, Tensor};
+use crate::tensor::{check_shape, type_str, DType, Data, Shape, Tensor};
 use smallvec::SmallVec;
 
 /// A primitive op with its attributes.
@@ -59,7 +59,7 @@ pub enum Op {
         /// Keep reduced axes as length 1.
         keep: bool,
     },
-    /// Index of the maximum along one axis (i64; first on ties).
+    /// Index of the maximum along one axis (i64; first on ties; the first NaN if any).
     ArgMax {
         /// The axis.
         axis: u8,
@@ -129,7 +129,7 @@ pub enum Op {
     /// Picks, per pooling window, the value of `gx` at the window's argmax: operands `(x, gx)`.
     MaxPool2dGather(PoolAttrs),
     /// A fused elementwise region: entry `n` of the graph's fused-expression table
-    /// ([`crate::exec::kernels::fused::FusedExpr`]), made by the fusion pass. Its type
+    /// ([`crate::ir::FusedExpr`]), made by the fusion pass. Its type
     /// and kernel come from that expression, so [`Op::infer`] and [`Op::eval`] defer to
     /// the graph (verifier, parser, interpreter); optimized graphs are never differentiated.
     Fused(u32),
@@ -228,7 +228,23 @@ impl Op {
     ///
     /// `out` is the requested result shape for ops whose shape is not implied by their
     /// operands (`reshape`, `broadcast_to`, the convolution backprops); others ignore it.
+    ///
+    /// Every shape involved (operands, `out`, the result) must have at most
+    /// [`crate::tensor::MAX_ELEMENTS`] elements, so rules may multiply dimensions freely.
     pub fn infer(
+        &self,
+        x: &[(DType, &[usize])],
+        out: Option<&[usize]>,
+    ) -> Result<(DType, Shape), String> {
+        for s in x.iter().map(|(_, s)| *s).chain(out) {
+            check_shape(s)?;
+        }
+        let (d, s) = self.infer_unchecked(x, out)?;
+        check_shape(&s).map_err(|e| format!("the result {e}"))?;
+        Ok((d, s))
+    }
+
+    fn infer_unchecked(
         &self,
         x: &[(DType, &[usize])],
         out: Option<&[usize]>,
@@ -351,6 +367,42 @@ impl Op {
         }
     }
 
+    /// Whether the fusion pass may compute this op again for every element of a larger
+    /// loop (a value broadcast into a bigger consumer): true for ops that cost about one
+    /// instruction per element, false for transcendental ones. Only ops of
+    /// [`FusionClass::Elementwise`] are ever recomputed; the other families answer for
+    /// their fusable members.
+    pub fn is_cheap(&self) -> bool {
+        match self.family() {
+            Family::Elementwise => elementwise::is_cheap(self),
+            Family::Shape => shape::is_cheap(self),
+            // never recomputed: not elementwise
+            Family::Source
+            | Family::Reduce
+            | Family::Index
+            | Family::Linalg
+            | Family::Conv
+            | Family::Fused => true,
+        }
+    }
+
+    /// A cost estimate for the scheduler, in element operations, from the operand shapes
+    /// `x` and the result shape `out`: multiply-adds for matmul and convolutions, the
+    /// elements streamed for the rest, 0 for values that cost nothing to produce.
+    pub fn work(&self, x: &[&[usize]], out: &[usize]) -> u64 {
+        match self.family() {
+            Family::Source => source::work(self, x, out),
+            Family::Elementwise => elementwise::work(self, x, out),
+            Family::Reduce => reduce::work(self, x, out),
+            Family::Shape => shape::work(self, x, out),
+            Family::Index => index::work(self, x, out),
+            Family::Linalg => linalg::work(self.matmul_flags().0, x, out),
+            Family::Conv => conv::work(self, x, out),
+            // one loop over its elements, reading each operand
+            Family::Fused => streamed(x, out),
+        }
+    }
+
     /// Whether `op(a, b) == op(b, a)` bit for bit (CSE sorts such operands).
     ///
     /// Not `maximum`/`minimum`: on equal operands they return the first, so
@@ -385,6 +437,17 @@ impl Op {
                 | Op::ReadVar(_)
         ) && !matches!(self, Op::Unary(Unary::Sign))
     }
+}
+
+/// Elements of a shape, as a cost.
+fn elems(s: &[usize]) -> u64 {
+    s.iter().product::<usize>() as u64
+}
+
+/// The cost of an op that streams its elements: the larger of its result and its first
+/// operand.
+fn streamed(x: &[&[usize]], out: &[usize]) -> u64 {
+    elems(out).max(x.first().map_or(0, |s| elems(s)))
 }
 
 /// A family's text parser: `None` when the name is not one of its ops.
@@ -426,34 +489,87 @@ pub(crate) fn float_only(d: DType) -> Result<(), String> {
     Ok(())
 }
 
-/// The op list: every op's text name, once. Tests check that each has a gradient-check
-/// row or a documented reason to have none; adding an op means adding its name here.
+/// Declares the op list: one line per op, `pattern => example`. The patterns also form
+/// an exhaustive `match` over [`Op`] (no wildcard), so a new op — a new `Op` variant, or
+/// a new [`Unary`], [`Binary`] or [`Compare`] — does not compile until it has its line
+/// here. `internal` lists the ops that passes make and users never write (no gradient,
+/// no gradient-check row), which [`all_ops`] leaves out.
+macro_rules! op_list {
+    (ops { $($p:pat => $e:expr,)* } internal { $($ip:pat,)* }) => {
+        /// The op list: one op of each text name (attributes at simple values), in a fixed
+        /// order. Meta-tests iterate over it: every op needs a gradient-check row or a
+        /// documented reason to have none. Adding an op is its family file plus one line
+        /// of this list.
+        pub fn all_ops() -> Vec<Op> {
+            vec![$($e),*]
+        }
+
+        /// Compiles only while every op has its line in the list.
+        const _EVERY_OP_IS_LISTED: fn(Op) = |op| match op {
+            $($p => {})*
+            $($ip => {})*
+        };
+    };
+}
+
+#[rustfmt::skip]
+op_list! {
+    ops {
+        Op::Input(_) => Op::Input(0),
+        Op::Const => Op::Const,
+        Op::ReadVar(_) => Op::ReadVar(0),
+        Op::Assign(_) => Op::Assign(0),
+        Op::Select => Op::Select,
+        Op::Unary(Unary::Neg) => Op::Unary(Unary::Neg),
+        Op::Unary(Unary::Exp) => Op::Unary(Unary::Exp),
+        Op::Unary(Unary::Log) => Op::Unary(Unary::Log),
+        Op::Unary(Unary::Sin) => Op::Unary(Unary::Sin),
+        Op::Unary(Unary::Cos) => Op::Unary(Unary::Cos),
+        Op::Unary(Unary::Tanh) => Op::Unary(Unary::Tanh),
+        Op::Unary(Unary::Sqrt) => Op::Unary(Unary::Sqrt),
+        Op::Unary(Unary::Abs) => Op::Unary(Unary::Abs),
+        Op::Unary(Unary::Sign) => Op::Unary(Unary::Sign),
+        Op::Unary(Unary::Sigmoid) => Op::Unary(Unary::Sigmoid),
+        Op::Binary(Binary::Add) => Op::Binary(Binary::Add),
+        Op::Binary(Binary::Sub) => Op::Binary(Binary::Sub),
+        Op::Binary(Binary::Mul) => Op::Binary(Binary::Mul),
+        Op::Binary(Binary::Div) => Op::Binary(Binary::Div),
+        Op::Binary(Binary::Pow) => Op::Binary(Binary::Pow),
+        Op::Binary(Binary::Maximum) => Op::Binary(Binary::Maximum),
+        Op::Binary(Binary::Minimum) => Op::Binary(Binary::Minimum),
+        Op::Compare(Compare::Gt) => Op::Compare(Compare::Gt),
+        Op::Compare(Compare::Ge) => Op::Compare(Compare::Ge),
+        Op::Compare(Compare::Lt) => Op::Compare(Compare::Lt),
+        Op::Compare(Compare::Le) => Op::Compare(Compare::Le),
+        Op::Compare(Compare::Eq) => Op::Compare(Compare::Eq),
+        Op::Compare(Compare::Ne) => Op::Compare(Compare::Ne),
+        Op::Sum { .. } => Op::Sum { axes: AxisSet::of(&[0]), keep: false },
+        Op::Max { .. } => Op::Max { axes: AxisSet::of(&[0]), keep: false },
+        Op::ArgMax { .. } => Op::ArgMax { axis: 0 },
+        Op::Reshape => Op::Reshape,
+        Op::BroadcastTo => Op::BroadcastTo,
+        Op::Transpose(_) => Op::Transpose(Perm::new(&[1, 0]).expect("a permutation")),
+        Op::Concat { .. } => Op::Concat { axis: 0 },
+        Op::Slice { .. } => Op::Slice { axis: 0, start: 0, end: 1 },
+        Op::Pad { .. } => Op::Pad { axis: 0, before: 1, after: 1 },
+        Op::Cast(_) => Op::Cast(DType::F64),
+        Op::StopGradient => Op::StopGradient,
+        Op::Gather { .. } => Op::Gather { axis: 0 },
+        Op::ScatterAdd { .. } => Op::ScatterAdd { axis: 0, size: 1 },
+        Op::MatMul { .. } => Op::MatMul { ta: false, tb: false },
+        Op::Conv2d(_) => Op::Conv2d(ConvAttrs { stride: (1, 1), padding: Padding::Valid }),
+        Op::Conv2dBackpropInput(_) => Op::Conv2dBackpropInput(ConvAttrs { stride: (1, 1), padding: Padding::Valid }),
+        Op::Conv2dBackpropFilter(_) => Op::Conv2dBackpropFilter(ConvAttrs { stride: (1, 1), padding: Padding::Valid }),
+        Op::MaxPool2d(_) => Op::MaxPool2d(PoolAttrs { ksize: (2, 2), stride: (2, 2), padding: Padding::Valid }),
+        Op::MaxPool2dGrad(_) => Op::MaxPool2dGrad(PoolAttrs { ksize: (2, 2), stride: (2, 2), padding: Padding::Valid }),
+        Op::MaxPool2dGather(_) => Op::MaxPool2dGather(PoolAttrs { ksize: (2, 2), stride: (2, 2), padding: Padding::Valid }),
+    }
+    internal {
+        Op::Fused(_),
+    }
+}
+
+/// The text names of [`all_ops`], in its order.
 pub fn all_op_names() -> Vec<&'static str> {
-    let mut v = vec!["input", "const", "read_var", "assign", "select"];
-    v.extend(elementwise::UNARY_OPS.iter().map(|u| u.name()));
-    v.extend(elementwise::BINARY_OPS.iter().map(|b| b.name()));
-    v.extend(elementwise::COMPARE_OPS.iter().map(|c| c.name()));
-    v.extend([
-        "sum",
-        "max",
-        "argmax",
-        "reshape",
-        "broadcast",
-        "transpose",
-        "concat",
-        "slice",
-        "pad",
-        "cast",
-        "stop_gradient",
-        "gather",
-        "scatter_add",
-        "matmul",
-        "conv2d",
-        "conv2d_backprop_input",
-        "conv2d_backprop_filter",
-        "max_pool2d",
-        "max_pool2d_grad",
-        "max_pool2d_gather",
-    ]);
-    v
+    all_ops().iter().map(Op::name).collect()
 }

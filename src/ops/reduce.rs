@@ -30,7 +30,7 @@ pub(super) fn attrs(op: &Op) -> Vec<(&'static str, String)> {
 
 pub(super) fn parse(name: &str, m: &AttrMap) -> Option<Result<Op, String>> {
     let reduce = |sum: bool| -> Result<Op, String> {
-        let axes = AxisSet::of(&attrs::parse_list(attrs::get(m, "axes")?)?);
+        let axes = AxisSet::try_of(&attrs::parse_list(attrs::get(m, "axes")?)?)?;
         let keep = m.get("keep").map(|s| s == "true").unwrap_or(false);
         Ok(if sum {
             Op::Sum { axes, keep }
@@ -41,7 +41,7 @@ pub(super) fn parse(name: &str, m: &AttrMap) -> Option<Result<Op, String>> {
     match name {
         "sum" => Some(reduce(true)),
         "max" => Some(reduce(false)),
-        "argmax" => Some(attrs::get_usize(m, "axis").map(|a| Op::ArgMax { axis: a as u8 })),
+        "argmax" => Some(attrs::get_u8(m, "axis").map(|axis| Op::ArgMax { axis })),
         _ => None,
     }
 }
@@ -80,7 +80,9 @@ pub(super) fn infer(op: &Op, x: &[(DType, &[usize])]) -> Result<(DType, Shape), 
             if a >= s.len() || s[a] == 0 {
                 return Err(format!("axis {a} is out of range or empty for shape {s:?}"));
             }
-            Ok((DType::I64, reduced_shape(s, AxisSet::of(&[a]), false)))
+            let mut shape = Shape::from_slice(s);
+            shape.remove(a);
+            Ok((DType::I64, shape))
         }
         _ => unreachable!(),
     }
@@ -121,4 +123,9 @@ pub(super) fn vjp(op: &Op, a: &VjpArgs, gy: &Tensor) -> Grads {
         Op::ArgMax { .. } => smallvec![None],
         _ => unreachable!(),
     }
+}
+
+/// Scheduling cost: one visit of each input element.
+pub(super) fn work(_op: &Op, x: &[&[usize]], out: &[usize]) -> u64 {
+    super::streamed(x, out)
 }

@@ -53,7 +53,7 @@ pub(super) fn attrs(op: &Op) -> Vec<(&'static str, String)> {
 }
 
 pub(super) fn parse(name: &str, m: &AttrMap) -> Option<Result<Op, String>> {
-    let u = |k: &str| attrs::get_usize(m, k);
+    let (axis, u) = (|| attrs::get_u8(m, "axis"), |k: &str| attrs::get_u32(m, k));
     let r = match name {
         "reshape" => Ok(Op::Reshape),
         "broadcast" => Ok(Op::BroadcastTo),
@@ -62,19 +62,19 @@ pub(super) fn parse(name: &str, m: &AttrMap) -> Option<Result<Op, String>> {
             .and_then(attrs::parse_list)
             .and_then(|p| Perm::new(&p).ok_or_else(|| format!("bad permutation {p:?}")))
             .map(Op::Transpose),
-        "concat" => u("axis").map(|a| Op::Concat { axis: a as u8 }),
+        "concat" => axis().map(|axis| Op::Concat { axis }),
         "slice" => (|| {
             Ok(Op::Slice {
-                axis: u("axis")? as u8,
-                start: u("start")? as u32,
-                end: u("end")? as u32,
+                axis: axis()?,
+                start: u("start")?,
+                end: u("end")?,
             })
         })(),
         "pad" => (|| {
             Ok(Op::Pad {
-                axis: u("axis")? as u8,
-                before: u("before")? as u32,
-                after: u("after")? as u32,
+                axis: axis()?,
+                before: u("before")?,
+                after: u("after")?,
             })
         })(),
         "cast" => attrs::get(m, "to")
@@ -147,7 +147,9 @@ pub(super) fn infer(
                         operand_types(x)
                     ));
                 }
-                shape[a] += t[a];
+                shape[a] = shape[a]
+                    .checked_add(t[a])
+                    .ok_or_else(|| format!("axis {a} overflows: {}", operand_types(x)))?;
             }
             shape
         }
@@ -170,7 +172,15 @@ pub(super) fn infer(
         } => {
             let a = axis_ok(axis, s.len())?;
             let mut shape = Shape::from_slice(s);
-            shape[a] += (before + after) as usize;
+            shape[a] = [before, after]
+                .iter()
+                .try_fold(s[a], |n, &p| n.checked_add(p as usize))
+                .ok_or_else(|| {
+                    format!(
+                        "padding {before}+{after} overflows axis {a} of {}",
+                        type_str(d, s)
+                    )
+                })?;
             shape
         }
         Op::Cast(to) => return Ok((to, Shape::from_slice(s))),
@@ -232,11 +242,21 @@ fn pad<T: Pooled>(a: &Arr<T>, axis: usize, before: usize, shape: &[usize]) -> Ar
     out.into_shared()
 }
 
-fn concat<T: Clone>(parts: &[&Arr<T>], axis: usize) -> Arr<T> {
-    let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
-    ndarray::concatenate(Axis(axis), &views)
-        .expect("infer checked concat")
-        .into_shared()
+/// Joins `parts` along `axis` into a standard-layout buffer of `shape` (kernels that
+/// read the result as a slice rely on that): for each index of the leading axes, each
+/// part's contiguous block in turn.
+fn concat<T: Pooled>(parts: &[&Arr<T>], axis: usize, shape: &[usize]) -> Arr<T> {
+    let outer: usize = shape[..axis].iter().product();
+    let mut out = buffers::take(shape.iter().product());
+    let standard: Vec<_> = parts.iter().map(|p| p.as_standard_layout()).collect();
+    for o in 0..outer {
+        for p in &standard {
+            let s = p.as_slice().expect("standard layout");
+            let block = s.len() / outer;
+            out.extend_from_slice(&s[o * block..(o + 1) * block]);
+        }
+    }
+    ew::wrap(shape, out)
 }
 
 pub(super) fn eval(op: &Op, x: &[&Data], shape: &[usize]) -> Data {
@@ -265,6 +285,7 @@ pub(super) fn eval(op: &Op, x: &[&Data], shape: &[usize]) -> Data {
                         })
                         .collect::<Vec<_>>(),
                     ax,
+                    shape,
                 )),
                 Data::F64(_) => Data::F64(concat(
                     &x.iter()
@@ -274,6 +295,7 @@ pub(super) fn eval(op: &Op, x: &[&Data], shape: &[usize]) -> Data {
                         })
                         .collect::<Vec<_>>(),
                     ax,
+                    shape,
                 )),
                 Data::I64(_) => Data::I64(concat(
                     &x.iter()
@@ -283,6 +305,7 @@ pub(super) fn eval(op: &Op, x: &[&Data], shape: &[usize]) -> Data {
                         })
                         .collect::<Vec<_>>(),
                     ax,
+                    shape,
                 )),
             }
         }
@@ -343,4 +366,19 @@ pub(super) fn vjp(op: &Op, a: &VjpArgs, gy: &Tensor) -> Grads {
         Op::StopGradient => smallvec![None],
         _ => unreachable!(),
     }
+}
+
+/// Scheduling cost: `reshape` is a view (free); the others move each element once.
+pub(super) fn work(op: &Op, x: &[&[usize]], out: &[usize]) -> u64 {
+    match op {
+        Op::Reshape => 0,
+        _ => super::streamed(x, out),
+    }
+}
+
+/// Whether fusion may recompute the op for every element of a larger loop: the
+/// fusable members of this family (`broadcast`, float `cast`) only move or convert a
+/// value.
+pub(super) fn is_cheap(_op: &Op) -> bool {
+    true
 }

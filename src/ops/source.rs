@@ -28,3 +28,8 @@ pub(super) fn infer(op: &Op, x: &[(DType, &[usize])]) -> Result<(DType, Shape), 
         )),
     }
 }
+
+/// Scheduling cost: none (the interpreter supplies the value; `assign` aliases it).
+pub(super) fn work(_op: &Op, _x: &[&[usize]], _out: &[usize]) -> u64 {
+    0
+}

@@ -16,8 +16,10 @@ use crate::error::Result;
 use crate::ir::{Graph, NodeId};
 use std::collections::HashMap;
 
-/// Points every use of a duplicate node at the first node with the same key.
-pub fn eliminate_common_subexpressions(g: &mut Graph) -> Result<()> {
+/// Points every use of a duplicate node at the first node with the same key; returns
+/// whether it merged any.
+pub fn eliminate_common_subexpressions(g: &mut Graph) -> Result<bool> {
+    let mut changed = false;
     let mut seen: HashMap<Key, NodeId> = HashMap::new();
     for n in g.canonical_order() {
         let Some(k) = key(g, n) else { continue };
@@ -25,11 +27,12 @@ pub fn eliminate_common_subexpressions(g: &mut Graph) -> Result<()> {
             Some(&first) => {
                 g.replace_uses(n, first);
                 g.remove(n);
+                changed = true;
             }
             None => {
                 seen.insert(k, n);
             }
         }
     }
-    Ok(())
+    Ok(changed)
 }

@@ -10,8 +10,10 @@ use crate::error::Result;
 use crate::ir::Graph;
 use crate::ops::Op;
 
-/// Removes every node not reachable from the roots (inputs stay).
-pub fn eliminate_dead_nodes(g: &mut Graph) -> Result<()> {
+/// Removes every node not reachable from the roots (inputs stay); returns whether it
+/// removed a node or a fused expression.
+pub fn eliminate_dead_nodes(g: &mut Graph) -> Result<bool> {
+    let mut changed = false;
     let order = g.canonical_order();
     let mut live = vec![false; g.capacity()];
     for &n in &order {
@@ -20,6 +22,7 @@ pub fn eliminate_dead_nodes(g: &mut Graph) -> Result<()> {
     for n in g.node_ids() {
         if !live[n.index()] {
             g.remove(n);
+            changed = true;
         }
     }
     let mut table = Vec::new();
@@ -29,6 +32,8 @@ pub fn eliminate_dead_nodes(g: &mut Graph) -> Result<()> {
             g.node_mut(n).op = Op::Fused(table.len() as u32 - 1);
         }
     }
+    // renumbering alone is not a change: the text (and every result) stays the same
+    changed |= table.len() != g.fused.len();
     g.fused = table;
-    Ok(())
+    Ok(changed)
 }

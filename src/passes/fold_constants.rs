@@ -19,8 +19,9 @@ use crate::tensor::{numel, Data};
 /// Largest result (in elements) that is folded.
 pub const FOLD_MAX_ELEMS: usize = 4096;
 
-/// Replaces constant subexpressions by their values.
-pub fn fold_constants(g: &mut Graph) -> Result<()> {
+/// Replaces constant subexpressions by their values; returns whether it folded any.
+pub fn fold_constants(g: &mut Graph) -> Result<bool> {
+    let mut changed = false;
     for n in g.canonical_order() {
         let node = g.node(n);
         let foldable = !matches!(
@@ -49,6 +50,7 @@ pub fn fold_constants(g: &mut Graph) -> Result<()> {
         let c = g.add(c, &[]);
         g.replace_uses(n, c);
         g.remove(n);
+        changed = true;
     }
-    Ok(())
+    Ok(changed)
 }

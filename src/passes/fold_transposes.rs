@@ -34,8 +34,10 @@ fn swapped_input(g: &Graph, t: NodeId) -> Option<NodeId> {
     swaps_last_two.then(|| g.operands(t)[0])
 }
 
-/// Folds last-two-axes transposes of matmul operands into the matmul's flags.
-pub fn fold_transposes_into_matmul(g: &mut Graph) -> Result<()> {
+/// Folds last-two-axes transposes of matmul operands into the matmul's flags; returns
+/// whether it folded any.
+pub fn fold_transposes_into_matmul(g: &mut Graph) -> Result<bool> {
+    let mut changed = false;
     for n in g.canonical_order() {
         if !g.contains(n) {
             continue;
@@ -55,6 +57,7 @@ pub fn fold_transposes_into_matmul(g: &mut Graph) -> Result<()> {
         let new = add_unique(g, op, &[a.unwrap_or(ops[0]), b.unwrap_or(ops[1])], None, n)?;
         replace(g, n, new);
         g.remove(n);
+        changed = true;
     }
-    Ok(())
+    Ok(changed)
 }

@@ -1,15 +1,16 @@
 //! Graph optimization passes and the pipeline that runs them.
 //!
-//! Each pass is a function `&mut Graph -> Result<()>` in its own file, named by what it
-//! does. The pipeline is a flat list, [`PIPELINE`]; [`PassConfig`] turns any pass off by
-//! name. Its first [`CLEANUP_PASSES`] entries (folding, CSE, simplification, dead-node
-//! elimination) feed each other — a fold exposes an identity, an identity exposes a
-//! duplicate — so they repeat as a group until a round leaves the graph's text
-//! unchanged, at most [`CLEANUP_ROUNDS`] times; the rest run once. After every pass the
+//! Each pass is a function `&mut Graph -> Result<bool>` in its own file, named by what
+//! it does; it returns whether it changed the graph. The pipeline is a flat list,
+//! [`PIPELINE`], of passes that also see the [`PassConfig`]; the config turns any pass
+//! off by name. Its first [`CLEANUP_PASSES`] entries (folding, CSE, simplification,
+//! dead-node elimination) feed each other — a fold exposes an identity, an identity
+//! exposes a duplicate — so they repeat as a group until a round changes nothing, at
+//! most [`CLEANUP_ROUNDS`] times; the rest run once. After every pass the
 //! verifier runs in tests and debug builds. Every pass is idempotent, and so is the
 //! pipeline.
 //!
-//! Memory planning ([`plan_memory`]) is not a graph rewrite: `exec::Plan` runs it on the
+//! Memory planning ([`crate::exec::plan_memory`]) is not a graph rewrite: `exec::Plan` runs it on the
 //! final graph's execution order.
 
 mod cse;
@@ -17,7 +18,6 @@ mod dce;
 mod fold_constants;
 mod fold_transposes;
 mod fuse;
-mod plan_memory;
 mod rewrite;
 mod simplify;
 
@@ -25,28 +25,32 @@ pub use cse::eliminate_common_subexpressions;
 pub use dce::eliminate_dead_nodes;
 pub use fold_constants::{fold_constants, FOLD_MAX_ELEMS};
 pub use fold_transposes::fold_transposes_into_matmul;
-pub use fuse::{fuse_elementwise, fuse_elementwise_min};
-pub use plan_memory::{plan_memory, MemoryPlan};
+pub use fuse::{fuse_elementwise, fuse_elementwise_min, SMALL_REGION_ELEMS};
 pub use simplify::{simplify, simplify_counting, RuleFn, MAX_SWEEPS, RULES};
 
 use crate::error::Result;
-use crate::ir::{print, verify, Graph};
+use crate::ir::{verify, Graph};
 use std::time::{Duration, Instant};
 
-/// A pass: rewrites the graph in place.
-pub type PassFn = fn(&mut Graph) -> Result<()>;
+/// A pipeline pass: rewrites the graph in place under the pipeline's configuration and
+/// returns whether it changed anything.
+pub type PassFn = fn(&mut Graph, &PassConfig) -> Result<bool>;
 
 /// The pipeline, in order: (name, pass).
 pub const PIPELINE: &[(&str, PassFn)] = &[
-    ("fold_constants", fold_constants),
-    (
-        "eliminate_common_subexpressions",
-        eliminate_common_subexpressions,
-    ),
-    ("simplify", simplify),
-    ("eliminate_dead_nodes", eliminate_dead_nodes),
-    ("fold_transposes_into_matmul", fold_transposes_into_matmul),
-    ("fuse_elementwise", fuse_elementwise),
+    ("fold_constants", |g, _| fold_constants(g)),
+    ("eliminate_common_subexpressions", |g, _| {
+        eliminate_common_subexpressions(g)
+    }),
+    ("simplify", |g, _| simplify(g)),
+    ("eliminate_dead_nodes", |g, _| eliminate_dead_nodes(g)),
+    ("fold_transposes_into_matmul", |g, _| {
+        fold_transposes_into_matmul(g)
+    }),
+    // the one pass with a setting: its size threshold (0 fuses every region)
+    ("fuse_elementwise", |g, c| {
+        fuse_elementwise_min(g, c.min_fused_elems)
+    }),
 ];
 
 /// How many passes at the head of [`PIPELINE`] repeat as a group.
@@ -62,7 +66,8 @@ pub struct PassConfig {
     pub disabled: Vec<String>,
     /// Skip every pass.
     pub none: bool,
-    /// Fuse only regions whose longest loop has at least this many elements (0: all).
+    /// Fuse only regions whose longest loop has at least this many elements, or at most
+    /// [`SMALL_REGION_ELEMS`] (0: all).
     pub min_fused_elems: usize,
 }
 
@@ -82,7 +87,8 @@ impl PassConfig {
     }
 
     /// What [`crate::function`] uses: every pass, with fusion limited to loops long
-    /// enough for it to pay ([`TUNED_MIN_FUSED_ELEMS`]). `PassConfig::default()` fuses
+    /// enough for it to pay ([`TUNED_MIN_FUSED_ELEMS`]) or so short that kernel
+    /// overhead dominates ([`SMALL_REGION_ELEMS`]). `PassConfig::default()` fuses
     /// every region (what the filetests and property tests pin).
     pub fn tuned() -> PassConfig {
         PassConfig {
@@ -113,6 +119,8 @@ pub struct PassStat {
     pub after: usize,
     /// Wall time.
     pub time: Duration,
+    /// Whether the pass changed the graph.
+    pub changed: bool,
 }
 
 impl std::fmt::Display for PassStat {
@@ -128,27 +136,29 @@ impl std::fmt::Display for PassStat {
     }
 }
 
-/// Runs one pass, timing it and verifying its result in debug builds.
+/// Runs one pass, timing it and verifying its result in debug builds; returns whether
+/// it changed the graph.
 pub fn run_pass(
     g: &mut Graph,
     name: &'static str,
-    pass: impl Fn(&mut Graph) -> Result<()>,
+    pass: impl Fn(&mut Graph) -> Result<bool>,
     stats: &mut Vec<PassStat>,
-) -> Result<()> {
+) -> Result<bool> {
     let before = g.live_len();
     let t = Instant::now();
-    pass(g)?;
+    let changed = pass(g)?;
     let time = t.elapsed();
     if cfg!(debug_assertions) {
-        verify(g).map_err(|e| crate::Error::Graph(format!("after pass {name}: {e}")))?;
+        verify(g).map_err(|e| crate::error::Error::Graph(format!("after pass {name}: {e}")))?;
     }
     stats.push(PassStat {
         name,
         before,
         after: g.live_len(),
         time,
+        changed,
     });
-    Ok(())
+    Ok(changed)
 }
 
 /// Runs the enabled passes of the pipeline on a copy of `g`.
@@ -157,31 +167,19 @@ pub fn run_pipeline(g: &Graph, config: &PassConfig) -> Result<(Graph, Vec<PassSt
     let mut stats = Vec::new();
     let (cleanup, rest) = PIPELINE.split_at(CLEANUP_PASSES);
     for _ in 0..CLEANUP_ROUNDS {
-        let before = print(&g, false);
+        let mut changed = false;
         for &(name, pass) in cleanup {
             if config.enabled(name) {
-                run_pass(&mut g, name, pass, &mut stats)?;
+                changed |= run_pass(&mut g, name, |g| pass(g, config), &mut stats)?;
             }
         }
-        if print(&g, false) == before {
+        if !changed {
             break;
         }
     }
     for &(name, pass) in rest {
-        if !config.enabled(name) {
-            continue;
-        }
-        if name == "fuse_elementwise" && config.min_fused_elems > 0 {
-            // the one pass with a setting: the same pass with its size threshold
-            let min = config.min_fused_elems;
-            run_pass(
-                &mut g,
-                name,
-                move |g| fuse_elementwise_min(g, min),
-                &mut stats,
-            )?;
-        } else {
-            run_pass(&mut g, name, pass, &mut stats)?;
+        if config.enabled(name) {
+            run_pass(&mut g, name, |g| pass(g, config), &mut stats)?;
         }
     }
     Ok((g, stats))

@@ -7,7 +7,7 @@
 //! `eliminate_common_subexpressions` leave nothing for a second CSE run to find.
 
 use crate::error::{Error, Result};
-use crate::exec::kernels::fused::FusedExpr;
+use crate::ir::FusedExpr;
 use crate::ir::{Graph, Node, NodeId};
 use crate::ops::Op;
 use crate::tensor::{DType, Data, Shape};

@@ -94,9 +94,9 @@ pub fn simplify_counting(g: &mut Graph) -> Result<BTreeMap<&'static str, usize>>
     Ok(fired)
 }
 
-/// Applies the rewrite rules of [`RULES`] until none applies.
-pub fn simplify(g: &mut Graph) -> Result<()> {
-    simplify_counting(g).map(|_| ())
+/// Applies the rewrite rules of [`RULES`] until none applies; returns whether any fired.
+pub fn simplify(g: &mut Graph) -> Result<bool> {
+    simplify_counting(g).map(|fired| !fired.is_empty())
 }
 
 fn operands2(g: &Graph, n: NodeId) -> (NodeId, NodeId) {

@@ -1,6 +1,7 @@
 //! Constructors: scalars, vectors, from buffers and ndarrays, filled, seeded random, ranges.
 
-use super::{numel, DType, Data, Tensor};
+use super::dispatch::{fail, location};
+use super::{check_shape, numel, DType, Data, Tensor};
 use crate::error::{Error, Result};
 use ndarray::{ArrayD, IxDyn};
 use rand::{Rng, SeedableRng};
@@ -26,6 +27,16 @@ impl Element for i64 {
     fn into_data(a: ArrayD<i64>) -> Data {
         Data::I64(a.into_shared())
     }
+}
+
+/// Rejects a constructor's shape over [`super::MAX_ELEMENTS`] like an op's shape error:
+/// a panic eagerly, a failed tensor (the trace's first error) inside [`crate::function`].
+#[track_caller]
+fn too_big(name: &'static str, shape: &[usize], dtype: DType) -> Option<Tensor> {
+    let msg = check_shape(shape).err()?;
+    let loc = location(std::panic::Location::caller());
+    let trace = fail(name, msg, loc).expect("fail panics when not tracing");
+    Some(Tensor::poisoned(trace, dtype, shape.into(), loc))
 }
 
 impl Tensor {
@@ -71,26 +82,44 @@ impl Tensor {
     }
 
     /// Zeros of a shape (f32).
+    ///
+    /// # Panics
+    /// If the shape has more than [`crate::tensor::MAX_ELEMENTS`] elements (inside
+    /// [`crate::function`] the call returns that as an `Err`); the same holds for every
+    /// constructor that takes a shape or a length.
     #[track_caller]
     pub fn zeros(shape: &[usize]) -> Tensor {
+        if let Some(bad) = too_big("zeros", shape, DType::F32) {
+            return bad;
+        }
         Tensor::from_data(Data::zeros(DType::F32, shape))
     }
 
     /// Ones of a shape (f32).
     #[track_caller]
     pub fn ones(shape: &[usize]) -> Tensor {
+        if let Some(bad) = too_big("ones", shape, DType::F32) {
+            return bad;
+        }
         Tensor::from_data(Data::full(DType::F32, shape, 1.0))
     }
 
     /// A shape filled with `v` in `dtype`.
     #[track_caller]
     pub fn full(shape: &[usize], v: f64, dtype: DType) -> Tensor {
+        if let Some(bad) = too_big("full", shape, dtype) {
+            return bad;
+        }
         Tensor::from_data(Data::full(dtype, shape, v))
     }
 
     /// `start, start+1, ..., end-1` in `dtype`.
     #[track_caller]
     pub fn arange(start: i64, end: i64, dtype: DType) -> Tensor {
+        let len = usize::try_from(end.max(start).abs_diff(start)).unwrap_or(usize::MAX);
+        if let Some(bad) = too_big("arange", &[len], dtype) {
+            return bad;
+        }
         let v: Vec<f64> = (start..end.max(start)).map(|i| i as f64).collect();
         let n = v.len();
         let d = Data::F64(
@@ -104,6 +133,9 @@ impl Tensor {
     /// Normal samples with a seed (same seed, same values, on every platform).
     #[track_caller]
     pub fn random_normal(shape: &[usize], mean: f64, std: f64, seed: u64, dtype: DType) -> Tensor {
+        if let Some(bad) = too_big("random_normal", shape, dtype) {
+            return bad;
+        }
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let n = numel(shape);
         let mut v = Vec::with_capacity(n);
@@ -123,6 +155,9 @@ impl Tensor {
     /// Uniform samples in `[low, high)` with a seed.
     #[track_caller]
     pub fn random_uniform(shape: &[usize], low: f64, high: f64, seed: u64, dtype: DType) -> Tensor {
+        if let Some(bad) = too_big("random_uniform", shape, dtype) {
+            return bad;
+        }
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let v: Vec<f64> = (0..numel(shape))
             .map(|_| low + (high - low) * rng.gen::<f64>())

@@ -1,7 +1,7 @@
 //! `Data`: the concrete buffer behind a tensor, one ndarray per dtype.
 
 use super::dtype::{DType, Shape};
-use super::fastmath;
+use crate::exec::kernels::fastmath;
 use ndarray::{ArcArray, ArrayD, IxDyn};
 
 /// Shared, copy-on-write n-dimensional array: the storage of every concrete tensor.
@@ -33,7 +33,7 @@ pub trait Float:
     /// Converts to f64.
     fn to_f64(self) -> f64;
     /// `eˣ` as the kernels compute it. f32: the vectorizable version in
-    /// `tensor::fastmath` (within 1 ulp); f64: std (libm, so f64 gradient checks keep
+    /// `exec::kernels::fastmath` (within 1 ulp); f64: std (libm, so f64 gradient checks keep
     /// its accuracy). The same for the other `kernel_*` functions.
     fn kernel_exp(self) -> Self;
     /// `ln x` as the kernels compute it (see [`Float::kernel_exp`]).
@@ -192,6 +192,23 @@ impl Data {
     /// Number of elements.
     pub fn len(&self) -> usize {
         with_data!(self, a => a.len())
+    }
+
+    /// The row-major index and value of the first NaN or infinity (`None` for i64).
+    pub fn first_non_finite(&self) -> Option<(usize, f64)> {
+        match self {
+            Data::F32(a) => a
+                .iter()
+                .enumerate()
+                .find(|(_, v)| !v.is_finite())
+                .map(|(i, &v)| (i, v as f64)),
+            Data::F64(a) => a
+                .iter()
+                .enumerate()
+                .find(|(_, v)| !v.is_finite())
+                .map(|(i, &v)| (i, v)),
+            Data::I64(_) => None,
+        }
     }
 
     /// Whether there are no elements.

@@ -83,7 +83,15 @@ pub(crate) fn apply(op: Op, inputs: &[&Tensor], out: Option<&[usize]>) -> Tensor
             })
             .collect();
         match op.eval(&datas, &shape) {
-            Ok(d) => Tensor::from_data_at(d, loc),
+            Ok(d) => {
+                if crate::debugging::check_numerics_enabled() {
+                    if let Some((i, v)) = d.first_non_finite() {
+                        let ty = super::type_str(dtype, &shape);
+                        panic!("{}", Error::non_finite(op.name(), i, v, ty, Some(loc)));
+                    }
+                }
+                Tensor::from_data_at(d, loc)
+            }
             Err(msg) => panic!("{}", Error::op(op.name(), msg, loc)),
         }
     };

@@ -60,9 +60,52 @@ impl fmt::Display for DType {
 /// A tensor shape: the length of each axis. Scalars have an empty shape.
 pub type Shape = SmallVec<[usize; 4]>;
 
-/// Number of elements of a shape.
+/// The most elements a tensor may have: `u32::MAX` (4,294,967,295; 16 GiB of f32).
+///
+/// Every shape that reaches a graph or a kernel is checked against it ([`check_shape`]):
+/// op results at trace time, the types of parsed IR text, every node in the verifier,
+/// and the shapes given to the constructors. Below the limit, element counts, byte
+/// sizes and the `u32` offsets of `slice`/`pad`/`scatter_add` attributes never
+/// overflow; a shape above it is an `Err` inside [`crate::function`] and a panic
+/// eagerly, with the op's name. (On targets with less than 64-bit `usize` the limit
+/// is `isize::MAX / 8` so that byte sizes still fit.)
+pub const MAX_ELEMENTS: usize = if usize::BITS >= 64 {
+    u32::MAX as usize
+} else {
+    isize::MAX as usize / 8
+};
+
+/// Number of elements of a shape (saturating at `usize::MAX`).
+///
+/// Shapes of tensors and graph nodes are checked against [`MAX_ELEMENTS`] when they are
+/// made, so this product is exact for them; use [`check_shape`] for a shape that
+/// comes from elsewhere.
 pub fn numel(shape: &[usize]) -> usize {
-    shape.iter().product()
+    if shape.contains(&0) {
+        return 0;
+    }
+    shape.iter().fold(1usize, |n, &d| n.saturating_mul(d))
+}
+
+/// The number of elements of `shape`, or a message when it exceeds [`MAX_ELEMENTS`].
+///
+/// Zero-length axes do not hide others: `[0, 2^40]` is rejected like `[2^40]`, so
+/// every axis length and every product of them stays within the limit.
+pub fn check_shape(shape: &[usize]) -> Result<usize, String> {
+    let mut n = 1usize;
+    let mut empty = false;
+    for &d in shape {
+        empty |= d == 0;
+        n = match n.checked_mul(d.max(1)) {
+            Some(n) if n <= MAX_ELEMENTS => n,
+            _ => {
+                return Err(format!(
+                    "shape {shape:?} has more than MAX_ELEMENTS = {MAX_ELEMENTS} elements"
+                ))
+            }
+        };
+    }
+    Ok(if empty { 0 } else { n })
 }
 
 /// Formats `dtype[d0,d1,...]`, the form used by the IR and error messages.

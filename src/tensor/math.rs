@@ -9,20 +9,54 @@
 //!
 //! # Panics
 //! Every method here panics eagerly when its operands do not fit the op's rule (shapes
-//! that do not broadcast, a wrong dtype, an axis out of range), with a message naming
-//! the op, the operand types and the caller's source line. Inside a traced function the
+//! that do not broadcast, a wrong dtype, an axis out of range, an attribute too large
+//! for its field, a result over [`super::MAX_ELEMENTS`] elements), with a message naming
+//! the op, the operand types or the value, and the caller's source line. Inside a traced function the
 //! same mistake does not panic: the function's `call` returns it as an `Err`.
 
-use super::dispatch::apply;
+use super::dispatch::{apply, fail, location};
 use super::{DType, Tensor};
+use crate::ops::attrs::{to_u32, to_u8};
 use crate::ops::{AxisSet, Binary, Compare, ConvAttrs, Op, Padding, Perm, PoolAttrs, Unary};
 use std::ops::{Add, Div, Mul, Neg, Sub};
+use std::panic::Location;
 
-fn norm_axis(axis: isize, rank: usize) -> usize {
-    if axis < 0 {
-        (rank as isize + axis).max(0) as usize
-    } else {
-        axis as usize
+/// A possibly negative axis as an index `0..rank` (negative counts from the end), or a
+/// message naming it. Axes at or past `rank` are left for the op's shape rule to reject.
+fn norm_axis(axis: isize, rank: usize) -> Result<usize, String> {
+    if axis >= 0 {
+        return Ok(axis as usize);
+    }
+    rank.checked_sub(axis.unsigned_abs())
+        .ok_or_else(|| format!("axis {axis} is out of range for rank {rank}"))
+}
+
+/// Normalizes a list of axes (see [`norm_axis`]).
+fn norm_axes(axes: &[isize], rank: usize) -> Result<Vec<usize>, String> {
+    axes.iter().map(|&a| norm_axis(a, rank)).collect()
+}
+
+/// Applies an op whose attributes were checked when `op` was built: a bad attribute is
+/// reported like a shape error (a panic eagerly, the first error of the trace inside
+/// [`crate::function`]) naming `name`, the value and the caller's line.
+#[track_caller]
+fn apply_checked(
+    name: &'static str,
+    op: Result<Op, String>,
+    inputs: &[&Tensor],
+    out: Option<&[usize]>,
+) -> Tensor {
+    match op {
+        Ok(op) => apply(op, inputs, out),
+        Err(msg) => {
+            let loc = location(Location::caller());
+            let trace = fail(name, msg, loc).expect("fail panics when not tracing");
+            let (dtype, shape) = inputs
+                .first()
+                .map(|t| (t.dtype(), t.0.shape.clone()))
+                .unwrap_or((DType::F32, Default::default()));
+            Tensor::poisoned(trace, dtype, shape, loc)
+        }
     }
 }
 
@@ -151,21 +185,17 @@ impl Tensor {
     /// Sum over `axes` (negative axes count from the end); `keep` keeps them as length 1.
     #[track_caller]
     pub fn sum(&self, axes: &[isize], keep: bool) -> Tensor {
-        let axes: Vec<usize> = axes.iter().map(|&a| norm_axis(a, self.rank())).collect();
-        self.sum_axes(&axes, keep)
+        let op = norm_axes(axes, self.rank())
+            .and_then(|a| AxisSet::try_of(&a))
+            .map(|axes| Op::Sum { axes, keep });
+        apply_checked("sum", op, &[self], None)
     }
 
     /// Sum over axes given as `usize`.
     #[track_caller]
     pub fn sum_axes(&self, axes: &[usize], keep: bool) -> Tensor {
-        apply(
-            Op::Sum {
-                axes: AxisSet::of(axes),
-                keep,
-            },
-            &[self],
-            None,
-        )
+        let op = AxisSet::try_of(axes).map(|axes| Op::Sum { axes, keep });
+        apply_checked("sum", op, &[self], None)
     }
 
     /// Sum of all elements (a scalar).
@@ -177,7 +207,10 @@ impl Tensor {
     /// Mean over `axes`.
     #[track_caller]
     pub fn mean(&self, axes: &[isize], keep: bool) -> Tensor {
-        let axes: Vec<usize> = axes.iter().map(|&a| norm_axis(a, self.rank())).collect();
+        let axes = match norm_axes(axes, self.rank()) {
+            Ok(a) => a,
+            Err(e) => return apply_checked("sum", Err(e), &[self], None),
+        };
         let n: usize = axes
             .iter()
             .map(|&a| self.shape().get(a).copied().unwrap_or(1))
@@ -194,15 +227,10 @@ impl Tensor {
     /// Maximum over `axes`.
     #[track_caller]
     pub fn max(&self, axes: &[isize], keep: bool) -> Tensor {
-        let axes: Vec<usize> = axes.iter().map(|&a| norm_axis(a, self.rank())).collect();
-        apply(
-            Op::Max {
-                axes: AxisSet::of(&axes),
-                keep,
-            },
-            &[self],
-            None,
-        )
+        let op = norm_axes(axes, self.rank())
+            .and_then(|a| AxisSet::try_of(&a))
+            .map(|axes| Op::Max { axes, keep });
+        apply_checked("max", op, &[self], None)
     }
 
     /// Minimum over `axes` (`-max(-x)`).
@@ -211,16 +239,17 @@ impl Tensor {
         -(-self).max(axes, keep)
     }
 
-    /// Index of the maximum along `axis` (i64, first on ties).
+    /// Index of the maximum along `axis` (i64, first on ties; negative counts from the end).
+    ///
+    /// A NaN counts as the maximum: a lane containing NaN gives the index of its first
+    /// NaN, matching [`Tensor::max`], which returns NaN there (NumPy's and JAX's rule;
+    /// TensorFlow leaves NaN unspecified). Eager and compiled results agree.
     #[track_caller]
     pub fn argmax(&self, axis: isize) -> Tensor {
-        apply(
-            Op::ArgMax {
-                axis: norm_axis(axis, self.rank()) as u8,
-            },
-            &[self],
-            None,
-        )
+        let op = norm_axis(axis, self.rank())
+            .and_then(|a| to_u8("axis", a))
+            .map(|axis| Op::ArgMax { axis });
+        apply_checked("argmax", op, &[self], None)
     }
 
     /// Same elements in a new shape.
@@ -257,19 +286,10 @@ impl Tensor {
     /// Permutes axes: output axis `i` is input axis `perm[i]`.
     #[track_caller]
     pub fn transpose(&self, perm: &[usize]) -> Tensor {
-        match Perm::new(perm) {
-            Some(p) => apply(Op::Transpose(p), &[self], None),
-            None => {
-                let loc = super::dispatch::location(std::panic::Location::caller());
-                let trace = super::dispatch::fail(
-                    "transpose",
-                    format!("{perm:?} is not a permutation of ≤ 8 axes"),
-                    loc,
-                )
-                .expect("fail panics when not tracing");
-                Tensor::poisoned(trace, self.dtype(), self.0.shape.clone(), loc)
-            }
-        }
+        let op = Perm::new(perm)
+            .map(Op::Transpose)
+            .ok_or_else(|| format!("{perm:?} is not a permutation of ≤ 8 axes"));
+        apply_checked("transpose", op, &[self], None)
     }
 
     /// Swaps the last two axes.
@@ -286,55 +306,82 @@ impl Tensor {
     /// Joins tensors along `axis`.
     #[track_caller]
     pub fn concat(parts: &[&Tensor], axis: usize) -> Tensor {
-        apply(Op::Concat { axis: axis as u8 }, parts, None)
+        let op = to_u8("axis", axis).map(|axis| Op::Concat { axis });
+        apply_checked("concat", op, parts, None)
     }
 
     /// `self[.., start..end, ..]` along `axis`.
     #[track_caller]
     pub fn slice_axis(&self, axis: usize, start: usize, end: usize) -> Tensor {
-        apply(
-            Op::Slice {
-                axis: axis as u8,
-                start: start as u32,
-                end: end as u32,
-            },
-            &[self],
-            None,
-        )
+        let op = (|| {
+            Ok(Op::Slice {
+                axis: to_u8("axis", axis)?,
+                start: to_u32("start", start)?,
+                end: to_u32("end", end)?,
+            })
+        })();
+        apply_checked("slice", op, &[self], None)
     }
 
     /// Zero-pads `axis` with `before` and `after` elements.
     #[track_caller]
     pub fn pad_axis(&self, axis: usize, before: usize, after: usize) -> Tensor {
-        apply(
-            Op::Pad {
-                axis: axis as u8,
-                before: before as u32,
-                after: after as u32,
-            },
-            &[self],
-            None,
-        )
+        let op = (|| {
+            Ok(Op::Pad {
+                axis: to_u8("axis", axis)?,
+                before: to_u32("before", before)?,
+                after: to_u32("after", after)?,
+            })
+        })();
+        apply_checked("pad", op, &[self], None)
     }
 
     /// Inserts a length-1 axis at `axis` (negative counts from the end of the result).
     #[track_caller]
     pub fn expand_dims(&self, axis: isize) -> Tensor {
-        let a = norm_axis(axis, self.rank() + 1).min(self.rank());
-        let mut s = self.shape().to_vec();
-        s.insert(a, 1);
-        self.reshape(&s)
+        let rank = self.rank();
+        match norm_axis(axis, rank + 1) {
+            Ok(a) if a <= rank => {
+                let mut s = self.shape().to_vec();
+                s.insert(a, 1);
+                self.reshape(&s)
+            }
+            _ => apply_checked(
+                "reshape",
+                Err(format!(
+                    "expand_dims: axis {axis} is out of range for a result of rank {}",
+                    rank + 1
+                )),
+                &[self],
+                None,
+            ),
+        }
     }
 
-    /// Removes a length-1 axis.
+    /// Removes a length-1 axis (negative counts from the end).
+    ///
+    /// An axis that is out of range or does not have length 1 is an error (as in TF).
     #[track_caller]
     pub fn squeeze(&self, axis: isize) -> Tensor {
-        let a = norm_axis(axis, self.rank());
-        let mut s = self.shape().to_vec();
-        if s.get(a) == Some(&1) {
-            s.remove(a);
+        let rank = self.rank();
+        let a = norm_axis(axis, rank).and_then(|a| match self.shape().get(a) {
+            Some(1) => Ok(a),
+            Some(&n) => Err(format!(
+                "squeeze: axis {axis} has length {n}, not 1 (shape {:?})",
+                self.shape()
+            )),
+            None => Err(format!(
+                "squeeze: axis {axis} is out of range for rank {rank}"
+            )),
+        });
+        match a {
+            Ok(a) => {
+                let mut s = self.shape().to_vec();
+                s.remove(a);
+                self.reshape(&s)
+            }
+            Err(e) => apply_checked("reshape", Err(e), &[self], None),
         }
-        self.reshape(&s)
     }
 
     /// Keeps the first axis and flattens the rest (`[n, ...] -> [n, prod]`).
@@ -363,26 +410,29 @@ impl Tensor {
     /// Picks entries along `axis` by i64 `indices`.
     #[track_caller]
     pub fn gather(&self, indices: &Tensor, axis: usize) -> Tensor {
-        apply(Op::Gather { axis: axis as u8 }, &[self, indices], None)
+        let op = to_u8("axis", axis).map(|axis| Op::Gather { axis });
+        apply_checked("gather", op, &[self, indices], None)
     }
 
     /// Adds `self`'s entries into zeros of length `size` along `axis` at `indices`.
     #[track_caller]
     pub fn scatter_add(&self, indices: &Tensor, axis: usize, size: usize) -> Tensor {
-        apply(
-            Op::ScatterAdd {
-                axis: axis as u8,
-                size: size as u32,
-            },
-            &[self, indices],
-            None,
-        )
+        let op = (|| {
+            Ok(Op::ScatterAdd {
+                axis: to_u8("axis", axis)?,
+                size: to_u32("size", size)?,
+            })
+        })();
+        apply_checked("scatter_add", op, &[self, indices], None)
     }
 
     /// One-hot rows of length `depth` in `dtype` for integer labels (`[..] -> [.., depth]`).
     /// Labels outside `0..depth` give all-zero rows (as in TensorFlow).
     #[track_caller]
     pub fn one_hot(&self, depth: usize, dtype: DType) -> Tensor {
+        if let Err(e) = super::check_shape(&[depth]) {
+            return apply_checked("one_hot", Err(format!("depth {depth}: {e}")), &[self], None);
+        }
         let labels = self.cast(DType::I64).expand_dims(-1);
         labels
             .eq(&Tensor::arange(0, depth as i64, DType::I64))
@@ -404,11 +454,13 @@ impl Tensor {
     /// 2-D convolution of an NHWC input with a `[kh,kw,cin,cout]` filter.
     #[track_caller]
     pub fn conv2d(&self, filter: &Tensor, stride: (usize, usize), padding: Padding) -> Tensor {
-        let attrs = ConvAttrs {
-            stride: (stride.0 as u8, stride.1 as u8),
-            padding,
-        };
-        apply(Op::Conv2d(attrs), &[self, filter], None)
+        let op = (|| {
+            Ok(Op::Conv2d(ConvAttrs {
+                stride: (to_u8("stride", stride.0)?, to_u8("stride", stride.1)?),
+                padding,
+            }))
+        })();
+        apply_checked("conv2d", op, &[self, filter], None)
     }
 
     /// 2-D max pooling of an NHWC input.
@@ -419,12 +471,14 @@ impl Tensor {
         stride: (usize, usize),
         padding: Padding,
     ) -> Tensor {
-        let attrs = PoolAttrs {
-            ksize: (ksize.0 as u8, ksize.1 as u8),
-            stride: (stride.0 as u8, stride.1 as u8),
-            padding,
-        };
-        Tensor::pool_op(Op::MaxPool2d(attrs), self, None)
+        let op = (|| {
+            Ok(Op::MaxPool2d(PoolAttrs {
+                ksize: (to_u8("ksize", ksize.0)?, to_u8("ksize", ksize.1)?),
+                stride: (to_u8("stride", stride.0)?, to_u8("stride", stride.1)?),
+                padding,
+            }))
+        })();
+        apply_checked("max_pool2d", op, &[self], None)
     }
 
     #[track_caller]

@@ -10,15 +10,14 @@
 //! Invariant: a tensor's `dtype` and `shape` are always known, in both modes.
 
 mod create;
-mod data;
+pub(crate) mod data;
 pub(crate) mod dispatch;
-mod dtype;
-pub(crate) mod fastmath;
+pub(crate) mod dtype;
 mod math;
-mod variable;
+pub(crate) mod variable;
 
 pub use data::{Arr, Data, Float};
-pub use dtype::{broadcast_shapes, numel, type_str, DType, Shape};
+pub use dtype::{broadcast_shapes, check_shape, numel, type_str, DType, Shape, MAX_ELEMENTS};
 pub use math::Scalar;
 pub use variable::Variable;
 
@@ -105,7 +104,15 @@ impl Tensor {
         }))
     }
 
+    /// The result of a failed op. It keeps the requested shape when that shape is
+    /// valid; an over-large one (the reason the op failed) becomes a scalar, so later
+    /// code computing with the shape (`len`, `mean`) cannot overflow.
     pub(crate) fn poisoned(trace: u64, dtype: DType, shape: Shape, loc: Loc) -> Tensor {
+        let shape = if check_shape(&shape).is_ok() {
+            shape
+        } else {
+            Shape::new()
+        };
         Tensor(Arc::new(Inner {
             id: fresh_id(),
             dtype,

@@ -6,6 +6,19 @@
 //! only run the cached plan: side effects in the closure (printing, pushing to a Vec)
 //! happen at trace time only, as in TensorFlow. A call with a new signature retraces and
 //! records which argument changed ([`Function::retrace_reasons`]).
+//!
+//! The cache:
+//! - holds at most [`DEFAULT_CACHE_SIZE`] concrete functions (or the size given to
+//!   [`Function::cache_size`]); beyond that the least recently used one is dropped (and
+//!   traced again if its signature comes back);
+//! - warns through the `log` crate when calls retrace often: when
+//!   [`RETRACE_WARN_COUNT`] of the last [`RETRACE_WARN_WINDOW`] calls traced, as
+//!   TensorFlow does, naming what changed (pass shapes that do not vary, or pad);
+//! - is never locked while a closure is traced: calls with compiled signatures run
+//!   while another thread traces a new one (a second call with the signature being
+//!   traced waits for that trace instead of tracing it twice);
+//! - survives a closure that panics while being traced: the panic reaches the caller,
+//!   and the function stays usable (nothing is cached for that signature).
 
 use super::context;
 use crate::error::{Error, Result};
@@ -13,9 +26,20 @@ use crate::exec::{Plan, RunStats};
 use crate::ir::Graph;
 use crate::passes::{PassConfig, PassStat};
 use crate::tensor::{type_str, DType, Shape, Tensor};
+use std::collections::VecDeque;
 use std::marker::PhantomData;
 use std::panic::Location;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+/// How many concrete functions a [`Function`] keeps by default (least recently used
+/// ones are dropped first).
+pub const DEFAULT_CACHE_SIZE: usize = 64;
+
+/// The window of recent calls in which frequent retracing is detected.
+pub const RETRACE_WARN_WINDOW: usize = 10;
+
+/// A warning is logged when this many of the last [`RETRACE_WARN_WINDOW`] calls retraced.
+pub const RETRACE_WARN_COUNT: usize = 5;
 
 /// What a traced closure may return: one tensor, a tuple of tensors, a `Vec`, or `()`.
 pub trait Outputs: Sized {
@@ -127,6 +151,8 @@ pub type Signature = Vec<(DType, Shape)>;
 /// One traced, optimized and planned graph for one input signature.
 pub struct ConcreteFunction {
     signature: Signature,
+    /// Compiled unoptimized for numerics checks ([`crate::debugging`]).
+    checked: bool,
     traced: Graph,
     plan: Plan,
     pass_stats: Vec<PassStat>,
@@ -166,26 +192,75 @@ impl ConcreteFunction {
     pub fn compile_time(&self) -> std::time::Duration {
         self.compile_time
     }
-    /// Runs on concrete arguments; updates variables assigned by the graph.
+    /// Runs on concrete arguments; updates variables assigned by the graph. The results
+    /// record the caller's line as their source location.
+    #[track_caller]
     pub fn run(&self, args: &[Tensor]) -> Result<Vec<Tensor>> {
+        let loc = Location::caller();
         let datas = args.iter().map(|a| a.data()).collect::<Result<Vec<_>>>()?;
         let out = self.plan.run(&datas, &mut RunStats::default())?;
-        Ok(out.into_iter().map(Tensor::from_data).collect())
+        Ok(out
+            .into_iter()
+            .map(|d| Tensor::from_data_at(d, loc))
+            .collect())
     }
 }
 
+struct Entry {
+    function: Arc<ConcreteFunction>,
+    /// The value of `State::clock` when it was last used (for LRU eviction).
+    last_used: u64,
+}
+
 struct State {
-    cache: Vec<Arc<ConcreteFunction>>,
+    cache: Vec<Entry>,
+    capacity: usize,
+    /// Signatures (and whether for numerics checks) some thread is tracing right now.
+    tracing: Vec<(Signature, bool)>,
+    clock: u64,
+    /// The signature of the previous call (what a retrace reason compares with).
+    last: Option<Signature>,
     traces: usize,
     reasons: Vec<String>,
+    /// Whether each of the last `RETRACE_WARN_WINDOW` calls retraced.
+    recent: VecDeque<bool>,
 }
 
 /// A traced function; see [`function`].
+///
+/// # Threads
+/// A `Function` can be called from many threads at once (it is `Sync` when the closure
+/// is). Calls with compiled signatures never wait for a trace in progress; two calls
+/// with one new signature trace it once. Variable updates of concurrent calls are never
+/// lost: see [`crate::Variable`]'s concurrency notes.
 pub struct Function<A, F> {
     f: F,
     config: PassConfig,
     state: Mutex<State>,
+    /// Signalled when a trace ends (successfully or not).
+    traced: Condvar,
     _args: PhantomData<fn(A)>,
+}
+
+/// Removes a signature from `State::tracing` when its trace ends, also by a panic.
+struct TracingGuard<'a> {
+    state: &'a Mutex<State>,
+    traced: &'a Condvar,
+    key: &'a (Signature, bool),
+}
+
+impl Drop for TracingGuard<'_> {
+    fn drop(&mut self) {
+        let mut st = lock(self.state);
+        st.tracing.retain(|k| k != self.key);
+        self.traced.notify_all();
+    }
+}
+
+/// Locks the state. The state is never left half-updated (no closure runs while it is
+/// locked), so a poisoned lock is still consistent.
+fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Wraps a closure as a traced function (`tf.function`). The closure takes `&Tensor`
@@ -212,22 +287,53 @@ pub fn function_with<A, F: Traceable<A>>(f: F, config: PassConfig) -> Function<A
         config,
         state: Mutex::new(State {
             cache: Vec::new(),
+            capacity: DEFAULT_CACHE_SIZE,
+            tracing: Vec::new(),
+            clock: 0,
+            last: None,
             traces: 0,
             reasons: Vec::new(),
+            recent: VecDeque::with_capacity(RETRACE_WARN_WINDOW),
         }),
+        traced: Condvar::new(),
         _args: PhantomData,
     }
 }
 
 impl<A, F: Traceable<A>> Function<A, F> {
-    /// How many times the closure has been traced.
+    /// Keeps at most `n` concrete functions (at least 1; default [`DEFAULT_CACHE_SIZE`]),
+    /// dropping the least recently used ones first.
+    ///
+    /// ```
+    /// use tapeflow::{function, Tensor};
+    /// let f = function(|x: &Tensor| Ok(x * 2.0)).cache_size(2);
+    /// for n in 1..=5 {
+    ///     f.call(&Tensor::zeros(&[n])).unwrap();
+    /// }
+    /// assert_eq!((f.trace_count(), f.cached_count()), (5, 2));
+    /// ```
+    pub fn cache_size(self, n: usize) -> Self {
+        {
+            let mut st = lock(&self.state);
+            st.capacity = n.max(1);
+            evict(&mut st);
+        }
+        self
+    }
+
+    /// How many concrete functions are cached now.
+    pub fn cached_count(&self) -> usize {
+        lock(&self.state).cache.len()
+    }
+
+    /// How many times the closure has been traced (successfully).
     pub fn trace_count(&self) -> usize {
-        self.state.lock().expect("function lock").traces
+        lock(&self.state).traces
     }
 
     /// Why each retrace happened (one line per retrace after the first trace).
     pub fn retrace_reasons(&self) -> Vec<String> {
-        self.state.lock().expect("function lock").reasons.clone()
+        lock(&self.state).reasons.clone()
     }
 
     /// The concrete function for these arguments, tracing it if needed (does not run it).
@@ -245,37 +351,90 @@ impl<A, F: Traceable<A>> Function<A, F> {
             .iter()
             .map(|a| (a.dtype(), Shape::from_slice(a.shape())))
             .collect();
-        let mut st = self.state.lock().expect("function lock");
-        if let Some(c) = st.cache.iter().find(|c| c.signature == sig) {
-            return Ok(c.clone());
+        let checked = crate::debugging::check_numerics_enabled();
+        let key = (sig.clone(), checked);
+        let mut st = lock(&self.state);
+        loop {
+            st.clock += 1;
+            let now = st.clock;
+            if let Some(e) = st
+                .cache
+                .iter_mut()
+                .find(|e| e.function.signature == sig && e.function.checked == checked)
+            {
+                e.last_used = now;
+                let c = e.function.clone();
+                st.last = Some(sig);
+                record_call(&mut st, false, None);
+                return Ok(c);
+            }
+            if !st.tracing.contains(&key) {
+                break;
+            }
+            // another thread is tracing this signature: wait for its result
+            st = self.traced.wait(st).unwrap_or_else(|e| e.into_inner());
         }
-        if let Some(last) = st.cache.last() {
-            let changed: Vec<String> = last
-                .signature
+        // (argument, old type, new type) of each argument that changed since the last call
+        let changed: Option<Vec<(usize, String, String)>> =
+            st.last.as_ref().filter(|_| st.traces > 0).map(|last| {
+                last.iter()
+                    .zip(&sig)
+                    .enumerate()
+                    .filter(|(_, (a, b))| a != b)
+                    .map(|(i, (a, b))| (i, type_str(a.0, &a.1), type_str(b.0, &b.1)))
+                    .collect()
+            });
+        if let Some(changed) = &changed {
+            let mut words: Vec<String> = changed
                 .iter()
-                .zip(&sig)
-                .enumerate()
-                .filter(|(_, (a, b))| a != b)
-                .map(|(i, (a, b))| {
-                    format!(
-                        "argument {i} changed from {} to {}",
-                        type_str(a.0, &a.1),
-                        type_str(b.0, &b.1)
-                    )
-                })
+                .map(|(i, a, b)| format!("argument {i} changed from {a} to {b}"))
                 .collect();
+            if words.is_empty() {
+                let on = if checked { "on" } else { "off" };
+                words.push(format!("numerics checks are {on}"));
+            }
             st.reasons
-                .push(format!("retrace at {loc}: {}", changed.join("; ")));
+                .push(format!("retrace at {loc}: {}", words.join("; ")));
         }
-        let c = Arc::new(self.trace(sig)?);
+        st.tracing.push(key.clone());
+        st.last = Some(sig.clone());
+        drop(st);
+        // The guard takes the signature off `tracing` (and wakes waiters) when it drops:
+        // after the entry is cached, or on an error or a panic.
+        let _tracing = TracingGuard {
+            state: &self.state,
+            traced: &self.traced,
+            key: &key,
+        };
+        let c = Arc::new(self.trace(sig.clone(), checked, loc)?);
+        let mut st = lock(&self.state);
         st.traces += 1;
-        st.cache.push(c.clone());
+        st.clock += 1;
+        let now = st.clock;
+        st.cache.push(Entry {
+            function: c.clone(),
+            last_used: now,
+        });
+        evict(&mut st);
+        let what = changed.map(|changed| {
+            let arrows: Vec<String> = changed
+                .iter()
+                .map(|(i, a, b)| format!("argument {i} changed {a} → {b}"))
+                .collect();
+            format!("{} (at {loc})", arrows.join("; "))
+        });
+        record_call(&mut st, what.is_some(), what);
+        drop(st);
         Ok(c)
     }
 
-    fn trace(&self, sig: Signature) -> Result<ConcreteFunction> {
+    fn trace(
+        &self,
+        sig: Signature,
+        checked: bool,
+        loc: &'static Location<'static>,
+    ) -> Result<ConcreteFunction> {
         let start = std::time::Instant::now();
-        let loc = Location::caller();
         let (graph, res) = context::with_graph(Graph::new(), |_| -> Result<()> {
             let args: Vec<Tensor> = sig
                 .iter()
@@ -290,10 +449,17 @@ impl<A, F: Traceable<A>> Function<A, F> {
         });
         res??;
         crate::ir::verify(&graph)?;
-        let (optimized, pass_stats) = crate::passes::run_pipeline(&graph, &self.config)?;
+        // numerics checks run every traced op as its own step, so a report names it
+        let config = if checked {
+            PassConfig::unoptimized()
+        } else {
+            self.config.clone()
+        };
+        let (optimized, pass_stats) = crate::passes::run_pipeline(&graph, &config)?;
         let plan = Plan::new(optimized)?;
         Ok(ConcreteFunction {
             signature: sig,
+            checked,
             traced: graph,
             plan,
             pass_stats,
@@ -312,6 +478,40 @@ impl<A, F: Traceable<A>> Function<A, F> {
         let c = self.concrete(args)?;
         let owned: Vec<Tensor> = args.iter().map(|&t| t.clone()).collect();
         Ok(F::Out::unflatten(c.run(&owned)?))
+    }
+}
+
+/// Drops least recently used entries beyond the capacity.
+fn evict(st: &mut State) {
+    while st.cache.len() > st.capacity {
+        let oldest = st
+            .cache
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, e)| e.last_used)
+            .map(|(i, _)| i)
+            .expect("cache is not empty");
+        st.cache.remove(oldest);
+    }
+}
+
+/// Records whether a call retraced and logs a warning when retraces are frequent
+/// (`what`: the argument changes of this retrace and where it was called).
+fn record_call(st: &mut State, retraced: bool, what: Option<String>) {
+    if st.recent.len() == RETRACE_WARN_WINDOW {
+        st.recent.pop_front();
+    }
+    st.recent.push_back(retraced);
+    let n = st.recent.iter().filter(|&&r| r).count();
+    if retraced && n >= RETRACE_WARN_COUNT {
+        log::warn!(
+            "{n} of the last {} calls retraced: {}; tracing is expensive: pass tensors of \
+             fixed shapes (e.g. pad the last batch or drop it), or expect one trace per shape",
+            st.recent.len(),
+            what.unwrap_or_default()
+        );
+        // one warning per window of frequent retracing
+        st.recent.clear();
     }
 }
 

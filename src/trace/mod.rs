@@ -4,4 +4,5 @@ mod function;
 
 pub use function::{
     function, function_with, ConcreteFunction, Function, Outputs, Signature, Traceable,
+    DEFAULT_CACHE_SIZE, RETRACE_WARN_COUNT, RETRACE_WARN_WINDOW,
 };

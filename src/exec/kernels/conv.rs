@@ -1,8 +1,8 @@
 //! 2-D convolution kernels: NHWC input `[n, h, w, cin]`, filter `[kh, kw, cin, cout]`
 //! (TensorFlow's layouts), output `[n, oh, ow, cout]`; forward and both backprops.
 //!
-//! Owns: [`Padding`] and its TensorFlow output/padding rule (shared with pooling),
-//! [`Conv2dGeom`] (the one place conv shapes are checked), [`conv2d`],
+//! Owns: [`Conv2dGeom`] (the resolved geometry; `Conv2dGeom::new`, which checks the
+//! shapes and applies the padding rule, lives with `Padding` in `ops::conv`), [`conv2d`],
 //! [`conv2d_backprop_input`] and [`conv2d_backprop_filter`].
 //!
 //! Algorithm: im2col + GEMM. Output row `r = (b, oy, ox)` of the im2col matrix `col`
@@ -27,7 +27,7 @@
 
 use super::gemm::{gemm, gemm_serial};
 use crate::exec::buffers::{self, Scratch};
-use crate::tensor::Float;
+use crate::tensor::data::Float;
 use rayon::prelude::*;
 
 /// Target size, in elements, of one chunk's im2col buffer (256 KiB of f32).
@@ -40,47 +40,6 @@ const MAX_CHUNK_ROWS: usize = 2048;
 const PARTIALS_ELEMS: usize = 1 << 21;
 /// Most groups the filter grad splits its reduction into.
 const MAX_PARTIALS: usize = 64;
-
-/// How a window is placed over the input edges (TensorFlow's `padding` attribute).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Padding {
-    /// No padding: only windows that fit inside the input; `out = (len - k) / s + 1`.
-    Valid,
-    /// Zero padding so that `out = ceil(len / s)`; the odd pixel of padding, if any,
-    /// goes at the bottom/right.
-    Same,
-}
-
-impl Padding {
-    /// Output length and padding before the first element along one axis of length
-    /// `len`, for a window of `k` and a stride `s`. `None` when a `Valid` window does
-    /// not fit.
-    ///
-    /// # Panics
-    /// If `s` is 0.
-    ///
-    /// # Example
-    /// ```
-    /// use tapeflow::exec::kernels::conv::Padding;
-    /// assert_eq!(Padding::Valid.out_len_and_pad(28, 3, 1), Some((26, 0)));
-    /// assert_eq!(Padding::Same.out_len_and_pad(5, 3, 2), Some((3, 1)));
-    /// assert_eq!(Padding::Valid.out_len_and_pad(2, 3, 1), None);
-    /// ```
-    pub fn out_len_and_pad(self, len: usize, k: usize, s: usize) -> Option<(usize, usize)> {
-        match self {
-            Padding::Valid => (len >= k).then(|| ((len - k) / s + 1, 0)),
-            Padding::Same => {
-                let out = len.div_ceil(s);
-                let pad_total = if out == 0 {
-                    0
-                } else {
-                    ((out - 1) * s + k).saturating_sub(len)
-                };
-                Some((out, pad_total / 2))
-            }
-        }
-    }
-}
 
 /// The checked geometry of one 2-D convolution: input `[n, h, w, cin]`, filter
 /// `[kh, kw, cin, cout]`, strides, padding before the first row/column, and the output
@@ -116,69 +75,6 @@ pub struct Conv2dGeom {
 }
 
 impl Conv2dGeom {
-    /// Checks that input `x_shape` `[n, h, w, cin]` and filter `w_shape`
-    /// `[kh, kw, cin, cout]` fit together with the given stride `(sh, sw)` and padding.
-    ///
-    /// # Errors
-    /// A message naming both shapes when either is not rank 4, the channel counts
-    /// differ, a stride or filter size is zero, or the filter is larger than the
-    /// (padded) input.
-    ///
-    /// # Example
-    /// ```
-    /// use tapeflow::exec::kernels::conv::{Conv2dGeom, Padding};
-    /// let g = Conv2dGeom::new(&[32, 28, 28, 1], &[3, 3, 1, 32], (1, 1), Padding::Valid).unwrap();
-    /// assert_eq!(g.out_shape(), [32, 26, 26, 32]);
-    /// assert!(Conv2dGeom::new(&[32, 28, 28, 2], &[3, 3, 1, 32], (1, 1), Padding::Valid).is_err());
-    /// ```
-    pub fn new(
-        x_shape: &[usize],
-        w_shape: &[usize],
-        stride: (usize, usize),
-        padding: Padding,
-    ) -> Result<Conv2dGeom, String> {
-        let fail = |why: &str| {
-            Err(format!(
-                "conv2d: input {x_shape:?} [n, h, w, cin] and filter {w_shape:?} [kh, kw, cin, cout] \
-                 (stride {stride:?}, {padding:?}): {why}"
-            ))
-        };
-        let (&[n, h, w, cin], &[kh, kw, wcin, cout]) = (x_shape, w_shape) else {
-            return fail("both must be rank 4");
-        };
-        if cin != wcin {
-            return fail(&format!("input has {cin} channels, filter expects {wcin}"));
-        }
-        let (sh, sw) = stride;
-        if sh == 0 || sw == 0 {
-            return fail("strides must be at least 1");
-        }
-        if kh == 0 || kw == 0 {
-            return fail("filter height and width must be at least 1");
-        }
-        let (Some((oh, pad_top)), Some((ow, pad_left))) = (
-            padding.out_len_and_pad(h, kh, sh),
-            padding.out_len_and_pad(w, kw, sw),
-        ) else {
-            return fail("filter is larger than the input");
-        };
-        Ok(Conv2dGeom {
-            n,
-            h,
-            w,
-            cin,
-            kh,
-            kw,
-            cout,
-            sh,
-            sw,
-            pad_top,
-            pad_left,
-            oh,
-            ow,
-        })
-    }
-
     /// The output shape `[n, oh, ow, cout]`.
     pub fn out_shape(&self) -> [usize; 4] {
         [self.n, self.oh, self.ow, self.cout]
@@ -221,7 +117,8 @@ impl Conv2dGeom {
 ///
 /// # Example
 /// ```
-/// use tapeflow::exec::kernels::conv::{conv2d, Conv2dGeom, Padding};
+/// use tapeflow::exec::kernels::conv::{conv2d, Conv2dGeom};
+/// use tapeflow::Padding;
 /// // A 3x3 image, a 2x2 box filter, stride 1, no padding.
 /// let g = Conv2dGeom::new(&[1, 3, 3, 1], &[2, 2, 1, 1], (1, 1), Padding::Valid).unwrap();
 /// let x = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0];

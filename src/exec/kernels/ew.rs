@@ -9,7 +9,7 @@
 //! from the installed [`crate::exec::buffers`] pool when there is one.
 
 use crate::exec::buffers::{self, Pooled};
-use crate::tensor::Arr;
+use crate::tensor::data::Arr;
 use ndarray::{ArrayD, IxDyn};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
@@ -149,9 +149,15 @@ unsafe fn vectorized_unchecked<R>(isa: Isa, f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// A Vec of `n` elements written in parallel chunks of [`PAR_CHUNK`] by `fill(start, chunk)`,
-/// which must write every element of its chunk.
-fn par_fill<O: Pooled>(n: usize, fill: impl Fn(usize, &mut [MaybeUninit<O>]) + Sync) -> Vec<O> {
+/// A Vec of `n` elements written in parallel chunks of [`PAR_CHUNK`] by `fill(start, chunk)`.
+///
+/// # Safety
+/// `fill` must write every element of the chunk it is given (or panic): the Vec's
+/// length is set to `n` afterwards, so an element it skips would be read uninitialized.
+unsafe fn par_fill<O: Pooled>(
+    n: usize,
+    fill: impl Fn(usize, &mut [MaybeUninit<O>]) + Sync,
+) -> Vec<O> {
     let mut v = buffers::take(n);
     v.spare_capacity_mut()[..n]
         .par_chunks_mut(PAR_CHUNK)
@@ -170,13 +176,17 @@ fn map_slice<T: Copy + Sync, O: Pooled>(x: &[T], f: impl Fn(T) -> O + Sync) -> V
         vectorized(|| out.extend(x.iter().map(|&v| f(v))));
         out
     } else {
-        par_fill(x.len(), |s, out| {
-            vectorized(|| {
-                for (o, &v) in out.iter_mut().zip(&x[s..]) {
-                    o.write(f(v));
-                }
+        // SAFETY: the loop zips the whole chunk `out` with operands at least as long from
+        // `s` (they have `n` elements), so it writes every element.
+        unsafe {
+            par_fill(x.len(), |s, out| {
+                vectorized(|| {
+                    for (o, &v) in out.iter_mut().zip(&x[s..]) {
+                        o.write(f(v));
+                    }
+                })
             })
-        })
+        }
     }
 }
 
@@ -191,13 +201,17 @@ fn zip_slices<A: Copy + Sync, B: Copy + Sync, O: Pooled>(
         vectorized(|| out.extend(x.iter().zip(y).map(|(&a, &b)| f(a, b))));
         out
     } else {
-        par_fill(x.len(), |s, out| {
-            vectorized(|| {
-                for ((o, &a), &b) in out.iter_mut().zip(&x[s..]).zip(&y[s..]) {
-                    o.write(f(a, b));
-                }
+        // SAFETY: the loop zips the whole chunk `out` with operands at least as long from
+        // `s` (they have `n` elements), so it writes every element.
+        unsafe {
+            par_fill(x.len(), |s, out| {
+                vectorized(|| {
+                    for ((o, &a), &b) in out.iter_mut().zip(&x[s..]).zip(&y[s..]) {
+                        o.write(f(a, b));
+                    }
+                })
             })
-        })
+        }
     }
 }
 
@@ -208,6 +222,12 @@ fn zip_rows<A: Copy + Sync, B: Copy + Sync, O: Pooled>(
     f: impl Fn(A, B) -> O + Sync,
 ) -> Vec<O> {
     let k = row.len();
+    // the `set_len` below relies on it
+    assert!(
+        x.len().is_multiple_of(k.max(1)),
+        "zip_rows: {} elements are not whole rows of {k}",
+        x.len()
+    );
     let rows = |s: usize, out: &mut [MaybeUninit<O>]| {
         vectorized(|| {
             for (or, xr) in out.chunks_exact_mut(k).zip(x[s..].chunks_exact(k)) {
@@ -359,14 +379,19 @@ pub fn select<M: Copy + Send + Sync, T: Pooled>(
     let n: usize = shape.iter().product();
     if let (Some(m), Some(x), Some(y)) = (mask.as_slice(), a.as_slice(), b.as_slice()) {
         if m.len() == n && x.len() == n && y.len() == n {
-            let v = par_fill(n, |s, out| {
-                vectorized(|| {
-                    for (((o, &m), &x), &y) in out.iter_mut().zip(&m[s..]).zip(&x[s..]).zip(&y[s..])
-                    {
-                        o.write(if set(m) { x } else { y });
-                    }
+            // SAFETY: the loop zips the whole chunk `out` with operands at least as long from
+            // `s` (they have `n` elements), so it writes every element.
+            let v = unsafe {
+                par_fill(n, |s, out| {
+                    vectorized(|| {
+                        for (((o, &m), &x), &y) in
+                            out.iter_mut().zip(&m[s..]).zip(&x[s..]).zip(&y[s..])
+                        {
+                            o.write(if set(m) { x } else { y });
+                        }
+                    })
                 })
-            });
+            };
             return wrap(shape, v);
         }
     }

@@ -13,10 +13,9 @@
 //! - No kernel knows about graphs, tensors or autodiff; the ops layer pairs each
 //!   forward kernel with its gradient kernels.
 
-pub mod codegen;
 pub mod conv;
-pub mod ew;
-pub mod fused;
+pub(crate) mod ew;
+pub(crate) mod fastmath;
 pub mod gemm;
 pub mod pool;
-pub mod reduce;
+pub(crate) mod reduce;

@@ -1,7 +1,8 @@
 //! 2-D max pooling kernels over NHWC tensors `[n, h, w, c]`: forward, backprop, and
 //! the gather that is the backprop's transpose (for second derivatives).
 //!
-//! Owns: [`Pool2dGeom`] (the one place pooling shapes are checked), [`max_pool2d`],
+//! Owns: [`Pool2dGeom`] (the resolved geometry; `Pool2dGeom::new`, which checks the
+//! shapes, lives with `Padding` in `ops::conv`), [`max_pool2d`],
 //! [`max_pool2d_backprop`] and [`max_pool2d_gather`].
 //!
 //! Invariants:
@@ -15,9 +16,8 @@
 //! - Deterministic: forward and gather write each output once; backprop accumulates
 //!   per image (windows of different images never overlap) in a fixed order.
 
-use super::conv::Padding;
 use crate::exec::buffers;
-use crate::tensor::Float;
+use crate::tensor::data::Float;
 use rayon::prelude::*;
 use smallvec::SmallVec;
 
@@ -57,60 +57,6 @@ pub struct Pool2dGeom {
 }
 
 impl Pool2dGeom {
-    /// Checks input shape `x_shape` `[n, h, w, c]` against the window `ksize`
-    /// `(kh, kw)`, stride `(sh, sw)` and padding.
-    ///
-    /// # Errors
-    /// A message naming the shape when it is not rank 4, a window or stride size is
-    /// zero, or a `Valid` window is larger than the input.
-    ///
-    /// # Example
-    /// ```
-    /// use tapeflow::exec::kernels::{conv::Padding, pool::Pool2dGeom};
-    /// let g = Pool2dGeom::new(&[32, 26, 26, 32], (2, 2), (2, 2), Padding::Valid).unwrap();
-    /// assert_eq!(g.out_shape(), [32, 13, 13, 32]);
-    /// ```
-    pub fn new(
-        x_shape: &[usize],
-        ksize: (usize, usize),
-        stride: (usize, usize),
-        padding: Padding,
-    ) -> Result<Pool2dGeom, String> {
-        let fail = |why: &str| {
-            Err(format!(
-                "max_pool2d: input {x_shape:?} [n, h, w, c] with window {ksize:?} \
-                 (stride {stride:?}, {padding:?}): {why}"
-            ))
-        };
-        let &[n, h, w, c] = x_shape else {
-            return fail("input must be rank 4");
-        };
-        let ((kh, kw), (sh, sw)) = (ksize, stride);
-        if kh == 0 || kw == 0 || sh == 0 || sw == 0 {
-            return fail("window sizes and strides must be at least 1");
-        }
-        let (Some((oh, pad_top)), Some((ow, pad_left))) = (
-            padding.out_len_and_pad(h, kh, sh),
-            padding.out_len_and_pad(w, kw, sw),
-        ) else {
-            return fail("window is larger than the input");
-        };
-        Ok(Pool2dGeom {
-            n,
-            h,
-            w,
-            c,
-            kh,
-            kw,
-            sh,
-            sw,
-            pad_top,
-            pad_left,
-            oh,
-            ow,
-        })
-    }
-
     /// The output shape `[n, oh, ow, c]`.
     pub fn out_shape(&self) -> [usize; 4] {
         [self.n, self.oh, self.ow, self.c]
@@ -140,7 +86,8 @@ impl Pool2dGeom {
 ///
 /// # Example
 /// ```
-/// use tapeflow::exec::kernels::{conv::Padding, pool::{max_pool2d, Pool2dGeom}};
+/// use tapeflow::exec::kernels::pool::{max_pool2d, Pool2dGeom};
+/// use tapeflow::Padding;
 /// let g = Pool2dGeom::new(&[1, 2, 4, 1], (2, 2), (2, 2), Padding::Valid).unwrap();
 /// let x = [1.0, 5.0, 2.0, 0.0, 3.0, 4.0, 7.0, 6.0];
 /// assert_eq!(max_pool2d(&x, &g), vec![5.0f64, 7.0]);

@@ -4,7 +4,7 @@
 //! results are bit-identical run to run.
 
 use crate::exec::buffers::{self, Pooled};
-use crate::tensor::Arr;
+use crate::tensor::data::{Arr, Float};
 use ndarray::{Axis, IxDyn};
 
 /// Reduces `axes` (ascending) with `fold`, starting every lane at `init`: one
@@ -88,17 +88,17 @@ fn reduce<T: Pooled>(
 
 /// Sums over `axes`. A full reduction of a contiguous buffer uses a fixed 8-lane tree
 /// so long sums stay accurate and vectorize.
-pub fn sum<T: crate::tensor::Float + Pooled>(a: &Arr<T>, axes: &[usize], keep: bool) -> Arr<T> {
+pub fn sum<T: Float + Pooled>(a: &Arr<T>, axes: &[usize], keep: bool) -> Arr<T> {
     reduce(a, axes, keep, T::zero(), |x, y| x + y, Some(sum_slice::<T>))
 }
 
 /// Sum of a slice with 8 fixed accumulators (deterministic, vectorizable).
-pub fn sum_slice<T: crate::tensor::Float>(s: &[T]) -> T {
+pub fn sum_slice<T: Float>(s: &[T]) -> T {
     super::ew::vectorized(|| sum8(s))
 }
 
 #[inline(always)]
-fn sum8<T: crate::tensor::Float>(s: &[T]) -> T {
+fn sum8<T: Float>(s: &[T]) -> T {
     let mut acc = [T::zero(); 8];
     let chunks = s.chunks_exact(8);
     let rest = chunks.remainder();
@@ -115,7 +115,7 @@ fn sum8<T: crate::tensor::Float>(s: &[T]) -> T {
 }
 
 /// Maximum over `axes`; NaN wins.
-pub fn max<T: crate::tensor::Float + Pooled>(a: &Arr<T>, axes: &[usize], keep: bool) -> Arr<T> {
+pub fn max<T: Float + Pooled>(a: &Arr<T>, axes: &[usize], keep: bool) -> Arr<T> {
     reduce(
         a,
         axes,
@@ -131,12 +131,19 @@ pub fn max_i64(a: &Arr<i64>, axes: &[usize], keep: bool) -> Arr<i64> {
     reduce(a, axes, keep, i64::MIN, std::cmp::max, None)
 }
 
-/// Index of the first maximum along `axis`.
+/// Index of the first maximum along `axis`; a NaN counts as the maximum, so a lane with
+/// a NaN gives the index of its first NaN (NumPy's, JAX's and PyTorch's rule; TF leaves
+/// it unspecified). This agrees with [`max`], which returns NaN for such a lane.
 pub fn argmax<T: Copy + PartialOrd + Send + Sync + 'static>(a: &Arr<T>, axis: usize) -> Arr<i64> {
+    // only NaN is unordered against itself
+    let is_nan = |x: T| x.partial_cmp(&x).is_none();
     a.map_axis(Axis(axis), |lane| {
         let mut best = 0usize;
         for (i, &x) in lane.iter().enumerate() {
-            if x > lane[best] {
+            if is_nan(lane[best]) {
+                break;
+            }
+            if is_nan(x) || x > lane[best] {
                 best = i;
             }
         }

@@ -1,12 +1,12 @@
 //! Lowering a fused expression to the C source of one loop (see the [module docs](super)).
 
-use super::super::fused::{Arg, FusedExpr};
+use crate::ir::{Arg, FusedExpr};
 use crate::ops::{Binary, Compare, Op, Unary};
 use crate::tensor::{numel, DType};
 use smallvec::SmallVec;
 use std::fmt::Write;
 
-/// The C scalar function prelude (a port of `tensor::fastmath` and the ops' scalar math).
+/// The C scalar function prelude (a port of `exec::kernels::fastmath` and the ops' scalar math).
 const PRELUDE: &str = include_str!("prelude.c");
 
 /// The name of the generated function in every shared object.

@@ -2,7 +2,7 @@
  * the interpreter computes it, for a C compiler to inline and vectorize.
  *
  * The f32 transcendentals are an operation-for-operation port of
- * `src/tensor/fastmath.rs` (f64 inside, one rounding to f32 at the end, selects instead
+ * `src/exec/kernels/fastmath.rs` (f64 inside, one rounding to f32 at the end, selects instead
  * of branches); the f64 ones call the C library, as Rust's `f64` methods do. Compiled
  * with -ffp-contract=off and without -ffast-math, every line below computes the bits of
  * its Rust original: the same IEEE operations on the same values in the same order.

@@ -1,6 +1,6 @@
 //! Generated code for fused loops: each elementwise fused region becomes one C loop,
 //! compiled by the system's C compiler and loaded as a shared object (torch.compile's
-//! CPU approach), with the fused-loop interpreter ([`super::fused`]) as the fallback.
+//! CPU approach), with the fused-loop interpreter (`exec::fused`) as the fallback.
 //!
 //! **Why.** The interpreter runs a fused region one instruction at a time over tiles of
 //! 1024 elements: every intermediate value goes through a register tile in L1. The
@@ -22,7 +22,7 @@
 //! **Bit-identical to the interpreter.** Every op calls a C function of `prelude.c`
 //! whose operations are those of the op's Rust scalar function, in the same order: the
 //! f32 `exp`/`ln`/`sin`/`cos`/`tanh` are an operation-for-operation port of
-//! `tensor::fastmath` (f64 inside, branch-free: selects become blends, so they
+//! `exec::kernels::fastmath` (f64 inside, branch-free: selects become blends, so they
 //! vectorize), the f64 ones and `pow` call the same C library functions that Rust's
 //! methods call, and casts convert as Rust's `as` does. The compiler gets
 //! `-O3 -ffp-contract=off -fno-math-errno -fno-trapping-math` and never `-ffast-math`:
@@ -67,7 +67,7 @@
 mod compile;
 mod emit;
 
-use super::fused::FusedExpr;
+use crate::ir::FusedExpr;
 use crate::tensor::{DType, Data};
 use compile::{KernelFn, Slot};
 use smallvec::SmallVec;
@@ -154,7 +154,7 @@ pub fn compiler_available() -> bool {
     compile::toolchain().is_ok()
 }
 
-/// The generated code of one fused region, as a [`super::fused::Program`] holds it.
+/// The generated code of one fused region, as a fused-loop `Program` holds it.
 pub struct Kernel {
     lowered: emit::Lowered,
     source: Arc<str>,

@@ -8,7 +8,7 @@
 //!   its buffer);
 //! - a `fused` step takes over the slot of an operand that dies at this step when the
 //!   expression reads that operand only at the index it writes
-//!   ([`FusedExpr::can_overwrite`](crate::exec::kernels::fused::FusedExpr::can_overwrite))
+//!   ([`FusedExpr::can_overwrite`](crate::ir::FusedExpr::can_overwrite))
 //!   and no other live value shares the slot: the result is computed in place;
 //! - any other value takes the smallest free slot that is big enough (ties: the lowest
 //!   slot), or a new slot.

@@ -1,0 +1,678 @@
+//! Running a [`Program`]: loads into registers a tile at a time, the steps over each
+//! tile, and the writes of the result.
+
+use super::accum::new_accum;
+use super::{From, Loop, OutBuf, Program, Step, TILE};
+use crate::exec::kernels::ew::{vectorized_wide, PAR_CHUNK, PAR_MIN};
+use crate::ops::{Binary, Compare, Op, Unary};
+use crate::tensor::{numel, Arr, DType, Data, Float};
+use ndarray::IxDyn;
+use rayon::prelude::*;
+use smallvec::SmallVec;
+use std::mem::MaybeUninit;
+
+/// A register: one value per element of the current tile.
+pub(super) enum Tile {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+    I64(Vec<i64>),
+    /// A register lent out while its instruction is computed.
+    Lent,
+}
+
+impl Tile {
+    /// A register of `len` (at most [`TILE`]) elements.
+    fn new(d: DType, len: usize) -> Tile {
+        match d {
+            DType::F32 => Tile::F32(vec![0.0; len]),
+            DType::F64 => Tile::F64(vec![0.0; len]),
+            DType::I64 => Tile::I64(vec![0; len]),
+        }
+    }
+}
+
+/// A register's values as they are read: its tile, or where a direct load's values lie.
+#[derive(Clone, Copy)]
+pub(super) enum Val<'a> {
+    F32(&'a [f32]),
+    F64(&'a [f64]),
+    I64(&'a [i64]),
+}
+
+/// For each register, the run of a param's buffer it stands for in the current tile
+/// when its load is direct (see [`Loop::plan`]); `None` for registers read from tiles.
+type Views<'a> = [Option<Val<'a>>];
+
+/// The values of register `r`.
+fn read<'a>(regs: &'a [Tile], views: &Views<'a>, r: usize) -> Val<'a> {
+    views[r].unwrap_or_else(|| match &regs[r] {
+        Tile::F32(v) => Val::F32(v),
+        Tile::F64(v) => Val::F64(v),
+        Tile::I64(v) => Val::I64(v),
+        Tile::Lent => unreachable!("a step never reads the register it writes"),
+    })
+}
+
+/// An element type of a result buffer.
+trait Elem: crate::exec::buffers::Pooled {
+    /// The buffer's elements, if `d` holds this type and owns them alone.
+    fn take_vec(d: Data) -> Result<Vec<Self>, Data>;
+    fn wrap(a: Arr<Self>) -> Data;
+    /// `t[at..] = src`.
+    fn to_tile(src: &[Self], t: &mut Tile, at: usize);
+    /// Writes the first `dst.len()` values of `v` to `dst`.
+    fn write_out(v: Val, dst: &mut [MaybeUninit<Self>]);
+}
+
+macro_rules! elem {
+    ($t:ty, $v:ident) => {
+        impl Elem for $t {
+            fn take_vec(d: Data) -> Result<Vec<$t>, Data> {
+                match d {
+                    Data::$v(a) if a.is_standard_layout() => match a.try_into_owned_nocopy() {
+                        Ok(owned) => {
+                            let n = owned.len();
+                            let (mut v, off) = owned.into_raw_vec_and_offset();
+                            v.drain(..off.unwrap_or(0));
+                            v.truncate(n);
+                            Ok(v)
+                        }
+                        Err(shared) => Err(Data::$v(shared)),
+                    },
+                    other => Err(other),
+                }
+            }
+            fn wrap(a: Arr<$t>) -> Data {
+                Data::$v(a)
+            }
+            fn to_tile(src: &[$t], t: &mut Tile, at: usize) {
+                match t {
+                    Tile::$v(v) => v[at..at + src.len()].copy_from_slice(src),
+                    _ => unreachable!("the output buffer's register has its dtype"),
+                }
+            }
+            fn write_out(v: Val, dst: &mut [MaybeUninit<$t>]) {
+                match v {
+                    Val::$v(v) => {
+                        for (d, &x) in dst.iter_mut().zip(v) {
+                            d.write(x);
+                        }
+                    }
+                    _ => unreachable!("infer checks the result dtype"),
+                }
+            }
+        }
+    };
+}
+elem!(f32, F32);
+elem!(f64, F64);
+elem!(i64, I64);
+
+/// Where a load reads.
+#[derive(Clone, Copy)]
+enum Src<'a> {
+    F32(&'a [f32]),
+    F64(&'a [f64]),
+    I64(&'a [i64]),
+    /// The output buffer at the current position (a matmul result or a param overwritten in place).
+    Out,
+}
+
+impl<'a> Src<'a> {
+    fn of(d: &'a Data) -> Src<'a> {
+        match d {
+            Data::F32(a) => Src::F32(a.as_slice().expect("kernel results are in standard layout")),
+            Data::F64(a) => Src::F64(a.as_slice().expect("kernel results are in standard layout")),
+            Data::I64(a) => Src::I64(a.as_slice().expect("kernel results are in standard layout")),
+        }
+    }
+}
+
+/// Copies `n` elements from `s` starting at `base` with stride `st` into `t[at..]`.
+fn gather<T: Copy>(s: &[T], base: usize, st: usize, t: &mut [T], at: usize, n: usize) {
+    let t = &mut t[at..at + n];
+    match st {
+        0 => t.fill(s[base]),
+        1 => t.copy_from_slice(&s[base..base + n]),
+        _ => {
+            for (i, o) in t.iter_mut().enumerate() {
+                *o = s[base + i * st];
+            }
+        }
+    }
+}
+
+/// The loop over one index space: a row-major multi-index over `dims` and each load's
+/// offset at it.
+struct Cursor<'s> {
+    dims: SmallVec<[usize; 6]>,
+    /// `strides[l][d]`: how far load `l`'s offset moves per step along loop axis `d`.
+    strides: &'s [SmallVec<[usize; 6]>],
+    idx: SmallVec<[usize; 6]>,
+    offs: SmallVec<[usize; 8]>,
+}
+
+impl<'s> Cursor<'s> {
+    /// A cursor at flat position `start` (a rank-0 loop is one element).
+    fn new(dims: &[usize], strides: &'s [SmallVec<[usize; 6]>], start: usize) -> Cursor<'s> {
+        let dims: SmallVec<[usize; 6]> = if dims.is_empty() {
+            SmallVec::from_elem(1, 1)
+        } else {
+            SmallVec::from_slice(dims)
+        };
+        let mut idx: SmallVec<[usize; 6]> = SmallVec::from_elem(0, dims.len());
+        let mut rest = start;
+        for d in (0..dims.len()).rev() {
+            if dims[d] > 0 {
+                idx[d] = rest % dims[d];
+                rest /= dims[d];
+            }
+        }
+        let offs = strides
+            .iter()
+            .map(|st| idx.iter().zip(st).map(|(i, s)| i * s).sum())
+            .collect();
+        Cursor {
+            dims,
+            strides,
+            idx,
+            offs,
+        }
+    }
+
+    fn stride(&self, l: usize) -> usize {
+        self.strides[l].last().copied().unwrap_or(0)
+    }
+
+    /// Elements left in the current innermost row.
+    fn row_left(&self) -> usize {
+        self.dims[self.dims.len() - 1] - self.idx[self.dims.len() - 1]
+    }
+
+    /// Moves `n` (at most [`Cursor::row_left`]) elements along the innermost axis, carrying at a row's end.
+    fn advance(&mut self, n: usize) {
+        let last = self.dims.len() - 1;
+        self.idx[last] += n;
+        for (l, o) in self.offs.iter_mut().enumerate() {
+            *o += self.strides[l].last().copied().unwrap_or(0) * n;
+        }
+        if self.idx[last] < self.dims[last] {
+            return;
+        }
+        for d in (0..=last).rev() {
+            if d < last {
+                self.idx[d] += 1;
+                for (l, o) in self.offs.iter_mut().enumerate() {
+                    *o += self.strides[l].get(d).copied().unwrap_or(0);
+                }
+            }
+            if self.idx[d] < self.dims[d] {
+                return;
+            }
+            for (l, o) in self.offs.iter_mut().enumerate() {
+                *o -= self.strides[l].get(d).copied().unwrap_or(0) * self.dims[d];
+            }
+            self.idx[d] = 0;
+        }
+    }
+}
+
+impl Loop {
+    /// Loads the next `n` loop elements (into the registers, or as views of a direct
+    /// load's run) and moves the cursor on; `out` is the output buffer's matching
+    /// segment (for [`Src::Out`] loads).
+    fn fill<'s, O: Elem>(
+        &self,
+        srcs: &[Src<'s>],
+        c: &mut Cursor,
+        regs: &mut [Tile],
+        views: &mut Views<'s>,
+        n: usize,
+        out: Option<&[O]>,
+    ) {
+        // a param overwritten in place is copied: its buffer is being written
+        let direct = |l: usize| self.direct[l] && !matches!(srcs[l], Src::Out);
+        for (l, src) in srcs.iter().enumerate() {
+            if direct(l) {
+                let at = c.offs[l];
+                views[self.regs[l]] = Some(match *src {
+                    Src::F32(s) => Val::F32(&s[at..at + n]),
+                    Src::F64(s) => Val::F64(&s[at..at + n]),
+                    Src::I64(s) => Val::I64(&s[at..at + n]),
+                    Src::Out => unreachable!("direct loads read params"),
+                });
+            }
+        }
+        let mut at = 0;
+        while at < n {
+            let run = c.row_left().min(n - at);
+            for (l, src) in srcs.iter().enumerate() {
+                let (base, st) = (c.offs[l], c.stride(l));
+                if direct(l) {
+                    continue;
+                }
+                match (src, &mut regs[self.regs[l]]) {
+                    (Src::F32(s), Tile::F32(t)) => gather(s, base, st, t, at, run),
+                    (Src::F64(s), Tile::F64(t)) => gather(s, base, st, t, at, run),
+                    (Src::I64(s), Tile::I64(t)) => gather(s, base, st, t, at, run),
+                    (Src::Out, t) => O::to_tile(
+                        &out.expect("output loads read the output buffer")[at..at + run],
+                        t,
+                        at,
+                    ),
+                    _ => unreachable!("a load's register has its source's dtype"),
+                }
+            }
+            c.advance(run);
+            at += run;
+        }
+    }
+}
+
+/// Runs `$body` with `$k` a compile-time constant equal to `$op`, so the scalar
+/// function's own `match` folds away and the loop over a tile is one vectorizable
+/// operation (the device `ops::elementwise`'s kernels use). The match is exhaustive: a
+/// new op is a compile error here, never a silent fallback.
+macro_rules! specialize {
+    (Unary, $op:expr, $k:ident => $body:expr) => {
+        specialize!(@ Unary, $op, $k => $body, [Neg, Exp, Log, Sin, Cos, Tanh, Sqrt, Abs, Sign, Sigmoid])
+    };
+    (Binary, $op:expr, $k:ident => $body:expr) => {
+        specialize!(@ Binary, $op, $k => $body, [Add, Sub, Mul, Div, Pow, Maximum, Minimum])
+    };
+    (Compare, $op:expr, $k:ident => $body:expr) => {
+        specialize!(@ Compare, $op, $k => $body, [Gt, Ge, Lt, Le, Eq, Ne])
+    };
+    (@ $ty:ident, $op:expr, $k:ident => $body:expr, [$($v:ident),*]) => {
+        match $op {
+            $($ty::$v => {
+                const $k: $ty = $ty::$v;
+                $body
+            })*
+        }
+    };
+}
+
+fn map1<A: Copy, O>(x: &[A], o: &mut [O], f: impl Fn(A) -> O) {
+    vectorized_wide(
+        #[inline(always)]
+        || {
+            for (o, &x) in o.iter_mut().zip(x) {
+                *o = f(x);
+            }
+        },
+    )
+}
+
+fn map2<A: Copy, B: Copy, O>(x: &[A], y: &[B], o: &mut [O], f: impl Fn(A, B) -> O) {
+    vectorized_wide(
+        #[inline(always)]
+        || {
+            for ((o, &x), &y) in o.iter_mut().zip(x).zip(y) {
+                *o = f(x, y);
+            }
+        },
+    )
+}
+
+/// `mask != 0 ? x : y` per element (the mask test of `ew::select`).
+fn select_into<M: Copy + PartialEq + Default, T: Copy>(m: &[M], x: &[T], y: &[T], o: &mut [T]) {
+    vectorized_wide(
+        #[inline(always)]
+        || {
+            for (((o, &m), &x), &y) in o.iter_mut().zip(m).zip(x).zip(y) {
+                *o = if m != M::default() { x } else { y };
+            }
+        },
+    )
+}
+
+/// `(sin x, cos x)` per element, with [`Float::kernel_sin_cos`](crate::tensor::Float::kernel_sin_cos).
+fn sin_cos_into<T: Float>(x: &[T], s: &mut [T], c: &mut [T]) {
+    vectorized_wide(
+        #[inline(always)]
+        || {
+            for ((s, c), &x) in s.iter_mut().zip(c.iter_mut()).zip(x) {
+                (*s, *c) = x.kernel_sin_cos();
+            }
+        },
+    )
+}
+
+/// `b` per element, then `neg` when one was folded into the step.
+fn binary_into<T: Float>(b: Binary, neg: bool, x: &[T], y: &[T], o: &mut [T]) {
+    if neg {
+        specialize!(Binary, b, K => map2(x, y, o, #[inline(always)] |p, q| Unary::Neg.f(K.f(p, q))))
+    } else {
+        specialize!(Binary, b, K => map2(x, y, o, #[inline(always)] |p, q| K.f(p, q)))
+    }
+}
+
+/// `op` of the registers `args` over their first `n` elements into `o`, with the op's
+/// own scalar function per element (for a binary op, then `neg` if `neg`).
+fn compute(
+    op: Op,
+    neg: bool,
+    args: &[usize],
+    regs: &[Tile],
+    views: &Views,
+    o: &mut Tile,
+    n: usize,
+) {
+    use {Tile as T, Val as V};
+    let a = |i: usize| read(regs, views, args[i]);
+    match op {
+        Op::Unary(u) => match (a(0), o) {
+            (V::F32(x), T::F32(o)) => {
+                specialize!(Unary, u, K => map1(&x[..n], &mut o[..n], #[inline(always)] |v| K.f(v)))
+            }
+            (V::F64(x), T::F64(o)) => {
+                specialize!(Unary, u, K => map1(&x[..n], &mut o[..n], #[inline(always)] |v| K.f(v)))
+            }
+            _ => unreachable!("infer checks unary dtypes"),
+        },
+        Op::Binary(b) => match (a(0), a(1), o) {
+            (V::F32(x), V::F32(y), T::F32(o)) => binary_into(b, neg, &x[..n], &y[..n], &mut o[..n]),
+            (V::F64(x), V::F64(y), T::F64(o)) => binary_into(b, neg, &x[..n], &y[..n], &mut o[..n]),
+            (V::I64(x), V::I64(y), T::I64(o)) => map2(
+                &x[..n],
+                &y[..n],
+                &mut o[..n],
+                b.fi().expect("infer rejects integer operands"),
+            ),
+            _ => unreachable!("infer checks binary dtypes"),
+        },
+        Op::Compare(c) => match (a(0), a(1), o) {
+            (V::F32(x), V::F32(y), T::F32(o)) => {
+                specialize!(Compare, c, K => map2(&x[..n], &y[..n], &mut o[..n], |p, q| {
+                    if K.f(p, q) { 1.0 } else { 0.0 }
+                }))
+            }
+            (V::F64(x), V::F64(y), T::F64(o)) => {
+                specialize!(Compare, c, K => map2(&x[..n], &y[..n], &mut o[..n], |p, q| {
+                    if K.f(p, q) { 1.0 } else { 0.0 }
+                }))
+            }
+            (V::I64(x), V::I64(y), T::I64(o)) => {
+                specialize!(Compare, c, K => map2(&x[..n], &y[..n], &mut o[..n], |p, q| K.f(p, q) as i64))
+            }
+            _ => unreachable!("infer checks compare dtypes"),
+        },
+        Op::Select => {
+            macro_rules! pick {
+                ($m:expr) => {
+                    match (a(1), a(2), o) {
+                        (V::F32(x), V::F32(y), T::F32(o)) => {
+                            select_into(&$m[..n], &x[..n], &y[..n], &mut o[..n])
+                        }
+                        (V::F64(x), V::F64(y), T::F64(o)) => {
+                            select_into(&$m[..n], &x[..n], &y[..n], &mut o[..n])
+                        }
+                        (V::I64(x), V::I64(y), T::I64(o)) => {
+                            select_into(&$m[..n], &x[..n], &y[..n], &mut o[..n])
+                        }
+                        _ => unreachable!("infer checks select dtypes"),
+                    }
+                };
+            }
+            match a(0) {
+                V::F32(m) => pick!(m),
+                V::F64(m) => pick!(m),
+                V::I64(m) => pick!(m),
+            }
+        }
+        // the conversions of `ops::shape::cast`
+        Op::Cast(_) => match (a(0), o) {
+            (V::F32(x), T::F64(o)) => map1(&x[..n], &mut o[..n], |v| v as f64),
+            (V::F32(x), T::I64(o)) => map1(&x[..n], &mut o[..n], |v| v as i64),
+            (V::F64(x), T::F32(o)) => map1(&x[..n], &mut o[..n], |v| v as f32),
+            (V::F64(x), T::I64(o)) => map1(&x[..n], &mut o[..n], |v| v as i64),
+            (V::I64(x), T::F32(o)) => map1(&x[..n], &mut o[..n], |v| v as f32),
+            (V::I64(x), T::F64(o)) => map1(&x[..n], &mut o[..n], |v| v as f64),
+            _ => unreachable!("a cast to its own dtype reuses its operand's register"),
+        },
+        _ => unreachable!("infer admits only elementwise ops inside the loop"),
+    }
+}
+
+/// Runs `steps` over the first `n` elements of the registers.
+fn eval_steps(steps: &[Step], regs: &mut [Tile], views: &Views, n: usize) {
+    for st in steps {
+        // a step never writes a register it reads (see `share_registers`)
+        let mut o = std::mem::replace(&mut regs[st.reg], Tile::Lent);
+        match st.cos {
+            None => compute(st.op, st.neg, &st.args, regs, views, &mut o, n),
+            Some(c) => {
+                let mut oc = std::mem::replace(&mut regs[c], Tile::Lent);
+                match (read(regs, views, st.args[0]), &mut o, &mut oc) {
+                    (Val::F32(x), Tile::F32(s), Tile::F32(c)) => {
+                        sin_cos_into(&x[..n], &mut s[..n], &mut c[..n])
+                    }
+                    (Val::F64(x), Tile::F64(s), Tile::F64(c)) => {
+                        sin_cos_into(&x[..n], &mut s[..n], &mut c[..n])
+                    }
+                    _ => unreachable!("infer checks unary dtypes"),
+                }
+                regs[c] = oc;
+            }
+        }
+        regs[st.reg] = o;
+    }
+}
+
+/// Splits the outputs into parallel chunks when the whole loop is long (`work` loop
+/// elements per output); each output is computed independently, so the split never
+/// changes a bit.
+fn par_outputs<O: Send>(out: &mut [O], work: usize, f: impl Fn(usize, &mut [O]) + Sync) {
+    let per = (PAR_CHUNK / work.max(1)).max(1);
+    if out.len() * work.max(1) < PAR_MIN || out.len() < 2 {
+        f(0, out);
+    } else {
+        out.par_chunks_mut(per)
+            .enumerate()
+            .for_each(|(i, c)| f(i * per, c));
+    }
+}
+
+impl Program {
+    /// Runs on the operands (`None` only for the one given as [`OutBuf::Operand`]).
+    pub fn run(&self, x: &[Option<&Data>], out: OutBuf) -> Data {
+        match self.dtype {
+            DType::F32 => self.run_as::<f32>(x, out),
+            DType::F64 => self.run_as::<f64>(x, out),
+            DType::I64 => self.run_as::<i64>(x, out),
+        }
+    }
+
+    fn run_as<O: Elem>(&self, x: &[Option<&Data>], out: OutBuf) -> Data {
+        let shape = &self.shape[..];
+        let n_out = numel(shape);
+        let mut buf: Option<Vec<O>> = None;
+        let mut held: Option<Data> = None; // an operand we were handed but could not overwrite
+        let mut from_out: Option<usize> = None;
+        if let Some((ta, tb)) = self.matmul {
+            let (a, b) = (
+                x[0].expect("matmul operands are given"),
+                x[1].expect("matmul operands are given"),
+            );
+            let m = Op::MatMul { ta, tb }
+                .eval(&[a, b], shape)
+                .expect("matmul cannot fail at run time");
+            buf = Some(
+                O::take_vec(m).unwrap_or_else(|_| unreachable!("a fresh matmul result is owned")),
+            );
+        } else {
+            match out {
+                OutBuf::Fresh => {}
+                OutBuf::Operand(k, d) => match O::take_vec(d) {
+                    Ok(v) if v.len() == n_out => {
+                        buf = Some(v);
+                        from_out = Some(k);
+                    }
+                    Ok(_) => {
+                        unreachable!("the planner overwrites only operands of the result's type")
+                    }
+                    Err(d) => held = Some(d),
+                },
+            }
+        }
+        // the kernel writes every element, so a fresh buffer is never zeroed first; a
+        // matmul result or an overwritten operand keeps its values for `Src::Out` loads
+        let prior = buf.is_some();
+        let mut buf = buf.unwrap_or_else(|| crate::exec::buffers::take(n_out));
+        // SAFETY: `n_out` elements fit (a taken buffer's capacity, or the length of a
+        // held one); length 0 only hides the held values until the end, when every
+        // element has been written.
+        unsafe { buf.set_len(0) };
+        let slots = &mut buf.spare_capacity_mut()[..n_out];
+        // The values of an output segment before the kernel writes it.
+        let values = |seg: &[MaybeUninit<O>]| -> Option<&[O]> {
+            // SAFETY: with `prior` the buffer held `n_out` values when it was handed in.
+            prior.then(|| unsafe { &*(seg as *const [MaybeUninit<O>] as *const [O]) })
+        };
+        let bind = |lp: &Loop| -> SmallVec<[Src; 8]> {
+            lp.from
+                .iter()
+                .map(|f| match *f {
+                    From::Matmul => Src::Out,
+                    From::Param(p) if from_out == Some(p) => Src::Out,
+                    From::Param(p) => {
+                        Src::of(x[p].or(held.as_ref()).expect("every operand is given"))
+                    }
+                })
+                .collect()
+        };
+        let (isrcs, osrcs) = (bind(&self.inner), bind(&self.outer));
+        // generated code, once compiled, runs an elementwise region in place of the steps
+        match (&self.sum, self.gen.as_ref().and_then(|k| k.ready())) {
+            (None, Some(k)) => {
+                let params: SmallVec<[Option<&Data>; 8]> = (0..x.len())
+                    .map(|p| {
+                        (from_out != Some(p))
+                            .then(|| x[p].or(held.as_ref()).expect("every operand is given"))
+                    })
+                    .collect();
+                let bound = k.bind(&params);
+                par_outputs(slots, 1, |off, chunk| k.call(&bound, chunk, off));
+            }
+            (None, None) => par_outputs(slots, 1, |off, chunk| {
+                with_regs(&self.dtypes, self.tile, |regs| {
+                    let mut views = no_views(regs.len());
+                    let mut c = Cursor::new(&self.outer.dims, &self.outer.strides, off);
+                    for seg in chunk.chunks_mut(self.tile) {
+                        let n = seg.len();
+                        self.outer
+                            .fill(&osrcs, &mut c, regs, &mut views, n, values(seg));
+                        eval_steps(&self.steps, regs, &views, n);
+                        O::write_out(read(regs, &views, self.result_reg), seg);
+                    }
+                })
+            }),
+            (Some(sp), _) => {
+                let (before, after) = self.steps.split_at(self.split);
+                let work = |chunk: &mut [MaybeUninit<O>], off: usize| {
+                    with_regs(&self.dtypes, self.tile, |regs| {
+                        let mut views = no_views(regs.len());
+                        let mut ci =
+                            Cursor::new(&self.inner.dims, &self.inner.strides, off * sp.lane);
+                        let mut co = Cursor::new(&self.outer.dims, &self.outer.strides, off);
+                        let mut acc = new_accum(sp.dtype, sp.full, sp.lane, &sp.red_dims);
+                        for seg in chunk.chunks_mut(self.tile) {
+                            let m = seg.len();
+                            let mut done = 0;
+                            if sp.lane == 0 {
+                                zero_into(&mut regs[sp.reg], m); // an empty reduction is +0
+                                done = m;
+                            }
+                            let mut left = if sp.full { sp.lane } else { m * sp.lane };
+                            while left > 0 {
+                                let n = left.min(self.tile);
+                                self.inner
+                                    .fill::<O>(&isrcs, &mut ci, regs, &mut views, n, None);
+                                eval_steps(before, regs, &views, n);
+                                let mut sums = std::mem::replace(&mut regs[sp.reg], Tile::Lent);
+                                let vals = read(regs, &views, sp.src);
+                                acc.push(vals, n, &mut sums, &mut done);
+                                regs[sp.reg] = sums;
+                                left -= n;
+                            }
+                            if sp.full {
+                                acc.total_into(&mut regs[sp.reg]);
+                            }
+                            self.outer
+                                .fill(&osrcs, &mut co, regs, &mut views, m, values(seg));
+                            eval_steps(after, regs, &views, m);
+                            O::write_out(read(regs, &views, self.result_reg), seg);
+                        }
+                    })
+                };
+                if sp.full {
+                    work(slots, 0);
+                } else {
+                    par_outputs(slots, sp.lane, |off, chunk| work(chunk, off));
+                }
+            }
+        }
+        // SAFETY: the chunks cover the `n_out` slots and each tile wrote its whole segment
+        // (a panic propagates before this line, leaving the length 0).
+        unsafe { buf.set_len(n_out) };
+        O::wrap(Arr::from_shape_vec(IxDyn(shape), buf).expect("length matches shape"))
+    }
+}
+
+/// Views for `n` registers, all read from their tiles.
+fn no_views<'a>(n: usize) -> SmallVec<[Option<Val<'a>>; 32]> {
+    SmallVec::from_elem(None, n)
+}
+
+thread_local! {
+    /// This thread's registers, kept between calls (a fused kernel never calls another):
+    /// the array lent to the running program, and the spares of each dtype (f32, f64,
+    /// i64). Programs with other dtypes or more registers take spares or add to them,
+    /// so alternating programs never reallocate.
+    static REGS: std::cell::RefCell<(Vec<Tile>, [Vec<Tile>; 3])> =
+        const { std::cell::RefCell::new((Vec::new(), [Vec::new(), Vec::new(), Vec::new()])) };
+}
+
+/// Runs `f` with registers of `dtypes`, each at least `len` long, reusing this thread's.
+fn with_regs<R>(dtypes: &[DType], len: usize, f: impl FnOnce(&mut [Tile]) -> R) -> R {
+    let kind = |d: DType| match d {
+        DType::F32 => 0,
+        DType::F64 => 1,
+        DType::I64 => 2,
+    };
+    let (mut regs, mut spares) = REGS.with(|r| std::mem::take(&mut *r.borrow_mut()));
+    for t in regs.drain(..) {
+        match t {
+            Tile::F32(_) => spares[0].push(t),
+            Tile::F64(_) => spares[1].push(t),
+            Tile::I64(_) => spares[2].push(t),
+            Tile::Lent => {}
+        }
+    }
+    for &d in dtypes {
+        let fits = |t: &Tile| match t {
+            Tile::F32(v) => v.len() >= len,
+            Tile::F64(v) => v.len() >= len,
+            Tile::I64(v) => v.len() >= len,
+            Tile::Lent => false,
+        };
+        let spare = &mut spares[kind(d)];
+        let t = match spare.last() {
+            Some(t) if fits(t) => spare.pop().expect("checked"),
+            _ => Tile::new(d, len.max(TILE)),
+        };
+        regs.push(t);
+    }
+    let r = f(&mut regs);
+    REGS.with(|cell| *cell.borrow_mut() = (regs, spares));
+    r
+}
+
+fn zero_into(t: &mut Tile, n: usize) {
+    match t {
+        Tile::F32(v) => v[..n].fill(0.0),
+        Tile::F64(v) => v[..n].fill(0.0),
+        _ => unreachable!("infer checks that sums are of floats"),
+    }
+}
