@@ -186,7 +186,7 @@ pub(crate) fn in_backend<R>(f: impl FnOnce() -> R) -> R {
 }
 
 /// Whether this thread is inside a third-party kernel call (see the module docs of
-/// [`crate::exec::buffers`]); meant for allocation counters in tests. Never allocates.
+/// `exec::buffers`); meant for allocation counters in tests. Never allocates.
 pub fn in_backend_call() -> bool {
     IN_BACKEND.with(|c| c.get())
 }

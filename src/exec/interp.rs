@@ -148,31 +148,18 @@ fn work_of(g: &Graph, n: NodeId) -> u64 {
     node.op.work(&x, &node.shape)
 }
 
-/// Multiply-adds of a matmul or convolution node (0 for any other op).
+/// Multiply-adds of a matmul or convolution node, or of a fused node's matmul prologue
+/// ([`Op::macs`]; 0 for any other op).
 fn macs_of(g: &Graph, n: NodeId) -> u64 {
-    let numel = |m: NodeId| g.node(m).shape.iter().product::<usize>() as u64;
-    let shape = |m: NodeId| &g.node(m).shape;
-    let ops = g.operands(n);
-    // a convolution multiplies each element of the output-side tensor (y or gy) with
-    // one filter column of kh·kw·cin taps
-    let per_tap =
-        |filter: NodeId| numel(filter) / shape(filter).last().map_or(1, |&c| c.max(1) as u64);
-    let matmul_ta = match g.node(n).op {
-        Op::MatMul { ta, .. } => Some(ta),
-        // a fused matmul prologue: `matmul $0, $1` of the result's shape
-        Op::Fused(f) => g.fused[f as usize].matmul().map(|(ta, _)| ta),
-        _ => None,
-    };
-    if let Some(ta) = matmul_ta {
-        let a = shape(ops[0]);
-        let k = if ta { a[a.len() - 2] } else { a[a.len() - 1] };
-        return numel(n) * k as u64;
-    }
-    match g.node(n).op {
-        Op::Conv2d(_) => numel(n) * per_tap(ops[1]),
-        Op::Conv2dBackpropInput(_) => numel(ops[0]) * per_tap(ops[1]),
-        Op::Conv2dBackpropFilter(_) => numel(ops[1]) * per_tap(n),
-        _ => 0,
+    let operands = g.operands(n);
+    let x: SmallVec<[&[usize]; 4]> = operands.iter().map(|&o| &g.node(o).shape[..]).collect();
+    let node = g.node(n);
+    match node.op {
+        // the prologue is `matmul $0, $1` of the result's shape
+        Op::Fused(f) => g.fused[f as usize].matmul().map_or(0, |(ta, tb)| {
+            Op::MatMul { ta, tb }.macs(&x[..2], &node.shape)
+        }),
+        op => op.macs(&x, &node.shape),
     }
 }
 

@@ -50,7 +50,9 @@ pub struct Inst {
     pub shape: Shape,
 }
 
-/// A fused region as a straight-line program; see the [module docs](self).
+/// A fused region as a straight-line program: instructions in topological order over
+/// the fused node's operands (`$i`) and earlier instructions (`#k`), the last one the
+/// result; [`FusedExpr::infer`] checks its invariants.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FusedExpr {
     /// Instructions in evaluation order; the last is the result.

@@ -438,6 +438,19 @@ pub(super) fn vjp(op: &Op, a: &VjpArgs, gy: &Tensor) -> Grads {
     }
 }
 
+/// Exact multiply-adds: each element of the output-side tensor (`y`, or `gy` of a
+/// backprop) meets one filter column of `kh·kw·cin` taps; pooling has none.
+pub(super) fn macs(op: &Op, x: &[&[usize]], out: &[usize]) -> u64 {
+    // taps per output channel of a [kh, kw, cin, cout] filter
+    let taps = |w: &[usize]| super::elems(w) / w.last().map_or(1, |&c| c.max(1) as u64);
+    match op {
+        Op::Conv2d(_) => super::elems(out) * taps(x[1]),
+        Op::Conv2dBackpropInput(_) => super::elems(x[0]) * taps(x[1]),
+        Op::Conv2dBackpropFilter(_) => super::elems(x[1]) * taps(out),
+        _ => 0,
+    }
+}
+
 /// Scheduling cost: a convolution's multiply-adds (the larger of its input and output
 /// times the filter, per input channel); pooling visits each element once.
 pub(super) fn work(op: &Op, x: &[&[usize]], out: &[usize]) -> u64 {

@@ -403,6 +403,21 @@ impl Op {
         }
     }
 
+    /// Multiply-adds of a matmul or convolution from the operand shapes `x` and the
+    /// result shape `out` (0 for every other op), so profiles can report FLOP rates.
+    pub fn macs(&self, x: &[&[usize]], out: &[usize]) -> u64 {
+        match self.family() {
+            Family::Linalg => linalg::work(self.matmul_flags().0, x, out),
+            Family::Conv => conv::macs(self, x, out),
+            Family::Source
+            | Family::Elementwise
+            | Family::Reduce
+            | Family::Shape
+            | Family::Index
+            | Family::Fused => 0,
+        }
+    }
+
     /// Whether `op(a, b) == op(b, a)` bit for bit (CSE sorts such operands).
     ///
     /// Not `maximum`/`minimum`: on equal operands they return the first, so

@@ -10,8 +10,8 @@
 //! verifier runs in tests and debug builds. Every pass is idempotent, and so is the
 //! pipeline.
 //!
-//! Memory planning ([`crate::exec::plan_memory`]) is not a graph rewrite: `exec::Plan` runs it on the
-//! final graph's execution order.
+//! Memory planning ([`MemoryPlan`](crate::exec::MemoryPlan)) is not a graph rewrite:
+//! `exec::Plan` makes it for the final graph's execution order.
 
 mod cse;
 mod dce;

@@ -41,6 +41,14 @@ fn too_big(name: &'static str, shape: &[usize], dtype: DType) -> Option<Tensor> 
 
 impl Tensor {
     /// An f32 scalar. `Tensor::scalar(3.0)`.
+    ///
+    /// # Example
+    /// ```
+    /// use tapeflow::{DType, Tensor};
+    /// let x = Tensor::scalar(3.0);
+    /// assert_eq!((x.dtype(), x.shape()), (DType::F32, &[][..]));
+    /// assert_eq!(x.to_scalar().unwrap(), 3.0);
+    /// ```
     #[track_caller]
     pub fn scalar(v: f32) -> Tensor {
         Tensor::from_data(Data::full(DType::F32, &[], v as f64))
@@ -53,6 +61,14 @@ impl Tensor {
     }
 
     /// A 1-D tensor copied from a slice. `Tensor::vec(&[1.0f32, 2.0])`.
+    ///
+    /// # Example
+    /// ```
+    /// use tapeflow::{DType, Tensor};
+    /// let x = Tensor::vec(&[1.0f64, 2.0, 3.0]);
+    /// assert_eq!((x.dtype(), x.shape()), (DType::F64, &[3][..]));
+    /// assert_eq!(Tensor::vec(&[4i64, 5]).to_vec_i64().unwrap(), [4, 5]);
+    /// ```
     #[track_caller]
     pub fn vec<T: Element>(v: &[T]) -> Tensor {
         Tensor::from_data(T::into_data(
@@ -63,6 +79,14 @@ impl Tensor {
     /// A tensor from row-major elements and a shape.
     ///
     /// Returns `Err` when the element count does not match the shape.
+    ///
+    /// # Example
+    /// ```
+    /// use tapeflow::Tensor;
+    /// let m = Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3]).unwrap();
+    /// assert_eq!(m.shape(), [2, 3]);
+    /// assert!(Tensor::from_vec(vec![1.0f32, 2.0], &[3]).is_err()); // 2 elements, 3 slots
+    /// ```
     #[track_caller]
     pub fn from_vec<T: Element>(v: Vec<T>, shape: &[usize]) -> Result<Tensor> {
         let n = v.len();
@@ -82,6 +106,14 @@ impl Tensor {
     }
 
     /// Zeros of a shape (f32).
+    ///
+    /// # Example
+    /// ```
+    /// use tapeflow::Tensor;
+    /// let z = Tensor::zeros(&[2, 2]);
+    /// assert_eq!(z.to_vec_f32().unwrap(), [0.0; 4]);
+    /// assert_eq!(Tensor::ones(&[3]).to_vec_f32().unwrap(), [1.0; 3]);
+    /// ```
     ///
     /// # Panics
     /// If the shape has more than [`crate::tensor::MAX_ELEMENTS`] elements (inside
@@ -105,6 +137,13 @@ impl Tensor {
     }
 
     /// A shape filled with `v` in `dtype`.
+    ///
+    /// # Example
+    /// ```
+    /// use tapeflow::{DType, Tensor};
+    /// let t = Tensor::full(&[2], 7.0, DType::I64);
+    /// assert_eq!((t.dtype(), t.to_vec_i64().unwrap()), (DType::I64, vec![7, 7]));
+    /// ```
     #[track_caller]
     pub fn full(shape: &[usize], v: f64, dtype: DType) -> Tensor {
         if let Some(bad) = too_big("full", shape, dtype) {
@@ -114,6 +153,13 @@ impl Tensor {
     }
 
     /// `start, start+1, ..., end-1` in `dtype`.
+    ///
+    /// # Example
+    /// ```
+    /// use tapeflow::{DType, Tensor};
+    /// let r = Tensor::arange(2, 6, DType::F32);
+    /// assert_eq!(r.to_vec_f32().unwrap(), [2.0, 3.0, 4.0, 5.0]);
+    /// ```
     #[track_caller]
     pub fn arange(start: i64, end: i64, dtype: DType) -> Tensor {
         let len = usize::try_from(end.max(start).abs_diff(start)).unwrap_or(usize::MAX);

@@ -118,6 +118,18 @@ impl Tensor {
     }
 
     /// A scalar of this tensor's dtype (how `x * 2.0` turns `2.0` into a tensor).
+    ///
+    /// # Example
+    /// ```
+    /// use tapeflow::Tensor;
+    /// // `+ - * /` broadcast NumPy-style, and scalars take the tensor's dtype
+    /// let a = Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0], &[2, 2]).unwrap();
+    /// let b = Tensor::vec(&[10.0f32, 20.0]); // a row, broadcast over a's rows
+    /// assert_eq!((&a + &b).to_vec_f32().unwrap(), [11.0, 22.0, 13.0, 24.0]);
+    /// assert_eq!((&a * 2.0).to_vec_f32().unwrap(), [2.0, 4.0, 6.0, 8.0]);
+    /// assert_eq!((1.0 - &a).to_vec_f32().unwrap(), [0.0, -1.0, -2.0, -3.0]);
+    /// assert_eq!((&a / &a.scalar_like(4.0)).to_vec_f32().unwrap(), [0.25, 0.5, 0.75, 1.0]);
+    /// ```
     #[track_caller]
     pub fn scalar_like(&self, v: f64) -> Tensor {
         Tensor::scalar_of(self.dtype(), v)
@@ -147,6 +159,14 @@ impl Tensor {
     }
 
     /// `selfᵉ` with a scalar exponent.
+    ///
+    /// # Example
+    /// ```
+    /// use tapeflow::Tensor;
+    /// let x = Tensor::vec(&[2.0f64, 3.0]);
+    /// assert_eq!(x.powf(3.0).to_vec_f64().unwrap(), [8.0, 27.0]);
+    /// assert_eq!(x.square().to_vec_f64().unwrap(), [4.0, 9.0]);
+    /// ```
     #[track_caller]
     pub fn powf(&self, e: f64) -> Tensor {
         self.pow(&self.scalar_like(e))
@@ -159,6 +179,14 @@ impl Tensor {
     }
 
     /// Elementwise maximum (broadcasting).
+    ///
+    /// # Example
+    /// ```
+    /// use tapeflow::Tensor;
+    /// let a = Tensor::vec(&[1.0f32, 5.0, -2.0]);
+    /// assert_eq!(a.maximum(&Tensor::scalar(0.0)).to_vec_f32().unwrap(), [1.0, 5.0, 0.0]);
+    /// assert_eq!(a.relu().to_vec_f32().unwrap(), [1.0, 5.0, 0.0]);
+    /// ```
     #[track_caller]
     pub fn maximum(&self, other: &Tensor) -> Tensor {
         self.binary(Binary::Maximum, other)
@@ -183,6 +211,16 @@ impl Tensor {
     }
 
     /// Sum over `axes` (negative axes count from the end); `keep` keeps them as length 1.
+    ///
+    /// # Example
+    /// ```
+    /// use tapeflow::Tensor;
+    /// let m = Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3]).unwrap();
+    /// assert_eq!(m.sum(&[0], false).to_vec_f32().unwrap(), [5.0, 7.0, 9.0]);
+    /// let rows = m.sum(&[-1], true); // the last axis, kept as length 1
+    /// assert_eq!((rows.shape(), rows.to_vec_f32().unwrap()), (&[2, 1][..], vec![6.0, 15.0]));
+    /// assert_eq!(m.sum_all().to_scalar().unwrap(), 21.0);
+    /// ```
     #[track_caller]
     pub fn sum(&self, axes: &[isize], keep: bool) -> Tensor {
         let op = norm_axes(axes, self.rank())
@@ -205,6 +243,14 @@ impl Tensor {
     }
 
     /// Mean over `axes`.
+    ///
+    /// # Example
+    /// ```
+    /// use tapeflow::Tensor;
+    /// let m = Tensor::from_vec(vec![1.0f64, 2.0, 3.0, 4.0], &[2, 2]).unwrap();
+    /// assert_eq!(m.mean(&[1], false).to_vec_f64().unwrap(), [1.5, 3.5]);
+    /// assert_eq!(m.mean_all().to_scalar().unwrap(), 2.5);
+    /// ```
     #[track_caller]
     pub fn mean(&self, axes: &[isize], keep: bool) -> Tensor {
         let axes = match norm_axes(axes, self.rank()) {
@@ -225,6 +271,15 @@ impl Tensor {
     }
 
     /// Maximum over `axes`.
+    ///
+    /// # Example
+    /// ```
+    /// use tapeflow::Tensor;
+    /// let m = Tensor::from_vec(vec![1.0f32, 9.0, 3.0, 4.0, 5.0, 6.0], &[2, 3]).unwrap();
+    /// assert_eq!(m.max(&[1], false).to_vec_f32().unwrap(), [9.0, 6.0]);
+    /// assert_eq!(m.min(&[0], false).to_vec_f32().unwrap(), [1.0, 5.0, 3.0]);
+    /// assert_eq!(m.argmax(1).to_vec_i64().unwrap(), [1, 2]);
+    /// ```
     #[track_caller]
     pub fn max(&self, axes: &[isize], keep: bool) -> Tensor {
         let op = norm_axes(axes, self.rank())
@@ -253,6 +308,14 @@ impl Tensor {
     }
 
     /// Same elements in a new shape.
+    ///
+    /// # Example
+    /// ```
+    /// use tapeflow::{DType, Tensor};
+    /// let x = Tensor::arange(0, 6, DType::F32).reshape(&[2, 3]);
+    /// assert_eq!(x.shape(), [2, 3]);
+    /// assert_eq!(x.reshape(&[3, 2]).to_vec_f32().unwrap(), [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
+    /// ```
     #[track_caller]
     pub fn reshape(&self, shape: &[usize]) -> Tensor {
         if shape == self.shape() {
@@ -262,6 +325,13 @@ impl Tensor {
     }
 
     /// NumPy-broadcasts to `shape`.
+    ///
+    /// # Example
+    /// ```
+    /// use tapeflow::Tensor;
+    /// let row = Tensor::vec(&[1.0f32, 2.0]);
+    /// assert_eq!(row.broadcast_to(&[2, 2]).to_vec_f32().unwrap(), [1.0, 2.0, 1.0, 2.0]);
+    /// ```
     #[track_caller]
     pub fn broadcast_to(&self, shape: &[usize]) -> Tensor {
         if shape == self.shape() {
@@ -284,6 +354,14 @@ impl Tensor {
     }
 
     /// Permutes axes: output axis `i` is input axis `perm[i]`.
+    ///
+    /// # Example
+    /// ```
+    /// use tapeflow::{DType, Tensor};
+    /// let x = Tensor::arange(0, 6, DType::F32).reshape(&[2, 3]);
+    /// let t = x.transpose(&[1, 0]);
+    /// assert_eq!((t.shape(), t.to_vec_f32().unwrap()), (&[3, 2][..], vec![0.0, 3.0, 1.0, 4.0, 2.0, 5.0]));
+    /// ```
     #[track_caller]
     pub fn transpose(&self, perm: &[usize]) -> Tensor {
         let op = Perm::new(perm)
@@ -304,6 +382,15 @@ impl Tensor {
     }
 
     /// Joins tensors along `axis`.
+    ///
+    /// # Example
+    /// ```
+    /// use tapeflow::Tensor;
+    /// let a = Tensor::from_vec(vec![1.0f32, 2.0], &[1, 2]).unwrap();
+    /// let b = Tensor::from_vec(vec![3.0f32, 4.0, 5.0, 6.0], &[2, 2]).unwrap();
+    /// let c = Tensor::concat(&[&a, &b], 0);
+    /// assert_eq!((c.shape(), c.to_vec_f32().unwrap()), (&[3, 2][..], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]));
+    /// ```
     #[track_caller]
     pub fn concat(parts: &[&Tensor], axis: usize) -> Tensor {
         let op = to_u8("axis", axis).map(|axis| Op::Concat { axis });
@@ -311,6 +398,14 @@ impl Tensor {
     }
 
     /// `self[.., start..end, ..]` along `axis`.
+    ///
+    /// # Example
+    /// ```
+    /// use tapeflow::{DType, Tensor};
+    /// let x = Tensor::arange(0, 6, DType::F32).reshape(&[2, 3]);
+    /// let s = x.slice_axis(1, 1, 3); // columns 1 and 2
+    /// assert_eq!((s.shape(), s.to_vec_f32().unwrap()), (&[2, 2][..], vec![1.0, 2.0, 4.0, 5.0]));
+    /// ```
     #[track_caller]
     pub fn slice_axis(&self, axis: usize, start: usize, end: usize) -> Tensor {
         let op = (|| {
@@ -440,12 +535,31 @@ impl Tensor {
     }
 
     /// Matrix product of the last two axes (batched over leading ones).
+    ///
+    /// # Example
+    /// ```
+    /// use tapeflow::Tensor;
+    /// let a = Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0], &[2, 2]).unwrap();
+    /// let b = Tensor::from_vec(vec![5.0f32, 6.0, 7.0, 8.0], &[2, 2]).unwrap();
+    /// assert_eq!(a.matmul(&b).to_vec_f32().unwrap(), [19.0, 22.0, 43.0, 50.0]);
+    /// // a batch of 3 products of [2, 2] by [2, 1]
+    /// let batch = Tensor::ones(&[3, 2, 2]).matmul(&Tensor::ones(&[3, 2, 1]));
+    /// assert_eq!(batch.shape(), [3, 2, 1]);
+    /// ```
     #[track_caller]
     pub fn matmul(&self, other: &Tensor) -> Tensor {
         self.matmul_t(other, false, false)
     }
 
     /// Matrix product with either operand transposed in its last two axes.
+    ///
+    /// # Example
+    /// ```
+    /// use tapeflow::Tensor;
+    /// let a = Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0], &[2, 2]).unwrap();
+    /// // aᵀ·a without materializing the transpose
+    /// assert_eq!(a.matmul_t(&a, true, false).to_vec_f32().unwrap(), [10.0, 14.0, 14.0, 20.0]);
+    /// ```
     #[track_caller]
     pub fn matmul_t(&self, other: &Tensor, ta: bool, tb: bool) -> Tensor {
         apply(Op::MatMul { ta, tb }, &[self, other], None)

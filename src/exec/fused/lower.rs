@@ -202,6 +202,131 @@ fn broadcast_strides(shape: &[usize], it: &[usize]) -> SmallVec<[usize; 6]> {
         .collect()
 }
 
+/// The registers and steps of an expression, before the loops are planned.
+struct Registers {
+    inner: Loop,
+    outer: Loop,
+    dtypes: Vec<DType>,
+    /// The register of each instruction's value.
+    reg_of: Vec<usize>,
+    steps: Vec<Step>,
+    /// Steps before this index run in the summed loop.
+    split: usize,
+    /// The register of the summed value.
+    sum_src: usize,
+}
+
+/// Gives every value a register: the loads (of the summed loop up to the sum, of the
+/// result's loop after it), then one per instruction; identities (broadcast, reshape
+/// views, the matmul's output, casts to the same dtype) reuse their source's register.
+/// Each computing instruction becomes a step.
+fn assign_registers(e: &FusedExpr, params: &[(DType, &[usize])], dtype: DType) -> Registers {
+    let s = e.sum_index();
+    let (mut inner, mut outer) = (Loop::default(), Loop::default());
+    let mut dtypes: Vec<DType> = Vec::new();
+    let mut reg_of: Vec<usize> = Vec::with_capacity(e.insts.len());
+    let mut steps: Vec<Step> = Vec::new();
+    let (mut split, mut sum_src) = (0, 0);
+    for (k, inst) in e.insts.iter().enumerate() {
+        let lp = if s.is_some_and(|s| k <= s) {
+            &mut inner
+        } else {
+            &mut outer
+        };
+        let args: SmallVec<[usize; 3]> = match (inst.op, &inst.args[..]) {
+            (Op::MatMul { .. }, _) => SmallVec::from_elem(
+                lp.load(From::Matmul, None, &inst.shape, dtype, &mut dtypes),
+                1,
+            ),
+            (Op::Reshape, [Arg::Param(p)]) => {
+                let d = params[*p as usize].0;
+                SmallVec::from_elem(
+                    lp.load(
+                        From::Param(*p as usize),
+                        Some(k),
+                        &inst.shape,
+                        d,
+                        &mut dtypes,
+                    ),
+                    1,
+                )
+            }
+            _ => inst
+                .args
+                .iter()
+                .map(|a| match *a {
+                    Arg::Param(p) => {
+                        let (d, sh) = params[p as usize];
+                        lp.load(From::Param(p as usize), None, sh, d, &mut dtypes)
+                    }
+                    Arg::Inst(j) => reg_of[j as usize],
+                })
+                .collect(),
+        };
+        let reg = match inst.op {
+            Op::MatMul { .. } | Op::BroadcastTo | Op::Reshape => args[0],
+            Op::Cast(to) if to == dtypes[args[0]] => args[0],
+            Op::Sum { .. } => {
+                split = steps.len();
+                sum_src = args[0];
+                dtypes.push(inst.dtype);
+                dtypes.len() - 1
+            }
+            op => {
+                dtypes.push(inst.dtype);
+                steps.push(Step {
+                    op,
+                    args,
+                    reg: dtypes.len() - 1,
+                    cos: None,
+                    neg: false,
+                });
+                dtypes.len() - 1
+            }
+        };
+        reg_of.push(reg);
+    }
+    Registers {
+        inner,
+        outer,
+        dtypes,
+        reg_of,
+        steps,
+        split,
+        sum_src,
+    }
+}
+
+/// The sum at instruction `s` over the summed space `it`: plans the summed loop (kept
+/// axes, then reduced axes, so each output's lane is contiguous) and says how the
+/// elements add up; `reg` is the sum's register, `src` the summed value's.
+fn plan_sum(
+    e: &FusedExpr,
+    s: usize,
+    it: &[usize],
+    inner: &mut Loop,
+    reg: usize,
+    src: usize,
+) -> SumPlan {
+    let Op::Sum { axes, .. } = e.insts[s].op else {
+        unreachable!("sum_index points at a sum")
+    };
+    // the summed loop: kept axes, then reduced axes (each output's lane is contiguous)
+    let kept = (0..it.len()).filter(|&d| !axes.contains(d));
+    let red: Vec<usize> = (0..it.len()).filter(|&d| axes.contains(d)).collect();
+    let order: Vec<usize> = kept.chain(red.iter().copied()).collect();
+    inner.plan(it, &order);
+    let red_dims: SmallVec<[usize; 6]> = red.iter().map(|&d| it[d]).collect();
+    SumPlan {
+        reg,
+        src,
+        dtype: e.insts[s].dtype,
+        full: red.len() == it.len(),
+        lane: red_dims.iter().product(),
+        red_dims,
+    }
+}
+
 impl Program {
     /// Compiles `e` for operands of `params` types; `shape` is the fused node's shape.
     ///
@@ -215,93 +340,18 @@ impl Program {
             Some(Arg::Inst(j)) => e.insts[j as usize].shape.clone(),
             None => Shape::from_slice(shape),
         };
-        // registers: the loads, then one per instruction; identities (broadcast, reshape
-        // views, the matmul's output, casts to the same dtype) reuse their source's register
-        let (mut inner, mut outer) = (Loop::default(), Loop::default());
-        let mut dtypes: Vec<DType> = Vec::new();
-        let mut reg_of: Vec<usize> = Vec::with_capacity(e.insts.len());
-        let mut steps: Vec<Step> = Vec::new();
-        let (mut split, mut sum_src) = (0, 0);
-        for (k, inst) in e.insts.iter().enumerate() {
-            let lp = if s.is_some_and(|s| k <= s) {
-                &mut inner
-            } else {
-                &mut outer
-            };
-            let args: SmallVec<[usize; 3]> = match (inst.op, &inst.args[..]) {
-                (Op::MatMul { .. }, _) => SmallVec::from_elem(
-                    lp.load(From::Matmul, None, &inst.shape, dtype, &mut dtypes),
-                    1,
-                ),
-                (Op::Reshape, [Arg::Param(p)]) => {
-                    let d = params[*p as usize].0;
-                    SmallVec::from_elem(
-                        lp.load(
-                            From::Param(*p as usize),
-                            Some(k),
-                            &inst.shape,
-                            d,
-                            &mut dtypes,
-                        ),
-                        1,
-                    )
-                }
-                _ => inst
-                    .args
-                    .iter()
-                    .map(|a| match *a {
-                        Arg::Param(p) => {
-                            let (d, sh) = params[p as usize];
-                            lp.load(From::Param(p as usize), None, sh, d, &mut dtypes)
-                        }
-                        Arg::Inst(j) => reg_of[j as usize],
-                    })
-                    .collect(),
-            };
-            let reg = match inst.op {
-                Op::MatMul { .. } | Op::BroadcastTo | Op::Reshape => args[0],
-                Op::Cast(to) if to == dtypes[args[0]] => args[0],
-                Op::Sum { .. } => {
-                    split = steps.len();
-                    sum_src = args[0];
-                    dtypes.push(inst.dtype);
-                    dtypes.len() - 1
-                }
-                op => {
-                    dtypes.push(inst.dtype);
-                    steps.push(Step {
-                        op,
-                        args,
-                        reg: dtypes.len() - 1,
-                        cos: None,
-                        neg: false,
-                    });
-                    dtypes.len() - 1
-                }
-            };
-            reg_of.push(reg);
-        }
+        let Registers {
+            mut inner,
+            mut outer,
+            dtypes,
+            reg_of,
+            mut steps,
+            split,
+            sum_src,
+        } = assign_registers(e, params, dtype);
         let all: Vec<usize> = (0..shape.len()).collect();
         outer.plan(shape, &all);
-        let sum = s.map(|s| {
-            let Op::Sum { axes, .. } = e.insts[s].op else {
-                unreachable!("sum_index points at a sum")
-            };
-            // the summed loop: kept axes, then reduced axes (each output's lane is contiguous)
-            let kept = (0..it.len()).filter(|&d| !axes.contains(d));
-            let red: Vec<usize> = (0..it.len()).filter(|&d| axes.contains(d)).collect();
-            let order: Vec<usize> = kept.chain(red.iter().copied()).collect();
-            inner.plan(&it, &order);
-            let red_dims: SmallVec<[usize; 6]> = red.iter().map(|&d| it[d]).collect();
-            SumPlan {
-                reg: reg_of[s],
-                src: sum_src,
-                dtype: e.insts[s].dtype,
-                full: red.len() == it.len(),
-                lane: red_dims.iter().product(),
-                red_dims,
-            }
-        });
+        let sum = s.map(|s| plan_sum(e, s, &it, &mut inner, reg_of[s], sum_src));
         let tile = TILE.min(numel(shape).max(numel(&it))).max(1);
         let split = if sum.is_some() { split } else { steps.len() };
         let result_reg = reg_of[e.insts.len() - 1];

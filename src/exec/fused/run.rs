@@ -474,6 +474,16 @@ fn par_outputs<O: Send>(out: &mut [O], work: usize, f: impl Fn(usize, &mut [O]) 
     }
 }
 
+/// The result buffer of a run (see [`Program::output`]).
+struct Output<O> {
+    /// A buffer holding values already (the matmul result, an overwritten operand).
+    buf: Option<Vec<O>>,
+    /// An operand we were handed but could not overwrite (shared): only read.
+    held: Option<Data>,
+    /// The param whose buffer `buf` is.
+    from_out: Option<usize>,
+}
+
 impl Program {
     /// Runs on the operands (`None` only for the one given as [`OutBuf::Operand`]).
     pub fn run(&self, x: &[Option<&Data>], out: OutBuf) -> Data {
@@ -484,21 +494,23 @@ impl Program {
         }
     }
 
-    fn run_as<O: Elem>(&self, x: &[Option<&Data>], out: OutBuf) -> Data {
-        let shape = &self.shape[..];
-        let n_out = numel(shape);
-        let mut buf: Option<Vec<O>> = None;
-        let mut held: Option<Data> = None; // an operand we were handed but could not overwrite
-        let mut from_out: Option<usize> = None;
+    /// Where the result goes: the matmul prologue's result, the overwritten operand's
+    /// buffer, or (`buf` = `None`) a fresh one.
+    fn output<O: Elem>(&self, x: &[Option<&Data>], out: OutBuf, n_out: usize) -> Output<O> {
+        let mut o = Output {
+            buf: None,
+            held: None,
+            from_out: None,
+        };
         if let Some((ta, tb)) = self.matmul {
             let (a, b) = (
                 x[0].expect("matmul operands are given"),
                 x[1].expect("matmul operands are given"),
             );
             let m = Op::MatMul { ta, tb }
-                .eval(&[a, b], shape)
+                .eval(&[a, b], &self.shape)
                 .expect("matmul cannot fail at run time");
-            buf = Some(
+            o.buf = Some(
                 O::take_vec(m).unwrap_or_else(|_| unreachable!("a fresh matmul result is owned")),
             );
         } else {
@@ -506,16 +518,27 @@ impl Program {
                 OutBuf::Fresh => {}
                 OutBuf::Operand(k, d) => match O::take_vec(d) {
                     Ok(v) if v.len() == n_out => {
-                        buf = Some(v);
-                        from_out = Some(k);
+                        o.buf = Some(v);
+                        o.from_out = Some(k);
                     }
                     Ok(_) => {
                         unreachable!("the planner overwrites only operands of the result's type")
                     }
-                    Err(d) => held = Some(d),
+                    Err(d) => o.held = Some(d),
                 },
             }
         }
+        o
+    }
+
+    fn run_as<O: Elem>(&self, x: &[Option<&Data>], out: OutBuf) -> Data {
+        let shape = &self.shape[..];
+        let n_out = numel(shape);
+        let Output {
+            buf,
+            held,
+            from_out,
+        } = self.output::<O>(x, out, n_out);
         // the kernel writes every element, so a fresh buffer is never zeroed first; a
         // matmul result or an overwritten operand keeps its values for `Src::Out` loads
         let prior = buf.is_some();

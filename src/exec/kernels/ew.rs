@@ -27,7 +27,7 @@ pub(crate) fn wrap<O: Clone>(shape: &[usize], v: Vec<O>) -> Arr<O> {
 }
 
 /// The instruction sets loops are compiled for, narrowest first. The build targets the
-/// baseline; [`vectorized`] and [`vectorized_wide`] pick the widest copy the CPU runs.
+/// baseline; `vectorized` and `vectorized_wide` pick the widest copy the CPU runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Isa {
     /// The build's target (SSE2 on x86-64; the only one on other architectures).
