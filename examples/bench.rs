@@ -2,7 +2,11 @@
 //!
 //! `cargo run --release --example bench` prints a markdown table; `-- --json` prints the
 //! same as one JSON array (`-- --quick` for a short run; `-- --profile` adds, per workload,
-//! the compiled step's time per op kind and the GFLOP/s of every matmul and convolution). Each workload is one training
+//! the compiled step's time per op kind and the GFLOP/s of every matmul and convolution).
+//! Compiled steps run their fused loops as generated code where a C compiler is there;
+//! the same plan is timed again with the fused-loop interpreter (`fused_interp_us`), and
+//! `codegen_ms` is how long the compiled step waited for the C compiler after its plan
+//! was made. Each workload is one training
 //! (or derivative) step written once as a closure, run eagerly op by op and compiled
 //! with `function`. The workloads live in `benches/workloads/mod.rs`, shared with the
 //! criterion benches:
@@ -18,6 +22,7 @@
 mod workloads;
 
 use std::time::{Duration, Instant};
+use tapeflow::exec::codegen::Codegen;
 use tapeflow::exec::RunStats;
 use tapeflow::{function, Result};
 
@@ -27,6 +32,11 @@ struct Row {
     compiled_us: f64,
     compile_ms: f64,
     gflops: Option<f64>,
+    /// Compiled, with the fused loops in the interpreter instead of generated code
+    /// (`None` without fused steps or without a C compiler).
+    fused_interp_us: Option<f64>,
+    /// Waiting for the C compiler after the plan was made (0 from the disk cache).
+    codegen_ms: f64,
 }
 
 /// Median seconds per call of `f`, over calls until `budget` is spent.
@@ -54,15 +64,28 @@ fn bench(w: &workloads::Workload, budget: Duration) -> Result<Row> {
     let compiled_fn = function(w.closure());
     // compile = trace + differentiate + optimize + plan (no run)
     let t = Instant::now();
-    compiled_fn.concrete(&[x, y])?;
+    let c = compiled_fn.concrete(&[x, y])?;
     let compile_ms = t.elapsed().as_secs_f64() * 1e3;
+    // fused loops as generated code (waiting for the C compiler, which started in the
+    // background when the plan was made), then the same plan with the interpreter
+    let t = Instant::now();
+    c.plan().set_codegen(Codegen::Force);
+    let codegen_ms = t.elapsed().as_secs_f64() * 1e3;
+    let generated = c.plan().generated_steps().0 > 0;
     let compiled = time(budget, || compiled_fn.call(x, y).map(|_| ()))?;
+    c.plan().set_codegen(Codegen::Off);
+    let fused_interp = match generated {
+        true => Some(time(budget, || compiled_fn.call(x, y).map(|_| ()))?),
+        false => None,
+    };
     Ok(Row {
         workload: w.name,
         eager_us: eager * 1e6,
         compiled_us: compiled * 1e6,
         compile_ms,
         gflops: w.flops.map(|f| f / compiled / 1e9),
+        fused_interp_us: fused_interp.map(|t| t * 1e6),
+        codegen_ms,
     })
 }
 
@@ -71,6 +94,7 @@ fn bench(w: &workloads::Workload, budget: Duration) -> Result<Row> {
 fn profile(w: &workloads::Workload, runs: usize) -> Result<()> {
     let f = function(w.closure());
     let cf = f.concrete(&[&w.x, &w.y])?;
+    cf.plan().set_codegen(Codegen::Force); // profile what `bench` times
     let inputs = [w.x.data()?, w.y.data()?];
     let mut all: Vec<RunStats> = Vec::new();
     for i in 0..runs + 2 {
@@ -133,23 +157,25 @@ fn main() -> Result<()> {
             .iter()
             .map(|r| {
                 format!(
-                    "{{\"workload\":\"{}\",\"eager_us\":{:.1},\"compiled_us\":{:.1},\"compile_ms\":{:.2},\"gflops\":{},\"threads\":{}}}",
+                    "{{\"workload\":\"{}\",\"eager_us\":{:.1},\"compiled_us\":{:.1},\"compile_ms\":{:.2},\"gflops\":{},\"threads\":{},\"fused_interp_us\":{},\"codegen_ms\":{:.1}}}",
                     r.workload,
                     r.eager_us,
                     r.compiled_us,
                     r.compile_ms,
                     r.gflops.map(|g| format!("{g:.1}")).unwrap_or_else(|| "null".into()),
-                    threads
+                    threads,
+                    r.fused_interp_us.map(|t| format!("{t:.1}")).unwrap_or_else(|| "null".into()),
+                    r.codegen_ms
                 )
             })
             .collect();
         println!("[{}]", items.join(","));
     } else {
-        println!("| workload | eager µs/step | compiled µs/step | speedup | compile ms | GFLOP/s | threads |");
-        println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+        println!("| workload | eager µs/step | compiled µs/step | speedup | compile ms | GFLOP/s | threads | fused loops interpreted µs/step | C compile wait ms |");
+        println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
         for r in &rows {
             println!(
-                "| {} | {:.1} | {:.1} | {:.2}x | {:.2} | {} | {} |",
+                "| {} | {:.1} | {:.1} | {:.2}x | {:.2} | {} | {} | {} | {:.1} |",
                 r.workload,
                 r.eager_us,
                 r.compiled_us,
@@ -158,7 +184,11 @@ fn main() -> Result<()> {
                 r.gflops
                     .map(|g| format!("{g:.1}"))
                     .unwrap_or_else(|| "–".into()),
-                threads
+                threads,
+                r.fused_interp_us
+                    .map(|t| format!("{t:.1}"))
+                    .unwrap_or_else(|| "–".into()),
+                r.codegen_ms
             );
         }
     }

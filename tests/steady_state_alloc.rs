@@ -2,7 +2,8 @@
 //! sees no allocation of 2 KiB or more from the fourth call on of compiled
 //! MLP and CNN train steps (every intermediate buffer, im2col scratch and old variable
 //! value is recycled through the plan's buffer pool; what is left is bookkeeping of a
-//! few dozen bytes), under both schedules. Not counted: the `gemm` crate's own
+//! few dozen bytes), under both schedules; likewise a second derivative whose fused loop
+//! runs generated code. Not counted: the `gemm` crate's own
 //! per-call packing scratch, which tapeflow cannot hand a buffer to
 //! (`in_backend_call`).
 //!
@@ -13,6 +14,7 @@ mod common;
 use common::{conv_train_step, fake_batch, Mlp};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use tapeflow::exec::codegen::Codegen;
 use tapeflow::exec::in_backend_call;
 use tapeflow::exec::kernels::gemm::gemm;
 use tapeflow::exec::{RunStats, Schedule};
@@ -103,9 +105,42 @@ fn cnn_step() -> (std::sync::Arc<ConcreteFunction>, Vec<Tensor>) {
     (step.concrete(&[&x]).unwrap(), vec![x])
 }
 
+/// A second derivative whose fused elementwise loop runs as generated code (where a C
+/// compiler is there; compiled before counting starts), stored in a variable so that
+/// only a scalar escapes.
+fn generated_step() -> (std::sync::Arc<ConcreteFunction>, Vec<Tensor>) {
+    let x = Tensor::random_uniform(&[300_000], -3.0, 3.0, 5, tapeflow::DType::F32);
+    let v = tapeflow::Variable::named("d2", x.clone());
+    let step = function(move |x: &Tensor| {
+        let outer = tapeflow::GradientTape::new();
+        let g = outer.record(|| {
+            outer.watch(x);
+            let inner = tapeflow::GradientTape::new();
+            let y = inner.record(|| {
+                inner.watch(x);
+                (x.sin() * (-(x * x)).exp()).sum_all()
+            });
+            inner.gradient(&y, x).map(|g| g.sum_all())
+        })?;
+        v.assign(&outer.gradient(&g, x)?);
+        Ok(x.sum_all())
+    });
+    let c = step.concrete(&[&x]).unwrap();
+    c.plan().set_codegen(Codegen::Force);
+    if tapeflow::exec::codegen::compiler_available() {
+        assert_eq!(c.plan().generated_steps(), (1, 1), "{}", c.text());
+    }
+    (c, vec![x])
+}
+
 #[test]
 fn steady_state_calls_allocate_no_buffers() {
-    for (name, (c, inputs)) in [("mlp", mlp_step()), ("cnn", cnn_step())] {
+    let cases = [
+        ("mlp", mlp_step()),
+        ("cnn", cnn_step()),
+        ("generated", generated_step()),
+    ];
+    for (name, (c, inputs)) in cases {
         let refs: Vec<&Tensor> = inputs.iter().collect();
         let total = c.plan().total_bytes();
         for schedule in [Schedule::Sequential, Schedule::Parallel] {

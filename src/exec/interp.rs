@@ -33,6 +33,7 @@
 //!   over on the new values, so concurrent runs act as if run one at a time (see
 //!   [`crate::Variable`]).
 
+use super::codegen::Codegen;
 use super::fused::{self, OutBuf};
 use super::plan_memory::{plan_memory, MemoryPlan};
 use crate::error::{Error, Result};
@@ -156,9 +157,9 @@ fn macs_of(g: &Graph, n: NodeId) -> u64 {
     let node = g.node(n);
     match node.op {
         // the prologue is `matmul $0, $1` of the result's shape
-        Op::Fused(f) => g.fused[f as usize]
-            .matmul()
-            .map_or(0, |(ta, tb)| Op::MatMul { ta, tb }.macs(&x[..2], &node.shape)),
+        Op::Fused(f) => g.fused[f as usize].matmul().map_or(0, |(ta, tb)| {
+            Op::MatMul { ta, tb }.macs(&x[..2], &node.shape)
+        }),
         op => op.macs(&x, &node.shape),
     }
 }
@@ -290,6 +291,22 @@ impl Plan {
             Schedule::Parallel => 2,
         };
         self.schedule.store(v, Ordering::Relaxed);
+    }
+
+    /// Sets whether fused steps run generated code (results are bit-identical either
+    /// way; see [`crate::exec::codegen`]). [`Codegen::Force`] waits until
+    /// every fused step's kernel is compiled.
+    pub fn set_codegen(&self, mode: Codegen) {
+        for p in self.programs.iter().flatten() {
+            p.set_codegen(mode);
+        }
+    }
+
+    /// `(running generated code now, all)` fused steps.
+    pub fn generated_steps(&self) -> (usize, usize) {
+        let all = self.programs.iter().flatten();
+        let generated = all.clone().filter(|p| p.uses_generated_code()).count();
+        (generated, all.count())
     }
 
     fn parallel(&self) -> bool {

@@ -18,6 +18,7 @@
 //! let r = tapeflow::exec::buffers::with_pool(&pool, tapeflow::exec::buffers::current);
 //! ```
 pub(crate) mod buffers;
+pub mod codegen;
 mod fused;
 mod interp;
 pub mod kernels;

@@ -1,6 +1,7 @@
 //! Lowering: a [`FusedExpr`] compiled for its operands' types into a [`Program`].
 
 use super::{From, Loop, Program, Step, SumPlan, TILE};
+use crate::exec::codegen;
 use crate::ir::{Arg, FusedExpr};
 use crate::ops::{Op, Unary};
 use crate::tensor::{numel, DType, Shape};
@@ -424,9 +425,23 @@ impl Program {
             inner,
             outer,
             tile,
+            gen: codegen::Kernel::new(e, params, shape),
         };
         p.drop_unused_registers();
         p
+    }
+
+    /// Sets whether this program runs generated code (see [`codegen`]); with
+    /// [`Codegen::Force`](codegen::Codegen::Force), waits for its compilation.
+    pub fn set_codegen(&self, mode: codegen::Codegen) {
+        if let Some(k) = &self.gen {
+            k.set_mode(mode);
+        }
+    }
+
+    /// Whether a run now executes generated code rather than the interpreter.
+    pub fn uses_generated_code(&self) -> bool {
+        self.gen.as_ref().is_some_and(|k| k.ready().is_some())
     }
 
     /// Numbers the registers still in use after [`share_registers`] densely, so that

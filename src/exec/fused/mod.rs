@@ -120,6 +120,8 @@ pub struct Program {
     inner: Loop,
     outer: Loop,
     tile: usize,
+    /// The region as generated code, run instead of the steps once compiled.
+    gen: Option<super::codegen::Kernel>,
 }
 
 impl std::fmt::Debug for Step {

@@ -566,8 +566,19 @@ impl Program {
                 .collect()
         };
         let (isrcs, osrcs) = (bind(&self.inner), bind(&self.outer));
-        match &self.sum {
-            None => par_outputs(slots, 1, |off, chunk| {
+        // generated code, once compiled, runs an elementwise region in place of the steps
+        match (&self.sum, self.gen.as_ref().and_then(|k| k.ready())) {
+            (None, Some(k)) => {
+                let params: SmallVec<[Option<&Data>; 8]> = (0..x.len())
+                    .map(|p| {
+                        (from_out != Some(p))
+                            .then(|| x[p].or(held.as_ref()).expect("every operand is given"))
+                    })
+                    .collect();
+                let bound = k.bind(&params);
+                par_outputs(slots, 1, |off, chunk| k.call(&bound, chunk, off));
+            }
+            (None, None) => par_outputs(slots, 1, |off, chunk| {
                 with_regs(&self.dtypes, self.tile, |regs| {
                     let mut views = no_views(regs.len());
                     let mut c = Cursor::new(&self.outer.dims, &self.outer.strides, off);
@@ -580,7 +591,7 @@ impl Program {
                     }
                 })
             }),
-            Some(sp) => {
+            (Some(sp), _) => {
                 let (before, after) = self.steps.split_at(self.split);
                 let work = |chunk: &mut [MaybeUninit<O>], off: usize| {
                     with_regs(&self.dtypes, self.tile, |regs| {

@@ -20,6 +20,10 @@
 //!
 //! Polynomials are Taylor series, not minimax fits: with f64 working precision the one
 //! or two extra terms cost little, and every coefficient is a fraction a reader can check.
+//!
+//! Generated fused loops carry an operation-for-operation C port of these functions
+//! (`exec/codegen/prelude.c`): change both together; `tests/codegen.rs`
+//! compares their bits.
 
 use std::f64::consts::{FRAC_2_PI, LN_2, LOG2_E};
 

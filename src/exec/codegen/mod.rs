@@ -1,0 +1,322 @@
+//! Generated code for fused loops: each elementwise fused region becomes one C loop,
+//! compiled by the system's C compiler and loaded as a shared object (torch.compile's
+//! CPU approach), with the fused-loop interpreter (`exec::fused`) as the fallback.
+//!
+//! **Why.** The interpreter runs a fused region one instruction at a time over tiles of
+//! 1024 elements: every intermediate value goes through a register tile in L1. The
+//! generated loop computes each element's whole expression in vector registers, with
+//! the transcendentals inlined, so the only memory traffic is the params and the result.
+//!
+//! **What is generated.** [`emit`] lowers a [`FusedExpr`] of elementwise instructions
+//! (unary, binary, compare, select, casts, `broadcast`, `reshape` of a param) over
+//! f32, f64 and i64 to one function `tf_kernel(params, out, start, end)` that computes
+//! the output elements `start..end` in row-major order. The loop's shape is baked in
+//! (coalesced exactly as the interpreter does it): an outer loop over the rows of the
+//! innermost axis, each row's offsets from a division by constants, and an inner loop
+//! whose loads have constant strides (0 for a broadcast value, hoisted out of the row)
+//! and which carries `#pragma GCC ivdep`, so the compiler vectorizes it without alias
+//! checks. That is sound because each output element depends only on the same index of
+//! any param it may overwrite in place (the memory plan's rule). A matmul prologue or
+//! a sum stays with the interpreter, as do empty loops.
+//!
+//! **Bit-identical to the interpreter.** Every op calls a C function of `prelude.c`
+//! whose operations are those of the op's Rust scalar function, in the same order: the
+//! f32 `exp`/`ln`/`sin`/`cos`/`tanh` are an operation-for-operation port of
+//! `exec::kernels::fastmath` (f64 inside, branch-free: selects become blends, so they
+//! vectorize), the f64 ones and `pow` call the same C library functions that Rust's
+//! methods call, and casts convert as Rust's `as` does. The compiler gets
+//! `-O3 -ffp-contract=off -fno-math-errno -fno-trapping-math` and never `-ffast-math`:
+//! no FMA contraction, no reassociation, signed zeros and NaNs honoured, so each IEEE
+//! operation rounds as written (`-fno-trapping-math` only lets gcc turn the selects into
+//! blends; without it the loop does not vectorize). Vector width comes from run-time CPU
+//! detection (AVX-512 with 512-bit vectors, or AVX2+FMA — which cannot change a bit,
+//! since nothing contracts — or the baseline). One thing is not pinned: the sign and
+//! payload of a NaN result. IEEE 754 leaves them open, both rustc and gcc commute `+`
+//! and `×`, and with two NaN operands x86 returns the first, so where two NaNs meet the
+//! NaN may differ (the interpreter's own AVX-512, AVX2 and scalar copies are in the same
+//! position); a NaN element is NaN in both. `tests/codegen.rs` runs every op, compare,
+//! select, cast and broadcast pattern through both paths on special and random values
+//! and compares bits.
+//!
+//! **Threads.** The generated function computes a range of output elements; the
+//! interpreter's rayon chunking calls it per chunk. Elements are independent, so the
+//! result never depends on the number of threads.
+//!
+//! **Compiling without slowing first calls.** A program lowers its region when it is
+//! made (at plan time, microseconds) and asks for the kernel: kernels are shared in
+//! memory by the hash of their source, so the same region in another plan costs
+//! nothing. A single background thread compiles requested kernels in order; the
+//! interpreter runs the region until the kernel is loaded, and from then on the
+//! generated code does (the swap is invisible: the bits are the same). Compiled shared
+//! objects are kept on disk, keyed by a hash of the source, the compiler's identity
+//! and the flags, in `$TAPEFLOW_CACHE_DIR` or `tapeflow-kernels` under the user's cache
+//! directory (`$XDG_CACHE_HOME`, `~/.cache`, else the temp directory); a directory
+//! another user could write to is never used (the cache holds code this process runs).
+//! The generated `.c` file sits beside its `.so` for reading.
+//!
+//! **Without a C compiler.** The compiler is `$CC`, else the first of `cc`, `gcc`,
+//! `clang` that runs, found on first use; if there is none, or a compile fails, the
+//! region runs in the interpreter and tapeflow says why once on stderr.
+//!
+//! **Choosing.** [`Codegen`]: the `TAPEFLOW_CODEGEN` environment variable
+//! (`off`, `auto`, `force`) sets the default for new programs;
+//! [`Plan::set_codegen`](crate::exec::Plan::set_codegen) sets it for one plan.
+//! `auto` generates loops of at least [`AUTO_MIN_ELEMS`] elements in the background;
+//! `force` generates every region it can and waits for the compiler before running.
+
+mod compile;
+mod emit;
+
+use crate::ir::FusedExpr;
+use crate::tensor::{DType, Data};
+use compile::{KernelFn, Slot};
+use smallvec::SmallVec;
+use std::ffi::c_void;
+use std::mem::MaybeUninit;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+/// Whether fused loops run generated code or the interpreter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Codegen {
+    /// The interpreter only.
+    Off,
+    /// Loops of at least [`AUTO_MIN_ELEMS`] elements are compiled in the background;
+    /// the interpreter runs them until the kernel is loaded. The default.
+    Auto,
+    /// Every region that can be generated is, and a run waits until its kernels are
+    /// compiled (the interpreter runs only what cannot be generated or failed to
+    /// compile). For tests and benchmarks.
+    Force,
+}
+
+/// The smallest loop that [`Codegen::Auto`] compiles: below it the interpreter is
+/// about as fast and a compile (~0.1 s of a core) would not pay for itself soon.
+pub const AUTO_MIN_ELEMS: usize = 1 << 15;
+
+impl Codegen {
+    fn code(self) -> u8 {
+        match self {
+            Codegen::Off => 0,
+            Codegen::Auto => 1,
+            Codegen::Force => 2,
+        }
+    }
+
+    fn from_code(c: u8) -> Codegen {
+        match c {
+            0 => Codegen::Off,
+            1 => Codegen::Auto,
+            _ => Codegen::Force,
+        }
+    }
+
+    /// The default for new programs: `TAPEFLOW_CODEGEN` (`off`, `auto` or `force`;
+    /// read once), else [`Codegen::Auto`].
+    pub fn from_env() -> Codegen {
+        static MODE: OnceLock<Codegen> = OnceLock::new();
+        *MODE.get_or_init(|| match std::env::var("TAPEFLOW_CODEGEN").as_deref() {
+            Ok("off") => Codegen::Off,
+            Ok("force") => Codegen::Force,
+            Ok("auto") | Ok("") | Err(_) => Codegen::Auto,
+            Ok(other) => {
+                eprintln!(
+                    "tapeflow: TAPEFLOW_CODEGEN={other:?} is not off, auto or force; using auto"
+                );
+                Codegen::Auto
+            }
+        })
+    }
+}
+
+/// Process-wide counters of the kernel compiler.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Kernels compiled by the C compiler in this process.
+    pub compiled: usize,
+    /// Kernels loaded from the disk cache instead.
+    pub disk_hits: usize,
+    /// Kernels that failed to compile or load (those regions run in the interpreter).
+    pub failed: usize,
+    /// Wall time spent compiling (the `compiled` kernels together).
+    pub compile_time: Duration,
+}
+
+/// The kernel compiler's counters so far.
+pub fn stats() -> Stats {
+    compile::stats()
+}
+
+/// Whether a C compiler was found (looking for it on the first call). When false,
+/// every fused loop runs in the interpreter.
+pub fn compiler_available() -> bool {
+    compile::toolchain().is_ok()
+}
+
+/// The generated code of one fused region, as a fused-loop `Program` holds it.
+pub struct Kernel {
+    lowered: emit::Lowered,
+    source: Arc<str>,
+    mode: AtomicU8,
+    slot: OnceLock<Arc<Slot>>,
+}
+
+impl std::fmt::Debug for Kernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kernel")
+            .field("mode", &self.mode())
+            .field("ready", &self.slot.get().and_then(|s| s.get()).is_some())
+            .finish()
+    }
+}
+
+impl Kernel {
+    /// Lowers `e` (for operands of `params` types; `shape` is the fused node's) and,
+    /// unless the [default mode](Codegen::from_env) says otherwise, asks for it to be
+    /// compiled. `None` when the region cannot be generated (see [`emit`]).
+    pub fn new(e: &FusedExpr, params: &[(DType, &[usize])], shape: &[usize]) -> Option<Kernel> {
+        let lowered = emit::lower(e, params, shape).ok()?;
+        let k = Kernel {
+            source: Arc::from(lowered.source.as_str()),
+            lowered,
+            mode: AtomicU8::new(Codegen::Off.code()),
+            slot: OnceLock::new(),
+        };
+        k.set_mode(Codegen::from_env());
+        Some(k)
+    }
+
+    fn mode(&self) -> Codegen {
+        Codegen::from_code(self.mode.load(Ordering::Relaxed))
+    }
+
+    /// Sets how this region runs; with [`Codegen::Force`], waits until its kernel is
+    /// compiled (or has failed to).
+    pub fn set_mode(&self, mode: Codegen) {
+        self.mode.store(mode.code(), Ordering::Relaxed);
+        match mode {
+            Codegen::Off => {}
+            Codegen::Auto if self.lowered.out.1 < AUTO_MIN_ELEMS => {}
+            Codegen::Auto => {
+                self.slot();
+            }
+            Codegen::Force => {
+                self.slot().wait();
+            }
+        }
+    }
+
+    fn slot(&self) -> &Arc<Slot> {
+        self.slot.get_or_init(|| compile::request(&self.source))
+    }
+
+    /// The generated function, if this region runs it now.
+    pub fn ready(&self) -> Option<Ready<'_>> {
+        let f = match self.mode() {
+            Codegen::Off => None,
+            Codegen::Auto => self.slot.get().and_then(|s| s.get()),
+            Codegen::Force => {
+                let s = self.slot();
+                s.get().or_else(|| s.wait())
+            }
+        }?;
+        Some(Ready { kernel: self, f })
+    }
+
+    /// The generated C source (for inspection).
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+}
+
+/// A loaded kernel, ready to be bound to buffers and called.
+#[derive(Clone, Copy)]
+pub struct Ready<'a> {
+    kernel: &'a Kernel,
+    f: KernelFn,
+}
+
+/// The param buffers of one call; `None` marks a param overwritten in place, which the
+/// generated code reads from the output buffer.
+pub struct Bound {
+    ptrs: SmallVec<[Option<*const c_void>; 8]>,
+}
+
+// SAFETY: the pointers are read-only views of the call's operand buffers, which outlive
+// every chunk of the call (the caller joins its rayon work before returning).
+unsafe impl Send for Bound {}
+// SAFETY: as above; nothing writes through them.
+unsafe impl Sync for Bound {}
+
+impl<'a> Ready<'a> {
+    /// Checks the params against what the kernel was generated for and binds them
+    /// (`None` for a param overwritten in place: it is the output buffer).
+    ///
+    /// # Panics
+    /// If a param's dtype or length differs from the ones the kernel was generated for
+    /// (a bug in the caller: the plan's types are fixed).
+    pub fn bind(&self, params: &[Option<&Data>]) -> Bound {
+        let want = &self.kernel.lowered.params;
+        assert_eq!(params.len(), want.len(), "fused kernel: operand count");
+        let ptrs = params
+            .iter()
+            .zip(want)
+            .map(|(d, &(dt, n))| match d {
+                None => {
+                    assert_eq!(
+                        (dt, n),
+                        self.kernel.lowered.out,
+                        "fused kernel: an operand overwritten in place has the result's type"
+                    );
+                    None
+                }
+                Some(d) => {
+                    assert!(
+                        d.dtype() == dt && d.len() == n,
+                        "fused kernel: operand {:?}[{}] where {dt:?}[{n}] was generated",
+                        d.dtype(),
+                        d.len()
+                    );
+                    let p = match d {
+                        Data::F32(a) => a.as_slice().map(|s| s.as_ptr().cast()),
+                        Data::F64(a) => a.as_slice().map(|s| s.as_ptr().cast()),
+                        Data::I64(a) => a.as_slice().map(|s| s.as_ptr().cast()),
+                    };
+                    Some(p.expect("kernel results are in standard layout"))
+                }
+            })
+            .collect();
+        Bound { ptrs }
+    }
+
+    /// Computes output elements `off..off + chunk.len()` into `chunk`.
+    ///
+    /// # Panics
+    /// If `O` is not the result's element type or the chunk runs past the output.
+    pub fn call<O: Copy + 'static>(&self, b: &Bound, chunk: &mut [MaybeUninit<O>], off: usize) {
+        let (dt, n) = self.kernel.lowered.out;
+        let elem_ok = match dt {
+            DType::F32 => std::any::TypeId::of::<O>() == std::any::TypeId::of::<f32>(),
+            DType::F64 => std::any::TypeId::of::<O>() == std::any::TypeId::of::<f64>(),
+            DType::I64 => std::any::TypeId::of::<O>() == std::any::TypeId::of::<i64>(),
+        };
+        assert!(elem_ok, "fused kernel: output element type");
+        assert!(
+            off + chunk.len() <= n,
+            "fused kernel: chunk past the output"
+        );
+        // the generated code indexes the output (and in-place params) from element 0
+        let base = chunk.as_mut_ptr().wrapping_sub(off).cast::<c_void>();
+        let ptrs: SmallVec<[*const c_void; 8]> = b
+            .ptrs
+            .iter()
+            .map(|p| p.unwrap_or(base.cast_const()))
+            .collect();
+        // SAFETY: `bind` checked each param's dtype and length against the ones the code
+        // was generated for, which reads only elements below those lengths; the code
+        // writes exactly output elements off..off + chunk.len(), all inside `chunk`, and
+        // reads an in-place param only at the element it is about to write.
+        unsafe { (self.f)(ptrs.as_ptr(), base, off as i64, (off + chunk.len()) as i64) }
+    }
+}

@@ -1,0 +1,226 @@
+/* tapeflow generated-kernel prelude: the scalar function of every elementwise op, as
+ * the interpreter computes it, for a C compiler to inline and vectorize.
+ *
+ * The f32 transcendentals are an operation-for-operation port of
+ * `src/exec/kernels/fastmath.rs` (f64 inside, one rounding to f32 at the end, selects instead
+ * of branches); the f64 ones call the C library, as Rust's `f64` methods do. Compiled
+ * with -ffp-contract=off and without -ffast-math, every line below computes the bits of
+ * its Rust original: the same IEEE operations on the same values in the same order.
+ * Constants the emitter writes before this file: TF_LOG2_E, TF_LN_2, TF_FRAC_2_PI. */
+
+#include <stdint.h>
+
+typedef int64_t tf_i64;
+typedef uint64_t tf_u64;
+
+#define TF_INLINE static inline __attribute__((always_inline))
+
+#if defined(__clang__)
+#define TF_IVDEP _Pragma("clang loop vectorize(assume_safety)")
+#else
+#define TF_IVDEP _Pragma("GCC ivdep")
+#endif
+
+/* the C library's f64 functions and powf, declared here so that no header's vector
+ * variants (only declared under -ffast-math anyway) come into play */
+double exp(double);
+double log(double);
+double sin(double);
+double cos(double);
+double tanh(double);
+double pow(double, double);
+float powf(float, float);
+
+TF_INLINE tf_u64 tf_bits(double x) {
+    tf_u64 b;
+    __builtin_memcpy(&b, &x, 8);
+    return b;
+}
+
+TF_INLINE double tf_from_bits(tf_u64 b) {
+    double x;
+    __builtin_memcpy(&x, &b, 8);
+    return x;
+}
+
+/* ---- fastmath.rs ---- */
+
+#define TF_ROUND_MAGIC 6755399441055744.0
+#define TF_ONE_BITS 0x3FF0000000000000ULL
+
+TF_INLINE double tf_exp_reduced(double r) {
+    double p = 1.0 / 3628800.0;
+    p = p * r + 1.0 / 362880.0;
+    p = p * r + 1.0 / 40320.0;
+    p = p * r + 1.0 / 5040.0;
+    p = p * r + 1.0 / 720.0;
+    p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 1.0 / 2.0;
+    p = p * r + 1.0;
+    return p * r + 1.0;
+}
+
+TF_INLINE double tf_exp_f64_kernel(double x) {
+    double t = x * TF_LOG2_E + TF_ROUND_MAGIC;
+    double k = t - TF_ROUND_MAGIC;
+    tf_u64 kbits = tf_bits(t);
+    double r = x - k * TF_LN_2;
+    double scale = tf_from_bits((kbits + 1023) << 52);
+    return tf_exp_reduced(r) * scale;
+}
+
+TF_INLINE float tf_exp_f32(float x) {
+    double xd = (double)x;
+    double xc = xd > 89.0 ? 89.0 : xd;
+    xc = xc < -104.0 ? -104.0 : xc;
+    float y = (float)tf_exp_f64_kernel(xc);
+    return x != x ? x : y;
+}
+
+TF_INLINE float tf_log_f32(float x) {
+    const tf_u64 sqrt_half_bits = 0x3FE6A09E667F3BCDULL;
+    const tf_u64 mantissa = (1ULL << 52) - 1;
+    tf_u64 bits = tf_bits((double)x);
+    tf_u64 t = bits + (TF_ONE_BITS - sqrt_half_bits);
+    double m = tf_from_bits((t & mantissa) + sqrt_half_bits);
+    double k = tf_from_bits(0x4330000000000000ULL | (t >> 52)) - (4503599627370496.0 + 1023.0);
+    double s = (m - 1.0) / (m + 1.0);
+    double z = s * s;
+    double p = 1.0 / 13.0;
+    p = p * z + 1.0 / 11.0;
+    p = p * z + 1.0 / 9.0;
+    p = p * z + 1.0 / 7.0;
+    p = p * z + 1.0 / 5.0;
+    p = p * z + 1.0 / 3.0;
+    double ln_m = 2.0 * s + 2.0 * s * (z * p);
+    float y = (float)(k * TF_LN_2 + ln_m);
+    y = x == 0.0f ? -__builtin_inff() : y;
+    y = x < 0.0f ? __builtin_nanf("") : y;
+    y = x == __builtin_inff() ? x : y;
+    return x != x ? x : y;
+}
+
+#define TF_PIO2_1 1.5707963109016418
+#define TF_PIO2_2 1.5893254712295857e-8
+#define TF_PIO2_3 6.123233995736766e-17
+
+/* sin r, cos r and the quadrant k of x = k·π/2 + r */
+TF_INLINE void tf_sin_cos_reduced(float x, double *sin_r, double *cos_r, tf_u64 *kbits) {
+    double xd = (double)x;
+    double t = xd * TF_FRAC_2_PI + TF_ROUND_MAGIC;
+    double k = t - TF_ROUND_MAGIC;
+    *kbits = tf_bits(t);
+    double r = ((xd - k * TF_PIO2_1) - k * TF_PIO2_2) - k * TF_PIO2_3;
+    r = r > 0.8 ? 0.8 : r;
+    r = r < -0.8 ? -0.8 : r;
+    double z = r * r;
+    double ps = 1.0 / 6227020800.0;
+    ps = ps * z + -1.0 / 39916800.0;
+    ps = ps * z + 1.0 / 362880.0;
+    ps = ps * z + -1.0 / 5040.0;
+    ps = ps * z + 1.0 / 120.0;
+    *sin_r = r * (1.0 + z * (ps * z - 1.0 / 6.0));
+    double pc = -1.0 / 87178291200.0;
+    pc = pc * z + 1.0 / 479001600.0;
+    pc = pc * z + -1.0 / 3628800.0;
+    pc = pc * z + 1.0 / 40320.0;
+    pc = pc * z + -1.0 / 720.0;
+    pc = pc * z + 1.0 / 24.0;
+    *cos_r = 1.0 + z * (pc * z - 0.5);
+}
+
+TF_INLINE float tf_quadrant(double sin_r, double cos_r, tf_u64 q) {
+    double y = (q & 1) == 0 ? sin_r : cos_r;
+    y = (q & 2) == 0 ? y : -y;
+    return (float)y;
+}
+
+TF_INLINE float tf_sin_f32(float x) {
+    double s, c;
+    tf_u64 k;
+    tf_sin_cos_reduced(x, &s, &c, &k);
+    return tf_quadrant(s, c, k);
+}
+
+TF_INLINE float tf_cos_f32(float x) {
+    double s, c;
+    tf_u64 k;
+    tf_sin_cos_reduced(x, &s, &c, &k);
+    return tf_quadrant(s, c, k + 1);
+}
+
+TF_INLINE float tf_tanh_f32(float x) {
+    double xd = (double)x;
+    double ax = __builtin_fabs(xd);
+    double e = tf_exp_f64_kernel(2.0 * ax > 40.0 ? 40.0 : 2.0 * ax);
+    double big = __builtin_copysign((e - 1.0) / (e + 1.0), xd);
+    double z = xd * xd;
+    double p = -1382.0 / 155925.0;
+    p = p * z + 62.0 / 2835.0;
+    p = p * z + -17.0 / 315.0;
+    p = p * z + 2.0 / 15.0;
+    p = p * z + -1.0 / 3.0;
+    double small = xd * (1.0 + z * p);
+    double y = ax < 0.0625 ? small : big;
+    float yf = (float)y;
+    return x != x ? x : yf;
+}
+
+/* ---- f64: the C library, as Rust's f64 methods ---- */
+
+TF_INLINE double tf_exp_f64(double x) { return exp(x); }
+TF_INLINE double tf_log_f64(double x) { return log(x); }
+TF_INLINE double tf_sin_f64(double x) { return sin(x); }
+TF_INLINE double tf_cos_f64(double x) { return cos(x); }
+TF_INLINE double tf_tanh_f64(double x) { return tanh(x); }
+
+/* ---- ops::elementwise, per float type ---- */
+
+#define TF_FLOAT_OPS(T, S, SQRT, FABS, POW)                                                \
+    TF_INLINE T tf_neg_##S(T x) { return -x; }                                             \
+    TF_INLINE T tf_sqrt_##S(T x) { return SQRT(x); }                                       \
+    TF_INLINE T tf_abs_##S(T x) { return FABS(x); }                                        \
+    TF_INLINE T tf_sign_##S(T x) { return x > (T)0 ? (T)1 : (x < (T)0 ? (T)-1 : x); }     \
+    TF_INLINE T tf_sigmoid_##S(T x) {                                                      \
+        T e = tf_exp_##S(-FABS(x));                                                        \
+        return x >= (T)0 ? (T)1 / ((T)1 + e) : e / ((T)1 + e);                             \
+    }                                                                                      \
+    TF_INLINE T tf_add_##S(T a, T b) { return a + b; }                                     \
+    TF_INLINE T tf_sub_##S(T a, T b) { return a - b; }                                     \
+    TF_INLINE T tf_mul_##S(T a, T b) { return a * b; }                                     \
+    TF_INLINE T tf_div_##S(T a, T b) { return a / b; }                                     \
+    TF_INLINE T tf_pow_##S(T a, T b) { return POW(a, b); }                                 \
+    TF_INLINE T tf_maximum_##S(T a, T b) { return (a != a || a >= b) ? a : b; }            \
+    TF_INLINE T tf_minimum_##S(T a, T b) { return (a != a || a <= b) ? a : b; }            \
+    TF_INLINE T tf_greater_##S(T a, T b) { return a > b ? (T)1 : (T)0; }                  \
+    TF_INLINE T tf_greater_equal_##S(T a, T b) { return a >= b ? (T)1 : (T)0; }           \
+    TF_INLINE T tf_less_##S(T a, T b) { return a < b ? (T)1 : (T)0; }                     \
+    TF_INLINE T tf_less_equal_##S(T a, T b) { return a <= b ? (T)1 : (T)0; }              \
+    TF_INLINE T tf_equal_##S(T a, T b) { return a == b ? (T)1 : (T)0; }                   \
+    TF_INLINE T tf_not_equal_##S(T a, T b) { return a != b ? (T)1 : (T)0; }
+
+TF_FLOAT_OPS(float, f32, __builtin_sqrtf, __builtin_fabsf, powf)
+TF_FLOAT_OPS(double, f64, __builtin_sqrt, __builtin_fabs, pow)
+
+/* ---- i64: Rust's wrapping arithmetic and comparisons ---- */
+
+TF_INLINE tf_i64 tf_add_i64(tf_i64 a, tf_i64 b) { return (tf_i64)((tf_u64)a + (tf_u64)b); }
+TF_INLINE tf_i64 tf_sub_i64(tf_i64 a, tf_i64 b) { return (tf_i64)((tf_u64)a - (tf_u64)b); }
+TF_INLINE tf_i64 tf_mul_i64(tf_i64 a, tf_i64 b) { return (tf_i64)((tf_u64)a * (tf_u64)b); }
+TF_INLINE tf_i64 tf_maximum_i64(tf_i64 a, tf_i64 b) { return a > b ? a : b; }
+TF_INLINE tf_i64 tf_minimum_i64(tf_i64 a, tf_i64 b) { return a < b ? a : b; }
+TF_INLINE tf_i64 tf_greater_i64(tf_i64 a, tf_i64 b) { return a > b; }
+TF_INLINE tf_i64 tf_greater_equal_i64(tf_i64 a, tf_i64 b) { return a >= b; }
+TF_INLINE tf_i64 tf_less_i64(tf_i64 a, tf_i64 b) { return a < b; }
+TF_INLINE tf_i64 tf_less_equal_i64(tf_i64 a, tf_i64 b) { return a <= b; }
+TF_INLINE tf_i64 tf_equal_i64(tf_i64 a, tf_i64 b) { return a == b; }
+TF_INLINE tf_i64 tf_not_equal_i64(tf_i64 a, tf_i64 b) { return a != b; }
+
+/* ---- casts to floats: Rust's `as` (round to nearest) ---- */
+
+TF_INLINE double tf_cast_f32_f64(float x) { return (double)x; }
+TF_INLINE float tf_cast_f64_f32(double x) { return (float)x; }
+TF_INLINE float tf_cast_i64_f32(tf_i64 x) { return (float)x; }
+TF_INLINE double tf_cast_i64_f64(tf_i64 x) { return (double)x; }
