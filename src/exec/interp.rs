@@ -155,9 +155,9 @@ fn macs_of(g: &Graph, n: NodeId) -> u64 {
     let node = g.node(n);
     match node.op {
         // the prologue is `matmul $0, $1` of the result's shape
-        Op::Fused(f) => g.fused[f as usize]
-            .matmul()
-            .map_or(0, |(ta, tb)| Op::MatMul { ta, tb }.macs(&x[..2], &node.shape)),
+        Op::Fused(f) => g.fused[f as usize].matmul().map_or(0, |(ta, tb)| {
+            Op::MatMul { ta, tb }.macs(&x[..2], &node.shape)
+        }),
         op => op.macs(&x, &node.shape),
     }
 }
