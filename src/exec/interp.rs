@@ -209,7 +209,7 @@ impl Plan {
             .map(|&n| graph.node(n).shape.iter().product::<usize>() * graph.node(n).dtype.size())
             .sum();
         let memory = plan_memory(&graph, &order);
-        let programs = order
+        let programs: Vec<Option<Box<fused::Program>>> = order
             .iter()
             .map(|&n| match graph.node(n).op {
                 Op::Fused(f) => {
@@ -227,6 +227,7 @@ impl Plan {
                 _ => None,
             })
             .collect();
+        fused::reserve_registers(programs.iter().flatten().map(|p| &**p));
         let work = steps.iter().map(|s| s.work).sum();
         Ok(Plan {
             graph,

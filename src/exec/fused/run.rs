@@ -657,6 +657,54 @@ thread_local! {
         const { std::cell::RefCell::new((Vec::new(), [Vec::new(), Vec::new(), Vec::new()])) };
 }
 
+/// Stocks this thread's spare registers so that programs needing at most `need[d]`
+/// registers of each dtype (f32, f64, i64) never allocate one.
+fn reserve_here(need: [usize; 3]) {
+    REGS.with(|cell| {
+        let (regs, spares) = &mut *cell.borrow_mut();
+        for (k, d) in [DType::F32, DType::F64, DType::I64].into_iter().enumerate() {
+            let held = regs
+                .iter()
+                .filter(|t| match t {
+                    Tile::F32(_) => k == 0,
+                    Tile::F64(_) => k == 1,
+                    Tile::I64(_) => k == 2,
+                    Tile::Lent => false,
+                })
+                .count()
+                + spares[k].len();
+            for _ in held..need[k] {
+                spares[k].push(Tile::new(d, TILE));
+            }
+        }
+    });
+}
+
+/// Gives the calling thread and every thread of the current rayon pool the registers
+/// that `programs` need, when a plan is made: a steady-state run then allocates no
+/// register on whichever thread its fused steps land (registers are thread-local).
+pub(crate) fn reserve_registers<'a>(programs: impl Iterator<Item = &'a Program>) {
+    let mut need = [0usize; 3];
+    for p in programs {
+        let mut count = [0usize; 3];
+        for &d in &p.dtypes {
+            count[match d {
+                DType::F32 => 0,
+                DType::F64 => 1,
+                DType::I64 => 2,
+            }] += 1;
+        }
+        for k in 0..3 {
+            need[k] = need[k].max(count[k]);
+        }
+    }
+    if need == [0; 3] {
+        return;
+    }
+    reserve_here(need);
+    rayon::broadcast(|_| reserve_here(need));
+}
+
 /// Runs `f` with registers of `dtypes`, each at least `len` long, reusing this thread's.
 fn with_regs<R>(dtypes: &[DType], len: usize, f: impl FnOnce(&mut [Tile]) -> R) -> R {
     let kind = |d: DType| match d {
