@@ -159,13 +159,14 @@ pub fn fuse_elementwise(g: &mut Graph) -> Result<bool> {
 /// Regions whose longest loop has at most this many elements are always fused by
 /// [`fuse_elementwise_min`]: there the per-kernel overhead (dispatch, buffers) outweighs
 /// the loops (measured on the 2-core Zen 5: the 1000-point linear-regression step, 13
-/// kernels unfused, ran 4.5 µs unfused and 3.8 µs fused; the MLP 784-64-64-10 step, whose
-/// small regions are 64·64 elements, ran the same either way).
+/// kernels unfused, ran 4.5 µs unfused and 3.8 µs fused). Not regions with a matmul
+/// prologue: fusing the 64·64 matmul epilogues of the MLP 784-64-64-10 step gained
+/// nothing measurable (≈143 µs per step either way), so those stay as they were.
 pub const SMALL_REGION_ELEMS: usize = 1 << 12;
 
 /// [`fuse_elementwise`] keeping only regions whose longest loop has at least
-/// `min_elems` elements, or at most [`SMALL_REGION_ELEMS`] (the regions in between stay
-/// as separate kernels).
+/// `min_elems` elements, or at most [`SMALL_REGION_ELEMS`] without a matmul (the regions
+/// in between stay as separate kernels).
 pub fn fuse_elementwise_min(g: &mut Graph, min_elems: usize) -> Result<bool> {
     let order = g.canonical_order();
     let mut pos = vec![usize::MAX; g.capacity()];
@@ -267,7 +268,8 @@ pub fn fuse_elementwise_min(g: &mut Graph, min_elems: usize) -> Result<bool> {
         }
         marks.clear(g, &r);
         let elems = region_elems(g, &r);
-        if r.members.len() >= 2 && (elems >= min_elems || elems <= SMALL_REGION_ELEMS) {
+        let small = elems <= SMALL_REGION_ELEMS && r.matmul.is_none();
+        if r.members.len() >= 2 && (elems >= min_elems || small) {
             regions.push(r);
         }
     }
