@@ -1,5 +1,6 @@
 //! Lowering a fused expression to the C source of one loop (see the [module docs](super)).
 
+use crate::exec::fused::broadcast_strides;
 use crate::ir::{Arg, FusedExpr};
 use crate::ops::{Binary, Compare, Op, Unary};
 use crate::tensor::{numel, DType};
@@ -87,33 +88,6 @@ fn compare_name(c: Compare) -> &'static str {
         Compare::Eq => "equal",
         Compare::Ne => "not_equal",
     }
-}
-
-/// Contiguous strides of `shape`.
-fn contiguous(shape: &[usize]) -> SmallVec<[usize; 6]> {
-    let mut st: SmallVec<[usize; 6]> = SmallVec::from_elem(0, shape.len());
-    let mut acc = 1;
-    for d in (0..shape.len()).rev() {
-        st[d] = acc;
-        acc *= shape[d];
-    }
-    st
-}
-
-/// Strides of a buffer of `shape` along each axis of the loop shape `it` (0 on the
-/// axes it is broadcast along).
-fn broadcast_strides(shape: &[usize], it: &[usize]) -> SmallVec<[usize; 6]> {
-    let cs = contiguous(shape);
-    let lead = it.len() - shape.len();
-    (0..it.len())
-        .map(|d| {
-            if d < lead || shape[d - lead] == 1 {
-                0
-            } else {
-                cs[d - lead]
-            }
-        })
-        .collect()
 }
 
 /// Drops length-1 axes and merges adjacent axes that every load (and the contiguous

@@ -233,8 +233,8 @@ fn contiguous(shape: &[usize]) -> SmallVec<[usize; 6]> {
 }
 
 /// Strides of a `shape` buffer along each axis of `it` (right-aligned broadcasting: 0 on
-/// broadcast axes).
-fn broadcast_strides(shape: &[usize], it: &[usize]) -> SmallVec<[usize; 6]> {
+/// broadcast axes). Shared with the code generator, which lays out the same loads.
+pub(crate) fn broadcast_strides(shape: &[usize], it: &[usize]) -> SmallVec<[usize; 6]> {
     let cs = contiguous(shape);
     let lead = it.len() - shape.len();
     (0..it.len())
