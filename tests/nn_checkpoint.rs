@@ -2,40 +2,14 @@
 //! state, training that resumes exactly, atomic replacement, and clear errors for a
 //! checkpoint of another model or a damaged file.
 
-use std::path::PathBuf;
+mod common;
+
+use common::TempDir;
 use tapeflow::nn::{
     load_variables, save_variables, Activation, Adam, Checkpoint, Dense, Model, Optimizer,
     Sequential,
 };
 use tapeflow::{DType, GradientTape, Tensor, Variable};
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(test: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("tapeflow-ckpt-{}-{test}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-    fn path(&self, f: &str) -> PathBuf {
-        self.0.join(f)
-    }
-    fn files(&self) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(&self.0)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        v.sort();
-        v
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn model(hidden: usize) -> Model {
     Sequential::new()

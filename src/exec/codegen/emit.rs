@@ -1,8 +1,8 @@
 //! Lowering a fused expression to the C source of one loop (see the [module docs](super)).
 
-use crate::exec::fused::broadcast_strides;
+use crate::exec::fused::{broadcast_strides, coalesce_axes};
 use crate::ir::{Arg, FusedExpr};
-use crate::ops::{Binary, Compare, Op, Unary};
+use crate::ops::{Binary, Op};
 use crate::tensor::{numel, DType};
 use smallvec::SmallVec;
 use std::fmt::Write;
@@ -49,45 +49,11 @@ fn suffix(d: DType) -> &'static str {
     }
 }
 
-/// The prelude's name of a unary op (exhaustive: a new op must be added here).
-fn unary_name(u: Unary) -> &'static str {
-    match u {
-        Unary::Neg => "neg",
-        Unary::Exp => "exp",
-        Unary::Log => "log",
-        Unary::Sin => "sin",
-        Unary::Cos => "cos",
-        Unary::Tanh => "tanh",
-        Unary::Sqrt => "sqrt",
-        Unary::Abs => "abs",
-        Unary::Sign => "sign",
-        Unary::Sigmoid => "sigmoid",
-    }
-}
-
-/// The prelude's name of a binary op, `None` where integers lack it (as [`Binary::fi`]).
+/// The prelude's name of a binary op: its text name, `None` where integers lack it (as
+/// [`Binary::fi`]). (The prelude names every op `tf_<text name>_<type>`, so a new op
+/// without a C function fails to compile and runs in the interpreter.)
 fn binary_name(b: Binary, d: DType) -> Option<&'static str> {
-    let name = match b {
-        Binary::Add => "add",
-        Binary::Sub => "sub",
-        Binary::Mul => "mul",
-        Binary::Div => "div",
-        Binary::Pow => "pow",
-        Binary::Maximum => "maximum",
-        Binary::Minimum => "minimum",
-    };
-    (d != DType::I64 || b.fi().is_some()).then_some(name)
-}
-
-fn compare_name(c: Compare) -> &'static str {
-    match c {
-        Compare::Gt => "greater",
-        Compare::Ge => "greater_equal",
-        Compare::Lt => "less",
-        Compare::Le => "less_equal",
-        Compare::Eq => "equal",
-        Compare::Ne => "not_equal",
-    }
+    (d != DType::I64 || b.fi().is_some()).then_some(b.name())
 }
 
 /// Drops length-1 axes and merges adjacent axes that every load (and the contiguous
@@ -97,29 +63,7 @@ fn coalesce(
     shape: &[usize],
     full: &[SmallVec<[usize; 6]>],
 ) -> (SmallVec<[usize; 6]>, Vec<SmallVec<[usize; 6]>>) {
-    let mut dims: SmallVec<[usize; 6]> = SmallVec::new();
-    let mut strides: Vec<SmallVec<[usize; 6]>> = vec![SmallVec::new(); full.len()];
-    for (d, &n) in shape.iter().enumerate() {
-        if n == 1 {
-            continue;
-        }
-        let merge = !dims.is_empty()
-            && full
-                .iter()
-                .zip(&strides)
-                .all(|(f, st)| st[st.len() - 1] == f[d] * n);
-        if merge {
-            *dims.last_mut().expect("not empty") *= n;
-            for (st, f) in strides.iter_mut().zip(full) {
-                *st.last_mut().expect("not empty") = f[d];
-            }
-        } else {
-            dims.push(n);
-            for (st, f) in strides.iter_mut().zip(full) {
-                st.push(f[d]);
-            }
-        }
-    }
+    let (mut dims, mut strides) = coalesce_axes(shape.iter().copied(), full);
     if dims.is_empty() {
         dims.push(1);
         for st in &mut strides {
@@ -196,7 +140,7 @@ pub(super) fn lower(
                 args[0].0
             ),
             Op::Unary(u) if d != DType::I64 => {
-                format!("tf_{}_{}({})", unary_name(u), suffix(d), args[0].0)
+                format!("tf_{}_{}({})", u.name(), suffix(d), args[0].0)
             }
             Op::Binary(b) => match binary_name(b, d) {
                 Some(name) => format!("tf_{name}_{}({}, {})", suffix(d), args[0].0, args[1].0),
@@ -204,7 +148,7 @@ pub(super) fn lower(
             },
             Op::Compare(c) => format!(
                 "tf_{}_{}({}, {})",
-                compare_name(c),
+                c.name(),
                 suffix(args[0].1),
                 args[0].0,
                 args[1].0

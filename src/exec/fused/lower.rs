@@ -45,30 +45,7 @@ impl Loop {
                 }
             })
             .collect();
-        let mut dims: SmallVec<[usize; 6]> = SmallVec::new();
-        let mut strides: Vec<SmallVec<[usize; 6]>> = vec![SmallVec::new(); full.len()];
-        for (i, &d) in order.iter().enumerate() {
-            let n = loop_shape[d];
-            if n == 1 {
-                continue;
-            }
-            let merge = !dims.is_empty()
-                && full
-                    .iter()
-                    .zip(&strides)
-                    .all(|(f, st)| st[st.len() - 1] == f[i] * n);
-            if merge {
-                *dims.last_mut().expect("not empty") *= n;
-                for (st, f) in strides.iter_mut().zip(&full) {
-                    *st.last_mut().expect("not empty") = f[i];
-                }
-            } else {
-                dims.push(n);
-                for (st, f) in strides.iter_mut().zip(&full) {
-                    st.push(f[i]);
-                }
-            }
-        }
+        let (dims, strides) = coalesce_axes(order.iter().map(|&d| loop_shape[d]), &full);
         let dense = contiguous(&dims);
         self.direct = (self.from.iter().zip(&strides))
             .map(|(f, st)| matches!(f, From::Param(_)) && *st == dense)
@@ -230,6 +207,40 @@ fn contiguous(shape: &[usize]) -> SmallVec<[usize; 6]> {
         acc *= shape[d];
     }
     st
+}
+
+/// Drops length-1 axes and merges adjacent axes that every load steps through as one.
+/// `lens` are the loop's axis lengths in loop order and `full[l]` load `l`'s stride
+/// along each of them; returns the kept dims and each load's strides along them (the
+/// element order is unchanged). Shared with the code generator.
+pub(crate) fn coalesce_axes(
+    lens: impl Iterator<Item = usize>,
+    full: &[SmallVec<[usize; 6]>],
+) -> (SmallVec<[usize; 6]>, Vec<SmallVec<[usize; 6]>>) {
+    let mut dims: SmallVec<[usize; 6]> = SmallVec::new();
+    let mut strides: Vec<SmallVec<[usize; 6]>> = vec![SmallVec::new(); full.len()];
+    for (i, n) in lens.enumerate() {
+        if n == 1 {
+            continue;
+        }
+        let merge = !dims.is_empty()
+            && full
+                .iter()
+                .zip(&strides)
+                .all(|(f, st)| st[st.len() - 1] == f[i] * n);
+        if merge {
+            *dims.last_mut().expect("not empty") *= n;
+            for (st, f) in strides.iter_mut().zip(full) {
+                *st.last_mut().expect("not empty") = f[i];
+            }
+        } else {
+            dims.push(n);
+            for (st, f) in strides.iter_mut().zip(full) {
+                st.push(f[i]);
+            }
+        }
+    }
+    (dims, strides)
 }
 
 /// Strides of a `shape` buffer along each axis of `it` (right-aligned broadcasting: 0 on

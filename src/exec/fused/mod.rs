@@ -29,7 +29,7 @@
 mod accum;
 mod lower;
 mod run;
-pub(crate) use lower::broadcast_strides;
+pub(crate) use lower::{broadcast_strides, coalesce_axes};
 pub(crate) use run::reserve_registers;
 
 use crate::ops::Op;
