@@ -17,6 +17,11 @@
 //! - W3 mlp_large: MLP 784-1024-1024-10, batch 256, SGD (GFLOP/s reported)
 //! - W4 linreg: y = a·X + b on 1000 points, sum of squares, assign_sub gradient descent
 //! - W5 second_order: grad(sum(grad(f)))(x), f(x) = sum(sin(x)·e^(−x²)), x of 1e6 elements
+//!
+//! The row `w1 symbolic` runs W1 through one shape-polymorphic trace (`f32[b,784]`,
+//! `i64[b]`, bound to 64 per call); its compile time is the symbolic trace plus the
+//! instance for b = 64, and the line under the table gives its compiled time as a
+//! ratio of W1's.
 
 #[path = "../benches/workloads/mod.rs"]
 mod workloads;
@@ -24,7 +29,8 @@ mod workloads;
 use std::time::{Duration, Instant};
 use tapeflow::exec::codegen::Codegen;
 use tapeflow::exec::RunStats;
-use tapeflow::{function, Result};
+use tapeflow::trace::ConcreteFunction;
+use tapeflow::{function, function_with_signature, Dim, Result, Tensor, TensorSpec};
 
 struct Row {
     workload: &'static str,
@@ -56,15 +62,35 @@ fn time(budget: Duration, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     Ok(samples[samples.len() / 2])
 }
 
-/// Times one workload eagerly and compiled, and its compile.
-fn bench(w: &workloads::Workload, budget: Duration) -> Result<Row> {
+/// The signature of `w`'s arguments with their first axis the symbol `b`.
+fn batch_signature(w: &workloads::Workload) -> Vec<TensorSpec> {
+    [&w.x, &w.y]
+        .iter()
+        .map(|t: &&Tensor| {
+            let dims: Vec<Dim> = std::iter::once(Dim::sym("b"))
+                .chain(t.shape()[1..].iter().map(|&n| Dim::from(n)))
+                .collect();
+            TensorSpec::with_dims(&dims, t.dtype())
+        })
+        .collect()
+}
+
+/// Times one workload eagerly and compiled, and its compile; `symbolic` compiles it
+/// with a symbolic batch (see the module docs).
+fn bench(w: &workloads::Workload, budget: Duration, symbolic: bool) -> Result<Row> {
     let step = w.closure();
     let (x, y) = (&w.x, &w.y);
     let eager = time(budget, || step(x, y).map(|_| ()))?;
-    let compiled_fn = function(w.closure());
-    // compile = trace + differentiate + optimize + plan (no run)
+    let compiled_fn = if symbolic {
+        function_with_signature(w.closure(), &batch_signature(w))
+    } else {
+        function(w.closure())
+    };
+    // compile = trace + differentiate + optimize + plan (no run); symbolic: the
+    // symbolic trace and the instance for this batch size
     let t = Instant::now();
-    let c = compiled_fn.concrete(&[x, y])?;
+    let c: std::sync::Arc<ConcreteFunction> = compiled_fn.concrete(&[x, y])?;
+    c.plan_for(&[x, y])?;
     let compile_ms = t.elapsed().as_secs_f64() * 1e3;
     // fused loops as generated code (waiting for the C compiler, which started in the
     // background when the plan was made), then the same plan with the interpreter
@@ -79,7 +105,7 @@ fn bench(w: &workloads::Workload, budget: Duration) -> Result<Row> {
         false => None,
     };
     Ok(Row {
-        workload: w.name,
+        workload: if symbolic { "w1 symbolic" } else { w.name },
         eager_us: eager * 1e6,
         compiled_us: compiled * 1e6,
         compile_ms,
@@ -146,10 +172,13 @@ fn main() -> Result<()> {
         return Ok(());
     }
     let budget = Duration::from_millis(if quick { 200 } else { 3000 });
-    let rows = workloads::all()
+    let all = workloads::all();
+    let mut rows = all
         .iter()
-        .map(|w| bench(w, budget))
+        .map(|w| bench(w, budget, false))
         .collect::<Result<Vec<_>>>()?;
+    rows.push(bench(&all[0], budget, true)?);
+    let symbolic_ratio = rows[rows.len() - 1].compiled_us / rows[0].compiled_us;
 
     let threads = rayon::current_num_threads();
     if json {
@@ -191,6 +220,9 @@ fn main() -> Result<()> {
                 r.codegen_ms
             );
         }
+        println!(
+            "\nw1 symbolic / w1 compiled µs/step: {symbolic_ratio:.3} (one trace for every batch size vs a trace for batch 64)"
+        );
     }
     Ok(())
 }

@@ -23,7 +23,9 @@ use tapeflow::nn::{
     input_named, Activation, Adam, Dense, Layer, Loss, Mean, Metric, Model, Optimizer,
     SparseCategoricalAccuracy, SparseCategoricalCrossentropy,
 };
-use tapeflow::{function, GradientTape, Result, Tensor};
+use tapeflow::{
+    function, function_with_signature, DType, Dim, GradientTape, Result, Tensor, TensorSpec,
+};
 
 /// `inputs = keras.Input(shape=(784,), name="digits")` ... `keras.Model(inputs, outputs)`.
 fn build_model() -> Result<Model> {
@@ -193,18 +195,27 @@ fn main() -> Result<()> {
     let test_loss = Mean::new("test_loss");
     let test_accuracy = SparseCategoricalAccuracy::named("test_accuracy");
 
-    // @tf.function def train_step(images, labels): ...
-    let train_step = function(make_train_step(
-        model.clone(),
-        loss_object,
-        optimizer.clone(),
-    ));
-    // @tf.function def test_step(images, labels): ...
+    // @tf.function(input_signature=[tf.TensorSpec([None, 784]), tf.TensorSpec([None], tf.int64)])
+    // one trace serves every batch size, the last partial batch (16 test images) included
+    let batch = Dim::sym("batch");
+    let signature = [
+        TensorSpec::with_dims(&[batch, 784.into()], DType::F32),
+        TensorSpec::with_dims(&[batch], DType::I64),
+    ];
+    // def train_step(images, labels): ...
+    let train_step = function_with_signature(
+        make_train_step(model.clone(), loss_object, optimizer.clone()),
+        &signature,
+    );
+    // def test_step(images, labels): ...
     let test_model = model.clone();
-    let test_step = function(move |images: &Tensor, labels: &Tensor| {
-        let predictions = test_model.call(images, false)?;
-        Ok((loss_object.call(labels, &predictions)?, predictions))
-    });
+    let test_step = function_with_signature(
+        move |images: &Tensor, labels: &Tensor| {
+            let predictions = test_model.call(images, false)?;
+            Ok((loss_object.call(labels, &predictions)?, predictions))
+        },
+        &signature,
+    );
 
     // eager vs compiled, measured now on a scratch copy of the model
     let timing_batches: Vec<(Tensor, Tensor)> = train_ds.iter().take(40).collect();

@@ -60,5 +60,6 @@ pub mod trace;
 pub use autodiff::{custom_gradient, GradientTape};
 pub use error::{Error, Result};
 pub use ops::Padding;
+pub use tensor::Dim;
 pub use tensor::{DType, Data, Shape, Tensor, Variable};
-pub use trace::{function, function_with, Function};
+pub use trace::{function, function_with, function_with_signature, Function, TensorSpec};

@@ -63,6 +63,41 @@ fn compiled_mlp_steps_are_bit_identical_on_1_2_4_threads_and_both_schedules() {
     assert!(runs.windows(2).all(|w| w[0] == w[1]));
 }
 
+/// Final weights of an MLP after 4 compiled SGD steps of one symbolic trace
+/// (`f32[b,784]`), alternating batch sizes 512 and 96.
+fn symbolic_mlp_weights(schedule: Schedule) -> Vec<Vec<f32>> {
+    let mlp = Mlp::new(11);
+    let vars = mlp.vars.clone();
+    let b = tapeflow::Dim::sym("b");
+    let step = tapeflow::function_with_signature(
+        move |x: &Tensor, y: &Tensor| mlp.train_step(x, y, 0.1),
+        &[
+            tapeflow::TensorSpec::with_dims(&[b, 784.into()], tapeflow::DType::F32),
+            tapeflow::TensorSpec::with_dims(&[b], tapeflow::DType::I64),
+        ],
+    );
+    let batches = [fake_batch(512, 3), fake_batch(96, 4)];
+    let c = step.concrete(&[&batches[0].0, &batches[0].1]).unwrap();
+    for (x, y) in &batches {
+        c.plan_for(&[x, y]).unwrap().set_schedule(schedule);
+    }
+    for _ in 0..2 {
+        for (x, y) in &batches {
+            step.call(x, y).unwrap();
+        }
+    }
+    assert_eq!(step.trace_count(), 1);
+    vars.iter()
+        .map(|v| v.value().to_vec_f32().unwrap())
+        .collect()
+}
+
+#[test]
+fn symbolic_mlp_steps_at_two_batch_sizes_are_bit_identical_on_1_2_4_threads_and_both_schedules() {
+    let runs = every_way(symbolic_mlp_weights);
+    assert!(runs.windows(2).all(|w| w[0] == w[1]));
+}
+
 #[test]
 fn compiled_conv_steps_are_bit_identical_on_1_2_4_threads_and_both_schedules() {
     let runs = every_way(conv_weights);

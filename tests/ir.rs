@@ -120,6 +120,37 @@ fn backward_mlp_train_step() {
     snap("backward_mlp_train_step", &c.traced_graph().to_string());
 }
 
+/// The same train step traced once for a symbolic batch `b`: the backward graph is the
+/// concrete one with `b` for 64, and the mean's count is a `dim_value` bound per call.
+/// Also snapshots the optimized symbolic graph, and its DOT names the symbol.
+#[test]
+fn backward_mlp_train_step_symbolic() {
+    let mlp = Mlp::new(0);
+    let b = tapeflow::Dim::sym("b");
+    let f = tapeflow::function_with_signature(
+        move |x: &Tensor, y: &Tensor| mlp.train_step(x, y, 1e-3),
+        &[
+            tapeflow::TensorSpec::with_dims(&[b, 784.into()], DType::F32),
+            tapeflow::TensorSpec::with_dims(&[b], DType::I64),
+        ],
+    );
+    let (x, y) = fake_batch(64, 1);
+    let c = f.concrete(&[&x, &y]).unwrap();
+    let traced = c.traced_graph().to_string();
+    assert!(
+        traced.starts_with("graph(%0: f32[b,784], %1: i64[b])"),
+        "{traced}"
+    );
+    assert!(traced.contains("dim_value[d=b, to=f32]"), "{traced}");
+    snap("backward_mlp_train_step_symbolic", &traced);
+    snap("optimized_mlp_train_step_symbolic", &c.text());
+    assert!(to_dot(c.graph()).contains("f32[b,784]"));
+    // the text round-trips, symbols included
+    let reparsed = parse(&traced).unwrap();
+    verify(&reparsed).unwrap();
+    assert_eq!(print(&reparsed, false), print(c.traced_graph(), false));
+}
+
 #[test]
 fn backward_conv_pool() {
     let x = Tensor::random_normal(&[2, 8, 8, 1], 0.0, 1.0, 1, DType::F32);

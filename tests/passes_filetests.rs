@@ -10,7 +10,7 @@
 //!
 //! `; test` is one of `fold_constants`, `cse`, `simplify`, `dce`, `transpose_fold`,
 //! `fuse`, `pipeline` (the whole default pipeline) or `verify`; headers and `; run:`
-//! lines are read by the shared harness (`tests/harness`, also used by the grad
+//! lines (and `; bind:` values for symbolic dimensions) are read by the shared harness (`tests/harness`, also used by the grad
 //! filetests). For a pass, this file parses and verifies the graph, runs the pass,
 //! verifies again, checks that the pass reports a change exactly when the text or the
 //! node count changed (also when run again), that it is idempotent and that the result's
@@ -128,8 +128,9 @@ fn check(path: &Path) -> String {
             }
         );
     }
-    for inputs in &t.inputs(&graph) {
-        let (want, got) = (run(&graph, inputs), run(&after, inputs));
+    let (bound_graph, bound_after) = (t.bound(&graph), t.bound(&after));
+    for inputs in &t.inputs(&bound_graph) {
+        let (want, got) = (run(&bound_graph, inputs), run(&bound_after, inputs));
         for (i, (w, g)) in want.iter().zip(&got).enumerate() {
             assert!(
                 same_bits(w, g),

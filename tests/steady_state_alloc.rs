@@ -7,6 +7,9 @@
 //! per-call packing scratch, which tapeflow cannot hand a buffer to
 //! (`in_backend_call`).
 //!
+//! The same holds for one symbolic train step (`f32[b,784]`) called at two batch sizes
+//! in turn: each binding keeps its own plan.
+//!
 //! This binary holds a single test so no other test allocates while it counts.
 
 mod common;
@@ -154,4 +157,62 @@ fn steady_state_calls_allocate_no_buffers() {
             assert_eq!(fresh, 3, "{name} {schedule:?}: fresh pool buffers");
         }
     }
+    symbolic_steps_at_alternating_batch_sizes_allocate_no_buffers();
+}
+
+/// One symbolic MLP train step (`f32[b,784]`) called through `ConcreteFunction::run` at
+/// batch sizes 256 and 100 in turn: each binding has its own plan, made on its first
+/// call, and from then on neither allocates.
+fn symbolic_steps_at_alternating_batch_sizes_allocate_no_buffers() {
+    let mlp = Mlp::new(3);
+    let b = tapeflow::Dim::sym("b");
+    let step = tapeflow::function_with_signature(
+        move |x: &Tensor, y: &Tensor| mlp.train_step(x, y, 0.01),
+        &[
+            tapeflow::TensorSpec::with_dims(&[b, 784.into()], tapeflow::DType::F32),
+            tapeflow::TensorSpec::with_dims(&[b], tapeflow::DType::I64),
+        ],
+    );
+    let batches: Vec<Vec<Tensor>> = [256, 100]
+        .iter()
+        .map(|&n| {
+            let (x, y) = fake_batch(n, n as u64);
+            vec![x, y]
+        })
+        .collect();
+    let c = step.concrete(&[&batches[0][0], &batches[0][1]]).unwrap();
+    rayon::broadcast(|_| {
+        let (a, mut c) = (vec![1.0f32; 256 * 256], vec![0.0f32; 256 * 256]);
+        gemm(&a, &a, &mut c, 256, 256, 256, false, false);
+    });
+    for schedule in [Schedule::Sequential, Schedule::Parallel] {
+        for args in &batches {
+            let refs: Vec<&Tensor> = args.iter().collect();
+            c.plan_for(&refs).unwrap().set_schedule(schedule);
+        }
+        for _ in 0..3 {
+            for args in &batches {
+                c.run(args).unwrap();
+            }
+        }
+        BIG_ALLOCS.store(0, Ordering::SeqCst);
+        BIG_BYTES.store(0, Ordering::SeqCst);
+        COUNTING.store(true, Ordering::SeqCst);
+        for _ in 0..3 {
+            for args in &batches {
+                drop(c.run(args).unwrap());
+            }
+        }
+        COUNTING.store(false, Ordering::SeqCst);
+        let (allocs, bytes) = (
+            BIG_ALLOCS.load(Ordering::SeqCst),
+            BIG_BYTES.load(Ordering::SeqCst),
+        );
+        assert_eq!(
+            (allocs, bytes),
+            (0, 0),
+            "symbolic mlp {schedule:?}: {allocs} allocations of ≥{BIG} B ({bytes} B) in 6 steady-state runs at batch 256 and 100"
+        );
+    }
+    assert_eq!((step.trace_count(), c.instance_count()), (1, 2));
 }

@@ -165,9 +165,28 @@ fn macs_of(g: &Graph, n: NodeId) -> u64 {
 }
 
 impl Plan {
-    /// Plans `graph` (which must verify).
+    /// Plans `graph` (which must verify and have concrete shapes).
+    ///
+    /// # Errors
+    /// A graph with symbolic dimensions (`f32[b,784]`): bind them first
+    /// ([`crate::passes::specialize`]; a shape-polymorphic [`crate::function`] does it
+    /// per call).
     pub fn new(graph: Graph) -> Result<Plan> {
         let order = graph.canonical_order();
+        if let Some(&n) = order.iter().find(|&&n| {
+            let node = graph.node(n);
+            crate::tensor::dim::any_sym(&node.shape)
+                || matches!(node.op, Op::DimValue { dim: d, .. } if crate::tensor::dim::is_sym(d))
+        }) {
+            let node = graph.node(n);
+            return Err(Error::Graph(format!(
+                "node {} ({}: {}) has a symbolic dimension: a plan needs concrete shapes \
+                 (bind the symbols with passes::specialize)",
+                n.index(),
+                node.op.name(),
+                type_str(node.dtype, &node.shape)
+            )));
+        }
         let pos: HashMap<NodeId, usize> = order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
         let mut steps: Vec<Step> = Vec::with_capacity(order.len());
         for &n in &order {

@@ -18,12 +18,26 @@ fn err(line_no: usize, line: &str, msg: impl std::fmt::Display) -> Error {
     ))
 }
 
-/// Parses `f32[64,10]`; a shape over [`crate::tensor::MAX_ELEMENTS`] elements is an error.
+/// Parses `f32[64,10]` or, with symbolic dimensions, `f32[b,784]`, `f32[b*28,64]`
+/// (see [`crate::tensor::dim`]); a shape over [`crate::tensor::MAX_ELEMENTS`] elements is
+/// an error.
 pub fn parse_type(s: &str) -> std::result::Result<(DType, Shape), String> {
     let s = s.trim();
     let open = s.find('[').ok_or_else(|| format!("bad type `{s}`"))?;
     let dtype = DType::from_name(&s[..open]).ok_or_else(|| format!("unknown dtype in `{s}`"))?;
-    let dims = crate::ops::attrs::parse_list(&s[open..])?;
+    let inner = s[open..]
+        .strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .ok_or_else(|| format!("bad type `{s}`"))?;
+    let dims: Vec<usize> = if inner.trim().is_empty() {
+        Vec::new()
+    } else {
+        inner
+            .split(',')
+            .map(crate::tensor::dim::parse)
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| format!("{e} in `{s}`"))?
+    };
     crate::tensor::check_shape(&dims)?;
     Ok((dtype, Shape::from_slice(&dims)))
 }

@@ -22,7 +22,7 @@
 
 use super::model::Model;
 use super::optimizers::Optimizer;
-use crate::{DType, Error, Result, Tensor, Variable};
+use crate::{DType, Dim, Error, Result, Tensor, Variable};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use std::collections::{HashMap, HashSet};
@@ -44,7 +44,10 @@ fn err(path: &Path, msg: String) -> Error {
 }
 
 fn type_str(dtype: DType, shape: &[usize]) -> String {
-    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let dims: Vec<String> = shape
+        .iter()
+        .map(|&d| Dim::from_raw(d).to_string())
+        .collect();
     format!("{dtype}[{}]", dims.join(","))
 }
 

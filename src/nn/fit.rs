@@ -2,8 +2,9 @@
 //!
 //! `compile` stores the loss, optimizer and metrics. `fit` runs the same train step
 //! users write by hand — forward under a `GradientTape`, gradients of the loss,
-//! `apply_gradients` — compiled once with [`function`] (tf.function semantics: one trace
-//! per batch shape, so a smaller last batch adds one trace) or run eagerly when asked.
+//! `apply_gradients` — compiled once with [`function_with_signature`] over a symbolic
+//! batch axis (one trace serves every batch size, the last partial batch included) or
+//! run eagerly when asked.
 //! Metrics are updated eagerly from the values the step returns.
 //!
 //! The step closures capture the model's layers, not the model, so the compiled steps
@@ -14,7 +15,7 @@ use super::metrics::{CategoricalAccuracy, Mean, Metric, SparseCategoricalAccurac
 use super::model::{Model, Net};
 use super::optimizers::Optimizer;
 use crate::data::Dataset;
-use crate::{function, Error, GradientTape, Result, Tensor};
+use crate::{function_with_signature, Dim, Error, GradientTape, Result, Tensor, TensorSpec};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::sync::Arc;
 use std::time::Instant;
@@ -29,9 +30,33 @@ pub(crate) struct Compiled {
     loss: Arc<dyn Loss>,
     optimizer: Arc<dyn Optimizer>,
     metrics: Vec<Arc<dyn Metric>>,
-    train: Option<(bool, Arc<Step2>)>,
-    test: Option<(bool, Arc<Step2>)>,
-    predict: Option<(bool, Arc<Step1>)>,
+    train: Option<(StepKey, Arc<Step2>)>,
+    test: Option<(StepKey, Arc<Step2>)>,
+    predict: Option<(StepKey, Arc<Step1>)>,
+}
+
+/// What a built step is for: eager or compiled, and the per-sample types it was
+/// compiled for (a compiled step takes batches of any size of these).
+type StepKey = (bool, Vec<TensorSpec>);
+
+/// The key of a step over batches of `ts` (their first axis is the batch).
+fn step_key(eager: bool, ts: &[&Tensor]) -> StepKey {
+    (eager, batch_specs(ts))
+}
+
+/// The input signature of a step over batches of `ts`: the batch axis is the symbol
+/// `batch`, the rest keeps the per-sample shape. One trace serves every batch size,
+/// the last partial batch included.
+fn batch_specs(ts: &[&Tensor]) -> Vec<TensorSpec> {
+    let batch = Dim::sym("batch");
+    ts.iter()
+        .map(|t| {
+            let dims: Vec<Dim> = std::iter::once(batch)
+                .chain(t.shape().iter().skip(1).map(|&n| Dim::from(n)))
+                .collect();
+            TensorSpec::with_dims(&dims, t.dtype())
+        })
+        .collect()
 }
 
 /// Options of [`Model::fit`] (Keras' keyword arguments).
@@ -220,12 +245,13 @@ impl Model {
     }
 
     /// The compiled (or eager) train step, built once and cached.
-    fn train_fn(&self, eager: bool) -> Result<Arc<Step2>> {
+    fn train_fn(&self, eager: bool, x: &Tensor, y: &Tensor) -> Result<Arc<Step2>> {
         let (loss, opt, _) = self.compiled_parts()?;
         let mut c = self.compiled.lock().expect("model lock");
         let c = c.as_mut().expect("checked above");
-        if let Some((e, f)) = &c.train {
-            if *e == eager {
+        let key = step_key(eager, &[x, y]);
+        if let Some((k, f)) = &c.train {
+            if *k == key {
                 return Ok(f.clone());
             }
         }
@@ -233,20 +259,21 @@ impl Model {
         let f: Step2 = if eager {
             Box::new(step)
         } else {
-            let compiled = function(step);
+            let compiled = function_with_signature(step, &key.1);
             Box::new(move |x: &Tensor, y: &Tensor| compiled.call(x, y))
         };
         let f = Arc::new(f);
-        c.train = Some((eager, f.clone()));
+        c.train = Some((key, f.clone()));
         Ok(f)
     }
 
-    fn test_fn(&self, eager: bool) -> Result<Arc<Step2>> {
+    fn test_fn(&self, eager: bool, x: &Tensor, y: &Tensor) -> Result<Arc<Step2>> {
         let (loss, _, _) = self.compiled_parts()?;
         let mut c = self.compiled.lock().expect("model lock");
         let c = c.as_mut().expect("checked above");
-        if let Some((e, f)) = &c.test {
-            if *e == eager {
+        let key = step_key(eager, &[x, y]);
+        if let Some((k, f)) = &c.test {
+            if *k == key {
                 return Ok(f.clone());
             }
         }
@@ -254,11 +281,11 @@ impl Model {
         let f: Step2 = if eager {
             Box::new(step)
         } else {
-            let compiled = function(step);
+            let compiled = function_with_signature(step, &key.1);
             Box::new(move |x: &Tensor, y: &Tensor| compiled.call(x, y))
         };
         let f = Arc::new(f);
-        c.test = Some((eager, f.clone()));
+        c.test = Some((key, f.clone()));
         Ok(f)
     }
 
@@ -293,7 +320,7 @@ impl Model {
             ds
         };
         let ds = ds.batch(opts.batch_size);
-        let step = self.train_fn(opts.run_eagerly)?;
+        let step = self.train_fn(opts.run_eagerly, x, y)?;
         let loss_tracker = Mean::new("loss");
         let mut history = History::default();
         for epoch in 0..opts.epochs {
@@ -373,7 +400,7 @@ impl Model {
         eager: bool,
     ) -> Result<Vec<(String, f64)>> {
         let (_, _, metrics) = self.compiled_parts()?;
-        let step = self.test_fn(eager)?;
+        let step = self.test_fn(eager, x, y)?;
         let ds = Dataset::from_tensor_slices((x.clone(), y.clone()))?.batch(batch_size.max(1));
         let loss_tracker = Mean::new("loss");
         for m in &metrics {
@@ -396,14 +423,20 @@ impl Model {
     pub fn predict(&self, x: &Tensor, batch_size: usize) -> Result<Tensor> {
         let f = {
             let mut guard = self.compiled.lock().expect("model lock");
-            match guard.as_mut().and_then(|c| c.predict.clone()) {
+            let key = step_key(false, &[x]);
+            match guard
+                .as_mut()
+                .and_then(|c| c.predict.clone())
+                .filter(|(k, _)| *k == key)
+            {
                 Some((_, f)) => f,
                 None => {
                     let net = self.net.clone();
-                    let compiled = function(move |x: &Tensor| net.forward(x, false));
+                    let compiled =
+                        function_with_signature(move |x: &Tensor| net.forward(x, false), &key.1);
                     let f: Arc<Step1> = Arc::new(Box::new(move |x: &Tensor| compiled.call(x)));
                     if let Some(c) = guard.as_mut() {
-                        c.predict = Some((false, f.clone()));
+                        c.predict = Some((key, f.clone()));
                     }
                     f
                 }

@@ -13,7 +13,7 @@ use super::initializers::Initializer;
 use super::model::SymbolicTensor;
 use super::naming::unique_name;
 use super::random;
-use crate::{DType, Error, Padding, Result, Tensor, Variable};
+use crate::{DType, Dim, Error, Padding, Result, Tensor, Variable};
 use std::sync::{Mutex, OnceLock};
 
 /// A building block of a model (`keras.layers.Layer`).
@@ -118,7 +118,10 @@ impl LayerName {
 }
 
 fn shape_str(dtype: DType, shape: &[usize]) -> String {
-    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let dims: Vec<String> = shape
+        .iter()
+        .map(|&d| Dim::from_raw(d).to_string())
+        .collect();
     format!("{dtype}[{}]", dims.join(","))
 }
 
@@ -404,7 +407,11 @@ impl Layer for Dense {
         } else {
             // apply to the last axis of any rank: fold the leading axes into rows
             let lead = &x.shape()[..x.rank() - 1];
-            let rows: usize = lead.iter().product();
+            // symbolic lengths multiply symbolically (`b*7`)
+            let rows = lead
+                .iter()
+                .fold(Dim::from(1), |n, &d| n * Dim::from_raw(d))
+                .raw();
             let mut out = lead.to_vec();
             out.push(self.units);
             x.reshape(&[rows, x.shape()[x.rank() - 1]])

@@ -22,7 +22,7 @@
 //! makes the compiled call return an `Err` (`gather: index 10 is out of range 0..10`,
 //! `index -1` for a non-integer label) instead of a silently wrong loss.
 
-use crate::{DType, Error, Result, Tensor};
+use crate::{DType, Dim, Error, Result, Tensor};
 
 /// Clipping bound for probabilities (Keras' `epsilon()`).
 pub const EPSILON: f64 = 1e-7;
@@ -37,7 +37,11 @@ pub trait Loss: Send + Sync {
 }
 
 fn shape_str(t: &Tensor) -> String {
-    let dims: Vec<String> = t.shape().iter().map(|d| d.to_string()).collect();
+    let dims: Vec<String> = t
+        .shape()
+        .iter()
+        .map(|&d| Dim::from_raw(d).to_string())
+        .collect();
     format!("{}[{}]", t.dtype(), dims.join(","))
 }
 
@@ -243,14 +247,11 @@ impl Loss for SparseCategoricalCrossentropy {
 }
 
 /// `x[.., labels[..]]`: the entry of each row of `x` (`[.., classes]`) at its label
-/// (`[..]`, in range), as one `gather` from the flattened `x`.
+/// (`[..]`, in range): the row masked to that entry (a `select`, so other entries of
+/// any value, even infinite, add exact zeros) and summed.
 fn pick(x: &Tensor, labels: &Tensor, classes: usize) -> Tensor {
-    let rows = labels.len();
-    let offsets = Tensor::arange(0, rows as i64, DType::I64) * (classes as f64);
-    let flat = offsets + labels.reshape(&[rows]);
-    x.reshape(&[rows * classes])
-        .gather(&flat, 0)
-        .reshape(labels.shape())
+    let mask = labels.one_hot(classes, DType::I64);
+    Tensor::select(&mask, x, &x.scalar_like(0.0)).sum(&[-1], false)
 }
 
 // ---------------------------------------------------------------------------------------

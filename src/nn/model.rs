@@ -14,7 +14,7 @@
 
 use super::layers::Layer;
 use super::naming::unique_name;
-use crate::{Error, Result, Tensor, Variable};
+use crate::{Dim, Error, Result, Tensor, Variable};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -98,7 +98,11 @@ pub(crate) struct Net {
 }
 
 fn type_str(t: &Tensor) -> String {
-    let dims: Vec<String> = t.shape().iter().map(|d| d.to_string()).collect();
+    let dims: Vec<String> = t
+        .shape()
+        .iter()
+        .map(|&d| Dim::from_raw(d).to_string())
+        .collect();
     format!("{}[{}]", t.dtype(), dims.join(","))
 }
 

@@ -10,7 +10,7 @@
 //! a quadratic map `h ← h·(h·c + d) + k`, whose high bits depend on all input bits,
 //! then the top 53 bits become a float in `[0, 1)` through an i64 → f64 cast.
 
-use crate::{DType, Tensor};
+use crate::{DType, Dim, Tensor};
 
 const GOLDEN: i64 = 0x9e37_79b9_7f4a_7c15_u64 as i64;
 const C1: i64 = 0xbf58_476d_1ce4_e5b9_u64 as i64;
@@ -24,9 +24,15 @@ fn lit(v: i64) -> Tensor {
 
 /// Uniform samples in `[0, 1)` (f64) of `shape`, a pure function of `seed`, the i64
 /// scalar `counter` and the element index.
+///
+/// # Panics
+/// Never for the shape of a tensor (checked against `MAX_ELEMENTS` when it was made).
 pub(crate) fn uniform(shape: &[usize], seed: u64, counter: &Tensor) -> Tensor {
-    let n: usize = shape.iter().product();
-    let idx = Tensor::arange(0, n as i64, DType::I64).reshape(shape);
+    // a symbolic batch gives a symbolic count: its indices are a `range` op
+    let n = shape
+        .iter()
+        .fold(Dim::from(1), |n, &d| n * Dim::from_raw(d));
+    let idx = Tensor::range(n.raw(), DType::I64).reshape(shape);
     // key = counter·golden + seed: a different stream per call and per seed
     let key = counter * &lit(GOLDEN) + lit(seed as i64);
     let h = &idx * &lit(GOLDEN) + &key;

@@ -7,7 +7,7 @@ use super::attrs::{self, AttrMap};
 use super::{arity, float_only, operand_types, same_dtype, Grads, Op, VjpArgs};
 use crate::exec::kernels::conv::{self as kc, Conv2dGeom};
 use crate::exec::kernels::pool::{self as kp, Pool2dGeom};
-use crate::tensor::{Arr, DType, Data, Float, Shape, Tensor};
+use crate::tensor::{dim, shape_str, Arr, DType, Data, Float, Shape, Tensor};
 use ndarray::IxDyn;
 use smallvec::smallvec;
 
@@ -79,10 +79,15 @@ impl Conv2dGeom {
     ) -> Result<Conv2dGeom, String> {
         let fail = |why: &str| {
             Err(format!(
-                "conv2d: input {x_shape:?} [n, h, w, cin] and filter {w_shape:?} [kh, kw, cin, cout] \
-                 (stride {stride:?}, {padding:?}): {why}"
+                "conv2d: input {} [n, h, w, cin] and filter {} [kh, kw, cin, cout] \
+                 (stride {stride:?}, {padding:?}): {why}",
+                shape_str(x_shape),
+                shape_str(w_shape)
             ))
         };
+        if dim::any_sym(x_shape.get(1..).unwrap_or_default()) || dim::any_sym(w_shape) {
+            return fail(SPATIAL_CONCRETE);
+        }
         let (&[n, h, w, cin], &[kh, kw, wcin, cout]) = (x_shape, w_shape) else {
             return fail("both must be rank 4");
         };
@@ -120,6 +125,10 @@ impl Conv2dGeom {
     }
 }
 
+/// Why a convolution or pooling rejects a symbolic height, width or channel count.
+const SPATIAL_CONCRETE: &str =
+    "needs concrete heights, widths and channel counts (only the batch may be symbolic)";
+
 impl Pool2dGeom {
     /// Checks input shape `x_shape` `[n, h, w, c]` against the window `ksize`
     /// `(kh, kw)`, stride `(sh, sw)` and padding.
@@ -143,10 +152,14 @@ impl Pool2dGeom {
     ) -> Result<Pool2dGeom, String> {
         let fail = |why: &str| {
             Err(format!(
-                "max_pool2d: input {x_shape:?} [n, h, w, c] with window {ksize:?} \
-                 (stride {stride:?}, {padding:?}): {why}"
+                "max_pool2d: input {} [n, h, w, c] with window {ksize:?} \
+                 (stride {stride:?}, {padding:?}): {why}",
+                shape_str(x_shape)
             ))
         };
+        if dim::any_sym(x_shape.get(1..).unwrap_or_default()) {
+            return fail(SPATIAL_CONCRETE);
+        }
         let &[n, h, w, c] = x_shape else {
             return fail("input must be rank 4");
         };
@@ -309,7 +322,9 @@ pub(super) fn infer(
     let check = |expect: &[usize], got: &[usize]| {
         if expect != got {
             Err(format!(
-                "cotangent shape {got:?} does not match the convolution's output {expect:?}: {}",
+                "cotangent shape {} does not match the convolution's output {}: {}",
+                shape_str(got),
+                shape_str(expect),
                 operand_types(x)
             ))
         } else {

@@ -97,6 +97,24 @@ pub enum Op {
     Cast(DType),
     /// Identity whose gradient is zero.
     StopGradient,
+    /// The value of a dimension as a scalar of `dtype`, for quantities that depend on a
+    /// shape (the count a `mean` divides by). `dim` is a shape entry: a constant, or a
+    /// symbolic expression (see [`crate::tensor::dim`]) whose value exists once a
+    /// compiled function binds its symbols; constant ones fold to `const`.
+    DimValue {
+        /// The dimension (a shape entry).
+        dim: usize,
+        /// The scalar's dtype.
+        dtype: DType,
+    },
+    /// `[0, 1, ..., len-1]` in `dtype`, where `len` is a shape entry (a symbolic one
+    /// makes element indices over a symbolic batch; constant ones fold to `const`).
+    Range {
+        /// The length (a shape entry).
+        len: usize,
+        /// The dtype.
+        dtype: DType,
+    },
     /// `x` indexed by i64 `indices` along `axis`.
     Gather {
         /// The axis.
@@ -186,7 +204,9 @@ impl Op {
             | Op::Slice { .. }
             | Op::Pad { .. }
             | Op::Cast(_)
-            | Op::StopGradient => Family::Shape,
+            | Op::StopGradient
+            | Op::DimValue { .. }
+            | Op::Range { .. } => Family::Shape,
             Op::Gather { .. } | Op::ScatterAdd { .. } => Family::Index,
             Op::MatMul { .. } => Family::Linalg,
             Op::Conv2d(_)
@@ -283,6 +303,10 @@ impl Op {
             (Family::Elementwise, Op::Unary(u)) => elementwise::eval_unary(*u, x[0]),
             (Family::Elementwise, _) => elementwise::eval_nary(self, x, shape),
             (Family::Reduce, _) => reduce::eval(self, x[0]),
+            (Family::Shape, Op::DimValue { dim, dtype }) => {
+                return shape::eval_dim_value(*dim, *dtype)
+            }
+            (Family::Shape, Op::Range { len, dtype }) => return shape::eval_range(*len, *dtype),
             (Family::Shape, _) => shape::eval(self, x, shape),
             (Family::Index, _) => return index::eval(self, x, shape),
             (Family::Linalg, _) => {
@@ -450,6 +474,8 @@ impl Op {
                 | Op::Input(_)
                 | Op::Const
                 | Op::ReadVar(_)
+                | Op::DimValue { .. }
+                | Op::Range { .. }
         ) && !matches!(self, Op::Unary(Unary::Sign))
     }
 }
@@ -569,6 +595,8 @@ op_list! {
         Op::Pad { .. } => Op::Pad { axis: 0, before: 1, after: 1 },
         Op::Cast(_) => Op::Cast(DType::F64),
         Op::StopGradient => Op::StopGradient,
+        Op::DimValue { .. } => Op::DimValue { dim: 3, dtype: DType::F32 },
+        Op::Range { .. } => Op::Range { len: 3, dtype: DType::I64 },
         Op::Gather { .. } => Op::Gather { axis: 0 },
         Op::ScatterAdd { .. } => Op::ScatterAdd { axis: 0, size: 1 },
         Op::MatMul { .. } => Op::MatMul { ta: false, tb: false },

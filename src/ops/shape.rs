@@ -7,7 +7,9 @@ use super::attrs::{self, AttrMap, Perm};
 use super::{arity, operand_types, same_dtype, Grads, Op, VjpArgs};
 use crate::exec::buffers::{self, Pooled};
 use crate::exec::kernels::ew;
-use crate::tensor::{broadcast_shapes, numel, type_str, Arr, DType, Data, Shape, Tensor};
+use crate::tensor::{
+    broadcast_shapes, dim, numel, shape_str, type_str, Arr, DType, Data, Shape, Tensor,
+};
 use ndarray::{Axis, IxDyn, Slice};
 use smallvec::{smallvec, SmallVec};
 
@@ -20,6 +22,8 @@ pub(super) fn name(op: &Op) -> &'static str {
         Op::Slice { .. } => "slice",
         Op::Pad { .. } => "pad",
         Op::Cast(_) => "cast",
+        Op::DimValue { .. } => "dim_value",
+        Op::Range { .. } => "range",
         Op::StopGradient => "stop_gradient",
         _ => unreachable!(),
     }
@@ -48,6 +52,10 @@ pub(super) fn attrs(op: &Op) -> Vec<(&'static str, String)> {
             ]
         }
         Op::Cast(d) => vec![("to", d.name().to_string())],
+        Op::DimValue { dim: d, dtype } => {
+            vec![("d", dim::show(d)), ("to", dtype.name().to_string())]
+        }
+        Op::Range { len, dtype } => vec![("n", dim::show(len)), ("to", dtype.name().to_string())],
         _ => Vec::new(),
     }
 }
@@ -77,6 +85,18 @@ pub(super) fn parse(name: &str, m: &AttrMap) -> Option<Result<Op, String>> {
                 after: u("after")?,
             })
         })(),
+        "dim_value" => (|| {
+            Ok(Op::DimValue {
+                dim: dim::parse(attrs::get(m, "d")?)?,
+                dtype: dtype_attr(m)?,
+            })
+        })(),
+        "range" => (|| {
+            Ok(Op::Range {
+                len: dim::parse(attrs::get(m, "n")?)?,
+                dtype: dtype_attr(m)?,
+            })
+        })(),
         "cast" => attrs::get(m, "to")
             .and_then(|d| DType::from_name(d).ok_or_else(|| format!("unknown dtype `{d}`")))
             .map(Op::Cast),
@@ -98,6 +118,19 @@ pub(super) fn infer(
     x: &[(DType, &[usize])],
     out: Option<&[usize]>,
 ) -> Result<(DType, Shape), String> {
+    match *op {
+        Op::DimValue { dim: d, dtype } => {
+            arity(x, 0)?;
+            crate::tensor::check_shape(&[d])?;
+            return Ok((dtype, Shape::new()));
+        }
+        Op::Range { len, dtype } => {
+            arity(x, 0)?;
+            crate::tensor::check_shape(&[len])?;
+            return Ok((dtype, Shape::from_slice(&[len])));
+        }
+        _ => {}
+    }
     if !matches!(op, Op::Concat { .. }) {
         arity(x, 1)?;
     } else if x.is_empty() {
@@ -110,9 +143,11 @@ pub(super) fn infer(
             let t = target()?;
             if numel(t) != numel(s) {
                 return Err(format!(
-                    "cannot reshape {} to {:?}: element counts differ",
+                    "cannot reshape {} to {}: element counts differ ({} vs {})",
                     type_str(d, s),
-                    t
+                    shape_str(t),
+                    dim::show(numel(s)),
+                    dim::show(numel(t))
                 ));
             }
             Shape::from_slice(t)
@@ -120,7 +155,11 @@ pub(super) fn infer(
         Op::BroadcastTo => {
             let t = target()?;
             if broadcast_shapes(s, t).as_deref() != Some(t) {
-                return Err(format!("cannot broadcast {} to {:?}", type_str(d, s), t));
+                return Err(format!(
+                    "cannot broadcast {} to {}",
+                    type_str(d, s),
+                    shape_str(t)
+                ));
             }
             Shape::from_slice(t)
         }
@@ -147,14 +186,19 @@ pub(super) fn infer(
                         operand_types(x)
                     ));
                 }
-                shape[a] = shape[a]
-                    .checked_add(t[a])
-                    .ok_or_else(|| format!("axis {a} overflows: {}", operand_types(x)))?;
+                shape[a] = dim::add(shape[a], t[a])
+                    .map_err(|e| format!("axis {a}: {e}: {}", operand_types(x)))?;
             }
             shape
         }
         Op::Slice { axis, start, end } => {
             let a = axis_ok(axis, s.len())?;
+            if dim::is_sym(s[a]) {
+                return Err(format!(
+                    "needs a concrete length on axis {a} to slice it, got {}",
+                    type_str(d, s)
+                ));
+            }
             if start > end || end as usize > s[a] {
                 return Err(format!(
                     "range {start}..{end} is out of bounds for axis {a} of {}",
@@ -174,10 +218,10 @@ pub(super) fn infer(
             let mut shape = Shape::from_slice(s);
             shape[a] = [before, after]
                 .iter()
-                .try_fold(s[a], |n, &p| n.checked_add(p as usize))
-                .ok_or_else(|| {
+                .try_fold(s[a], |n, &p| dim::add(n, p as usize))
+                .map_err(|e| {
                     format!(
-                        "padding {before}+{after} overflows axis {a} of {}",
+                        "padding {before}+{after} of axis {a} of {}: {e}",
                         type_str(d, s)
                     )
                 })?;
@@ -314,6 +358,36 @@ pub(super) fn eval(op: &Op, x: &[&Data], shape: &[usize]) -> Data {
     }
 }
 
+/// The `to=` dtype attribute.
+fn dtype_attr(m: &AttrMap) -> Result<DType, String> {
+    attrs::get(m, "to")
+        .and_then(|d| DType::from_name(d).ok_or_else(|| format!("unknown dtype `{d}`")))
+}
+
+/// `0..len` of a `range`, or why it has none yet (a symbolic length not bound).
+pub(super) fn eval_range(len: usize, dtype: DType) -> Result<Data, String> {
+    if dim::is_sym(len) {
+        return Err(format!(
+            "range of symbolic length {} has values only when a compiled function binds it",
+            dim::show(len)
+        ));
+    }
+    let v: Vec<i64> = (0..len as i64).collect();
+    let a = ndarray::ArrayD::from_shape_vec(IxDyn(&[len]), v).expect("1-D");
+    Ok(cast(&Data::I64(a.into_shared()), dtype))
+}
+
+/// The value of a `dim_value`, or why it has none yet (a symbol not bound).
+pub(super) fn eval_dim_value(d: usize, dtype: DType) -> Result<Data, String> {
+    if dim::is_sym(d) {
+        return Err(format!(
+            "symbolic dimension {} has a value only when a compiled function binds it",
+            dim::show(d)
+        ));
+    }
+    Ok(Data::full(dtype, &[], d as f64))
+}
+
 /// Converts a buffer to another dtype (floats to integers truncate toward zero).
 pub fn cast(d: &Data, to: DType) -> Data {
     match (d, to) {
@@ -330,6 +404,9 @@ pub fn cast(d: &Data, to: DType) -> Data {
 }
 
 pub(super) fn vjp(op: &Op, a: &VjpArgs, gy: &Tensor) -> Grads {
+    if matches!(op, Op::DimValue { .. } | Op::Range { .. }) {
+        return Grads::new();
+    }
     let x = &a.x[0];
     match *op {
         Op::Reshape => smallvec![Some(gy.reshape(x.shape()))],
@@ -371,7 +448,8 @@ pub(super) fn vjp(op: &Op, a: &VjpArgs, gy: &Tensor) -> Grads {
 /// Scheduling cost: `reshape` is a view (free); the others move each element once.
 pub(super) fn work(op: &Op, x: &[&[usize]], out: &[usize]) -> u64 {
     match op {
-        Op::Reshape => 0,
+        Op::Reshape | Op::DimValue { .. } => 0,
+        Op::Range { len, .. } => *len as u64,
         _ => super::streamed(x, out),
     }
 }

@@ -20,6 +20,7 @@ mod fold_transposes;
 mod fuse;
 mod rewrite;
 mod simplify;
+mod specialize;
 
 pub use cse::eliminate_common_subexpressions;
 pub use dce::eliminate_dead_nodes;
@@ -27,6 +28,7 @@ pub use fold_constants::{fold_constants, FOLD_MAX_ELEMS};
 pub use fold_transposes::fold_transposes_into_matmul;
 pub use fuse::{fuse_elementwise, fuse_elementwise_min, SMALL_REGION_ELEMS};
 pub use simplify::{simplify, simplify_counting, RuleFn, MAX_SWEEPS, RULES};
+pub use specialize::{bind_shape, show_bindings, specialize, Bindings};
 
 use crate::error::Result;
 use crate::ir::{verify, Graph};

@@ -29,11 +29,20 @@ impl Element for i64 {
     }
 }
 
-/// Rejects a constructor's shape over [`super::MAX_ELEMENTS`] like an op's shape error:
+/// Rejects a constructor's shape over [`super::MAX_ELEMENTS`] or with a symbolic
+/// dimension like an op's shape error:
 /// a panic eagerly, a failed tensor (the trace's first error) inside [`crate::function`].
 #[track_caller]
 fn too_big(name: &'static str, shape: &[usize], dtype: DType) -> Option<Tensor> {
-    let msg = check_shape(shape).err()?;
+    let msg = if super::dim::any_sym(shape) {
+        format!(
+            "a constant needs a concrete shape, got {} (make it from a traced tensor \
+             instead: `x.zeros_like()`, `broadcast_to(x.shape())`)",
+            super::shape_str(shape)
+        )
+    } else {
+        check_shape(shape).err()?
+    };
     let loc = location(std::panic::Location::caller());
     let trace = fail(name, msg, loc).expect("fail panics when not tracing");
     Some(Tensor::poisoned(trace, dtype, shape.into(), loc))

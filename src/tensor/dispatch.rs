@@ -68,6 +68,15 @@ pub(crate) fn apply(op: Op, inputs: &[&Tensor], out: Option<&[usize]>) -> Tensor
             return Tensor::poisoned(trace, dtype, shape, loc);
         }
     };
+    if !context::is_tracing() && super::dim::any_sym(&shape) {
+        // a symbolic length (`Dim::sym(..).raw()`) has no value outside a trace
+        let msg = format!(
+            "result {} has a symbolic dimension, which has a value only inside a compiled function",
+            super::type_str(dtype, &shape)
+        );
+        fail(op.name(), msg, loc);
+        unreachable!("fail panics when not tracing");
+    }
     let result = if context::is_tracing() {
         context::add_node(op, inputs, dtype, shape, loc)
     } else {

@@ -80,7 +80,13 @@ pub const MAX_ELEMENTS: usize = if usize::BITS >= 64 {
 /// Shapes of tensors and graph nodes are checked against [`MAX_ELEMENTS`] when they are
 /// made, so this product is exact for them; use [`check_shape`] for a shape that
 /// comes from elsewhere.
+///
+/// A symbolic shape's count is the symbolic product (see [`super::dim`]): equal
+/// counts are equal numbers, and a symbolic count is larger than every constant one.
 pub fn numel(shape: &[usize]) -> usize {
+    if super::dim::any_sym(shape) {
+        return super::dim::product(shape).unwrap_or(usize::MAX);
+    }
     if shape.contains(&0) {
         return 0;
     }
@@ -91,7 +97,24 @@ pub fn numel(shape: &[usize]) -> usize {
 ///
 /// Zero-length axes do not hide others: `[0, 2^40]` is rejected like `[2^40]`, so
 /// every axis length and every product of them stays within the limit.
+///
+/// For a symbolic shape, the constant entries are checked as above, every symbolic
+/// entry must be a known expression, and the result is the symbolic product.
 pub fn check_shape(shape: &[usize]) -> Result<usize, String> {
+    if super::dim::any_sym(shape) {
+        let consts: Shape = shape
+            .iter()
+            .copied()
+            .filter(|&d| !super::dim::is_sym(d))
+            .collect();
+        check_shape(&consts).map_err(|_| {
+            format!(
+                "shape {} has more than MAX_ELEMENTS = {MAX_ELEMENTS} elements",
+                shape_str(shape)
+            )
+        })?;
+        return super::dim::product(shape);
+    }
     let mut n = 1usize;
     let mut empty = false;
     for &d in shape {
@@ -110,8 +133,13 @@ pub fn check_shape(shape: &[usize]) -> Result<usize, String> {
 
 /// Formats `dtype[d0,d1,...]`, the form used by the IR and error messages.
 pub fn type_str(dtype: DType, shape: &[usize]) -> String {
-    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    format!("{}[{}]", dtype, dims.join(","))
+    format!("{}{}", dtype, shape_str(shape))
+}
+
+/// Formats `[d0,d1,...]`, with symbolic dimensions by name (`[b,784]`).
+pub fn shape_str(shape: &[usize]) -> String {
+    let dims: Vec<String> = shape.iter().map(|&d| super::dim::show(d)).collect();
+    format!("[{}]", dims.join(","))
 }
 
 /// NumPy broadcasting of two shapes, or `None` when they are incompatible.

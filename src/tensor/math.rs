@@ -257,17 +257,62 @@ impl Tensor {
             Ok(a) => a,
             Err(e) => return apply_checked("sum", Err(e), &[self], None),
         };
-        let n: usize = axes
+        let dims: Vec<usize> = axes
             .iter()
             .map(|&a| self.shape().get(a).copied().unwrap_or(1))
-            .product();
-        self.sum_axes(&axes, keep) / (n.max(1) as f64)
+            .collect();
+        self.sum_axes(&axes, keep) / &self.count_of(&dims)
     }
 
     /// Mean of all elements.
     #[track_caller]
     pub fn mean_all(&self) -> Tensor {
-        self.sum_all() / (self.len().max(1) as f64)
+        self.sum_all() / &self.count_of(self.shape())
+    }
+
+    /// The number of elements of a block of `dims` (at least 1) as a scalar of this
+    /// tensor's dtype: a constant, or a `dim_value` of a symbolic count that the
+    /// compiled function binds when it runs.
+    #[track_caller]
+    pub(crate) fn count_of(&self, dims: &[usize]) -> Tensor {
+        match super::dim::product(dims) {
+            Ok(n) if super::dim::is_sym(n) => Tensor::dim_value(n, self.dtype()),
+            Ok(n) => self.scalar_like(n.max(1) as f64),
+            Err(e) => apply_checked("dim_value", Err(e), &[self], None),
+        }
+    }
+
+    /// `[0, 1, ..., len-1]` in `dtype`, where `len` is a shape entry: a constant (the
+    /// same as [`Tensor::arange`]`(0, len)`), or inside a shape-polymorphic
+    /// [`crate::function`] a symbolic length, bound per call.
+    ///
+    /// ```
+    /// use tapeflow::{DType, Tensor};
+    /// assert_eq!(Tensor::range(3, DType::I64).to_vec_i64().unwrap(), [0, 1, 2]);
+    /// ```
+    #[track_caller]
+    pub fn range(len: usize, dtype: DType) -> Tensor {
+        if !super::dim::is_sym(len) {
+            return Tensor::arange(0, len.min(i64::MAX as usize) as i64, dtype);
+        }
+        apply(Op::Range { len, dtype }, &[], None)
+    }
+
+    /// The value of a shape entry (a constant or a symbolic dimension, see
+    /// [`super::dim`]) as a scalar of `dtype`. Inside a shape-polymorphic
+    /// [`crate::function`] a symbolic entry becomes a `dim_value` node, bound per call.
+    ///
+    /// ```
+    /// use tapeflow::{DType, Tensor};
+    /// let x = Tensor::zeros(&[6, 2]);
+    /// assert_eq!(Tensor::dim_value(x.shape()[0], DType::F32).to_scalar().unwrap(), 6.0);
+    /// ```
+    #[track_caller]
+    pub fn dim_value(dim: usize, dtype: DType) -> Tensor {
+        if !super::dim::is_sym(dim) {
+            return Tensor::scalar_of(dtype, dim as f64);
+        }
+        apply(Op::DimValue { dim, dtype }, &[], None)
     }
 
     /// Maximum over `axes`.
@@ -483,8 +528,10 @@ impl Tensor {
     #[track_caller]
     pub fn flatten_batch(&self) -> Tensor {
         let n = self.shape().first().copied().unwrap_or(1);
-        let rest: usize = self.shape().iter().skip(1).product();
-        self.reshape(&[n, rest])
+        match super::dim::product(self.shape().get(1..).unwrap_or_default()) {
+            Ok(rest) => self.reshape(&[n, rest]),
+            Err(e) => apply_checked("reshape", Err(e), &[self], None),
+        }
     }
 
     /// Converts the dtype (floats to i64 truncate; the gradient path is cut at integers).

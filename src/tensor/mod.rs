@@ -11,13 +11,17 @@
 
 mod create;
 pub(crate) mod data;
+pub mod dim;
 pub(crate) mod dispatch;
 pub(crate) mod dtype;
 mod math;
 pub(crate) mod variable;
 
 pub use data::{Arr, Data, Float};
-pub use dtype::{broadcast_shapes, check_shape, numel, type_str, DType, Shape, MAX_ELEMENTS};
+pub use dim::Dim;
+pub use dtype::{
+    broadcast_shapes, check_shape, numel, shape_str, type_str, DType, Shape, MAX_ELEMENTS,
+};
 pub use math::Scalar;
 pub use variable::Variable;
 

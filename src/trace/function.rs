@@ -21,11 +21,12 @@
 //!   and the function stays usable (nothing is cached for that signature).
 
 use super::context;
+use super::signature::{self, Signature, TensorSpec};
 use crate::error::{Error, Result};
 use crate::exec::{Plan, RunStats};
 use crate::ir::Graph;
 use crate::passes::{PassConfig, PassStat};
-use crate::tensor::{type_str, DType, Shape, Tensor};
+use crate::tensor::{type_str, Shape, Tensor};
 use std::collections::VecDeque;
 use std::marker::PhantomData;
 use std::panic::Location;
@@ -145,32 +146,63 @@ traceable!(2; 0, 1);
 traceable!(3; 0, 1, 2);
 traceable!(4; 0, 1, 2, 3);
 
-/// The input signature a concrete function was traced for.
-pub type Signature = Vec<(DType, Shape)>;
+/// How many bound instances (batch sizes) a symbolic concrete function keeps.
+pub const DEFAULT_INSTANCES: usize = 16;
 
 /// One traced, optimized and planned graph for one input signature.
+///
+/// When the signature has symbolic dimensions (`f32[b,784]`), the graph is traced,
+/// differentiated and optimized once on symbols; each binding of the symbols a call
+/// brings (each batch size) gets its own *instance*: the traced graph with the symbols
+/// bound ([`crate::passes::specialize`]), optimized and planned, made on the first call
+/// with that binding and kept (the [`DEFAULT_INSTANCES`] most recently used), so
+/// steady-state calls of every batch size allocate nothing.
 pub struct ConcreteFunction {
     signature: Signature,
     /// Compiled unoptimized for numerics checks ([`crate::debugging`]).
     checked: bool,
     traced: Graph,
-    plan: Plan,
+    program: Program,
     pass_stats: Vec<PassStat>,
     compile_time: std::time::Duration,
 }
 
+enum Program {
+    Concrete(Arc<Plan>),
+    Symbolic {
+        /// The optimized symbolic graph (what `text` shows).
+        optimized: Graph,
+        config: PassConfig,
+        instances: Mutex<Instances>,
+    },
+}
+
+#[derive(Default)]
+struct Instances {
+    /// (binding values in symbol order, plan, compile time, last use), most recent last.
+    list: Vec<(Vec<(u32, usize)>, Arc<Plan>, std::time::Duration)>,
+}
+
 impl ConcreteFunction {
-    /// The input signature.
+    /// The input signature (with symbolic dimensions where it has them).
     pub fn signature(&self) -> &Signature {
         &self.signature
+    }
+    /// Whether the signature has symbolic dimensions (one graph serves many shapes).
+    pub fn is_symbolic(&self) -> bool {
+        matches!(self.program, Program::Symbolic { .. })
     }
     /// The graph as traced (forward and backward, before optimization).
     pub fn traced_graph(&self) -> &Graph {
         &self.traced
     }
-    /// The optimized graph that runs.
+    /// The optimized graph: the one that runs, or for a symbolic signature the
+    /// optimized symbolic graph that each binding specializes.
     pub fn graph(&self) -> &Graph {
-        self.plan.graph()
+        match &self.program {
+            Program::Concrete(p) => p.graph(),
+            Program::Symbolic { optimized, .. } => optimized,
+        }
     }
     /// Canonical text IR of the optimized graph.
     pub fn text(&self) -> String {
@@ -184,13 +216,56 @@ impl ConcreteFunction {
     pub fn pass_stats(&self) -> &[PassStat] {
         &self.pass_stats
     }
-    /// The execution plan (order, buffer reuse, peak memory).
-    pub fn plan(&self) -> &Plan {
-        &self.plan
+    /// The execution plan (order, buffer reuse, peak memory); for a symbolic signature,
+    /// the plan of the most recently used binding ([`ConcreteFunction::plan_for`] picks one).
+    ///
+    /// # Panics
+    /// For a symbolic signature that no call has bound yet.
+    pub fn plan(&self) -> Arc<Plan> {
+        match &self.program {
+            Program::Concrete(p) => p.clone(),
+            Program::Symbolic { instances, .. } => lock_any(instances)
+                .list
+                .last()
+                .map(|(_, p, _)| p.clone())
+                .expect("ConcreteFunction::plan: no call has bound the symbolic signature yet; use plan_for"),
+        }
     }
-    /// Time spent tracing, differentiating, optimizing and planning.
+    /// The plan that runs these arguments (for a symbolic signature: the instance of their
+    /// binding, made now if it is new).
+    #[track_caller]
+    pub fn plan_for(&self, args: &[&Tensor]) -> Result<Arc<Plan>> {
+        let types: Signature = args
+            .iter()
+            .map(|a| (a.dtype(), Shape::from_slice(a.shape())))
+            .collect();
+        self.plan_for_types(&types, Location::caller())
+    }
+    /// How many bindings (batch sizes) of a symbolic signature have a compiled instance
+    /// now (1 for a concrete signature).
+    pub fn instance_count(&self) -> usize {
+        match &self.program {
+            Program::Concrete(_) => 1,
+            Program::Symbolic { instances, .. } => lock_any(instances).list.len(),
+        }
+    }
+    /// Time spent tracing, differentiating, optimizing and planning (for a symbolic
+    /// signature: optimizing the symbolic graph; each binding adds
+    /// [`ConcreteFunction::instance_compile_times`]).
     pub fn compile_time(&self) -> std::time::Duration {
         self.compile_time
+    }
+    /// For a symbolic signature, the binding (`b=32`) and compile time of each instance,
+    /// least recently used first.
+    pub fn instance_compile_times(&self) -> Vec<(String, std::time::Duration)> {
+        match &self.program {
+            Program::Concrete(_) => Vec::new(),
+            Program::Symbolic { instances, .. } => lock_any(instances)
+                .list
+                .iter()
+                .map(|(b, _, t)| (crate::passes::show_bindings(b), *t))
+                .collect(),
+        }
     }
     /// Runs on concrete arguments; updates variables assigned by the graph. The results
     /// record the caller's line as their source location.
@@ -198,12 +273,61 @@ impl ConcreteFunction {
     pub fn run(&self, args: &[Tensor]) -> Result<Vec<Tensor>> {
         let loc = Location::caller();
         let datas = args.iter().map(|a| a.data()).collect::<Result<Vec<_>>>()?;
-        let out = self.plan.run(&datas, &mut RunStats::default())?;
+        let types: Signature = datas.iter().map(|d| (d.dtype(), d.shape())).collect();
+        let plan = self.plan_for_types(&types, loc)?;
+        let out = plan.run(&datas, &mut RunStats::default())?;
         Ok(out
             .into_iter()
             .map(|d| Tensor::from_data_at(d, loc))
             .collect())
     }
+
+    fn plan_for_types(
+        &self,
+        types: &Signature,
+        loc: &'static Location<'static>,
+    ) -> Result<Arc<Plan>> {
+        let Program::Symbolic {
+            config, instances, ..
+        } = &self.program
+        else {
+            let Program::Concrete(p) = &self.program else {
+                unreachable!()
+            };
+            return Ok(p.clone());
+        };
+        let binding = signature::bind(&self.signature, types)
+            .map_err(|e| Error::Function(format!("{e} (at {loc})")))?;
+        {
+            let mut inst = lock_any(instances);
+            if let Some(i) = inst.list.iter().position(|(b, _, _)| *b == binding) {
+                let e = inst.list.remove(i);
+                let plan = e.1.clone();
+                inst.list.push(e);
+                return Ok(plan);
+            }
+        }
+        // compiled outside the lock: other bindings keep running meanwhile
+        let start = std::time::Instant::now();
+        let g = crate::passes::specialize(&self.traced, &binding)?;
+        let (optimized, _) = crate::passes::run_pipeline(&g, config)?;
+        let plan = Arc::new(Plan::new(optimized)?);
+        let took = start.elapsed();
+        let mut inst = lock_any(instances);
+        if let Some((_, p, _)) = inst.list.iter().find(|(b, _, _)| *b == binding) {
+            return Ok(p.clone()); // another thread made it first
+        }
+        inst.list.push((binding, plan.clone(), took));
+        if inst.list.len() > DEFAULT_INSTANCES {
+            inst.list.remove(0);
+        }
+        Ok(plan)
+    }
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked.
+fn lock_any<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 struct Entry {
@@ -224,6 +348,10 @@ struct State {
     reasons: Vec<String>,
     /// Whether each of the last `RETRACE_WARN_WINDOW` calls retraced.
     recent: VecDeque<bool>,
+    /// The (argument, axis) positions the last generalization made symbolic.
+    varying: Vec<(usize, usize)>,
+    /// A generalized trace failed: trace concrete shapes from now on.
+    generalize_failed: bool,
 }
 
 /// A traced function; see [`function`].
@@ -236,6 +364,10 @@ struct State {
 pub struct Function<A, F> {
     f: F,
     config: PassConfig,
+    /// The declared signature ([`function_with_signature`]).
+    input_signature: Option<Signature>,
+    /// Generalize dimensions that change between calls (TensorFlow's `reduce_retracing`).
+    reduce_retracing: bool,
     state: Mutex<State>,
     /// Signalled when a trace ends (successfully or not).
     traced: Condvar,
@@ -294,19 +426,84 @@ pub fn function_with<A, F: Traceable<A>>(f: F, config: PassConfig) -> Function<A
             traces: 0,
             reasons: Vec::new(),
             recent: VecDeque::with_capacity(RETRACE_WARN_WINDOW),
+            varying: Vec::new(),
+            generalize_failed: false,
         }),
+        input_signature: None,
+        reduce_retracing: true,
         traced: Condvar::new(),
         _args: PhantomData,
     }
 }
 
+/// [`function`] with a declared input signature (`tf.function(input_signature=...)`):
+/// one trace serves every call that fits it. `None` dimensions (and [`Dim::sym`]
+/// symbols, which arguments can share) are symbolic: the graph is traced,
+/// differentiated and optimized once on symbols, and each batch size gets the graph
+/// specialized to it on its first call. A call that does not fit is an `Err` naming the
+/// argument and the dimension.
+///
+/// ```
+/// use tapeflow::trace::TensorSpec;
+/// use tapeflow::{function_with_signature, DType, Tensor};
+/// let f = function_with_signature(
+///     |x: &Tensor| Ok(x.sum(&[1], false) / 2.0),
+///     &[TensorSpec::new(&[None, Some(2)], DType::F32)],
+/// );
+/// for n in [1, 7, 32] {
+///     let y = f.call(&Tensor::ones(&[n, 2])).unwrap();
+///     assert_eq!(y.shape(), [n]);
+/// }
+/// assert_eq!(f.trace_count(), 1);
+/// assert!(f.call(&Tensor::ones(&[3, 5])).is_err()); // dimension 1 is 5, not 2
+/// ```
+///
+/// [`Dim::sym`]: crate::tensor::Dim::sym
+pub fn function_with_signature<A, F: Traceable<A>>(f: F, specs: &[TensorSpec]) -> Function<A, F> {
+    function(f).input_signature(specs)
+}
+
 impl<A, F: Traceable<A>> Function<A, F> {
+    /// Declares the input signature (see [`function_with_signature`]); drops what was
+    /// traced before.
+    pub fn input_signature(mut self, specs: &[TensorSpec]) -> Self {
+        self.input_signature = Some(signature::resolve(specs));
+        lock(&self.state).cache.clear();
+        self
+    }
+
+    /// Whether a call whose shapes differ from the previous call's only in some lengths
+    /// retraces once with those lengths symbolic and reuses that graph for every later
+    /// such call (TensorFlow's `reduce_retracing`; on by default). Off, every new shape
+    /// is traced for its concrete lengths.
+    ///
+    /// ```
+    /// use tapeflow::{function, Tensor};
+    /// let f = function(|x: &Tensor| Ok(x * 2.0));
+    /// for n in [4, 3, 2, 1] {
+    ///     f.call(&Tensor::zeros(&[n])).unwrap();
+    /// }
+    /// assert_eq!(f.trace_count(), 2); // f32[4], then f32[b] for all others
+    /// assert!(f.retrace_reasons()[0].contains("argument 0 dimension 0 changed 4 → 3: generalized to symbol b"));
+    /// let g = function(|x: &Tensor| Ok(x * 2.0)).reduce_retracing(false);
+    /// for n in [4, 3, 2, 1] {
+    ///     g.call(&Tensor::zeros(&[n])).unwrap();
+    /// }
+    /// assert_eq!(g.trace_count(), 4);
+    /// ```
+    pub fn reduce_retracing(mut self, on: bool) -> Self {
+        self.reduce_retracing = on;
+        self
+    }
+
     /// Keeps at most `n` concrete functions (at least 1; default [`DEFAULT_CACHE_SIZE`]),
     /// dropping the least recently used ones first.
     ///
     /// ```
     /// use tapeflow::{function, Tensor};
-    /// let f = function(|x: &Tensor| Ok(x * 2.0)).cache_size(2);
+    /// let f = function(|x: &Tensor| Ok(x * 2.0))
+    ///     .reduce_retracing(false) // one concrete trace per shape
+    ///     .cache_size(2);
     /// for n in 1..=5 {
     ///     f.call(&Tensor::zeros(&[n])).unwrap();
     /// }
@@ -351,29 +548,47 @@ impl<A, F: Traceable<A>> Function<A, F> {
             .iter()
             .map(|a| (a.dtype(), Shape::from_slice(a.shape())))
             .collect();
+        if let Some(declared) = &self.input_signature {
+            signature::bind(declared, &sig).map_err(|e| {
+                Error::Function(format!(
+                    "the call does not fit the input signature: {e} (at {loc})"
+                ))
+            })?;
+        }
         let checked = crate::debugging::check_numerics_enabled();
-        let key = (sig.clone(), checked);
         let mut st = lock(&self.state);
-        loop {
+        let (key, general) = loop {
             st.clock += 1;
             let now = st.clock;
-            if let Some(e) = st
-                .cache
-                .iter_mut()
-                .find(|e| e.function.signature == sig && e.function.checked == checked)
-            {
+            if let Some(e) = find(&mut st.cache, &sig, checked) {
                 e.last_used = now;
                 let c = e.function.clone();
                 st.last = Some(sig);
                 record_call(&mut st, false, None);
                 return Ok(c);
             }
+            // what to trace: the declared signature, a generalization of the last call's
+            // (reduce_retracing), or these concrete types
+            let general = match &self.input_signature {
+                Some(declared) => Some((declared.clone(), Vec::new(), Vec::new())),
+                None if self.reduce_retracing && !st.generalize_failed && st.traces > 0 => st
+                    .last
+                    .as_ref()
+                    .and_then(|last| signature::generalize(last, &sig, &st.varying)),
+                None => None,
+            };
+            let key = (
+                general
+                    .as_ref()
+                    .map_or_else(|| sig.clone(), |g| g.0.clone()),
+                checked,
+            );
             if !st.tracing.contains(&key) {
-                break;
+                break (key, general);
             }
             // another thread is tracing this signature: wait for its result
             st = self.traced.wait(st).unwrap_or_else(|e| e.into_inner());
-        }
+        };
         // (argument, old type, new type) of each argument that changed since the last call
         let changed: Option<Vec<(usize, String, String)>> =
             st.last.as_ref().filter(|_| st.traces > 0).map(|last| {
@@ -384,18 +599,6 @@ impl<A, F: Traceable<A>> Function<A, F> {
                     .map(|(i, (a, b))| (i, type_str(a.0, &a.1), type_str(b.0, &b.1)))
                     .collect()
             });
-        if let Some(changed) = &changed {
-            let mut words: Vec<String> = changed
-                .iter()
-                .map(|(i, a, b)| format!("argument {i} changed from {a} to {b}"))
-                .collect();
-            if words.is_empty() {
-                let on = if checked { "on" } else { "off" };
-                words.push(format!("numerics checks are {on}"));
-            }
-            st.reasons
-                .push(format!("retrace at {loc}: {}", words.join("; ")));
-        }
         st.tracing.push(key.clone());
         st.last = Some(sig.clone());
         drop(st);
@@ -406,8 +609,45 @@ impl<A, F: Traceable<A>> Function<A, F> {
             traced: &self.traced,
             key: &key,
         };
-        let c = Arc::new(self.trace(sig.clone(), checked, loc)?);
+        let mut words: Vec<String> = Vec::new();
+        let c = match &general {
+            Some((g, _, why)) if self.input_signature.is_none() => {
+                // a closure that cannot run on symbols (it reads a symbolic length as a
+                // number, or an op needs a concrete one) is traced for these shapes
+                let traced = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    self.trace(g.clone(), checked, loc)
+                }));
+                match traced {
+                    Ok(Ok(c)) => {
+                        words.extend(why.iter().cloned());
+                        c
+                    }
+                    failed => {
+                        let why = match failed {
+                            Ok(Err(e)) => e.to_string(),
+                            _ => "the closure panicked".to_string(),
+                        };
+                        lock(&self.state).generalize_failed = true;
+                        words.push(format!(
+                            "could not generalize to {} ({why}); traced for these shapes",
+                            g.iter()
+                                .map(|(d, s)| type_str(*d, s))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ));
+                        self.trace(sig.clone(), checked, loc)?
+                    }
+                }
+            }
+            _ => self.trace(key.0.clone(), checked, loc)?,
+        };
+        let c = Arc::new(c);
         let mut st = lock(&self.state);
+        if c.is_symbolic() {
+            if let Some((_, positions, _)) = &general {
+                st.varying = positions.clone();
+            }
+        }
         st.traces += 1;
         st.clock += 1;
         let now = st.clock;
@@ -417,11 +657,28 @@ impl<A, F: Traceable<A>> Function<A, F> {
         });
         evict(&mut st);
         let what = changed.map(|changed| {
-            let arrows: Vec<String> = changed
-                .iter()
-                .map(|(i, a, b)| format!("argument {i} changed {a} → {b}"))
-                .collect();
-            format!("{} (at {loc})", arrows.join("; "))
+            // the reason says "from .. to ..", the warning "→" (its message is shorter)
+            let (reason, warning) = if words.is_empty() && changed.is_empty() {
+                let on = if checked { "on" } else { "off" };
+                let w = format!("numerics checks are {on}");
+                (w.clone(), w)
+            } else if words.is_empty() {
+                let say = |arrow: bool| {
+                    changed
+                        .iter()
+                        .map(|(i, a, b)| match arrow {
+                            true => format!("argument {i} changed {a} → {b}"),
+                            false => format!("argument {i} changed from {a} to {b}"),
+                        })
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                };
+                (say(false), say(true))
+            } else {
+                (words.join("; "), words.join("; "))
+            };
+            st.reasons.push(format!("retrace at {loc}: {reason}"));
+            format!("{warning} (at {loc})")
         });
         record_call(&mut st, what.is_some(), what);
         drop(st);
@@ -456,12 +713,20 @@ impl<A, F: Traceable<A>> Function<A, F> {
             self.config.clone()
         };
         let (optimized, pass_stats) = crate::passes::run_pipeline(&graph, &config)?;
-        let plan = Plan::new(optimized)?;
+        let program = if signature::is_symbolic(&sig) {
+            Program::Symbolic {
+                optimized,
+                config,
+                instances: Mutex::new(Instances::default()),
+            }
+        } else {
+            Program::Concrete(Arc::new(Plan::new(optimized)?))
+        };
         Ok(ConcreteFunction {
             signature: sig,
             checked,
             traced: graph,
-            plan,
+            program,
             pass_stats,
             compile_time: start.elapsed(),
         })
@@ -479,6 +744,22 @@ impl<A, F: Traceable<A>> Function<A, F> {
         let owned: Vec<Tensor> = args.iter().map(|&t| t.clone()).collect();
         Ok(F::Out::unflatten(c.run(&owned)?))
     }
+}
+
+/// The cached entry for these concrete types: one traced for exactly them, else a
+/// symbolic one they bind.
+fn find<'a>(cache: &'a mut [Entry], sig: &Signature, checked: bool) -> Option<&'a mut Entry> {
+    let i = cache
+        .iter()
+        .position(|e| e.function.signature == *sig && e.function.checked == checked)
+        .or_else(|| {
+            cache.iter().position(|e| {
+                e.function.checked == checked
+                    && e.function.is_symbolic()
+                    && signature::bind(&e.function.signature, sig).is_ok()
+            })
+        })?;
+    Some(&mut cache[i])
 }
 
 /// Drops least recently used entries beyond the capacity.
@@ -505,8 +786,9 @@ fn record_call(st: &mut State, retraced: bool, what: Option<String>) {
     let n = st.recent.iter().filter(|&&r| r).count();
     if retraced && n >= RETRACE_WARN_COUNT {
         log::warn!(
-            "{n} of the last {} calls retraced: {}; tracing is expensive: pass tensors of \
-             fixed shapes (e.g. pad the last batch or drop it), or expect one trace per shape",
+            "{n} of the last {} calls retraced: {}; tracing is expensive: declare the \
+             lengths that vary as symbols (function_with_signature), keep reduce_retracing \
+             on, or pass tensors of fixed shapes",
             st.recent.len(),
             what.unwrap_or_default()
         );

@@ -5,6 +5,7 @@
 //! ```text
 //! ; test simplify                     (or `; test grad wrt=%0,%1 order=2`, `; test verify`)
 //! ; run: %0=[1, -0.0, nan] %1=2
+//! ; bind: b=3
 //! ; error: second assign to variable 0
 //! graph(%0: f32[3], %1: f32[]) { ... }
 //! ```
@@ -12,7 +13,9 @@
 //! `; test` names the kind and may carry `key=value` arguments. Each `; run:` line gives
 //! the graph's inputs by position (`%0=`, `%1=`, ... in order): a flat list filling the
 //! input's shape in row-major order, or one value for all elements (`nan`, `inf`,
-//! `-0.0` allowed), read as the input's dtype. `; error:` lines are the messages a
+//! `-0.0` allowed), read as the input's dtype. A graph with symbolic dimensions
+//! (`f32[b,4]`) runs with the values of its `; bind:` line: it is specialized to them
+//! ([`tapeflow::passes::specialize`]) first. `; error:` lines are the messages a
 //! `verify` file expects. This module reads all of it, once, for every kind.
 
 #![allow(dead_code)] // each test binary uses part of it
@@ -21,6 +24,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tapeflow::exec::{Plan, RunStats};
 use tapeflow::ir::{parse, Graph};
+use tapeflow::tensor::{dim, Dim};
 use tapeflow::{DType, Data};
 
 /// A filetest's header and text.
@@ -35,6 +39,8 @@ pub struct FileTest {
     pub runs: Vec<Vec<String>>,
     /// The `; error:` lines.
     pub errors: Vec<String>,
+    /// The `; bind:` values of symbols, for graphs with symbolic dimensions.
+    pub binds: Vec<(String, usize)>,
     /// The whole file.
     pub text: String,
 }
@@ -43,6 +49,20 @@ impl FileTest {
     /// The graph of the file (panics naming the file when it does not parse).
     pub fn graph(&self) -> Graph {
         parse(&self.text).unwrap_or_else(|e| panic!("{}: {e}", self.path.display()))
+    }
+
+    /// `g` with the symbols of the `; bind:` line bound (`g` itself when it has none).
+    pub fn bound(&self, g: &Graph) -> Graph {
+        if self.binds.is_empty() {
+            return g.clone();
+        }
+        let b: Vec<(u32, usize)> = self
+            .binds
+            .iter()
+            .map(|(k, v)| (dim::as_symbol(Dim::sym(k).raw()).expect("a symbol"), *v))
+            .collect();
+        tapeflow::passes::specialize(g, &b)
+            .unwrap_or_else(|e| panic!("{}: binding {:?}: {e}", self.path.display(), self.binds))
     }
 
     /// The run lines' inputs, typed by `g`'s inputs.
@@ -88,6 +108,7 @@ pub fn load(path: &Path) -> FileTest {
         args: BTreeMap::new(),
         runs: Vec::new(),
         errors: Vec::new(),
+        binds: Vec::new(),
         text: String::new(),
     };
     for line in text.lines().filter_map(|l| l.strip_prefix(';')) {
@@ -112,6 +133,14 @@ pub fn load(path: &Path) -> FileTest {
                 );
             }
             t.runs.push(items.into_iter().map(|(_, v)| v).collect());
+        } else if let Some(rest) = line.strip_prefix("bind:") {
+            for kv in rest.split_whitespace() {
+                let (k, v) = kv
+                    .split_once('=')
+                    .unwrap_or_else(|| panic!("{}: bad `; bind:` item `{kv}`", path.display()));
+                let v = v.parse().expect("a length");
+                t.binds.push((k.to_string(), v));
+            }
         } else if let Some(rest) = line.strip_prefix("error:") {
             t.errors.push(rest.trim().to_string());
         }
