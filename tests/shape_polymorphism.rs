@@ -276,3 +276,30 @@ fn a_closure_that_needs_concrete_lengths_falls_back_to_concrete_traces() {
     let why = f.retrace_reasons();
     assert!(why[0].contains("could not generalize to f32[b]"), "{why:?}");
 }
+
+#[test]
+fn the_verifier_and_parser_check_symbolic_shapes() {
+    use tapeflow::ir::{parse, verify};
+    let mut g =
+        parse("graph(%0: f32[b,4], %1: f32[b,4]) {\n  %2 = add %0, %1 : f32[b,4]\n  return %2\n}")
+            .unwrap();
+    verify(&g).unwrap();
+    // the second input becomes f32[c,4]: b and c are not known to be equal
+    let i1 = g.inputs[1];
+    g.node_mut(i1).shape = [Dim::sym("c").raw(), 4].into_iter().collect();
+    let e = verify(&g).unwrap_err().to_string();
+    assert!(e.contains("node 2 (add): shapes do not broadcast"), "{e}");
+    // a reshape whose symbolic element counts differ does not parse
+    let e = parse("graph(%0: f32[b,4]) {\n  %1 = reshape %0 : f32[b*2,4]\n  return %1\n}")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("element counts differ (b*4 vs b*8)"), "{e}");
+    // a plan needs bound shapes
+    let e = tapeflow::exec::Plan::new(
+        parse("graph(%0: f32[b]) {\n  %1 = neg %0 : f32[b]\n  return %1\n}").unwrap(),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("symbolic dimension"), "{e}");
+}

@@ -212,6 +212,9 @@ pub fn parse(text: &str) -> Result<Graph> {
         let mut node = Node::new(Op::Const, dtype, shape.clone());
         let mut operands = Vec::new();
         match name {
+            "const" | "read_var" | "assign" if crate::tensor::dim::any_sym(&shape) => {
+                return Err(err(n, line, format!("`{name}` needs a concrete shape")));
+            }
             "const" => {
                 node.value = Some(parse_const(rest, dtype, &shape).map_err(|e| err(n, line, e))?)
             }

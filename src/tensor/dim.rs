@@ -265,7 +265,7 @@ pub fn add(a: usize, b: usize) -> Result<usize, String> {
 /// exactly; `None` otherwise (including division by zero).
 pub fn div_exact(a: usize, b: usize) -> Option<usize> {
     if !is_sym(a) && !is_sym(b) {
-        return (b != 0 && a % b == 0).then(|| a / b);
+        return (b != 0 && a.is_multiple_of(b)).then(|| a / b);
     }
     let pa = poly(a).ok()?;
     let pb = poly(b).ok()?;

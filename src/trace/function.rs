@@ -169,18 +169,23 @@ pub struct ConcreteFunction {
 
 enum Program {
     Concrete(Arc<Plan>),
-    Symbolic {
-        /// The optimized symbolic graph (what `text` shows).
-        optimized: Graph,
-        config: PassConfig,
-        instances: Mutex<Instances>,
-    },
+    Symbolic(Box<Symbolic>),
 }
+
+struct Symbolic {
+    /// The optimized symbolic graph (what `text` shows).
+    optimized: Graph,
+    config: PassConfig,
+    instances: Mutex<Instances>,
+}
+
+/// One bound instance: the binding (symbol id, value), its plan, its compile time.
+type Instance = (Vec<(u32, usize)>, Arc<Plan>, std::time::Duration);
 
 #[derive(Default)]
 struct Instances {
     /// (binding values in symbol order, plan, compile time, last use), most recent last.
-    list: Vec<(Vec<(u32, usize)>, Arc<Plan>, std::time::Duration)>,
+    list: Vec<Instance>,
 }
 
 impl ConcreteFunction {
@@ -190,7 +195,7 @@ impl ConcreteFunction {
     }
     /// Whether the signature has symbolic dimensions (one graph serves many shapes).
     pub fn is_symbolic(&self) -> bool {
-        matches!(self.program, Program::Symbolic { .. })
+        matches!(self.program, Program::Symbolic(_))
     }
     /// The graph as traced (forward and backward, before optimization).
     pub fn traced_graph(&self) -> &Graph {
@@ -201,7 +206,7 @@ impl ConcreteFunction {
     pub fn graph(&self) -> &Graph {
         match &self.program {
             Program::Concrete(p) => p.graph(),
-            Program::Symbolic { optimized, .. } => optimized,
+            Program::Symbolic(s) => &s.optimized,
         }
     }
     /// Canonical text IR of the optimized graph.
@@ -224,7 +229,7 @@ impl ConcreteFunction {
     pub fn plan(&self) -> Arc<Plan> {
         match &self.program {
             Program::Concrete(p) => p.clone(),
-            Program::Symbolic { instances, .. } => lock_any(instances)
+            Program::Symbolic(s) => lock_any(&s.instances)
                 .list
                 .last()
                 .map(|(_, p, _)| p.clone())
@@ -246,7 +251,7 @@ impl ConcreteFunction {
     pub fn instance_count(&self) -> usize {
         match &self.program {
             Program::Concrete(_) => 1,
-            Program::Symbolic { instances, .. } => lock_any(instances).list.len(),
+            Program::Symbolic(s) => lock_any(&s.instances).list.len(),
         }
     }
     /// Time spent tracing, differentiating, optimizing and planning (for a symbolic
@@ -260,7 +265,7 @@ impl ConcreteFunction {
     pub fn instance_compile_times(&self) -> Vec<(String, std::time::Duration)> {
         match &self.program {
             Program::Concrete(_) => Vec::new(),
-            Program::Symbolic { instances, .. } => lock_any(instances)
+            Program::Symbolic(s) => lock_any(&s.instances)
                 .list
                 .iter()
                 .map(|(b, _, t)| (crate::passes::show_bindings(b), *t))
@@ -287,15 +292,11 @@ impl ConcreteFunction {
         types: &Signature,
         loc: &'static Location<'static>,
     ) -> Result<Arc<Plan>> {
-        let Program::Symbolic {
-            config, instances, ..
-        } = &self.program
-        else {
-            let Program::Concrete(p) = &self.program else {
-                unreachable!()
-            };
-            return Ok(p.clone());
+        let sym = match &self.program {
+            Program::Concrete(p) => return Ok(p.clone()),
+            Program::Symbolic(s) => s,
         };
+        let (config, instances) = (&sym.config, &sym.instances);
         let binding = signature::bind(&self.signature, types)
             .map_err(|e| Error::Function(format!("{e} (at {loc})")))?;
         {
@@ -714,11 +715,11 @@ impl<A, F: Traceable<A>> Function<A, F> {
         };
         let (optimized, pass_stats) = crate::passes::run_pipeline(&graph, &config)?;
         let program = if signature::is_symbolic(&sig) {
-            Program::Symbolic {
+            Program::Symbolic(Box::new(Symbolic {
                 optimized,
                 config,
                 instances: Mutex::new(Instances::default()),
-            }
+            }))
         } else {
             Program::Concrete(Arc::new(Plan::new(optimized)?))
         };

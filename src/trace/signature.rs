@@ -165,6 +165,10 @@ pub(crate) fn is_symbolic(sig: &Signature) -> bool {
     sig.iter().any(|(_, s)| dim::any_sym(s))
 }
 
+/// A generalized signature, its symbolic (argument, axis) positions, and one reason per
+/// position that changed.
+pub(crate) type Generalized = (Signature, Vec<(usize, usize)>, Vec<String>);
+
 /// TensorFlow's `reduce_retracing`: the signature that covers both `last` (the previous
 /// call's concrete types) and `new`, when they differ only in lengths (same arity,
 /// dtypes and ranks). Each position `(argument, axis)` whose length changed — or that is
@@ -176,7 +180,7 @@ pub(crate) fn generalize(
     last: &Signature,
     new: &Signature,
     varying: &[(usize, usize)],
-) -> Option<(Signature, Vec<(usize, usize)>, Vec<String>)> {
+) -> Option<Generalized> {
     let same_kind = last.len() == new.len()
         && last
             .iter()
