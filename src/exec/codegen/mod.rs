@@ -177,7 +177,7 @@ impl std::fmt::Debug for Kernel {
 impl Kernel {
     /// Lowers `e` (for operands of `params` types; `shape` is the fused node's) and,
     /// unless the [default mode](Codegen::from_env) says otherwise, asks for it to be
-    /// compiled. `None` when the region cannot be generated (see [`emit`]).
+    /// compiled. `None` when the region cannot be generated (see the `emit` module).
     pub fn new(e: &FusedExpr, params: &[(DType, &[usize])], shape: &[usize]) -> Option<Kernel> {
         let lowered = emit::lower(e, params, shape).ok()?;
         let k = Kernel {
