@@ -12,8 +12,8 @@
 use std::time::Instant;
 use tapeflow::data::Dataset;
 use tapeflow::nn::{
-    Activation, Adam, Conv2D, Dense, Flatten, Layer, Loss, Mean, Metric, Model, Module,
-    Optimizer, SparseCategoricalAccuracy, SparseCategoricalCrossentropy,
+    Activation, Adam, Conv2D, Dense, Flatten, Layer, Loss, Mean, Metric, Model, Module, Optimizer,
+    SparseCategoricalAccuracy, SparseCategoricalCrossentropy,
 };
 use tapeflow::{function, GradientTape, Result, Tensor};
 

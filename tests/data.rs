@@ -244,7 +244,10 @@ fn mnist_load_data_gives_the_idx_bytes_and_integer_labels_like_keras() {
         (&y_test, &raw.test_labels),
     ] {
         let want: Vec<f64> = idx.data.iter().map(|&b| f64::from(b)).collect();
-        assert!(t.to_vec_f64().unwrap() == want, "values differ from the IDX bytes");
+        assert!(
+            t.to_vec_f64().unwrap() == want,
+            "values differ from the IDX bytes"
+        );
     }
     let px = x_test.to_vec_f32().unwrap();
     assert!(px.contains(&255.0) && px.contains(&0.0));

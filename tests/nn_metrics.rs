@@ -7,8 +7,8 @@ use std::sync::Arc;
 use tapeflow::nn::metrics::MeanSquaredError as MseMetric;
 use tapeflow::nn::{
     metric_by_name, BinaryAccuracy, BinaryCrossentropy, CategoricalAccuracy,
-    CategoricalCrossentropy, Dense, FitOptions, Mean, MeanAbsoluteError, MeanSquaredError,
-    Metric, Model, Sequential, SparseCategoricalAccuracy, SparseCategoricalCrossentropy, SGD,
+    CategoricalCrossentropy, Dense, FitOptions, Mean, MeanAbsoluteError, MeanSquaredError, Metric,
+    Model, Sequential, SparseCategoricalAccuracy, SparseCategoricalCrossentropy, SGD,
 };
 use tapeflow::{function, DType, Tensor};
 
@@ -124,7 +124,10 @@ fn every_metric_gives_the_same_value_eagerly_and_inside_a_compiled_function() {
             eager.result()
         );
         assert_eq!(eager.result(), compiled.result(), "{kind}");
-        assert!(want > 0.0, "{kind}: a test that cannot tell counts from zero");
+        assert!(
+            want > 0.0,
+            "{kind}: a test that cannot tell counts from zero"
+        );
     }
 }
 
@@ -135,9 +138,7 @@ fn mean_gives_the_same_value_eagerly_and_compiled_also_weighted_by_a_symbolic_ba
     for (_, p) in &data {
         let loss = p.square().mean_all();
         eager.update(&loss).unwrap();
-        eager_w
-            .update_weighted(&loss, p.shape()[0] as f64)
-            .unwrap();
+        eager_w.update_weighted(&loss, p.shape()[0] as f64).unwrap();
     }
     let (compiled, compiled_w) = (Mean::new("loss"), Mean::new("loss_w"));
     let (m, mw) = (compiled.clone(), compiled_w.clone());
@@ -160,7 +161,11 @@ fn mean_gives_the_same_value_eagerly_and_compiled_also_weighted_by_a_symbolic_ba
         .flat_map(|(_, p)| p.to_vec_f64().unwrap())
         .collect();
     let want = all.iter().map(|v| v * v).sum::<f64>() / all.len() as f64;
-    assert!((compiled_w.result() - want).abs() < 1e-6, "{}", compiled_w.result());
+    assert!(
+        (compiled_w.result() - want).abs() < 1e-6,
+        "{}",
+        compiled_w.result()
+    );
     assert_ne!(compiled.result(), compiled_w.result());
     // Mean as a Metric averages y_pred
     let as_metric: &dyn Metric = &Mean::new("m");
@@ -201,7 +206,10 @@ fn a_metric_given_the_wrong_shapes_is_an_error_naming_it_eagerly_and_compiled() 
         .update(&Tensor::vec(&[1i64, 0, 1]), &preds(2, 3, 0))
         .unwrap_err()
         .to_string();
-    assert!(e.contains("SparseCategoricalAccuracy") && e.contains("i64[3]"), "{e}");
+    assert!(
+        e.contains("SparseCategoricalAccuracy") && e.contains("i64[3]"),
+        "{e}"
+    );
     let a = acc.clone();
     let step = function(move |y: &Tensor, p: &Tensor| a.update(y, p));
     let e = step
@@ -248,7 +256,11 @@ fn metrics_resolve_by_name_like_keras_with_accuracy_inferred_from_the_loss() {
     resolves_to("acc", "sparse_categorical_crossentropy", "sparse");
     resolves_to("accuracy", "categorical_crossentropy", "categorical");
     resolves_to("accuracy", "binary_crossentropy", "binary");
-    resolves_to("sparse_categorical_accuracy", "mean_squared_error", "sparse");
+    resolves_to(
+        "sparse_categorical_accuracy",
+        "mean_squared_error",
+        "sparse",
+    );
     resolves_to("categorical_accuracy", "mean_squared_error", "categorical");
     resolves_to("binary_accuracy", "mean_squared_error", "binary");
     for name in ["mae", "mean_absolute_error"] {
@@ -266,17 +278,26 @@ fn metrics_resolve_by_name_like_keras_with_accuracy_inferred_from_the_loss() {
         .err()
         .unwrap()
         .to_string();
-    assert!(e.contains("unknown metric `f1_score`") && e.contains("mae"), "{e}");
+    assert!(
+        e.contains("unknown metric `f1_score`") && e.contains("mae"),
+        "{e}"
+    );
     let e = metric_by_name("accuracy", "mean_squared_error")
         .err()
         .unwrap()
         .to_string();
-    assert!(e.contains("mean_squared_error") && e.contains("accuracy"), "{e}");
+    assert!(
+        e.contains("mean_squared_error") && e.contains("accuracy"),
+        "{e}"
+    );
 }
 
 #[test]
 fn compile_takes_metric_names_and_fit_reports_them_under_those_names() {
-    let model: Model = Sequential::new().add(Dense::new(3)).input_shape(&[4]).into();
+    let model: Model = Sequential::new()
+        .add(Dense::new(3))
+        .input_shape(&[4])
+        .into();
     let e = model
         .compile(MeanSquaredError, SGD::new(0.1), &["mae", "precision"])
         .unwrap_err()
@@ -295,7 +316,10 @@ fn compile_takes_metric_names_and_fit_reports_them_under_those_names() {
     assert_eq!(history.get("mae").unwrap().len(), 2);
     // the mse metric is the loss (same mean over the same epoch, f64 vs f32 sums)
     for (l, m) in loss.iter().zip(mse) {
-        assert!((l - m).abs() < 1e-5 * l.abs().max(1.0), "loss {l} vs mse {m}");
+        assert!(
+            (l - m).abs() < 1e-5 * l.abs().max(1.0),
+            "loss {l} vs mse {m}"
+        );
     }
     let logs = model.evaluate(&x, &y, 8).unwrap();
     let names: Vec<&str> = logs.iter().map(|(n, _)| n.as_str()).collect();
@@ -306,11 +330,20 @@ fn compile_takes_metric_names_and_fit_reports_them_under_those_names() {
         ("categorical", "accuracy"),
         ("sparse", "accuracy"),
     ] {
-        let m: Model = Sequential::new().add(Dense::new(1)).input_shape(&[2]).into();
+        let m: Model = Sequential::new()
+            .add(Dense::new(1))
+            .input_shape(&[2])
+            .into();
         let r = match loss_name {
             "binary" => m.compile(BinaryCrossentropy::default(), SGD::new(0.1), &[metric]),
-            "categorical" => m.compile(CategoricalCrossentropy::default(), SGD::new(0.1), &[metric]),
-            _ => m.compile(SparseCategoricalCrossentropy::default(), SGD::new(0.1), &[metric]),
+            "categorical" => {
+                m.compile(CategoricalCrossentropy::default(), SGD::new(0.1), &[metric])
+            }
+            _ => m.compile(
+                SparseCategoricalCrossentropy::default(),
+                SGD::new(0.1),
+                &[metric],
+            ),
         };
         r.unwrap();
     }

@@ -117,12 +117,7 @@ fn a_subclassed_model_trains_with_compile_and_fit_and_predicts() {
         .fit(&x, &y, FitOptions::new(30, 16).verbose(0))
         .unwrap();
     let loss = history.get("loss").unwrap();
-    assert!(
-        loss[29] < 0.5 * loss[0],
-        "loss {} -> {}",
-        loss[0],
-        loss[29]
-    );
+    assert!(loss[29] < 0.5 * loss[0], "loss {} -> {}", loss[0], loss[29]);
     assert_eq!(history.get("mae").unwrap().len(), 30);
     assert_eq!(model.trainable_variables().len(), 5);
     let pred = model.predict(&x, 16).unwrap();
@@ -160,9 +155,8 @@ fn a_subclassed_model_runs_inside_function_and_its_first_call_may_be_traced() {
     let (m, o) = (model.clone(), opt.clone());
     let train_step = function(move |x: &Tensor, y: &Tensor| {
         let tape = GradientTape::new();
-        let loss = tape.record(|| -> Result<Tensor> {
-            Ok((m.call(x, true)? - y).square().mean_all())
-        })?;
+        let loss =
+            tape.record(|| -> Result<Tensor> { Ok((m.call(x, true)? - y).square().mean_all()) })?;
         let vars = m.trainable_variables();
         let grads = tape.gradient(&loss, &vars)?;
         o.apply_gradients(&grads, &vars)?;

@@ -42,10 +42,7 @@ pub fn load_data_from(dir: &Path) -> Result<Splits> {
 }
 
 fn images(idx: &IdxU8) -> Result<Tensor> {
-    Tensor::from_vec(
-        idx.data.iter().map(|&b| b as f32).collect(),
-        &idx.dims,
-    )
+    Tensor::from_vec(idx.data.iter().map(|&b| b as f32).collect(), &idx.dims)
 }
 
 fn labels(idx: &IdxU8) -> Result<Tensor> {

@@ -775,7 +775,10 @@ impl Layer for MaxPooling2D {
             ));
         }
         self.compute_output_shape(&x.shape()[1..])?;
-        note_layer_call(self, x.max_pool2d(self.pool_size, self.stride(), self.padding))
+        note_layer_call(
+            self,
+            x.max_pool2d(self.pool_size, self.stride(), self.padding),
+        )
     }
 
     fn variables(&self) -> Vec<Variable> {

@@ -81,7 +81,10 @@ impl Totals {
 
     /// Adds the number of nonzero entries of a 0/1 `matches` mask over its element count.
     fn add_matches(&self, matches: &Tensor) {
-        self.add(&matches.cast(DType::F64).sum_all(), &count_of(matches.shape()));
+        self.add(
+            &matches.cast(DType::F64).sum_all(),
+            &count_of(matches.shape()),
+        );
     }
 
     fn ratio(&self) -> f64 {
@@ -174,8 +177,10 @@ impl Mean {
 
     /// Adds every element of `values` with weight 1 (`metric(values)` in Keras).
     pub fn update(&self, values: &Tensor) -> Result<()> {
-        self.state
-            .add(&values.cast(DType::F64).sum_all(), &count_of(values.shape()));
+        self.state.add(
+            &values.cast(DType::F64).sum_all(),
+            &count_of(values.shape()),
+        );
         Ok(())
     }
 

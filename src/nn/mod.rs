@@ -77,8 +77,8 @@ pub use metrics::{
 };
 pub use model::{input, input_named, Model, Sequential, SymbolicTensor};
 pub use naming::{set_seed, unique_name};
-pub use subclass::Module;
 pub use optimizers::{
     Adam, AdamW, CosineDecay, ExponentialDecay, LearningRate, LearningRateSchedule, Optimizer,
     RMSprop, SGD,
 };
+pub use subclass::Module;

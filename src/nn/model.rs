@@ -234,7 +234,11 @@ impl Net {
 
     pub(crate) fn trainable_variables(&self) -> Vec<Variable> {
         if let Some(m) = &self.module {
-            return m.variables().into_iter().filter(|v| v.trainable()).collect();
+            return m
+                .variables()
+                .into_iter()
+                .filter(|v| v.trainable())
+                .collect();
         }
         self.layers()
             .iter()
