@@ -150,10 +150,9 @@ fn main() -> Result<()> {
             test_accuracy.result() * 100.0,
             epoch_start.elapsed().as_secs_f64()
         );
-        if epoch == 0 {
-            model.summary()?;
-        }
     }
+    // built by its first call: the layers that call used
+    model.summary()?;
     println!(
         "train_step traced {} time(s), test_step {} time(s); total {:.1}s",
         train_step.trace_count(),
