@@ -49,6 +49,7 @@ fn main() -> Result<()> {
 
     // --- the same API on MNIST -----------------------------------------------------------
     let ((x_train, y_train), (x_test, y_test)) = tapeflow::datasets::mnist::load_data()?;
+    let (x_train, x_test) = (x_train / 255.0, x_test / 255.0);
     let x_train = x_train.reshape(&[x_train.shape()[0], 784]);
     let x_test = x_test.reshape(&[x_test.shape()[0], 784]);
     let mnist: Model = Sequential::named("mnist_mlp")

@@ -165,8 +165,10 @@ fn main() -> Result<()> {
     let start = Instant::now();
     let epochs = epochs_from_args();
 
-    // (x_train, y_train), (x_test, y_test) = mnist.load_data(); scaled to [0, 1]
+    // (x_train, y_train), (x_test, y_test) = mnist.load_data()
     let ((x_train, y_train), (x_test, y_test)) = tapeflow::datasets::mnist::load_data()?;
+    // x_train, x_test = x_train / 255.0, x_test / 255.0
+    let (x_train, x_test) = (x_train / 255.0, x_test / 255.0);
     let x_train = x_train.reshape(&[x_train.shape()[0], 784]);
     let x_test = x_test.reshape(&[x_test.shape()[0], 784]);
     println!(

@@ -52,7 +52,9 @@ fn main() -> Result<()> {
 
     let mnist = tapeflow::datasets::mnist::load_data()?;
     let ((x_train, y_train), (x_test, y_test)) = mnist;
-    // x_train / 255.0 is done by load_data; add a channels dimension: x[..., tf.newaxis]
+    // x_train, x_test = x_train / 255.0, x_test / 255.0
+    let (x_train, x_test) = (x_train / 255.0, x_test / 255.0);
+    // add a channels dimension: x[..., tf.newaxis]
     let x_train = first_rows(&x_train, n_train).expand_dims(-1);
     let y_train = first_rows(&y_train, n_train);
     let x_test = first_rows(&x_test, n_test).expand_dims(-1);

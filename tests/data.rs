@@ -3,7 +3,7 @@
 //! and the errors of bad inputs and damaged MNIST files.
 
 use std::path::PathBuf;
-use tapeflow::data::idx::default_mnist_dir;
+use tapeflow::data::idx::{default_mnist_dir, load_mnist_raw};
 use tapeflow::data::Dataset;
 use tapeflow::{DType, Tensor};
 
@@ -223,7 +223,7 @@ fn from_tensor_slices_rejects_mismatched_inputs() {
 }
 
 #[test]
-fn mnist_load_data_gives_scaled_images_and_integer_labels() {
+fn mnist_load_data_gives_the_idx_bytes_and_integer_labels_like_keras() {
     let ((x_train, y_train), (x_test, y_test)) = tapeflow::datasets::mnist::load_data().unwrap();
     assert_eq!(
         (x_train.shape(), x_train.dtype()),
@@ -235,9 +235,25 @@ fn mnist_load_data_gives_scaled_images_and_integer_labels() {
     );
     assert_eq!(x_test.shape(), &[10000, 28, 28]);
     assert_eq!(y_test.shape(), &[10000]);
+    // every value is the IDX byte itself (Keras' uint8 pixels 0..=255), not byte / 255
+    let raw = load_mnist_raw(&default_mnist_dir()).unwrap();
+    for (t, idx) in [
+        (&x_train, &raw.train_images),
+        (&x_test, &raw.test_images),
+        (&y_train, &raw.train_labels),
+        (&y_test, &raw.test_labels),
+    ] {
+        let want: Vec<f64> = idx.data.iter().map(|&b| f64::from(b)).collect();
+        assert!(
+            t.to_vec_f64().unwrap() == want,
+            "values differ from the IDX bytes"
+        );
+    }
     let px = x_test.to_vec_f32().unwrap();
-    assert!(px.iter().all(|v| (0.0..=1.0).contains(v)));
-    assert!(px.contains(&1.0) && px.contains(&0.0));
+    assert!(px.contains(&255.0) && px.contains(&0.0));
+    // the tutorials' `x_test / 255.0` then gives [0, 1] with full ink at exactly 1
+    let scaled = (x_test / 255.0).to_vec_f32().unwrap();
+    assert!(scaled.iter().all(|v| (0.0..=1.0).contains(v)) && scaled.contains(&1.0));
     // the first test digit is a 7, the first training digit a 5 (as everyone knows)
     assert_eq!(y_test.to_vec_i64().unwrap()[0], 7);
     assert_eq!(y_train.to_vec_i64().unwrap()[0], 5);

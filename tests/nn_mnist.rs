@@ -32,6 +32,7 @@ fn mlp() -> Model {
 fn a_few_hundred_mnist_samples_train_well_above_chance() {
     let start = Instant::now();
     let ((x_train, y_train), (x_test, y_test)) = tapeflow::datasets::mnist::load_data().unwrap();
+    let (x_train, x_test) = (x_train / 255.0, x_test / 255.0);
     let x_train = first_rows(&x_train, 800).reshape(&[800, 784]);
     let y_train = first_rows(&y_train, 800);
     let x_test = first_rows(&x_test, 500).reshape(&[500, 784]);

@@ -23,6 +23,8 @@ struct State {
     tracked: HashSet<u64>,
     watched: HashSet<u64>,
     var_reads: HashMap<u64, Vec<Tensor>>,
+    /// The variables of `var_reads`, in the order first watched.
+    watched_vars: Vec<Variable>,
     persistent: bool,
     used: bool,
     ignore_vars: bool,
@@ -75,6 +77,9 @@ pub(crate) fn notify_variable_read(v: &Variable, t: &Tensor) {
 fn watch_var_read(s: &mut State, v: &Variable, t: &Tensor) {
     s.tracked.insert(t.id());
     s.watched.insert(t.id());
+    if !s.var_reads.contains_key(&v.id()) {
+        s.watched_vars.push(v.clone());
+    }
     let reads = s.var_reads.entry(v.id()).or_default();
     if !reads.iter().any(|r| r.id() == t.id()) {
         reads.push(t.clone());
@@ -268,6 +273,23 @@ impl GradientTape {
         let t = crate::trace::context::read_var(v, std::panic::Location::caller())
             .unwrap_or_else(|| v.value());
         watch_var_read(&mut self.state.borrow_mut(), v, &t);
+    }
+
+    /// The variables this tape watches, in the order first watched: trainable variables
+    /// read while recording (unless [`GradientTape::watch_accessed_variables`] is off)
+    /// and those given to [`GradientTape::watch_variable`] (TF's
+    /// `tape.watched_variables()`).
+    ///
+    /// ```
+    /// use tapeflow::{GradientTape, Tensor, Variable};
+    /// let (a, b) = (Variable::new(Tensor::scalar(1.0)), Variable::new(Tensor::scalar(2.0)));
+    /// let tape = GradientTape::new();
+    /// tape.record(|| &b.read() * &a.read());
+    /// let ids: Vec<u64> = tape.watched_variables().iter().map(|v| v.id()).collect();
+    /// assert_eq!(ids, [b.id(), a.id()]);
+    /// ```
+    pub fn watched_variables(&self) -> Vec<Variable> {
+        self.state.borrow().watched_vars.clone()
     }
 
     /// Forgets everything recorded so far (the tape stays usable).

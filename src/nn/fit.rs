@@ -11,7 +11,7 @@
 //! cached in the model do not keep themselves alive through a reference cycle.
 
 use super::losses::Loss;
-use super::metrics::{CategoricalAccuracy, Mean, Metric, SparseCategoricalAccuracy};
+use super::metrics::{metric_by_name, Mean, Metric};
 use super::model::{Model, Net};
 use super::optimizers::Optimizer;
 use crate::data::Dataset;
@@ -189,32 +189,20 @@ fn logs_line(logs: &[(String, f64)]) -> String {
 
 impl Model {
     /// Configures training (`model.compile`): a loss, an optimizer (keep a clone to
-    /// checkpoint it) and metrics by name: `"accuracy"`/`"acc"` (sparse or categorical,
-    /// chosen from the loss, as Keras does), `"sparse_categorical_accuracy"`,
-    /// `"categorical_accuracy"`. An `Err` for an unknown name.
+    /// checkpoint it) and metrics by name as Keras resolves them (see [`metric_by_name`]:
+    /// `"accuracy"` chosen from the loss, `"mae"`, `"mse"`, ...). An `Err` naming an
+    /// unknown metric.
     pub fn compile(
         &self,
         loss: impl Loss + 'static,
         optimizer: impl Optimizer + 'static,
         metrics: &[&str],
     ) -> Result<()> {
-        let mut ms: Vec<Arc<dyn Metric>> = Vec::new();
-        for &m in metrics {
-            ms.push(match m {
-                "accuracy" | "acc" => match loss.name() {
-                    "categorical_crossentropy" => Arc::new(CategoricalAccuracy::named(m)),
-                    "sparse_categorical_crossentropy" => Arc::new(SparseCategoricalAccuracy::named(m)),
-                    other => {
-                        return Err(Error::Invalid(format!(
-                            "compile: cannot infer which accuracy fits the loss `{other}`; pass a metric object with compile_with_metrics"
-                        )))
-                    }
-                },
-                "sparse_categorical_accuracy" => Arc::new(SparseCategoricalAccuracy::new()),
-                "categorical_accuracy" => Arc::new(CategoricalAccuracy::new()),
-                other => return Err(Error::Invalid(format!("compile: unknown metric `{other}`"))),
-            });
-        }
+        let ms = metrics
+            .iter()
+            .map(|m| metric_by_name(m, loss.name()))
+            .collect::<Result<Vec<_>>>()
+            .map_err(|e| Error::Invalid(format!("compile: {e}")))?;
         self.compile_with_metrics(loss, optimizer, ms);
         Ok(())
     }

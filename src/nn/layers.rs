@@ -5,6 +5,9 @@
 //! [`Layer::compute_output_shape`] are *per sample* (without the batch axis), as in
 //! Keras' `input_shape`; `call` takes a batch.
 //!
+//! Built-in layers report each call to a subclassed model's first call, which is how
+//! [`Model::from_module`](super::Model::from_module) finds them (see `subclass`).
+//!
 //! Invariants: a layer is built once, for one per-sample input shape; calling it later
 //! with another shape is an `Err` naming the layer and both shapes. Variables are named
 //! `<layer>/<variable>` and listed in a fixed order (kernel before bias).
@@ -13,6 +16,7 @@ use super::initializers::Initializer;
 use super::model::SymbolicTensor;
 use super::naming::unique_name;
 use super::random;
+use super::subclass::note_layer_call;
 use crate::{DType, Dim, Error, Padding, Result, Tensor, Variable};
 use std::sync::{Mutex, OnceLock};
 
@@ -422,7 +426,7 @@ impl Layer for Dense {
             Some(b) => y + b.read(),
             None => y,
         };
-        Ok(self.activation.apply(&y))
+        note_layer_call(self, self.activation.apply(&y))
     }
 
     fn variables(&self) -> Vec<Variable> {
@@ -660,7 +664,7 @@ impl Layer for Conv2D {
             Some(b) => y + b.read(),
             None => y,
         };
-        Ok(self.activation.apply(&y))
+        note_layer_call(self, self.activation.apply(&y))
     }
 
     fn variables(&self) -> Vec<Variable> {
@@ -771,7 +775,10 @@ impl Layer for MaxPooling2D {
             ));
         }
         self.compute_output_shape(&x.shape()[1..])?;
-        Ok(x.max_pool2d(self.pool_size, self.stride(), self.padding))
+        note_layer_call(
+            self,
+            x.max_pool2d(self.pool_size, self.stride(), self.padding),
+        )
     }
 
     fn variables(&self) -> Vec<Variable> {
@@ -832,7 +839,7 @@ impl Layer for Flatten {
                 "expects a batch (rank ≥ 1), got a scalar".into(),
             ));
         }
-        Ok(x.flatten_batch())
+        note_layer_call(self, x.flatten_batch())
     }
 
     fn variables(&self) -> Vec<Variable> {
@@ -928,7 +935,7 @@ impl Layer for Dropout {
     fn call(&self, x: &Tensor, training: bool) -> Result<Tensor> {
         self.build(&[])?;
         if !training || self.rate == 0.0 {
-            return Ok(x.clone());
+            return note_layer_call(self, x.clone());
         }
         if !x.dtype().is_float() {
             return Err(bad_input(
@@ -950,7 +957,7 @@ impl Layer for Dropout {
         let keep = u
             .ge(&Tensor::scalar_of(DType::F64, self.rate))
             .cast(x.dtype());
-        Ok(x * &keep * (1.0 / (1.0 - self.rate)))
+        note_layer_call(self, x * &keep * (1.0 / (1.0 - self.rate)))
     }
 
     fn variables(&self) -> Vec<Variable> {

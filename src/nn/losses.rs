@@ -36,7 +36,8 @@ pub trait Loss: Send + Sync {
     fn call(&self, y_true: &Tensor, y_pred: &Tensor) -> Result<Tensor>;
 }
 
-fn shape_str(t: &Tensor) -> String {
+/// `f32[b,10]`: a tensor's dtype and shape, symbolic lengths by name.
+pub(crate) fn shape_str(t: &Tensor) -> String {
     let dims: Vec<String> = t
         .shape()
         .iter()
@@ -67,7 +68,7 @@ fn float_pred(loss: &str, y_pred: &Tensor) -> Result<()> {
 
 /// `y_true` in the prediction's dtype and shape: a trailing length-1 axis is added or
 /// dropped to match (`[n]` labels against `[n, 1]` predictions), other differences are errors.
-fn match_targets(loss: &str, y_true: &Tensor, y_pred: &Tensor) -> Result<Tensor> {
+pub(crate) fn match_targets(loss: &str, y_true: &Tensor, y_pred: &Tensor) -> Result<Tensor> {
     let t = y_true.cast(y_pred.dtype());
     if t.shape() == y_pred.shape() {
         return Ok(t);

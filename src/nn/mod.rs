@@ -27,13 +27,15 @@
 //! | `keras.Sequential([...])` | `Sequential::new().add(...).add(...)` |
 //! | `inputs = keras.Input((784,)); x = Dense(64)(inputs)` | `let inputs = input(&[784]); let x = Dense::new(64).apply(&inputs)?;` |
 //! | `keras.Model(inputs, outputs)` | [`Model::new(&inputs, &outputs)?`](Model::new) |
+//! | `class MyModel(keras.Model)`: layers in `__init__`, `def call(self, x)` | a struct of layers with `impl Module for MyModel { fn call(..) }`, then [`Model::from_module(MyModel::new())`](Model::from_module) |
 //! | `model(x, training=True)` | `model.call(&x, true)?` |
 //! | `model.trainable_variables` | [`model.trainable_variables()`](Model::trainable_variables) |
 //! | `model.summary()` | [`model.summary()?`](Model::summary) |
 //! | `SparseCategoricalCrossentropy(from_logits=True)(y, logits)` | `SparseCategoricalCrossentropy::from_logits(true).call(&y, &logits)?` |
 //! | `optimizer.apply_gradients(zip(grads, vars))` | `opt.apply_gradients(&grads, &vars)?` |
-//! | `metric(y, pred)`, `.result()`, `.reset_state()` | `metric.update(&y, &pred)?`, `.result()`, `.reset_state()` |
-//! | `model.compile(loss, optimizer, metrics=["accuracy"])` | `model.compile(loss, opt, &["accuracy"])?` |
+//! | `metric(y, pred)`, `.result()`, `.reset_state()` | `metric.update(&y, &pred)?`, `.result()`, `.reset_state()` (also inside a compiled step) |
+//! | `model.compile(loss, optimizer, metrics=["accuracy", "mae"])` | `model.compile(loss, opt, &["accuracy", "mae"])?` ([`metric_by_name`]) |
+//! | `keras.metrics.MeanSquaredError()` | [`metrics::MeanSquaredError::new()`](metrics::MeanSquaredError) (the loss keeps the name `nn::MeanSquaredError`) |
 //! | `model.fit(x, y, epochs=5, batch_size=32, validation_data=(xv, yv))` | `model.fit(&x, &y, FitOptions::new(5, 32).validation_data(&xv, &yv))?` |
 //! | `model.save_weights(p)`, `tf.train.Checkpoint(model=m, optimizer=o)` | [`model.save_weights(p)?`](Model::save_weights), [`Checkpoint::new(&m).optimizer(&o)`](Checkpoint) |
 //! | `tf.random.set_seed(s)` | [`set_seed(s)`](set_seed) |
@@ -54,11 +56,12 @@ mod fit;
 mod initializers;
 mod layers;
 mod losses;
-mod metrics;
+pub mod metrics;
 mod model;
 mod naming;
 mod optimizers;
 mod random;
+mod subclass;
 
 pub use checkpoint::{load_variables, save_variables, Checkpoint};
 pub use fit::{FitOptions, History};
@@ -68,10 +71,14 @@ pub use losses::{
     BinaryCrossentropy, CategoricalCrossentropy, Loss, MeanSquaredError,
     SparseCategoricalCrossentropy,
 };
-pub use metrics::{CategoricalAccuracy, Mean, Metric, SparseCategoricalAccuracy};
+pub use metrics::{
+    metric_by_name, BinaryAccuracy, CategoricalAccuracy, Mean, MeanAbsoluteError, Metric,
+    SparseCategoricalAccuracy,
+};
 pub use model::{input, input_named, Model, Sequential, SymbolicTensor};
 pub use naming::{set_seed, unique_name};
 pub use optimizers::{
     Adam, AdamW, CosineDecay, ExponentialDecay, LearningRate, LearningRateSchedule, Optimizer,
     RMSprop, SGD,
 };
+pub use subclass::Module;

@@ -14,6 +14,7 @@
 
 use super::layers::Layer;
 use super::naming::unique_name;
+use super::subclass::{self, LayerRecord, Module, ModuleState};
 use crate::{Dim, Error, Result, Tensor, Variable};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -95,6 +96,8 @@ pub(crate) struct Net {
     pub(crate) input_name: Option<String>,
     pub(crate) input_shape: Mutex<Option<Vec<usize>>>,
     pub(crate) layers: RwLock<Vec<Arc<dyn Layer>>>,
+    /// A subclassed model's struct: then `layers` stays empty and the module computes.
+    pub(crate) module: Option<Arc<ModuleState>>,
 }
 
 fn type_str(t: &Tensor) -> String {
@@ -113,6 +116,15 @@ impl Net {
 
     /// Builds every layer for the input shape (known or given), in order.
     pub(crate) fn build(&self, input_shape: &[usize]) -> Result<()> {
+        if let Some(m) = &self.module {
+            // Keras builds a subclassed model by calling it on a placeholder batch
+            if !m.is_built() {
+                let mut shape = vec![1];
+                shape.extend_from_slice(input_shape);
+                self.forward(&Tensor::zeros(&shape), false)?;
+            }
+            return Ok(());
+        }
         {
             let mut known = self.input_shape.lock().expect("model lock");
             match known.as_ref() {
@@ -134,8 +146,46 @@ impl Net {
         Ok(())
     }
 
-    /// The forward pass on a batch.
+    /// The forward pass on a batch. Called during a subclassed model's first call, the
+    /// model reports itself as one layer (its own layers are not listed there).
     pub(crate) fn forward(&self, x: &Tensor, training: bool) -> Result<Tensor> {
+        if !subclass::is_recording() {
+            return self.forward_unrecorded(x, training);
+        }
+        let (y, _) = subclass::scoped(None, || self.forward_unrecorded(x, training));
+        let y = y?;
+        subclass::record(|| LayerRecord {
+            name: self.name.clone(),
+            class_name: self.class_name().to_string(),
+            variables: self.variables(),
+            params: self.count_params(),
+            output_shape: y.shape().get(1..).map(|s| s.to_vec()),
+        });
+        Ok(y)
+    }
+
+    /// Keras' class name of the model: `Sequential`, `Functional` or the struct's name.
+    fn class_name(&self) -> &str {
+        match &self.module {
+            Some(m) => &m.class_name,
+            None if self.functional => "Functional",
+            None => "Sequential",
+        }
+    }
+
+    fn count_params(&self) -> usize {
+        match &self.module {
+            Some(m) => m
+                .layer_records()
+                .unwrap_or_default()
+                .iter()
+                .map(|l| l.params)
+                .sum(),
+            None => self.layers().iter().map(|l| l.count_params()).sum(),
+        }
+    }
+
+    fn forward_unrecorded(&self, x: &Tensor, training: bool) -> Result<Tensor> {
         if x.rank() == 0 {
             return Err(Error::Invalid(format!(
                 "model `{}` expects a batch (batch axis first), got a scalar",
@@ -144,7 +194,8 @@ impl Net {
         }
         let known = self.input_shape.lock().expect("model lock").clone();
         match known {
-            Some(s) if s != x.shape()[1..] => {
+            // a subclassed model's layers check their own inputs
+            Some(s) if self.module.is_none() && s != x.shape()[1..] => {
                 return Err(Error::Invalid(format!(
                     "model `{}` expects batches of shape [n, {}] (per-sample shape {s:?}), got {}",
                     self.name,
@@ -156,7 +207,16 @@ impl Net {
                 )))
             }
             Some(_) => {}
+            None if self.module.is_some() => {}
             None => self.build(&x.shape()[1..])?,
+        }
+        if let Some(m) = &self.module {
+            let y = m.call(x, training)?;
+            let mut known = self.input_shape.lock().expect("model lock");
+            if known.is_none() {
+                *known = Some(x.shape()[1..].to_vec());
+            }
+            return Ok(y);
         }
         let mut h = x.clone();
         for l in self.layers() {
@@ -166,10 +226,20 @@ impl Net {
     }
 
     pub(crate) fn variables(&self) -> Vec<Variable> {
+        if let Some(m) = &self.module {
+            return m.variables();
+        }
         self.layers().iter().flat_map(|l| l.variables()).collect()
     }
 
     pub(crate) fn trainable_variables(&self) -> Vec<Variable> {
+        if let Some(m) = &self.module {
+            return m
+                .variables()
+                .into_iter()
+                .filter(|v| v.trainable())
+                .collect();
+        }
         self.layers()
             .iter()
             .flat_map(|l| l.trainable_variables())
@@ -241,6 +311,7 @@ impl Model {
             input_name: Some(input_name),
             input_shape: Mutex::new(Some(inputs.shape.clone())),
             layers: RwLock::new(layers),
+            module: None,
         }))
     }
 
@@ -328,7 +399,7 @@ impl Model {
     /// Number of scalars in all layers' parameters.
     pub fn count_params(&self) -> usize {
         self.net.ensure_built();
-        self.layers().iter().map(|l| l.count_params()).sum()
+        self.net.count_params()
     }
 
     /// The Keras-style summary table (layers, output shapes, parameter counts).
@@ -344,7 +415,7 @@ impl Model {
         self.net.build(&input_shape)?;
         let shape_str = |s: &[usize]| {
             let dims: Vec<String> = std::iter::once("None".to_string())
-                .chain(s.iter().map(|d| d.to_string()))
+                .chain(s.iter().map(|&d| Dim::from_raw(d).to_string()))
                 .collect();
             if s.is_empty() {
                 "(None,)".to_string()
@@ -375,6 +446,21 @@ impl Model {
         let _ = writeln!(out, "{}", row(["Layer (type)", "Output Shape", "Param #"]));
         let _ = writeln!(out, "{}", "=".repeat(width));
         let mut rows: Vec<[String; 3]> = Vec::new();
+        // each row's variables, and whether its non-trainable ones count as parameters
+        let mut owners: Vec<(Vec<Variable>, bool)> = Vec::new();
+        if let Some(m) = &self.net.module {
+            // what the first call used; "multiple" for a layer called with several shapes
+            for l in m.layer_records().unwrap_or_default() {
+                rows.push([
+                    format!("{} ({})", l.name, l.class_name),
+                    l.output_shape
+                        .as_deref()
+                        .map_or_else(|| "multiple".to_string(), shape_str),
+                    l.params.to_string(),
+                ]);
+                owners.push((l.variables, l.params > 0));
+            }
+        }
         if let (true, Some(name)) = (self.net.functional, &self.net.input_name) {
             rows.push([
                 format!("{name} (InputLayer)"),
@@ -390,6 +476,7 @@ impl Model {
                 shape_str(&shape),
                 l.count_params().to_string(),
             ]);
+            owners.push((l.variables(), l.count_params() > 0));
         }
         let blank = " ".repeat(width);
         for (i, r) in rows.iter().enumerate() {
@@ -400,9 +487,8 @@ impl Model {
         }
         let (mut trainable, mut frozen, mut bytes_t, mut bytes_f) =
             (0usize, 0usize, 0usize, 0usize);
-        for l in self.layers() {
-            let counted = l.count_params() > 0;
-            for v in l.variables() {
+        for (vars, counted) in owners {
+            for v in vars {
                 let n: usize = v.shape().iter().product();
                 let b = n * v.dtype().size();
                 if v.trainable() {
@@ -485,6 +571,7 @@ impl Sequential {
                 input_name: None,
                 input_shape: Mutex::new(None),
                 layers: RwLock::new(Vec::new()),
+                module: None,
             }),
         }
     }
@@ -538,5 +625,46 @@ impl std::ops::Deref for Sequential {
 impl From<Sequential> for Model {
     fn from(s: Sequential) -> Model {
         s.model
+    }
+}
+
+/// Subclassed models (see [`Module`]).
+impl Model {
+    /// A subclassed model (Keras' `class MyModel(Model)`): `module.call` is the forward
+    /// pass. Named after the struct the Keras way (`MyModel` → `my_model`, `my_model_1`, ...).
+    ///
+    /// The model is built by its first call (or [`Model::build`], which calls it on a
+    /// batch of one zero f32 sample): that call finds the layers and variables (see
+    /// `nn::subclass`); before it `trainable_variables()` is empty and `summary()`,
+    /// `save_weights` are errors. Then `compile`/`fit`/`evaluate`/`predict`, `summary()`
+    /// (the layers the first call used, with their per-sample output shapes),
+    /// checkpoints and `function` work as for any model. [`Model::layers`] stays empty:
+    /// the layers are the struct's fields.
+    pub fn from_module<M: Module>(module: M) -> Model {
+        let class = ModuleState::new(module);
+        let name = unique_name(&subclass::snake_case(&class.class_name));
+        Model::with_module(name, class)
+    }
+
+    /// [`Model::from_module`] with a name.
+    pub fn from_module_named<M: Module>(name: &str, module: M) -> Model {
+        Model::with_module(name.to_string(), ModuleState::new(module))
+    }
+
+    fn with_module(name: String, module: ModuleState) -> Model {
+        Model::from_net(Net {
+            name,
+            functional: false,
+            input_name: None,
+            input_shape: Mutex::new(None),
+            layers: RwLock::new(Vec::new()),
+            module: Some(Arc::new(module)),
+        })
+    }
+
+    /// The struct of a subclassed model, if this model is one and it is an `M` (to reach
+    /// its fields: `model.module::<MyModel>().unwrap().d1.kernel()`).
+    pub fn module<M: Module>(&self) -> Option<&M> {
+        self.net.module.as_ref()?.downcast::<M>()
     }
 }
