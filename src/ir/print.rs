@@ -140,8 +140,14 @@ fn same_bits(a: &Data, b: &Data) -> bool {
         return false;
     }
     match (a, b) {
-        (Data::F32(x), Data::F32(y)) => x.iter().zip(y.iter()).all(|(p, q)| p.to_bits() == q.to_bits()),
-        (Data::F64(x), Data::F64(y)) => x.iter().zip(y.iter()).all(|(p, q)| p.to_bits() == q.to_bits()),
+        (Data::F32(x), Data::F32(y)) => x
+            .iter()
+            .zip(y.iter())
+            .all(|(p, q)| p.to_bits() == q.to_bits()),
+        (Data::F64(x), Data::F64(y)) => x
+            .iter()
+            .zip(y.iter())
+            .all(|(p, q)| p.to_bits() == q.to_bits()),
         (Data::I64(x), Data::I64(y)) => x == y,
         _ => false,
     }
@@ -150,8 +156,7 @@ fn same_bits(a: &Data, b: &Data) -> bool {
 /// Whether a constant's inline text reads back to the same bits.
 fn text_round_trips(d: &Data) -> bool {
     let text = const_text(d);
-    super::parse::parse_const(&text, d.dtype(), &d.shape())
-        .is_ok_and(|back| same_bits(&back, d))
+    super::parse::parse_const(&text, d.dtype(), &d.shape()).is_ok_and(|back| same_bits(&back, d))
 }
 
 /// [`print`], with the constants that do not round-trip through text moved to

@@ -116,8 +116,11 @@ fn from_le_bytes(dtype: DType, shape: &[usize], bytes: &[u8]) -> std::result::Re
             .map_err(|e| e.to_string())
     }
     let chunks = |n: usize| {
-        if bytes.len() % n != 0 {
-            return Err(format!("{} bytes are not a whole number of elements", bytes.len()));
+        if !bytes.len().is_multiple_of(n) {
+            return Err(format!(
+                "{} bytes are not a whole number of elements",
+                bytes.len()
+            ));
         }
         Ok(bytes.chunks_exact(n))
     };
@@ -178,7 +181,10 @@ fn deserialize(dir: &Path, file: &str) -> Result<Buffers> {
         let dtype = from_st_dtype(view.dtype()).ok_or_else(|| {
             bad(
                 dir,
-                format!("{file}: `{name}` has the unsupported dtype {:?}", view.dtype()),
+                format!(
+                    "{file}: `{name}` has the unsupported dtype {:?}",
+                    view.dtype()
+                ),
             )
         })?;
         let data = from_le_bytes(dtype, view.shape(), view.data())
@@ -234,7 +240,12 @@ fn parse_manifest(dir: &Path, text: &str) -> Result<Manifest> {
         .map(|(i, l)| {
             l.split_once(':')
                 .map(|(k, v)| (i + 1, k.trim(), v.trim()))
-                .ok_or_else(|| bad(dir, format!("{MANIFEST} line {}: `{l}` is not `key: value`", i + 1)))
+                .ok_or_else(|| {
+                    bad(
+                        dir,
+                        format!("{MANIFEST} line {}: `{l}` is not `key: value`", i + 1),
+                    )
+                })
         })
         .collect::<Result<_>>()?;
     let one = |key: &str| -> Result<&str> {
@@ -242,16 +253,19 @@ fn parse_manifest(dir: &Path, text: &str) -> Result<Manifest> {
         match (found.next(), found.next()) {
             (Some(&(_, _, v)), None) => Ok(v),
             (None, _) => Err(bad(dir, format!("{MANIFEST} has no `{key}:` line"))),
-            (Some(_), Some(&(n, _, _))) => {
-                Err(bad(dir, format!("{MANIFEST} line {n}: a second `{key}:` line")))
-            }
+            (Some(_), Some(&(n, _, _))) => Err(bad(
+                dir,
+                format!("{MANIFEST} line {n}: a second `{key}:` line"),
+            )),
         }
     };
     let format = one("format")?;
     if format != FORMAT {
         return Err(bad(
             dir,
-            format!("{MANIFEST} says `format: {format}`, not a tapeflow function export (`{FORMAT}`)"),
+            format!(
+                "{MANIFEST} says `format: {format}`, not a tapeflow function export (`{FORMAT}`)"
+            ),
         ));
     }
     let version = one("version")?;
@@ -290,9 +304,8 @@ fn parse_manifest(dir: &Path, text: &str) -> Result<Manifest> {
         config: PassConfig::default(),
     };
     for &(n, key, value) in &entries {
-        let ty = || {
-            ir::parse_type(value).map_err(|e| bad(dir, format!("{MANIFEST} line {n}: {e}")))
-        };
+        let ty =
+            || ir::parse_type(value).map_err(|e| bad(dir, format!("{MANIFEST} line {n}: {e}")));
         match key {
             "format" | "version" | "program" => {}
             "input" => m.inputs.push(ty()?),
@@ -309,7 +322,10 @@ fn parse_manifest(dir: &Path, text: &str) -> Result<Manifest> {
             },
             "min_fused_elems" if symbolic => {
                 m.config.min_fused_elems = value.parse().map_err(|_| {
-                    bad(dir, format!("{MANIFEST} line {n}: `{value}` is not a number"))
+                    bad(
+                        dir,
+                        format!("{MANIFEST} line {n}: `{value}` is not a number"),
+                    )
                 })?
             }
             "disabled_pass" if symbolic => m.config.disabled.push(value.to_string()),
@@ -352,7 +368,11 @@ pub(super) fn write(c: &ConcreteFunction, dir: &Path) -> Result<()> {
         false => None,
     };
     // the variables the texts use, in the order the graph first used them
-    let source = if program.is_symbolic() { traced } else { optimized };
+    let source = if program.is_symbolic() {
+        traced
+    } else {
+        optimized
+    };
     let used = |name: &str| {
         graph_back.vars.iter().any(|v| v.name == name)
             || traced_part
@@ -447,7 +467,9 @@ fn replaceable(dir: &Path) -> bool {
 fn install(dir: &Path, files: &[(&str, Vec<u8>)]) -> Result<()> {
     let name = dir
         .file_name()
-        .ok_or_else(|| Error::Function(format!("export: {} is not a directory path", dir.display())))?
+        .ok_or_else(|| {
+            Error::Function(format!("export: {} is not a directory path", dir.display()))
+        })?
         .to_string_lossy()
         .into_owned();
     let parent = match dir.parent() {
@@ -541,12 +563,14 @@ fn load_graph(
     constants: &mut HashMap<String, Data>,
     prefix: &str,
 ) -> Result<Graph> {
-    let text = std::fs::read_to_string(dir.join(file)).map_err(|e| bad(dir, format!("{file}: {e}")))?;
+    let text =
+        std::fs::read_to_string(dir.join(file)).map_err(|e| bad(dir, format!("{file}: {e}")))?;
     let mut table = Vec::new();
     while let Some(d) = constants.remove(&format!("{prefix}/{}", table.len())) {
         table.push(d);
     }
-    let g = ir::parse_with_constants(&text, &table).map_err(|e| bad(dir, format!("{file}: {e}")))?;
+    let g =
+        ir::parse_with_constants(&text, &table).map_err(|e| bad(dir, format!("{file}: {e}")))?;
     ir::verify(&g).map_err(|e| bad(dir, format!("{file}: {e}")))?;
     Ok(g)
 }
@@ -709,7 +733,12 @@ fn load_variables(dir: &Path, graph: &Graph, traced: Option<&Graph>) -> Result<V
     }
     let lines = |key: &str| -> Vec<String> {
         meta.get(key)
-            .map(|s| s.split('\n').filter(|n| !n.is_empty()).map(str::to_string).collect())
+            .map(|s| {
+                s.split('\n')
+                    .filter(|n| !n.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
             .unwrap_or_default()
     };
     // the saved order when it names exactly these variables, else graph order
