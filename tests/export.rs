@@ -151,6 +151,32 @@ fn assert_same_lines(got: &[String], want: &[String]) {
 }
 
 #[test]
+fn a_loaded_function_called_from_many_threads_loses_no_update() {
+    let dir = TempDir::new("export_threads");
+    let n = Variable::non_trainable("n", Tensor::scalar(0.0f32));
+    let n2 = n.clone();
+    let count = function(move |x: &Tensor| {
+        n2.assign_add(x);
+        Ok(n2.read())
+    });
+    let one = Tensor::scalar(1.0f32);
+    count
+        .concrete(&[&one])
+        .unwrap()
+        .export(dir.path("count"))
+        .unwrap();
+    let f = load_function(dir.path("count")).unwrap();
+    assert!(!f.variables()[0].trainable(), "trainability is kept");
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| (0..25).for_each(|_| drop(f.call(std::slice::from_ref(&one)).unwrap())));
+        }
+    });
+    assert_eq!(f.variables()[0].value().to_vec_f32().unwrap(), [100.0]);
+    assert_eq!(n.value().to_vec_f32().unwrap(), [0.0]);
+}
+
+#[test]
 fn exported_functions_run_bit_for_bit_in_this_process() {
     let dir = TempDir::new("export_in_process");
     let all = export_all(&dir);
@@ -469,7 +495,7 @@ fn exporting_replaces_an_earlier_export_but_nothing_else() {
     });
     let one = Tensor::scalar(1.0f32);
     let c = f.concrete(&[&one]).unwrap();
-    let target = dir.path("step");
+    let target = dir.path("nested").join("step"); // the parent is created
     c.export(&target).unwrap();
     f.call(&one).unwrap(); // w = 2
     c.export(&target).unwrap(); // replaces the export holding w = 1
@@ -479,7 +505,7 @@ fn exporting_replaces_an_earlier_export_but_nothing_else() {
     assert_eq!(g.variables()[0].value().to_vec_f32().unwrap(), [3.0]);
     assert_eq!(w.value().to_vec_f32().unwrap(), [2.0]);
     // no temporary or old directories are left behind
-    assert_eq!(dir.files(), ["step"]);
+    assert_eq!(files_of(&dir.path("nested")), ["step"]);
     // a directory holding something else is left alone
     let other = dir.path("notes");
     std::fs::create_dir(&other).unwrap();
@@ -490,5 +516,5 @@ fn exporting_replaces_an_earlier_export_but_nothing_else() {
         std::fs::read_to_string(other.join("todo.txt")).unwrap(),
         "keep me"
     );
-    assert_eq!(dir.files(), ["notes", "step"]);
+    assert_eq!(dir.files(), ["nested", "notes"]);
 }

@@ -2,27 +2,7 @@
 //! [`ConcreteFunction`] written to a directory that [`load_function`] runs in another
 //! process, without the closure that was traced.
 //!
-//! An export is a directory of five files:
-//!
-//! | file | holds |
-//! | --- | --- |
-//! | `manifest.txt` | `format: tapeflow-function`, `version:` ([`EXPORT_FORMAT_VERSION`]), `program: concrete` or `symbolic`, one `input:` and one `output:` line per argument and result (`f32[b,784]`: symbols by name), and for a symbolic program the pass pipeline each batch size runs |
-//! | `graph.ir` | the optimized graph in canonical text IR ([`crate::ir::print_with_constants`]): what runs for a concrete signature |
-//! | `traced.ir` | for a symbolic signature only: the graph as traced, which each binding of the symbols specializes and optimizes, exactly as the exported function does (so every batch size gets the bits it got there) |
-//! | `constants.safetensors` | the constants whose text would not read back bit for bit (more than [`crate::ir::MAX_CONST_ELEMS`] elements, ...): `graph/k` and `traced/k` are the IR's `@k` |
-//! | `variables.safetensors` | the current values of the variables the graphs read or assign, keyed by their names in the IR |
-//!
-//! Writing is atomic: the files go to a fresh temporary directory next to the target
-//! (`.<name>.tmp-<pid>-<n>`), each flushed to disk, and the directory is renamed into
-//! place. An earlier export at the target is replaced (renamed aside, then removed); a
-//! reader in between the two renames finds no export (an `Err`), never a mix of two. A
-//! directory that is not an export is never replaced. The variable values are read at
-//! one instant, so an export taken while another thread trains is one step's state.
-//!
-//! Loading checks everything before it runs anything: the format and version, that the
-//! IR parses and verifies, that the manifest's signature is the graph's, and that the
-//! variables file holds exactly the graph's variables with their dtypes and shapes. Each
-//! problem is an `Err` naming the file and what is wrong.
+//! The format is described on [`LoadedFunction`].
 
 use super::function::ConcreteFunction;
 use super::program::Program;
@@ -476,6 +456,7 @@ fn install(dir: &Path, files: &[(&str, Vec<u8>)]) -> Result<()> {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
+    std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
     let exists = dir.exists();
     if exists && (!dir.is_dir() || !replaceable(dir)) {
         return Err(Error::Function(format!(
@@ -536,6 +517,32 @@ fn install(dir: &Path, files: &[(&str, Vec<u8>)]) -> Result<()> {
 /// binding (batch size), each specialized and optimized on its first call exactly as the
 /// exported function did, and kept ([`crate::trace::DEFAULT_INSTANCES`] bindings).
 /// Calls from many threads behave as a [`crate::Function`]'s do.
+///
+/// # The export format
+/// An export ([`ConcreteFunction::export`]) is a directory of four files (five for a
+/// symbolic signature):
+///
+/// | file | holds |
+/// | --- | --- |
+/// | `manifest.txt` | `format: tapeflow-function`, `version:` ([`EXPORT_FORMAT_VERSION`]), `program: concrete` or `symbolic`, one `input:` and one `output:` line per argument and result (`f32[b,784]`: symbols by name), and for a symbolic program the pass pipeline each batch size runs |
+/// | `graph.ir` | the optimized graph in canonical text IR ([`crate::ir::print_with_constants`]): what runs for a concrete signature |
+/// | `traced.ir` | for a symbolic signature only: the graph as traced, which each binding of the symbols specializes and optimizes, exactly as the exported function does (so every batch size gets the bits it got there) |
+/// | `constants.safetensors` | the constants whose text would not read back bit for bit (more than [`crate::ir::MAX_CONST_ELEMS`] elements, ...): `graph/k` and `traced/k` are the IR's `@k` |
+/// | `variables.safetensors` | the current values of the variables the graphs read or assign, keyed by their names in the IR |
+///
+/// Writing is atomic: the files go to a fresh temporary directory next to the target
+/// (`.<name>.tmp-<pid>-<n>`), each flushed to disk, and the directory is renamed into
+/// place (its parent is created if needed). An earlier export at the target is
+/// replaced as a whole (renamed aside, then removed); a reader in between the two renames
+/// finds no export (an `Err`), never a mix of two. A directory that is neither empty nor
+/// an export is never replaced. A process that dies mid-export leaves its temporary
+/// directory behind (nothing else); remove it by hand. The variable values are read at
+/// one instant, so an export taken while another thread trains is one step's state.
+///
+/// Loading checks everything before it runs anything: the format and version, that the
+/// IR parses and verifies, that the manifest's signature is the graph's, and that the
+/// variables file holds exactly the graph's variables with their dtypes and shapes. Each
+/// problem is an `Err` naming the file and what is wrong.
 pub struct LoadedFunction {
     dir: PathBuf,
     signature: Signature,
