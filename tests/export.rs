@@ -518,3 +518,21 @@ fn exporting_replaces_an_earlier_export_but_nothing_else() {
     );
     assert_eq!(dir.files(), ["nested", "notes"]);
 }
+
+#[test]
+fn a_variable_name_the_text_ir_cannot_hold_is_an_export_error() {
+    let dir = TempDir::new("export_bad_names");
+    for name in ["two\nlines", "a]b"] {
+        let v = Variable::named(name, Tensor::scalar(1.0f32));
+        let f = function(move |x: &Tensor| Ok(x * &v.read()));
+        let one = Tensor::scalar(1.0f32);
+        let e = f
+            .concrete(&[&one])
+            .unwrap()
+            .export(dir.path("bad"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not read back"), "{name:?}: {e}");
+        assert!(dir.files().is_empty(), "nothing is written for {name:?}");
+    }
+}

@@ -332,7 +332,12 @@ fn printed(g: &Graph, file: &str) -> Result<(String, Vec<Data>, Graph)> {
         .ok_or_else(|| {
             Error::Function(format!(
                 "export: the {file} text of this graph does not read back to the same graph \
-                 (a variable name with brackets, `;` or a line break?):\n{text}"
+                 (a variable name with brackets, `;` or a line break? The variables: {})",
+                g.vars
+                    .iter()
+                    .map(|v| format!("{:?}", v.name))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))
         })?;
     Ok((text, constants, back))
