@@ -62,4 +62,7 @@ pub use error::{Error, Result};
 pub use ops::Padding;
 pub use tensor::Dim;
 pub use tensor::{DType, Data, Shape, Tensor, Variable};
-pub use trace::{function, function_with, function_with_signature, Function, TensorSpec};
+pub use trace::{
+    function, function_with, function_with_signature, load_function, Function, LoadedFunction,
+    TensorSpec,
+};

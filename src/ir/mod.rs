@@ -7,6 +7,6 @@ mod verify;
 
 pub use fused::{Arg, FusedExpr, Inst};
 pub use graph::{Graph, GraphVar, Node, NodeId};
-pub use parse::{parse, parse_type};
-pub use print::{const_text, print, to_dot, MAX_CONST_ELEMS};
+pub use parse::{parse, parse_type, parse_with_constants};
+pub use print::{const_text, print, print_with_constants, to_dot, MAX_CONST_ELEMS};
 pub use verify::verify;

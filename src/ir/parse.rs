@@ -62,7 +62,12 @@ fn split_top(s: &str) -> Vec<&str> {
     out
 }
 
-fn parse_const(text: &str, dtype: DType, shape: &[usize]) -> std::result::Result<Data, String> {
+/// A constant's value from its inline text (`1.5`, `[1, 2]`).
+pub(super) fn parse_const(
+    text: &str,
+    dtype: DType,
+    shape: &[usize],
+) -> std::result::Result<Data, String> {
     if text.starts_with('<') {
         return Err("large constants (`<N elements>`) are not representable in text".into());
     }
@@ -156,6 +161,39 @@ fn parse_inst(t: &str, index: usize) -> std::result::Result<Inst, String> {
 
 /// Parses a graph from its text form.
 pub fn parse(text: &str) -> Result<Graph> {
+    parse_with_constants(text, &[])
+}
+
+/// The constant `@k` of the table, checked against the line's declared type.
+fn external_const(
+    reference: &str,
+    dtype: DType,
+    shape: &[usize],
+    table: &[Data],
+) -> std::result::Result<Data, String> {
+    let k: usize = reference[1..]
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad constant reference `{reference}`"))?;
+    let d = table.get(k).ok_or_else(|| {
+        format!(
+            "constant `@{k}` is not in the constant table ({} constants)",
+            table.len()
+        )
+    })?;
+    if d.dtype() != dtype || d.shape()[..] != *shape {
+        return Err(format!(
+            "constant `@{k}` is {} in the table, the line declares {}",
+            crate::tensor::type_str(d.dtype(), &d.shape()),
+            crate::tensor::type_str(dtype, shape)
+        ));
+    }
+    Ok(d.clone())
+}
+
+/// Parses a graph printed by [`crate::ir::print_with_constants`]: `const @k` takes
+/// element `k` of `constants` (whose dtype and shape must be the line's type).
+pub fn parse_with_constants(text: &str, constants: &[Data]) -> Result<Graph> {
     let mut g = Graph::new();
     let mut ids: HashMap<String, NodeId> = HashMap::new();
     let mut lines = text
@@ -216,7 +254,12 @@ pub fn parse(text: &str) -> Result<Graph> {
                 return Err(err(n, line, format!("`{name}` needs a concrete shape")));
             }
             "const" => {
-                node.value = Some(parse_const(rest, dtype, &shape).map_err(|e| err(n, line, e))?)
+                let value = if rest.starts_with('@') {
+                    external_const(rest, dtype, &shape, constants)
+                } else {
+                    parse_const(rest, dtype, &shape)
+                };
+                node.value = Some(value.map_err(|e| err(n, line, e))?)
             }
             "read_var" | "assign" => {
                 let var = GraphVar {

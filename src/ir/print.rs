@@ -24,6 +24,9 @@
 //! Numbers are assigned at print time in [`Graph::canonical_order`], so the text depends
 //! only on the graph's structure. Dead nodes are not printed. Constants with more than
 //! [`MAX_CONST_ELEMS`] elements print as `<N elements>`, which the parser rejects.
+//! [`print_with_constants`] prints every constant whose text would not read back
+//! bit for bit (large ones, i64 values beyond 2⁵³, NaN payloads) as a reference `@k`
+//! into a table it returns instead; [`crate::ir::parse_with_constants`] reads it back.
 
 use super::fused::{Arg, FusedExpr};
 use super::graph::{Graph, NodeId};
@@ -102,6 +105,63 @@ fn numbering(g: &Graph, order: &[NodeId]) -> Vec<usize> {
 
 /// Prints the graph; with `locations`, each line ends with `; file:line` of its source.
 pub fn print(g: &Graph, locations: bool) -> String {
+    print_impl(g, locations, None)
+}
+
+/// Prints the graph (without locations) so that it reads back exactly: a constant whose
+/// inline text would not parse back to the same bits (more than [`MAX_CONST_ELEMS`]
+/// elements, an i64 beyond 2⁵³, a NaN with a payload) prints as `const @k`, and its
+/// value is element `k` of the returned table. [`crate::ir::parse_with_constants`]
+/// with the same table gives the graph back.
+///
+/// ```
+/// use tapeflow::ir::{parse_with_constants, print_with_constants, Graph, Node};
+/// use tapeflow::ops::Op;
+/// use tapeflow::{DType, Data, Shape};
+/// let mut g = Graph::new();
+/// let mut c = Node::new(Op::Const, DType::F32, Shape::from_slice(&[100]));
+/// c.value = Some(Data::full(DType::F32, &[100], 0.1));
+/// let c = g.add(c, &[]);
+/// g.outputs.push(c);
+/// let (text, table) = print_with_constants(&g);
+/// assert!(text.contains("const @0 : f32[100]"), "{text}");
+/// let back = parse_with_constants(&text, &table).unwrap();
+/// assert_eq!(back.node(back.outputs[0]).value, Some(table[0].clone()));
+/// ```
+pub fn print_with_constants(g: &Graph) -> (String, Vec<Data>) {
+    let mut table = Vec::new();
+    let text = print_impl(g, false, Some(&mut table));
+    (text, table)
+}
+
+/// Whether two buffers hold the same dtype, shape and element bits.
+fn same_bits(a: &Data, b: &Data) -> bool {
+    if a.shape() != b.shape() {
+        return false;
+    }
+    match (a, b) {
+        (Data::F32(x), Data::F32(y)) => x
+            .iter()
+            .zip(y.iter())
+            .all(|(p, q)| p.to_bits() == q.to_bits()),
+        (Data::F64(x), Data::F64(y)) => x
+            .iter()
+            .zip(y.iter())
+            .all(|(p, q)| p.to_bits() == q.to_bits()),
+        (Data::I64(x), Data::I64(y)) => x == y,
+        _ => false,
+    }
+}
+
+/// Whether a constant's inline text reads back to the same bits.
+fn text_round_trips(d: &Data) -> bool {
+    let text = const_text(d);
+    super::parse::parse_const(&text, d.dtype(), &d.shape()).is_ok_and(|back| same_bits(&back, d))
+}
+
+/// [`print`], with the constants that do not round-trip through text moved to
+/// `externals` when it is given.
+fn print_impl(g: &Graph, locations: bool, mut externals: Option<&mut Vec<Data>>) -> String {
     let order = g.canonical_order();
     let num = numbering(g, &order);
     let name = |n: &NodeId| format!("%{}", num[n.index()]);
@@ -128,7 +188,15 @@ pub fn print(g: &Graph, locations: bool) -> String {
             attr_text(g, &node.op)
         );
         if let Some(v) = &node.value {
-            let _ = write!(line, " {}", const_text(v));
+            match externals.as_deref_mut() {
+                Some(table) if !text_round_trips(v) => {
+                    let _ = write!(line, " @{}", table.len());
+                    table.push(v.clone());
+                }
+                _ => {
+                    let _ = write!(line, " {}", const_text(v));
+                }
+            }
         }
         if !operands.is_empty() {
             let _ = write!(line, " {}", operands.join(", "));

@@ -21,9 +21,10 @@
 //!   and the function stays usable (nothing is cached for that signature).
 
 use super::context;
+use super::program::Program;
 use super::signature::{self, Signature, TensorSpec};
 use crate::error::{Error, Result};
-use crate::exec::{Plan, RunStats};
+use crate::exec::Plan;
 use crate::ir::Graph;
 use crate::passes::{PassConfig, PassStat};
 use crate::tensor::{type_str, Shape, Tensor};
@@ -146,17 +147,17 @@ traceable!(2; 0, 1);
 traceable!(3; 0, 1, 2);
 traceable!(4; 0, 1, 2, 3);
 
-/// How many bound instances (batch sizes) a symbolic concrete function keeps.
-pub const DEFAULT_INSTANCES: usize = 16;
-
 /// One traced, optimized and planned graph for one input signature.
 ///
 /// When the signature has symbolic dimensions (`f32[b,784]`), the graph is traced,
 /// differentiated and optimized once on symbols; each binding of the symbols a call
 /// brings (each batch size) gets its own *instance*: the traced graph with the symbols
 /// bound ([`crate::passes::specialize`]), optimized and planned, made on the first call
-/// with that binding and kept (the [`DEFAULT_INSTANCES`] most recently used), so
+/// with that binding and kept (the [`DEFAULT_INSTANCES`](super::DEFAULT_INSTANCES) most recently used), so
 /// steady-state calls of every batch size allocate nothing.
+///
+/// [`ConcreteFunction::export`] writes it to a directory that
+/// [`load_function`](crate::load_function) runs without the closure.
 pub struct ConcreteFunction {
     signature: Signature,
     /// Compiled unoptimized for numerics checks ([`crate::debugging`]).
@@ -167,27 +168,6 @@ pub struct ConcreteFunction {
     compile_time: std::time::Duration,
 }
 
-enum Program {
-    Concrete(Arc<Plan>),
-    Symbolic(Box<Symbolic>),
-}
-
-struct Symbolic {
-    /// The optimized symbolic graph (what `text` shows).
-    optimized: Graph,
-    config: PassConfig,
-    instances: Mutex<Instances>,
-}
-
-/// One bound instance: the binding (symbol id, value), its plan, its compile time.
-type Instance = (Vec<(u32, usize)>, Arc<Plan>, std::time::Duration);
-
-#[derive(Default)]
-struct Instances {
-    /// (binding values in symbol order, plan, compile time, last use), most recent last.
-    list: Vec<Instance>,
-}
-
 impl ConcreteFunction {
     /// The input signature (with symbolic dimensions where it has them).
     pub fn signature(&self) -> &Signature {
@@ -195,7 +175,7 @@ impl ConcreteFunction {
     }
     /// Whether the signature has symbolic dimensions (one graph serves many shapes).
     pub fn is_symbolic(&self) -> bool {
-        matches!(self.program, Program::Symbolic(_))
+        self.program.is_symbolic()
     }
     /// The graph as traced (forward and backward, before optimization).
     pub fn traced_graph(&self) -> &Graph {
@@ -204,10 +184,7 @@ impl ConcreteFunction {
     /// The optimized graph: the one that runs, or for a symbolic signature the
     /// optimized symbolic graph that each binding specializes.
     pub fn graph(&self) -> &Graph {
-        match &self.program {
-            Program::Concrete(p) => p.graph(),
-            Program::Symbolic(s) => &s.optimized,
-        }
+        self.program.graph()
     }
     /// Canonical text IR of the optimized graph.
     pub fn text(&self) -> String {
@@ -227,14 +204,9 @@ impl ConcreteFunction {
     /// # Panics
     /// For a symbolic signature that no call has bound yet.
     pub fn plan(&self) -> Arc<Plan> {
-        match &self.program {
-            Program::Concrete(p) => p.clone(),
-            Program::Symbolic(s) => lock_any(&s.instances)
-                .list
-                .last()
-                .map(|(_, p, _)| p.clone())
-                .expect("ConcreteFunction::plan: no call has bound the symbolic signature yet; use plan_for"),
-        }
+        self.program.last_plan().expect(
+            "ConcreteFunction::plan: no call has bound the symbolic signature yet; use plan_for",
+        )
     }
     /// The plan that runs these arguments (for a symbolic signature: the instance of their
     /// binding, made now if it is new).
@@ -244,15 +216,13 @@ impl ConcreteFunction {
             .iter()
             .map(|a| (a.dtype(), Shape::from_slice(a.shape())))
             .collect();
-        self.plan_for_types(&types, Location::caller())
+        self.program
+            .plan_for_types(&self.signature, &self.traced, &types, Location::caller())
     }
     /// How many bindings (batch sizes) of a symbolic signature have a compiled instance
     /// now (1 for a concrete signature).
     pub fn instance_count(&self) -> usize {
-        match &self.program {
-            Program::Concrete(_) => 1,
-            Program::Symbolic(s) => lock_any(&s.instances).list.len(),
-        }
+        self.program.instance_count()
     }
     /// Time spent tracing, differentiating, optimizing and planning (for a symbolic
     /// signature: optimizing the symbolic graph; each binding adds
@@ -263,72 +233,55 @@ impl ConcreteFunction {
     /// For a symbolic signature, the binding (`b=32`) and compile time of each instance,
     /// least recently used first.
     pub fn instance_compile_times(&self) -> Vec<(String, std::time::Duration)> {
-        match &self.program {
-            Program::Concrete(_) => Vec::new(),
-            Program::Symbolic(s) => lock_any(&s.instances)
-                .list
-                .iter()
-                .map(|(b, _, t)| (crate::passes::show_bindings(b), *t))
-                .collect(),
-        }
+        self.program.instance_compile_times()
     }
     /// Runs on concrete arguments; updates variables assigned by the graph. The results
     /// record the caller's line as their source location.
     #[track_caller]
     pub fn run(&self, args: &[Tensor]) -> Result<Vec<Tensor>> {
-        let loc = Location::caller();
-        let datas = args.iter().map(|a| a.data()).collect::<Result<Vec<_>>>()?;
-        let types: Signature = datas.iter().map(|d| (d.dtype(), d.shape())).collect();
-        let plan = self.plan_for_types(&types, loc)?;
-        let out = plan.run(&datas, &mut RunStats::default())?;
-        Ok(out
-            .into_iter()
-            .map(|d| Tensor::from_data_at(d, loc))
-            .collect())
+        self.program
+            .run(&self.signature, &self.traced, args, Location::caller())
     }
 
-    fn plan_for_types(
-        &self,
-        types: &Signature,
-        loc: &'static Location<'static>,
-    ) -> Result<Arc<Plan>> {
-        let sym = match &self.program {
-            Program::Concrete(p) => return Ok(p.clone()),
-            Program::Symbolic(s) => s,
-        };
-        let (config, instances) = (&sym.config, &sym.instances);
-        let binding = signature::bind(&self.signature, types)
-            .map_err(|e| Error::Function(format!("{e} (at {loc})")))?;
-        {
-            let mut inst = lock_any(instances);
-            if let Some(i) = inst.list.iter().position(|(b, _, _)| *b == binding) {
-                let e = inst.list.remove(i);
-                let plan = e.1.clone();
-                inst.list.push(e);
-                return Ok(plan);
-            }
-        }
-        // compiled outside the lock: other bindings keep running meanwhile
-        let start = std::time::Instant::now();
-        let g = crate::passes::specialize(&self.traced, &binding)?;
-        let (optimized, _) = crate::passes::run_pipeline(&g, config)?;
-        let plan = Arc::new(Plan::new(optimized)?);
-        let took = start.elapsed();
-        let mut inst = lock_any(instances);
-        if let Some((_, p, _)) = inst.list.iter().find(|(b, _, _)| *b == binding) {
-            return Ok(p.clone()); // another thread made it first
-        }
-        inst.list.push((binding, plan.clone(), took));
-        if inst.list.len() > DEFAULT_INSTANCES {
-            inst.list.remove(0);
-        }
-        Ok(plan)
+    /// Writes the function to the directory `dir` (`tf.saved_model.save`,
+    /// `jax.export`): the optimized graph as canonical text IR, the current values of its
+    /// variables as safetensors, its signature (symbolic dimensions by name) and a
+    /// versioned manifest; for a symbolic signature also the traced graph that each
+    /// batch size specializes. [`load_function`](crate::load_function) runs it in any
+    /// process without the closure. The directory appears whole or not at all (written
+    /// to a temporary directory, then renamed); an earlier export there is replaced.
+    /// See [`crate::trace::LoadedFunction`] for the files.
+    ///
+    /// ```
+    /// use tapeflow::trace::TensorSpec;
+    /// use tapeflow::{function_with_signature, load_function, DType, Tensor};
+    /// let f = function_with_signature(
+    ///     |x: &Tensor| Ok(x.sum(&[1], false)),
+    ///     &[TensorSpec::new(&[None, Some(2)], DType::F32)],
+    /// );
+    /// let dir = std::env::temp_dir().join(format!("tapeflow-doc-export-sym-{}", std::process::id()));
+    /// f.concrete(&[&Tensor::ones(&[1, 2])])?.export(&dir)?;
+    /// let g = load_function(&dir)?;
+    /// for n in [1, 5] {
+    ///     assert_eq!(g.call(&[Tensor::ones(&[n, 2])])?[0].shape(), [n]);
+    /// }
+    /// # std::fs::remove_dir_all(&dir).unwrap();
+    /// # Ok::<(), tapeflow::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// A variable without a live value or whose name cannot be a safetensors key, a
+    /// graph whose text does not read back (a variable name with brackets or line
+    /// breaks), a target that exists and is neither empty nor an earlier export, or an
+    /// I/O failure.
+    pub fn export(&self, dir: impl AsRef<std::path::Path>) -> Result<()> {
+        super::export::write(self, dir.as_ref())
     }
-}
 
-/// Locks a mutex whose data stays consistent even if a holder panicked.
-fn lock_any<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    /// The pieces an export writes: signature, traced graph, program.
+    pub(super) fn parts(&self) -> (&Signature, &Graph, &Program) {
+        (&self.signature, &self.traced, &self.program)
+    }
 }
 
 struct Entry {
@@ -714,15 +667,7 @@ impl<A, F: Traceable<A>> Function<A, F> {
             self.config.clone()
         };
         let (optimized, pass_stats) = crate::passes::run_pipeline(&graph, &config)?;
-        let program = if signature::is_symbolic(&sig) {
-            Program::Symbolic(Box::new(Symbolic {
-                optimized,
-                config,
-                instances: Mutex::new(Instances::default()),
-            }))
-        } else {
-            Program::Concrete(Arc::new(Plan::new(optimized)?))
-        };
+        let program = Program::new(optimized, config, signature::is_symbolic(&sig))?;
         Ok(ConcreteFunction {
             signature: sig,
             checked,
