@@ -12,8 +12,9 @@
 //! method called directly on the parenthesized result, is ambiguous (`(1.0 - &p).log()`
 //! does not compile: Rust cannot tell whether `1.0` is an `f32` or an `f64` before it
 //! resolves the method). Write the literal with a suffix (`(1.0f32 - &p).log()`), as an
-//! integer (`(1 - &p).log()`, it takes the tensor's float dtype), or bind the result
-//! first. Used as an operand (`&y * (1.0 - &p)`) or bound by `let`, it needs nothing.
+//! integer (`(1 - &p).log()`, it takes the tensor's float dtype), or give the result a
+//! type first (`let q: Tensor = 1.0 - &p;`). Used as an operand (`&y * (1.0 - &p)`),
+//! returned, or passed where a `Tensor` is expected, it needs nothing.
 //!
 //! # Panics
 //! Every method here panics eagerly when its operands do not fit the op's rule (shapes
@@ -138,7 +139,10 @@ impl Tensor {
     /// let b = Tensor::vec(&[10.0f32, 20.0]); // a row, broadcast over a's rows
     /// assert_eq!((&a + &b).to_vec_f32().unwrap(), [11.0, 22.0, 13.0, 24.0]);
     /// assert_eq!((&a * 2.0).to_vec_f32().unwrap(), [2.0, 4.0, 6.0, 8.0]);
-    /// assert_eq!((1.0 - &a).to_vec_f32().unwrap(), [0.0, -1.0, -2.0, -3.0]);
+    /// assert_eq!((1.0f32 - &a).to_vec_f32().unwrap(), [0.0, -1.0, -2.0, -3.0]);
+    /// assert_eq!((1 - &a).to_vec_f32().unwrap(), [0.0, -1.0, -2.0, -3.0]); // an f32 result
+    /// let b: Tensor = 1.0 - &a; // typed binding: an unsuffixed float literal is fine
+    /// assert_eq!(b.to_vec_f32().unwrap(), [0.0, -1.0, -2.0, -3.0]);
     /// assert_eq!((&a / &a.scalar_like(4.0)).to_vec_f32().unwrap(), [0.25, 0.5, 0.75, 1.0]);
     /// ```
     #[track_caller]
@@ -850,9 +854,9 @@ impl Scalar for f64 {
         self
     }
     fn to_i64(self) -> Option<i64> {
-        // 2^63 is exact in f64; every float below it with no fraction fits
-        let fits = self.fract() == 0.0
-            && (-9.223372036854775808e18..9.223372036854775808e18).contains(&self);
+        // 2^63 is exact in f64; every float in [-2^63, 2^63) with no fraction fits
+        const TWO_63: f64 = 9_223_372_036_854_775_808.0;
+        let fits = self.fract() == 0.0 && (-TWO_63..TWO_63).contains(&self);
         fits.then_some(self as i64)
     }
 }

@@ -304,7 +304,7 @@ impl ElementFormat {
         };
         if finite.len() != vals.len() {
             // room for `nan`, `inf` and `-inf` right-aligned in the same width
-            let neg_inf = vals.iter().any(|&v| v == f64::NEG_INFINITY);
+            let neg_inf = vals.contains(&f64::NEG_INFINITY);
             let offset = pad_right + 1;
             pad_left = pad_left
                 .max(3usize.saturating_sub(offset))
