@@ -406,3 +406,17 @@ fn variables_print_like_tf_and_get_tf_default_names() {
     let nums: Vec<u64> = names.iter().map(|n| number(n)).collect();
     assert!(nums[0] < nums[1] && nums[1] < nums[2], "{names:?}");
 }
+
+#[test]
+fn the_readme_snippet_does_what_it_says() {
+    let x = tensor![[1.0, 2.0], [3.0, 4.0]];
+    assert_eq!(tensor![0, 1].dtype(), DType::I64);
+    let y = 2.0f32 * &x - 1;
+    assert_eq!(f32s(&x.slice(0, -1..)), [3.0, 4.0]);
+    assert_eq!(
+        y.to_string(),
+        "tf.Tensor(\n[[1. 3.]\n [5. 7.]], shape=(2, 2), dtype=float32)"
+    );
+    let loss: f32 = y.mean_all().to_scalar_f32().unwrap();
+    assert_eq!(loss, 4.0);
+}

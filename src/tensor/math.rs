@@ -500,7 +500,7 @@ impl Tensor {
     /// ```
     ///
     /// # Panics
-    /// Eagerly, on the errors above (see the [module docs](self)).
+    /// Eagerly, on the errors above.
     #[track_caller]
     pub fn slice(&self, axis: isize, range: impl SliceRange) -> Tensor {
         let op = slice_bounds(self.shape(), axis, range.bounds()).and_then(|(a, start, end)| {
