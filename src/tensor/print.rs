@@ -71,12 +71,24 @@ pub(super) fn numpy_repr(d: &Data) -> String {
             format!("array([], shape={}, {dtype})", tf_shape(&shape))
         };
     }
-    let suffix = match d.dtype() {
-        DType::F32 => format!(", {dtype})"),
-        DType::F64 | DType::I64 => ")".to_string(),
+    // NumPy's defaults (float64, int64) leave the dtype out; another dtype follows
+    // after a `,`, on a new line when it would pass the line width
+    if d.dtype() != DType::F32 {
+        let body = array_text(d, &shape, ", ", "       ", LINE_WIDTH - 1);
+        return format!("array({body})");
+    }
+    let text = format!(
+        "array({},",
+        array_text(d, &shape, ", ", "       ", LINE_WIDTH - 1)
+    );
+    let last_line = text.len() - text.rfind('\n').map_or(0, |i| i + 1);
+    let dtype = format!("{dtype})");
+    let spacer = if last_line + dtype.len() + 1 > LINE_WIDTH {
+        "\n      "
+    } else {
+        " "
     };
-    let body = array_text(d, &shape, ", ", "       ", LINE_WIDTH - suffix.len());
-    format!("array({body}{suffix}")
+    format!("{text}{spacer}{dtype}")
 }
 
 /// The str of a NumPy scalar: positional with at least one fractional digit between
