@@ -54,6 +54,7 @@ pub mod ir;
 pub mod nn;
 pub mod ops;
 pub mod passes;
+pub mod prelude;
 pub mod tensor;
 pub mod trace;
 

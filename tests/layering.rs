@@ -257,7 +257,8 @@ fn every_import_follows_the_readme_dependency_table() {
         let text = fs::read_to_string(f).unwrap();
         for (n, line) in code_of(&text) {
             for (path, is_macro) in paths_in(&line, &here) {
-                let path = match macros.get(&path[0]) {
+                // (an empty path is `crate::{` with the members on the next lines)
+                let path = match path.first().and_then(|p| macros.get(p)) {
                     Some(m) if is_macro || path.len() == 1 => m.clone(),
                     _ => path,
                 };

@@ -122,7 +122,7 @@ fn reference_values() {
         Tensor::arange(0, 4, DType::I64).to_vec_i64().unwrap(),
         vec![0, 1, 2, 3]
     );
-    assert_eq!((2.0 - &x).to_vec_f32().unwrap()[0], 1.0);
+    assert_eq!((2.0f32 - &x).to_vec_f32().unwrap()[0], 1.0);
     assert_eq!((&x / 2.0).to_vec_f32().unwrap()[1], 1.0);
     assert_eq!(x.powf(2.0).to_vec_f32().unwrap()[2], 9.0);
 }
@@ -193,9 +193,12 @@ fn scalars_on_either_side() {
     assert_eq!((&x * lr32).to_vec_f32().unwrap(), vec![0.5, 1.0]);
     assert_eq!((&x * lr64).to_vec_f32().unwrap(), vec![0.25, 0.5]);
     assert_eq!((x.clone() - 1.0f32).to_vec_f32().unwrap(), vec![0.0, 1.0]);
-    assert_eq!((3.0 - &x).to_vec_f32().unwrap(), vec![2.0, 1.0]);
+    assert_eq!((3.0f64 - &x).to_vec_f32().unwrap(), vec![2.0, 1.0]);
     assert_eq!((lr64 / &x).to_vec_f32().unwrap(), vec![0.25, 0.125]);
-    assert_eq!((1.0 + x).dtype(), DType::F32);
+    assert_eq!((lr32 / &x).to_vec_f32().unwrap(), vec![0.5, 0.25]);
+    // an unsuffixed float literal on the left: fine when the result's type is known
+    let y: Tensor = 1.0 + x;
+    assert_eq!(y.dtype(), DType::F32);
 }
 
 /// The op list is the one place ops are enumerated: every name once, every unary, binary

@@ -7,7 +7,8 @@ use ndarray::{ArrayD, IxDyn};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-/// Element types a tensor can be built from: `f32`, `f64`, `i64`.
+/// Element types a tensor can be built from: `f32`, `f64`, `i64`, and `i32` (stored as
+/// `i64`, the one integer dtype).
 pub trait Element: Copy + 'static {
     /// Wraps an array.
     fn into_data(a: ArrayD<Self>) -> Data;
@@ -26,6 +27,11 @@ impl Element for f64 {
 impl Element for i64 {
     fn into_data(a: ArrayD<i64>) -> Data {
         Data::I64(a.into_shared())
+    }
+}
+impl Element for i32 {
+    fn into_data(a: ArrayD<i32>) -> Data {
+        Data::I64(a.mapv(i64::from).into_shared())
     }
 }
 
@@ -229,4 +235,230 @@ impl Tensor {
         );
         Tensor::from_data(crate::ops::shape::cast(&d, dtype))
     }
+}
+
+/// `Tensor::from(3.0f32)`, `Tensor::from(2i64)`, ...: a scalar of the number's dtype
+/// (`i32` gives an `i64` scalar).
+impl<T: Element> From<T> for Tensor {
+    #[track_caller]
+    fn from(v: T) -> Tensor {
+        Tensor::from_array(ndarray::arr0(v).into_dyn())
+    }
+}
+
+/// `Tensor::from(vec![1i64, 2])`: a 1-D tensor of the elements' dtype.
+impl<T: Element> From<Vec<T>> for Tensor {
+    #[track_caller]
+    fn from(v: Vec<T>) -> Tensor {
+        let n = v.len();
+        Tensor::from_array(ArrayD::from_shape_vec(IxDyn(&[n]), v).expect("1-D"))
+    }
+}
+
+/// `Tensor::from(&[1.0f32, 2.0][..])`: a 1-D tensor copied from a slice.
+impl<T: Element> From<&[T]> for Tensor {
+    #[track_caller]
+    fn from(v: &[T]) -> Tensor {
+        Tensor::vec(v)
+    }
+}
+
+/// `Tensor::from([1.0f32, 2.0])`: a 1-D tensor.
+impl<T: Element, const N: usize> From<[T; N]> for Tensor {
+    #[track_caller]
+    fn from(v: [T; N]) -> Tensor {
+        Tensor::vec(&v)
+    }
+}
+
+/// `Tensor::from([[1.0f32, 2.0], [3.0, 4.0]])`: a 2-D tensor of `R` rows of `C`.
+impl<T: Element, const R: usize, const C: usize> From<[[T; C]; R]> for Tensor {
+    #[track_caller]
+    fn from(v: [[T; C]; R]) -> Tensor {
+        let flat: Vec<T> = v.iter().flatten().copied().collect();
+        Tensor::from_array(ArrayD::from_shape_vec(IxDyn(&[R, C]), flat).expect("R x C"))
+    }
+}
+
+/// One number written in a [`tensor!`](crate::tensor!) literal, with what its source
+/// text says about its dtype. Built by the macro; not meant to be written by hand.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Lit {
+    /// An integer (`i32` or `i64`).
+    Int(i64),
+    /// An `f32`, or an unsuffixed float literal (`1.5`, `-2.0`, `1e-3`, `1.0 / 3.0`),
+    /// which becomes `f32` as Python floats do in `tf.constant`.
+    F32(f64),
+    /// A value typed `f64` (a `f64` suffix or an `f64` expression).
+    F64(f64),
+}
+
+/// Numbers that [`Lit::new`] accepts: `f32`, `f64`, `i32`, `i64`.
+pub trait LitValue: Copy {
+    /// The number as a [`Lit`], given its source text.
+    fn lit(self, text: &str) -> Lit;
+}
+
+impl LitValue for f32 {
+    fn lit(self, _: &str) -> Lit {
+        Lit::F32(self as f64)
+    }
+}
+impl LitValue for f64 {
+    fn lit(self, text: &str) -> Lit {
+        if is_unsuffixed_float_text(text) {
+            Lit::F32(self)
+        } else {
+            Lit::F64(self)
+        }
+    }
+}
+impl LitValue for i32 {
+    fn lit(self, _: &str) -> Lit {
+        Lit::Int(self as i64)
+    }
+}
+impl LitValue for i64 {
+    fn lit(self, _: &str) -> Lit {
+        Lit::Int(self)
+    }
+}
+
+/// Whether `text` is made only of unsuffixed number literals and arithmetic
+/// (`1.5`, `-2.0`, `1e-3`, `(1.0 / 3.0)`): Rust types such an expression `f64` only
+/// because nothing said otherwise, so [`tensor!`](crate::tensor!) treats it as f32.
+fn is_unsuffixed_float_text(text: &str) -> bool {
+    let b = text.as_bytes();
+    let ok = b.iter().enumerate().all(|(i, &c)| match c {
+        b'0'..=b'9' | b'.' | b'+' | b'-' | b'*' | b'/' | b'(' | b')' | b'_' | b' ' => true,
+        // an exponent: right after a digit or a decimal point
+        b'e' | b'E' => i > 0 && (b[i - 1].is_ascii_digit() || b[i - 1] == b'.'),
+        _ => false,
+    });
+    ok && b.iter().any(u8::is_ascii_digit)
+}
+
+impl Lit {
+    /// Reads one element of a [`tensor!`](crate::tensor!) literal.
+    pub fn new<T: LitValue>(v: T, text: &str) -> Lit {
+        v.lit(text)
+    }
+}
+
+/// A nested list of [`Lit`]s as written in a [`tensor!`](crate::tensor!) literal.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Nested {
+    /// One number.
+    Leaf(Lit),
+    /// A bracketed list.
+    List(Vec<Nested>),
+}
+
+impl Nested {
+    /// Collects the numbers row-major and checks that the lists are rectangular; sets
+    /// `shape` from the first path down.
+    fn flatten(&self, depth: usize, shape: &mut Vec<usize>, out: &mut Vec<Lit>) -> Result<()> {
+        match self {
+            Nested::Leaf(l) if depth == shape.len() => {
+                out.push(*l);
+                Ok(())
+            }
+            Nested::List(items) if depth < shape.len() || out.is_empty() => {
+                if depth == shape.len() {
+                    shape.push(items.len());
+                }
+                if items.len() != shape[depth] {
+                    return Err(Error::Invalid(format!(
+                        "tensor!: a list at depth {depth} has {} elements, another {} \
+                         (the lists must form a rectangular array)",
+                        items.len(),
+                        shape[depth]
+                    )));
+                }
+                items
+                    .iter()
+                    .try_for_each(|i| i.flatten(depth + 1, shape, out))
+            }
+            _ => Err(Error::Invalid(format!(
+                "tensor!: a number and a list are mixed at depth {depth} (the lists must \
+                 form a rectangular array)"
+            ))),
+        }
+    }
+
+    /// The tensor the literal describes: i64 if every number is an integer; else f64 if
+    /// any number is typed `f64`; else f32 (as `tf.constant` turns Python floats into
+    /// float32). An empty literal is an empty f32 vector.
+    ///
+    /// Returns `Err` when the lists are not rectangular.
+    #[track_caller]
+    pub fn to_tensor(&self) -> Result<Tensor> {
+        let (mut shape, mut lits) = (Vec::new(), Vec::new());
+        self.flatten(0, &mut shape, &mut lits)?;
+        let float = |l: &Lit| match *l {
+            Lit::Int(v) => v as f64,
+            Lit::F32(v) | Lit::F64(v) => v,
+        };
+        if !lits.is_empty() && lits.iter().all(|l| matches!(l, Lit::Int(_))) {
+            let v: Vec<i64> = lits
+                .iter()
+                .map(|l| match *l {
+                    Lit::Int(v) => v,
+                    _ => unreachable!("all integers"),
+                })
+                .collect();
+            Tensor::from_vec(v, &shape)
+        } else if lits.iter().any(|l| matches!(l, Lit::F64(_))) {
+            Tensor::from_vec(lits.iter().map(float).collect::<Vec<f64>>(), &shape)
+        } else {
+            Tensor::from_vec(
+                lits.iter().map(|l| float(l) as f32).collect::<Vec<f32>>(),
+                &shape,
+            )
+        }
+    }
+}
+
+/// A tensor from a literal, with the dtype inferred as `tf.constant` infers it:
+/// `tensor![1.0, 2.0]` is f32 (Python floats become float32), `tensor![1, 2]` is i64,
+/// a mix of integers and floats is a float tensor, and any `f64`-typed element
+/// (`1.0f64`, a `f64` variable) makes it f64. Nested brackets give more axes:
+/// `tensor![[1.0, 2.0], [3.0, 4.0]]` is `f32[2,2]`. For a scalar use
+/// [`Tensor::from`] (`Tensor::from(3.0f32)`).
+///
+/// # Example
+/// ```
+/// use tapeflow::{tensor, DType};
+/// let x = tensor![1.0, 2.0, 3.0];
+/// assert_eq!((x.dtype(), x.shape()), (DType::F32, &[3][..]));
+/// assert_eq!(tensor![1, 2].dtype(), DType::I64);
+/// assert_eq!(tensor![1.0f64, 2.0].dtype(), DType::F64);
+/// let m = tensor![[1, 2, 3], [4, 5, 6]];
+/// assert_eq!((m.shape(), m.to_vec_i64().unwrap()), (&[2, 3][..], vec![1, 2, 3, 4, 5, 6]));
+/// ```
+///
+/// # Panics
+/// If nested lists are not rectangular (`tensor![[1, 2], [3]]`).
+#[macro_export]
+macro_rules! tensor {
+    ($($body:tt)*) => {
+        match $crate::__tensor_nested!([$($body)*]).to_tensor() {
+            ::std::result::Result::Ok(t) => t,
+            ::std::result::Result::Err(e) => ::std::panic!("{}", e),
+        }
+    };
+}
+
+/// The [`Nested`] form of a bracketed `tensor!` literal.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! __tensor_nested {
+    ([$([$($inner:tt)*]),+ $(,)?]) => {
+        $crate::tensor::Nested::List(::std::vec![$($crate::__tensor_nested!([$($inner)*])),+])
+    };
+    ([$($x:expr),* $(,)?]) => {
+        $crate::tensor::Nested::List(::std::vec![$(
+            $crate::tensor::Nested::Leaf($crate::tensor::Lit::new($x, ::std::stringify!($x)))
+        ),*])
+    };
 }

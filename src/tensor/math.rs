@@ -2,10 +2,19 @@
 //! sugar composed of them (`sub` by a scalar, `relu`, `square`, `mean`, `softmax`,
 //! `one_hot`, ...). Sugar gets gradients, folding and fusion for free.
 //!
-//! Scalars work on either side of `+ - * /` and are converted to the tensor's dtype:
-//! `&x * 2.0`, `&x * lr` with `lr: f32` or `f64`, `1.0 - &y`. On the left only `f64` is
-//! accepted, so that a bare literal like `2.0` infers (write `&x * lr` or `lr as f64 * &x`
-//! for an `f32` on the left).
+//! Numbers work on either side of `+ - * /` and take the tensor's dtype, as Python
+//! numbers do in TensorFlow: `&x * 2.0`, `2.0f32 * &x`, `&x - 1`, `3i64 + &t`,
+//! `lr * &g` with `lr: f32` or `f64`. On the right `f32`, `f64`, `i32` and `i64` work;
+//! on the left `f32`, `f64` and `i64` (an unsuffixed integer literal on the left is an
+//! `i64`).
+//!
+//! One limit of Rust's inference: an unsuffixed float literal on the left, with a
+//! method called directly on the parenthesized result, is ambiguous (`(1.0 - &p).log()`
+//! does not compile: Rust cannot tell whether `1.0` is an `f32` or an `f64` before it
+//! resolves the method). Write the literal with a suffix (`(1.0f32 - &p).log()`), as an
+//! integer (`(1 - &p).log()`, it takes the tensor's float dtype), or give the result a
+//! type first (`let q: Tensor = 1.0 - &p;`). Used as an operand (`&y * (1.0 - &p)`),
+//! returned, or passed where a `Tensor` is expected, it needs nothing.
 //!
 //! # Panics
 //! Every method here panics eagerly when its operands do not fit the op's rule (shapes
@@ -18,7 +27,10 @@ use super::dispatch::{apply, fail, location};
 use super::{DType, Tensor};
 use crate::ops::attrs::{to_u32, to_u8};
 use crate::ops::{AxisSet, Binary, Compare, ConvAttrs, Op, Padding, Perm, PoolAttrs, Unary};
-use std::ops::{Add, Div, Mul, Neg, Sub};
+use std::ops::{
+    Add, Bound, Div, Mul, Neg, Range, RangeFrom, RangeFull, RangeInclusive, RangeTo,
+    RangeToInclusive, Sub,
+};
 use std::panic::Location;
 
 /// A possibly negative axis as an index `0..rank` (negative counts from the end), or a
@@ -127,7 +139,10 @@ impl Tensor {
     /// let b = Tensor::vec(&[10.0f32, 20.0]); // a row, broadcast over a's rows
     /// assert_eq!((&a + &b).to_vec_f32().unwrap(), [11.0, 22.0, 13.0, 24.0]);
     /// assert_eq!((&a * 2.0).to_vec_f32().unwrap(), [2.0, 4.0, 6.0, 8.0]);
-    /// assert_eq!((1.0 - &a).to_vec_f32().unwrap(), [0.0, -1.0, -2.0, -3.0]);
+    /// assert_eq!((1.0f32 - &a).to_vec_f32().unwrap(), [0.0, -1.0, -2.0, -3.0]);
+    /// assert_eq!((1 - &a).to_vec_f32().unwrap(), [0.0, -1.0, -2.0, -3.0]); // an f32 result
+    /// let b: Tensor = 1.0 - &a; // typed binding: an unsuffixed float literal is fine
+    /// assert_eq!(b.to_vec_f32().unwrap(), [0.0, -1.0, -2.0, -3.0]);
     /// assert_eq!((&a / &a.scalar_like(4.0)).to_vec_f32().unwrap(), [0.25, 0.5, 0.75, 1.0]);
     /// ```
     #[track_caller]
@@ -463,6 +478,41 @@ impl Tensor {
         apply_checked("slice", op, &[self], None)
     }
 
+    /// `self[.., range, ..]` along `axis`, with Python's negative indices: `x.slice(0,
+    /// -10000..)` is `x[-10000:]`, `x.slice(-1, ..-1)` is `x[..., :-1]`, `x.slice(1, 2..=4)`
+    /// is `x[:, 2:5]`. Negative axes and bounds count from the end.
+    ///
+    /// Unlike Python, bounds are not clamped: a bound outside `-len..=len` or a start
+    /// after the end is an error naming the axis, its length and the bound (a panic
+    /// eagerly, an `Err` from the traced function's `call`). On an axis of symbolic
+    /// length (see [`crate::tensor::dim`]) the bounds must be non-negative and the end
+    /// given.
+    ///
+    /// # Example
+    /// ```
+    /// use tapeflow::{DType, Tensor};
+    /// let x = Tensor::arange(0, 10, DType::I64);
+    /// assert_eq!(x.slice(0, -3..).to_vec_i64().unwrap(), [7, 8, 9]);
+    /// assert_eq!(x.slice(0, 2..-6).to_vec_i64().unwrap(), [2, 3]);
+    /// assert_eq!(x.slice(0, ..=1).to_vec_i64().unwrap(), [0, 1]);
+    /// let m = Tensor::arange(0, 6, DType::F32).reshape(&[2, 3]);
+    /// assert_eq!(m.slice(-1, -1..).to_vec_f32().unwrap(), [2.0, 5.0]); // last column
+    /// ```
+    ///
+    /// # Panics
+    /// Eagerly, on the errors above.
+    #[track_caller]
+    pub fn slice(&self, axis: isize, range: impl SliceRange) -> Tensor {
+        let op = slice_bounds(self.shape(), axis, range.bounds()).and_then(|(a, start, end)| {
+            Ok(Op::Slice {
+                axis: to_u8("axis", a)?,
+                start: to_u32("start", start)?,
+                end: to_u32("end", end)?,
+            })
+        });
+        apply_checked("slice", op, &[self], None)
+    }
+
     /// Zero-pads `axis` with `before` and `after` elements.
     #[track_caller]
     pub fn pad_axis(&self, axis: usize, before: usize, after: usize) -> Tensor {
@@ -717,14 +767,11 @@ macro_rules! binop {
                 self.$m(&rhs)
             }
         }
-        binop!(@scalar $tr, $m, f64);
-    };
-    (@scalar $tr:ident, $m:ident, $s:ty) => {
         impl<S: Scalar> $tr<S> for &Tensor {
             type Output = Tensor;
             #[track_caller]
             fn $m(self, rhs: S) -> Tensor {
-                self.$m(&self.scalar_like(rhs.to_f64()))
+                self.$m(&rhs.scalar_for(stringify!($m), self))
             }
         }
         impl<S: Scalar> $tr<S> for Tensor {
@@ -734,11 +781,14 @@ macro_rules! binop {
                 (&self).$m(rhs)
             }
         }
+        binop!(@left $tr, $m, f32, f64, i64);
+    };
+    (@left $tr:ident, $m:ident, $($s:ty),*) => {$(
         impl $tr<&Tensor> for $s {
             type Output = Tensor;
             #[track_caller]
             fn $m(self, rhs: &Tensor) -> Tensor {
-                rhs.scalar_like(self).$m(rhs)
+                self.scalar_for(stringify!($m), rhs).$m(rhs)
             }
         }
         impl $tr<Tensor> for $s {
@@ -748,24 +798,84 @@ macro_rules! binop {
                 self.$m(&rhs)
             }
         }
-    };
+    )*};
 }
 
-/// Plain numbers usable on the right of `+ - * /` with a tensor (`f32`, `f64`).
+/// Plain numbers usable with a tensor in `+ - * /`: `f32`, `f64`, `i32`, `i64`.
+///
+/// The number becomes a scalar of the tensor's dtype (as TensorFlow converts Python
+/// numbers). A float with a fractional part cannot become an `i64` scalar: that is an
+/// error naming the op (a panic eagerly, an `Err` from the traced function's `call`),
+/// as in TF, instead of a silent truncation.
 pub trait Scalar: Copy {
-    /// The value as f64 (converted to the tensor's dtype by the op).
+    /// The value as f64 (for messages and float dtypes).
     fn to_f64(self) -> f64;
+
+    /// The value as an exact `i64`, or `None` when it has a fractional part or does
+    /// not fit.
+    fn to_i64(self) -> Option<i64>;
+
+    /// A scalar tensor of `t`'s dtype holding this value, for the op `op` (made at the
+    /// caller's line; a fractional number for an `i64` tensor fails like an op).
+    #[track_caller]
+    fn scalar_for(self, op: &'static str, t: &Tensor) -> Tensor {
+        match t.dtype() {
+            DType::I64 => match self.to_i64() {
+                Some(v) => {
+                    Tensor::from_data(super::Data::I64(ndarray::arr0(v).into_dyn().into_shared()))
+                }
+                None => {
+                    let loc = location(Location::caller());
+                    let msg = format!(
+                        "the number {} is not an integer, so it cannot take the dtype i64 of \
+                         the tensor it meets (cast the tensor to a float dtype first)",
+                        self.to_f64()
+                    );
+                    let trace = fail(op, msg, loc).expect("fail panics when not tracing");
+                    Tensor::poisoned(trace, DType::I64, Default::default(), loc)
+                }
+            },
+            d => Tensor::scalar_of(d, self.to_f64()),
+        }
+    }
 }
 
 impl Scalar for f32 {
     fn to_f64(self) -> f64 {
         self as f64
     }
+    fn to_i64(self) -> Option<i64> {
+        (self as f64).to_i64()
+    }
 }
 
 impl Scalar for f64 {
     fn to_f64(self) -> f64 {
         self
+    }
+    fn to_i64(self) -> Option<i64> {
+        // 2^63 is exact in f64; every float in [-2^63, 2^63) with no fraction fits
+        const TWO_63: f64 = 9_223_372_036_854_775_808.0;
+        let fits = self.fract() == 0.0 && (-TWO_63..TWO_63).contains(&self);
+        fits.then_some(self as i64)
+    }
+}
+
+impl Scalar for i32 {
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+    fn to_i64(self) -> Option<i64> {
+        Some(self as i64)
+    }
+}
+
+impl Scalar for i64 {
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+    fn to_i64(self) -> Option<i64> {
+        Some(self)
     }
 }
 
@@ -788,4 +898,109 @@ impl Neg for Tensor {
     fn neg(self) -> Tensor {
         -&self
     }
+}
+
+/// Bounds for [`Tensor::slice`]: Rust ranges (`a..b`, `a..`, `..b`, `..`, `a..=b`,
+/// `..=b`) of `isize`, `i32`, `i64` or `usize`. Negative bounds count from the end.
+pub trait SliceRange {
+    /// The start and end bounds as given (not yet normalized).
+    fn bounds(&self) -> (Bound<i64>, Bound<i64>);
+}
+
+macro_rules! slice_ranges {
+    ($($t:ty),*) => {$(
+        impl SliceRange for Range<$t> {
+            fn bounds(&self) -> (Bound<i64>, Bound<i64>) {
+                (Bound::Included(self.start as i64), Bound::Excluded(self.end as i64))
+            }
+        }
+        impl SliceRange for RangeFrom<$t> {
+            fn bounds(&self) -> (Bound<i64>, Bound<i64>) {
+                (Bound::Included(self.start as i64), Bound::Unbounded)
+            }
+        }
+        impl SliceRange for RangeTo<$t> {
+            fn bounds(&self) -> (Bound<i64>, Bound<i64>) {
+                (Bound::Unbounded, Bound::Excluded(self.end as i64))
+            }
+        }
+        impl SliceRange for RangeInclusive<$t> {
+            fn bounds(&self) -> (Bound<i64>, Bound<i64>) {
+                (Bound::Included(*self.start() as i64), Bound::Included(*self.end() as i64))
+            }
+        }
+        impl SliceRange for RangeToInclusive<$t> {
+            fn bounds(&self) -> (Bound<i64>, Bound<i64>) {
+                (Bound::Unbounded, Bound::Included(self.end as i64))
+            }
+        }
+    )*};
+}
+
+slice_ranges!(isize, i32, i64, usize);
+
+impl SliceRange for RangeFull {
+    fn bounds(&self) -> (Bound<i64>, Bound<i64>) {
+        (Bound::Unbounded, Bound::Unbounded)
+    }
+}
+
+/// The axis and the `start..end` of a slice of `shape`, with negative axes and bounds
+/// resolved, or a message naming the bad value.
+fn slice_bounds(
+    shape: &[usize],
+    axis: isize,
+    (start, end): (Bound<i64>, Bound<i64>),
+) -> Result<(usize, usize, usize), String> {
+    let rank = shape.len();
+    let a = norm_axis(axis, rank)?;
+    let &len = shape
+        .get(a)
+        .ok_or_else(|| format!("axis {axis} is out of range for rank {rank}"))?;
+    if super::dim::is_sym(len) {
+        let fixed = |b: Bound<i64>, what: &str| match b {
+            Bound::Included(i) if i >= 0 => Ok(i as usize),
+            Bound::Excluded(i) if i >= 0 => Ok(i as usize),
+            _ => Err(format!(
+                "axis {axis} has the symbolic length {}: the {what} of the slice must be \
+                 given and non-negative",
+                super::dim::show(len)
+            )),
+        };
+        let s = match start {
+            Bound::Unbounded => 0,
+            b => fixed(b, "start")?,
+        };
+        let e = fixed(end, "end")? + usize::from(matches!(end, Bound::Included(_)));
+        return Ok((a, s, e));
+    }
+    let n = len as i64;
+    let out_of_range = |i: i64| {
+        format!("index {i} is out of range for axis {axis} of length {len} (valid: -{len}..={len})")
+    };
+    // a bound in -len..=len, as an offset from the start
+    let resolve = |i: i64| match i {
+        i if (0..=n).contains(&i) => Ok(i),
+        i if (-n..0).contains(&i) => Ok(i + n),
+        i => Err(out_of_range(i)),
+    };
+    let s = match start {
+        Bound::Unbounded => 0,
+        Bound::Included(i) | Bound::Excluded(i) => resolve(i)?,
+    };
+    let e = match end {
+        Bound::Unbounded => n,
+        Bound::Excluded(i) => resolve(i)?,
+        // an inclusive end names an element: it must be one
+        Bound::Included(i) => match resolve(i)? {
+            r if r < n => r + 1,
+            _ => return Err(out_of_range(i)),
+        },
+    };
+    if s > e {
+        return Err(format!(
+            "the slice starts at {s} after its end {e} on axis {axis} of length {len}"
+        ));
+    }
+    Ok((a, s as usize, e as usize))
 }

@@ -15,14 +15,16 @@ pub mod dim;
 pub(crate) mod dispatch;
 pub(crate) mod dtype;
 mod math;
+mod print;
 pub(crate) mod variable;
 
+pub use create::{Element, Lit, LitValue, Nested};
 pub use data::{Arr, Data, Float};
 pub use dim::Dim;
 pub use dtype::{
     broadcast_shapes, check_shape, numel, shape_str, type_str, DType, Shape, MAX_ELEMENTS,
 };
-pub use math::Scalar;
+pub use math::{Scalar, SliceRange};
 pub use variable::Variable;
 
 use crate::error::{Error, Loc, Result};
@@ -205,17 +207,69 @@ impl Tensor {
         })
     }
 
-    /// The single element of a tensor with one element, as f64.
+    /// The single element of a tensor with one element, as f64 (whatever its dtype;
+    /// see [`Tensor::to_scalar_f32`] to print an f32 loss as TF does: `8.134605`, not
+    /// `8.134605407714844`).
     pub fn to_scalar(&self) -> Result<f64> {
-        let v = self.to_vec_f64()?;
-        if v.len() != 1 {
+        self.to_scalar_f64()
+    }
+
+    /// The one element (any shape with one element), checked.
+    fn one_element<T>(&self, name: &str, get: impl FnOnce(&Data) -> T) -> Result<T> {
+        let d = self.data()?;
+        if d.len() != 1 {
             return Err(Error::Invalid(format!(
-                "to_scalar: tensor {} has {} elements, not 1",
+                "{name}: tensor {} has {} elements, not 1",
                 type_str(self.dtype(), self.shape()),
-                v.len()
+                d.len()
             )));
         }
-        Ok(v[0])
+        Ok(get(d))
+    }
+
+    /// The single element as `f32` (converted from the tensor's dtype).
+    ///
+    /// Returns `Err` for a symbolic tensor or one without exactly one element.
+    ///
+    /// # Example
+    /// ```
+    /// use tapeflow::Tensor;
+    /// let loss = Tensor::from(8.134605f32);
+    /// assert_eq!(loss.to_scalar_f32().unwrap().to_string(), "8.134605");
+    /// assert_eq!(Tensor::from(7i64).to_scalar_i64().unwrap(), 7);
+    /// assert_eq!(Tensor::from(0.1f64).to_scalar_f64().unwrap(), 0.1);
+    /// assert!(Tensor::vec(&[1.0f32, 2.0]).to_scalar_f32().is_err());
+    /// ```
+    pub fn to_scalar_f32(&self) -> Result<f32> {
+        self.one_element("to_scalar_f32", |d| match d {
+            Data::F32(a) => a.iter().copied().next().unwrap_or_default(),
+            Data::F64(a) => a.iter().map(|&x| x as f32).next().unwrap_or_default(),
+            Data::I64(a) => a.iter().map(|&x| x as f32).next().unwrap_or_default(),
+        })
+    }
+
+    /// The single element as `f64` (converted from the tensor's dtype).
+    ///
+    /// Returns `Err` for a symbolic tensor or one without exactly one element.
+    pub fn to_scalar_f64(&self) -> Result<f64> {
+        self.one_element("to_scalar_f64", |d| {
+            d.to_f64_vec().first().copied().unwrap_or_default()
+        })
+    }
+
+    /// The single element as `i64` (floats are truncated toward zero, like
+    /// [`Tensor::to_vec_i64`]).
+    ///
+    /// Returns `Err` for a symbolic tensor or one without exactly one element.
+    pub fn to_scalar_i64(&self) -> Result<i64> {
+        self.one_element("to_scalar_i64", |d| match d {
+            Data::I64(a) => a.iter().copied().next().unwrap_or_default(),
+            d => d
+                .to_f64_vec()
+                .first()
+                .map(|&x| x as i64)
+                .unwrap_or_default(),
+        })
     }
 
     /// The elements as an f32 ndarray (converting from the tensor's dtype).
@@ -246,22 +300,38 @@ impl fmt::Debug for Tensor {
 }
 
 impl fmt::Display for Tensor {
-    /// Prints like TensorFlow: `tf.Tensor(values, shape=(2, 2), dtype=float32)`, shortened
-    /// to the first elements for big tensors; symbolic tensors print their type.
+    /// Prints like a TensorFlow 2 eager tensor's `print(t)`: the values as NumPy's
+    /// `str()` prints them, then the shape and dtype:
+    /// `tf.Tensor([1. 2. 3.], shape=(3,), dtype=float32)`. Tensors of more than 1000
+    /// elements show their first and last 3 entries per axis around `...`. A symbolic
+    /// tensor prints its type and where it was made: `<symbolic f32[b,784] at
+    /// src/main.rs:12:5>`.
+    ///
+    /// # Example
+    /// ```
+    /// use tapeflow::{tensor, Tensor};
+    /// assert_eq!(Tensor::from(8.0f32).to_string(), "tf.Tensor(8.0, shape=(), dtype=float32)");
+    /// assert_eq!(
+    ///     tensor![[1.0, 2.5], [3.0, 4.0]].to_string(),
+    ///     "tf.Tensor(\n[[1.  2.5]\n [3.  4. ]], shape=(2, 2), dtype=float32)"
+    /// );
+    /// assert_eq!(tensor![1, 20, 3].to_string(), "tf.Tensor([ 1 20  3], shape=(3,), dtype=int64)");
+    /// ```
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ty = type_str(self.dtype(), self.shape());
         match &self.0.kind {
             Kind::Concrete(d) => {
-                let shown: Vec<String> = match d {
-                    Data::F32(a) => a.iter().take(8).map(|x| x.to_string()).collect(),
-                    Data::F64(a) => a.iter().take(8).map(|x| x.to_string()).collect(),
-                    Data::I64(a) => a.iter().take(8).map(|x| x.to_string()).collect(),
-                };
-                let more = if d.len() > 8 { ", ..." } else { "" };
-                write!(f, "Tensor({ty} [{}{more}])", shown.join(", "))
+                let text = print::numpy_str(d);
+                let nl = if text.contains('\n') { "\n" } else { "" };
+                write!(
+                    f,
+                    "tf.Tensor({nl}{text}, shape={}, dtype={})",
+                    print::tf_shape(self.shape()),
+                    print::tf_dtype(self.dtype())
+                )
             }
-            Kind::Symbolic { node, .. } => write!(f, "Tensor(symbolic {ty} node {})", node.index()),
-            Kind::Poisoned { .. } => write!(f, "Tensor(failed op {ty})"),
+            Kind::Symbolic { .. } => write!(f, "<symbolic {ty} at {}>", self.0.loc),
+            Kind::Poisoned { .. } => write!(f, "<failed op {ty} at {}>", self.0.loc),
         }
     }
 }

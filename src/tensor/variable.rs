@@ -16,7 +16,11 @@ use crate::trace::context;
 use smallvec::SmallVec;
 use std::fmt;
 use std::panic::Location;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+/// How many variables [`Variable::new`] has named (`Variable:0`, `Variable_1:0`, ...).
+static NEXT_UNNAMED: AtomicU64 = AtomicU64::new(0);
 
 /// A named, mutable tensor (model weights, optimizer slots, counters). Thread-safe;
 /// clones share the same storage.
@@ -129,15 +133,30 @@ pub(crate) fn commit(reads: &[(&Variable, u64)], writes: &mut [(&Variable, Tenso
 }
 
 impl Variable {
-    /// A trainable variable named `var<N>` holding `init`.
+    /// A trainable variable holding `init`, named as TensorFlow names unnamed
+    /// variables: `Variable:0`, then `Variable_1:0`, `Variable_2:0`, ... (one counter
+    /// for the process).
+    ///
+    /// # Example
+    /// ```
+    /// use tapeflow::{Tensor, Variable};
+    /// let v = Variable::new(Tensor::from(1.0f32));
+    /// assert!(v.name().starts_with("Variable"));
+    /// assert!(v.name().ends_with(":0"));
+    /// ```
     ///
     /// # Panics
     /// If `init` is symbolic (an initializer must be a concrete value, also when the
     /// variable is created during a trace).
     #[track_caller]
     pub fn new(init: Tensor) -> Variable {
-        let id = fresh_id();
-        Variable::build(init, format!("var{id}"), true, id)
+        let n = NEXT_UNNAMED.fetch_add(1, Ordering::Relaxed);
+        let name = if n == 0 {
+            "Variable:0".to_string()
+        } else {
+            format!("Variable_{n}:0")
+        };
+        Variable::build(init, name, true, fresh_id())
     }
 
     /// A trainable variable with a name (names appear in graphs and checkpoints).
@@ -303,12 +322,39 @@ impl Variable {
 
 impl fmt::Debug for Variable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Variable({}, {})", self.name(), self.value())
+        fmt::Display::fmt(self, f)
     }
 }
 
 impl fmt::Display for Variable {
+    /// Prints like a TensorFlow variable:
+    /// `<tf.Variable 'w' shape=(2,) dtype=float32, numpy=array([1., 2.], dtype=float32)>`
+    /// (the value as NumPy's `repr()`, on a new line when it spans several).
+    ///
+    /// # Example
+    /// ```
+    /// use tapeflow::{tensor, Tensor, Variable};
+    /// let w = Variable::named("w", tensor![1.0, 2.0]);
+    /// assert_eq!(
+    ///     w.to_string(),
+    ///     "<tf.Variable 'w' shape=(2,) dtype=float32, numpy=array([1., 2.], dtype=float32)>"
+    /// );
+    /// let s = Variable::named("s", Tensor::from(3i64));
+    /// assert_eq!(s.to_string(), "<tf.Variable 's' shape=() dtype=int64, numpy=3>");
+    /// ```
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Variable '{}' {}", self.name(), self.value())
+        let value = self.value();
+        let text = match value.data() {
+            Ok(d) => super::print::numpy_repr(d),
+            Err(_) => "<unavailable>".to_string(),
+        };
+        let nl = if text.contains('\n') { "\n" } else { "" };
+        write!(
+            f,
+            "<tf.Variable '{}' shape={} dtype={}, numpy={nl}{text}>",
+            self.name(),
+            super::print::tf_shape(self.shape()),
+            super::print::tf_dtype(self.dtype())
+        )
     }
 }
