@@ -49,8 +49,10 @@
 //! - Shared objects (models, layers, optimizers) are cheap `Arc` handles: a clone moved
 //!   into a `function` closure updates the same state.
 
+pub mod callbacks;
 mod checkpoint;
 mod fit;
+mod history;
 mod initializers;
 mod layers;
 mod losses;
@@ -58,10 +60,17 @@ mod metrics;
 mod model;
 mod naming;
 mod optimizers;
+mod progbar;
 mod random;
+mod saving;
 
+pub use callbacks::{
+    CSVLogger, Callback, Control, EarlyStopping, LearningRateScheduler, Logs, Mode,
+    ModelCheckpoint, ReduceLROnPlateau, SharedCallback,
+};
 pub use checkpoint::{load_variables, save_variables, Checkpoint};
-pub use fit::{FitOptions, History};
+pub use fit::FitOptions;
+pub use history::History;
 pub use initializers::Initializer;
 pub use layers::{Activation, Conv2D, Dense, Dropout, Flatten, Layer, MaxPooling2D};
 pub use losses::{
@@ -71,6 +80,8 @@ pub use losses::{
 pub use metrics::{CategoricalAccuracy, Mean, Metric, SparseCategoricalAccuracy};
 pub use model::{input, input_named, Model, Sequential, SymbolicTensor};
 pub use naming::{set_seed, unique_name};
+pub use progbar::{epoch_line, Progbar};
+pub use saving::{load_model, model_from_json};
 pub use optimizers::{
     Adam, AdamW, CosineDecay, ExponentialDecay, LearningRate, LearningRateSchedule, Optimizer,
     RMSprop, SGD,
