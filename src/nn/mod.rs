@@ -1,5 +1,5 @@
 //! `nn`: the Keras-style training stack — layers, models, losses, optimizers, metrics,
-//! initializers, `compile`/`fit` and checkpoints.
+//! initializers, `compile`/`fit`, callbacks, checkpoints and whole-model saving.
 //!
 //! Everything here is built from the public core API only ([`Tensor`](crate::Tensor)
 //! ops, [`Variable`](crate::Variable), [`GradientTape`](crate::GradientTape) and
@@ -36,6 +36,12 @@
 //! | `model.compile(loss, optimizer, metrics=["accuracy"])` | `model.compile(loss, opt, &["accuracy"])?` |
 //! | `model.fit(x, y, epochs=5, batch_size=32, validation_data=(xv, yv))` | `model.fit(&x, &y, FitOptions::new(5, 32).validation_data(&xv, &yv))?` |
 //! | `model.save_weights(p)`, `tf.train.Checkpoint(model=m, optimizer=o)` | [`model.save_weights(p)?`](Model::save_weights), [`Checkpoint::new(&m).optimizer(&o)`](Checkpoint) |
+//! | `model.save("m.keras")`, `keras.models.load_model("m.keras")` | [`model.save("m")?`](Model::save) (a directory), [`load_model("m")?`](load_model) |
+//! | `model.to_json()`, `model_from_json(s)` | [`model.to_json()?`](Model::to_json), [`model_from_json(&s)?`](model_from_json) |
+//! | `callbacks=[EarlyStopping(patience=2)]` | [`FitOptions::new(e, b).callback(EarlyStopping::new("val_loss").patience(2))`](FitOptions::callback) |
+//! | `ModelCheckpoint`, `CSVLogger`, `LearningRateScheduler`, `ReduceLROnPlateau` | [`ModelCheckpoint`], [`CSVLogger`], [`LearningRateScheduler`], [`ReduceLROnPlateau`] |
+//! | `history.history["loss"]`, plotting it | [`history["loss"]`](History), [`history.plot("curves.svg")?`](History::plot) |
+//! | `keras.utils.Progbar(n)`, `pb.update(i, [("loss", l)])` | [`Progbar::new(Some(n))`](Progbar), `pb.update(i, &[("loss", l)])`, `pb.finish(&logs)` |
 //! | `tf.random.set_seed(s)` | [`set_seed(s)`](set_seed) |
 //!
 //! # Conventions (and why)
