@@ -52,7 +52,10 @@ impl Callback for Script {
 fn setup(opt: impl Optimizer + 'static) -> (Model, Tensor, Tensor) {
     let x = Tensor::random_normal(&[16, 3], 0.0, 1.0, 1, DType::F32);
     let y = Tensor::random_normal(&[16, 1], 0.0, 1.0, 2, DType::F32);
-    let model: Model = Sequential::new().add(Dense::new(1)).input_shape(&[3]).into();
+    let model: Model = Sequential::new()
+        .add(Dense::new(1))
+        .input_shape(&[3])
+        .into();
     model.compile(MeanSquaredError, opt, &[]).unwrap();
     (model, x, y)
 }
@@ -149,7 +152,11 @@ fn early_stopping_restores_the_best_weights() {
     let s = script.lock().unwrap();
     assert_eq!(s.weights.len(), 4, "stopped after epoch 3");
     assert_ne!(s.weights[1], s.weights[3], "training changed the weights");
-    assert_eq!(weights_of(&model), s.weights[1], "epoch 1's weights are back");
+    assert_eq!(
+        weights_of(&model),
+        s.weights[1],
+        "epoch 1's weights are back"
+    );
 }
 
 #[test]
@@ -171,9 +178,15 @@ fn a_stop_from_a_batch_ends_the_epoch_and_training() {
     }
     let (model, x, y) = setup(SGD::new(0.05));
     let cb = Arc::new(Mutex::new(StopAtBatch(0, Vec::new())));
-    let h = model.fit(&x, &y, opts(5).callback_shared(cb.clone())).unwrap();
+    let h = model
+        .fit(&x, &y, opts(5).callback_shared(cb.clone()))
+        .unwrap();
     assert_eq!(h["loss"].len(), 1);
-    assert_eq!(cb.lock().unwrap().1, [0], "on_epoch_end still ran for the stopped epoch");
+    assert_eq!(
+        cb.lock().unwrap().1,
+        [0],
+        "on_epoch_end still ran for the stopped epoch"
+    );
 }
 
 #[test]
@@ -194,7 +207,11 @@ fn model_checkpoint_keeps_the_best_model_and_replaces_it_whole() {
                 .callback_shared(ckpt.clone()),
         )
         .unwrap();
-    assert_eq!(ckpt.lock().unwrap().saved().len(), 3, "epochs 0, 1 and 3 improve");
+    assert_eq!(
+        ckpt.lock().unwrap().saved().len(),
+        3,
+        "epochs 0, 1 and 3 improve"
+    );
     assert_eq!(ckpt.lock().unwrap().best(), Some(0.4));
     // only the final directory is left: no temporary or old copies
     assert_eq!(dir.files(), ["best"]);
@@ -212,9 +229,9 @@ fn model_checkpoint_formats_the_path_per_epoch() {
         .fit(
             &x,
             &y,
-            opts(3).callback_shared(script.clone()).callback(
-                ModelCheckpoint::new(pattern.to_str().unwrap()).save_weights_only(true),
-            ),
+            opts(3)
+                .callback_shared(script.clone())
+                .callback(ModelCheckpoint::new(pattern.to_str().unwrap()).save_weights_only(true)),
         )
         .unwrap();
     assert_eq!(
@@ -285,7 +302,11 @@ fn csv_logger_writes_keras_columns() {
     assert!(lines[4].starts_with("0,") && lines[5].starts_with("1,"));
     let path2 = dir.path("semi.csv");
     model
-        .fit(&x, &y, opts(1).callback(CSVLogger::new(&path2).separator(';')))
+        .fit(
+            &x,
+            &y,
+            opts(1).callback(CSVLogger::new(&path2).separator(';')),
+        )
         .unwrap();
     let text = std::fs::read_to_string(&path2).unwrap();
     assert!(text.starts_with("epoch;loss\n0;"), "{text}");
@@ -335,7 +356,11 @@ fn learning_rate_scheduler_sets_the_rate_of_the_compiled_step() {
     // an optimizer whose rate is a schedule cannot be set (as in Keras)
     let (model, x, y) = setup(SGD::new(ExponentialDecay::new(0.1, 10, 0.5)));
     let e = model
-        .fit(&x, &y, opts(1).callback(LearningRateScheduler::new(|_, lr| lr)))
+        .fit(
+            &x,
+            &y,
+            opts(1).callback(LearningRateScheduler::new(|_, lr| lr)),
+        )
         .err()
         .unwrap()
         .to_string();
@@ -389,7 +414,11 @@ fn reduce_lr_on_plateau_reduces_after_patience_down_to_min_lr() {
 
     let (model, x, y) = setup(SGD::new(0.1));
     let e = model
-        .fit(&x, &y, opts(1).callback(ReduceLROnPlateau::new("loss").factor(1.5)))
+        .fit(
+            &x,
+            &y,
+            opts(1).callback(ReduceLROnPlateau::new("loss").factor(1.5)),
+        )
         .err()
         .unwrap()
         .to_string();
@@ -413,9 +442,7 @@ fn history_is_a_map_of_per_epoch_values() {
     assert_eq!(h.len(), 2);
 
     // resumed runs count epochs from initial_epoch
-    let h2 = model
-        .fit(&x, &y, opts(5).initial_epoch(3))
-        .unwrap();
+    let h2 = model.fit(&x, &y, opts(5).initial_epoch(3)).unwrap();
     assert_eq!(h2["loss"].len(), 2);
 }
 
@@ -442,7 +469,12 @@ fn history_plot_writes_an_svg_with_every_series() {
     h.plot(&path).unwrap();
     let svg = std::fs::read_to_string(&path).unwrap();
     assert!(svg.starts_with("<svg"), "{}", &svg[..svg.len().min(80)]);
-    for label in ["loss per epoch", "accuracy per epoch", "\nval_loss\n", "\nval_accuracy\n"] {
+    for label in [
+        "loss per epoch",
+        "accuracy per epoch",
+        "\nval_loss\n",
+        "\nval_accuracy\n",
+    ] {
         assert!(svg.contains(label), "no {label:?} in the SVG");
     }
     // a curve of 3 points per series: train in blue, validation in red, in both panels
@@ -479,9 +511,15 @@ fn progbar_prints_fits_epoch_line() {
     let line = bar.finish(&[("loss", 0.25), ("accuracy", 0.5)]);
     let (head, tail) = line.split_once("s - ").unwrap();
     assert!(head.starts_with("Epoch 3/3 - "), "{line}");
-    assert!(head["Epoch 3/3 - ".len()..].parse::<f64>().is_ok(), "{line}");
+    assert!(
+        head["Epoch 3/3 - ".len()..].parse::<f64>().is_ok(),
+        "{line}"
+    );
     assert_eq!(tail, "loss: 0.2500 - accuracy: 0.5000");
     // unknown length and no values
     let line = Progbar::new(None).verbose(0).finish(&[]);
-    assert!(line.starts_with("Epoch 1/1 - ") && line.ends_with('s'), "{line}");
+    assert!(
+        line.starts_with("Epoch 1/1 - ") && line.ends_with('s'),
+        "{line}"
+    );
 }

@@ -9,8 +9,8 @@ use sha2::{Digest, Sha256};
 use std::path::Path;
 use tapeflow::nn::{
     input_named, load_model, Activation, Adam, AdamW, Conv2D, Dense, Dropout, ExponentialDecay,
-    FitOptions, Flatten, History, Layer, LearningRateScheduler, MaxPooling2D, Model,
-    Optimizer, RMSprop, Sequential, SparseCategoricalCrossentropy, SGD,
+    FitOptions, Flatten, History, Layer, LearningRateScheduler, MaxPooling2D, Model, RMSprop,
+    Sequential, SparseCategoricalCrossentropy, SGD,
 };
 use tapeflow::{DType, Result, Tensor, Variable};
 
@@ -54,12 +54,7 @@ fn mlp() -> Model {
 
 /// Trains `epochs` uninterrupted, and `half` + save + load_model + the rest, from the
 /// same initial weights; every history value and the final weights must be equal bits.
-fn check_resume(
-    build: fn() -> Model,
-    opt: fn() -> Box<dyn Fn(&Model) -> Result<()>>,
-    lr_callback: bool,
-    tag: &str,
-) {
+fn check_resume(build: fn() -> Model, compile: Compile, lr_callback: bool, tag: &str) {
     let dir = TempDir::new(tag);
     let (x, y, xv, yv) = classification_data();
     let (epochs, half) = (6, 3);
@@ -85,8 +80,8 @@ fn check_resume(
     let a = build();
     let b = build();
     b.set_weights(&a.get_weights()).unwrap();
-    opt()(&a).unwrap();
-    opt()(&b).unwrap();
+    compile(&a).unwrap();
+    compile(&b).unwrap();
 
     let full = a.fit(&x, &y, opts(epochs, 0)).unwrap();
     let first = b.fit(&x, &y, opts(half, 0)).unwrap();
@@ -96,8 +91,16 @@ fn check_resume(
 
     for key in full.keys() {
         let all = bits(&full, key);
-        assert_eq!(bits(&first, key), all[..half], "{tag}: `{key}` before the save");
-        assert_eq!(bits(&rest, key), all[half..], "{tag}: `{key}` after load_model");
+        assert_eq!(
+            bits(&first, key),
+            all[..half],
+            "{tag}: `{key}` before the save"
+        );
+        assert_eq!(
+            bits(&rest, key),
+            all[half..],
+            "{tag}: `{key}` after load_model"
+        );
     }
     assert!(full.contains_key("val_accuracy"));
     assert_eq!(weight_bits(&c), weight_bits(&a), "{tag}: final weights");
@@ -110,14 +113,15 @@ fn check_resume(
     assert_eq!(oc.current_learning_rate(), oa.current_learning_rate());
 }
 
-fn compile_adam() -> Box<dyn Fn(&Model) -> Result<()>> {
-    Box::new(|m: &Model| {
-        m.compile(
-            SparseCategoricalCrossentropy::from_logits(true),
-            Adam::default(),
-            &["accuracy"],
-        )
-    })
+/// Compiles a model (the same way for both runs).
+type Compile = fn(&Model) -> Result<()>;
+
+fn compile_adam(m: &Model) -> Result<()> {
+    m.compile(
+        SparseCategoricalCrossentropy::from_logits(true),
+        Adam::default(),
+        &["accuracy"],
+    )
 }
 
 #[test]
@@ -129,29 +133,28 @@ fn save_load_and_continue_reproduces_an_uninterrupted_run_bit_for_bit() {
 fn resume_keeps_momentum_and_a_changed_learning_rate() {
     fn functional() -> Model {
         let inputs = input_named(&[6], "features");
-        let x = Dense::new(8).activation(Activation::Tanh).apply(&inputs).unwrap();
+        let x = Dense::new(8)
+            .activation(Activation::Tanh)
+            .apply(&inputs)
+            .unwrap();
         // one name in both runs: the same name-derived seed, saved as the seed in use
         let x = Dropout::new(0.1).named("drop").apply(&x).unwrap();
         let out = Dense::new(3).apply(&x).unwrap();
         Model::new(&inputs, &out).unwrap()
     }
-    fn sgd() -> Box<dyn Fn(&Model) -> Result<()>> {
-        Box::new(|m: &Model| {
-            m.compile(
-                SparseCategoricalCrossentropy::from_logits(true),
-                SGD::new(0.1).momentum(0.9).nesterov(true),
-                &["accuracy"],
-            )
-        })
+    fn sgd(m: &Model) -> Result<()> {
+        m.compile(
+            SparseCategoricalCrossentropy::from_logits(true),
+            SGD::new(0.1).momentum(0.9).nesterov(true),
+            &["accuracy"],
+        )
     }
-    fn rmsprop() -> Box<dyn Fn(&Model) -> Result<()>> {
-        Box::new(|m: &Model| {
-            m.compile(
-                SparseCategoricalCrossentropy::from_logits(true),
-                RMSprop::new(0.01).momentum(0.5).centered(true),
-                &["accuracy"],
-            )
-        })
+    fn rmsprop(m: &Model) -> Result<()> {
+        m.compile(
+            SparseCategoricalCrossentropy::from_logits(true),
+            RMSprop::new(0.01).momentum(0.5).centered(true),
+            &["accuracy"],
+        )
     }
     check_resume(functional, sgd, true, "resume_sgd");
     check_resume(mlp, rmsprop, true, "resume_rmsprop");
@@ -186,7 +189,10 @@ fn a_loaded_model_predicts_without_the_code_that_built_it() {
     assert_eq!(loaded.predict(&x, 2).unwrap().to_vec_f32().unwrap(), want);
     assert_eq!(loaded.name(), "small_cnn");
     assert!(loaded.optimizer().is_none(), "it was not compiled");
-    assert_eq!(loaded.summary_string().unwrap(), model.summary_string().unwrap());
+    assert_eq!(
+        loaded.summary_string().unwrap(),
+        model.summary_string().unwrap()
+    );
 
     // the architecture is readable JSON in config.json
     let config = std::fs::read_to_string(dir.path("cnn").join("config.json")).unwrap();
@@ -220,28 +226,28 @@ fn a_loaded_model_predicts_without_the_code_that_built_it() {
 #[test]
 fn optimizer_settings_survive_the_round_trip() {
     let dir = TempDir::new("opt_config");
-    let opts: Vec<Box<dyn Fn(&Model) -> Result<()>>> = vec![
-        Box::new(|m| {
+    let opts: Vec<Compile> = vec![
+        |m| {
             m.compile(
                 SparseCategoricalCrossentropy::from_logits(true),
                 AdamW::new(0.003).weight_decay(0.01).beta_1(0.8),
                 &["accuracy"],
             )
-        }),
-        Box::new(|m| {
+        },
+        |m| {
             m.compile(
                 tapeflow::nn::CategoricalCrossentropy::from_logits(true).label_smoothing(0.1),
                 SGD::new(ExponentialDecay::new(0.1, 7, 0.9).staircase(true)),
                 &[],
             )
-        }),
-        Box::new(|m| {
+        },
+        |m| {
             m.compile(
                 tapeflow::nn::MeanSquaredError,
                 RMSprop::new(tapeflow::nn::CosineDecay::new(0.01, 100).alpha(0.1)),
                 &[],
             )
-        }),
+        },
     ];
     for (i, compile) in opts.iter().enumerate() {
         let model = mlp();
@@ -325,9 +331,15 @@ fn models_that_cannot_be_rebuilt_are_save_errors() {
         }
     }
     let dir = TempDir::new("unsaveable");
-    let model = Sequential::new().add(Dense::new(2)).add(Twice).input_shape(&[3]);
+    let model = Sequential::new()
+        .add(Dense::new(2))
+        .add(Twice)
+        .input_shape(&[3]);
     let e = model.save(dir.path("m")).unwrap_err().to_string();
-    assert!(e.contains("layer `twice` (class Twice) has no config"), "{e}");
+    assert!(
+        e.contains("layer `twice` (class Twice) has no config"),
+        "{e}"
+    );
     let unbuilt = Sequential::new().add(Dense::new(2));
     let e = unbuilt.save(dir.path("m")).unwrap_err().to_string();
     assert!(e.contains("is not built"), "{e}");
@@ -337,7 +349,7 @@ fn models_that_cannot_be_rebuilt_are_save_errors() {
 /// Saves a compiled model and returns the directory.
 fn saved(dir: &TempDir, name: &str) -> std::path::PathBuf {
     let model = mlp();
-    compile_adam()(&model).unwrap();
+    compile_adam(&model).unwrap();
     let path = dir.path(name);
     model.save(&path).unwrap();
     path
@@ -380,7 +392,10 @@ fn corrupt_or_mismatched_files_are_errors() {
     bytes[last] ^= 1;
     std::fs::write(&w, &bytes).unwrap();
     let e = load_err(&p);
-    assert!(e.contains("does not match") && e.contains("model.weights.safetensors"), "{e}");
+    assert!(
+        e.contains("does not match") && e.contains("model.weights.safetensors"),
+        "{e}"
+    );
 
     // weights from another save
     let other = saved(&dir, "other");
@@ -402,8 +417,14 @@ fn corrupt_or_mismatched_files_are_errors() {
     let bytes = std::fs::read(&w).unwrap();
     let cut = &bytes[..bytes.len() / 2];
     std::fs::write(&w, cut).unwrap();
-    let old: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
-    let new: String = Sha256::digest(cut).iter().map(|b| format!("{b:02x}")).collect();
+    let old: String = Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let new: String = Sha256::digest(cut)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     edit_config(&p, |s| s.replace(&old, &new));
     assert!(load_err(&p).contains("not a valid safetensors file"));
 
@@ -411,7 +432,10 @@ fn corrupt_or_mismatched_files_are_errors() {
     let p = saved(&dir, "units");
     edit_config(&p, |s| s.replacen("\"units\": 16", "\"units\": 17", 1));
     let e = load_err(&p);
-    assert!(e.contains("f32[6,16] in the checkpoint but f32[6,17] in the model"), "{e}");
+    assert!(
+        e.contains("f32[6,16] in the checkpoint but f32[6,17] in the model"),
+        "{e}"
+    );
 
     // a missing field and an unknown class are named
     let p = saved(&dir, "field");

@@ -389,7 +389,11 @@ impl Callback for EarlyStopping {
         }
         if self.wait >= self.patience && epoch > 0 {
             self.stopped_epoch = Some(epoch);
-            if let Some(w) = self.best_weights.as_ref().filter(|_| self.restore_best_weights) {
+            if let Some(w) = self
+                .best_weights
+                .as_ref()
+                .filter(|_| self.restore_best_weights)
+            {
                 model.set_weights(w)?;
             }
             return Ok(Control::Stop);
@@ -506,7 +510,8 @@ impl ModelCheckpoint {
 
 /// `filepath` with `{epoch}` and `{log_name}` fields replaced (see [`ModelCheckpoint`]).
 fn format_filepath(filepath: &str, epoch: usize, logs: &Logs) -> Result<String> {
-    let bad = |msg: String| Error::Invalid(format!("ModelCheckpoint: filepath `{filepath}`: {msg}"));
+    let bad =
+        |msg: String| Error::Invalid(format!("ModelCheckpoint: filepath `{filepath}`: {msg}"));
     let mut out = String::new();
     let mut chars = filepath.chars().peekable();
     while let Some(c) = chars.next() {
@@ -535,9 +540,11 @@ fn format_filepath(filepath: &str, epoch: usize, logs: &Logs) -> Result<String> 
                     let width: usize = if digits.is_empty() {
                         0
                     } else {
-                        digits
-                            .parse()
-                            .map_err(|_| bad(format!("bad format `{spec}` for `epoch` (use `{{epoch:02d}}`)")))?
+                        digits.parse().map_err(|_| {
+                            bad(format!(
+                                "bad format `{spec}` for `epoch` (use `{{epoch:02d}}`)"
+                            ))
+                        })?
                     };
                     out.push_str(&format!("{:0width$}", epoch + 1));
                 } else {
@@ -554,7 +561,11 @@ fn format_filepath(filepath: &str, epoch: usize, logs: &Logs) -> Result<String> 
                                 .strip_prefix('.')
                                 .and_then(|p| p.strip_suffix('f'))
                                 .and_then(|p| p.parse::<usize>().ok())
-                                .ok_or_else(|| bad(format!("bad format `{spec}` for `{name}` (use `{{{name}:.4f}}`)")))?;
+                                .ok_or_else(|| {
+                                    bad(format!(
+                                        "bad format `{spec}` for `{name}` (use `{{{name}:.4f}}`)"
+                                    ))
+                                })?;
                             out.push_str(&format!("{v:.prec$}"));
                         }
                     }
@@ -597,8 +608,7 @@ impl Callback for ModelCheckpoint {
                     "Epoch {}: {} improved from {} to {current:.5}, saving model to {}",
                     epoch + 1,
                     self.monitor,
-                    self.best
-                        .map_or("inf".to_string(), |b| format!("{b:.5}")),
+                    self.best.map_or("inf".to_string(), |b| format!("{b:.5}")),
                     path.display()
                 );
             }
@@ -713,8 +723,9 @@ impl Callback for CSVLogger {
                 k.sort();
                 self.keys = Some(k.clone());
                 if self.write_header {
-                    let header: Vec<String> =
-                        std::iter::once("epoch".to_string()).chain(k.iter().cloned()).collect();
+                    let header: Vec<String> = std::iter::once("epoch".to_string())
+                        .chain(k.iter().cloned())
+                        .collect();
                     self.write_row(&header)?;
                 }
                 k

@@ -344,7 +344,9 @@ impl Model {
             for m in &metrics {
                 m.reset_state();
             }
-            run_all(cbs, |c| c.on_epoch_begin(self, epoch).map(|_| Control::Continue))?;
+            run_all(cbs, |c| {
+                c.on_epoch_begin(self, epoch).map(|_| Control::Continue)
+            })?;
             let mut bar = Progbar::new(ds.cardinality())
                 .epoch(epoch, opts.epochs)
                 .verbose(opts.verbose);
@@ -352,7 +354,9 @@ impl Model {
             let mut stop = false;
             let watch_batches = opts.verbose == 1 || !cbs.is_empty();
             for (i, (xb, yb)) in ds.iter().enumerate() {
-                run_all(cbs, |c| c.on_train_batch_begin(self, i).map(|_| Control::Continue))?;
+                run_all(cbs, |c| {
+                    c.on_train_batch_begin(self, i).map(|_| Control::Continue)
+                })?;
                 let (l, pred) = step(&xb, &yb)?;
                 loss_tracker.update_weighted(&l, xb.shape()[0] as f64)?;
                 for m in &metrics {
@@ -385,7 +389,9 @@ impl Model {
                 break;
             }
         }
-        run_all(cbs, |c| c.on_train_end(self, &last_logs).map(|_| Control::Continue))?;
+        run_all(cbs, |c| {
+            c.on_train_end(self, &last_logs).map(|_| Control::Continue)
+        })?;
         Ok(history)
     }
 

@@ -12,6 +12,10 @@
 use crate::{Error, Result};
 use std::path::Path;
 
+/// One panel of [`History::plot`]: the quantity, its training and validation values.
+#[cfg(feature = "plot")]
+type Panel<'a> = (&'a str, Option<&'a [f64]>, Option<&'a [f64]>);
+
 /// Per-epoch values of the loss and metrics (`History.history`), in insertion order.
 ///
 /// ```
@@ -51,9 +55,7 @@ impl History {
 
     /// `(name, values)` pairs, in the order the names first appeared.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &[f64])> {
-        self.history
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.as_slice()))
+        self.history.iter().map(|(n, v)| (n.as_str(), v.as_slice()))
     }
 
     /// Number of names.
@@ -93,7 +95,8 @@ impl History {
 
     /// The panels to draw: `(quantity, training values, validation values)`; a `val_`
     /// series without its training series gets a panel of its own.
-    fn panels(&self) -> Vec<(&str, Option<&[f64]>, Option<&[f64]>)> {
+    #[cfg(feature = "plot")]
+    fn panels(&self) -> Vec<Panel<'_>> {
         let mut out = Vec::new();
         for (name, values) in self.iter() {
             match name.strip_prefix("val_") {
@@ -173,7 +176,10 @@ fn draw(h: &History, path: &Path) -> Result<()> {
                 .map(|(i, y)| ((i + 1) as f64, *y))
                 .collect()
         };
-        let series = [(train, name.to_string(), BLUE), (val, format!("val_{name}"), RED)];
+        let series = [
+            (train, name.to_string(), BLUE),
+            (val, format!("val_{name}"), RED),
+        ];
         for (values, label, color) in series {
             if let Some(v) = values {
                 chart

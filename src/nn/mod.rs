@@ -86,9 +86,9 @@ pub use losses::{
 pub use metrics::{CategoricalAccuracy, Mean, Metric, SparseCategoricalAccuracy};
 pub use model::{input, input_named, Model, Sequential, SymbolicTensor};
 pub use naming::{set_seed, unique_name};
-pub use progbar::{epoch_line, Progbar};
-pub use saving::{load_model, model_from_json};
 pub use optimizers::{
     Adam, AdamW, CosineDecay, ExponentialDecay, LearningRate, LearningRateSchedule, Optimizer,
     RMSprop, SGD,
 };
+pub use progbar::{epoch_line, Progbar};
+pub use saving::{load_model, model_from_json};

@@ -210,7 +210,10 @@ impl Model {
         let written = (|| -> Result<()> {
             let mut files = Map::new();
             save_variables(tmp.join(WEIGHTS_FILE), &self.variables())?;
-            files.insert(WEIGHTS_FILE.into(), json!(hash_file(&tmp.join(WEIGHTS_FILE))?));
+            files.insert(
+                WEIGHTS_FILE.into(),
+                json!(hash_file(&tmp.join(WEIGHTS_FILE))?),
+            );
             let compile = match compile {
                 Some((config, opt)) => {
                     opt.build(&self.trainable_variables());
@@ -324,14 +327,19 @@ impl<'a> Fields<'a> {
         let what = what.into();
         match v.as_object() {
             Some(obj) => Ok(Fields { obj, what }),
-            None => Err(Error::Data(format!("{what}: expected a JSON object, got {v}"))),
+            None => Err(Error::Data(format!(
+                "{what}: expected a JSON object, got {v}"
+            ))),
         }
     }
 
     fn bad(&self, key: &str, want: &str) -> Error {
         match self.obj.get(key) {
             Some(v) => Error::Data(format!("{}: `{key}` must be {want}, got {v}", self.what)),
-            None => Error::Data(format!("{}: `{key}` is missing ({want} expected)", self.what)),
+            None => Error::Data(format!(
+                "{}: `{key}` is missing ({want} expected)",
+                self.what
+            )),
         }
     }
 
@@ -544,7 +552,10 @@ fn compile_from_config(model: &Model, compile: &Value) -> Result<()> {
         .ok_or_else(|| cf.bad("metrics", "an array of names"))?;
     let metrics: Vec<&str> = metric_values
         .iter()
-        .map(|m| m.as_str().ok_or_else(|| cf.bad("metrics", "an array of names")))
+        .map(|m| {
+            m.as_str()
+                .ok_or_else(|| cf.bad("metrics", "an array of names"))
+        })
         .collect::<Result<_>>()?;
     let loss = Fields::of(cf.value("loss")?, "compile loss")?;
     let of = Fields::of(cf.value("optimizer")?, "compile optimizer")?;
@@ -656,7 +667,9 @@ pub fn load_model(path: impl AsRef<Path>) -> Result<Model> {
     if version != VERSION {
         return Err(err(
             &config_path,
-            format!("format version {version} is not supported (this tapeflow reads version {VERSION})"),
+            format!(
+                "format version {version} is not supported (this tapeflow reads version {VERSION})"
+            ),
         ));
     }
     let files = Fields::of(top.value("files")?, "config.json files")?;
