@@ -579,8 +579,8 @@ fn format_filepath(filepath: &str, epoch: usize, logs: &Logs) -> Result<String> 
 
 impl Callback for ModelCheckpoint {
     fn on_train_begin(&mut self, _model: &Model) -> Result<()> {
-        // a fresh threshold per `fit`, unless one was given (Keras keeps `best` across
-        // fits of the same callback object; so do we)
+        // `best` carries over to later `fit` calls with the same callback (as in Keras);
+        // the first starts from `initial_value_threshold`
         if self.best.is_none() {
             self.best = self.initial_value_threshold;
         }

@@ -29,7 +29,7 @@ pub(crate) fn logs_line<'a>(logs: impl IntoIterator<Item = (&'a str, f64)>) -> S
 ///
 /// ```
 /// use tapeflow::nn::epoch_line;
-/// let line = epoch_line(2, 10, 1.23, &[("loss", 0.23141), ("accuracy", 0.93125)]);
+/// let line = epoch_line(2, 10, 1.23, &[("loss", 0.23141), ("accuracy", 0.93119)]);
 /// assert_eq!(line, "Epoch 3/10 - 1.2s - loss: 0.2314 - accuracy: 0.9312");
 /// ```
 pub fn epoch_line(epoch: usize, epochs: usize, seconds: f64, logs: &[(&str, f64)]) -> String {

@@ -34,7 +34,9 @@
 //!   variable's dtype and shape.
 //! - Only layers, losses, optimizers and schedules with a config can be saved (the
 //!   built-in ones); others make `save` an `Err` (use `save_weights` for such models).
-//!   Metrics are saved by name and resolved by `compile` on load.
+//!   Initializers are not saved (the weights are). Metrics are saved by name and
+//!   resolved by `compile` on load: a metric object whose name `compile` does not know
+//!   makes `load_model` an `Err`.
 
 use super::checkpoint::{load_variables, save_variables};
 use super::layers::{Conv2D, Dense, Dropout, Flatten, Layer, MaxPooling2D};
