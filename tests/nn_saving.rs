@@ -340,6 +340,9 @@ fn models_that_cannot_be_rebuilt_are_save_errors() {
         e.contains("layer `twice` (class Twice) has no config"),
         "{e}"
     );
+    let empty = Sequential::new().input_shape(&[3]);
+    let e = empty.save(dir.path("m")).unwrap_err().to_string();
+    assert!(e.contains("is not a stack of layers"), "{e}");
     let unbuilt = Sequential::new().add(Dense::new(2));
     let e = unbuilt.save(dir.path("m")).unwrap_err().to_string();
     assert!(e.contains("is not built"), "{e}");

@@ -51,6 +51,7 @@ use super::Activation;
 use crate::{DType, Error, Padding, Result};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -111,6 +112,20 @@ impl Model {
             ))
         })?;
         self.build(&input_shape)?;
+        // Only a chain of layers can be rebuilt: a model without layers, or with
+        // variables no layer owns (a subclassed model computes in its own code), cannot.
+        let owned: HashSet<u64> = self
+            .layers()
+            .iter()
+            .flat_map(|l| l.variables())
+            .map(|v| v.id())
+            .collect();
+        if self.layers().is_empty() || self.variables().iter().any(|v| !owned.contains(&v.id())) {
+            return Err(Error::Invalid(format!(
+                "model `{}` is not a stack of layers (no layers, or variables no layer owns, as in a subclassed model); whole-model saving rebuilds Sequential and functional models only: save its weights with save_weights and rebuild it with its code",
+                self.name()
+            )));
+        }
         let mut layers = Vec::new();
         for l in self.layers() {
             let config = l.get_config().ok_or_else(|| {
