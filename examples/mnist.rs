@@ -16,11 +16,10 @@
 //! compiled (measured in this run on a scratch copy of the model), writes the curves to
 //! `mnist_training.svg` in the working directory, and ends with `test_accuracy = 0.9xxx`.
 
-use plotters::prelude::*;
 use std::time::Instant;
 use tapeflow::data::Dataset;
 use tapeflow::nn::{
-    input_named, Activation, Adam, Dense, Layer, Loss, Mean, Metric, Model, Optimizer,
+    input_named, Activation, Adam, Dense, History, Layer, Loss, Mean, Metric, Model, Optimizer,
     SparseCategoricalAccuracy, SparseCategoricalCrossentropy,
 };
 use tapeflow::{
@@ -95,72 +94,6 @@ fn time_eager_vs_compiled(batches: &[(Tensor, Tensor)]) -> Result<(f64, f64, f64
     Ok((eager_ms, compiled_ms, trace_ms))
 }
 
-struct Curves {
-    train_loss: Vec<f64>,
-    train_acc: Vec<f64>,
-    test_loss: Vec<f64>,
-    test_acc: Vec<f64>,
-}
-
-/// One panel: train and test curves of one quantity per epoch.
-fn panel(
-    area: &DrawingArea<SVGBackend, plotters::coord::Shift>,
-    name: &str,
-    train: &[f64],
-    test: &[f64],
-) -> std::result::Result<(), Box<dyn std::error::Error>> {
-    let points = |v: &[f64]| -> Vec<(f64, f64)> {
-        v.iter()
-            .enumerate()
-            .map(|(i, y)| ((i + 1) as f64, *y))
-            .collect()
-    };
-    let lo = train
-        .iter()
-        .chain(test)
-        .cloned()
-        .fold(f64::INFINITY, f64::min);
-    let hi = train
-        .iter()
-        .chain(test)
-        .cloned()
-        .fold(f64::NEG_INFINITY, f64::max);
-    let pad = ((hi - lo) * 0.1).max(1e-3);
-    let n = train.len() as f64;
-    let mut chart = ChartBuilder::on(area)
-        .caption(format!("MNIST MLP: {name} per epoch"), ("sans-serif", 18))
-        .margin(12)
-        .x_label_area_size(30)
-        .y_label_area_size(50)
-        .build_cartesian_2d(0.5..n + 0.5, (lo - pad)..(hi + pad))?;
-    chart.configure_mesh().x_desc("epoch").y_desc(name).draw()?;
-    chart
-        .draw_series(LineSeries::new(points(train), &BLUE))?
-        .label(format!("train {name}"))
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLUE));
-    chart
-        .draw_series(LineSeries::new(points(test), &RED))?
-        .label(format!("test {name}"))
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], RED));
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
-    Ok(())
-}
-
-/// Writes the loss and accuracy curves side by side as an SVG.
-fn plot(path: &str, c: &Curves) -> std::result::Result<(), Box<dyn std::error::Error>> {
-    let root = SVGBackend::new(path, (960, 400)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let (left, right) = root.split_horizontally(480);
-    panel(&left, "loss", &c.train_loss, &c.test_loss)?;
-    panel(&right, "accuracy", &c.train_acc, &c.test_acc)?;
-    root.present()?;
-    Ok(())
-}
-
 fn main() -> Result<()> {
     let start = Instant::now();
     let epochs = epochs_from_args();
@@ -227,12 +160,8 @@ fn main() -> Result<()> {
         eager_ms / compiled_ms
     );
 
-    let mut curves = Curves {
-        train_loss: vec![],
-        train_acc: vec![],
-        test_loss: vec![],
-        test_acc: vec![],
-    };
+    // the curves, as `fit` would return them (`history.history`)
+    let mut history = History::default();
     for epoch in 0..epochs {
         let epoch_start = Instant::now();
         // Reset the metrics at the start of the next epoch
@@ -270,10 +199,10 @@ fn main() -> Result<()> {
             train_secs * 1e3 / steps as f64,
             epoch_start.elapsed().as_secs_f64()
         );
-        curves.train_loss.push(train_loss.result());
-        curves.train_acc.push(train_accuracy.result());
-        curves.test_loss.push(test_loss.result());
-        curves.test_acc.push(test_accuracy.result());
+        history.append("loss", train_loss.result());
+        history.append("accuracy", train_accuracy.result());
+        history.append("val_loss", test_loss.result());
+        history.append("val_accuracy", test_accuracy.result());
     }
     println!(
         "train_step traced {} time(s), test_step {} time(s)",
@@ -281,7 +210,7 @@ fn main() -> Result<()> {
         test_step.trace_count()
     );
 
-    match plot("mnist_training.svg", &curves) {
+    match history.plot("mnist_training.svg") {
         Ok(()) => println!("wrote mnist_training.svg"),
         Err(e) => eprintln!("could not write mnist_training.svg: {e}"),
     }

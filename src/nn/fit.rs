@@ -7,18 +7,22 @@
 //! run eagerly when asked.
 //! Metrics are updated eagerly from the values the step returns.
 //!
+//! Each epoch draws a [`Progbar`] and runs the [callbacks](super::callbacks) given in
+//! [`FitOptions`]; what they put in the epoch's logs lands in the [`History`].
+//!
 //! The step closures capture the model's layers, not the model, so the compiled steps
 //! cached in the model do not keep themselves alive through a reference cycle.
 
+use super::callbacks::{run_all, Callback, Control, Logs, SharedCallback};
+use super::history::History;
 use super::losses::Loss;
 use super::metrics::{metric_by_name, Mean, Metric};
 use super::model::{Model, Net};
 use super::optimizers::Optimizer;
+use super::progbar::Progbar;
 use crate::data::Dataset;
 use crate::{function_with_signature, Dim, Error, GradientTape, Result, Tensor, TensorSpec};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
 
 type Step2 = Box<dyn Fn(&Tensor, &Tensor) -> Result<(Tensor, Tensor)> + Send + Sync>;
 type Step1 = Box<dyn Fn(&Tensor) -> Result<Tensor> + Send + Sync>;
@@ -76,6 +80,12 @@ pub struct FitOptions {
     pub verbose: u8,
     /// Run the train step eagerly instead of compiling it (default false).
     pub run_eagerly: bool,
+    /// The epoch to start at (0-based, default 0), to resume a run: `fit` trains epochs
+    /// `initial_epoch..epochs`, and a shuffled run sees the batch order the uninterrupted
+    /// run would have seen in those epochs.
+    pub initial_epoch: usize,
+    /// Callbacks, run in order (see [`callbacks`](super::callbacks)).
+    pub callbacks: Vec<SharedCallback>,
 }
 
 impl Default for FitOptions {
@@ -88,6 +98,8 @@ impl Default for FitOptions {
             seed: 0,
             verbose: 1,
             run_eagerly: false,
+            initial_epoch: 0,
+            callbacks: Vec::new(),
         }
     }
 }
@@ -126,29 +138,24 @@ impl FitOptions {
         self.seed = seed;
         self
     }
-}
 
-/// Per-epoch values of the loss and metrics (`History.history`), in insertion order.
-#[derive(Clone, Debug, Default)]
-pub struct History {
-    /// `(name, one value per epoch)`: `loss`, metrics, then `val_loss`, `val_<metric>`.
-    pub history: Vec<(String, Vec<f64>)>,
-}
-
-impl History {
-    /// The values of `name` per epoch.
-    pub fn get(&self, name: &str) -> Option<&[f64]> {
-        self.history
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_slice())
+    /// Starts at epoch `epoch` (0-based; Keras' `initial_epoch`), to resume a run.
+    pub fn initial_epoch(mut self, epoch: usize) -> FitOptions {
+        self.initial_epoch = epoch;
+        self
     }
 
-    fn push(&mut self, name: &str, v: f64) {
-        match self.history.iter_mut().find(|(n, _)| n == name) {
-            Some((_, vals)) => vals.push(v),
-            None => self.history.push((name.to_string(), vec![v])),
-        }
+    /// Adds a callback (`callbacks=[...]`); use [`FitOptions::callback_shared`] to keep
+    /// a handle on it.
+    pub fn callback(self, cb: impl Callback + 'static) -> FitOptions {
+        self.callback_shared(Arc::new(Mutex::new(cb)))
+    }
+
+    /// Adds a callback shared with the caller, who can read its state after `fit`
+    /// (`Arc<Mutex<EarlyStopping>>` converts to a [`SharedCallback`]).
+    pub fn callback_shared(mut self, cb: SharedCallback) -> FitOptions {
+        self.callbacks.push(cb);
+        self
     }
 }
 
@@ -178,13 +185,6 @@ fn test_step(
         let pred = net.forward(x, false)?;
         Ok((loss.call(y, &pred)?, pred))
     }
-}
-
-fn logs_line(logs: &[(String, f64)]) -> String {
-    logs.iter()
-        .map(|(k, v)| format!("{k}: {v:.4}"))
-        .collect::<Vec<_>>()
-        .join(" - ")
 }
 
 impl Model {
@@ -224,7 +224,7 @@ impl Model {
         });
     }
 
-    fn compiled_parts(&self) -> Result<Parts> {
+    pub(crate) fn compiled_parts(&self) -> Result<Parts> {
         let c = self.compiled.lock().expect("model lock");
         let c = c.as_ref().ok_or_else(|| {
             Error::Invalid(format!("model `{}` must be compiled (model.compile(loss, optimizer, metrics)) before fit/evaluate", self.name()))
@@ -279,8 +279,9 @@ impl Model {
 
     /// Trains for `opts.epochs` passes over `(x, y)` (`model.fit`), returning the history.
     ///
-    /// Shows an indicatif progress bar per epoch (hidden when stderr is not a terminal)
-    /// and a line per epoch unless `verbose` is 0.
+    /// Shows a [`Progbar`] per epoch (the bar only when stderr is a terminal) and a line
+    /// per epoch unless `verbose` is 0; runs the callbacks of `opts` (see
+    /// [`callbacks`](super::callbacks)), which may stop training early.
     pub fn fit(&self, x: &Tensor, y: &Tensor, opts: FitOptions) -> Result<History> {
         let (_, _, metrics) = self.compiled_parts()?;
         for (name, t) in [("x", x), ("y", y)] {
@@ -308,64 +309,77 @@ impl Model {
             ds
         };
         let ds = ds.batch(opts.batch_size);
+        if opts.shuffle {
+            // the shuffle of epoch k depends on how many epochs started before it:
+            // starting (and dropping) the skipped ones gives a resumed run their orders
+            for _ in 0..opts.initial_epoch.min(opts.epochs) {
+                drop(ds.iter());
+            }
+        }
         let step = self.train_fn(opts.run_eagerly, x, y)?;
+        let cbs = &opts.callbacks;
         let loss_tracker = Mean::new("loss");
+        let running_logs = || -> Logs {
+            std::iter::once(("loss".to_string(), loss_tracker.result()))
+                .chain(metrics.iter().map(|m| (m.name().to_string(), m.result())))
+                .collect()
+        };
         let mut history = History::default();
-        for epoch in 0..opts.epochs {
+        let mut last_logs = Logs::new();
+        run_all(cbs, |c| c.on_train_begin(self).map(|_| Control::Continue))?;
+        for epoch in opts.initial_epoch..opts.epochs {
             loss_tracker.reset_state();
             for m in &metrics {
                 m.reset_state();
             }
-            let start = Instant::now();
-            let bar = if opts.verbose == 1 {
-                let b = ProgressBar::with_draw_target(
-                    ds.cardinality().map(|c| c as u64),
-                    ProgressDrawTarget::stderr(),
-                );
-                if let Ok(style) =
-                    ProgressStyle::with_template("{pos}/{len} [{bar:30}] {elapsed_precise} {msg}")
-                {
-                    b.set_style(style.progress_chars("=> "));
-                }
-                b
-            } else {
-                ProgressBar::hidden()
-            };
-            if opts.verbose > 0 {
-                bar.println(format!("Epoch {}/{}", epoch + 1, opts.epochs));
-            }
-            for (xb, yb) in &ds {
+            run_all(cbs, |c| {
+                c.on_epoch_begin(self, epoch).map(|_| Control::Continue)
+            })?;
+            let mut bar = Progbar::new(ds.cardinality())
+                .epoch(epoch, opts.epochs)
+                .verbose(opts.verbose);
+            bar.start();
+            let mut stop = false;
+            let watch_batches = opts.verbose == 1 || !cbs.is_empty();
+            for (i, (xb, yb)) in ds.iter().enumerate() {
+                run_all(cbs, |c| {
+                    c.on_train_batch_begin(self, i).map(|_| Control::Continue)
+                })?;
                 let (l, pred) = step(&xb, &yb)?;
                 loss_tracker.update_weighted(&l, xb.shape()[0] as f64)?;
                 for m in &metrics {
                     m.update(&yb, &pred)?;
                 }
-                bar.inc(1);
-                let mut logs = vec![("loss".to_string(), loss_tracker.result())];
-                logs.extend(metrics.iter().map(|m| (m.name().to_string(), m.result())));
-                bar.set_message(logs_line(&logs));
-            }
-            bar.finish_and_clear();
-            let mut logs = vec![("loss".to_string(), loss_tracker.result())];
-            logs.extend(metrics.iter().map(|m| (m.name().to_string(), m.result())));
-            if let Some((xv, yv)) = &opts.validation_data {
-                for (k, v) in self.evaluate_with(xv, yv, opts.batch_size, opts.run_eagerly)? {
-                    logs.push((format!("val_{k}"), v));
+                if watch_batches {
+                    let logs = running_logs();
+                    bar.update(i + 1, &logs.pairs());
+                    if run_all(cbs, |c| c.on_train_batch_end(self, i, &logs))? == Control::Stop {
+                        stop = true;
+                        break;
+                    }
                 }
             }
-            for (k, v) in &logs {
-                history.push(k, *v);
+            let mut logs = running_logs();
+            if let Some((xv, yv)) = &opts.validation_data {
+                for (k, v) in self.evaluate_with(xv, yv, opts.batch_size, opts.run_eagerly)? {
+                    logs.insert(&format!("val_{k}"), v);
+                }
             }
-            if opts.verbose > 0 {
-                println!(
-                    "Epoch {}/{} - {:.1}s - {}",
-                    epoch + 1,
-                    opts.epochs,
-                    start.elapsed().as_secs_f64(),
-                    logs_line(&logs)
-                );
+            if run_all(cbs, |c| c.on_epoch_end(self, epoch, &mut logs))? == Control::Stop {
+                stop = true;
+            }
+            for (k, v) in logs.iter() {
+                history.append(k, v);
+            }
+            bar.finish(&logs.pairs());
+            last_logs = logs;
+            if stop {
+                break;
             }
         }
+        run_all(cbs, |c| {
+            c.on_train_end(self, &last_logs).map(|_| Control::Continue)
+        })?;
         Ok(history)
     }
 

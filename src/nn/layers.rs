@@ -18,6 +18,7 @@ use super::naming::unique_name;
 use super::random;
 use super::subclass::note_layer_call;
 use crate::{DType, Dim, Error, Padding, Result, Tensor, Variable};
+use serde_json::{json, Value};
 use std::sync::{Mutex, OnceLock};
 
 /// A building block of a model (`keras.layers.Layer`).
@@ -60,6 +61,15 @@ pub trait Layer: Send + Sync {
             .sum()
     }
 
+    /// The layer's constructor settings for whole-model saving (Keras' `get_config`):
+    /// a JSON object that, with [`Layer::class_name`], rebuilds the layer
+    /// (`{"name": "dense", "units": 64, "activation": "relu", ...}`). `None` (the
+    /// default) means the layer cannot be rebuilt from a config, and `Model::save` of a
+    /// model holding it is an `Err` (use `save_weights`).
+    fn get_config(&self) -> Option<Value> {
+        None
+    }
+
     /// Applies the layer to a functional model's symbolic tensor (`Dense(64)(x)` in
     /// Keras): builds it for `x`'s shape and returns the symbolic output.
     fn apply(self, x: &SymbolicTensor) -> Result<SymbolicTensor>
@@ -96,6 +106,38 @@ impl Activation {
             Activation::Tanh => x.tanh(),
             Activation::Softmax => x.softmax(-1),
         }
+    }
+
+    /// The Keras name: `linear`, `relu`, `sigmoid`, `tanh`, `softmax`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Activation::Linear => "linear",
+            Activation::Relu => "relu",
+            Activation::Sigmoid => "sigmoid",
+            Activation::Tanh => "tanh",
+            Activation::Softmax => "softmax",
+        }
+    }
+
+    /// The activation of a Keras name (see [`Activation::name`]).
+    pub fn from_name(name: &str) -> Option<Activation> {
+        [
+            Activation::Linear,
+            Activation::Relu,
+            Activation::Sigmoid,
+            Activation::Tanh,
+            Activation::Softmax,
+        ]
+        .into_iter()
+        .find(|a| a.name() == name)
+    }
+}
+
+/// The Keras name of a padding (`valid`, `same`).
+pub(crate) fn padding_name(p: Padding) -> &'static str {
+    match p {
+        Padding::Valid => "valid",
+        Padding::Same => "same",
     }
 }
 
@@ -325,6 +367,16 @@ impl Layer for Dense {
 
     fn class_name(&self) -> &'static str {
         "Dense"
+    }
+
+    fn get_config(&self) -> Option<Value> {
+        Some(json!({
+            "name": self.name(),
+            "units": self.units,
+            "activation": self.activation.name(),
+            "use_bias": self.use_bias,
+            "dtype": self.dtype.name(),
+        }))
     }
 
     fn build(&self, input_shape: &[usize]) -> Result<()> {
@@ -592,6 +644,19 @@ impl Layer for Conv2D {
         "Conv2D"
     }
 
+    fn get_config(&self) -> Option<Value> {
+        Some(json!({
+            "name": self.name(),
+            "filters": self.filters,
+            "kernel_size": [self.kernel_size.0, self.kernel_size.1],
+            "strides": [self.strides.0, self.strides.1],
+            "padding": padding_name(self.padding),
+            "activation": self.activation.name(),
+            "use_bias": self.use_bias,
+            "dtype": self.dtype.name(),
+        }))
+    }
+
     fn build(&self, input_shape: &[usize]) -> Result<()> {
         let name = self.name.get().to_string();
         // validates the geometry too
@@ -738,6 +803,16 @@ impl Layer for MaxPooling2D {
         "MaxPooling2D"
     }
 
+    fn get_config(&self) -> Option<Value> {
+        let s = self.stride();
+        Some(json!({
+            "name": self.name(),
+            "pool_size": [self.pool_size.0, self.pool_size.1],
+            "strides": [s.0, s.1],
+            "padding": padding_name(self.padding),
+        }))
+    }
+
     fn build(&self, input_shape: &[usize]) -> Result<()> {
         self.compute_output_shape(input_shape).map(|_| ())
     }
@@ -821,6 +896,10 @@ impl Layer for Flatten {
 
     fn class_name(&self) -> &'static str {
         "Flatten"
+    }
+
+    fn get_config(&self) -> Option<Value> {
+        Some(json!({ "name": self.name() }))
     }
 
     fn build(&self, _input_shape: &[usize]) -> Result<()> {
@@ -914,6 +993,15 @@ impl Layer for Dropout {
 
     fn class_name(&self) -> &'static str {
         "Dropout"
+    }
+
+    /// The seed saved is the one in use (derived from the name and the global seed when
+    /// none was given), so a loaded model draws the same masks.
+    fn get_config(&self) -> Option<Value> {
+        let seed = self
+            .seed
+            .unwrap_or_else(|| super::naming::derived_seed(self.name()));
+        Some(json!({ "name": self.name(), "rate": self.rate, "seed": seed }))
     }
 
     fn build(&self, _input_shape: &[usize]) -> Result<()> {

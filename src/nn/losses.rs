@@ -23,6 +23,7 @@
 //! `index -1` for a non-integer label) instead of a silently wrong loss.
 
 use crate::{DType, Dim, Error, Result, Tensor};
+use serde_json::{json, Value};
 
 /// Clipping bound for probabilities (Keras' `epsilon()`).
 pub const EPSILON: f64 = 1e-7;
@@ -34,6 +35,14 @@ pub trait Loss: Send + Sync {
 
     /// The mean loss over the batch.
     fn call(&self, y_true: &Tensor, y_pred: &Tensor) -> Result<Tensor>;
+
+    /// The loss's settings for whole-model saving (Keras' `get_config`), a JSON object
+    /// that with [`Loss::name`] rebuilds it (`{"from_logits": true}`). `None` (the
+    /// default) means it cannot be rebuilt: `Model::save` of a model compiled with it
+    /// is an `Err`.
+    fn get_config(&self) -> Option<Value> {
+        None
+    }
 }
 
 /// `f32[b,10]`: a tensor's dtype and shape, symbolic lengths by name.
@@ -119,6 +128,10 @@ pub struct MeanSquaredError;
 impl Loss for MeanSquaredError {
     fn name(&self) -> &str {
         "mean_squared_error"
+    }
+
+    fn get_config(&self) -> Option<Value> {
+        Some(json!({}))
     }
 
     fn call(&self, y_true: &Tensor, y_pred: &Tensor) -> Result<Tensor> {
@@ -234,6 +247,10 @@ impl Loss for SparseCategoricalCrossentropy {
         "sparse_categorical_crossentropy"
     }
 
+    fn get_config(&self) -> Option<Value> {
+        Some(json!({ "from_logits": self.from_logits }))
+    }
+
     fn call(&self, y_true: &Tensor, y_pred: &Tensor) -> Result<Tensor> {
         float_pred("SparseCategoricalCrossentropy", y_pred)?;
         let labels = sparse_labels("SparseCategoricalCrossentropy", y_true, y_pred)?;
@@ -289,6 +306,10 @@ impl CategoricalCrossentropy {
 impl Loss for CategoricalCrossentropy {
     fn name(&self) -> &str {
         "categorical_crossentropy"
+    }
+
+    fn get_config(&self) -> Option<Value> {
+        Some(json!({ "from_logits": self.from_logits, "label_smoothing": self.label_smoothing }))
     }
 
     fn call(&self, y_true: &Tensor, y_pred: &Tensor) -> Result<Tensor> {
@@ -356,6 +377,10 @@ impl BinaryCrossentropy {
 impl Loss for BinaryCrossentropy {
     fn name(&self) -> &str {
         "binary_crossentropy"
+    }
+
+    fn get_config(&self) -> Option<Value> {
+        Some(json!({ "from_logits": self.from_logits }))
     }
 
     fn call(&self, y_true: &Tensor, y_pred: &Tensor) -> Result<Tensor> {

@@ -1,5 +1,5 @@
 //! `nn`: the Keras-style training stack — layers, models, losses, optimizers, metrics,
-//! initializers, `compile`/`fit` and checkpoints.
+//! initializers, `compile`/`fit`, callbacks, checkpoints and whole-model saving.
 //!
 //! Everything here is built from the public core API only ([`Tensor`](crate::Tensor)
 //! ops, [`Variable`](crate::Variable), [`GradientTape`](crate::GradientTape) and
@@ -38,6 +38,12 @@
 //! | `keras.metrics.MeanSquaredError()` | [`metrics::MeanSquaredError::new()`](metrics::MeanSquaredError) (the loss keeps the name `nn::MeanSquaredError`) |
 //! | `model.fit(x, y, epochs=5, batch_size=32, validation_data=(xv, yv))` | `model.fit(&x, &y, FitOptions::new(5, 32).validation_data(&xv, &yv))?` |
 //! | `model.save_weights(p)`, `tf.train.Checkpoint(model=m, optimizer=o)` | [`model.save_weights(p)?`](Model::save_weights), [`Checkpoint::new(&m).optimizer(&o)`](Checkpoint) |
+//! | `model.save("m.keras")`, `keras.models.load_model("m.keras")` | [`model.save("m")?`](Model::save) (a directory), [`load_model("m")?`](load_model) |
+//! | `model.to_json()`, `model_from_json(s)` | [`model.to_json()?`](Model::to_json), [`model_from_json(&s)?`](model_from_json) |
+//! | `callbacks=[EarlyStopping(patience=2)]` | [`FitOptions::new(e, b).callback(EarlyStopping::new("val_loss").patience(2))`](FitOptions::callback) |
+//! | `ModelCheckpoint`, `CSVLogger`, `LearningRateScheduler`, `ReduceLROnPlateau` | [`ModelCheckpoint`], [`CSVLogger`], [`LearningRateScheduler`], [`ReduceLROnPlateau`] |
+//! | `history.history["loss"]`, plotting it | [`history["loss"]`](History), [`history.plot("curves.svg")?`](History::plot) |
+//! | `keras.utils.Progbar(n)`, `pb.update(i, [("loss", l)])` | [`Progbar::new(Some(n))`](Progbar), `pb.update(i, &[("loss", l)])`, `pb.finish(&logs)` |
 //! | `tf.random.set_seed(s)` | [`set_seed(s)`](set_seed) |
 //!
 //! # Conventions (and why)
@@ -51,8 +57,10 @@
 //! - Shared objects (models, layers, optimizers) are cheap `Arc` handles: a clone moved
 //!   into a `function` closure updates the same state.
 
+pub mod callbacks;
 mod checkpoint;
 mod fit;
+mod history;
 mod initializers;
 mod layers;
 mod losses;
@@ -60,11 +68,18 @@ pub mod metrics;
 mod model;
 mod naming;
 mod optimizers;
+mod progbar;
 mod random;
+mod saving;
 mod subclass;
 
+pub use callbacks::{
+    CSVLogger, Callback, Control, EarlyStopping, LearningRateScheduler, Logs, Mode,
+    ModelCheckpoint, ReduceLROnPlateau, SharedCallback,
+};
 pub use checkpoint::{load_variables, save_variables, Checkpoint};
-pub use fit::{FitOptions, History};
+pub use fit::FitOptions;
+pub use history::History;
 pub use initializers::Initializer;
 pub use layers::{Activation, Conv2D, Dense, Dropout, Flatten, Layer, MaxPooling2D};
 pub use losses::{
@@ -81,4 +96,6 @@ pub use optimizers::{
     Adam, AdamW, CosineDecay, ExponentialDecay, LearningRate, LearningRateSchedule, Optimizer,
     RMSprop, SGD,
 };
+pub use progbar::{epoch_line, Progbar};
+pub use saving::{load_model, model_from_json};
 pub use subclass::Module;

@@ -15,6 +15,12 @@
 //!   assign in the same graph, so bias correction and schedules see the right step in a
 //!   compiled `train_step` too. Schedules read the step *before* the update (Keras);
 //!   Adam's bias correction uses `t = iterations + 1`.
+//! - A constant learning rate lives in a non-trainable f64 scalar variable
+//!   (`<name>/learning_rate`), read by the update graph, so
+//!   [`Optimizer::set_learning_rate`] (what `LearningRateScheduler` and
+//!   `ReduceLROnPlateau` call between epochs) changes the rate of an already compiled
+//!   `train_step` too. It is not among [`Optimizer::variables`] (checkpoints keep their
+//!   layout); whole-model saving records it in the optimizer's config.
 //! - Gradients that are `None` (variables the loss does not depend on) are skipped; all
 //!   `None` is an `Err`, as is a gradient whose shape differs from its variable.
 //!
@@ -22,6 +28,7 @@
 
 use super::naming::unique_name;
 use crate::{DType, Error, Result, Tensor, Variable};
+use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::f64::consts::PI;
 use std::sync::{Arc, Mutex};
@@ -34,6 +41,14 @@ pub trait LearningRateSchedule: Send + Sync {
     /// The learning rate after `step` updates; `step` is an f64 scalar tensor (concrete
     /// eagerly, symbolic inside a trace), so the schedule is built from tensor ops.
     fn at(&self, step: &Tensor) -> Tensor;
+
+    /// The schedule's class and settings for whole-model saving
+    /// (`{"class_name": ..., "config": {...}}`, Keras' `get_config`). `None` (the default)
+    /// means it cannot be saved, and `Model::save` of a model whose optimizer uses it is
+    /// an `Err`.
+    fn get_config(&self) -> Option<Value> {
+        None
+    }
 }
 
 /// A constant learning rate or a schedule.
@@ -117,6 +132,18 @@ impl LearningRateSchedule for ExponentialDecay {
         };
         Tensor::scalar_of(DType::F64, self.decay_rate).pow(&p) * self.initial_learning_rate
     }
+
+    fn get_config(&self) -> Option<Value> {
+        Some(json!({
+            "class_name": "ExponentialDecay",
+            "config": {
+                "initial_learning_rate": self.initial_learning_rate,
+                "decay_steps": self.decay_steps,
+                "decay_rate": self.decay_rate,
+                "staircase": self.staircase,
+            }
+        }))
+    }
 }
 
 impl From<ExponentialDecay> for LearningRate {
@@ -163,6 +190,17 @@ impl LearningRateSchedule for CosineDecay {
         let cosine = ((s * (PI / total)).cos() + 1.0) * 0.5;
         (cosine * (1.0 - self.alpha) + self.alpha) * self.initial_learning_rate
     }
+
+    fn get_config(&self) -> Option<Value> {
+        Some(json!({
+            "class_name": "CosineDecay",
+            "config": {
+                "initial_learning_rate": self.initial_learning_rate,
+                "decay_steps": self.decay_steps,
+                "alpha": self.alpha,
+            }
+        }))
+    }
 }
 
 impl From<CosineDecay> for LearningRate {
@@ -197,6 +235,25 @@ pub trait Optimizer: Send + Sync {
 
     /// The learning rate the next update will use (from the concrete step counter).
     fn current_learning_rate(&self) -> f64;
+
+    /// Sets a constant learning rate (Keras' `optimizer.learning_rate = lr`), seen by
+    /// compiled steps from their next call. An `Err` when the rate is a schedule (as in
+    /// Keras) or not finite; the default implementation is an `Err` for optimizers
+    /// without a settable rate.
+    fn set_learning_rate(&self, lr: f64) -> Result<()> {
+        Err(Error::Invalid(format!(
+            "optimizer `{}` has no settable learning rate (got {lr})",
+            self.name()
+        )))
+    }
+
+    /// The optimizer's class and settings for whole-model saving
+    /// (`{"class_name": "Adam", "config": {"name": ..., "learning_rate": ..., ...}}`,
+    /// Keras' `get_config`), with the current learning rate. `None` (the default) means
+    /// it cannot be saved: `Model::save` of a model compiled with it is an `Err`.
+    fn get_config(&self) -> Option<Value> {
+        None
+    }
 }
 
 struct SlotTable {
@@ -208,26 +265,72 @@ struct SlotTable {
 struct Core {
     name: String,
     lr: LearningRate,
+    /// The value of a constant `lr` (see the module docs); `None` for a schedule.
+    lr_var: Option<Variable>,
     iterations: Variable,
     table: Mutex<SlotTable>,
 }
 
 impl Core {
     fn new(prefix: &str, lr: LearningRate) -> Arc<Core> {
-        let name = unique_name(prefix);
+        Core::named(unique_name(prefix), lr)
+    }
+
+    fn named(name: String, lr: LearningRate) -> Arc<Core> {
         let iterations = Variable::non_trainable(
             format!("{name}/iterations"),
             Tensor::full(&[], 0.0, DType::I64),
         );
+        let lr_var = match &lr {
+            LearningRate::Constant(v) => Some(Variable::non_trainable(
+                format!("{name}/learning_rate"),
+                Tensor::scalar_of(DType::F64, *v),
+            )),
+            LearningRate::Schedule(_) => None,
+        };
         Arc::new(Core {
             name,
             lr,
+            lr_var,
             iterations,
             table: Mutex::new(SlotTable {
                 index: HashMap::new(),
                 slots: Vec::new(),
             }),
         })
+    }
+
+    /// The rate at `step` (an f64 scalar): the variable's value, or the schedule's.
+    fn lr_at(&self, step: &Tensor) -> Tensor {
+        match &self.lr_var {
+            Some(v) => v.read(),
+            None => self.lr.at(step),
+        }
+    }
+
+    fn set_learning_rate(&self, lr: f64) -> Result<()> {
+        match &self.lr_var {
+            Some(_) if !lr.is_finite() => Err(Error::Invalid(format!(
+                "{}: the learning rate must be finite, got {lr}",
+                self.name
+            ))),
+            Some(v) => {
+                v.assign(&Tensor::scalar_of(DType::F64, lr));
+                Ok(())
+            }
+            None => Err(Error::Invalid(format!(
+                "{}: the learning rate is a schedule and cannot be set to {lr}; give the optimizer a constant rate to change it between epochs",
+                self.name
+            ))),
+        }
+    }
+
+    /// The saved form of the learning rate: the current constant, or the schedule's config.
+    fn lr_config(&self) -> Option<Value> {
+        match &self.lr {
+            LearningRate::Constant(_) => Some(json!(self.current_learning_rate())),
+            LearningRate::Schedule(s) => s.get_config(),
+        }
     }
 
     /// The slots of `var`, created as concrete zeros on first request.
@@ -260,7 +363,7 @@ impl Core {
 
     fn current_learning_rate(&self) -> f64 {
         let step = self.iterations.value().cast(DType::F64);
-        self.lr.at(&step).to_scalar().unwrap_or(f64::NAN)
+        self.lr_at(&step).to_scalar().unwrap_or(f64::NAN)
     }
 
     /// Validates, then runs `update(var, grad, slots, lr, coef)` for each variable with a
@@ -308,7 +411,7 @@ impl Core {
         }
         let it = self.iterations.read();
         let step = it.cast(DType::F64);
-        let lr = self.lr.at(&step);
+        let lr = self.lr_at(&step);
         let coef = prepare(&lr, &(&step + 1.0));
         for (g, v) in grads.iter().zip(vars) {
             if let Some(g) = g {
@@ -361,6 +464,15 @@ macro_rules! optimizer_common {
             fn current_learning_rate(&self) -> f64 {
                 self.core.current_learning_rate()
             }
+            fn set_learning_rate(&self, lr: f64) -> Result<()> {
+                self.core.set_learning_rate(lr)
+            }
+            fn get_config(&self) -> Option<Value> {
+                let mut config = self.config();
+                config.insert("name".into(), json!(self.core.name));
+                config.insert("learning_rate".into(), self.core.lr_config()?);
+                Some(json!({ "class_name": self.class_name(), "config": config }))
+            }
         }
     };
 }
@@ -406,6 +518,24 @@ impl SGD {
     pub fn nesterov(mut self, on: bool) -> SGD {
         self.nesterov = on;
         self
+    }
+
+    /// An explicit name (the prefix of its state variables) instead of the next `SGD_N`.
+    /// Call it first: it starts a fresh step counter and slots.
+    pub fn named(mut self, name: impl Into<String>) -> SGD {
+        self.core = Core::named(name.into(), self.core.lr.clone());
+        self
+    }
+
+    fn class_name(&self) -> &'static str {
+        "SGD"
+    }
+
+    fn config(&self) -> serde_json::Map<String, Value> {
+        let mut c = serde_json::Map::new();
+        c.insert("momentum".into(), json!(self.momentum));
+        c.insert("nesterov".into(), json!(self.nesterov));
+        c
     }
 
     fn slot_names(&self) -> Vec<&'static str> {
@@ -493,6 +623,32 @@ impl Adam {
         self
     }
 
+    /// An explicit name (the prefix of its state variables) instead of the next `adam_N`.
+    /// Call it first: it starts a fresh step counter and slots.
+    pub fn named(mut self, name: impl Into<String>) -> Adam {
+        self.core = Core::named(name.into(), self.core.lr.clone());
+        self
+    }
+
+    fn class_name(&self) -> &'static str {
+        if self.weight_decay > 0.0 {
+            "AdamW"
+        } else {
+            "Adam"
+        }
+    }
+
+    fn config(&self) -> serde_json::Map<String, Value> {
+        let mut c = serde_json::Map::new();
+        c.insert("beta_1".into(), json!(self.beta_1));
+        c.insert("beta_2".into(), json!(self.beta_2));
+        c.insert("epsilon".into(), json!(self.epsilon));
+        if self.weight_decay > 0.0 {
+            c.insert("weight_decay".into(), json!(self.weight_decay));
+        }
+        c
+    }
+
     fn slot_names(&self) -> Vec<&'static str> {
         vec!["m", "v"]
     }
@@ -570,6 +726,13 @@ impl AdamW {
         self.adam.epsilon = e;
         self
     }
+
+    /// An explicit name instead of the next `adamw_N`. Call it first: it starts a fresh
+    /// step counter and slots.
+    pub fn named(mut self, name: impl Into<String>) -> AdamW {
+        self.adam = self.adam.named(name);
+        self
+    }
 }
 
 impl Default for AdamW {
@@ -596,6 +759,13 @@ impl Optimizer for AdamW {
     }
     fn current_learning_rate(&self) -> f64 {
         self.adam.current_learning_rate()
+    }
+    fn set_learning_rate(&self, lr: f64) -> Result<()> {
+        self.adam.set_learning_rate(lr)
+    }
+    /// Saved as class `AdamW` with its `weight_decay` (as class `Adam` when λ is 0).
+    fn get_config(&self) -> Option<Value> {
+        self.adam.get_config()
     }
 }
 
@@ -651,6 +821,26 @@ impl RMSprop {
     pub fn centered(mut self, on: bool) -> RMSprop {
         self.centered = on;
         self
+    }
+
+    /// An explicit name instead of the next `rmsprop_N`. Call it first: it starts a
+    /// fresh step counter and slots.
+    pub fn named(mut self, name: impl Into<String>) -> RMSprop {
+        self.core = Core::named(name.into(), self.core.lr.clone());
+        self
+    }
+
+    fn class_name(&self) -> &'static str {
+        "RMSprop"
+    }
+
+    fn config(&self) -> serde_json::Map<String, Value> {
+        let mut c = serde_json::Map::new();
+        c.insert("rho".into(), json!(self.rho));
+        c.insert("momentum".into(), json!(self.momentum));
+        c.insert("epsilon".into(), json!(self.epsilon));
+        c.insert("centered".into(), json!(self.centered));
+        c
     }
 
     fn slot_names(&self) -> Vec<&'static str> {
