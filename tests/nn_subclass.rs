@@ -223,3 +223,16 @@ fn a_model_inside_a_subclassed_model_is_one_row_of_its_summary() {
     assert!(s.contains("head (Dense)"), "{s}");
     assert!(s.contains("Total params: 41"), "{s}"); // 3·4+4 + 4·4+4 + 4+1
 }
+
+/// `save` writes architectures it can rebuild; a subclassed model's is Rust code, so
+/// saving it whole is an error that points at `save_weights` (as Keras restores weights
+/// into a freshly built subclassed model), and nothing is written.
+#[test]
+fn saving_a_subclassed_model_whole_is_an_error_pointing_at_save_weights() {
+    let model = Model::from_module(MyModel::new());
+    model.build(&[3]).unwrap();
+    let dir = TempDir::new("subclass_save");
+    let e = model.save(dir.path("model")).unwrap_err().to_string();
+    assert!(e.contains("save_weights"), "{e}");
+    assert!(!dir.path("model").exists());
+}
