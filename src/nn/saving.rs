@@ -183,8 +183,9 @@ impl Model {
     }
 
     /// Saves the whole model to the directory `path` (`model.save`): architecture,
-    /// weights and, when compiled, the loss, optimizer state and metrics (see the
-    /// [module docs](self) for the layout and the atomic replace).
+    /// weights and, when compiled, the loss, optimizer state and metrics: a directory of
+    /// `config.json`, `model.weights.safetensors` and `optimizer.safetensors`, written to
+    /// a temporary directory first and then put in place.
     ///
     /// Returns `Err` if the model is not built, a layer, the loss or the optimizer has
     /// no config, `path` exists and is not a saved model, or on I/O failure.
