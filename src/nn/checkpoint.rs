@@ -22,7 +22,7 @@
 
 use super::model::Model;
 use super::optimizers::Optimizer;
-use crate::{DType, Dim, Error, Result, Tensor, Variable};
+use crate::{DType, Data, Dim, Error, Result, Tensor, Variable};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use std::collections::{HashMap, HashSet};
@@ -68,53 +68,6 @@ fn from_st_dtype(d: Dtype) -> Option<DType> {
     }
 }
 
-/// Little-endian bytes of a concrete tensor.
-fn bytes_of(t: &Tensor) -> Result<Vec<u8>> {
-    Ok(match t.dtype() {
-        DType::F32 => t
-            .to_vec_f64()?
-            .into_iter()
-            .flat_map(|v| (v as f32).to_le_bytes())
-            .collect(),
-        DType::F64 => t
-            .to_vec_f64()?
-            .into_iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
-        DType::I64 => t
-            .to_vec_i64()?
-            .into_iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
-    })
-}
-
-fn tensor_of(dtype: DType, shape: &[usize], bytes: &[u8]) -> Result<Tensor> {
-    match dtype {
-        DType::F32 => Tensor::from_vec(
-            bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
-                .collect(),
-            shape,
-        ),
-        DType::F64 => Tensor::from_vec(
-            bytes
-                .chunks_exact(8)
-                .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
-                .collect(),
-            shape,
-        ),
-        DType::I64 => Tensor::from_vec(
-            bytes
-                .chunks_exact(8)
-                .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
-                .collect(),
-            shape,
-        ),
-    }
-}
-
 /// Saves the current values of `vars` to `path` (atomically; see the module docs).
 ///
 /// Returns `Err` for two variables with one name or an I/O failure.
@@ -149,7 +102,7 @@ pub fn save_variables(path: impl AsRef<Path>, vars: &[Variable]) -> Result<()> {
                 v.name().to_string(),
                 v.dtype(),
                 v.shape().to_vec(),
-                bytes_of(&v.value())?,
+                v.value().data()?.to_le_bytes(),
             ))
         })
         .collect::<Result<_>>()?;
@@ -308,7 +261,9 @@ pub fn load_variables(path: impl AsRef<Path>, vars: &[Variable]) -> Result<()> {
                 ),
             ));
         }
-        values.push(tensor_of(dtype, &shape, view.data())?);
+        values.push(Tensor::from_data(
+            Data::from_le_bytes(dtype, &shape, view.data()).map_err(|e| err(path, e))?,
+        ));
     }
     for (v, t) in vars.iter().zip(&values) {
         v.assign(t);

@@ -250,6 +250,63 @@ impl Data {
         map_data!(self, a => if a.is_standard_layout() { a } else { a.as_standard_layout().into_owned().into_shared() })
     }
 
+    /// The elements as little-endian bytes, in row-major order (the layout of
+    /// safetensors files).
+    ///
+    /// ```
+    /// use tapeflow::{DType, Data};
+    /// let d = Data::full(DType::F32, &[2], 1.5);
+    /// assert_eq!(Data::from_le_bytes(DType::F32, &[2], &d.to_le_bytes()).unwrap(), d);
+    /// ```
+    pub fn to_le_bytes(&self) -> Vec<u8> {
+        match self {
+            Data::F32(a) => a.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            Data::F64(a) => a.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            Data::I64(a) => a.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        }
+    }
+
+    /// A buffer of `dtype` and `shape` from little-endian bytes in row-major order.
+    ///
+    /// # Errors
+    /// When `bytes` does not hold exactly the shape's number of elements.
+    pub fn from_le_bytes(dtype: DType, shape: &[usize], bytes: &[u8]) -> Result<Data, String> {
+        let n = super::dtype::check_shape(shape)?;
+        if n.checked_mul(dtype.size()) != Some(bytes.len()) {
+            return Err(format!(
+                "{} bytes do not hold the {n} elements of {}",
+                bytes.len(),
+                super::dtype::type_str(dtype, shape)
+            ));
+        }
+        fn arr<T: Clone>(shape: &[usize], v: Vec<T>) -> ArcArray<T, IxDyn> {
+            ArrayD::from_shape_vec(IxDyn(shape), v)
+                .expect("length checked above")
+                .into_shared()
+        }
+        let words = |k: usize| bytes.chunks_exact(k);
+        Ok(match dtype {
+            DType::F32 => Data::F32(arr(
+                shape,
+                words(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+                    .collect(),
+            )),
+            DType::F64 => Data::F64(arr(
+                shape,
+                words(8)
+                    .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+                    .collect(),
+            )),
+            DType::I64 => Data::I64(arr(
+                shape,
+                words(8)
+                    .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+                    .collect(),
+            )),
+        })
+    }
+
     /// Bytes held by the elements.
     pub fn nbytes(&self) -> usize {
         self.len() * self.dtype().size()

@@ -76,62 +76,12 @@ fn from_st_dtype(d: Dtype) -> Option<DType> {
     }
 }
 
-/// Little-endian bytes of the elements, in row-major order.
-fn le_bytes(d: &Data) -> Vec<u8> {
-    match d {
-        Data::F32(a) => a.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        Data::F64(a) => a.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        Data::I64(a) => a.iter().flat_map(|v| v.to_le_bytes()).collect(),
-    }
-}
-
-/// A buffer from little-endian bytes (their length is checked by the safetensors reader).
-fn from_le_bytes(dtype: DType, shape: &[usize], bytes: &[u8]) -> std::result::Result<Data, String> {
-    fn arr<T: Clone>(
-        shape: &[usize],
-        v: Vec<T>,
-    ) -> std::result::Result<ndarray::ArcArray<T, ndarray::IxDyn>, String> {
-        ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(shape), v)
-            .map(|a| a.into_shared())
-            .map_err(|e| e.to_string())
-    }
-    let chunks = |n: usize| {
-        if !bytes.len().is_multiple_of(n) {
-            return Err(format!(
-                "{} bytes are not a whole number of elements",
-                bytes.len()
-            ));
-        }
-        Ok(bytes.chunks_exact(n))
-    };
-    Ok(match dtype {
-        DType::F32 => Data::F32(arr(
-            shape,
-            chunks(4)?
-                .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
-                .collect(),
-        )?),
-        DType::F64 => Data::F64(arr(
-            shape,
-            chunks(8)?
-                .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
-                .collect(),
-        )?),
-        DType::I64 => Data::I64(arr(
-            shape,
-            chunks(8)?
-                .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
-                .collect(),
-        )?),
-    })
-}
-
 /// A safetensors file of named buffers with string metadata.
 fn serialize(
     tensors: &[(String, Data)],
     meta: HashMap<String, String>,
 ) -> std::result::Result<Vec<u8>, String> {
-    let bytes: Vec<Vec<u8>> = tensors.iter().map(|(_, d)| le_bytes(d)).collect();
+    let bytes: Vec<Vec<u8>> = tensors.iter().map(|(_, d)| d.to_le_bytes()).collect();
     let views: Vec<(String, TensorView<'_>)> = tensors
         .iter()
         .zip(&bytes)
@@ -167,7 +117,7 @@ fn deserialize(dir: &Path, file: &str) -> Result<Buffers> {
                 ),
             )
         })?;
-        let data = from_le_bytes(dtype, view.shape(), view.data())
+        let data = Data::from_le_bytes(dtype, view.shape(), view.data())
             .map_err(|e| bad(dir, format!("{file}: `{name}`: {e}")))?;
         out.insert(name, data);
     }
