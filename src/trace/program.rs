@@ -167,8 +167,14 @@ impl Program {
         loc: &'static Location<'static>,
     ) -> Result<Vec<Tensor>> {
         let datas = args.iter().map(|a| a.data()).collect::<Result<Vec<_>>>()?;
-        let types: Signature = datas.iter().map(|d| (d.dtype(), d.shape())).collect();
-        let plan = self.plan_for_types(signature, source, &types, loc)?;
+        let plan = match self {
+            // a concrete plan checks its inputs itself: no types to collect per call
+            Program::Concrete(p) => p.clone(),
+            Program::Symbolic(_) => {
+                let types: Signature = datas.iter().map(|d| (d.dtype(), d.shape())).collect();
+                self.plan_for_types(signature, source, &types, loc)?
+            }
+        };
         let out = plan.run(&datas, &mut RunStats::default())?;
         Ok(out
             .into_iter()
