@@ -17,6 +17,8 @@
 //! - W3 mlp_large: MLP 784-1024-1024-10, batch 256, SGD (GFLOP/s reported)
 //! - W4 linreg: y = a·X + b on 1000 points, sum of squares, assign_sub gradient descent
 //! - W5 second_order: grad(sum(grad(f)))(x), f(x) = sum(sin(x)·e^(−x²)), x of 1e6 elements
+//! - W6 lstm: the `mnist_lstm` model, LSTM(128) → Dense(10) over 28 steps of 28 pixels,
+//!   batch 64, Adam 1e-3; the recurrence is one `scan` op in the compiled graph
 //!
 //! The row `w1 symbolic` runs W1 through one shape-polymorphic trace (`f32[b,784]`,
 //! `i64[b]`, bound to 64 per call); its compile time is the symbolic trace plus the

@@ -32,9 +32,9 @@ pub use crate::data::Dataset;
 pub use crate::datasets;
 pub use crate::nn::{
     input, Activation, Adam, BinaryCrossentropy, CategoricalAccuracy, CategoricalCrossentropy,
-    Conv2D, Dense, Dropout, FitOptions, Flatten, History, Layer, Loss, MaxPooling2D, Mean,
-    MeanSquaredError, Metric, Model, Optimizer, RMSprop, Sequential, SparseCategoricalAccuracy,
-    SparseCategoricalCrossentropy, SGD,
+    Conv2D, Dense, Dropout, Embedding, FitOptions, Flatten, History, Layer, Loss, MaxPooling2D,
+    Mean, MeanSquaredError, Metric, Model, Optimizer, RMSprop, Sequential, SimpleRNN,
+    SparseCategoricalAccuracy, SparseCategoricalCrossentropy, GRU, LSTM, SGD,
 };
 pub use crate::tensor;
 pub use crate::{

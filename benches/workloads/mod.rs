@@ -1,4 +1,4 @@
-//! The benchmark workloads W1–W5, shared by `examples/bench.rs` (the report) and
+//! The benchmark workloads W1–W6, shared by `examples/bench.rs` (the report) and
 //! `benches/steps.rs` (criterion). Each is one step closure plus its inputs; the same
 //! closure runs eagerly and compiled.
 #![allow(dead_code)]
@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use tapeflow::nn::{
     Activation, Adam, Conv2D, Dense, Flatten, Loss, MaxPooling2D, Model, Optimizer, Sequential,
-    SparseCategoricalCrossentropy, SGD,
+    SparseCategoricalCrossentropy, LSTM, SGD,
 };
 use tapeflow::{DType, GradientTape, Result, Tensor, Variable};
 
@@ -88,7 +88,25 @@ fn mlp_flops(batch: f64, widths: &[f64]) -> f64 {
     fwd + fwd + (fwd - layers[0])
 }
 
-/// W1–W5, built fresh (new variables) each call.
+/// The mnist_lstm model: each image as 28 steps of 28 pixels, `LSTM(128)` + `Dense(10)`.
+pub fn lstm_model() -> Model {
+    Sequential::new()
+        .add(LSTM::new(128))
+        .add(Dense::new(10))
+        .input_shape(&[28, 28])
+        .into()
+}
+
+/// FLOPs of an LSTM(units) + Dense(classes) train step on `[batch, steps, features]`:
+/// forward `2·B·T·(F+U)·4U` plus the dense layer, backward twice that without the
+/// gradient of the input.
+fn lstm_flops(b: f64, t: f64, f: f64, u: f64, classes: f64) -> f64 {
+    let input = 2.0 * b * t * f * 4.0 * u;
+    let fwd = input + 2.0 * b * t * u * 4.0 * u + 2.0 * b * u * classes;
+    3.0 * fwd - input
+}
+
+/// W1–W6, built fresh (new variables) each call.
 pub fn all() -> Vec<Workload> {
     let mut v = Vec::new();
     let (x, y) = batch(&[64, 784], 64, 1);
@@ -131,6 +149,14 @@ pub fn all() -> Vec<Workload> {
         x: x5,
         y: Tensor::scalar(0.0),
         flops: None,
+    });
+    let (x, y) = batch(&[64, 28, 28], 64, 6);
+    v.push(Workload {
+        name: "w6_lstm",
+        step: Arc::new(classifier_step(lstm_model(), Adam::new(1e-3))),
+        x,
+        y,
+        flops: Some(lstm_flops(64.0, 28.0, 28.0, 128.0, 10.0)),
     });
     v
 }

@@ -46,6 +46,18 @@ pub enum Initializer {
         /// Explicit seed; `None` derives one from the variable name.
         seed: Option<u64>,
     },
+    /// A random orthogonal matrix times `gain` (Keras' `Orthogonal`, the default
+    /// recurrent-kernel initializer): the variable is viewed as a matrix of
+    /// `shape[..-1].product()` rows and `shape[-1]` columns; its rows (if fewer) or
+    /// columns (otherwise) are orthonormal. Made by a QR factorization (modified
+    /// Gram–Schmidt in f64) of a standard normal matrix, with the signs that make `R`'s
+    /// diagonal positive, as Keras does.
+    Orthogonal {
+        /// Scale of the result (Keras' `gain`, default 1).
+        gain: f64,
+        /// Explicit seed; `None` derives one from the variable name.
+        seed: Option<u64>,
+    },
     /// `U(min, max)`.
     RandomUniform {
         /// Lower bound.
@@ -63,6 +75,12 @@ const TRUNCATED_STD: f64 = 0.879_625_661_034_239_8;
 impl Initializer {
     /// Glorot-uniform with a name-derived seed.
     pub const GLOROT_UNIFORM: Initializer = Initializer::GlorotUniform { seed: None };
+
+    /// Orthogonal with gain 1 and a name-derived seed (Keras' recurrent-kernel default).
+    pub const ORTHOGONAL: Initializer = Initializer::Orthogonal {
+        gain: 1.0,
+        seed: None,
+    };
 
     /// `(fan_in, fan_out)` of a variable shape, as Keras computes them.
     pub fn fans(shape: &[usize]) -> (usize, usize) {
@@ -115,6 +133,9 @@ impl Initializer {
             Initializer::RandomUniform { min, max, seed } => {
                 Tensor::random_uniform(shape, *min, *max, seed_of(seed), dtype)
             }
+            Initializer::Orthogonal { gain, seed } => {
+                orthogonal(shape, *gain, seed_of(seed), dtype)
+            }
         }
     }
 }
@@ -145,6 +166,46 @@ fn truncated_normal(shape: &[usize], stddev: f64, seed: u64, dtype: DType) -> Te
     let scaled: Vec<f64> = kept.into_iter().map(|v| v * stddev).collect();
     cast_concrete(
         Tensor::from_vec(scaled, shape).expect("n elements fill the shape"),
+        dtype,
+    )
+}
+
+/// Keras' orthogonal initializer (see [`Initializer::Orthogonal`]).
+fn orthogonal(shape: &[usize], gain: f64, seed: u64, dtype: DType) -> Tensor {
+    let cols = shape.last().copied().unwrap_or(1);
+    let rows: usize = shape[..shape.len().saturating_sub(1)].iter().product();
+    // factor a tall matrix (m ≥ n) column by column; a wide result is its transpose
+    let (m, n) = (rows.max(cols), rows.min(cols));
+    let a = Tensor::random_normal(&[m * n], 0.0, 1.0, seed, DType::F64)
+        .to_vec_f64()
+        .expect("random_normal is concrete");
+    // q holds n orthonormal columns of length m, column-major
+    let mut q: Vec<f64> = Vec::with_capacity(m * n);
+    for j in 0..n {
+        let mut v: Vec<f64> = (0..m).map(|i| a[i * n + j]).collect();
+        for k in 0..j {
+            let qk = &q[k * m..(k + 1) * m];
+            let dot: f64 = qk.iter().zip(&v).map(|(x, y)| x * y).sum();
+            v.iter_mut().zip(qk).for_each(|(vi, qi)| *vi -= dot * qi);
+        }
+        let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        // a normal matrix is of full rank with probability one
+        let inv = if norm > 0.0 { 1.0 / norm } else { 0.0 };
+        q.extend(v.into_iter().map(|x| x * inv));
+    }
+    // element (r, c) of the rows × cols result
+    let value = |r: usize, c: usize| {
+        if rows >= cols {
+            q[c * m + r] // tall: column c of q
+        } else {
+            q[r * m + c] // wide: row r is column r of q
+        }
+    };
+    let out: Vec<f64> = (0..rows * cols)
+        .map(|i| gain * value(i / cols, i % cols))
+        .collect();
+    cast_concrete(
+        Tensor::from_vec(out, shape).expect("rows·cols elements fill the shape"),
         dtype,
     )
 }

@@ -142,28 +142,28 @@ pub(crate) fn padding_name(p: Padding) -> &'static str {
 }
 
 /// Lazily assigned unique layer name.
-struct LayerName {
+pub(super) struct LayerName {
     prefix: &'static str,
     name: OnceLock<String>,
 }
 
 impl LayerName {
-    fn new(prefix: &'static str) -> LayerName {
+    pub(super) fn new(prefix: &'static str) -> LayerName {
         LayerName {
             prefix,
             name: OnceLock::new(),
         }
     }
-    fn get(&self) -> &str {
+    pub(super) fn get(&self) -> &str {
         self.name.get_or_init(|| unique_name(self.prefix))
     }
-    fn set(&self, name: String) {
+    pub(super) fn set(&self, name: String) {
         // a name can only be chosen before the layer has one
         let _ = self.name.set(name);
     }
 }
 
-fn shape_str(dtype: DType, shape: &[usize]) -> String {
+pub(super) fn shape_str(dtype: DType, shape: &[usize]) -> String {
     let dims: Vec<String> = shape
         .iter()
         .map(|&d| Dim::from_raw(d).to_string())
@@ -172,12 +172,18 @@ fn shape_str(dtype: DType, shape: &[usize]) -> String {
 }
 
 /// The error for a layer given an input it cannot take.
-fn bad_input(class: &str, name: &str, msg: String) -> Error {
+pub(super) fn bad_input(class: &str, name: &str, msg: String) -> Error {
     Error::Invalid(format!("{class} layer `{name}`: {msg}"))
 }
 
 /// Checks that `x` is a batch (rank ≥ `min_rank`) of the layer's dtype.
-fn check_batch(class: &str, name: &str, x: &Tensor, dtype: DType, min_rank: usize) -> Result<()> {
+pub(super) fn check_batch(
+    class: &str,
+    name: &str,
+    x: &Tensor,
+    dtype: DType,
+    min_rank: usize,
+) -> Result<()> {
     if x.rank() < min_rank {
         return Err(bad_input(
             class,
@@ -222,7 +228,7 @@ fn kernel_and_bias(
     (kernel, bias)
 }
 
-fn check_built_shape(
+pub(super) fn check_built_shape(
     class: &str,
     name: &str,
     built: &[usize],

@@ -24,6 +24,7 @@
 //! | --- | --- |
 //! | `Dense(64, activation="relu", name="d")` | `Dense::new(64).activation(Activation::Relu).named("d")` |
 //! | `Conv2D(32, 3)`, `MaxPooling2D((2, 2))`, `Flatten()`, `Dropout(0.5)` | [`Conv2D::new(32, 3)`](Conv2D), [`MaxPooling2D::new((2, 2))`](MaxPooling2D), [`Flatten::new()`](Flatten), [`Dropout::new(0.5)`](Dropout) |
+//! | `LSTM(128, return_sequences=True)`, `GRU(64)`, `SimpleRNN(32)`, `Embedding(1000, 64)` | [`LSTM::new(128).return_sequences(true)`](LSTM), [`GRU::new(64)`](GRU), [`SimpleRNN::new(32)`](SimpleRNN), [`Embedding::new(1000, 64)`](Embedding) |
 //! | `keras.Sequential([...])` | `Sequential::new().add(...).add(...)` |
 //! | `inputs = keras.Input((784,)); x = Dense(64)(inputs)` | `let inputs = input(&[784]); let x = Dense::new(64).apply(&inputs)?;` |
 //! | `keras.Model(inputs, outputs)` | [`Model::new(&inputs, &outputs)?`](Model::new) |
@@ -59,6 +60,7 @@
 
 pub mod callbacks;
 mod checkpoint;
+mod embedding;
 mod fit;
 mod history;
 mod initializers;
@@ -70,6 +72,7 @@ mod naming;
 mod optimizers;
 mod progbar;
 mod random;
+mod recurrent;
 mod saving;
 mod subclass;
 
@@ -78,6 +81,7 @@ pub use callbacks::{
     ModelCheckpoint, ReduceLROnPlateau, SharedCallback,
 };
 pub use checkpoint::{load_variables, save_variables, Checkpoint};
+pub use embedding::Embedding;
 pub use fit::FitOptions;
 pub use history::History;
 pub use initializers::Initializer;
@@ -97,5 +101,6 @@ pub use optimizers::{
     RMSprop, SGD,
 };
 pub use progbar::{epoch_line, Progbar};
+pub use recurrent::{Cell, GruCell, LstmCell, Recurrent, SimpleRNN, SimpleRnnCell, GRU, LSTM};
 pub use saving::{load_model, model_from_json};
 pub use subclass::Module;

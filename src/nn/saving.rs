@@ -39,6 +39,7 @@
 //!   makes `load_model` an `Err`.
 
 use super::checkpoint::{load_variables, save_variables};
+use super::embedding::Embedding;
 use super::layers::{Conv2D, Dense, Dropout, Flatten, Layer, MaxPooling2D};
 use super::losses::{
     BinaryCrossentropy, CategoricalCrossentropy, MeanSquaredError, SparseCategoricalCrossentropy,
@@ -47,6 +48,7 @@ use super::model::{input_named, Model, Sequential};
 use super::optimizers::{
     Adam, AdamW, CosineDecay, ExponentialDecay, LearningRate, Optimizer, RMSprop, SGD,
 };
+use super::recurrent::{Cell, Recurrent, SimpleRNN, GRU, LSTM};
 use super::Activation;
 use crate::{DType, Error, Padding, Result};
 use serde_json::{json, Map, Value};
@@ -421,8 +423,12 @@ impl<'a> Fields<'a> {
     }
 
     fn activation(&self) -> Result<Activation> {
-        Activation::from_name(self.str("activation")?)
-            .ok_or_else(|| self.bad("activation", "one of linear, relu, sigmoid, tanh, softmax"))
+        self.activation_of("activation")
+    }
+
+    fn activation_of(&self, key: &str) -> Result<Activation> {
+        Activation::from_name(self.str(key)?)
+            .ok_or_else(|| self.bad(key, "one of linear, relu, sigmoid, tanh, softmax"))
     }
 
     fn dtype(&self) -> Result<DType> {
@@ -438,6 +444,18 @@ impl<'a> Fields<'a> {
             _ => Err(self.bad("padding", "valid or same")),
         }
     }
+}
+
+/// The settings every recurrent layer shares, read from its config.
+fn recurrent_from_config<C: Cell>(l: Recurrent<C>, c: &Fields) -> Result<Recurrent<C>> {
+    let ract = c.activation_of("recurrent_activation")?;
+    Ok(l.activation(c.activation()?)
+        .recurrent_activation(ract)
+        .use_bias(c.bool("use_bias")?)
+        .return_sequences(c.bool("return_sequences")?)
+        .return_state(c.bool("return_state")?)
+        .go_backwards(c.bool("go_backwards")?)
+        .dtype(c.dtype()?))
 }
 
 /// A layer from its class and config.
@@ -468,6 +486,22 @@ fn layer_from_config(class: &str, c: &Fields) -> Result<Arc<dyn Layer>> {
                 .named(name),
         ),
         "Flatten" => Arc::new(Flatten::new().named(name)),
+        "SimpleRNN" => Arc::new(recurrent_from_config(SimpleRNN::new(c.usize("units")?), c)?.named(name)),
+        "LSTM" => Arc::new(
+            recurrent_from_config(LSTM::new(c.usize("units")?), c)?
+                .unit_forget_bias(c.bool("unit_forget_bias")?)
+                .named(name),
+        ),
+        "GRU" => Arc::new(
+            recurrent_from_config(GRU::new(c.usize("units")?), c)?
+                .reset_after(c.bool("reset_after")?)
+                .named(name),
+        ),
+        "Embedding" => Arc::new(
+            Embedding::new(c.usize("input_dim")?, c.usize("output_dim")?)
+                .dtype(c.dtype()?)
+                .named(name),
+        ),
         "Dropout" => Arc::new(
             Dropout::new(c.f64("rate")?)
                 .seed(c.u64("seed")?)
@@ -475,7 +509,7 @@ fn layer_from_config(class: &str, c: &Fields) -> Result<Arc<dyn Layer>> {
         ),
         other => {
             return Err(Error::Data(format!(
-                "{}: unknown layer class `{other}` (known: Dense, Conv2D, MaxPooling2D, Flatten, Dropout)",
+                "{}: unknown layer class `{other}` (known: Dense, Conv2D, MaxPooling2D, Flatten, Dropout, SimpleRNN, LSTM, GRU, Embedding)",
                 c.what
             )))
         }
