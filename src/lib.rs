@@ -45,6 +45,7 @@
 //! inputs.
 #![warn(missing_docs)]
 pub mod autodiff;
+pub mod control;
 pub mod data;
 pub mod datasets;
 pub mod debugging;
@@ -59,6 +60,7 @@ pub mod tensor;
 pub mod trace;
 
 pub use autodiff::{custom_gradient, GradientTape};
+pub use control::{cond, fori_loop, scan, scan_reverse, while_loop};
 pub use error::{Error, Result};
 pub use ops::Padding;
 pub use tensor::Dim;

@@ -38,6 +38,6 @@ pub use crate::nn::{
 };
 pub use crate::tensor;
 pub use crate::{
-    function, function_with_signature, DType, Dim, Error, GradientTape, Result, Tensor, TensorSpec,
-    Variable,
+    cond, fori_loop, function, function_with_signature, scan, scan_reverse, while_loop, DType, Dim,
+    Error, GradientTape, Result, Tensor, TensorSpec, Variable,
 };

@@ -1,0 +1,426 @@
+//! Control flow: [`cond`], [`while_loop`], [`scan`], [`scan_reverse`] and [`fori_loop`].
+//!
+//! Eagerly (no trace active) they are plain Rust control flow that calls the user's
+//! closures op by op, so an active [`crate::GradientTape`] records every op of every
+//! iteration and differentiates through them like through any other code.
+//!
+//! Inside [`crate::function`] a predicate or loop condition that is a concrete value
+//! (it depends on no argument of the function) also runs as Rust control flow: the
+//! branch not taken is never traced, and a loop is unrolled into the graph.
+//!
+//! Invariants every function checks, eagerly and traced: a branch's (or body's)
+//! outputs have the dtypes and shapes of the other branch (of the loop carry), else
+//! the call returns an `Err` naming both types and the result's position.
+
+use crate::error::{Error, Loc, Result};
+use crate::tensor::{type_str, Tensor};
+use std::panic::Location;
+
+/// The type of a tensor as text, `f32[2,3]`.
+fn ty(t: &Tensor) -> String {
+    type_str(t.dtype(), t.shape())
+}
+
+/// Checks that `b` has the number, dtypes and shapes of `a`; `what_a`/`what_b` name
+/// the two sides in the error.
+fn same_types(
+    op: &'static str,
+    what_a: &str,
+    a: &[Tensor],
+    what_b: &str,
+    b: &[Tensor],
+    loc: Loc,
+) -> Result<()> {
+    if a.len() != b.len() {
+        return Err(Error::op(
+            op,
+            format!(
+                "{what_a} has {} tensors but {what_b} has {}",
+                a.len(),
+                b.len()
+            ),
+            loc,
+        ));
+    }
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        if x.dtype() != y.dtype() || x.shape() != y.shape() {
+            return Err(Error::op(
+                op,
+                format!(
+                    "{what_a} has {} at position {i} but {what_b} has {}",
+                    ty(x),
+                    ty(y)
+                ),
+                loc,
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The truth value of a concrete predicate: a tensor of one element, nonzero is true.
+fn truth(op: &'static str, pred: &Tensor, loc: Loc) -> Result<bool> {
+    if pred.len() != 1 {
+        return Err(Error::op(
+            op,
+            format!("the predicate must have one element, got {}", ty(pred)),
+            loc,
+        ));
+    }
+    Ok(pred.to_scalar_f64()? != 0.0)
+}
+
+/// `true_fn()` if `pred` is nonzero, else `false_fn()` (`tf.cond`, `jax.lax.cond`).
+///
+/// `pred` is a tensor of one element of any dtype. Both branches must return tensors
+/// of the same dtypes and shapes. Eagerly, and inside [`crate::function`] when `pred` is
+/// a concrete value, only the chosen branch runs.
+///
+/// # Errors
+/// A predicate with more than one element, or branches whose results differ in number,
+/// dtype or shape (the error names both); errors returned by a branch.
+///
+/// # Example
+/// ```
+/// use tapeflow::{cond, Tensor};
+/// let x = Tensor::scalar(3.0);
+/// let y = cond(&x.gt(&Tensor::scalar(0.0)), || Ok(vec![&x * 2.0]), || Ok(vec![-&x])).unwrap();
+/// assert_eq!(y[0].to_scalar().unwrap(), 6.0);
+/// ```
+#[track_caller]
+pub fn cond(
+    pred: &Tensor,
+    true_fn: impl Fn() -> Result<Vec<Tensor>>,
+    false_fn: impl Fn() -> Result<Vec<Tensor>>,
+) -> Result<Vec<Tensor>> {
+    let loc = Location::caller();
+    if !pred.is_symbolic() {
+        return if truth("cond", pred, loc)? {
+            true_fn()
+        } else {
+            false_fn()
+        };
+    }
+    if pred.len() != 1 {
+        return Err(Error::op(
+            "cond",
+            format!("the predicate must have one element, got {}", ty(pred)),
+            loc,
+        ));
+    }
+    // traced with a run-time predicate: both branches, then a select per result
+    let a = true_fn()?;
+    let b = false_fn()?;
+    same_types("cond", "the true branch", &a, "the false branch", &b, loc)?;
+    let mask = pred.reshape(&[]);
+    Ok(a.iter()
+        .zip(&b)
+        .map(|(x, y)| Tensor::select(&mask, x, y))
+        .collect())
+}
+
+/// Runs `body` while `cond` holds (`tf.while_loop`, `jax.lax.while_loop`): starting from
+/// `init`, `vars = body(vars)` as long as `cond(vars)` is nonzero; returns the final
+/// `vars`.
+///
+/// `cond` returns a tensor of one element; `body` returns tensors of the dtypes and
+/// shapes of `init` (the loop carry).
+///
+/// # Errors
+/// A condition with more than one element, a body whose results differ from the carry
+/// in number, dtype or shape (the error names both), errors of the closures; inside
+/// [`crate::function`], a condition that depends on the function's arguments (a trip
+/// count known only at run time), which is not supported yet.
+///
+/// # Example
+/// ```
+/// use tapeflow::{while_loop, Tensor};
+/// // x^5 by repeated multiplication
+/// let x = Tensor::scalar(2.0);
+/// let n = Tensor::from(5i64);
+/// let out = while_loop(
+///     |v| Ok(v[0].lt(&n)),
+///     |v| Ok(vec![&v[0] + 1i64, &v[1] * &x]),
+///     &[Tensor::from(0i64), Tensor::scalar(1.0)],
+/// )
+/// .unwrap();
+/// assert_eq!(out[1].to_scalar().unwrap(), 32.0);
+/// ```
+#[track_caller]
+pub fn while_loop(
+    cond: impl Fn(&[Tensor]) -> Result<Tensor>,
+    body: impl Fn(&[Tensor]) -> Result<Vec<Tensor>>,
+    init: &[Tensor],
+) -> Result<Vec<Tensor>> {
+    let loc = Location::caller();
+    let mut vars = init.to_vec();
+    loop {
+        let c = cond(&vars)?;
+        if c.is_symbolic() {
+            return Err(Error::op(
+                "while_loop",
+                format!(
+                    "the loop condition {} depends on the traced function's arguments; \
+                     loops with a run-time trip count inside `function` are not supported yet",
+                    ty(&c)
+                ),
+                loc,
+            ));
+        }
+        if !truth("while_loop", &c, loc)? {
+            return Ok(vars);
+        }
+        let next = body(&vars)?;
+        same_types(
+            "while_loop",
+            "the loop carry",
+            &vars,
+            "the body's result",
+            &next,
+            loc,
+        )?;
+        vars = next;
+    }
+}
+
+/// `for i in lower..upper { vars = body(i, vars) }` (`jax.lax.fori_loop`): `i` is an i64
+/// scalar; `body` returns tensors of the dtypes and shapes of `init`.
+///
+/// # Errors
+/// A body whose results differ from the carry in number, dtype or shape (the error
+/// names both); errors of the body.
+///
+/// # Example
+/// ```
+/// use tapeflow::{fori_loop, DType, Tensor};
+/// // 0 + 1 + 2 + 3 + 4
+/// let s = fori_loop(0, 5, |i, v| Ok(vec![&v[0] + &i.cast(DType::F32)]), &[Tensor::scalar(0.0)]).unwrap();
+/// assert_eq!(s[0].to_scalar().unwrap(), 10.0);
+/// ```
+#[track_caller]
+pub fn fori_loop(
+    lower: i64,
+    upper: i64,
+    body: impl Fn(&Tensor, &[Tensor]) -> Result<Vec<Tensor>>,
+    init: &[Tensor],
+) -> Result<Vec<Tensor>> {
+    let loc = Location::caller();
+    let mut vars = init.to_vec();
+    for i in lower..upper {
+        let next = body(&Tensor::from(i), &vars)?;
+        same_types(
+            "fori_loop",
+            "the loop carry",
+            &vars,
+            "the body's result",
+            &next,
+            loc,
+        )?;
+        vars = next;
+    }
+    Ok(vars)
+}
+
+/// `lax.scan` over the leading axis of every tensor of `xs`: for `t` in `0..n`,
+/// `(carry, y_t) = f(carry, [x[t] for x in xs])`; returns the final carry and the
+/// `y_t` stacked on a new leading axis of length `n`.
+///
+/// Every `xs` tensor must have the same leading length `n ≥ 1`. `f` returns a carry of
+/// the dtypes and shapes of `init`, and the same types of `y` at every step.
+///
+/// # Errors
+/// No `xs`, a length 0, different leading lengths, a carry or `y` whose types change
+/// (the error names both), errors of `f`.
+///
+/// # Example
+/// ```
+/// use tapeflow::{scan, Tensor};
+/// // cumulative sum of [1, 2, 3]
+/// let xs = Tensor::vec(&[1.0f32, 2.0, 3.0]);
+/// let (carry, ys) = scan(
+///     |c, x| { let s = &c[0] + &x[0]; Ok((vec![s.clone()], vec![s])) },
+///     &[Tensor::scalar(0.0)],
+///     &[xs],
+/// )
+/// .unwrap();
+/// assert_eq!(carry[0].to_scalar().unwrap(), 6.0);
+/// assert_eq!(ys[0].to_vec_f32().unwrap(), [1.0, 3.0, 6.0]);
+/// ```
+#[track_caller]
+pub fn scan(
+    f: impl Fn(&[Tensor], &[Tensor]) -> Result<(Vec<Tensor>, Vec<Tensor>)>,
+    init: &[Tensor],
+    xs: &[Tensor],
+) -> Result<(Vec<Tensor>, Vec<Tensor>)> {
+    scan_impl("scan", false, f, init, xs, Location::caller())
+}
+
+/// [`scan`] walking `xs` from the last step to the first; `ys[t]` is still the output for
+/// `x[t]` (the carry flows from step `n-1` down to step `0`).
+///
+/// # Errors
+/// As [`scan`].
+///
+/// # Example
+/// ```
+/// use tapeflow::{scan_reverse, Tensor};
+/// // suffix sums of [1, 2, 3]
+/// let xs = Tensor::vec(&[1.0f32, 2.0, 3.0]);
+/// let (_, ys) = scan_reverse(
+///     |c, x| { let s = &c[0] + &x[0]; Ok((vec![s.clone()], vec![s])) },
+///     &[Tensor::scalar(0.0)],
+///     &[xs],
+/// )
+/// .unwrap();
+/// assert_eq!(ys[0].to_vec_f32().unwrap(), [6.0, 5.0, 3.0]);
+/// ```
+#[track_caller]
+pub fn scan_reverse(
+    f: impl Fn(&[Tensor], &[Tensor]) -> Result<(Vec<Tensor>, Vec<Tensor>)>,
+    init: &[Tensor],
+    xs: &[Tensor],
+) -> Result<(Vec<Tensor>, Vec<Tensor>)> {
+    scan_impl("scan_reverse", true, f, init, xs, Location::caller())
+}
+
+/// The common leading length of `xs`.
+fn scan_length(op: &'static str, xs: &[Tensor], loc: Loc) -> Result<usize> {
+    let Some(first) = xs.first() else {
+        return Err(Error::op(
+            op,
+            "needs at least one tensor in xs to scan over",
+            loc,
+        ));
+    };
+    let n = match first.shape().first() {
+        Some(&n) => n,
+        None => {
+            return Err(Error::op(
+                op,
+                format!(
+                    "xs[0] is {}: scanned tensors need a leading axis",
+                    ty(first)
+                ),
+                loc,
+            ))
+        }
+    };
+    for (i, x) in xs.iter().enumerate() {
+        if x.shape().first() != Some(&n) {
+            return Err(Error::op(
+                op,
+                format!(
+                    "xs[0] is {} but xs[{i}] is {}: every scanned tensor needs the same leading length",
+                    ty(first),
+                    ty(x)
+                ),
+                loc,
+            ));
+        }
+    }
+    if crate::tensor::dim::is_sym(n) {
+        return Err(Error::op(
+            op,
+            format!(
+                "xs[0] is {}: a scan over a symbolic length is not supported yet",
+                ty(first)
+            ),
+            loc,
+        ));
+    }
+    if n == 0 {
+        return Err(Error::op(
+            op,
+            format!("xs[0] is {}: a scan needs at least one step", ty(first)),
+            loc,
+        ));
+    }
+    Ok(n)
+}
+
+fn scan_impl(
+    op: &'static str,
+    reverse: bool,
+    f: impl Fn(&[Tensor], &[Tensor]) -> Result<(Vec<Tensor>, Vec<Tensor>)>,
+    init: &[Tensor],
+    xs: &[Tensor],
+    loc: Loc,
+) -> Result<(Vec<Tensor>, Vec<Tensor>)> {
+    let n = scan_length(op, xs, loc)?;
+    let mut carry = init.to_vec();
+    let mut ys: Vec<Option<Vec<Tensor>>> = vec![None; n];
+    let mut first_ys: Option<Vec<Tensor>> = None;
+    for k in 0..n {
+        let t = if reverse { n - 1 - k } else { k };
+        let x_t: Vec<Tensor> = xs
+            .iter()
+            .map(|x| x.slice_axis(0, t, t + 1).squeeze(0))
+            .collect();
+        let (next, y) = f(&carry, &x_t)?;
+        same_types(op, "the carry", &carry, "the body's carry", &next, loc)?;
+        match &first_ys {
+            Some(y0) => same_types(
+                op,
+                "the first step's ys",
+                y0,
+                &format!("step {t}'s ys"),
+                &y,
+                loc,
+            )?,
+            None => first_ys = Some(y.clone()),
+        }
+        carry = next;
+        ys[t] = Some(y);
+    }
+    let ys: Vec<Vec<Tensor>> = ys.into_iter().map(|y| y.expect("every step ran")).collect();
+    let width = ys[0].len();
+    let stacked = (0..width)
+        .map(|j| {
+            let parts: Vec<&Tensor> = ys.iter().map(|y| &y[j]).collect();
+            Tensor::stack(&parts)
+        })
+        .collect();
+    Ok((carry, stacked))
+}
+
+impl Tensor {
+    /// Joins tensors of one type along a new leading axis: `n` tensors of shape `s`
+    /// make one of shape `[n, ..s]` (`tf.stack(parts, axis=0)`).
+    ///
+    /// # Panics
+    /// Eagerly, when `parts` is empty or the parts differ in dtype or shape (as
+    /// `concat`); inside a traced function the trace fails instead.
+    ///
+    /// # Example
+    /// ```
+    /// use tapeflow::Tensor;
+    /// let s = Tensor::stack(&[&Tensor::vec(&[1.0f32, 2.0]), &Tensor::vec(&[3.0f32, 4.0])]);
+    /// assert_eq!(s.shape(), &[2, 2]);
+    /// ```
+    #[track_caller]
+    pub fn stack(parts: &[&Tensor]) -> Tensor {
+        let rows: Vec<Tensor> = parts.iter().map(|p| p.expand_dims(0)).collect();
+        let refs: Vec<&Tensor> = rows.iter().collect();
+        Tensor::concat(&refs, 0)
+    }
+
+    /// The slices along the leading axis: `[n, ..s]` becomes `n` tensors of shape `s`
+    /// (`tf.unstack(x, axis=0)`; the inverse of [`Tensor::stack`]).
+    ///
+    /// # Panics
+    /// Eagerly, on a scalar; inside a traced function the trace fails instead.
+    ///
+    /// # Example
+    /// ```
+    /// use tapeflow::Tensor;
+    /// let rows = Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0], &[2, 2]).unwrap().unstack();
+    /// assert_eq!(rows[1].to_vec_f32().unwrap(), [3.0, 4.0]);
+    /// ```
+    #[track_caller]
+    pub fn unstack(&self) -> Vec<Tensor> {
+        let n = self.shape().first().copied().unwrap_or(1);
+        (0..n)
+            .map(|t| self.slice_axis(0, t, t + 1).squeeze(0))
+            .collect()
+    }
+}

@@ -1,0 +1,340 @@
+//! Control flow (`cond`, `while_loop`, `scan`, `scan_reverse`, `fori_loop`): results,
+//! the type errors that name both sides, gradients through them against closed forms
+//! (eagerly and inside `function`), and eager == compiled.
+
+use tapeflow::{
+    cond, fori_loop, function, scan, scan_reverse, while_loop, DType, GradientTape, Tensor,
+    Variable,
+};
+
+fn f64s(v: f64) -> Tensor {
+    Tensor::from(v)
+}
+
+fn s(t: &Tensor) -> f64 {
+    t.to_scalar().unwrap()
+}
+
+/// x^n by repeated multiplication in a `while_loop` whose trip count `n` is a tensor.
+fn power(x: &Tensor, n: &Tensor) -> Tensor {
+    let out = while_loop(
+        |v| Ok(v[0].lt(n)),
+        |v| Ok(vec![&v[0] + 1i64, &v[1] * x]),
+        &[Tensor::from(0i64), x.ones_like()],
+    )
+    .unwrap();
+    out[1].clone()
+}
+
+#[test]
+fn cond_runs_only_the_chosen_branch() {
+    let x = f64s(3.0);
+    let ran_false = std::cell::Cell::new(false);
+    let y = cond(
+        &x.gt(&f64s(0.0)),
+        || Ok(vec![&x * 2.0, x.clone()]),
+        || {
+            ran_false.set(true);
+            Ok(vec![-&x, x.clone()])
+        },
+    )
+    .unwrap();
+    assert_eq!(s(&y[0]), 6.0);
+    assert!(!ran_false.get());
+    let y = cond(&Tensor::from(0i64), || Ok(vec![&x * 2.0]), || Ok(vec![-&x])).unwrap();
+    assert_eq!(s(&y[0]), -3.0);
+}
+
+#[test]
+fn cond_errors_name_both_branches_and_the_predicate() {
+    let x = Tensor::vec(&[1.0f32, 2.0]);
+    let e = cond(
+        &Tensor::vec(&[1.0f32, 0.0]),
+        || Ok(vec![x.clone()]),
+        || Ok(vec![x.clone()]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("f32[2]") && e.contains("one element"), "{e}");
+    // a traced cond with a run-time predicate checks both branches
+    let f = function(move |p: &Tensor, x: &Tensor| {
+        let r = cond(
+            p,
+            || Ok(vec![x.clone()]),
+            || Ok(vec![x.slice_axis(0, 0, 1)]),
+        )?;
+        Ok(r[0].clone())
+    });
+    let e = f
+        .call(&Tensor::scalar(1.0), &Tensor::vec(&[1.0f32, 2.0]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("the true branch has f32[2]") && e.contains("the false branch has f32[1]"),
+        "{e}"
+    );
+}
+
+#[test]
+fn cond_traced_with_a_runtime_predicate_and_its_gradient() {
+    let f = function(|p: &Tensor, x: &Tensor| {
+        let tape = GradientTape::new();
+        let y = tape.record(|| {
+            tape.watch(x);
+            cond(p, || Ok(vec![x * x]), || Ok(vec![x * 3.0])).map(|v| v[0].clone())
+        })?;
+        let g = tape.gradient(&y, x)?;
+        Ok((y, g))
+    });
+    let x = f64s(5.0);
+    let (y, g) = f.call(&f64s(1.0), &x).unwrap();
+    assert_eq!((s(&y), s(&g)), (25.0, 10.0));
+    let (y, g) = f.call(&f64s(0.0), &x).unwrap();
+    assert_eq!((s(&y), s(&g)), (15.0, 3.0));
+    assert_eq!(f.trace_count(), 1);
+}
+
+#[test]
+fn while_loop_power_and_its_first_and_second_derivatives() {
+    // d/dx x^n = n x^(n-1), d²/dx² x^n = n (n-1) x^(n-2), n known only as a tensor
+    for n in [0i64, 1, 2, 5] {
+        let x = f64s(1.5);
+        let nt = Tensor::from(n);
+        let t2 = GradientTape::new();
+        let (y, d1) = t2.record(|| {
+            t2.watch(&x);
+            let t1 = GradientTape::new().unconnected_zeros();
+            let y = t1.record(|| {
+                t1.watch(&x);
+                power(&x, &nt)
+            });
+            let d1 = t1.gradient(&y, &x).unwrap();
+            (y, d1)
+        });
+        let d2 = t2.gradient(&d1, &x).unwrap_or_else(|_| x.zeros_like());
+        let nf = n as f64;
+        assert!((s(&y) - 1.5f64.powi(n as i32)).abs() < 1e-12, "n={n}");
+        let want1 = if n == 0 {
+            0.0
+        } else {
+            nf * 1.5f64.powi(n as i32 - 1)
+        };
+        let want2 = if n < 2 {
+            0.0
+        } else {
+            nf * (nf - 1.0) * 1.5f64.powi(n as i32 - 2)
+        };
+        assert!(
+            (s(&d1) - want1).abs() < 1e-12,
+            "n={n}: {} vs {want1}",
+            s(&d1)
+        );
+        assert!(
+            (s(&d2) - want2).abs() < 1e-12,
+            "n={n}: {} vs {want2}",
+            s(&d2)
+        );
+    }
+}
+
+#[test]
+fn while_loop_body_type_error_names_both() {
+    let e = while_loop(
+        |v| Ok(v[0].lt(&Tensor::scalar(3.0))),
+        |v| {
+            Ok(vec![Tensor::concat(
+                &[&v[0].reshape(&[1]), &v[0].reshape(&[1])],
+                0,
+            )])
+        },
+        &[Tensor::scalar(0.0)],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("while_loop") && e.contains("the loop carry has f32[]") && e.contains("f32[2]"),
+        "{e}"
+    );
+    let e = fori_loop(
+        0,
+        2,
+        |_, v| Ok(vec![v[0].cast(DType::F64)]),
+        &[Tensor::scalar(0.0)],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("f32[]") && e.contains("f64[]"), "{e}");
+}
+
+#[test]
+fn fori_loop_counter_and_gradient() {
+    // Σ_{i=2}^{4} i·x = 9x
+    let x = f64s(2.0);
+    let tape = GradientTape::new();
+    let y = tape.record(|| {
+        tape.watch(&x);
+        fori_loop(
+            2,
+            5,
+            |i, v| Ok(vec![&v[0] + &(&i.cast(DType::F64) * &x)]),
+            &[x.zeros_like()],
+        )
+        .unwrap()[0]
+            .clone()
+    });
+    assert_eq!(s(&y), 18.0);
+    assert_eq!(s(&tape.gradient(&y, &x).unwrap()), 9.0);
+    // an empty range returns init
+    let r = fori_loop(3, 3, |_, v| Ok(v.to_vec()), std::slice::from_ref(&x)).unwrap();
+    assert_eq!(s(&r[0]), 2.0);
+}
+
+/// The cumulative product of `xs` by `scan`: (final product, all prefix products).
+fn cumprod(xs: &Tensor) -> (Tensor, Tensor) {
+    let (c, ys) = scan(
+        |c, x| {
+            let p = &c[0] * &x[0];
+            Ok((vec![p.clone()], vec![p]))
+        },
+        &[Tensor::from(1.0f64)],
+        std::slice::from_ref(xs),
+    )
+    .unwrap();
+    (c[0].clone(), ys[0].clone())
+}
+
+#[test]
+fn scan_cumulative_product_and_its_gradient() {
+    let v = [1.5f64, -2.0, 0.5, 3.0];
+    let xs = Tensor::vec(&v);
+    let tape = GradientTape::persistent();
+    let (p, ys, total) = tape.record(|| {
+        tape.watch(&xs);
+        let (p, ys) = cumprod(&xs);
+        let total = ys.sum_all();
+        (p, ys, total)
+    });
+    assert_eq!(ys.to_vec_f64().unwrap(), [1.5, -3.0, -1.5, -4.5]);
+    assert_eq!(s(&p), -4.5);
+    // d/dx_i Π x = Π x / x_i
+    let g = tape.gradient(&p, &xs).unwrap().to_vec_f64().unwrap();
+    for i in 0..4 {
+        assert!((g[i] - (-4.5) / v[i]).abs() < 1e-12, "{g:?}");
+    }
+    // d/dx_i Σ_t Π_{j≤t} x_j = Σ_{t≥i} prefix_t / x_i
+    let g = tape.gradient(&total, &xs).unwrap().to_vec_f64().unwrap();
+    let prefix = [1.5, -3.0, -1.5, -4.5];
+    for i in 0..4 {
+        let want: f64 = prefix[i..].iter().sum::<f64>() / v[i];
+        assert!((g[i] - want).abs() < 1e-12, "{g:?}");
+    }
+}
+
+#[test]
+fn scan_reverse_walks_backwards_and_keeps_ys_in_place() {
+    let xs = Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0], &[3, 2]).unwrap();
+    let order = std::cell::RefCell::new(Vec::new());
+    let (c, ys) = scan_reverse(
+        |c, x| {
+            order.borrow_mut().push(x[0].to_vec_f32().unwrap()[0]);
+            let s = &c[0] + &x[0];
+            Ok((vec![s.clone()], vec![s, x[1].clone()]))
+        },
+        &[Tensor::zeros(&[2])],
+        &[xs.clone(), Tensor::vec(&[10i64, 20, 30])],
+    )
+    .unwrap();
+    assert_eq!(*order.borrow(), [5.0, 3.0, 1.0]);
+    assert_eq!(c[0].to_vec_f32().unwrap(), [9.0, 12.0]);
+    assert_eq!(ys[0].shape(), &[3, 2]);
+    assert_eq!(
+        ys[0].to_vec_f32().unwrap(),
+        [9.0, 12.0, 8.0, 10.0, 5.0, 6.0]
+    );
+    assert_eq!(ys[1].to_vec_i64().unwrap(), [10, 20, 30]);
+}
+
+#[test]
+fn scan_errors() {
+    let f = |c: &[Tensor], x: &[Tensor]| Ok((vec![&c[0] + &x[0]], vec![]));
+    let init = [Tensor::scalar(0.0)];
+    let e = scan(f, &init, &[]).unwrap_err().to_string();
+    assert!(e.contains("at least one tensor"), "{e}");
+    let e = scan(f, &init, &[Tensor::zeros(&[3]), Tensor::zeros(&[4])])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("f32[3]") && e.contains("f32[4]"), "{e}");
+    let e = scan(f, &init, &[Tensor::zeros(&[3, 2])])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("the carry has f32[]") && e.contains("f32[2]"),
+        "{e}"
+    );
+    // ys that change type between steps
+    let e = scan(
+        |c, x| {
+            let y = if s(&x[0]) > 0.5 {
+                x[0].reshape(&[1])
+            } else {
+                x[0].clone()
+            };
+            Ok((c.to_vec(), vec![y]))
+        },
+        &init,
+        &[Tensor::vec(&[0.0f32, 1.0])],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("f32[]") && e.contains("f32[1]"), "{e}");
+}
+
+/// A tiny RNN `h ← tanh(h·U + x_t·W)` over a sequence, its loss and gradients.
+fn rnn_loss_and_grads(x: &Tensor, u: &Variable, w: &Variable) -> tapeflow::Result<Vec<Tensor>> {
+    let tape = GradientTape::new();
+    let loss = tape.record(|| -> tapeflow::Result<Tensor> {
+        let (uu, ww) = (u.read(), w.read());
+        let xt = x.transpose(&[1, 0, 2]); // [time, batch, features]
+        let h0 = Tensor::zeros(&[x.shape()[0], uu.shape()[0]]).cast(x.dtype());
+        let (h, ys) = scan(
+            |c, xs| {
+                let h = (&c[0].matmul(&uu) + &xs[0].matmul(&ww)).tanh();
+                Ok((vec![h.clone()], vec![h]))
+            },
+            &[h0],
+            &[xt],
+        )?;
+        Ok(&h[0].square().sum_all() + &ys[0].mean_all())
+    })?;
+    let g = tape.gradient(&loss, &[u.clone(), w.clone()])?;
+    Ok(vec![loss, g[0].clone().unwrap(), g[1].clone().unwrap()])
+}
+
+#[test]
+fn scan_rnn_eager_equals_compiled() {
+    let u = Variable::named("u", Tensor::random_normal(&[4, 4], 0.0, 0.5, 1, DType::F64));
+    let w = Variable::named("w", Tensor::random_normal(&[3, 4], 0.0, 0.5, 2, DType::F64));
+    let x = Tensor::random_normal(&[2, 5, 3], 0.0, 1.0, 3, DType::F64);
+    let eager = rnn_loss_and_grads(&x, &u, &w).unwrap();
+    let (u2, w2) = (u.clone(), w.clone());
+    let f = function(move |x: &Tensor| rnn_loss_and_grads(x, &u2, &w2));
+    let compiled = f.call(&x).unwrap();
+    for (a, b) in eager.iter().zip(&compiled) {
+        let (a, b) = (a.to_vec_f64().unwrap(), b.to_vec_f64().unwrap());
+        for (p, q) in a.iter().zip(&b) {
+            assert!((p - q).abs() <= 1e-12 * p.abs().max(1.0), "{a:?} vs {b:?}");
+        }
+    }
+}
+
+#[test]
+fn stack_and_unstack_are_inverse() {
+    let x = Tensor::arange(0, 6, DType::F32).reshape(&[3, 2]);
+    let parts = x.unstack();
+    assert_eq!(parts.len(), 3);
+    let refs: Vec<&Tensor> = parts.iter().collect();
+    assert_eq!(
+        Tensor::stack(&refs).to_vec_f32().unwrap(),
+        x.to_vec_f32().unwrap()
+    );
+}
