@@ -28,7 +28,7 @@
 use std::time::Instant;
 use tapeflow::data::Dataset;
 use tapeflow::nn::{
-    Adam, Dense, Layer, Loss, Mean, Metric, Optimizer, Sequential, SparseCategoricalAccuracy,
+    Adam, Dense, Loss, Mean, Metric, Optimizer, Sequential, SparseCategoricalAccuracy,
     SparseCategoricalCrossentropy, LSTM,
 };
 use tapeflow::{function_with_signature, DType, Dim, GradientTape, Result, Tensor, TensorSpec};

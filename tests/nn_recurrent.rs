@@ -8,7 +8,7 @@ use tapeflow::autodiff::{check_gradients, GradCheck};
 use tapeflow::nn::{
     load_model, Activation, Dense, Embedding, Initializer, Layer, Sequential, SimpleRNN, GRU, LSTM,
 };
-use tapeflow::{function, DType, GradientTape, Tensor, Variable};
+use tapeflow::{function, DType, GradientTape, Tensor};
 
 // ---- plain f64 references (row-major matrices as Vec<f64>) -----------------------------
 
@@ -419,7 +419,7 @@ fn summary_shows_keras_shapes_and_parameter_counts() {
         .add(LSTM::new(128).named("lstm"))
         .add(Dense::new(10).named("dense"))
         .input_shape(&[28, 28]);
-    let s = model.summary().unwrap();
+    let s = model.summary_string().unwrap();
     assert!(s.contains("lstm (LSTM)"), "{s}");
     assert!(s.contains("(None, 128)"), "{s}");
     assert!(s.contains("80,384") || s.contains("80384"), "{s}");
@@ -529,10 +529,15 @@ fn orthogonal_initializer_gives_orthonormal_rows_or_columns() {
         );
         let (r, c) = (shape[0], shape[1]);
         // the smaller side is orthonormal (times gain²)
-        let (n, m, at) = if r >= c {
-            (c, r, |q: &[f64], i: usize, k: usize, c: usize| q[k * c + i])
-        } else {
-            (r, c, |q: &[f64], i: usize, k: usize, c: usize| q[i * c + k])
+        let tall = r >= c;
+        let (n, m) = if tall { (c, r) } else { (r, c) };
+        // element k of column i (tall) or row i (wide)
+        let at = |q: &[f64], i: usize, k: usize, c: usize| {
+            if tall {
+                q[k * c + i]
+            } else {
+                q[i * c + k]
+            }
         };
         for i in 0..n {
             for j in 0..n {
@@ -565,7 +570,11 @@ fn a_model_with_recurrent_layers_saves_and_loads() {
 fn variables_follow_keras_names_and_initializers() {
     let lstm = LSTM::new(4).named("enc");
     lstm.build(&[3, 2]).unwrap();
-    let names: Vec<String> = lstm.variables().iter().map(Variable::name).collect();
+    let names: Vec<String> = lstm
+        .variables()
+        .iter()
+        .map(|v| v.name().to_string())
+        .collect();
     assert_eq!(names, ["enc/kernel", "enc/recurrent_kernel", "enc/bias"]);
     let b = vals(&lstm.weights().unwrap().2.unwrap().value());
     // unit_forget_bias: the forget block (second of i, f, c, o) starts at 1
