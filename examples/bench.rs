@@ -2,7 +2,8 @@
 //!
 //! `cargo run --release --example bench` prints a markdown table; `-- --json` prints the
 //! same as one JSON array (`-- --quick` for a short run; `-- --profile` adds, per workload,
-//! the compiled step's time per op kind and the GFLOP/s of every matmul and convolution).
+//! the compiled step's time per op kind and the GFLOP/s of every matmul and convolution;
+//! `-- --profile --only w6` profiles one workload).
 //! Compiled steps run their fused loops as generated code where a C compiler is there;
 //! the same plan is timed again with the fused-loop interpreter (`fused_interp_us`), and
 //! `codegen_ms` is how long the compiled step waited for the C compiler after its plan
@@ -167,8 +168,18 @@ fn profile(w: &workloads::Workload, runs: usize) -> Result<()> {
 fn main() -> Result<()> {
     let json = std::env::args().any(|a| a == "--json");
     let quick = std::env::args().any(|a| a == "--quick");
+    // `--only w6` limits `--profile` to the workloads whose name starts with it
+    let args: Vec<String> = std::env::args().collect();
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1).cloned());
     if std::env::args().any(|a| a == "--profile") {
-        for w in &workloads::all() {
+        let all = workloads::all();
+        let picked = all
+            .iter()
+            .filter(|w| only.as_ref().is_none_or(|p| w.name.starts_with(p.as_str())));
+        for w in picked {
             profile(w, if quick { 3 } else { 15 })?;
         }
         return Ok(());
