@@ -338,3 +338,22 @@ fn stack_and_unstack_are_inverse() {
         x.to_vec_f32().unwrap()
     );
 }
+
+#[test]
+fn traced_scan_is_one_op_with_a_body_block() {
+    let u = Variable::named("u", Tensor::random_normal(&[4, 4], 0.0, 0.5, 1, DType::F64));
+    let w = Variable::named("w", Tensor::random_normal(&[3, 4], 0.0, 0.5, 2, DType::F64));
+    let f = function(move |x: &Tensor| rnn_loss_and_grads(x, &u, &w));
+    let x = Tensor::random_normal(&[2, 5, 3], 0.0, 1.0, 3, DType::F64);
+    let text = f.concrete(&[&x]).unwrap().text();
+    println!("{text}");
+    assert_eq!(
+        text.matches("= scan[").count(),
+        2,
+        "forward and backward: {text}"
+    );
+    assert!(
+        text.contains("body(") && text.contains("get[index=0]"),
+        "{text}"
+    );
+}

@@ -20,29 +20,43 @@ use std::sync::Arc;
 /// A user-supplied VJP: `(inputs, output, cotangent) -> one cotangent per input`.
 pub type CustomVjp = Arc<dyn Fn(&[Tensor], &Tensor, &Tensor) -> Vec<Option<Tensor>>>;
 
-/// What produced an entry's output.
+/// The VJP of an op with several results (a control-flow op):
+/// `(inputs, outputs, cotangents) -> one cotangent per input`, where a cotangent of an
+/// output is `None` when nothing flows into it (a symbolic zero).
+pub(crate) type MultiVjp =
+    Arc<dyn Fn(&[Tensor], &[Tensor], &[Option<Tensor>]) -> Result<Vec<Option<Tensor>>>>;
+
+/// What produced an entry's outputs.
 #[derive(Clone)]
 pub(crate) enum EntryOp {
     Prim(Op),
     /// A user rule and where `custom_gradient` was called.
     Custom(CustomVjp, Loc),
+    /// A control-flow op with its VJP, named for errors.
+    Multi(MultiVjp, &'static str),
 }
 
-/// One recorded op application.
+/// One recorded op application: `outputs = op(inputs)`; every op but a multi-result
+/// one has exactly one output.
 #[derive(Clone)]
 pub(crate) struct Entry {
     pub op: EntryOp,
     pub inputs: SmallVec<[Tensor; 3]>,
-    pub output: Tensor,
+    pub outputs: SmallVec<[Tensor; 1]>,
 }
 
 impl Entry {
     /// Whether a cotangent can flow through this entry at all.
     pub fn differentiable(&self) -> bool {
         match &self.op {
-            EntryOp::Prim(op) => op.is_differentiable() && self.output.dtype().is_float(),
-            EntryOp::Custom(..) => true,
+            EntryOp::Prim(op) => op.is_differentiable() && self.outputs[0].dtype().is_float(),
+            EntryOp::Custom(..) | EntryOp::Multi(..) => true,
         }
+    }
+
+    /// The first output (the only one of a single-result op), for locations.
+    pub fn output(&self) -> &Tensor {
+        &self.outputs[0]
     }
 }
 
@@ -58,7 +72,7 @@ pub(crate) fn reachable(
         if (!differentiable_only || e.differentiable())
             && e.inputs.iter().any(|x| r.contains(&x.id()))
         {
-            r.insert(e.output.id());
+            r.extend(e.outputs.iter().map(|o| o.id()));
         }
     }
     r
@@ -68,7 +82,7 @@ pub(crate) fn reachable(
 pub(crate) fn ancestors(entries: &[Entry], targets: &[u64]) -> HashSet<u64> {
     let mut need: HashSet<u64> = targets.iter().copied().collect();
     for e in entries.iter().rev() {
-        if need.contains(&e.output.id()) {
+        if e.outputs.iter().any(|o| need.contains(&o.id())) {
             need.extend(e.inputs.iter().map(|x| x.id()));
         }
     }
@@ -105,6 +119,23 @@ fn check_custom(inputs: &[Tensor], gx: &[Option<Tensor>], loc: Loc) -> Result<()
     Ok(())
 }
 
+/// Checks what a control-flow VJP returned (an internal rule: a mismatch is a bug,
+/// reported as an `Err` rather than a panic).
+fn check_multi(name: &str, inputs: &[Tensor], gx: &[Option<Tensor>]) -> Result<()> {
+    let bad = gx.len() != inputs.len()
+        || inputs.iter().zip(gx).any(|(x, g)| {
+            g.as_ref()
+                .is_some_and(|g| g.dtype() != x.dtype() || g.shape() != x.shape())
+        });
+    if bad {
+        return Err(Error::Graph(format!(
+            "{name}: the VJP returned cotangents that do not fit the op's {} operands",
+            inputs.len()
+        )));
+    }
+    Ok(())
+}
+
 /// Cotangents of `sources` given `(target, seed)` pairs; `None` where nothing flows.
 ///
 /// Returns `Err` when a custom VJP returns cotangents that do not fit its inputs.
@@ -124,20 +155,27 @@ pub(crate) fn backward(
     }
     let source_set: HashSet<u64> = sources.iter().copied().collect();
     for e in entries.iter().rev() {
-        let out = e.output.id();
-        if !from_src.contains(&out) || !e.differentiable() {
+        if !e.outputs.iter().any(|o| from_src.contains(&o.id())) || !e.differentiable() {
             continue;
         }
         // a source's own cotangent is read at the end, but it may also be an
         // intermediate (watched mid-computation): keep propagating through it
-        let Some(parts) = (if source_set.contains(&out) {
-            grads.get(&out).cloned()
-        } else {
-            grads.remove(&out)
-        }) else {
+        let gys: SmallVec<[Option<Tensor>; 1]> = e
+            .outputs
+            .iter()
+            .map(|o| {
+                let out = o.id();
+                let parts = if source_set.contains(&out) {
+                    grads.get(&out).cloned()
+                } else {
+                    grads.remove(&out)
+                };
+                parts.map(sum_in_order)
+            })
+            .collect();
+        if gys.iter().all(|g| g.is_none()) {
             continue;
-        };
-        let gy = sum_in_order(parts);
+        }
         let needs: SmallVec<[bool; 3]> = e
             .inputs
             .iter()
@@ -146,25 +184,31 @@ pub(crate) fn backward(
         if !needs.iter().any(|&n| n) {
             continue;
         }
-        let gx: Vec<Option<Tensor>> = at_location(e.output.location(), || match &e.op {
-            EntryOp::Prim(op) => op
+        let gy = || gys[0].clone().expect("a single output has its cotangent");
+        let gx: Vec<Option<Tensor>> = at_location(e.output().location(), || match &e.op {
+            EntryOp::Prim(op) => Ok(op
                 .vjp(
                     &VjpArgs {
                         x: &e.inputs,
-                        y: &e.output,
+                        y: e.output(),
                         needs: &needs,
                     },
-                    &gy,
+                    &gy(),
                 )
-                .into_vec(),
-            EntryOp::Custom(f, _) => f(&e.inputs, &e.output, &gy),
-        });
-        if let EntryOp::Custom(_, loc) = &e.op {
-            check_custom(&e.inputs, &gx, loc)?;
+                .into_vec()),
+            EntryOp::Custom(f, _) => Ok(f(&e.inputs, e.output(), &gy())),
+            EntryOp::Multi(f, _) => f(&e.inputs, &e.outputs, &gys),
+        })?;
+        match &e.op {
+            EntryOp::Custom(_, loc) => check_custom(&e.inputs, &gx, loc)?,
+            EntryOp::Multi(_, name) => check_multi(name, &e.inputs, &gx)?,
+            EntryOp::Prim(_) => {}
         }
         for ((x, g), need) in e.inputs.iter().zip(gx).zip(&needs) {
             if let (Some(g), true) = (g, *need) {
-                let g = at_location(e.output.location(), || g.sum_to(x.shape()).cast(x.dtype()));
+                let g = at_location(e.output().location(), || {
+                    g.sum_to(x.shape()).cast(x.dtype())
+                });
                 grads.entry(x.id()).or_default().push(g);
             }
         }

@@ -33,7 +33,7 @@ pub fn grad(graph: Graph, ys: &[NodeId], xs: &[NodeId]) -> Result<(Graph, Vec<Op
             entries.push(Entry {
                 op: EntryOp::Prim(op),
                 inputs: operands.iter().map(|o| tensors[of[o]].clone()).collect(),
-                output: tensors[i].clone(),
+                outputs: smallvec::smallvec![tensors[i].clone()],
             });
         }
         let lookup = |n: &NodeId| {

@@ -8,7 +8,7 @@
 //! higher derivatives. Eagerly the driver computes values; inside a traced function it
 //! adds the backward nodes to the graph.
 
-use super::backward::{ancestors, backward, reachable, CustomVjp, Entry, EntryOp};
+use super::backward::{ancestors, backward, reachable, CustomVjp, Entry, EntryOp, MultiVjp};
 use crate::error::{Error, Result};
 use crate::ops::Op;
 use crate::tensor::{type_str, Tensor, Variable};
@@ -51,12 +51,49 @@ fn record_entry(op: impl Fn() -> EntryOp, inputs: &[&Tensor], out: &Tensor) {
                 t.entries.push(Entry {
                     op: op(),
                     inputs: inputs.iter().map(|&x| x.clone()).collect(),
-                    output: out.clone(),
+                    outputs: smallvec::smallvec![out.clone()],
                 });
                 t.tracked.insert(out.id());
             }
         }
     });
+}
+
+/// Records a multi-result op (a control-flow op) with its VJP on every active tape that
+/// tracks one of its inputs.
+pub(crate) fn record_multi(
+    name: &'static str,
+    vjp: MultiVjp,
+    inputs: &[Tensor],
+    outputs: &[Tensor],
+) {
+    ACTIVE.with(|a| {
+        let Ok(active) = a.try_borrow() else { return };
+        for tape in active.iter() {
+            let mut t = tape.borrow_mut();
+            if inputs.iter().any(|x| t.tracked.contains(&x.id())) {
+                t.entries.push(Entry {
+                    op: EntryOp::Multi(vjp.clone(), name),
+                    inputs: inputs.iter().cloned().collect(),
+                    outputs: outputs.iter().cloned().collect(),
+                });
+                t.tracked.extend(outputs.iter().map(|o| o.id()));
+            }
+        }
+    });
+}
+
+/// Whether an active tape tracks one of `inputs` (a control-flow op then keeps what its
+/// VJP needs).
+pub(crate) fn any_tracked(inputs: &[Tensor]) -> bool {
+    ACTIVE.with(|a| {
+        a.try_borrow().is_ok_and(|active| {
+            active.iter().any(|tape| {
+                let t = tape.borrow();
+                inputs.iter().any(|x| t.tracked.contains(&x.id()))
+            })
+        })
+    })
 }
 
 /// Called by `Variable::read`: active tapes that watch variables watch this read.
@@ -86,8 +123,9 @@ fn watch_var_read(s: &mut State, v: &Variable, t: &Tensor) {
     }
 }
 
-/// Removes every active tape while `f` runs (used by custom gradients).
-fn without_tapes<R>(f: impl FnOnce() -> R) -> R {
+/// Removes every active tape while `f` runs (used by custom gradients and while
+/// control-flow bodies are traced).
+pub(crate) fn without_tapes<R>(f: impl FnOnce() -> R) -> R {
     let saved = ACTIVE.with(|a| std::mem::take(&mut *a.borrow_mut()));
     let r = f();
     ACTIVE.with(|a| *a.borrow_mut() = saved);
@@ -260,6 +298,19 @@ impl GradientTape {
         r
     }
 
+    /// Cotangents of `sources` given `(target, seed)` pairs, from what this tape
+    /// recorded (`None` where nothing flows). For control-flow VJPs: no checks of
+    /// watched sources or of a second call.
+    pub(crate) fn gradient_seeded(
+        &self,
+        targets: &[(Tensor, Tensor)],
+        sources: &[Tensor],
+    ) -> Result<Vec<Option<Tensor>>> {
+        let entries = self.state.borrow().entries.clone();
+        let ids: Vec<u64> = sources.iter().map(|t| t.id()).collect();
+        backward(&entries, targets, &ids)
+    }
+
     /// Watches a tensor: ops on it are recorded and it can be a gradient source.
     pub fn watch(&self, t: &Tensor) {
         let mut s = self.state.borrow_mut();
@@ -426,13 +477,14 @@ impl GradientTape {
         let all = reachable(entries, &ids[i], false);
         let need = ancestors(entries, &[target.id()]);
         if let Some(cut) = entries.iter().find(|e| {
-            !e.differentiable() && all.contains(&e.output.id()) && need.contains(&e.output.id())
+            !e.differentiable() && all.contains(&e.output().id()) && need.contains(&e.output().id())
         }) {
             let op = match &cut.op {
                 EntryOp::Prim(op) => op.name(),
                 EntryOp::Custom(..) => "custom",
+                EntryOp::Multi(_, name) => name,
             };
-            return format!("the path from {name} to the target is cut by `{op}` at {} (no gradient flows through it)", cut.output.location());
+            return format!("the path from {name} to the target is cut by `{op}` at {} (no gradient flows through it)", cut.output().location());
         }
         format!("the target does not depend on {name}")
     }

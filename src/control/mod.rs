@@ -12,9 +12,15 @@
 //! outputs have the dtypes and shapes of the other branch (of the loop carry), else
 //! the call returns an `Err` naming both types and the result's position.
 
+mod traced;
+
+use crate::autodiff::tape::GradientTape;
 use crate::error::{Error, Loc, Result};
-use crate::tensor::{type_str, Tensor};
+use crate::ir::{Region, RegionKind};
+use crate::tensor::{type_str, DType, Shape, Tensor};
+use crate::trace::context;
 use std::panic::Location;
+use traced::{capture_values, emit, merge_captures, replay, same_sig, trace_body, type_of};
 
 /// The type of a tensor as text, `f32[2,3]`.
 fn ty(t: &Tensor) -> String {
@@ -108,15 +114,88 @@ pub fn cond(
             loc,
         ));
     }
-    // traced with a run-time predicate: both branches, then a select per result
-    let a = true_fn()?;
-    let b = false_fn()?;
-    same_types("cond", "the true branch", &a, "the false branch", &b, loc)?;
-    let mask = pred.reshape(&[]);
-    Ok(a.iter()
-        .zip(&b)
-        .map(|(x, y)| Tensor::select(&mask, x, y))
-        .collect())
+    // traced with a run-time predicate: one `cond` op holding both branches
+    let then_b = trace_body(&[], loc, |_| true_fn())?;
+    let else_b = trace_body(&[], loc, |_| false_fn())?;
+    let types = then_b.result_types();
+    same_sig(
+        "cond",
+        "the true branch",
+        &types,
+        "the false branch",
+        &else_b.result_types(),
+        loc,
+    )?;
+    let mut bodies = [then_b, else_b];
+    let captures = merge_captures(&mut bodies, &[0, 0]);
+    let mut operands = vec![pred.clone()];
+    operands.extend(capture_values(&captures));
+    let [then_b, else_b] = bodies;
+    let region = Region {
+        kind: RegionKind::Cond,
+        bodies: vec![then_b.graph, else_b.graph],
+        carries: 0,
+        xs: 0,
+        saved: false,
+        results: types,
+    };
+    emit(region, &operands, loc)
+}
+
+/// Reverse mode through `cond`: a `cond` on the same predicate whose branches pull the
+/// cotangents back through the branch taken (replayed under a tape); cotangents for
+/// the float captures.
+fn cond_vjp(
+    region: &Region,
+    x: &[Tensor],
+    y: &[Tensor],
+    gy: &[Option<Tensor>],
+    loc: Loc,
+) -> Result<Vec<Option<Tensor>>> {
+    let caps = &x[1..];
+    let fcaps: Vec<usize> = (0..caps.len())
+        .filter(|&i| caps[i].dtype().is_float())
+        .collect();
+    if fcaps.is_empty() {
+        return Ok(vec![None; x.len()]);
+    }
+    let seeds: Vec<Tensor> = y
+        .iter()
+        .zip(gy)
+        .map(|(y, g)| g.clone().unwrap_or_else(|| y.zeros_like()))
+        .collect();
+    let branch = |k: usize| {
+        let body = &region.bodies[k];
+        let seeds = &seeds;
+        let fcaps = &fcaps;
+        move || -> Result<Vec<Tensor>> {
+            let tape = GradientTape::new();
+            let outs = tape.record(|| {
+                for c in caps {
+                    tape.watch(c);
+                }
+                replay(body, caps, loc)
+            })?;
+            let targets: Vec<(Tensor, Tensor)> = outs
+                .iter()
+                .zip(seeds)
+                .filter(|(o, _)| o.dtype().is_float())
+                .map(|(o, s)| (o.clone(), s.clone()))
+                .collect();
+            let sources: Vec<Tensor> = fcaps.iter().map(|&i| caps[i].clone()).collect();
+            let g = tape.gradient_seeded(&targets, &sources)?;
+            Ok(g.iter()
+                .zip(&sources)
+                .map(|(g, s)| g.clone().unwrap_or_else(|| s.zeros_like()))
+                .collect())
+        }
+    };
+    let g = cond(&x[0], branch(0), branch(1))?;
+    let mut out = vec![None; x.len()];
+    for (a, &i) in fcaps.iter().enumerate() {
+        out[1 + i] = Some(g[a].clone());
+    }
+    Ok(out)
 }
 
 /// Runs `body` while `cond` holds (`tf.while_loop`, `jax.lax.while_loop`): starting from
@@ -157,15 +236,9 @@ pub fn while_loop(
     loop {
         let c = cond(&vars)?;
         if c.is_symbolic() {
-            return Err(Error::op(
-                "while_loop",
-                format!(
-                    "the loop condition {} depends on the traced function's arguments; \
-                     loops with a run-time trip count inside `function` are not supported yet",
-                    ty(&c)
-                ),
-                loc,
-            ));
+            // the trip count is known only at run time: the rest of the loop is one op
+            let out = while_op(&cond, &body, &vars, loc)?;
+            return Ok(out[..vars.len()].to_vec());
         }
         if !truth("while_loop", &c, loc)? {
             return Ok(vars);
@@ -181,6 +254,143 @@ pub fn while_loop(
         )?;
         vars = next;
     }
+}
+
+/// A traced `while`: condition and body become a region; the results are the final
+/// carries and the trip count.
+fn while_op(
+    cond: &impl Fn(&[Tensor]) -> Result<Tensor>,
+    body: &impl Fn(&[Tensor]) -> Result<Vec<Tensor>>,
+    init: &[Tensor],
+    loc: Loc,
+) -> Result<Vec<Tensor>> {
+    let carry_types: Vec<(DType, Shape)> = init.iter().map(type_of).collect();
+    let cond_b = trace_body(&carry_types, loc, |a| Ok(vec![cond(a)?]))?;
+    let c_ty = &cond_b.result_types()[0];
+    if crate::tensor::numel(&c_ty.1) != 1 {
+        return Err(Error::op(
+            "while_loop",
+            format!(
+                "the loop condition must have one element, got {}",
+                type_str(c_ty.0, &c_ty.1)
+            ),
+            loc,
+        ));
+    }
+    let body_b = trace_body(&carry_types, loc, body)?;
+    same_sig(
+        "while_loop",
+        "the loop carry",
+        &carry_types,
+        "the body's result",
+        &body_b.result_types(),
+        loc,
+    )?;
+    let nc = init.len();
+    let mut bodies = [cond_b, body_b];
+    let captures = merge_captures(&mut bodies, &[nc, nc]);
+    let mut operands = init.to_vec();
+    operands.extend(capture_values(&captures));
+    let [cond_b, body_b] = bodies;
+    let mut results = carry_types;
+    results.push((DType::I64, Shape::new()));
+    let region = Region {
+        kind: RegionKind::While,
+        bodies: vec![cond_b.graph, body_b.graph],
+        carries: nc,
+        xs: 0,
+        saved: false,
+        results,
+    };
+    emit(region, &operands, loc)
+}
+
+/// Reverse mode through `while`, for a trip count `n` known only at run time. The
+/// forward loop keeps nothing but `n` (its last result); the backward is a `while`
+/// counting `k` from `n` down to 1 whose body *recomputes* the carry entering step
+/// `k-1` by running the forward body `k-1` times from the initial carry (an inner
+/// `while`), then pulls the carries' cotangents back through that step (the body
+/// replayed under a tape), summing the captures' cotangents in extra carries. Cost:
+/// `n(n-1)/2` extra forward steps and no memory per step — the choice for loops
+/// whose length has no bound at trace time (stacking would need a run-time shape).
+fn while_vjp(
+    region: &Region,
+    x: &[Tensor],
+    y: &[Tensor],
+    gy: &[Option<Tensor>],
+    loc: Loc,
+) -> Result<Vec<Option<Tensor>>> {
+    let nc = region.carries;
+    let (init, caps) = x.split_at(nc);
+    let fcaps: Vec<usize> = (0..caps.len())
+        .filter(|&i| caps[i].dtype().is_float())
+        .collect();
+    let n = &y[nc];
+    let body = &region.bodies[1];
+    let with_caps = |c: &[Tensor]| -> Vec<Tensor> {
+        let mut a = c.to_vec();
+        a.extend(caps.iter().cloned());
+        a
+    };
+    // carries of the backward loop: k, the carries' cotangents, the captures' sums
+    let mut init_b = vec![n.clone()];
+    init_b.extend((0..nc).map(|i| gy[i].clone().unwrap_or_else(|| y[i].zeros_like())));
+    init_b.extend(fcaps.iter().map(|&i| caps[i].zeros_like()));
+    let back = while_loop(
+        |v| Ok(v[0].gt(&Tensor::from(0i64))),
+        |v| {
+            let k = &v[0] - 1i64;
+            // the carry entering step k: k forward steps from init
+            let mut start = vec![Tensor::from(0i64)];
+            start.extend(init.iter().cloned());
+            let fwd = while_op(
+                &|w: &[Tensor]| Ok(w[0].lt(&k)),
+                &|w: &[Tensor]| {
+                    let mut next = vec![&w[0] + 1i64];
+                    next.extend(replay(body, &with_caps(&w[1..]), loc)?);
+                    Ok(next)
+                },
+                &start,
+                loc,
+            )?;
+            let c_k = &fwd[1..=nc];
+            let tape = GradientTape::new();
+            let args = with_caps(c_k);
+            let outs = tape.record(|| {
+                for a in &args {
+                    tape.watch(a);
+                }
+                replay(body, &args, loc)
+            })?;
+            let targets: Vec<(Tensor, Tensor)> = (0..nc)
+                .filter(|&i| outs[i].dtype().is_float())
+                .map(|i| (outs[i].clone(), v[1 + i].clone()))
+                .collect();
+            let mut sources: Vec<Tensor> = c_k.to_vec();
+            sources.extend(fcaps.iter().map(|&i| caps[i].clone()));
+            let g = tape.gradient_seeded(&targets, &sources)?;
+            let mut next = vec![k];
+            next.extend((0..nc).map(|i| g[i].clone().unwrap_or_else(|| c_k[i].zeros_like())));
+            for (a, _) in fcaps.iter().enumerate() {
+                let acc = &v[1 + nc + a];
+                next.push(match &g[nc + a] {
+                    Some(d) => acc + d,
+                    None => acc.clone(),
+                });
+            }
+            Ok(next)
+        },
+        &init_b,
+    )?;
+    let mut out: Vec<Option<Tensor>> = (0..nc)
+        .map(|i| init[i].dtype().is_float().then(|| back[1 + i].clone()))
+        .collect();
+    let mut gcaps: Vec<Option<Tensor>> = vec![None; caps.len()];
+    for (a, &i) in fcaps.iter().enumerate() {
+        gcaps[i] = Some(back[1 + nc + a].clone());
+    }
+    out.extend(gcaps);
+    Ok(out)
 }
 
 /// `for i in lower..upper { vars = body(i, vars) }` (`jax.lax.fori_loop`): `i` is an i64
@@ -347,6 +557,9 @@ fn scan_impl(
     loc: Loc,
 ) -> Result<(Vec<Tensor>, Vec<Tensor>)> {
     let n = scan_length(op, xs, loc)?;
+    if context::is_tracing() {
+        return traced::scan_op(op, reverse, f, init, xs, n, loc);
+    }
     let mut carry = init.to_vec();
     let mut ys: Vec<Option<Vec<Tensor>>> = vec![None; n];
     let mut first_ys: Option<Vec<Tensor>> = None;

@@ -34,6 +34,7 @@
 //!   [`crate::Variable`]).
 
 use super::codegen::Codegen;
+use super::control::RegionPlan;
 use super::fused::{self, OutBuf};
 use super::plan_memory::{plan_memory, MemoryPlan};
 use crate::error::{Error, Result};
@@ -134,6 +135,11 @@ pub struct Plan {
     /// The compiled program of each `fused` step (boxed: a `Program` is large, and
     /// most steps have none).
     programs: Vec<Option<Box<fused::Program>>>,
+    /// The planned bodies of each control-flow step.
+    regions: Vec<Option<Box<RegionPlan>>>,
+    /// For each control-flow step, its `get` steps: `(result index, step)`; the
+    /// control-flow step stores its results straight into their slots.
+    gets: Vec<SmallVec<[(u32, usize); 4]>>,
     total_bytes: usize,
     work: u64,
     schedule: AtomicU8,
@@ -247,6 +253,30 @@ impl Plan {
             })
             .collect();
         fused::reserve_registers(programs.iter().flatten().map(|p| &**p));
+        let regions = order
+            .iter()
+            .map(|&n| match graph.node(n).op {
+                Op::Cond(r) | Op::While(r) | Op::Scan(r) => graph
+                    .regions
+                    .get(r as usize)
+                    .ok_or_else(|| Error::Graph(format!("no region {r}")))
+                    .and_then(RegionPlan::new)
+                    .map(|p| Some(Box::new(p))),
+                _ => Ok(None),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let gets = steps
+            .iter()
+            .map(|s| {
+                s.consumers
+                    .iter()
+                    .filter_map(|&c| match steps[c].op {
+                        Op::Get(k) => Some((k, c)),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .collect();
         let work = steps.iter().map(|s| s.work).sum();
         Ok(Plan {
             graph,
@@ -255,6 +285,8 @@ impl Plan {
             assigns,
             memory,
             programs,
+            regions,
+            gets,
             total_bytes,
             work,
             schedule: AtomicU8::new(0),
@@ -561,6 +593,30 @@ impl Plan {
         let s = &self.steps[i];
         let node = self.graph.node(s.node);
         let (v, kernel) = match s.op {
+            Op::Cond(_) | Op::While(_) | Op::Scan(_) => {
+                let guards = self.read_inputs(s, st);
+                let args: SmallVec<[&Data; 4]> =
+                    s.operands.iter().map(|&o| operand(s, &guards, o)).collect();
+                let region = self.regions[i].as_ref().expect("planned with the step");
+                let results = region.run(&args)?;
+                for &(k, g) in &self.gets[i] {
+                    let r = results.get(k as usize).cloned().ok_or_else(|| {
+                        Error::Graph(format!("{} has no result {k}", s.op.name()))
+                    })?;
+                    *write(&st.vals[g]) = Some(r);
+                }
+                // the tuple itself holds nothing
+                (
+                    Data::I64(ndarray::ArrayD::zeros(ndarray::IxDyn(&[0])).into_shared()),
+                    true,
+                )
+            }
+            Op::Get(_) => {
+                let v = write(&st.vals[i]).take().ok_or_else(|| {
+                    Error::Graph("get: its control-flow op stored no result".into())
+                })?;
+                (v, false)
+            }
             Op::Assign(_) => (
                 read(&st.vals[s.operands[0]])
                     .clone()

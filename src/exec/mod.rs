@@ -19,6 +19,7 @@
 //! ```
 pub(crate) mod buffers;
 pub mod codegen;
+mod control;
 mod fused;
 mod interp;
 pub mod kernels;

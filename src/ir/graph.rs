@@ -11,6 +11,7 @@
 //!   [`NodeId`] stay valid while passes rewrite the graph.
 
 use super::fused::FusedExpr;
+use super::region::Region;
 use crate::error::Loc;
 use crate::ops::Op;
 use crate::tensor::{DType, Data, Shape, Variable};
@@ -85,6 +86,8 @@ pub struct Graph {
     pub assigns: Vec<NodeId>,
     /// Expressions of `fused` nodes (`Op::Fused(n)` runs `fused[n]`).
     pub fused: Vec<FusedExpr>,
+    /// Regions of control-flow nodes (`Op::Scan(n)` runs `regions[n]`).
+    pub regions: Vec<Region>,
 }
 
 impl Graph {

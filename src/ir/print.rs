@@ -21,6 +21,20 @@
 //!     #2 = sum[axes=[0]] #1 : f32[]
 //! ```
 //!
+//! A control-flow node prints its region's attributes, its result types as a tuple,
+//! and then each body as a nested block with its own arguments and numbering; `get`
+//! nodes read the results:
+//!
+//! ```text
+//!   %3 = scan[carries=1, xs=1, reverse=false, saved=false] %0, %1, %2 : (f32[2], f32[5,2])
+//!     body(%0: f32[2], %1: f32[2], %2: f32[2]) {
+//!       %3 = mul %0, %1 : f32[2]
+//!       %4 = add %3, %2 : f32[2]
+//!       return %4, %4
+//!     }
+//!   %4 = get[index=0] %3 : f32[2]
+//! ```
+//!
 //! Numbers are assigned at print time in [`Graph::canonical_order`], so the text depends
 //! only on the graph's structure. Dead nodes are not printed. Constants with more than
 //! [`MAX_CONST_ELEMS`] elements print as `<N elements>`, which the parser rejects.
@@ -30,6 +44,7 @@
 
 use super::fused::{Arg, FusedExpr};
 use super::graph::{Graph, NodeId};
+use super::region::RegionKind;
 use crate::ops::Op;
 use crate::tensor::{type_str, Data};
 use std::fmt::Write;
@@ -57,6 +72,17 @@ pub fn const_text(d: &Data) -> String {
 fn attr_text(g: &Graph, op: &Op) -> String {
     match op {
         Op::ReadVar(i) | Op::Assign(i) => format!("[{}]", g.vars[*i as usize].name),
+        Op::Cond(r) | Op::While(r) | Op::Scan(r) => match g.regions.get(*r as usize) {
+            Some(reg) => match reg.kind {
+                RegionKind::Cond => String::new(),
+                RegionKind::While => format!("[carries={}]", reg.carries),
+                RegionKind::Scan { reverse } => format!(
+                    "[carries={}, xs={}, reverse={reverse}, saved={}]",
+                    reg.carries, reg.xs, reg.saved
+                ),
+            },
+            None => format!("[region={r}?]"),
+        },
         _ => {
             let a = op.attrs();
             if a.is_empty() {
@@ -161,11 +187,24 @@ fn text_round_trips(d: &Data) -> bool {
 
 /// [`print`], with the constants that do not round-trip through text moved to
 /// `externals` when it is given.
-fn print_impl(g: &Graph, locations: bool, mut externals: Option<&mut Vec<Data>>) -> String {
+fn print_impl(g: &Graph, locations: bool, externals: Option<&mut Vec<Data>>) -> String {
+    let mut s = String::new();
+    print_graph(&mut s, g, locations, externals, "", "graph");
+    s
+}
+
+/// Prints `g` into `s` as a block `{name}(args) { .. }`, every line after `indent`.
+fn print_graph(
+    s: &mut String,
+    g: &Graph,
+    locations: bool,
+    mut externals: Option<&mut Vec<Data>>,
+    indent: &str,
+    block: &str,
+) {
     let order = g.canonical_order();
     let num = numbering(g, &order);
     let name = |n: &NodeId| format!("%{}", num[n.index()]);
-    let mut s = String::new();
     let args: Vec<String> = g
         .inputs
         .iter()
@@ -177,12 +216,12 @@ fn print_impl(g: &Graph, locations: bool, mut externals: Option<&mut Vec<Data>>)
             )
         })
         .collect();
-    let _ = writeln!(s, "graph({}) {{", args.join(", "));
+    let _ = writeln!(s, "{indent}{block}({}) {{", args.join(", "));
     for &n in order.iter().skip(g.inputs.len()) {
         let node = g.node(n);
         let operands: Vec<String> = g.operands(n).iter().map(name).collect();
         let mut line = format!(
-            "  {} = {}{}",
+            "{indent}  {} = {}{}",
             name(&n),
             node.op.name(),
             attr_text(g, &node.op)
@@ -201,21 +240,41 @@ fn print_impl(g: &Graph, locations: bool, mut externals: Option<&mut Vec<Data>>)
         if !operands.is_empty() {
             let _ = write!(line, " {}", operands.join(", "));
         }
-        let _ = write!(line, " : {}", type_str(node.dtype, &node.shape));
+        match node.op {
+            Op::Cond(r) | Op::While(r) | Op::Scan(r) if (r as usize) < g.regions.len() => {
+                let tys: Vec<String> = g.regions[r as usize]
+                    .results
+                    .iter()
+                    .map(|(d, sh)| type_str(*d, sh))
+                    .collect();
+                let _ = write!(line, " : ({})", tys.join(", "));
+            }
+            _ => {
+                let _ = write!(line, " : {}", type_str(node.dtype, &node.shape));
+            }
+        }
         if locations {
             if let Some(l) = node.loc {
                 let _ = write!(line, "  ; {}:{}", l.file(), l.line());
             }
         }
         let _ = writeln!(s, "{line}");
-        if let Op::Fused(f) = node.op {
-            s.push_str(&fused_text(g, &g.fused[f as usize]));
+        match node.op {
+            Op::Fused(f) => s.push_str(&fused_text(g, &g.fused[f as usize])),
+            Op::Cond(r) | Op::While(r) | Op::Scan(r) => {
+                if let Some(reg) = g.regions.get(r as usize) {
+                    let inner = format!("{indent}    ");
+                    for (b, bname) in reg.bodies.iter().zip(reg.body_names()) {
+                        print_graph(s, b, locations, externals.as_deref_mut(), &inner, bname);
+                    }
+                }
+            }
+            _ => {}
         }
     }
     let outs: Vec<String> = g.outputs.iter().map(name).collect();
-    let _ = writeln!(s, "  return {}", outs.join(", "));
-    s.push_str("}\n");
-    s
+    let _ = writeln!(s, "{indent}  return {}", outs.join(", "));
+    let _ = writeln!(s, "{indent}}}");
 }
 
 impl std::fmt::Display for Graph {

@@ -11,6 +11,7 @@
 //! losses, ...) is sugar composed of these primitives in `tensor/math.rs`.
 
 pub mod attrs;
+pub mod control;
 pub mod conv;
 pub mod elementwise;
 pub mod index;
@@ -151,6 +152,18 @@ pub enum Op {
     /// and kernel come from that expression, so [`Op::infer`] and [`Op::eval`] defer to
     /// the graph (verifier, parser, interpreter); optimized graphs are never differentiated.
     Fused(u32),
+    /// `cond`: runs branch 0 or 1 of region `n` of the graph's region table
+    /// ([`crate::ir::Region`]) on its captures; operands `(pred, captures..)`. A tuple
+    /// node: its results are read by `get` nodes (see [`control`]).
+    Cond(u32),
+    /// `while`: region `n` holds the condition and the body; operands `(init..,
+    /// captures..)`; results: the final carries, then the trip count (`i64[]`).
+    While(u32),
+    /// `scan`: region `n` holds the body; operands `(init.., xs.., captures..)`; results:
+    /// the final carries, then the per-step outputs stacked on a new leading axis.
+    Scan(u32),
+    /// Result number `n` of the tuple node (control-flow op) that is its operand.
+    Get(u32),
 }
 
 /// Per-input cotangents returned by a VJP rule; `None` is a symbolic zero.
@@ -188,6 +201,7 @@ enum Family {
     Linalg,
     Conv,
     Fused,
+    Control,
 }
 
 impl Op {
@@ -216,6 +230,7 @@ impl Op {
             | Op::MaxPool2dGrad(_)
             | Op::MaxPool2dGather(_) => Family::Conv,
             Op::Fused(_) => Family::Fused,
+            Op::Cond(_) | Op::While(_) | Op::Scan(_) | Op::Get(_) => Family::Control,
         }
     }
 
@@ -241,6 +256,7 @@ impl Op {
             (Family::Linalg, _) => "matmul",
             (Family::Conv, _) => conv::name(self),
             (Family::Fused, _) => "fused",
+            (Family::Control, _) => control::name(self),
         }
     }
 
@@ -284,6 +300,7 @@ impl Op {
             (Family::Fused, _) => Err(
                 "is typed by its fused expression (FusedExpr::infer), not by the op alone".into(),
             ),
+            (Family::Control, _) => control::infer(self),
         }
     }
 
@@ -317,6 +334,10 @@ impl Op {
             (Family::Fused, _) => panic!(
                 "fused has no standalone kernel: the interpreter runs it with the graph's fused expression"
             ),
+            (Family::Control, _) => panic!(
+                "{} has no standalone kernel: the interpreter runs its regions",
+                self.name()
+            ),
         })
     }
 
@@ -340,6 +361,10 @@ impl Op {
             (Family::Fused, _) => {
                 panic!("fused nodes exist only in optimized graphs, which are never differentiated")
             }
+            (Family::Control, _) => panic!(
+                "{} is differentiated by the VJP its control-flow call records on the tape",
+                self.name()
+            ),
         }
     }
 
@@ -347,6 +372,7 @@ impl Op {
     pub fn attrs(&self) -> Vec<(&'static str, String)> {
         match self.family() {
             Family::Source | Family::Elementwise | Family::Fused => Vec::new(),
+            Family::Control => control::attrs(self),
             Family::Reduce => reduce::attrs(self),
             Family::Shape => shape::attrs(self),
             Family::Index => index::attrs(self),
@@ -364,7 +390,8 @@ impl Op {
         if let Some(op) = elementwise::parse(name) {
             return Ok(op);
         }
-        let parsers: [FamilyParser; 5] = [
+        let parsers: [FamilyParser; 6] = [
+            control::parse,
             reduce::parse,
             shape::parse,
             index::parse,
@@ -406,7 +433,8 @@ impl Op {
             | Family::Index
             | Family::Linalg
             | Family::Conv
-            | Family::Fused => true,
+            | Family::Fused
+            | Family::Control => true,
         }
     }
 
@@ -424,6 +452,8 @@ impl Op {
             Family::Conv => conv::work(self, x, out),
             // one loop over its elements, reading each operand
             Family::Fused => streamed(x, out),
+            // the operands streamed once; the regions' own steps are planned separately
+            Family::Control => x.iter().map(|s| elems(s)).sum(),
         }
     }
 
@@ -438,7 +468,8 @@ impl Op {
             | Family::Reduce
             | Family::Shape
             | Family::Index
-            | Family::Fused => 0,
+            | Family::Fused
+            | Family::Control => 0,
         }
     }
 
@@ -609,6 +640,12 @@ op_list! {
     }
     internal {
         Op::Fused(_),
+        // made by `crate::control`; their VJPs are tape closures written with the
+        // control-flow API, checked by the gradient rows of tests/control.rs
+        Op::Cond(_),
+        Op::While(_),
+        Op::Scan(_),
+        Op::Get(_),
     }
 }
 

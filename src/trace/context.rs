@@ -5,11 +5,18 @@
 //! `read_var` node per trace; an `assign` makes later reads in the same trace see the
 //! assigned value (SSA style), and the compiled graph writes it back when it runs.
 //! The first op error poisons the context; the trace then reports it.
+//!
+//! A control-flow body ([`with_body`]) is traced in a context of its own stacked on the
+//! enclosing one. A symbolic tensor of an enclosing trace used in the body, or a
+//! variable read in it, becomes a *capture*: an extra input of the body graph (after
+//! its arguments), listed in order so the control-flow op can pass the outer values as
+//! operands. Assigning a variable inside a body is an error.
 
 use crate::error::{Error, Loc};
 use crate::ir::{Graph, GraphVar, Node, NodeId};
 use crate::ops::Op;
 use crate::tensor::{fresh_id, DType, Kind, Shape, Tensor, Variable};
+use smallvec::SmallVec;
 use std::cell::RefCell;
 use std::collections::HashMap;
 
@@ -19,6 +26,25 @@ struct Ctx {
     consts: HashMap<u64, NodeId>,
     vars: HashMap<u64, Tensor>,
     error: Option<Error>,
+    /// For a control-flow body: what it captured, in input order.
+    body: Option<Body>,
+}
+
+/// The captures of a body context.
+#[derive(Default)]
+struct Body {
+    captures: Vec<Capture>,
+    /// capture input node by outer tensor id
+    by_tensor: HashMap<u64, NodeId>,
+}
+
+/// An outer value a control-flow body reads.
+#[derive(Clone)]
+pub(crate) enum Capture {
+    /// A symbolic tensor of an enclosing trace.
+    Tensor(Tensor),
+    /// A variable read inside the body (the op reads it outside).
+    Var(Variable),
 }
 
 thread_local! {
@@ -42,9 +68,35 @@ pub(crate) fn poison(err: Error) -> Option<u64> {
     })
 }
 
-fn node_for(ctx: &mut Ctx, t: &Tensor) -> Result<NodeId, String> {
+/// Adds the next capture input of a body graph.
+fn capture_input(ctx: &mut Ctx, c: Capture, dtype: DType, shape: Shape, loc: Loc) -> NodeId {
+    let i = ctx.graph.inputs.len();
+    let mut node = Node::new(Op::Input(i as u32), dtype, shape);
+    node.loc = Some(loc);
+    let n = ctx.graph.add(node, &[]);
+    ctx.graph.inputs.push(n);
+    ctx.body
+        .as_mut()
+        .expect("captures only in bodies")
+        .captures
+        .push(c);
+    n
+}
+
+fn node_for(ctx: &mut Ctx, outer: &[u64], t: &Tensor) -> Result<NodeId, String> {
     match &t.0.kind {
         Kind::Symbolic { trace, node } if *trace == ctx.id => Ok(*node),
+        Kind::Symbolic { trace, .. } if ctx.body.is_some() && outer.contains(trace) => {
+            if let Some(&n) = ctx.body.as_ref().and_then(|b| b.by_tensor.get(&t.id())) {
+                return Ok(n);
+            }
+            let c = Capture::Tensor(t.clone());
+            let n = capture_input(ctx, c, t.dtype(), t.0.shape.clone(), t.0.loc);
+            if let Some(b) = ctx.body.as_mut() {
+                b.by_tensor.insert(t.id(), n);
+            }
+            Ok(n)
+        }
         Kind::Symbolic { .. } | Kind::Poisoned { .. } => Err(format!(
             "a symbolic tensor made at {} belongs to another traced function; \
              pass it in as an argument or return it instead",
@@ -68,9 +120,9 @@ fn node_for(ctx: &mut Ctx, t: &Tensor) -> Result<NodeId, String> {
 pub(crate) fn add_node(op: Op, inputs: &[&Tensor], dtype: DType, shape: Shape, loc: Loc) -> Tensor {
     let res = STACK.with(|s| {
         let mut s = s.borrow_mut();
-        let ctx = s.last_mut().expect("add_node is called while tracing");
+        let (ctx, outer) = split(&mut s);
         let operands: Result<Vec<NodeId>, String> =
-            inputs.iter().map(|t| node_for(ctx, t)).collect();
+            inputs.iter().map(|t| node_for(ctx, &outer, t)).collect();
         match operands {
             Ok(operands) => {
                 let mut node = Node::new(op, dtype, shape.clone());
@@ -91,14 +143,27 @@ pub(crate) fn add_node(op: Op, inputs: &[&Tensor], dtype: DType, shape: Shape, l
     }
 }
 
+/// The innermost context and the ids of the enclosing ones.
+fn split(s: &mut [Ctx]) -> (&mut Ctx, SmallVec<[u64; 4]>) {
+    let (ctx, rest) = s.split_last_mut().expect("called while tracing");
+    (ctx, rest.iter().map(|c| c.id).collect())
+}
+
 /// Inside a trace: the variable's current symbolic value (adding a `read_var` node on
-/// first use). Outside: `None`.
+/// first use; in a control-flow body, a capture). Outside: `None`.
 pub(crate) fn read_var(v: &Variable, loc: Loc) -> Option<Tensor> {
     STACK.with(|s| {
         let mut s = s.borrow_mut();
         let ctx = s.last_mut()?;
         if let Some(t) = ctx.vars.get(&v.id()) {
             return Some(t.clone());
+        }
+        if ctx.body.is_some() {
+            let shape = Shape::from_slice(v.shape());
+            let n = capture_input(ctx, Capture::Var(v.clone()), v.dtype(), shape.clone(), loc);
+            let t = Tensor::symbolic(ctx.id, n, v.dtype(), shape, loc);
+            ctx.vars.insert(v.id(), t.clone());
+            return Some(t);
         }
         let idx = ctx.graph.var_index(GraphVar {
             name: v.name().to_string(),
@@ -125,8 +190,22 @@ pub(crate) fn assign_var(v: &Variable, value: &Tensor, loc: Loc) -> bool {
     let _ = read_var(v, loc);
     STACK.with(|s| {
         let mut s = s.borrow_mut();
-        let ctx = s.last_mut().expect("tracing");
-        let operand = match node_for(ctx, value) {
+        let (ctx, outer) = split(&mut s);
+        if ctx.body.is_some() {
+            if ctx.error.is_none() {
+                ctx.error = Some(Error::op(
+                    "assign",
+                    format!(
+                        "variable `{}` is assigned inside a control-flow body (cond, while_loop, \
+                         scan): return the new value as a result or carry and assign it after the loop",
+                        v.name()
+                    ),
+                    loc,
+                ));
+            }
+            return true;
+        }
+        let operand = match node_for(ctx, &outer, value) {
             Ok(n) => n,
             Err(msg) => {
                 if ctx.error.is_none() {
@@ -182,6 +261,7 @@ pub(crate) fn with_graph<R>(graph: Graph, f: impl FnOnce(u64) -> R) -> (Graph, R
             consts: HashMap::new(),
             vars: HashMap::new(),
             error: None,
+            body: None,
         })
     });
     // pop the context even if `f` panics, so the thread stays usable
@@ -211,10 +291,11 @@ pub(crate) fn with_graph<R>(graph: Graph, f: impl FnOnce(u64) -> R) -> (Graph, R
 pub(crate) fn node_of(t: &Tensor) -> Result<NodeId, Error> {
     STACK.with(|s| {
         let mut s = s.borrow_mut();
-        let ctx = s
-            .last_mut()
-            .ok_or_else(|| Error::Symbolic("not tracing".into()))?;
-        node_for(ctx, t).map_err(Error::Symbolic)
+        if s.is_empty() {
+            return Err(Error::Symbolic("not tracing".into()));
+        }
+        let (ctx, outer) = split(&mut s);
+        node_for(ctx, &outer, t).map_err(Error::Symbolic)
     })
 }
 
@@ -269,4 +350,79 @@ pub(crate) fn tensors_of(nodes: &[NodeId]) -> Vec<Tensor> {
 /// Runs `f` on the graph being built (read-only), for the node `n`.
 pub(crate) fn with_node<R>(_n: NodeId, f: impl FnOnce(&Graph) -> R) -> R {
     STACK.with(|s| f(&s.borrow().last().expect("tracing").graph))
+}
+
+/// What tracing a control-flow body produced: its graph (inputs: the arguments, then the
+/// captures; outputs: the body's results) and the outer values of its captures.
+pub(crate) struct Traced<R> {
+    pub graph: Graph,
+    pub captures: Vec<Capture>,
+    pub result: Result<R, Error>,
+}
+
+/// Traces a control-flow body: a context of its own on top of the current one, whose
+/// graph gets one input per `args` type; `f` gets their symbolic tensors and returns
+/// the body's results (an `Err` from `f` or the first op error is the `result`).
+pub(crate) fn with_body<R>(
+    args: &[(DType, Shape)],
+    loc: Loc,
+    f: impl FnOnce(&[Tensor]) -> Result<(Vec<Tensor>, R), Error>,
+) -> Traced<R> {
+    let id = fresh_id();
+    STACK.with(|s| {
+        s.borrow_mut().push(Ctx {
+            id,
+            graph: Graph::new(),
+            consts: HashMap::new(),
+            vars: HashMap::new(),
+            error: None,
+            body: Some(Body::default()),
+        })
+    });
+    struct Pop;
+    impl Drop for Pop {
+        fn drop(&mut self) {
+            STACK.with(|s| {
+                if let Ok(mut s) = s.try_borrow_mut() {
+                    if std::thread::panicking() {
+                        s.pop();
+                    }
+                }
+            });
+        }
+    }
+    let guard = Pop;
+    let tensors: Vec<Tensor> = args
+        .iter()
+        .enumerate()
+        .map(|(i, (d, sh))| add_input(i, *d, sh, loc))
+        .collect();
+    let r = f(&tensors).and_then(|(outs, r)| {
+        for t in &outs {
+            add_output(t)?;
+        }
+        Ok(r)
+    });
+    std::mem::forget(guard);
+    let ctx = STACK.with(|s| s.borrow_mut().pop().expect("context pushed above"));
+    let captures = ctx.body.map(|b| b.captures).unwrap_or_default();
+    let result = match (ctx.error, r) {
+        (Some(e), _) => Err(e),
+        (None, r) => r,
+    };
+    Traced {
+        graph: ctx.graph,
+        captures,
+        result,
+    }
+}
+
+/// Adds a region to the graph being traced; returns its index in the region table.
+pub(crate) fn add_region(r: crate::ir::Region) -> u32 {
+    STACK.with(|s| {
+        let mut s = s.borrow_mut();
+        let g = &mut s.last_mut().expect("tracing").graph;
+        g.regions.push(r);
+        (g.regions.len() - 1) as u32
+    })
 }

@@ -1,0 +1,423 @@
+//! The traced path: control flow as single IR ops holding sub-graphs, and their VJPs.
+//!
+//! A body closure is traced into a graph of its own ([`context::with_body`]) with the
+//! gradient tapes paused; the values it captures become extra operands. [`emit`] adds
+//! the control-flow node, one `get` per result, and records on the active tapes one
+//! entry whose VJP is built from the region's graphs alone: the VJP *replays* a body
+//! graph as ordinary tensor ops ([`replay`]) under a fresh tape inside a new body, so
+//! the backward of a control-flow op is again control flow (a reverse `scan`, a
+//! `cond`, a `while`), recorded on outer tapes like any op — which is all higher
+//! orders and forward mode (by transposition) need.
+
+use super::{scan, scan_reverse, ty};
+use crate::autodiff::backward::MultiVjp;
+use crate::autodiff::tape::{self, GradientTape};
+use crate::error::{Error, Loc, Result};
+use crate::ir::{Graph, NodeId, Region, RegionKind};
+use crate::ops::Op;
+use crate::tensor::dispatch::{apply, at_location};
+use crate::tensor::{DType, Kind, Shape, Tensor};
+use crate::trace::context::{self, Capture};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The type of a tensor.
+pub(super) fn type_of(t: &Tensor) -> (DType, Shape) {
+    (t.dtype(), Shape::from_slice(t.shape()))
+}
+
+fn capture_key(c: &Capture) -> (u8, u64) {
+    match c {
+        Capture::Tensor(t) => (0, t.id()),
+        Capture::Var(v) => (1, v.id()),
+    }
+}
+
+fn capture_type(c: &Capture) -> (DType, Shape) {
+    match c {
+        Capture::Tensor(t) => type_of(t),
+        Capture::Var(v) => (v.dtype(), Shape::from_slice(v.shape())),
+    }
+}
+
+/// A traced body: its graph and captures.
+pub(super) struct Body {
+    pub graph: Graph,
+    pub captures: Vec<Capture>,
+}
+
+impl Body {
+    /// The types of its results.
+    pub fn result_types(&self) -> Vec<(DType, Shape)> {
+        let g = &self.graph;
+        g.outputs
+            .iter()
+            .map(|&o| (g.node(o).dtype, g.node(o).shape.clone()))
+            .collect()
+    }
+}
+
+/// Traces `f` on symbolic arguments of the given types into a body graph, with the
+/// gradient tapes paused.
+pub(super) fn trace_body(
+    args: &[(DType, Shape)],
+    loc: Loc,
+    f: impl FnOnce(&[Tensor]) -> Result<Vec<Tensor>>,
+) -> Result<Body> {
+    let traced =
+        tape::without_tapes(|| context::with_body(args, loc, |a| f(a).map(|outs| (outs, ()))));
+    traced.result?;
+    Ok(Body {
+        graph: traced.graph,
+        captures: traced.captures,
+    })
+}
+
+/// Gives every body the same captures (the union, in first-seen order) as inputs after
+/// its `nargs` arguments; returns that list.
+pub(super) fn merge_captures(bodies: &mut [Body], nargs: &[usize]) -> Vec<Capture> {
+    let mut merged: Vec<Capture> = Vec::new();
+    for b in bodies.iter() {
+        for c in &b.captures {
+            if !merged.iter().any(|m| capture_key(m) == capture_key(c)) {
+                merged.push(c.clone());
+            }
+        }
+    }
+    for (b, &n) in bodies.iter_mut().zip(nargs) {
+        let g = &mut b.graph;
+        let mut inputs: Vec<NodeId> = g.inputs[..n].to_vec();
+        for m in &merged {
+            let have = b
+                .captures
+                .iter()
+                .position(|c| capture_key(c) == capture_key(m));
+            let node = match have {
+                Some(k) => g.inputs[n + k],
+                None => {
+                    let (d, s) = capture_type(m);
+                    g.add(crate::ir::Node::new(Op::Input(0), d, s), &[])
+                }
+            };
+            inputs.push(node);
+        }
+        for (i, &id) in inputs.iter().enumerate() {
+            g.node_mut(id).op = Op::Input(i as u32);
+        }
+        g.inputs = inputs;
+        b.captures = merged.clone();
+    }
+    merged
+}
+
+/// The outer values of captures: tensors as they are, variables read here (so the
+/// enclosing trace reads them and active tapes watch the reads).
+#[track_caller]
+pub(super) fn capture_values(captures: &[Capture]) -> Vec<Tensor> {
+    captures
+        .iter()
+        .map(|c| match c {
+            Capture::Tensor(t) => t.clone(),
+            Capture::Var(v) => v.read(),
+        })
+        .collect()
+}
+
+fn op_of(kind: RegionKind, r: u32) -> Op {
+    match kind {
+        RegionKind::Cond => Op::Cond(r),
+        RegionKind::While => Op::While(r),
+        RegionKind::Scan { .. } => Op::Scan(r),
+    }
+}
+
+/// Adds the control-flow node for `region` with `operands` to the current trace, one
+/// `get` per result, and records it (with its VJP) on the active tapes.
+pub(super) fn emit(region: Region, operands: &[Tensor], loc: Loc) -> Result<Vec<Tensor>> {
+    let name = op_of(region.kind, 0).name();
+    if operands
+        .iter()
+        .any(|t| matches!(t.0.kind, Kind::Poisoned { .. }))
+    {
+        return Err(Error::op(
+            name,
+            "an operand comes from an op that failed",
+            loc,
+        ));
+    }
+    let r = context::add_region(region.clone());
+    let (td, ts) = crate::ops::control::tuple_type();
+    let refs: Vec<&Tensor> = operands.iter().collect();
+    let tuple = context::add_node(op_of(region.kind, r), &refs, td, ts, loc);
+    let outs: Vec<Tensor> = region
+        .results
+        .iter()
+        .enumerate()
+        .map(|(i, (d, s))| context::add_node(Op::Get(i as u32), &[&tuple], *d, s.clone(), loc))
+        .collect();
+    let region = Arc::new(region);
+    let vjp: MultiVjp = Arc::new(move |x, y, gy| at_location(loc, || vjp(&region, x, y, gy, loc)));
+    tape::record_multi(name, vjp, operands, &outs);
+    Ok(outs)
+}
+
+/// Replays a body graph on `args` as ordinary tensor ops (recorded by active tapes);
+/// nested control-flow nodes are emitted again from their regions.
+pub(super) fn replay(g: &Graph, args: &[Tensor], loc: Loc) -> Result<Vec<Tensor>> {
+    let order = g.canonical_order();
+    let mut val: HashMap<NodeId, Tensor> = HashMap::new();
+    let mut tuples: HashMap<NodeId, Vec<Tensor>> = HashMap::new();
+    for n in order {
+        let node = g.node(n);
+        let operands: Vec<Tensor> = g
+            .operands(n)
+            .iter()
+            .filter_map(|o| val.get(o).cloned())
+            .collect();
+        let here = node.loc.unwrap_or(loc);
+        let t = match node.op {
+            Op::Input(i) => args
+                .get(i as usize)
+                .cloned()
+                .ok_or_else(|| Error::Graph(format!("replay: no argument {i}")))?,
+            Op::Const => Tensor::from_data_at(node.value.clone().expect("verified const"), here),
+            Op::Cond(r) | Op::While(r) | Op::Scan(r) => {
+                let region = g.regions[r as usize].clone();
+                tuples.insert(n, emit(region, &operands, here)?);
+                continue;
+            }
+            Op::Get(i) => {
+                let ops = g.operands(n);
+                tuples[&ops[0]][i as usize].clone()
+            }
+            Op::ReadVar(_) | Op::Assign(_) | Op::Fused(_) => {
+                return Err(Error::Graph(format!(
+                    "replay: a body holds `{}`, which bodies never do",
+                    node.op.name()
+                )))
+            }
+            op => {
+                let refs: Vec<&Tensor> = operands.iter().collect();
+                at_location(here, || apply(op, &refs, Some(&node.shape)))
+            }
+        };
+        val.insert(n, t);
+    }
+    Ok(g.outputs.iter().map(|o| val[o].clone()).collect())
+}
+
+/// The cotangent `g`, or zeros of `like`'s type.
+fn or_zeros(g: &Option<Tensor>, like: &Tensor) -> Tensor {
+    g.clone().unwrap_or_else(|| like.zeros_like())
+}
+
+fn vjp(
+    region: &Region,
+    x: &[Tensor],
+    y: &[Tensor],
+    gy: &[Option<Tensor>],
+    loc: Loc,
+) -> Result<Vec<Option<Tensor>>> {
+    match region.kind {
+        RegionKind::Scan { reverse } => scan_vjp(region, reverse, x, y, gy, loc),
+        RegionKind::Cond => super::cond_vjp(region, x, y, gy, loc),
+        RegionKind::While => super::while_vjp(region, x, y, gy, loc),
+    }
+}
+
+/// Reverse mode through `scan`: a scan the other way over the saved per-step carries,
+/// the scanned inputs and the cotangents of the per-step outputs. Its body replays the
+/// forward body at the saved carry under a tape and pulls the cotangents back; its
+/// carries are the carries' cotangents and, for each float capture, the sum of that
+/// capture's cotangent over the steps.
+fn scan_vjp(
+    region: &Region,
+    reverse: bool,
+    x: &[Tensor],
+    y: &[Tensor],
+    gy: &[Option<Tensor>],
+    loc: Loc,
+) -> Result<Vec<Option<Tensor>>> {
+    let (nc, nx) = (region.carries, region.xs);
+    if !region.saved {
+        return Err(Error::op(
+            "scan",
+            "reverse mode needs the per-step carries, which this scan did not keep \
+             (no tape watched its operands when it was traced)",
+            loc,
+        ));
+    }
+    let ny = region.results.len() - 2 * nc;
+    let caps = &x[nc + nx..];
+    let saved = &y[nc + ny..];
+    let fcaps: Vec<usize> = (0..caps.len())
+        .filter(|&i| caps[i].dtype().is_float())
+        .collect();
+    let mut init_b: Vec<Tensor> = (0..nc).map(|i| or_zeros(&gy[i], &y[i])).collect();
+    init_b.extend(fcaps.iter().map(|&i| caps[i].zeros_like()));
+    let mut xs_b: Vec<Tensor> = saved.to_vec();
+    xs_b.extend(x[nc..nc + nx].iter().cloned());
+    xs_b.extend((0..ny).map(|j| or_zeros(&gy[nc + j], &y[nc + j])));
+    let body = &region.bodies[0];
+    let f = |cb: &[Tensor], xb: &[Tensor]| -> Result<(Vec<Tensor>, Vec<Tensor>)> {
+        let (c_t, x_t, gy_t) = (&xb[..nc], &xb[nc..nc + nx], &xb[nc + nx..]);
+        let tape = GradientTape::new();
+        let mut args: Vec<Tensor> = c_t.to_vec();
+        args.extend(x_t.iter().cloned());
+        args.extend(caps.iter().cloned());
+        let outs = tape.record(|| {
+            for a in &args {
+                tape.watch(a);
+            }
+            replay(body, &args, loc)
+        })?;
+        let mut targets: Vec<(Tensor, Tensor)> = (0..nc)
+            .filter(|&i| outs[i].dtype().is_float())
+            .map(|i| (outs[i].clone(), cb[i].clone()))
+            .collect();
+        targets.extend(
+            (0..ny)
+                .filter(|&j| outs[nc + j].dtype().is_float())
+                .map(|j| (outs[nc + j].clone(), gy_t[j].clone())),
+        );
+        let mut sources: Vec<Tensor> = c_t.to_vec();
+        sources.extend(x_t.iter().cloned());
+        sources.extend(fcaps.iter().map(|&i| caps[i].clone()));
+        let g = tape.gradient_seeded(&targets, &sources)?;
+        let mut carry: Vec<Tensor> = (0..nc).map(|i| or_zeros(&g[i], &c_t[i])).collect();
+        for (a, _) in fcaps.iter().enumerate() {
+            let acc = &cb[nc + a];
+            carry.push(match &g[nc + nx + a] {
+                Some(d) => acc + d,
+                None => acc.clone(),
+            });
+        }
+        let gx: Vec<Tensor> = (0..nx).map(|j| or_zeros(&g[nc + j], &x_t[j])).collect();
+        Ok((carry, gx))
+    };
+    let (cf, gxs) = if reverse {
+        scan(f, &init_b, &xs_b)?
+    } else {
+        scan_reverse(f, &init_b, &xs_b)?
+    };
+    let float = |t: &Tensor, g: Tensor| t.dtype().is_float().then_some(g);
+    let mut out: Vec<Option<Tensor>> = (0..nc).map(|i| float(&x[i], cf[i].clone())).collect();
+    out.extend((0..nx).map(|j| float(&x[nc + j], gxs[j].clone())));
+    let mut gcaps: Vec<Option<Tensor>> = vec![None; caps.len()];
+    for (a, &i) in fcaps.iter().enumerate() {
+        gcaps[i] = Some(cf[nc + a].clone());
+    }
+    out.extend(gcaps);
+    Ok(out)
+}
+
+/// Checks that the types of `got` are `want`'s; `what_a`/`what_b` name the two sides.
+pub(super) fn same_sig(
+    op: &'static str,
+    what_a: &str,
+    want: &[(DType, Shape)],
+    what_b: &str,
+    got: &[(DType, Shape)],
+    loc: Loc,
+) -> Result<()> {
+    let t = |(d, s): &(DType, Shape)| crate::tensor::type_str(*d, s);
+    if want.len() != got.len() {
+        return Err(Error::op(
+            op,
+            format!(
+                "{what_a} has {} tensors but {what_b} has {}",
+                want.len(),
+                got.len()
+            ),
+            loc,
+        ));
+    }
+    for (i, (a, b)) in want.iter().zip(got).enumerate() {
+        if a != b {
+            return Err(Error::op(
+                op,
+                format!(
+                    "{what_a} has {} at position {i} but {what_b} has {}",
+                    t(a),
+                    t(b)
+                ),
+                loc,
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A traced `scan`: the body becomes a region; per-step carries are kept as extra
+/// results when a tape tracks an operand (what reverse mode reads).
+pub(super) fn scan_op(
+    op: &'static str,
+    reverse: bool,
+    f: impl Fn(&[Tensor], &[Tensor]) -> Result<(Vec<Tensor>, Vec<Tensor>)>,
+    init: &[Tensor],
+    xs: &[Tensor],
+    n: usize,
+    loc: Loc,
+) -> Result<(Vec<Tensor>, Vec<Tensor>)> {
+    let nc = init.len();
+    let carry_types: Vec<(DType, Shape)> = init.iter().map(type_of).collect();
+    let mut args = carry_types.clone();
+    args.extend(
+        xs.iter()
+            .map(|x| (x.dtype(), Shape::from_slice(&x.shape()[1..]))),
+    );
+    let mut body = trace_body(&args, loc, |a| {
+        let (c, y) = f(&a[..nc], &a[nc..])?;
+        let mut outs = c;
+        outs.extend(y);
+        Ok(outs)
+    })?;
+    let types = body.result_types();
+    if types.len() < nc {
+        return Err(Error::op(
+            op,
+            format!(
+                "the carry has {nc} tensors but the body returned {}",
+                types.len()
+            ),
+            loc,
+        ));
+    }
+    same_sig(
+        op,
+        "the carry",
+        &carry_types,
+        "the body's carry",
+        &types[..nc],
+        loc,
+    )?;
+    let captures = merge_captures(std::slice::from_mut(&mut body), &[args.len()]);
+    let mut operands: Vec<Tensor> = init.to_vec();
+    operands.extend(xs.iter().cloned());
+    operands.extend(capture_values(&captures));
+    let saved = tape::any_tracked(&operands);
+    let stacked = |(d, s): &(DType, Shape)| {
+        let mut sh = Shape::from_slice(&[n]);
+        sh.extend_from_slice(s);
+        (*d, sh)
+    };
+    let mut results = carry_types.clone();
+    results.extend(types[nc..].iter().map(stacked));
+    if saved {
+        let carries: Vec<NodeId> = body.graph.inputs[..nc].to_vec();
+        body.graph.outputs.extend(carries);
+        results.extend(carry_types.iter().map(stacked));
+    }
+    let ny = types.len() - nc;
+    let region = Region {
+        kind: RegionKind::Scan { reverse },
+        bodies: vec![body.graph],
+        carries: nc,
+        xs: xs.len(),
+        saved,
+        results,
+    };
+    let outs = emit(region, &operands, loc)?;
+    let _ = ty;
+    Ok((outs[..nc].to_vec(), outs[nc..nc + ny].to_vec()))
+}

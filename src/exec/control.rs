@@ -1,0 +1,150 @@
+//! Running control-flow steps: each region body is planned once, with the plan of its
+//! enclosing graph, and that [`Plan`] (its steps, memory plan and buffer pool) is
+//! reused by every iteration and every run. Carries pass from one iteration to the
+//! next as buffers; a carry the next iteration no longer holds goes back to the
+//! body's pool, so a loop in steady state draws its kernels' outputs from the pool.
+//! The per-step slices of a scan's inputs are copied out (one buffer per step), and
+//! its stacked outputs are written row by row into buffers allocated once per run.
+
+use super::interp::{Plan, RunStats};
+use crate::error::{Error, Result};
+use crate::ir::{Graph, Region, RegionKind};
+use crate::tensor::{type_str, Data};
+use ndarray::Axis;
+
+/// The plans of one control-flow step's bodies.
+pub(crate) struct RegionPlan {
+    kind: RegionKind,
+    carries: usize,
+    xs: usize,
+    results: Vec<(crate::tensor::DType, crate::tensor::Shape)>,
+    bodies: Vec<Plan>,
+}
+
+impl RegionPlan {
+    /// Plans every body of `region`.
+    pub(crate) fn new(region: &Region) -> Result<RegionPlan> {
+        let bodies = region
+            .bodies
+            .iter()
+            .map(|g: &Graph| Plan::new(g.clone()))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(RegionPlan {
+            kind: region.kind,
+            carries: region.carries,
+            xs: region.xs,
+            results: region.results.clone(),
+            bodies,
+        })
+    }
+
+    /// Runs the op on its operands; returns its results in `get` order.
+    pub(crate) fn run(&self, args: &[&Data]) -> Result<Vec<Data>> {
+        let mut stats = RunStats::default();
+        match self.kind {
+            RegionKind::Cond => {
+                let branch = if truth(args[0])? { 0 } else { 1 };
+                self.bodies[branch].run(&args[1..], &mut stats)
+            }
+            RegionKind::While => self.run_while(args, &mut stats),
+            RegionKind::Scan { reverse } => self.run_scan(reverse, args, &mut stats),
+        }
+    }
+
+    fn run_while(&self, args: &[&Data], stats: &mut RunStats) -> Result<Vec<Data>> {
+        let nc = self.carries;
+        let (cond, body) = (&self.bodies[0], &self.bodies[1]);
+        let mut carry: Vec<Data> = args[..nc].iter().map(|&d| d.clone()).collect();
+        let caps = &args[nc..];
+        let mut trips: i64 = 0;
+        loop {
+            let ins = inputs(&carry, &[], caps);
+            let c = cond.run(&ins, stats)?;
+            if !truth(&c[0])? {
+                break;
+            }
+            let next = body.run(&ins, stats)?;
+            recycle(body, std::mem::replace(&mut carry, next));
+            trips += 1;
+        }
+        carry.push(Data::I64(ndarray::arr0(trips).into_dyn().into_shared()));
+        Ok(carry)
+    }
+
+    fn run_scan(&self, reverse: bool, args: &[&Data], stats: &mut RunStats) -> Result<Vec<Data>> {
+        let (nc, nx) = (self.carries, self.xs);
+        let body = &self.bodies[0];
+        let n = args[nc].shape()[0];
+        let mut carry: Vec<Data> = args[..nc].iter().map(|&d| d.clone()).collect();
+        let xs = &args[nc..nc + nx];
+        let caps = &args[nc + nx..];
+        let mut stacked: Vec<Data> = self.results[nc..]
+            .iter()
+            .map(|(d, s)| Data::zeros(*d, s))
+            .collect();
+        for k in 0..n {
+            let t = if reverse { n - 1 - k } else { k };
+            let x_t: Vec<Data> = xs.iter().map(|x| row(x, t)).collect();
+            let ins = inputs(&carry, &x_t, caps);
+            let mut outs = body.run(&ins, stats)?;
+            drop(ins);
+            let ys = outs.split_off(nc);
+            for (dst, y) in stacked.iter_mut().zip(&ys) {
+                set_row(dst, t, y)?;
+            }
+            recycle(body, std::mem::replace(&mut carry, outs));
+            recycle(body, x_t);
+            recycle(body, ys);
+        }
+        carry.extend(stacked);
+        Ok(carry)
+    }
+}
+
+fn inputs<'a>(a: &'a [Data], b: &'a [Data], c: &[&'a Data]) -> Vec<&'a Data> {
+    a.iter().chain(b).chain(c.iter().copied()).collect()
+}
+
+/// Gives buffers nobody else holds back to the body's pool.
+fn recycle(body: &Plan, old: Vec<Data>) {
+    for d in old {
+        body.pool().recycle(d);
+    }
+}
+
+/// The truth value of a one-element predicate (nonzero is true).
+fn truth(d: &Data) -> Result<bool> {
+    if d.len() != 1 {
+        return Err(Error::Graph(format!(
+            "a control-flow predicate has {} elements, not 1",
+            d.len()
+        )));
+    }
+    Ok(match d {
+        Data::F32(a) => a.iter().all(|&v| v != 0.0),
+        Data::F64(a) => a.iter().all(|&v| v != 0.0),
+        Data::I64(a) => a.iter().all(|&v| v != 0),
+    })
+}
+
+/// Row `t` of the leading axis, as its own buffer.
+fn row(d: &Data, t: usize) -> Data {
+    crate::map_data!(d, a => a.index_axis(Axis(0), t).to_owned().into_shared())
+}
+
+/// Writes `src` into row `t` of `dst`.
+fn set_row(dst: &mut Data, t: usize, src: &Data) -> Result<()> {
+    match (dst, src) {
+        (Data::F32(a), Data::F32(b)) => a.index_axis_mut(Axis(0), t).assign(b),
+        (Data::F64(a), Data::F64(b)) => a.index_axis_mut(Axis(0), t).assign(b),
+        (Data::I64(a), Data::I64(b)) => a.index_axis_mut(Axis(0), t).assign(b),
+        (dst, src) => {
+            return Err(Error::Graph(format!(
+                "scan: a step's output {} does not fit its stacked result {}",
+                type_str(src.dtype(), &src.shape()),
+                type_str(dst.dtype(), &dst.shape())
+            )))
+        }
+    }
+    Ok(())
+}
