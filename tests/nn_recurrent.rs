@@ -580,3 +580,34 @@ fn variables_follow_keras_names_and_initializers() {
     // unit_forget_bias: the forget block (second of i, f, c, o) starts at 1
     assert_eq!(b, [[0.0; 4], [1.0; 4], [0.0; 4], [0.0; 4]].concat());
 }
+
+#[test]
+fn one_symbolic_trace_serves_every_batch_size() {
+    use tapeflow::{function_with_signature, Dim, TensorSpec};
+    let lstm = Arc::new(LSTM::new(4).dtype(DType::F64).return_sequences(true));
+    let l2 = lstm.clone();
+    let b = Dim::sym("b");
+    let f = function_with_signature(
+        move |x: &Tensor| {
+            let tape = GradientTape::new();
+            tape.watch(x);
+            let y = tape.record(|| l2.call(x, true).unwrap().square().sum_all());
+            Ok(tape.gradient(&y, x)?)
+        },
+        &[TensorSpec::with_dims(&[b, 5.into(), 3.into()], DType::F64)],
+    );
+    for n in [1, 3, 8] {
+        let x = random(&[n, 5, 3], 10 + n as u64);
+        let tape = GradientTape::new();
+        tape.watch(&x);
+        let y = tape.record(|| lstm.call(&x, true).unwrap().square().sum_all());
+        let eager = tape.gradient(&y, &x).unwrap();
+        close(
+            &vals(&f.call(&x).unwrap()),
+            &vals(&eager),
+            1e-12,
+            &format!("batch {n}"),
+        );
+    }
+    assert_eq!(f.trace_count(), 1);
+}

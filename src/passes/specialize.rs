@@ -58,6 +58,14 @@ pub fn show_bindings(b: &Bindings) -> String {
 /// `MAX_ELEMENTS` once bound, or a graph that does not verify with these values.
 pub fn specialize(g: &Graph, b: &Bindings) -> Result<Graph> {
     let mut out = g.clone();
+    bind_graph(&mut out, b)?;
+    verify(&out).map_err(|e| Error::Graph(format!("with {}: {e}", show_bindings(b))))?;
+    Ok(out)
+}
+
+/// Binds the symbols of `out` in place, its control-flow bodies included (a scan over
+/// a symbolic batch carries symbolic shapes inside its body).
+fn bind_graph(out: &mut Graph, b: &Bindings) -> Result<()> {
     for id in out.node_ids() {
         let shape = bind_shape(&out.node(id).shape, b)?;
         let node = out.node_mut(id);
@@ -85,6 +93,13 @@ pub fn specialize(g: &Graph, b: &Bindings) -> Result<Graph> {
             inst.shape = bind_shape(&inst.shape, b)?;
         }
     }
-    verify(&out).map_err(|e| Error::Graph(format!("with {}: {e}", show_bindings(b))))?;
-    Ok(out)
+    for r in &mut out.regions {
+        for (_, shape) in &mut r.results {
+            *shape = bind_shape(shape, b)?;
+        }
+        for body in &mut r.bodies {
+            bind_graph(body, b)?;
+        }
+    }
+    Ok(())
 }
