@@ -98,6 +98,28 @@ fn symbolic_mlp_steps_at_two_batch_sizes_are_bit_identical_on_1_2_4_threads_and_
     assert!(runs.windows(2).all(|w| w[0] == w[1]));
 }
 
+/// Final weights of an LSTM classifier after 2 compiled Adam steps (a `scan` forward,
+/// a reverse `scan` backward).
+fn lstm_weights(schedule: Schedule) -> Vec<Vec<f32>> {
+    let (step, x, y, vars) = common::lstm_train_step();
+    step.concrete(&[&x, &y])
+        .unwrap()
+        .plan()
+        .set_schedule(schedule);
+    for _ in 0..2 {
+        step.call(&x, &y).unwrap();
+    }
+    vars.iter()
+        .map(|v| v.value().to_vec_f32().unwrap())
+        .collect()
+}
+
+#[test]
+fn compiled_lstm_steps_are_bit_identical_on_1_2_4_threads_and_both_schedules() {
+    let runs = every_way(lstm_weights);
+    assert!(runs.windows(2).all(|w| w[0] == w[1]));
+}
+
 #[test]
 fn compiled_conv_steps_are_bit_identical_on_1_2_4_threads_and_both_schedules() {
     let runs = every_way(conv_weights);

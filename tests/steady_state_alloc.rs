@@ -7,6 +7,9 @@
 //! per-call packing scratch, which tapeflow cannot hand a buffer to
 //! (`in_backend_call`).
 //!
+//! The same holds for an LSTM train step, whose recurrence is a `scan` (and its
+//! gradient a reverse `scan`) run by per-body plans.
+//!
 //! The same holds for one symbolic train step (`f32[b,784]`) called at two batch sizes
 //! in turn: each binding keeps its own plan.
 //!
@@ -136,12 +139,20 @@ fn generated_step() -> (std::sync::Arc<ConcreteFunction>, Vec<Tensor>) {
     (c, vec![x])
 }
 
+/// An LSTM train step: a forward `scan` and its reverse `scan`, whose bodies run from
+/// their own pools iteration after iteration.
+fn lstm_step() -> (std::sync::Arc<ConcreteFunction>, Vec<Tensor>) {
+    let (step, x, y, _) = common::lstm_train_step();
+    (step.concrete(&[&x, &y]).unwrap(), vec![x, y])
+}
+
 #[test]
 fn steady_state_calls_allocate_no_buffers() {
     let cases = [
         ("mlp", mlp_step()),
         ("cnn", cnn_step()),
         ("generated", generated_step()),
+        ("lstm", lstm_step()),
     ];
     for (name, (c, inputs)) in cases {
         let refs: Vec<&Tensor> = inputs.iter().collect();

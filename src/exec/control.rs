@@ -6,10 +6,13 @@
 //! The per-step slices of a scan's inputs are copied out (one buffer per step), and
 //! its stacked outputs are written row by row into buffers allocated once per run.
 
+use super::buffers::{self, BufferPool, Pooled};
 use super::interp::{Plan, RunStats};
+use super::kernels::ew;
 use crate::error::{Error, Result};
 use crate::ir::{Graph, Region, RegionKind};
-use crate::tensor::{type_str, Data};
+use crate::tensor::data::Arr;
+use crate::tensor::{type_str, DType, Data};
 use ndarray::Axis;
 
 /// The plans of one control-flow step's bodies.
@@ -44,7 +47,8 @@ impl RegionPlan {
         match self.kind {
             RegionKind::Cond => {
                 let branch = if truth(args[0])? { 0 } else { 1 };
-                self.bodies[branch].run(&args[1..], &mut stats)
+                let out = self.bodies[branch].run(&args[1..], &mut stats)?;
+                Ok(adopt(&self.bodies[branch], out))
             }
             RegionKind::While => self.run_while(args, &mut stats),
             RegionKind::Scan { reverse } => self.run_scan(reverse, args, &mut stats),
@@ -67,7 +71,10 @@ impl RegionPlan {
             recycle(body, std::mem::replace(&mut carry, next));
             trips += 1;
         }
-        carry.push(Data::I64(ndarray::arr0(trips).into_dyn().into_shared()));
+        let mut carry = adopt(body, carry);
+        let mut count = buffers::take::<i64>(1);
+        count.push(trips);
+        carry.push(Data::I64(ew::wrap(&[], count)));
         Ok(carry)
     }
 
@@ -80,11 +87,11 @@ impl RegionPlan {
         let caps = &args[nc + nx..];
         let mut stacked: Vec<Data> = self.results[nc..]
             .iter()
-            .map(|(d, s)| Data::zeros(*d, s))
+            .map(|(d, s)| pooled_zeros(*d, s))
             .collect();
         for k in 0..n {
             let t = if reverse { n - 1 - k } else { k };
-            let x_t: Vec<Data> = xs.iter().map(|x| row(x, t)).collect();
+            let x_t: Vec<Data> = xs.iter().map(|x| row(body.pool(), x, t)).collect();
             let ins = inputs(&carry, &x_t, caps);
             let mut outs = body.run(&ins, stats)?;
             drop(ins);
@@ -96,6 +103,7 @@ impl RegionPlan {
             recycle(body, x_t);
             recycle(body, ys);
         }
+        let mut carry = adopt(body, carry);
         carry.extend(stacked);
         Ok(carry)
     }
@@ -103,6 +111,20 @@ impl RegionPlan {
 
 fn inputs<'a>(a: &'a [Data], b: &'a [Data], c: &[&'a Data]) -> Vec<&'a Data> {
     a.iter().chain(b).chain(c.iter().copied()).collect()
+}
+
+/// The results a body hands to the enclosing plan, copied into buffers of the installed
+/// (enclosing) pool, with the body's own buffers going back to the body's pool. The
+/// enclosing plan recycles what it is given into its pool; handing it the body's
+/// buffers instead would move a few buffers per run from one pool to the other, and
+/// both would allocate forever.
+fn adopt(body: &Plan, out: Vec<Data>) -> Vec<Data> {
+    let copies = out
+        .iter()
+        .map(|d| crate::map_data!(d, a => pooled_copy(a.view())))
+        .collect();
+    recycle(body, out);
+    copies
 }
 
 /// Gives buffers nobody else holds back to the body's pool.
@@ -127,9 +149,35 @@ fn truth(d: &Data) -> Result<bool> {
     })
 }
 
-/// Row `t` of the leading axis, as its own buffer.
-fn row(d: &Data, t: usize) -> Data {
-    crate::map_data!(d, a => a.index_axis(Axis(0), t).to_owned().into_shared())
+/// Row `t` of the leading axis, as its own buffer taken from `pool` (the body's, which
+/// gets it back after the step: a buffer allocated outside the pool and recycled into
+/// it would grow the pool by one buffer per step, without bound).
+fn row(pool: &BufferPool, d: &Data, t: usize) -> Data {
+    buffers::with_pool(
+        pool,
+        || crate::map_data!(d, a => pooled_copy(a.index_axis(Axis(0), t))),
+    )
+}
+
+/// A copy of `a` in a buffer of the installed pool.
+fn pooled_copy<T: Pooled>(a: ndarray::ArrayViewD<'_, T>) -> Arr<T> {
+    let mut v = buffers::take(a.len());
+    match a.as_slice() {
+        Some(s) => v.extend_from_slice(s),
+        None => v.extend(a.iter().copied()),
+    }
+    ew::wrap(a.shape(), v)
+}
+
+/// Zeros from the installed pool (the enclosing plan's, which recycles the stacked
+/// results when they die: allocated elsewhere, they would pile up in it run by run).
+fn pooled_zeros(dtype: DType, shape: &[usize]) -> Data {
+    let n = shape.iter().product();
+    match dtype {
+        DType::F32 => Data::F32(ew::wrap(shape, buffers::zeroed(n))),
+        DType::F64 => Data::F64(ew::wrap(shape, buffers::zeroed(n))),
+        DType::I64 => Data::I64(ew::wrap(shape, buffers::zeroed(n))),
+    }
 }
 
 /// Writes `src` into row `t` of `dst`.

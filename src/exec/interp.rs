@@ -605,6 +605,11 @@ impl Plan {
                     })?;
                     *write(&st.vals[g]) = Some(r);
                 }
+                // results no `get` reads go back to the pool they were taken from (the
+                // ones handed out are shared now, and stay with their readers)
+                for r in results {
+                    self.pool.recycle(r);
+                }
                 // the tuple itself holds nothing
                 (
                     Data::I64(ndarray::ArrayD::zeros(ndarray::IxDyn(&[0])).into_shared()),

@@ -330,3 +330,46 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// A compiled LSTM classifier train step (`LSTM(32)` → `Dense(10)` over 12 steps of 8
+/// features, batch 16, sparse cross-entropy from logits, Adam): its inputs and the
+/// model's trainable variables. The recurrence is a `scan` in the compiled graph.
+pub fn lstm_train_step() -> (
+    tapeflow::trace::Function<
+        (Tensor, Tensor),
+        impl Fn(&Tensor, &Tensor) -> tapeflow::Result<Tensor>,
+    >,
+    Tensor,
+    Tensor,
+    Vec<Variable>,
+) {
+    use tapeflow::nn::{Adam, Dense, Initializer, Loss, Optimizer, Sequential, LSTM};
+    // explicit seeds: each call makes the same initial weights (derived seeds follow
+    // the layer names, which are unique per process)
+    let glorot = |s| Initializer::GlorotUniform { seed: Some(s) };
+    let orthogonal = Initializer::Orthogonal {
+        gain: 1.0,
+        seed: Some(2),
+    };
+    let model = Sequential::new()
+        .add(
+            LSTM::new(32)
+                .kernel_initializer(glorot(1))
+                .recurrent_initializer(orthogonal),
+        )
+        .add(Dense::new(10).kernel_initializer(glorot(3)))
+        .input_shape(&[12, 8]);
+    let vars = model.trainable_variables();
+    let x = Tensor::random_normal(&[16, 12, 8], 0.0, 1.0, 21, DType::F32);
+    let y = Tensor::random_uniform(&[16], 0.0, 10.0, 22, DType::F64).cast(DType::I64);
+    let opt = Adam::new(1e-2);
+    let loss_fn = tapeflow::nn::SparseCategoricalCrossentropy::from_logits(true);
+    let step = function(move |x: &Tensor, y: &Tensor| {
+        let tape = GradientTape::new();
+        let loss = tape.record(|| loss_fn.call(y, &model.call(x, true)?))?;
+        let vars = model.trainable_variables();
+        opt.apply_gradients(&tape.gradient(&loss, &vars)?, &vars)?;
+        Ok(loss)
+    });
+    (step, x, y, vars)
+}
