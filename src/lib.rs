@@ -45,9 +45,11 @@
 //! inputs.
 #![warn(missing_docs)]
 pub mod autodiff;
+pub mod comm;
 pub mod data;
 pub mod datasets;
 pub mod debugging;
+pub mod distributed;
 pub mod error;
 pub mod exec;
 pub mod ir;

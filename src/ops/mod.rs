@@ -11,6 +11,7 @@
 //! losses, ...) is sugar composed of these primitives in `tensor/math.rs`.
 
 pub mod attrs;
+pub mod collective;
 pub mod conv;
 pub mod elementwise;
 pub mod index;
@@ -19,6 +20,7 @@ pub mod reduce;
 pub mod shape;
 pub mod source;
 
+pub use crate::comm::ReduceOp;
 pub use attrs::{AxisSet, Perm};
 pub use conv::{ConvAttrs, Padding, PoolAttrs};
 pub use elementwise::{Binary, Compare, Unary};
@@ -151,6 +153,9 @@ pub enum Op {
     /// and kernel come from that expression, so [`Op::infer`] and [`Op::eval`] defer to
     /// the graph (verifier, parser, interpreter); optimized graphs are never differentiated.
     Fused(u32),
+    /// The elementwise sum or mean of the operand over all ranks of the job
+    /// (`ops::collective`; the operand itself in a world of one).
+    AllReduce(ReduceOp),
 }
 
 /// Per-input cotangents returned by a VJP rule; `None` is a symbolic zero.
@@ -188,6 +193,7 @@ enum Family {
     Linalg,
     Conv,
     Fused,
+    Collective,
 }
 
 impl Op {
@@ -216,6 +222,7 @@ impl Op {
             | Op::MaxPool2dGrad(_)
             | Op::MaxPool2dGather(_) => Family::Conv,
             Op::Fused(_) => Family::Fused,
+            Op::AllReduce(_) => Family::Collective,
         }
     }
 
@@ -241,6 +248,7 @@ impl Op {
             (Family::Linalg, _) => "matmul",
             (Family::Conv, _) => conv::name(self),
             (Family::Fused, _) => "fused",
+            (Family::Collective, _) => collective::name(self),
         }
     }
 
@@ -284,6 +292,7 @@ impl Op {
             (Family::Fused, _) => Err(
                 "is typed by its fused expression (FusedExpr::infer), not by the op alone".into(),
             ),
+            (Family::Collective, _) => collective::infer(self, x),
         }
     }
 
@@ -317,6 +326,7 @@ impl Op {
             (Family::Fused, _) => panic!(
                 "fused has no standalone kernel: the interpreter runs it with the graph's fused expression"
             ),
+            (Family::Collective, _) => return collective::eval(self, x[0]),
         })
     }
 
@@ -340,6 +350,7 @@ impl Op {
             (Family::Fused, _) => {
                 panic!("fused nodes exist only in optimized graphs, which are never differentiated")
             }
+            (Family::Collective, _) => collective::vjp(self, a, gy),
         }
     }
 
@@ -355,6 +366,7 @@ impl Op {
                 linalg::attrs(ta, tb)
             }
             Family::Conv => conv::attrs(self),
+            Family::Collective => collective::attrs(self),
         }
     }
 
@@ -364,7 +376,8 @@ impl Op {
         if let Some(op) = elementwise::parse(name) {
             return Ok(op);
         }
-        let parsers: [FamilyParser; 5] = [
+        let parsers: [FamilyParser; 6] = [
+            collective::parse,
             reduce::parse,
             shape::parse,
             index::parse,
@@ -406,7 +419,8 @@ impl Op {
             | Family::Index
             | Family::Linalg
             | Family::Conv
-            | Family::Fused => true,
+            | Family::Fused
+            | Family::Collective => true,
         }
     }
 
@@ -424,6 +438,7 @@ impl Op {
             Family::Conv => conv::work(self, x, out),
             // one loop over its elements, reading each operand
             Family::Fused => streamed(x, out),
+            Family::Collective => collective::work(self, x, out),
         }
     }
 
@@ -438,7 +453,8 @@ impl Op {
             | Family::Reduce
             | Family::Shape
             | Family::Index
-            | Family::Fused => 0,
+            | Family::Fused
+            | Family::Collective => 0,
         }
     }
 
@@ -462,6 +478,12 @@ impl Op {
                 | Op::Conv2dBackpropInput(_)
                 | Op::Conv2dBackpropFilter(_)
         )
+    }
+
+    /// Whether the op is a collective ([`Op::AllReduce`]): its value depends on the other
+    /// ranks, so it is never constant-folded, and every rank must run it in the same order.
+    pub fn is_collective(&self) -> bool {
+        self.family() == Family::Collective
     }
 
     /// Whether the op has a gradient path at all (false for masks, argmax, casts to int, stop_gradient).
@@ -606,6 +628,7 @@ op_list! {
         Op::MaxPool2d(_) => Op::MaxPool2d(PoolAttrs { ksize: (2, 2), stride: (2, 2), padding: Padding::Valid }),
         Op::MaxPool2dGrad(_) => Op::MaxPool2dGrad(PoolAttrs { ksize: (2, 2), stride: (2, 2), padding: Padding::Valid }),
         Op::MaxPool2dGather(_) => Op::MaxPool2dGather(PoolAttrs { ksize: (2, 2), stride: (2, 2), padding: Padding::Valid }),
+        Op::AllReduce(_) => Op::AllReduce(ReduceOp::Sum),
     }
     internal {
         Op::Fused(_),
