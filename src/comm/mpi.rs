@@ -119,11 +119,16 @@ impl World {
 fn timeout_from_env() -> Result<Option<Duration>> {
     let secs = match std::env::var("TAPEFLOW_MPI_TIMEOUT") {
         Err(_) => DEFAULT_TIMEOUT_SECS,
-        Ok(s) => s.trim().parse::<f64>().ok().filter(|t| t.is_finite() && *t >= 0.0).ok_or_else(|| {
-            Error::Distributed(format!(
-                "init: TAPEFLOW_MPI_TIMEOUT={s:?} is not a number of seconds (0 waits forever)"
-            ))
-        })?,
+        Ok(s) => s
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|t| t.is_finite() && *t >= 0.0)
+            .ok_or_else(|| {
+                Error::Distributed(format!(
+                    "init: TAPEFLOW_MPI_TIMEOUT={s:?} is not a number of seconds (0 waits forever)"
+                ))
+            })?,
     };
     Ok((secs > 0.0).then(|| Duration::from_secs_f64(secs)))
 }
@@ -154,7 +159,9 @@ pub(super) fn init() -> Result<()> {
     let thread = std::thread::Builder::new()
         .name("tapeflow-comm".into())
         .spawn(move || communicate(rx, ready_tx, w))
-        .map_err(|e| Error::Distributed(format!("init: cannot start the communication thread: {e}")))?;
+        .map_err(|e| {
+            Error::Distributed(format!("init: cannot start the communication thread: {e}"))
+        })?;
     let (rank, size) = match ready_rx.recv() {
         Ok(Ok(rs)) => rs,
         Ok(Err(e)) => return Err(Error::Distributed(format!("init: {e}"))),
@@ -258,7 +265,10 @@ fn communicate(
             Kind::Broadcast(d, root) => (broadcast(&world, &d, root), false),
             Kind::Barrier => {
                 world.barrier();
-                (Ok(Data::zeros(crate::tensor::dtype::DType::F32, &[])), false)
+                (
+                    Ok(Data::zeros(crate::tensor::dtype::DType::F32, &[])),
+                    false,
+                )
             }
             Kind::Shutdown => {
                 spare.barrier();
@@ -339,7 +349,8 @@ where
 {
     count(a.len())?;
     let mut buf = contiguous(a).into_owned();
-    comm.process_at_rank(root as i32).broadcast_into(&mut buf[..]);
+    comm.process_at_rank(root as i32)
+        .broadcast_into(&mut buf[..]);
     ArrayD::from_shape_vec(IxDyn(a.shape()), buf).map_err(|e| e.to_string())
 }
 

@@ -401,8 +401,8 @@ impl Model {
                 if watch_batches {
                     let logs = running_logs();
                     bar.update(i + 1, &logs.pairs());
-                    let mut asked = run_all(cbs, |c| c.on_train_batch_end(self, i, &logs))?
-                        == Control::Stop;
+                    let mut asked =
+                        run_all(cbs, |c| c.on_train_batch_end(self, i, &logs))? == Control::Stop;
                     if dist && !cbs.is_empty() {
                         asked = any_rank(asked)?;
                     }
@@ -421,7 +421,8 @@ impl Model {
             if dist {
                 logs = average_logs(&logs)?;
             }
-            let mut asked = run_all(cbs, |c| c.on_epoch_end(self, epoch, &mut logs))? == Control::Stop;
+            let mut asked =
+                run_all(cbs, |c| c.on_epoch_end(self, epoch, &mut logs))? == Control::Stop;
             if dist {
                 asked = any_rank(asked)?;
             }

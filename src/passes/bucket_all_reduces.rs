@@ -104,7 +104,17 @@ fn pack(g: &mut Graph, members: &[NodeId]) -> Result<()> {
     for (&m, &(start, end)) in members.iter().zip(&ranges) {
         // below the byte limit, so below 2^32 elements (see `bucket_all_reduces`)
         let (start, end) = (start as u32, end as u32);
-        let slice = add_unique(g, Op::Slice { axis: 0, start, end }, &[reduced], None, m)?;
+        let slice = add_unique(
+            g,
+            Op::Slice {
+                axis: 0,
+                start,
+                end,
+            },
+            &[reduced],
+            None,
+            m,
+        )?;
         let shape = g.node(m).shape.clone();
         let back = match shape.len() {
             1 => slice,
