@@ -46,7 +46,7 @@
 //!   their next collective, and the first to pass `TAPEFLOW_MPI_TIMEOUT` seconds
 //!   (default [`crate::comm::DEFAULT_TIMEOUT_SECS`]) ends the job with a message naming the
 //!   collective. No rank hangs.
-//! - **Keras.** [`crate::nn::FitOptions::distributed`] does all of it in `fit`: broadcast
+//! - **Keras.** [`FitOptions::distributed`](method@crate::nn::FitOptions::distributed) does all of it in `fit`: broadcast
 //!   at the start, sharded data, averaged gradients and epoch logs, progress printed and
 //!   checkpoints written by rank 0 only.
 

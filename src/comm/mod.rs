@@ -242,6 +242,29 @@ pub fn broadcast(x: &Data, root: usize) -> Result<Data> {
     Ok(x.clone())
 }
 
+/// Seconds for `iterations` plain `MPI_Allreduce` sums of the f32 `x`, back to back on
+/// the communication thread into one preallocated buffer: the baseline the collective
+/// op is measured against (`examples/bench_distributed`). Every rank must call it with
+/// the same size and count. Not part of the API.
+///
+/// # Errors
+/// In a world of one, for data that is not f32, or if the communication thread died.
+#[doc(hidden)]
+pub fn plain_all_reduce_seconds(x: &Data, iterations: usize) -> Result<f64> {
+    #[cfg(feature = "mpi")]
+    if let Some(w) = mpi::world() {
+        let secs = w
+            .submit(mpi::Kind::PlainLoop(x.clone(), iterations))
+            .wait()
+            .map_err(|e| Error::Distributed(format!("plain all-reduce loop: {e}")))?;
+        return Ok(secs.to_f64_vec()[0]);
+    }
+    let _ = (x, iterations);
+    Err(Error::Distributed(
+        "plain all-reduce loop: MPI is not running (distributed::init)".into(),
+    ))
+}
+
 /// Waits until every rank has reached the barrier.
 ///
 /// # Errors

@@ -41,6 +41,9 @@ pub(super) enum Kind {
     Broadcast(Data, usize),
     Barrier,
     Shutdown,
+    /// `n` plain `MPI_Allreduce` sums of the data into one preallocated buffer, timed
+    /// (the baseline of `examples/bench_distributed`).
+    PlainLoop(Data, usize),
 }
 
 struct Job {
@@ -227,6 +230,7 @@ fn describe(kind: &Kind) -> String {
         Kind::AllReduce(d, op) => format!("all_reduce[op={}] of {}", op.name(), ty(d)),
         Kind::Broadcast(d, root) => format!("broadcast from rank {root} of {}", ty(d)),
         Kind::Barrier => "barrier".into(),
+        Kind::PlainLoop(d, n) => format!("{n} plain MPI_Allreduce calls on {}", ty(d)),
         Kind::Shutdown => "shutdown barrier".into(),
     }
 }
@@ -263,6 +267,7 @@ fn communicate(
         let (r, last) = match job.kind {
             Kind::AllReduce(d, op) => (all_reduce(&world, &d, op, size), false),
             Kind::Broadcast(d, root) => (broadcast(&world, &d, root), false),
+            Kind::PlainLoop(d, n) => (plain_loop(&world, &d, n), false),
             Kind::Barrier => {
                 world.barrier();
                 (
@@ -340,6 +345,26 @@ fn all_reduce<C: CommunicatorCollectives>(
             return Err("the mean of i64 values is not an i64: cast to a float first".into())
         }
     })
+}
+
+/// Seconds for `n` back-to-back `MPI_Allreduce` sums of `d` (f32) into one buffer.
+fn plain_loop<C: CommunicatorCollectives>(
+    comm: &C,
+    d: &Data,
+    n: usize,
+) -> std::result::Result<Data, String> {
+    let Data::F32(a) = d else {
+        return Err("the plain loop takes f32 data".into());
+    };
+    count(a.len())?;
+    let send = contiguous(a);
+    let mut recv = vec![0f32; a.len()];
+    let t = Instant::now();
+    for _ in 0..n {
+        comm.all_reduce_into(&send[..], &mut recv[..], SystemOperation::sum());
+    }
+    let secs = t.elapsed().as_secs_f64();
+    Ok(Data::F64(ndarray::arr0(secs).into_dyn().into_shared()))
 }
 
 fn bcast<T, C>(comm: &C, a: &Arr<T>, root: usize) -> std::result::Result<ArrayD<T>, String>

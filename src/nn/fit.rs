@@ -88,7 +88,7 @@ pub struct FitOptions {
     /// Callbacks, run in order (see [`callbacks`](super::callbacks)).
     pub callbacks: Vec<SharedCallback>,
     /// Data-parallel training over the ranks of an MPI job (default false; see
-    /// [`FitOptions::distributed`]).
+    /// [`FitOptions::distributed`](method@FitOptions::distributed)).
     pub distributed: bool,
 }
 

@@ -4,7 +4,7 @@
 //! The op exists in every build, so IR text with it parses and runs everywhere: without
 //! the `mpi` feature, or before [`crate::distributed::init`], the world is one process
 //! and the sum and the mean over one rank are the operand itself. Its kernel
-//! ([`eval`]) waits for the result; the interpreter instead starts the collective when
+//! (`eval`) waits for the result; the interpreter instead starts the collective when
 //! the step is reached and waits only in the steps that read it
 //! ([`crate::comm::start_all_reduce`]), in a plan order every rank shares. The constant
 //! folder never evaluates a collective ([`Op::is_collective`]): its value is not known
