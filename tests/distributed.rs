@@ -116,7 +116,7 @@ fn print_params(vars: &[Variable]) -> Result<()> {
 /// share of each.
 fn params(parallel: bool) -> Result<()> {
     let (n, r) = (distributed::size(), distributed::rank());
-    if BATCH % n != 0 {
+    if !BATCH.is_multiple_of(n) {
         return Err(Error::Invalid(format!(
             "{BATCH} rows do not split over {n} ranks"
         )));
@@ -182,7 +182,7 @@ fn broadcast() -> Result<()> {
         let init =
             |rank: usize| Tensor::random_normal(&[3, 7], 0.0, 1.0, 1000 + rank as u64, DType::F32);
         let v = Variable::named("v", init(r));
-        distributed::broadcast_variables(&[v.clone()], root)?;
+        distributed::broadcast_variables(std::slice::from_ref(&v), root)?;
         if v.value().to_vec_f32()? != init(root).to_vec_f32()? {
             return Err(Error::Invalid(format!(
                 "rank {r}: not rank {root}'s values"
