@@ -10,9 +10,11 @@
 //!   barrier returns at once — as Horovod does with size 1. IR text with `all_reduce`
 //!   therefore parses and runs in every build.
 //! - **One communication thread.** With the feature, `init` starts a thread that
-//!   initializes MPI (`MPI_THREAD_FUNNELED`: only that thread ever calls MPI) and then
-//!   runs the collectives it is handed, one at a time, in the order they were handed
-//!   over (a FIFO queue). Every rank hands over the same collectives in the same order —
+//!   initializes MPI (`MPI_THREAD_SERIALIZED`) and then runs the collectives it is
+//!   handed, one at a time, in the order they were handed over (a FIFO queue). A
+//!   blocking call ([`all_reduce`], [`broadcast`], [`barrier`]) made while nothing is
+//!   queued runs on the caller's thread instead, under the same lock (it would have
+//!   been next anyway), saving two thread wake-ups per small message. Every rank hands over the same collectives in the same order —
 //!   the interpreter issues a plan's collectives in a fixed plan order — so the ranks'
 //!   collectives always match. [`start_all_reduce`] only queues the work and returns a
 //!   [`Pending`]; the caller goes on computing (the rest of the backward pass) while the
@@ -213,11 +215,20 @@ pub fn start_all_reduce(x: &Data, op: ReduceOp) -> Pending {
     Pending(PendingInner::Ready(Ok(x.clone())))
 }
 
-/// An all-reduce of `x` over all ranks, waiting for the result.
+/// An all-reduce of `x` over all ranks, waiting for the result (on this thread when no
+/// other collective is queued, which saves the hand-over for small messages).
 ///
 /// # Errors
 /// See [`Pending::wait`].
 pub fn all_reduce(x: &Data, op: ReduceOp) -> std::result::Result<Data, String> {
+    #[cfg(feature = "mpi")]
+    if let Some(w) = mpi::world() {
+        let kind = mpi::Kind::AllReduce(x.clone(), op);
+        if let Some(r) = w.run_now(&kind) {
+            return r;
+        }
+        return w.submit(kind).wait();
+    }
     start_all_reduce(x, op).wait()
 }
 
@@ -234,10 +245,12 @@ pub fn broadcast(x: &Data, root: usize) -> Result<Data> {
     }
     #[cfg(feature = "mpi")]
     if let Some(w) = mpi::world() {
-        return w
-            .submit(mpi::Kind::Broadcast(x.clone(), root))
-            .wait()
-            .map_err(|e| Error::Distributed(format!("broadcast from rank {root}: {e}")));
+        let kind = mpi::Kind::Broadcast(x.clone(), root);
+        return match w.run_now(&kind) {
+            Some(r) => r,
+            None => w.submit(kind).wait(),
+        }
+        .map_err(|e| Error::Distributed(format!("broadcast from rank {root}: {e}")));
     }
     Ok(x.clone())
 }
@@ -272,11 +285,12 @@ pub fn plain_all_reduce_seconds(x: &Data, iterations: usize) -> Result<f64> {
 pub fn barrier() -> Result<()> {
     #[cfg(feature = "mpi")]
     if let Some(w) = mpi::world() {
-        return w
-            .submit(mpi::Kind::Barrier)
-            .wait()
-            .map(|_| ())
-            .map_err(|e| Error::Distributed(format!("barrier: {e}")));
+        return match w.run_now(&mpi::Kind::Barrier) {
+            Some(r) => r,
+            None => w.submit(mpi::Kind::Barrier).wait(),
+        }
+        .map(|_| ())
+        .map_err(|e| Error::Distributed(format!("barrier: {e}")));
     }
     Ok(())
 }

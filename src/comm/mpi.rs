@@ -1,9 +1,14 @@
 //! The MPI world (feature `mpi`): the communication thread, its FIFO queue of
 //! collectives, and the watchdog that ends a rank whose collective waits too long.
 //!
-//! Invariant: only the communication thread calls MPI (it initialized it, with
-//! `MPI_THREAD_FUNNELED`), and it runs the queued collectives one at a time in queue
-//! order, so a rank's collectives reach MPI in the order its threads queued them.
+//! Invariants: the communication thread initialized MPI (`MPI_THREAD_SERIALIZED`) and
+//! runs the queued collectives one at a time in queue order, each while holding the
+//! world's `turn` lock; a caller that waits for a blocking collective anyway
+//! ([`World::run_now`]: eager all-reduces, broadcasts, barriers) runs it on its own
+//! thread under the same lock, but only when nothing is queued or running, so it could
+//! not have been queued behind anything: a rank's collectives still reach MPI one at a
+//! time, in the order its threads started them. Running it inline saves two thread
+//! wake-ups, which dominate small messages.
 
 use super::{exit_now, ReduceOp, DEFAULT_TIMEOUT_SECS};
 use crate::error::{Error, Result};
@@ -11,6 +16,7 @@ use crate::tensor::data::Arr;
 use crate::tensor::data::Data;
 use ::mpi::collective::SystemOperation;
 use ::mpi::datatype::Equivalence;
+use ::mpi::topology::SimpleCommunicator;
 use ::mpi::traits::*;
 use ::mpi::Threading;
 use ndarray::{ArrayD, IxDyn};
@@ -26,9 +32,18 @@ pub(super) struct World {
     tx: Mutex<mpsc::Sender<Job>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     watch: Arc<Watch>,
+    /// Held while a collective runs (on the communication thread or inline).
+    turn: Arc<Mutex<()>>,
+    /// Jobs queued or running on the communication thread.
+    queued: Arc<AtomicU64>,
+    /// Whether MPI allows calls from other threads than the communication thread.
+    serialized: bool,
 }
 
 static WORLD: RwLock<Option<Arc<World>>> = RwLock::new(None);
+
+/// Numbers the collectives of this process, for the watchdog's message.
+static SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// The world, if [`init`] has run (and [`shutdown`] has not).
 pub(super) fn world() -> Option<Arc<World>> {
@@ -98,24 +113,61 @@ struct Watch {
     stop: AtomicBool,
 }
 
+impl Watch {
+    fn set(&self, v: Option<(Instant, u64, String)>) {
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = v;
+    }
+}
+
 impl World {
     /// Queues a collective; the communication thread runs it after every one queued before.
     pub(super) fn submit(&self, kind: Kind) -> Arc<Reply> {
-        static SEQ: AtomicU64 = AtomicU64::new(0);
         let reply = Reply::new();
         let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
         let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+        self.queued.fetch_add(1, Ordering::AcqRel);
         let job = Job {
             kind,
             seq,
             reply: reply.clone(),
         };
         if tx.send(job).is_err() {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
             reply.set(Err(
                 "the communication thread has stopped (after shutdown, or it failed)".into(),
             ));
         }
         reply
+    }
+}
+
+impl World {
+    /// Runs a blocking collective on this thread if nothing is queued (see the module
+    /// header); `None` if it must be queued instead.
+    pub(super) fn run_now(&self, kind: &Kind) -> Option<std::result::Result<Data, String>> {
+        if !self.serialized {
+            return None;
+        }
+        let _turn = self.turn.lock().unwrap_or_else(|e| e.into_inner());
+        if self.queued.load(Ordering::Acquire) != 0 {
+            return None;
+        }
+        let world = SimpleCommunicator::world();
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+        if self.watch.timeout.is_some() {
+            self.watch.set(Some((Instant::now(), seq, describe(kind))));
+        }
+        let r = match kind {
+            Kind::AllReduce(d, op) => all_reduce(&world, d, *op, self.size),
+            Kind::Broadcast(d, root) => broadcast(&world, d, *root),
+            Kind::Barrier => {
+                world.barrier();
+                Ok(Data::zeros(crate::tensor::dtype::DType::F32, &[]))
+            }
+            Kind::Shutdown | Kind::PlainLoop(..) => return None,
+        };
+        self.watch.set(None);
+        Some(r)
     }
 }
 
@@ -158,14 +210,16 @@ pub(super) fn init() -> Result<()> {
     });
     let (tx, rx) = mpsc::channel::<Job>();
     let (ready_tx, ready_rx) = mpsc::channel();
-    let w = watch.clone();
+    let turn = Arc::new(Mutex::new(()));
+    let queued = Arc::new(AtomicU64::new(0));
+    let (w, t, q) = (watch.clone(), turn.clone(), queued.clone());
     let thread = std::thread::Builder::new()
         .name("tapeflow-comm".into())
-        .spawn(move || communicate(rx, ready_tx, w))
+        .spawn(move || communicate(rx, ready_tx, w, t, q))
         .map_err(|e| {
             Error::Distributed(format!("init: cannot start the communication thread: {e}"))
         })?;
-    let (rank, size) = match ready_rx.recv() {
+    let (rank, size, serialized) = match ready_rx.recv() {
         Ok(Ok(rs)) => rs,
         Ok(Err(e)) => return Err(Error::Distributed(format!("init: {e}"))),
         Err(_) => {
@@ -187,6 +241,9 @@ pub(super) fn init() -> Result<()> {
         tx: Mutex::new(tx),
         thread: Mutex::new(Some(thread)),
         watch,
+        turn,
+        queued,
+        serialized,
     }));
     Ok(())
 }
@@ -238,10 +295,12 @@ fn describe(kind: &Kind) -> String {
 /// The communication thread: starts MPI, then runs queued collectives in order.
 fn communicate(
     rx: mpsc::Receiver<Job>,
-    ready: mpsc::Sender<std::result::Result<(usize, usize), String>>,
+    ready: mpsc::Sender<std::result::Result<(usize, usize, bool), String>>,
     watch: Arc<Watch>,
+    turn: Arc<Mutex<()>>,
+    queued: Arc<AtomicU64>,
 ) {
-    let Some((universe, level)) = ::mpi::initialize_with_threading(Threading::Funneled) else {
+    let Some((universe, level)) = ::mpi::initialize_with_threading(Threading::Serialized) else {
         let _ = ready.send(Err("MPI is initialized already or failed to start".into()));
         return;
     };
@@ -256,11 +315,12 @@ fn communicate(
     // the shutdown barrier's own communicator: it never matches a collective of `world`
     let spare = world.duplicate();
     let size = world.size() as usize;
-    let _ = ready.send(Ok((world.rank() as usize, size)));
-    let set = |v: Option<(Instant, u64, String)>| {
-        *watch.current.lock().unwrap_or_else(|e| e.into_inner()) = v;
-    };
+    // with FUNNELED only, every collective runs here
+    let serialized = matches!(level, Threading::Serialized | Threading::Multiple);
+    let _ = ready.send(Ok((world.rank() as usize, size, serialized)));
+    let set = |v| watch.set(v);
     while let Ok(job) = rx.recv() {
+        let turn = turn.lock().unwrap_or_else(|e| e.into_inner());
         if watch.timeout.is_some() {
             set(Some((Instant::now(), job.seq, describe(&job.kind))));
         }
@@ -280,8 +340,10 @@ fn communicate(
                 (Ok(Data::zeros(crate::tensor::dtype::DType::F32, &[])), true)
             }
         };
+        queued.fetch_sub(1, Ordering::AcqRel);
         if !last {
             set(None);
+            drop(turn);
             job.reply.set(r);
             continue;
         }
