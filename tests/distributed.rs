@@ -8,8 +8,9 @@
 //! - **1 vs 2 vs 4 ranks** (`-np 4` oversubscribed): 20 compiled SGD steps of an MLP on a
 //!   global batch of 16 split over the ranks (per-rank batch 16/N) give the parameters of
 //!   one process with batch 16 within [`BOUND`]; every rank ends with the same bits;
-//!   once with the dataflow schedule and 1 KiB buckets (several collectives started
-//!   from rayon tasks).
+//!   once in order (the small all-reduces run inline), once with the dataflow schedule,
+//!   1 KiB buckets and `TAPEFLOW_MPI_INLINE_BYTES=0` (several collectives started from
+//!   rayon tasks and run by the communication thread while the others compute).
 //! - **broadcast**: ranks initialized from different seeds hold the root's values
 //!   after `broadcast_variables`, for root 0 and the last rank.
 //! - **fit**: `FitOptions::distributed` on 2 ranks: identical parameters on both, the
@@ -260,6 +261,11 @@ struct Run {
 
 /// Runs `mpirun -np <np> <this binary> <args>`, killing it after `limit`.
 fn mpirun(np: usize, args: &[&str], limit: Duration) -> Run {
+    mpirun_env(np, args, limit, &[])
+}
+
+/// [`mpirun`] with extra environment variables for the ranks.
+fn mpirun_env(np: usize, args: &[&str], limit: Duration, env: &[(&str, &str)]) -> Run {
     let exe = std::env::current_exe().expect("the test binary's path");
     let mut cmd = Command::new("mpirun");
     cmd.args([
@@ -274,6 +280,7 @@ fn mpirun(np: usize, args: &[&str], limit: Duration) -> Run {
     .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
     .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
     .env("RAYON_NUM_THREADS", "1")
+    .envs(env.iter().copied())
     .stdin(Stdio::null())
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
@@ -353,7 +360,11 @@ fn driver() {
         (4, "parallel"),
     ] {
         check(&format!("{np} ranks ({mode}) match one process"), || {
-            let run = mpirun(np, &["params", mode], long);
+            // the dataflow run hands every all-reduce to the communication thread (none
+            // runs inline), so results arrive while other rayon tasks compute
+            let inline = if mode == "parallel" { "0" } else { "65536" };
+            let env = [("TAPEFLOW_MPI_INLINE_BYTES", inline)];
+            let run = mpirun_env(np, &["params", mode], long, &env);
             assert!(run.ok, "np {np} failed:\n{}", run.out);
             let got = params_of(&run);
             assert_eq!(got.len(), reference.len(), "{}", run.out);

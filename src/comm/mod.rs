@@ -37,7 +37,7 @@ mod mpi;
 
 use crate::error::{Error, Result};
 use crate::tensor::data::Data;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// The watchdog's default limit, in seconds, on how long a collective may wait for the
 /// other ranks (override with the environment variable `TAPEFLOW_MPI_TIMEOUT`).
@@ -106,10 +106,19 @@ pub fn size() -> usize {
 /// # Errors
 /// Without the `mpi` feature; when the process was not started by `mpirun` (none of
 /// `OMPI_COMM_WORLD_SIZE`, `PMI_SIZE`, `PMIX_RANK` is set); when MPI was initialized
-/// already or fails to start; or when `TAPEFLOW_MPI_TIMEOUT` is not a number.
+/// already or fails to start; or when `TAPEFLOW_MPI_TIMEOUT` or
+/// `TAPEFLOW_MPI_INLINE_BYTES` is not a number.
 pub fn init() -> Result<()> {
     #[cfg(feature = "mpi")]
     {
+        if let Ok(s) = std::env::var("TAPEFLOW_MPI_INLINE_BYTES") {
+            let n = s.trim().parse::<usize>().map_err(|_| {
+                Error::Distributed(format!(
+                    "init: TAPEFLOW_MPI_INLINE_BYTES={s:?} is not a number of bytes"
+                ))
+            })?;
+            INLINE.store(n, Ordering::Relaxed);
+        }
         mpi::init()
     }
     #[cfg(not(feature = "mpi"))]
@@ -203,7 +212,11 @@ impl Pending {
 /// All-reduces of at most this many bytes started with nothing queued run at once on
 /// the starting thread ([`start_all_reduce`]): they take microseconds, less than handing
 /// them to the communication thread and waking it, so there is nothing to overlap.
+/// `TAPEFLOW_MPI_INLINE_BYTES` (read by [`init`]) overrides it; 0 hands every started
+/// all-reduce to the communication thread.
 pub const INLINE_BYTES: usize = 64 << 10;
+
+static INLINE: AtomicUsize = AtomicUsize::new(INLINE_BYTES);
 
 /// Queues an all-reduce of `x` over all ranks and returns at once (see [`set_overlap`]);
 /// one of at most [`INLINE_BYTES`] runs at once instead when nothing is queued. In a
@@ -212,7 +225,7 @@ pub fn start_all_reduce(x: &Data, op: ReduceOp) -> Pending {
     #[cfg(feature = "mpi")]
     if let Some(w) = mpi::world() {
         let kind = mpi::Kind::AllReduce(x.clone(), op);
-        if x.nbytes() <= INLINE_BYTES {
+        if x.nbytes() <= INLINE.load(Ordering::Relaxed) {
             if let Some(r) = w.run_now(&kind) {
                 return Pending(PendingInner::Ready(r));
             }

@@ -306,7 +306,7 @@ fn communicate(
     };
     if level == Threading::Single {
         let _ = ready.send(Err(
-            "the MPI library offers only MPI_THREAD_SINGLE; tapeflow needs MPI_THREAD_FUNNELED"
+            "the MPI library offers only MPI_THREAD_SINGLE; tapeflow needs MPI_THREAD_FUNNELED (or more)"
                 .into(),
         ));
         return;
@@ -315,7 +315,7 @@ fn communicate(
     // the shutdown barrier's own communicator: it never matches a collective of `world`
     let spare = world.duplicate();
     let size = world.size() as usize;
-    // with FUNNELED only, every collective runs here
+    // with FUNNELED only, every collective runs on this thread (no `run_now`)
     let serialized = matches!(level, Threading::Serialized | Threading::Multiple);
     let _ = ready.send(Ok((world.rank() as usize, size, serialized)));
     let set = |v| watch.set(v);
