@@ -37,7 +37,9 @@ mod mpi;
 
 use crate::error::{Error, Result};
 use crate::tensor::data::Data;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+#[cfg(feature = "mpi")]
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The watchdog's default limit, in seconds, on how long a collective may wait for the
 /// other ranks (override with the environment variable `TAPEFLOW_MPI_TIMEOUT`).
@@ -216,6 +218,7 @@ impl Pending {
 /// all-reduce to the communication thread.
 pub const INLINE_BYTES: usize = 64 << 10;
 
+#[cfg(feature = "mpi")]
 static INLINE: AtomicUsize = AtomicUsize::new(INLINE_BYTES);
 
 /// Queues an all-reduce of `x` over all ranks and returns at once (see [`set_overlap`]);
