@@ -45,6 +45,10 @@ pub enum Error {
     /// Bad arguments to a layer, model, optimizer or dataset.
     #[error("{0}")]
     Invalid(String),
+    /// A distributed (MPI) setup or collective failed: not started by `mpirun`, built
+    /// without the `mpi` feature, a broadcast root that is not a rank, ...
+    #[error("distributed: {0}")]
+    Distributed(String),
     /// An op produced a NaN or an infinity while numerics checks were on
     /// ([`crate::debugging::enable_check_numerics`]).
     #[error(

@@ -46,9 +46,11 @@
 #![warn(missing_docs)]
 pub mod autodiff;
 pub mod control;
+pub mod comm;
 pub mod data;
 pub mod datasets;
 pub mod debugging;
+pub mod distributed;
 pub mod error;
 pub mod exec;
 pub mod ir;

@@ -9,7 +9,7 @@
 //! ```
 //!
 //! `; test` is one of `fold_constants`, `cse`, `simplify`, `dce`, `transpose_fold`,
-//! `fuse`, `pipeline` (the whole default pipeline) or `verify`; headers and `; run:`
+//! `fuse`, `bucket_all_reduces` (64-byte buckets), `pipeline` (the whole default pipeline) or `verify`; headers and `; run:`
 //! lines (and `; bind:` values for symbolic dimensions) are read by the shared harness (`tests/harness`, also used by the grad
 //! filetests). For a pass, this file parses and verifies the graph, runs the pass,
 //! verifies again, checks that the pass reports a change exactly when the text or the
@@ -36,6 +36,7 @@ const KINDS: &[(&str, &str)] = &[
     ("dce", "eliminate_dead_nodes"),
     ("transpose_fold", "fold_transposes_into_matmul"),
     ("fuse", "fuse_elementwise"),
+    ("bucket_all_reduces", "bucket_all_reduces"),
     ("pipeline", "pipeline"),
 ];
 
@@ -54,6 +55,8 @@ fn apply(kind: &str, g: &Graph) -> (Graph, bool, BTreeMap<&'static str, usize>) 
         "dce" => passes::eliminate_dead_nodes(&mut g).unwrap(),
         "transpose_fold" => passes::fold_transposes_into_matmul(&mut g).unwrap(),
         "fuse" => passes::fuse_elementwise(&mut g).unwrap(),
+        // a small bucket, so one file shows packing, the limit and the groups
+        "bucket_all_reduces" => passes::bucket_all_reduces(&mut g, 64).unwrap(),
         "pipeline" => {
             let (after, stats) = passes::run_pipeline(&g, &PassConfig::default()).unwrap();
             g = after;

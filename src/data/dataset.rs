@@ -83,6 +83,10 @@ enum Stage {
     Map(MapFn),
     Prefetch(usize),
     Take(usize),
+    Shard {
+        num: usize,
+        index: usize,
+    },
 }
 
 /// One item in flight: a source row not yet materialized, or tensors.
@@ -243,6 +247,37 @@ impl<E: Element> Dataset<E> {
         self.with(Stage::Prefetch(n.max(1)))
     }
 
+    /// Shard `index` of `num_shards` (`tf.data.Dataset.shard`, one per rank of a
+    /// data-parallel job): of every `num_shards` consecutive items, the one at `index`.
+    /// Unlike TensorFlow's, every shard has the same length, `len / num_shards`: a final
+    /// incomplete group of items is dropped, so every rank runs the same number of
+    /// steps of the same batch sizes (ranks that run different collectives would wait
+    /// for each other). Shard after a `shuffle` with one seed on every rank (the same
+    /// permutation, so the shards are disjoint) and before `batch`.
+    ///
+    /// ```
+    /// use tapeflow::data::Dataset;
+    /// use tapeflow::Tensor;
+    /// let ds = Dataset::from_tensor_slices(Tensor::vec(&[0.0f32, 1.0, 2.0, 3.0, 4.0])).unwrap();
+    /// let shard = ds.shard(2, 1);
+    /// assert_eq!(shard.cardinality(), Some(2));
+    /// let v: Vec<f32> = shard.iter().map(|t| t.to_scalar_f32().unwrap()).collect();
+    /// assert_eq!(v, vec![1.0, 3.0]); // 4.0 is in the incomplete last group
+    /// ```
+    ///
+    /// # Panics
+    /// If `num_shards` is 0 or `index >= num_shards`.
+    pub fn shard(self, num_shards: usize, index: usize) -> Dataset<E> {
+        assert!(
+            index < num_shards,
+            "Dataset::shard: index {index} is not below num_shards {num_shards}"
+        );
+        self.with(Stage::Shard {
+            num: num_shards,
+            index,
+        })
+    }
+
     /// Only the first `n` items.
     pub fn take(self, n: usize) -> Dataset<E> {
         self.with(Stage::Take(n))
@@ -274,6 +309,7 @@ impl<E: Element> Dataset<E> {
                 (Stage::Repeat { count: None }, Some(n)) => (n == 0).then_some(0),
                 (Stage::Repeat { count: Some(c) }, Some(n)) => Some(n * c),
                 (Stage::Take(k), Some(n)) => Some(n.min(*k)),
+                (Stage::Shard { num, .. }, Some(n)) => Some(n / num),
                 (_, Some(n)) => Some(n),
             };
         }
@@ -416,6 +452,21 @@ fn build(p: &Arc<Pipeline>, upto: usize) -> Stream {
             Box::new(upstream().map(move |item| Item::Value(f(materialize(&pipeline, item)))))
         }
         Stage::Take(n) => Box::new(upstream().take(*n)),
+        Stage::Shard { num, index } => {
+            let (num, index) = (*num, *index);
+            let mut up = upstream();
+            // one item of each complete group of `num`; an incomplete last group ends it
+            Box::new(std::iter::from_fn(move || {
+                let mut pick = None;
+                for k in 0..num {
+                    let item = up.next()?;
+                    if k == index {
+                        pick = Some(item);
+                    }
+                }
+                pick
+            }))
+        }
         Stage::Prefetch(n) => Box::new(Prefetch::start(upstream(), *n)),
     }
 }

@@ -32,11 +32,23 @@
 //!   written since (by a concurrent run or an eager update); otherwise the run starts
 //!   over on the new values, so concurrent runs act as if run one at a time (see
 //!   [`crate::Variable`]).
+//! - **Collectives.** An `all_reduce` step only hands its operand to the communication
+//!   thread ([`crate::comm::start_all_reduce`]) and the steps that read its value wait for
+//!   it, so the reduction runs while the rest of the backward pass computes. Every rank
+//!   must start the same collectives in the same order, whatever the schedule: in order,
+//!   the plan puts each collective right after its last operand and every step that
+//!   waits for one (directly or through others) after everything that does not
+//!   (`issue_collectives_early`), so they start as early and are waited for as late as the
+//!   graph allows; as a dataflow graph, each collective also counts the one before it in
+//!   plan order among its dependencies, so they start in plan order on every rank.
+//!   Starting is cheap, so the chain delays nothing else. A plan with collectives must
+//!   not run concurrently on one rank (two runs would interleave their collectives).
 
 use super::codegen::Codegen;
 use super::control::RegionPlan;
 use super::fused::{self, OutBuf};
 use super::plan_memory::{plan_memory, MemoryPlan};
+use crate::comm::{self, Pending};
 use crate::error::{Error, Result};
 use crate::exec::buffers::{with_pool, BufferPool};
 use crate::ir::{Graph, NodeId};
@@ -110,6 +122,11 @@ struct Step {
     uses: u32,
     /// Estimated work of this step.
     work: u64,
+    /// For a collective: the collective after it in plan order, which the dataflow
+    /// schedule starts only after this one (so all ranks start them in one order).
+    next_collective: Option<usize>,
+    /// Whether a collective comes before this one in plan order (one more dependency).
+    after_collective: bool,
 }
 
 /// The per-run state, kept between runs so a steady-state run allocates none of it.
@@ -123,6 +140,8 @@ struct RunState {
     parallel: AtomicBool,
     /// Values released during a parallel run, returned to the pool when it ends.
     retired: Mutex<Vec<Data>>,
+    /// Collectives started but not yet waited for, by step.
+    comm: Vec<Mutex<Option<Pending>>>,
 }
 
 /// An execution plan for one graph.
@@ -178,7 +197,7 @@ impl Plan {
     /// ([`crate::passes::specialize`]; a shape-polymorphic [`crate::function`] does it
     /// per call).
     pub fn new(graph: Graph) -> Result<Plan> {
-        let order = graph.canonical_order();
+        let order = issue_collectives_early(&graph, graph.canonical_order());
         if let Some(&n) = order.iter().find(|&&n| {
             let node = graph.node(n);
             crate::tensor::dim::any_sym(&node.shape)
@@ -208,7 +227,16 @@ impl Plan {
                 consumers: SmallVec::new(),
                 uses: 0,
                 work: work_of(&graph, n),
+                next_collective: None,
+                after_collective: false,
             });
+        }
+        let collectives: Vec<usize> = (0..steps.len())
+            .filter(|&i| steps[i].op.is_collective())
+            .collect();
+        for w in collectives.windows(2) {
+            steps[w[0]].next_collective = Some(w[1]);
+            steps[w[1]].after_collective = true;
         }
         for i in 0..steps.len() {
             for k in 0..steps[i].inputs.len() {
@@ -405,9 +433,11 @@ impl Plan {
             error: Mutex::new(None),
             parallel: AtomicBool::new(false),
             retired: Mutex::new(Vec::new()),
+            comm: (0..n).map(|_| Mutex::new(None)).collect(),
         });
         for (i, s) in self.steps.iter().enumerate() {
-            st.pending[i].store(s.inputs.len() as u32, Ordering::Relaxed);
+            let deps = s.inputs.len() + s.after_collective as usize;
+            st.pending[i].store(deps as u32, Ordering::Relaxed);
             st.uses[i].store(s.uses, Ordering::Relaxed);
         }
         st.failed.store(false, Ordering::Relaxed);
@@ -423,6 +453,10 @@ impl Plan {
         }
         for d in lock(&st.retired).drain(..) {
             self.pool.recycle(d);
+        }
+        for p in &st.comm {
+            // a failed run may leave collectives unread; they finish on their own
+            drop(lock(p).take());
         }
         *lock(&st.error) = None;
         lock(&self.states).push(st);
@@ -520,6 +554,12 @@ impl Plan {
                 }
             }
         }
+        // collectives whose values leave the run (outputs, assignments)
+        for (i, s) in self.steps.iter().enumerate() {
+            if s.op.is_collective() {
+                self.finish_collective(i, st, false)?;
+            }
+        }
         let mut writes: SmallVec<[(&Variable, Tensor); 8]> = self
             .assigns
             .iter()
@@ -572,7 +612,8 @@ impl Plan {
                 }
             }
             let mut next = None;
-            for &c in &self.steps[i].consumers {
+            let chained = self.steps[i].next_collective;
+            for &c in self.steps[i].consumers.iter().chain(chained.iter()) {
                 if st.pending[c].fetch_sub(1, Ordering::AcqRel) == 1 {
                     match next {
                         None => next = Some(c),
@@ -592,6 +633,11 @@ impl Plan {
     fn exec(&self, i: usize, st: &RunState) -> Result<bool> {
         let s = &self.steps[i];
         let node = self.graph.node(s.node);
+        for &o in &s.inputs {
+            if self.steps[o].op.is_collective() {
+                self.finish_collective(o, st, true)?;
+            }
+        }
         let (v, kernel) = match s.op {
             Op::Cond(_) | Op::While(_) | Op::Scan(_) => {
                 let guards = self.read_inputs(s, st);
@@ -621,6 +667,15 @@ impl Plan {
                     Error::Graph("get: its control-flow op stored no result".into())
                 })?;
                 (v, false)
+            }
+            Op::AllReduce(r) => {
+                // start it; the value arrives while later steps run
+                let guards = self.read_inputs(s, st);
+                let p = comm::start_all_reduce(operand(s, &guards, s.operands[0]), r);
+                drop(guards);
+                *lock(&st.comm[i]) = Some(p);
+                self.release_operands(s, st);
+                return Ok(true);
             }
             Op::Assign(_) => (
                 read(&st.vals[s.operands[0]])
@@ -680,6 +735,40 @@ impl Plan {
             }
         }
         *write(&st.vals[i]) = Some(v);
+        self.release_operands(s, st);
+        Ok(kernel)
+    }
+
+    /// Waits for collective step `o` if it is still running and stores its value.
+    /// `needed`: a consumer is about to read it (so it must be there).
+    fn finish_collective(&self, o: usize, st: &RunState, needed: bool) -> Result<()> {
+        let mut slot = lock(&st.comm[o]);
+        let Some(p) = slot.take() else {
+            if needed && read(&st.vals[o]).is_none() {
+                return Err(Error::Graph(
+                    "all_reduce: the collective failed in another step of this run".into(),
+                ));
+            }
+            return Ok(());
+        };
+        let v = p.wait().map_err(|msg| {
+            let node = self.graph.node(self.steps[o].node);
+            let loc = node
+                .loc
+                .map(|l| format!("{}:{}", l.file(), l.line()))
+                .unwrap_or_else(|| "graph".into());
+            Error::Op {
+                op: self.steps[o].op.name(),
+                msg,
+                loc,
+            }
+        })?;
+        *write(&st.vals[o]) = Some(v);
+        Ok(())
+    }
+
+    /// Releases the operands of step `s` whose last consumer it was.
+    fn release_operands(&self, s: &Step, st: &RunState) {
         for &o in &s.inputs {
             if st.uses[o].fetch_sub(1, Ordering::AcqRel) == 1 {
                 if let Some(d) = write(&st.vals[o]).take() {
@@ -691,7 +780,6 @@ impl Plan {
                 }
             }
         }
-        Ok(kernel)
     }
 
     /// Read guards on step `s`'s distinct operands (in `s.inputs` order). A slot is only
@@ -704,6 +792,41 @@ impl Plan {
 }
 
 type Slot<'a> = RwLockReadGuard<'a, Option<Data>>;
+
+/// Reorders a topological `order` so collectives start as early and are waited for as
+/// late as possible: every node that does not wait for a collective (directly or
+/// through its operands) keeps its relative order, each such collective moves right
+/// after its last operand, and the nodes that wait come last, in their relative order.
+/// The result is still topological and depends only on the graph, so every rank gets
+/// the same one. A graph without collectives keeps `order`.
+fn issue_collectives_early(g: &Graph, order: Vec<NodeId>) -> Vec<NodeId> {
+    if !order.iter().any(|&n| g.node(n).op.is_collective()) {
+        return order;
+    }
+    let pos: HashMap<NodeId, usize> = order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
+    let mut waits = vec![false; order.len()];
+    let mut early: Vec<(usize, bool, usize)> = Vec::new();
+    for (i, &n) in order.iter().enumerate() {
+        let operands = g.operands(n);
+        waits[i] = operands
+            .iter()
+            .any(|o| waits[pos[o]] || g.node(*o).op.is_collective());
+        if !waits[i] {
+            early.push(match g.node(n).op.is_collective() {
+                true => (operands.iter().map(|o| pos[o]).max().unwrap_or(0), true, i),
+                false => (i, false, i),
+            });
+        }
+    }
+    early.sort_unstable();
+    let late = (0..order.len()).filter(|&i| waits[i]);
+    early
+        .iter()
+        .map(|&(_, _, i)| i)
+        .chain(late)
+        .map(|i| order[i])
+        .collect()
+}
 
 /// Operand `o` of step `s`, from the guards of [`Plan::read_inputs`] (an operand taken
 /// for in-place use is never looked up).

@@ -498,6 +498,9 @@ impl ModelCheckpoint {
     }
 
     fn save(&mut self, model: &Model, path: PathBuf) -> Result<()> {
+        if crate::distributed::rank() != 0 {
+            return Ok(()); // in a distributed run, rank 0 writes the checkpoints
+        }
         if self.save_weights_only {
             model.save_weights(&path)?;
         } else {
@@ -699,6 +702,10 @@ impl CSVLogger {
 
 impl Callback for CSVLogger {
     fn on_train_begin(&mut self, _model: &Model) -> Result<()> {
+        if crate::distributed::rank() != 0 {
+            self.file = None; // in a distributed run, rank 0 writes the log
+            return Ok(());
+        }
         let file = if self.append {
             self.write_header = std::fs::metadata(&self.path).map_or(true, |m| m.len() == 0);
             std::fs::OpenOptions::new()
@@ -716,6 +723,9 @@ impl Callback for CSVLogger {
     }
 
     fn on_epoch_end(&mut self, _model: &Model, epoch: usize, logs: &mut Logs) -> Result<Control> {
+        if crate::distributed::rank() != 0 {
+            return Ok(Control::Continue);
+        }
         let keys = match &self.keys {
             Some(k) => k.clone(),
             None => {

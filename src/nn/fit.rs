@@ -34,7 +34,8 @@ pub(crate) struct Compiled {
     loss: Arc<dyn Loss>,
     optimizer: Arc<dyn Optimizer>,
     metrics: Vec<Arc<dyn Metric>>,
-    train: Option<(StepKey, Arc<Step2>)>,
+    /// The train step, for its key and whether it averages gradients over ranks.
+    train: Option<((StepKey, bool), Arc<Step2>)>,
     test: Option<(StepKey, Arc<Step2>)>,
     predict: Option<(StepKey, Arc<Step1>)>,
 }
@@ -86,6 +87,9 @@ pub struct FitOptions {
     pub initial_epoch: usize,
     /// Callbacks, run in order (see [`callbacks`](super::callbacks)).
     pub callbacks: Vec<SharedCallback>,
+    /// Data-parallel training over the ranks of an MPI job (default false; see
+    /// [`FitOptions::distributed`](method@FitOptions::distributed)).
+    pub distributed: bool,
 }
 
 impl Default for FitOptions {
@@ -100,6 +104,7 @@ impl Default for FitOptions {
             run_eagerly: false,
             initial_epoch: 0,
             callbacks: Vec::new(),
+            distributed: false,
         }
     }
 }
@@ -139,6 +144,21 @@ impl FitOptions {
         self
     }
 
+    /// Trains data-parallel over the ranks of an MPI job (after
+    /// [`crate::distributed::init`]; Horovod's recipe): the variables start as rank 0's
+    /// ([`crate::distributed::broadcast_variables`]), each rank trains on its shard of
+    /// every epoch's shuffle ([`Dataset::shard`]; `batch_size` is per rank, so a step
+    /// sees `batch_size × size` samples), gradients are averaged over the ranks inside
+    /// the compiled step, the epoch's logs (loss, metrics, validation) are averaged over
+    /// the ranks before the callbacks see them and a stop asked for by a callback on any
+    /// rank stops every rank (so all ranks always run the same steps), only rank 0 prints
+    /// and only rank 0 writes `ModelCheckpoint` and `CSVLogger` files. In a world of one
+    /// it trains as without it.
+    pub fn distributed(mut self, on: bool) -> FitOptions {
+        self.distributed = on;
+        self
+    }
+
     /// Starts at epoch `epoch` (0-based; Keras' `initial_epoch`), to resume a run.
     pub fn initial_epoch(mut self, epoch: usize) -> FitOptions {
         self.initial_epoch = epoch;
@@ -163,6 +183,7 @@ fn train_step(
     net: Arc<Net>,
     loss: Arc<dyn Loss>,
     opt: Arc<dyn Optimizer>,
+    distributed: bool,
 ) -> impl Fn(&Tensor, &Tensor) -> Result<(Tensor, Tensor)> {
     move |x: &Tensor, y: &Tensor| {
         let tape = GradientTape::new();
@@ -171,7 +192,10 @@ fn train_step(
             Ok((loss.call(y, &pred)?, pred))
         })?;
         let vars = net.trainable_variables();
-        let grads = tape.gradient(&l, &vars)?;
+        let mut grads = tape.gradient(&l, &vars)?;
+        if distributed {
+            grads = crate::distributed::all_reduce_gradients(&grads);
+        }
         opt.apply_gradients(&grads, &vars)?;
         Ok((l, pred))
     }
@@ -185,6 +209,23 @@ fn test_step(
         let pred = net.forward(x, false)?;
         Ok((loss.call(y, &pred)?, pred))
     }
+}
+
+/// Whether `asked` holds on any rank (so all ranks stop at the same step).
+fn any_rank(asked: bool) -> Result<bool> {
+    let v = crate::distributed::average(&Tensor::scalar(asked as u8 as f32))?;
+    Ok(v.to_scalar()? > 0.0)
+}
+
+/// The logs averaged over the ranks (every rank has the same keys, in the same order).
+fn average_logs(logs: &Logs) -> Result<Logs> {
+    let values: Vec<f64> = logs.iter().map(|(_, v)| v).collect();
+    let avg = crate::distributed::average(&Tensor::from_vec(values.clone(), &[values.len()])?)?;
+    let mut out = Logs::new();
+    for ((k, _), v) in logs.iter().zip(avg.to_vec_f64()?) {
+        out.insert(k, v);
+    }
+    Ok(out)
 }
 
 impl Model {
@@ -233,21 +274,21 @@ impl Model {
     }
 
     /// The compiled (or eager) train step, built once and cached.
-    fn train_fn(&self, eager: bool, x: &Tensor, y: &Tensor) -> Result<Arc<Step2>> {
+    fn train_fn(&self, eager: bool, dist: bool, x: &Tensor, y: &Tensor) -> Result<Arc<Step2>> {
         let (loss, opt, _) = self.compiled_parts()?;
         let mut c = self.compiled.lock().expect("model lock");
         let c = c.as_mut().expect("checked above");
-        let key = step_key(eager, &[x, y]);
+        let key = (step_key(eager, &[x, y]), dist);
         if let Some((k, f)) = &c.train {
             if *k == key {
                 return Ok(f.clone());
             }
         }
-        let step = train_step(self.net.clone(), loss, opt);
+        let step = train_step(self.net.clone(), loss, opt, dist);
         let f: Step2 = if eager {
             Box::new(step)
         } else {
-            let compiled = function_with_signature(step, &key.1);
+            let compiled = function_with_signature(step, &key.0 .1);
             Box::new(move |x: &Tensor, y: &Tensor| compiled.call(x, y))
         };
         let f = Arc::new(f);
@@ -302,12 +343,19 @@ impl Model {
             return Err(Error::Invalid("fit: batch_size must be positive".into()));
         }
         let n = x.shape()[0];
+        let dist = opts.distributed;
+        let (ranks, me) = (crate::distributed::size(), crate::distributed::rank());
+        if dist {
+            crate::distributed::broadcast_variables(&self.variables(), 0)?;
+        }
+        let verbose = if dist && me != 0 { 0 } else { opts.verbose };
         let ds = Dataset::from_tensor_slices((x.clone(), y.clone()))?;
         let ds = if opts.shuffle {
             ds.shuffle(n, opts.seed)
         } else {
             ds
         };
+        let ds = if dist { ds.shard(ranks, me) } else { ds };
         let ds = ds.batch(opts.batch_size);
         if opts.shuffle {
             // the shuffle of epoch k depends on how many epochs started before it:
@@ -316,7 +364,7 @@ impl Model {
                 drop(ds.iter());
             }
         }
-        let step = self.train_fn(opts.run_eagerly, x, y)?;
+        let step = self.train_fn(opts.run_eagerly, dist, x, y)?;
         let cbs = &opts.callbacks;
         let loss_tracker = Mean::new("loss");
         let running_logs = || -> Logs {
@@ -337,10 +385,10 @@ impl Model {
             })?;
             let mut bar = Progbar::new(ds.cardinality())
                 .epoch(epoch, opts.epochs)
-                .verbose(opts.verbose);
+                .verbose(verbose);
             bar.start();
             let mut stop = false;
-            let watch_batches = opts.verbose == 1 || !cbs.is_empty();
+            let watch_batches = verbose == 1 || !cbs.is_empty();
             for (i, (xb, yb)) in ds.iter().enumerate() {
                 run_all(cbs, |c| {
                     c.on_train_batch_begin(self, i).map(|_| Control::Continue)
@@ -353,7 +401,12 @@ impl Model {
                 if watch_batches {
                     let logs = running_logs();
                     bar.update(i + 1, &logs.pairs());
-                    if run_all(cbs, |c| c.on_train_batch_end(self, i, &logs))? == Control::Stop {
+                    let mut asked =
+                        run_all(cbs, |c| c.on_train_batch_end(self, i, &logs))? == Control::Stop;
+                    if dist && !cbs.is_empty() {
+                        asked = any_rank(asked)?;
+                    }
+                    if asked {
                         stop = true;
                         break;
                     }
@@ -365,7 +418,15 @@ impl Model {
                     logs.insert(&format!("val_{k}"), v);
                 }
             }
-            if run_all(cbs, |c| c.on_epoch_end(self, epoch, &mut logs))? == Control::Stop {
+            if dist {
+                logs = average_logs(&logs)?;
+            }
+            let mut asked =
+                run_all(cbs, |c| c.on_epoch_end(self, epoch, &mut logs))? == Control::Stop;
+            if dist {
+                asked = any_rank(asked)?;
+            }
+            if asked {
                 stop = true;
             }
             for (k, v) in logs.iter() {

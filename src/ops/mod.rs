@@ -12,6 +12,7 @@
 
 pub mod attrs;
 pub mod control;
+pub mod collective;
 pub mod conv;
 pub mod elementwise;
 pub mod index;
@@ -20,6 +21,7 @@ pub mod reduce;
 pub mod shape;
 pub mod source;
 
+pub use crate::comm::ReduceOp;
 pub use attrs::{AxisSet, Perm};
 pub use conv::{ConvAttrs, Padding, PoolAttrs};
 pub use elementwise::{Binary, Compare, Unary};
@@ -164,6 +166,9 @@ pub enum Op {
     Scan(u32),
     /// Result number `n` of the tuple node (control-flow op) that is its operand.
     Get(u32),
+    /// The elementwise sum or mean of the operand over all ranks of the job
+    /// (`ops::collective`; the operand itself in a world of one).
+    AllReduce(ReduceOp),
 }
 
 /// Per-input cotangents returned by a VJP rule; `None` is a symbolic zero.
@@ -202,6 +207,7 @@ enum Family {
     Conv,
     Fused,
     Control,
+    Collective,
 }
 
 impl Op {
@@ -231,6 +237,7 @@ impl Op {
             | Op::MaxPool2dGather(_) => Family::Conv,
             Op::Fused(_) => Family::Fused,
             Op::Cond(_) | Op::While(_) | Op::Scan(_) | Op::Get(_) => Family::Control,
+            Op::AllReduce(_) => Family::Collective,
         }
     }
 
@@ -257,6 +264,7 @@ impl Op {
             (Family::Conv, _) => conv::name(self),
             (Family::Fused, _) => "fused",
             (Family::Control, _) => control::name(self),
+            (Family::Collective, _) => collective::name(self),
         }
     }
 
@@ -301,6 +309,7 @@ impl Op {
                 "is typed by its fused expression (FusedExpr::infer), not by the op alone".into(),
             ),
             (Family::Control, _) => control::infer(self),
+            (Family::Collective, _) => collective::infer(self, x),
         }
     }
 
@@ -338,6 +347,7 @@ impl Op {
                 "{} has no standalone kernel: the interpreter runs its regions",
                 self.name()
             ),
+            (Family::Collective, _) => return collective::eval(self, x[0]),
         })
     }
 
@@ -365,6 +375,7 @@ impl Op {
                 "{} is differentiated by the VJP its control-flow call records on the tape",
                 self.name()
             ),
+            (Family::Collective, _) => collective::vjp(self, a, gy),
         }
     }
 
@@ -381,6 +392,7 @@ impl Op {
                 linalg::attrs(ta, tb)
             }
             Family::Conv => conv::attrs(self),
+            Family::Collective => collective::attrs(self),
         }
     }
 
@@ -390,8 +402,9 @@ impl Op {
         if let Some(op) = elementwise::parse(name) {
             return Ok(op);
         }
-        let parsers: [FamilyParser; 6] = [
+        let parsers: [FamilyParser; 7] = [
             control::parse,
+            collective::parse,
             reduce::parse,
             shape::parse,
             index::parse,
@@ -434,7 +447,8 @@ impl Op {
             | Family::Linalg
             | Family::Conv
             | Family::Fused
-            | Family::Control => true,
+            | Family::Control
+            | Family::Collective => true,
         }
     }
 
@@ -454,6 +468,7 @@ impl Op {
             Family::Fused => streamed(x, out),
             // the operands streamed once; the regions' own steps are planned separately
             Family::Control => x.iter().map(|s| elems(s)).sum(),
+            Family::Collective => collective::work(self, x, out),
         }
     }
 
@@ -469,7 +484,8 @@ impl Op {
             | Family::Shape
             | Family::Index
             | Family::Fused
-            | Family::Control => 0,
+            | Family::Control
+            | Family::Collective => 0,
         }
     }
 
@@ -493,6 +509,12 @@ impl Op {
                 | Op::Conv2dBackpropInput(_)
                 | Op::Conv2dBackpropFilter(_)
         )
+    }
+
+    /// Whether the op is a collective ([`Op::AllReduce`]): its value depends on the other
+    /// ranks, so it is never constant-folded, and every rank must run it in the same order.
+    pub fn is_collective(&self) -> bool {
+        self.family() == Family::Collective
     }
 
     /// Whether the op has a gradient path at all (false for masks, argmax, casts to int, stop_gradient).
@@ -637,6 +659,7 @@ op_list! {
         Op::MaxPool2d(_) => Op::MaxPool2d(PoolAttrs { ksize: (2, 2), stride: (2, 2), padding: Padding::Valid }),
         Op::MaxPool2dGrad(_) => Op::MaxPool2dGrad(PoolAttrs { ksize: (2, 2), stride: (2, 2), padding: Padding::Valid }),
         Op::MaxPool2dGather(_) => Op::MaxPool2dGather(PoolAttrs { ksize: (2, 2), stride: (2, 2), padding: Padding::Valid }),
+        Op::AllReduce(_) => Op::AllReduce(ReduceOp::Sum),
     }
     internal {
         Op::Fused(_),

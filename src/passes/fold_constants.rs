@@ -8,7 +8,8 @@
 //! It does not fold: results over [`FOLD_MAX_ELEMS`] elements (a big constant costs
 //! memory in every copy of the graph); `broadcast` (it only makes a bigger copy of a
 //! smaller constant, which fusion reads through a zero stride instead); `fused` nodes;
-//! sources and `assign`; nodes whose kernel fails (an index out of range stays a
+//! sources and `assign`; collectives (`all_reduce`: the value depends on the other
+//! ranks); nodes whose kernel fails (an index out of range stays a
 //! run-time error, reported where it happens).
 
 use crate::error::Result;
@@ -32,7 +33,8 @@ pub fn fold_constants(g: &mut Graph) -> Result<bool> {
                 | Op::Assign(_)
                 | Op::Fused(_)
                 | Op::BroadcastTo
-        ) && numel(&node.shape) <= FOLD_MAX_ELEMS;
+        ) && !node.op.is_collective()
+            && numel(&node.shape) <= FOLD_MAX_ELEMS;
         let operands = g.operands(n);
         if !foldable || !operands.iter().all(|&o| g.node(o).op == Op::Const) {
             continue;

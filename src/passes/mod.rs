@@ -13,6 +13,7 @@
 //! Memory planning ([`MemoryPlan`](crate::exec::MemoryPlan)) is not a graph rewrite:
 //! `exec::Plan` makes it for the final graph's execution order.
 
+mod bucket_all_reduces;
 mod cse;
 mod dce;
 mod fold_constants;
@@ -22,6 +23,7 @@ mod rewrite;
 mod simplify;
 mod specialize;
 
+pub use bucket_all_reduces::{bucket_all_reduces, DEFAULT_BUCKET_BYTES};
 pub use cse::eliminate_common_subexpressions;
 pub use dce::eliminate_dead_nodes;
 pub use fold_constants::{fold_constants, FOLD_MAX_ELEMS};
@@ -46,6 +48,10 @@ pub const PIPELINE: &[(&str, PassFn)] = &[
     }),
     ("simplify", |g, _| simplify(g)),
     ("eliminate_dead_nodes", |g, _| eliminate_dead_nodes(g)),
+    // tensor fusion of small all-reduces (Horovod's fusion buffer), with its bucket size
+    ("bucket_all_reduces", |g, c| {
+        bucket_all_reduces(g, c.bucket_bytes())
+    }),
     ("fold_transposes_into_matmul", |g, _| {
         fold_transposes_into_matmul(g)
     }),
@@ -71,6 +77,9 @@ pub struct PassConfig {
     /// Fuse only regions whose longest loop has at least this many elements, or at most
     /// [`SMALL_REGION_ELEMS`] (0: all).
     pub min_fused_elems: usize,
+    /// The byte size of the buckets `bucket_all_reduces` packs small all-reduces into
+    /// (`None`: [`DEFAULT_BUCKET_BYTES`]).
+    pub all_reduce_bucket_bytes: Option<usize>,
 }
 
 /// The fusion threshold of [`PassConfig::tuned`]: below it, the separate vectorized
@@ -103,6 +112,11 @@ impl PassConfig {
     pub fn without(mut self, pass: &str) -> PassConfig {
         self.disabled.push(pass.to_string());
         self
+    }
+
+    /// The bucket size of `bucket_all_reduces` (see [`PassConfig::all_reduce_bucket_bytes`]).
+    pub fn bucket_bytes(&self) -> usize {
+        self.all_reduce_bucket_bytes.unwrap_or(DEFAULT_BUCKET_BYTES)
     }
 
     fn enabled(&self, name: &str) -> bool {

@@ -26,7 +26,9 @@
 use super::dispatch::{apply, fail, location};
 use super::{DType, Tensor};
 use crate::ops::attrs::{to_u32, to_u8};
-use crate::ops::{AxisSet, Binary, Compare, ConvAttrs, Op, Padding, Perm, PoolAttrs, Unary};
+use crate::ops::{
+    AxisSet, Binary, Compare, ConvAttrs, Op, Padding, Perm, PoolAttrs, ReduceOp, Unary,
+};
 use std::ops::{
     Add, Bound, Div, Mul, Neg, Range, RangeFrom, RangeFull, RangeInclusive, RangeTo,
     RangeToInclusive, Sub,
@@ -591,6 +593,22 @@ impl Tensor {
             return self.clone();
         }
         apply(Op::Cast(dtype), &[self], None)
+    }
+
+    /// The elementwise sum or mean of this tensor over all ranks of the MPI job (the op
+    /// `all_reduce`, see [`crate::distributed`]); every rank must call it, in the same
+    /// order. In a world of one (no `mpi` feature, or before
+    /// [`crate::distributed::init`]) it is the tensor itself. Its gradient is the
+    /// all-reduce of the cotangent with the same `op`.
+    ///
+    /// ```
+    /// use tapeflow::{ops::ReduceOp, Tensor};
+    /// let g = Tensor::vec(&[1.0f32, 2.0]);
+    /// assert_eq!(g.all_reduce(ReduceOp::Mean).to_vec_f32().unwrap(), vec![1.0, 2.0]); // one rank
+    /// ```
+    #[track_caller]
+    pub fn all_reduce(&self, op: ReduceOp) -> Tensor {
+        apply(Op::AllReduce(op), &[self], None)
     }
 
     /// The same values with a zero gradient.

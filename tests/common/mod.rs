@@ -3,6 +3,7 @@
 //! models written with the core API only.
 #![allow(dead_code)]
 
+use tapeflow::ops::ReduceOp;
 use tapeflow::{function, DType, GradientTape, Padding, Tensor, Variable};
 
 #[derive(Clone, Copy)]
@@ -112,6 +113,14 @@ pub fn rows() -> Vec<Row> {
         }),
         row("one_hot", &[&[3, 4]], Any, |x| {
             idx(&[2, 0, 3]).one_hot(4, x[0].dtype()) * x[0].exp()
+        }),
+        // over a world of one (tests run without mpirun): the identity, with the
+        // all-reduce of the cotangent as its gradient
+        row("all_reduce", &[&[3, 4]], Any, |x| {
+            x[0].all_reduce(ReduceOp::Sum).sin()
+        }),
+        row("all_reduce_mean", &[&[3, 4]], Any, |x| {
+            (x[0].all_reduce(ReduceOp::Mean) * &x[0]).tanh()
         }),
         row("matmul", &[&[3, 4], &[4, 2]], Any, |x| x[0].matmul(&x[1])),
         row("matmul_ta", &[&[4, 3], &[4, 2]], Any, |x| {

@@ -1,0 +1,454 @@
+//! The MPI world (feature `mpi`): the communication thread, its FIFO queue of
+//! collectives, and the watchdog that ends a rank whose collective waits too long.
+//!
+//! Invariants: the communication thread initialized MPI (`MPI_THREAD_SERIALIZED`) and
+//! runs the queued collectives one at a time in queue order, each while holding the
+//! world's `turn` lock; a caller that waits for a blocking collective anyway
+//! ([`World::run_now`]: eager all-reduces, broadcasts, barriers) runs it on its own
+//! thread under the same lock, but only when nothing is queued or running, so it could
+//! not have been queued behind anything: a rank's collectives still reach MPI one at a
+//! time, in the order its threads started them. Running it inline saves two thread
+//! wake-ups, which dominate small messages.
+
+use super::{exit_now, ReduceOp, DEFAULT_TIMEOUT_SECS};
+use crate::error::{Error, Result};
+use crate::tensor::data::Arr;
+use crate::tensor::data::Data;
+use ::mpi::collective::SystemOperation;
+use ::mpi::datatype::Equivalence;
+use ::mpi::topology::SimpleCommunicator;
+use ::mpi::traits::*;
+use ::mpi::Threading;
+use ndarray::{ArrayD, IxDyn};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Condvar, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// The initialized world.
+pub(super) struct World {
+    pub(super) rank: usize,
+    pub(super) size: usize,
+    tx: Mutex<mpsc::Sender<Job>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    watch: Arc<Watch>,
+    /// Held while a collective runs (on the communication thread or inline).
+    turn: Arc<Mutex<()>>,
+    /// Jobs queued or running on the communication thread.
+    queued: Arc<AtomicU64>,
+    /// Whether MPI allows calls from other threads than the communication thread.
+    serialized: bool,
+}
+
+static WORLD: RwLock<Option<Arc<World>>> = RwLock::new(None);
+
+/// Numbers the collectives of this process, for the watchdog's message.
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// The world, if [`init`] has run (and [`shutdown`] has not).
+pub(super) fn world() -> Option<Arc<World>> {
+    WORLD.read().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// What the communication thread is asked to do.
+pub(super) enum Kind {
+    AllReduce(Data, ReduceOp),
+    Broadcast(Data, usize),
+    Barrier,
+    Shutdown,
+    /// `n` plain `MPI_Allreduce` sums of the data into one preallocated buffer, timed
+    /// (the baseline of `examples/bench_distributed`).
+    PlainLoop(Data, usize),
+}
+
+struct Job {
+    kind: Kind,
+    seq: u64,
+    reply: Arc<Reply>,
+}
+
+/// Where the communication thread leaves a collective's result.
+pub(super) struct Reply {
+    done: AtomicBool,
+    value: Mutex<Option<std::result::Result<Data, String>>>,
+    cv: Condvar,
+}
+
+impl Reply {
+    fn new() -> Arc<Reply> {
+        Arc::new(Reply {
+            done: AtomicBool::new(false),
+            value: Mutex::new(None),
+            cv: Condvar::new(),
+        })
+    }
+
+    fn set(&self, r: std::result::Result<Data, String>) {
+        *self.value.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+        self.done.store(true, Ordering::Release);
+        self.cv.notify_all();
+    }
+
+    /// Waits for the result (spinning briefly first: small collectives finish in
+    /// microseconds, sooner than a sleeping thread wakes up).
+    pub(super) fn wait(&self) -> std::result::Result<Data, String> {
+        let spin = Instant::now();
+        while !self.done.load(Ordering::Acquire) && spin.elapsed() < Duration::from_micros(50) {
+            std::hint::spin_loop();
+        }
+        let mut v = self.value.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(r) = v.take() {
+                return r;
+            }
+            v = self.cv.wait(v).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// The watchdog's view of the collective in progress.
+struct Watch {
+    current: Mutex<Option<(Instant, u64, String)>>,
+    timeout: Option<Duration>,
+    stop: AtomicBool,
+}
+
+impl Watch {
+    fn set(&self, v: Option<(Instant, u64, String)>) {
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = v;
+    }
+}
+
+impl World {
+    /// Queues a collective; the communication thread runs it after every one queued before.
+    pub(super) fn submit(&self, kind: Kind) -> Arc<Reply> {
+        let reply = Reply::new();
+        let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        let job = Job {
+            kind,
+            seq,
+            reply: reply.clone(),
+        };
+        if tx.send(job).is_err() {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            reply.set(Err(
+                "the communication thread has stopped (after shutdown, or it failed)".into(),
+            ));
+        }
+        reply
+    }
+}
+
+impl World {
+    /// Runs a blocking collective on this thread if nothing is queued (see the module
+    /// header); `None` if it must be queued instead.
+    pub(super) fn run_now(&self, kind: &Kind) -> Option<std::result::Result<Data, String>> {
+        if !self.serialized {
+            return None;
+        }
+        let _turn = self.turn.lock().unwrap_or_else(|e| e.into_inner());
+        if self.queued.load(Ordering::Acquire) != 0 {
+            return None;
+        }
+        let world = SimpleCommunicator::world();
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+        if self.watch.timeout.is_some() {
+            self.watch.set(Some((Instant::now(), seq, describe(kind))));
+        }
+        let r = match kind {
+            Kind::AllReduce(d, op) => all_reduce(&world, d, *op, self.size),
+            Kind::Broadcast(d, root) => broadcast(&world, d, *root),
+            Kind::Barrier => {
+                world.barrier();
+                Ok(Data::zeros(crate::tensor::dtype::DType::F32, &[]))
+            }
+            Kind::Shutdown | Kind::PlainLoop(..) => return None,
+        };
+        self.watch.set(None);
+        Some(r)
+    }
+}
+
+fn timeout_from_env() -> Result<Option<Duration>> {
+    let secs = match std::env::var("TAPEFLOW_MPI_TIMEOUT") {
+        Err(_) => DEFAULT_TIMEOUT_SECS,
+        Ok(s) => s
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|t| t.is_finite() && *t >= 0.0)
+            .ok_or_else(|| {
+                Error::Distributed(format!(
+                    "init: TAPEFLOW_MPI_TIMEOUT={s:?} is not a number of seconds (0 waits forever)"
+                ))
+            })?,
+    };
+    Ok((secs > 0.0).then(|| Duration::from_secs_f64(secs)))
+}
+
+pub(super) fn init() -> Result<()> {
+    let mut slot = WORLD.write().unwrap_or_else(|e| e.into_inner());
+    if slot.is_some() {
+        return Err(Error::Distributed("init: called twice".into()));
+    }
+    let launched = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some());
+    if !launched {
+        return Err(Error::Distributed(
+            "init: this process was not started by mpirun (none of OMPI_COMM_WORLD_SIZE, \
+             PMI_SIZE, PMIX_RANK is set); run it as `mpirun -np 2 <program>`"
+                .into(),
+        ));
+    }
+    let watch = Arc::new(Watch {
+        current: Mutex::new(None),
+        timeout: timeout_from_env()?,
+        stop: AtomicBool::new(false),
+    });
+    let (tx, rx) = mpsc::channel::<Job>();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let turn = Arc::new(Mutex::new(()));
+    let queued = Arc::new(AtomicU64::new(0));
+    let (w, t, q) = (watch.clone(), turn.clone(), queued.clone());
+    let thread = std::thread::Builder::new()
+        .name("tapeflow-comm".into())
+        .spawn(move || communicate(rx, ready_tx, w, t, q))
+        .map_err(|e| {
+            Error::Distributed(format!("init: cannot start the communication thread: {e}"))
+        })?;
+    let (rank, size, serialized) = match ready_rx.recv() {
+        Ok(Ok(rs)) => rs,
+        Ok(Err(e)) => return Err(Error::Distributed(format!("init: {e}"))),
+        Err(_) => {
+            return Err(Error::Distributed(
+                "init: the communication thread died while starting MPI".into(),
+            ))
+        }
+    };
+    if let Some(limit) = watch.timeout {
+        let w = watch.clone();
+        std::thread::Builder::new()
+            .name("tapeflow-comm-watchdog".into())
+            .spawn(move || watchdog(&w, limit, rank, size))
+            .map_err(|e| Error::Distributed(format!("init: cannot start the watchdog: {e}")))?;
+    }
+    *slot = Some(Arc::new(World {
+        rank,
+        size,
+        tx: Mutex::new(tx),
+        thread: Mutex::new(Some(thread)),
+        watch,
+        turn,
+        queued,
+        serialized,
+    }));
+    Ok(())
+}
+
+pub(super) fn shutdown() -> Result<()> {
+    let Some(w) = world() else { return Ok(()) };
+    let r = w.submit(Kind::Shutdown).wait();
+    if let Some(t) = w.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        let _ = t.join();
+    }
+    w.watch.stop.store(true, Ordering::Relaxed);
+    *WORLD.write().unwrap_or_else(|e| e.into_inner()) = None;
+    r.map(|_| ())
+        .map_err(|e| Error::Distributed(format!("shutdown: {e}")))
+}
+
+/// Ends the process when the collective in progress has waited longer than `limit`.
+fn watchdog(w: &Watch, limit: Duration, rank: usize, size: usize) {
+    while !w.stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+        let cur = w.current.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((since, seq, what)) = cur.as_ref() {
+            if since.elapsed() > limit {
+                eprintln!(
+                    "tapeflow distributed: rank {rank} of {size}: collective #{seq} ({what}) has \
+                     waited {:.1} s for the other ranks (limit TAPEFLOW_MPI_TIMEOUT={} s): \
+                     another rank failed, stopped or runs different collectives; ending this \
+                     process so that mpirun ends the job",
+                    since.elapsed().as_secs_f64(),
+                    limit.as_secs_f64()
+                );
+                exit_now(1);
+            }
+        }
+    }
+}
+
+fn describe(kind: &Kind) -> String {
+    let ty = |d: &Data| crate::tensor::dtype::type_str(d.dtype(), &d.shape());
+    match kind {
+        Kind::AllReduce(d, op) => format!("all_reduce[op={}] of {}", op.name(), ty(d)),
+        Kind::Broadcast(d, root) => format!("broadcast from rank {root} of {}", ty(d)),
+        Kind::Barrier => "barrier".into(),
+        Kind::PlainLoop(d, n) => format!("{n} plain MPI_Allreduce calls on {}", ty(d)),
+        Kind::Shutdown => "shutdown barrier".into(),
+    }
+}
+
+/// The communication thread: starts MPI, then runs queued collectives in order.
+fn communicate(
+    rx: mpsc::Receiver<Job>,
+    ready: mpsc::Sender<std::result::Result<(usize, usize, bool), String>>,
+    watch: Arc<Watch>,
+    turn: Arc<Mutex<()>>,
+    queued: Arc<AtomicU64>,
+) {
+    let Some((universe, level)) = ::mpi::initialize_with_threading(Threading::Serialized) else {
+        let _ = ready.send(Err("MPI is initialized already or failed to start".into()));
+        return;
+    };
+    if level == Threading::Single {
+        let _ = ready.send(Err(
+            "the MPI library offers only MPI_THREAD_SINGLE; tapeflow needs MPI_THREAD_FUNNELED (or more)"
+                .into(),
+        ));
+        return;
+    }
+    let world = universe.world();
+    // the shutdown barrier's own communicator: it never matches a collective of `world`
+    let spare = world.duplicate();
+    let size = world.size() as usize;
+    // with FUNNELED only, every collective runs on this thread (no `run_now`)
+    let serialized = matches!(level, Threading::Serialized | Threading::Multiple);
+    let _ = ready.send(Ok((world.rank() as usize, size, serialized)));
+    let set = |v| watch.set(v);
+    while let Ok(job) = rx.recv() {
+        let turn = turn.lock().unwrap_or_else(|e| e.into_inner());
+        if watch.timeout.is_some() {
+            set(Some((Instant::now(), job.seq, describe(&job.kind))));
+        }
+        let (r, last) = match job.kind {
+            Kind::AllReduce(d, op) => (all_reduce(&world, &d, op, size), false),
+            Kind::Broadcast(d, root) => (broadcast(&world, &d, root), false),
+            Kind::PlainLoop(d, n) => (plain_loop(&world, &d, n), false),
+            Kind::Barrier => {
+                world.barrier();
+                (
+                    Ok(Data::zeros(crate::tensor::dtype::DType::F32, &[])),
+                    false,
+                )
+            }
+            Kind::Shutdown => {
+                spare.barrier();
+                (Ok(Data::zeros(crate::tensor::dtype::DType::F32, &[])), true)
+            }
+        };
+        queued.fetch_sub(1, Ordering::AcqRel);
+        if !last {
+            set(None);
+            drop(turn);
+            job.reply.set(r);
+            continue;
+        }
+        // finalize (still under the watchdog), then answer `shutdown`
+        drop(spare);
+        drop(world);
+        drop(universe);
+        set(None);
+        job.reply.set(r);
+        return;
+    }
+}
+
+fn count(n: usize) -> std::result::Result<(), String> {
+    if i32::try_from(n).is_err() {
+        return Err(format!(
+            "{n} elements exceed MPI's message limit of i32::MAX elements"
+        ));
+    }
+    Ok(())
+}
+
+fn contiguous<T: Clone>(a: &Arr<T>) -> std::borrow::Cow<'_, [T]> {
+    match a.as_slice() {
+        Some(s) => std::borrow::Cow::Borrowed(s),
+        None => std::borrow::Cow::Owned(a.iter().cloned().collect()),
+    }
+}
+
+fn reduce<T, C>(comm: &C, a: &Arr<T>) -> std::result::Result<ArrayD<T>, String>
+where
+    T: Equivalence + Copy + Default,
+    C: CommunicatorCollectives,
+{
+    count(a.len())?;
+    let send = contiguous(a);
+    let mut recv = vec![T::default(); a.len()];
+    comm.all_reduce_into(&send[..], &mut recv[..], SystemOperation::sum());
+    ArrayD::from_shape_vec(IxDyn(a.shape()), recv).map_err(|e| e.to_string())
+}
+
+fn all_reduce<C: CommunicatorCollectives>(
+    comm: &C,
+    d: &Data,
+    op: ReduceOp,
+    size: usize,
+) -> std::result::Result<Data, String> {
+    Ok(match (d, op) {
+        (Data::F32(a), ReduceOp::Sum) => Data::F32(reduce(comm, a)?.into_shared()),
+        (Data::F64(a), ReduceOp::Sum) => Data::F64(reduce(comm, a)?.into_shared()),
+        (Data::I64(a), ReduceOp::Sum) => Data::I64(reduce(comm, a)?.into_shared()),
+        (Data::F32(a), ReduceOp::Mean) => {
+            let n = size as f32;
+            Data::F32(reduce(comm, a)?.mapv_into(|v| v / n).into_shared())
+        }
+        (Data::F64(a), ReduceOp::Mean) => {
+            let n = size as f64;
+            Data::F64(reduce(comm, a)?.mapv_into(|v| v / n).into_shared())
+        }
+        (Data::I64(_), ReduceOp::Mean) => {
+            return Err("the mean of i64 values is not an i64: cast to a float first".into())
+        }
+    })
+}
+
+/// Seconds for `n` back-to-back `MPI_Allreduce` sums of `d` (f32) into one buffer.
+fn plain_loop<C: CommunicatorCollectives>(
+    comm: &C,
+    d: &Data,
+    n: usize,
+) -> std::result::Result<Data, String> {
+    let Data::F32(a) = d else {
+        return Err("the plain loop takes f32 data".into());
+    };
+    count(a.len())?;
+    let send = contiguous(a);
+    let mut recv = vec![0f32; a.len()];
+    let t = Instant::now();
+    for _ in 0..n {
+        comm.all_reduce_into(&send[..], &mut recv[..], SystemOperation::sum());
+    }
+    let secs = t.elapsed().as_secs_f64();
+    Ok(Data::F64(ndarray::arr0(secs).into_dyn().into_shared()))
+}
+
+fn bcast<T, C>(comm: &C, a: &Arr<T>, root: usize) -> std::result::Result<ArrayD<T>, String>
+where
+    T: Equivalence + Copy,
+    C: Communicator,
+{
+    count(a.len())?;
+    let mut buf = contiguous(a).into_owned();
+    comm.process_at_rank(root as i32)
+        .broadcast_into(&mut buf[..]);
+    ArrayD::from_shape_vec(IxDyn(a.shape()), buf).map_err(|e| e.to_string())
+}
+
+fn broadcast<C: Communicator>(
+    comm: &C,
+    d: &Data,
+    root: usize,
+) -> std::result::Result<Data, String> {
+    Ok(match d {
+        Data::F32(a) => Data::F32(bcast(comm, a, root)?.into_shared()),
+        Data::F64(a) => Data::F64(bcast(comm, a, root)?.into_shared()),
+        Data::I64(a) => Data::I64(bcast(comm, a, root)?.into_shared()),
+    })
+}
