@@ -357,3 +357,157 @@ fn traced_scan_is_one_op_with_a_body_block() {
         "{text}"
     );
 }
+
+#[test]
+fn while_loop_traced_with_a_runtime_trip_count_and_two_derivatives() {
+    // one trace serves every n: the trip count is an argument of the compiled function
+    let f = function(|x: &Tensor, n: &Tensor| {
+        let t2 = GradientTape::new();
+        let (y, d1) = t2.record(|| -> tapeflow::Result<_> {
+            t2.watch(x);
+            let t1 = GradientTape::new().unconnected_zeros();
+            let y = t1.record(|| {
+                t1.watch(x);
+                power(x, n)
+            });
+            let d1 = t1.gradient(&y, x)?;
+            Ok((y, d1))
+        })?;
+        let d2 = t2.gradient(&d1, x)?;
+        Ok((y, d1, d2))
+    });
+    for n in [0i64, 1, 2, 5] {
+        let (y, d1, d2) = f.call(&f64s(1.5), &Tensor::from(n)).unwrap();
+        let nf = n as f64;
+        let p = |k: i64| if k < 0 { 0.0 } else { 1.5f64.powi(k as i32) };
+        assert!((s(&y) - p(n)).abs() < 1e-12, "n={n}");
+        assert!((s(&d1) - nf * p(n - 1)).abs() < 1e-12, "n={n}: {}", s(&d1));
+        assert!(
+            (s(&d2) - nf * (nf - 1.0) * p(n - 2)).abs() < 1e-12,
+            "n={n}: {}",
+            s(&d2)
+        );
+    }
+    assert_eq!(f.trace_count(), 1);
+    let text = f
+        .concrete(&[&f64s(1.5), &Tensor::from(3i64)])
+        .unwrap()
+        .text();
+    assert!(text.contains("= while["), "{text}");
+}
+
+#[test]
+fn scan_second_derivative_traced_matches_eager() {
+    // d²/dx² of Σ_t cumprod(x)_t along a direction, eager (unrolled) vs compiled (regions)
+    let xs = Tensor::vec(&[1.5f64, -2.0, 0.5, 3.0]);
+    let second = |xs: &Tensor| -> tapeflow::Result<Tensor> {
+        let t2 = GradientTape::new();
+        let g1 = t2.record(|| -> tapeflow::Result<Tensor> {
+            t2.watch(xs);
+            let t1 = GradientTape::new();
+            let total = t1.record(|| {
+                t1.watch(xs);
+                let (p, ys) = cumprod(xs);
+                &ys.sum_all() + &p.square()
+            });
+            Ok(t1.gradient(&total, xs)?.square().sum_all())
+        })?;
+        t2.gradient(&g1, xs)
+    };
+    let eager = second(&xs).unwrap().to_vec_f64().unwrap();
+    let f = function(move |x: &Tensor| second(x));
+    let compiled = f.call(&xs).unwrap().to_vec_f64().unwrap();
+    for (a, b) in eager.iter().zip(&compiled) {
+        assert!(
+            (a - b).abs() <= 1e-10 * a.abs().max(1.0),
+            "{eager:?} vs {compiled:?}"
+        );
+    }
+}
+
+/// Gradient-check rows: f64, finite differences, reverse and forward, orders 1 and 2,
+/// eager (Rust control flow) and traced (control-flow ops).
+#[test]
+fn gradient_checks_of_control_flow() {
+    use tapeflow::autodiff::{check_gradients, GradCheck, Mode};
+    type F = fn(&[Tensor]) -> Tensor;
+    // scan: h ← tanh(h ⊙ w + x_t) over 4 steps, w captured
+    let scan_row: F = |v| {
+        let (h, ys) = scan(
+            |c, x| {
+                let h = (&(&c[0] * &v[1]) + &x[0]).tanh();
+                Ok((vec![h.clone()], vec![&h * &h]))
+            },
+            &[v[1].zeros_like()],
+            &[v[0].clone()],
+        )
+        .unwrap();
+        &ys[0].sum_all() + &h[0].sum_all()
+    };
+    let scan_rev_row: F = |v| {
+        let (h, _) = scan_reverse(
+            |c, x| Ok((vec![(&(&c[0] * &x[0]) + &v[1]).sin()], vec![])),
+            &[v[1].clone()],
+            &[v[0].clone()],
+        )
+        .unwrap();
+        h[0].sum_all()
+    };
+    // cond on a run-time predicate
+    let cond_row: F = |v| {
+        let p = v[0].sum_all().gt(&Tensor::from(0.0f64));
+        let r = cond(
+            &p,
+            || Ok(vec![&v[0].sin() * &v[1]]),
+            || Ok(vec![v[0].exp()]),
+        )
+        .unwrap();
+        r[0].sum_all()
+    };
+    // while with a data-dependent trip count (3 here): p ← p·x + w
+    let while_row: F = |v| {
+        let out = while_loop(
+            |c| Ok(c[0].lt(&Tensor::from(3.0f64))),
+            |c| Ok(vec![&c[0] + 1.0, &(&c[1] * &v[0]) + &v[1]]),
+            &[&v[0].sum_all() * 0.0, v[0].ones_like()],
+        )
+        .unwrap();
+        out[1].sum_all()
+    };
+    let x4 = Tensor::from_vec(vec![0.3f64, -0.2, 0.5, 0.1, 0.4, -0.6, 0.2, 0.7], &[4, 2]).unwrap();
+    let w2 = Tensor::vec(&[0.8f64, -0.4]);
+    let rows: [(&str, F, Vec<Tensor>); 4] = [
+        ("scan", scan_row, vec![x4.clone(), w2.clone()]),
+        ("scan_reverse", scan_rev_row, vec![x4.clone(), w2.clone()]),
+        (
+            "cond",
+            cond_row,
+            vec![w2.clone(), Tensor::vec(&[0.3f64, 0.9])],
+        ),
+        (
+            "while",
+            while_row,
+            vec![Tensor::vec(&[0.7f64, 1.2]), w2.clone()],
+        ),
+    ];
+    for (name, f, xs) in &rows {
+        for order in [1, 2] {
+            for mode in [Mode::Reverse, Mode::Forward] {
+                for traced in [false, true] {
+                    let cfg = GradCheck {
+                        order,
+                        mode,
+                        traced,
+                        eps: 1e-5,
+                        rtol: 1e-5,
+                        atol: 1e-7,
+                        ..Default::default()
+                    };
+                    if let Err(e) = check_gradients(f, xs, &cfg) {
+                        panic!("{name}: {e}");
+                    }
+                }
+            }
+        }
+    }
+}
