@@ -97,7 +97,7 @@ fn attr_text(g: &Graph, op: &Op) -> String {
 
 /// The body of a fused node: one indented line per instruction, numbered `#0, #1, ...`
 /// locally, reading the node's operands as `$0, $1, ...`; the last line is the result.
-fn fused_text(g: &Graph, e: &FusedExpr) -> String {
+fn fused_text(g: &Graph, e: &FusedExpr, indent: &str) -> String {
     let mut s = String::new();
     for (k, inst) in e.insts.iter().enumerate() {
         let args: Vec<String> = inst
@@ -110,7 +110,7 @@ fn fused_text(g: &Graph, e: &FusedExpr) -> String {
             .collect();
         let _ = writeln!(
             s,
-            "    #{k} = {}{} {} : {}",
+            "{indent}    #{k} = {}{} {} : {}",
             inst.op.name(),
             attr_text(g, &inst.op),
             args.join(", "),
@@ -260,7 +260,7 @@ fn print_graph(
         }
         let _ = writeln!(s, "{line}");
         match node.op {
-            Op::Fused(f) => s.push_str(&fused_text(g, &g.fused[f as usize])),
+            Op::Fused(f) => s.push_str(&fused_text(g, &g.fused[f as usize], indent)),
             Op::Cond(r) | Op::While(r) | Op::Scan(r) => {
                 if let Some(reg) = g.regions.get(r as usize) {
                     let inner = format!("{indent}    ");

@@ -18,6 +18,7 @@ mod dce;
 mod fold_constants;
 mod fold_transposes;
 mod fuse;
+mod regions;
 mod rewrite;
 mod simplify;
 mod specialize;
@@ -27,6 +28,7 @@ pub use dce::eliminate_dead_nodes;
 pub use fold_constants::{fold_constants, FOLD_MAX_ELEMS};
 pub use fold_transposes::fold_transposes_into_matmul;
 pub use fuse::{fuse_elementwise, fuse_elementwise_min, SMALL_REGION_ELEMS};
+pub use regions::optimize_regions;
 pub use simplify::{simplify, simplify_counting, RuleFn, MAX_SWEEPS, RULES};
 pub use specialize::{bind_shape, show_bindings, specialize, Bindings};
 
@@ -46,6 +48,9 @@ pub const PIPELINE: &[(&str, PassFn)] = &[
     }),
     ("simplify", |g, _| simplify(g)),
     ("eliminate_dead_nodes", |g, _| eliminate_dead_nodes(g)),
+    // inside bodies, and across their boundary: constant conds, unused results,
+    // loop-invariant hoisting, then this whole pipeline on every body
+    ("optimize_regions", optimize_regions),
     ("fold_transposes_into_matmul", |g, _| {
         fold_transposes_into_matmul(g)
     }),
