@@ -295,7 +295,8 @@ fn rnn_loss_and_grads(x: &Tensor, u: &Variable, w: &Variable) -> tapeflow::Resul
     let loss = tape.record(|| -> tapeflow::Result<Tensor> {
         let (uu, ww) = (u.read(), w.read());
         let xt = x.transpose(&[1, 0, 2]); // [time, batch, features]
-        let h0 = Tensor::zeros(&[x.shape()[0], uu.shape()[0]]).cast(x.dtype());
+                                          // zeros [batch, units], made from x so a symbolic batch works too
+        let h0 = x.sum(&[1], false).matmul(&ww).zeros_like();
         let (h, ys) = scan(
             |c, xs| {
                 let h = (&c[0].matmul(&uu) + &xs[0].matmul(&ww)).tanh();
@@ -551,4 +552,28 @@ fn regions_print_parse_round_trip_and_verify() {
     }
     let dot = graphs[0].dot();
     assert!(dot.contains("subgraph cluster_"), "{dot}");
+}
+
+#[test]
+fn scan_over_a_symbolic_length_and_batch_runs_without_retracing() {
+    use tapeflow::{function_with_signature, TensorSpec};
+    let u = Variable::named("u", Tensor::random_normal(&[4, 4], 0.0, 0.5, 1, DType::F64));
+    let w = Variable::named("w", Tensor::random_normal(&[3, 4], 0.0, 0.5, 2, DType::F64));
+    let (u2, w2) = (u.clone(), w.clone());
+    let f = function_with_signature(
+        move |x: &Tensor| rnn_loss_and_grads(x, &u2, &w2),
+        &[TensorSpec::new(&[None, None, Some(3)], DType::F64)],
+    );
+    for (b, t) in [(2, 5), (3, 2), (1, 7)] {
+        let x = Tensor::random_normal(&[b, t, 3], 0.0, 1.0, 3, DType::F64);
+        let eager = rnn_loss_and_grads(&x, &u, &w).unwrap();
+        let compiled = f.call(&x).unwrap();
+        for (a, c) in eager.iter().zip(&compiled) {
+            let (a, c) = (a.to_vec_f64().unwrap(), c.to_vec_f64().unwrap());
+            for (p, q) in a.iter().zip(&c) {
+                assert!((p - q).abs() <= 1e-12 * p.abs().max(1.0), "b={b} t={t}");
+            }
+        }
+    }
+    assert_eq!(f.trace_count(), 1);
 }

@@ -528,16 +528,6 @@ fn scan_length(op: &'static str, xs: &[Tensor], loc: Loc) -> Result<usize> {
             ));
         }
     }
-    if crate::tensor::dim::is_sym(n) {
-        return Err(Error::op(
-            op,
-            format!(
-                "xs[0] is {}: a scan over a symbolic length is not supported yet",
-                ty(first)
-            ),
-            loc,
-        ));
-    }
     if n == 0 {
         return Err(Error::op(
             op,

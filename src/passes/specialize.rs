@@ -58,6 +58,13 @@ pub fn show_bindings(b: &Bindings) -> String {
 /// `MAX_ELEMENTS` once bound, or a graph that does not verify with these values.
 pub fn specialize(g: &Graph, b: &Bindings) -> Result<Graph> {
     let mut out = g.clone();
+    bind_graph(&mut out, b)?;
+    verify(&out).map_err(|e| Error::Graph(format!("with {}: {e}", show_bindings(b))))?;
+    Ok(out)
+}
+
+/// Binds the symbols of `out` in place, inside control-flow regions too.
+fn bind_graph(out: &mut Graph, b: &Bindings) -> Result<()> {
     for id in out.node_ids() {
         let shape = bind_shape(&out.node(id).shape, b)?;
         let node = out.node_mut(id);
@@ -85,6 +92,13 @@ pub fn specialize(g: &Graph, b: &Bindings) -> Result<Graph> {
             inst.shape = bind_shape(&inst.shape, b)?;
         }
     }
-    verify(&out).map_err(|e| Error::Graph(format!("with {}: {e}", show_bindings(b))))?;
-    Ok(out)
+    for r in &mut out.regions {
+        for (_, s) in &mut r.results {
+            *s = bind_shape(s, b)?;
+        }
+        for body in &mut r.bodies {
+            bind_graph(body, b)?;
+        }
+    }
+    Ok(())
 }
