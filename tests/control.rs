@@ -577,3 +577,67 @@ fn scan_over_a_symbolic_length_and_batch_runs_without_retracing() {
     }
     assert_eq!(f.trace_count(), 1);
 }
+
+#[test]
+fn fori_loop_traced_unrolls_short_loops_and_keeps_long_ones() {
+    use tapeflow::control::FORI_UNROLL_MAX;
+    // Σ_{i<n} i·x and its derivative Σ i, for n at and beyond the unrolling threshold
+    for n in [FORI_UNROLL_MAX, 40] {
+        let f = function(move |x: &Tensor| {
+            let tape = GradientTape::new();
+            let y = tape.record(|| {
+                tape.watch(x);
+                fori_loop(
+                    0,
+                    n,
+                    |i, v| Ok(vec![&v[0] + &(&i.cast(DType::F64) * x)]),
+                    &[x.zeros_like()],
+                )
+            })?;
+            let g = tape.gradient(&y[0], x)?;
+            Ok((y[0].clone(), g))
+        });
+        let (y, g) = f.call(&f64s(2.0)).unwrap();
+        let sum = (n * (n - 1) / 2) as f64;
+        assert_eq!((s(&y), s(&g)), (2.0 * sum, sum), "n={n}");
+        let text = f
+            .concrete(&[&f64s(2.0)])
+            .unwrap()
+            .traced_graph()
+            .to_string();
+        assert_eq!(
+            text.contains("= while["),
+            n > FORI_UNROLL_MAX,
+            "n={n}: {text}"
+        );
+    }
+}
+
+/// The backward graphs of a scan (an RNN cell) and of a while loop, as the optimizer
+/// leaves them, pinned for review.
+#[test]
+fn snapshots_of_backward_graphs() {
+    let mut settings = insta::Settings::clone_current();
+    settings.set_snapshot_path("../snapshots");
+    let u = Variable::named("u", Tensor::random_normal(&[4, 4], 0.0, 0.5, 1, DType::F64));
+    let w = Variable::named("w", Tensor::random_normal(&[3, 4], 0.0, 0.5, 2, DType::F64));
+    let rnn = function(move |x: &Tensor| rnn_loss_and_grads(x, &u, &w));
+    let x = Tensor::random_normal(&[2, 5, 3], 0.0, 1.0, 3, DType::F64);
+    let pw = function(|x: &Tensor, n: &Tensor| {
+        let tape = GradientTape::new();
+        let y = tape.record(|| {
+            tape.watch(x);
+            power(x, n)
+        });
+        Ok((y.clone(), tape.gradient(&y, x)?))
+    });
+    let rnn_text = rnn.concrete(&[&x]).unwrap().text();
+    let pw_text = pw
+        .concrete(&[&f64s(1.5), &Tensor::from(3i64)])
+        .unwrap()
+        .text();
+    settings.bind(|| {
+        insta::assert_snapshot!("scan_rnn_cell_backward", rnn_text);
+        insta::assert_snapshot!("while_power_backward", pw_text);
+    });
+}

@@ -393,8 +393,15 @@ fn while_vjp(
     Ok(out)
 }
 
+/// Inside [`crate::function`], a [`fori_loop`] of at most this many steps is unrolled
+/// into the graph (each step's ops inline, the counter a constant); a longer one becomes
+/// one `while` op whose body is traced once.
+pub const FORI_UNROLL_MAX: i64 = 8;
+
 /// `for i in lower..upper { vars = body(i, vars) }` (`jax.lax.fori_loop`): `i` is an i64
-/// scalar; `body` returns tensors of the dtypes and shapes of `init`.
+/// scalar; `body` returns tensors of the dtypes and shapes of `init`. Inside
+/// [`crate::function`] loops of more than [`FORI_UNROLL_MAX`] steps stay a loop in the
+/// graph (a `while`), shorter ones are unrolled.
 ///
 /// # Errors
 /// A body whose results differ from the carry in number, dtype or shape (the error
@@ -415,6 +422,32 @@ pub fn fori_loop(
     init: &[Tensor],
 ) -> Result<Vec<Tensor>> {
     let loc = Location::caller();
+    if context::is_tracing() && upper.saturating_sub(lower) > FORI_UNROLL_MAX {
+        // one `while` op with the counter as its first carry
+        let mut start = vec![Tensor::from(lower)];
+        start.extend(init.iter().cloned());
+        let hi = Tensor::from(upper);
+        let out = while_op(
+            &|v: &[Tensor]| Ok(v[0].lt(&hi)),
+            &|v: &[Tensor]| {
+                let next = body(&v[0], &v[1..])?;
+                same_types(
+                    "fori_loop",
+                    "the loop carry",
+                    &v[1..],
+                    "the body's result",
+                    &next,
+                    loc,
+                )?;
+                let mut c = vec![&v[0] + 1i64];
+                c.extend(next);
+                Ok(c)
+            },
+            &start,
+            loc,
+        )?;
+        return Ok(out[1..=init.len()].to_vec());
+    }
     let mut vars = init.to_vec();
     for i in lower..upper {
         let next = body(&Tensor::from(i), &vars)?;
