@@ -6,7 +6,14 @@
 //!
 //! Inside [`crate::function`] a predicate or loop condition that is a concrete value
 //! (it depends on no argument of the function) also runs as Rust control flow: the
-//! branch not taken is never traced, and a loop is unrolled into the graph.
+//! branch not taken is never traced, and a loop is unrolled into the graph. A run-time
+//! predicate or condition, every `scan`, and a `fori_loop` longer than
+//! [`FORI_UNROLL_MAX`] become one IR op holding sub-graphs ([`crate::ir::Region`]): the
+//! closures are traced once into bodies, the outer tensors and variables they use
+//! become extra operands (captures), and the op is recorded on the active tapes with a
+//! VJP written with these same functions (see `traced.rs`), so it differentiates to any
+//! order, in reverse and forward mode. The README's "Control flow" section describes
+//! the design.
 //!
 //! Invariants every function checks, eagerly and traced: a branch's (or body's)
 //! outputs have the dtypes and shapes of the other branch (of the loop carry), else
