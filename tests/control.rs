@@ -295,7 +295,8 @@ fn rnn_loss_and_grads(x: &Tensor, u: &Variable, w: &Variable) -> tapeflow::Resul
     let loss = tape.record(|| -> tapeflow::Result<Tensor> {
         let (uu, ww) = (u.read(), w.read());
         let xt = x.transpose(&[1, 0, 2]); // [time, batch, features]
-        let h0 = Tensor::zeros(&[x.shape()[0], uu.shape()[0]]).cast(x.dtype());
+                                          // zeros [batch, units], made from x so a symbolic batch works too
+        let h0 = x.sum(&[1], false).matmul(&ww).zeros_like();
         let (h, ys) = scan(
             |c, xs| {
                 let h = (&c[0].matmul(&uu) + &xs[0].matmul(&ww)).tanh();
@@ -356,4 +357,287 @@ fn traced_scan_is_one_op_with_a_body_block() {
         text.contains("body(") && text.contains("get[index=0]"),
         "{text}"
     );
+}
+
+#[test]
+fn while_loop_traced_with_a_runtime_trip_count_and_two_derivatives() {
+    // one trace serves every n: the trip count is an argument of the compiled function
+    let f = function(|x: &Tensor, n: &Tensor| {
+        let t2 = GradientTape::new();
+        let (y, d1) = t2.record(|| -> tapeflow::Result<_> {
+            t2.watch(x);
+            let t1 = GradientTape::new().unconnected_zeros();
+            let y = t1.record(|| {
+                t1.watch(x);
+                power(x, n)
+            });
+            let d1 = t1.gradient(&y, x)?;
+            Ok((y, d1))
+        })?;
+        let d2 = t2.gradient(&d1, x)?;
+        Ok((y, d1, d2))
+    });
+    for n in [0i64, 1, 2, 5] {
+        let (y, d1, d2) = f.call(&f64s(1.5), &Tensor::from(n)).unwrap();
+        let nf = n as f64;
+        let p = |k: i64| if k < 0 { 0.0 } else { 1.5f64.powi(k as i32) };
+        assert!((s(&y) - p(n)).abs() < 1e-12, "n={n}");
+        assert!((s(&d1) - nf * p(n - 1)).abs() < 1e-12, "n={n}: {}", s(&d1));
+        assert!(
+            (s(&d2) - nf * (nf - 1.0) * p(n - 2)).abs() < 1e-12,
+            "n={n}: {}",
+            s(&d2)
+        );
+    }
+    assert_eq!(f.trace_count(), 1);
+    let text = f
+        .concrete(&[&f64s(1.5), &Tensor::from(3i64)])
+        .unwrap()
+        .text();
+    assert!(text.contains("= while["), "{text}");
+}
+
+#[test]
+fn scan_second_derivative_traced_matches_eager() {
+    // d²/dx² of Σ_t cumprod(x)_t along a direction, eager (unrolled) vs compiled (regions)
+    let xs = Tensor::vec(&[1.5f64, -2.0, 0.5, 3.0]);
+    let second = |xs: &Tensor| -> tapeflow::Result<Tensor> {
+        let t2 = GradientTape::new();
+        let g1 = t2.record(|| -> tapeflow::Result<Tensor> {
+            t2.watch(xs);
+            let t1 = GradientTape::new();
+            let total = t1.record(|| {
+                t1.watch(xs);
+                let (p, ys) = cumprod(xs);
+                &ys.sum_all() + &p.square()
+            });
+            Ok(t1.gradient(&total, xs)?.square().sum_all())
+        })?;
+        t2.gradient(&g1, xs)
+    };
+    let eager = second(&xs).unwrap().to_vec_f64().unwrap();
+    let f = function(move |x: &Tensor| second(x));
+    let compiled = f.call(&xs).unwrap().to_vec_f64().unwrap();
+    for (a, b) in eager.iter().zip(&compiled) {
+        assert!(
+            (a - b).abs() <= 1e-10 * a.abs().max(1.0),
+            "{eager:?} vs {compiled:?}"
+        );
+    }
+}
+
+/// Gradient-check rows: f64, finite differences, reverse and forward, orders 1 and 2,
+/// eager (Rust control flow) and traced (control-flow ops).
+#[test]
+fn gradient_checks_of_control_flow() {
+    use tapeflow::autodiff::{check_gradients, GradCheck, Mode};
+    type F = fn(&[Tensor]) -> Tensor;
+    // scan: h ← tanh(h ⊙ w + x_t) over 4 steps, w captured
+    let scan_row: F = |v| {
+        let (h, ys) = scan(
+            |c, x| {
+                let h = (&(&c[0] * &v[1]) + &x[0]).tanh();
+                Ok((vec![h.clone()], vec![&h * &h]))
+            },
+            &[v[1].zeros_like()],
+            &[v[0].clone()],
+        )
+        .unwrap();
+        &ys[0].sum_all() + &h[0].sum_all()
+    };
+    let scan_rev_row: F = |v| {
+        let (h, _) = scan_reverse(
+            |c, x| Ok((vec![(&(&c[0] * &x[0]) + &v[1]).sin()], vec![])),
+            &[v[1].clone()],
+            &[v[0].clone()],
+        )
+        .unwrap();
+        h[0].sum_all()
+    };
+    // cond on a run-time predicate
+    let cond_row: F = |v| {
+        let p = v[0].sum_all().gt(&Tensor::from(0.0f64));
+        let r = cond(
+            &p,
+            || Ok(vec![&v[0].sin() * &v[1]]),
+            || Ok(vec![v[0].exp()]),
+        )
+        .unwrap();
+        r[0].sum_all()
+    };
+    // while with a data-dependent trip count (3 here): p ← p·x + w
+    let while_row: F = |v| {
+        let out = while_loop(
+            |c| Ok(c[0].lt(&Tensor::from(3.0f64))),
+            |c| Ok(vec![&c[0] + 1.0, &(&c[1] * &v[0]) + &v[1]]),
+            &[&v[0].sum_all() * 0.0, v[0].ones_like()],
+        )
+        .unwrap();
+        out[1].sum_all()
+    };
+    let x4 = Tensor::from_vec(vec![0.3f64, -0.2, 0.5, 0.1, 0.4, -0.6, 0.2, 0.7], &[4, 2]).unwrap();
+    let w2 = Tensor::vec(&[0.8f64, -0.4]);
+    let rows: [(&str, F, Vec<Tensor>); 4] = [
+        ("scan", scan_row, vec![x4.clone(), w2.clone()]),
+        ("scan_reverse", scan_rev_row, vec![x4.clone(), w2.clone()]),
+        (
+            "cond",
+            cond_row,
+            vec![w2.clone(), Tensor::vec(&[0.3f64, 0.9])],
+        ),
+        (
+            "while",
+            while_row,
+            vec![Tensor::vec(&[0.7f64, 1.2]), w2.clone()],
+        ),
+    ];
+    for (name, f, xs) in &rows {
+        for order in [1, 2] {
+            for mode in [Mode::Reverse, Mode::Forward] {
+                for traced in [false, true] {
+                    let cfg = GradCheck {
+                        order,
+                        mode,
+                        traced,
+                        eps: 1e-5,
+                        rtol: 1e-5,
+                        atol: 1e-7,
+                        ..Default::default()
+                    };
+                    if let Err(e) = check_gradients(f, xs, &cfg) {
+                        panic!("{name}: {e}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Text round trip of graphs with regions (traced and optimized, nested backward
+/// bodies), each re-parsed graph verifying; the graph runs the same after the trip.
+#[test]
+fn regions_print_parse_round_trip_and_verify() {
+    use tapeflow::ir::{parse_with_constants, print_with_constants, verify};
+    let u = Variable::named("u", Tensor::random_normal(&[4, 4], 0.0, 0.5, 1, DType::F64));
+    let w = Variable::named("w", Tensor::random_normal(&[3, 4], 0.0, 0.5, 2, DType::F64));
+    let rnn = function(move |x: &Tensor| rnn_loss_and_grads(x, &u, &w));
+    let x = Tensor::random_normal(&[2, 5, 3], 0.0, 1.0, 3, DType::F64);
+    let pw = function(|x: &Tensor, n: &Tensor| {
+        let tape = GradientTape::new();
+        let y = tape.record(|| {
+            tape.watch(x);
+            power(x, n)
+        });
+        let p = cond(
+            &n.gt(&Tensor::from(2i64)),
+            || Ok(vec![&y * 2.0]),
+            || Ok(vec![y.clone()]),
+        )?;
+        Ok((p[0].clone(), tape.gradient(&y, x)?))
+    });
+    let (x1, n1) = (f64s(1.5), Tensor::from(3i64));
+    let graphs = [
+        rnn.concrete(&[&x]).unwrap(),
+        pw.concrete(&[&x1, &n1]).unwrap(),
+    ];
+    for c in &graphs {
+        for g in [c.traced_graph(), c.graph()] {
+            verify(g).unwrap();
+            let (text, table) = print_with_constants(g);
+            let back =
+                parse_with_constants(&text, &table).unwrap_or_else(|e| panic!("{e}\n{text}"));
+            verify(&back).unwrap_or_else(|e| panic!("{e}\n{text}"));
+            assert_eq!(print_with_constants(&back).0, text);
+        }
+    }
+    let dot = graphs[0].dot();
+    assert!(dot.contains("subgraph cluster_"), "{dot}");
+}
+
+#[test]
+fn scan_over_a_symbolic_length_and_batch_runs_without_retracing() {
+    use tapeflow::{function_with_signature, TensorSpec};
+    let u = Variable::named("u", Tensor::random_normal(&[4, 4], 0.0, 0.5, 1, DType::F64));
+    let w = Variable::named("w", Tensor::random_normal(&[3, 4], 0.0, 0.5, 2, DType::F64));
+    let (u2, w2) = (u.clone(), w.clone());
+    let f = function_with_signature(
+        move |x: &Tensor| rnn_loss_and_grads(x, &u2, &w2),
+        &[TensorSpec::new(&[None, None, Some(3)], DType::F64)],
+    );
+    for (b, t) in [(2, 5), (3, 2), (1, 7)] {
+        let x = Tensor::random_normal(&[b, t, 3], 0.0, 1.0, 3, DType::F64);
+        let eager = rnn_loss_and_grads(&x, &u, &w).unwrap();
+        let compiled = f.call(&x).unwrap();
+        for (a, c) in eager.iter().zip(&compiled) {
+            let (a, c) = (a.to_vec_f64().unwrap(), c.to_vec_f64().unwrap());
+            for (p, q) in a.iter().zip(&c) {
+                assert!((p - q).abs() <= 1e-12 * p.abs().max(1.0), "b={b} t={t}");
+            }
+        }
+    }
+    assert_eq!(f.trace_count(), 1);
+}
+
+#[test]
+fn fori_loop_traced_unrolls_short_loops_and_keeps_long_ones() {
+    use tapeflow::control::FORI_UNROLL_MAX;
+    // Σ_{i<n} i·x and its derivative Σ i, for n at and beyond the unrolling threshold
+    for n in [FORI_UNROLL_MAX, 40] {
+        let f = function(move |x: &Tensor| {
+            let tape = GradientTape::new();
+            let y = tape.record(|| {
+                tape.watch(x);
+                fori_loop(
+                    0,
+                    n,
+                    |i, v| Ok(vec![&v[0] + &(&i.cast(DType::F64) * x)]),
+                    &[x.zeros_like()],
+                )
+            })?;
+            let g = tape.gradient(&y[0], x)?;
+            Ok((y[0].clone(), g))
+        });
+        let (y, g) = f.call(&f64s(2.0)).unwrap();
+        let sum = (n * (n - 1) / 2) as f64;
+        assert_eq!((s(&y), s(&g)), (2.0 * sum, sum), "n={n}");
+        let text = f
+            .concrete(&[&f64s(2.0)])
+            .unwrap()
+            .traced_graph()
+            .to_string();
+        assert_eq!(
+            text.contains("= while["),
+            n > FORI_UNROLL_MAX,
+            "n={n}: {text}"
+        );
+    }
+}
+
+/// The backward graphs of a scan (an RNN cell) and of a while loop, as the optimizer
+/// leaves them, pinned for review.
+#[test]
+fn snapshots_of_backward_graphs() {
+    let mut settings = insta::Settings::clone_current();
+    settings.set_snapshot_path("../snapshots");
+    let u = Variable::named("u", Tensor::random_normal(&[4, 4], 0.0, 0.5, 1, DType::F64));
+    let w = Variable::named("w", Tensor::random_normal(&[3, 4], 0.0, 0.5, 2, DType::F64));
+    let rnn = function(move |x: &Tensor| rnn_loss_and_grads(x, &u, &w));
+    let x = Tensor::random_normal(&[2, 5, 3], 0.0, 1.0, 3, DType::F64);
+    let pw = function(|x: &Tensor, n: &Tensor| {
+        let tape = GradientTape::new();
+        let y = tape.record(|| {
+            tape.watch(x);
+            power(x, n)
+        });
+        Ok((y.clone(), tape.gradient(&y, x)?))
+    });
+    let rnn_text = rnn.concrete(&[&x]).unwrap().text();
+    let pw_text = pw
+        .concrete(&[&f64s(1.5), &Tensor::from(3i64)])
+        .unwrap()
+        .text();
+    settings.bind(|| {
+        insta::assert_snapshot!("scan_rnn_cell_backward", rnn_text);
+        insta::assert_snapshot!("while_power_backward", pw_text);
+    });
 }

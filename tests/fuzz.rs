@@ -99,6 +99,9 @@ fn corpus() -> Vec<String> {
             None => t,
         })
         .filter(|t| t.contains("graph("))
+        // a mutated bound makes a `while` run as long as it says (2^63 steps): not a
+        // finding, so loops with a run-time trip count are left out
+        .filter(|t| !t.contains("= while["))
         .collect();
     texts.dedup();
     texts

@@ -36,6 +36,7 @@ const KINDS: &[(&str, &str)] = &[
     ("dce", "eliminate_dead_nodes"),
     ("transpose_fold", "fold_transposes_into_matmul"),
     ("fuse", "fuse_elementwise"),
+    ("regions", "optimize_regions"),
     ("bucket_all_reduces", "bucket_all_reduces"),
     ("pipeline", "pipeline"),
 ];
@@ -55,6 +56,7 @@ fn apply(kind: &str, g: &Graph) -> (Graph, bool, BTreeMap<&'static str, usize>) 
         "dce" => passes::eliminate_dead_nodes(&mut g).unwrap(),
         "transpose_fold" => passes::fold_transposes_into_matmul(&mut g).unwrap(),
         "fuse" => passes::fuse_elementwise(&mut g).unwrap(),
+        "regions" => passes::optimize_regions(&mut g, &PassConfig::default()).unwrap(),
         // a small bucket, so one file shows packing, the limit and the groups
         "bucket_all_reduces" => passes::bucket_all_reduces(&mut g, 64).unwrap(),
         "pipeline" => {

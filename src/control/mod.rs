@@ -6,7 +6,14 @@
 //!
 //! Inside [`crate::function`] a predicate or loop condition that is a concrete value
 //! (it depends on no argument of the function) also runs as Rust control flow: the
-//! branch not taken is never traced, and a loop is unrolled into the graph.
+//! branch not taken is never traced, and a loop is unrolled into the graph. A run-time
+//! predicate or condition, every `scan`, and a `fori_loop` longer than
+//! [`FORI_UNROLL_MAX`] become one IR op holding sub-graphs ([`crate::ir::Region`]): the
+//! closures are traced once into bodies, the outer tensors and variables they use
+//! become extra operands (captures), and the op is recorded on the active tapes with a
+//! VJP written with these same functions (see `traced.rs`), so it differentiates to any
+//! order, in reverse and forward mode. The README's "Control flow" section describes
+//! the design.
 //!
 //! Invariants every function checks, eagerly and traced: a branch's (or body's)
 //! outputs have the dtypes and shapes of the other branch (of the loop carry), else
@@ -393,8 +400,15 @@ fn while_vjp(
     Ok(out)
 }
 
+/// Inside [`crate::function`], a [`fori_loop`] of at most this many steps is unrolled
+/// into the graph (each step's ops inline, the counter a constant); a longer one becomes
+/// one `while` op whose body is traced once.
+pub const FORI_UNROLL_MAX: i64 = 8;
+
 /// `for i in lower..upper { vars = body(i, vars) }` (`jax.lax.fori_loop`): `i` is an i64
-/// scalar; `body` returns tensors of the dtypes and shapes of `init`.
+/// scalar; `body` returns tensors of the dtypes and shapes of `init`. Inside
+/// [`crate::function`] loops of more than [`FORI_UNROLL_MAX`] steps stay a loop in the
+/// graph (a `while`), shorter ones are unrolled.
 ///
 /// # Errors
 /// A body whose results differ from the carry in number, dtype or shape (the error
@@ -415,6 +429,32 @@ pub fn fori_loop(
     init: &[Tensor],
 ) -> Result<Vec<Tensor>> {
     let loc = Location::caller();
+    if context::is_tracing() && upper.saturating_sub(lower) > FORI_UNROLL_MAX {
+        // one `while` op with the counter as its first carry
+        let mut start = vec![Tensor::from(lower)];
+        start.extend(init.iter().cloned());
+        let hi = Tensor::from(upper);
+        let out = while_op(
+            &|v: &[Tensor]| Ok(v[0].lt(&hi)),
+            &|v: &[Tensor]| {
+                let next = body(&v[0], &v[1..])?;
+                same_types(
+                    "fori_loop",
+                    "the loop carry",
+                    &v[1..],
+                    "the body's result",
+                    &next,
+                    loc,
+                )?;
+                let mut c = vec![&v[0] + 1i64];
+                c.extend(next);
+                Ok(c)
+            },
+            &start,
+            loc,
+        )?;
+        return Ok(out[1..=init.len()].to_vec());
+    }
     let mut vars = init.to_vec();
     for i in lower..upper {
         let next = body(&Tensor::from(i), &vars)?;
@@ -527,16 +567,6 @@ fn scan_length(op: &'static str, xs: &[Tensor], loc: Loc) -> Result<usize> {
                 loc,
             ));
         }
-    }
-    if crate::tensor::dim::is_sym(n) {
-        return Err(Error::op(
-            op,
-            format!(
-                "xs[0] is {}: a scan over a symbolic length is not supported yet",
-                ty(first)
-            ),
-            loc,
-        ));
     }
     if n == 0 {
         return Err(Error::op(

@@ -258,9 +258,15 @@ fn scan_vjp(
     let mut xs_b: Vec<Tensor> = saved.to_vec();
     xs_b.extend(x[nc..nc + nx].iter().cloned());
     xs_b.extend((0..ny).map(|j| or_zeros(&gy[nc + j], &y[nc + j])));
+    // the saved carries are outputs too: under a second derivative their cotangents
+    // flow straight into the carry of their step
+    let g_saved = gy[nc + ny..].iter().any(|g| g.is_some());
+    if g_saved {
+        xs_b.extend((0..nc).map(|i| or_zeros(&gy[nc + ny + i], &saved[i])));
+    }
     let body = &region.bodies[0];
     let f = |cb: &[Tensor], xb: &[Tensor]| -> Result<(Vec<Tensor>, Vec<Tensor>)> {
-        let (c_t, x_t, gy_t) = (&xb[..nc], &xb[nc..nc + nx], &xb[nc + nx..]);
+        let (c_t, x_t, gy_t) = (&xb[..nc], &xb[nc..nc + nx], &xb[nc + nx..nc + nx + ny]);
         let tape = GradientTape::new();
         let mut args: Vec<Tensor> = c_t.to_vec();
         args.extend(x_t.iter().cloned());
@@ -285,6 +291,13 @@ fn scan_vjp(
         sources.extend(fcaps.iter().map(|&i| caps[i].clone()));
         let g = tape.gradient_seeded(&targets, &sources)?;
         let mut carry: Vec<Tensor> = (0..nc).map(|i| or_zeros(&g[i], &c_t[i])).collect();
+        if g_saved {
+            for (i, c) in carry.iter_mut().enumerate() {
+                if c.dtype().is_float() {
+                    *c = &*c + &xb[nc + nx + ny + i];
+                }
+            }
+        }
         for (a, _) in fcaps.iter().enumerate() {
             let acc = &cb[nc + a];
             carry.push(match &g[nc + nx + a] {

@@ -5,6 +5,7 @@
 
 use super::fused::{Arg, FusedExpr, Inst};
 use super::graph::{Graph, GraphVar, Node, NodeId};
+use super::region::{Region, RegionKind};
 use crate::error::{Error, Result};
 use crate::ops::{attrs::AttrMap, Op};
 use crate::tensor::{DType, Data, Shape};
@@ -194,9 +195,7 @@ fn external_const(
 /// Parses a graph printed by [`crate::ir::print_with_constants`]: `const @k` takes
 /// element `k` of `constants` (whose dtype and shape must be the line's type).
 pub fn parse_with_constants(text: &str, constants: &[Data]) -> Result<Graph> {
-    let mut g = Graph::new();
-    let mut ids: HashMap<String, NodeId> = HashMap::new();
-    let mut lines = text
+    let kept: Vec<(usize, &str)> = text
         .lines()
         .enumerate()
         .map(|(i, l)| (i + 1, l))
@@ -204,15 +203,27 @@ pub fn parse_with_constants(text: &str, constants: &[Data]) -> Result<Graph> {
             let t = l.trim();
             !t.is_empty() && !t.starts_with(';')
         })
-        .peekable();
+        .collect();
+    let mut lines: Lines = kept.into_iter().peekable();
+    parse_block(&mut lines, "graph", constants)
+}
+
+/// The remaining non-comment lines, numbered.
+type Lines<'a> = std::iter::Peekable<std::vec::IntoIter<(usize, &'a str)>>;
+
+/// Parses one block `{block}(args) { ... }` (the whole graph, or a region's body).
+fn parse_block(lines: &mut Lines<'_>, block: &str, constants: &[Data]) -> Result<Graph> {
+    let mut g = Graph::new();
+    let mut ids: HashMap<String, NodeId> = HashMap::new();
     let (n0, header) = lines
         .next()
-        .ok_or_else(|| Error::Graph("empty graph text".into()))?;
+        .ok_or_else(|| Error::Graph(format!("expected `{block}(...) {{`, found the end")))?;
     let args = header
         .trim()
-        .strip_prefix("graph(")
+        .strip_prefix(block)
+        .and_then(|h| h.strip_prefix('('))
         .and_then(|h| h.strip_suffix(") {"))
-        .ok_or_else(|| err(n0, header, "expected `graph(...) {`"))?;
+        .ok_or_else(|| err(n0, header, format!("expected `{block}(...) {{`")))?;
     for (i, arg) in split_top(args).into_iter().enumerate() {
         let (name, ty) = arg
             .split_once(':')
@@ -245,8 +256,21 @@ pub fn parse_with_constants(text: &str, constants: &[Data]) -> Result<Graph> {
         let (body, ty) = rhs
             .rsplit_once(" : ")
             .ok_or_else(|| err(n, line, "missing ` : type`"))?;
-        let (dtype, shape) = parse_type(ty).map_err(|e| err(n, line, e))?;
         let (name, attr_text, rest) = split_op(body).map_err(|e| err(n, line, e))?;
+        if matches!(name, "cond" | "while" | "scan") {
+            let id = parse_region_op(
+                lines,
+                &mut g,
+                &ids,
+                constants,
+                (n, line),
+                (name, attr_text, rest),
+                ty,
+            )?;
+            ids.insert(lhs.trim().to_string(), id);
+            continue;
+        }
+        let (dtype, shape) = parse_type(ty).map_err(|e| err(n, line, e))?;
         let mut node = Node::new(Op::Const, dtype, shape.clone());
         let mut operands = Vec::new();
         match name {
@@ -303,6 +327,7 @@ pub fn parse_with_constants(text: &str, constants: &[Data]) -> Result<Graph> {
                 .collect();
             let inferred = match node.op {
                 Op::Fused(f) => g.fused[f as usize].infer(&types),
+                Op::Get(k) => get_type(&g, &operands, k),
                 op => op.infer(&types, Some(&shape)),
             };
             let (d, s) = inferred.map_err(|e| err(n, line, e))?;
@@ -324,5 +349,97 @@ pub fn parse_with_constants(text: &str, constants: &[Data]) -> Result<Graph> {
         }
         ids.insert(lhs.trim().to_string(), id);
     }
-    Err(Error::Graph("graph text ends without `}`".into()))
+    Err(Error::Graph(format!("`{block}` block ends without `}}`")))
+}
+
+/// The type of result `k` of the control-flow node that is a `get`'s operand.
+fn get_type(g: &Graph, operands: &[NodeId], k: u32) -> std::result::Result<(DType, Shape), String> {
+    let [t] = operands else {
+        return Err(format!("get takes one operand, got {}", operands.len()));
+    };
+    match g.node(*t).op {
+        Op::Cond(r) | Op::While(r) | Op::Scan(r) => g.regions[r as usize]
+            .results
+            .get(k as usize)
+            .cloned()
+            .ok_or_else(|| format!("the control-flow op has no result {k}")),
+        op => Err(format!("get reads `{}`, not a control-flow op", op.name())),
+    }
+}
+
+/// Parses a control-flow line `%n = scan[attrs] operands : (types)` and its body
+/// blocks; adds the region and the node.
+fn parse_region_op(
+    lines: &mut Lines<'_>,
+    g: &mut Graph,
+    ids: &HashMap<String, NodeId>,
+    constants: &[Data],
+    (n, line): (usize, &str),
+    (name, attr_text, rest): (&str, &str, &str),
+    ty: &str,
+) -> Result<NodeId> {
+    let e = |m: String| err(n, line, m);
+    let tys = ty
+        .trim()
+        .strip_prefix('(')
+        .and_then(|t| t.strip_suffix(')'))
+        .ok_or_else(|| e(format!("`{name}` has a tuple type `(t, ..)`")))?;
+    let results = split_top(tys)
+        .into_iter()
+        .map(parse_type)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(e)?;
+    let mut m = AttrMap::new();
+    for kv in split_top(attr_text) {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| e(format!("bad attribute `{kv}`")))?;
+        m.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    let num = |k: &str| crate::ops::attrs::get_usize(&m, k).map_err(e);
+    let flag = |k: &str| match m.get(k).map(String::as_str) {
+        Some("true") => Ok(true),
+        Some("false") => Ok(false),
+        _ => Err(e(format!("attribute `{k}` must be true or false"))),
+    };
+    let (kind, carries, xs, saved) = match name {
+        "cond" => (RegionKind::Cond, 0, 0, false),
+        "while" => (RegionKind::While, num("carries")?, 0, false),
+        _ => (
+            RegionKind::Scan {
+                reverse: flag("reverse")?,
+            },
+            num("carries")?,
+            num("xs")?,
+            flag("saved")?,
+        ),
+    };
+    let mut operands = Vec::new();
+    for o in split_top(rest) {
+        operands.push(
+            ids.get(o.trim())
+                .copied()
+                .ok_or_else(|| e(format!("`{}` is not defined above", o.trim())))?,
+        );
+    }
+    let mut region = Region {
+        kind,
+        bodies: Vec::new(),
+        carries,
+        xs,
+        saved,
+        results,
+    };
+    for b in region.body_names() {
+        region.bodies.push(parse_block(lines, b, constants)?);
+    }
+    g.regions.push(region);
+    let r = g.regions.len() as u32 - 1;
+    let op = match kind {
+        RegionKind::Cond => Op::Cond(r),
+        RegionKind::While => Op::While(r),
+        RegionKind::Scan { .. } => Op::Scan(r),
+    };
+    let (d, s) = crate::ops::control::tuple_type();
+    Ok(g.add(Node::new(op, d, s), &operands))
 }

@@ -97,7 +97,7 @@ fn attr_text(g: &Graph, op: &Op) -> String {
 
 /// The body of a fused node: one indented line per instruction, numbered `#0, #1, ...`
 /// locally, reading the node's operands as `$0, $1, ...`; the last line is the result.
-fn fused_text(g: &Graph, e: &FusedExpr) -> String {
+fn fused_text(g: &Graph, e: &FusedExpr, indent: &str) -> String {
     let mut s = String::new();
     for (k, inst) in e.insts.iter().enumerate() {
         let args: Vec<String> = inst
@@ -110,7 +110,7 @@ fn fused_text(g: &Graph, e: &FusedExpr) -> String {
             .collect();
         let _ = writeln!(
             s,
-            "    #{k} = {}{} {} : {}",
+            "{indent}    #{k} = {}{} {} : {}",
             inst.op.name(),
             attr_text(g, &inst.op),
             args.join(", "),
@@ -260,7 +260,7 @@ fn print_graph(
         }
         let _ = writeln!(s, "{line}");
         match node.op {
-            Op::Fused(f) => s.push_str(&fused_text(g, &g.fused[f as usize])),
+            Op::Fused(f) => s.push_str(&fused_text(g, &g.fused[f as usize], indent)),
             Op::Cond(r) | Op::While(r) | Op::Scan(r) => {
                 if let Some(reg) = g.regions.get(r as usize) {
                     let inner = format!("{indent}    ");
@@ -290,11 +290,28 @@ impl std::fmt::Debug for Graph {
 }
 
 /// Graphviz DOT: one box per live node labelled `%n op : type`, edges labelled by slot
-/// when an op has several operands.
+/// when an op has several operands. The bodies of a control-flow node are clusters
+/// (`subgraph cluster_..`) drawn next to it, their nodes numbered in the body, with a
+/// dashed edge from the node to each body's results.
 pub fn to_dot(g: &Graph) -> String {
+    let mut s = String::from("digraph tapeflow {\n  node [shape=box, fontname=\"monospace\"];\n");
+    dot_graph(&mut s, g, "n", "  ");
+    for (i, o) in g.outputs.iter().enumerate() {
+        let num = numbering(g, &g.canonical_order());
+        let _ = writeln!(
+            s,
+            "  out{i} [label=\"return {i}\", shape=oval];\n  n{} -> out{i};",
+            num[o.index()]
+        );
+    }
+    s.push_str("}\n");
+    s
+}
+
+/// The nodes and edges of `g`, named `{prefix}{number}`, bodies as nested clusters.
+fn dot_graph(s: &mut String, g: &Graph, prefix: &str, indent: &str) {
     let order = g.canonical_order();
     let num = numbering(g, &order);
-    let mut s = String::from("digraph tapeflow {\n  node [shape=box, fontname=\"monospace\"];\n");
     for &n in &order {
         let node = g.node(n);
         let mut label = format!(
@@ -316,37 +333,44 @@ pub fn to_dot(g: &Graph) -> String {
             Op::Input(_) | Op::ReadVar(_) => ", style=filled, fillcolor=lightblue",
             Op::Assign(_) => ", style=filled, fillcolor=lightpink",
             Op::Const => ", style=filled, fillcolor=lightgrey",
+            Op::Cond(_) | Op::While(_) | Op::Scan(_) => ", style=filled, fillcolor=khaki",
             _ => "",
         };
+        let me = format!("{prefix}{}", num[n.index()]);
         let _ = writeln!(
             s,
-            "  n{} [label=\"{}\"{}];",
-            num[n.index()],
+            "{indent}{me} [label=\"{}\"{}];",
             label.replace('"', "\\\""),
             style
         );
         let ops = g.operands(n);
         for (slot, o) in ops.iter().enumerate() {
+            let from = format!("{prefix}{}", num[o.index()]);
             if ops.len() > 1 {
-                let _ = writeln!(
-                    s,
-                    "  n{} -> n{} [label=\"{}\"];",
-                    num[o.index()],
-                    num[n.index()],
-                    slot
-                );
+                let _ = writeln!(s, "{indent}{from} -> {me} [label=\"{slot}\"];");
             } else {
-                let _ = writeln!(s, "  n{} -> n{};", num[o.index()], num[n.index()]);
+                let _ = writeln!(s, "{indent}{from} -> {me};");
+            }
+        }
+        if let Op::Cond(r) | Op::While(r) | Op::Scan(r) = node.op {
+            let Some(reg) = g.regions.get(r as usize) else {
+                continue;
+            };
+            for (k, (b, bname)) in reg.bodies.iter().zip(reg.body_names()).enumerate() {
+                let inner = format!("{me}_{k}_");
+                let _ = writeln!(s, "{indent}subgraph cluster_{inner} {{");
+                let _ = writeln!(s, "{indent}  label=\"{me} {bname}\"; style=dashed;");
+                dot_graph(s, b, &inner, &format!("{indent}  "));
+                let bnum = numbering(b, &b.canonical_order());
+                for o in &b.outputs {
+                    let _ = writeln!(
+                        s,
+                        "{indent}  {inner}{} -> {me} [style=dashed];",
+                        bnum[o.index()]
+                    );
+                }
+                let _ = writeln!(s, "{indent}}}");
             }
         }
     }
-    for (i, o) in g.outputs.iter().enumerate() {
-        let _ = writeln!(
-            s,
-            "  out{i} [label=\"return {i}\", shape=oval];\n  n{} -> out{i};",
-            num[o.index()]
-        );
-    }
-    s.push_str("}\n");
-    s
 }

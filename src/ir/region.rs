@@ -41,7 +41,16 @@ pub enum RegionKind {
     },
 }
 
-/// The sub-graphs and signature of one control-flow op (see the [module docs](self)).
+/// The sub-graphs and signature of one control-flow op.
+///
+/// With `c` carries, `x` scanned operands and `k` captures (the op's last operands and
+/// the bodies' last arguments): `cond` takes `(pred, captures)`, its bodies `[then,
+/// else]` map the captures to the results; `while` takes `(init, captures)`, its bodies
+/// `[cond, body]` map `(carries, captures)` to one element and to the carries, and its
+/// results are the final carries then the trip count `i64[]`; `scan` takes `(init, xs,
+/// captures)`, its body maps `(carries, x_t, captures)` to `(carries, y_t)` (then the
+/// carry arguments again when `saved`), and its results are the final carries, each `y`
+/// stacked on a new leading axis (then the stacked per-step carries when `saved`).
 #[derive(Clone, Debug)]
 pub struct Region {
     /// Which op.

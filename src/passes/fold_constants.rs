@@ -33,6 +33,10 @@ pub fn fold_constants(g: &mut Graph) -> Result<bool> {
                 | Op::Assign(_)
                 | Op::Fused(_)
                 | Op::BroadcastTo
+                | Op::Cond(_)
+                | Op::While(_)
+                | Op::Scan(_)
+                | Op::Get(_)
         ) && !node.op.is_collective()
             && numel(&node.shape) <= FOLD_MAX_ELEMS;
         let operands = g.operands(n);

@@ -19,6 +19,7 @@ mod dce;
 mod fold_constants;
 mod fold_transposes;
 mod fuse;
+mod regions;
 mod rewrite;
 mod simplify;
 mod specialize;
@@ -29,6 +30,7 @@ pub use dce::eliminate_dead_nodes;
 pub use fold_constants::{fold_constants, FOLD_MAX_ELEMS};
 pub use fold_transposes::fold_transposes_into_matmul;
 pub use fuse::{fuse_elementwise, fuse_elementwise_min, SMALL_REGION_ELEMS};
+pub use regions::optimize_regions;
 pub use simplify::{simplify, simplify_counting, RuleFn, MAX_SWEEPS, RULES};
 pub use specialize::{bind_shape, show_bindings, specialize, Bindings};
 
@@ -48,6 +50,9 @@ pub const PIPELINE: &[(&str, PassFn)] = &[
     }),
     ("simplify", |g, _| simplify(g)),
     ("eliminate_dead_nodes", |g, _| eliminate_dead_nodes(g)),
+    // inside bodies, and across their boundary: constant conds, unused results,
+    // loop-invariant hoisting, then this whole pipeline on every body
+    ("optimize_regions", optimize_regions),
     // tensor fusion of small all-reduces (Horovod's fusion buffer), with its bucket size
     ("bucket_all_reduces", |g, c| {
         bucket_all_reduces(g, c.bucket_bytes())

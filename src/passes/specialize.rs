@@ -63,8 +63,7 @@ pub fn specialize(g: &Graph, b: &Bindings) -> Result<Graph> {
     Ok(out)
 }
 
-/// Binds the symbols of `out` in place, its control-flow bodies included (a scan over
-/// a symbolic batch carries symbolic shapes inside its body).
+/// Binds the symbols of `out` in place, inside control-flow regions too.
 fn bind_graph(out: &mut Graph, b: &Bindings) -> Result<()> {
     for id in out.node_ids() {
         let shape = bind_shape(&out.node(id).shape, b)?;
@@ -94,8 +93,8 @@ fn bind_graph(out: &mut Graph, b: &Bindings) -> Result<()> {
         }
     }
     for r in &mut out.regions {
-        for (_, shape) in &mut r.results {
-            *shape = bind_shape(shape, b)?;
+        for (_, s) in &mut r.results {
+            *s = bind_shape(s, b)?;
         }
         for body in &mut r.bodies {
             bind_graph(body, b)?;

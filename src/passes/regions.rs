@@ -1,0 +1,250 @@
+//! `optimize_regions`: the pipeline inside control-flow bodies, and the rewrites that
+//! cross a region's boundary.
+//!
+//! For every live control-flow node, in canonical order:
+//! 1. a `cond` whose predicate is a constant is replaced by its branch, inlined;
+//! 2. results nobody reads are dropped: a `cond`'s unused results, a `scan`'s unused
+//!    stacked outputs, and its saved per-step carries when none is read (the loop
+//!    carries themselves stay: the next iteration reads them);
+//! 3. loop-invariant values are hoisted: a node of a `scan` or `while` body computed
+//!    from captures and constants only (not from a carry or a scanned slice) is
+//!    computed once before the loop and passed in as a new capture;
+//! 4. the whole pipeline ([`super::run_pipeline`], same configuration) runs on every
+//!    body, so folding, CSE, simplification, dead-node elimination and fusion see
+//!    inside (nested regions are reached by the recursion).
+//!
+//! It does not unroll loops (a `scan` of a small constant length stays a loop), hoist
+//! out of `cond` branches (a branch not taken must not run), or move nodes that hold
+//! regions themselves.
+
+use super::PassConfig;
+use crate::error::Result;
+use crate::ir::{Graph, Node, NodeId, RegionKind};
+use crate::ops::Op;
+use std::collections::HashMap;
+
+/// Runs the steps of the module docs on every live control-flow node; returns whether
+/// anything changed.
+pub fn optimize_regions(g: &mut Graph, config: &PassConfig) -> Result<bool> {
+    let mut changed = false;
+    for n in g.canonical_order() {
+        if !g.contains(n) {
+            continue;
+        }
+        match g.node(n).op {
+            Op::Cond(r) => {
+                let pred = g.operands(n)[0];
+                if let Some(v) = &g.node(pred).value {
+                    let take = v.to_f64_vec().first().is_some_and(|&x| x != 0.0);
+                    inline_cond(g, n, r, if take { 0 } else { 1 });
+                    changed = true;
+                    continue;
+                }
+                changed |= prune_results(g, n, r);
+            }
+            Op::Scan(r) => {
+                changed |= prune_results(g, n, r);
+                changed |= hoist_invariants(g, n, r);
+            }
+            Op::While(r) => changed |= hoist_invariants(g, n, r),
+            _ => continue,
+        }
+        let r = match g.node(n).op {
+            Op::Cond(r) | Op::While(r) | Op::Scan(r) => r as usize,
+            _ => continue,
+        };
+        let bodies = std::mem::take(&mut g.regions[r].bodies);
+        let mut out = Vec::with_capacity(bodies.len());
+        for b in bodies {
+            let (opt, stats) = super::run_pipeline(&b, config)?;
+            changed |= stats.iter().any(|s| s.changed);
+            out.push(opt);
+        }
+        g.regions[r].bodies = out;
+    }
+    Ok(changed)
+}
+
+/// The `get` users of control-flow node `n`: `(result index, node)`.
+fn gets(g: &Graph, n: NodeId) -> Vec<(u32, NodeId)> {
+    g.users(n)
+        .into_iter()
+        .filter_map(|u| match g.node(u).op {
+            Op::Get(k) => Some((k, u)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Copies the live nodes of `src` into `dst`, its inputs standing for `args`; returns
+/// the copies of `src`'s outputs. Regions and fused expressions of copied nodes move
+/// to `dst`'s tables.
+fn inline(dst: &mut Graph, src: &Graph, args: &[NodeId]) -> Vec<NodeId> {
+    let mut map: HashMap<NodeId, NodeId> = HashMap::new();
+    for (i, &inp) in src.inputs.iter().enumerate() {
+        map.insert(inp, args[i]);
+    }
+    for n in src.canonical_order() {
+        if map.contains_key(&n) {
+            continue;
+        }
+        let mut node: Node = src.node(n).clone();
+        node.op = match node.op {
+            Op::Cond(r) | Op::While(r) | Op::Scan(r) => {
+                dst.regions.push(src.regions[r as usize].clone());
+                let k = dst.regions.len() as u32 - 1;
+                match node.op {
+                    Op::Cond(_) => Op::Cond(k),
+                    Op::While(_) => Op::While(k),
+                    _ => Op::Scan(k),
+                }
+            }
+            Op::Fused(f) => {
+                dst.fused.push(src.fused[f as usize].clone());
+                Op::Fused(dst.fused.len() as u32 - 1)
+            }
+            op => op,
+        };
+        let operands: Vec<NodeId> = src.operands(n).iter().map(|o| map[o]).collect();
+        let id = dst.add(node, &operands);
+        map.insert(n, id);
+    }
+    src.outputs.iter().map(|o| map[o]).collect()
+}
+
+/// Replaces `cond` node `n` by its branch `k`.
+fn inline_cond(g: &mut Graph, n: NodeId, r: u32, k: usize) {
+    let caps: Vec<NodeId> = g.operands(n)[1..].to_vec();
+    let body = g.regions[r as usize].bodies[k].clone();
+    let outs = inline(g, &body, &caps);
+    for (i, get) in gets(g, n) {
+        g.replace_uses(get, outs[i as usize]);
+        g.remove(get);
+    }
+    g.remove(n);
+}
+
+/// Drops the results of `cond`/`scan` node `n` that no `get` reads (see the module
+/// docs); renumbers the `get`s. Returns whether it dropped any.
+fn prune_results(g: &mut Graph, n: NodeId, r: u32) -> bool {
+    let used_by = gets(g, n);
+    let reg = &g.regions[r as usize];
+    let total = reg.results.len();
+    let used = |i: usize| used_by.iter().any(|&(k, _)| k as usize == i);
+    let (first, last) = match reg.kind {
+        RegionKind::Cond => (0, total),
+        RegionKind::Scan { .. } => {
+            let saved = if reg.saved { reg.carries } else { 0 };
+            (reg.carries, total - saved)
+        }
+        RegionKind::While => return false,
+    };
+    let mut drop: Vec<usize> = (first..last).filter(|&i| !used(i)).collect();
+    let mut unsave = false;
+    if let RegionKind::Scan { .. } = reg.kind {
+        if reg.saved && (last..total).all(|i| !used(i)) {
+            drop.extend(last..total);
+            unsave = true;
+        }
+    }
+    if drop.is_empty() {
+        return false;
+    }
+    let keep: Vec<usize> = (0..total).filter(|i| !drop.contains(i)).collect();
+    let reg = &mut g.regions[r as usize];
+    reg.results = keep.iter().map(|&i| reg.results[i].clone()).collect();
+    if unsave {
+        reg.saved = false;
+    }
+    // result i of the op is body output i, except a scan's saved carries, which are
+    // the last outputs in both lists
+    for b in &mut reg.bodies {
+        b.outputs = keep.iter().map(|&i| b.outputs[i]).collect();
+    }
+    for (k, get) in used_by {
+        let new = keep
+            .iter()
+            .position(|&i| i == k as usize)
+            .expect("a used result is kept");
+        g.node_mut(get).op = Op::Get(new as u32);
+    }
+    true
+}
+
+/// Hoists the loop-invariant nodes of the bodies of loop node `n` (see the module
+/// docs); returns whether it hoisted any.
+fn hoist_invariants(g: &mut Graph, n: NodeId, r: u32) -> bool {
+    let reg = &g.regions[r as usize];
+    let fixed = match reg.kind {
+        RegionKind::While => reg.carries,
+        RegionKind::Scan { .. } => reg.carries + reg.xs,
+        RegionKind::Cond => return false,
+    };
+    let mut changed = false;
+    for k in 0..g.regions[r as usize].bodies.len() {
+        let body = g.regions[r as usize].bodies[k].clone();
+        let nargs = fixed;
+        // invariant: a capture, a constant, or a plain op of invariant operands
+        let mut inv = vec![false; body.capacity()];
+        let mut hoist: Vec<NodeId> = Vec::new();
+        for b in body.canonical_order() {
+            let node = body.node(b);
+            let is_inv = match node.op {
+                Op::Input(i) => i as usize >= nargs,
+                Op::Const => true,
+                Op::Cond(_) | Op::While(_) | Op::Scan(_) | Op::Get(_) | Op::Fused(_) => false,
+                Op::ReadVar(_) | Op::Assign(_) => false,
+                _ => body.operands(b).iter().all(|o| inv[o.index()]),
+            };
+            inv[b.index()] = is_inv;
+            if is_inv && !matches!(node.op, Op::Input(_) | Op::Const) {
+                hoist.push(b);
+            }
+        }
+        // only the frontier: hoisted nodes used by a node that stays (or returned)
+        let frontier: Vec<NodeId> = hoist
+            .iter()
+            .copied()
+            .filter(|&h| body.users(h).iter().any(|u| !inv[u.index()]) || body.outputs.contains(&h))
+            .collect();
+        if frontier.is_empty() {
+            continue;
+        }
+        // copy the invariant nodes out, in body order, captures mapped to operands
+        let outer_ops = g.operands(n);
+        let mut map: HashMap<NodeId, NodeId> = HashMap::new();
+        for b in body.canonical_order() {
+            if !inv[b.index()] {
+                continue;
+            }
+            let node = body.node(b);
+            let id = match node.op {
+                Op::Input(i) => outer_ops[i as usize],
+                _ => {
+                    let operands: Vec<NodeId> = body.operands(b).iter().map(|o| map[o]).collect();
+                    g.add(node.clone(), &operands)
+                }
+            };
+            map.insert(b, id);
+        }
+        // each frontier value becomes a new capture of every body of the region
+        let mut new_ops = outer_ops.to_vec();
+        let reg = &mut g.regions[r as usize];
+        for &h in &frontier {
+            new_ops.push(map[&h]);
+            let (d, s) = (body.node(h).dtype, body.node(h).shape.clone());
+            for (j, b) in reg.bodies.iter_mut().enumerate() {
+                let i = b.inputs.len() as u32;
+                let inp = b.add(Node::new(Op::Input(i), d, s.clone()), &[]);
+                b.inputs.push(inp);
+                if j == k {
+                    b.replace_uses(h, inp);
+                }
+            }
+        }
+        g.set_operands(n, &new_ops);
+        super::eliminate_dead_nodes(&mut g.regions[r as usize].bodies[k]).ok();
+        changed = true;
+    }
+    changed
+}
