@@ -45,8 +45,8 @@
 //! inputs.
 #![warn(missing_docs)]
 pub mod autodiff;
-pub mod control;
 pub mod comm;
+pub mod control;
 pub mod data;
 pub mod datasets;
 pub mod debugging;

@@ -11,8 +11,8 @@
 //! losses, ...) is sugar composed of these primitives in `tensor/math.rs`.
 
 pub mod attrs;
-pub mod control;
 pub mod collective;
+pub mod control;
 pub mod conv;
 pub mod elementwise;
 pub mod index;
