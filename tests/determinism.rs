@@ -101,15 +101,17 @@ fn symbolic_mlp_steps_at_two_batch_sizes_are_bit_identical_on_1_2_4_threads_and_
 /// Final weights of an LSTM classifier after 2 compiled Adam steps (a `scan` forward,
 /// a reverse `scan` backward).
 fn lstm_weights(schedule: Schedule) -> Vec<Vec<f32>> {
-    let (step, x, y, vars) = common::lstm_train_step();
-    step.concrete(&[&x, &y])
+    let s = common::lstm_train_step();
+    s.step
+        .concrete(&[&s.x, &s.y])
         .unwrap()
         .plan()
         .set_schedule(schedule);
     for _ in 0..2 {
-        step.call(&x, &y).unwrap();
+        s.step.call(&s.x, &s.y).unwrap();
     }
-    vars.iter()
+    s.vars
+        .iter()
         .map(|v| v.value().to_vec_f32().unwrap())
         .collect()
 }

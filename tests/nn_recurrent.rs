@@ -592,7 +592,7 @@ fn one_symbolic_trace_serves_every_batch_size() {
             let tape = GradientTape::new();
             tape.watch(x);
             let y = tape.record(|| l2.call(x, true).unwrap().square().sum_all());
-            Ok(tape.gradient(&y, x)?)
+            tape.gradient(&y, x)
         },
         &[TensorSpec::with_dims(&[b, 5.into(), 3.into()], DType::F64)],
     );

@@ -142,8 +142,8 @@ fn generated_step() -> (std::sync::Arc<ConcreteFunction>, Vec<Tensor>) {
 /// An LSTM train step: a forward `scan` and its reverse `scan`, whose bodies run from
 /// their own pools iteration after iteration.
 fn lstm_step() -> (std::sync::Arc<ConcreteFunction>, Vec<Tensor>) {
-    let (step, x, y, _) = common::lstm_train_step();
-    (step.concrete(&[&x, &y]).unwrap(), vec![x, y])
+    let s = common::lstm_train_step();
+    (s.step.concrete(&[&s.x, &s.y]).unwrap(), vec![s.x, s.y])
 }
 
 #[test]

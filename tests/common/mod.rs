@@ -343,15 +343,15 @@ impl Drop for TempDir {
 /// A compiled LSTM classifier train step (`LSTM(32)` → `Dense(10)` over 12 steps of 8
 /// features, batch 16, sparse cross-entropy from logits, Adam): its inputs and the
 /// model's trainable variables. The recurrence is a `scan` in the compiled graph.
-pub fn lstm_train_step() -> (
-    tapeflow::trace::Function<
-        (Tensor, Tensor),
-        impl Fn(&Tensor, &Tensor) -> tapeflow::Result<Tensor>,
-    >,
-    Tensor,
-    Tensor,
-    Vec<Variable>,
-) {
+pub struct LstmStep<F: Fn(&Tensor, &Tensor) -> tapeflow::Result<Tensor>> {
+    pub step: tapeflow::trace::Function<(Tensor, Tensor), F>,
+    pub x: Tensor,
+    pub y: Tensor,
+    pub vars: Vec<Variable>,
+}
+
+/// See [`LstmStep`].
+pub fn lstm_train_step() -> LstmStep<impl Fn(&Tensor, &Tensor) -> tapeflow::Result<Tensor>> {
     use tapeflow::nn::{Adam, Dense, Initializer, Loss, Optimizer, Sequential, LSTM};
     // explicit seeds: each call makes the same initial weights (derived seeds follow
     // the layer names, which are unique per process)
@@ -380,5 +380,5 @@ pub fn lstm_train_step() -> (
         opt.apply_gradients(&tape.gradient(&loss, &vars)?, &vars)?;
         Ok(loss)
     });
-    (step, x, y, vars)
+    LstmStep { step, x, y, vars }
 }
