@@ -6,12 +6,11 @@
 //! The per-step slices of a scan's inputs are copied out (one buffer per step), and
 //! its stacked outputs are written row by row into buffers allocated once per run.
 
-use super::buffers::{self, BufferPool, Pooled};
+use super::buffers::{self, BufferPool};
 use super::interp::{Plan, RunStats};
 use super::kernels::ew;
 use crate::error::{Error, Result};
 use crate::ir::{Graph, Region, RegionKind};
-use crate::tensor::data::Arr;
 use crate::tensor::{type_str, DType, Data};
 use ndarray::Axis;
 
@@ -121,7 +120,7 @@ fn inputs<'a>(a: &'a [Data], b: &'a [Data], c: &[&'a Data]) -> Vec<&'a Data> {
 fn adopt(body: &Plan, out: Vec<Data>) -> Vec<Data> {
     let copies = out
         .iter()
-        .map(|d| crate::map_data!(d, a => pooled_copy(a.view())))
+        .map(|d| crate::map_data!(d, a => ew::materialize(a.view())))
         .collect();
     recycle(body, out);
     copies
@@ -155,18 +154,8 @@ fn truth(d: &Data) -> Result<bool> {
 fn row(pool: &BufferPool, d: &Data, t: usize) -> Data {
     buffers::with_pool(
         pool,
-        || crate::map_data!(d, a => pooled_copy(a.index_axis(Axis(0), t))),
+        || crate::map_data!(d, a => ew::materialize(a.index_axis(Axis(0), t))),
     )
-}
-
-/// A copy of `a` in a buffer of the installed pool.
-fn pooled_copy<T: Pooled>(a: ndarray::ArrayViewD<'_, T>) -> Arr<T> {
-    let mut v = buffers::take(a.len());
-    match a.as_slice() {
-        Some(s) => v.extend_from_slice(s),
-        None => v.extend(a.iter().copied()),
-    }
-    ew::wrap(a.shape(), v)
 }
 
 /// Zeros from the installed pool (the enclosing plan's, which recycles the stacked

@@ -319,7 +319,7 @@ impl<C: Cell> Recurrent<C> {
         }
         self.build(&x.shape()[1..])?;
         let (kernel, recurrent, bias) = self.weights().expect("built above");
-        let (batch, steps) = (x.shape()[0], x.shape()[1]);
+        let batch = x.shape()[0];
         let states = self.initial_states(&name, batch, initial_state)?;
 
         // time-major, reversed for go_backwards, then one input projection for all steps
@@ -344,7 +344,6 @@ impl<C: Cell> Recurrent<C> {
         } else {
             last[0].clone()
         };
-        debug_assert!(!keep || output.shape()[1] == steps);
         let output = note_layer_call(self, output)?;
         let mut out = vec![output];
         if self.return_state {

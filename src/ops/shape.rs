@@ -240,16 +240,6 @@ fn reshape<T: Clone>(a: &Arr<T>, shape: &[usize]) -> Arr<T> {
         .expect("standard layout, same length")
 }
 
-/// A view's elements in logical order, in a new standard-layout (pooled) buffer.
-fn materialize<T: Pooled>(v: ndarray::ArrayViewD<'_, T>) -> Arr<T> {
-    let mut out = buffers::take(v.len());
-    match v.as_slice() {
-        Some(s) => out.extend_from_slice(s),
-        None => out.extend(v.iter().copied()),
-    }
-    ew::wrap(v.shape(), out)
-}
-
 /// `a` broadcast to `shape`, materialized; a trailing row repeats by whole copies.
 fn broadcast<T: Pooled>(a: &Arr<T>, shape: &[usize]) -> Arr<T> {
     let n: usize = shape.iter().product();
@@ -269,7 +259,7 @@ fn broadcast<T: Pooled>(a: &Arr<T>, shape: &[usize]) -> Arr<T> {
             }
             ew::wrap(shape, out)
         }
-        _ => materialize(
+        _ => ew::materialize(
             a.broadcast(IxDyn(shape))
                 .expect("infer checked broadcasting"),
         ),
@@ -281,7 +271,7 @@ fn broadcast<T: Pooled>(a: &Arr<T>, shape: &[usize]) -> Arr<T> {
 /// an order of magnitude slower for the gate slices of a recurrent cell).
 fn slice<T: Pooled>(a: &Arr<T>, axis: usize, start: usize, end: usize) -> Arr<T> {
     let Some(src) = a.as_slice() else {
-        return materialize(a.slice_axis(Axis(axis), Slice::from(start..end)));
+        return ew::materialize(a.slice_axis(Axis(axis), Slice::from(start..end)));
     };
     let inner: usize = a.shape()[axis + 1..].iter().product();
     let len = a.shape()[axis];
@@ -352,7 +342,7 @@ pub(super) fn eval(op: &Op, x: &[&Data], shape: &[usize]) -> Data {
         Op::StopGradient => d.clone(),
         Op::BroadcastTo => crate::map_data!(d, a => broadcast(a, shape)),
         Op::Transpose(p) => {
-            crate::map_data!(d, a => materialize(a.view().permuted_axes(IxDyn(&p.to_vec()))))
+            crate::map_data!(d, a => ew::materialize(a.view().permuted_axes(IxDyn(&p.to_vec()))))
         }
         Op::Slice { axis, start, end } => {
             crate::map_data!(d, a => slice(a, axis as usize, start as usize, end as usize))

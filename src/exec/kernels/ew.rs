@@ -19,6 +19,17 @@ pub const PAR_MIN: usize = 1 << 16;
 /// Elements per parallel task.
 pub const PAR_CHUNK: usize = 1 << 14;
 
+/// A standard-layout copy of the view `v`, in a buffer of the installed pool (one slice
+/// copy when `v` is contiguous).
+pub(crate) fn materialize<T: Pooled>(v: ndarray::ArrayViewD<'_, T>) -> Arr<T> {
+    let mut out = buffers::take(v.len());
+    match v.as_slice() {
+        Some(s) => out.extend_from_slice(s),
+        None => out.extend(v.iter().copied()),
+    }
+    wrap(v.shape(), out)
+}
+
 /// `v` as a standard-layout array of `shape`.
 pub(crate) fn wrap<O: Clone>(shape: &[usize], v: Vec<O>) -> Arr<O> {
     ArrayD::from_shape_vec(IxDyn(shape), v)
