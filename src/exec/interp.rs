@@ -14,7 +14,8 @@
 //!   same). A variable's old value goes back when the run replaces it. From the second
 //!   call on, a run allocates no tensor buffer except for the values that escape
 //!   (outputs). `fused` steps also overwrite a dying operand in place where the memory
-//!   plan says so.
+//!   plan says so; in a parallel run only where every other reader of that operand is
+//!   an ancestor of the step, so that no run's buffer demand depends on timing.
 //! - **Schedule.** Sources (inputs, constants, variable reads) are bound first, on the
 //!   calling thread. Then, for a graph with enough work and more than one rayon thread,
 //!   the steps run as a dataflow graph on rayon: each step has an atomic count of
@@ -127,6 +128,12 @@ struct Step {
     next_collective: Option<usize>,
     /// Whether a collective comes before this one in plan order (one more dependency).
     after_collective: bool,
+    /// For a `fused` step the memory plan computes in place: whether every other
+    /// consumer of the overwritten operand is an ancestor of this step, so that in a
+    /// dataflow run they have all run before it, whatever the interleaving. Only then
+    /// does a parallel run overwrite in place: otherwise whether it could would depend
+    /// on timing, and so would the number of buffers a run draws from the pool.
+    in_place_any_order: bool,
 }
 
 /// The per-run state, kept between runs so a steady-state run allocates none of it.
@@ -229,6 +236,7 @@ impl Plan {
                 work: work_of(&graph, n),
                 next_collective: None,
                 after_collective: false,
+                in_place_any_order: false,
             });
         }
         let collectives: Vec<usize> = (0..steps.len())
@@ -262,6 +270,15 @@ impl Plan {
             .map(|&n| graph.node(n).shape.iter().product::<usize>() * graph.node(n).dtype.size())
             .sum();
         let memory = plan_memory(&graph, &order);
+        for i in 0..steps.len() {
+            if let Some(k) = memory.in_place[i] {
+                let o = steps[i].operands[k];
+                let others: SmallVec<[usize; 4]> = (steps[o].consumers.iter().copied())
+                    .filter(|&c| c != i)
+                    .collect();
+                steps[i].in_place_any_order = descends_from_all(&steps, i, &others);
+            }
+        }
         let programs: Vec<Option<Box<fused::Program>>> = order
             .iter()
             .map(|&n| match graph.node(n).op {
@@ -687,7 +704,9 @@ impl Plan {
                 // Overwrite the operand the memory plan names when this step is its
                 // last consumer (and it appears once among the operands).
                 let mut out = OutBuf::Fresh;
-                if let Some(k) = self.memory.in_place[i] {
+                let parallel = st.parallel.load(Ordering::Relaxed);
+                let planned = self.memory.in_place[i].filter(|_| !parallel || s.in_place_any_order);
+                if let Some(k) = planned {
                     let o = s.operands[k];
                     let once = s.operands.iter().filter(|&&p| p == o).count() == 1;
                     if once && st.uses[o].load(Ordering::Acquire) == 1 {
@@ -793,6 +812,25 @@ impl Plan {
 
 type Slot<'a> = RwLockReadGuard<'a, Option<Data>>;
 
+/// Whether step `i` depends (through its operands, transitively) on every step in
+/// `ancestors`. Steps are in topological order, so the search never looks below the
+/// smallest of them.
+fn descends_from_all(steps: &[Step], i: usize, ancestors: &[usize]) -> bool {
+    let Some(&lo) = ancestors.iter().min() else {
+        return true;
+    };
+    let mut seen = vec![false; i + 1 - lo];
+    let mut stack = vec![i];
+    while let Some(j) = stack.pop() {
+        for &o in steps[j].inputs.iter().filter(|&&o| o >= lo) {
+            if !std::mem::replace(&mut seen[o - lo], true) {
+                stack.push(o);
+            }
+        }
+    }
+    ancestors.iter().all(|&a| seen[a - lo])
+}
+
 /// Reorders a topological `order` so collectives start as early and are waited for as
 /// late as possible: every node that does not wait for a collective (directly or
 /// through its operands) keeps its relative order, each such collective moves right
@@ -848,4 +886,40 @@ fn write<T>(m: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
 /// itself is still a plain `Option`).
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `%3 = exp %2` reads `%2` too, so `%4` may overwrite `%2` in place only where
+    /// `%3` has run first: in order always, in a dataflow run only when `%4` depends on
+    /// `%3` (the second graph), never by luck of timing.
+    #[test]
+    fn parallel_runs_overwrite_in_place_only_after_every_other_reader() {
+        let text = |last: &str| {
+            format!(
+                "graph(%0: f32[8]) {{
+  %1 = neg %0 : f32[8]
+  %2 = exp %1 : f32[8]
+  %3 = exp %2 : f32[8]
+  %4 = fused {last} : f32[8]
+    #0 = neg $0 : f32[8]
+  %5 = add %3, %4 : f32[8]
+  return %5
+}}"
+            )
+        };
+        let free = Plan::new(crate::ir::parse(&text("%2")).unwrap()).unwrap();
+        let fused = |p: &Plan| p.steps.iter().position(|s| matches!(s.op, Op::Fused(_)));
+        let i = fused(&free).unwrap();
+        assert!(free.memory.in_place[i].is_some(), "{:?}", free.memory);
+        assert!(!free.steps[i].in_place_any_order);
+        // `%4` now reads `%2` through `%3`'s result as well: `%3` is its ancestor
+        let chained = text("%2, %3").replace("#0 = neg $0", "#0 = add $0, $1");
+        let after = Plan::new(crate::ir::parse(&chained).unwrap()).unwrap();
+        let i = fused(&after).unwrap();
+        assert!(after.memory.in_place[i].is_some(), "{:?}", after.memory);
+        assert!(after.steps[i].in_place_any_order);
+    }
 }
