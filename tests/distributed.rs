@@ -13,6 +13,8 @@
 //!   rayon tasks and run by the communication thread while the others compute).
 //! - **broadcast**: ranks initialized from different seeds hold the root's values
 //!   after `broadcast_variables`, for root 0 and the last rank.
+//! - **buffers**: eager all-reduces of one size (4 KiB and 16 MiB) receive into the
+//!   buffer of a result dropped before, never into one still held.
 //! - **fit**: `FitOptions::distributed` on 2 ranks: identical parameters on both, the
 //!   loss falls, one progress line per epoch (rank 0's).
 //! - **faults**: rank 1 panics, returns an `Err`, calls `exit(3)` or aborts (killed by
@@ -71,6 +73,7 @@ fn worker(args: &[String]) -> Result<()> {
         Some("params") => params(args.get(1).map(String::as_str) == Some("parallel")),
         Some("broadcast") => broadcast(),
         Some("fit") => fit(),
+        Some("buffers") => buffers(),
         Some("fail") => fail(args.get(1).map(String::as_str).unwrap_or("")),
         other => Err(Error::Invalid(format!("unknown scenario {other:?}"))),
     }
@@ -226,6 +229,51 @@ fn fit() -> Result<()> {
     check_identical(&model.variables())?;
     if r == 0 {
         println!("FIT OK {loss:?}");
+    }
+    Ok(())
+}
+
+/// Eager all-reduces of one size receive into the buffer of a result dropped before
+/// (one address for every call, as a loop into one buffer has), never into one still
+/// held, and large ones too (16 MiB, where a fresh buffer per call cost 4x).
+fn buffers() -> Result<()> {
+    let (n, r) = (distributed::size(), distributed::rank());
+    for len in [1024, 4 << 20] {
+        let x = Tensor::full(&[len], (r + 1) as f64, DType::F32);
+        let want = (n * (n + 1) / 2) as f32;
+        let address = |t: &Tensor| {
+            t.data().map(|d| match d {
+                tapeflow::Data::F32(a) => a.as_ptr() as usize,
+                _ => 0,
+            })
+        };
+        let first = x.all_reduce(ReduceOp::Sum);
+        let held = address(&first)?;
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            let y = x.all_reduce(ReduceOp::Sum);
+            let v = y.to_vec_f32()?;
+            if v.iter().any(|&e| e != want) {
+                return Err(Error::Invalid(format!("rank {r}: a sum is not {want}")));
+            }
+            seen.push(address(&y)?);
+        }
+        if seen.contains(&held) {
+            return Err(Error::Invalid(format!(
+                "rank {r}: a held result's buffer was written again"
+            )));
+        }
+        if seen[1..].iter().any(|&p| p != seen[1]) {
+            return Err(Error::Invalid(format!(
+                "rank {r}: f32[{len}] results in different buffers: {seen:?}"
+            )));
+        }
+        if first.to_vec_f32()?.iter().any(|&e| e != want) {
+            return Err(Error::Invalid(format!("rank {r}: the held result changed")));
+        }
+    }
+    if r == 0 {
+        println!("BUFFERS OK");
     }
     Ok(())
 }
@@ -391,6 +439,10 @@ fn driver() {
                 run.out
             );
         }
+    });
+    check("all-reduce results reuse dropped buffers", || {
+        let run = mpirun(2, &["buffers"], long);
+        assert!(run.ok && run.out.contains("BUFFERS OK"), "{}", run.out);
     });
     check("fit(distributed) on 2 ranks", || {
         let run = mpirun(2, &["fit"], long);

@@ -28,6 +28,12 @@
 //!   job. A rank that exits, is killed or panics is noticed by `mpirun` directly; one
 //!   that returns an `Err` from `main` drops its session, whose shutdown barrier then
 //!   times out the same way.
+//! - **Result buffers.** An all-reduce receives into the buffer of one of the last
+//!   results its caller has dropped, when one has the size (else a new one): the same
+//!   few addresses every step, as a loop into one buffer has, which MPI's registration
+//!   cache for large messages needs. A plan step whose value the very next step reads
+//!   runs its all-reduce blocking (inline when nothing is queued): there is nothing to
+//!   overlap it with.
 //! - **Reduction.** `MPI_Allreduce` with `MPI_SUM`; the mean divides the sum by the size.
 //!   Every rank receives the same bits (OpenMPI's algorithms combine the same partial
 //!   sums on every rank, and IEEE addition commutes); `tests/distributed.rs` checks it.
@@ -197,6 +203,12 @@ enum PendingInner {
 }
 
 impl Pending {
+    /// A collective that has already finished with `r` (for a caller that ran it
+    /// blocking, with nothing to overlap it with, but hands results on as `Pending`).
+    pub fn done(r: std::result::Result<Data, String>) -> Pending {
+        Pending(PendingInner::Ready(r))
+    }
+
     /// Blocks until the collective has finished on this rank.
     ///
     /// # Errors

@@ -12,8 +12,10 @@
 
 use super::{exit_now, ReduceOp, DEFAULT_TIMEOUT_SECS};
 use crate::error::{Error, Result};
+use crate::exec::buffers::{self, Pooled};
 use crate::tensor::data::Arr;
 use crate::tensor::data::Data;
+use crate::tensor::dtype::{type_str, DType, Shape};
 use ::mpi::collective::SystemOperation;
 use ::mpi::datatype::Equivalence;
 use ::mpi::topology::SimpleCommunicator;
@@ -108,13 +110,13 @@ impl Reply {
 
 /// The watchdog's view of the collective in progress.
 struct Watch {
-    current: Mutex<Option<(Instant, u64, String)>>,
+    current: Mutex<Option<(Instant, u64, What)>>,
     timeout: Option<Duration>,
     stop: AtomicBool,
 }
 
 impl Watch {
-    fn set(&self, v: Option<(Instant, u64, String)>) {
+    fn set(&self, v: Option<(Instant, u64, What)>) {
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = v;
     }
 }
@@ -155,7 +157,7 @@ impl World {
         let world = SimpleCommunicator::world();
         let seq = SEQ.fetch_add(1, Ordering::Relaxed);
         if self.watch.timeout.is_some() {
-            self.watch.set(Some((Instant::now(), seq, describe(kind))));
+            self.watch.set(Some((Instant::now(), seq, what(kind))));
         }
         let r = match kind {
             Kind::AllReduce(d, op) => all_reduce(&world, d, *op, self.size),
@@ -281,14 +283,41 @@ fn watchdog(w: &Watch, limit: Duration, rank: usize, size: usize) {
     }
 }
 
-fn describe(kind: &Kind) -> String {
-    let ty = |d: &Data| crate::tensor::dtype::type_str(d.dtype(), &d.shape());
+/// What a collective is, for the watchdog's message: kept as a few numbers (and
+/// formatted only when the watchdog fires, off the path of every collective).
+enum What {
+    AllReduce(ReduceOp, DType, Shape),
+    Broadcast(usize, DType, Shape),
+    Barrier,
+    PlainLoop(usize, DType, Shape),
+    Shutdown,
+}
+
+fn what(kind: &Kind) -> What {
     match kind {
-        Kind::AllReduce(d, op) => format!("all_reduce[op={}] of {}", op.name(), ty(d)),
-        Kind::Broadcast(d, root) => format!("broadcast from rank {root} of {}", ty(d)),
-        Kind::Barrier => "barrier".into(),
-        Kind::PlainLoop(d, n) => format!("{n} plain MPI_Allreduce calls on {}", ty(d)),
-        Kind::Shutdown => "shutdown barrier".into(),
+        Kind::AllReduce(d, op) => What::AllReduce(*op, d.dtype(), d.shape()),
+        Kind::Broadcast(d, root) => What::Broadcast(*root, d.dtype(), d.shape()),
+        Kind::Barrier => What::Barrier,
+        Kind::PlainLoop(d, n) => What::PlainLoop(*n, d.dtype(), d.shape()),
+        Kind::Shutdown => What::Shutdown,
+    }
+}
+
+impl std::fmt::Display for What {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            What::AllReduce(op, t, s) => {
+                write!(f, "all_reduce[op={}] of {}", op.name(), type_str(*t, s))
+            }
+            What::Broadcast(root, t, s) => {
+                write!(f, "broadcast from rank {root} of {}", type_str(*t, s))
+            }
+            What::Barrier => write!(f, "barrier"),
+            What::PlainLoop(n, t, s) => {
+                write!(f, "{n} plain MPI_Allreduce calls on {}", type_str(*t, s))
+            }
+            What::Shutdown => write!(f, "shutdown barrier"),
+        }
     }
 }
 
@@ -322,7 +351,7 @@ fn communicate(
     while let Ok(job) = rx.recv() {
         let turn = turn.lock().unwrap_or_else(|e| e.into_inner());
         if watch.timeout.is_some() {
-            set(Some((Instant::now(), job.seq, describe(&job.kind))));
+            set(Some((Instant::now(), job.seq, what(&job.kind))));
         }
         let (r, last) = match job.kind {
             Kind::AllReduce(d, op) => (all_reduce(&world, &d, op, size), false),
@@ -373,19 +402,65 @@ fn contiguous<T: Clone>(a: &Arr<T>) -> std::borrow::Cow<'_, [T]> {
     }
 }
 
+/// Most results [`RECENT`] holds on to.
+const RECENT_RESULTS: usize = 8;
+
+/// The last results this process's all-reduces returned. The next all-reduce of a
+/// size receives into the buffer of one its caller has dropped since: no zero-filled
+/// allocation (and page faults) per call, and the same addresses every step, which
+/// MPI's registration cache for large messages recognizes — a fresh buffer per call
+/// made 16 MiB all-reduces four times slower than a loop into one buffer. A result
+/// still held by its caller is never touched; what this holds beyond that is at most
+/// [`RECENT_RESULTS`] dropped results.
+static RECENT: Mutex<Vec<Data>> = Mutex::new(Vec::new());
+
+/// A buffer of `n` elements with unspecified contents, for MPI to overwrite.
+fn result_buffer<T: Pooled>(n: usize) -> Vec<T> {
+    let mut recent = lock_recent();
+    let free = recent
+        .iter()
+        .position(|d| buffers::is_free_buffer::<T>(d, n));
+    free.and_then(|i| buffers::into_buffer(recent.remove(i)))
+        .unwrap_or_else(|| vec![T::default(); n])
+}
+
+/// Remembers a result handed out, forgetting the oldest beyond [`RECENT_RESULTS`].
+fn keep(d: &Data) {
+    let mut recent = lock_recent();
+    if recent.len() == RECENT_RESULTS {
+        recent.remove(0);
+    }
+    recent.push(d.clone());
+}
+
+fn lock_recent() -> std::sync::MutexGuard<'static, Vec<Data>> {
+    RECENT.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn reduce<T, C>(comm: &C, a: &Arr<T>) -> std::result::Result<ArrayD<T>, String>
 where
-    T: Equivalence + Copy + Default,
+    T: Equivalence + Pooled,
     C: CommunicatorCollectives,
 {
     count(a.len())?;
     let send = contiguous(a);
-    let mut recv = vec![T::default(); a.len()];
+    let mut recv = result_buffer::<T>(a.len());
     comm.all_reduce_into(&send[..], &mut recv[..], SystemOperation::sum());
     ArrayD::from_shape_vec(IxDyn(a.shape()), recv).map_err(|e| e.to_string())
 }
 
 fn all_reduce<C: CommunicatorCollectives>(
+    comm: &C,
+    d: &Data,
+    op: ReduceOp,
+    size: usize,
+) -> std::result::Result<Data, String> {
+    let r = reduce_data(comm, d, op, size)?;
+    keep(&r);
+    Ok(r)
+}
+
+fn reduce_data<C: CommunicatorCollectives>(
     comm: &C,
     d: &Data,
     op: ReduceOp,

@@ -134,6 +134,11 @@ struct Step {
     /// does a parallel run overwrite in place: otherwise whether it could would depend
     /// on timing, and so would the number of buffers a run draws from the pool.
     in_place_any_order: bool,
+    /// For a collective: whether the next step in plan order reads it (or none
+    /// follows), so that nothing could run while it communicates. It then runs
+    /// blocking, on the calling thread when nothing else is queued, and skips the
+    /// hand-over to the communication thread and back.
+    nothing_to_overlap: bool,
 }
 
 /// The per-run state, kept between runs so a steady-state run allocates none of it.
@@ -237,11 +242,17 @@ impl Plan {
                 next_collective: None,
                 after_collective: false,
                 in_place_any_order: false,
+                nothing_to_overlap: false,
             });
         }
         let collectives: Vec<usize> = (0..steps.len())
             .filter(|&i| steps[i].op.is_collective())
             .collect();
+        for &c in &collectives {
+            let next = (c + 1..steps.len())
+                .find(|&j| !matches!(steps[j].op, Op::Input(_) | Op::Const | Op::ReadVar(_)));
+            steps[c].nothing_to_overlap = next.is_none_or(|j| steps[j].inputs.contains(&c));
+        }
         for w in collectives.windows(2) {
             steps[w[0]].next_collective = Some(w[1]);
             steps[w[1]].after_collective = true;
@@ -688,7 +699,12 @@ impl Plan {
             Op::AllReduce(r) => {
                 // start it; the value arrives while later steps run
                 let guards = self.read_inputs(s, st);
-                let p = comm::start_all_reduce(operand(s, &guards, s.operands[0]), r);
+                let x = operand(s, &guards, s.operands[0]);
+                let p = if s.nothing_to_overlap {
+                    comm::Pending::done(comm::all_reduce(x, r))
+                } else {
+                    comm::start_all_reduce(x, r)
+                };
                 drop(guards);
                 *lock(&st.comm[i]) = Some(p);
                 self.release_operands(s, st);
