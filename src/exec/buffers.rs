@@ -107,12 +107,14 @@ pooled!(i64, i64, I64);
 
 /// Whether `d` holds `n` elements of type `T` in a buffer nothing else shares, so that
 /// [`into_buffer`] takes it over.
+#[cfg(feature = "mpi")]
 pub(crate) fn is_free_buffer<T: Pooled>(d: &Data, n: usize) -> bool {
     T::array_of(d).is_some_and(|a| a.len() == n && a.is_unique())
 }
 
 /// The buffer behind `d`, with its old values, when
 /// [`is_free_buffer`] holds and the array spans all of it.
+#[cfg(feature = "mpi")]
 pub(crate) fn into_buffer<T: Pooled>(d: Data) -> Option<Vec<T>> {
     unshared(T::into_array(d)?)
 }

@@ -347,8 +347,22 @@ pub(super) fn infer_nary(op: &Op, x: &[(DType, &[usize])]) -> Result<(DType, Sha
 
 pub(super) fn eval_unary(u: Unary, x: &Data) -> Data {
     match x {
-        Data::F32(a) => unary_const!(u, OP => Data::F32(ew::map(a, |v| OP.f(v)))),
-        Data::F64(a) => unary_const!(u, OP => Data::F64(ew::map(a, |v| OP.f(v)))),
+        // `k` is a function item marked `#[inline(always)]` (a closure cannot be), so
+        // the whole scalar function inlines into the kernel's vectorized loop
+        Data::F32(a) => unary_const!(u, OP => {
+            #[inline(always)]
+            fn k<T: Float>(v: T) -> T {
+                OP.f(v)
+            }
+            Data::F32(ew::map(a, k::<f32>))
+        }),
+        Data::F64(a) => unary_const!(u, OP => {
+            #[inline(always)]
+            fn k<T: Float>(v: T) -> T {
+                OP.f(v)
+            }
+            Data::F64(ew::map(a, k::<f64>))
+        }),
         Data::I64(_) => unreachable!("infer rejects integer operands of {}", u.name()),
     }
 }

@@ -160,7 +160,8 @@ unsafe fn vectorized_unchecked<R>(isa: Isa, f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// A Vec of `n` elements written in parallel chunks of [`PAR_CHUNK`] by `fill(start, chunk)`.
+/// A Vec of `n` elements written by `fill(start, chunk)`: in one call below [`PAR_MIN`]
+/// elements, else in parallel chunks of [`PAR_CHUNK`].
 ///
 /// # Safety
 /// `fill` must write every element of the chunk it is given (or panic): the Vec's
@@ -170,10 +171,14 @@ unsafe fn par_fill<O: Pooled>(
     fill: impl Fn(usize, &mut [MaybeUninit<O>]) + Sync,
 ) -> Vec<O> {
     let mut v = buffers::take(n);
-    v.spare_capacity_mut()[..n]
-        .par_chunks_mut(PAR_CHUNK)
-        .enumerate()
-        .for_each(|(i, c)| fill(i * PAR_CHUNK, c));
+    let out = &mut v.spare_capacity_mut()[..n];
+    if n < PAR_MIN {
+        fill(0, out);
+    } else {
+        out.par_chunks_mut(PAR_CHUNK)
+            .enumerate()
+            .for_each(|(i, c)| fill(i * PAR_CHUNK, c));
+    }
     // SAFETY: the chunks cover 0..n and `fill` wrote each element of its chunk; if it
     // panicked, the panic propagates before this line and the Vec stays empty.
     unsafe { v.set_len(n) };
@@ -182,22 +187,45 @@ unsafe fn par_fill<O: Pooled>(
 
 /// `f` over a slice into a new Vec (parallel above [`PAR_MIN`]).
 fn map_slice<T: Copy + Sync, O: Pooled>(x: &[T], f: impl Fn(T) -> O + Sync) -> Vec<O> {
-    if x.len() < PAR_MIN {
-        let mut out = buffers::take(x.len());
-        vectorized(|| out.extend(x.iter().map(|&v| f(v))));
-        out
-    } else {
-        // SAFETY: the loop zips the whole chunk `out` with operands at least as long from
-        // `s` (they have `n` elements), so it writes every element.
-        unsafe {
-            par_fill(x.len(), |s, out| {
-                vectorized(|| {
-                    for (o, &v) in out.iter_mut().zip(&x[s..]) {
-                        o.write(f(v));
-                    }
-                })
-            })
-        }
+    // SAFETY: `map_chunk` writes the whole chunk `out` from operands at least as long
+    // from `s` (they have `n` elements).
+    unsafe { par_fill(x.len(), |s, out| map_chunk(out, &x[s..], &f)) }
+}
+
+/// Writes `f(x[i])` into every `out[i]`, with the loop itself compiled for AVX2 where
+/// the CPU has it. Unlike [`vectorized`], which relies on LLVM inlining a closure
+/// holding the loop into the feature-enabled copy (it declines once the loop body is
+/// large: `tanh`, `sin`), the loop here is the body of the feature-enabled function,
+/// so it vectorizes whenever `f` inlines (pass an `#[inline(always)]` function item
+/// for long scalar functions). Both copies compute the same bits.
+#[inline(always)]
+fn map_chunk<T: Copy, O, F: Fn(T) -> O>(out: &mut [MaybeUninit<O>], x: &[T], f: &F) {
+    #[cfg(target_arch = "x86_64")]
+    match Isa::detect() {
+        // SAFETY: the CPU runs the instruction set it detected.
+        Isa::Avx512 => return unsafe { map_chunk_avx512(out, x, f) },
+        // SAFETY: as above.
+        Isa::Avx2 => return unsafe { map_chunk_avx2(out, x, f) },
+        Isa::Baseline => {}
+    }
+    for (o, &v) in out.iter_mut().zip(x) {
+        o.write(f(v));
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")]
+fn map_chunk_avx512<T: Copy, O, F: Fn(T) -> O>(out: &mut [MaybeUninit<O>], x: &[T], f: &F) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        o.write(f(v));
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn map_chunk_avx2<T: Copy, O, F: Fn(T) -> O>(out: &mut [MaybeUninit<O>], x: &[T], f: &F) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        o.write(f(v));
     }
 }
 
@@ -207,22 +235,16 @@ fn zip_slices<A: Copy + Sync, B: Copy + Sync, O: Pooled>(
     y: &[B],
     f: impl Fn(A, B) -> O + Sync,
 ) -> Vec<O> {
-    if x.len() < PAR_MIN {
-        let mut out = buffers::take(x.len());
-        vectorized(|| out.extend(x.iter().zip(y).map(|(&a, &b)| f(a, b))));
-        out
-    } else {
-        // SAFETY: the loop zips the whole chunk `out` with operands at least as long from
-        // `s` (they have `n` elements), so it writes every element.
-        unsafe {
-            par_fill(x.len(), |s, out| {
-                vectorized(|| {
-                    for ((o, &a), &b) in out.iter_mut().zip(&x[s..]).zip(&y[s..]) {
-                        o.write(f(a, b));
-                    }
-                })
+    // SAFETY: the loop zips the whole chunk `out` with operands at least as long from
+    // `s` (they have `n` elements), so it writes every element.
+    unsafe {
+        par_fill(x.len(), |s, out| {
+            vectorized(|| {
+                for ((o, &a), &b) in out.iter_mut().zip(&x[s..]).zip(&y[s..]) {
+                    o.write(f(a, b));
+                }
             })
-        }
+        })
     }
 }
 
