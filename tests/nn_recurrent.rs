@@ -611,3 +611,41 @@ fn one_symbolic_trace_serves_every_batch_size() {
     }
     assert_eq!(f.trace_count(), 1);
 }
+
+/// With 64 units at batch 64 the gradient loop's `dz · Uᵀ` is big enough that
+/// `optimize_regions` transposes the recurrent kernel once before the loop
+/// (`passes::PRETRANSPOSE_MIN_SIDE`) instead of multiplying by transposed strides
+/// every step; the compiled gradients still equal the eager ones bit for bit.
+#[test]
+fn a_pretransposed_recurrent_kernel_keeps_compiled_equal_to_eager() {
+    let units = tapeflow::passes::PRETRANSPOSE_MIN_SIDE;
+    let x = Tensor::random_uniform(&[64, 4, 64], -1.0, 1.0, 5, DType::F32);
+    let lstm = Arc::new(LSTM::new(units).bias_initializer(bias_init()));
+    lstm.build(&[4, 64]).unwrap();
+    let (k, u, b) = lstm.weights().unwrap();
+    let vars = [k, u, b.unwrap()];
+    let tape = GradientTape::new();
+    let loss = tape.record(|| lstm.call(&x, true).unwrap().square().sum_all());
+    let eager = tape.gradient(&loss, &vars[..]).unwrap();
+    let (l2, vars2) = (lstm.clone(), vars.clone());
+    let step = function(move |x: &Tensor| {
+        let tape = GradientTape::new();
+        let loss = tape.record(|| l2.call(x, true).unwrap().square().sum_all());
+        let g = tape.gradient(&loss, &vars2[..])?;
+        Ok(g.into_iter().map(|g| g.unwrap()).collect::<Vec<_>>())
+    });
+    let compiled = step.call(&x).unwrap();
+    for (i, (g, e)) in compiled.iter().zip(&eager).enumerate() {
+        let (g, e) = (
+            g.to_vec_f32().unwrap(),
+            e.as_ref().unwrap().to_vec_f32().unwrap(),
+        );
+        assert!(g == e, "gradient {i}: compiled differs from eager");
+    }
+    let text = step.concrete(&[&x]).unwrap().text();
+    let outer: String = text.lines().filter(|l| !l.starts_with("    ")).collect();
+    assert!(
+        outer.contains("transpose[perm=[1,0]]") && !text.contains("tb=true"),
+        "Uᵀ is computed once, outside the loops:\n{text}"
+    );
+}

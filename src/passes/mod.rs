@@ -30,7 +30,7 @@ pub use dce::eliminate_dead_nodes;
 pub use fold_constants::{fold_constants, FOLD_MAX_ELEMS};
 pub use fold_transposes::fold_transposes_into_matmul;
 pub use fuse::{fuse_elementwise, fuse_elementwise_min, SMALL_REGION_ELEMS};
-pub use regions::optimize_regions;
+pub use regions::{optimize_regions, PRETRANSPOSE_MIN_SIDE};
 pub use simplify::{simplify, simplify_counting, RuleFn, MAX_SWEEPS, RULES};
 pub use specialize::{bind_shape, show_bindings, specialize, Bindings};
 
