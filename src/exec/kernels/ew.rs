@@ -22,12 +22,53 @@ pub const PAR_CHUNK: usize = 1 << 14;
 /// A standard-layout copy of the view `v`, in a buffer of the installed pool (one slice
 /// copy when `v` is contiguous).
 pub(crate) fn materialize<T: Pooled>(v: ndarray::ArrayViewD<'_, T>) -> Arr<T> {
+    if let Some(t) = transposed_matrix(&v) {
+        return t;
+    }
     let mut out = buffers::take(v.len());
+    let rank = v.ndim();
     match v.as_slice() {
         Some(s) => out.extend_from_slice(s),
+        // rows along a unit-stride last axis (a permutation that keeps the last axis,
+        // a slice of whole rows): one block copy per row
+        None if rank >= 2 && v.strides()[rank - 1] == 1 => {
+            for row in v.rows() {
+                match row.as_slice() {
+                    Some(r) => out.extend_from_slice(r),
+                    None => out.extend(row.iter().copied()),
+                }
+            }
+        }
         None => out.extend(v.iter().copied()),
     }
     wrap(v.shape(), out)
+}
+
+/// Rows of source elements a step of [`transposed_matrix`] walks at once, so that both
+/// the rows it reads and the row it writes stay in L1.
+const TRANSPOSE_STRIP: usize = 8;
+
+/// `v` copied to standard layout when `v` is the transpose of a whole row-major matrix
+/// (shape `[r, c]`, strides `[1, r]`), by strips of [`TRANSPOSE_STRIP`] columns.
+fn transposed_matrix<T: Pooled>(v: &ndarray::ArrayViewD<'_, T>) -> Option<Arr<T>> {
+    let (r, c) = match *v.shape() {
+        [r, c] if r > 1 && c > 1 => (r, c),
+        _ => return None,
+    };
+    if v.strides() != [1, r as isize] {
+        return None;
+    }
+    let src = v.as_slice_memory_order()?; // `[c, r]`, row-major
+    let mut out = buffers::overwritable::<T>(r * c);
+    for j0 in (0..c).step_by(TRANSPOSE_STRIP) {
+        let j1 = (j0 + TRANSPOSE_STRIP).min(c);
+        for (i, row) in out.chunks_exact_mut(c).enumerate() {
+            for j in j0..j1 {
+                row[j] = src[j * r + i];
+            }
+        }
+    }
+    Some(wrap(&[r, c], out))
 }
 
 /// `v` as a standard-layout array of `shape`.
@@ -441,4 +482,39 @@ pub fn select<M: Copy + Send + Sync, T: Pooled>(
             .map(|(&m, (&x, &y))| if set(m) { x } else { y }),
     );
     wrap(shape, out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::{s, Axis};
+
+    /// Every path of `materialize` (contiguous, unit-stride rows, a transposed matrix,
+    /// anything else) gives the view's elements in logical order.
+    #[test]
+    fn materialize_copies_any_view_in_logical_order() {
+        let a = ArrayD::from_shape_fn(IxDyn(&[5, 6, 7]), |i| {
+            (i[0] * 100 + i[1] * 10 + i[2]) as f32
+        });
+        let m2 = ArrayD::from_shape_fn(IxDyn(&[9, 13]), |i| (i[0] * 100 + i[1]) as f64);
+        let check = |v: ndarray::ArrayViewD<'_, f32>| {
+            let got = materialize(v.view());
+            assert_eq!(got.shape(), v.shape());
+            assert!(got.is_standard_layout());
+            assert_eq!(
+                got.iter().copied().collect::<Vec<_>>(),
+                v.iter().copied().collect::<Vec<_>>()
+            );
+        };
+        check(a.view());
+        check(a.view().permuted_axes(IxDyn(&[1, 0, 2]))); // rows kept
+        check(a.view().permuted_axes(IxDyn(&[2, 0, 1]))); // last axis moved
+        check(a.slice(s![.., 1..4, ..]).into_dyn()); // whole rows of a slice
+        check(a.slice(s![.., .., 2..5]).into_dyn()); // partial rows
+        check(a.index_axis(Axis(1), 3).reversed_axes()); // a transposed matrix of a slice
+        let t = m2.view().reversed_axes(); // a whole transposed matrix
+        let got = materialize(t.view());
+        assert_eq!(got.shape(), &[13, 9]);
+        assert!(got.indexed_iter().all(|(i, &v)| v == m2[[i[1], i[0]]]));
+    }
 }
