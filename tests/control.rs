@@ -1029,7 +1029,12 @@ fn hessian_hvp_and_jvp_of_functions_with_loops_match_closed_forms() {
         &mat_vec(&h_while),
     );
     let jvp1 = |f: &dyn Fn(&Tensor) -> Tensor, x: &Tensor, v: &Tensor| {
-        jvp(|a: &[Tensor]| f(&a[0]), &[x.clone()], &[v.clone()]).map(|(_, t)| t)
+        jvp(
+            |a: &[Tensor]| f(&a[0]),
+            std::slice::from_ref(x),
+            std::slice::from_ref(v),
+        )
+        .map(|(_, t)| t)
     };
     close(
         "jvp scan eager",

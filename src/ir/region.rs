@@ -88,7 +88,7 @@ impl Region {
         let fixed = match self.kind {
             RegionKind::Cond => 1,
             RegionKind::While => self.carries,
-            RegionKind::Scan { .. } => self.carries + self.xs,
+            RegionKind::Scan { .. } => self.carries.saturating_add(self.xs),
         };
         operands.saturating_sub(fixed)
     }
