@@ -1,6 +1,8 @@
 //! Control flow (`cond`, `while_loop`, `scan`, `scan_reverse`, `fori_loop`): results,
 //! the type errors that name both sides, gradients through them against closed forms
-//! (eagerly and inside `function`), and eager == compiled.
+//! (eagerly and inside `function`: x^n, cumulative products, Newton's √a by the
+//! implicit-function values, `hessian`/`hvp`/`jvp` of loops), eager == compiled, and
+//! variables read and assigned inside bodies (TF resource-variable semantics).
 
 use tapeflow::{
     cond, fori_loop, function, scan, scan_reverse, while_loop, DType, GradientTape, Tensor,
@@ -1131,4 +1133,53 @@ fn a_traced_loop_condition_that_assigns_a_variable_is_an_error() {
         e.contains("while_loop") && e.contains("condition assigns variable `c`"),
         "{e}"
     );
+}
+
+#[test]
+fn tapes_differentiate_loops_that_assign_variables() {
+    // x^n by a while with a run-time n whose body also counts its steps and sums the
+    // powers into a trainable variable (read, hence watched, by the tape): the tape
+    // differentiates the loop's result as without the assignments; eager == compiled
+    let run = |steps: &Variable, acc: &Variable, x: &Tensor, n: &Tensor| {
+        let tape = GradientTape::new();
+        let y = tape.record(|| {
+            tape.watch(x);
+            while_loop(
+                |v| Ok(v[0].lt(n)),
+                |v| {
+                    steps.assign_add(&Tensor::from(1i64));
+                    acc.assign_add(&(&v[1] * 2.0));
+                    Ok(vec![&v[0] + 1i64, &v[1] * x])
+                },
+                &[Tensor::from(0i64), x.ones_like()],
+            )
+        })?;
+        let g = tape.gradient(&y[1], x)?;
+        Ok::<_, tapeflow::Error>((y[1].clone(), g))
+    };
+    let vars = || {
+        (
+            Variable::non_trainable("steps", Tensor::from(0i64)),
+            Variable::named("acc", Tensor::from(0.0f64)),
+        )
+    };
+    let ((se, ae), (sc, ac)) = (vars(), vars());
+    let (s2, a2) = (sc.clone(), ac.clone());
+    let f = function(move |x: &Tensor, n: &Tensor| run(&s2, &a2, x, n));
+    let x = f64s(1.5);
+    let (mut steps, mut acc) = (0.0, 0.0);
+    for n in [3i64, 5] {
+        let nt = Tensor::from(n);
+        let (ye, ge) = run(&se, &ae, &x, &nt).unwrap();
+        let (yc, gc) = f.call(&x, &nt).unwrap();
+        assert!(same_bits(&ye, &yc) && same_bits(&ge, &gc), "n={n}");
+        assert!((s(&yc) - 1.5f64.powi(n as i32)).abs() < 1e-12);
+        assert!((s(&gc) - n as f64 * 1.5f64.powi(n as i32 - 1)).abs() < 1e-12);
+        steps += n as f64;
+        acc += (0..n).map(|k| 2.0 * 1.5f64.powi(k as i32)).sum::<f64>();
+        assert_eq!(sc.value().to_scalar_f64().unwrap(), steps);
+        assert!((s(&ac.value()) - acc).abs() < 1e-12, "{ac}");
+        assert!(same_bits(&ae.value(), &ac.value()));
+    }
+    assert_eq!(f.trace_count(), 1);
 }
