@@ -1183,3 +1183,30 @@ fn tapes_differentiate_loops_that_assign_variables() {
     }
     assert_eq!(f.trace_count(), 1);
 }
+
+#[test]
+fn variable_accumulated_in_a_traced_scan_reverse_walks_backwards() {
+    // acc += x_t from the last step to the first: ys[t] is acc after step t, a suffix sum
+    let run = |acc: &Variable, xs: &Tensor| -> tapeflow::Result<Tensor> {
+        let (_, ys) = scan_reverse(
+            |c, x| {
+                acc.assign_add(&x[0]);
+                Ok((c.to_vec(), vec![acc.read()]))
+            },
+            &[f64s(0.0)],
+            std::slice::from_ref(xs),
+        )?;
+        Ok(ys[0].clone())
+    };
+    let (ae, ac) = (
+        Variable::non_trainable("acc", Tensor::from(1.0f64)),
+        Variable::non_trainable("acc", Tensor::from(1.0f64)),
+    );
+    let a2 = ac.clone();
+    let f = function(move |xs: &Tensor| run(&a2, xs));
+    let xs = Tensor::vec(&[1.0f64, 2.0, 4.0]);
+    let (ye, yc) = (run(&ae, &xs).unwrap(), f.call(&xs).unwrap());
+    assert!(same_bits(&ye, &yc));
+    assert_eq!(yc.to_vec_f64().unwrap(), [8.0, 7.0, 5.0]);
+    assert_eq!((s(&ae.value()), s(&ac.value())), (8.0, 8.0));
+}
