@@ -8,6 +8,12 @@
 //! the backward of a control-flow op is again control flow (a reverse `scan`, a
 //! `cond`, a `while`), recorded on outer tapes like any op — which is all higher
 //! orders and forward mode (by transposition) need.
+//!
+//! Variables a body assigns ([`assigned_vars`]) are put first among its captures
+//! ([`merge_captures`]), so their inputs sit right after the arguments; the op turns
+//! them into extra carries (loops) or results (`cond`) whose body results are the last
+//! assigned values ([`var_results`]), and assigns the op's results after it
+//! ([`assign_vars`]). Bodies therefore never hold `read_var` or `assign` nodes.
 
 use super::{scan, scan_reverse};
 use crate::autodiff::backward::MultiVjp;
