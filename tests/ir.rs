@@ -269,3 +269,42 @@ fn parsed_graph_runs() {
         .unwrap();
     assert_eq!(Tensor::from_data(out[0].clone()).to_scalar().unwrap(), 12.0);
 }
+
+#[test]
+fn verifier_rejects_a_scan_claiming_more_carries_than_results() {
+    // found by the IR fuzzer: `carries=3` with two results once made the verifier
+    // slice past the result list
+    let text = "graph(%0: f32[2], %1: f32[3,2], %2: f32[2]) {
+  %3 = mul %2, %2 : f32[2]
+  %4 = scan[carries=3, xs=1, reverse=false, saved=false] %0, %1, %2, %3 : (f32[2], f32[3,2])
+    body(%0: f32[2], %1: f32[2], %2: f32[2], %3: f32[2]) {
+      %4 = mul %0, %3 : f32[2]
+      return %4, %4
+    }
+  %5 = get[index=0] %4 : f32[2]
+  %6 = get[index=1] %4 : f32[3,2]
+  return %5, %6
+}";
+    let g = parse(text).unwrap();
+    let e = verify(&g).unwrap_err().to_string();
+    assert!(
+        e.contains("scan") && e.contains("do not fit the carries"),
+        "{e}"
+    );
+    // and the carries plus scanned operands once overflowed
+    let huge = text.replace("carries=3", &format!("carries={}", u64::MAX));
+    let e = verify(&parse(&huge).unwrap()).unwrap_err().to_string();
+    assert!(e.contains("has 4 operands, needs at least"), "{e}");
+}
+
+#[test]
+fn a_select_without_operands_is_a_parse_error() {
+    // found by the IR fuzzer: the type rule sliced the operands before counting them
+    let e = parse("graph(%0: f32[2]) {\n  %1 = select : f32[]\n  return %1\n}")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("line 2") && e.contains("expects 3 operands, got 0"),
+        "{e}"
+    );
+}

@@ -15,6 +15,13 @@
 //! order, in reverse and forward mode. The README's "Control flow" section describes
 //! the design.
 //!
+//! Variables work inside the closures as in TensorFlow's `tf.while_loop`: reads see the
+//! latest assignment, each iteration sees the previous one's, and after the call the
+//! variable holds the last value assigned. Traced, a variable assigned in a body becomes
+//! an extra carry (loops) or result (`cond`) of the op, assigned after it (the module
+//! doc of `ir/region.rs` states the signatures); tapes do not differentiate through
+//! the assignment.
+//!
 //! Invariants every function checks, eagerly and traced: a branch's (or body's)
 //! outputs have the dtypes and shapes of the other branch (of the loop carry), else
 //! the call returns an `Err` naming both types and the result's position.
@@ -27,7 +34,10 @@ use crate::ir::{Region, RegionKind};
 use crate::tensor::{type_str, DType, Shape, Tensor};
 use crate::trace::context;
 use std::panic::Location;
-use traced::{capture_values, emit, merge_captures, replay, same_sig, trace_body, type_of};
+use traced::{
+    assign_vars, assigned_vars, capture_values, emit, merge_captures, replay, same_sig, trace_body,
+    type_of, var_results, var_type,
+};
 
 /// The type of a tensor as text, `f32[2,3]`.
 fn ty(t: &Tensor) -> String {
@@ -133,20 +143,33 @@ pub fn cond(
         &else_b.result_types(),
         loc,
     )?;
+    // variables a branch assigns are extra results (the other branch passes the value
+    // through) and are assigned after the op
     let mut bodies = [then_b, else_b];
-    let captures = merge_captures(&mut bodies, &[0, 0]);
+    let vars = assigned_vars(&bodies);
+    let captures = merge_captures(&mut bodies, &[0, 0], &vars);
+    for b in &mut bodies {
+        let finals = var_results(b, &vars, 0);
+        b.graph.outputs.extend(finals);
+    }
     let mut operands = vec![pred.clone()];
     operands.extend(capture_values(&captures));
     let [then_b, else_b] = bodies;
+    let nr = types.len();
+    let mut results = types;
+    results.extend(vars.iter().map(var_type));
     let region = Region {
         kind: RegionKind::Cond,
         bodies: vec![then_b.graph, else_b.graph],
         carries: 0,
         xs: 0,
         saved: false,
-        results: types,
+        results,
     };
-    emit(region, &operands, loc)
+    let mut outs = emit(region, &operands, loc)?;
+    assign_vars(&vars, &outs[nr..]);
+    outs.truncate(nr);
+    Ok(outs)
 }
 
 /// Reverse mode through `cond`: a `cond` on the same predicate whose branches pull the
@@ -215,8 +238,7 @@ fn cond_vjp(
 /// # Errors
 /// A condition with more than one element, a body whose results differ from the carry
 /// in number, dtype or shape (the error names both), errors of the closures; inside
-/// [`crate::function`], a condition that depends on the function's arguments (a trip
-/// count known only at run time), which is not supported yet.
+/// [`crate::function`] with a run-time condition, a condition that assigns a variable.
 ///
 /// # Example
 /// ```
@@ -293,23 +315,43 @@ fn while_op(
         &body_b.result_types(),
         loc,
     )?;
+    if let Some((v, _)) = cond_b.assigned.first() {
+        return Err(Error::op(
+            "while_loop",
+            format!(
+                "the loop condition assigns variable `{}`; assign it in the body instead",
+                v.name()
+            ),
+            loc,
+        ));
+    }
+    // variables the body assigns are extra carries after the user's (the condition
+    // sees them too), assigned after the op
     let nc = init.len();
     let mut bodies = [cond_b, body_b];
-    let captures = merge_captures(&mut bodies, &[nc, nc]);
+    let vars = assigned_vars(&bodies);
+    let nv = vars.len();
+    let captures = merge_captures(&mut bodies, &[nc, nc], &vars);
+    let finals = var_results(&bodies[1], &vars, nc);
+    bodies[1].graph.outputs.extend(finals);
     let mut operands = init.to_vec();
     operands.extend(capture_values(&captures));
     let [cond_b, body_b] = bodies;
     let mut results = carry_types;
+    results.extend(vars.iter().map(var_type));
     results.push((DType::I64, Shape::new()));
     let region = Region {
         kind: RegionKind::While,
         bodies: vec![cond_b.graph, body_b.graph],
-        carries: nc,
+        carries: nc + nv,
         xs: 0,
         saved: false,
         results,
     };
-    emit(region, &operands, loc)
+    let mut outs = emit(region, &operands, loc)?;
+    assign_vars(&vars, &outs[nc..nc + nv]);
+    outs.drain(nc..nc + nv);
+    Ok(outs)
 }
 
 /// Reverse mode through `while`, for a trip count `n` known only at run time. The

@@ -8,15 +8,21 @@
 //! the backward of a control-flow op is again control flow (a reverse `scan`, a
 //! `cond`, a `while`), recorded on outer tapes like any op — which is all higher
 //! orders and forward mode (by transposition) need.
+//!
+//! Variables a body assigns ([`assigned_vars`]) are put first among its captures
+//! ([`merge_captures`]), so their inputs sit right after the arguments; the op turns
+//! them into extra carries (loops) or results (`cond`) whose body results are the last
+//! assigned values ([`var_results`]), and assigns the op's results after it
+//! ([`assign_vars`]). Bodies therefore never hold `read_var` or `assign` nodes.
 
-use super::{scan, scan_reverse, ty};
+use super::{scan, scan_reverse};
 use crate::autodiff::backward::MultiVjp;
 use crate::autodiff::tape::{self, GradientTape};
 use crate::error::{Error, Loc, Result};
 use crate::ir::{Graph, NodeId, Region, RegionKind};
 use crate::ops::Op;
 use crate::tensor::dispatch::{apply, at_location};
-use crate::tensor::{DType, Kind, Shape, Tensor};
+use crate::tensor::{DType, Kind, Shape, Tensor, Variable};
 use crate::trace::context::{self, Capture};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -33,17 +39,24 @@ fn capture_key(c: &Capture) -> (u8, u64) {
     }
 }
 
+/// The type of a variable.
+pub(super) fn var_type(v: &Variable) -> (DType, Shape) {
+    (v.dtype(), Shape::from_slice(v.shape()))
+}
+
 fn capture_type(c: &Capture) -> (DType, Shape) {
     match c {
         Capture::Tensor(t) => type_of(t),
-        Capture::Var(v) => (v.dtype(), Shape::from_slice(v.shape())),
+        Capture::Var(v) => var_type(v),
     }
 }
 
-/// A traced body: its graph and captures.
+/// A traced body: its graph, captures and the variables it assigns (each with the node
+/// of its last value).
 pub(super) struct Body {
     pub graph: Graph,
     pub captures: Vec<Capture>,
+    pub assigned: Vec<(Variable, NodeId)>,
 }
 
 impl Body {
@@ -70,13 +83,63 @@ pub(super) fn trace_body(
     Ok(Body {
         graph: traced.graph,
         captures: traced.captures,
+        assigned: traced.assigned,
     })
 }
 
-/// Gives every body the same captures (the union, in first-seen order) as inputs after
-/// its `nargs` arguments; returns that list.
-pub(super) fn merge_captures(bodies: &mut [Body], nargs: &[usize]) -> Vec<Capture> {
-    let mut merged: Vec<Capture> = Vec::new();
+/// The variables assigned in any of `bodies`, in first-assigned order.
+pub(super) fn assigned_vars(bodies: &[Body]) -> Vec<Variable> {
+    let mut vars: Vec<Variable> = Vec::new();
+    for (v, _) in bodies.iter().flat_map(|b| &b.assigned) {
+        if !vars.iter().any(|w| w.id() == v.id()) {
+            vars.push(v.clone());
+        }
+    }
+    vars
+}
+
+/// The nodes holding each of `vars`' value at the end of `body`: its last assigned
+/// value, or, when the body does not assign it, the body's input for the variable
+/// (`first` is the input index of `vars[0]`; after [`merge_captures`] with `vars` first,
+/// the variables' inputs follow the body's arguments).
+pub(super) fn var_results(body: &Body, vars: &[Variable], first: usize) -> Vec<NodeId> {
+    vars.iter()
+        .enumerate()
+        .map(|(i, v)| {
+            body.assigned
+                .iter()
+                .find(|(w, _)| w.id() == v.id())
+                .map_or(body.graph.inputs[first + i], |&(_, n)| n)
+        })
+        .collect()
+}
+
+/// Assigns each variable its value after the control-flow op, in the enclosing trace
+/// (a graph's `assign`, or, in an enclosing body, that body's assignment).
+#[track_caller]
+pub(super) fn assign_vars(vars: &[Variable], values: &[Tensor]) {
+    for (v, t) in vars.iter().zip(values) {
+        v.assign(t);
+    }
+}
+
+/// Makes `inputs` the graph's inputs, renumbering their `input` nodes.
+pub(super) fn set_inputs(g: &mut Graph, inputs: Vec<NodeId>) {
+    for (i, &id) in inputs.iter().enumerate() {
+        g.node_mut(id).op = Op::Input(i as u32);
+    }
+    g.inputs = inputs;
+}
+
+/// Gives every body the same captures as inputs after its `nargs` arguments: the
+/// variables `first` (those the bodies assign, which become carries or results), then
+/// the union of the others in first-seen order; returns that list.
+pub(super) fn merge_captures(
+    bodies: &mut [Body],
+    nargs: &[usize],
+    first: &[Variable],
+) -> Vec<Capture> {
+    let mut merged: Vec<Capture> = first.iter().map(|v| Capture::Var(v.clone())).collect();
     for b in bodies.iter() {
         for c in &b.captures {
             if !merged.iter().any(|m| capture_key(m) == capture_key(c)) {
@@ -101,10 +164,7 @@ pub(super) fn merge_captures(bodies: &mut [Body], nargs: &[usize]) -> Vec<Captur
             };
             inputs.push(node);
         }
-        for (i, &id) in inputs.iter().enumerate() {
-            g.node_mut(id).op = Op::Input(i as u32);
-        }
-        g.inputs = inputs;
+        set_inputs(g, inputs);
         b.captures = merged.clone();
     }
     merged
@@ -404,20 +464,37 @@ pub(super) fn scan_op(
         &types[..nc],
         loc,
     )?;
-    let captures = merge_captures(std::slice::from_mut(&mut body), &[args.len()]);
+    // variables the body assigns become carries after the user's: inputs
+    // (c, x, vars, rest) are reordered to (c, vars, x, rest), results (c, y) to (c, vars, y)
+    let vars = assigned_vars(std::slice::from_ref(&body));
+    let nv = vars.len();
+    let captures = merge_captures(std::slice::from_mut(&mut body), &[args.len()], &vars);
+    let ins = &body.graph.inputs;
+    let nx = xs.len();
+    let mut inputs: Vec<NodeId> = ins[..nc].to_vec();
+    inputs.extend_from_slice(&ins[nc + nx..nc + nx + nv]);
+    inputs.extend_from_slice(&ins[nc..nc + nx]);
+    inputs.extend_from_slice(&ins[nc + nx + nv..]);
+    let finals = var_results(&body, &vars, nc + nx);
+    set_inputs(&mut body.graph, inputs);
+    body.graph.outputs.splice(nc..nc, finals);
+    let cap_values = capture_values(&captures);
     let mut operands: Vec<Tensor> = init.to_vec();
+    operands.extend(cap_values[..nv].iter().cloned());
     operands.extend(xs.iter().cloned());
-    operands.extend(capture_values(&captures));
+    operands.extend(cap_values[nv..].iter().cloned());
     let saved = tape::any_tracked(&operands);
     let stacked = |(d, s): &(DType, Shape)| {
         let mut sh = Shape::from_slice(&[n]);
         sh.extend_from_slice(s);
         (*d, sh)
     };
+    let mut carry_types = carry_types;
+    carry_types.extend(vars.iter().map(var_type));
     let mut results = carry_types.clone();
     results.extend(types[nc..].iter().map(stacked));
     if saved {
-        let carries: Vec<NodeId> = body.graph.inputs[..nc].to_vec();
+        let carries: Vec<NodeId> = body.graph.inputs[..nc + nv].to_vec();
         body.graph.outputs.extend(carries);
         results.extend(carry_types.iter().map(stacked));
     }
@@ -425,12 +502,12 @@ pub(super) fn scan_op(
     let region = Region {
         kind: RegionKind::Scan { reverse },
         bodies: vec![body.graph],
-        carries: nc,
-        xs: xs.len(),
+        carries: nc + nv,
+        xs: nx,
         saved,
         results,
     };
     let outs = emit(region, &operands, loc)?;
-    let _ = ty;
-    Ok((outs[..nc].to_vec(), outs[nc..nc + ny].to_vec()))
+    assign_vars(&vars, &outs[nc..nc + nv]);
+    Ok((outs[..nc].to_vec(), outs[nc + nv..nc + nv + ny].to_vec()))
 }

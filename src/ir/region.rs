@@ -21,8 +21,22 @@
 //!   each `y` stacked on a new leading axis of length `n`. With `reverse`, `t` runs from
 //!   `n-1` down to `0` (`ys[t]` is still step `t`'s output).
 //!
-//! Variables are never read or assigned inside a body: a body that reads a variable
-//! gets its value as a capture, so the outer graph reads it once.
+//! Bodies never hold `read_var` or `assign` nodes; variables still work inside them
+//! (`control/traced.rs` rewrites them while tracing, with the semantics of resource
+//! variables in `tf.while_loop`):
+//! - a variable only read in a body is a capture: the outer graph reads it once;
+//! - a variable assigned in a `while` or `scan` body is an extra carry after the user's
+//!   (its initial value read by the outer graph before the op, the body's result its
+//!   last assigned value, so every iteration sees the previous one's assignment and
+//!   reads after an assign in the same body see the new value), and the outer graph
+//!   assigns the final carry after the op;
+//! - a variable assigned in a `cond` branch is an extra result after the user's, the
+//!   other branch passing the old value (its capture) through; the outer graph assigns
+//!   it after the op.
+//!
+//! Inside a body that is itself nested in a body, "the outer graph" is that enclosing
+//! body, which in turn carries the variable out. A `while` condition may read but not
+//! assign variables.
 
 use super::graph::Graph;
 use crate::tensor::{DType, Shape};
@@ -74,7 +88,7 @@ impl Region {
         let fixed = match self.kind {
             RegionKind::Cond => 1,
             RegionKind::While => self.carries,
-            RegionKind::Scan { .. } => self.carries + self.xs,
+            RegionKind::Scan { .. } => self.carries.saturating_add(self.xs),
         };
         operands.saturating_sub(fixed)
     }

@@ -172,7 +172,7 @@ fn region_errors(g: &Graph, id: NodeId) -> Vec<String> {
     let fixed = match reg.kind {
         RegionKind::Cond => 1,
         RegionKind::While => nc,
-        RegionKind::Scan { .. } => nc + reg.xs,
+        RegionKind::Scan { .. } => nc.saturating_add(reg.xs),
     };
     if operands.len() < fixed {
         errs.push(format!(
@@ -298,7 +298,12 @@ fn region_errors(g: &Graph, id: NodeId) -> Vec<String> {
             args.extend(caps.iter().cloned());
             let saved = if reg.saved { nc } else { 0 };
             let ny = reg.results.len().saturating_sub(nc + saved);
-            let ys: Vec<(DType, Shape)> = reg.results[nc..nc + ny]
+            // a region claiming more carries than it has results has no ys (and fails
+            // the comparison below)
+            let ys: Vec<(DType, Shape)> = reg
+                .results
+                .get(nc..nc + ny)
+                .unwrap_or_default()
                 .iter()
                 .map(|(d, s)| (*d, Shape::from_slice(&s[1.min(s.len())..])))
                 .collect();

@@ -327,8 +327,9 @@ pub(super) fn infer_unary(_u: Unary, x: &[(DType, &[usize])]) -> Result<(DType, 
 }
 
 pub(super) fn infer_nary(op: &Op, x: &[(DType, &[usize])]) -> Result<(DType, Shape), String> {
-    let operands = if *op == Op::Select { &x[1..] } else { x };
+    // arity first: a parsed `select` may come with no operands at all
     arity(x, if *op == Op::Select { 3 } else { 2 })?;
+    let operands = if *op == Op::Select { &x[1..] } else { x };
     let dtype = same_dtype(operands)?;
     if let Op::Binary(b) = op {
         if !dtype.is_float() && b.fi().is_none() {

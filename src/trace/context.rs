@@ -10,7 +10,10 @@
 //! enclosing one. A symbolic tensor of an enclosing trace used in the body, or a
 //! variable read in it, becomes a *capture*: an extra input of the body graph (after
 //! its arguments), listed in order so the control-flow op can pass the outer values as
-//! operands. Assigning a variable inside a body is an error.
+//! operands. A variable assigned inside a body is recorded in the body's `assigned`
+//! list (its final value there); later reads in the body see the assigned value, and
+//! the control-flow op turns the variable into an extra carry or result
+//! (`control/traced.rs`).
 
 use crate::error::{Error, Loc};
 use crate::ir::{Graph, GraphVar, Node, NodeId};
@@ -36,6 +39,8 @@ struct Body {
     captures: Vec<Capture>,
     /// capture input node by outer tensor id
     by_tensor: HashMap<u64, NodeId>,
+    /// variables assigned in the body, in first-assigned order, with their last value
+    assigned: Vec<(Variable, NodeId)>,
 }
 
 /// An outer value a control-flow body reads.
@@ -191,20 +196,6 @@ pub(crate) fn assign_var(v: &Variable, value: &Tensor, loc: Loc) -> bool {
     STACK.with(|s| {
         let mut s = s.borrow_mut();
         let (ctx, outer) = split(&mut s);
-        if ctx.body.is_some() {
-            if ctx.error.is_none() {
-                ctx.error = Some(Error::op(
-                    "assign",
-                    format!(
-                        "variable `{}` is assigned inside a control-flow body (cond, while_loop, \
-                         scan): return the new value as a result or carry and assign it after the loop",
-                        v.name()
-                    ),
-                    loc,
-                ));
-            }
-            return true;
-        }
         let operand = match node_for(ctx, &outer, value) {
             Ok(n) => n,
             Err(msg) => {
@@ -214,6 +205,17 @@ pub(crate) fn assign_var(v: &Variable, value: &Tensor, loc: Loc) -> bool {
                 return true;
             }
         };
+        if let Some(body) = ctx.body.as_mut() {
+            // in a body: remember the last value; the control-flow op carries it out
+            match body.assigned.iter_mut().find(|(w, _)| w.id() == v.id()) {
+                Some(entry) => entry.1 = operand,
+                None => body.assigned.push((v.clone(), operand)),
+            }
+            let shape = Shape::from_slice(v.shape());
+            let t = Tensor::symbolic(ctx.id, operand, v.dtype(), shape, loc);
+            ctx.vars.insert(v.id(), t);
+            return true;
+        }
         let var = GraphVar {
             name: v.name().to_string(),
             dtype: v.dtype(),
@@ -353,10 +355,13 @@ pub(crate) fn with_node<R>(_n: NodeId, f: impl FnOnce(&Graph) -> R) -> R {
 }
 
 /// What tracing a control-flow body produced: its graph (inputs: the arguments, then the
-/// captures; outputs: the body's results) and the outer values of its captures.
+/// captures; outputs: the body's results), the outer values of its captures and the
+/// variables it assigns.
 pub(crate) struct Traced<R> {
     pub graph: Graph,
     pub captures: Vec<Capture>,
+    /// The variables the body assigns, with the node of each one's last value.
+    pub assigned: Vec<(Variable, NodeId)>,
     pub result: Result<R, Error>,
 }
 
@@ -405,7 +410,10 @@ pub(crate) fn with_body<R>(
     });
     std::mem::forget(guard);
     let ctx = STACK.with(|s| s.borrow_mut().pop().expect("context pushed above"));
-    let captures = ctx.body.map(|b| b.captures).unwrap_or_default();
+    let (captures, assigned) = ctx
+        .body
+        .map(|b| (b.captures, b.assigned))
+        .unwrap_or_default();
     let result = match (ctx.error, r) {
         (Some(e), _) => Err(e),
         (None, r) => r,
@@ -413,6 +421,7 @@ pub(crate) fn with_body<R>(
     Traced {
         graph: ctx.graph,
         captures,
+        assigned,
         result,
     }
 }
