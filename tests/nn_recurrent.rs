@@ -298,6 +298,24 @@ fn lstm_unrolled(x: &Tensor, k: &Tensor, u: &Tensor, b: &Tensor, units: usize) -
     h
 }
 
+/// The gradients of `sum(lstm(x)²)` with respect to `vars` from a compiled function,
+/// and the text of its graph.
+fn compiled_loss_gradients(
+    lstm: &Arc<LSTM>,
+    vars: &[tapeflow::Variable],
+    x: &Tensor,
+) -> (Vec<Tensor>, String) {
+    let (l2, vars2) = (lstm.clone(), vars.to_vec());
+    let step = function(move |x: &Tensor| {
+        let tape = GradientTape::new();
+        let loss = tape.record(|| l2.call(x, true).unwrap().square().sum_all());
+        let g = tape.gradient(&loss, &vars2[..])?;
+        Ok(g.into_iter().map(|g| g.unwrap()).collect::<Vec<_>>())
+    });
+    let text = step.concrete(&[x]).unwrap().text();
+    (step.call(x).unwrap(), text)
+}
+
 #[test]
 fn lstm_gradients_equal_the_unrolled_network_eager_and_compiled() {
     let x = random(&[R.batch, R.steps, R.feat], 4);
@@ -332,14 +350,7 @@ fn lstm_gradients_equal_the_unrolled_network_eager_and_compiled() {
         );
     }
 
-    let (l2, vars2) = (lstm.clone(), vars.clone());
-    let step = function(move |x: &Tensor| {
-        let tape = GradientTape::new();
-        let loss = tape.record(|| l2.call(x, true).unwrap().square().sum_all());
-        let g = tape.gradient(&loss, &vars2[..])?;
-        Ok(g.into_iter().map(|g| g.unwrap()).collect::<Vec<_>>())
-    });
-    let compiled = step.call(&x).unwrap();
+    let (compiled, text) = compiled_loss_gradients(&lstm, &vars, &x);
     for (i, (g, r)) in compiled.iter().zip(&eager).enumerate() {
         close(
             &vals(g),
@@ -348,7 +359,6 @@ fn lstm_gradients_equal_the_unrolled_network_eager_and_compiled() {
             &format!("compiled grad {i}"),
         );
     }
-    let text = step.concrete(&[&x]).unwrap().text();
     assert!(
         text.contains("scan"),
         "the recurrence stays a loop:\n{text}"
@@ -627,14 +637,7 @@ fn a_pretransposed_recurrent_kernel_keeps_compiled_equal_to_eager() {
     let tape = GradientTape::new();
     let loss = tape.record(|| lstm.call(&x, true).unwrap().square().sum_all());
     let eager = tape.gradient(&loss, &vars[..]).unwrap();
-    let (l2, vars2) = (lstm.clone(), vars.clone());
-    let step = function(move |x: &Tensor| {
-        let tape = GradientTape::new();
-        let loss = tape.record(|| l2.call(x, true).unwrap().square().sum_all());
-        let g = tape.gradient(&loss, &vars2[..])?;
-        Ok(g.into_iter().map(|g| g.unwrap()).collect::<Vec<_>>())
-    });
-    let compiled = step.call(&x).unwrap();
+    let (compiled, text) = compiled_loss_gradients(&lstm, &vars, &x);
     for (i, (g, e)) in compiled.iter().zip(&eager).enumerate() {
         let (g, e) = (
             g.to_vec_f32().unwrap(),
@@ -642,7 +645,6 @@ fn a_pretransposed_recurrent_kernel_keeps_compiled_equal_to_eager() {
         );
         assert!(g == e, "gradient {i}: compiled differs from eager");
     }
-    let text = step.concrete(&[&x]).unwrap().text();
     let outer: String = text.lines().filter(|l| !l.starts_with("    ")).collect();
     assert!(
         outer.contains("transpose[perm=[1,0]]") && !text.contains("tb=true"),
