@@ -44,6 +44,18 @@ struct Bandwidth {
     plain_s: f64,
 }
 
+impl Bandwidth {
+    /// GB/s at `secs` per call.
+    fn gbps(&self, secs: f64) -> f64 {
+        self.bytes as f64 / secs / 1e9
+    }
+
+    /// Time of the plain loop over time of the op, and over the compiled function's.
+    fn ratios(&self) -> (f64, f64) {
+        (self.plain_s / self.op_s, self.plain_s / self.compiled_s)
+    }
+}
+
 /// Per-call seconds of the three ways to all-reduce `bytes` bytes, each the best of
 /// `rounds` rounds that run them in turn (the machine is shared: the least disturbed
 /// round is the closest to what each costs).
@@ -247,10 +259,10 @@ fn main() -> Result<()> {
                 b.op_s * 1e6,
                 b.compiled_s * 1e6,
                 b.plain_s * 1e6,
-                b.bytes as f64 / b.op_s / 1e9,
-                b.bytes as f64 / b.plain_s / 1e9,
-                b.plain_s / b.op_s,
-                b.plain_s / b.compiled_s
+                b.gbps(b.op_s),
+                b.gbps(b.plain_s),
+                b.ratios().0,
+                b.ratios().1
             ));
         }
         for r in &rows {
@@ -283,10 +295,10 @@ fn main() -> Result<()> {
             b.op_s * 1e6,
             b.compiled_s * 1e6,
             b.plain_s * 1e6,
-            b.bytes as f64 / b.op_s / 1e9,
-            b.bytes as f64 / b.plain_s / 1e9,
-            b.plain_s / b.op_s,
-            b.plain_s / b.compiled_s
+            b.gbps(b.op_s),
+            b.gbps(b.plain_s),
+            b.ratios().0,
+            b.ratios().1
         );
     }
     println!("\n| W3 train step | fusion | overlap | all_reduce ops | ms/step | steps/s | samples/s | scaling efficiency |");

@@ -342,13 +342,18 @@ fn stack_and_unstack_are_inverse() {
     );
 }
 
-#[test]
-fn traced_scan_is_one_op_with_a_body_block() {
+/// [`rnn_loss_and_grads`] traced for an input `f64[2,5,3]`, with fixed weights.
+fn traced_rnn() -> std::sync::Arc<tapeflow::trace::ConcreteFunction> {
     let u = Variable::named("u", Tensor::random_normal(&[4, 4], 0.0, 0.5, 1, DType::F64));
     let w = Variable::named("w", Tensor::random_normal(&[3, 4], 0.0, 0.5, 2, DType::F64));
-    let f = function(move |x: &Tensor| rnn_loss_and_grads(x, &u, &w));
+    let rnn = function(move |x: &Tensor| rnn_loss_and_grads(x, &u, &w));
     let x = Tensor::random_normal(&[2, 5, 3], 0.0, 1.0, 3, DType::F64);
-    let text = f.concrete(&[&x]).unwrap().text();
+    rnn.concrete(&[&x]).unwrap()
+}
+
+#[test]
+fn traced_scan_is_one_op_with_a_body_block() {
+    let text = traced_rnn().text();
     println!("{text}");
     assert_eq!(
         text.matches("= scan[").count(),
@@ -520,10 +525,7 @@ fn gradient_checks_of_control_flow() {
 #[test]
 fn regions_print_parse_round_trip_and_verify() {
     use tapeflow::ir::{parse_with_constants, print_with_constants, verify};
-    let u = Variable::named("u", Tensor::random_normal(&[4, 4], 0.0, 0.5, 1, DType::F64));
-    let w = Variable::named("w", Tensor::random_normal(&[3, 4], 0.0, 0.5, 2, DType::F64));
-    let rnn = function(move |x: &Tensor| rnn_loss_and_grads(x, &u, &w));
-    let x = Tensor::random_normal(&[2, 5, 3], 0.0, 1.0, 3, DType::F64);
+    let rnn = traced_rnn();
     let pw = function(|x: &Tensor, n: &Tensor| {
         let tape = GradientTape::new();
         let y = tape.record(|| {
@@ -538,10 +540,7 @@ fn regions_print_parse_round_trip_and_verify() {
         Ok((p[0].clone(), tape.gradient(&y, x)?))
     });
     let (x1, n1) = (f64s(1.5), Tensor::from(3i64));
-    let graphs = [
-        rnn.concrete(&[&x]).unwrap(),
-        pw.concrete(&[&x1, &n1]).unwrap(),
-    ];
+    let graphs = [rnn, pw.concrete(&[&x1, &n1]).unwrap()];
     for c in &graphs {
         for g in [c.traced_graph(), c.graph()] {
             verify(g).unwrap();
@@ -621,10 +620,7 @@ fn fori_loop_traced_unrolls_short_loops_and_keeps_long_ones() {
 fn snapshots_of_backward_graphs() {
     let mut settings = insta::Settings::clone_current();
     settings.set_snapshot_path("../snapshots");
-    let u = Variable::named("u", Tensor::random_normal(&[4, 4], 0.0, 0.5, 1, DType::F64));
-    let w = Variable::named("w", Tensor::random_normal(&[3, 4], 0.0, 0.5, 2, DType::F64));
-    let rnn = function(move |x: &Tensor| rnn_loss_and_grads(x, &u, &w));
-    let x = Tensor::random_normal(&[2, 5, 3], 0.0, 1.0, 3, DType::F64);
+    let rnn = traced_rnn();
     let pw = function(|x: &Tensor, n: &Tensor| {
         let tape = GradientTape::new();
         let y = tape.record(|| {
@@ -633,7 +629,7 @@ fn snapshots_of_backward_graphs() {
         });
         Ok((y.clone(), tape.gradient(&y, x)?))
     });
-    let rnn_text = rnn.concrete(&[&x]).unwrap().text();
+    let rnn_text = rnn.text();
     let pw_text = pw
         .concrete(&[&f64s(1.5), &Tensor::from(3i64)])
         .unwrap()
