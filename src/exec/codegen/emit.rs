@@ -170,7 +170,20 @@ pub(super) fn lower(
     // the f64 constants of std that fastmath uses, printed exactly (shortest round trip)
     writeln!(w, "#define TF_LOG2_E {:e}", std::f64::consts::LOG2_E).expect("to a String");
     writeln!(w, "#define TF_LN_2 {:e}", std::f64::consts::LN_2).expect("to a String");
-    writeln!(w, "#define TF_FRAC_2_PI {:e}", std::f64::consts::FRAC_2_PI).expect("to a String");
+    // and its f32 constants, as float literals (shortest round trip, then `f`)
+    use crate::exec::kernels::fastmath as fm;
+    for (name, v) in [
+        ("TF_LOG2_E_F32", std::f32::consts::LOG2_E),
+        ("TF_FRAC_2_PI_F32", std::f32::consts::FRAC_2_PI),
+        ("TF_LN2_HI", fm::LN2_HI),
+        ("TF_LN2_LO", fm::LN2_LO),
+        ("TF_PIO2_1", fm::PIO2_1),
+        ("TF_PIO2_2", fm::PIO2_2),
+        ("TF_PIO2_3", fm::PIO2_3),
+        ("TF_PIO2_4", fm::PIO2_4),
+    ] {
+        writeln!(w, "#define {name} {v:e}f").expect("to a String");
+    }
     w.push_str(PRELUDE);
     w.push('\n');
     writeln!(

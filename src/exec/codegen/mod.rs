@@ -22,8 +22,8 @@
 //! **Bit-identical to the interpreter.** Every op calls a C function of `prelude.c`
 //! whose operations are those of the op's Rust scalar function, in the same order: the
 //! f32 `exp`/`ln`/`sin`/`cos`/`tanh` are an operation-for-operation port of
-//! `exec::kernels::fastmath` (f64 inside, branch-free: selects become blends, so they
-//! vectorize), the f64 ones and `pow` call the same C library functions that Rust's
+//! `exec::kernels::fastmath` (with its constants, written by the emitter from the Rust
+//! ones; branch-free: selects become blends, so they vectorize), the f64 ones and `pow` call the same C library functions that Rust's
 //! methods call, and casts convert as Rust's `as` does. The compiler gets
 //! `-O3 -ffp-contract=off -fno-math-errno -fno-trapping-math` and never `-ffast-math`:
 //! no FMA contraction, no reassociation, signed zeros and NaNs honoured, so each IEEE

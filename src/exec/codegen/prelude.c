@@ -2,16 +2,19 @@
  * the interpreter computes it, for a C compiler to inline and vectorize.
  *
  * The f32 transcendentals are an operation-for-operation port of
- * `src/exec/kernels/fastmath.rs` (f64 inside, one rounding to f32 at the end, selects instead
- * of branches); the f64 ones call the C library, as Rust's `f64` methods do. Compiled
+ * `src/exec/kernels/fastmath.rs` (exp, sin, cos in f32; log and tanh in f64 with one rounding
+ * to f32 at the end; selects instead of branches); the f64 ones call the C library, as Rust's `f64` methods do. Compiled
  * with -ffp-contract=off and without -ffast-math, every line below computes the bits of
  * its Rust original: the same IEEE operations on the same values in the same order.
- * Constants the emitter writes before this file: TF_LOG2_E, TF_LN_2, TF_FRAC_2_PI. */
+ * Constants the emitter writes before this file, from the Rust ones: TF_LOG2_E, TF_LN_2,
+ * TF_LOG2_E_F32, TF_FRAC_2_PI_F32, TF_LN2_HI, TF_LN2_LO, TF_PIO2_1 .. TF_PIO2_4. */
 
 #include <stdint.h>
 
 typedef int64_t tf_i64;
 typedef uint64_t tf_u64;
+typedef int32_t tf_i32;
+typedef uint32_t tf_u32;
 
 #define TF_INLINE static inline __attribute__((always_inline))
 
@@ -71,12 +74,39 @@ TF_INLINE double tf_exp_f64_kernel(double x) {
     return tf_exp_reduced(r) * scale;
 }
 
+TF_INLINE tf_u32 tf_bits32(float x) {
+    tf_u32 b;
+    __builtin_memcpy(&b, &x, 4);
+    return b;
+}
+
+TF_INLINE float tf_from_bits32(tf_u32 b) {
+    float x;
+    __builtin_memcpy(&x, &b, 4);
+    return x;
+}
+
+#define TF_ROUND_MAGIC_F32 12582912.0f
+
 TF_INLINE float tf_exp_f32(float x) {
-    double xd = (double)x;
-    double xc = xd > 89.0 ? 89.0 : xd;
-    xc = xc < -104.0 ? -104.0 : xc;
-    float y = (float)tf_exp_f64_kernel(xc);
-    return x != x ? x : y;
+    float xc = x > 89.0f ? 89.0f : x;
+    xc = xc < -104.0f ? -104.0f : xc;
+    float t = xc * TF_LOG2_E_F32 + TF_ROUND_MAGIC_F32;
+    float k = t - TF_ROUND_MAGIC_F32;
+    tf_i32 ki = (tf_i32)(tf_bits32(t) - tf_bits32(TF_ROUND_MAGIC_F32));
+    float r = (xc - k * TF_LN2_HI) - k * TF_LN2_LO;
+    float p = 1.0f / 5040.0f;
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    float y = (p * (r * r) + r) + 1.0f;
+    tf_i32 k1 = ki >> 1;
+    tf_i32 k2 = ki - k1;
+    float s1 = tf_from_bits32((tf_u32)(k1 + 127) << 23);
+    float s2 = tf_from_bits32((tf_u32)(k2 + 127) << 23);
+    return (y * s1) * s2;
 }
 
 TF_INLINE float tf_log_f32(float x) {
@@ -102,51 +132,43 @@ TF_INLINE float tf_log_f32(float x) {
     return x != x ? x : y;
 }
 
-#define TF_PIO2_1 1.5707963109016418
-#define TF_PIO2_2 1.5893254712295857e-8
-#define TF_PIO2_3 6.123233995736766e-17
-
-/* sin r, cos r and the quadrant k of x = k·π/2 + r */
-TF_INLINE void tf_sin_cos_reduced(float x, double *sin_r, double *cos_r, tf_u64 *kbits) {
-    double xd = (double)x;
-    double t = xd * TF_FRAC_2_PI + TF_ROUND_MAGIC;
-    double k = t - TF_ROUND_MAGIC;
-    *kbits = tf_bits(t);
-    double r = ((xd - k * TF_PIO2_1) - k * TF_PIO2_2) - k * TF_PIO2_3;
-    r = r > 0.8 ? 0.8 : r;
-    r = r < -0.8 ? -0.8 : r;
-    double z = r * r;
-    double ps = 1.0 / 6227020800.0;
-    ps = ps * z + -1.0 / 39916800.0;
-    ps = ps * z + 1.0 / 362880.0;
-    ps = ps * z + -1.0 / 5040.0;
-    ps = ps * z + 1.0 / 120.0;
-    *sin_r = r * (1.0 + z * (ps * z - 1.0 / 6.0));
-    double pc = -1.0 / 87178291200.0;
-    pc = pc * z + 1.0 / 479001600.0;
-    pc = pc * z + -1.0 / 3628800.0;
-    pc = pc * z + 1.0 / 40320.0;
-    pc = pc * z + -1.0 / 720.0;
-    pc = pc * z + 1.0 / 24.0;
-    *cos_r = 1.0 + z * (pc * z - 0.5);
+/* sin r, cos r and the quadrant k of x = k·π/2 + r, all in f32 */
+TF_INLINE void tf_sin_cos_reduced(float x, float *sin_r, float *cos_r, tf_u32 *kbits) {
+    float t = x * TF_FRAC_2_PI_F32 + TF_ROUND_MAGIC_F32;
+    float k = t - TF_ROUND_MAGIC_F32;
+    float r = (((x - k * TF_PIO2_1) - k * TF_PIO2_2) - k * TF_PIO2_3) - k * TF_PIO2_4;
+    r = r > 0.8f ? 0.8f : r;
+    r = r < -0.8f ? -0.8f : r;
+    float z = r * r;
+    float ps = 1.0f / 362880.0f;
+    ps = ps * z + -1.0f / 5040.0f;
+    ps = ps * z + 1.0f / 120.0f;
+    ps = ps * z + -1.0f / 6.0f;
+    *sin_r = __builtin_copysignf(r + r * (z * ps), r);
+    float pc = -1.0f / 3628800.0f;
+    pc = pc * z + 1.0f / 40320.0f;
+    pc = pc * z + -1.0f / 720.0f;
+    pc = pc * z + 1.0f / 24.0f;
+    pc = pc * z + -0.5f;
+    *cos_r = 1.0f + z * pc;
+    *kbits = tf_bits32(t);
 }
 
-TF_INLINE float tf_quadrant(double sin_r, double cos_r, tf_u64 q) {
-    double y = (q & 1) == 0 ? sin_r : cos_r;
-    y = (q & 2) == 0 ? y : -y;
-    return (float)y;
+TF_INLINE float tf_quadrant(float sin_r, float cos_r, tf_u32 q) {
+    float y = (q & 1) == 0 ? sin_r : cos_r;
+    return (q & 2) == 0 ? y : -y;
 }
 
 TF_INLINE float tf_sin_f32(float x) {
-    double s, c;
-    tf_u64 k;
+    float s, c;
+    tf_u32 k;
     tf_sin_cos_reduced(x, &s, &c, &k);
     return tf_quadrant(s, c, k);
 }
 
 TF_INLINE float tf_cos_f32(float x) {
-    double s, c;
-    tf_u64 k;
+    float s, c;
+    tf_u32 k;
     tf_sin_cos_reduced(x, &s, &c, &k);
     return tf_quadrant(s, c, k + 1);
 }

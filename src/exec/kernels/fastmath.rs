@@ -4,28 +4,35 @@
 //! that uses them runs one element at a time. These versions have no calls, no tables
 //! and no data-dependent branches — every special case is a select on values, which
 //! becomes a blend — so they inline into the loops of [`crate::exec::kernels::ew`] and
-//! the fused-loop kernel and vectorize there (4 f64 lanes under AVX2, 8 under AVX-512).
+//! the fused-loop kernel and vectorize there.
 //!
-//! Each widens its argument to f64, works there and rounds to f32 once at the end. The
-//! f64 intermediate carries about 40 more bits than the answer needs, so the result is
-//! the correctly rounded f32 except where the true value lies within ~1e-12 relative of
-//! a rounding midpoint; the error is always within 1 ulp of the correctly rounded
-//! result (for `sin` and `cos`: up to the argument size they document). Working in f64 also makes f32 subnormals normal and keeps the scaling of
-//! `exp` free of overflow, so range handling is a clamp and a final conversion.
+//! Two working precisions:
+//! - **`exp`, `sin`, `cos` work in f32**, 16 lanes per AVX-512 register, with
+//!   Cody–Waite range reduction (the reduction constant split into parts whose products
+//!   with `k` are exact) and Taylor polynomials. `exp` is within 1 ulp of the correctly
+//!   rounded result everywhere; `sin` and `cos` within 2 ulp for |x| ≤ 12867. They carry the fused loops of transcendental-heavy
+//!   programs (W5's second derivative of sin·e^(−x²): 2x faster than the same code in
+//!   f64) and the gates of recurrent layers (`sigmoid` is built on `exp`).
+//! - **`ln` and `tanh` widen to f64**, work there and round to f32 once: the f64
+//!   intermediate carries about 40 more bits than the answer needs, so they are within
+//!   1 ulp and mostly correctly rounded; working in f64 also makes f32 subnormals
+//!   normal. (`tanh`'s `(e−1)/(e+1)` form cancels near 0.06, which f32 could not
+//!   absorb.)
 //!
-//! Invariants: only IEEE basic operations (+ − × ÷, conversions, bit moves), never
-//! `mul_add` — Rust does not contract `a*b+c` into an FMA, so the AVX-512, AVX2 and
-//! baseline copies of a kernel compute the same bits. Every function is
-//! `#[inline(always)]` so that it is compiled inside the caller's feature-enabled loop.
+//! Invariants: only IEEE basic operations (+ − × ÷, conversions, bit moves,
+//! `copysign`), never `mul_add` — Rust does not contract `a*b+c` into an FMA, so the
+//! AVX-512, AVX2 and baseline copies of a kernel compute the same bits. Every function
+//! is `#[inline(always)]` so that it is compiled inside the caller's feature-enabled
+//! loop.
 //!
-//! Polynomials are Taylor series, not minimax fits: with f64 working precision the one
-//! or two extra terms cost little, and every coefficient is a fraction a reader can check.
+//! Polynomials are Taylor series, not minimax fits: every coefficient is a fraction a
+//! reader can check (rounded to the working precision), at the cost of a term or two.
 //!
 //! Generated fused loops carry an operation-for-operation C port of these functions
 //! (`exec/codegen/prelude.c`): change both together; `tests/codegen.rs`
 //! compares their bits.
 
-use std::f64::consts::{FRAC_2_PI, LN_2, LOG2_E};
+use std::f64::consts::{LN_2, LOG2_E};
 
 /// 1.5·2⁵²: adding and subtracting it rounds an f64 of magnitude below 2⁵¹ to the
 /// nearest integer, and the low mantissa bits of the sum are that integer in two's
@@ -77,23 +84,46 @@ fn exp_f64(x: f64) -> f64 {
     exp_reduced(r) * scale
 }
 
+/// 1.5·2²³: adding and subtracting it rounds an f32 of magnitude below 2²² to the
+/// nearest integer, and the low mantissa bits of the sum are that integer in two's
+/// complement (offset by 2²²).
+const ROUND_MAGIC_F32: f32 = 12582912.0;
+
+/// ln 2 in two parts: `LN2_HI` has 9 significant bits, so `k·LN2_HI` is exact for the
+/// `|k| ≤ 151` that [`exp`] meets; `LN2_LO` is the f32 nearest the rest.
+pub(crate) const LN2_HI: f32 = 355.0 / 512.0; // 0.693359375
+pub(crate) const LN2_LO: f32 = -2.1219444e-4;
+
 /// `eˣ` for f32, within 1 ulp of the correctly rounded result for every input.
 ///
-/// Overflows to `+inf` above ln(f32::MAX) ≈ 88.72, underflows gradually through the
-/// subnormals to `+0` below about −103.97; `exp(±0) = 1`, `exp(-inf) = 0`,
-/// `exp(inf) = inf`, NaN stays NaN.
+/// Works in f32 throughout (16 lanes per AVX-512 register): x = k·ln2 + r with
+/// |r| ≤ ln2/2 (Cody–Waite, two parts), eʳ by its Taylor series through r⁷
+/// (truncation < 6e-9 relative), then scaled by 2ᵏ in two exact steps so that
+/// subnormal results are rounded once. `exp(-inf) = 0`, `exp(inf) = inf`, NaN gives
+/// NaN.
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
-    let xd = x as f64;
-    // e⁸⁹ overflows f32 and e⁻¹⁰⁴ is below half the least subnormal; NaN passes through
-    let xc = if xd > 89.0 { 89.0 } else { xd };
+    // e⁸⁹ overflows f32 and e⁻¹⁰⁴ is below half the least subnormal; NaN passes
+    // through both clamps (and every operation below)
+    let xc = if x > 89.0 { 89.0 } else { x };
     let xc = if xc < -104.0 { -104.0 } else { xc };
-    let y = exp_f64(xc) as f32;
-    if x.is_nan() {
-        x
-    } else {
-        y
+    let t = xc * std::f32::consts::LOG2_E + ROUND_MAGIC_F32;
+    let k = t - ROUND_MAGIC_F32;
+    let ki = t.to_bits().wrapping_sub(ROUND_MAGIC_F32.to_bits()) as i32;
+    // x − k·LN2_HI is exact (Sterbenz), so r carries one rounding of the small LN2_LO term
+    let r = (xc - k * LN2_HI) - k * LN2_LO;
+    let mut p = 1.0 / 5040.0;
+    for c in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5] {
+        p = p * r + c;
     }
+    let y = (p * (r * r) + r) + 1.0;
+    // k in [-150, 128]: 2^(k/2) and 2^(k − k/2) are normal, y·2^(k/2) is exact, and the
+    // second product rounds once (into the subnormals where the result is that small)
+    let k1 = ki >> 1;
+    let k2 = ki - k1;
+    let s1 = f32::from_bits(((k1 + 127) as u32) << 23);
+    let s2 = f32::from_bits(((k2 + 127) as u32) << 23);
+    (y * s1) * s2
 }
 
 /// `ln x` for f32, within 1 ulp of the correctly rounded result for every input.
@@ -132,80 +162,72 @@ pub fn ln(x: f32) -> f32 {
     }
 }
 
-/// π/2 in three parts: `P1` and `P2` have 26 significant bits each, so `k·P1` and
-/// `k·P2` are exact f64 products for `|k| < 2²⁷`; `P3` is the f64 nearest the rest.
-/// Together they carry π/2 to about 2⁻¹⁰⁹.
-const PIO2_1: f64 = 1.5707963109016418;
-const PIO2_2: f64 = 1.5893254712295857e-8;
-const PIO2_3: f64 = 6.123233995736766e-17;
+/// π/2 in four parts, each truncated (so every part is positive, and `k·P` is +0 for
+/// k = 0: x = −0 reduces to −0). `PIO2_1` has 8 significant bits and `PIO2_2`,
+/// `PIO2_3` 11, so `k·PIO2_1..3` are exact f32 products for `|k| < 2¹³`; `PIO2_4`
+/// carries the next 24 bits. Together they hold π/2 to about 2⁻⁶³.
+pub(crate) const PIO2_1: f32 = 1.5703125;
+pub(crate) const PIO2_2: f32 = 4.837_513e-4;
+pub(crate) const PIO2_3: f32 = 7.549_533_6e-8;
+pub(crate) const PIO2_4: f32 = 2.563_344e-12;
 
-/// x = k·π/2 + r, |r| ≤ π/4: `(sin r, cos r, k)` with `k` as the low bits of a u64.
+/// x = k·π/2 + r, |r| ≤ π/4: `(sin r, cos r, k)` with `k` as the low bits of a u32.
 /// Both polynomials are evaluated for every x, so one reduction serves `sin` and `cos`.
 #[inline(always)]
-fn sin_cos_reduced(x: f32) -> (f64, f64, u64) {
-    let xd = x as f64;
-    // x − k·P1 and the subtraction of k·P2 are exact for |k| < 2²⁷, so r is accurate
-    // to about 2⁻⁵³ relative.
-    let (k, kbits) = round_to_int(xd * FRAC_2_PI);
-    let r = ((xd - k * PIO2_1) - k * PIO2_2) - k * PIO2_3;
-    // Beyond ~1e15 the reduction is meaningless; keep r where the polynomials stay in
-    // [-1, 1]. NaN (also from ±inf: inf − inf) passes through.
+fn sin_cos_reduced(x: f32) -> (f32, f32, u32) {
+    let t = x * std::f32::consts::FRAC_2_PI + ROUND_MAGIC_F32;
+    let k = t - ROUND_MAGIC_F32;
+    // Each subtraction rounds at most to its own result's precision: r is accurate to
+    // a few ulp of r while the products are exact (|k| < 2¹³).
+    let r = (((x - k * PIO2_1) - k * PIO2_2) - k * PIO2_3) - k * PIO2_4;
+    // Beyond the exact range the reduction loses accuracy, and from |x| ≈ 6.6e6 (the
+    // rounding of k) it is meaningless; keep r where the polynomials stay in [-1, 1].
+    // NaN (also from ±inf: inf − inf) passes through.
     let r = if r > 0.8 { 0.8 } else { r };
     let r = if r < -0.8 { -0.8 } else { r };
     let z = r * r;
-    // Taylor series through r¹³ and r¹⁴: truncation < 4e-14 relative on |r| ≤ 0.8
-    let mut ps = 1.0 / 6227020800.0;
-    for c in [
-        -1.0 / 39916800.0,
-        1.0 / 362880.0,
-        -1.0 / 5040.0,
-        1.0 / 120.0,
-    ] {
+    // Taylor series through r⁹ and r¹⁰: truncation < 3e-9 relative on |r| ≤ 0.8
+    let mut ps = 1.0 / 362880.0;
+    for c in [-1.0 / 5040.0, 1.0 / 120.0, -1.0 / 6.0] {
         ps = ps * z + c;
     }
-    // r·(1 + z·p) rather than r + r·z·p keeps sin(−0) = −0
-    let sin_r = r * (1.0 + z * (ps * z - 1.0 / 6.0));
-    let mut pc = -1.0 / 87178291200.0;
-    for c in [
-        1.0 / 479001600.0,
-        -1.0 / 3628800.0,
-        1.0 / 40320.0,
-        -1.0 / 720.0,
-        1.0 / 24.0,
-    ] {
+    // sin r has the sign of r on |r| ≤ 0.8; copysign keeps sin(−0) = −0
+    let sin_r = (r + r * (z * ps)).copysign(r);
+    let mut pc = -1.0 / 3628800.0;
+    for c in [1.0 / 40320.0, -1.0 / 720.0, 1.0 / 24.0, -0.5] {
         pc = pc * z + c;
     }
-    let cos_r = 1.0 + z * (pc * z - 0.5);
-    (sin_r, cos_r, kbits)
+    let cos_r = 1.0 + z * pc;
+    (sin_r, cos_r, t.to_bits())
 }
 
 /// sin(r + q·π/2) from [`sin_cos_reduced`]'s `sin r` and `cos r`: sin r, cos r, −sin r,
 /// −cos r for q mod 4 = 0, 1, 2, 3. `sin x` is quadrant k, `cos x` = sin(x + π/2) is
 /// quadrant k + 1.
 #[inline(always)]
-fn quadrant(sin_r: f64, cos_r: f64, q: u64) -> f32 {
+fn quadrant(sin_r: f32, cos_r: f32, q: u32) -> f32 {
     let y = if q & 1 == 0 { sin_r } else { cos_r };
-    let y = if q & 2 == 0 { y } else { -y };
-    y as f32
+    if q & 2 == 0 {
+        y
+    } else {
+        -y
+    }
 }
 
 /// `sin x` for f32.
 ///
-/// Within 1 ulp of the correctly rounded result for |x| ≤ 2²⁷ ≈ 1.3e8. Accuracy degrades
-/// for larger arguments: the absolute error grows like |x|·2⁻⁵⁰, and beyond about 1e15
-/// the result is an arbitrary value in [-1, 1]. Keeps the sign of zero; `sin(±inf)` and
-/// `sin(NaN)` are NaN.
+/// Works in f32 throughout. Within 2 ulp of the correctly rounded result for
+/// |x| ≤ 12867 (where the reduction's products are exact). Beyond, the reduction's rounding
+/// dominates: the result is the sine of a value within about 2⁻²³·|x| of x (an ulp or
+/// so of x itself), and from about 6.6e6 it is an arbitrary value in [-1, 1]. Keeps
+/// the sign of zero; `sin(±inf)` and `sin(NaN)` are NaN.
 #[inline(always)]
 pub fn sin(x: f32) -> f32 {
     let (s, c, k) = sin_cos_reduced(x);
     quadrant(s, c, k)
 }
 
-/// `cos x` for f32.
-///
-/// Within 1 ulp of the correctly rounded result for |x| ≤ 2²⁷ ≈ 1.3e8. Accuracy degrades
-/// for larger arguments: the absolute error grows like |x|·2⁻⁵⁰, and beyond about 1e15
-/// the result is an arbitrary value in [-1, 1]. `cos(±inf)` and `cos(NaN)` are NaN.
+/// `cos x` for f32; accuracy as for [`sin`]. `cos(±inf)` and `cos(NaN)` are NaN.
 #[inline(always)]
 pub fn cos(x: f32) -> f32 {
     let (s, c, k) = sin_cos_reduced(x);
@@ -255,8 +277,9 @@ mod tests {
     use crate::exec::kernels::ew::{vectorized, vectorized_for, Isa};
     use rand::{Rng, SeedableRng};
 
-    /// The largest `|x|` for which [`sin`] and [`cos`] are documented to be within 1 ulp.
-    const SIN_COS_MAX_ACCURATE: f32 = 134217728.0; // 2²⁷
+    /// The largest `|x|` for which [`sin`] and [`cos`] are documented to be within 2 ulp:
+    /// the reduction's products are exact up to here (`|k| < 2¹³`).
+    const SIN_COS_MAX_ACCURATE: f32 = 12867.0;
 
     /// Position of `x` on the line of f32 values (±0 both at 0), so that adjacent
     /// floats differ by 1.
@@ -319,18 +342,18 @@ mod tests {
     }
 
     #[test]
-    fn within_one_ulp_over_dense_sweeps() {
+    fn within_documented_ulps_over_dense_sweeps() {
         let ranges = [
-            ("exp", f32::INFINITY),
-            ("ln", f32::INFINITY),
-            ("sin", SIN_COS_MAX_ACCURATE),
-            ("cos", SIN_COS_MAX_ACCURATE),
-            ("tanh", f32::INFINITY),
+            ("exp", f32::INFINITY, 1),
+            ("ln", f32::INFINITY, 1),
+            ("sin", SIN_COS_MAX_ACCURATE, 2),
+            ("cos", SIN_COS_MAX_ACCURATE, 2),
+            ("tanh", f32::INFINITY, 1),
         ];
-        for ((name, f, reference), (_, max)) in cases().into_iter().zip(ranges) {
+        for ((name, f, reference), (_, max, bound)) in cases().into_iter().zip(ranges) {
             let (worst, at) = max_ulps(f, reference, &sweep(max));
             eprintln!("{name}: max {worst} ulp (at {at:e})");
-            assert!(worst <= 1, "{name}({at:e}) is {worst} ulps off");
+            assert!(worst <= bound, "{name}({at:e}) is {worst} ulps off");
         }
     }
 
@@ -404,23 +427,29 @@ mod tests {
             assert!(f(f32::NAN).is_nan());
         }
         // the f32 nearest multiples of π/2, where one of them nearly cancels
-        for k in (-1000..=1000).chain([123_456, 1_000_001, -54_321_987, 80_000_000]) {
+        for k in (-8191..=8191).chain([123_456, 1_000_001, -54_321_987, 80_000_000]) {
             let x = (k as f64 * std::f64::consts::FRAC_PI_2) as f32;
             if x.abs() > SIN_COS_MAX_ACCURATE {
                 continue;
             }
-            assert!(ulps(sin(x), (x as f64).sin() as f32) <= 1, "sin({x:e})");
-            assert!(ulps(cos(x), (x as f64).cos() as f32) <= 1, "cos({x:e})");
+            assert!(ulps(sin(x), (x as f64).sin() as f32) <= 2, "sin({x:e})");
+            assert!(ulps(cos(x), (x as f64).cos() as f32) <= 2, "cos({x:e})");
         }
-        // large arguments inside the documented range
-        for x in [1e5f32, 3.3e6, 1e7, 16777215.0, 1.0e8, SIN_COS_MAX_ACCURATE] {
+        // large arguments up to where k is still rounded to the nearest integer: the
+        // sine of a value within about 2⁻²³·|x| of x
+        for x in [2e4f32, 1e5, 3.3e6, 6.5e6] {
             for x in [x, -x] {
-                assert!(ulps(sin(x), (x as f64).sin() as f32) <= 1, "sin({x:e})");
-                assert!(ulps(cos(x), (x as f64).cos() as f32) <= 1, "cos({x:e})");
+                let bound = (x.abs() as f64) * 2f64.powi(-22) + 2f64.powi(-22);
+                let e_sin = (sin(x) as f64 - (x as f64).sin()).abs();
+                let e_cos = (cos(x) as f64 - (x as f64).cos()).abs();
+                assert!(
+                    e_sin <= bound && e_cos <= bound,
+                    "{x:e}: {e_sin:e} {e_cos:e}"
+                );
             }
         }
         // beyond it: still values of sin and cos
-        for x in [1e9f32, 1e15, 1e20, 1e38, f32::MAX, -f32::MAX] {
+        for x in [1e7f32, 1e9, 1e15, 1e20, 1e38, f32::MAX, -f32::MAX] {
             for y in [sin(x), cos(x)] {
                 assert!((-1.0..=1.0).contains(&y), "{y} at {x:e}");
             }
@@ -486,12 +515,26 @@ mod tests {
     }
 
     #[test]
-    fn pi_over_2_parts_have_the_stated_widths() {
-        // 26 significant bits: the low 52 − 25 mantissa bits are zero
-        assert_eq!(PIO2_1.to_bits() & ((1 << 27) - 1), 0);
-        assert_eq!(PIO2_2.to_bits() & ((1 << 27) - 1), 0);
-        let sum = PIO2_1 + PIO2_2 + PIO2_3;
-        assert_eq!(sum, std::f64::consts::FRAC_PI_2);
+    fn reduction_constants_have_the_stated_widths() {
+        // PIO2_1: 8 significant bits, the low 23 − 7 mantissa bits are zero; PIO2_2 and
+        // PIO2_3: 11, the low 13 are zero; so k·PIO2_1..3 are exact for |k| < 2¹³
+        assert_eq!(PIO2_1.to_bits() & ((1 << 16) - 1), 0);
+        assert_eq!(PIO2_2.to_bits() & ((1 << 13) - 1), 0);
+        assert_eq!(PIO2_3.to_bits() & ((1 << 13) - 1), 0);
+        for p in [PIO2_1, PIO2_2, PIO2_3, PIO2_4] {
+            assert!(p > 0.0);
+        }
+        // each part truncates the rest of π/2, so the sum is just below it
+        let sum = [PIO2_1, PIO2_2, PIO2_3, PIO2_4]
+            .map(f64::from)
+            .iter()
+            .sum::<f64>();
+        assert!((std::f64::consts::FRAC_PI_2 - sum).abs() < 2e-16, "{sum}");
+        assert!(SIN_COS_MAX_ACCURATE as f64 <= 8191.5 * std::f64::consts::FRAC_PI_2);
+        // LN2_HI: 9 significant bits (|k| ≤ 151 has 8); LN2_HI + LN2_LO is ln 2 in f32s
+        assert_eq!(LN2_HI.to_bits() & ((1 << 15) - 1), 0);
+        let ln2 = LN2_HI as f64 + LN2_LO as f64;
+        assert!((ln2 - std::f64::consts::LN_2).abs() < 1e-11, "{ln2}");
     }
 
     /// Each element through an opaque barrier, so the loop stays scalar, compiled for
