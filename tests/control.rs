@@ -649,6 +649,8 @@ fn same_bits(a: &Tensor, b: &Tensor) -> bool {
 /// `while counter < n`: the counter is a variable incremented in the body, the trip
 /// count known only at run time; a second variable accumulates the counter as read
 /// after the increment (each iteration sees the previous one's assignment).
+/// (`COUNT_TO_LOOP_LINE` is the line of its `while_loop` call, two lines down.)
+const COUNT_TO_LOOP_LINE: u32 = line!() + 2;
 fn count_to(counter: &Variable, total: &Variable, n: &Tensor) -> tapeflow::Result<Tensor> {
     let out = while_loop(
         |_| Ok(counter.read().lt(n)),
@@ -696,6 +698,27 @@ fn variables_assigned_in_a_traced_while_loop_are_carried() {
         text.contains("= while[") && text.contains("assign"),
         "{text}"
     );
+}
+
+#[test]
+fn assignments_after_a_traced_loop_name_the_users_line() {
+    let counter = Variable::non_trainable("counter", Tensor::from(2i64));
+    let total = Variable::named("total", Tensor::from(0.0f64));
+    let f = function(move |n: &Tensor| count_to(&counter, &total, n));
+    let c = f.concrete(&[&Tensor::from(3i64)]).unwrap();
+    let g = c.traced_graph();
+    let assigns: Vec<_> = g
+        .node_ids()
+        .into_iter()
+        .filter(|&n| matches!(g.node(n).op, tapeflow::ops::Op::Assign(_)))
+        .collect();
+    assert_eq!(assigns.len(), 2, "{g}");
+    for n in assigns {
+        let loc = g.node(n).loc.expect("assign has a location");
+        assert!(loc.file().ends_with("control.rs"), "{loc}");
+        assert!(!loc.file().contains("src"), "{loc} is inside tapeflow");
+        assert_eq!(loc.line(), COUNT_TO_LOOP_LINE, "{loc}");
+    }
 }
 
 #[test]

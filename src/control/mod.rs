@@ -167,7 +167,7 @@ pub fn cond(
         results,
     };
     let mut outs = emit(region, &operands, loc)?;
-    assign_vars(&vars, &outs[nr..]);
+    assign_vars(&vars, &outs[nr..], loc);
     outs.truncate(nr);
     Ok(outs)
 }
@@ -349,7 +349,7 @@ fn while_op(
         results,
     };
     let mut outs = emit(region, &operands, loc)?;
-    assign_vars(&vars, &outs[nc..nc + nv]);
+    assign_vars(&vars, &outs[nc..nc + nv], loc);
     outs.drain(nc..nc + nv);
     Ok(outs)
 }

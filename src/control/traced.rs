@@ -115,11 +115,11 @@ pub(super) fn var_results(body: &Body, vars: &[Variable], first: usize) -> Vec<N
 }
 
 /// Assigns each variable its value after the control-flow op, in the enclosing trace
-/// (a graph's `assign`, or, in an enclosing body, that body's assignment).
-#[track_caller]
-pub(super) fn assign_vars(vars: &[Variable], values: &[Tensor]) {
+/// (a graph's `assign`, or, in an enclosing body, that body's assignment), attributed to
+/// the user's call at `loc`.
+pub(super) fn assign_vars(vars: &[Variable], values: &[Tensor], loc: Loc) {
     for (v, t) in vars.iter().zip(values) {
-        v.assign(t);
+        v.assign_at(t, loc);
     }
 }
 
@@ -508,6 +508,6 @@ pub(super) fn scan_op(
         results,
     };
     let outs = emit(region, &operands, loc)?;
-    assign_vars(&vars, &outs[nc..nc + nv]);
+    assign_vars(&vars, &outs[nc..nc + nv], loc);
     Ok((outs[..nc].to_vec(), outs[nc + nv..nc + nv + ny].to_vec()))
 }

@@ -264,7 +264,12 @@ impl Variable {
     /// same mismatch makes the traced function's `call` return `Err`).
     #[track_caller]
     pub fn assign(&self, value: &Tensor) {
-        let loc = Location::caller();
+        self.assign_at(value, Location::caller());
+    }
+
+    /// [`Variable::assign`] attributed to the source line `loc` (for assignments tapeflow
+    /// makes on the user's behalf, such as those after a traced loop).
+    pub(crate) fn assign_at(&self, value: &Tensor, loc: &'static Location<'static>) {
         if !self.check(value, loc) || context::assign_var(self, value, loc) {
             return;
         }
