@@ -14,7 +14,10 @@
 //!    computed once before the loop and passed in as a new capture;
 //! 4. the whole pipeline ([`super::run_pipeline`], same configuration) runs on every
 //!    body, so folding, CSE, simplification, dead-node elimination and fusion see
-//!    inside (nested regions are reached by the recursion).
+//!    inside (nested regions are reached by the recursion);
+//! 5. captures no body reads any more (the matrix a hoisted transpose was computed
+//!    from, a value only dead nodes read) are dropped from the operands and from every
+//!    body's inputs.
 //!
 //! It does not unroll loops (a `scan` of a small constant length stays a loop), hoist
 //! out of `cond` branches (a branch not taken must not run), or move nodes that hold
@@ -68,6 +71,7 @@ pub fn optimize_regions(g: &mut Graph, config: &PassConfig) -> Result<bool> {
             out.push(opt);
         }
         g.regions[r].bodies = out;
+        changed |= prune_captures(g, n, r as u32);
     }
     Ok(changed)
 }
@@ -227,6 +231,52 @@ fn prune_results(g: &mut Graph, n: NodeId, r: u32) -> bool {
             .expect("a used result is kept");
         g.node_mut(get).op = Op::Get(new as u32);
     }
+    true
+}
+
+/// Drops the captures of control-flow node `n` that no body reads (after
+/// [`hoist_invariants`], the capture a hoisted value was computed from, such as the
+/// untransposed matrix of [`pretranspose_captured_operands`]): the operand and, in
+/// every body, the input. Returns whether it dropped any.
+fn prune_captures(g: &mut Graph, n: NodeId, r: u32) -> bool {
+    let reg = &g.regions[r as usize];
+    // body input j is operand j + skip; inputs from `nargs` on are captures
+    let (nargs, skip) = match reg.kind {
+        RegionKind::Cond => (0, 1),
+        RegionKind::While => (reg.carries, 0),
+        RegionKind::Scan { .. } => (reg.carries + reg.xs, 0),
+    };
+    let Some(first) = reg.bodies.first() else {
+        return false;
+    };
+    let unused: Vec<usize> = (nargs..first.inputs.len())
+        .filter(|&j| {
+            reg.bodies.iter().all(|b| {
+                let id = b.inputs[j];
+                b.use_count(id) == 0 && !b.outputs.contains(&id)
+            })
+        })
+        .collect();
+    if unused.is_empty() {
+        return false;
+    }
+    for b in &mut g.regions[r as usize].bodies {
+        for &j in unused.iter().rev() {
+            let id = b.inputs.remove(j);
+            b.remove(id);
+        }
+        for (i, id) in b.inputs.clone().into_iter().enumerate() {
+            b.node_mut(id).op = Op::Input(i as u32);
+        }
+    }
+    let operands: Vec<NodeId> = g
+        .operands(n)
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| !(i >= skip && unused.contains(&(i - skip))))
+        .map(|(_, &o)| o)
+        .collect();
+    g.set_operands(n, &operands);
     true
 }
 
