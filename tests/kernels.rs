@@ -612,6 +612,31 @@ fn check_pool<T: Float>(p: &Pool, x: &[T], r: &mut Lcg) {
     );
 }
 
+#[test]
+fn pool_wide_channels_and_tiling_windows_match_naive() {
+    use Padding::{Same, Valid};
+    let mut r = Lcg(21);
+    // channel counts across the 16-channel runs and their tails; windows that tile the
+    // input exactly (the tutorial CNN's pools), leave a last row/column uncovered, hang
+    // over the edge under Same padding, or leave gaps (stride > window)
+    let cases = [
+        ([2, 26, 26, 32], (2, 2), (2, 2), Valid),
+        ([2, 11, 11, 64], (2, 2), (2, 2), Valid),
+        ([2, 5, 7, 37], (2, 2), (2, 2), Same),
+        ([1, 6, 6, 19], (3, 3), (3, 3), Valid),
+        ([2, 7, 7, 20], (2, 2), (3, 3), Valid),
+        ([1, 9, 8, 17], (3, 2), (1, 2), Same),
+    ];
+    for (shape, k, s, pad) in cases {
+        let p = Pool { shape, k, s, pad };
+        let len = shape.iter().product();
+        let x: Vec<f32> = r.ties(len);
+        check_pool(&p, &x, &mut r);
+        let x: Vec<f64> = r.vec(len);
+        check_pool(&p, &x, &mut r);
+    }
+}
+
 fn pool_random<T: Float>(seed: u64) {
     let mut r = Lcg(seed);
     for i in 0..200 {

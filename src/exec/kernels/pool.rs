@@ -14,7 +14,11 @@
 //! - So `max_pool2d_backprop(x, ·)` and `max_pool2d_gather(x, ·)` are exact transposes
 //!   of each other as linear maps: `<backprop(x, gy), gx> = <gy, gather(x, gx)>`.
 //! - Deterministic: forward and gather write each output once; backprop accumulates
-//!   per image (windows of different images never overlap) in a fixed order.
+//!   per image (windows of different images never overlap) in a fixed order, or, when
+//!   the windows tile the input (stride = window, no padding), stores each pixel once
+//!   (the same bits: every sum starts at +0).
+//! - The loops are compiled for AVX-512/AVX2 where the CPU has them
+//!   (`ew::vectorized_wide`), 16 channels at a time.
 
 use crate::exec::buffers;
 use crate::tensor::data::Float;
@@ -23,8 +27,8 @@ use smallvec::SmallVec;
 
 /// Target number of output elements per parallel task of the forward and gather.
 const TASK_ELEMS: usize = 1 << 12;
-/// Channels scanned together by the window scan (one or two SIMD registers).
-const LANES: usize = 8;
+/// Channels scanned together by the window scan (one AVX-512 register of f32).
+const LANES: usize = 16;
 
 /// The checked geometry of one 2-D pooling: input `[n, h, w, c]`, window `(kh, kw)`,
 /// strides, padding before the first row/column, and output `[n, oh, ow, c]`.
@@ -94,11 +98,15 @@ impl Pool2dGeom {
 /// ```
 pub fn max_pool2d<T: Float>(x: &[T], g: &Pool2dGeom) -> Vec<T> {
     g.check("input", x.len(), [g.n, g.h, g.w, g.c]);
-    per_output_row(g, |b, oy, yrow, pos| {
-        for (ox, best) in yrow.chunks_exact_mut(g.c).enumerate() {
-            Window::new(g, b, oy, ox).argmax(x, best, pos);
-        }
-    })
+    per_output_row(
+        g,
+        #[inline(always)]
+        |b, oy, yrow, _| {
+            for (ox, best) in yrow.chunks_exact_mut(g.c).enumerate() {
+                Window::new(g, b, oy, ox).max(x, best);
+            }
+        },
+    )
 }
 
 /// Gradient of [`max_pool2d`] with respect to `x`: each `gy[b, oy, ox, ch]` is added
@@ -111,8 +119,20 @@ pub fn max_pool2d_backprop<T: Float>(x: &[T], gy: &[T], g: &Pool2dGeom) -> Vec<T
     g.check("input", x.len(), [g.n, g.h, g.w, g.c]);
     g.check("output gradient", gy.len(), g.out_shape());
     let image = g.h * g.w * g.c;
-    let mut gx = buffers::zeroed(g.n * image);
-    if gx.is_empty() || g.oh * g.ow == 0 {
+    // Windows that tile the input (stride = window, no padding: `MaxPool2D(2)`) cover
+    // each pixel at most once, so the backprop stores instead of adding into a zeroed
+    // buffer; only the pixels past the last window are zeroed.
+    let tiles = g.sh == g.kh && g.sw == g.kw && g.pad_top == 0 && g.pad_left == 0;
+    let mut gx = if tiles {
+        buffers::overwritable(g.n * image)
+    } else {
+        buffers::zeroed(g.n * image)
+    };
+    if gx.is_empty() {
+        return gx;
+    }
+    if g.oh * g.ow == 0 {
+        gx.fill(T::zero());
         return gx;
     }
     let out_image = g.oh * g.ow * g.c;
@@ -122,23 +142,56 @@ pub fn max_pool2d_backprop<T: Float>(x: &[T], gy: &[T], g: &Pool2dGeom) -> Vec<T
         .for_each_init(
             || (vec![T::zero(); g.c], vec![0; g.c]),
             |(best, pos), (b, (gxb, gyb))| {
-                for (o, gyp) in gyb.chunks_exact(g.c).enumerate() {
-                    let win = Window::new(g, b, o / g.ow, o % g.ow);
-                    win.argmax(x, best, pos);
-                    // Every pixel of the window, adding gy where it won and +0 where
-                    // not: branch-free, and bitwise a no-op (a sum that starts at +0
-                    // is never -0).
-                    for (p, at) in win.pixels() {
-                        let at = at - b * image;
-                        let gxp = &mut gxb[at..at + g.c];
-                        for ((acc, &q), &v) in gxp.iter_mut().zip(pos.iter()).zip(gyp) {
-                            *acc = *acc + if q == p { v } else { T::zero() };
-                        }
-                    }
+                if tiles {
+                    zero_untiled(gxb, g);
                 }
+                super::ew::vectorized_wide(
+                    #[inline(always)]
+                    || {
+                        for (o, gyp) in gyb.chunks_exact(g.c).enumerate() {
+                            let win = Window::new(g, b, o / g.ow, o % g.ow);
+                            win.argmax(x, best, pos);
+                            // Every pixel of the window gets gy where it won and +0 where
+                            // not, added to +0 (tiles: a store) or to the sum so far:
+                            // branch-free, and the same bits either way (a sum that
+                            // starts at +0 is never -0).
+                            for (p, at) in win.pixels() {
+                                let at = at - b * image;
+                                let gxp = &mut gxb[at..at + g.c];
+                                let terms = pos.iter().zip(gyp);
+                                let term =
+                                    |(&q, &v): (&u32, &T)| if q == p { v } else { T::zero() };
+                                if tiles {
+                                    for (acc, t) in gxp.iter_mut().zip(terms) {
+                                        *acc = T::zero() + term(t);
+                                    }
+                                } else {
+                                    for (acc, t) in gxp.iter_mut().zip(terms) {
+                                        *acc = *acc + term(t);
+                                    }
+                                }
+                            }
+                        }
+                    },
+                )
             },
         );
     gx
+}
+
+/// Zeroes the pixels of one image's gradient `gxb` (`[h, w, c]`) that no window of a
+/// tiling geometry covers: the rows below the last window row, and the columns right
+/// of the last window column.
+fn zero_untiled<T: Float>(gxb: &mut [T], g: &Pool2dGeom) {
+    // (`Same` padding may add a last window row/column that hangs over the edge)
+    let (row, covered_w) = (g.w * g.c, (g.ow * g.kw).min(g.w) * g.c);
+    for (y, r) in gxb.chunks_exact_mut(row).enumerate() {
+        if y >= g.oh * g.kh {
+            r.fill(T::zero());
+        } else {
+            r[covered_w..].fill(T::zero());
+        }
+    }
 }
 
 /// The transpose of [`max_pool2d_backprop`] in its gradient argument: for each window
@@ -151,17 +204,21 @@ pub fn max_pool2d_backprop<T: Float>(x: &[T], gy: &[T], g: &Pool2dGeom) -> Vec<T
 pub fn max_pool2d_gather<T: Float>(x: &[T], gx: &[T], g: &Pool2dGeom) -> Vec<T> {
     g.check("input", x.len(), [g.n, g.h, g.w, g.c]);
     g.check("input gradient", gx.len(), [g.n, g.h, g.w, g.c]);
-    per_output_row(g, |b, oy, yrow, pos| {
-        for (ox, out) in yrow.chunks_exact_mut(g.c).enumerate() {
-            // `out` is scratch for the winning values, then holds the gathered gx.
-            let win = Window::new(g, b, oy, ox);
-            win.argmax(x, out, pos);
-            let pixels: SmallVec<[usize; 16]> = win.pixels().map(|(_, at)| at).collect();
-            for (ch, (o, &p)) in out.iter_mut().zip(pos.iter()).enumerate() {
-                *o = gx[pixels[p as usize] + ch];
+    per_output_row(
+        g,
+        #[inline(always)]
+        |b, oy, yrow, pos| {
+            for (ox, out) in yrow.chunks_exact_mut(g.c).enumerate() {
+                // `out` is scratch for the winning values, then holds the gathered gx.
+                let win = Window::new(g, b, oy, ox);
+                win.argmax(x, out, pos);
+                let pixels: SmallVec<[usize; 16]> = win.pixels().map(|(_, at)| at).collect();
+                for (ch, (o, &p)) in out.iter_mut().zip(pos.iter()).enumerate() {
+                    *o = gx[pixels[p as usize] + ch];
+                }
             }
-        }
-    })
+        },
+    )
 }
 
 /// Allocates the output `[n, oh, ow, c]` and fills it by calling `fill(b, oy, row,
@@ -183,10 +240,15 @@ where
         .for_each_init(
             || vec![0; g.c],
             |pos, (i, task)| {
-                for (j, yrow) in task.chunks_exact_mut(row).enumerate() {
-                    let t = i * rows_per_task + j;
-                    fill(t / g.oh, t % g.oh, yrow, pos);
-                }
+                super::ew::vectorized_wide(
+                    #[inline(always)]
+                    || {
+                        for (j, yrow) in task.chunks_exact_mut(row).enumerate() {
+                            let t = i * rows_per_task + j;
+                            fill(t / g.oh, t % g.oh, yrow, pos);
+                        }
+                    },
+                )
             },
         );
     y
@@ -214,6 +276,7 @@ struct Window {
 }
 
 impl Window {
+    #[inline(always)]
     fn new(g: &Pool2dGeom, b: usize, oy: usize, ox: usize) -> Window {
         let rows = Pool2dGeom::clip(oy, g.sh, g.pad_top, g.kh, g.h);
         let cols = Pool2dGeom::clip(ox, g.sw, g.pad_left, g.kw, g.w);
@@ -229,6 +292,7 @@ impl Window {
 
     /// The window's real pixels in row-major order: each one's position number and
     /// the flat index into `x` of its channel 0.
+    #[inline(always)]
     fn pixels(&self) -> impl Iterator<Item = (u32, usize)> + '_ {
         (0..self.rows)
             .flat_map(move |r| (0..self.cols).map(move |col| (r, col)))
@@ -236,9 +300,41 @@ impl Window {
             .map(|(p, (r, col))| (p as u32, self.base + r * self.row_stride + col * self.c))
     }
 
+    /// The winners' values alone (what [`Window::argmax`] puts in `best`), for the
+    /// forward, which needs no positions.
+    #[inline(always)]
+    fn max<T: Float>(&self, x: &[T], best: &mut [T]) {
+        let mut ch = 0;
+        while ch + LANES <= self.c {
+            self.max_lanes::<T, LANES>(x, ch, best);
+            ch += LANES;
+        }
+        while ch < self.c {
+            self.max_lanes::<T, 1>(x, ch, best);
+            ch += 1;
+        }
+    }
+
+    #[inline(always)]
+    fn max_lanes<T: Float, const L: usize>(&self, x: &[T], ch0: usize, best: &mut [T]) {
+        let first: &[T; L] = x[self.base + ch0..][..L].try_into().expect("L elements");
+        let mut bv = *first;
+        for r in 0..self.rows {
+            for col in 0..self.cols {
+                let at = self.base + r * self.row_stride + col * self.c + ch0;
+                let px: &[T; L] = x[at..at + L].try_into().expect("L elements");
+                for l in 0..L {
+                    bv[l] = if wins(px[l], bv[l]) { px[l] } else { bv[l] };
+                }
+            }
+        }
+        best[ch0..ch0 + L].copy_from_slice(&bv);
+    }
+
     /// The selection rule, per channel: `best[ch]` gets the winner's value and
     /// `arg[ch]` its position number, scanning positions in row-major order with
     /// [`wins`].
+    #[inline(always)]
     fn argmax<T: Float>(&self, x: &[T], best: &mut [T], arg: &mut [u32]) {
         let mut ch = 0;
         while ch + LANES <= self.c {
@@ -254,6 +350,7 @@ impl Window {
     /// [`Window::argmax`] for channels `ch0..ch0 + L`. The running winners live in
     /// fixed-size local arrays so that the selects compile to vector blends rather
     /// than branches around conditional stores.
+    #[inline(always)]
     fn argmax_lanes<T: Float, const L: usize>(
         &self,
         x: &[T],
@@ -282,5 +379,32 @@ impl Window {
         }
         best[ch0..ch0 + L].copy_from_slice(&bv);
         arg[ch0..ch0 + L].copy_from_slice(&av);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exec::buffers::{with_pool, BufferPool};
+    use crate::tensor::Data;
+    use crate::Padding;
+
+    /// The tiling backprop stores into a buffer it does not zero first: the pixels no
+    /// window covers must still come out zero when the pool hands it a dirty buffer.
+    #[test]
+    fn tiling_backprop_zeroes_uncovered_pixels_of_a_reused_buffer() {
+        // 5x5 under 2x2 windows of stride 2: the last row and column are uncovered
+        let g = Pool2dGeom::new(&[2, 5, 5, 3], (2, 2), (2, 2), Padding::Valid).unwrap();
+        let x: Vec<f32> = (0..150).map(|i| ((i * 37) % 23) as f32).collect();
+        let gy: Vec<f32> = (0..2 * 2 * 2 * 3).map(|i| i as f32 + 1.0).collect();
+        let clean = max_pool2d_backprop(&x, &gy, &g);
+        let pool = BufferPool::new();
+        let dirty = ndarray::ArrayD::from_elem(vec![150], f32::NAN).into_shared();
+        pool.recycle(Data::F32(dirty));
+        let reused = with_pool(&pool, || max_pool2d_backprop(&x, &gy, &g));
+        assert_eq!(pool.misses(), 0, "the dirty buffer was not the one reused");
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&reused), bits(&clean));
+        assert_eq!(clean.iter().filter(|&&v| v != 0.0).count(), 24);
     }
 }
