@@ -118,7 +118,8 @@ fn optimized_backward_mlp_train_step() {
     let c = check("optimized_backward_mlp_train_step", make, &[&x, &y]);
     // the DOT export lists a fused node's inner ops under its name
     assert!(
-        c.dot().contains("fused : f32[64,64]\\n(matmul add)"),
+        c.dot()
+            .contains("fused : f32[64,64]\\n(matmul add maximum)"),
         "{}",
         c.dot()
     );

@@ -449,9 +449,12 @@ pub(super) fn vjp_nary(op: &Op, a: &VjpArgs, gy: &Tensor) -> Grads {
                     want(0).then(|| gy * q * p.pow(&(q - 1.0))),
                     want(1).then(|| gy * y * p.log()),
                 ),
-                // the larger operand takes the gradient; ties go to q (so relu'(0) = 0)
-                Binary::Maximum => (want(0).then(|| gy * p.gt(q)), want(1).then(|| gy * p.le(q))),
-                Binary::Minimum => (want(0).then(|| gy * p.lt(q)), want(1).then(|| gy * p.ge(q))),
+                // the larger operand takes the gradient; ties go to q (so relu'(0) = 0).
+                // p's mask reads the result: y > q exactly when p > q (NaN included), and
+                // then p is needed by nothing but y, so `maximum(x + b, 0)` fuses into one
+                // loop (TensorFlow's ReluGrad reads the output too)
+                Binary::Maximum => (want(0).then(|| gy * y.gt(q)), want(1).then(|| gy * p.le(q))),
+                Binary::Minimum => (want(0).then(|| gy * y.lt(q)), want(1).then(|| gy * p.ge(q))),
             };
             smallvec![gp, gq]
         }
