@@ -38,8 +38,8 @@ pub trait Float:
     fn kernel_exp(self) -> Self;
     /// `ln x` as the kernels compute it (see [`Float::kernel_exp`]).
     fn kernel_ln(self) -> Self;
-    /// `sin x` as the kernels compute it (see [`Float::kernel_exp`]; f32 is within 1 ulp
-    /// for |x| ≤ 2²⁷, less accurate beyond).
+    /// `sin x` as the kernels compute it (see [`Float::kernel_exp`]; f32 is within 2 ulp
+    /// for |x| ≤ 12867, less accurate beyond).
     fn kernel_sin(self) -> Self;
     /// `cos x` as the kernels compute it (see [`Float::kernel_sin`]).
     fn kernel_cos(self) -> Self;
