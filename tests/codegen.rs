@@ -528,3 +528,13 @@ fn auto_mode_swaps_in_generated_code_without_changing_a_bit() {
     plan.set_codegen(Codegen::Auto);
     assert_eq!(plan.generated_steps(), (0, 1));
 }
+
+/// `function`'s pipeline fuses exactly the loops long enough for generated code (the
+/// threshold lives in `passes`, which may not import `exec`).
+#[test]
+fn the_tuned_fusion_threshold_is_the_generated_code_threshold() {
+    assert_eq!(
+        tapeflow::passes::TUNED_MIN_FUSED_ELEMS,
+        tapeflow::exec::codegen::AUTO_MIN_ELEMS
+    );
+}
