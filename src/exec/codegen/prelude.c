@@ -34,17 +34,17 @@ double tanh(double);
 double pow(double, double);
 float powf(float, float);
 
-TF_INLINE tf_u64 tf_bits(double x) {
-    tf_u64 b;
-    __builtin_memcpy(&b, &x, 8);
-    return b;
-}
-
-TF_INLINE double tf_from_bits(tf_u64 b) {
-    double x;
-    __builtin_memcpy(&x, &b, 8);
-    return x;
-}
+/* bit casts, as Rust's to_bits/from_bits: f64 <-> u64 and f32 <-> u32 */
+#define TF_BIT_CAST(NAME, FROM, TO)                                                        \
+    TF_INLINE TO NAME(FROM x) {                                                            \
+        TO y;                                                                              \
+        __builtin_memcpy(&y, &x, sizeof y);                                                \
+        return y;                                                                          \
+    }
+TF_BIT_CAST(tf_bits, double, tf_u64)
+TF_BIT_CAST(tf_from_bits, tf_u64, double)
+TF_BIT_CAST(tf_bits32, float, tf_u32)
+TF_BIT_CAST(tf_from_bits32, tf_u32, float)
 
 /* ---- fastmath.rs ---- */
 
@@ -72,18 +72,6 @@ TF_INLINE double tf_exp_f64_kernel(double x) {
     double r = x - k * TF_LN_2;
     double scale = tf_from_bits((kbits + 1023) << 52);
     return tf_exp_reduced(r) * scale;
-}
-
-TF_INLINE tf_u32 tf_bits32(float x) {
-    tf_u32 b;
-    __builtin_memcpy(&b, &x, 4);
-    return b;
-}
-
-TF_INLINE float tf_from_bits32(tf_u32 b) {
-    float x;
-    __builtin_memcpy(&x, &b, 4);
-    return x;
 }
 
 #define TF_ROUND_MAGIC_F32 12582912.0f
