@@ -164,9 +164,17 @@ pub fn fuse_elementwise(g: &mut Graph) -> Result<bool> {
 /// nothing measurable (≈143 µs per step either way), so those stay as they were.
 pub const SMALL_REGION_ELEMS: usize = 1 << 12;
 
+/// With a threshold (`min_elems > 0`), regions with a matmul prologue need at least this
+/// many elements as well: the fused loop of a matmul runs in the interpreter, never as
+/// generated code, and the MLP 784-64-64-10 step (W1), whose `[784,64]` weight gradient
+/// and update (50K elements) fuse from 2^15 on, ran ≈6% slower fused (median of 9
+/// interleaved rounds, twice).
+pub const MATMUL_REGION_MIN_ELEMS: usize = 1 << 18;
+
 /// [`fuse_elementwise`] keeping only regions whose longest loop has at least
-/// `min_elems` elements, or at most [`SMALL_REGION_ELEMS`] without a matmul (the regions
-/// in between stay as separate kernels).
+/// `min_elems` elements (and [`MATMUL_REGION_MIN_ELEMS`] with a matmul prologue), or at
+/// most [`SMALL_REGION_ELEMS`] without a matmul (the regions in between stay as separate
+/// kernels).
 pub fn fuse_elementwise_min(g: &mut Graph, min_elems: usize) -> Result<bool> {
     let order = g.canonical_order();
     let mut pos = vec![usize::MAX; g.capacity()];
@@ -269,7 +277,11 @@ pub fn fuse_elementwise_min(g: &mut Graph, min_elems: usize) -> Result<bool> {
         marks.clear(g, &r);
         let elems = region_elems(g, &r);
         let small = elems <= SMALL_REGION_ELEMS && r.matmul.is_none();
-        if r.members.len() >= 2 && (elems >= min_elems || small) {
+        let min = match r.matmul {
+            Some(_) if min_elems > 0 => min_elems.max(MATMUL_REGION_MIN_ELEMS),
+            _ => min_elems,
+        };
+        if r.members.len() >= 2 && (elems >= min || small) {
             regions.push(r);
         }
     }

@@ -29,7 +29,9 @@ pub use cse::eliminate_common_subexpressions;
 pub use dce::eliminate_dead_nodes;
 pub use fold_constants::{fold_constants, FOLD_MAX_ELEMS};
 pub use fold_transposes::fold_transposes_into_matmul;
-pub use fuse::{fuse_elementwise, fuse_elementwise_min, SMALL_REGION_ELEMS};
+pub use fuse::{
+    fuse_elementwise, fuse_elementwise_min, MATMUL_REGION_MIN_ELEMS, SMALL_REGION_ELEMS,
+};
 pub use regions::{optimize_regions, PRETRANSPOSE_MIN_SIDE};
 pub use simplify::{simplify, simplify_counting, RuleFn, MAX_SWEEPS, RULES};
 pub use specialize::{bind_shape, show_bindings, specialize, Bindings};
@@ -79,7 +81,8 @@ pub struct PassConfig {
     pub disabled: Vec<String>,
     /// Skip every pass.
     pub none: bool,
-    /// Fuse only regions whose longest loop has at least this many elements, or at most
+    /// Fuse only regions whose longest loop has at least this many elements (and
+    /// [`MATMUL_REGION_MIN_ELEMS`] with a matmul prologue), or at most
     /// [`SMALL_REGION_ELEMS`] (0: all).
     pub min_fused_elems: usize,
     /// The byte size of the buckets `bucket_all_reduces` packs small all-reduces into
