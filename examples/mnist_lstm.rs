@@ -2,7 +2,7 @@
 //! `Dense(10)`, Adam, a compiled train step traced once.
 //!
 //! ```text
-//! cargo run --release --example mnist_lstm              # 3 epochs (0.974 test accuracy)
+//! cargo run --release --example mnist_lstm              # 3 epochs (0.972 test accuracy)
 //! cargo run --release --example mnist_lstm -- --epochs 1
 //! ```
 //!
