@@ -173,6 +173,7 @@ pub(super) fn lower(
     // and its f32 constants, as float literals (shortest round trip, then `f`)
     use crate::exec::kernels::fastmath as fm;
     for (name, v) in [
+        ("TF_ROUND_MAGIC_F32", fm::ROUND_MAGIC_F32),
         ("TF_LOG2_E_F32", std::f32::consts::LOG2_E),
         ("TF_FRAC_2_PI_F32", std::f32::consts::FRAC_2_PI),
         ("TF_LN2_HI", fm::LN2_HI),

@@ -7,7 +7,7 @@
  * with -ffp-contract=off and without -ffast-math, every line below computes the bits of
  * its Rust original: the same IEEE operations on the same values in the same order.
  * Constants the emitter writes before this file, from the Rust ones: TF_LOG2_E, TF_LN_2,
- * TF_LOG2_E_F32, TF_FRAC_2_PI_F32, TF_LN2_HI, TF_LN2_LO, TF_PIO2_1 .. TF_PIO2_4. */
+ * TF_ROUND_MAGIC_F32, TF_LOG2_E_F32, TF_FRAC_2_PI_F32, TF_LN2_HI, TF_LN2_LO, TF_PIO2_1 .. TF_PIO2_4. */
 
 #include <stdint.h>
 
@@ -74,7 +74,6 @@ TF_INLINE double tf_exp_f64_kernel(double x) {
     return tf_exp_reduced(r) * scale;
 }
 
-#define TF_ROUND_MAGIC_F32 12582912.0f
 
 TF_INLINE float tf_exp_f32(float x) {
     float xc = x > 89.0f ? 89.0f : x;

@@ -10,9 +10,10 @@
 //! - **`exp`, `sin`, `cos` work in f32**, 16 lanes per AVX-512 register, with
 //!   Cody–Waite range reduction (the reduction constant split into parts whose products
 //!   with `k` are exact) and Taylor polynomials. `exp` is within 1 ulp of the correctly
-//!   rounded result everywhere; `sin` and `cos` within 2 ulp for |x| ≤ 12867. They carry the fused loops of transcendental-heavy
-//!   programs (W5's second derivative of sin·e^(−x²): 2x faster than the same code in
-//!   f64) and the gates of recurrent layers (`sigmoid` is built on `exp`).
+//!   rounded result everywhere; `sin` and `cos` within 2 ulp for |x| ≤ 12867. They
+//!   carry the fused loops of transcendental-heavy programs (W5's second derivative of
+//!   sin·e^(−x²): 2x faster than the same code in f64) and the gates of recurrent
+//!   layers (`sigmoid` is built on `exp`).
 //! - **`ln` and `tanh` widen to f64**, work there and round to f32 once: the f64
 //!   intermediate carries about 40 more bits than the answer needs, so they are within
 //!   1 ulp and mostly correctly rounded; working in f64 also makes f32 subnormals
@@ -87,7 +88,7 @@ fn exp_f64(x: f64) -> f64 {
 /// 1.5·2²³: adding and subtracting it rounds an f32 of magnitude below 2²² to the
 /// nearest integer, and the low mantissa bits of the sum are that integer in two's
 /// complement (offset by 2²²).
-const ROUND_MAGIC_F32: f32 = 12582912.0;
+pub(crate) const ROUND_MAGIC_F32: f32 = 12582912.0;
 
 /// ln 2 in two parts: `LN2_HI` has 9 significant bits, so `k·LN2_HI` is exact for the
 /// `|k| ≤ 151` that [`exp`] meets; `LN2_LO` is the f32 nearest the rest.
