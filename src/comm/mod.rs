@@ -239,13 +239,12 @@ static INLINE: AtomicUsize = AtomicUsize::new(INLINE_BYTES);
 pub fn start_all_reduce(x: &Data, op: ReduceOp) -> Pending {
     #[cfg(feature = "mpi")]
     if let Some(w) = mpi::world() {
-        let kind = mpi::Kind::AllReduce(x.clone(), op);
         if x.nbytes() <= INLINE.load(Ordering::Relaxed) {
-            if let Some(r) = w.run_now(&kind) {
+            if let Some(r) = w.run_now(mpi::Call::AllReduce(x, op)) {
                 return Pending(PendingInner::Ready(r));
             }
         }
-        let reply = w.submit(kind);
+        let reply = w.submit(mpi::Kind::AllReduce(x.clone(), op));
         if !overlap() {
             return Pending(PendingInner::Ready(reply.wait()));
         }
@@ -263,11 +262,10 @@ pub fn start_all_reduce(x: &Data, op: ReduceOp) -> Pending {
 pub fn all_reduce(x: &Data, op: ReduceOp) -> std::result::Result<Data, String> {
     #[cfg(feature = "mpi")]
     if let Some(w) = mpi::world() {
-        let kind = mpi::Kind::AllReduce(x.clone(), op);
-        if let Some(r) = w.run_now(&kind) {
+        if let Some(r) = w.run_now(mpi::Call::AllReduce(x, op)) {
             return r;
         }
-        return w.submit(kind).wait();
+        return w.submit(mpi::Kind::AllReduce(x.clone(), op)).wait();
     }
     start_all_reduce(x, op).wait()
 }
@@ -285,10 +283,9 @@ pub fn broadcast(x: &Data, root: usize) -> Result<Data> {
     }
     #[cfg(feature = "mpi")]
     if let Some(w) = mpi::world() {
-        let kind = mpi::Kind::Broadcast(x.clone(), root);
-        return match w.run_now(&kind) {
+        return match w.run_now(mpi::Call::Broadcast(x, root)) {
             Some(r) => r,
-            None => w.submit(kind).wait(),
+            None => w.submit(mpi::Kind::Broadcast(x.clone(), root)).wait(),
         }
         .map_err(|e| Error::Distributed(format!("broadcast from rank {root}: {e}")));
     }
@@ -325,7 +322,7 @@ pub fn plain_all_reduce_seconds(x: &Data, iterations: usize) -> Result<f64> {
 pub fn barrier() -> Result<()> {
     #[cfg(feature = "mpi")]
     if let Some(w) = mpi::world() {
-        return match w.run_now(&mpi::Kind::Barrier) {
+        return match w.run_now(mpi::Call::Barrier) {
             Some(r) => r,
             None => w.submit(mpi::Kind::Barrier).wait(),
         }

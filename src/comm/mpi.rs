@@ -12,7 +12,7 @@
 
 use super::{exit_now, ReduceOp, DEFAULT_TIMEOUT_SECS};
 use crate::error::{Error, Result};
-use crate::exec::buffers::{self, Pooled};
+use crate::exec::buffers::Pooled;
 use crate::tensor::data::Arr;
 use crate::tensor::data::Data;
 use crate::tensor::dtype::{type_str, DType, Shape};
@@ -23,7 +23,7 @@ use ::mpi::traits::*;
 use ::mpi::Threading;
 use ndarray::{ArrayD, IxDyn};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Condvar, Mutex, RwLock};
+use std::sync::{mpsc, Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -35,21 +35,53 @@ pub(super) struct World {
     thread: Mutex<Option<JoinHandle<()>>>,
     watch: Arc<Watch>,
     /// Held while a collective runs (on the communication thread or inline).
-    turn: Arc<Mutex<()>>,
+    turn: Arc<Mutex<Turn>>,
     /// Jobs queued or running on the communication thread.
     queued: Arc<AtomicU64>,
     /// Whether MPI allows calls from other threads than the communication thread.
     serialized: bool,
 }
 
-static WORLD: RwLock<Option<Arc<World>>> = RwLock::new(None);
+/// What the collective running holds, under the world's `turn` lock.
+struct Turn {
+    /// Collectives this process has run: numbers them for the watchdog's message.
+    count: u64,
+    /// The last results this process's all-reduces returned. The next all-reduce of a
+    /// shape receives into one its caller has dropped since: no allocation per call, and
+    /// the same addresses every step, which MPI's registration cache for large messages
+    /// recognizes (a fresh buffer per call made 16 MiB all-reduces four times slower
+    /// than a loop into one buffer). A result still held by its caller is never touched;
+    /// what this holds beyond that is at most [`RECENT_RESULTS`] dropped results.
+    recent: Vec<Data>,
+}
 
-/// Numbers the collectives of this process, for the watchdog's message.
-static SEQ: AtomicU64 = AtomicU64::new(0);
+impl Turn {
+    /// The next collective's number.
+    fn next(&mut self) -> u64 {
+        self.count += 1;
+        self.count - 1
+    }
+}
 
-/// The world, if [`init`] has run (and [`shutdown`] has not).
-pub(super) fn world() -> Option<Arc<World>> {
-    WORLD.read().unwrap_or_else(|e| e.into_inner()).clone()
+/// The world, set once by [`init`]: MPI starts at most once in a process.
+static WORLD: OnceLock<World> = OnceLock::new();
+
+/// Whether the world is up: [`init`] has run and [`shutdown`] has not.
+static UP: AtomicBool = AtomicBool::new(false);
+
+/// Held by [`init`] and [`shutdown`], so two threads never start or stop MPI at once.
+static STARTING: Mutex<()> = Mutex::new(());
+
+/// The world, if [`init`] has run (and [`shutdown`] has not). Costs one atomic load.
+pub(super) fn world() -> Option<&'static World> {
+    UP.load(Ordering::Acquire).then(|| WORLD.get()).flatten()
+}
+
+/// A collective to run on the calling thread ([`World::run_now`]), borrowing its data.
+pub(super) enum Call<'a> {
+    AllReduce(&'a Data, ReduceOp),
+    Broadcast(&'a Data, usize),
+    Barrier,
 }
 
 /// What the communication thread is asked to do.
@@ -65,7 +97,6 @@ pub(super) enum Kind {
 
 struct Job {
     kind: Kind,
-    seq: u64,
     reply: Arc<Reply>,
 }
 
@@ -108,16 +139,36 @@ impl Reply {
     }
 }
 
-/// The watchdog's view of the collective in progress.
+/// The watchdog's view of the collective in progress. Starting and ending one costs a
+/// lock and an atomic store, and no clock read: the watchdog times a collective from
+/// when it first sees it running.
 struct Watch {
-    current: Mutex<Option<(Instant, u64, What)>>,
+    /// The number of the collective running or last run, and what it is.
+    current: Mutex<(u64, Option<What>)>,
+    /// One more than the number of the last collective that finished (0: none yet).
+    finished: AtomicU64,
     timeout: Option<Duration>,
     stop: AtomicBool,
 }
 
 impl Watch {
-    fn set(&self, v: Option<(Instant, u64, What)>) {
-        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = v;
+    /// Collective `seq` starts (only recorded when there is a watchdog).
+    fn begin(&self, seq: u64, what: impl FnOnce() -> What) {
+        if self.timeout.is_some() {
+            *self.current.lock().unwrap_or_else(|e| e.into_inner()) = (seq, Some(what()));
+        }
+    }
+
+    /// Collective `seq` has finished.
+    fn end(&self, seq: u64) {
+        self.finished.store(seq + 1, Ordering::Release);
+    }
+
+    /// The collective running now, if any: its number and what it is.
+    fn running(&self) -> Option<(u64, String)> {
+        let cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let (seq, what) = (cur.0, cur.1.as_ref()?);
+        (self.finished.load(Ordering::Acquire) != seq + 1).then(|| (seq, what.to_string()))
     }
 }
 
@@ -126,11 +177,9 @@ impl World {
     pub(super) fn submit(&self, kind: Kind) -> Arc<Reply> {
         let reply = Reply::new();
         let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
-        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
         self.queued.fetch_add(1, Ordering::AcqRel);
         let job = Job {
             kind,
-            seq,
             reply: reply.clone(),
         };
         if tx.send(job).is_err() {
@@ -146,29 +195,26 @@ impl World {
 impl World {
     /// Runs a blocking collective on this thread if nothing is queued (see the module
     /// header); `None` if it must be queued instead.
-    pub(super) fn run_now(&self, kind: &Kind) -> Option<std::result::Result<Data, String>> {
+    pub(super) fn run_now(&self, call: Call<'_>) -> Option<std::result::Result<Data, String>> {
         if !self.serialized {
             return None;
         }
-        let _turn = self.turn.lock().unwrap_or_else(|e| e.into_inner());
+        let mut turn = self.turn.lock().unwrap_or_else(|e| e.into_inner());
         if self.queued.load(Ordering::Acquire) != 0 {
             return None;
         }
         let world = SimpleCommunicator::world();
-        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-        if self.watch.timeout.is_some() {
-            self.watch.set(Some((Instant::now(), seq, what(kind))));
-        }
-        let r = match kind {
-            Kind::AllReduce(d, op) => all_reduce(&world, d, *op, self.size),
-            Kind::Broadcast(d, root) => broadcast(&world, d, *root),
-            Kind::Barrier => {
+        let seq = turn.next();
+        self.watch.begin(seq, || what(&call));
+        let r = match call {
+            Call::AllReduce(d, op) => all_reduce(&world, d, op, self.size, &mut turn.recent),
+            Call::Broadcast(d, root) => broadcast(&world, d, root),
+            Call::Barrier => {
                 world.barrier();
-                Ok(Data::zeros(crate::tensor::dtype::DType::F32, &[]))
+                Ok(Data::zeros(DType::F32, &[]))
             }
-            Kind::Shutdown | Kind::PlainLoop(..) => return None,
         };
-        self.watch.set(None);
+        self.watch.end(seq);
         Some(r)
     }
 }
@@ -191,9 +237,16 @@ fn timeout_from_env() -> Result<Option<Duration>> {
 }
 
 pub(super) fn init() -> Result<()> {
-    let mut slot = WORLD.write().unwrap_or_else(|e| e.into_inner());
-    if slot.is_some() {
+    let _starting = STARTING.lock().unwrap_or_else(|e| e.into_inner());
+    if UP.load(Ordering::Acquire) {
         return Err(Error::Distributed("init: called twice".into()));
+    }
+    if WORLD.get().is_some() {
+        return Err(Error::Distributed(
+            "init: MPI was shut down in this process and cannot start again (MPI starts \
+             at most once per process)"
+                .into(),
+        ));
     }
     let launched = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"]
         .iter()
@@ -206,13 +259,17 @@ pub(super) fn init() -> Result<()> {
         ));
     }
     let watch = Arc::new(Watch {
-        current: Mutex::new(None),
+        current: Mutex::new((0, None)),
+        finished: AtomicU64::new(0),
         timeout: timeout_from_env()?,
         stop: AtomicBool::new(false),
     });
     let (tx, rx) = mpsc::channel::<Job>();
     let (ready_tx, ready_rx) = mpsc::channel();
-    let turn = Arc::new(Mutex::new(()));
+    let turn = Arc::new(Mutex::new(Turn {
+        count: 0,
+        recent: Vec::new(),
+    }));
     let queued = Arc::new(AtomicU64::new(0));
     let (w, t, q) = (watch.clone(), turn.clone(), queued.clone());
     let thread = std::thread::Builder::new()
@@ -237,7 +294,7 @@ pub(super) fn init() -> Result<()> {
             .spawn(move || watchdog(&w, limit, rank, size))
             .map_err(|e| Error::Distributed(format!("init: cannot start the watchdog: {e}")))?;
     }
-    *slot = Some(Arc::new(World {
+    let world = World {
         rank,
         size,
         tx: Mutex::new(tx),
@@ -246,39 +303,55 @@ pub(super) fn init() -> Result<()> {
         turn,
         queued,
         serialized,
-    }));
+    };
+    if WORLD.set(world).is_err() {
+        unreachable!("the world is set only here, under `STARTING`, when it is unset");
+    }
+    UP.store(true, Ordering::Release);
     Ok(())
 }
 
 pub(super) fn shutdown() -> Result<()> {
+    let _starting = STARTING.lock().unwrap_or_else(|e| e.into_inner());
     let Some(w) = world() else { return Ok(()) };
     let r = w.submit(Kind::Shutdown).wait();
     if let Some(t) = w.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
         let _ = t.join();
     }
     w.watch.stop.store(true, Ordering::Relaxed);
-    *WORLD.write().unwrap_or_else(|e| e.into_inner()) = None;
+    UP.store(false, Ordering::Release);
     r.map(|_| ())
         .map_err(|e| Error::Distributed(format!("shutdown: {e}")))
 }
 
-/// Ends the process when the collective in progress has waited longer than `limit`.
+/// Ends the process when the collective in progress has waited longer than `limit`
+/// (timed from when this thread first saw it running, so it fires within one polling
+/// period past the limit).
 fn watchdog(w: &Watch, limit: Duration, rank: usize, size: usize) {
+    let mut seen: Option<(u64, Instant)> = None;
     while !w.stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(100));
-        let cur = w.current.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((since, seq, what)) = cur.as_ref() {
-            if since.elapsed() > limit {
-                eprintln!(
-                    "tapeflow distributed: rank {rank} of {size}: collective #{seq} ({what}) has \
-                     waited {:.1} s for the other ranks (limit TAPEFLOW_MPI_TIMEOUT={} s): \
-                     another rank failed, stopped or runs different collectives; ending this \
-                     process so that mpirun ends the job",
-                    since.elapsed().as_secs_f64(),
-                    limit.as_secs_f64()
-                );
-                exit_now(1);
+        let Some((seq, what)) = w.running() else {
+            seen = None;
+            continue;
+        };
+        let since = match seen {
+            Some((s, t)) if s == seq => t,
+            _ => {
+                seen = Some((seq, Instant::now()));
+                continue;
             }
+        };
+        if since.elapsed() > limit {
+            eprintln!(
+                "tapeflow distributed: rank {rank} of {size}: collective #{seq} ({what}) has \
+                 waited {:.1} s for the other ranks (limit TAPEFLOW_MPI_TIMEOUT={} s): \
+                 another rank failed, stopped or runs different collectives; ending this \
+                 process so that mpirun ends the job",
+                since.elapsed().as_secs_f64(),
+                limit.as_secs_f64()
+            );
+            exit_now(1);
         }
     }
 }
@@ -293,10 +366,18 @@ enum What {
     Shutdown,
 }
 
-fn what(kind: &Kind) -> What {
+fn what(call: &Call<'_>) -> What {
+    match *call {
+        Call::AllReduce(d, op) => What::AllReduce(op, d.dtype(), d.shape()),
+        Call::Broadcast(d, root) => What::Broadcast(root, d.dtype(), d.shape()),
+        Call::Barrier => What::Barrier,
+    }
+}
+
+fn what_job(kind: &Kind) -> What {
     match kind {
-        Kind::AllReduce(d, op) => What::AllReduce(*op, d.dtype(), d.shape()),
-        Kind::Broadcast(d, root) => What::Broadcast(*root, d.dtype(), d.shape()),
+        Kind::AllReduce(d, op) => what(&Call::AllReduce(d, *op)),
+        Kind::Broadcast(d, root) => what(&Call::Broadcast(d, *root)),
         Kind::Barrier => What::Barrier,
         Kind::PlainLoop(d, n) => What::PlainLoop(*n, d.dtype(), d.shape()),
         Kind::Shutdown => What::Shutdown,
@@ -326,7 +407,7 @@ fn communicate(
     rx: mpsc::Receiver<Job>,
     ready: mpsc::Sender<std::result::Result<(usize, usize, bool), String>>,
     watch: Arc<Watch>,
-    turn: Arc<Mutex<()>>,
+    turn: Arc<Mutex<Turn>>,
     queued: Arc<AtomicU64>,
 ) {
     let Some((universe, level)) = ::mpi::initialize_with_threading(Threading::Serialized) else {
@@ -347,14 +428,12 @@ fn communicate(
     // with FUNNELED only, every collective runs on this thread (no `run_now`)
     let serialized = matches!(level, Threading::Serialized | Threading::Multiple);
     let _ = ready.send(Ok((world.rank() as usize, size, serialized)));
-    let set = |v| watch.set(v);
     while let Ok(job) = rx.recv() {
-        let turn = turn.lock().unwrap_or_else(|e| e.into_inner());
-        if watch.timeout.is_some() {
-            set(Some((Instant::now(), job.seq, what(&job.kind))));
-        }
+        let mut turn = turn.lock().unwrap_or_else(|e| e.into_inner());
+        let seq = turn.next();
+        watch.begin(seq, || what_job(&job.kind));
         let (r, last) = match job.kind {
-            Kind::AllReduce(d, op) => (all_reduce(&world, &d, op, size), false),
+            Kind::AllReduce(d, op) => (all_reduce(&world, &d, op, size, &mut turn.recent), false),
             Kind::Broadcast(d, root) => (broadcast(&world, &d, root), false),
             Kind::PlainLoop(d, n) => (plain_loop(&world, &d, n), false),
             Kind::Barrier => {
@@ -371,7 +450,7 @@ fn communicate(
         };
         queued.fetch_sub(1, Ordering::AcqRel);
         if !last {
-            set(None);
+            watch.end(seq);
             drop(turn);
             job.reply.set(r);
             continue;
@@ -380,7 +459,7 @@ fn communicate(
         drop(spare);
         drop(world);
         drop(universe);
-        set(None);
+        watch.end(seq);
         job.reply.set(r);
         return;
     }
@@ -402,51 +481,42 @@ fn contiguous<T: Clone>(a: &Arr<T>) -> std::borrow::Cow<'_, [T]> {
     }
 }
 
-/// Most results [`RECENT`] holds on to.
+/// Most dropped results [`Turn::recent`] holds on to.
 const RECENT_RESULTS: usize = 8;
 
-/// The last results this process's all-reduces returned. The next all-reduce of a
-/// size receives into the buffer of one its caller has dropped since: no zero-filled
-/// allocation (and page faults) per call, and the same addresses every step, which
-/// MPI's registration cache for large messages recognizes — a fresh buffer per call
-/// made 16 MiB all-reduces four times slower than a loop into one buffer. A result
-/// still held by its caller is never touched; what this holds beyond that is at most
-/// [`RECENT_RESULTS`] dropped results.
-static RECENT: Mutex<Vec<Data>> = Mutex::new(Vec::new());
-
-/// A buffer of `n` elements with unspecified contents, for MPI to overwrite.
-fn result_buffer<T: Pooled>(n: usize) -> Vec<T> {
-    let mut recent = lock_recent();
-    let free = recent
-        .iter()
-        .position(|d| buffers::is_free_buffer::<T>(d, n));
-    free.and_then(|i| buffers::into_buffer(recent.remove(i)))
-        .unwrap_or_else(|| vec![T::default(); n])
+/// An array of `shape` with unspecified contents, for MPI to overwrite: a result of
+/// that shape its caller has dropped (reused as it is: no allocation), or a new one.
+fn result_array<T: Pooled>(recent: &mut Vec<Data>, shape: &[usize]) -> Arr<T> {
+    let free = recent.iter().position(|d| {
+        T::array_of(d)
+            .is_some_and(|a| a.shape() == shape && a.is_standard_layout() && a.is_unique())
+    });
+    free.and_then(|i| T::into_array(recent.remove(i)))
+        .unwrap_or_else(|| Arr::from_elem(IxDyn(shape), T::default()))
 }
 
 /// Remembers a result handed out, forgetting the oldest beyond [`RECENT_RESULTS`].
-fn keep(d: &Data) {
-    let mut recent = lock_recent();
+fn keep(recent: &mut Vec<Data>, d: &Data) {
     if recent.len() == RECENT_RESULTS {
         recent.remove(0);
     }
     recent.push(d.clone());
 }
 
-fn lock_recent() -> std::sync::MutexGuard<'static, Vec<Data>> {
-    RECENT.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn reduce<T, C>(comm: &C, a: &Arr<T>) -> std::result::Result<ArrayD<T>, String>
+fn reduce<T, C>(comm: &C, a: &Arr<T>, recent: &mut Vec<Data>) -> std::result::Result<Arr<T>, String>
 where
     T: Equivalence + Pooled,
     C: CommunicatorCollectives,
 {
     count(a.len())?;
     let send = contiguous(a);
-    let mut recv = result_buffer::<T>(a.len());
-    comm.all_reduce_into(&send[..], &mut recv[..], SystemOperation::sum());
-    ArrayD::from_shape_vec(IxDyn(a.shape()), recv).map_err(|e| e.to_string())
+    let mut recv = result_array::<T>(recent, a.shape());
+    // unique and in standard layout (`result_array`), so this neither copies nor fails
+    let out = recv
+        .as_slice_mut()
+        .ok_or("all_reduce: the result buffer is not contiguous")?;
+    comm.all_reduce_into(&send[..], out, SystemOperation::sum());
+    Ok(recv)
 }
 
 fn all_reduce<C: CommunicatorCollectives>(
@@ -454,9 +524,10 @@ fn all_reduce<C: CommunicatorCollectives>(
     d: &Data,
     op: ReduceOp,
     size: usize,
+    recent: &mut Vec<Data>,
 ) -> std::result::Result<Data, String> {
-    let r = reduce_data(comm, d, op, size)?;
-    keep(&r);
+    let r = reduce_data(comm, d, op, size, recent)?;
+    keep(recent, &r);
     Ok(r)
 }
 
@@ -465,18 +536,21 @@ fn reduce_data<C: CommunicatorCollectives>(
     d: &Data,
     op: ReduceOp,
     size: usize,
+    recent: &mut Vec<Data>,
 ) -> std::result::Result<Data, String> {
     Ok(match (d, op) {
-        (Data::F32(a), ReduceOp::Sum) => Data::F32(reduce(comm, a)?.into_shared()),
-        (Data::F64(a), ReduceOp::Sum) => Data::F64(reduce(comm, a)?.into_shared()),
-        (Data::I64(a), ReduceOp::Sum) => Data::I64(reduce(comm, a)?.into_shared()),
+        (Data::F32(a), ReduceOp::Sum) => Data::F32(reduce(comm, a, recent)?),
+        (Data::F64(a), ReduceOp::Sum) => Data::F64(reduce(comm, a, recent)?),
+        (Data::I64(a), ReduceOp::Sum) => Data::I64(reduce(comm, a, recent)?),
         (Data::F32(a), ReduceOp::Mean) => {
-            let n = size as f32;
-            Data::F32(reduce(comm, a)?.mapv_into(|v| v / n).into_shared())
+            let (mut r, n) = (reduce(comm, a, recent)?, size as f32);
+            r.mapv_inplace(|v| v / n);
+            Data::F32(r)
         }
         (Data::F64(a), ReduceOp::Mean) => {
-            let n = size as f64;
-            Data::F64(reduce(comm, a)?.mapv_into(|v| v / n).into_shared())
+            let (mut r, n) = (reduce(comm, a, recent)?, size as f64);
+            r.mapv_inplace(|v| v / n);
+            Data::F64(r)
         }
         (Data::I64(_), ReduceOp::Mean) => {
             return Err("the mean of i64 values is not an i64: cast to a float first".into())

@@ -105,20 +105,6 @@ pooled!(f32, f32, F32);
 pooled!(f64, f64, F64);
 pooled!(i64, i64, I64);
 
-/// Whether `d` holds `n` elements of type `T` in a buffer nothing else shares, so that
-/// [`into_buffer`] takes it over.
-#[cfg(feature = "mpi")]
-pub(crate) fn is_free_buffer<T: Pooled>(d: &Data, n: usize) -> bool {
-    T::array_of(d).is_some_and(|a| a.len() == n && a.is_unique())
-}
-
-/// The buffer behind `d`, with its old values, when
-/// [`is_free_buffer`] holds and the array spans all of it.
-#[cfg(feature = "mpi")]
-pub(crate) fn into_buffer<T: Pooled>(d: Data) -> Option<Vec<T>> {
-    unshared(T::into_array(d)?)
-}
-
 /// The `Vec` behind an array, if nothing else shares it and the array spans all of it
 /// (its layout does not matter: the buffer is reused as raw storage).
 fn unshared<T: Clone>(a: Arr<T>) -> Option<Vec<T>> {

@@ -437,8 +437,8 @@ impl Plan {
         }
         let misses = self.pool.misses();
         let result = loop {
-            let st = self.take_state();
-            let result = with_pool(&self.pool, || self.run_with(&st, inputs, stats));
+            let mut st = self.take_state();
+            let result = with_pool(&self.pool, || self.run_with(&mut st, inputs, stats));
             self.put_state(st);
             match result {
                 Ok(None) => continue, // a variable it read changed meanwhile: run again
@@ -473,27 +473,33 @@ impl Plan {
     }
 
     /// Clears a run's state (its values go back to the pool) and keeps it for reuse.
-    fn put_state(&self, st: RunState) {
-        for v in &st.vals {
-            if let Some(d) = write(v).take() {
+    /// The state is this thread's alone now: no locking.
+    fn put_state(&self, mut st: RunState) {
+        for v in &mut st.vals {
+            if let Some(d) = slot_mut(v).take() {
                 self.pool.recycle(d);
             }
         }
-        for d in lock(&st.retired).drain(..) {
+        for d in st
+            .retired
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
             self.pool.recycle(d);
         }
-        for p in &st.comm {
+        for p in &mut st.comm {
             // a failed run may leave collectives unread; they finish on their own
-            drop(lock(p).take());
+            drop(p.get_mut().unwrap_or_else(|e| e.into_inner()).take());
         }
-        *lock(&st.error) = None;
+        *st.error.get_mut().unwrap_or_else(|e| e.into_inner()) = None;
         lock(&self.states).push(st);
     }
 
     /// One run; `None` if a variable it read was written before it could commit.
     fn run_with(
         &self,
-        st: &RunState,
+        st: &mut RunState,
         inputs: &[&Data],
         stats: &mut RunStats,
     ) -> Result<Option<Vec<Data>>> {
@@ -527,7 +533,7 @@ impl Plan {
                 }
                 _ => continue,
             };
-            *write(&st.vals[i]) = Some(v);
+            *slot_mut(&mut st.vals[i]) = Some(v);
         }
         // keep only the versions, so old values can be recycled when replaced
         let versions: SmallVec<[(&Variable, u64); 8]> = handles()
@@ -537,7 +543,8 @@ impl Plan {
         let checked = crate::debugging::check_numerics_enabled(); // report the first, in order
         let parallel = self.parallel() && !stats.collect_profile && !checked;
         stats.parallel = parallel;
-        st.parallel.store(parallel, Ordering::Relaxed);
+        *st.parallel.get_mut() = parallel;
+        let st = &*st; // shared with the steps from here on
         let is_source = |s: &Step| matches!(s.op, Op::Input(_) | Op::Const | Op::ReadVar(_));
         if parallel {
             let kernels = &AtomicU32::new(0);
@@ -888,6 +895,11 @@ fn operand<'a>(s: &Step, guards: &'a [Slot<'_>], o: usize) -> &'a Data {
     // `inputs` is sorted
     let k = s.inputs.binary_search(&o).expect("operand is an input");
     guards[k].as_ref().expect("operand computed")
+}
+
+/// A value slot of a run's state that this thread alone holds (no locking).
+fn slot_mut(m: &mut RwLock<Option<Data>>) -> &mut Option<Data> {
+    m.get_mut().unwrap_or_else(|e| e.into_inner())
 }
 
 fn read<T>(m: &RwLock<T>) -> RwLockReadGuard<'_, T> {

@@ -13,6 +13,7 @@ use crate::passes::PassConfig;
 use crate::tensor::{type_str, DType, Data, Shape, Tensor, Variable};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
+use smallvec::SmallVec;
 use std::collections::HashMap;
 use std::io::Write;
 use std::panic::Location;
@@ -765,7 +766,8 @@ impl LoadedFunction {
             ))
         })?;
         let source = self.traced.as_ref().unwrap_or(self.program.graph());
-        self.program.run(&self.signature, source, args, loc)
+        let args: SmallVec<[&Tensor; 4]> = args.iter().collect();
+        self.program.run(&self.signature, source, &args, loc)
     }
 
     /// The function's variables (created from the export's values), in the order the

@@ -28,6 +28,7 @@ use crate::exec::Plan;
 use crate::ir::Graph;
 use crate::passes::{PassConfig, PassStat};
 use crate::tensor::{type_str, Shape, Tensor};
+use smallvec::SmallVec;
 use std::collections::VecDeque;
 use std::marker::PhantomData;
 use std::panic::Location;
@@ -239,8 +240,13 @@ impl ConcreteFunction {
     /// record the caller's line as their source location.
     #[track_caller]
     pub fn run(&self, args: &[Tensor]) -> Result<Vec<Tensor>> {
-        self.program
-            .run(&self.signature, &self.traced, args, Location::caller())
+        let args: SmallVec<[&Tensor; 4]> = args.iter().collect();
+        self.run_refs(&args, Location::caller())
+    }
+
+    /// [`ConcreteFunction::run`] on borrowed arguments, recording `loc` in the results.
+    fn run_refs(&self, args: &[&Tensor], loc: &'static Location<'static>) -> Result<Vec<Tensor>> {
+        self.program.run(&self.signature, &self.traced, args, loc)
     }
 
     /// Writes the function to the directory `dir` (`tf.saved_model.save`,
@@ -498,6 +504,25 @@ impl<A, F: Traceable<A>> Function<A, F> {
                 args.len()
             )));
         }
+        let checked = crate::debugging::check_numerics_enabled();
+        if self.input_signature.is_none() {
+            // the common case, a call with the types of a cached trace, allocates nothing
+            let mut st = lock(&self.state);
+            let hit = (st.cache.iter()).position(|e| {
+                e.function.checked == checked && same_types(&e.function.signature, args)
+            });
+            if let Some(i) = hit {
+                st.clock += 1;
+                let now = st.clock;
+                st.cache[i].last_used = now;
+                let c = st.cache[i].function.clone();
+                if !st.last.as_ref().is_some_and(|l| same_types(l, args)) {
+                    st.last = Some(st.cache[i].function.signature.clone());
+                }
+                record_call(&mut st, false, None);
+                return Ok(c);
+            }
+        }
         let sig: Signature = args
             .iter()
             .map(|a| (a.dtype(), Shape::from_slice(a.shape())))
@@ -509,7 +534,6 @@ impl<A, F: Traceable<A>> Function<A, F> {
                 ))
             })?;
         }
-        let checked = crate::debugging::check_numerics_enabled();
         let mut st = lock(&self.state);
         let (key, general) = loop {
             st.clock += 1;
@@ -687,9 +711,14 @@ impl<A, F: Traceable<A>> Function<A, F> {
             return self.f.invoke(&owned);
         }
         let c = self.concrete(args)?;
-        let owned: Vec<Tensor> = args.iter().map(|&t| t.clone()).collect();
-        Ok(F::Out::unflatten(c.run(&owned)?))
+        Ok(F::Out::unflatten(c.run_refs(args, Location::caller())?))
     }
+}
+
+/// Whether `args` have exactly the types of `sig`.
+fn same_types(sig: &Signature, args: &[&Tensor]) -> bool {
+    sig.len() == args.len()
+        && (sig.iter().zip(args)).all(|((d, s), a)| *d == a.dtype() && s[..] == *a.shape())
 }
 
 /// The cached entry for these concrete types: one traced for exactly them, else a
@@ -729,8 +758,11 @@ fn record_call(st: &mut State, retraced: bool, what: Option<String>) {
         st.recent.pop_front();
     }
     st.recent.push_back(retraced);
+    if !retraced {
+        return;
+    }
     let n = st.recent.iter().filter(|&&r| r).count();
-    if retraced && n >= RETRACE_WARN_COUNT {
+    if n >= RETRACE_WARN_COUNT {
         log::warn!(
             "{n} of the last {} calls retraced: {}; tracing is expensive: declare the \
              lengths that vary as symbols (function_with_signature), keep reduce_retracing \

@@ -9,7 +9,8 @@ use crate::error::{Error, Result};
 use crate::exec::{Plan, RunStats};
 use crate::ir::Graph;
 use crate::passes::PassConfig;
-use crate::tensor::Tensor;
+use crate::tensor::{Data, Tensor};
+use smallvec::SmallVec;
 use std::panic::Location;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -163,10 +164,10 @@ impl Program {
         &self,
         signature: &Signature,
         source: &Graph,
-        args: &[Tensor],
+        args: &[&Tensor],
         loc: &'static Location<'static>,
     ) -> Result<Vec<Tensor>> {
-        let datas = args.iter().map(|a| a.data()).collect::<Result<Vec<_>>>()?;
+        let datas = (args.iter().map(|a| a.data())).collect::<Result<SmallVec<[&Data; 4]>>>()?;
         let plan = match self {
             // a concrete plan checks its inputs itself: no types to collect per call
             Program::Concrete(p) => p.clone(),

@@ -42,16 +42,20 @@ impl<T: Float> Accum<T> {
                     (i, *seen) = (i + 1, *seen + 1);
                 }
                 let chunks = (vals.len() - i).min(*full - *seen) / 8 * 8;
+                // a local copy stays in one vector register (the lanes in place are
+                // loaded and stored back per chunk, one by one)
+                let mut lanes = *acc;
                 vectorized_wide(
                     #[inline(always)]
                     || {
                         for c in vals[i..i + chunks].chunks_exact(8) {
                             for j in 0..8 {
-                                acc[j] = acc[j] + c[j];
+                                lanes[j] = lanes[j] + c[j];
                             }
                         }
                     },
                 );
+                *acc = lanes;
                 (i, *seen) = (i + chunks, *seen + chunks);
                 while i < vals.len() && *seen < *full {
                     acc[*seen % 8] = acc[*seen % 8] + vals[i];
