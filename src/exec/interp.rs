@@ -16,12 +16,14 @@
 //!   (outputs). `fused` steps also overwrite a dying operand in place where the memory
 //!   plan says so; in a parallel run only where every other reader of that operand is
 //!   an ancestor of the step, so that no run's buffer demand depends on timing.
-//! - **Schedule.** Sources (inputs, constants, variable reads) are bound first, on the
-//!   calling thread. Then, for a graph with enough work and more than one rayon thread,
+//! - **Schedule.** A plan with a big matmul or convolution, called from outside the
+//!   rayon pool, runs on one of its workers ([`ON_WORKERS_MIN_MACS`]); any other runs
+//!   on the calling thread. Sources (inputs, constants, variable reads) are bound first,
+//!   on the running thread. Then, for a graph with enough work and more than one rayon thread,
 //!   the steps run as a dataflow graph on rayon: each step has an atomic count of
 //!   operands still to compute; the thread that finishes a step continues with one of
 //!   the consumers it made ready and spawns the others. Small graphs (below
-//!   [`INTER_OP_MIN_WORK`]) run their steps in order on the calling thread, where any
+//!   [`INTER_OP_MIN_WORK`]) run their steps in order on the running thread, where any
 //!   task overhead would cost more than it buys. Either way, big kernels split their
 //!   own loops across the pool.
 //! - **Determinism.** Every kernel's bits are independent of the thread count and of
@@ -63,8 +65,20 @@ use std::time::{Duration, Instant};
 
 /// Estimated work (about one unit per element touched or multiply-add) above which a
 /// graph runs its steps as a parallel dataflow graph; below it, in order on the
-/// calling thread.
+/// running thread.
 pub const INTER_OP_MIN_WORK: u64 = 1 << 28;
+
+/// A plan with a matmul or convolution of at least this many multiply-adds (the size
+/// from which `gemm` splits a product across the pool) runs on a worker thread of the
+/// rayon pool when called from outside it. Its parallel kernels fork and join many
+/// times per call (a product's blocks, a convolution's chunks); from outside the pool
+/// each join puts the calling thread to sleep and wakes it again, which on the 2-core
+/// Zen 5 VM made the LSTM step's two big products ≈4x slower than on one thread.
+/// Measured there, calls from the main thread, same minute: W6 (LSTM) 11.6 → 9.7 ms,
+/// W2 (CNN) 3.18 → 2.59 ms, W3 8.3 → 8.0 ms. Plans without such a product stay on the
+/// caller: W1 (largest product 3.2M) ran 115 µs there and 131-151 µs on a worker (the
+/// idle worker's spinning slows the one computing).
+pub const ON_WORKERS_MIN_MACS: u64 = crate::exec::kernels::gemm::PAR_GEMM_MIN as u64;
 
 /// How a [`Plan`] schedules its steps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,7 +86,7 @@ pub enum Schedule {
     /// Parallel dataflow when the graph's work reaches [`INTER_OP_MIN_WORK`] and the
     /// rayon pool has more than one thread; else in order (the default).
     Auto,
-    /// Always in order on the calling thread (kernels may still split big loops).
+    /// Always in order on the running thread (kernels may still split big loops).
     Sequential,
     /// Always as a dataflow graph on the rayon pool.
     Parallel,
@@ -176,6 +190,9 @@ pub struct Plan {
     schedule: AtomicU8,
     pool: BufferPool,
     states: Mutex<Vec<RunState>>,
+    /// Whether a run called from outside the rayon pool moves to one of its workers
+    /// (a product of at least [`ON_WORKERS_MIN_MACS`] multiply-adds).
+    on_workers: bool,
 }
 
 /// The scheduler's cost estimate of node `n` ([`Op::work`]).
@@ -334,6 +351,7 @@ impl Plan {
             })
             .collect();
         let work = steps.iter().map(|s| s.work).sum();
+        let on_workers = (steps.iter()).any(|s| macs_of(&graph, s.node) >= ON_WORKERS_MIN_MACS);
         Ok(Plan {
             graph,
             steps,
@@ -348,6 +366,7 @@ impl Plan {
             schedule: AtomicU8::new(0),
             pool: BufferPool::new(),
             states: Mutex::new(Vec::new()),
+            on_workers,
         })
     }
 
@@ -427,6 +446,15 @@ impl Plan {
 
     /// Runs the plan. Inputs must match the graph's signature.
     pub fn run(&self, inputs: &[&Data], stats: &mut RunStats) -> Result<Vec<Data>> {
+        if self.on_workers && rayon::current_thread_index().is_none() {
+            // see `ON_WORKERS_MIN_MACS`: the whole run moves to a worker of the pool
+            return rayon::scope(|_| self.run_here(inputs, stats));
+        }
+        self.run_here(inputs, stats)
+    }
+
+    /// [`Plan::run`] on the calling thread.
+    fn run_here(&self, inputs: &[&Data], stats: &mut RunStats) -> Result<Vec<Data>> {
         let g = &self.graph;
         if inputs.len() != g.inputs.len() {
             return Err(Error::Function(format!(
