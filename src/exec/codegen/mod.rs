@@ -96,7 +96,8 @@ pub enum Codegen {
 
 /// The smallest loop that [`Codegen::Auto`] compiles: below it the interpreter is
 /// about as fast and a compile (~0.1 s of a core) would not pay for itself soon.
-pub const AUTO_MIN_ELEMS: usize = 1 << 15;
+/// `passes::TUNED_MIN_FUSED_ELEMS` is the same length (see there for the measurements).
+pub const AUTO_MIN_ELEMS: usize = 1 << 13;
 
 impl Codegen {
     fn code(self) -> u8 {
