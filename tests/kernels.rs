@@ -318,6 +318,46 @@ fn gemm_matches_naive_f32() {
 }
 
 #[test]
+fn gemm_zero_results_are_positive_zero_on_every_path() {
+    // All products are -0 (0 · negative): a kernel that starts its sum from the first
+    // product returns -0, one that starts from +0 returns +0. `gemm` promises +0 and
+    // skips its sign pass where the backend's kernels start from +0; this covers the
+    // outer-product (k ≤ 2), matrix-vector (m or n = 1), small-block and blocked paths,
+    // every layout, one and two threads (the last shape is past the threading threshold).
+    fn check<T: Float>(m: usize, k: usize, n: usize, ta: bool, tb: bool) {
+        let a = vec![T::zero(); m * k];
+        let b = vec![T::zero() - T::one(); k * n];
+        let mut c = vec![T::one(); m * n];
+        gemm(&a, &b, &mut c, m, k, n, ta, tb);
+        let negative = c.iter().filter(|v| v.is_sign_negative()).count();
+        assert_eq!(
+            negative, 0,
+            "gemm {m}x{k}x{n} ta={ta} tb={tb}: -0 in the result"
+        );
+    }
+    let dims = [1, 2, 3, 5, 16, 17, 65];
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        for &m in &dims {
+            for &n in &dims {
+                for k in [0, 1, 2, 3, 7, 64, 600] {
+                    for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                        check::<f32>(m, k, n, ta, tb);
+                        check::<f64>(m, k, n, ta, tb);
+                    }
+                }
+            }
+        }
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            check::<f32>(257, 130, 300, ta, tb);
+        }
+    });
+}
+
+#[test]
 fn gemm_large_products_match_naive() {
     // Past the backend's threading threshold, with ragged edge tiles, a long k (several
     // k blocks), and skinny shapes, in both precisions and all transposes.
