@@ -25,11 +25,13 @@
 //!   than the timeout (`TAPEFLOW_MPI_TIMEOUT` seconds, default
 //!   [`DEFAULT_TIMEOUT_SECS`]; 0 waits forever) for the other ranks, the process prints
 //!   which collective and why to stderr and exits with status 1, and `mpirun` ends the
-//!   job. A rank that exits, is killed or panics is noticed by `mpirun` directly; one
+//!   job (the watchdog polls every 0.1 s and times a collective from when it first sees
+//!   it, so it fires within 0.2 s past the limit; starting and ending a collective costs
+//!   no clock read). A rank that exits, is killed or panics is noticed by `mpirun` directly; one
 //!   that returns an `Err` from `main` drops its session, whose shutdown barrier then
 //!   times out the same way.
 //! - **Result buffers.** An all-reduce receives into the buffer of one of the last
-//!   results its caller has dropped, when one has the size (else a new one): the same
+//!   results its caller has dropped, when one has the shape (else a new one): the same
 //!   few addresses every step, as a loop into one buffer has, which MPI's registration
 //!   cache for large messages needs. A plan step whose value the very next step reads
 //!   runs its all-reduce blocking (inline when nothing is queued): there is nothing to
