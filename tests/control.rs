@@ -461,6 +461,20 @@ fn gradient_checks_of_control_flow() {
         .unwrap();
         h[0].sum_all()
     };
+    // an RNN cell h ← tanh(h·U + x_t): the traced scan keeps each step's h·U for its
+    // reverse scan, whose own derivatives must still reach h and U through that product
+    let scan_matmul_row: F = |v| {
+        let (h, ys) = scan(
+            |c, x| {
+                let h = (&c[0].matmul(&v[1]) + &x[0]).tanh();
+                Ok((vec![h.clone()], vec![h.matmul(&v[1])]))
+            },
+            &[v[0].slice_axis(0, 0, 1).squeeze(0).zeros_like()],
+            &[v[0].clone()],
+        )
+        .unwrap();
+        &ys[0].square().sum_all() + &h[0].sum_all()
+    };
     // cond on a run-time predicate
     let cond_row: F = |v| {
         let p = v[0].sum_all().gt(&Tensor::from(0.0f64));
@@ -484,8 +498,14 @@ fn gradient_checks_of_control_flow() {
     };
     let x4 = Tensor::from_vec(vec![0.3f64, -0.2, 0.5, 0.1, 0.4, -0.6, 0.2, 0.7], &[4, 2]).unwrap();
     let w2 = Tensor::vec(&[0.8f64, -0.4]);
-    let rows: [(&str, F, Vec<Tensor>); 4] = [
+    let u22 = Tensor::from_vec(vec![0.6f64, -0.3, 0.2, 0.9], &[2, 2]).unwrap();
+    let rows: [(&str, F, Vec<Tensor>); 5] = [
         ("scan", scan_row, vec![x4.clone(), w2.clone()]),
+        (
+            "scan_matmul",
+            scan_matmul_row,
+            vec![x4.reshape(&[4, 1, 2]), u22],
+        ),
         ("scan_reverse", scan_rev_row, vec![x4.clone(), w2.clone()]),
         (
             "cond",

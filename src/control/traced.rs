@@ -191,9 +191,28 @@ fn op_of(kind: RegionKind, r: u32) -> Op {
     }
 }
 
+/// The per-step values a traced `scan` keeps for its reverse mode besides its carries:
+/// its stacked results `first..` are the values of the body nodes `nodes`, which the
+/// reverse scan then reads instead of recomputing them (see [`step_products`]).
+#[derive(Clone, Default)]
+pub(super) struct Residuals {
+    first: usize,
+    nodes: Vec<NodeId>,
+}
+
 /// Adds the control-flow node for `region` with `operands` to the current trace, one
 /// `get` per result, and records it (with its VJP) on the active tapes.
 pub(super) fn emit(region: Region, operands: &[Tensor], loc: Loc) -> Result<Vec<Tensor>> {
+    emit_saving(region, operands, Residuals::default(), loc)
+}
+
+/// [`emit`] for a scan whose results include `residuals`.
+fn emit_saving(
+    region: Region,
+    operands: &[Tensor],
+    residuals: Residuals,
+    loc: Loc,
+) -> Result<Vec<Tensor>> {
     let name = op_of(region.kind, 0).name();
     if operands
         .iter()
@@ -216,7 +235,8 @@ pub(super) fn emit(region: Region, operands: &[Tensor], loc: Loc) -> Result<Vec<
         .map(|(i, (d, s))| context::add_node(Op::Get(i as u32), &[&tuple], *d, s.clone(), loc))
         .collect();
     let region = Arc::new(region);
-    let vjp: MultiVjp = Arc::new(move |x, y, gy| at_location(loc, || vjp(&region, x, y, gy, loc)));
+    let vjp: MultiVjp =
+        Arc::new(move |x, y, gy| at_location(loc, || vjp(&region, &residuals, x, y, gy, loc)));
     tape::record_multi(name, vjp, operands, &outs);
     Ok(outs)
 }
@@ -224,6 +244,18 @@ pub(super) fn emit(region: Region, operands: &[Tensor], loc: Loc) -> Result<Vec<
 /// Replays a body graph on `args` as ordinary tensor ops (recorded by active tapes);
 /// nested control-flow nodes are emitted again from their regions.
 pub(super) fn replay(g: &Graph, args: &[Tensor], loc: Loc) -> Result<Vec<Tensor>> {
+    replay_with(g, args, &HashMap::new(), loc)
+}
+
+/// [`replay`], where each node of `known` is not computed again but takes the given
+/// value, recorded on the active tapes as the result of the node's op on its operands
+/// (so the cotangent still flows through the op's VJP to them).
+fn replay_with(
+    g: &Graph,
+    args: &[Tensor],
+    known: &HashMap<NodeId, Tensor>,
+    loc: Loc,
+) -> Result<Vec<Tensor>> {
     let order = g.canonical_order();
     let mut val: HashMap<NodeId, Tensor> = HashMap::new();
     let mut tuples: HashMap<NodeId, Vec<Tensor>> = HashMap::new();
@@ -258,12 +290,56 @@ pub(super) fn replay(g: &Graph, args: &[Tensor], loc: Loc) -> Result<Vec<Tensor>
             }
             op => {
                 let refs: Vec<&Tensor> = operands.iter().collect();
-                at_location(here, || apply(op, &refs, Some(&node.shape)))
+                match known.get(&n) {
+                    Some(value) => computed_before(op, &refs, value),
+                    None => at_location(here, || apply(op, &refs, Some(&node.shape))),
+                }
             }
         };
         val.insert(n, t);
     }
     Ok(g.outputs.iter().map(|o| val[o].clone()).collect())
+}
+
+/// `value`, computed earlier as `op(operands)`, recorded on the active tapes as that
+/// op's result: its VJP is the op's own.
+fn computed_before(op: Op, operands: &[&Tensor], value: &Tensor) -> Tensor {
+    crate::autodiff::tape::custom_gradient(
+        operands,
+        |_| value.clone(),
+        move |x, y, g| {
+            let needs = vec![true; x.len()];
+            op.vjp(
+                &crate::ops::VjpArgs {
+                    x,
+                    y,
+                    needs: &needs,
+                },
+                g,
+            )
+            .into_vec()
+        },
+    )
+}
+
+/// The nodes of a scan body worth keeping per step for reverse mode: its float matrix
+/// products that depend on the step (on a carry or a scanned operand: `step_inputs`),
+/// which the reverse scan would otherwise compute again. Elementwise values are
+/// cheaper to recompute than to store and read back.
+fn step_products(g: &Graph, step_inputs: &[NodeId]) -> Vec<NodeId> {
+    let mut varies: std::collections::HashSet<NodeId> = step_inputs.iter().copied().collect();
+    let mut found = Vec::new();
+    for n in g.canonical_order() {
+        if !g.operands(n).iter().any(|o| varies.contains(o)) {
+            continue;
+        }
+        varies.insert(n);
+        let node = g.node(n);
+        if matches!(node.op, Op::MatMul { .. }) && node.dtype.is_float() {
+            found.push(n);
+        }
+    }
+    found
 }
 
 /// The cotangent `g`, or zeros of `like`'s type.
@@ -273,26 +349,29 @@ fn or_zeros(g: &Option<Tensor>, like: &Tensor) -> Tensor {
 
 fn vjp(
     region: &Region,
+    residuals: &Residuals,
     x: &[Tensor],
     y: &[Tensor],
     gy: &[Option<Tensor>],
     loc: Loc,
 ) -> Result<Vec<Option<Tensor>>> {
     match region.kind {
-        RegionKind::Scan { reverse } => scan_vjp(region, reverse, x, y, gy, loc),
+        RegionKind::Scan { reverse } => scan_vjp(region, reverse, residuals, x, y, gy, loc),
         RegionKind::Cond => super::cond_vjp(region, x, y, gy, loc),
         RegionKind::While => super::while_vjp(region, x, y, gy, loc),
     }
 }
 
 /// Reverse mode through `scan`: a scan the other way over the saved per-step carries,
-/// the scanned inputs and the cotangents of the per-step outputs. Its body replays the
-/// forward body at the saved carry under a tape and pulls the cotangents back; its
-/// carries are the carries' cotangents and, for each float capture, the sum of that
-/// capture's cotangent over the steps.
+/// the scanned inputs, the saved `residuals` and the cotangents of the per-step outputs
+/// that have one. Its body replays the forward body at the saved carry under a tape,
+/// taking the residuals' values instead of computing them again, and pulls the
+/// cotangents back; its carries are the carries' cotangents and, for each float
+/// capture, the sum of that capture's cotangent over the steps.
 fn scan_vjp(
     region: &Region,
     reverse: bool,
+    residuals: &Residuals,
     x: &[Tensor],
     y: &[Tensor],
     gy: &[Option<Tensor>],
@@ -315,9 +394,17 @@ fn scan_vjp(
         .collect();
     let mut init_b: Vec<Tensor> = (0..nc).map(|i| or_zeros(&gy[i], &y[i])).collect();
     init_b.extend(fcaps.iter().map(|&i| caps[i].zeros_like()));
+    let nr = residuals.nodes.len();
+    let res_at = nc + residuals.first;
+    // the per-step outputs a cotangent flows into (a symbolic zero adds nothing)
+    let with_gy: Vec<usize> = (0..ny)
+        .filter(|&j| gy[nc + j].is_some() && y[nc + j].dtype().is_float())
+        .collect();
+    let ng = with_gy.len();
     let mut xs_b: Vec<Tensor> = saved.to_vec();
     xs_b.extend(x[nc..nc + nx].iter().cloned());
-    xs_b.extend((0..ny).map(|j| or_zeros(&gy[nc + j], &y[nc + j])));
+    xs_b.extend(y[res_at..res_at + nr].iter().cloned());
+    xs_b.extend(with_gy.iter().map(|&j| or_zeros(&gy[nc + j], &y[nc + j])));
     // the saved carries are outputs too: under a second derivative their cotangents
     // flow straight into the carry of their step
     let g_saved = gy[nc + ny..].iter().any(|g| g.is_some());
@@ -326,7 +413,17 @@ fn scan_vjp(
     }
     let body = &region.bodies[0];
     let f = |cb: &[Tensor], xb: &[Tensor]| -> Result<(Vec<Tensor>, Vec<Tensor>)> {
-        let (c_t, x_t, gy_t) = (&xb[..nc], &xb[nc..nc + nx], &xb[nc + nx..nc + nx + ny]);
+        let (c_t, x_t) = (&xb[..nc], &xb[nc..nc + nx]);
+        let (r_t, gy_t) = (
+            &xb[nc + nx..nc + nx + nr],
+            &xb[nc + nx + nr..nc + nx + nr + ng],
+        );
+        let known: HashMap<NodeId, Tensor> = residuals
+            .nodes
+            .iter()
+            .copied()
+            .zip(r_t.iter().cloned())
+            .collect();
         let tape = GradientTape::new();
         let mut args: Vec<Tensor> = c_t.to_vec();
         args.extend(x_t.iter().cloned());
@@ -335,16 +432,17 @@ fn scan_vjp(
             for a in &args {
                 tape.watch(a);
             }
-            replay(body, &args, loc)
+            replay_with(body, &args, &known, loc)
         })?;
         let mut targets: Vec<(Tensor, Tensor)> = (0..nc)
             .filter(|&i| outs[i].dtype().is_float())
             .map(|i| (outs[i].clone(), cb[i].clone()))
             .collect();
         targets.extend(
-            (0..ny)
-                .filter(|&j| outs[nc + j].dtype().is_float())
-                .map(|j| (outs[nc + j].clone(), gy_t[j].clone())),
+            with_gy
+                .iter()
+                .zip(gy_t)
+                .map(|(&j, g)| (outs[nc + j].clone(), g.clone())),
         );
         let mut sources: Vec<Tensor> = c_t.to_vec();
         sources.extend(x_t.iter().cloned());
@@ -354,7 +452,7 @@ fn scan_vjp(
         if g_saved {
             for (i, c) in carry.iter_mut().enumerate() {
                 if c.dtype().is_float() {
-                    *c = &*c + &xb[nc + nx + ny + i];
+                    *c = &*c + &xb[nc + nx + nr + ng + i];
                 }
             }
         }
@@ -421,7 +519,8 @@ pub(super) fn same_sig(
     Ok(())
 }
 
-/// A traced `scan`: the body becomes a region; per-step carries are kept as extra
+/// A traced `scan`: the body becomes a region; per-step carries (and the step's matrix
+/// products, [`step_products`]) are kept as extra
 /// results when a tape tracks an operand (what reverse mode reads).
 pub(super) fn scan_op(
     op: &'static str,
@@ -493,12 +592,24 @@ pub(super) fn scan_op(
     carry_types.extend(vars.iter().map(var_type));
     let mut results = carry_types.clone();
     results.extend(types[nc..].iter().map(stacked));
+    let ny = types.len() - nc;
+    let mut residuals = Residuals::default();
     if saved {
+        // the step's matrix products, stacked after the user's ys, for the reverse scan
+        let g = &body.graph;
+        residuals = Residuals {
+            first: ny,
+            nodes: step_products(g, &g.inputs[..nc + nv + nx]),
+        };
+        for &p in &residuals.nodes {
+            let node = g.node(p);
+            results.push(stacked(&(node.dtype, node.shape.clone())));
+        }
+        body.graph.outputs.extend(&residuals.nodes);
         let carries: Vec<NodeId> = body.graph.inputs[..nc + nv].to_vec();
         body.graph.outputs.extend(carries);
         results.extend(carry_types.iter().map(stacked));
     }
-    let ny = types.len() - nc;
     let region = Region {
         kind: RegionKind::Scan { reverse },
         bodies: vec![body.graph],
@@ -507,7 +618,7 @@ pub(super) fn scan_op(
         saved,
         results,
     };
-    let outs = emit(region, &operands, loc)?;
+    let outs = emit_saving(region, &operands, residuals, loc)?;
     assign_vars(&vars, &outs[nc..nc + nv], loc);
     Ok((outs[..nc].to_vec(), outs[nc + nv..nc + nv + ny].to_vec()))
 }
