@@ -6,6 +6,7 @@
 //! The per-step slices of a scan's inputs are copied out (one buffer per step), and
 //! its stacked outputs are written row by row into buffers allocated once per run.
 
+use super::awake::with_workers_awake;
 use super::buffers::{self, BufferPool};
 use super::interp::{Plan, RunStats};
 use super::kernels::ew;
@@ -21,6 +22,9 @@ pub(crate) struct RegionPlan {
     xs: usize,
     results: Vec<(crate::tensor::DType, crate::tensor::Shape)>,
     bodies: Vec<Plan>,
+    /// A loop whose body forks products: the other workers stay awake through it
+    /// ([`with_workers_awake`]).
+    awake: bool,
 }
 
 impl RegionPlan {
@@ -31,7 +35,9 @@ impl RegionPlan {
             .iter()
             .map(|g: &Graph| Plan::new(g.clone()))
             .collect::<Result<Vec<_>>>()?;
+        let awake = region.kind != RegionKind::Cond && bodies.iter().any(Plan::forks_products);
         Ok(RegionPlan {
+            awake,
             kind: region.kind,
             carries: region.carries,
             xs: region.xs,
@@ -49,8 +55,16 @@ impl RegionPlan {
                 let out = self.bodies[branch].run(&args[1..], &mut stats)?;
                 Ok(adopt(&self.bodies[branch], out))
             }
-            RegionKind::While => self.run_while(args, &mut stats),
-            RegionKind::Scan { reverse } => self.run_scan(reverse, args, &mut stats),
+            RegionKind::While => self.awake(|| self.run_while(args, &mut stats)),
+            RegionKind::Scan { reverse } => self.awake(|| self.run_scan(reverse, args, &mut stats)),
+        }
+    }
+
+    /// Runs the loop `f`, keeping the pool's workers awake when the body forks.
+    fn awake<R>(&self, f: impl FnOnce() -> R) -> R {
+        match self.awake {
+            true => with_workers_awake(f),
+            false => f(),
         }
     }
 
@@ -148,14 +162,21 @@ fn truth(d: &Data) -> Result<bool> {
     })
 }
 
-/// Row `t` of the leading axis, as its own buffer taken from `pool` (the body's, which
-/// gets it back after the step: a buffer allocated outside the pool and recycled into
-/// it would grow the pool by one buffer per step, without bound).
+/// Row `t` of the leading axis: a view sharing `d`'s buffer where the row is contiguous
+/// (no copy; kernels only read it, and the pool drops it, as it does any shared
+/// buffer), else its own buffer taken from `pool` (the body's, which gets it back after
+/// the step: a buffer allocated outside the pool and recycled into it would grow the
+/// pool by one buffer per step, without bound).
 fn row(pool: &BufferPool, d: &Data, t: usize) -> Data {
-    buffers::with_pool(
-        pool,
-        || crate::map_data!(d, a => ew::materialize(a.index_axis(Axis(0), t))),
-    )
+    crate::map_data!(d, a => {
+        let mut r = a.clone();
+        r.index_axis_inplace(Axis(0), t);
+        if r.is_standard_layout() {
+            r
+        } else {
+            buffers::with_pool(pool, || ew::materialize(r.view()))
+        }
+    })
 }
 
 /// Zeros from the installed pool (the enclosing plan's, which recycles the stacked

@@ -193,6 +193,9 @@ pub struct Plan {
     /// Whether a run called from outside the rayon pool moves to one of its workers
     /// (a product of at least [`ON_WORKERS_MIN_MACS`] multiply-adds).
     on_workers: bool,
+    /// Whether a step forks a product across threads (at least
+    /// [`SPLIT_GEMM_MIN`](crate::exec::kernels::gemm::SPLIT_GEMM_MIN) multiply-adds).
+    forks_products: bool,
 }
 
 /// The scheduler's cost estimate of node `n` ([`Op::work`]).
@@ -352,6 +355,8 @@ impl Plan {
             .collect();
         let work = steps.iter().map(|s| s.work).sum();
         let on_workers = (steps.iter()).any(|s| macs_of(&graph, s.node) >= ON_WORKERS_MIN_MACS);
+        let split = crate::exec::kernels::gemm::SPLIT_GEMM_MIN as u64;
+        let forks_products = (steps.iter()).any(|s| macs_of(&graph, s.node) >= split);
         Ok(Plan {
             graph,
             steps,
@@ -367,6 +372,7 @@ impl Plan {
             pool: BufferPool::new(),
             states: Mutex::new(Vec::new()),
             on_workers,
+            forks_products,
         })
     }
 
@@ -442,6 +448,12 @@ impl Plan {
             Schedule::Parallel => true,
             Schedule::Auto => self.work >= INTER_OP_MIN_WORK && rayon::current_num_threads() > 1,
         }
+    }
+
+    /// Whether a step of this plan (not of its regions) forks a product across
+    /// threads.
+    pub(crate) fn forks_products(&self) -> bool {
+        self.forks_products
     }
 
     /// Runs the plan. Inputs must match the graph's signature.

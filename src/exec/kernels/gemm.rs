@@ -30,6 +30,30 @@ use std::any::TypeId;
 /// 3.2M multiply-adds, is faster serial).
 pub const PAR_GEMM_MIN: usize = 1 << 23;
 
+/// Products from this many multiply-adds up to [`PAR_GEMM_MIN`], with at least
+/// [`SPLIT_MIN_COLS`] output columns, are computed as two column halves, which two
+/// rayon workers take when the call comes from inside the pool (one after the other
+/// otherwise: the halves, and so the result bits, are the same either way). Such
+/// products are too small for the backend's own threading to pay (it shares out each
+/// block of `k` anew), but one fork per product does: the LSTM step's per-step
+/// products (64x128x512, 64x512x128 and 128x64x512) run one after the other on
+/// the critical path of its loops.
+pub const SPLIT_GEMM_MIN: usize = 1 << 21;
+
+/// The fewest output columns a product is split by ([`SPLIT_GEMM_MIN`]).
+pub const SPLIT_MIN_COLS: usize = 128;
+
+/// How one product uses the threads.
+#[derive(Clone, Copy)]
+enum Par {
+    /// On the calling thread.
+    Serial,
+    /// Two column halves, each on the calling thread or a worker.
+    Halves,
+    /// The backend's own threading over the whole pool.
+    Pool,
+}
+
 /// `c[m,n] = op(a) · op(b)`, overwriting `c`.
 ///
 /// `a` is `[m,k]` row-major, or `[k,m]` when `ta` (so `op(a) = aᵀ`); `b` is `[k,n]`,
@@ -61,12 +85,15 @@ pub fn gemm<T: Float>(
     tb: bool,
 ) {
     // small products run on the calling thread: waking workers costs more than it saves
-    let threads = if m * k * n < PAR_GEMM_MIN {
-        ::gemm::Parallelism::None
+    let macs = m * k * n;
+    let par = if macs >= PAR_GEMM_MIN {
+        Par::Pool
+    } else if macs >= SPLIT_GEMM_MIN && n >= SPLIT_MIN_COLS {
+        Par::Halves
     } else {
-        ::gemm::Parallelism::Rayon(rayon::current_num_threads())
+        Par::Serial
     };
-    multiply(a, b, c, m, k, n, ta, tb, threads);
+    multiply(a, b, c, m, k, n, ta, tb, par);
 }
 
 /// [`gemm()`] on the calling thread only, for kernels that already run in parallel over
@@ -82,7 +109,21 @@ pub(crate) fn gemm_serial<T: Float>(
     ta: bool,
     tb: bool,
 ) {
-    multiply(a, b, c, m, k, n, ta, tb, ::gemm::Parallelism::None);
+    multiply(a, b, c, m, k, n, ta, tb, Par::Serial);
+}
+
+/// A pointer handed to the other half's thread.
+#[derive(Clone, Copy)]
+struct Shared<P>(P);
+// SAFETY: the halves read shared inputs and write disjoint column ranges of `c`.
+unsafe impl<P> Send for Shared<P> {}
+unsafe impl<P> Sync for Shared<P> {}
+
+impl<P: Copy> Shared<P> {
+    /// The pointer (a method, so closures capture the whole `Shared`, not its field).
+    fn get(self) -> P {
+        self.0
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -95,7 +136,7 @@ fn multiply<T: Float>(
     n: usize,
     ta: bool,
     tb: bool,
-    threads: ::gemm::Parallelism,
+    par: Par,
 ) {
     assert_eq!(
         a.len(),
@@ -122,7 +163,7 @@ fn multiply<T: Float>(
         // core; 1-2 KiB apart is nearly as bad); a transposed copy costs far less.
         let mut bt = crate::exec::buffers::overwritable::<T>(k * n);
         transpose(b, &mut bt, n, k);
-        multiply(a, &bt, c, m, k, n, ta, false, threads);
+        multiply(a, &bt, c, m, k, n, ta, false, par);
         crate::exec::buffers::current().give(bt);
         return;
     }
@@ -130,34 +171,65 @@ fn multiply<T: Float>(
     if backend {
         let (a_rs, a_cs) = strides(m, k, ta);
         let (b_rs, b_cs) = strides(k, n, tb);
-        // SAFETY: T is f32 or f64, the element types `gemm::gemm` supports. The
-        // lengths are checked above, so with these strides every element read lies in
-        // `a` / `b` and every element written in `c` (row-major, row stride n); `c` is
-        // a unique borrow, so it aliases neither input. `read_dst = false` makes the
-        // call write `c` without reading it: c = 1·(a·b).
-        crate::exec::buffers::in_backend(|| unsafe {
-            ::gemm::gemm(
-                m,
+        let (a_p, b_p, c_p) = (
+            Shared(a.as_ptr()),
+            Shared(b.as_ptr()),
+            Shared(c.as_mut_ptr()),
+        );
+        // columns j0..j1 of c
+        let part = |j0: usize, j1: usize, threads: ::gemm::Parallelism| {
+            let (a_p, b_p, c_p) = (a_p.get(), b_p.get(), c_p.get());
+            // SAFETY: T is f32 or f64, the element types `gemm::gemm` supports. The
+            // lengths are checked above, so with these strides every element read
+            // lies in `a` / `b` (columns j0..j1 of op(b) start j0 columns in) and every
+            // element written in columns j0..j1 of `c` (row-major, row stride n); `c`
+            // is a unique borrow, so it aliases neither input, and two parts write
+            // disjoint columns. `read_dst = false` makes the call write `c` without
+            // reading it: c = 1·(a·b).
+            crate::exec::buffers::in_backend(|| unsafe {
+                ::gemm::gemm(
+                    m,
+                    j1 - j0,
+                    k,
+                    c_p.add(j0),
+                    1,
+                    n as isize,
+                    false,
+                    a_p,
+                    a_cs,
+                    a_rs,
+                    b_p.offset(j0 as isize * b_cs),
+                    b_cs,
+                    b_rs,
+                    T::zero(),
+                    T::one(),
+                    false,
+                    false,
+                    false,
+                    threads,
+                );
+            });
+        };
+        match par {
+            Par::Serial => part(0, n, ::gemm::Parallelism::None),
+            Par::Pool => part(
+                0,
                 n,
-                k,
-                c.as_mut_ptr(),
-                1,
-                n as isize,
-                false,
-                a.as_ptr(),
-                a_cs,
-                a_rs,
-                b.as_ptr(),
-                b_cs,
-                b_rs,
-                T::zero(),
-                T::one(),
-                false,
-                false,
-                false,
-                threads,
-            );
-        });
+                ::gemm::Parallelism::Rayon(rayon::current_num_threads()),
+            ),
+            Par::Halves => {
+                // split at a multiple of 64 columns (the backend's widest tile)
+                let mid = (n / 2).next_multiple_of(64).min(n);
+                let left = || part(0, mid, ::gemm::Parallelism::None);
+                let right = || part(mid, n, ::gemm::Parallelism::None);
+                if rayon::current_thread_index().is_some() && rayon::current_num_threads() > 1 {
+                    rayon::join(left, right);
+                } else {
+                    left();
+                    right();
+                }
+            }
+        }
     } else {
         let av = view(a, m, k, ta);
         let bv = view(b, k, n, tb);
@@ -179,7 +251,7 @@ fn multiply<T: Float>(
         return;
     }
     let positive_zero = |c: &mut [T]| c.iter_mut().for_each(|v| *v = *v + T::zero());
-    if matches!(threads, ::gemm::Parallelism::Rayon(_)) && c.len() >= 1 << 16 {
+    if matches!(par, Par::Pool) && c.len() >= 1 << 16 {
         use rayon::prelude::*;
         c.par_chunks_mut(1 << 14).for_each(positive_zero);
     } else {
