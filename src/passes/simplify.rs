@@ -57,6 +57,7 @@ pub const RULES: &[(&str, RuleFn)] = &[
     ("reshape_kept_reduce",   reshape_kept_reduce),   // reshape(sum[keep](x)) = sum(x) when it drops the kept axes (also max)
     ("unary_of_broadcast",    unary_of_broadcast),    // f(broadcast(x)) = broadcast(f(x))  (f elementwise: each element is f of the same x)
     ("reshape_of_broadcast_scalar", reshape_of_broadcast_scalar), // reshape(broadcast(x)) = broadcast(x) when x has one element
+    ("add_of_disjoint_pads",  add_of_disjoint_pads),  // pad(a) + pad(b) + … = pad(concat(a + 0, b + 0, …)) for pads that tile a range
 ];
 
 /// Applies [`RULES`] to a fixpoint; returns how often each rule fired.
@@ -420,4 +421,105 @@ fn reshape_of_broadcast_scalar(g: &mut Graph, n: NodeId) -> Result<Option<NodeId
         return Ok(Some(x));
     }
     add_unique(g, Op::BroadcastTo, &[x], Some(&shape), n).map(Some)
+}
+
+/// The leaves of the tree of `add`s rooted at `n`: adds of `n`'s type used only inside
+/// the tree are followed, anything else is a leaf.
+fn add_tree_leaves(g: &Graph, n: NodeId, root: NodeId, leaves: &mut Vec<NodeId>) {
+    let node = g.node(n);
+    let inner = node.op == Op::Binary(Binary::Add)
+        && node.dtype == g.node(root).dtype
+        && node.shape == g.node(root).shape
+        && (n == root || g.use_count(n) == 1);
+    if inner {
+        for o in g.operands(n) {
+            add_tree_leaves(g, o, root, leaves);
+        }
+    } else {
+        leaves.push(n);
+    }
+}
+
+/// A sum of zero pads of one type along one axis whose unpadded windows are disjoint
+/// and together make one contiguous range (the gradient of slicing a tensor into
+/// pieces, like an LSTM's four gates): the concatenation of the pieces, padded. Each
+/// element of the sum is one piece's value plus zeros, and adding `+0.0` once or
+/// several times in any order gives the same bits, so each float piece gets one
+/// `+ 0.0` (turning `-0.0` into `+0.0`, as the sum does), which fusion folds into the
+/// piece's producer. One pass writes the result instead of a zero-filled tensor per
+/// piece and an add per piece.
+fn add_of_disjoint_pads(g: &mut Graph, n: NodeId) -> Result<Option<NodeId>> {
+    if !is_binary(g, n, Binary::Add) {
+        return Ok(None);
+    }
+    let shape = g.node(n).shape.clone();
+    let dtype = g.node(n).dtype;
+    // only at the root of a tree of adds (its inner adds are leaves' partial sums)
+    if let [u] = g.users(n)[..] {
+        let un = g.node(u);
+        if un.op == Op::Binary(Binary::Add) && un.dtype == dtype && un.shape == shape {
+            return Ok(None);
+        }
+    }
+    let mut leaves = Vec::new();
+    add_tree_leaves(g, n, n, &mut leaves);
+    let mut pieces: Vec<(u32, NodeId)> = Vec::new();
+    let mut pad_axis = None;
+    for &l in &leaves {
+        let node = g.node(l);
+        let Op::Pad { axis, before, .. } = node.op else {
+            return Ok(None);
+        };
+        if node.shape != shape || node.dtype != dtype || *pad_axis.get_or_insert(axis) != axis {
+            return Ok(None);
+        }
+        pieces.push((before, g.operands(l)[0]));
+    }
+    let Some(axis) = pad_axis else {
+        return Ok(None);
+    };
+    let ax = axis as usize;
+    if pieces.len() < 2 || shape.iter().any(|&d| crate::tensor::dim::is_sym(d)) {
+        return Ok(None);
+    }
+    pieces.sort_by_key(|&(before, _)| before);
+    let start = pieces[0].0 as usize;
+    let mut end = start;
+    for &(before, x) in &pieces {
+        let len = g.node(x).shape[ax];
+        if before as usize != end {
+            return Ok(None); // overlapping or with a gap
+        }
+        end += len;
+    }
+    let zero = match dtype {
+        DType::I64 => None,
+        _ => Some(add_unique_const_zero(g, dtype, n)?),
+    };
+    let mut parts = Vec::with_capacity(pieces.len());
+    for &(_, x) in &pieces {
+        parts.push(match zero {
+            Some(z) => add_unique(g, Op::Binary(Binary::Add), &[x, z], None, n)?,
+            None => x,
+        });
+    }
+    let joined = add_unique(g, Op::Concat { axis }, &parts, None, n)?;
+    if start == 0 && end == shape[ax] {
+        return Ok(Some(joined));
+    }
+    let pad = Op::Pad {
+        axis,
+        before: start as u32,
+        after: (shape[ax] - end) as u32,
+    };
+    add_unique(g, pad, &[joined], None, n).map(Some)
+}
+
+/// A scalar `+0.0` constant of `dtype`.
+fn add_unique_const_zero(g: &mut Graph, dtype: DType, like: NodeId) -> Result<NodeId> {
+    let mut node = crate::ir::Node::new(Op::Const, dtype, Default::default());
+    node.value = Some(crate::tensor::Data::zeros(dtype, &[]));
+    node.loc = g.node(like).loc;
+    let c = g.add(node, &[]);
+    Ok(super::rewrite::unique_const(g, c))
 }
