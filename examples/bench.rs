@@ -152,14 +152,21 @@ fn profile(w: &workloads::Workload, runs: usize) -> Result<()> {
         let us = d.as_secs_f64() * 1e6;
         println!("| {op} | {us:.1} | {:.0}% |", 100.0 * us / step_us);
     }
-    let gemms: Vec<_> = median.steps_profile.iter().filter(|s| s.macs > 0).collect();
+    // the products and convolutions, and the loops (whose bodies' steps are not listed)
+    let loops = ["scan", "while", "cond"];
+    let gemms: Vec<_> = (median.steps_profile.iter())
+        .filter(|s| s.macs > 0 || loops.contains(&s.op))
+        .collect();
     if !gemms.is_empty() {
         println!("\n| step | result | µs | GFLOP/s |");
         println!("| --- | --- | ---: | ---: |");
         for s in gemms {
             let t = s.time.as_secs_f64();
-            let gflops = 2.0 * s.macs as f64 / t / 1e9;
-            println!("| {} | {} | {:.1} | {gflops:.1} |", s.op, s.ty, t * 1e6);
+            let gflops = match s.macs {
+                0 => "–".to_string(),
+                macs => format!("{:.1}", 2.0 * macs as f64 / t / 1e9),
+            };
+            println!("| {} | {} | {:.1} | {gflops} |", s.op, s.ty, t * 1e6);
         }
     }
     Ok(())

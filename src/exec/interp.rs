@@ -460,7 +460,10 @@ impl Plan {
     pub fn run(&self, inputs: &[&Data], stats: &mut RunStats) -> Result<Vec<Data>> {
         if self.on_workers && rayon::current_thread_index().is_none() {
             // see `ON_WORKERS_MIN_MACS`: the whole run moves to a worker of the pool
-            return rayon::scope(|_| self.run_here(inputs, stats));
+            // and keeps the other workers awake for its forks (see `exec::awake`)
+            return rayon::scope(|_| {
+                crate::exec::awake::with_workers_awake(|| self.run_here(inputs, stats))
+            });
         }
         self.run_here(inputs, stats)
     }
