@@ -2,7 +2,8 @@
 //!
 //! `cargo run --release --example bench` prints a markdown table; `-- --json` prints the
 //! same as one JSON array (`-- --quick` for a short run; `-- --profile` adds, per workload,
-//! the compiled step's time per op kind and the GFLOP/s of every matmul and convolution;
+//! the compiled step's time per op kind (also inside loop bodies) and the GFLOP/s of
+//! every matmul and convolution outside them;
 //! `-- --profile --only w6` profiles one workload; `-- --only w6` alone times one).
 //! Compiled steps run their fused loops as generated code where a C compiler is there;
 //! the same plan is timed again with the fused-loop interpreter (`fused_interp_us`), and
@@ -151,6 +152,17 @@ fn profile(w: &workloads::Workload, runs: usize) -> Result<()> {
     for (op, d) in &kinds {
         let us = d.as_secs_f64() * 1e6;
         println!("| {op} | {us:.1} | {:.0}% |", 100.0 * us / step_us);
+    }
+    if !median.loop_profile.is_empty() {
+        // the same per op kind inside loop bodies (part of the loops' time above)
+        let mut inner = median.loop_profile.clone();
+        inner.sort_by_key(|k| std::cmp::Reverse(k.1));
+        println!("\n| op inside loops | µs | share of the step |");
+        println!("| --- | ---: | ---: |");
+        for (op, d) in &inner {
+            let us = d.as_secs_f64() * 1e6;
+            println!("| {op} | {us:.1} | {:.0}% |", 100.0 * us / step_us);
+        }
     }
     // the products and convolutions, and the loops (whose bodies' steps are not listed)
     let loops = ["scan", "while", "cond"];

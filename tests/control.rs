@@ -367,6 +367,32 @@ fn traced_scan_is_one_op_with_a_body_block() {
 }
 
 #[test]
+fn profiled_runs_time_the_steps_inside_loop_bodies() {
+    let f = traced_rnn();
+    let x = Tensor::random_normal(&[2, 5, 3], 0.0, 1.0, 3, DType::F64);
+    let plan = f.plan_for(&[&x]).unwrap();
+    let mut stats = tapeflow::exec::RunStats {
+        collect_profile: true,
+        ..Default::default()
+    };
+    plan.run(&[&x.data().unwrap()], &mut stats).unwrap();
+    let inside: Vec<&str> = stats.loop_profile.iter().map(|(op, _)| *op).collect();
+    // the bodies' products and their tanh (forward) run inside the two scans
+    assert!(inside.contains(&"matmul"), "{inside:?}");
+    assert!(!inside.contains(&"scan"), "{inside:?}");
+    let scans: std::time::Duration = (stats.profile.iter())
+        .filter(|(op, _)| *op == "scan")
+        .map(|(_, d)| *d)
+        .sum();
+    let bodies: std::time::Duration = stats.loop_profile.iter().map(|(_, d)| *d).sum();
+    assert!(bodies <= scans, "{bodies:?} inside {scans:?}");
+    // an unprofiled run collects nothing
+    let mut plain = tapeflow::exec::RunStats::default();
+    plan.run(&[&x.data().unwrap()], &mut plain).unwrap();
+    assert!(plain.loop_profile.is_empty() && plain.profile.is_empty());
+}
+
+#[test]
 fn while_loop_traced_with_a_runtime_trip_count_and_two_derivatives() {
     // one trace serves every n: the trip count is an argument of the compiled function
     let f = function(|x: &Tensor, n: &Tensor| {

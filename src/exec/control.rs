@@ -8,7 +8,26 @@
 
 use super::awake::with_workers_awake;
 use super::buffers::{self, BufferPool};
-use super::interp::{Plan, RunStats};
+use super::interp::{add_time, Plan, RunStats};
+use std::cell::RefCell;
+use std::time::Duration;
+
+thread_local! {
+    /// While a profiled run executes a control-flow step on this thread: the time per
+    /// op name of the steps inside its bodies so far (see [`profile_bodies`]).
+    static BODY_PROFILE: RefCell<Option<Vec<(&'static str, Duration)>>> =
+        const { RefCell::new(None) };
+}
+
+/// Installs `acc` as this thread's body profile and returns the one it replaces: a
+/// profiled run installs an empty one around each control-flow step and takes it back
+/// after; [`RegionPlan::run`] profiles its bodies while one is installed and adds their
+/// times to it (a nested loop's own times included).
+pub(crate) fn profile_bodies(
+    acc: Option<Vec<(&'static str, Duration)>>,
+) -> Option<Vec<(&'static str, Duration)>> {
+    BODY_PROFILE.with(|p| p.replace(acc))
+}
 use super::kernels::ew;
 use crate::error::{Error, Result};
 use crate::ir::{Graph, Region, RegionKind};
@@ -48,15 +67,32 @@ impl RegionPlan {
 
     /// Runs the op on its operands; returns its results in `get` order.
     pub(crate) fn run(&self, args: &[&Data]) -> Result<Vec<Data>> {
-        let mut stats = RunStats::default();
+        let mut stats = RunStats {
+            collect_profile: BODY_PROFILE.with(|p| p.borrow().is_some()),
+            ..RunStats::default()
+        };
+        let out = self.run_with(args, &mut stats);
+        if stats.collect_profile {
+            BODY_PROFILE.with(|p| {
+                if let Some(acc) = p.borrow_mut().as_mut() {
+                    for (name, d) in stats.profile.into_iter().chain(stats.loop_profile) {
+                        add_time(acc, name, d);
+                    }
+                }
+            });
+        }
+        out
+    }
+
+    fn run_with(&self, args: &[&Data], stats: &mut RunStats) -> Result<Vec<Data>> {
         match self.kind {
             RegionKind::Cond => {
                 let branch = if truth(args[0])? { 0 } else { 1 };
-                let out = self.bodies[branch].run(&args[1..], &mut stats)?;
+                let out = self.bodies[branch].run(&args[1..], stats)?;
                 Ok(adopt(&self.bodies[branch], out))
             }
-            RegionKind::While => self.awake(|| self.run_while(args, &mut stats)),
-            RegionKind::Scan { reverse } => self.awake(|| self.run_scan(reverse, args, &mut stats)),
+            RegionKind::While => self.awake(|| self.run_while(args, stats)),
+            RegionKind::Scan { reverse } => self.awake(|| self.run_scan(reverse, args, stats)),
         }
     }
 

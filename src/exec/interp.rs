@@ -109,6 +109,10 @@ pub struct RunStats {
     pub profile: Vec<(&'static str, Duration)>,
     /// With `collect_profile`: one entry per kernel step of the run, in run order.
     pub steps_profile: Vec<StepTime>,
+    /// With `collect_profile`: wall time per op name of the steps inside loop and
+    /// `cond` bodies, summed over steps and iterations (nested bodies included). That
+    /// time is also part of the control-flow step's own entry in `profile`.
+    pub loop_profile: Vec<(&'static str, Duration)>,
 }
 
 /// The time of one kernel step, for [`RunStats::steps_profile`].
@@ -196,6 +200,18 @@ pub struct Plan {
     /// Whether a step forks a product across threads (at least
     /// [`SPLIT_GEMM_MIN`](crate::exec::kernels::gemm::SPLIT_GEMM_MIN) multiply-adds).
     forks_products: bool,
+}
+
+/// Adds `d` to `name`'s entry of a profile.
+pub(crate) fn add_time(
+    profile: &mut Vec<(&'static str, Duration)>,
+    name: &'static str,
+    d: Duration,
+) {
+    match profile.iter_mut().find(|(n, _)| *n == name) {
+        Some((_, acc)) => *acc += d,
+        None => profile.push((name, d)),
+    }
 }
 
 /// The scheduler's cost estimate of node `n` ([`Op::work`]).
@@ -614,14 +630,20 @@ impl Plan {
                     continue;
                 }
                 let t = stats.collect_profile.then(Instant::now);
-                stats.steps += self.exec(i, st)? as usize;
+                let bodies = stats.collect_profile && self.regions[i].is_some();
+                let outer = bodies.then(|| super::control::profile_bodies(Some(Vec::new())));
+                let done = self.exec(i, st);
+                if let Some(outer) = outer {
+                    let inner = super::control::profile_bodies(outer).unwrap_or_default();
+                    for (name, d) in inner {
+                        add_time(&mut stats.loop_profile, name, d);
+                    }
+                }
+                stats.steps += done? as usize;
                 if let Some(t) = t {
                     let name = s.op.name();
                     let d = t.elapsed();
-                    match stats.profile.iter_mut().find(|(n, _)| *n == name) {
-                        Some((_, acc)) => *acc += d,
-                        None => stats.profile.push((name, d)),
-                    }
+                    add_time(&mut stats.profile, name, d);
                     let node = g.node(s.node);
                     stats.steps_profile.push(StepTime {
                         op: name,
