@@ -40,6 +40,12 @@ impl Drop for Reset {
     }
 }
 
+/// Whether this thread runs inside [`with_workers_awake`] with other workers waiting
+/// (so a fork is cheap).
+pub(crate) fn workers_awake() -> bool {
+    AWAKE.with(Cell::get)
+}
+
 /// Runs `f` on the calling thread while the pool's other workers wait for work
 /// without sleeping; only from inside the pool with at least two threads (else `f`
 /// just runs).

@@ -3,7 +3,7 @@
 
 use super::accum::new_accum;
 use super::{From, Loop, OutBuf, Program, Step, TILE};
-use crate::exec::kernels::ew::{vectorized_wide, PAR_CHUNK, PAR_MIN};
+use crate::exec::kernels::ew::{awake_chunk, vectorized_wide, PAR_CHUNK, PAR_MIN};
 use crate::ops::{Binary, Compare, Op, Unary};
 use crate::tensor::{numel, Arr, DType, Data, Float};
 use ndarray::IxDyn;
@@ -463,9 +463,20 @@ fn eval_steps(steps: &[Step], regs: &mut [Tile], views: &Views, n: usize) {
 /// Splits the outputs into parallel chunks when the whole loop is long (`work` loop
 /// elements per output); each output is computed independently, so the split never
 /// changes a bit.
+///
+/// While the pool's workers are kept awake ([`crate::exec::awake`], inside a loop with
+/// products or a run with big ones), a fork costs about a microsecond instead of a
+/// wake-up, so shorter loops split too ([`awake_chunk`]).
 fn par_outputs<O: Send>(out: &mut [O], work: usize, f: impl Fn(usize, &mut [O]) + Sync) {
+    let total = out.len() * work.max(1);
+    if let Some(per) = awake_chunk(out.len(), total) {
+        out.par_chunks_mut(per)
+            .enumerate()
+            .for_each(|(i, c)| f(i * per, c));
+        return;
+    }
     let per = (PAR_CHUNK / work.max(1)).max(1);
-    if out.len() * work.max(1) < PAR_MIN || out.len() < 2 {
+    if total < PAR_MIN || out.len() < 2 {
         f(0, out);
     } else {
         out.par_chunks_mut(per)

@@ -19,6 +19,25 @@ pub const PAR_MIN: usize = 1 << 16;
 /// Elements per parallel task.
 pub const PAR_CHUNK: usize = 1 << 14;
 
+/// The shortest loop (in elements, times the work per element) split across threads
+/// while the pool's workers are kept awake ([`crate::exec::awake`]: inside a loop with
+/// products, or a run with big ones), where a fork costs about a microsecond instead
+/// of a wake-up; an LSTM step's gates are 8192 elements.
+pub const AWAKE_PAR_MIN: usize = 1 << 13;
+
+/// For a loop of `n` outputs and `total` work below [`PAR_MIN`]: the chunk length that
+/// gives each thread one chunk when the workers are kept awake and the loop reaches
+/// [`AWAKE_PAR_MIN`]; else `None` (the loop's usual rule applies). Each output is
+/// computed alone, so the split never changes a bit.
+pub(crate) fn awake_chunk(n: usize, total: usize) -> Option<usize> {
+    let split =
+        (AWAKE_PAR_MIN..PAR_MIN).contains(&total) && n >= 2 && crate::exec::awake::workers_awake();
+    split.then(|| {
+        n.div_ceil(rayon::current_num_threads())
+            .next_multiple_of(64)
+    })
+}
+
 /// A standard-layout copy of the view `v`, in a buffer of the installed pool (one slice
 /// copy when `v` is contiguous).
 pub(crate) fn materialize<T: Pooled>(v: ndarray::ArrayViewD<'_, T>) -> Arr<T> {
@@ -202,7 +221,8 @@ unsafe fn vectorized_unchecked<R>(isa: Isa, f: impl FnOnce() -> R) -> R {
 }
 
 /// A Vec of `n` elements written by `fill(start, chunk)`: in one call below [`PAR_MIN`]
-/// elements, else in parallel chunks of [`PAR_CHUNK`].
+/// elements (one chunk per thread from [`AWAKE_PAR_MIN`] while the workers are kept
+/// awake, see [`awake_chunk`]), else in parallel chunks of [`PAR_CHUNK`].
 ///
 /// # Safety
 /// `fill` must write every element of the chunk it is given (or panic): the Vec's
@@ -213,7 +233,11 @@ unsafe fn par_fill<O: Pooled>(
 ) -> Vec<O> {
     let mut v = buffers::take(n);
     let out = &mut v.spare_capacity_mut()[..n];
-    if n < PAR_MIN {
+    if let Some(per) = awake_chunk(n, n) {
+        out.par_chunks_mut(per)
+            .enumerate()
+            .for_each(|(i, c)| fill(i * per, c));
+    } else if n < PAR_MIN {
         fill(0, out);
     } else {
         out.par_chunks_mut(PAR_CHUNK)
