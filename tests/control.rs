@@ -375,7 +375,7 @@ fn profiled_runs_time_the_steps_inside_loop_bodies() {
         collect_profile: true,
         ..Default::default()
     };
-    plan.run(&[&x.data().unwrap()], &mut stats).unwrap();
+    plan.run(&[x.data().unwrap()], &mut stats).unwrap();
     let inside: Vec<&str> = stats.loop_profile.iter().map(|(op, _)| *op).collect();
     // the bodies' products and their tanh (forward) run inside the two scans
     assert!(inside.contains(&"matmul"), "{inside:?}");
@@ -388,7 +388,7 @@ fn profiled_runs_time_the_steps_inside_loop_bodies() {
     assert!(bodies <= scans, "{bodies:?} inside {scans:?}");
     // an unprofiled run collects nothing
     let mut plain = tapeflow::exec::RunStats::default();
-    plan.run(&[&x.data().unwrap()], &mut plain).unwrap();
+    plan.run(&[x.data().unwrap()], &mut plain).unwrap();
     assert!(plain.loop_profile.is_empty() && plain.profile.is_empty());
 }
 

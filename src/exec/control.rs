@@ -6,9 +6,9 @@
 //! The per-step slices of a scan's inputs are copied out (one buffer per step), and
 //! its stacked outputs are written row by row into buffers allocated once per run.
 
-use super::awake::with_workers_awake;
 use super::buffers::{self, BufferPool};
 use super::interp::{add_time, Plan, RunStats};
+use super::kernels::awake::with_workers_awake;
 use std::cell::RefCell;
 use std::time::Duration;
 

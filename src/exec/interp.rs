@@ -476,9 +476,9 @@ impl Plan {
     pub fn run(&self, inputs: &[&Data], stats: &mut RunStats) -> Result<Vec<Data>> {
         if self.on_workers && rayon::current_thread_index().is_none() {
             // see `ON_WORKERS_MIN_MACS`: the whole run moves to a worker of the pool
-            // and keeps the other workers awake for its forks (see `exec::awake`)
+            // and keeps the other workers awake for its forks (see `exec::kernels::awake`)
             return rayon::scope(|_| {
-                crate::exec::awake::with_workers_awake(|| self.run_here(inputs, stats))
+                crate::exec::kernels::awake::with_workers_awake(|| self.run_here(inputs, stats))
             });
         }
         self.run_here(inputs, stats)

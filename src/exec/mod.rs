@@ -17,7 +17,6 @@
 //! let pool = tapeflow::exec::BufferPool::new();
 //! let r = tapeflow::exec::buffers::with_pool(&pool, tapeflow::exec::buffers::current);
 //! ```
-mod awake;
 pub(crate) mod buffers;
 pub mod codegen;
 mod control;

@@ -464,7 +464,7 @@ fn eval_steps(steps: &[Step], regs: &mut [Tile], views: &Views, n: usize) {
 /// elements per output); each output is computed independently, so the split never
 /// changes a bit.
 ///
-/// While the pool's workers are kept awake ([`crate::exec::awake`], inside a loop with
+/// While the pool's workers are kept awake ([`crate::exec::kernels::awake`], inside a loop with
 /// products or a run with big ones), a fork costs about a microsecond instead of a
 /// wake-up, so shorter loops split too ([`awake_chunk`]).
 fn par_outputs<O: Send>(out: &mut [O], work: usize, f: impl Fn(usize, &mut [O]) + Sync) {

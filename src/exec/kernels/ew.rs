@@ -20,7 +20,7 @@ pub const PAR_MIN: usize = 1 << 16;
 pub const PAR_CHUNK: usize = 1 << 14;
 
 /// The shortest loop (in elements, times the work per element) split across threads
-/// while the pool's workers are kept awake ([`crate::exec::awake`]: inside a loop with
+/// while the pool's workers are kept awake ([`crate::exec::kernels::awake`]: inside a loop with
 /// products, or a run with big ones), where a fork costs about a microsecond instead
 /// of a wake-up; an LSTM step's gates are 8192 elements.
 pub const AWAKE_PAR_MIN: usize = 1 << 13;
@@ -30,8 +30,9 @@ pub const AWAKE_PAR_MIN: usize = 1 << 13;
 /// [`AWAKE_PAR_MIN`]; else `None` (the loop's usual rule applies). Each output is
 /// computed alone, so the split never changes a bit.
 pub(crate) fn awake_chunk(n: usize, total: usize) -> Option<usize> {
-    let split =
-        (AWAKE_PAR_MIN..PAR_MIN).contains(&total) && n >= 2 && crate::exec::awake::workers_awake();
+    let split = (AWAKE_PAR_MIN..PAR_MIN).contains(&total)
+        && n >= 2
+        && crate::exec::kernels::awake::workers_awake();
     split.then(|| {
         n.div_ceil(rayon::current_num_threads())
             .next_multiple_of(64)

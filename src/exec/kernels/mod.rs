@@ -13,6 +13,7 @@
 //! - No kernel knows about graphs, tensors or autodiff; the ops layer pairs each
 //!   forward kernel with its gradient kernels.
 
+pub(crate) mod awake;
 pub mod conv;
 pub(crate) mod ew;
 pub(crate) mod fastmath;
