@@ -323,7 +323,8 @@ fn gemm_zero_results_are_positive_zero_on_every_path() {
     // product returns -0, one that starts from +0 returns +0. `gemm` promises +0 and
     // skips its sign pass where the backend's kernels start from +0; this covers the
     // outer-product (k ≤ 2), matrix-vector (m or n = 1), small-block and blocked paths,
-    // every layout, one and two threads (the last shape is past the threading threshold).
+    // every layout, one and two threads (the last shapes are past the threading
+    // thresholds: 65x256x129 splits into two column halves, 257x130x300 uses the pool).
     fn check<T: Float>(m: usize, k: usize, n: usize, ta: bool, tb: bool) {
         let a = vec![T::zero(); m * k];
         let b = vec![T::zero() - T::one(); k * n];
@@ -352,6 +353,7 @@ fn gemm_zero_results_are_positive_zero_on_every_path() {
             }
         }
         for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            check::<f32>(65, 256, 129, ta, tb);
             check::<f32>(257, 130, 300, ta, tb);
         }
     });

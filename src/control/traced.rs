@@ -194,7 +194,7 @@ fn op_of(kind: RegionKind, r: u32) -> Op {
 /// The per-step values a traced `scan` keeps for its reverse mode besides its carries:
 /// its stacked results `first..` are the values of the body nodes `nodes`, which the
 /// reverse scan then reads instead of recomputing them (see [`step_products`]).
-#[derive(Clone, Default)]
+#[derive(Default)]
 pub(super) struct Residuals {
     first: usize,
     nodes: Vec<NodeId>,
@@ -404,7 +404,7 @@ fn scan_vjp(
     let mut xs_b: Vec<Tensor> = saved.to_vec();
     xs_b.extend(x[nc..nc + nx].iter().cloned());
     xs_b.extend(y[res_at..res_at + nr].iter().cloned());
-    xs_b.extend(with_gy.iter().map(|&j| or_zeros(&gy[nc + j], &y[nc + j])));
+    xs_b.extend(with_gy.iter().filter_map(|&j| gy[nc + j].clone()));
     // the saved carries are outputs too: under a second derivative their cotangents
     // flow straight into the carry of their step
     let g_saved = gy[nc + ny..].iter().any(|g| g.is_some());
@@ -520,8 +520,8 @@ pub(super) fn same_sig(
 }
 
 /// A traced `scan`: the body becomes a region; per-step carries (and the step's matrix
-/// products, [`step_products`]) are kept as extra
-/// results when a tape tracks an operand (what reverse mode reads).
+/// products, [`step_products`]) are kept as extra results when a tape tracks an operand
+/// (what reverse mode reads).
 pub(super) fn scan_op(
     op: &'static str,
     reverse: bool,

@@ -3,12 +3,19 @@
 //! reused by every iteration and every run. Carries pass from one iteration to the
 //! next as buffers; a carry the next iteration no longer holds goes back to the
 //! body's pool, so a loop in steady state draws its kernels' outputs from the pool.
-//! The per-step slices of a scan's inputs are copied out (one buffer per step), and
-//! its stacked outputs are written row by row into buffers allocated once per run.
+//! A scan reads each step's row of its inputs in place (a view of the stacked input;
+//! copied only where the row is not contiguous), and its stacked outputs are written
+//! row by row into buffers allocated once per run. A loop whose body forks products
+//! keeps the pool's other workers awake while it runs (`kernels::awake`).
 
 use super::buffers::{self, BufferPool};
 use super::interp::{add_time, Plan, RunStats};
 use super::kernels::awake::with_workers_awake;
+use super::kernels::ew;
+use crate::error::{Error, Result};
+use crate::ir::{Graph, Region, RegionKind};
+use crate::tensor::{type_str, DType, Data};
+use ndarray::Axis;
 use std::cell::RefCell;
 use std::time::Duration;
 
@@ -28,11 +35,6 @@ pub(crate) fn profile_bodies(
 ) -> Option<Vec<(&'static str, Duration)>> {
     BODY_PROFILE.with(|p| p.replace(acc))
 }
-use super::kernels::ew;
-use crate::error::{Error, Result};
-use crate::ir::{Graph, Region, RegionKind};
-use crate::tensor::{type_str, DType, Data};
-use ndarray::Axis;
 
 /// The plans of one control-flow step's bodies.
 pub(crate) struct RegionPlan {

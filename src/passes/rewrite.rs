@@ -152,6 +152,16 @@ pub fn as_type_of(g: &mut Graph, x: NodeId, like: NodeId) -> Result<Option<NodeI
     add_unique(g, Op::BroadcastTo, &[x], Some(&shape), like).map(Some)
 }
 
+/// A scalar constant `v` of `dtype` located at `like`'s source line (an existing one with
+/// the same bits where there is one).
+pub fn scalar_const(g: &mut Graph, dtype: DType, v: f64, like: NodeId) -> NodeId {
+    let mut c = Node::new(Op::Const, dtype, Shape::new());
+    c.value = Some(Data::full(dtype, &[], v));
+    c.loc = g.node(like).loc;
+    let c = g.add(c, &[]);
+    unique_const(g, c)
+}
+
 /// If another `const` has `c`'s type and value bits, removes `c` and returns that one.
 pub fn unique_const(g: &mut Graph, c: NodeId) -> NodeId {
     let k = key(g, c);

@@ -15,7 +15,7 @@
 //! result with another shape than the node it replaces is broadcast to the node's shape
 //! (exact: broadcasting copies values). Rules never look inside `fused` nodes.
 
-use super::rewrite::{add_unique, as_type_of, replace, splat};
+use super::rewrite::{add_unique, as_type_of, replace, scalar_const, splat};
 use crate::error::Result;
 use crate::ir::{Graph, NodeId};
 use crate::ops::reduce::reduced_shape;
@@ -192,11 +192,7 @@ fn div_power_of_two(g: &mut Graph, n: NodeId) -> Result<Option<NodeId>> {
     if !exact || v == 1.0 {
         return Ok(None); // x / 1 is `div_one`
     }
-    let mut r = crate::ir::Node::new(Op::Const, dtype, crate::tensor::Shape::new());
-    r.value = Some(crate::tensor::Data::full(dtype, &[], 1.0 / v));
-    r.loc = g.node(c).loc;
-    let r = g.add(r, &[]);
-    let r = super::rewrite::unique_const(g, r);
+    let r = scalar_const(g, dtype, 1.0 / v, c);
     add_unique(g, Op::Binary(Binary::Mul), &[x, r], None, n).map(Some)
 }
 
@@ -492,10 +488,7 @@ fn add_of_disjoint_pads(g: &mut Graph, n: NodeId) -> Result<Option<NodeId>> {
         }
         end += len;
     }
-    let zero = match dtype {
-        DType::I64 => None,
-        _ => Some(add_unique_const_zero(g, dtype, n)?),
-    };
+    let zero = (dtype != DType::I64).then(|| scalar_const(g, dtype, 0.0, n));
     let mut parts = Vec::with_capacity(pieces.len());
     for &(_, x) in &pieces {
         parts.push(match zero {
@@ -513,13 +506,4 @@ fn add_of_disjoint_pads(g: &mut Graph, n: NodeId) -> Result<Option<NodeId>> {
         after: (shape[ax] - end) as u32,
     };
     add_unique(g, pad, &[joined], None, n).map(Some)
-}
-
-/// A scalar `+0.0` constant of `dtype`.
-fn add_unique_const_zero(g: &mut Graph, dtype: DType, like: NodeId) -> Result<NodeId> {
-    let mut node = crate::ir::Node::new(Op::Const, dtype, Default::default());
-    node.value = Some(crate::tensor::Data::zeros(dtype, &[]));
-    node.loc = g.node(like).loc;
-    let c = g.add(node, &[]);
-    Ok(super::rewrite::unique_const(g, c))
 }

@@ -469,19 +469,13 @@ fn eval_steps(steps: &[Step], regs: &mut [Tile], views: &Views, n: usize) {
 /// wake-up, so shorter loops split too ([`awake_chunk`]).
 fn par_outputs<O: Send>(out: &mut [O], work: usize, f: impl Fn(usize, &mut [O]) + Sync) {
     let total = out.len() * work.max(1);
-    if let Some(per) = awake_chunk(out.len(), total) {
-        out.par_chunks_mut(per)
+    let usual = (total >= PAR_MIN && out.len() >= 2).then(|| (PAR_CHUNK / work.max(1)).max(1));
+    match awake_chunk(out.len(), total).or(usual) {
+        Some(per) => out
+            .par_chunks_mut(per)
             .enumerate()
-            .for_each(|(i, c)| f(i * per, c));
-        return;
-    }
-    let per = (PAR_CHUNK / work.max(1)).max(1);
-    if total < PAR_MIN || out.len() < 2 {
-        f(0, out);
-    } else {
-        out.par_chunks_mut(per)
-            .enumerate()
-            .for_each(|(i, c)| f(i * per, c));
+            .for_each(|(i, c)| f(i * per, c)),
+        None => f(0, out),
     }
 }
 

@@ -234,16 +234,12 @@ unsafe fn par_fill<O: Pooled>(
 ) -> Vec<O> {
     let mut v = buffers::take(n);
     let out = &mut v.spare_capacity_mut()[..n];
-    if let Some(per) = awake_chunk(n, n) {
-        out.par_chunks_mut(per)
+    match awake_chunk(n, n).or((n >= PAR_MIN).then_some(PAR_CHUNK)) {
+        Some(per) => out
+            .par_chunks_mut(per)
             .enumerate()
-            .for_each(|(i, c)| fill(i * per, c));
-    } else if n < PAR_MIN {
-        fill(0, out);
-    } else {
-        out.par_chunks_mut(PAR_CHUNK)
-            .enumerate()
-            .for_each(|(i, c)| fill(i * PAR_CHUNK, c));
+            .for_each(|(i, c)| fill(i * per, c)),
+        None => fill(0, out),
     }
     // SAFETY: the chunks cover 0..n and `fill` wrote each element of its chunk; if it
     // panicked, the panic propagates before this line and the Vec stays empty.

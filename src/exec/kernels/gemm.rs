@@ -218,8 +218,9 @@ fn multiply<T: Float>(
                 ::gemm::Parallelism::Rayon(rayon::current_num_threads()),
             ),
             Par::Halves => {
-                // split at a multiple of 64 columns (the backend's widest tile)
-                let mid = (n / 2).next_multiple_of(64).min(n);
+                // split near the middle at a multiple of 64 columns (the backend's
+                // widest tile), at least 64 on each side (n >= SPLIT_MIN_COLS = 128)
+                let mid = ((n / 2 + 32) / 64 * 64).clamp(64, n - 64);
                 let left = || part(0, mid, ::gemm::Parallelism::None);
                 let right = || part(mid, n, ::gemm::Parallelism::None);
                 if rayon::current_thread_index().is_some() && rayon::current_num_threads() > 1 {
