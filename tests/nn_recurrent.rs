@@ -363,6 +363,21 @@ fn lstm_gradients_equal_the_unrolled_network_eager_and_compiled() {
         text.contains("scan"),
         "the recurrence stays a loop:\n{text}"
     );
+    // the reverse scan reads the forward's saved activations: its body computes no
+    // sigmoid, tanh or gate slice again
+    let reverse: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.contains("reverse=true"))
+        .take_while(|l| *l != "    }")
+        .collect();
+    assert!(!reverse.is_empty(), "a reverse scan:\n{text}");
+    for op in ["sigmoid", "tanh", "slice"] {
+        assert!(
+            !reverse.iter().any(|l| l.contains(op)),
+            "the reverse body recomputes {op}:\n{}",
+            reverse.join("\n")
+        );
+    }
 }
 
 #[test]

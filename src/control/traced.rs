@@ -20,7 +20,7 @@ use crate::autodiff::backward::MultiVjp;
 use crate::autodiff::tape::{self, GradientTape};
 use crate::error::{Error, Loc, Result};
 use crate::ir::{Graph, NodeId, Region, RegionKind};
-use crate::ops::Op;
+use crate::ops::{Op, Unary};
 use crate::tensor::dispatch::{apply, at_location};
 use crate::tensor::{DType, Kind, Shape, Tensor, Variable};
 use crate::trace::context::{self, Capture};
@@ -192,11 +192,13 @@ fn op_of(kind: RegionKind, r: u32) -> Op {
 }
 
 /// The per-step values a traced `scan` keeps for its reverse mode besides its carries:
-/// its stacked results `first..` are the values of the body nodes `nodes`, which the
-/// reverse scan then reads instead of recomputing them (see [`step_products`]).
+/// its stacked result `at[i]` (counted from its first stacked output) holds the values
+/// of body node `nodes[i]`, which the reverse scan then reads instead of recomputing
+/// them (see [`step_residuals`]). A node the user's body already returns per step is
+/// read from that output rather than stacked twice.
 #[derive(Default)]
 pub(super) struct Residuals {
-    first: usize,
+    at: Vec<usize>,
     nodes: Vec<NodeId>,
 }
 
@@ -322,11 +324,15 @@ fn computed_before(op: Op, operands: &[&Tensor], value: &Tensor) -> Tensor {
     )
 }
 
-/// The nodes of a scan body worth keeping per step for reverse mode: its float matrix
-/// products that depend on the step (on a carry or a scanned operand: `step_inputs`),
-/// which the reverse scan would otherwise compute again. Elementwise values are
-/// cheaper to recompute than to store and read back.
-fn step_products(g: &Graph, step_inputs: &[NodeId]) -> Vec<NodeId> {
+/// The nodes of a scan body worth keeping per step for reverse mode, among those that
+/// depend on the step (on a carry or a scanned operand: `step_inputs`): its float
+/// matrix products, and the results of `tanh`, `sigmoid` and `exp`, whose derivatives
+/// read only the result. The reverse scan reads them instead of computing them again;
+/// where a kept activation was the only reader of a value (the gate slices of an
+/// LSTM's pre-activation, the product under them), the reverse body no longer computes
+/// that value and the optimizer drops it (and its stacked copy) from both loops. Other
+/// elementwise values are cheaper to recompute than to store and read back.
+fn step_residuals(g: &Graph, step_inputs: &[NodeId]) -> Vec<NodeId> {
     let mut varies: std::collections::HashSet<NodeId> = step_inputs.iter().copied().collect();
     let mut found = Vec::new();
     for n in g.canonical_order() {
@@ -335,7 +341,11 @@ fn step_products(g: &Graph, step_inputs: &[NodeId]) -> Vec<NodeId> {
         }
         varies.insert(n);
         let node = g.node(n);
-        if matches!(node.op, Op::MatMul { .. }) && node.dtype.is_float() {
+        let keep = matches!(
+            node.op,
+            Op::MatMul { .. } | Op::Unary(Unary::Tanh | Unary::Sigmoid | Unary::Exp)
+        );
+        if keep && node.dtype.is_float() {
             found.push(n);
         }
     }
@@ -395,7 +405,6 @@ fn scan_vjp(
     let mut init_b: Vec<Tensor> = (0..nc).map(|i| or_zeros(&gy[i], &y[i])).collect();
     init_b.extend(fcaps.iter().map(|&i| caps[i].zeros_like()));
     let nr = residuals.nodes.len();
-    let res_at = nc + residuals.first;
     // the per-step outputs a cotangent flows into (a symbolic zero adds nothing)
     let with_gy: Vec<usize> = (0..ny)
         .filter(|&j| gy[nc + j].is_some() && y[nc + j].dtype().is_float())
@@ -403,7 +412,7 @@ fn scan_vjp(
     let ng = with_gy.len();
     let mut xs_b: Vec<Tensor> = saved.to_vec();
     xs_b.extend(x[nc..nc + nx].iter().cloned());
-    xs_b.extend(y[res_at..res_at + nr].iter().cloned());
+    xs_b.extend(residuals.at.iter().map(|&j| y[nc + j].clone()));
     xs_b.extend(with_gy.iter().filter_map(|&j| gy[nc + j].clone()));
     // the saved carries are outputs too: under a second derivative their cotangents
     // flow straight into the carry of their step
@@ -520,7 +529,7 @@ pub(super) fn same_sig(
 }
 
 /// A traced `scan`: the body becomes a region; per-step carries (and the step's matrix
-/// products, [`step_products`]) are kept as extra results when a tape tracks an operand
+/// products and activations, [`step_residuals`]) are kept as extra results when a tape tracks an operand
 /// (what reverse mode reads).
 pub(super) fn scan_op(
     op: &'static str,
@@ -595,17 +604,20 @@ pub(super) fn scan_op(
     let ny = types.len() - nc;
     let mut residuals = Residuals::default();
     if saved {
-        // the step's matrix products, stacked after the user's ys, for the reverse scan
-        let g = &body.graph;
-        residuals = Residuals {
-            first: ny,
-            nodes: step_products(g, &g.inputs[..nc + nv + nx]),
-        };
-        for &p in &residuals.nodes {
-            let node = g.node(p);
-            results.push(stacked(&(node.dtype, node.shape.clone())));
+        // the step's products and activations, for the reverse scan: a user's y where
+        // the body returns the node, else stacked after the user's ys
+        let nodes = step_residuals(&body.graph, &body.graph.inputs[..nc + nv + nx]);
+        let mut at = Vec::with_capacity(nodes.len());
+        for &p in &nodes {
+            let ys = &body.graph.outputs[nc + nv..];
+            at.push(ys.iter().position(|&o| o == p).unwrap_or(ys.len()));
+            if at.last() == Some(&ys.len()) {
+                let node = body.graph.node(p);
+                results.push(stacked(&(node.dtype, node.shape.clone())));
+                body.graph.outputs.push(p);
+            }
         }
-        body.graph.outputs.extend(&residuals.nodes);
+        residuals = Residuals { at, nodes };
         let carries: Vec<NodeId> = body.graph.inputs[..nc + nv].to_vec();
         body.graph.outputs.extend(carries);
         results.extend(carry_types.iter().map(stacked));

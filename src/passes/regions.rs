@@ -17,7 +17,10 @@
 //!    inside (nested regions are reached by the recursion);
 //! 5. captures no body reads any more (the matrix a hoisted transpose was computed
 //!    from, a value only dead nodes read) are dropped from the operands and from every
-//!    body's inputs.
+//!    body's inputs, and so are a scan's scanned operands no body reads (the first stays
+//!    if none is read: it gives the length). Such an operand is mostly a per-step value
+//!    a forward scan stacked for its reverse scan; the whole sweep then runs again, so
+//!    the forward scan drops that stacked output and its body is optimized without it.
 //!
 //! It does not unroll loops (a `scan` of a small constant length stays a loop), hoist
 //! out of `cond` branches (a branch not taken must not run), or move nodes that hold
@@ -33,6 +36,28 @@ use std::collections::HashMap;
 /// anything changed.
 pub fn optimize_regions(g: &mut Graph, config: &PassConfig) -> Result<bool> {
     let mut changed = false;
+    for _ in 0..SWEEPS {
+        let (c, again) = sweep(g, config)?;
+        changed |= c;
+        if !again {
+            break;
+        }
+        // the `get` of the stacked value the scan read is dead now
+        super::eliminate_dead_nodes(g)?;
+    }
+    Ok(changed)
+}
+
+/// Most sweeps of [`optimize_regions`]. A sweep runs again when it dropped a scan's
+/// scanned operand: the value came from another loop (a reverse scan's per-step value
+/// stacked by its forward scan), whose stacked result nobody reads any more, so the
+/// next sweep drops it there and optimizes that body again.
+const SWEEPS: usize = 3;
+
+/// One pass of the module docs' steps over every live control-flow node; returns
+/// whether anything changed and whether a scan lost a scanned operand.
+fn sweep(g: &mut Graph, config: &PassConfig) -> Result<(bool, bool)> {
+    let (mut changed, mut dropped_xs) = (false, false);
     for n in g.canonical_order() {
         if !g.contains(n) {
             continue;
@@ -71,9 +96,11 @@ pub fn optimize_regions(g: &mut Graph, config: &PassConfig) -> Result<bool> {
             out.push(opt);
         }
         g.regions[r].bodies = out;
-        changed |= prune_captures(g, n, r as u32);
+        let (pruned, xs) = prune_captures(g, n, r as u32);
+        changed |= pruned;
+        dropped_xs |= xs;
     }
-    Ok(changed)
+    Ok((changed, dropped_xs))
 }
 
 /// Smallest side (`m`, `k` and `n`) of a loop-body product whose transposed captured
@@ -236,9 +263,11 @@ fn prune_results(g: &mut Graph, n: NodeId, r: u32) -> bool {
 
 /// Drops the captures of control-flow node `n` that no body reads (after
 /// [`hoist_invariants`], the capture a hoisted value was computed from, such as the
-/// untransposed matrix of [`pretranspose_captured_operands`]): the operand and, in
-/// every body, the input. Returns whether it dropped any.
-fn prune_captures(g: &mut Graph, n: NodeId, r: u32) -> bool {
+/// untransposed matrix of [`pretranspose_captured_operands`]), and a scan's scanned
+/// operands no body reads but one (a reverse scan's per-step value that the forward
+/// scan kept and that its body no longer needs): the operand and, in every body, the
+/// input. Returns whether it dropped any, and whether it dropped a scanned operand.
+fn prune_captures(g: &mut Graph, n: NodeId, r: u32) -> (bool, bool) {
     let reg = &g.regions[r as usize];
     // body input j is operand j + skip; inputs from `nargs` on are captures
     let (nargs, skip) = match reg.kind {
@@ -247,19 +276,30 @@ fn prune_captures(g: &mut Graph, n: NodeId, r: u32) -> bool {
         RegionKind::Scan { .. } => (reg.carries + reg.xs, 0),
     };
     let Some(first) = reg.bodies.first() else {
-        return false;
+        return (false, false);
     };
-    let unused: Vec<usize> = (nargs..first.inputs.len())
-        .filter(|&j| {
-            reg.bodies.iter().all(|b| {
-                let id = b.inputs[j];
-                b.use_count(id) == 0 && !b.outputs.contains(&id)
-            })
+    let is_unused = |j: usize| {
+        reg.bodies.iter().all(|b| {
+            let id = b.inputs[j];
+            b.use_count(id) == 0 && !b.outputs.contains(&id)
         })
+    };
+    let mut unused: Vec<usize> = (nargs..first.inputs.len())
+        .filter(|&j| is_unused(j))
         .collect();
-    if unused.is_empty() {
-        return false;
+    // a scan's scanned operands no body reads go too, but the first stays when none is
+    // read: it gives the length
+    let mut dropped_xs = 0;
+    if let RegionKind::Scan { .. } = reg.kind {
+        let xs: Vec<usize> = (reg.carries..nargs).filter(|&j| is_unused(j)).collect();
+        dropped_xs = xs.len().min(reg.xs - 1);
+        let keep_first = xs.len() - dropped_xs;
+        unused.splice(0..0, xs.into_iter().skip(keep_first));
     }
+    if unused.is_empty() {
+        return (false, false);
+    }
+    g.regions[r as usize].xs -= dropped_xs;
     for b in &mut g.regions[r as usize].bodies {
         for &j in unused.iter().rev() {
             let id = b.inputs.remove(j);
@@ -277,7 +317,7 @@ fn prune_captures(g: &mut Graph, n: NodeId, r: u32) -> bool {
         .map(|(_, &o)| o)
         .collect();
     g.set_operands(n, &operands);
-    true
+    (true, dropped_xs > 0)
 }
 
 /// Hoists the loop-invariant nodes of the bodies of loop node `n` (see the module
