@@ -5,7 +5,8 @@
 //! body's pool, so a loop in steady state draws its kernels' outputs from the pool.
 //! A scan reads each step's row of its inputs in place (a view of the stacked input;
 //! copied only where the row is not contiguous), and its stacked outputs are written
-//! row by row into buffers allocated once per run. A loop whose body forks products
+//! row by row (one block copy each) into buffers taken once per run and never zeroed
+//! (every step writes its row). A loop whose body forks products
 //! keeps the pool's other workers awake while it runs (`kernels::awake`).
 
 use super::buffers::{self, BufferPool};
@@ -14,7 +15,7 @@ use super::kernels::awake::with_workers_awake;
 use super::kernels::ew;
 use crate::error::{Error, Result};
 use crate::ir::{Graph, Region, RegionKind};
-use crate::tensor::{type_str, DType, Data};
+use crate::tensor::{type_str, Arr, DType, Data};
 use ndarray::Axis;
 use std::cell::RefCell;
 use std::time::Duration;
@@ -138,7 +139,7 @@ impl RegionPlan {
         let caps = &args[nc + nx..];
         let mut stacked: Vec<Data> = self.results[nc..]
             .iter()
-            .map(|(d, s)| pooled_zeros(*d, s))
+            .map(|(d, s)| stacked_buffer(*d, s))
             .collect();
         for k in 0..n {
             let t = if reverse { n - 1 - k } else { k };
@@ -217,23 +218,32 @@ fn row(pool: &BufferPool, d: &Data, t: usize) -> Data {
     })
 }
 
-/// Zeros from the installed pool (the enclosing plan's, which recycles the stacked
-/// results when they die: allocated elsewhere, they would pile up in it run by run).
-fn pooled_zeros(dtype: DType, shape: &[usize]) -> Data {
+/// A stacked result's buffer from the installed pool (the enclosing plan's, which
+/// recycles the stacked results when they die: allocated elsewhere, they would pile up
+/// in it run by run), with unspecified contents: every step writes its row.
+fn stacked_buffer(dtype: DType, shape: &[usize]) -> Data {
     let n = shape.iter().product();
     match dtype {
-        DType::F32 => Data::F32(ew::wrap(shape, buffers::zeroed(n))),
-        DType::F64 => Data::F64(ew::wrap(shape, buffers::zeroed(n))),
-        DType::I64 => Data::I64(ew::wrap(shape, buffers::zeroed(n))),
+        DType::F32 => Data::F32(ew::wrap(shape, buffers::overwritable(n))),
+        DType::F64 => Data::F64(ew::wrap(shape, buffers::overwritable(n))),
+        DType::I64 => Data::I64(ew::wrap(shape, buffers::overwritable(n))),
     }
 }
 
-/// Writes `src` into row `t` of `dst`.
+/// Writes `src` into row `t` of `dst`: one block copy when both are contiguous (the
+/// stacked buffer always is; a step's output nearly always).
 fn set_row(dst: &mut Data, t: usize, src: &Data) -> Result<()> {
+    fn put<T: Copy>(a: &mut Arr<T>, t: usize, b: &Arr<T>) {
+        let len = b.len();
+        match (a.as_slice_mut(), b.as_slice()) {
+            (Some(dst), Some(src)) => dst[t * len..][..len].copy_from_slice(src),
+            _ => a.index_axis_mut(Axis(0), t).assign(b),
+        }
+    }
     match (dst, src) {
-        (Data::F32(a), Data::F32(b)) => a.index_axis_mut(Axis(0), t).assign(b),
-        (Data::F64(a), Data::F64(b)) => a.index_axis_mut(Axis(0), t).assign(b),
-        (Data::I64(a), Data::I64(b)) => a.index_axis_mut(Axis(0), t).assign(b),
+        (Data::F32(a), Data::F32(b)) if a.shape()[1..] == *b.shape() => put(a, t, b),
+        (Data::F64(a), Data::F64(b)) if a.shape()[1..] == *b.shape() => put(a, t, b),
+        (Data::I64(a), Data::I64(b)) if a.shape()[1..] == *b.shape() => put(a, t, b),
         (dst, src) => {
             return Err(Error::Graph(format!(
                 "scan: a step's output {} does not fit its stacked result {}",
