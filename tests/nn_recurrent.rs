@@ -666,3 +666,79 @@ fn a_pretransposed_recurrent_kernel_keeps_compiled_equal_to_eager() {
         "Uᵀ is computed once, outside the loops:\n{text}"
     );
 }
+
+/// An LSTM's forward loop keeps batch rows apart, and at batch 32 with 128 units its
+/// per-step product forks, so with more than one thread it runs as two scans over the
+/// halves of the batch at once (`exec/row_split.rs`). The halves give the bits of the
+/// whole batch: compiled outputs and gradients equal the eager ones, and one thread's
+/// (where the scan runs whole) equal two's and four's.
+#[test]
+fn a_row_separable_loop_runs_as_two_half_batch_scans_with_the_same_bits() {
+    let x = Tensor::random_uniform(&[32, 5, 8], -1.0, 1.0, 9, DType::F32);
+    let lstm = Arc::new(
+        LSTM::new(128)
+            .return_sequences(true)
+            .bias_initializer(bias_init()),
+    );
+    lstm.build(&[5, 8]).unwrap();
+    let (k, u, b) = lstm.weights().unwrap();
+    let vars = [k, u, b.unwrap()];
+    let (l2, vars2) = (lstm.clone(), vars.to_vec());
+    let step = function(move |x: &Tensor| {
+        let tape = GradientTape::new();
+        let (y, loss) = tape.record(|| {
+            let y = l2.call(x, true).unwrap();
+            let loss = y.square().sum_all();
+            (y, loss)
+        });
+        let mut out = vec![y];
+        out.extend(
+            tape.gradient(&loss, &vars2[..])?
+                .into_iter()
+                .map(|g| g.unwrap()),
+        );
+        Ok(out)
+    });
+    let plan = tapeflow::exec::Plan::new(step.concrete(&[&x]).unwrap().graph().clone()).unwrap();
+    assert_eq!(
+        plan.row_split_scans(),
+        1,
+        "the forward scan splits, its reverse does not"
+    );
+
+    let tape = GradientTape::new();
+    let (y, loss) = tape.record(|| {
+        let y = lstm.call(&x, true).unwrap();
+        let loss = y.square().sum_all();
+        (y, loss)
+    });
+    let mut eager = vec![y];
+    eager.extend(
+        tape.gradient(&loss, &vars[..])
+            .unwrap()
+            .into_iter()
+            .map(|g| g.unwrap()),
+    );
+    let bits = |ts: &[Tensor]| -> Vec<Vec<u32>> {
+        ts.iter()
+            .map(|t| {
+                t.to_vec_f32()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect()
+            })
+            .collect()
+    };
+    for threads in [1, 2, 4] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let compiled = pool.install(|| step.call(&x).unwrap());
+        assert!(
+            bits(&compiled) == bits(&eager),
+            "{threads} threads: compiled differs from eager"
+        );
+    }
+}

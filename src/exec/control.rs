@@ -13,6 +13,7 @@ use super::buffers::{self, BufferPool};
 use super::interp::{add_time, Plan, RunStats};
 use super::kernels::awake::with_workers_awake;
 use super::kernels::ew;
+use super::row_split;
 use crate::error::{Error, Result};
 use crate::ir::{Graph, Region, RegionKind};
 use crate::tensor::{type_str, Arr, DType, Data};
@@ -47,6 +48,9 @@ pub(crate) struct RegionPlan {
     /// A loop whose body forks products: the other workers stay awake through it
     /// ([`with_workers_awake`]).
     awake: bool,
+    /// Such a scan whose body is row-separable ([`row_split`]): the body planned for
+    /// half the batch, and the batch. It runs as two scans over the two halves at once.
+    halves: Option<(Plan, usize)>,
 }
 
 impl RegionPlan {
@@ -58,14 +62,29 @@ impl RegionPlan {
             .map(|g: &Graph| Plan::new(g.clone()))
             .collect::<Result<Vec<_>>>()?;
         let awake = region.kind != RegionKind::Cond && bodies.iter().any(Plan::forks_products);
+        let halves = match region.kind {
+            RegionKind::Scan { .. } if awake => {
+                row_split::half_batch(&region.bodies[0], region.carries + region.xs)
+                    .and_then(|(g, rows)| Plan::new(g).ok().map(|p| (p, rows)))
+            }
+            _ => None,
+        };
         Ok(RegionPlan {
             awake,
+            halves,
             kind: region.kind,
             carries: region.carries,
             xs: region.xs,
             results: region.results.clone(),
             bodies,
         })
+    }
+
+    /// This step (when it runs as two half-batch scans) and the steps of its bodies
+    /// that do ([`Plan::row_split_scans`]).
+    pub(crate) fn row_split_scans(&self) -> usize {
+        self.halves.is_some() as usize
+            + self.bodies.iter().map(Plan::row_split_scans).sum::<usize>()
     }
 
     /// Runs the op on its operands; returns its results in `get` order.
@@ -95,8 +114,97 @@ impl RegionPlan {
                 Ok(adopt(&self.bodies[branch], out))
             }
             RegionKind::While => self.awake(|| self.run_while(args, stats)),
-            RegionKind::Scan { reverse } => self.awake(|| self.run_scan(reverse, args, stats)),
+            RegionKind::Scan { reverse } => match &self.halves {
+                Some((half, rows))
+                    if rayon::current_num_threads() > 1
+                        && !stats.collect_profile
+                        && self.results.iter().all(|(_, s)| s.iter().all(|&d| d > 0)) =>
+                {
+                    self.run_scan_halves(half, *rows, reverse, args, stats)
+                }
+                _ => self.awake(|| self.run_scan(reverse, args, stats)),
+            },
         }
+    }
+
+    /// A row-separable scan as two scans over the halves of the batch, one per worker
+    /// (the halves give the bits of the whole batch: see [`row_split`]). Each writes
+    /// its rows of the stacked results in place; the final carries are joined after.
+    fn run_scan_halves(
+        &self,
+        half: &Plan,
+        rows: usize,
+        reverse: bool,
+        args: &[&Data],
+        stats: &mut RunStats,
+    ) -> Result<Vec<Data>> {
+        let nc = self.carries;
+        let mut stacked: Vec<Data> = self.results[nc..]
+            .iter()
+            .map(|(d, s)| stacked_buffer(*d, s))
+            .collect();
+        let (mut top, mut bottom): (Vec<RowsMut>, Vec<RowsMut>) =
+            stacked.iter_mut().map(split_rows).unzip();
+        let (mut s0, mut s1) = (RunStats::default(), RunStats::default());
+        let h = rows / 2;
+        let (c0, c1) = rayon::join(
+            || self.half_loop(half, 0..h, reverse, args, &mut top, &mut s0),
+            || self.half_loop(half, h..rows, reverse, args, &mut bottom, &mut s1),
+        );
+        drop((top, bottom));
+        for s in [s0, s1] {
+            stats.steps += s.steps;
+            stats.fresh_buffers += s.fresh_buffers;
+        }
+        let (c0, c1) = (c0?, c1?);
+        let mut carry: Vec<Data> = c0
+            .iter()
+            .zip(&c1)
+            .map(|(a, b)| join_rows(a, b))
+            .collect::<Result<_>>()?;
+        recycle(half, c0);
+        recycle(half, c1);
+        carry.extend(stacked);
+        Ok(carry)
+    }
+
+    /// The scan over batch rows `rows` with the half-batch body `half`, writing step
+    /// `t`'s outputs into `out[j]`'s part `t`; returns the final carries.
+    fn half_loop(
+        &self,
+        half: &Plan,
+        rows: std::ops::Range<usize>,
+        reverse: bool,
+        args: &[&Data],
+        out: &mut [RowsMut],
+        stats: &mut RunStats,
+    ) -> Result<Vec<Data>> {
+        let (nc, nx) = (self.carries, self.xs);
+        let n = args[nc].shape()[0];
+        let mut carry: Vec<Data> = args[..nc]
+            .iter()
+            .map(|d| row_block(half.pool(), d, None, rows.clone()))
+            .collect();
+        let xs = &args[nc..nc + nx];
+        let caps = &args[nc + nx..];
+        for k in 0..n {
+            let t = if reverse { n - 1 - k } else { k };
+            let x_t: Vec<Data> = xs
+                .iter()
+                .map(|x| row_block(half.pool(), x, Some(t), rows.clone()))
+                .collect();
+            let ins = inputs(&carry, &x_t, caps);
+            let mut outs = half.run(&ins, stats)?;
+            drop(ins);
+            let ys = outs.split_off(nc);
+            for (dst, y) in out.iter_mut().zip(&ys) {
+                dst.put(t, y)?;
+            }
+            recycle(half, std::mem::replace(&mut carry, outs));
+            recycle(half, x_t);
+            recycle(half, ys);
+        }
+        Ok(carry)
     }
 
     /// Runs the loop `f`, keeping the pool's workers awake when the body forks.
@@ -228,6 +336,122 @@ fn stacked_buffer(dtype: DType, shape: &[usize]) -> Data {
         DType::F64 => Data::F64(ew::wrap(shape, buffers::overwritable(n))),
         DType::I64 => Data::I64(ew::wrap(shape, buffers::overwritable(n))),
     }
+}
+
+/// Rows `rows` of `d` (of its row `t` first, when given): a view sharing `d`'s buffer
+/// when contiguous, else a copy in `pool` (as [`row`]).
+fn row_block(pool: &BufferPool, d: &Data, t: Option<usize>, rows: std::ops::Range<usize>) -> Data {
+    crate::map_data!(d, a => {
+        let mut r = a.clone();
+        if let Some(t) = t {
+            r.index_axis_inplace(Axis(0), t);
+        }
+        r.slice_axis_inplace(Axis(0), ndarray::Slice::from(rows));
+        if r.is_standard_layout() {
+            r
+        } else {
+            buffers::with_pool(pool, || ew::materialize(r.view()))
+        }
+    })
+}
+
+/// One half of a stacked result `[steps, batch, ..]` of a row-split scan: for each
+/// step, the half's block of rows, to be written by that half alone.
+enum RowsMut<'a> {
+    F32(Vec<&'a mut [f32]>),
+    F64(Vec<&'a mut [f64]>),
+    I64(Vec<&'a mut [i64]>),
+}
+
+impl RowsMut<'_> {
+    /// Writes a step's output `y` (the half's rows) as step `t`'s block.
+    fn put(&mut self, t: usize, y: &Data) -> Result<()> {
+        fn copy<T: Copy>(dst: &mut [T], y: &Arr<T>) -> bool {
+            if dst.len() != y.len() {
+                return false;
+            }
+            match y.as_slice() {
+                Some(s) => dst.copy_from_slice(s),
+                None => dst.iter_mut().zip(y.iter()).for_each(|(d, v)| *d = *v),
+            }
+            true
+        }
+        let fits = match (self, y) {
+            (RowsMut::F32(r), Data::F32(b)) => copy(r[t], b),
+            (RowsMut::F64(r), Data::F64(b)) => copy(r[t], b),
+            (RowsMut::I64(r), Data::I64(b)) => copy(r[t], b),
+            _ => false,
+        };
+        if !fits {
+            return Err(Error::Graph(format!(
+                "scan: a half-batch step's output {} does not fit its stacked result",
+                type_str(y.dtype(), &y.shape())
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The two halves' blocks of a stacked result `[steps, batch, ..]` (contiguous, with
+/// an even batch): per step, the first half of the rows, then the second.
+fn split_rows(d: &mut Data) -> (RowsMut<'_>, RowsMut<'_>) {
+    fn halves<T: Clone>(a: &mut Arr<T>) -> (Vec<&mut [T]>, Vec<&mut [T]>) {
+        let block = a.len() / (2 * a.shape()[0]);
+        let all = a.as_slice_mut().expect("a stacked buffer is contiguous");
+        let (mut top, mut bottom) = (Vec::new(), Vec::new());
+        for (i, c) in all.chunks_mut(block).enumerate() {
+            if i % 2 == 0 {
+                top.push(c);
+            } else {
+                bottom.push(c);
+            }
+        }
+        (top, bottom)
+    }
+    match d {
+        Data::F32(a) => {
+            let (x, y) = halves(a);
+            (RowsMut::F32(x), RowsMut::F32(y))
+        }
+        Data::F64(a) => {
+            let (x, y) = halves(a);
+            (RowsMut::F64(x), RowsMut::F64(y))
+        }
+        Data::I64(a) => {
+            let (x, y) = halves(a);
+            (RowsMut::I64(x), RowsMut::I64(y))
+        }
+    }
+}
+
+/// `a`'s rows followed by `b`'s (the two halves of a carry), in a buffer of the
+/// installed pool.
+fn join_rows(a: &Data, b: &Data) -> Result<Data> {
+    fn join<T: buffers::Pooled>(a: &Arr<T>, b: &Arr<T>) -> Arr<T> {
+        let mut out = buffers::take(a.len() + b.len());
+        match (a.as_slice(), b.as_slice()) {
+            (Some(x), Some(y)) => {
+                out.extend_from_slice(x);
+                out.extend_from_slice(y);
+            }
+            _ => out.extend(a.iter().chain(b.iter()).copied()),
+        }
+        let mut shape = a.shape().to_vec();
+        shape[0] += b.shape()[0];
+        ew::wrap(&shape, out)
+    }
+    Ok(match (a, b) {
+        (Data::F32(a), Data::F32(b)) => Data::F32(join(a, b)),
+        (Data::F64(a), Data::F64(b)) => Data::F64(join(a, b)),
+        (Data::I64(a), Data::I64(b)) => Data::I64(join(a, b)),
+        _ => {
+            return Err(Error::Graph(format!(
+                "scan: the halves' carries differ: {} and {}",
+                type_str(a.dtype(), &a.shape()),
+                type_str(b.dtype(), &b.shape())
+            )))
+        }
+    })
 }
 
 /// Writes `src` into row `t` of `dst`: one block copy when both are contiguous (the

@@ -472,6 +472,18 @@ impl Plan {
         self.forks_products
     }
 
+    /// How many `scan` steps of this plan (and of its bodies) run as two scans over the
+    /// halves of the batch at once when the pool has more than one thread: their bodies
+    /// keep batch rows apart and their products fork (see the README's "How a compiled
+    /// step runs").
+    pub fn row_split_scans(&self) -> usize {
+        self.regions
+            .iter()
+            .flatten()
+            .map(|r| r.row_split_scans())
+            .sum()
+    }
+
     /// Runs the plan. Inputs must match the graph's signature.
     pub fn run(&self, inputs: &[&Data], stats: &mut RunStats) -> Result<Vec<Data>> {
         if self.on_workers && rayon::current_thread_index().is_none() {

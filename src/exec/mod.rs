@@ -24,6 +24,7 @@ mod fused;
 mod interp;
 pub mod kernels;
 mod plan_memory;
+mod row_split;
 
 pub use buffers::{in_backend_call, BufferPool};
 pub use interp::{Plan, RunStats, Schedule, StepTime, INTER_OP_MIN_WORK};
