@@ -359,6 +359,50 @@ fn gemm_zero_results_are_positive_zero_on_every_path() {
     });
 }
 
+/// A block of rows of a product has the bits of those rows of the whole product, for
+/// blocks of at least 2 rows (a single row takes the backend's matrix-vector path) and
+/// a `b` that is not transposed (whether a transposed `b` is copied first depends on
+/// the product's size, and the copy changes the backend's path): what lets a
+/// row-separable scan run as two half-batch scans (`exec/row_split.rs`).
+#[test]
+fn gemm_row_blocks_have_the_bits_of_the_whole_product() {
+    let mut r = Lcg(23);
+    let shapes = [
+        (64, 128, 512),
+        (64, 512, 128),
+        (32, 28, 512),
+        (64, 1000, 300),
+        (96, 2048, 256),
+        (30, 700, 70),
+    ];
+    for (m, k, n) in shapes {
+        let a: Vec<f32> = r.vec(m * k);
+        let b: Vec<f32> = r.vec(k * n);
+        let mut whole = vec![0f32; m * n];
+        gemm(&a, &b, &mut whole, m, k, n, false, false);
+        for split in [m / 2, m / 3, 17, 2] {
+            let mut top = vec![0f32; split * n];
+            gemm(&a[..split * k], &b, &mut top, split, k, n, false, false);
+            let mut bottom = vec![0f32; (m - split) * n];
+            gemm(
+                &a[split * k..],
+                &b,
+                &mut bottom,
+                m - split,
+                k,
+                n,
+                false,
+                false,
+            );
+            top.extend(bottom);
+            assert!(
+                same_bits(&top, &whole),
+                "{m}x{k}x{n} split after row {split}"
+            );
+        }
+    }
+}
+
 #[test]
 fn gemm_large_products_match_naive() {
     // Past the backend's threading threshold, with ragged edge tiles, a long k (several

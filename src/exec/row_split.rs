@@ -11,12 +11,14 @@
 //! reductions over non-batch axes one sequential fold per row, and the GEMM backend's
 //! per-element sum over `k` does not depend on `m` for `m ≥ 2` (`tests/kernels.rs`
 //! checks row blocks against the whole product), so the halves give the bits of the
-//! whole batch — and the eager ops.
+//! whole batch — and the eager ops. Each half has at least [`MIN_HALF_ROWS`] rows.
 //!
 //! **Which ops.** Per-step values carry the batch on axis 0 (the carries, and the
 //! scanned operands' slices). An op of such a value keeps rows apart when it is
 //! elementwise (its other operands broadcast along the batch), a `matmul` with the
-//! batched value on the left (not transposed) and an invariant matrix on the right, a
+//! batched value on the left and an invariant matrix on the right (neither transposed:
+//! a transposed right side may be copied first or not depending on the product's size,
+//! which changes the backend's path), a
 //! slice, concat or pad along another axis, a reshape or transpose that keeps axis 0,
 //! a reduction over other axes, or a fused region made of these. Anything else (a sum
 //! over the batch, `matmul` with the batch as the contracted axis, nested control flow,
@@ -111,7 +113,9 @@ fn keeps_rows(op: Op, which: &[bool], ranks: &[usize], rank: usize) -> bool {
         | Op::Select
         | Op::Cast(_)
         | Op::StopGradient => true,
-        Op::MatMul { ta, .. } => which == [true, false] && !ta,
+        // not `tb`: whether the backend copies a transposed `b` first depends on the
+        // product's size, and the copy changes its path (and bits)
+        Op::MatMul { ta, tb } => which == [true, false] && !ta && !tb,
         Op::Sum { axes, .. } | Op::Max { axes, .. } => !axes.contains(0),
         Op::ArgMax { axis } => axis != 0,
         Op::Concat { axis } | Op::Slice { axis, .. } | Op::Pad { axis, .. } => axis != 0,
