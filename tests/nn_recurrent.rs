@@ -667,14 +667,15 @@ fn a_pretransposed_recurrent_kernel_keeps_compiled_equal_to_eager() {
     );
 }
 
-/// An LSTM's forward loop keeps batch rows apart, and at batch 32 with 128 units its
-/// per-step product forks, so with more than one thread it runs as two scans over the
-/// halves of the batch at once (`exec/row_split.rs`). The halves give the bits of the
-/// whole batch: compiled outputs and gradients equal the eager ones, and one thread's
-/// (where the scan runs whole) equal two's and four's.
+/// An LSTM's forward loop keeps batch rows apart, and so does its reverse loop once
+/// its `hᵀ·dz` accumulator has moved to a loop of its own (`optimize_regions`); at batch
+/// 64 with 128 units their per-step products fork, so with more than one thread both
+/// run as two scans over the halves of the batch at once (`exec/row_split.rs`). The
+/// halves give the bits of the whole batch: compiled outputs and gradients equal the
+/// eager ones, and one thread's (where the scans run whole) equal two's and four's.
 #[test]
 fn a_row_separable_loop_runs_as_two_half_batch_scans_with_the_same_bits() {
-    let x = Tensor::random_uniform(&[32, 5, 8], -1.0, 1.0, 9, DType::F32);
+    let x = Tensor::random_uniform(&[64, 5, 8], -1.0, 1.0, 9, DType::F32);
     let lstm = Arc::new(
         LSTM::new(128)
             .return_sequences(true)
@@ -700,10 +701,16 @@ fn a_row_separable_loop_runs_as_two_half_batch_scans_with_the_same_bits() {
         Ok(out)
     });
     let plan = tapeflow::exec::Plan::new(step.concrete(&[&x]).unwrap().graph().clone()).unwrap();
+    let text = step.concrete(&[&x]).unwrap().text();
+    assert_eq!(
+        text.matches("= scan[").count(),
+        3,
+        "forward, reverse, and the accumulator's loop:\n{text}"
+    );
     assert_eq!(
         plan.row_split_scans(),
-        1,
-        "the forward scan splits, its reverse does not"
+        2,
+        "the forward and the reverse scan split, the accumulating one does not:\n{text}"
     );
 
     let tape = GradientTape::new();

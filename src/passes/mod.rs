@@ -32,7 +32,7 @@ pub use fold_transposes::fold_transposes_into_matmul;
 pub use fuse::{
     fuse_elementwise, fuse_elementwise_min, MATMUL_REGION_MIN_ELEMS, SMALL_REGION_ELEMS,
 };
-pub use regions::{optimize_regions, PRETRANSPOSE_MIN_SIDE};
+pub use regions::{optimize_regions, ACCUMULATOR_MIN_MACS, PRETRANSPOSE_MIN_SIDE};
 pub use simplify::{simplify, simplify_counting, RuleFn, MAX_SWEEPS, RULES};
 pub use specialize::{bind_shape, show_bindings, specialize, Bindings};
 

@@ -12,6 +12,11 @@
 //!    loop-invariant values are hoisted: a node of a `scan` or `while` body computed
 //!    from captures and constants only (not from a carry or a scanned slice) is
 //!    computed once before the loop and passed in as a new capture;
+//!    Then a scan's product accumulators (a carry `c ← c + a·b` of at least
+//!    [`ACCUMULATOR_MIN_MACS`] multiply-adds, read nowhere else) move into a second
+//!    scan after it, over the same steps in the same order (loop fission): the first
+//!    loop then often keeps batch rows apart and runs as two half-batch loops
+//!    (`exec/row_split.rs`);
 //! 4. the whole pipeline ([`super::run_pipeline`], same configuration) runs on every
 //!    body, so folding, CSE, simplification, dead-node elimination and fusion see
 //!    inside (nested regions are reached by the recursion);
@@ -30,6 +35,7 @@ use super::PassConfig;
 use crate::error::Result;
 use crate::ir::{Graph, Node, NodeId, RegionKind};
 use crate::ops::Op;
+use crate::tensor::{DType, Shape};
 use std::collections::HashMap;
 
 /// Runs the steps of the module docs on every live control-flow node; returns whether
@@ -77,6 +83,11 @@ fn sweep(g: &mut Graph, config: &PassConfig) -> Result<(bool, bool)> {
                 changed |= prune_results(g, n, r);
                 changed |= pretranspose_captured_operands(g, r)?;
                 changed |= hoist_invariants(g, n, r);
+                if split_off_accumulators(g, n, r) {
+                    changed = true;
+                    // the new accumulating loop is optimized in the next sweep
+                    dropped_xs = true;
+                }
             }
             Op::While(r) => {
                 changed |= pretranspose_captured_operands(g, r)?;
@@ -212,6 +223,213 @@ fn inline_cond(g: &mut Graph, n: NodeId, r: u32, k: usize) {
         g.remove(get);
     }
     g.remove(n);
+}
+
+/// Moves the product accumulators out of scan node `n` into a scan of their own after
+/// it (loop fission): a carry whose only use in the body is `c + p` (or `p + c`), its
+/// next value, where `p` is a `matmul` used nowhere else whose operands are per-step
+/// values (scanned slices, or body values that become stacked outputs) or captures,
+/// leaves the loop; a second scan over the same steps in the same order, over those
+/// operands stacked, computes `c ← c + p` (or `p + c`) with the same ops, so every bit
+/// is the same. Only in scans that keep no per-step carries. The remaining loop then
+/// often keeps batch rows apart (an LSTM's reverse step without its `hᵀ·dz`), which
+/// lets it run as two half-batch loops (`exec/row_split.rs`), while the accumulating
+/// loop's products no longer wait on the recurrence. Returns whether it moved any.
+fn split_off_accumulators(g: &mut Graph, n: NodeId, r: u32) -> bool {
+    let Some(found) = accumulator(g, n, r) else {
+        return false;
+    };
+    let Accumulator {
+        carry: c,
+        slot,
+        product,
+        steps,
+    } = found;
+    let reg = &g.regions[r as usize];
+    let (nc, nx) = (reg.carries, reg.xs);
+    let reverse = matches!(reg.kind, RegionKind::Scan { reverse: true });
+    let body = &reg.bodies[0];
+    let outer_ops = g.operands(n);
+    let p = body.node(product).clone();
+    let carry_type = reg.results[c].clone();
+    // where each of the product's operands comes from in the second loop
+    enum From {
+        /// A capture of the first loop (`false`) or a scanned operand (`true`).
+        Outer(NodeId, bool),
+        /// Stacked output `j` (counted from the first) of the first loop.
+        Ys(usize),
+    }
+    let mut new_ys: Vec<NodeId> = Vec::new();
+    let ny = reg.results.len() - nc;
+    let mut sources: Vec<(From, DType, Shape)> = Vec::new();
+    for o in body.operands(product) {
+        let node = body.node(o);
+        let from = match node.op {
+            Op::Input(i) => From::Outer(outer_ops[i as usize], (i as usize) < nc + nx),
+            _ => From::Ys(match body.outputs[nc..].iter().position(|&y| y == o) {
+                Some(j) => j,
+                None => {
+                    new_ys.push(o);
+                    ny + new_ys.len() - 1
+                }
+            }),
+        };
+        sources.push((from, node.dtype, node.shape.clone()));
+    }
+    // the first loop: carry `c` gone, the new stacked outputs added
+    let reg = &mut g.regions[r as usize];
+    let body = &mut reg.bodies[0];
+    for &y in &new_ys {
+        body.outputs.push(y);
+        let mut st = Shape::from_slice(&[steps]);
+        st.extend_from_slice(&body.node(y).shape);
+        reg.results.push((body.node(y).dtype, st));
+    }
+    let inp = body.inputs.remove(c);
+    body.outputs.remove(c);
+    body.remove(inp);
+    for (i, id) in body.inputs.clone().into_iter().enumerate() {
+        body.node_mut(id).op = Op::Input(i as u32);
+    }
+    super::eliminate_dead_nodes(body).ok();
+    reg.results.remove(c);
+    reg.carries -= 1;
+    let mut operands = outer_ops.to_vec();
+    let init = operands.remove(c);
+    g.set_operands(n, &operands);
+    let mut carry_get = None;
+    for (k, get) in gets(g, n) {
+        match (k as usize).cmp(&c) {
+            std::cmp::Ordering::Equal => carry_get = Some(get),
+            std::cmp::Ordering::Greater => g.node_mut(get).op = Op::Get(k - 1),
+            std::cmp::Ordering::Less => {}
+        }
+    }
+    // the second loop: inputs (c, stacked operands' rows, captures)
+    let mut body2 = Graph::new();
+    let input = |b: &mut Graph, d: DType, s: &Shape| {
+        let i = b.inputs.len() as u32;
+        let id = b.add(Node::new(Op::Input(i), d, s.clone()), &[]);
+        b.inputs.push(id);
+        id
+    };
+    let acc = input(&mut body2, carry_type.0, &carry_type.1);
+    let (mut xs2, mut caps2) = (Vec::new(), Vec::new());
+    let mut args = vec![acc; sources.len()];
+    for stacked in [true, false] {
+        for (k, (from, d, s)) in sources.iter().enumerate() {
+            let outer = match *from {
+                From::Outer(o, st) if st == stacked => o,
+                From::Ys(j) if stacked => {
+                    let at = nc - 1 + j;
+                    let (rd, rs) = g.regions[r as usize].results[at].clone();
+                    g.add(Node::new(Op::Get(at as u32), rd, rs), &[n])
+                }
+                _ => continue,
+            };
+            args[k] = input(&mut body2, *d, s);
+            if stacked {
+                xs2.push(outer);
+            } else {
+                caps2.push(outer);
+            }
+        }
+    }
+    let p2 = body2.add(Node::new(p.op, p.dtype, p.shape.clone()), &args);
+    let pair = if slot == 0 { [acc, p2] } else { [p2, acc] };
+    let add = Op::Binary(crate::ops::Binary::Add);
+    let next = body2.add(Node::new(add, carry_type.0, carry_type.1.clone()), &pair);
+    body2.outputs.push(next);
+    g.regions.push(crate::ir::Region {
+        kind: RegionKind::Scan { reverse },
+        bodies: vec![body2],
+        carries: 1,
+        xs: xs2.len(),
+        saved: false,
+        results: vec![carry_type.clone()],
+    });
+    let r2 = (g.regions.len() - 1) as u32;
+    let (td, ts) = crate::ops::control::tuple_type();
+    let mut ops2 = vec![init];
+    ops2.extend(xs2);
+    ops2.extend(caps2);
+    let loop2 = g.add(Node::new(Op::Scan(r2), td, ts), &ops2);
+    let get2 = g.add(Node::new(Op::Get(0), carry_type.0, carry_type.1), &[loop2]);
+    if let Some(old) = carry_get {
+        g.replace_uses(old, get2);
+        g.remove(old);
+    }
+    true
+}
+
+/// The fewest multiply-adds of a product whose accumulator [`split_off_accumulators`]
+/// moves out of its loop: a smaller one costs less than the second loop's per-step
+/// overhead.
+pub const ACCUMULATOR_MIN_MACS: usize = 1 << 20;
+
+/// An accumulator [`split_off_accumulators`] moves: the carry, the slot of the carry in
+/// its `add`, the product node, and the scan's number of steps.
+struct Accumulator {
+    carry: usize,
+    slot: usize,
+    product: NodeId,
+    steps: usize,
+}
+
+/// The first accumulator of scan node `n` that [`split_off_accumulators`] can move.
+fn accumulator(g: &Graph, n: NodeId, r: u32) -> Option<Accumulator> {
+    let reg = &g.regions[r as usize];
+    // another carry stays (a loop of the accumulator alone gains nothing)
+    if !matches!(reg.kind, RegionKind::Scan { .. })
+        || reg.saved
+        || reg.bodies.len() != 1
+        || reg.carries < 2
+    {
+        return None;
+    }
+    let body = &reg.bodies[0];
+    let (nc, nx) = (reg.carries, reg.xs);
+    let steps = *g.node(*g.operands(n).get(nc)?).shape.first()?;
+    (0..nc).find_map(|c| {
+        let inp = body.inputs[c];
+        let next = body.outputs[c];
+        if body.node(next).op != Op::Binary(crate::ops::Binary::Add)
+            || body.use_count(inp) != 1
+            || body.outputs.contains(&inp)
+            || body.use_count(next) != 0
+            || body.outputs.iter().filter(|&&o| o == next).count() != 1
+        {
+            return None;
+        }
+        let ops = body.operands(next);
+        let slot = ops.iter().position(|&o| o == inp)?;
+        let p = ops[1 - slot];
+        let Op::MatMul { ta, .. } = body.node(p).op else {
+            return None;
+        };
+        let (a, out) = (&body.node(body.operands(p)[0]).shape, &body.node(p).shape);
+        let k = if ta { a.first() } else { a.get(1) };
+        let macs = k.map_or(0, |&k| k.saturating_mul(out.iter().product()));
+        if macs < ACCUMULATOR_MIN_MACS || body.use_count(p) != 1 || body.outputs.contains(&p) {
+            return None;
+        }
+        // each operand a scanned slice, a capture or a body value (never a carry),
+        // and at least one of them changing per step
+        let mut per_step = false;
+        for o in body.operands(p) {
+            match body.node(o).op {
+                Op::Input(i) if (i as usize) < nc => return None,
+                Op::Input(i) if (i as usize) >= nc + nx => {}
+                _ => per_step = true,
+            }
+        }
+        per_step.then_some(Accumulator {
+            carry: c,
+            slot,
+            product: p,
+            steps,
+        })
+    })
 }
 
 /// Drops the results of `cond`/`scan` node `n` that no `get` reads (see the module
