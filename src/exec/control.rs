@@ -66,6 +66,11 @@ impl RegionPlan {
             RegionKind::Scan { .. } if awake => {
                 row_split::half_batch(&region.bodies[0], region.carries + region.xs)
                     .and_then(|(g, rows)| Plan::new(g).ok().map(|p| (p, rows)))
+                    .inspect(|(p, _)| {
+                        // its regions were fused for the whole batch's length, and
+                        // run every step: generated code pays below AUTO_MIN_ELEMS too
+                        p.request_generated_code();
+                    })
             }
             _ => None,
         };

@@ -451,6 +451,16 @@ impl Plan {
         }
     }
 
+    /// In [`Codegen::Auto`](crate::exec::codegen::Codegen), starts compiling the
+    /// generated code of every fused step now, in the background, whatever its loop's
+    /// length (auto mode alone leaves loops below `codegen::AUTO_MIN_ELEMS` to the
+    /// interpreter): for a plan that runs many times per call, such as a loop body.
+    pub fn request_generated_code(&self) {
+        for p in self.programs.iter().flatten() {
+            p.request_code();
+        }
+    }
+
     /// `(running generated code now, all)` fused steps.
     pub fn generated_steps(&self) -> (usize, usize) {
         let all = self.programs.iter().flatten();

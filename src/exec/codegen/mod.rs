@@ -64,7 +64,9 @@
 //! **Choosing.** [`Codegen`]: the `TAPEFLOW_CODEGEN` environment variable
 //! (`off`, `auto`, `force`) sets the default for new programs;
 //! [`Plan::set_codegen`](crate::exec::Plan::set_codegen) sets it for one plan.
-//! `auto` generates loops of at least [`AUTO_MIN_ELEMS`] elements in the background;
+//! `auto` generates loops of at least [`AUTO_MIN_ELEMS`] elements in the background
+//! (and shorter ones of a plan whose [`Plan::request_generated_code`](crate::exec::Plan::request_generated_code) was called:
+//! a half-batch loop body's, fused for the whole batch's length);
 //! `force` generates every region it can and waits for the compiler before running.
 
 mod compile;
@@ -208,6 +210,16 @@ impl Kernel {
             Codegen::Force => {
                 self.slot().wait();
             }
+        }
+    }
+
+    /// In [`Codegen::Auto`], starts compiling the kernel in the background even when the
+    /// loop is shorter than [`AUTO_MIN_ELEMS`]: for a loop that runs many times per call,
+    /// such as a half-batch loop body's (`exec/row_split.rs`), whose regions were fused
+    /// for the whole batch's length.
+    pub fn request(&self) {
+        if self.mode() == Codegen::Auto {
+            self.slot();
         }
     }
 

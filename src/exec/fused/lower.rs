@@ -450,6 +450,14 @@ impl Program {
         }
     }
 
+    /// Starts compiling this region's generated code in the background now, whatever
+    /// its length, unless generated code is off (see [`codegen::Kernel::request`]).
+    pub fn request_code(&self) {
+        if let Some(k) = &self.gen {
+            k.request();
+        }
+    }
+
     /// Whether a run now executes generated code rather than the interpreter.
     pub fn uses_generated_code(&self) -> bool {
         self.gen.as_ref().is_some_and(|k| k.ready().is_some())
