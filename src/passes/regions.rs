@@ -362,9 +362,9 @@ fn split_off_accumulators(g: &mut Graph, n: NodeId, r: u32) -> bool {
     true
 }
 
-/// The fewest multiply-adds of a product whose accumulator [`split_off_accumulators`]
-/// moves out of its loop: a smaller one costs less than the second loop's per-step
-/// overhead.
+/// The fewest multiply-adds of a product whose accumulator `optimize_regions` moves out
+/// of its loop into a loop of its own (see the module docs): a smaller one costs less
+/// than the second loop's per-step overhead.
 pub const ACCUMULATOR_MIN_MACS: usize = 1 << 20;
 
 /// An accumulator [`split_off_accumulators`] moves: the carry, the slot of the carry in
