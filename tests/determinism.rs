@@ -99,9 +99,21 @@ fn symbolic_mlp_steps_at_two_batch_sizes_are_bit_identical_on_1_2_4_threads_and_
 }
 
 /// Final weights of an LSTM classifier after 2 compiled Adam steps (a `scan` forward,
-/// a reverse `scan` backward).
+/// a reverse `scan` backward), small, and big enough that both loops run as two
+/// half-batch loops on more than one thread (`exec/row_split.rs`).
 fn lstm_weights(schedule: Schedule) -> Vec<Vec<f32>> {
-    let s = common::lstm_train_step();
+    let mut w = lstm_weights_of(common::lstm_train_step(), schedule);
+    w.extend(lstm_weights_of(
+        common::lstm_train_step_sized(128, 64, 3),
+        schedule,
+    ));
+    w
+}
+
+fn lstm_weights_of<F>(s: common::LstmStep<F>, schedule: Schedule) -> Vec<Vec<f32>>
+where
+    F: Fn(&Tensor, &Tensor) -> tapeflow::Result<Tensor>,
+{
     s.step
         .concrete(&[&s.x, &s.y])
         .unwrap()

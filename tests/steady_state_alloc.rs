@@ -8,7 +8,8 @@
 //! (`in_backend_call`).
 //!
 //! The same holds for an LSTM train step, whose recurrence is a `scan` (and its
-//! gradient a reverse `scan`) run by per-body plans.
+//! gradient a reverse `scan`) run by per-body plans, also where both loops run as two
+//! half-batch loops at once.
 //!
 //! The same holds for one symbolic train step (`f32[b,784]`) called at two batch sizes
 //! in turn: each binding keeps its own plan.
@@ -146,6 +147,15 @@ fn lstm_step() -> (std::sync::Arc<ConcreteFunction>, Vec<Tensor>) {
     (s.step.concrete(&[&s.x, &s.y]).unwrap(), vec![s.x, s.y])
 }
 
+/// A bigger LSTM train step whose forward and reverse loops run as two half-batch loops
+/// at once, both halves drawing from the half-batch body's one pool.
+fn lstm_row_split_step() -> (std::sync::Arc<ConcreteFunction>, Vec<Tensor>) {
+    let s = common::lstm_train_step_sized(128, 64, 4);
+    let c = s.step.concrete(&[&s.x, &s.y]).unwrap();
+    assert_eq!(c.plan().row_split_scans(), 2, "{}", c.text());
+    (c, vec![s.x, s.y])
+}
+
 #[test]
 fn steady_state_calls_allocate_no_buffers() {
     let cases = [
@@ -153,6 +163,7 @@ fn steady_state_calls_allocate_no_buffers() {
         ("cnn", cnn_step()),
         ("generated", generated_step()),
         ("lstm", lstm_step()),
+        ("lstm row split", lstm_row_split_step()),
     ];
     for (name, (c, inputs)) in cases {
         let refs: Vec<&Tensor> = inputs.iter().collect();

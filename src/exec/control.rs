@@ -49,8 +49,12 @@ pub(crate) struct RegionPlan {
     /// ([`with_workers_awake`]).
     awake: bool,
     /// Such a scan whose body is row-separable ([`row_split`]): the body planned for
-    /// half the batch, and the batch. It runs as two scans over the two halves at once.
-    halves: Option<(Plan, usize)>,
+    /// half the batch, once per half, and the batch. It runs as two scans over the two
+    /// halves at once. Each half has its own plan, and so its own buffer pool: a half's
+    /// buffer demand is then the same every run, however the two interleave (with one
+    /// pool, a worker that runs the other half while it waits inside its own would now
+    /// and then need more buffers than ever before).
+    halves: Option<([Plan; 2], usize)>,
 }
 
 impl RegionPlan {
@@ -64,13 +68,18 @@ impl RegionPlan {
         let awake = region.kind != RegionKind::Cond && bodies.iter().any(Plan::forks_products);
         let halves = match region.kind {
             RegionKind::Scan { .. } if awake => {
-                row_split::half_batch(&region.bodies[0], region.carries + region.xs)
-                    .and_then(|(g, rows)| Plan::new(g).ok().map(|p| (p, rows)))
-                    .inspect(|(p, _)| {
-                        // its regions were fused for the whole batch's length, and
-                        // run every step: generated code pays below AUTO_MIN_ELEMS too
-                        p.request_generated_code();
-                    })
+                row_split::half_batch(&region.bodies[0], region.carries + region.xs).and_then(
+                    |(g, rows)| {
+                        let top = Plan::new(g.clone()).ok()?;
+                        let bottom = Plan::new(g).ok()?;
+                        // their regions were fused for the whole batch's length, and run
+                        // every step: generated code pays below AUTO_MIN_ELEMS too (the
+                        // two plans share each kernel)
+                        top.request_generated_code();
+                        bottom.request_generated_code();
+                        Some(([top, bottom], rows))
+                    },
+                )
             }
             _ => None,
         };
@@ -120,12 +129,12 @@ impl RegionPlan {
             }
             RegionKind::While => self.awake(|| self.run_while(args, stats)),
             RegionKind::Scan { reverse } => match &self.halves {
-                Some((half, rows))
+                Some((halves, rows))
                     if rayon::current_num_threads() > 1
                         && !stats.collect_profile
                         && self.results.iter().all(|(_, s)| s.iter().all(|&d| d > 0)) =>
                 {
-                    self.run_scan_halves(half, *rows, reverse, args, stats)
+                    self.run_scan_halves(halves, *rows, reverse, args, stats)
                 }
                 _ => self.awake(|| self.run_scan(reverse, args, stats)),
             },
@@ -137,7 +146,7 @@ impl RegionPlan {
     /// its rows of the stacked results in place; the final carries are joined after.
     fn run_scan_halves(
         &self,
-        half: &Plan,
+        halves: &[Plan; 2],
         rows: usize,
         reverse: bool,
         args: &[&Data],
@@ -152,9 +161,10 @@ impl RegionPlan {
             stacked.iter_mut().map(split_rows).unzip();
         let (mut s0, mut s1) = (RunStats::default(), RunStats::default());
         let h = rows / 2;
+        let [p0, p1] = halves;
         let (c0, c1) = rayon::join(
-            || self.half_loop(half, 0..h, reverse, args, &mut top, &mut s0),
-            || self.half_loop(half, h..rows, reverse, args, &mut bottom, &mut s1),
+            || self.half_loop(p0, 0..h, reverse, args, &mut top, &mut s0),
+            || self.half_loop(p1, h..rows, reverse, args, &mut bottom, &mut s1),
         );
         drop((top, bottom));
         for s in [s0, s1] {
@@ -167,8 +177,8 @@ impl RegionPlan {
             .zip(&c1)
             .map(|(a, b)| join_rows(a, b))
             .collect::<Result<_>>()?;
-        recycle(half, c0);
-        recycle(half, c1);
+        recycle(p0, c0);
+        recycle(p1, c1);
         carry.extend(stacked);
         Ok(carry)
     }

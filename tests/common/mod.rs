@@ -350,8 +350,19 @@ pub struct LstmStep<F: Fn(&Tensor, &Tensor) -> tapeflow::Result<Tensor>> {
     pub vars: Vec<Variable>,
 }
 
-/// See [`LstmStep`].
+/// See [`LstmStep`]: `LSTM(32)` over 12 steps of 8 features, batch 16.
 pub fn lstm_train_step() -> LstmStep<impl Fn(&Tensor, &Tensor) -> tapeflow::Result<Tensor>> {
+    lstm_train_step_sized(32, 16, 12)
+}
+
+/// [`lstm_train_step`] with `units`, `batch` and `steps` (of 8 features). From 128 units
+/// at batch 64 the per-step products fork, and the forward and reverse loops run as two
+/// half-batch loops (`exec/row_split.rs`).
+pub fn lstm_train_step_sized(
+    units: usize,
+    batch: usize,
+    steps: usize,
+) -> LstmStep<impl Fn(&Tensor, &Tensor) -> tapeflow::Result<Tensor>> {
     use tapeflow::nn::{Adam, Dense, Initializer, Loss, Optimizer, Sequential, LSTM};
     // explicit seeds: each call makes the same initial weights (derived seeds follow
     // the layer names, which are unique per process)
@@ -362,15 +373,15 @@ pub fn lstm_train_step() -> LstmStep<impl Fn(&Tensor, &Tensor) -> tapeflow::Resu
     };
     let model = Sequential::new()
         .add(
-            LSTM::new(32)
+            LSTM::new(units)
                 .kernel_initializer(glorot(1))
                 .recurrent_initializer(orthogonal),
         )
         .add(Dense::new(10).kernel_initializer(glorot(3)))
-        .input_shape(&[12, 8]);
+        .input_shape(&[steps, 8]);
     let vars = model.trainable_variables();
-    let x = Tensor::random_normal(&[16, 12, 8], 0.0, 1.0, 21, DType::F32);
-    let y = Tensor::random_uniform(&[16], 0.0, 10.0, 22, DType::F64).cast(DType::I64);
+    let x = Tensor::random_normal(&[batch, steps, 8], 0.0, 1.0, 21, DType::F32);
+    let y = Tensor::random_uniform(&[batch], 0.0, 10.0, 22, DType::F64).cast(DType::I64);
     let opt = Adam::new(1e-2);
     let loss_fn = tapeflow::nn::SparseCategoricalCrossentropy::from_logits(true);
     let step = function(move |x: &Tensor, y: &Tensor| {
