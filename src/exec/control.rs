@@ -163,8 +163,17 @@ impl RegionPlan {
         let h = rows / 2;
         let [p0, p1] = halves;
         let (c0, c1) = rayon::join(
-            || self.half_loop(p0, 0..h, reverse, args, &mut top, &mut s0),
-            || self.half_loop(p1, h..rows, reverse, args, &mut bottom, &mut s1),
+            || self.steps(p0, Some(0..h), reverse, args, writer(&mut top), &mut s0),
+            || {
+                self.steps(
+                    p1,
+                    Some(h..rows),
+                    reverse,
+                    args,
+                    writer(&mut bottom),
+                    &mut s1,
+                )
+            },
         );
         drop((top, bottom));
         for s in [s0, s1] {
@@ -183,22 +192,26 @@ impl RegionPlan {
         Ok(carry)
     }
 
-    /// The scan over batch rows `rows` with the half-batch body `half`, writing step
-    /// `t`'s outputs into `out[j]`'s part `t`; returns the final carries.
-    fn half_loop(
+    /// The scan's steps with `body` over batch rows `rows` of the carries and scanned
+    /// operands (all rows with `None`), handing step `t`'s stacked outputs to `write`;
+    /// returns the final carries (buffers of `body`'s pool).
+    fn steps(
         &self,
-        half: &Plan,
-        rows: std::ops::Range<usize>,
+        body: &Plan,
+        rows: Option<std::ops::Range<usize>>,
         reverse: bool,
         args: &[&Data],
-        out: &mut [RowsMut],
+        mut write: impl FnMut(usize, &[Data]) -> Result<()>,
         stats: &mut RunStats,
     ) -> Result<Vec<Data>> {
         let (nc, nx) = (self.carries, self.xs);
         let n = args[nc].shape()[0];
         let mut carry: Vec<Data> = args[..nc]
             .iter()
-            .map(|d| row_block(half.pool(), d, None, rows.clone()))
+            .map(|d| match &rows {
+                Some(r) => row_block(body.pool(), d, None, Some(r.clone())),
+                None => (*d).clone(),
+            })
             .collect();
         let xs = &args[nc..nc + nx];
         let caps = &args[nc + nx..];
@@ -206,18 +219,16 @@ impl RegionPlan {
             let t = if reverse { n - 1 - k } else { k };
             let x_t: Vec<Data> = xs
                 .iter()
-                .map(|x| row_block(half.pool(), x, Some(t), rows.clone()))
+                .map(|x| row_block(body.pool(), x, Some(t), rows.clone()))
                 .collect();
             let ins = inputs(&carry, &x_t, caps);
-            let mut outs = half.run(&ins, stats)?;
+            let mut outs = body.run(&ins, stats)?;
             drop(ins);
             let ys = outs.split_off(nc);
-            for (dst, y) in out.iter_mut().zip(&ys) {
-                dst.put(t, y)?;
-            }
-            recycle(half, std::mem::replace(&mut carry, outs));
-            recycle(half, x_t);
-            recycle(half, ys);
+            write(t, &ys)?;
+            recycle(body, std::mem::replace(&mut carry, outs));
+            recycle(body, x_t);
+            recycle(body, ys);
         }
         Ok(carry)
     }
@@ -254,30 +265,18 @@ impl RegionPlan {
     }
 
     fn run_scan(&self, reverse: bool, args: &[&Data], stats: &mut RunStats) -> Result<Vec<Data>> {
-        let (nc, nx) = (self.carries, self.xs);
         let body = &self.bodies[0];
-        let n = args[nc].shape()[0];
-        let mut carry: Vec<Data> = args[..nc].iter().map(|&d| d.clone()).collect();
-        let xs = &args[nc..nc + nx];
-        let caps = &args[nc + nx..];
-        let mut stacked: Vec<Data> = self.results[nc..]
+        let mut stacked: Vec<Data> = self.results[self.carries..]
             .iter()
             .map(|(d, s)| stacked_buffer(*d, s))
             .collect();
-        for k in 0..n {
-            let t = if reverse { n - 1 - k } else { k };
-            let x_t: Vec<Data> = xs.iter().map(|x| row(body.pool(), x, t)).collect();
-            let ins = inputs(&carry, &x_t, caps);
-            let mut outs = body.run(&ins, stats)?;
-            drop(ins);
-            let ys = outs.split_off(nc);
-            for (dst, y) in stacked.iter_mut().zip(&ys) {
+        let write = |t: usize, ys: &[Data]| -> Result<()> {
+            for (dst, y) in stacked.iter_mut().zip(ys) {
                 set_row(dst, t, y)?;
             }
-            recycle(body, std::mem::replace(&mut carry, outs));
-            recycle(body, x_t);
-            recycle(body, ys);
-        }
+            Ok(())
+        };
+        let carry = self.steps(body, None, reverse, args, write, stats)?;
         let mut carry = adopt(body, carry);
         carry.extend(stacked);
         Ok(carry)
@@ -324,23 +323,6 @@ fn truth(d: &Data) -> Result<bool> {
     })
 }
 
-/// Row `t` of the leading axis: a view sharing `d`'s buffer where the row is contiguous
-/// (no copy; kernels only read it, and the pool drops it, as it does any shared
-/// buffer), else its own buffer taken from `pool` (the body's, which gets it back after
-/// the step: a buffer allocated outside the pool and recycled into it would grow the
-/// pool by one buffer per step, without bound).
-fn row(pool: &BufferPool, d: &Data, t: usize) -> Data {
-    crate::map_data!(d, a => {
-        let mut r = a.clone();
-        r.index_axis_inplace(Axis(0), t);
-        if r.is_standard_layout() {
-            r
-        } else {
-            buffers::with_pool(pool, || ew::materialize(r.view()))
-        }
-    })
-}
-
 /// A stacked result's buffer from the installed pool (the enclosing plan's, which
 /// recycles the stacked results when they die: allocated elsewhere, they would pile up
 /// in it run by run), with unspecified contents: every step writes its row.
@@ -353,15 +335,26 @@ fn stacked_buffer(dtype: DType, shape: &[usize]) -> Data {
     }
 }
 
-/// Rows `rows` of `d` (of its row `t` first, when given): a view sharing `d`'s buffer
-/// when contiguous, else a copy in `pool` (as [`row`]).
-fn row_block(pool: &BufferPool, d: &Data, t: Option<usize>, rows: std::ops::Range<usize>) -> Data {
+/// Row `t` of `d`'s leading axis (when given), then rows `rows` of what is left (when
+/// given): a view sharing `d`'s buffer where it is contiguous (no copy; kernels only read
+/// it, and the pool drops it, as it does any shared buffer), else its own buffer taken
+/// from `pool` (the body's, which gets it back after the step: a buffer allocated outside
+/// the pool and recycled into it would grow the pool by one buffer per step, without
+/// bound).
+fn row_block(
+    pool: &BufferPool,
+    d: &Data,
+    t: Option<usize>,
+    rows: Option<std::ops::Range<usize>>,
+) -> Data {
     crate::map_data!(d, a => {
         let mut r = a.clone();
         if let Some(t) = t {
             r.index_axis_inplace(Axis(0), t);
         }
-        r.slice_axis_inplace(Axis(0), ndarray::Slice::from(rows));
+        if let Some(rows) = rows {
+            r.slice_axis_inplace(Axis(0), ndarray::Slice::from(rows));
+        }
         if r.is_standard_layout() {
             r
         } else {
@@ -402,6 +395,19 @@ impl RowsMut<'_> {
                 "scan: a half-batch step's output {} does not fit its stacked result",
                 type_str(y.dtype(), &y.shape())
             )));
+        }
+        Ok(())
+    }
+}
+
+/// Writes a step's stacked outputs into one half's blocks `out` (for
+/// [`RegionPlan::steps`]).
+fn writer<'a, 'b: 'a>(
+    out: &'a mut [RowsMut<'b>],
+) -> impl FnMut(usize, &[Data]) -> Result<()> + use<'a, 'b> {
+    move |t, ys| {
+        for (dst, y) in out.iter_mut().zip(ys) {
+            dst.put(t, y)?;
         }
         Ok(())
     }
