@@ -145,24 +145,22 @@ fn profile(w: &workloads::Workload, runs: usize) -> Result<()> {
         "\n### {} (profiled step {step_us:.1} µs, run in order)\n",
         w.name
     );
-    println!("| op | µs | share |");
-    println!("| --- | ---: | ---: |");
-    let mut kinds = median.profile.clone();
-    kinds.sort_by_key(|k| std::cmp::Reverse(k.1));
-    for (op, d) in &kinds {
-        let us = d.as_secs_f64() * 1e6;
-        println!("| {op} | {us:.1} | {:.0}% |", 100.0 * us / step_us);
-    }
-    if !median.loop_profile.is_empty() {
-        // the same per op kind inside loop bodies (part of the loops' time above)
-        let mut inner = median.loop_profile.clone();
-        inner.sort_by_key(|k| std::cmp::Reverse(k.1));
-        println!("\n| op inside loops | µs | share of the step |");
+    // time per op kind, longest first, as a share of the step
+    let table = |head: &str, times: &[(&str, std::time::Duration)]| {
+        let mut kinds = times.to_vec();
+        kinds.sort_by_key(|k| std::cmp::Reverse(k.1));
+        println!("| {head} | µs | share of the step |");
         println!("| --- | ---: | ---: |");
-        for (op, d) in &inner {
+        for (op, d) in &kinds {
             let us = d.as_secs_f64() * 1e6;
             println!("| {op} | {us:.1} | {:.0}% |", 100.0 * us / step_us);
         }
+    };
+    table("op", &median.profile);
+    if !median.loop_profile.is_empty() {
+        // the same inside loop bodies (part of the loops' time above)
+        println!();
+        table("op inside loops", &median.loop_profile);
     }
     // the products and convolutions, and the loops (whose bodies' steps are not listed)
     let loops = ["scan", "while", "cond"];

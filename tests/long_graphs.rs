@@ -137,3 +137,20 @@ fn the_verifier_finds_a_cycle_through_a_long_chain() {
         assert!(err.contains("cycle"), "{err}");
     });
 }
+
+/// `simplify` on a chain of 100k `add`s, each read once by the next: the rules that walk
+/// a tree of adds (`add_of_disjoint_pads`) walk it without recursion.
+#[test]
+fn simplifying_a_100k_add_chain_works_on_a_small_stack() {
+    const N: usize = 100_000;
+    on_small_stack(|| {
+        let mut text = String::from("graph(%0: f32[4], %1: f32[4]) {\n");
+        for i in 2..N + 2 {
+            text.push_str(&format!("  %{i} = add %{}, %1 : f32[4]\n", i - 1));
+        }
+        text.push_str(&format!("  return %{}\n}}\n", N + 1));
+        let mut g = parse(&text).expect("parses");
+        tapeflow::passes::simplify(&mut g).expect("simplifies");
+        verify(&g).expect("verifies");
+    });
+}

@@ -130,11 +130,9 @@ impl RegionPlan {
             RegionKind::While => self.awake(|| self.run_while(args, stats)),
             RegionKind::Scan { reverse } => match &self.halves {
                 Some((halves, rows))
-                    if rayon::current_num_threads() > 1
-                        && !stats.collect_profile
-                        && self.results.iter().all(|(_, s)| s.iter().all(|&d| d > 0)) =>
+                    if rayon::current_num_threads() > 1 && !stats.collect_profile =>
                 {
-                    self.run_scan_halves(halves, *rows, reverse, args, stats)
+                    self.run_scan_halves(halves, *rows, reverse, args)
                 }
                 _ => self.awake(|| self.run_scan(reverse, args, stats)),
             },
@@ -144,21 +142,25 @@ impl RegionPlan {
     /// A row-separable scan as two scans over the halves of the batch, one per worker
     /// (the halves give the bits of the whole batch: see [`row_split`]). Each writes
     /// its rows of the stacked results in place; the final carries are joined after.
+    /// (Never profiled: a profiled run takes the whole-batch path, whose steps it times.)
     fn run_scan_halves(
         &self,
         halves: &[Plan; 2],
         rows: usize,
         reverse: bool,
         args: &[&Data],
-        stats: &mut RunStats,
     ) -> Result<Vec<Data>> {
-        let nc = self.carries;
-        let mut stacked: Vec<Data> = self.results[nc..]
+        let mut stacked: Vec<Data> = self.results[self.carries..]
             .iter()
             .map(|(d, s)| stacked_buffer(*d, s))
             .collect();
-        let (mut top, mut bottom): (Vec<RowsMut>, Vec<RowsMut>) =
-            stacked.iter_mut().map(split_rows).unzip();
+        let (mut top, mut bottom): (Vec<RowsMut>, Vec<RowsMut>) = stacked
+            .iter_mut()
+            .map(|d| {
+                let [t, b] = blocks::<2>(d);
+                (t, b)
+            })
+            .unzip();
         let (mut s0, mut s1) = (RunStats::default(), RunStats::default());
         let h = rows / 2;
         let [p0, p1] = halves;
@@ -176,10 +178,6 @@ impl RegionPlan {
             },
         );
         drop((top, bottom));
-        for s in [s0, s1] {
-            stats.steps += s.steps;
-            stats.fresh_buffers += s.fresh_buffers;
-        }
         let (c0, c1) = (c0?, c1?);
         let mut carry: Vec<Data> = c0
             .iter()
@@ -270,13 +268,15 @@ impl RegionPlan {
             .iter()
             .map(|(d, s)| stacked_buffer(*d, s))
             .collect();
-        let write = |t: usize, ys: &[Data]| -> Result<()> {
-            for (dst, y) in stacked.iter_mut().zip(ys) {
-                set_row(dst, t, y)?;
-            }
-            Ok(())
-        };
-        let carry = self.steps(body, None, reverse, args, write, stats)?;
+        let mut rows: Vec<RowsMut> = stacked
+            .iter_mut()
+            .map(|d| {
+                let [r] = blocks::<1>(d);
+                r
+            })
+            .collect();
+        let carry = self.steps(body, None, reverse, args, writer(&mut rows), stats)?;
+        drop(rows);
         let mut carry = adopt(body, carry);
         carry.extend(stacked);
         Ok(carry)
@@ -363,8 +363,9 @@ fn row_block(
     })
 }
 
-/// One half of a stacked result `[steps, batch, ..]` of a row-split scan: for each
-/// step, the half's block of rows, to be written by that half alone.
+/// One part of a stacked result `[steps, rows, ..]` ([`blocks`]): for each step, the
+/// part's block of rows, written by one loop alone (the whole row for a scan over all
+/// rows, a half's rows for a row-split scan).
 enum RowsMut<'a> {
     F32(Vec<&'a mut [f32]>),
     F64(Vec<&'a mut [f64]>),
@@ -372,7 +373,7 @@ enum RowsMut<'a> {
 }
 
 impl RowsMut<'_> {
-    /// Writes a step's output `y` (the half's rows) as step `t`'s block.
+    /// Writes a step's output `y` (the part's rows) as step `t`'s block.
     fn put(&mut self, t: usize, y: &Data) -> Result<()> {
         fn copy<T: Copy>(dst: &mut [T], y: &Arr<T>) -> bool {
             if dst.len() != y.len() {
@@ -392,7 +393,7 @@ impl RowsMut<'_> {
         };
         if !fits {
             return Err(Error::Graph(format!(
-                "scan: a half-batch step's output {} does not fit its stacked result",
+                "scan: a step's output {} does not fit its stacked result",
                 type_str(y.dtype(), &y.shape())
             )));
         }
@@ -400,7 +401,7 @@ impl RowsMut<'_> {
     }
 }
 
-/// Writes a step's stacked outputs into one half's blocks `out` (for
+/// Writes a step's stacked outputs into one part's blocks `out` (for
 /// [`RegionPlan::steps`]).
 fn writer<'a, 'b: 'a>(
     out: &'a mut [RowsMut<'b>],
@@ -413,35 +414,29 @@ fn writer<'a, 'b: 'a>(
     }
 }
 
-/// The two halves' blocks of a stacked result `[steps, batch, ..]` (contiguous, with
-/// an even batch): per step, the first half of the rows, then the second.
-fn split_rows(d: &mut Data) -> (RowsMut<'_>, RowsMut<'_>) {
-    fn halves<T: Clone>(a: &mut Arr<T>) -> (Vec<&mut [T]>, Vec<&mut [T]>) {
-        let block = a.len() / (2 * a.shape()[0]);
+/// The `P` parts of a stacked result `[steps, rows, ..]` (contiguous, with rows a
+/// multiple of `P`): per step, part 0's rows, then part 1's, and so on.
+fn blocks<const P: usize>(d: &mut Data) -> [RowsMut<'_>; P] {
+    fn parts<T: Clone, const P: usize>(a: &mut Arr<T>) -> [Vec<&mut [T]>; P] {
+        let steps = a.shape()[0];
+        let block = a.len() / (P * steps).max(1);
         let all = a.as_slice_mut().expect("a stacked buffer is contiguous");
-        let (mut top, mut bottom) = (Vec::new(), Vec::new());
-        for (i, c) in all.chunks_mut(block).enumerate() {
-            if i % 2 == 0 {
-                top.push(c);
-            } else {
-                bottom.push(c);
+        let mut out: [Vec<&mut [T]>; P] = std::array::from_fn(|_| Vec::with_capacity(steps));
+        if block == 0 {
+            for part in &mut out {
+                part.extend((0..steps).map(|_| <&mut [T]>::default()));
             }
+            return out;
         }
-        (top, bottom)
+        for (i, c) in all.chunks_mut(block).enumerate() {
+            out[i % P].push(c);
+        }
+        out
     }
     match d {
-        Data::F32(a) => {
-            let (x, y) = halves(a);
-            (RowsMut::F32(x), RowsMut::F32(y))
-        }
-        Data::F64(a) => {
-            let (x, y) = halves(a);
-            (RowsMut::F64(x), RowsMut::F64(y))
-        }
-        Data::I64(a) => {
-            let (x, y) = halves(a);
-            (RowsMut::I64(x), RowsMut::I64(y))
-        }
+        Data::F32(a) => parts::<_, P>(a).map(RowsMut::F32),
+        Data::F64(a) => parts::<_, P>(a).map(RowsMut::F64),
+        Data::I64(a) => parts::<_, P>(a).map(RowsMut::I64),
     }
 }
 
@@ -473,29 +468,4 @@ fn join_rows(a: &Data, b: &Data) -> Result<Data> {
             )))
         }
     })
-}
-
-/// Writes `src` into row `t` of `dst`: one block copy when both are contiguous (the
-/// stacked buffer always is; a step's output nearly always).
-fn set_row(dst: &mut Data, t: usize, src: &Data) -> Result<()> {
-    fn put<T: Copy>(a: &mut Arr<T>, t: usize, b: &Arr<T>) {
-        let len = b.len();
-        match (a.as_slice_mut(), b.as_slice()) {
-            (Some(dst), Some(src)) => dst[t * len..][..len].copy_from_slice(src),
-            _ => a.index_axis_mut(Axis(0), t).assign(b),
-        }
-    }
-    match (dst, src) {
-        (Data::F32(a), Data::F32(b)) if a.shape()[1..] == *b.shape() => put(a, t, b),
-        (Data::F64(a), Data::F64(b)) if a.shape()[1..] == *b.shape() => put(a, t, b),
-        (Data::I64(a), Data::I64(b)) if a.shape()[1..] == *b.shape() => put(a, t, b),
-        (dst, src) => {
-            return Err(Error::Graph(format!(
-                "scan: a step's output {} does not fit its stacked result {}",
-                type_str(src.dtype(), &src.shape()),
-                type_str(dst.dtype(), &dst.shape())
-            )))
-        }
-    }
-    Ok(())
 }

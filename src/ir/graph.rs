@@ -159,6 +159,26 @@ impl Graph {
         self.g.remove_node(id.0);
     }
 
+    /// Appends an `input` node of this type as the graph's last input.
+    pub fn add_input(&mut self, dtype: DType, shape: Shape) -> NodeId {
+        let i = self.inputs.len() as u32;
+        let id = self.add(Node::new(Op::Input(i), dtype, shape), &[]);
+        self.inputs.push(id);
+        id
+    }
+
+    /// Removes the inputs at positions `which` (ascending) and their nodes, which nothing
+    /// may read any more, and renumbers the inputs left.
+    pub fn remove_inputs(&mut self, which: &[usize]) {
+        for &j in which.iter().rev() {
+            let id = self.inputs.remove(j);
+            self.remove(id);
+        }
+        for (i, id) in self.inputs.clone().into_iter().enumerate() {
+            self.node_mut(id).op = Op::Input(i as u32);
+        }
+    }
+
     /// Number of live nodes.
     pub fn len(&self) -> usize {
         self.g.node_count()

@@ -11,8 +11,8 @@
 //!    (the backend multiplies a transposed operand 2–3x slower), and then
 //!    loop-invariant values are hoisted: a node of a `scan` or `while` body computed
 //!    from captures and constants only (not from a carry or a scanned slice) is
-//!    computed once before the loop and passed in as a new capture;
-//!    Then a scan's product accumulators (a carry `c ← c + a·b` of at least
+//!    computed once before the loop and passed in as a new capture; then a scan's
+//!    product accumulators (a carry `c ← c + a·b` of at least
 //!    [`ACCUMULATOR_MIN_MACS`] multiply-adds, read nowhere else) move into a second
 //!    scan after it, over the same steps in the same order (loop fission): the first
 //!    loop then often keeps batch rows apart and runs as two half-batch loops
@@ -57,13 +57,15 @@ pub fn optimize_regions(g: &mut Graph, config: &PassConfig) -> Result<bool> {
 /// Most sweeps of [`optimize_regions`]. A sweep runs again when it dropped a scan's
 /// scanned operand: the value came from another loop (a reverse scan's per-step value
 /// stacked by its forward scan), whose stacked result nobody reads any more, so the
-/// next sweep drops it there and optimizes that body again.
+/// next sweep drops it there and optimizes that body again; or when it moved an
+/// accumulator into a new loop, which the next sweep optimizes.
 const SWEEPS: usize = 3;
 
 /// One pass of the module docs' steps over every live control-flow node; returns
-/// whether anything changed and whether a scan lost a scanned operand.
+/// whether anything changed and whether another sweep is due (a scan lost a scanned
+/// operand, or an accumulator moved into a new loop).
 fn sweep(g: &mut Graph, config: &PassConfig) -> Result<(bool, bool)> {
-    let (mut changed, mut dropped_xs) = (false, false);
+    let (mut changed, mut again) = (false, false);
     for n in g.canonical_order() {
         if !g.contains(n) {
             continue;
@@ -86,7 +88,7 @@ fn sweep(g: &mut Graph, config: &PassConfig) -> Result<(bool, bool)> {
                 if split_off_accumulators(g, n, r) {
                     changed = true;
                     // the new accumulating loop is optimized in the next sweep
-                    dropped_xs = true;
+                    again = true;
                 }
             }
             Op::While(r) => {
@@ -109,9 +111,9 @@ fn sweep(g: &mut Graph, config: &PassConfig) -> Result<(bool, bool)> {
         g.regions[r].bodies = out;
         let (pruned, xs) = prune_captures(g, n, r as u32);
         changed |= pruned;
-        dropped_xs |= xs;
+        again |= xs;
     }
-    Ok((changed, dropped_xs))
+    Ok((changed, again))
 }
 
 /// Smallest side (`m`, `k` and `n`) of a loop-body product whose transposed captured
@@ -285,12 +287,8 @@ fn split_off_accumulators(g: &mut Graph, n: NodeId, r: u32) -> bool {
         st.extend_from_slice(&body.node(y).shape);
         reg.results.push((body.node(y).dtype, st));
     }
-    let inp = body.inputs.remove(c);
     body.outputs.remove(c);
-    body.remove(inp);
-    for (i, id) in body.inputs.clone().into_iter().enumerate() {
-        body.node_mut(id).op = Op::Input(i as u32);
-    }
+    body.remove_inputs(&[c]);
     super::eliminate_dead_nodes(body).ok();
     reg.results.remove(c);
     reg.carries -= 1;
@@ -307,13 +305,7 @@ fn split_off_accumulators(g: &mut Graph, n: NodeId, r: u32) -> bool {
     }
     // the second loop: inputs (c, stacked operands' rows, captures)
     let mut body2 = Graph::new();
-    let input = |b: &mut Graph, d: DType, s: &Shape| {
-        let i = b.inputs.len() as u32;
-        let id = b.add(Node::new(Op::Input(i), d, s.clone()), &[]);
-        b.inputs.push(id);
-        id
-    };
-    let acc = input(&mut body2, carry_type.0, &carry_type.1);
+    let acc = body2.add_input(carry_type.0, carry_type.1.clone());
     let (mut xs2, mut caps2) = (Vec::new(), Vec::new());
     let mut args = vec![acc; sources.len()];
     for stacked in [true, false] {
@@ -327,7 +319,7 @@ fn split_off_accumulators(g: &mut Graph, n: NodeId, r: u32) -> bool {
                 }
                 _ => continue,
             };
-            args[k] = input(&mut body2, *d, s);
+            args[k] = body2.add_input(*d, s.clone());
             if stacked {
                 xs2.push(outer);
             } else {
@@ -519,13 +511,7 @@ fn prune_captures(g: &mut Graph, n: NodeId, r: u32) -> (bool, bool) {
     }
     g.regions[r as usize].xs -= dropped_xs;
     for b in &mut g.regions[r as usize].bodies {
-        for &j in unused.iter().rev() {
-            let id = b.inputs.remove(j);
-            b.remove(id);
-        }
-        for (i, id) in b.inputs.clone().into_iter().enumerate() {
-            b.node_mut(id).op = Op::Input(i as u32);
-        }
+        b.remove_inputs(&unused);
     }
     let operands: Vec<NodeId> = g
         .operands(n)
@@ -601,9 +587,7 @@ fn hoist_invariants(g: &mut Graph, n: NodeId, r: u32) -> bool {
             new_ops.push(map[&h]);
             let (d, s) = (body.node(h).dtype, body.node(h).shape.clone());
             for (j, b) in reg.bodies.iter_mut().enumerate() {
-                let i = b.inputs.len() as u32;
-                let inp = b.add(Node::new(Op::Input(i), d, s.clone()), &[]);
-                b.inputs.push(inp);
+                let inp = b.add_input(d, s.clone());
                 if j == k {
                     b.replace_uses(h, inp);
                 }

@@ -419,21 +419,28 @@ fn reshape_of_broadcast_scalar(g: &mut Graph, n: NodeId) -> Result<Option<NodeId
     add_unique(g, Op::BroadcastTo, &[x], Some(&shape), n).map(Some)
 }
 
-/// The leaves of the tree of `add`s rooted at `n`: adds of `n`'s type used only inside
-/// the tree are followed, anything else is a leaf.
-fn add_tree_leaves(g: &Graph, n: NodeId, root: NodeId, leaves: &mut Vec<NodeId>) {
-    let node = g.node(n);
-    let inner = node.op == Op::Binary(Binary::Add)
-        && node.dtype == g.node(root).dtype
-        && node.shape == g.node(root).shape
-        && (n == root || g.use_count(n) == 1);
-    if inner {
-        for o in g.operands(n) {
-            add_tree_leaves(g, o, root, leaves);
+/// The leaves of the tree of `add`s rooted at `root` (adds of its type used only inside
+/// the tree are followed, anything else is a leaf), or `None` at the first leaf that
+/// `keep` rejects. Iterative, so a long chain of adds does not grow the stack.
+fn add_tree_leaves(g: &Graph, root: NodeId, keep: impl Fn(NodeId) -> bool) -> Option<Vec<NodeId>> {
+    let (dtype, shape) = (g.node(root).dtype, &g.node(root).shape);
+    let mut leaves = Vec::new();
+    let mut todo = vec![root];
+    while let Some(n) = todo.pop() {
+        let node = g.node(n);
+        let inner = node.op == Op::Binary(Binary::Add)
+            && node.dtype == dtype
+            && node.shape == *shape
+            && (n == root || g.use_count(n) == 1);
+        if inner {
+            todo.extend(g.operands(n));
+        } else if keep(n) {
+            leaves.push(n);
+        } else {
+            return None;
         }
-    } else {
-        leaves.push(n);
     }
+    Some(leaves)
 }
 
 /// A sum of zero pads of one type along one axis whose unpadded windows are disjoint
@@ -457,8 +464,10 @@ fn add_of_disjoint_pads(g: &mut Graph, n: NodeId) -> Result<Option<NodeId>> {
             return Ok(None);
         }
     }
-    let mut leaves = Vec::new();
-    add_tree_leaves(g, n, n, &mut leaves);
+    let is_pad = |l: NodeId| matches!(g.node(l).op, Op::Pad { .. });
+    let Some(leaves) = add_tree_leaves(g, n, is_pad) else {
+        return Ok(None);
+    };
     let mut pieces: Vec<(u32, NodeId)> = Vec::new();
     let mut pad_axis = None;
     for &l in &leaves {
