@@ -403,6 +403,75 @@ fn gemm_row_blocks_have_the_bits_of_the_whole_product() {
     }
 }
 
+/// `accumulate` against its definition, a product then an element-wise add per step,
+/// bit for bit: on the in-place path (one block of `k`, each part bigger than the
+/// dot-product kernels take) and on the others (`k` ≤ 2 or beyond one block,
+/// transposed `b`, tiny products), on 1 and 2 threads (two column halves).
+fn check_accumulate<T: Float>(r: &mut Lcg, m: usize, k: usize, n: usize, ta: bool, tb: bool) {
+    use tapeflow::exec::kernels::gemm::accumulate;
+    let steps = r.int(1, 4);
+    let a: Vec<T> = r.vec(steps * m * k);
+    let b: Vec<T> = r.vec(steps * k * n);
+    let init: Vec<T> = r.vec(m * n);
+    let (la, lb) = (m * k, k * n);
+    let mut want = init.clone();
+    let mut p = vec![T::zero(); m * n];
+    for s in 0..steps {
+        gemm(
+            &a[s * la..][..la],
+            &b[s * lb..][..lb],
+            &mut p,
+            m,
+            k,
+            n,
+            ta,
+            tb,
+        );
+        want.iter_mut().zip(&p).for_each(|(w, p)| *w = *w + *p);
+    }
+    for threads in [1, 2] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let mut got = init.clone();
+        pool.install(|| {
+            accumulate(&mut got, m, k, n, ta, tb, steps, |s| {
+                (&a[s * la..][..la], &b[s * lb..][..lb])
+            })
+        });
+        assert!(
+            same_bits(&got, &want),
+            "accumulate {m}x{k}x{n} ta={ta} tb={tb}, {steps} steps, {threads} threads"
+        );
+    }
+}
+
+#[test]
+fn accumulate_has_the_bits_of_each_product_added_in_turn() {
+    let mut r = Lcg(11);
+    // the LSTM's weight gradient, hᵀ·dz; the one-block limit and just past it; k ≤ 2;
+    // a product small enough for the dot-product kernels
+    let fixed = [
+        (128, 64, 512, true, false),
+        (128, 512, 130, false, false),
+        (70, 513, 128, true, false),
+        (64, 2, 256, false, false),
+        (8, 20, 16, false, false),
+        (64, 32, 256, false, true),
+    ];
+    for (m, k, n, ta, tb) in fixed {
+        check_accumulate::<f32>(&mut r, m, k, n, ta, tb);
+        check_accumulate::<f64>(&mut r, m, k, n, ta, tb);
+    }
+    for _ in 0..12 {
+        let (m, k, n) = (r.int(2, 150), r.int(1, 600), r.int(2, 300));
+        let (ta, tb) = (r.int(0, 1) == 1, r.int(0, 1) == 1);
+        check_accumulate::<f32>(&mut r, m, k, n, ta, tb);
+        check_accumulate::<f64>(&mut r, m, k, n, ta, tb);
+    }
+}
+
 #[test]
 fn gemm_large_products_match_naive() {
     // Past the backend's threading threshold, with ragged edge tiles, a long k (several

@@ -671,8 +671,10 @@ fn a_pretransposed_recurrent_kernel_keeps_compiled_equal_to_eager() {
 /// its `hᵀ·dz` accumulator has moved to a loop of its own (`optimize_regions`); at batch
 /// 64 with 128 units their per-step products fork, so with more than one thread both
 /// run as two scans over the halves of the batch at once (`exec/row_split.rs`). The
-/// halves give the bits of the whole batch: compiled outputs and gradients equal the
-/// eager ones, and one thread's (where the scans run whole) equal two's and four's.
+/// halves give the bits of the whole batch; the accumulator's loop runs as the GEMM
+/// adding each product in place, by column halves (`exec/accumulate.rs`), with the bits
+/// of its body's ops: compiled outputs and gradients equal the eager ones, and one
+/// thread's (where the scans run whole) equal two's and four's.
 #[test]
 fn a_row_separable_loop_runs_as_two_half_batch_scans_with_the_same_bits() {
     let x = Tensor::random_uniform(&[64, 5, 8], -1.0, 1.0, 9, DType::F32);
@@ -711,6 +713,11 @@ fn a_row_separable_loop_runs_as_two_half_batch_scans_with_the_same_bits() {
         plan.row_split_scans(),
         2,
         "the forward and the reverse scan split, the accumulating one does not:\n{text}"
+    );
+    assert_eq!(
+        plan.accumulation_loops(),
+        1,
+        "the accumulator's loop runs in place, by column halves:\n{text}"
     );
 
     let tape = GradientTape::new();

@@ -9,6 +9,7 @@
 //! (every step writes its row). A loop whose body forks products
 //! keeps the pool's other workers awake while it runs (`kernels::awake`).
 
+use super::accumulate::{self, Accumulation};
 use super::buffers::{self, BufferPool};
 use super::interp::{add_time, Plan, RunStats};
 use super::kernels::awake::with_workers_awake;
@@ -55,6 +56,9 @@ pub(crate) struct RegionPlan {
     /// pool, a worker that runs the other half while it waits inside its own would now
     /// and then need more buffers than ever before).
     halves: Option<([Plan; 2], usize)>,
+    /// A scan that only adds products to its carries ([`accumulate`]): run by the GEMM
+    /// in place, without the body's plan (which a profiled run takes instead).
+    accumulation: Option<Accumulation>,
 }
 
 impl RegionPlan {
@@ -86,6 +90,7 @@ impl RegionPlan {
         Ok(RegionPlan {
             awake,
             halves,
+            accumulation: accumulate::find(region),
             kind: region.kind,
             carries: region.carries,
             xs: region.xs,
@@ -99,6 +104,17 @@ impl RegionPlan {
     pub(crate) fn row_split_scans(&self) -> usize {
         self.halves.is_some() as usize
             + self.bodies.iter().map(Plan::row_split_scans).sum::<usize>()
+    }
+
+    /// This step (when it is an accumulation loop) and the steps of its bodies that are
+    /// ([`Plan::accumulation_loops`]).
+    pub(crate) fn accumulation_loops(&self) -> usize {
+        self.accumulation.is_some() as usize
+            + self
+                .bodies
+                .iter()
+                .map(Plan::accumulation_loops)
+                .sum::<usize>()
     }
 
     /// Runs the op on its operands; returns its results in `get` order.
@@ -128,8 +144,9 @@ impl RegionPlan {
                 Ok(adopt(&self.bodies[branch], out))
             }
             RegionKind::While => self.awake(|| self.run_while(args, stats)),
-            RegionKind::Scan { reverse } => match &self.halves {
-                Some((halves, rows))
+            RegionKind::Scan { reverse } => match (&self.halves, &self.accumulation) {
+                (_, Some(acc)) if !stats.collect_profile => acc.run(args),
+                (Some((halves, rows)), _)
                     if rayon::current_num_threads() > 1 && !stats.collect_profile =>
                 {
                     self.run_scan_halves(halves, *rows, reverse, args)

@@ -494,6 +494,18 @@ impl Plan {
             .sum()
     }
 
+    /// How many `scan` steps of this plan (and of its bodies) are accumulation loops,
+    /// `c ← c + a·b` and nothing else, which the GEMM runs in place, by column halves
+    /// on two workers when the pool has more (see the README's "How a compiled step
+    /// runs").
+    pub fn accumulation_loops(&self) -> usize {
+        self.regions
+            .iter()
+            .flatten()
+            .map(|r| r.accumulation_loops())
+            .sum()
+    }
+
     /// Runs the plan. Inputs must match the graph's signature.
     pub fn run(&self, inputs: &[&Data], stats: &mut RunStats) -> Result<Vec<Data>> {
         if self.on_workers && rayon::current_thread_index().is_none() {

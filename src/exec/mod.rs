@@ -17,6 +17,7 @@
 //! let pool = tapeflow::exec::BufferPool::new();
 //! let r = tapeflow::exec::buffers::with_pool(&pool, tapeflow::exec::buffers::current);
 //! ```
+mod accumulate;
 pub(crate) mod buffers;
 pub mod codegen;
 mod control;

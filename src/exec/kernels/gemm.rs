@@ -112,6 +112,133 @@ pub(crate) fn gemm_serial<T: Float>(
     multiply(a, b, c, m, k, n, ta, tb, Par::Serial);
 }
 
+/// The backend computes a product with `k` up to this as one block of `k`: each
+/// element's sum over `k` is formed in registers from +0 and then stored, or added to
+/// what `c` holds (the `gemm` crate's depth blocks are at least 512 deep, or all of `k`
+/// when it is shorter). [`accumulate`] relies on it; `tests/kernels.rs` pins it.
+pub const ONE_BLOCK_MAX_K: usize = 512;
+
+/// Products with at most this many output elements may take the backend's
+/// dot-product ("horizontal") kernels, which sum over `k` in another order:
+/// [`accumulate`] adds in place only above it.
+const HORIZONTAL_MAX_ELEMS: usize = 16 * 16;
+
+/// `c[m,n] += op(a_i)·op(b_i)` for `i` in `0..steps`, in that order, where
+/// `product(i)` gives `(a_i, b_i)` (laid out as for [`gemm()`]).
+///
+/// The result has the bits of `for i in 0..steps { p = gemm(a_i, b_i); c = c + p }`
+/// (an element-wise IEEE add per step). Where the backend's sum over `k` is one
+/// block (`k ≤` [`ONE_BLOCK_MAX_K`], `k > 2`, `b` not transposed, and each part's
+/// product bigger than the dot-product kernels take) every step adds its product
+/// into `c` in place, `c + (a·b)` rounded once per element, as the add would; and
+/// with more than one rayon thread, two column halves of `c` run the whole loop at
+/// once, one per worker, meeting only at the end (a column's bits do not depend on
+/// the other columns). Otherwise each product goes to a scratch buffer first and is
+/// added after.
+///
+/// # Panics
+/// If `c` or a product's slice does not match its shape.
+#[allow(clippy::too_many_arguments)]
+pub fn accumulate<'p, T: Float>(
+    c: &mut [T],
+    m: usize,
+    k: usize,
+    n: usize,
+    ta: bool,
+    tb: bool,
+    steps: usize,
+    product: impl Fn(usize) -> (&'p [T], &'p [T]) + Sync,
+) {
+    assert_eq!(
+        c.len(),
+        m * n,
+        "accumulate: c has {} elements, want {m}x{n}",
+        c.len()
+    );
+    let check = |i: usize| {
+        let (a, b) = product(i);
+        assert_eq!(
+            a.len(),
+            m * k,
+            "accumulate: a has {} elements, want {m}x{k}",
+            a.len()
+        );
+        assert_eq!(
+            b.len(),
+            k * n,
+            "accumulate: b has {} elements, want {k}x{n}",
+            b.len()
+        );
+        (a, b)
+    };
+    let is = |t: TypeId| TypeId::of::<T>() == t;
+    let backend = is(TypeId::of::<f32>()) || is(TypeId::of::<f64>());
+    let halves = rayon::current_num_threads() > 1
+        && n >= SPLIT_MIN_COLS
+        && m * k * n * steps >= SPLIT_GEMM_MIN;
+    let narrowest = if halves { 64 } else { n };
+    let in_place = backend
+        && !tb
+        && k > 2
+        && k <= ONE_BLOCK_MAX_K
+        && m > 1
+        && m * narrowest > HORIZONTAL_MAX_ELEMS;
+    if !in_place {
+        let mut p = crate::exec::buffers::overwritable::<T>(m * n);
+        for i in 0..steps {
+            let (a, b) = check(i);
+            gemm(a, b, &mut p, m, k, n, ta, tb);
+            c.iter_mut().zip(&p).for_each(|(c, p)| *c = *c + *p);
+        }
+        crate::exec::buffers::current().give(p);
+        return;
+    }
+    let (a_rs, a_cs) = strides(m, k, ta);
+    let (b_rs, b_cs) = strides(k, n, false);
+    let c_p = Shared(c.as_mut_ptr());
+    // columns j0..j1 of c, every step
+    let part = |j0: usize, j1: usize| {
+        for i in 0..steps {
+            let (a, b) = check(i);
+            // SAFETY: T is f32 or f64, the element types `gemm::gemm` supports. The
+            // lengths are checked, so with these strides every element read lies in
+            // `a` / `b` and every element written in columns j0..j1 of `c` (row-major,
+            // row stride n); `c` is a unique borrow, so it aliases neither input, and
+            // two parts touch disjoint columns. `read_dst = true` with alpha = 1,
+            // beta = 1 stores c + 1·(a·b) with one rounding, k being one block.
+            crate::exec::buffers::in_backend(|| unsafe {
+                ::gemm::gemm(
+                    m,
+                    j1 - j0,
+                    k,
+                    c_p.get().add(j0),
+                    1,
+                    n as isize,
+                    true,
+                    a.as_ptr(),
+                    a_cs,
+                    a_rs,
+                    b.as_ptr().offset(j0 as isize * b_cs),
+                    b_cs,
+                    b_rs,
+                    T::one(),
+                    T::one(),
+                    false,
+                    false,
+                    false,
+                    ::gemm::Parallelism::None,
+                );
+            });
+        }
+    };
+    if halves {
+        let mid = ((n / 2 + 32) / 64 * 64).clamp(64, n - 64);
+        rayon::join(|| part(0, mid), || part(mid, n));
+    } else {
+        part(0, n);
+    }
+}
+
 /// A pointer handed to the other half's thread.
 #[derive(Clone, Copy)]
 struct Shared<P>(P);
