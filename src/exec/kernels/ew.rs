@@ -545,11 +545,13 @@ mod tests {
         check(a.view().permuted_axes(IxDyn(&[2, 0, 1]))); // last axis moved
         check(a.slice(s![.., 1..4, ..]).into_dyn()); // whole rows of a slice
         check(a.slice(s![.., .., 2..5]).into_dyn()); // partial rows
-        check(a.index_axis(Axis(1), 3).reversed_axes()); // a transposed matrix of a slice
-                                                         // unit-stride rows at every rank the fixed-rank walks cover, and beyond
+
+        // a transposed matrix of a slice
+        check(a.index_axis(Axis(1), 3).reversed_axes());
+        // unit-stride rows at every rank the fixed-rank walks cover, and beyond
         check(a.slice(s![1..4, 2, ..]).into_dyn()); // rank 2
-        let b = ArrayD::from_shape_fn(IxDyn(&[2, 3, 4, 5, 6]), |i| {
-            i.slice().iter().fold(0.0, |acc, &d| acc * 10.0 + d as f32)
+        let b = ArrayD::from_shape_fn(IxDyn(&[2, 3, 4, 5, 6]), |i: IxDyn| {
+            (0..5).fold(0.0, |acc, d| acc * 10.0 + i[d] as f32)
         });
         check(b.view().permuted_axes(IxDyn(&[3, 1, 0, 2, 4]))); // rank 5
         check(b.index_axis(Axis(2), 1).permuted_axes(IxDyn(&[2, 0, 1, 3]))); // rank 4
