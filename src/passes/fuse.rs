@@ -13,7 +13,9 @@
 //!   is computed once per element of its own shape rather than once per loop element);
 //! - a `sum` in the result loop, when the region has no sum and no matmul yet: the
 //!   *reduction epilogue* (`sum(square(a - b))`, with elementwise ops after it such as
-//!   `mean`'s scaling or an SGD update of a bias);
+//!   `mean`'s scaling or an SGD update of a bias), unless it keeps axes after a reduced
+//!   one (a bias gradient's `sum[axes=[0]]`: it stays a plain `sum`, whose kernel
+//!   folds whole rows at once, and neither starts nor joins a region);
 //! - a `reshape`: it becomes a *load* reading its operand (which stays outside) with
 //!   the new shape;
 //! - a `matmul` of the root's type in the result loop, when the region has no matmul
@@ -150,6 +152,22 @@ impl Marks {
     }
 }
 
+/// Whether `n` is a sum that keeps axes after its innermost reduced one (a bias
+/// gradient, `sum[axes=[0]]` of `[batch, units]`). The fused kernel folds each result
+/// element on its own, so such a sum would walk its input down strided columns; the
+/// plain `sum` kernel folds all columns at once, one contiguous row after another, in
+/// the same order per element. Measured on the 2-core Zen 5: the W3 step's two
+/// `[256,1024]` bias gradients with their SGD updates took ≈0.48 ms each fused, against
+/// ≈0.03 ms as a `sum` and an update.
+fn strided_sum(g: &Graph, n: NodeId) -> bool {
+    let Op::Sum { axes, .. } = g.node(n).op else {
+        return false;
+    };
+    let shape = &g.node(g.operands(n)[0]).shape;
+    let last = (0..shape.len()).rev().find(|&a| axes.contains(a));
+    last.is_some_and(|a| numel(&shape[a + 1..]) > 1)
+}
+
 /// Fuses elementwise regions (with sum and matmul parts) into `fused` nodes; returns
 /// whether it made any.
 pub fn fuse_elementwise(g: &mut Graph) -> Result<bool> {
@@ -197,8 +215,8 @@ pub fn fuse_elementwise_min(g: &mut Graph, min_elems: usize) -> Result<bool> {
         }
         let root_space = match g.node(n).op.fusion_class() {
             FusionClass::Elementwise => Space::Result,
-            FusionClass::Reduction => Space::Sum,
-            FusionClass::Opaque => continue,
+            FusionClass::Reduction if !strided_sum(g, n) => Space::Sum,
+            FusionClass::Reduction | FusionClass::Opaque => continue,
         };
         claimed[n.index()] = true;
         let mut r = Region {
@@ -247,6 +265,7 @@ pub fn fuse_elementwise_min(g: &mut Graph, min_elems: usize) -> Result<bool> {
                 // one sum per result element: the sum's result is not broadcast in the region
                 FusionClass::Reduction
                     if space == Space::Result
+                        && !strided_sum(g, p)
                         && r.sum.is_none()
                         && r.matmul.is_none()
                         && numel(&pn.shape) == numel(&g.node(r.root).shape) =>
