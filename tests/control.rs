@@ -1275,3 +1275,46 @@ fn variable_accumulated_in_a_traced_scan_reverse_walks_backwards() {
     assert_eq!(yc.to_vec_f64().unwrap(), [8.0, 7.0, 5.0]);
     assert_eq!((s(&ae.value()), s(&ac.value())), (8.0, 8.0));
 }
+
+/// A scan whose body keeps batch rows apart runs as two half-batch scans on two or more
+/// threads, with the bits of the whole batch; not when a product in it sums over more
+/// than one block of `k` (the GEMM backend cuts `k` > 512 one way for products of at
+/// most 64 rows and columns and another for bigger ones, so the 64-row halves of this
+/// 128x600x32 product would differ from the whole: compiled differed from eager on 2
+/// threads before the row split checked `k`).
+#[test]
+fn a_row_separable_scan_over_a_long_product_keeps_the_eager_bits() {
+    let xs = Tensor::random_uniform(&[3, 128, 600], -1.0, 1.0, 3, DType::F32);
+    let w = Tensor::random_uniform(&[600, 32], -0.1, 0.1, 4, DType::F32);
+    let h0 = Tensor::zeros(&[128, 32]);
+    let run = |xs: &Tensor, w: &Tensor, h0: &Tensor| {
+        let (h, ys) = scan(
+            |c, x| {
+                let h = (&x[0].matmul(w) + &c[0]).tanh();
+                Ok((vec![h.clone()], vec![h]))
+            },
+            std::slice::from_ref(h0),
+            std::slice::from_ref(xs),
+        )?;
+        Ok(vec![h[0].clone(), ys[0].clone()])
+    };
+    let eager = run(&xs, &w, &h0).unwrap();
+    let f = function(move |xs: &Tensor, w: &Tensor, h0: &Tensor| run(xs, w, h0));
+    let bits = |ts: &[Tensor]| -> Vec<Vec<u32>> {
+        let f32s = |t: &Tensor| t.to_vec_f32().unwrap();
+        ts.iter()
+            .map(|t| f32s(t).iter().map(|v| v.to_bits()).collect())
+            .collect()
+    };
+    for threads in [1, 2, 4] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let compiled = pool.install(|| f.call(&xs, &w, &h0).unwrap());
+        assert!(
+            bits(&compiled) == bits(&eager),
+            "{threads} threads: compiled differs from eager"
+        );
+    }
+}

@@ -667,6 +667,55 @@ fn a_pretransposed_recurrent_kernel_keeps_compiled_equal_to_eager() {
     );
 }
 
+/// `layer`'s output and the gradients of `sum(y²)` wrt its weights, compiled (traced once)
+/// and eager on `x`; asserts the compiled ones have the eager bits on 1, 2 and 4 threads
+/// and returns the compiled step's plan and optimized text.
+fn assert_compiled_has_eager_bits(
+    layer: Arc<dyn Layer>,
+    vars: Vec<tapeflow::Variable>,
+    x: &Tensor,
+) -> (tapeflow::exec::Plan, String) {
+    let run = |layer: &Arc<dyn Layer>, vars: &[tapeflow::Variable], x: &Tensor| {
+        let tape = GradientTape::new();
+        let (y, loss) = tape.record(|| {
+            let y = layer.call(x, true).unwrap();
+            let loss = y.square().sum_all();
+            (y, loss)
+        });
+        let mut out = vec![y];
+        out.extend(tape.gradient(&loss, vars)?.into_iter().map(|g| g.unwrap()));
+        Ok(out)
+    };
+    let (l2, vars2) = (layer.clone(), vars.clone());
+    let step = function(move |x: &Tensor| run(&l2, &vars2, x));
+    let concrete = step.concrete(&[x]).unwrap();
+    let plan = tapeflow::exec::Plan::new(concrete.graph().clone()).unwrap();
+    let eager = run(&layer, &vars, x).unwrap();
+    let bits = |ts: &[Tensor]| -> Vec<Vec<u32>> {
+        ts.iter()
+            .map(|t| {
+                t.to_vec_f32()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect()
+            })
+            .collect()
+    };
+    for threads in [1, 2, 4] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let compiled = pool.install(|| step.call(x).unwrap());
+        assert!(
+            bits(&compiled) == bits(&eager),
+            "{threads} threads: compiled differs from eager"
+        );
+    }
+    (plan, concrete.text())
+}
+
 /// An LSTM's forward loop keeps batch rows apart, and so does its reverse loop once
 /// its `hᵀ·dz` accumulator has moved to a loop of its own (`optimize_regions`); at batch
 /// 64 with 128 units their per-step products fork, so with more than one thread both
@@ -685,25 +734,7 @@ fn a_row_separable_loop_runs_as_two_half_batch_scans_with_the_same_bits() {
     );
     lstm.build(&[5, 8]).unwrap();
     let (k, u, b) = lstm.weights().unwrap();
-    let vars = [k, u, b.unwrap()];
-    let (l2, vars2) = (lstm.clone(), vars.to_vec());
-    let step = function(move |x: &Tensor| {
-        let tape = GradientTape::new();
-        let (y, loss) = tape.record(|| {
-            let y = l2.call(x, true).unwrap();
-            let loss = y.square().sum_all();
-            (y, loss)
-        });
-        let mut out = vec![y];
-        out.extend(
-            tape.gradient(&loss, &vars2[..])?
-                .into_iter()
-                .map(|g| g.unwrap()),
-        );
-        Ok(out)
-    });
-    let plan = tapeflow::exec::Plan::new(step.concrete(&[&x]).unwrap().graph().clone()).unwrap();
-    let text = step.concrete(&[&x]).unwrap().text();
+    let (plan, text) = assert_compiled_has_eager_bits(lstm, vec![k, u, b.unwrap()], &x);
     assert_eq!(
         text.matches("= scan[").count(),
         3,
@@ -719,40 +750,4 @@ fn a_row_separable_loop_runs_as_two_half_batch_scans_with_the_same_bits() {
         1,
         "the accumulator's loop runs in place, by column halves:\n{text}"
     );
-
-    let tape = GradientTape::new();
-    let (y, loss) = tape.record(|| {
-        let y = lstm.call(&x, true).unwrap();
-        let loss = y.square().sum_all();
-        (y, loss)
-    });
-    let mut eager = vec![y];
-    eager.extend(
-        tape.gradient(&loss, &vars[..])
-            .unwrap()
-            .into_iter()
-            .map(|g| g.unwrap()),
-    );
-    let bits = |ts: &[Tensor]| -> Vec<Vec<u32>> {
-        ts.iter()
-            .map(|t| {
-                t.to_vec_f32()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.to_bits())
-                    .collect()
-            })
-            .collect()
-    };
-    for threads in [1, 2, 4] {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        let compiled = pool.install(|| step.call(&x).unwrap());
-        assert!(
-            bits(&compiled) == bits(&eager),
-            "{threads} threads: compiled differs from eager"
-        );
-    }
 }
