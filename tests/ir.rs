@@ -270,6 +270,31 @@ fn parsed_graph_runs() {
     assert_eq!(Tensor::from_data(out[0].clone()).to_scalar().unwrap(), 12.0);
 }
 
+/// Found by the IR fuzzer: a graph returning a `cond`'s tuple itself verified, and when
+/// the `cond` folded (constant predicate) the output named a removed node, which a later
+/// pass looked up and panicked on. A graph returns control-flow results by `get`.
+#[test]
+fn verifier_rejects_a_control_flow_tuple_as_a_graph_output() {
+    let text = "graph(%0: f32[2]) {
+  %1 = const 0 : i64[]
+  %2 = cond %1, %0 : (f32[2])
+    then(%0: f32[2]) {
+      %1 = exp %0 : f32[2]
+      return %1
+    }
+    else(%0: f32[2]) {
+      %1 = neg %0 : f32[2]
+      return %1
+    }
+  %3 = get[index=0] %2 : f32[2]
+  return %2
+}";
+    let e = verify(&parse(text).unwrap()).unwrap_err().to_string();
+    assert!(e.contains("output %2 is a cond's tuple"), "{e}");
+    let fixed = text.replace("return %2\n}", "return %3\n}");
+    verify(&parse(&fixed).unwrap()).unwrap();
+}
+
 #[test]
 fn verifier_rejects_a_scan_claiming_more_carries_than_results() {
     // found by the IR fuzzer: `carries=3` with two results once made the verifier

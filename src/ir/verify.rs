@@ -5,7 +5,8 @@
 //! 2. each node's operand slots are `0..n` without gaps or repeats;
 //! 3. each non-source node's dtype/shape equal what its op infers from its operands;
 //! 4. `inputs[i]` is an `input(i)` node, outputs and assigns are live nodes, every
-//!    `assign` is listed in `assigns` and vice versa, at most one per variable;
+//!    `assign` is listed in `assigns` and vice versa, at most one per variable; no
+//!    output is a control-flow node's tuple (a graph returns those results by `get`);
 //! 5. `const` nodes hold a value of their type; `read_var`/`assign` name a variable of
 //!    the graph's table with the same type;
 //! 6. every node's shape has at most [`crate::tensor::MAX_ELEMENTS`] elements;
@@ -39,6 +40,16 @@ pub fn verify(g: &Graph) -> Result<()> {
             errs.push(format!(
                 "output or assign {} is not a live node",
                 id.index()
+            ));
+        }
+    }
+    for &id in &g.outputs {
+        let op = g.contains(id).then(|| g.node(id).op);
+        if let Some(Op::Cond(_) | Op::While(_) | Op::Scan(_)) = op {
+            errs.push(format!(
+                "output %{} is a {}'s tuple: return its results with `get`",
+                id.index(),
+                g.node(id).op.name()
             ));
         }
     }
