@@ -4,6 +4,8 @@
 //! implicit-function values, `hessian`/`hvp`/`jvp` of loops), eager == compiled, and
 //! variables read and assigned inside bodies (TF resource-variable semantics).
 
+mod common;
+
 use tapeflow::{
     cond, fori_loop, function, scan, scan_reverse, while_loop, DType, GradientTape, Tensor,
     Variable,
@@ -1300,21 +1302,5 @@ fn a_row_separable_scan_over_a_long_product_keeps_the_eager_bits() {
     };
     let eager = run(&xs, &w, &h0).unwrap();
     let f = function(move |xs: &Tensor, w: &Tensor, h0: &Tensor| run(xs, w, h0));
-    let bits = |ts: &[Tensor]| -> Vec<Vec<u32>> {
-        let f32s = |t: &Tensor| t.to_vec_f32().unwrap();
-        ts.iter()
-            .map(|t| f32s(t).iter().map(|v| v.to_bits()).collect())
-            .collect()
-    };
-    for threads in [1, 2, 4] {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        let compiled = pool.install(|| f.call(&xs, &w, &h0).unwrap());
-        assert!(
-            bits(&compiled) == bits(&eager),
-            "{threads} threads: compiled differs from eager"
-        );
-    }
+    common::assert_eager_bits_on_1_2_4_threads(&eager, || f.call(&xs, &w, &h0).unwrap());
 }

@@ -3,6 +3,8 @@
 //! hand and against finite differences, eager against compiled, Keras' shapes, parameter
 //! counts, errors and saving.
 
+mod common;
+
 use std::sync::Arc;
 use tapeflow::autodiff::{check_gradients, GradCheck};
 use tapeflow::nn::{
@@ -691,28 +693,7 @@ fn assert_compiled_has_eager_bits(
     let concrete = step.concrete(&[x]).unwrap();
     let plan = tapeflow::exec::Plan::new(concrete.graph().clone()).unwrap();
     let eager = run(&layer, &vars, x).unwrap();
-    let bits = |ts: &[Tensor]| -> Vec<Vec<u32>> {
-        ts.iter()
-            .map(|t| {
-                t.to_vec_f32()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.to_bits())
-                    .collect()
-            })
-            .collect()
-    };
-    for threads in [1, 2, 4] {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        let compiled = pool.install(|| step.call(x).unwrap());
-        assert!(
-            bits(&compiled) == bits(&eager),
-            "{threads} threads: compiled differs from eager"
-        );
-    }
+    common::assert_eager_bits_on_1_2_4_threads(&eager, || step.call(x).unwrap());
     (plan, concrete.text())
 }
 

@@ -393,3 +393,28 @@ pub fn lstm_train_step_sized(
     });
     LstmStep { step, x, y, vars }
 }
+
+/// Asserts that `compiled()` gives the bits of `eager` (f32 tensors) when run in pools of
+/// 1, 2 and 4 rayon threads.
+pub fn assert_eager_bits_on_1_2_4_threads(
+    eager: &[Tensor],
+    compiled: impl Fn() -> Vec<Tensor> + Sync,
+) {
+    let bits = |ts: &[Tensor]| -> Vec<Vec<u32>> {
+        let f32s = |t: &Tensor| t.to_vec_f32().unwrap();
+        ts.iter()
+            .map(|t| f32s(t).iter().map(|v| v.to_bits()).collect())
+            .collect()
+    };
+    for threads in [1, 2, 4] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let got = pool.install(&compiled);
+        assert!(
+            bits(&got) == bits(eager),
+            "{threads} threads: compiled differs from eager"
+        );
+    }
+}

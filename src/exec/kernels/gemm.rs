@@ -200,35 +200,19 @@ pub fn accumulate<'p, T: Float>(
     let part = |j0: usize, j1: usize| {
         for i in 0..steps {
             let (a, b) = check(i);
-            // SAFETY: T is f32 or f64, the element types `gemm::gemm` supports. The
-            // lengths are checked, so with these strides every element read lies in
-            // `a` / `b` and every element written in columns j0..j1 of `c` (row-major,
-            // row stride n); `c` is a unique borrow, so it aliases neither input, and
-            // two parts touch disjoint columns. `read_dst = true` with alpha = 1,
-            // beta = 1 stores c + 1·(a·b) with one rounding, k being one block.
-            crate::exec::buffers::in_backend(|| unsafe {
-                ::gemm::gemm(
-                    m,
-                    j1 - j0,
-                    k,
-                    c_p.get().add(j0),
-                    1,
-                    n as isize,
+            // SAFETY: the lengths are checked; `c` is a unique borrow, so it aliases
+            // neither input, and two parts touch disjoint columns
+            unsafe {
+                backend_columns(
+                    (c_p.get(), n),
+                    (a.as_ptr(), a_rs, a_cs),
+                    (b.as_ptr(), b_rs, b_cs),
+                    (m, k),
+                    j0..j1,
                     true,
-                    a.as_ptr(),
-                    a_cs,
-                    a_rs,
-                    b.as_ptr().offset(j0 as isize * b_cs),
-                    b_cs,
-                    b_rs,
-                    T::one(),
-                    T::one(),
-                    false,
-                    false,
-                    false,
                     ::gemm::Parallelism::None,
-                );
-            });
+                )
+            };
         }
     };
     if halves {
@@ -237,6 +221,54 @@ pub fn accumulate<'p, T: Float>(
     } else {
         part(0, n);
     }
+}
+
+/// Columns `j0..j1` of `c = op(a)·op(b)`, or with `add` of `c + op(a)·op(b)` (each
+/// element's sum over `k` added to what `c` holds with one rounding, `k` being one
+/// block), by the backend on `threads`. `c` is `[m, n]` row-major; `op(a)` is `[m, k]`
+/// and `op(b)` `[k, n]` with the given (row, column) strides.
+///
+/// # Safety
+/// `T` is f32 or f64 (the element types `gemm::gemm` supports); with these strides
+/// every element read lies in `a`'s and `b`'s allocations and every element of columns
+/// `j0..j1` of `c` in `c`'s, which aliases neither input and which no other thread
+/// touches in those columns meanwhile.
+#[allow(clippy::type_complexity)]
+unsafe fn backend_columns<T: Float>(
+    (c, n): (*mut T, usize),
+    (a, a_rs, a_cs): (*const T, isize, isize),
+    (b, b_rs, b_cs): (*const T, isize, isize),
+    (m, k): (usize, usize),
+    cols: std::ops::Range<usize>,
+    add: bool,
+    threads: ::gemm::Parallelism,
+) {
+    // alpha = 0 without `read_dst` writes c = 1·(a·b) without reading c; alpha = 1 with
+    // it stores c + 1·(a·b)
+    let alpha = if add { T::one() } else { T::zero() };
+    crate::exec::buffers::in_backend(|| unsafe {
+        ::gemm::gemm(
+            m,
+            cols.len(),
+            k,
+            c.add(cols.start),
+            1,
+            n as isize,
+            add,
+            a,
+            a_cs,
+            a_rs,
+            b.offset(cols.start as isize * b_cs),
+            b_cs,
+            b_rs,
+            alpha,
+            T::one(),
+            false,
+            false,
+            false,
+            threads,
+        );
+    });
 }
 
 /// A pointer handed to the other half's thread.
@@ -306,36 +338,19 @@ fn multiply<T: Float>(
         // columns j0..j1 of c
         let part = |j0: usize, j1: usize, threads: ::gemm::Parallelism| {
             let (a_p, b_p, c_p) = (a_p.get(), b_p.get(), c_p.get());
-            // SAFETY: T is f32 or f64, the element types `gemm::gemm` supports. The
-            // lengths are checked above, so with these strides every element read
-            // lies in `a` / `b` (columns j0..j1 of op(b) start j0 columns in) and every
-            // element written in columns j0..j1 of `c` (row-major, row stride n); `c`
-            // is a unique borrow, so it aliases neither input, and two parts write
-            // disjoint columns. `read_dst = false` makes the call write `c` without
-            // reading it: c = 1·(a·b).
-            crate::exec::buffers::in_backend(|| unsafe {
-                ::gemm::gemm(
-                    m,
-                    j1 - j0,
-                    k,
-                    c_p.add(j0),
-                    1,
-                    n as isize,
-                    false,
-                    a_p,
-                    a_cs,
-                    a_rs,
-                    b_p.offset(j0 as isize * b_cs),
-                    b_cs,
-                    b_rs,
-                    T::zero(),
-                    T::one(),
-                    false,
-                    false,
+            // SAFETY: the lengths are checked above; `c` is a unique borrow, so it
+            // aliases neither input, and two parts write disjoint columns
+            unsafe {
+                backend_columns(
+                    (c_p, n),
+                    (a_p, a_rs, a_cs),
+                    (b_p, b_rs, b_cs),
+                    (m, k),
+                    j0..j1,
                     false,
                     threads,
-                );
-            });
+                )
+            };
         };
         match par {
             Par::Serial => part(0, n, ::gemm::Parallelism::None),
