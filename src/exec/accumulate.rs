@@ -17,6 +17,7 @@ use crate::ir::{Region, RegionKind};
 use crate::ops::{Binary, Op};
 use crate::tensor::data::Float;
 use crate::tensor::{type_str, DType, Data};
+use smallvec::SmallVec;
 
 /// One carry's update: `carry ← carry + op(params[a])·op(params[b])`, with the body's
 /// parameters numbered as the scan's operands (carries, scanned, captured).
@@ -50,7 +51,7 @@ pub(crate) fn find(region: &Region) -> Option<Accumulation> {
     };
     let (nc, nx) = (region.carries, region.xs);
     let body = region.bodies.first()?;
-    if nc == 0 || region.results.len() != nc || body.outputs.len() != nc {
+    if nc == 0 || nx == 0 || region.results.len() != nc || body.outputs.len() != nc {
         return None;
     }
     let param = |n| match body.node(n).op {
@@ -138,11 +139,16 @@ impl Accumulation {
             Some(x) if self.xs > 0 => x.shape()[0],
             _ => 0,
         };
-        // contiguous copies of any operand that is not (rare: views are standard)
-        let owned: Vec<Option<Vec<T>>> = (0..args.len())
-            .map(|i| {
-                let a = array(i)?;
-                Ok(a.as_slice().is_none().then(|| a.iter().copied().collect()))
+        // contiguous copies of any operand the terms read that is not (rare: views are
+        // standard); operands no term reads may be of any type
+        let read = |i: usize| i < nc || self.terms.iter().any(|t| t.a == i || t.b == i);
+        let owned: SmallVec<[Option<Vec<T>>; 8]> = (0..args.len())
+            .map(|i| match read(i) {
+                true => {
+                    let a = array(i)?;
+                    Ok(a.as_slice().is_none().then(|| a.iter().copied().collect()))
+                }
+                false => Ok(None),
             })
             .collect::<Result<_>>()?;
         let whole = |i: usize| -> &[T] {
@@ -262,5 +268,65 @@ mod tests {
       %4 = add %0, %3 : f32[8,16]
       return %4, %3";
         assert!(found(ys, "f32[8,16], f32[5,8,16]").is_none());
+    }
+
+    /// Runs a reverse accumulation loop (with a captured i64 operand no body op reads)
+    /// as the accumulation path and, with `· 1.0` after the add so that it is not one,
+    /// through its body's plan: the same bits.
+    #[test]
+    fn the_loop_has_the_bits_of_its_body_and_ignores_unread_operands() {
+        let text = |tail: &str, out: &str| {
+            format!(
+                "graph(%0: f32[8,16], %1: f32[5,4,8], %2: f32[4,16], %3: i64[3]) {{
+  %4 = scan[carries=1, xs=1, reverse=true, saved=false] %0, %1, %2, %3 : (f32[8,16])
+    body(%0: f32[8,16], %1: f32[4,8], %2: f32[4,16], %3: i64[3]) {{
+      %4 = matmul[ta=true] %1, %2 : f32[8,16]
+      %5 = add %0, %4 : f32[8,16]
+{tail}      return {out}
+    }}
+  %5 = get[index=0] %4 : f32[8,16]
+  return %5
+}}"
+            )
+        };
+        let plain = text("", "%5");
+        let scaled = text(
+            "      %6 = const 1.0 : f32[]
+      %7 = mul %5, %6 : f32[8,16]
+",
+            "%7",
+        );
+        let data = |shape: &[usize], seed: u64| {
+            crate::Tensor::random_uniform(shape, -1.0, 1.0, seed, DType::F32)
+                .data()
+                .unwrap()
+                .clone()
+        };
+        let ids = Data::I64(ndarray::ArrayD::zeros(ndarray::IxDyn(&[3])).into_shared());
+        let args = [
+            data(&[8, 16], 1),
+            data(&[5, 4, 8], 2),
+            data(&[4, 16], 3),
+            ids,
+        ];
+        let refs: Vec<&Data> = args.iter().collect();
+        let run = |t: &str| {
+            let plan = crate::exec::Plan::new(parse(t).unwrap()).unwrap();
+            let out = plan.run(&refs, &mut Default::default()).unwrap();
+            (
+                plan.accumulation_loops(),
+                crate::Tensor::from_data(out[0].clone()),
+            )
+        };
+        let ((n1, a), (n2, b)) = (run(&plain), run(&scaled));
+        assert_eq!((n1, n2), (1, 0));
+        let bits = |t: &crate::Tensor| -> Vec<u32> {
+            t.to_vec_f32()
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect()
+        };
+        assert_eq!(bits(&a), bits(&b));
     }
 }
