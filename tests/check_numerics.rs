@@ -76,6 +76,28 @@ fn numerics_checks_name_the_first_non_finite_op_and_its_line() {
         "{e}"
     );
 
+    // inside a loop that only adds products to its carry (which runs without its body's
+    // plan when numerics are not checked): the body's product is named
+    let acc = function(|xs: &Tensor, w: &Tensor| {
+        let (c, _) = tapeflow::scan(
+            |c, x| {
+                let p = x[0].matmul_t(w, true, false); // MARK-LOOP
+                Ok((vec![&c[0] + &p], vec![]))
+            },
+            &[Tensor::zeros(&[2, 2])],
+            std::slice::from_ref(xs),
+        )?;
+        Ok(c[0].clone())
+    });
+    let xs =
+        Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0, 1e30, 1.0, 1.0, 1.0], &[2, 2, 2]).unwrap();
+    let w = Tensor::from_vec(vec![1e30f32, 1.0, 1.0, 1.0], &[2, 2]).unwrap();
+    let e = acc.call(&xs, &w).unwrap_err();
+    assert!(
+        matches!(&e, Error::NonFinite { op: "matmul", loc, .. } if *loc == line_of("MARK-LOOP")),
+        "{e}"
+    );
+
     // eager: the op panics with the same message
     let r = std::panic::catch_unwind(|| {
         Tensor::vec(&[0.0f64, -2.0]).log() // MARK-EAGER

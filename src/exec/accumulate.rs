@@ -8,7 +8,9 @@
 //!
 //! **Same bits.** [`gemm::accumulate`] gives the bits of the body's own ops, a product
 //! then an element-wise add per step, in the scan's order (reverse scans backwards).
-//! A profiled run takes the body's plan (its ops are what a profile shows).
+//! A profiled run takes the body's plan (its ops are what a profile shows), and so does
+//! one under `debugging::enable_check_numerics` (it names the first op that makes a
+//! NaN or an infinity).
 
 use super::buffers;
 use super::kernels::gemm;

@@ -57,7 +57,8 @@ pub(crate) struct RegionPlan {
     /// and then need more buffers than ever before).
     halves: Option<([Plan; 2], usize)>,
     /// A scan that only adds products to its carries ([`accumulate`]): run by the GEMM
-    /// in place, without the body's plan (which a profiled run takes instead).
+    /// in place, without the body's plan (which a profiled run, and one that checks
+    /// numerics op by op, take instead).
     accumulation: Option<Accumulation>,
 }
 
@@ -145,7 +146,12 @@ impl RegionPlan {
             }
             RegionKind::While => self.awake(|| self.run_while(args, stats)),
             RegionKind::Scan { reverse } => match (&self.halves, &self.accumulation) {
-                (_, Some(acc)) if !stats.collect_profile => acc.run(args),
+                // profiled and numerics-checked runs look at every op of the body
+                (_, Some(acc))
+                    if !stats.collect_profile && !crate::debugging::check_numerics_enabled() =>
+                {
+                    acc.run(args)
+                }
                 (Some((halves, rows)), _)
                     if rayon::current_num_threads() > 1 && !stats.collect_profile =>
                 {
