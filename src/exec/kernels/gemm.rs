@@ -31,7 +31,8 @@ use std::any::TypeId;
 pub const PAR_GEMM_MIN: usize = 1 << 23;
 
 /// Products from this many multiply-adds up to [`PAR_GEMM_MIN`], with at least
-/// [`SPLIT_MIN_COLS`] output columns, are computed as two column halves, which two
+/// [`SPLIT_MIN_COLS`] output columns, are computed as two column halves (narrower ones
+/// as two row halves where that changes no bit, see `row_halves`), which two
 /// rayon workers take when the call comes from inside the pool (one after the other
 /// otherwise: the halves, and so the result bits, are the same either way). Such
 /// products are too small for the backend's own threading to pay (it shares out each
@@ -43,6 +44,25 @@ pub const SPLIT_GEMM_MIN: usize = 1 << 21;
 /// The fewest output columns a product is split by ([`SPLIT_GEMM_MIN`]).
 pub const SPLIT_MIN_COLS: usize = 128;
 
+/// Whether a product too narrow for column halves (`n <` [`SPLIT_MIN_COLS`]) but of
+/// [`SPLIT_GEMM_MIN`] multiply-adds or more is computed as two row halves instead (the
+/// MLP 784-64-64-10's weight gradient `xᵀ·dh`, 784x64x64, which ran on one core). Only
+/// where each half has the bits of those rows of the whole product, so that the split
+/// changes no bit (`tests/kernels.rs` pins it): `b` not transposed (whether it is
+/// copied first depends on the product's size), `k` of one block of the backend (a
+/// longer `k` is cut differently for halves of at most 64 rows and columns), `k > 2`
+/// and `n > 1` (the backend's outer-product and matrix-vector paths start from the
+/// first product), and halves of at least 64 rows with more than
+/// `HORIZONTAL_MAX_ELEMS` elements (smaller ones may take its dot-product kernels).
+fn row_halves(m: usize, k: usize, n: usize, tb: bool) -> bool {
+    !tb && n > 1
+        && n < SPLIT_MIN_COLS
+        && k > 2
+        && k <= ONE_BLOCK_MAX_K
+        && m >= 128
+        && (m / 2) * n > HORIZONTAL_MAX_ELEMS
+}
+
 /// How one product uses the threads.
 #[derive(Clone, Copy)]
 enum Par {
@@ -50,6 +70,8 @@ enum Par {
     Serial,
     /// Two column halves, each on the calling thread or a worker.
     Halves,
+    /// Two row halves, each on the calling thread or a worker ([`row_halves`]).
+    RowHalves,
     /// The backend's own threading over the whole pool.
     Pool,
 }
@@ -90,6 +112,8 @@ pub fn gemm<T: Float>(
         Par::Pool
     } else if macs >= SPLIT_GEMM_MIN && n >= SPLIT_MIN_COLS {
         Par::Halves
+    } else if macs >= SPLIT_GEMM_MIN && row_halves(m, k, n, tb) {
+        Par::RowHalves
     } else {
         Par::Serial
     };
@@ -359,6 +383,32 @@ fn multiply<T: Float>(
                 n,
                 ::gemm::Parallelism::Rayon(rayon::current_num_threads()),
             ),
+            Par::RowHalves => {
+                let mid = m / 2;
+                // rows i0..i1 of c from rows i0..i1 of op(a)
+                let rows = |i0: usize, i1: usize| {
+                    let (a_p, b_p, c_p) = (a_p.get(), b_p.get(), c_p.get());
+                    // SAFETY: as for `part`; row i0 of op(a) starts i0 rows (`a_rs`) in, and
+                    // the two halves write disjoint rows of `c`
+                    unsafe {
+                        backend_columns(
+                            (c_p.add(i0 * n), n),
+                            (a_p.offset(i0 as isize * a_rs), a_rs, a_cs),
+                            (b_p, b_rs, b_cs),
+                            (i1 - i0, k),
+                            0..n,
+                            false,
+                            ::gemm::Parallelism::None,
+                        )
+                    };
+                };
+                if rayon::current_thread_index().is_some() && rayon::current_num_threads() > 1 {
+                    rayon::join(|| rows(0, mid), || rows(mid, m));
+                } else {
+                    rows(0, mid);
+                    rows(mid, m);
+                }
+            }
             Par::Halves => {
                 // split near the middle at a multiple of 64 columns (the backend's
                 // widest tile), at least 64 on each side (n >= SPLIT_MIN_COLS = 128)
@@ -463,5 +513,62 @@ fn view<T>(s: &[T], rows: usize, cols: usize, transposed: bool) -> ArrayView2<'_
             .reversed_axes()
     } else {
         ArrayView2::from_shape((rows, cols), s).expect("length checked")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic values in [-1, 1) with varied mantissas.
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    /// The row halves have the bits of the whole product computed in one piece (so
+    /// splitting changes no result), whichever layout `a` has, on one thread and on
+    /// two; and `gemm` takes them exactly where `row_halves` says.
+    #[test]
+    fn row_halves_have_the_bits_of_the_whole_product() {
+        let shapes = [(784, 64, 64), (128, 512, 10), (300, 33, 127), (300, 3, 2)];
+        for (m, k, n) in shapes {
+            assert!(row_halves(m, k, n, false), "{m}x{k}x{n}");
+            for ta in [false, true] {
+                let (a, b) = (values(m * k, 1), values(k * n, 2));
+                let mut whole = vec![0f32; m * n];
+                multiply(&a, &b, &mut whole, m, k, n, ta, false, Par::Serial);
+                for threads in [1, 2] {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .unwrap();
+                    let mut halves = vec![f32::NAN; m * n];
+                    pool.install(|| {
+                        multiply(&a, &b, &mut halves, m, k, n, ta, false, Par::RowHalves)
+                    });
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(
+                        bits(&halves),
+                        bits(&whole),
+                        "{m}x{k}x{n} ta={ta} {threads}t"
+                    );
+                }
+            }
+        }
+        // never where a half could take another path than the whole
+        assert!(!row_halves(784, 64, 64, true)); // a transposed b
+        assert!(!row_halves(128, 784, 64, false)); // k past one block
+        assert!(!row_halves(784, 64, 1, false)); // a matrix-vector product
+        assert!(!row_halves(784, 2, 64, false)); // an outer product
+        assert!(!row_halves(64, 64, 64, false)); // halves under 64 rows
+        assert!(!row_halves(784, 64, 128, false)); // wide enough for column halves
     }
 }
