@@ -48,19 +48,22 @@ pub const SPLIT_MIN_COLS: usize = 128;
 /// [`SPLIT_GEMM_MIN`] multiply-adds or more is computed as two row halves instead (the
 /// MLP 784-64-64-10's weight gradient `xᵀ·dh`, 784x64x64, which ran on one core). Only
 /// where each half has the bits of those rows of the whole product, so that the split
-/// changes no bit (`tests/kernels.rs` pins it): `b` not transposed (whether it is
-/// copied first depends on the product's size), `k` of one block of the backend (a
-/// longer `k` is cut differently for halves of at most 64 rows and columns), `k > 2`
-/// and `n > 1` (the backend's outer-product and matrix-vector paths start from the
-/// first product), and halves of at least 64 rows with more than
-/// `HORIZONTAL_MAX_ELEMS` elements (smaller ones may take its dot-product kernels).
+/// changes no bit (the tests below pin it): `b` not transposed (whether it is copied
+/// first depends on the product's size), `k > 2` and `n > 1` (the backend's
+/// outer-product and matrix-vector paths start from the first product), halves of at
+/// least 64 rows with more than `HORIZONTAL_MAX_ELEMS` elements (smaller ones may take
+/// its dot-product kernels), and a `k` of one block of the backend unless the halves
+/// have more than 64 rows or the product more than 64 columns (the backend cuts a
+/// longer `k` differently for products of at most 64 rows and columns: 7406 of the
+/// 8192 elements of a 128x784x64 product differ from its halves').
 fn row_halves(m: usize, k: usize, n: usize, tb: bool) -> bool {
+    let half = m / 2;
     !tb && n > 1
         && n < SPLIT_MIN_COLS
         && k > 2
-        && k <= ONE_BLOCK_MAX_K
-        && m >= 128
-        && (m / 2) * n > HORIZONTAL_MAX_ELEMS
+        && (k <= ONE_BLOCK_MAX_K || half > 64 || n > 64)
+        && half >= 64
+        && half * n > HORIZONTAL_MAX_ELEMS
 }
 
 /// How one product uses the threads.
@@ -538,7 +541,16 @@ mod tests {
     /// two; and `gemm` takes them exactly where `row_halves` says.
     #[test]
     fn row_halves_have_the_bits_of_the_whole_product() {
-        let shapes = [(784, 64, 64), (128, 512, 10), (300, 33, 127), (300, 3, 2)];
+        let shapes = [
+            (784, 64, 64),
+            (128, 512, 10),
+            (300, 33, 127),
+            (300, 3, 2),
+            // a k past one block, with halves of more than 64 rows or columns
+            (256, 1024, 10),
+            (130, 784, 64),
+            (128, 600, 100),
+        ];
         for (m, k, n) in shapes {
             assert!(row_halves(m, k, n, false), "{m}x{k}x{n}");
             for ta in [false, true] {
@@ -565,7 +577,8 @@ mod tests {
         }
         // never where a half could take another path than the whole
         assert!(!row_halves(784, 64, 64, true)); // a transposed b
-        assert!(!row_halves(128, 784, 64, false)); // k past one block
+        assert!(!row_halves(128, 784, 64, false)); // k past one block, 64x64 halves
+        assert!(!row_halves(128, 784, 10, false));
         assert!(!row_halves(784, 64, 1, false)); // a matrix-vector product
         assert!(!row_halves(784, 2, 64, false)); // an outer product
         assert!(!row_halves(64, 64, 64, false)); // halves under 64 rows
