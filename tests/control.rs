@@ -1283,24 +1283,35 @@ fn variable_accumulated_in_a_traced_scan_reverse_walks_backwards() {
 /// than one block of `k` (the GEMM backend cuts `k` > 512 one way for products of at
 /// most 64 rows and columns and another for bigger ones, so the 64-row halves of this
 /// 128x600x32 product would differ from the whole: compiled differed from eager on 2
-/// threads before the row split checked `k`).
+/// threads before the row split checked `k`); a batch of 130, whose halves have 65 rows,
+/// splits and keeps the bits.
 #[test]
 fn a_row_separable_scan_over_a_long_product_keeps_the_eager_bits() {
-    let xs = Tensor::random_uniform(&[3, 128, 600], -1.0, 1.0, 3, DType::F32);
-    let w = Tensor::random_uniform(&[600, 32], -0.1, 0.1, 4, DType::F32);
-    let h0 = Tensor::zeros(&[128, 32]);
-    let run = |xs: &Tensor, w: &Tensor, h0: &Tensor| {
-        let (h, ys) = scan(
-            |c, x| {
-                let h = (&x[0].matmul(w) + &c[0]).tanh();
-                Ok((vec![h.clone()], vec![h]))
-            },
-            std::slice::from_ref(h0),
-            std::slice::from_ref(xs),
-        )?;
-        Ok(vec![h[0].clone(), ys[0].clone()])
-    };
-    let eager = run(&xs, &w, &h0).unwrap();
-    let f = function(move |xs: &Tensor, w: &Tensor, h0: &Tensor| run(xs, w, h0));
-    common::assert_eager_bits_on_1_2_4_threads(&eager, || f.call(&xs, &w, &h0).unwrap());
+    // 128 rows: halves of 64 rows and 32 columns, which do not split; 130 rows: halves
+    // of 65 rows, which do
+    for batch in [128, 130] {
+        let xs = Tensor::random_uniform(&[3, batch, 600], -1.0, 1.0, 3, DType::F32);
+        let w = Tensor::random_uniform(&[600, 32], -0.1, 0.1, 4, DType::F32);
+        let h0 = Tensor::zeros(&[batch, 32]);
+        let run = |xs: &Tensor, w: &Tensor, h0: &Tensor| {
+            let (h, ys) = scan(
+                |c, x| {
+                    let h = (&x[0].matmul(w) + &c[0]).tanh();
+                    Ok((vec![h.clone()], vec![h]))
+                },
+                std::slice::from_ref(h0),
+                std::slice::from_ref(xs),
+            )?;
+            Ok(vec![h[0].clone(), ys[0].clone()])
+        };
+        let eager = run(&xs, &w, &h0).unwrap();
+        let f = function(move |xs: &Tensor, w: &Tensor, h0: &Tensor| run(xs, w, h0));
+        let splits = f
+            .concrete(&[&xs, &w, &h0])
+            .unwrap()
+            .plan()
+            .row_split_scans();
+        assert_eq!(splits, usize::from(batch == 130), "batch {batch}");
+        common::assert_eager_bits_on_1_2_4_threads(&eager, || f.call(&xs, &w, &h0).unwrap());
+    }
 }

@@ -9,17 +9,17 @@
 //! **Same bits.** Every op of such a body computes a row from the same values in the
 //! same order whatever the number of rows: elementwise ops element by element,
 //! reductions over non-batch axes one sequential fold per row, and the GEMM backend's
-//! per-element sum over `k` does not depend on `m` for `m ≥ 2` when `k` is at most
-//! [`ONE_BLOCK_MAX_K`] (one block; a longer `k` is cut into blocks one way for products
-//! of at most 64 rows and columns and another for bigger ones; `tests/kernels.rs` checks
-//! row blocks against the whole product), so the halves give the bits of the whole
-//! batch — and the eager ops. Each half has at least [`MIN_HALF_ROWS`] rows.
+//! per-element sum over `k` does not depend on `m` for `m ≥ 2` where
+//! [`row_blocks_keep_bits`] says so (`k` of one block, or halves of more than 64 rows
+//! or columns; `tests/kernels.rs` checks row blocks against the whole product), so the
+//! halves give the bits of the whole batch — and the eager ops. Each half has at least
+//! [`MIN_HALF_ROWS`] rows.
 //!
 //! **Which ops.** Per-step values carry the batch on axis 0 (the carries, and the
 //! scanned operands' slices). An op of such a value keeps rows apart when it is
 //! elementwise (its other operands broadcast along the batch), a `matmul` with the
-//! batched value on the left, `k` ≤ [`ONE_BLOCK_MAX_K`], and an invariant matrix on the
-//! right (neither transposed:
+//! batched value on the left whose halves keep the bits ([`row_blocks_keep_bits`]), and
+//! an invariant matrix on the right (neither transposed:
 //! a transposed right side may be copied first or not depending on the product's size,
 //! which changes the backend's path), a
 //! slice, concat or pad along another axis, a reshape or transpose that keeps axis 0,
@@ -29,7 +29,7 @@
 //! the batch is inferred again by the op's own rules, which also rejects an invariant
 //! operand that has the batch's length on axis 0 without being split.
 
-use super::kernels::gemm::ONE_BLOCK_MAX_K;
+use super::kernels::gemm::row_blocks_keep_bits;
 use crate::ir::{Arg, FusedExpr, Graph};
 use crate::ops::Op;
 use crate::tensor::{DType, Shape};
@@ -119,12 +119,13 @@ fn keeps_rows(op: Op, which: &[bool], shapes: &[&[usize]], rank: usize) -> bool 
         | Op::StopGradient => true,
         // not `tb`: whether the backend copies a transposed `b` first depends on the
         // product's size, and the copy changes its path (and bits)
-        // and a sum over `k` that the backend forms as one block: its blocks of a longer
-        // `k` differ between products of at most 64 rows and columns and bigger ones, so
-        // a 128-row product and its 64-row halves would differ
+        // and halves whose sums over `k` are the whole product's
         Op::MatMul { ta, tb } => {
-            let k = shapes.first().and_then(|s| s.last()).copied().unwrap_or(0);
-            which == [true, false] && !ta && !tb && k <= ONE_BLOCK_MAX_K
+            let Some((&rows, &k)) = shapes.first().and_then(|s| s.first().zip(s.last())) else {
+                return false;
+            };
+            let n = shapes.get(1).and_then(|s| s.last()).copied().unwrap_or(0);
+            which == [true, false] && !ta && !tb && row_blocks_keep_bits(rows / 2, k, n)
         }
         Op::Sum { axes, .. } | Op::Max { axes, .. } => !axes.contains(0),
         Op::ArgMax { axis } => axis != 0,
@@ -180,6 +181,7 @@ fn half_expr(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::exec::kernels::gemm::ONE_BLOCK_MAX_K;
     use crate::ir::parse;
 
     /// The half-batch body of `text` (two per-step inputs), as text.
@@ -194,9 +196,10 @@ mod tests {
 
     /// A product over more than one block of `k` is cut differently for 128 rows than
     /// for 64 (found: 7575 of 8192 elements of a 128x784x64 product differ from its two
-    /// halves'), so a body with one does not split.
+    /// halves'), so a body with one does not split — unless its halves have more than 64
+    /// rows.
     #[test]
-    fn a_product_over_more_than_one_block_of_k_is_not_split() {
+    fn a_product_over_more_than_one_block_of_k_splits_only_into_halves_that_keep_its_bits() {
         let body = |k: usize| {
             format!(
                 "graph(%0: f32[128,{k}], %1: f32[128,64], %2: f32[{k},64]) {{
@@ -209,6 +212,9 @@ mod tests {
         let split = |k: usize| half_batch(&parse(&body(k)).unwrap(), 2).is_some();
         assert!(split(ONE_BLOCK_MAX_K));
         assert!(!split(ONE_BLOCK_MAX_K + 1));
+        // halves of more than 64 rows keep the bits of a longer k
+        let wide = body(ONE_BLOCK_MAX_K + 1).replace("128,", "130,");
+        assert!(half_batch(&parse(&wide).unwrap(), 2).is_some());
     }
 
     #[test]

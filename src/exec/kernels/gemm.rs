@@ -44,6 +44,18 @@ pub const SPLIT_GEMM_MIN: usize = 1 << 21;
 /// The fewest output columns a product is split by ([`SPLIT_GEMM_MIN`]).
 pub const SPLIT_MIN_COLS: usize = 128;
 
+/// Whether blocks of `block_rows` rows of a product `[m, k]·[k, n]` (`b` not
+/// transposed, blocks of at least 2 rows) have the bits of those rows of the whole
+/// product, as far as the sum over `k` goes: always for a `k` of one block of the
+/// backend, and for a longer `k` when the blocks have more than 64 rows or the product
+/// more than 64 columns (the backend cuts a longer `k` differently for products of at
+/// most 64 rows and columns: 7406 of the 8192 elements of a 128x784x64 product differ
+/// from its 64-row halves'). What both row splits rely on: [`row_halves`] here and the
+/// half-batch loops of `exec/row_split.rs`.
+pub(crate) fn row_blocks_keep_bits(block_rows: usize, k: usize, n: usize) -> bool {
+    k <= ONE_BLOCK_MAX_K || block_rows > 64 || n > 64
+}
+
 /// Whether a product too narrow for column halves (`n <` [`SPLIT_MIN_COLS`]) but of
 /// [`SPLIT_GEMM_MIN`] multiply-adds or more is computed as two row halves instead (the
 /// MLP 784-64-64-10's weight gradient `xᵀ·dh`, 784x64x64, which ran on one core). Only
@@ -52,18 +64,26 @@ pub const SPLIT_MIN_COLS: usize = 128;
 /// first depends on the product's size), `k > 2` and `n > 1` (the backend's
 /// outer-product and matrix-vector paths start from the first product), halves of at
 /// least 64 rows with more than `HORIZONTAL_MAX_ELEMS` elements (smaller ones may take
-/// its dot-product kernels), and a `k` of one block of the backend unless the halves
-/// have more than 64 rows or the product more than 64 columns (the backend cuts a
-/// longer `k` differently for products of at most 64 rows and columns: 7406 of the
-/// 8192 elements of a 128x784x64 product differ from its halves').
+/// its dot-product kernels), and [`row_blocks_keep_bits`].
 fn row_halves(m: usize, k: usize, n: usize, tb: bool) -> bool {
     let half = m / 2;
     !tb && n > 1
         && n < SPLIT_MIN_COLS
         && k > 2
-        && (k <= ONE_BLOCK_MAX_K || half > 64 || n > 64)
+        && row_blocks_keep_bits(half, k, n)
         && half >= 64
         && half * n > HORIZONTAL_MAX_ELEMS
+}
+
+/// Runs `left` and `right` on two workers when called from inside a pool of more than
+/// one thread, else one after the other (the same work either way).
+fn in_halves(left: impl FnOnce() + Send, right: impl FnOnce() + Send) {
+    if rayon::current_thread_index().is_some() && rayon::current_num_threads() > 1 {
+        rayon::join(left, right);
+    } else {
+        left();
+        right();
+    }
 }
 
 /// How one product uses the threads.
@@ -405,25 +425,16 @@ fn multiply<T: Float>(
                         )
                     };
                 };
-                if rayon::current_thread_index().is_some() && rayon::current_num_threads() > 1 {
-                    rayon::join(|| rows(0, mid), || rows(mid, m));
-                } else {
-                    rows(0, mid);
-                    rows(mid, m);
-                }
+                in_halves(|| rows(0, mid), || rows(mid, m));
             }
             Par::Halves => {
                 // split near the middle at a multiple of 64 columns (the backend's
                 // widest tile), at least 64 on each side (n >= SPLIT_MIN_COLS = 128)
                 let mid = ((n / 2 + 32) / 64 * 64).clamp(64, n - 64);
-                let left = || part(0, mid, ::gemm::Parallelism::None);
-                let right = || part(mid, n, ::gemm::Parallelism::None);
-                if rayon::current_thread_index().is_some() && rayon::current_num_threads() > 1 {
-                    rayon::join(left, right);
-                } else {
-                    left();
-                    right();
-                }
+                in_halves(
+                    || part(0, mid, ::gemm::Parallelism::None),
+                    || part(mid, n, ::gemm::Parallelism::None),
+                );
             }
         }
     } else {
