@@ -377,6 +377,137 @@ fn mixed_dtypes_reshape_and_broadcast_instructions() {
     );
 }
 
+/// A buffer of ordinary values (of every sign and of magnitudes 1e-3 to 1e3): their
+/// sums are finite, so the order of the additions shows in the bits.
+fn ordinary(dtype: DType, shape: &[usize], seed: u64) -> Data {
+    let n: usize = shape.iter().product();
+    let mut rng = Rng(seed);
+    let v: Vec<f64> = (0..n)
+        .map(|_| {
+            let u = (rng.next() >> 11) as f64 / (1u64 << 53) as f64;
+            let e = (rng.next() % 7) as i32 - 3;
+            (u - 0.5) * 10f64.powi(e)
+        })
+        .collect();
+    let s = IxDyn(shape);
+    match dtype {
+        DType::F32 => Data::F32(
+            ArrayD::from_shape_vec(s, v.iter().map(|&x| x as f32).collect())
+                .unwrap()
+                .into_shared(),
+        ),
+        _ => Data::F64(ArrayD::from_shape_vec(s, v).unwrap().into_shared()),
+    }
+}
+
+fn axes(rank: usize) -> String {
+    let a: Vec<String> = (0..rank).map(|d| d.to_string()).collect();
+    format!("[{}]", a.join(","))
+}
+
+/// A fused full sum is generated: its elements add in `reduce::sum`'s order (8 lanes
+/// over whole chunks of 8, a fixed tree, then the rest in order), whatever the length
+/// (empty, under a chunk, a block of the generated loop and more, odd remainders), the
+/// broadcasts in the summed loop and the instructions after the sum; and it has the
+/// bits of the unfused `sum` kernel.
+#[test]
+fn full_sums_add_in_the_order_of_reduce_sum() {
+    if !compiler() {
+        return;
+    }
+    for d in [DType::F32, DType::F64] {
+        for n in [0, 1, 7, 8, 9, 1000, 1024, 1031, 3077] {
+            let t = ty(d, &[n]);
+            let s = ty(d, &[]);
+            // sum(x²)·c - b, as W4's fused loss and update steps
+            let fused = format!(
+                "graph(%0: {t}, %1: {s}, %2: {s}) {{
+  %3 = fused %0, %1, %2 : {s}
+    #0 = mul $0, $0 : {t}
+    #1 = sum[axes=[0]] #0 : {s}
+    #2 = mul #1, $1 : {s}
+    #3 = sub $2, #2 : {s}
+  %4 = fused %0 : {s}
+    #0 = sum[axes=[0]] $0 : {s}
+  return %3, %4
+}}"
+            );
+            let unfused = format!(
+                "graph(%0: {t}, %1: {s}, %2: {s}) {{
+  %3 = mul %0, %0 : {t}
+  %4 = sum[axes=[0]] %3 : {s}
+  %5 = mul %4, %1 : {s}
+  %6 = sub %2, %5 : {s}
+  %7 = sum[axes=[0]] %0 : {s}
+  return %6, %7
+}}"
+            );
+            let inputs = [
+                ordinary(d, &[n], 20 + n as u64),
+                ordinary(d, &[], 1),
+                ordinary(d, &[], 2),
+            ];
+            let got = same_bits(&fused, &inputs);
+            let plan = Plan::new(parse(&unfused).unwrap()).unwrap();
+            let refs: Vec<&Data> = inputs.iter().collect();
+            let want = plan.run(&refs, &mut RunStats::default()).unwrap();
+            for (g, w) in got.iter().zip(&want) {
+                assert_eq!(
+                    bits(g),
+                    bits(w),
+                    "{d:?}[{n}]: fused and generated vs unfused"
+                );
+            }
+        }
+    }
+    // broadcasts and a reshape in the summed loop, over a rank-3 space
+    let text = format!(
+        "graph(%0: f32[5,37,29], %1: f32[29], %2: f32[37,1], %3: f32[], %4: f64[5365]) {{
+  %5 = fused %0, %1, %2, %3, %4 : f64[]
+    #0 = add $0, $1 : f32[5,37,29]
+    #1 = mul #0, $2 : f32[5,37,29]
+    #2 = tanh #1 : f32[5,37,29]
+    #3 = sub #2, $3 : f32[5,37,29]
+    #4 = cast[to=f64] #3 : f64[5,37,29]
+    #5 = reshape $4 : f64[5,37,29]
+    #6 = mul #4, #5 : f64[5,37,29]
+    #7 = sum[axes={}] #6 : f64[]
+    #8 = cast[to=f32] #7 : f32[]
+    #9 = mul #8, $3 : f32[]
+    #10 = cast[to=f64] #9 : f64[]
+  return %5
+}}",
+        axes(3)
+    );
+    same_bits(
+        &text,
+        &[
+            ordinary(DType::F32, &[5, 37, 29], 3),
+            ordinary(DType::F32, &[29], 4),
+            ordinary(DType::F32, &[37, 1], 5),
+            ordinary(DType::F32, &[], 6),
+            ordinary(DType::F64, &[5365], 7),
+        ],
+    );
+}
+
+/// A sum over some axes only stays with the interpreter.
+#[test]
+fn partial_sums_are_not_generated() {
+    if !compiler() {
+        return;
+    }
+    let text = "graph(%0: f32[64,10]) {
+  %1 = fused %0 : f32[10]
+    #0 = mul $0, $0 : f32[64,10]
+    #1 = sum[axes=[0]] #0 : f32[10]
+  return %1
+}";
+    let plan = Plan::new(parse(text).unwrap()).unwrap();
+    plan.set_codegen(Codegen::Force);
+    assert_eq!(plan.generated_steps(), (0, 1));
+}
+
 /// W5's second derivative, d²/dx² Σ sin(x)·e^(−x²), as the optimizer fuses it.
 fn w5_text(d: DType, n: usize) -> String {
     let t = ty(d, &[n]);

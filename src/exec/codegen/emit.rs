@@ -1,9 +1,9 @@
 //! Lowering a fused expression to the C source of one loop (see the [module docs](super)).
 
 use crate::exec::fused::{broadcast_strides, coalesce_axes};
-use crate::ir::{Arg, FusedExpr};
+use crate::ir::{Arg, FusedExpr, Inst};
 use crate::ops::{Binary, Op};
-use crate::tensor::{numel, DType};
+use crate::tensor::{numel, DType, Shape};
 use smallvec::SmallVec;
 use std::fmt::Write;
 
@@ -22,6 +22,8 @@ pub(super) struct Lowered {
     pub params: Vec<(DType, usize)>,
     /// dtype and element count of the output.
     pub out: (DType, usize),
+    /// Elements the loop computes: the output's, or for a sum the summed value's.
+    pub elems: usize,
 }
 
 /// One read of a param buffer: the param, the reshape instruction that views it (if
@@ -73,144 +75,129 @@ fn coalesce(
     (dims, strides)
 }
 
-/// Lowers `e` (for operands of `params` types; `shape` is the fused node's) to C, or
-/// says why it stays with the interpreter: a matmul prologue or a sum (not generated
-/// yet), an empty loop, or an op the emitter does not know.
-pub(super) fn lower(
-    e: &FusedExpr,
-    params: &[(DType, &[usize])],
-    shape: &[usize],
-) -> Result<Lowered, String> {
-    if e.matmul().is_some() {
-        return Err("a matmul prologue".into());
-    }
-    if e.sum_index().is_some() {
-        return Err("a sum".into());
-    }
-    let n_out = numel(shape);
-    if n_out == 0 {
-        return Err("an empty loop".into());
-    }
-    let out_dtype = e.result().dtype;
-    // the loads: each param once, each reshape view once
-    let mut loads: Vec<Load> = Vec::new();
-    let mut load_of = |param: usize, view: Option<usize>, view_shape: &[usize]| -> usize {
-        if let Some(l) = loads
-            .iter()
-            .position(|l| l.param == param && l.view == view)
-        {
-            return l;
+/// The C expression of instruction `inst` over its arguments' values and types, or
+/// why the emitter cannot write it.
+fn inst_expr(inst: &Inst, args: &[(String, DType)]) -> Result<String, String> {
+    let d = inst.dtype;
+    Ok(match inst.op {
+        // identities: the value at the loop index is the argument's
+        Op::BroadcastTo | Op::Reshape => args[0].0.clone(),
+        Op::Cast(to) if to == args[0].1 => args[0].0.clone(),
+        // not fusable today; C's conversion would not saturate as Rust's `as` does
+        Op::Cast(DType::I64) => return Err("a cast to an integer".into()),
+        Op::Cast(to) => format!(
+            "tf_cast_{}_{}({})",
+            suffix(args[0].1),
+            suffix(to),
+            args[0].0
+        ),
+        Op::Unary(u) if d != DType::I64 => {
+            format!("tf_{}_{}({})", u.name(), suffix(d), args[0].0)
         }
-        loads.push(Load {
-            param,
-            view,
-            dtype: params[param].0,
-            strides: broadcast_strides(view_shape, shape),
-        });
-        loads.len() - 1
-    };
-    // the body: one C statement per instruction, `v{k}` its value, `a{l}` load l's
+        Op::Binary(b) => match binary_name(b, d) {
+            Some(name) => format!("tf_{name}_{}({}, {})", suffix(d), args[0].0, args[1].0),
+            None => return Err(format!("integer {}", b.name())),
+        },
+        Op::Compare(c) => format!(
+            "tf_{}_{}({}, {})",
+            c.name(),
+            suffix(args[0].1),
+            args[0].0,
+            args[1].0
+        ),
+        Op::Select => format!("({} != 0 ? {} : {})", args[0].0, args[1].0, args[2].0),
+        op => return Err(format!("`{}` in the loop", op.name())),
+    })
+}
+
+/// The loads of one loop over `shape`: each param once, each reshape view once, with
+/// its strides along the loop's axes; `a{l}` names load `l`'s value in the loop body.
+struct Loads<'p> {
+    params: &'p [(DType, &'p [usize])],
+    shape: &'p [usize],
+    loads: Vec<Load>,
+}
+
+impl Loads<'_> {
+    /// The C name of the value of `param` (viewed by reshape instruction `view`, of
+    /// `view_shape`) at the loop index.
+    fn of(&mut self, param: usize, view: Option<usize>, view_shape: &[usize]) -> String {
+        let l = match (self.loads.iter()).position(|l| l.param == param && l.view == view) {
+            Some(l) => l,
+            None => {
+                self.loads.push(Load {
+                    param,
+                    view,
+                    dtype: self.params[param].0,
+                    strides: broadcast_strides(view_shape, self.shape),
+                });
+                self.loads.len() - 1
+            }
+        };
+        format!("a{l}")
+    }
+}
+
+/// The C statements of instructions `range` of `e` (`v{k}` instruction k's value), a
+/// param's value named by `param(p, view)` (`view`: the reshape instruction reading it).
+fn statements(
+    e: &FusedExpr,
+    range: std::ops::Range<usize>,
+    params: &[(DType, &[usize])],
+    mut param: impl FnMut(usize, Option<usize>) -> String,
+) -> Result<String, String> {
     let mut body = String::new();
-    for (k, inst) in e.insts.iter().enumerate() {
+    for k in range {
+        let inst = &e.insts[k];
         let mut args: SmallVec<[(String, DType); 3]> = SmallVec::new();
         for a in &inst.args {
             args.push(match *a {
-                Arg::Param(p) if inst.op == Op::Reshape => {
-                    let l = load_of(p as usize, Some(k), &inst.shape);
-                    (format!("a{l}"), params[p as usize].0)
-                }
                 Arg::Param(p) => {
-                    let (d, s) = params[p as usize];
-                    (format!("a{}", load_of(p as usize, None, s)), d)
+                    let view = (inst.op == Op::Reshape).then_some(k);
+                    (param(p as usize, view), params[p as usize].0)
                 }
                 Arg::Inst(j) => (format!("v{j}"), e.insts[j as usize].dtype),
             });
         }
-        let d = inst.dtype;
-        let expr = match inst.op {
-            // identities: the value at the loop index is the argument's
-            Op::BroadcastTo | Op::Reshape => args[0].0.clone(),
-            Op::Cast(to) if to == args[0].1 => args[0].0.clone(),
-            // not fusable today; C's conversion would not saturate as Rust's `as` does
-            Op::Cast(DType::I64) => return Err("a cast to an integer".into()),
-            Op::Cast(to) => format!(
-                "tf_cast_{}_{}({})",
-                suffix(args[0].1),
-                suffix(to),
-                args[0].0
-            ),
-            Op::Unary(u) if d != DType::I64 => {
-                format!("tf_{}_{}({})", u.name(), suffix(d), args[0].0)
-            }
-            Op::Binary(b) => match binary_name(b, d) {
-                Some(name) => format!("tf_{name}_{}({}, {})", suffix(d), args[0].0, args[1].0),
-                None => return Err(format!("integer {}", b.name())),
-            },
-            Op::Compare(c) => format!(
-                "tf_{}_{}({}, {})",
-                c.name(),
-                suffix(args[0].1),
-                args[0].0,
-                args[1].0
-            ),
-            Op::Select => format!("({} != 0 ? {} : {})", args[0].0, args[1].0, args[2].0),
-            op => return Err(format!("`{}` in the loop", op.name())),
-        };
-        writeln!(body, "            const {} v{k} = {expr};", c_type(d)).expect("to a String");
+        let expr = inst_expr(inst, &args)?;
+        writeln!(
+            body,
+            "            const {} v{k} = {expr};",
+            c_type(inst.dtype)
+        )
+        .expect("to a String");
     }
-    let result = e.insts.len() - 1;
+    Ok(body)
+}
 
-    let full: Vec<SmallVec<[usize; 6]>> = loads.iter().map(|l| l.strides.clone()).collect();
-    let (dims, strides) = coalesce(shape, &full);
+/// Writes a loop over the row-major elements `i..{end}` of a coalesced loop of `dims`
+/// (each load's `strides`), which stores each element's `value` at `{dst} + t`, `t` its
+/// position in the row being written (`i` is declared and set by the caller).
+/// An outer loop runs over the rows of the innermost axis, each row's offsets from a
+/// division by constants; the inner loop's loads have constant strides (0 for a
+/// broadcast value, hoisted out of the row) and it carries `#pragma GCC ivdep`.
+#[allow(clippy::too_many_arguments)]
+fn row_loop(
+    w: &mut String,
+    dims: &[usize],
+    strides: &[SmallVec<[usize; 6]>],
+    loads: &[Load],
+    body: &str,
+    end: &str,
+    dst: &str,
+    value: &str,
+) {
     let r = dims.len();
     let last = dims[r - 1];
-
-    let mut s = String::new();
-    let w = &mut s;
-    // the f64 constants of std that fastmath uses, printed exactly (shortest round trip)
-    writeln!(w, "#define TF_LOG2_E {:e}", std::f64::consts::LOG2_E).expect("to a String");
-    writeln!(w, "#define TF_LN_2 {:e}", std::f64::consts::LN_2).expect("to a String");
-    // and its f32 constants, as float literals (shortest round trip, then `f`)
-    use crate::exec::kernels::fastmath as fm;
-    for (name, v) in [
-        ("TF_ROUND_MAGIC_F32", fm::ROUND_MAGIC_F32),
-        ("TF_LOG2_E_F32", std::f32::consts::LOG2_E),
-        ("TF_FRAC_2_PI_F32", std::f32::consts::FRAC_2_PI),
-        ("TF_LN2_HI", fm::LN2_HI),
-        ("TF_LN2_LO", fm::LN2_LO),
-        ("TF_PIO2_1", fm::PIO2_1),
-        ("TF_PIO2_2", fm::PIO2_2),
-        ("TF_PIO2_3", fm::PIO2_3),
-        ("TF_PIO2_4", fm::PIO2_4),
-    ] {
-        writeln!(w, "#define {name} {v:e}f").expect("to a String");
-    }
-    w.push_str(PRELUDE);
-    w.push('\n');
-    writeln!(
-        w,
-        "__attribute__((visibility(\"default\")))\n\
-         void {SYMBOL}(const void *const *in, void *out_, tf_i64 start, tf_i64 end) {{"
-    )
-    .expect("to a String");
-    let mut used_params: Vec<usize> = loads.iter().map(|l| l.param).collect();
-    used_params.sort();
-    used_params.dedup();
-    for &p in &used_params {
-        let t = c_type(params[p].0);
-        writeln!(w, "    const {t} *p{p} = (const {t} *)in[{p}];").expect("to a String");
-    }
-    let ot = c_type(out_dtype);
-    writeln!(w, "    {ot} *out = ({ot} *)out_;").expect("to a String");
-    w.push_str("    tf_i64 i = start;\n    while (i < end) {\n");
+    writeln!(w, "    while (i < {end}) {{").expect("to a String");
     // the row of the innermost axis that holds i, and each load's offset at i
     if r == 1 {
-        w.push_str("        tf_i64 j = i;\n        tf_i64 n = end - i;\n");
+        writeln!(w, "        tf_i64 j = i;\n        tf_i64 n = {end} - i;").expect("to a String");
     } else {
         writeln!(
             w,
             "        tf_i64 q = i / {last}LL;\n        tf_i64 j = i - q * {last}LL;\n        \
-             tf_i64 n = {last}LL - j;\n        if (n > end - i) n = end - i;"
+             tf_i64 n = {last}LL - j;\n        if (n > {end} - i) n = {end} - i;"
         )
         .expect("to a String");
     }
@@ -239,7 +226,6 @@ pub(super) fn lower(
             writeln!(w, "        const {t} a{l} = r{l}[0];").expect("to a String");
         }
     }
-    writeln!(w, "        {ot} *o = out + i;").expect("to a String");
     w.push_str("        TF_IVDEP\n        for (tf_i64 t = 0; t < n; t++) {\n");
     for (l, ld) in loads.iter().enumerate() {
         let t = c_type(ld.dtype);
@@ -251,15 +237,248 @@ pub(super) fn lower(
             }
         }
     }
-    w.push_str(&body);
+    w.push_str(body);
     writeln!(
         w,
-        "            o[t] = v{result};\n        }}\n        i += n;\n    }}\n}}"
+        "            {dst}[t] = {value};\n        }}\n        i += n;\n    }}"
     )
     .expect("to a String");
+}
+
+/// The loop's dims and each load's strides along them (see [`coalesce`]).
+fn loop_axes(shape: &[usize], loads: &[Load]) -> (SmallVec<[usize; 6]>, Vec<SmallVec<[usize; 6]>>) {
+    let full: Vec<SmallVec<[usize; 6]>> = loads.iter().map(|l| l.strides.clone()).collect();
+    coalesce(shape, &full)
+}
+
+/// Elements a full sum adds per block: the block's values are computed into a stack
+/// buffer by the vectorized row loop, then added to the 8 lanes (as the interpreter's
+/// tiles are).
+const SUM_BLOCK: usize = 1024;
+
+/// Lowers `e` (for operands of `params` types; `shape` is the fused node's) to C, or
+/// says why it stays with the interpreter: a matmul prologue or a partial sum (not
+/// generated yet), an empty loop, or an op the emitter does not know.
+pub(super) fn lower(
+    e: &FusedExpr,
+    params: &[(DType, &[usize])],
+    shape: &[usize],
+) -> Result<Lowered, String> {
+    if e.matmul().is_some() {
+        return Err("a matmul prologue".into());
+    }
+    let n_out = numel(shape);
+    if n_out == 0 {
+        return Err("an empty loop".into());
+    }
+    let (code, elems) = match e.sum_index() {
+        None => (elementwise(e, params, shape)?, n_out),
+        Some(s) => full_sum(e, s, params)?,
+    };
+    let out_dtype = e.result().dtype;
+    let mut w = String::new();
+    header(&mut w);
+    w.push_str(&code);
     Ok(Lowered {
-        source: s,
+        source: w,
         params: params.iter().map(|(d, sh)| (*d, numel(sh))).collect(),
         out: (out_dtype, n_out),
+        elems,
     })
+}
+
+/// The body of `tf_kernel` for an elementwise region: output elements `start..end`.
+fn elementwise(
+    e: &FusedExpr,
+    params: &[(DType, &[usize])],
+    shape: &[usize],
+) -> Result<String, String> {
+    let mut loads = Loads {
+        params,
+        shape,
+        loads: Vec::new(),
+    };
+    let body = statements(e, 0..e.insts.len(), params, |p, view| match view {
+        Some(k) => loads.of(p, Some(k), &e.insts[k].shape),
+        None => loads.of(p, None, params[p].1),
+    })?;
+    let loads = loads.loads;
+    let (dims, strides) = loop_axes(shape, &loads);
+    let mut w = String::new();
+    signature(
+        &mut w,
+        params,
+        loads.iter().map(|l| l.param),
+        e.result().dtype,
+    );
+    w.push_str("    tf_i64 i = start;\n");
+    let result = format!("v{}", e.insts.len() - 1);
+    row_loop(
+        &mut w,
+        &dims,
+        &strides,
+        &loads,
+        &body,
+        "end",
+        "(out + i)",
+        &result,
+    );
+    w.push_str("}\n");
+    Ok(w)
+}
+
+/// The body of `tf_kernel` for a region whose sum reduces every axis (instruction `s`):
+/// its one output element (`start..end` is `0..1`), and the loop's length.
+///
+/// The summed elements are added in exactly `reduce::sum`'s order: 8 lanes over the
+/// whole chunks of 8 (lane `l` takes the elements `≡ l` mod 8), a fixed tree of the
+/// lanes, then the remaining elements in order. The instructions after the sum read it
+/// and params of one element.
+fn full_sum(
+    e: &FusedExpr,
+    s: usize,
+    params: &[(DType, &[usize])],
+) -> Result<(String, usize), String> {
+    let Op::Sum { axes, .. } = e.insts[s].op else {
+        unreachable!("sum_index points at a sum")
+    };
+    let (src, it): (String, Shape) = match e.insts[s].args[0] {
+        Arg::Param(p) => (String::new(), Shape::from_slice(params[p as usize].1)),
+        Arg::Inst(j) => (format!("v{j}"), e.insts[j as usize].shape.clone()),
+    };
+    if (0..it.len()).any(|d| !axes.contains(d)) {
+        return Err("a partial sum".into());
+    }
+    let lane = numel(&it);
+    let mut loads = Loads {
+        params,
+        shape: &it,
+        loads: Vec::new(),
+    };
+    let body = statements(e, 0..s, params, |p, view| match view {
+        Some(k) => loads.of(p, Some(k), &e.insts[k].shape),
+        None => loads.of(p, None, params[p].1),
+    })?;
+    let src = match e.insts[s].args[0] {
+        Arg::Param(p) => loads.of(p as usize, None, params[p as usize].1),
+        Arg::Inst(_) => src,
+    };
+    let loads = loads.loads;
+    // after the sum, every value has one element: a param is read at [0]
+    let mut read_after: Vec<usize> = Vec::new();
+    let after = statements(e, s + 1..e.insts.len(), params, |p, _| {
+        read_after.push(p);
+        format!("b{p}")
+    })?;
+    let (dims, strides) = loop_axes(&it, &loads);
+    let t = c_type(e.insts[s].dtype);
+    let full = lane - lane % 8;
+    let mut w = String::new();
+    let used = loads
+        .iter()
+        .map(|l| l.param)
+        .chain(read_after.iter().copied());
+    signature(&mut w, params, used, e.result().dtype);
+    writeln!(
+        w,
+        "    if (start >= end) return;\n    \
+         {t} acc[8] = {{0, 0, 0, 0, 0, 0, 0, 0}};\n    \
+         {t} buf[{SUM_BLOCK}];\n    \
+         tf_i64 m = 0, c = 0; /* the last block's length and its part in whole chunks of 8 */"
+    )
+    .expect("to a String");
+    if lane > 0 {
+        writeln!(
+            w,
+            "    for (tf_i64 blk = 0; blk < {lane}LL; blk += {SUM_BLOCK}LL) {{\n        \
+             tf_i64 stop = blk + {SUM_BLOCK}LL < {lane}LL ? blk + {SUM_BLOCK}LL : {lane}LL;\n        \
+             tf_i64 i = blk;"
+        )
+        .expect("to a String");
+        let mut rows = String::new();
+        row_loop(
+            &mut rows,
+            &dims,
+            &strides,
+            &loads,
+            &body,
+            "stop",
+            "(buf + (i - blk))",
+            &src,
+        );
+        for line in rows.lines() {
+            writeln!(w, "    {line}").expect("to a String");
+        }
+        writeln!(
+            w,
+            "        m = stop - blk;\n        \
+             c = (stop < {full}LL ? stop : {full}LL) - blk;\n        \
+             for (tf_i64 k = 0; k < c; k += 8)\n            \
+             for (int l = 0; l < 8; l++) acc[l] = acc[l] + buf[k + l];\n    }}"
+        )
+        .expect("to a String");
+    }
+    writeln!(
+        w,
+        "    {t} v{s} = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));\n    \
+         for (tf_i64 k = c; k < m; k++) v{s} = v{s} + buf[k];"
+    )
+    .expect("to a String");
+    read_after.sort();
+    read_after.dedup();
+    for p in read_after {
+        let pt = c_type(params[p].0);
+        writeln!(w, "    const {pt} b{p} = p{p}[0];").expect("to a String");
+    }
+    w.push_str(&after);
+    writeln!(w, "    out[0] = v{};\n}}", e.insts.len() - 1).expect("to a String");
+    Ok((w, lane))
+}
+
+/// The opening of `tf_kernel`: the params it reads (`p{k}`) and the output (`out`).
+fn signature(
+    w: &mut String,
+    params: &[(DType, &[usize])],
+    used: impl Iterator<Item = usize>,
+    out: DType,
+) {
+    writeln!(
+        w,
+        "__attribute__((visibility(\"default\")))\n\
+         void {SYMBOL}(const void *const *in, void *out_, tf_i64 start, tf_i64 end) {{"
+    )
+    .expect("to a String");
+    let mut used: Vec<usize> = used.collect();
+    used.sort();
+    used.dedup();
+    for p in used {
+        let t = c_type(params[p].0);
+        writeln!(w, "    const {t} *p{p} = (const {t} *)in[{p}];").expect("to a String");
+    }
+    let ot = c_type(out);
+    writeln!(w, "    {ot} *out = ({ot} *)out_;").expect("to a String");
+}
+
+/// The constants and the prelude every kernel starts with.
+fn header(w: &mut String) {
+    // the f64 constants of std that fastmath uses, printed exactly (shortest round trip)
+    writeln!(w, "#define TF_LOG2_E {:e}", std::f64::consts::LOG2_E).expect("to a String");
+    writeln!(w, "#define TF_LN_2 {:e}", std::f64::consts::LN_2).expect("to a String");
+    // and its f32 constants, as float literals (shortest round trip, then `f`)
+    use crate::exec::kernels::fastmath as fm;
+    for (name, v) in [
+        ("TF_ROUND_MAGIC_F32", fm::ROUND_MAGIC_F32),
+        ("TF_LOG2_E_F32", std::f32::consts::LOG2_E),
+        ("TF_FRAC_2_PI_F32", std::f32::consts::FRAC_2_PI),
+        ("TF_LN2_HI", fm::LN2_HI),
+        ("TF_LN2_LO", fm::LN2_LO),
+        ("TF_PIO2_1", fm::PIO2_1),
+        ("TF_PIO2_2", fm::PIO2_2),
+        ("TF_PIO2_3", fm::PIO2_3),
+        ("TF_PIO2_4", fm::PIO2_4),
+    ] {
+        writeln!(w, "#define {name} {v:e}f").expect("to a String");
+    }
+    w.push_str(PRELUDE);
+    w.push('\n');
 }

@@ -203,7 +203,7 @@ impl Kernel {
         self.mode.store(mode.code(), Ordering::Relaxed);
         match mode {
             Codegen::Off => {}
-            Codegen::Auto if self.lowered.out.1 < AUTO_MIN_ELEMS => {}
+            Codegen::Auto if self.lowered.elems < AUTO_MIN_ELEMS => {}
             Codegen::Auto => {
                 self.slot();
             }

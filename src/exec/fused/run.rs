@@ -3,6 +3,7 @@
 
 use super::accum::new_accum;
 use super::{From, Loop, OutBuf, Program, Step, TILE};
+use crate::exec::codegen;
 use crate::exec::kernels::ew::{awake_chunk, vectorized_wide, PAR_CHUNK, PAR_MIN};
 use crate::ops::{Binary, Compare, Op, Unary};
 use crate::tensor::{numel, Arr, DType, Data, Float};
@@ -570,33 +571,42 @@ impl Program {
                 })
                 .collect()
         };
-        let (isrcs, osrcs) = (bind(&self.inner), bind(&self.outer));
         // generated code, once compiled, runs an elementwise region in place of the steps
+        let bind_generated = |k: &codegen::Ready| {
+            let params: SmallVec<[Option<&Data>; 8]> = (0..x.len())
+                .map(|p| {
+                    (from_out != Some(p))
+                        .then(|| x[p].or(held.as_ref()).expect("every operand is given"))
+                })
+                .collect();
+            k.bind(&params)
+        };
         match (&self.sum, self.gen.as_ref().and_then(|k| k.ready())) {
             (None, Some(k)) => {
-                let params: SmallVec<[Option<&Data>; 8]> = (0..x.len())
-                    .map(|p| {
-                        (from_out != Some(p))
-                            .then(|| x[p].or(held.as_ref()).expect("every operand is given"))
-                    })
-                    .collect();
-                let bound = k.bind(&params);
+                let bound = bind_generated(&k);
                 par_outputs(slots, 1, |off, chunk| k.call(&bound, chunk, off));
             }
-            (None, None) => par_outputs(slots, 1, |off, chunk| {
-                with_regs(&self.dtypes, self.tile, |regs| {
-                    let mut views = no_views(regs.len());
-                    let mut c = Cursor::new(&self.outer.dims, &self.outer.strides, off);
-                    for seg in chunk.chunks_mut(self.tile) {
-                        let n = seg.len();
-                        self.outer
-                            .fill(&osrcs, &mut c, regs, &mut views, n, values(seg));
-                        eval_steps(&self.steps, regs, &views, n);
-                        O::write_out(read(regs, &views, self.result_reg), seg);
-                    }
+            // a full sum's one element, in `reduce::sum`'s order (partial sums are not
+            // generated)
+            (Some(sp), Some(k)) if sp.full => k.call(&bind_generated(&k), slots, 0),
+            (None, None) => {
+                let osrcs = bind(&self.outer);
+                par_outputs(slots, 1, |off, chunk| {
+                    with_regs(&self.dtypes, self.tile, |regs| {
+                        let mut views = no_views(regs.len());
+                        let mut c = Cursor::new(&self.outer.dims, &self.outer.strides, off);
+                        for seg in chunk.chunks_mut(self.tile) {
+                            let n = seg.len();
+                            self.outer
+                                .fill(&osrcs, &mut c, regs, &mut views, n, values(seg));
+                            eval_steps(&self.steps, regs, &views, n);
+                            O::write_out(read(regs, &views, self.result_reg), seg);
+                        }
+                    })
                 })
-            }),
+            }
             (Some(sp), _) => {
+                let (isrcs, osrcs) = (bind(&self.inner), bind(&self.outer));
                 let (before, after) = self.steps.split_at(self.split);
                 let work = |chunk: &mut [MaybeUninit<O>], off: usize| {
                     with_regs(&self.dtypes, self.tile, |regs| {
