@@ -31,9 +31,14 @@
 //! region" are side tables indexed by node (see `Marks`), so a candidate costs O(1)
 //! plus its operands, whatever the size of the region or the fan-out of the node.
 //!
-//! It does not: duplicate (recompute) a node that has users outside the region or in
-//! both loops, fuse `max`/`argmax` or two sums or two matmuls into one node, or fuse
-//! across transposes, slices or concatenations.
+//! Then one more step: a cheap elementwise node left outside every region whose users
+//! are all `fused` nodes is recomputed inside each of them when that moves no more
+//! memory than materializing it (see `inline_cheap_producers`), so it runs as no kernel
+//! of its own.
+//!
+//! It does not: otherwise duplicate (recompute) a node that has users outside the
+//! region or in both loops, fuse `max`/`argmax` or two sums or two matmuls into one
+//! node, or fuse across transposes, slices or concatenations.
 
 use crate::error::{Error, Result};
 use crate::ir::{Arg, FusedExpr, Inst};
@@ -321,7 +326,160 @@ pub fn fuse_elementwise_min(g: &mut Graph, min_elems: usize) -> Result<bool> {
     for r in regions {
         build(g, r, &pos)?;
     }
+    Ok(inline_cheap_producers(g)? || changed)
+}
+
+/// Recomputes cheap elementwise nodes inside the fused nodes that read them, when no
+/// one else does and it moves no more memory: a `neg`, `abs`, `sign`, `add`, `sub`,
+/// `mul`, `div`, `maximum` or `minimum` whose users are all `fused` nodes (reading it as
+/// an ordinary value: not through a matmul prologue or a reshape), and whose users
+/// together read no more elements of its operands than it costs to write it and read
+/// it back. The node then never runs as a kernel of its own: on the 1000-point linear
+/// regression (W4), the gradient's `add %r, %r` (`2·r`, read by the two updates' sums)
+/// joins both.
+///
+/// Each user gets the node as one instruction per loop it is read in (the summed loop,
+/// the result loop), placed before its first reader; its operands become params. Users
+/// first (reverse canonical order), so a chain of such nodes inlines link by link.
+fn inline_cheap_producers(g: &mut Graph) -> Result<bool> {
+    let mut changed = false;
+    for p in g.canonical_order().into_iter().rev() {
+        if !g.contains(p) || !inlinable(g, p) {
+            continue;
+        }
+        for u in g.users(p) {
+            inline_into(g, p, u)?;
+        }
+        g.remove(p);
+        changed = true;
+    }
     Ok(changed)
+}
+
+/// Whether [`inline_cheap_producers`] recomputes `p` in its users.
+fn inlinable(g: &Graph, p: NodeId) -> bool {
+    let pn = g.node(p);
+    let cheap_op = matches!(pn.op, Op::Unary(_) | Op::Binary(_)) && pn.op.is_cheap();
+    if !cheap_op || g.outputs.contains(&p) || g.assigns.contains(&p) {
+        return false;
+    }
+    let users = g.users(p);
+    let plain_reads = |u: NodeId| {
+        let Op::Fused(f) = g.node(u).op else {
+            return false;
+        };
+        let e = &g.fused[f as usize];
+        let ops = g.operands(u);
+        e.insts.iter().all(|inst| {
+            let reads_p = |a: &Arg| matches!(*a, Arg::Param(k) if ops[k as usize] == p);
+            let part = matches!(inst.op, Op::Reshape | Op::MatMul { .. });
+            !(part && inst.args.iter().any(reads_p))
+        })
+    };
+    if users.is_empty() || !users.iter().all(|&u| plain_reads(u)) {
+        return false;
+    }
+    // elements moved: write p and read it in every user, against every user reading
+    // those of p's operands it does not read already
+    let mut operands = g.operands(p);
+    operands.sort();
+    operands.dedup();
+    // (in f64: a symbolic shape counts as usize::MAX elements, see `numel`)
+    let n = |x: NodeId| numel(&g.node(x).shape) as f64;
+    let now = n(p) * (1 + users.len()) as f64 + operands.iter().map(|&o| n(o)).sum::<f64>();
+    let inlined: f64 = users
+        .iter()
+        .map(|&u| {
+            let read = g.operands(u);
+            (operands.iter())
+                .filter(|o| !read.contains(o))
+                .map(|&o| n(o))
+                .sum::<f64>()
+        })
+        .sum();
+    inlined <= now
+}
+
+/// Rewrites fused node `u` to compute `p` itself from `p`'s operands.
+fn inline_into(g: &mut Graph, p: NodeId, u: NodeId) -> Result<()> {
+    let Op::Fused(f) = g.node(u).op else {
+        unreachable!("inlinable checked that every user is fused")
+    };
+    let e = &g.fused[f as usize];
+    let old_params = g.operands(u);
+    // the params: the old ones without p, then p's operands not among them
+    let mut params: Vec<NodeId> = old_params.iter().copied().filter(|&o| o != p).collect();
+    for o in g.operands(p) {
+        if !params.contains(&o) {
+            params.push(o);
+        }
+    }
+    let param_of = |o: NodeId| params.iter().position(|&q| q == o).expect("a param") as u32;
+    let pn = g.node(p);
+    let p_args: SmallVec<[Arg; 3]> = g
+        .operands(p)
+        .into_iter()
+        .map(|o| Arg::Param(param_of(o)))
+        .collect();
+    let sum = e.sum_index();
+    // p's instruction in the summed loop and in the result loop, once emitted
+    let mut p_inst: [Option<u32>; 2] = [None, None];
+    let mut new_index: Vec<u32> = Vec::with_capacity(e.insts.len());
+    let mut out = FusedExpr::default();
+    for (k, inst) in e.insts.iter().enumerate() {
+        let space = usize::from(sum.is_none_or(|s| k > s));
+        let reads_p = inst
+            .args
+            .iter()
+            .any(|a| matches!(*a, Arg::Param(j) if old_params[j as usize] == p));
+        if reads_p && p_inst[space].is_none() {
+            out.insts.push(Inst {
+                op: pn.op,
+                args: p_args.clone(),
+                dtype: pn.dtype,
+                shape: pn.shape.clone(),
+            });
+            p_inst[space] = Some(out.insts.len() as u32 - 1);
+        }
+        let args = (inst.args.iter())
+            .map(|a| match *a {
+                Arg::Param(j) if old_params[j as usize] == p => {
+                    Arg::Inst(p_inst[space].expect("emitted above"))
+                }
+                Arg::Param(j) => Arg::Param(param_of(old_params[j as usize])),
+                Arg::Inst(j) => Arg::Inst(new_index[j as usize]),
+            })
+            .collect();
+        out.insts.push(Inst {
+            op: inst.op,
+            args,
+            dtype: inst.dtype,
+            shape: inst.shape.clone(),
+        });
+        new_index.push(out.insts.len() as u32 - 1);
+    }
+    let un = g.node(u);
+    let types: Vec<(DType, &[usize])> = params
+        .iter()
+        .map(|&q| (g.node(q).dtype, &g.node(q).shape[..]))
+        .collect();
+    match out.infer(&types) {
+        Ok((d, s)) if d == un.dtype && s == un.shape => {}
+        other => {
+            return Err(Error::Graph(format!(
+                "fuse_elementwise inlined a bad expression ({other:?}): {out:?}"
+            )))
+        }
+    }
+    let shared = (g.node_ids().into_iter()).any(|x| x != u && g.node(x).op == Op::Fused(f));
+    if shared {
+        g.fused.push(out);
+        g.node_mut(u).op = Op::Fused(g.fused.len() as u32 - 1);
+    } else {
+        g.fused[f as usize] = out;
+    }
+    g.set_operands(u, &params);
+    Ok(())
 }
 
 /// Elements of the region's longest loop (the summed one, or the result).

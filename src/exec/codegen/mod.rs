@@ -16,8 +16,15 @@
 //! whose loads have constant strides (0 for a broadcast value, hoisted out of the row)
 //! and which carries `#pragma GCC ivdep`, so the compiler vectorizes it without alias
 //! checks. That is sound because each output element depends only on the same index of
-//! any param it may overwrite in place (the memory plan's rule). A matmul prologue or
-//! a sum stays with the interpreter, as do empty loops.
+//! any param it may overwrite in place (the memory plan's rule).
+//!
+//! A region whose sum reduces every axis (a loss, `sum(2·r·x)` in a gradient) is
+//! generated too: the row loop computes the summed elements a block of 1024 at a time
+//! into a stack buffer, which is added to 8 lanes in `reduce::sum`'s order (lane `l`
+//! takes the elements `≡ l` mod 8 of the whole chunks of 8, then a fixed tree, then the
+//! rest in order, as the interpreter's accumulator does), and the instructions after
+//! the sum run once on the total. A matmul prologue or a sum over some axes only stays
+//! with the interpreter, as do empty loops.
 //!
 //! **Bit-identical to the interpreter.** Every op calls a C function of `prelude.c`
 //! whose operations are those of the op's Rust scalar function, in the same order: the
