@@ -90,14 +90,8 @@ fn values(n: usize, seed: u64) -> Vec<f64> {
 fn data(dtype: DType, shape: &[usize], seed: u64) -> Data {
     let n: usize = shape.iter().product();
     let v = values(n, seed);
-    let s = IxDyn(shape);
     match dtype {
-        DType::F32 => Data::F32(
-            ArrayD::from_shape_vec(s, v.iter().map(|&x| x as f32).collect())
-                .unwrap()
-                .into_shared(),
-        ),
-        DType::F64 => Data::F64(ArrayD::from_shape_vec(s, v).unwrap().into_shared()),
+        DType::F32 | DType::F64 => floats(dtype, shape, v),
         DType::I64 => {
             // small values (so products and sums both wrap and don't), and extremes
             let mut rng = Rng(seed ^ 0x5555);
@@ -109,7 +103,7 @@ fn data(dtype: DType, shape: &[usize], seed: u64) -> Data {
                 _ => (rng.next() % 7) as i64 - 3,
             });
             Data::I64(
-                ArrayD::from_shape_vec(s, ints.collect())
+                ArrayD::from_shape_vec(IxDyn(shape), ints.collect())
                     .unwrap()
                     .into_shared(),
             )
@@ -389,6 +383,11 @@ fn ordinary(dtype: DType, shape: &[usize], seed: u64) -> Data {
             (u - 0.5) * 10f64.powi(e)
         })
         .collect();
+    floats(dtype, shape, v)
+}
+
+/// A buffer of `shape` holding `v` as f32 or f64.
+fn floats(dtype: DType, shape: &[usize], v: Vec<f64>) -> Data {
     let s = IxDyn(shape);
     match dtype {
         DType::F32 => Data::F32(
@@ -396,7 +395,8 @@ fn ordinary(dtype: DType, shape: &[usize], seed: u64) -> Data {
                 .unwrap()
                 .into_shared(),
         ),
-        _ => Data::F64(ArrayD::from_shape_vec(s, v).unwrap().into_shared()),
+        DType::F64 => Data::F64(ArrayD::from_shape_vec(s, v).unwrap().into_shared()),
+        DType::I64 => unreachable!("floats only"),
     }
 }
 

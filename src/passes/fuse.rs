@@ -458,19 +458,7 @@ fn inline_into(g: &mut Graph, p: NodeId, u: NodeId) -> Result<()> {
         });
         new_index.push(out.insts.len() as u32 - 1);
     }
-    let un = g.node(u);
-    let types: Vec<(DType, &[usize])> = params
-        .iter()
-        .map(|&q| (g.node(q).dtype, &g.node(q).shape[..]))
-        .collect();
-    match out.infer(&types) {
-        Ok((d, s)) if d == un.dtype && s == un.shape => {}
-        other => {
-            return Err(Error::Graph(format!(
-                "fuse_elementwise inlined a bad expression ({other:?}): {out:?}"
-            )))
-        }
-    }
+    check_expr(g, &out, &params, g.node(u), "inlined")?;
     let shared = (g.node_ids().into_iter()).any(|x| x != u && g.node(x).op == Op::Fused(f));
     if shared {
         g.fused.push(out);
@@ -489,6 +477,21 @@ fn region_elems(g: &Graph, r: &Region) -> usize {
         .map(|s| numel(&g.node(g.operands(s)[0]).shape))
         .unwrap_or(0);
     summed.max(numel(&g.node(r.root).shape))
+}
+
+/// Checks that `e` over operands `params` computes `node`'s type (a bug in this pass
+/// otherwise: `what` it did).
+fn check_expr(g: &Graph, e: &FusedExpr, params: &[NodeId], node: &Node, what: &str) -> Result<()> {
+    let types: Vec<(DType, &[usize])> = params
+        .iter()
+        .map(|&p| (g.node(p).dtype, &g.node(p).shape[..]))
+        .collect();
+    match e.infer(&types) {
+        Ok((d, s)) if d == node.dtype && s == node.shape => Ok(()),
+        other => Err(Error::Graph(format!(
+            "fuse_elementwise {what} a bad expression ({other:?}): {e:?}"
+        ))),
+    }
 }
 
 /// Replaces a region by one `fused` node.
@@ -534,18 +537,7 @@ fn build(g: &mut Graph, mut r: Region, pos: &[usize]) -> Result<()> {
         inst_of.insert(m, k as u32);
     }
     let root = g.node(r.root).clone();
-    let types: Vec<(DType, &[usize])> = params
-        .iter()
-        .map(|&p| (g.node(p).dtype, &g.node(p).shape[..]))
-        .collect();
-    match e.infer(&types) {
-        Ok((d, s)) if d == root.dtype && s == root.shape => {}
-        other => {
-            return Err(Error::Graph(format!(
-                "fuse_elementwise built a bad expression ({other:?}): {e:?}"
-            )))
-        }
-    }
+    check_expr(g, &e, &params, &root, "built")?;
     g.fused.push(e);
     let mut node = Node::new(Op::Fused(g.fused.len() as u32 - 1), root.dtype, root.shape);
     node.loc = root.loc;
