@@ -491,6 +491,76 @@ fn full_sums_add_in_the_order_of_reduce_sum() {
     );
 }
 
+/// Slices read in place (the loads start at the slice's first element and step with
+/// the operand's strides), along every axis, broadcast into the loop, in an elementwise
+/// loop and in a summed one: the generated code has the interpreter's bits, and those of
+/// the same graph unfused (slices copied out first).
+#[test]
+fn slice_loads_read_where_the_slice_lies() {
+    if !compiler() {
+        return;
+    }
+    for d in [DType::F32, DType::F64] {
+        let (x, y, z) = (ty(d, &[5, 7, 116]), ty(d, &[5, 7, 29]), ty(d, &[8, 7, 29]));
+        let (g, b, r, s) = (
+            ty(d, &[5, 7, 29]),
+            ty(d, &[5, 1, 29]),
+            ty(d, &[5, 4, 116]),
+            ty(d, &[]),
+        );
+        let fused = format!(
+            "graph(%0: {x}, %1: {y}, %2: {z}) {{
+  %3 = fused %0, %1, %2 : {g}
+    #0 = slice[axis=2, start=29, end=58] $0 : {g}
+    #1 = sigmoid #0 : {g}
+    #2 = slice[axis=2, start=87, end=116] $0 : {g}
+    #3 = tanh #2 : {g}
+    #4 = mul #1, #3 : {g}
+    #5 = slice[axis=1, start=2, end=3] $1 : {b}
+    #6 = broadcast #5 : {g}
+    #7 = add #4, #6 : {g}
+    #8 = slice[axis=0, start=3, end=8] $2 : {g}
+    #9 = sub #7, #8 : {g}
+  %4 = fused %0 : {s}
+    #0 = slice[axis=1, start=3, end=7] $0 : {r}
+    #1 = mul #0, #0 : {r}
+    #2 = sum[axes=[0,1,2]] #1 : {s}
+  return %3, %4
+}}"
+        );
+        let unfused = format!(
+            "graph(%0: {x}, %1: {y}, %2: {z}) {{
+  %3 = slice[axis=2, start=29, end=58] %0 : {g}
+  %4 = sigmoid %3 : {g}
+  %5 = slice[axis=2, start=87, end=116] %0 : {g}
+  %6 = tanh %5 : {g}
+  %7 = mul %4, %6 : {g}
+  %8 = slice[axis=1, start=2, end=3] %1 : {b}
+  %9 = broadcast %8 : {g}
+  %10 = add %7, %9 : {g}
+  %11 = slice[axis=0, start=3, end=8] %2 : {g}
+  %12 = sub %10, %11 : {g}
+  %13 = slice[axis=1, start=3, end=7] %0 : {r}
+  %14 = mul %13, %13 : {r}
+  %15 = sum[axes=[0,1,2]] %14 : {s}
+  return %12, %15
+}}"
+        );
+        let inputs = [
+            ordinary(d, &[5, 7, 116], 31),
+            ordinary(d, &[5, 7, 29], 32),
+            ordinary(d, &[8, 7, 29], 33),
+        ];
+        let got = same_bits(&fused, &inputs);
+        let plan = Plan::new(parse(&unfused).unwrap()).unwrap();
+        let refs: Vec<&Data> = inputs.iter().collect();
+        let want = plan.run(&refs, &mut RunStats::default()).unwrap();
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!(bits(g), bits(w), "{d:?}: fused vs unfused");
+        }
+    }
+}
+
 /// A sum over some axes only stays with the interpreter.
 #[test]
 fn partial_sums_are_not_generated() {

@@ -3,8 +3,9 @@
 //! A [`FusedExpr`] is a small straight-line program made by the fusion pass: instructions
 //! in topological order over the fused node's operands (`$i`, its *params*) and earlier
 //! instructions (`#k`); the last instruction is the result. Instructions are elementwise
-//! ops (unary, binary, compare, select, float casts), `broadcast`, and `reshape` of a
-//! param (which reads the param's buffer with the new shape), plus two optional parts:
+//! ops (unary, binary, compare, select, float casts), `broadcast`, and `reshape` or
+//! `slice` of a param (which reads the param's buffer with the new shape, or from the
+//! slice's first element with the param's strides), plus two optional parts:
 //! - a **matmul prologue**: instruction 0 is `matmul $0, $1` of the result's shape. The
 //!   kernel runs the ordinary matmul kernel into the output buffer and applies the rest
 //!   of the expression to it in place (bias + activation epilogues);
@@ -132,9 +133,13 @@ impl FusedExpr {
                         return Err(here("only one sum may be fused".into()));
                     }
                 }
-                Op::Reshape => {
+                Op::Reshape | Op::Slice { .. } => {
                     if !matches!(inst.args[..], [Arg::Param(_)]) {
-                        return Err(here("a reshape must read an operand (`reshape $n`)".into()));
+                        return Err(here(format!(
+                            "a {} must read an operand (`{} $n`)",
+                            inst.op.name(),
+                            inst.op.name()
+                        )));
                     }
                 }
                 op if op.fusion_class() == FusionClass::Elementwise => {}
@@ -199,7 +204,7 @@ impl FusedExpr {
             .map(|&(d, s)| whole && d == r.dtype && s == &r.shape[..])
             .collect();
         for i in &self.insts {
-            if let (Op::Reshape, [Arg::Param(p)]) = (i.op, &i.args[..]) {
+            if let (Op::Reshape | Op::Slice { .. }, [Arg::Param(p)]) = (i.op, &i.args[..]) {
                 if let Some(o) = ok.get_mut(*p as usize) {
                     *o = false;
                 }

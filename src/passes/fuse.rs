@@ -16,8 +16,10 @@
 //!   `mean`'s scaling or an SGD update of a bias), unless it keeps axes after a reduced
 //!   one (a bias gradient's `sum[axes=[0]]`: it stays a plain `sum`, whose kernel
 //!   folds whole rows at once, and neither starts nor joins a region);
-//! - a `reshape`: it becomes a *load* reading its operand (which stays outside) with
-//!   the new shape;
+//! - a `reshape` or a `slice`: it becomes a *load* reading its operand (which stays
+//!   outside) in place, with the new shape or from the slice's first element with the
+//!   operand's strides (an LSTM's gates, slices of one `[batch, 4·units]` product, are
+//!   read where they lie instead of being copied out first);
 //! - a `matmul` of the root's type in the result loop, when the region has no matmul
 //!   and no sum: the *matmul + bias + activation* epilogue, run on the GEMM's output.
 //!
@@ -64,7 +66,7 @@ struct Region {
     members: Vec<(NodeId, Space)>,
     matmul: Option<NodeId>,
     sum: Option<NodeId>,
-    /// Reshapes absorbed as loads (their operands stay outside).
+    /// Reshapes and slices absorbed as loads (their operands stay outside).
     loads: Vec<NodeId>,
 }
 
@@ -130,7 +132,7 @@ impl Marks {
                 Some(_) => {}
             }
             self.in_users[i] += 1;
-            if matches!(g.node(n).op, Op::Reshape | Op::MatMul { .. }) {
+            if is_load(g.node(n).op) || matches!(g.node(n).op, Op::MatMul { .. }) {
                 self.feeds_part[i] = true;
             }
         }
@@ -171,6 +173,12 @@ fn strided_sum(g: &Graph, n: NodeId) -> bool {
     let shape = &g.node(g.operands(n)[0]).shape;
     let last = (0..shape.len()).rev().find(|&a| axes.contains(a));
     last.is_some_and(|a| numel(&shape[a + 1..]) > 1)
+}
+
+/// Whether `op` joins a region as a load: a view of its operand (which stays outside)
+/// that the fused loop reads in place, a `reshape` or a `slice`.
+fn is_load(op: Op) -> bool {
+    matches!(op, Op::Reshape | Op::Slice { .. })
 }
 
 /// Fuses elementwise regions (with sum and matmul parts) into `fused` nodes; returns
@@ -253,7 +261,7 @@ pub fn fuse_elementwise_min(g: &mut Graph, min_elems: usize) -> Result<bool> {
                 continue;
             };
             if marks.feeds_part[p.index()] {
-                continue; // a matmul's or a reshape's operand stays outside
+                continue; // a matmul's or a load's operand stays outside
             }
             let pn = g.node(p);
             let loop_elems = match space {
@@ -278,7 +286,7 @@ pub fn fuse_elementwise_min(g: &mut Graph, min_elems: usize) -> Result<bool> {
                     r.sum = Some(p);
                     Space::Sum
                 }
-                _ if pn.op == Op::Reshape => {
+                _ if is_load(pn.op) => {
                     r.loads.push(p);
                     space
                 }
@@ -294,7 +302,7 @@ pub fn fuse_elementwise_min(g: &mut Graph, min_elems: usize) -> Result<bool> {
                 }
                 _ => continue,
             };
-            if !matches!(pn.op, Op::Reshape | Op::MatMul { .. }) {
+            if !is_load(pn.op) && !matches!(pn.op, Op::MatMul { .. }) {
                 heap.extend(g.operands(p).iter().map(|&o| (pos[o.index()], o)));
             }
             claimed[p.index()] = true;
@@ -332,7 +340,7 @@ pub fn fuse_elementwise_min(g: &mut Graph, min_elems: usize) -> Result<bool> {
 /// Recomputes cheap elementwise nodes inside the fused nodes that read them, when no
 /// one else does and it moves no more memory: a `neg`, `abs`, `sign`, `add`, `sub`,
 /// `mul`, `div`, `maximum` or `minimum` whose users are all `fused` nodes (reading it as
-/// an ordinary value: not through a matmul prologue or a reshape), and whose users
+/// an ordinary value: not through a matmul prologue or a load), and whose users
 /// together read no more elements of its operands than it costs to write it and read
 /// it back. The node then never runs as a kernel of its own: on the 1000-point linear
 /// regression (W4), the gradient's `add %r, %r` (`2·r`, read by the two updates' sums)
@@ -372,7 +380,7 @@ fn inlinable(g: &Graph, p: NodeId) -> bool {
         let ops = g.operands(u);
         e.insts.iter().all(|inst| {
             let reads_p = |a: &Arg| matches!(*a, Arg::Param(k) if ops[k as usize] == p);
-            let part = matches!(inst.op, Op::Reshape | Op::MatMul { .. });
+            let part = is_load(inst.op) || matches!(inst.op, Op::MatMul { .. });
             !(part && inst.args.iter().any(reads_p))
         })
     };

@@ -1,6 +1,6 @@
 //! Lowering a fused expression to the C source of one loop (see the [module docs](super)).
 
-use crate::exec::fused::{broadcast_strides, coalesce_axes};
+use crate::exec::fused::{coalesce_axes, View};
 use crate::ir::{Arg, FusedExpr, Inst};
 use crate::ops::{Binary, Op};
 use crate::tensor::{numel, DType, Shape};
@@ -33,6 +33,8 @@ struct Load {
     view: Option<usize>,
     dtype: DType,
     strides: SmallVec<[usize; 6]>,
+    /// Elements of the param's buffer before the view's first one (a slice's start).
+    offset: usize,
 }
 
 fn c_type(d: DType) -> &'static str {
@@ -81,7 +83,7 @@ fn inst_expr(inst: &Inst, args: &[(String, DType)]) -> Result<String, String> {
     let d = inst.dtype;
     Ok(match inst.op {
         // identities: the value at the loop index is the argument's
-        Op::BroadcastTo | Op::Reshape => args[0].0.clone(),
+        Op::BroadcastTo | Op::Reshape | Op::Slice { .. } => args[0].0.clone(),
         Op::Cast(to) if to == args[0].1 => args[0].0.clone(),
         // not fusable today; C's conversion would not saturate as Rust's `as` does
         Op::Cast(DType::I64) => return Err("a cast to an integer".into()),
@@ -110,26 +112,30 @@ fn inst_expr(inst: &Inst, args: &[(String, DType)]) -> Result<String, String> {
     })
 }
 
-/// The loads of one loop over `shape`: each param once, each reshape view once, with
-/// its strides along the loop's axes; `a{l}` names load `l`'s value in the loop body.
+/// The loads of one loop over `shape`: each param once, each reshape or slice view
+/// once, with its strides along the loop's axes and its first element's offset;
+/// `a{l}` names load `l`'s value in the loop body.
 struct Loads<'p> {
+    e: &'p FusedExpr,
     params: &'p [(DType, &'p [usize])],
     shape: &'p [usize],
     loads: Vec<Load>,
 }
 
 impl Loads<'_> {
-    /// The C name of the value of `param` (viewed by reshape instruction `view`, of
-    /// `view_shape`) at the loop index.
-    fn of(&mut self, param: usize, view: Option<usize>, view_shape: &[usize]) -> String {
+    /// The C name of the value of `param` (viewed by reshape or slice instruction
+    /// `view`) at the loop index.
+    fn of(&mut self, param: usize, view: Option<usize>) -> String {
         let l = match (self.loads.iter()).position(|l| l.param == param && l.view == view) {
             Some(l) => l,
             None => {
+                let v = View::of(view.map(|k| &self.e.insts[k]), self.params[param].1);
                 self.loads.push(Load {
                     param,
                     view,
                     dtype: self.params[param].0,
-                    strides: broadcast_strides(view_shape, self.shape),
+                    strides: v.strides_in(self.shape),
+                    offset: v.offset,
                 });
                 self.loads.len() - 1
             }
@@ -153,7 +159,7 @@ fn statements(
         for a in &inst.args {
             args.push(match *a {
                 Arg::Param(p) => {
-                    let view = (inst.op == Op::Reshape).then_some(k);
+                    let view = matches!(inst.op, Op::Reshape | Op::Slice { .. }).then_some(k);
                     (param(p as usize, view), params[p as usize].0)
                 }
                 Arg::Inst(j) => (format!("v{j}"), e.insts[j as usize].dtype),
@@ -220,7 +226,12 @@ fn row_loop(
     }
     for (l, ld) in loads.iter().enumerate() {
         let t = c_type(ld.dtype);
-        writeln!(w, "        const {t} *r{l} = p{} + o{l};", ld.param).expect("to a String");
+        writeln!(
+            w,
+            "        const {t} *r{l} = p{} + {}LL + o{l};",
+            ld.param, ld.offset
+        )
+        .expect("to a String");
         // a value broadcast along the row is read once per row
         if strides[l][r - 1] == 0 {
             writeln!(w, "        const {t} a{l} = r{l}[0];").expect("to a String");
@@ -294,14 +305,12 @@ fn elementwise(
     shape: &[usize],
 ) -> Result<String, String> {
     let mut loads = Loads {
+        e,
         params,
         shape,
         loads: Vec::new(),
     };
-    let body = statements(e, 0..e.insts.len(), params, |p, view| match view {
-        Some(k) => loads.of(p, Some(k), &e.insts[k].shape),
-        None => loads.of(p, None, params[p].1),
-    })?;
+    let body = statements(e, 0..e.insts.len(), params, |p, view| loads.of(p, view))?;
     let loads = loads.loads;
     let (dims, strides) = loop_axes(shape, &loads);
     let mut w = String::new();
@@ -351,16 +360,14 @@ fn full_sum(
     }
     let lane = numel(&it);
     let mut loads = Loads {
+        e,
         params,
         shape: &it,
         loads: Vec::new(),
     };
-    let body = statements(e, 0..s, params, |p, view| match view {
-        Some(k) => loads.of(p, Some(k), &e.insts[k].shape),
-        None => loads.of(p, None, params[p].1),
-    })?;
+    let body = statements(e, 0..s, params, |p, view| loads.of(p, view))?;
     let src = match e.insts[s].args[0] {
-        Arg::Param(p) => loads.of(p as usize, None, params[p as usize].1),
+        Arg::Param(p) => loads.of(p as usize, None),
         Arg::Inst(_) => src,
     };
     let loads = loads.loads;

@@ -2,7 +2,7 @@
 
 use super::{From, Loop, Program, Step, SumPlan, TILE};
 use crate::exec::codegen;
-use crate::ir::{Arg, FusedExpr};
+use crate::ir::{Arg, FusedExpr, Inst};
 use crate::ops::{Op, Unary};
 use crate::tensor::{numel, DType, Shape};
 use smallvec::SmallVec;
@@ -13,17 +13,17 @@ impl Loop {
     fn load(
         &mut self,
         from: From,
-        view: Option<usize>,
-        shape: &[usize],
+        key: Option<usize>,
+        view: View,
         dtype: DType,
         dtypes: &mut Vec<DType>,
     ) -> usize {
-        if let Some(&i) = self.keys.get(&(from, view)) {
+        if let Some(&i) = self.keys.get(&(from, key)) {
             return self.regs[i];
         }
-        self.keys.insert((from, view), self.from.len());
+        self.keys.insert((from, key), self.from.len());
         self.from.push(from);
-        self.shapes.push(Shape::from_slice(shape));
+        self.views.push(view);
         dtypes.push(dtype);
         self.regs.push(dtypes.len() - 1);
         dtypes.len() - 1
@@ -34,13 +34,13 @@ impl Loop {
     /// unchanged, so runs along the innermost axis get as long as possible).
     fn plan(&mut self, loop_shape: &[usize], order: &[usize]) {
         let full: Vec<SmallVec<[usize; 6]>> = self
-            .shapes
+            .views
             .iter()
             .zip(&self.from)
-            .map(|(s, f)| match f {
+            .map(|(v, f)| match f {
                 From::Matmul => SmallVec::from_elem(0, order.len()),
                 From::Param(_) => {
-                    let bs = broadcast_strides(s, loop_shape);
+                    let bs = v.strides_in(loop_shape);
                     order.iter().map(|&d| bs[d]).collect()
                 }
             })
@@ -243,20 +243,60 @@ pub(crate) fn coalesce_axes(
     (dims, strides)
 }
 
-/// Strides of a `shape` buffer along each axis of `it` (right-aligned broadcasting: 0 on
-/// broadcast axes). Shared with the code generator, which lays out the same loads.
-pub(crate) fn broadcast_strides(shape: &[usize], it: &[usize]) -> SmallVec<[usize; 6]> {
-    let cs = contiguous(shape);
-    let lead = it.len() - shape.len();
-    (0..it.len())
-        .map(|d| {
-            if d < lead || shape[d - lead] == 1 {
-                0
-            } else {
-                cs[d - lead]
+/// How a load reads its param's (contiguous, row-major) buffer (shared with the code
+/// generator, which lays out the same loads): the shape it sees, the
+/// buffer strides of that shape's axes, and the offset of its first element. A param
+/// read as it is, or through a `reshape`, is its buffer in order; a `slice` along axis
+/// `a` keeps the param's strides and starts `start` rows along `a` in.
+#[derive(Clone, Debug)]
+pub(crate) struct View {
+    shape: Shape,
+    strides: SmallVec<[usize; 6]>,
+    /// Elements of the buffer before the view's first one.
+    pub offset: usize,
+}
+
+impl View {
+    /// A buffer of `shape` read in order.
+    pub(crate) fn whole(shape: &[usize]) -> View {
+        View {
+            shape: Shape::from_slice(shape),
+            strides: contiguous(shape),
+            offset: 0,
+        }
+    }
+
+    /// The view of a param of `param_shape` that instruction `inst` reads (`None`: the
+    /// param itself; else a `reshape` or `slice` of it).
+    pub(crate) fn of(inst: Option<&Inst>, param_shape: &[usize]) -> View {
+        match inst.map(|i| (i.op, &i.shape)) {
+            None => View::whole(param_shape),
+            Some((Op::Slice { axis, start, .. }, shape)) => {
+                let strides = contiguous(param_shape);
+                View {
+                    offset: start as usize * strides[axis as usize],
+                    shape: shape.clone(),
+                    strides,
+                }
             }
-        })
-        .collect()
+            Some((_, shape)) => View::whole(shape),
+        }
+    }
+
+    /// Strides along each axis of the loop `it` (right-aligned broadcasting: 0 on the
+    /// axes the view lacks or has of length 1).
+    pub(crate) fn strides_in(&self, it: &[usize]) -> SmallVec<[usize; 6]> {
+        let lead = it.len() - self.shape.len();
+        (0..it.len())
+            .map(|d| {
+                if d < lead || self.shape[d - lead] == 1 {
+                    0
+                } else {
+                    self.strides[d - lead]
+                }
+            })
+            .collect()
+    }
 }
 
 /// The registers and steps of an expression, before the loops are planned.
@@ -292,16 +332,22 @@ fn assign_registers(e: &FusedExpr, params: &[(DType, &[usize])], dtype: DType) -
         };
         let args: SmallVec<[usize; 3]> = match (inst.op, &inst.args[..]) {
             (Op::MatMul { .. }, _) => SmallVec::from_elem(
-                lp.load(From::Matmul, None, &inst.shape, dtype, &mut dtypes),
+                lp.load(
+                    From::Matmul,
+                    None,
+                    View::whole(&inst.shape),
+                    dtype,
+                    &mut dtypes,
+                ),
                 1,
             ),
-            (Op::Reshape, [Arg::Param(p)]) => {
-                let d = params[*p as usize].0;
+            (Op::Reshape | Op::Slice { .. }, [Arg::Param(p)]) => {
+                let (d, sh) = params[*p as usize];
                 SmallVec::from_elem(
                     lp.load(
                         From::Param(*p as usize),
                         Some(k),
-                        &inst.shape,
+                        View::of(Some(inst), sh),
                         d,
                         &mut dtypes,
                     ),
@@ -314,14 +360,20 @@ fn assign_registers(e: &FusedExpr, params: &[(DType, &[usize])], dtype: DType) -
                 .map(|a| match *a {
                     Arg::Param(p) => {
                         let (d, sh) = params[p as usize];
-                        lp.load(From::Param(p as usize), None, sh, d, &mut dtypes)
+                        lp.load(
+                            From::Param(p as usize),
+                            None,
+                            View::whole(sh),
+                            d,
+                            &mut dtypes,
+                        )
                     }
                     Arg::Inst(j) => reg_of[j as usize],
                 })
                 .collect(),
         };
         let reg = match inst.op {
-            Op::MatMul { .. } | Op::BroadcastTo | Op::Reshape => args[0],
+            Op::MatMul { .. } | Op::BroadcastTo | Op::Reshape | Op::Slice { .. } => args[0],
             Op::Cast(to) if to == dtypes[args[0]] => args[0],
             Op::Sum { .. } => {
                 split = steps.len();

@@ -29,7 +29,7 @@
 mod accum;
 mod lower;
 mod run;
-pub(crate) use lower::{broadcast_strides, coalesce_axes};
+pub(crate) use lower::{coalesce_axes, View};
 pub(crate) use run::reserve_registers;
 
 use crate::ops::Op;
@@ -66,9 +66,10 @@ enum From {
 #[derive(Default, Debug)]
 struct Loop {
     from: SmallVec<[From; 8]>,
-    /// The load of each (param, reshape instruction), to share loads of the same view.
+    /// The load of each (param, reshape or slice instruction), to share loads of the
+    /// same view.
     keys: BTreeMap<(From, Option<usize>), usize>,
-    shapes: SmallVec<[Shape; 8]>,
+    views: SmallVec<[lower::View; 8]>,
     regs: SmallVec<[usize; 8]>,
     dims: SmallVec<[usize; 6]>,
     strides: Vec<SmallVec<[usize; 6]>>,

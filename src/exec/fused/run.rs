@@ -120,11 +120,13 @@ enum Src<'a> {
 }
 
 impl<'a> Src<'a> {
-    fn of(d: &'a Data) -> Src<'a> {
+    /// `d`'s buffer from element `offset` on (where a sliced view starts).
+    fn of(d: &'a Data, offset: usize) -> Src<'a> {
+        const STANDARD: &str = "kernel results are in standard layout";
         match d {
-            Data::F32(a) => Src::F32(a.as_slice().expect("kernel results are in standard layout")),
-            Data::F64(a) => Src::F64(a.as_slice().expect("kernel results are in standard layout")),
-            Data::I64(a) => Src::I64(a.as_slice().expect("kernel results are in standard layout")),
+            Data::F32(a) => Src::F32(&a.as_slice().expect(STANDARD)[offset..]),
+            Data::F64(a) => Src::F64(&a.as_slice().expect(STANDARD)[offset..]),
+            Data::I64(a) => Src::I64(&a.as_slice().expect(STANDARD)[offset..]),
         }
     }
 }
@@ -560,14 +562,14 @@ impl Program {
             prior.then(|| unsafe { &*(seg as *const [MaybeUninit<O>] as *const [O]) })
         };
         let bind = |lp: &Loop| -> SmallVec<[Src; 8]> {
-            lp.from
-                .iter()
-                .map(|f| match *f {
+            (lp.from.iter().zip(&lp.views))
+                .map(|(f, v)| match *f {
                     From::Matmul => Src::Out,
                     From::Param(p) if from_out == Some(p) => Src::Out,
-                    From::Param(p) => {
-                        Src::of(x[p].or(held.as_ref()).expect("every operand is given"))
-                    }
+                    From::Param(p) => Src::of(
+                        x[p].or(held.as_ref()).expect("every operand is given"),
+                        v.offset,
+                    ),
                 })
                 .collect()
         };
