@@ -57,6 +57,7 @@ pub const RULES: &[(&str, RuleFn)] = &[
     ("reshape_kept_reduce",   reshape_kept_reduce),   // reshape(sum[keep](x)) = sum(x) when it drops the kept axes (also max)
     ("unary_of_broadcast",    unary_of_broadcast),    // f(broadcast(x)) = broadcast(f(x))  (f elementwise: each element is f of the same x)
     ("reshape_of_broadcast_scalar", reshape_of_broadcast_scalar), // reshape(broadcast(x)) = broadcast(x) when x has one element
+    ("slice_of_elementwise",  slice_of_elementwise),  // slice(op(a, b)) = op(slice(a), slice(b))  (cheap op read only by slices, operands of its shape)
     ("add_of_disjoint_pads",  add_of_disjoint_pads),  // pad(a) + pad(b) + … = pad(concat(a + 0, b + 0, …)) for pads that tile a range
 ];
 
@@ -395,6 +396,37 @@ fn unary_of_broadcast(g: &mut Graph, n: NodeId) -> Result<Option<NodeId>> {
     let fx = add_unique(g, op, &[x], None, n)?;
     let shape = g.node(n).shape.clone();
     add_unique(g, Op::BroadcastTo, &[fx], Some(&shape), n).map(Some)
+}
+
+/// `slice(op(a, b))` → `op(slice(a), slice(b))` for a cheap elementwise `op` (see
+/// `Op::is_cheap`) that only slices read and whose operands have its shape: each element
+/// is `op` of the same elements, so the bits are the same, and once every slice is
+/// rewritten `op` is dead. The slices then read the operands, and fusion takes them as
+/// loads of the loops that read the slices: an LSTM's pre-activation `x·W + h·U` is no
+/// longer written whole and read back gate by gate.
+fn slice_of_elementwise(g: &mut Graph, n: NodeId) -> Result<Option<NodeId>> {
+    let slice = g.node(n).op;
+    if !matches!(slice, Op::Slice { .. }) {
+        return Ok(None);
+    }
+    let x = g.operands(n)[0];
+    let xn = g.node(x);
+    let op = xn.op;
+    let shape = xn.shape.clone();
+    if !matches!(op, Op::Unary(_) | Op::Binary(_)) || !op.is_cheap() || g.outputs.contains(&x) {
+        return Ok(None);
+    }
+    let operands = g.operands(x);
+    let only_slices = (g.users(x).iter()).all(|&u| matches!(g.node(u).op, Op::Slice { .. }));
+    if !only_slices || operands.iter().any(|&o| g.node(o).shape != shape) {
+        return Ok(None);
+    }
+    let out = g.node(n).shape.clone();
+    let sliced = operands
+        .iter()
+        .map(|&o| add_unique(g, slice, &[o], Some(&out), n))
+        .collect::<Result<Vec<_>>>()?;
+    add_unique(g, op, &sliced, None, n).map(Some)
 }
 
 fn reshape_of_broadcast_scalar(g: &mut Graph, n: NodeId) -> Result<Option<NodeId>> {
