@@ -561,19 +561,88 @@ fn slice_loads_read_where_the_slice_lies() {
     }
 }
 
-/// A sum over some axes only stays with the interpreter.
+/// A fused sum over some axes is generated too: each output's lane is folded from +0
+/// one reduced axis at a time, the innermost first (`reduce::sum`'s order), over every
+/// pattern of kept and reduced axes (a softmax's row sums, column sums, reduced axes of
+/// length 1, kept axes between reduced ones), with instructions after the sum reading
+/// params broadcast to the result, through a reshape and through a slice. Bits: the
+/// interpreter's and the unfused graph's. A lane longer than one block stays with the
+/// interpreter.
 #[test]
-fn partial_sums_are_not_generated() {
+fn partial_sums_fold_each_lane_in_the_order_of_reduce_sum() {
     if !compiler() {
         return;
     }
-    let text = "graph(%0: f32[64,10]) {
-  %1 = fused %0 : f32[10]
-    #0 = mul $0, $0 : f32[64,10]
-    #1 = sum[axes=[0]] #0 : f32[10]
+    let cases: [(&[usize], &[usize]); 6] = [
+        (&[64, 10], &[1]),
+        (&[64, 10], &[0]),
+        (&[5, 7, 9], &[0, 2]),
+        (&[5, 7, 9], &[1, 2]),
+        (&[5, 1, 7], &[1, 2]),
+        (&[3, 4, 5, 6], &[1, 3]),
+    ];
+    for d in [DType::F32, DType::F64] {
+        for (seed, (it, red)) in cases.into_iter().enumerate() {
+            let out: Vec<usize> = (0..it.len())
+                .filter(|a| !red.contains(a))
+                .map(|a| it[a])
+                .collect();
+            let n_out: usize = out.iter().product();
+            let mut longer = out.clone();
+            longer[0] += 3;
+            let (x, o, flat, l) = (ty(d, it), ty(d, &out), ty(d, &[n_out]), ty(d, &longer));
+            let axes: Vec<String> = red.iter().map(|a| a.to_string()).collect();
+            let axes = axes.join(",");
+            let end = out[0] + 2;
+            let fused = format!(
+                "graph(%0: {x}, %1: {x}, %2: {o}, %3: {flat}, %4: {l}) {{
+  %5 = fused %0, %1, %2, %3, %4 : {o}
+    #0 = sub $0, $1 : {x}
+    #1 = mul #0, #0 : {x}
+    #2 = sum[axes=[{axes}]] #1 : {o}
+    #3 = mul #2, $2 : {o}
+    #4 = reshape $3 : {o}
+    #5 = add #3, #4 : {o}
+    #6 = slice[axis=0, start=2, end={end}] $4 : {o}
+    #7 = sub #5, #6 : {o}
+  return %5
+}}"
+            );
+            let unfused = format!(
+                "graph(%0: {x}, %1: {x}, %2: {o}, %3: {flat}, %4: {l}) {{
+  %5 = sub %0, %1 : {x}
+  %6 = mul %5, %5 : {x}
+  %7 = sum[axes=[{axes}]] %6 : {o}
+  %8 = mul %7, %2 : {o}
+  %9 = reshape %3 : {o}
+  %10 = add %8, %9 : {o}
+  %11 = slice[axis=0, start=2, end={end}] %4 : {o}
+  %12 = sub %10, %11 : {o}
+  return %12
+}}"
+            );
+            let seed = 40 + 5 * seed as u64;
+            let inputs = [
+                ordinary(d, it, seed),
+                ordinary(d, it, seed + 1),
+                ordinary(d, &out, seed + 2),
+                ordinary(d, &[n_out], seed + 3),
+                ordinary(d, &longer, seed + 4),
+            ];
+            let got = same_bits(&fused, &inputs);
+            let plan = Plan::new(parse(&unfused).unwrap()).unwrap();
+            let refs: Vec<&Data> = inputs.iter().collect();
+            let want = plan.run(&refs, &mut RunStats::default()).unwrap();
+            assert_eq!(bits(&got[0]), bits(&want[0]), "{d:?} {it:?} over {red:?}");
+        }
+    }
+    let long = "graph(%0: f32[4,1100]) {
+  %1 = fused %0 : f32[4]
+    #0 = mul $0, $0 : f32[4,1100]
+    #1 = sum[axes=[1]] #0 : f32[4]
   return %1
 }";
-    let plan = Plan::new(parse(text).unwrap()).unwrap();
+    let plan = Plan::new(parse(long).unwrap()).unwrap();
     plan.set_codegen(Codegen::Force);
     assert_eq!(plan.generated_steps(), (0, 1));
 }

@@ -120,9 +120,11 @@ struct Loads<'p> {
     params: &'p [(DType, &'p [usize])],
     shape: &'p [usize],
     loads: Vec<Load>,
+    /// The letter of the loads' C names (`a` in a row loop, `b` after a sum).
+    prefix: char,
 }
 
-impl Loads<'_> {
+impl<'p> Loads<'p> {
     /// The C name of the value of `param` (viewed by reshape or slice instruction
     /// `view`) at the loop index.
     fn of(&mut self, param: usize, view: Option<usize>) -> String {
@@ -140,7 +142,22 @@ impl Loads<'_> {
                 self.loads.len() - 1
             }
         };
-        format!("a{l}")
+        format!("{}{l}", self.prefix)
+    }
+
+    fn new(
+        e: &'p FusedExpr,
+        params: &'p [(DType, &'p [usize])],
+        shape: &'p [usize],
+        prefix: char,
+    ) -> Self {
+        Loads {
+            e,
+            params,
+            shape,
+            loads: Vec::new(),
+            prefix,
+        }
     }
 }
 
@@ -268,8 +285,9 @@ fn loop_axes(shape: &[usize], loads: &[Load]) -> (SmallVec<[usize; 6]>, Vec<Smal
 const SUM_BLOCK: usize = 1024;
 
 /// Lowers `e` (for operands of `params` types; `shape` is the fused node's) to C, or
-/// says why it stays with the interpreter: a matmul prologue or a partial sum (not
-/// generated yet), an empty loop, or an op the emitter does not know.
+/// says why it stays with the interpreter: a matmul prologue, a sum over some axes whose
+/// lanes are empty or longer than [`SUM_BLOCK`], an empty loop, or an op the emitter
+/// does not know.
 pub(super) fn lower(
     e: &FusedExpr,
     params: &[(DType, &[usize])],
@@ -284,7 +302,7 @@ pub(super) fn lower(
     }
     let (code, elems) = match e.sum_index() {
         None => (elementwise(e, params, shape)?, n_out),
-        Some(s) => full_sum(e, s, params)?,
+        Some(s) => sum_region(e, s, params, shape)?,
     };
     let out_dtype = e.result().dtype;
     let mut w = String::new();
@@ -304,12 +322,7 @@ fn elementwise(
     params: &[(DType, &[usize])],
     shape: &[usize],
 ) -> Result<String, String> {
-    let mut loads = Loads {
-        e,
-        params,
-        shape,
-        loads: Vec::new(),
-    };
+    let mut loads = Loads::new(e, params, shape, 'a');
     let body = statements(e, 0..e.insts.len(), params, |p, view| loads.of(p, view))?;
     let loads = loads.loads;
     let (dims, strides) = loop_axes(shape, &loads);
@@ -336,73 +349,65 @@ fn elementwise(
     Ok(w)
 }
 
-/// The body of `tf_kernel` for a region whose sum reduces every axis (instruction `s`):
-/// its one output element (`start..end` is `0..1`), and the loop's length.
+/// The body of `tf_kernel` for a region with a sum (instruction `s`; `shape` is the
+/// result's): its output elements `start..end`, and the length of its summed loop.
 ///
-/// The summed elements are added in exactly `reduce::sum`'s order: 8 lanes over the
-/// whole chunks of 8 (lane `l` takes the elements `≡ l` mod 8), a fixed tree of the
-/// lanes, then the remaining elements in order. The instructions after the sum read it
-/// and params of one element.
-fn full_sum(
+/// The summed elements of each output are added in exactly `reduce::sum`'s order. A sum
+/// over every axis (one output): 8 lanes over the whole chunks of 8 (lane `l` takes the
+/// elements `≡ l` mod 8), a fixed tree of the lanes, then the remaining elements in
+/// order; its elements are computed a block of [`SUM_BLOCK`] at a time. A sum over some
+/// axes: the summed loop runs over the kept axes, then the reduced ones (as the
+/// interpreter's), each output's lane of at most [`SUM_BLOCK`] elements is computed into
+/// a buffer and folded from +0 one reduced axis at a time, the innermost first. The
+/// instructions after the sum run once per output, their params read at its index.
+fn sum_region(
     e: &FusedExpr,
     s: usize,
     params: &[(DType, &[usize])],
+    shape: &[usize],
 ) -> Result<(String, usize), String> {
     let Op::Sum { axes, .. } = e.insts[s].op else {
         unreachable!("sum_index points at a sum")
     };
-    let (src, it): (String, Shape) = match e.insts[s].args[0] {
-        Arg::Param(p) => (String::new(), Shape::from_slice(params[p as usize].1)),
-        Arg::Inst(j) => (format!("v{j}"), e.insts[j as usize].shape.clone()),
+    let it: Shape = match e.insts[s].args[0] {
+        Arg::Param(p) => Shape::from_slice(params[p as usize].1),
+        Arg::Inst(j) => e.insts[j as usize].shape.clone(),
     };
-    if (0..it.len()).any(|d| !axes.contains(d)) {
-        return Err("a partial sum".into());
+    let (kept, red): (Vec<usize>, Vec<usize>) = (0..it.len()).partition(|&d| !axes.contains(d));
+    let lane: usize = red.iter().map(|&d| it[d]).product();
+    let full = kept.is_empty();
+    if red.is_empty() {
+        return Err("a sum over no axes".into());
     }
-    let lane = numel(&it);
-    let mut loads = Loads {
-        e,
-        params,
-        shape: &it,
-        loads: Vec::new(),
-    };
+    if !full && !(1..=SUM_BLOCK).contains(&lane) {
+        return Err("a partial sum of an empty lane or one longer than a block".into());
+    }
+    let mut loads = Loads::new(e, params, &it, 'a');
     let body = statements(e, 0..s, params, |p, view| loads.of(p, view))?;
     let src = match e.insts[s].args[0] {
         Arg::Param(p) => loads.of(p as usize, None),
-        Arg::Inst(_) => src,
+        Arg::Inst(j) => format!("v{j}"),
     };
     let loads = loads.loads;
-    // after the sum, every value has one element: a param is read at [0]
-    let mut read_after: Vec<usize> = Vec::new();
-    let after = statements(e, s + 1..e.insts.len(), params, |p, _| {
-        read_after.push(p);
-        format!("b{p}")
+    let mut after_loads = Loads::new(e, params, shape, 'b');
+    let after = statements(e, s + 1..e.insts.len(), params, |p, view| {
+        after_loads.of(p, view)
     })?;
-    let (dims, strides) = loop_axes(&it, &loads);
+    let after_loads = after_loads.loads;
+    // the summed loop: kept axes, then reduced ones (each output's lane is contiguous)
+    let order: Vec<usize> = kept.iter().chain(&red).copied().collect();
+    let lens: Vec<usize> = order.iter().map(|&d| it[d]).collect();
+    let in_order: Vec<SmallVec<[usize; 6]>> = (loads.iter())
+        .map(|l| order.iter().map(|&d| l.strides[d]).collect())
+        .collect();
+    let (dims, strides) = coalesce(&lens, &in_order);
     let t = c_type(e.insts[s].dtype);
-    let full = lane - lane % 8;
     let mut w = String::new();
-    let used = loads
-        .iter()
-        .map(|l| l.param)
-        .chain(read_after.iter().copied());
+    let used = (loads.iter().chain(&after_loads)).map(|l| l.param);
     signature(&mut w, params, used, e.result().dtype);
-    writeln!(
-        w,
-        "    if (start >= end) return;\n    \
-         {t} acc[8] = {{0, 0, 0, 0, 0, 0, 0, 0}};\n    \
-         {t} buf[{SUM_BLOCK}];\n    \
-         tf_i64 m = 0, c = 0; /* the last block's length and its part in whole chunks of 8 */"
-    )
-    .expect("to a String");
+    let mut rows = String::new();
     if lane > 0 {
-        writeln!(
-            w,
-            "    for (tf_i64 blk = 0; blk < {lane}LL; blk += {SUM_BLOCK}LL) {{\n        \
-             tf_i64 stop = blk + {SUM_BLOCK}LL < {lane}LL ? blk + {SUM_BLOCK}LL : {lane}LL;\n        \
-             tf_i64 i = blk;"
-        )
-        .expect("to a String");
-        let mut rows = String::new();
+        let first = if full { "blk" } else { "o * LANE" };
         row_loop(
             &mut rows,
             &dims,
@@ -410,36 +415,121 @@ fn full_sum(
             &loads,
             &body,
             "stop",
-            "(buf + (i - blk))",
+            &format!("(buf + (i - {first}))"),
             &src,
         );
+    }
+    let indent = |w: &mut String, rows: &str| {
         for line in rows.lines() {
             writeln!(w, "    {line}").expect("to a String");
         }
+    };
+    writeln!(w, "#define LANE {lane}LL").expect("to a String");
+    if full {
+        let whole = lane - lane % 8;
+        writeln!(
+            w,
+            "    if (start >= end) return;\n    \
+             const tf_i64 o = 0;\n    \
+             {t} acc[8] = {{0, 0, 0, 0, 0, 0, 0, 0}};\n    \
+             {t} buf[{SUM_BLOCK}];\n    \
+             tf_i64 m = 0, c = 0; /* the last block's length and its part in whole chunks of 8 */\n    \
+             for (tf_i64 blk = 0; blk < LANE; blk += {SUM_BLOCK}LL) {{\n        \
+             tf_i64 stop = blk + {SUM_BLOCK}LL < LANE ? blk + {SUM_BLOCK}LL : LANE;\n        \
+             tf_i64 i = blk;"
+        )
+        .expect("to a String");
+        indent(&mut w, &rows);
         writeln!(
             w,
             "        m = stop - blk;\n        \
-             c = (stop < {full}LL ? stop : {full}LL) - blk;\n        \
+             c = (stop < {whole}LL ? stop : {whole}LL) - blk;\n        \
              for (tf_i64 k = 0; k < c; k += 8)\n            \
-             for (int l = 0; l < 8; l++) acc[l] = acc[l] + buf[k + l];\n    }}"
+             for (int l = 0; l < 8; l++) acc[l] = acc[l] + buf[k + l];\n    }}\n    \
+             {t} v{s} = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));\n    \
+             for (tf_i64 k = c; k < m; k++) v{s} = v{s} + buf[k];"
         )
         .expect("to a String");
+        after_part(&mut w, shape, &after_loads, &after);
+        writeln!(w, "    out[0] = v{};\n}}", e.insts.len() - 1).expect("to a String");
+    } else {
+        writeln!(
+            w,
+            "    {t} buf[LANE];\n    \
+             for (tf_i64 o = start; o < end; o++) {{\n        \
+             tf_i64 stop = (o + 1) * LANE;\n        \
+             tf_i64 i = o * LANE;"
+        )
+        .expect("to a String");
+        indent(&mut w, &rows);
+        // one fold per reduced axis from +0, the innermost first (`reduce::sum`)
+        let red_dims: Vec<usize> = red.iter().map(|&d| it[d]).collect();
+        let k = red_dims.len();
+        let pad = |l: usize| " ".repeat(8 + 4 * l);
+        writeln!(w, "        tf_i64 r = 0;\n        {t} s0 = 0;").expect("to a String");
+        for (l, d) in red_dims.iter().enumerate() {
+            if l > 0 {
+                writeln!(w, "{}{t} s{l} = 0;", pad(l)).expect("to a String");
+            }
+            writeln!(
+                w,
+                "{}for (tf_i64 i{l} = 0; i{l} < {d}LL; i{l}++) {{",
+                pad(l)
+            )
+            .expect("to a String");
+        }
+        writeln!(w, "{}s{last} = s{last} + buf[r++];", pad(k), last = k - 1).expect("to a String");
+        for l in (0..k).rev() {
+            writeln!(w, "{}}}", pad(l)).expect("to a String");
+            if l > 0 {
+                writeln!(w, "{}s{} = s{} + s{l};", pad(l), l - 1, l - 1).expect("to a String");
+            }
+        }
+        writeln!(w, "        {t} v{s} = s0;").expect("to a String");
+        let mut tail = String::new();
+        after_part(&mut tail, shape, &after_loads, &after);
+        indent(&mut w, &tail);
+        writeln!(w, "        out[o] = v{};\n    }}\n}}", e.insts.len() - 1).expect("to a String");
     }
-    writeln!(
-        w,
-        "    {t} v{s} = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));\n    \
-         for (tf_i64 k = c; k < m; k++) v{s} = v{s} + buf[k];"
-    )
-    .expect("to a String");
-    read_after.sort();
-    read_after.dedup();
-    for p in read_after {
-        let pt = c_type(params[p].0);
-        writeln!(w, "    const {pt} b{p} = p{p}[0];").expect("to a String");
+    writeln!(w, "#undef LANE").expect("to a String");
+    Ok((w, numel(&it)))
+}
+
+/// The instructions after a sum for output `o`: each load's element at `o` (its offsets
+/// along the result's axes, from `o` by divisions), then the statements.
+fn after_part(w: &mut String, shape: &[usize], loads: &[Load], after: &str) {
+    for (l, ld) in loads.iter().enumerate() {
+        writeln!(w, "    tf_i64 ob{l} = {}LL;", ld.offset).expect("to a String");
     }
-    w.push_str(&after);
-    writeln!(w, "    out[0] = v{};\n}}", e.insts.len() - 1).expect("to a String");
-    Ok((w, lane))
+    if !loads.is_empty() && shape.iter().any(|&n| n > 1) {
+        w.push_str("    {\n        tf_i64 rem = o;\n");
+        for d in (0..shape.len()).rev() {
+            if shape[d] == 1 {
+                continue;
+            }
+            writeln!(
+                w,
+                "        tf_i64 x{d} = rem % {n}LL;\n        rem /= {n}LL;",
+                n = shape[d]
+            )
+            .expect("to a String");
+            for (l, ld) in loads.iter().enumerate() {
+                if ld.strides[d] != 0 {
+                    writeln!(w, "        ob{l} += x{d} * {}LL;", ld.strides[d])
+                        .expect("to a String");
+                }
+            }
+        }
+        w.push_str("    }\n");
+    }
+    for (l, ld) in loads.iter().enumerate() {
+        let t = c_type(ld.dtype);
+        writeln!(w, "    const {t} b{l} = p{}[ob{l}];", ld.param).expect("to a String");
+    }
+    // the statements are written for the body of a row loop: one level less here
+    for line in after.lines() {
+        writeln!(w, "    {}", line.trim_start()).expect("to a String");
+    }
 }
 
 /// The opening of `tf_kernel`: the params it reads (`p{k}`) and the output (`out`).

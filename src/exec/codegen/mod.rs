@@ -18,13 +18,15 @@
 //! checks. That is sound because each output element depends only on the same index of
 //! any param it may overwrite in place (the memory plan's rule).
 //!
-//! A region whose sum reduces every axis (a loss, `sum(2·r·x)` in a gradient) is
-//! generated too: the row loop computes the summed elements a block of 1024 at a time
-//! into a stack buffer, which is added to 8 lanes in `reduce::sum`'s order (lane `l`
-//! takes the elements `≡ l` mod 8 of the whole chunks of 8, then a fixed tree, then the
-//! rest in order, as the interpreter's accumulator does), and the instructions after
-//! the sum run once on the total. A matmul prologue or a sum over some axes only stays
-//! with the interpreter, as do empty loops.
+//! A region with a sum is generated too, adding in `reduce::sum`'s order (as the
+//! interpreter's accumulator does). A sum over every axis (a loss, `sum(2·r·x)` in a
+//! gradient): the row loop computes the summed elements a block of 1024 at a time into
+//! a stack buffer, which is added to 8 lanes (lane `l` takes the elements `≡ l` mod 8 of
+//! the whole chunks of 8, then a fixed tree, then the rest in order). A sum over some
+//! axes (a softmax's row sums): per output, its lane (at most 1024 elements) is computed
+//! into a buffer and folded from +0 one reduced axis at a time, the innermost first.
+//! The instructions after the sum run once per output, their params read at its index.
+//! A matmul prologue, a longer lane and empty loops stay with the interpreter.
 //!
 //! **Bit-identical to the interpreter.** Every op calls a C function of `prelude.c`
 //! whose operations are those of the op's Rust scalar function, in the same order: the

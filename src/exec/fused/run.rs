@@ -588,9 +588,13 @@ impl Program {
                 let bound = bind_generated(&k);
                 par_outputs(slots, 1, |off, chunk| k.call(&bound, chunk, off));
             }
-            // a full sum's one element, in `reduce::sum`'s order (partial sums are not
-            // generated)
+            // a full sum's one element, and a partial sum's outputs, in `reduce::sum`'s
+            // order (see `codegen`)
             (Some(sp), Some(k)) if sp.full => k.call(&bind_generated(&k), slots, 0),
+            (Some(sp), Some(k)) => {
+                let bound = bind_generated(&k);
+                par_outputs(slots, sp.lane, |off, chunk| k.call(&bound, chunk, off));
+            }
             (None, None) => {
                 let osrcs = bind(&self.outer);
                 par_outputs(slots, 1, |off, chunk| {
