@@ -647,6 +647,64 @@ fn partial_sums_fold_each_lane_in_the_order_of_reduce_sum() {
     assert_eq!(plan.generated_steps(), (0, 1));
 }
 
+/// A matmul prologue's epilogue (bias, ReLU, a scaled residual) is generated: the
+/// product is computed into the output buffer first, and the loop reads each element
+/// there before writing it. Plain and transposed operands, f32 and f64; bits of the
+/// interpreter and of the unfused graph.
+#[test]
+fn matmul_epilogues_read_the_product_in_the_output_buffer() {
+    if !compiler() {
+        return;
+    }
+    for d in [DType::F32, DType::F64] {
+        for (ta, tb) in [(false, false), (true, false), (false, true)] {
+            let (m, k, n) = (37, 53, 29);
+            let a_shape: &[usize] = if ta { &[k, m] } else { &[m, k] };
+            let b_shape: &[usize] = if tb { &[n, k] } else { &[k, n] };
+            let (a, b, o, bias) = (ty(d, a_shape), ty(d, b_shape), ty(d, &[m, n]), ty(d, &[n]));
+            let s = ty(d, &[]);
+            let attrs = match (ta, tb) {
+                (false, false) => String::new(),
+                (true, false) => "[ta=true]".into(),
+                _ => "[tb=true]".into(),
+            };
+            let fused = format!(
+                "graph(%0: {a}, %1: {b}, %2: {bias}, %3: {o}, %4: {s}) {{
+  %5 = fused %0, %1, %2, %3, %4 : {o}
+    #0 = matmul{attrs} $0, $1 : {o}
+    #1 = add #0, $2 : {o}
+    #2 = maximum #1, $4 : {o}
+    #3 = mul $3, $4 : {o}
+    #4 = sub #2, #3 : {o}
+  return %5
+}}"
+            );
+            let unfused = format!(
+                "graph(%0: {a}, %1: {b}, %2: {bias}, %3: {o}, %4: {s}) {{
+  %5 = matmul{attrs} %0, %1 : {o}
+  %6 = add %5, %2 : {o}
+  %7 = maximum %6, %4 : {o}
+  %8 = mul %3, %4 : {o}
+  %9 = sub %7, %8 : {o}
+  return %9
+}}"
+            );
+            let inputs = [
+                ordinary(d, a_shape, 60),
+                ordinary(d, b_shape, 61),
+                ordinary(d, &[n], 62),
+                ordinary(d, &[m, n], 63),
+                ordinary(d, &[], 64),
+            ];
+            let got = same_bits(&fused, &inputs);
+            let plan = Plan::new(parse(&unfused).unwrap()).unwrap();
+            let refs: Vec<&Data> = inputs.iter().collect();
+            let want = plan.run(&refs, &mut RunStats::default()).unwrap();
+            assert_eq!(bits(&got[0]), bits(&want[0]), "{d:?} ta={ta} tb={tb}");
+        }
+    }
+}
+
 /// W5's second derivative, d²/dx² Σ sin(x)·e^(−x²), as the optimizer fuses it.
 fn w5_text(d: DType, n: usize) -> String {
     let t = ty(d, &[n]);

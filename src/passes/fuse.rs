@@ -196,10 +196,11 @@ pub fn fuse_elementwise(g: &mut Graph) -> Result<bool> {
 pub const SMALL_REGION_ELEMS: usize = 1 << 12;
 
 /// With a threshold (`min_elems > 0`), regions with a matmul prologue need at least this
-/// many elements as well: the fused loop of a matmul runs in the interpreter, never as
-/// generated code, and the MLP 784-64-64-10 step (W1), whose `[784,64]` weight gradient
-/// and update (50K elements) fuse from 2^15 on, ran ≈6% slower fused (median of 9
-/// interleaved rounds, twice). A shorter region keeps its elementwise part, which reads
+/// many elements as well: when the epilogue of a matmul ran in the fused-loop interpreter
+/// (it is generated code since 2026-12-03; the threshold has not been measured again),
+/// the MLP 784-64-64-10 step (W1), whose `[784,64]` weight gradient and update (50K
+/// elements) fuse from 2^15 on, ran ≈6% slower fused (median of 9 interleaved rounds,
+/// twice). A shorter region keeps its elementwise part, which reads
 /// the product as a plain operand, when that part meets the thresholds on its own: W1's
 /// `[784,64]` update (`mul`, `sub`) then runs as one generated loop, and its step ran
 /// ≈2% faster (medians of 6 alternated rounds, 113.2 against 115.6 µs).

@@ -285,17 +285,15 @@ fn loop_axes(shape: &[usize], loads: &[Load]) -> (SmallVec<[usize; 6]>, Vec<Smal
 const SUM_BLOCK: usize = 1024;
 
 /// Lowers `e` (for operands of `params` types; `shape` is the fused node's) to C, or
-/// says why it stays with the interpreter: a matmul prologue, a sum over some axes whose
-/// lanes are empty or longer than [`SUM_BLOCK`], an empty loop, or an op the emitter
-/// does not know.
+/// says why it stays with the interpreter: a sum over some axes whose lanes are empty or
+/// longer than [`SUM_BLOCK`], an empty loop, or an op the emitter does not know. Of a
+/// matmul prologue only the epilogue is generated: it reads the product from the output
+/// buffer, where the interpreter has put it.
 pub(super) fn lower(
     e: &FusedExpr,
     params: &[(DType, &[usize])],
     shape: &[usize],
 ) -> Result<Lowered, String> {
-    if e.matmul().is_some() {
-        return Err("a matmul prologue".into());
-    }
     let n_out = numel(shape);
     if n_out == 0 {
         return Err("an empty loop".into());
@@ -323,7 +321,16 @@ fn elementwise(
     shape: &[usize],
 ) -> Result<String, String> {
     let mut loads = Loads::new(e, params, shape, 'a');
-    let body = statements(e, 0..e.insts.len(), params, |p, view| loads.of(p, view))?;
+    // a matmul prologue's product is already in the output buffer (the interpreter runs
+    // the product first): its value at an element is read there, just before the element
+    // is written, as an operand overwritten in place is
+    let first = usize::from(e.matmul().is_some());
+    let mut body = String::new();
+    if first == 1 {
+        let t = c_type(e.insts[0].dtype);
+        writeln!(body, "            const {t} v0 = (out + i)[t];").expect("to a String");
+    }
+    body += &statements(e, first..e.insts.len(), params, |p, view| loads.of(p, view))?;
     let loads = loads.loads;
     let (dims, strides) = loop_axes(shape, &loads);
     let mut w = String::new();

@@ -26,7 +26,10 @@
 //! axes (a softmax's row sums): per output, its lane (at most 1024 elements) is computed
 //! into a buffer and folded from +0 one reduced axis at a time, the innermost first.
 //! The instructions after the sum run once per output, their params read at its index.
-//! A matmul prologue, a longer lane and empty loops stay with the interpreter.
+//! Of a region with a matmul prologue, the epilogue (bias, activation, …) is generated:
+//! the interpreter runs the product into the output buffer, and the loop reads each
+//! element's product there just before writing the element (as an operand overwritten in
+//! place is read). A longer lane and empty loops stay with the interpreter.
 //!
 //! **Bit-identical to the interpreter.** Every op calls a C function of `prelude.c`
 //! whose operations are those of the op's Rust scalar function, in the same order: the

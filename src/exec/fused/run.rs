@@ -584,6 +584,8 @@ impl Program {
             k.bind(&params)
         };
         match (&self.sum, self.gen.as_ref().and_then(|k| k.ready())) {
+            // (with a matmul prologue, the product is in the output buffer already and
+            // the generated epilogue reads it there)
             (None, Some(k)) => {
                 let bound = bind_generated(&k);
                 par_outputs(slots, 1, |off, chunk| k.call(&bound, chunk, off));
