@@ -352,12 +352,20 @@ pub fn fuse_elementwise_min(g: &mut Graph, min_elems: usize) -> Result<bool> {
 /// first (reverse canonical order), so a chain of such nodes inlines link by link.
 fn inline_cheap_producers(g: &mut Graph) -> Result<bool> {
     let mut changed = false;
+    // how many nodes run each expression (one, unless a pass shared it), so a rewrite
+    // copies a shared one instead of changing its other nodes
+    let mut readers = vec![0u32; g.fused.len()];
+    for n in g.node_ids() {
+        if let Op::Fused(f) = g.node(n).op {
+            readers[f as usize] += 1;
+        }
+    }
     for p in g.canonical_order().into_iter().rev() {
         if !g.contains(p) || !inlinable(g, p) {
             continue;
         }
         for u in g.users(p) {
-            inline_into(g, p, u)?;
+            inline_into(g, p, u, &mut readers)?;
         }
         g.remove(p);
         changed = true;
@@ -409,8 +417,9 @@ fn inlinable(g: &Graph, p: NodeId) -> bool {
     inlined <= now
 }
 
-/// Rewrites fused node `u` to compute `p` itself from `p`'s operands.
-fn inline_into(g: &mut Graph, p: NodeId, u: NodeId) -> Result<()> {
+/// Rewrites fused node `u` to compute `p` itself from `p`'s operands (`readers`: how many
+/// nodes run each expression, kept up to date).
+fn inline_into(g: &mut Graph, p: NodeId, u: NodeId, readers: &mut Vec<u32>) -> Result<()> {
     let Op::Fused(f) = g.node(u).op else {
         unreachable!("inlinable checked that every user is fused")
     };
@@ -468,8 +477,9 @@ fn inline_into(g: &mut Graph, p: NodeId, u: NodeId) -> Result<()> {
         new_index.push(out.insts.len() as u32 - 1);
     }
     check_expr(g, &out, &params, g.node(u), "inlined")?;
-    let shared = (g.node_ids().into_iter()).any(|x| x != u && g.node(x).op == Op::Fused(f));
-    if shared {
+    if readers[f as usize] > 1 {
+        readers[f as usize] -= 1;
+        readers.push(1);
         g.fused.push(out);
         g.node_mut(u).op = Op::Fused(g.fused.len() as u32 - 1);
     } else {

@@ -162,7 +162,8 @@ impl<'p> Loads<'p> {
 }
 
 /// The C statements of instructions `range` of `e` (`v{k}` instruction k's value), a
-/// param's value named by `param(p, view)` (`view`: the reshape instruction reading it).
+/// param's value named by `param(p, view)` (`view`: the reshape or slice instruction
+/// reading it).
 fn statements(
     e: &FusedExpr,
     range: std::ops::Range<usize>,
@@ -279,9 +280,9 @@ fn loop_axes(shape: &[usize], loads: &[Load]) -> (SmallVec<[usize; 6]>, Vec<Smal
     coalesce(shape, &full)
 }
 
-/// Elements a full sum adds per block: the block's values are computed into a stack
-/// buffer by the vectorized row loop, then added to the 8 lanes (as the interpreter's
-/// tiles are).
+/// Elements a full sum adds per block (the block's values are computed into a stack
+/// buffer by the vectorized row loop, then added to the 8 lanes, as the interpreter's
+/// tiles are), and the longest lane of a partial sum that is generated.
 const SUM_BLOCK: usize = 1024;
 
 /// Lowers `e` (for operands of `params` types; `shape` is the fused node's) to C, or

@@ -3,7 +3,6 @@
 
 use super::accum::new_accum;
 use super::{From, Loop, OutBuf, Program, Step, TILE};
-use crate::exec::codegen;
 use crate::exec::kernels::ew::{awake_chunk, vectorized_wide, PAR_CHUNK, PAR_MIN};
 use crate::ops::{Binary, Compare, Op, Unary};
 use crate::tensor::{numel, Arr, DType, Data, Float};
@@ -573,29 +572,25 @@ impl Program {
                 })
                 .collect()
         };
-        // generated code, once compiled, runs an elementwise region in place of the steps
-        let bind_generated = |k: &codegen::Ready| {
-            let params: SmallVec<[Option<&Data>; 8]> = (0..x.len())
-                .map(|p| {
-                    (from_out != Some(p))
-                        .then(|| x[p].or(held.as_ref()).expect("every operand is given"))
-                })
-                .collect();
-            k.bind(&params)
-        };
         match (&self.sum, self.gen.as_ref().and_then(|k| k.ready())) {
-            // (with a matmul prologue, the product is in the output buffer already and
-            // the generated epilogue reads it there)
-            (None, Some(k)) => {
-                let bound = bind_generated(&k);
-                par_outputs(slots, 1, |off, chunk| k.call(&bound, chunk, off));
-            }
-            // a full sum's one element, and a partial sum's outputs, in `reduce::sum`'s
-            // order (see `codegen`)
-            (Some(sp), Some(k)) if sp.full => k.call(&bind_generated(&k), slots, 0),
-            (Some(sp), Some(k)) => {
-                let bound = bind_generated(&k);
-                par_outputs(slots, sp.lane, |off, chunk| k.call(&bound, chunk, off));
+            // generated code, once compiled, runs the region in place of the steps: a
+            // full sum's one element, else output chunks (a partial sum's outputs in
+            // `reduce::sum`'s order, see `codegen`; with a matmul prologue, the product
+            // is in the output buffer already and the generated epilogue reads it there)
+            (sum, Some(k)) => {
+                let params: SmallVec<[Option<&Data>; 8]> = (0..x.len())
+                    .map(|p| {
+                        (from_out != Some(p))
+                            .then(|| x[p].or(held.as_ref()).expect("every operand is given"))
+                    })
+                    .collect();
+                let bound = k.bind(&params);
+                match sum {
+                    Some(sp) if sp.full => k.call(&bound, slots, 0),
+                    _ => par_outputs(slots, sum.as_ref().map_or(1, |sp| sp.lane), |off, chunk| {
+                        k.call(&bound, chunk, off)
+                    }),
+                }
             }
             (None, None) => {
                 let osrcs = bind(&self.outer);
