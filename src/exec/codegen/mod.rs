@@ -35,15 +35,17 @@
 //! whose operations are those of the op's Rust scalar function, in the same order: the
 //! f32 `exp`/`ln`/`sin`/`cos`/`tanh` are an operation-for-operation port of
 //! `exec::kernels::fastmath` (with its constants, written by the emitter from the Rust
-//! ones; branch-free: selects become blends, so they vectorize), the f64 ones and `pow` call the same C library functions that Rust's
+//! ones; its `mul_add`s as `__builtin_fma`, one rounding on every ISA; branch-free:
+//! selects become blends, so they vectorize), the f64 ones and `pow` call the same C library functions that Rust's
 //! methods call, and casts convert as Rust's `as` does. The compiler gets
 //! `-O3 -ffp-contract=off -fno-math-errno -fno-trapping-math` and never `-ffast-math`:
-//! no FMA contraction, no reassociation, signed zeros and NaNs honoured, so each IEEE
+//! no FMA contraction (only the written-out ones), no reassociation, signed zeros and NaNs honoured, so each IEEE
 //! operation rounds as written (`-fno-trapping-math` only lets gcc turn the selects into
 //! blends; without it the loop does not vectorize; `-fschedule-insns` interleaves the
 //! independent polynomial chains, 15% faster on W5). Vector width comes from run-time CPU
 //! detection (AVX-512 with 512-bit vectors, or AVX2+FMA — which cannot change a bit,
-//! since nothing contracts — or the baseline). One thing is not pinned: the sign and
+//! since nothing contracts — or the baseline, where the written-out FMAs become calls
+//! of the C library's correctly rounded `fmaf`). One thing is not pinned: the sign and
 //! payload of a NaN result. IEEE 754 leaves them open, both rustc and gcc commute `+`
 //! and `×`, and with two NaN operands x86 returns the first, so where two NaNs meet the
 //! NaN may differ (the interpreter's own AVX-512, AVX2 and scalar copies are in the same

@@ -5,7 +5,9 @@
  * `src/exec/kernels/fastmath.rs` (exp, sin, cos in f32; log and tanh in f64 with one rounding
  * to f32 at the end; selects instead of branches); the f64 ones call the C library, as Rust's `f64` methods do. Compiled
  * with -ffp-contract=off and without -ffast-math, every line below computes the bits of
- * its Rust original: the same IEEE operations on the same values in the same order.
+ * its Rust original: the same IEEE operations on the same values in the same order
+ * (Rust's `mul_add` is `__builtin_fma`/`__builtin_fmaf` here: one rounding, a vfmadd
+ * under -mfma, the C library's correctly rounded fma otherwise).
  * Constants the emitter writes before this file, from the Rust ones: TF_LOG2_E, TF_LN_2,
  * TF_ROUND_MAGIC_F32, TF_LOG2_E_F32, TF_FRAC_2_PI_F32, TF_LN2_HI, TF_LN2_LO, TF_PIO2_1 .. TF_PIO2_4. */
 
@@ -53,23 +55,23 @@ TF_BIT_CAST(tf_from_bits32, tf_u32, float)
 
 TF_INLINE double tf_exp_reduced(double r) {
     double p = 1.0 / 3628800.0;
-    p = p * r + 1.0 / 362880.0;
-    p = p * r + 1.0 / 40320.0;
-    p = p * r + 1.0 / 5040.0;
-    p = p * r + 1.0 / 720.0;
-    p = p * r + 1.0 / 120.0;
-    p = p * r + 1.0 / 24.0;
-    p = p * r + 1.0 / 6.0;
-    p = p * r + 1.0 / 2.0;
-    p = p * r + 1.0;
-    return p * r + 1.0;
+    p = __builtin_fma(p, r, 1.0 / 362880.0);
+    p = __builtin_fma(p, r, 1.0 / 40320.0);
+    p = __builtin_fma(p, r, 1.0 / 5040.0);
+    p = __builtin_fma(p, r, 1.0 / 720.0);
+    p = __builtin_fma(p, r, 1.0 / 120.0);
+    p = __builtin_fma(p, r, 1.0 / 24.0);
+    p = __builtin_fma(p, r, 1.0 / 6.0);
+    p = __builtin_fma(p, r, 1.0 / 2.0);
+    p = __builtin_fma(p, r, 1.0);
+    return __builtin_fma(p, r, 1.0);
 }
 
 TF_INLINE double tf_exp_f64_kernel(double x) {
     double t = x * TF_LOG2_E + TF_ROUND_MAGIC;
     double k = t - TF_ROUND_MAGIC;
     tf_u64 kbits = tf_bits(t);
-    double r = x - k * TF_LN_2;
+    double r = __builtin_fma(-k, TF_LN_2, x);
     double scale = tf_from_bits((kbits + 1023) << 52);
     return tf_exp_reduced(r) * scale;
 }
@@ -78,17 +80,17 @@ TF_INLINE double tf_exp_f64_kernel(double x) {
 TF_INLINE float tf_exp_f32(float x) {
     float xc = x > 89.0f ? 89.0f : x;
     xc = xc < -104.0f ? -104.0f : xc;
-    float t = xc * TF_LOG2_E_F32 + TF_ROUND_MAGIC_F32;
+    float t = __builtin_fmaf(xc, TF_LOG2_E_F32, TF_ROUND_MAGIC_F32);
     float k = t - TF_ROUND_MAGIC_F32;
     tf_i32 ki = (tf_i32)(tf_bits32(t) - tf_bits32(TF_ROUND_MAGIC_F32));
-    float r = (xc - k * TF_LN2_HI) - k * TF_LN2_LO;
+    float r = __builtin_fmaf(-k, TF_LN2_LO, __builtin_fmaf(-k, TF_LN2_HI, xc));
     float p = 1.0f / 5040.0f;
-    p = p * r + 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    float y = (p * (r * r) + r) + 1.0f;
+    p = __builtin_fmaf(p, r, 1.0f / 720.0f);
+    p = __builtin_fmaf(p, r, 1.0f / 120.0f);
+    p = __builtin_fmaf(p, r, 1.0f / 24.0f);
+    p = __builtin_fmaf(p, r, 1.0f / 6.0f);
+    p = __builtin_fmaf(p, r, 0.5f);
+    float y = __builtin_fmaf(p, r * r, r) + 1.0f;
     tf_i32 k1 = ki >> 1;
     tf_i32 k2 = ki - k1;
     float s1 = tf_from_bits32((tf_u32)(k1 + 127) << 23);
@@ -106,13 +108,13 @@ TF_INLINE float tf_log_f32(float x) {
     double s = (m - 1.0) / (m + 1.0);
     double z = s * s;
     double p = 1.0 / 13.0;
-    p = p * z + 1.0 / 11.0;
-    p = p * z + 1.0 / 9.0;
-    p = p * z + 1.0 / 7.0;
-    p = p * z + 1.0 / 5.0;
-    p = p * z + 1.0 / 3.0;
-    double ln_m = 2.0 * s + 2.0 * s * (z * p);
-    float y = (float)(k * TF_LN_2 + ln_m);
+    p = __builtin_fma(p, z, 1.0 / 11.0);
+    p = __builtin_fma(p, z, 1.0 / 9.0);
+    p = __builtin_fma(p, z, 1.0 / 7.0);
+    p = __builtin_fma(p, z, 1.0 / 5.0);
+    p = __builtin_fma(p, z, 1.0 / 3.0);
+    double ln_m = __builtin_fma(2.0 * s, z * p, 2.0 * s);
+    float y = (float)__builtin_fma(k, TF_LN_2, ln_m);
     y = x == 0.0f ? -__builtin_inff() : y;
     y = x < 0.0f ? __builtin_nanf("") : y;
     y = x == __builtin_inff() ? x : y;
@@ -121,23 +123,26 @@ TF_INLINE float tf_log_f32(float x) {
 
 /* sin r, cos r and the quadrant k of x = k·π/2 + r, all in f32 */
 TF_INLINE void tf_sin_cos_reduced(float x, float *sin_r, float *cos_r, tf_u32 *kbits) {
-    float t = x * TF_FRAC_2_PI_F32 + TF_ROUND_MAGIC_F32;
+    float t = __builtin_fmaf(x, TF_FRAC_2_PI_F32, TF_ROUND_MAGIC_F32);
     float k = t - TF_ROUND_MAGIC_F32;
-    float r = (((x - k * TF_PIO2_1) - k * TF_PIO2_2) - k * TF_PIO2_3) - k * TF_PIO2_4;
+    float r = __builtin_fmaf(-k, TF_PIO2_1, x);
+    r = __builtin_fmaf(-k, TF_PIO2_2, r);
+    r = __builtin_fmaf(-k, TF_PIO2_3, r);
+    r = __builtin_fmaf(-k, TF_PIO2_4, r);
     r = r > 0.8f ? 0.8f : r;
     r = r < -0.8f ? -0.8f : r;
     float z = r * r;
     float ps = 1.0f / 362880.0f;
-    ps = ps * z + -1.0f / 5040.0f;
-    ps = ps * z + 1.0f / 120.0f;
-    ps = ps * z + -1.0f / 6.0f;
-    *sin_r = __builtin_copysignf(r + r * (z * ps), r);
+    ps = __builtin_fmaf(ps, z, -1.0f / 5040.0f);
+    ps = __builtin_fmaf(ps, z, 1.0f / 120.0f);
+    ps = __builtin_fmaf(ps, z, -1.0f / 6.0f);
+    *sin_r = __builtin_copysignf(__builtin_fmaf(r, z * ps, r), r);
     float pc = -1.0f / 3628800.0f;
-    pc = pc * z + 1.0f / 40320.0f;
-    pc = pc * z + -1.0f / 720.0f;
-    pc = pc * z + 1.0f / 24.0f;
-    pc = pc * z + -0.5f;
-    *cos_r = 1.0f + z * pc;
+    pc = __builtin_fmaf(pc, z, 1.0f / 40320.0f);
+    pc = __builtin_fmaf(pc, z, -1.0f / 720.0f);
+    pc = __builtin_fmaf(pc, z, 1.0f / 24.0f);
+    pc = __builtin_fmaf(pc, z, -0.5f);
+    *cos_r = __builtin_fmaf(z, pc, 1.0f);
     *kbits = tf_bits32(t);
 }
 
@@ -167,11 +172,11 @@ TF_INLINE float tf_tanh_f32(float x) {
     double big = __builtin_copysign((e - 1.0) / (e + 1.0), xd);
     double z = xd * xd;
     double p = -1382.0 / 155925.0;
-    p = p * z + 62.0 / 2835.0;
-    p = p * z + -17.0 / 315.0;
-    p = p * z + 2.0 / 15.0;
-    p = p * z + -1.0 / 3.0;
-    double small = xd * (1.0 + z * p);
+    p = __builtin_fma(p, z, 62.0 / 2835.0);
+    p = __builtin_fma(p, z, -17.0 / 315.0);
+    p = __builtin_fma(p, z, 2.0 / 15.0);
+    p = __builtin_fma(p, z, -1.0 / 3.0);
+    double small = xd * __builtin_fma(z, p, 1.0);
     double y = ax < 0.0625 ? small : big;
     float yf = (float)y;
     return x != x ? x : yf;

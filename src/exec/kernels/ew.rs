@@ -166,8 +166,9 @@ pub fn has_avx2() -> bool {
 
 /// Runs `f` compiled for AVX2+FMA when the CPU has them, else for the baseline target.
 /// The loop inside `f` is inlined into the feature-enabled copy, so it vectorizes 8
-/// f32 lanes wide. Rust never contracts `a*b+c` into an FMA on its own, so both copies
-/// compute the same bits.
+/// f32 lanes wide. Rust never contracts `a*b+c` into an FMA on its own, and an explicit
+/// `mul_add` rounds once in every copy (an instruction here, the C library's `fma`
+/// in the baseline copy), so both copies compute the same bits.
 #[inline(always)]
 pub fn vectorized<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
