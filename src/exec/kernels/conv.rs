@@ -405,11 +405,31 @@ fn im2col<T: Float>(x: &[T], g: &Conv2dGeom, r0: usize, col: &mut [T]) {
         walk_field(g, pixel, |part, at| {
             let dst = &mut field[part];
             match at {
-                Some(at) => dst.copy_from_slice(&x[at..at + dst.len()]),
+                Some(at) => copy_short(dst, &x[at..at + dst.len()]),
                 None => dst.fill(T::zero()),
             }
         });
     }
+}
+
+/// `dst.copy_from_slice(src)`, with the lengths of a small filter's rows (a 3x3
+/// filter over one channel copies 3 elements a row) copied as fixed-size arrays:
+/// `copy_from_slice` calls `memcpy` for every row, which cost more than the rest of
+/// the tutorial CNN's first-layer im2col together.
+#[inline(always)]
+fn copy_short<T: Copy>(dst: &mut [T], src: &[T]) {
+    macro_rules! fixed {
+        ($($n:literal)*) => {
+            match dst.len() {
+                $($n => {
+                    let d: &mut [T; $n] = dst.try_into().expect("length matched");
+                    *d = src.try_into().expect("length matched");
+                })*
+                _ => dst.copy_from_slice(src),
+            }
+        };
+    }
+    fixed!(1 2 3 4 5 6 7 8)
 }
 
 /// The adjoint of [`im2col`]: adds each receptive field of `dcol` (rows `r0..` of
