@@ -240,6 +240,7 @@ pub(super) fn name(op: &Op) -> &'static str {
         Op::MaxPool2d(_) => "max_pool2d",
         Op::MaxPool2dGrad(_) => "max_pool2d_grad",
         Op::MaxPool2dGather(_) => "max_pool2d_gather",
+        Op::MaxPool2dGradGated(_) => "max_pool2d_grad_gated",
         _ => unreachable!(),
     }
 }
@@ -260,7 +261,10 @@ pub(super) fn attrs(op: &Op) -> Vec<(&'static str, String)> {
             ),
             ("padding", pad_name(c.padding)),
         ],
-        Op::MaxPool2d(p) | Op::MaxPool2dGrad(p) | Op::MaxPool2dGather(p) => vec![
+        Op::MaxPool2d(p)
+        | Op::MaxPool2dGrad(p)
+        | Op::MaxPool2dGather(p)
+        | Op::MaxPool2dGradGated(p) => vec![
             (
                 "ksize",
                 attrs::list(&[p.ksize.0 as usize, p.ksize.1 as usize]),
@@ -307,6 +311,7 @@ pub(super) fn parse(name: &str, m: &AttrMap) -> Option<Result<Op, String>> {
         "max_pool2d" => pool().map(Op::MaxPool2d),
         "max_pool2d_grad" => pool().map(Op::MaxPool2dGrad),
         "max_pool2d_gather" => pool().map(Op::MaxPool2dGather),
+        "max_pool2d_grad_gated" => pool().map(Op::MaxPool2dGradGated),
         _ => return None,
     })
 }
@@ -357,6 +362,17 @@ pub(super) fn infer(
             check(&p.geom(x[0].1)?.out_shape(), x[1].1)?;
             Shape::from_slice(x[0].1)
         }
+        Op::MaxPool2dGradGated(p) => {
+            arity(x, 3)?;
+            check(&p.geom(x[0].1)?.out_shape(), x[1].1)?;
+            if !x[2].1.is_empty() {
+                return Err(format!(
+                    "the gate's threshold must be a scalar: {}",
+                    operand_types(x)
+                ));
+            }
+            Shape::from_slice(x[0].1)
+        }
         Op::MaxPool2dGather(p) => {
             arity(x, 2)?;
             if x[0].1 != x[1].1 {
@@ -393,6 +409,12 @@ fn run<T: Float>(op: &Op, x: &[&Arr<T>], shape: &[usize]) -> Arr<T> {
         Op::MaxPool2dGather(p) => {
             kp::max_pool2d_gather(s(0), s(1), &p.geom(x[0].shape()).expect("checked"))
         }
+        Op::MaxPool2dGradGated(p) => kp::max_pool2d_backprop_gated(
+            s(0),
+            s(1),
+            s(2)[0],
+            &p.geom(x[0].shape()).expect("checked"),
+        ),
         _ => unreachable!(),
     };
     Arr::from_shape_vec(IxDyn(shape), v).expect("kernel output matches shape")
@@ -449,6 +471,9 @@ pub(super) fn vjp(op: &Op, a: &VjpArgs, gy: &Tensor) -> Grads {
             None,
             want(1).then(|| Tensor::pool_op(Op::MaxPool2dGrad(pa), p, Some(gy)))
         ],
+        Op::MaxPool2dGradGated(_) => {
+            panic!("max_pool2d_grad_gated exists only in optimized graphs, which are never differentiated")
+        }
         _ => unreachable!(),
     }
 }

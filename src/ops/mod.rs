@@ -149,6 +149,11 @@ pub enum Op {
     MaxPool2dGrad(PoolAttrs),
     /// Picks, per pooling window, the value of `gx` at the window's argmax: operands `(x, gx)`.
     MaxPool2dGather(PoolAttrs),
+    /// `max_pool2d_grad(x, gy) · (x > t)` in one kernel: operands `(x, gy, t)` with `t` a
+    /// scalar, x-shaped result. Made by the simplifier from the gradient of a ReLU before
+    /// a max pooling (the `mul` of the pooling's gradient by the ReLU's gate `x > 0`),
+    /// bit for bit the two ops' result; optimized graphs only, never differentiated.
+    MaxPool2dGradGated(PoolAttrs),
     /// A fused elementwise region: entry `n` of the graph's fused-expression table
     /// ([`crate::ir::FusedExpr`]), made by the fusion pass. Its type
     /// and kernel come from that expression, so [`Op::infer`] and [`Op::eval`] defer to
@@ -234,7 +239,8 @@ impl Op {
             | Op::Conv2dBackpropFilter(_)
             | Op::MaxPool2d(_)
             | Op::MaxPool2dGrad(_)
-            | Op::MaxPool2dGather(_) => Family::Conv,
+            | Op::MaxPool2dGather(_)
+            | Op::MaxPool2dGradGated(_) => Family::Conv,
             Op::Fused(_) => Family::Fused,
             Op::Cond(_) | Op::While(_) | Op::Scan(_) | Op::Get(_) => Family::Control,
             Op::AllReduce(_) => Family::Collective,
@@ -663,6 +669,8 @@ op_list! {
     }
     internal {
         Op::Fused(_),
+        // made by the simplifier after differentiation (`pool_grad_gate`)
+        Op::MaxPool2dGradGated(_),
         // made by `crate::control`; their VJPs are tape closures written with the
         // control-flow API, checked by the gradient rows of tests/control.rs
         Op::Cond(_),

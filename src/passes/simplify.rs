@@ -19,7 +19,7 @@ use super::rewrite::{add_unique, as_type_of, replace, scalar_const, splat};
 use crate::error::Result;
 use crate::ir::{Graph, NodeId};
 use crate::ops::reduce::reduced_shape;
-use crate::ops::{Binary, Op, Perm, Unary};
+use crate::ops::{Binary, Compare, Op, Perm, Unary};
 use crate::tensor::{numel, DType};
 use std::collections::BTreeMap;
 
@@ -59,6 +59,7 @@ pub const RULES: &[(&str, RuleFn)] = &[
     ("reshape_of_broadcast_scalar", reshape_of_broadcast_scalar), // reshape(broadcast(x)) = broadcast(x) when x has one element
     ("slice_of_elementwise",  slice_of_elementwise),  // slice(op(a, b)) = op(slice(a), slice(b))  (cheap op read only by slices, operands of its shape)
     ("add_of_disjoint_pads",  add_of_disjoint_pads),  // pad(a) + pad(b) + … = pad(concat(a + 0, b + 0, …)) for pads that tile a range
+    ("pool_grad_gate",        pool_grad_gate),        // max_pool2d_grad(x, gy) * (x > t) = max_pool2d_grad_gated(x, gy, t)  (one kernel, the same products)
 ];
 
 /// Applies [`RULES`] to a fixpoint; returns how often each rule fired.
@@ -427,6 +428,44 @@ fn slice_of_elementwise(g: &mut Graph, n: NodeId) -> Result<Option<NodeId>> {
         .map(|&o| add_unique(g, slice, &[o], Some(&out), n))
         .collect::<Result<Vec<_>>>()?;
     add_unique(g, op, &sliced, None, n).map(Some)
+}
+
+/// `max_pool2d_grad(x, gy) * (x > t)` (the product either way round, `t` one element or
+/// a broadcast of one, the gate of the gradient's float type, the gradient read only
+/// here) → `max_pool2d_grad_gated(x, gy, t)`: the ReLU before a max pooling,
+/// differentiated. The kernel multiplies each element of the pooling's gradient by
+/// the same gate value, 1 or 0 (0 for NaN, as `>` gives), so the bits are the two ops'
+/// (IEEE multiplication commutes); it saves writing the ungated gradient and reading it
+/// back (the tutorial CNN's first pooling: ≈2.8 MB each way per step).
+fn pool_grad_gate(g: &mut Graph, n: NodeId) -> Result<Option<NodeId>> {
+    if !is_binary(g, n, Binary::Mul) {
+        return Ok(None);
+    }
+    let (a, b) = operands2(g, n);
+    for (pg, gate) in [(a, b), (b, a)] {
+        let Op::MaxPool2dGrad(p) = g.node(pg).op else {
+            continue;
+        };
+        let is_gate = g.node(gate).op == Op::Compare(Compare::Gt)
+            && g.node(gate).dtype == g.node(pg).dtype
+            && g.node(gate).shape == g.node(pg).shape;
+        if !is_gate || g.use_count(pg) != 1 || g.roots().contains(&pg) {
+            continue;
+        }
+        let (x, gy) = operands2(g, pg);
+        let (gx, mut t) = operands2(g, gate);
+        if g.node(t).op == Op::BroadcastTo {
+            t = g.operands(t)[0];
+        }
+        if gx != x || numel(&g.node(t).shape) != 1 || g.node(t).dtype != g.node(x).dtype {
+            continue;
+        }
+        if !g.node(t).shape.is_empty() {
+            t = add_unique(g, Op::Reshape, &[t], Some(&[]), n)?;
+        }
+        return add_unique(g, Op::MaxPool2dGradGated(p), &[x, gy, t], None, n).map(Some);
+    }
+    Ok(None)
 }
 
 fn reshape_of_broadcast_scalar(g: &mut Graph, n: NodeId) -> Result<Option<NodeId>> {

@@ -3,7 +3,8 @@
 //!
 //! Owns: [`Pool2dGeom`] (the resolved geometry; `Pool2dGeom::new`, which checks the
 //! shapes, lives with `Padding` in `ops::conv`), [`max_pool2d`],
-//! [`max_pool2d_backprop`] and [`max_pool2d_gather`].
+//! [`max_pool2d_backprop`] (and [`max_pool2d_backprop_gated`], the same times a ReLU's
+//! gate in one pass) and [`max_pool2d_gather`].
 //!
 //! Invariants:
 //! - One selection rule, `Window::argmax`, serves all three kernels: the winner of a
@@ -116,6 +117,32 @@ pub fn max_pool2d<T: Float>(x: &[T], g: &Pool2dGeom) -> Vec<T> {
 /// # Panics
 /// If a slice length does not match `g`.
 pub fn max_pool2d_backprop<T: Float>(x: &[T], gy: &[T], g: &Pool2dGeom) -> Vec<T> {
+    backprop(x, gy, None, g)
+}
+
+/// [`max_pool2d_backprop`] times the ReLU-style gate `x > t` (1 or 0 per element), in
+/// one pass: the bits of `max_pool2d_backprop(x, gy) · (x > t)` computed by two kernels
+/// (each element is the same product of the same two values), without writing the
+/// ungated gradient out and reading it back. The gradient of `max_pool2d(relu(z))`
+/// with respect to `z` is this with `x = relu(z)` and `t = 0`.
+///
+/// # Panics
+/// If a slice length does not match `g`.
+pub fn max_pool2d_backprop_gated<T: Float>(x: &[T], gy: &[T], t: T, g: &Pool2dGeom) -> Vec<T> {
+    backprop(x, gy, Some(t), g)
+}
+
+/// The gate's factor for input value `v`: 1 where `v > t`, else 0 (NaN included).
+#[inline(always)]
+fn gate<T: Float>(v: T, t: T) -> T {
+    if v > t {
+        T::one()
+    } else {
+        T::zero()
+    }
+}
+
+fn backprop<T: Float>(x: &[T], gy: &[T], gated: Option<T>, g: &Pool2dGeom) -> Vec<T> {
     g.check("input", x.len(), [g.n, g.h, g.w, g.c]);
     g.check("output gradient", gy.len(), g.out_shape());
     let image = g.h * g.w * g.c;
@@ -161,7 +188,12 @@ pub fn max_pool2d_backprop<T: Float>(x: &[T], gy: &[T], g: &Pool2dGeom) -> Vec<T
                                 let terms = pos.iter().zip(gyp);
                                 let term =
                                     |(&q, &v): (&u32, &T)| if q == p { v } else { T::zero() };
-                                if tiles {
+                                if let (true, Some(thr)) = (tiles, gated) {
+                                    let xp = &x[at + b * image..at + b * image + g.c];
+                                    for ((acc, t), &v) in gxp.iter_mut().zip(terms).zip(xp) {
+                                        *acc = (T::zero() + term(t)) * gate(v, thr);
+                                    }
+                                } else if tiles {
                                     for (acc, t) in gxp.iter_mut().zip(terms) {
                                         *acc = T::zero() + term(t);
                                     }
@@ -170,6 +202,13 @@ pub fn max_pool2d_backprop<T: Float>(x: &[T], gy: &[T], g: &Pool2dGeom) -> Vec<T
                                         *acc = *acc + term(t);
                                     }
                                 }
+                            }
+                        }
+                        // gated windows that overlap: the sums are complete only now
+                        if let (false, Some(thr)) = (tiles, gated) {
+                            let xb = &x[b * image..(b + 1) * image];
+                            for (acc, &v) in gxb.iter_mut().zip(xb) {
+                                *acc = *acc * gate(v, thr);
                             }
                         }
                     },
