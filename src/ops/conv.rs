@@ -4,7 +4,7 @@
 //! (second derivatives of a CNN work).
 
 use super::attrs::{self, AttrMap};
-use super::{arity, float_only, operand_types, same_dtype, Grads, Op, VjpArgs};
+use super::{arity, float_only, operand_types, same_dtype, Binary, Compare, Grads, Op, VjpArgs};
 use crate::exec::kernels::conv::{self as kc, Conv2dGeom};
 use crate::exec::kernels::pool::{self as kp, Pool2dGeom};
 use crate::tensor::{dim, shape_str, Arr, DType, Data, Float, Shape, Tensor};
@@ -241,6 +241,7 @@ pub(super) fn name(op: &Op) -> &'static str {
         Op::MaxPool2dGrad(_) => "max_pool2d_grad",
         Op::MaxPool2dGather(_) => "max_pool2d_gather",
         Op::MaxPool2dGradGated(_) => "max_pool2d_grad_gated",
+        Op::Conv2dBiasRelu(_) => "conv2d_bias_relu",
         _ => unreachable!(),
     }
 }
@@ -254,7 +255,10 @@ fn pad_name(p: Padding) -> String {
 
 pub(super) fn attrs(op: &Op) -> Vec<(&'static str, String)> {
     match *op {
-        Op::Conv2d(c) | Op::Conv2dBackpropInput(c) | Op::Conv2dBackpropFilter(c) => vec![
+        Op::Conv2d(c)
+        | Op::Conv2dBackpropInput(c)
+        | Op::Conv2dBackpropFilter(c)
+        | Op::Conv2dBiasRelu(c) => vec![
             (
                 "stride",
                 attrs::list(&[c.stride.0 as usize, c.stride.1 as usize]),
@@ -308,6 +312,7 @@ pub(super) fn parse(name: &str, m: &AttrMap) -> Option<Result<Op, String>> {
         "conv2d" => conv().map(Op::Conv2d),
         "conv2d_backprop_input" => conv().map(Op::Conv2dBackpropInput),
         "conv2d_backprop_filter" => conv().map(Op::Conv2dBackpropFilter),
+        "conv2d_bias_relu" => conv().map(Op::Conv2dBiasRelu),
         "max_pool2d" => pool().map(Op::MaxPool2d),
         "max_pool2d_grad" => pool().map(Op::MaxPool2dGrad),
         "max_pool2d_gather" => pool().map(Op::MaxPool2dGather),
@@ -340,6 +345,17 @@ pub(super) fn infer(
         Op::Conv2d(c) => {
             arity(x, 2)?;
             Shape::from_slice(&c.geom(x[0].1, x[1].1)?.out_shape())
+        }
+        Op::Conv2dBiasRelu(c) => {
+            arity(x, 4)?;
+            let y = c.geom(x[0].1, x[1].1)?.out_shape();
+            if x[2].1 != [y[3]] || !x[3].1.is_empty() {
+                return Err(format!(
+                    "needs a [cout] bias and a scalar threshold: {}",
+                    operand_types(x)
+                ));
+            }
+            Shape::from_slice(&y)
         }
         Op::Conv2dBackpropInput(c) => {
             arity(x, 2)?;
@@ -399,6 +415,17 @@ fn run<T: Float>(op: &Op, x: &[&Arr<T>], shape: &[usize]) -> Arr<T> {
         Op::Conv2dBackpropInput(c) => {
             kc::conv2d_backprop_input(s(0), s(1), &c.geom(shape, x[1].shape()).expect("checked"))
         }
+        Op::Conv2dBiasRelu(c) => {
+            let t = s(3)[0];
+            kc::conv2d_epilogue(
+                s(0),
+                s(1),
+                s(2),
+                &c.geom(x[0].shape(), x[1].shape()).expect("checked"),
+                #[inline(always)]
+                move |y, b| Binary::Maximum.f(Binary::Add.f(y, b), t),
+            )
+        }
         Op::Conv2dBackpropFilter(c) => {
             kc::conv2d_backprop_filter(s(0), s(1), &c.geom(x[0].shape(), shape).expect("checked"))
         }
@@ -409,12 +436,24 @@ fn run<T: Float>(op: &Op, x: &[&Arr<T>], shape: &[usize]) -> Arr<T> {
         Op::MaxPool2dGather(p) => {
             kp::max_pool2d_gather(s(0), s(1), &p.geom(x[0].shape()).expect("checked"))
         }
-        Op::MaxPool2dGradGated(p) => kp::max_pool2d_backprop_gated(
-            s(0),
-            s(1),
-            s(2)[0],
-            &p.geom(x[0].shape()).expect("checked"),
-        ),
+        Op::MaxPool2dGradGated(p) => {
+            let t = s(2)[0];
+            kp::max_pool2d_backprop_then(
+                s(0),
+                s(1),
+                &p.geom(x[0].shape()).expect("checked"),
+                // the gradient times `x > t` as `greater` writes it (1 or 0)
+                #[inline(always)]
+                move |grad, v| {
+                    let open = if Compare::Gt.f(v, t) {
+                        T::one()
+                    } else {
+                        T::zero()
+                    };
+                    Binary::Mul.f(grad, open)
+                },
+            )
+        }
         _ => unreachable!(),
     };
     Arr::from_shape_vec(IxDyn(shape), v).expect("kernel output matches shape")
@@ -471,9 +510,10 @@ pub(super) fn vjp(op: &Op, a: &VjpArgs, gy: &Tensor) -> Grads {
             None,
             want(1).then(|| Tensor::pool_op(Op::MaxPool2dGrad(pa), p, Some(gy)))
         ],
-        Op::MaxPool2dGradGated(_) => {
-            panic!("max_pool2d_grad_gated exists only in optimized graphs, which are never differentiated")
-        }
+        Op::MaxPool2dGradGated(_) | Op::Conv2dBiasRelu(_) => panic!(
+            "{} exists only in optimized graphs, which are never differentiated",
+            name(op)
+        ),
         _ => unreachable!(),
     }
 }
@@ -484,7 +524,7 @@ pub(super) fn macs(op: &Op, x: &[&[usize]], out: &[usize]) -> u64 {
     // taps per output channel of a [kh, kw, cin, cout] filter
     let taps = |w: &[usize]| super::elems(w) / w.last().map_or(1, |&c| c.max(1) as u64);
     match op {
-        Op::Conv2d(_) => super::elems(out) * taps(x[1]),
+        Op::Conv2d(_) | Op::Conv2dBiasRelu(_) => super::elems(out) * taps(x[1]),
         Op::Conv2dBackpropInput(_) => super::elems(x[0]) * taps(x[1]),
         Op::Conv2dBackpropFilter(_) => super::elems(x[1]) * taps(out),
         _ => 0,
@@ -495,7 +535,10 @@ pub(super) fn macs(op: &Op, x: &[&[usize]], out: &[usize]) -> u64 {
 /// times the filter, per input channel); pooling visits each element once.
 pub(super) fn work(op: &Op, x: &[&[usize]], out: &[usize]) -> u64 {
     match op {
-        Op::Conv2d(_) | Op::Conv2dBackpropInput(_) | Op::Conv2dBackpropFilter(_) => {
+        Op::Conv2d(_)
+        | Op::Conv2dBackpropInput(_)
+        | Op::Conv2dBackpropFilter(_)
+        | Op::Conv2dBiasRelu(_) => {
             let w = x[1];
             let filter = super::elems(w);
             super::elems(x[0]).max(super::elems(out)) * filter / w[2].max(1) as u64

@@ -154,6 +154,12 @@ pub enum Op {
     /// a max pooling (the `mul` of the pooling's gradient by the ReLU's gate `x > 0`),
     /// bit for bit the two ops' result; optimized graphs only, never differentiated.
     MaxPool2dGradGated(PoolAttrs),
+    /// `maximum(conv2d(x, w) + b, t)` in one kernel: operands `(x, w, b, t)` with `b` the
+    /// `[cout]` bias and `t` a scalar (0 for a ReLU). Made by the simplifier from a
+    /// convolution read only by its bias add and activation, bit for bit the three ops'
+    /// result, applied to each chunk of output rows while it is in cache; optimized
+    /// graphs only, never differentiated.
+    Conv2dBiasRelu(ConvAttrs),
     /// A fused elementwise region: entry `n` of the graph's fused-expression table
     /// ([`crate::ir::FusedExpr`]), made by the fusion pass. Its type
     /// and kernel come from that expression, so [`Op::infer`] and [`Op::eval`] defer to
@@ -240,7 +246,8 @@ impl Op {
             | Op::MaxPool2d(_)
             | Op::MaxPool2dGrad(_)
             | Op::MaxPool2dGather(_)
-            | Op::MaxPool2dGradGated(_) => Family::Conv,
+            | Op::MaxPool2dGradGated(_)
+            | Op::Conv2dBiasRelu(_) => Family::Conv,
             Op::Fused(_) => Family::Fused,
             Op::Cond(_) | Op::While(_) | Op::Scan(_) | Op::Get(_) => Family::Control,
             Op::AllReduce(_) => Family::Collective,
@@ -669,8 +676,9 @@ op_list! {
     }
     internal {
         Op::Fused(_),
-        // made by the simplifier after differentiation (`pool_grad_gate`)
+        // made by the simplifier (rules `pool_grad_gate`, `conv_bias_relu`)
         Op::MaxPool2dGradGated(_),
+        Op::Conv2dBiasRelu(_),
         // made by `crate::control`; their VJPs are tape closures written with the
         // control-flow API, checked by the gradient rows of tests/control.rs
         Op::Cond(_),

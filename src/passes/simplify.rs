@@ -60,6 +60,7 @@ pub const RULES: &[(&str, RuleFn)] = &[
     ("slice_of_elementwise",  slice_of_elementwise),  // slice(op(a, b)) = op(slice(a), slice(b))  (cheap op read only by slices, operands of its shape)
     ("add_of_disjoint_pads",  add_of_disjoint_pads),  // pad(a) + pad(b) + … = pad(concat(a + 0, b + 0, …)) for pads that tile a range
     ("pool_grad_gate",        pool_grad_gate),        // max_pool2d_grad(x, gy) * (x > t) = max_pool2d_grad_gated(x, gy, t)  (one kernel, the same products)
+    ("conv_bias_relu",        conv_bias_relu),        // maximum(conv2d(x, w) + b, t) = conv2d_bias_relu(x, w, b, t)  (one kernel, the same operations)
 ];
 
 /// Applies [`RULES`] to a fixpoint; returns how often each rule fired.
@@ -466,6 +467,55 @@ fn pool_grad_gate(g: &mut Graph, n: NodeId) -> Result<Option<NodeId>> {
         return add_unique(g, Op::MaxPool2dGradGated(p), &[x, gy, t], None, n).map(Some);
     }
     Ok(None)
+}
+
+/// `maximum(conv2d(x, w) + b, t)` (the sum either way round; `b` `[cout]` or a
+/// broadcast of it; `t` one element or a broadcast of one; the convolution and the sum
+/// read only here) → `conv2d_bias_relu(x, w, b, t)`: a convolution layer's bias and
+/// ReLU. The kernel adds the bias and takes the maximum of each chunk of output rows
+/// right after computing it, the same operations on the same values in the same order
+/// (`maximum` keeps its operand order: it is not symmetric in NaN and signed zeros),
+/// so the bits are the three ops'; the output is not written and read back again.
+fn conv_bias_relu(g: &mut Graph, n: NodeId) -> Result<Option<NodeId>> {
+    if !is_binary(g, n, Binary::Maximum) {
+        return Ok(None);
+    }
+    let (sum, t) = operands2(g, n);
+    if !is_binary(g, sum, Binary::Add) || g.use_count(sum) != 1 || g.roots().contains(&sum) {
+        return Ok(None);
+    }
+    let dtype = g.node(n).dtype;
+    let (a, b) = operands2(g, sum);
+    let Some((conv, mut bias)) = [(a, b), (b, a)].into_iter().find(|&(c, _)| {
+        matches!(g.node(c).op, Op::Conv2d(_))
+            && g.use_count(c) == 1
+            && !g.roots().contains(&c)
+            && g.node(c).shape == g.node(n).shape
+    }) else {
+        return Ok(None);
+    };
+    let Op::Conv2d(attrs) = g.node(conv).op else {
+        return Ok(None);
+    };
+    let cout = g.node(conv).shape[3];
+    let mut t = t;
+    for v in [&mut bias, &mut t] {
+        if g.node(*v).op == Op::BroadcastTo {
+            *v = g.operands(*v)[0];
+        }
+    }
+    let fits = g.node(bias).shape[..] == [cout]
+        && numel(&g.node(t).shape) == 1
+        && g.node(bias).dtype == dtype
+        && g.node(t).dtype == dtype;
+    if !fits {
+        return Ok(None);
+    }
+    if !g.node(t).shape.is_empty() {
+        t = add_unique(g, Op::Reshape, &[t], Some(&[]), n)?;
+    }
+    let (x, w) = operands2(g, conv);
+    add_unique(g, Op::Conv2dBiasRelu(attrs), &[x, w, bias, t], None, n).map(Some)
 }
 
 fn reshape_of_broadcast_scalar(g: &mut Graph, n: NodeId) -> Result<Option<NodeId>> {

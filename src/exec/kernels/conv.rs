@@ -125,16 +125,73 @@ impl Conv2dGeom {
 /// assert_eq!(conv2d(&x, &[1.0f32; 4], &g), vec![12.0, 16.0, 24.0, 28.0]);
 /// ```
 pub fn conv2d<T: Float>(x: &[T], w: &[T], g: &Conv2dGeom) -> Vec<T> {
+    conv2d_then(x, w, g, |_| {})
+}
+
+/// [`conv2d`] with a per-channel epilogue: each output element `y` of channel `c`
+/// becomes `act(y, b[c])` (`b` is `[cout]`; the caller's `act` is the op's math, e.g. a
+/// bias and ReLU, `maximum(y + b, 0)`), applied to each chunk of output rows as soon as
+/// the chunk is computed, while it is in cache: the bits of `conv2d` followed by `act`
+/// elementwise, without a second pass over the output.
+///
+/// # Panics
+/// If a slice length does not match `g`, or `b` is not `cout` long.
+pub fn conv2d_epilogue<T: Float, F: Fn(T, T) -> T + Copy + Sync>(
+    x: &[T],
+    w: &[T],
+    b: &[T],
+    g: &Conv2dGeom,
+    act: F,
+) -> Vec<T> {
+    assert_eq!(
+        b.len(),
+        g.cout,
+        "conv2d: the epilogue has {} values, not cout = {}",
+        b.len(),
+        g.cout
+    );
+    conv2d_then(x, w, g, |yc| {
+        // a copy on this stack frame: its captured values stay in registers
+        let act_here = act;
+        super::ew::vectorized_wide(
+            #[inline(always)]
+            || {
+                for row in yc.chunks_exact_mut(b.len().max(1)) {
+                    epilogue_row(row, b, act_here);
+                }
+            },
+        )
+    })
+}
+
+/// `act(y, b[c])` over one output row.
+#[inline(always)]
+fn epilogue_row<T: Float, F: Fn(T, T) -> T>(row: &mut [T], b: &[T], act: F) {
+    for (v, &bc) in row.iter_mut().zip(b) {
+        *v = act(*v, bc);
+    }
+}
+
+/// [`conv2d`] with `then` run on each chunk of whole output rows right after it is
+/// computed (on the thread that computed it).
+fn conv2d_then<T: Float>(
+    x: &[T],
+    w: &[T],
+    g: &Conv2dGeom,
+    then: impl Fn(&mut [T]) + Sync,
+) -> Vec<T> {
     g.check("input", x.len(), [g.n, g.h, g.w, g.cin]);
     g.check("filter", w.len(), [g.kh, g.kw, g.cin, g.cout]);
     let (rows, k, cout) = (g.rows(), g.k(), g.cout);
     let mut y = buffers::overwritable(rows * cout);
     if y.is_empty() || k == 0 {
         y.fill(T::zero()); // an empty sum
+        then(&mut y);
         return y;
     }
     if g.is_pointwise() {
         gemm(x, w, &mut y, rows, k, cout, false, false);
+        then(&mut y);
         return y;
     }
     let chunk = g.chunk_rows();
@@ -151,6 +208,7 @@ pub fn conv2d<T: Float>(x: &[T], w: &[T], g: &Conv2dGeom) -> Vec<T> {
             } else {
                 multiply(col, w, yc, nr, k, cout, false, false);
             }
+            then(yc);
         },
     );
     y

@@ -3,8 +3,8 @@
 //!
 //! Owns: [`Pool2dGeom`] (the resolved geometry; `Pool2dGeom::new`, which checks the
 //! shapes, lives with `Padding` in `ops::conv`), [`max_pool2d`],
-//! [`max_pool2d_backprop`] (and [`max_pool2d_backprop_gated`], the same times a ReLU's
-//! gate in one pass) and [`max_pool2d_gather`].
+//! [`max_pool2d_backprop`] (and [`max_pool2d_backprop_then`], the same with an
+//! elementwise epilogue applied as it stores) and [`max_pool2d_gather`].
 //!
 //! Invariants:
 //! - One selection rule, `Window::argmax`, serves all three kernels: the winner of a
@@ -117,32 +117,31 @@ pub fn max_pool2d<T: Float>(x: &[T], g: &Pool2dGeom) -> Vec<T> {
 /// # Panics
 /// If a slice length does not match `g`.
 pub fn max_pool2d_backprop<T: Float>(x: &[T], gy: &[T], g: &Pool2dGeom) -> Vec<T> {
-    backprop(x, gy, None, g)
+    backprop::<T, fn(T, T) -> T>(x, gy, None, g)
 }
 
-/// [`max_pool2d_backprop`] times the ReLU-style gate `x > t` (1 or 0 per element), in
-/// one pass: the bits of `max_pool2d_backprop(x, gy) · (x > t)` computed by two kernels
-/// (each element is the same product of the same two values), without writing the
-/// ungated gradient out and reading it back. The gradient of `max_pool2d(relu(z))`
-/// with respect to `z` is this with `x = relu(z)` and `t = 0`.
+/// [`max_pool2d_backprop`] with an epilogue that reads the input: each element `p` of
+/// the gradient becomes `epi(p, x)` as it is stored (the caller's `epi` is the op's
+/// math: a ReLU's gate, `p · (x > 0)`), the bits of `max_pool2d_backprop` followed by
+/// `epi` elementwise, without writing the plain gradient out and reading it back.
 ///
 /// # Panics
 /// If a slice length does not match `g`.
-pub fn max_pool2d_backprop_gated<T: Float>(x: &[T], gy: &[T], t: T, g: &Pool2dGeom) -> Vec<T> {
-    backprop(x, gy, Some(t), g)
+pub fn max_pool2d_backprop_then<T: Float, F: Fn(T, T) -> T + Copy + Sync>(
+    x: &[T],
+    gy: &[T],
+    g: &Pool2dGeom,
+    epi: F,
+) -> Vec<T> {
+    backprop(x, gy, Some(epi), g)
 }
 
-/// The gate's factor for input value `v`: 1 where `v > t`, else 0 (NaN included).
-#[inline(always)]
-fn gate<T: Float>(v: T, t: T) -> T {
-    if v > t {
-        T::one()
-    } else {
-        T::zero()
-    }
-}
-
-fn backprop<T: Float>(x: &[T], gy: &[T], gated: Option<T>, g: &Pool2dGeom) -> Vec<T> {
+fn backprop<T: Float, F: Fn(T, T) -> T + Copy + Sync>(
+    x: &[T],
+    gy: &[T],
+    epi: Option<F>,
+    g: &Pool2dGeom,
+) -> Vec<T> {
     g.check("input", x.len(), [g.n, g.h, g.w, g.c]);
     g.check("output gradient", gy.len(), g.out_shape());
     let image = g.h * g.w * g.c;
@@ -172,6 +171,8 @@ fn backprop<T: Float>(x: &[T], gy: &[T], gated: Option<T>, g: &Pool2dGeom) -> Ve
                 if tiles {
                     zero_untiled(gxb, g);
                 }
+                // a copy on this stack frame: its captured values stay in registers
+                let epi_here = epi;
                 super::ew::vectorized_wide(
                     #[inline(always)]
                     || {
@@ -188,10 +189,10 @@ fn backprop<T: Float>(x: &[T], gy: &[T], gated: Option<T>, g: &Pool2dGeom) -> Ve
                                 let terms = pos.iter().zip(gyp);
                                 let term =
                                     |(&q, &v): (&u32, &T)| if q == p { v } else { T::zero() };
-                                if let (true, Some(thr)) = (tiles, gated) {
+                                if let (true, Some(epi)) = (tiles, epi_here) {
                                     let xp = &x[at + b * image..at + b * image + g.c];
                                     for ((acc, t), &v) in gxp.iter_mut().zip(terms).zip(xp) {
-                                        *acc = (T::zero() + term(t)) * gate(v, thr);
+                                        *acc = epi(T::zero() + term(t), v);
                                     }
                                 } else if tiles {
                                     for (acc, t) in gxp.iter_mut().zip(terms) {
@@ -204,11 +205,11 @@ fn backprop<T: Float>(x: &[T], gy: &[T], gated: Option<T>, g: &Pool2dGeom) -> Ve
                                 }
                             }
                         }
-                        // gated windows that overlap: the sums are complete only now
-                        if let (false, Some(thr)) = (tiles, gated) {
+                        // windows that overlap: the sums are complete only now
+                        if let (false, Some(epi)) = (tiles, epi_here) {
                             let xb = &x[b * image..(b + 1) * image];
                             for (acc, &v) in gxb.iter_mut().zip(xb) {
-                                *acc = *acc * gate(v, thr);
+                                *acc = epi(*acc, v);
                             }
                         }
                     },
