@@ -124,6 +124,8 @@ pub fn max_pool2d_backprop<T: Float>(x: &[T], gy: &[T], g: &Pool2dGeom) -> Vec<T
 /// the gradient becomes `epi(p, x)` as it is stored (the caller's `epi` is the op's
 /// math: a ReLU's gate, `p · (x > 0)`), the bits of `max_pool2d_backprop` followed by
 /// `epi` elementwise, without writing the plain gradient out and reading it back.
+/// `epi(+0, v)` must be `+0` for every `v` (as the gate's is): the pixels that no
+/// window covers are stored as +0 without calling it.
 ///
 /// # Panics
 /// If a slice length does not match `g`.
