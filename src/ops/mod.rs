@@ -367,7 +367,8 @@ impl Op {
     /// The VJP rule: cotangents of the inputs given the cotangent `gy` of the output.
     ///
     /// # Panics
-    /// On a `fused` op: fused nodes exist only in optimized graphs, which are never differentiated.
+    /// On a `fused`, `conv2d_bias_relu` or `max_pool2d_grad_gated` op: passes make them,
+    /// so they exist only in optimized graphs, which are never differentiated.
     pub fn vjp(&self, a: &VjpArgs, gy: &Tensor) -> Grads {
         match (self.family(), self) {
             (Family::Source, _) => Grads::new(),
