@@ -454,16 +454,12 @@ fn pool_grad_gate(g: &mut Graph, n: NodeId) -> Result<Option<NodeId>> {
             continue;
         }
         let (x, gy) = operands2(g, pg);
-        let (gx, mut t) = operands2(g, gate);
-        if g.node(t).op == Op::BroadcastTo {
-            t = g.operands(t)[0];
-        }
-        if gx != x || numel(&g.node(t).shape) != 1 || g.node(t).dtype != g.node(x).dtype {
+        let (gx, t) = operands2(g, gate);
+        let dtype = g.node(x).dtype;
+        let Some(t) = (gx == x).then(|| scalar_operand(g, t, dtype)).flatten() else {
             continue;
-        }
-        if !g.node(t).shape.is_empty() {
-            t = add_unique(g, Op::Reshape, &[t], Some(&[]), n)?;
-        }
+        };
+        let t = as_scalar(g, t, n)?;
         return add_unique(g, Op::MaxPool2dGradGated(p), &[x, gy, t], None, n).map(Some);
     }
     Ok(None)
@@ -498,24 +494,37 @@ fn conv_bias_relu(g: &mut Graph, n: NodeId) -> Result<Option<NodeId>> {
         return Ok(None);
     };
     let cout = g.node(conv).shape[3];
-    let mut t = t;
-    for v in [&mut bias, &mut t] {
-        if g.node(*v).op == Op::BroadcastTo {
-            *v = g.operands(*v)[0];
-        }
+    if g.node(bias).op == Op::BroadcastTo {
+        bias = g.operands(bias)[0];
     }
-    let fits = g.node(bias).shape[..] == [cout]
-        && numel(&g.node(t).shape) == 1
-        && g.node(bias).dtype == dtype
-        && g.node(t).dtype == dtype;
-    if !fits {
+    let Some(t) = scalar_operand(g, t, dtype) else {
+        return Ok(None);
+    };
+    if g.node(bias).shape[..] != [cout] || g.node(bias).dtype != dtype {
         return Ok(None);
     }
-    if !g.node(t).shape.is_empty() {
-        t = add_unique(g, Op::Reshape, &[t], Some(&[]), n)?;
-    }
+    let t = as_scalar(g, t, n)?;
     let (x, w) = operands2(g, conv);
     add_unique(g, Op::Conv2dBiasRelu(attrs), &[x, w, bias, t], None, n).map(Some)
+}
+
+/// The one-element value of `dtype` that operand `t` holds (`t` itself, or what a
+/// `broadcast` spreads), for the rules whose fused kernel takes a scalar threshold.
+fn scalar_operand(g: &Graph, t: NodeId, dtype: DType) -> Option<NodeId> {
+    let t = match g.node(t).op {
+        Op::BroadcastTo => g.operands(t)[0],
+        _ => t,
+    };
+    (numel(&g.node(t).shape) == 1 && g.node(t).dtype == dtype).then_some(t)
+}
+
+/// `t` (one element) as a rank-0 value: itself, or a `reshape` of it.
+fn as_scalar(g: &mut Graph, t: NodeId, like: NodeId) -> Result<NodeId> {
+    if g.node(t).shape.is_empty() {
+        Ok(t)
+    } else {
+        add_unique(g, Op::Reshape, &[t], Some(&[]), like)
+    }
 }
 
 fn reshape_of_broadcast_scalar(g: &mut Graph, n: NodeId) -> Result<Option<NodeId>> {

@@ -71,12 +71,21 @@ fn reduce<T: Pooled>(
         let mut out = buffers::take(outer * inner);
         out.resize(outer * inner, init);
         // each accumulator folds its lane's rows in order, whoever runs it
-        let pass = |acc: &mut [T], block: &[T], stride: usize| {
+        let fold_rows = |acc: &mut [T], block: &[T], stride: usize| {
+            for r in block.chunks(stride.max(1)).take(len) {
+                for (s, &v) in acc.iter_mut().zip(r) {
+                    *s = fold(*s, v);
+                }
+            }
+        };
+        // `blocks` holds whole `[len, inner]` blocks, `accs` their accumulators
+        let fold_blocks = |accs: &mut [T], blocks: &[T]| {
             super::ew::vectorized(|| {
-                for r in block.chunks(stride.max(1)).take(len) {
-                    for (s, &v) in acc.iter_mut().zip(r) {
-                        *s = fold(*s, v);
-                    }
+                for (acc, block) in accs
+                    .chunks_exact_mut(inner.max(1))
+                    .zip(blocks.chunks_exact((len * inner).max(1)))
+                {
+                    fold_rows(acc, block, inner);
                 }
             })
         };
@@ -86,27 +95,15 @@ fn reduce<T: Pooled>(
             let per = (super::ew::PAR_CHUNK / (len * inner).max(1)).max(1);
             out.par_chunks_mut(inner * per)
                 .zip(src.par_chunks(len * inner * per))
-                .for_each(|(accs, blocks)| {
-                    for (acc, block) in accs
-                        .chunks_exact_mut(inner)
-                        .zip(blocks.chunks_exact(len * inner))
-                    {
-                        pass(acc, block, inner);
-                    }
-                });
+                .for_each(|(accs, blocks)| fold_blocks(accs, blocks));
         } else if par {
             // one block: column ranges per task
             let cols = (super::ew::PAR_CHUNK / len.max(1)).max(16).min(inner);
-            out.par_chunks_mut(cols)
-                .enumerate()
-                .for_each(|(c, acc)| pass(acc, &src[c * cols..], inner));
+            out.par_chunks_mut(cols).enumerate().for_each(|(c, acc)| {
+                super::ew::vectorized(|| fold_rows(acc, &src[c * cols..], inner))
+            });
         } else {
-            for (acc, block) in out
-                .chunks_exact_mut(inner.max(1))
-                .zip(src.chunks_exact((len * inner).max(1)))
-            {
-                pass(acc, block, inner);
-            }
+            fold_blocks(&mut out, src);
         }
         if let Some(old) = cur.replace(out) {
             buffers::current().give(old);
