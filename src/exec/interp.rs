@@ -11,9 +11,12 @@
 //!   last consumer has run, so later steps reuse it; in a parallel run, dead values go
 //!   back when the run ends (the order of steps, and so how many buffers of a size are
 //!   live at once, varies from run to run, and this keeps the demand of every run the
-//!   same). A variable's old value goes back when the run replaces it. From the second
-//!   call on, a run allocates no tensor buffer except for the values that escape
-//!   (outputs). `fused` steps also overwrite a dying operand in place where the memory
+//!   same). A variable's old value goes back when the run replaces it, and an output
+//!   when the caller has dropped it by the next run (the run state keeps a reference to
+//!   its last outputs for that). From the second call on, a run allocates no tensor
+//!   buffer except for outputs the caller still holds. In order, the values live in
+//!   plain cells of the run state (no lock or atomic operation per step); as a dataflow
+//!   graph, behind locks and atomic counts. `fused` steps also overwrite a dying operand in place where the memory
 //!   plan says so; in a parallel run only where every other reader of that operand is
 //!   an ancestor of the step, so that no run's buffer demand depends on timing.
 //! - **Schedule.** A plan with a big matmul or convolution, called from outside the
@@ -58,7 +61,9 @@ use crate::ir::{Graph, NodeId};
 use crate::ops::Op;
 use crate::tensor::{type_str, variable, DType, Data, Tensor, Variable};
 use smallvec::SmallVec;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
@@ -161,17 +166,119 @@ struct Step {
 
 /// The per-run state, kept between runs so a steady-state run allocates none of it.
 struct RunState {
+    /// The slots of a dataflow run, shared by its tasks.
+    shared: SharedSlots,
+    /// The slots of an in-order run: this thread's alone.
+    own: OwnSlots,
+    /// The outputs of this state's last run, shared with the caller: the next run
+    /// takes back into the pool the buffers the caller has dropped since, so a caller
+    /// who drops what a step returns (a loss read and discarded) gets the same buffers
+    /// back every call instead of a fresh allocation per output.
+    escaped: Vec<Data>,
+}
+
+/// A dataflow run's values: locks and atomic counts, as its tasks run on any thread.
+struct SharedSlots {
     vals: Vec<RwLock<Option<Data>>>,
     pending: Vec<AtomicU32>,
     uses: Vec<AtomicU32>,
     failed: AtomicBool,
     error: Mutex<Option<Error>>,
-    /// Whether this run is a parallel dataflow run.
-    parallel: AtomicBool,
-    /// Values released during a parallel run, returned to the pool when it ends.
+    /// Values released during the run, returned to the pool when it ends.
     retired: Mutex<Vec<Data>>,
     /// Collectives started but not yet waited for, by step.
     comm: Vec<Mutex<Option<Pending>>>,
+}
+
+/// An in-order run's values: plain cells, no atomic operation or lock per step (the run
+/// and everything it calls stays on one thread; kernels see only their operands).
+struct OwnSlots {
+    vals: Vec<RefCell<Option<Data>>>,
+    uses: Vec<Cell<u32>>,
+    comm: Vec<RefCell<Option<Pending>>>,
+}
+
+/// How a step reaches the values of its run ([`SharedSlots`] or [`OwnSlots`]); one
+/// `exec` serves both.
+trait Slots {
+    /// A borrowed value slot.
+    type Ref<'a>: Deref<Target = Option<Data>>
+    where
+        Self: 'a;
+    /// Whether this is a dataflow run (released values wait for its end, see the
+    /// module documentation; in-place writes need `Step::in_place_any_order`).
+    const PARALLEL: bool;
+    fn get(&self, i: usize) -> Self::Ref<'_>;
+    fn set(&self, i: usize, v: Data);
+    fn take(&self, i: usize) -> Option<Data>;
+    /// Uses of value `i` still to come.
+    fn uses(&self, i: usize) -> u32;
+    /// Counts one use of value `i` as done; whether it was the last.
+    fn used(&self, i: usize) -> bool;
+    /// A value whose last use is done.
+    fn release(&self, d: Data, pool: &BufferPool);
+    fn put_pending(&self, i: usize, p: Pending);
+    fn take_pending(&self, i: usize) -> Option<Pending>;
+}
+
+impl Slots for SharedSlots {
+    type Ref<'a> = RwLockReadGuard<'a, Option<Data>>;
+    const PARALLEL: bool = true;
+    fn get(&self, i: usize) -> Self::Ref<'_> {
+        read(&self.vals[i])
+    }
+    fn set(&self, i: usize, v: Data) {
+        *write(&self.vals[i]) = Some(v);
+    }
+    fn take(&self, i: usize) -> Option<Data> {
+        write(&self.vals[i]).take()
+    }
+    fn uses(&self, i: usize) -> u32 {
+        self.uses[i].load(Ordering::Acquire)
+    }
+    fn used(&self, i: usize) -> bool {
+        self.uses[i].fetch_sub(1, Ordering::AcqRel) == 1
+    }
+    fn release(&self, d: Data, _: &BufferPool) {
+        lock(&self.retired).push(d);
+    }
+    fn put_pending(&self, i: usize, p: Pending) {
+        *lock(&self.comm[i]) = Some(p);
+    }
+    fn take_pending(&self, i: usize) -> Option<Pending> {
+        lock(&self.comm[i]).take()
+    }
+}
+
+impl Slots for OwnSlots {
+    type Ref<'a> = std::cell::Ref<'a, Option<Data>>;
+    const PARALLEL: bool = false;
+    fn get(&self, i: usize) -> Self::Ref<'_> {
+        self.vals[i].borrow()
+    }
+    fn set(&self, i: usize, v: Data) {
+        *self.vals[i].borrow_mut() = Some(v);
+    }
+    fn take(&self, i: usize) -> Option<Data> {
+        self.vals[i].borrow_mut().take()
+    }
+    fn uses(&self, i: usize) -> u32 {
+        self.uses[i].get()
+    }
+    fn used(&self, i: usize) -> bool {
+        let u = self.uses[i].get();
+        self.uses[i].set(u.saturating_sub(1));
+        u == 1
+    }
+    fn release(&self, d: Data, pool: &BufferPool) {
+        pool.recycle(d);
+    }
+    fn put_pending(&self, i: usize, p: Pending) {
+        *self.comm[i].borrow_mut() = Some(p);
+    }
+    fn take_pending(&self, i: usize) -> Option<Pending> {
+        self.comm[i].borrow_mut().take()
+    }
 }
 
 /// An execution plan for one graph.
@@ -534,7 +641,13 @@ impl Plan {
         let misses = self.pool.misses();
         let result = loop {
             let mut st = self.take_state();
+            for d in st.escaped.drain(..) {
+                self.pool.recycle(d); // kept only where the caller dropped it
+            }
             let result = with_pool(&self.pool, || self.run_with(&mut st, inputs, stats));
+            if let Ok(Some(out)) = &result {
+                st.escaped.extend(out.iter().cloned());
+            }
             self.put_state(st);
             match result {
                 Ok(None) => continue, // a variable it read changed meanwhile: run again
@@ -549,48 +662,47 @@ impl Plan {
     fn take_state(&self) -> Box<RunState> {
         let cached = self.states.lock().ok().and_then(|mut s| s.pop());
         let n = self.steps.len();
-        let st = cached.unwrap_or_else(|| {
+        cached.unwrap_or_else(|| {
             Box::new(RunState {
-                vals: (0..n).map(|_| RwLock::new(None)).collect(),
-                pending: (0..n).map(|_| AtomicU32::new(0)).collect(),
-                uses: (0..n).map(|_| AtomicU32::new(0)).collect(),
-                failed: AtomicBool::new(false),
-                error: Mutex::new(None),
-                parallel: AtomicBool::new(false),
-                retired: Mutex::new(Vec::new()),
-                comm: (0..n).map(|_| Mutex::new(None)).collect(),
+                shared: SharedSlots {
+                    vals: (0..n).map(|_| RwLock::new(None)).collect(),
+                    pending: (0..n).map(|_| AtomicU32::new(0)).collect(),
+                    uses: (0..n).map(|_| AtomicU32::new(0)).collect(),
+                    failed: AtomicBool::new(false),
+                    error: Mutex::new(None),
+                    retired: Mutex::new(Vec::new()),
+                    comm: (0..n).map(|_| Mutex::new(None)).collect(),
+                },
+                own: OwnSlots {
+                    vals: (0..n).map(|_| RefCell::new(None)).collect(),
+                    uses: (0..n).map(|_| Cell::new(0)).collect(),
+                    comm: (0..n).map(|_| RefCell::new(None)).collect(),
+                },
+                escaped: Vec::new(),
             })
-        });
-        for (i, s) in self.steps.iter().enumerate() {
-            let deps = s.inputs.len() + s.after_collective as usize;
-            st.pending[i].store(deps as u32, Ordering::Relaxed);
-            st.uses[i].store(s.uses, Ordering::Relaxed);
-        }
-        st.failed.store(false, Ordering::Relaxed);
-        st
+        })
     }
 
     /// Clears a run's state (its values go back to the pool) and keeps it for reuse.
     /// The state is this thread's alone now: no locking.
     fn put_state(&self, mut st: Box<RunState>) {
-        for v in &mut st.vals {
-            if let Some(d) = slot_mut(v).take() {
-                self.pool.recycle(d);
-            }
-        }
-        for d in st
-            .retired
-            .get_mut()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain(..)
-        {
+        let shared = &mut st.shared;
+        let own = &mut st.own;
+        let left = (shared.vals.iter_mut().map(slot_mut))
+            .chain(own.vals.iter_mut().map(RefCell::get_mut))
+            .filter_map(Option::take);
+        let retired = shared.retired.get_mut();
+        for d in left.chain(retired.unwrap_or_else(|e| e.into_inner()).drain(..)) {
             self.pool.recycle(d);
         }
-        for p in &mut st.comm {
-            // a failed run may leave collectives unread; they finish on their own
+        // a failed run may leave collectives unread; they finish on their own
+        for p in &mut shared.comm {
             drop(p.get_mut().unwrap_or_else(|e| e.into_inner()).take());
         }
-        *st.error.get_mut().unwrap_or_else(|e| e.into_inner()) = None;
+        for p in &mut own.comm {
+            drop(p.get_mut().take());
+        }
+        *shared.error.get_mut().unwrap_or_else(|e| e.into_inner()) = None;
         lock(&self.states).push(st);
     }
 
@@ -601,9 +713,39 @@ impl Plan {
         inputs: &[&Data],
         stats: &mut RunStats,
     ) -> Result<Option<Vec<Data>>> {
+        let checked = crate::debugging::check_numerics_enabled(); // report the first, in order
+        let parallel = self.parallel() && !stats.collect_profile && !checked;
+        stats.parallel = parallel;
+        if parallel {
+            let sh = &mut st.shared;
+            for (i, s) in self.steps.iter().enumerate() {
+                let deps = s.inputs.len() + s.after_collective as usize;
+                *sh.pending[i].get_mut() = deps as u32;
+                *sh.uses[i].get_mut() = s.uses;
+            }
+            *sh.failed.get_mut() = false;
+            self.run_on(&st.shared, inputs, stats)
+        } else {
+            for (u, s) in st.own.uses.iter().zip(&self.steps) {
+                u.set(s.uses);
+            }
+            self.run_on(&st.own, inputs, stats)
+        }
+    }
+
+    /// [`Plan::run_with`] on the slots of its schedule.
+    fn run_on<S: Slots + Schedules>(
+        &self,
+        st: &S,
+        inputs: &[&Data],
+        stats: &mut RunStats,
+    ) -> Result<Option<Vec<Data>>> {
         let g = &self.graph;
         let handles = || g.vars.iter().map(|v| v.handle.as_ref());
-        let mut vars = variable::read_all(handles());
+        let mut vars = match g.vars.is_empty() {
+            true => SmallVec::new(),
+            false => variable::read_all(handles()),
+        };
         // Sources first, on this thread.
         for (i, s) in self.steps.iter().enumerate() {
             let node = g.node(s.node);
@@ -631,68 +773,14 @@ impl Plan {
                 }
                 _ => continue,
             };
-            *slot_mut(&mut st.vals[i]) = Some(v);
+            st.set(i, v);
         }
         // keep only the versions, so old values can be recycled when replaced
         let versions: SmallVec<[(&Variable, u64); 8]> = handles()
             .zip(vars.iter_mut())
             .filter_map(|(h, v)| Some((h?, v.take()?.1)))
             .collect();
-        let checked = crate::debugging::check_numerics_enabled(); // report the first, in order
-        let parallel = self.parallel() && !stats.collect_profile && !checked;
-        stats.parallel = parallel;
-        *st.parallel.get_mut() = parallel;
-        let st = &*st; // shared with the steps from here on
-        let is_source = |s: &Step| matches!(s.op, Op::Input(_) | Op::Const | Op::ReadVar(_));
-        if parallel {
-            let kernels = &AtomicU32::new(0);
-            rayon::in_place_scope(|scope| {
-                for (i, s) in self.steps.iter().enumerate() {
-                    if is_source(s) {
-                        for &c in &s.consumers {
-                            if st.pending[c].fetch_sub(1, Ordering::AcqRel) == 1 {
-                                scope.spawn(move |scope| self.task(scope, c, st, kernels));
-                            }
-                        }
-                    } else if s.inputs.is_empty() {
-                        scope.spawn(move |scope| self.task(scope, i, st, kernels));
-                    }
-                }
-            });
-            stats.steps += kernels.load(Ordering::Relaxed) as usize;
-            if let Some(e) = lock(&st.error).take() {
-                return Err(e);
-            }
-        } else {
-            for (i, s) in self.steps.iter().enumerate() {
-                if is_source(s) {
-                    continue;
-                }
-                let t = stats.collect_profile.then(Instant::now);
-                let bodies = stats.collect_profile && self.regions[i].is_some();
-                let outer = bodies.then(|| super::control::profile_bodies(Some(Vec::new())));
-                let done = self.exec(i, st);
-                if let Some(outer) = outer {
-                    let inner = super::control::profile_bodies(outer).unwrap_or_default();
-                    for (name, d) in inner {
-                        add_time(&mut stats.loop_profile, name, d);
-                    }
-                }
-                stats.steps += done? as usize;
-                if let Some(t) = t {
-                    let name = s.op.name();
-                    let d = t.elapsed();
-                    add_time(&mut stats.profile, name, d);
-                    let node = g.node(s.node);
-                    stats.steps_profile.push(StepTime {
-                        op: name,
-                        ty: type_str(node.dtype, &node.shape),
-                        macs: macs_of(g, s.node),
-                        time: d,
-                    });
-                }
-            }
-        }
+        S::run_steps(self, st, stats)?;
         // collectives whose values leave the run (outputs, assignments)
         for (i, s) in self.steps.iter().enumerate() {
             if s.op.is_collective() {
@@ -704,7 +792,7 @@ impl Plan {
             .iter()
             .filter_map(|&(v, p)| {
                 let var = g.vars[v as usize].handle.as_ref()?;
-                let d = read(&st.vals[p]).clone().expect("assign computed");
+                let d = st.get(p).clone().expect("assign computed");
                 Some((var, Tensor::from_data(d)))
             })
             .collect();
@@ -719,9 +807,66 @@ impl Plan {
         Ok(Some(
             self.outputs
                 .iter()
-                .map(|&o| read(&st.vals[o]).clone().expect("output computed"))
+                .map(|&o| st.get(o).clone().expect("output computed"))
                 .collect(),
         ))
+    }
+
+    /// Runs every kernel step in plan order on this thread.
+    fn run_in_order(&self, st: &OwnSlots, stats: &mut RunStats) -> Result<()> {
+        let g = &self.graph;
+        for (i, s) in self.steps.iter().enumerate() {
+            if is_source(s) {
+                continue;
+            }
+            let t = stats.collect_profile.then(Instant::now);
+            let bodies = stats.collect_profile && self.regions[i].is_some();
+            let outer = bodies.then(|| super::control::profile_bodies(Some(Vec::new())));
+            let done = self.exec(i, st);
+            if let Some(outer) = outer {
+                let inner = super::control::profile_bodies(outer).unwrap_or_default();
+                for (name, d) in inner {
+                    add_time(&mut stats.loop_profile, name, d);
+                }
+            }
+            stats.steps += done? as usize;
+            if let Some(t) = t {
+                let name = s.op.name();
+                let d = t.elapsed();
+                add_time(&mut stats.profile, name, d);
+                let node = g.node(s.node);
+                stats.steps_profile.push(StepTime {
+                    op: name,
+                    ty: type_str(node.dtype, &node.shape),
+                    macs: macs_of(g, s.node),
+                    time: d,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the kernel steps as a dataflow graph on the rayon pool.
+    fn run_dataflow(&self, st: &SharedSlots, stats: &mut RunStats) -> Result<()> {
+        let kernels = &AtomicU32::new(0);
+        rayon::in_place_scope(|scope| {
+            for (i, s) in self.steps.iter().enumerate() {
+                if is_source(s) {
+                    for &c in &s.consumers {
+                        if st.pending[c].fetch_sub(1, Ordering::AcqRel) == 1 {
+                            scope.spawn(move |scope| self.task(scope, c, st, kernels));
+                        }
+                    }
+                } else if s.inputs.is_empty() {
+                    scope.spawn(move |scope| self.task(scope, i, st, kernels));
+                }
+            }
+        });
+        stats.steps += kernels.load(Ordering::Relaxed) as usize;
+        match lock(&st.error).take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// Runs step `i` as a rayon task, then continues with one consumer it made ready
@@ -730,7 +875,7 @@ impl Plan {
         &'s self,
         scope: &rayon::Scope<'s>,
         mut i: usize,
-        st: &'s RunState,
+        st: &'s SharedSlots,
         kernels: &'s AtomicU32,
     ) {
         loop {
@@ -769,7 +914,7 @@ impl Plan {
 
     /// Computes step `i` from its operands, stores it, and releases operands whose last
     /// consumer it was. Returns whether a kernel ran.
-    fn exec(&self, i: usize, st: &RunState) -> Result<bool> {
+    fn exec<S: Slots>(&self, i: usize, st: &S) -> Result<bool> {
         let s = &self.steps[i];
         let node = self.graph.node(s.node);
         for &o in &s.inputs {
@@ -779,7 +924,7 @@ impl Plan {
         }
         let (v, kernel) = match s.op {
             Op::Cond(_) | Op::While(_) | Op::Scan(_) => {
-                let guards = self.read_inputs(s, st);
+                let guards = read_inputs(s, st);
                 let args: SmallVec<[&Data; 4]> =
                     s.operands.iter().map(|&o| operand(s, &guards, o)).collect();
                 let region = self.regions[i].as_ref().expect("planned with the step");
@@ -788,7 +933,7 @@ impl Plan {
                     let r = results.get(k as usize).cloned().ok_or_else(|| {
                         Error::Graph(format!("{} has no result {k}", s.op.name()))
                     })?;
-                    *write(&st.vals[g]) = Some(r);
+                    st.set(g, r);
                 }
                 // results no `get` reads go back to the pool they were taken from (the
                 // ones handed out are shared now, and stay with their readers)
@@ -802,14 +947,14 @@ impl Plan {
                 )
             }
             Op::Get(_) => {
-                let v = write(&st.vals[i]).take().ok_or_else(|| {
+                let v = st.take(i).ok_or_else(|| {
                     Error::Graph("get: its control-flow op stored no result".into())
                 })?;
                 (v, false)
             }
             Op::AllReduce(r) => {
                 // start it; the value arrives while later steps run
-                let guards = self.read_inputs(s, st);
+                let guards = read_inputs(s, st);
                 let x = operand(s, &guards, s.operands[0]);
                 let p = if s.nothing_to_overlap {
                     comm::Pending::done(comm::all_reduce(x, r))
@@ -817,27 +962,25 @@ impl Plan {
                     comm::start_all_reduce(x, r)
                 };
                 drop(guards);
-                *lock(&st.comm[i]) = Some(p);
+                st.put_pending(i, p);
                 self.release_operands(s, st);
                 return Ok(true);
             }
             Op::Assign(_) => (
-                read(&st.vals[s.operands[0]])
-                    .clone()
-                    .expect("operand computed"),
+                st.get(s.operands[0]).clone().expect("operand computed"),
                 false,
             ),
             Op::Fused(_) => {
                 // Overwrite the operand the memory plan names when this step is its
                 // last consumer (and it appears once among the operands).
                 let mut out = OutBuf::Fresh;
-                let parallel = st.parallel.load(Ordering::Relaxed);
-                let planned = self.memory.in_place[i].filter(|_| !parallel || s.in_place_any_order);
+                let planned =
+                    self.memory.in_place[i].filter(|_| !S::PARALLEL || s.in_place_any_order);
                 if let Some(k) = planned {
                     let o = s.operands[k];
                     let once = s.operands.iter().filter(|&&p| p == o).count() == 1;
-                    if once && st.uses[o].load(Ordering::Acquire) == 1 {
-                        if let Some(d) = write(&st.vals[o]).take() {
+                    if once && st.uses(o) == 1 {
+                        if let Some(d) = st.take(o) {
                             out = OutBuf::Operand(k, d);
                         }
                     }
@@ -846,7 +989,7 @@ impl Plan {
                     OutBuf::Operand(k, _) => Some(k),
                     _ => None,
                 };
-                let guards = self.read_inputs(s, st);
+                let guards = read_inputs(s, st);
                 let args: SmallVec<[Option<&Data>; 4]> = s
                     .operands
                     .iter()
@@ -857,7 +1000,7 @@ impl Plan {
                 (program.run(&args, out), true)
             }
             op => {
-                let guards = self.read_inputs(s, st);
+                let guards = read_inputs(s, st);
                 let args: SmallVec<[&Data; 4]> =
                     s.operands.iter().map(|&o| operand(s, &guards, o)).collect();
                 let v = op.eval(&args, &node.shape).map_err(|msg| {
@@ -880,17 +1023,16 @@ impl Plan {
                 return Err(Error::non_finite(s.op.name(), k, x, ty, node.loc));
             }
         }
-        *write(&st.vals[i]) = Some(v);
+        st.set(i, v);
         self.release_operands(s, st);
         Ok(kernel)
     }
 
     /// Waits for collective step `o` if it is still running and stores its value.
     /// `needed`: a consumer is about to read it (so it must be there).
-    fn finish_collective(&self, o: usize, st: &RunState, needed: bool) -> Result<()> {
-        let mut slot = lock(&st.comm[o]);
-        let Some(p) = slot.take() else {
-            if needed && read(&st.vals[o]).is_none() {
+    fn finish_collective<S: Slots>(&self, o: usize, st: &S, needed: bool) -> Result<()> {
+        let Some(p) = st.take_pending(o) else {
+            if needed && st.get(o).is_none() {
                 return Err(Error::Graph(
                     "all_reduce: the collective failed in another step of this run".into(),
                 ));
@@ -909,35 +1051,51 @@ impl Plan {
                 loc,
             }
         })?;
-        *write(&st.vals[o]) = Some(v);
+        st.set(o, v);
         Ok(())
     }
 
     /// Releases the operands of step `s` whose last consumer it was.
-    fn release_operands(&self, s: &Step, st: &RunState) {
+    fn release_operands<S: Slots>(&self, s: &Step, st: &S) {
         for &o in &s.inputs {
-            if st.uses[o].fetch_sub(1, Ordering::AcqRel) == 1 {
-                if let Some(d) = write(&st.vals[o]).take() {
-                    if st.parallel.load(Ordering::Relaxed) {
-                        lock(&st.retired).push(d);
-                    } else {
-                        self.pool.recycle(d);
-                    }
+            if st.used(o) {
+                if let Some(d) = st.take(o) {
+                    st.release(d, &self.pool);
                 }
             }
         }
     }
+}
 
-    /// Read guards on step `s`'s distinct operands (in `s.inputs` order). A slot is only
-    /// written by its producer (before any reader runs) and by whoever takes it at its
-    /// last use, which no reader can be waiting for, so holding these never blocks a
-    /// writer.
-    fn read_inputs<'a>(&self, s: &Step, st: &'a RunState) -> SmallVec<[Slot<'a>; 4]> {
-        s.inputs.iter().map(|&o| read(&st.vals[o])).collect()
+/// How each kind of slots runs a plan's kernel steps.
+trait Schedules: Sized {
+    fn run_steps(plan: &Plan, st: &Self, stats: &mut RunStats) -> Result<()>;
+}
+
+impl Schedules for SharedSlots {
+    fn run_steps(plan: &Plan, st: &Self, stats: &mut RunStats) -> Result<()> {
+        plan.run_dataflow(st, stats)
     }
 }
 
-type Slot<'a> = RwLockReadGuard<'a, Option<Data>>;
+impl Schedules for OwnSlots {
+    fn run_steps(plan: &Plan, st: &Self, stats: &mut RunStats) -> Result<()> {
+        plan.run_in_order(st, stats)
+    }
+}
+
+/// Whether a step is bound before the kernels run (input, constant, variable read).
+fn is_source(s: &Step) -> bool {
+    matches!(s.op, Op::Input(_) | Op::Const | Op::ReadVar(_))
+}
+
+/// Borrows of step `s`'s distinct operands (in `s.inputs` order). A slot is only
+/// written by its producer (before any reader runs) and by whoever takes it at its
+/// last use, which no reader can be waiting for, so holding these never blocks a
+/// writer.
+fn read_inputs<'a, S: Slots>(s: &Step, st: &'a S) -> SmallVec<[S::Ref<'a>; 4]> {
+    s.inputs.iter().map(|&o| st.get(o)).collect()
+}
 
 /// Whether step `i` depends (through its operands, transitively) on every step in
 /// `ancestors`. Steps are in topological order, so the search never looks below the
@@ -995,7 +1153,7 @@ fn issue_collectives_early(g: &Graph, order: Vec<NodeId>) -> Vec<NodeId> {
 
 /// Operand `o` of step `s`, from the guards of [`Plan::read_inputs`] (an operand taken
 /// for in-place use is never looked up).
-fn operand<'a>(s: &Step, guards: &'a [Slot<'_>], o: usize) -> &'a Data {
+fn operand<'a, G: Deref<Target = Option<Data>>>(s: &Step, guards: &'a [G], o: usize) -> &'a Data {
     // `inputs` is sorted
     let k = s.inputs.binary_search(&o).expect("operand is an input");
     guards[k].as_ref().expect("operand computed")
