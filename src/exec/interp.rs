@@ -11,10 +11,9 @@
 //!   last consumer has run, so later steps reuse it; in a parallel run, dead values go
 //!   back when the run ends (the order of steps, and so how many buffers of a size are
 //!   live at once, varies from run to run, and this keeps the demand of every run the
-//!   same). A variable's old value goes back when the run replaces it, and an output
-//!   when the caller has dropped it by the next run (the run state keeps a reference to
-//!   its last outputs for that). From the second call on, a run allocates no tensor
-//!   buffer except for outputs the caller still holds. In order, the values live in
+//!   same). A variable's old value goes back when the run replaces it. From the second
+//!   call on, a run allocates no tensor buffer except for the values that escape
+//!   (outputs). In order, the values live in
 //!   plain cells of the run state (no lock or atomic operation per step); as a dataflow
 //!   graph, behind locks and atomic counts. `fused` steps also overwrite a dying operand in place where the memory
 //!   plan says so; in a parallel run only where every other reader of that operand is
@@ -170,11 +169,6 @@ struct RunState {
     shared: SharedSlots,
     /// The slots of an in-order run: this thread's alone.
     own: OwnSlots,
-    /// The outputs of this state's last run, shared with the caller: the next run
-    /// takes back into the pool the buffers the caller has dropped since, so a caller
-    /// who drops what a step returns (a loss read and discarded) gets the same buffers
-    /// back every call instead of a fresh allocation per output.
-    escaped: Vec<Data>,
 }
 
 /// A dataflow run's values: locks and atomic counts, as its tasks run on any thread.
@@ -218,7 +212,11 @@ trait Slots {
     /// A value whose last use is done.
     fn release(&self, d: Data, pool: &BufferPool);
     fn put_pending(&self, i: usize, p: Pending);
-    fn take_pending(&self, i: usize) -> Option<Pending>;
+    /// If the collective of step `i` is still pending: waits for it with `wait` and
+    /// stores its value, and returns true. In a dataflow run the pending slot stays
+    /// locked until the value is stored, so another reader of it waits for the value
+    /// instead of finding neither.
+    fn finish_pending(&self, i: usize, wait: impl FnOnce(Pending) -> Result<Data>) -> Result<bool>;
 }
 
 impl Slots for SharedSlots {
@@ -245,8 +243,13 @@ impl Slots for SharedSlots {
     fn put_pending(&self, i: usize, p: Pending) {
         *lock(&self.comm[i]) = Some(p);
     }
-    fn take_pending(&self, i: usize) -> Option<Pending> {
-        lock(&self.comm[i]).take()
+    fn finish_pending(&self, i: usize, wait: impl FnOnce(Pending) -> Result<Data>) -> Result<bool> {
+        let mut slot = lock(&self.comm[i]);
+        let Some(p) = slot.take() else {
+            return Ok(false);
+        };
+        self.set(i, wait(p)?);
+        Ok(true)
     }
 }
 
@@ -276,8 +279,12 @@ impl Slots for OwnSlots {
     fn put_pending(&self, i: usize, p: Pending) {
         *self.comm[i].borrow_mut() = Some(p);
     }
-    fn take_pending(&self, i: usize) -> Option<Pending> {
-        self.comm[i].borrow_mut().take()
+    fn finish_pending(&self, i: usize, wait: impl FnOnce(Pending) -> Result<Data>) -> Result<bool> {
+        let Some(p) = self.comm[i].borrow_mut().take() else {
+            return Ok(false);
+        };
+        self.set(i, wait(p)?);
+        Ok(true)
     }
 }
 
@@ -641,13 +648,7 @@ impl Plan {
         let misses = self.pool.misses();
         let result = loop {
             let mut st = self.take_state();
-            for d in st.escaped.drain(..) {
-                self.pool.recycle(d); // kept only where the caller dropped it
-            }
             let result = with_pool(&self.pool, || self.run_with(&mut st, inputs, stats));
-            if let Ok(Some(out)) = &result {
-                st.escaped.extend(out.iter().cloned());
-            }
             self.put_state(st);
             match result {
                 Ok(None) => continue, // a variable it read changed meanwhile: run again
@@ -678,7 +679,6 @@ impl Plan {
                     uses: (0..n).map(|_| Cell::new(0)).collect(),
                     comm: (0..n).map(|_| RefCell::new(None)).collect(),
                 },
-                escaped: Vec::new(),
             })
         })
     }
@@ -1031,27 +1031,25 @@ impl Plan {
     /// Waits for collective step `o` if it is still running and stores its value.
     /// `needed`: a consumer is about to read it (so it must be there).
     fn finish_collective<S: Slots>(&self, o: usize, st: &S, needed: bool) -> Result<()> {
-        let Some(p) = st.take_pending(o) else {
-            if needed && st.get(o).is_none() {
-                return Err(Error::Graph(
-                    "all_reduce: the collective failed in another step of this run".into(),
-                ));
-            }
-            return Ok(());
-        };
-        let v = p.wait().map_err(|msg| {
-            let node = self.graph.node(self.steps[o].node);
-            let loc = node
-                .loc
-                .map(|l| format!("{}:{}", l.file(), l.line()))
-                .unwrap_or_else(|| "graph".into());
-            Error::Op {
-                op: self.steps[o].op.name(),
-                msg,
-                loc,
-            }
+        let finished = st.finish_pending(o, |p| {
+            p.wait().map_err(|msg| {
+                let node = self.graph.node(self.steps[o].node);
+                let loc = node
+                    .loc
+                    .map(|l| format!("{}:{}", l.file(), l.line()))
+                    .unwrap_or_else(|| "graph".into());
+                Error::Op {
+                    op: self.steps[o].op.name(),
+                    msg,
+                    loc,
+                }
+            })
         })?;
-        st.set(o, v);
+        if !finished && needed && st.get(o).is_none() {
+            return Err(Error::Graph(
+                "all_reduce: the collective failed in another step of this run".into(),
+            ));
+        }
         Ok(())
     }
 
