@@ -15,6 +15,8 @@
 //!   after `broadcast_variables`, for root 0 and the last rank.
 //! - **buffers**: eager all-reduces of one size (4 KiB and 16 MiB) receive into the
 //!   buffer of a result dropped before, never into one still held.
+//! - **readers**: one all-reduce read by four products at once on the dataflow
+//!   schedule with two threads (300 calls): every reader waits for the value.
 //! - **fit**: `FitOptions::distributed` on 2 ranks: identical parameters on both, the
 //!   loss falls, one progress line per epoch (rank 0's).
 //! - **faults**: rank 1 panics, returns an `Err`, calls `exit(3)` or aborts (killed by
@@ -74,6 +76,7 @@ fn worker(args: &[String]) -> Result<()> {
         Some("broadcast") => broadcast(),
         Some("fit") => fit(),
         Some("buffers") => buffers(),
+        Some("readers") => readers(),
         Some("fail") => fail(args.get(1).map(String::as_str).unwrap_or("")),
         other => Err(Error::Invalid(format!("unknown scenario {other:?}"))),
     }
@@ -278,6 +281,45 @@ fn buffers() -> Result<()> {
     Ok(())
 }
 
+/// One all-reduce read by four products at once: a compiled function on the dataflow
+/// schedule with two rayon threads (the driver sets them), its all-reduce handed to the
+/// communication thread (`TAPEFLOW_MPI_INLINE_BYTES=0`). Whichever reader comes first
+/// waits for the result; the others must wait for it too, not find neither the running
+/// collective nor its value (a race the dataflow schedule once had). 300 calls, each
+/// checked against the same sum computed eagerly from `2·x` (every rank holds the same
+/// `x`, so the all-reduce sum is exactly twice it).
+fn readers() -> Result<()> {
+    let n = distributed::size() as f32;
+    let x = Tensor::random_normal(&[64, 64], 0.0, 1.0, 7, DType::F32);
+    let ws: Vec<Tensor> = (0..5)
+        .map(|i| Tensor::random_normal(&[64, 64], 0.0, 0.1, 10 + i, DType::F32))
+        .collect();
+    let wf = ws.clone();
+    // `x·w4` does not wait for the all-reduce, so the plan starts it and goes on (it
+    // is not run blocking, see `Step::nothing_to_overlap`)
+    let f = tapeflow::function(move |x: &Tensor| {
+        let s = x.all_reduce(ReduceOp::Sum);
+        let p: Vec<Tensor> = wf[..4].iter().map(|w| s.matmul(w)).collect();
+        Ok(&(&(&p[0] + &p[1]) + &(&p[2] + &p[3])) + &x.matmul(&wf[4]))
+    });
+    let c = f.concrete(&[&x])?;
+    c.plan().set_schedule(Schedule::Parallel);
+    let sx = &x * n;
+    let p: Vec<Tensor> = ws[..4].iter().map(|w| sx.matmul(w)).collect();
+    let want = &(&(&p[0] + &p[1]) + &(&p[2] + &p[3])) + &x.matmul(&ws[4]);
+    let want = want.to_vec_f32()?;
+    for call in 0..300 {
+        let got = f.call(&x)?.to_vec_f32()?;
+        for (a, b) in got.iter().zip(&want) {
+            if (a - b).abs() > 1e-5 * (1.0 + b.abs()) {
+                return Err(Error::Invalid(format!("call {call}: {a} vs {b}")));
+            }
+        }
+    }
+    println!("READERS OK");
+    Ok(())
+}
+
 fn fail(mode: &str) -> Result<()> {
     let x = Tensor::vec(&[1.0f32, 2.0, 3.0]);
     x.all_reduce(ReduceOp::Sum).to_vec_f32()?; // everyone is up
@@ -444,6 +486,17 @@ fn driver() {
         let run = mpirun(2, &["buffers"], long);
         assert!(run.ok && run.out.contains("BUFFERS OK"), "{}", run.out);
     });
+    check(
+        "readers of one all-reduce wait for it (dataflow, 2 threads)",
+        || {
+            let env = [
+                ("TAPEFLOW_MPI_INLINE_BYTES", "0"),
+                ("RAYON_NUM_THREADS", "2"),
+            ];
+            let run = mpirun_env(2, &["readers"], long, &env);
+            assert!(run.ok && run.out.contains("READERS OK"), "{}", run.out);
+        },
+    );
     check("fit(distributed) on 2 ranks", || {
         let run = mpirun(2, &["fit"], long);
         assert!(run.ok && run.out.contains("FIT OK"), "{}", run.out);
