@@ -86,6 +86,16 @@ impl Error {
         }
     }
 
+    /// An op error in a graph node: at the node's recorded source line, or `graph` for
+    /// a node without one (a parsed or optimizer-made node).
+    pub(crate) fn op_in_graph(op: &'static str, msg: impl Into<String>, loc: Option<Loc>) -> Error {
+        Error::Op {
+            op,
+            msg: msg.into(),
+            loc: loc_text(loc),
+        }
+    }
+
     /// A non-finite `value` at `index` of an op's result of type `ty`.
     pub(crate) fn non_finite(
         op: &'static str,
@@ -99,7 +109,7 @@ impl Error {
             value: format!("{value}"),
             index,
             ty,
-            loc: loc.map_or_else(|| "graph".into(), |l| format!("{}:{}", l.file(), l.line())),
+            loc: loc_text(loc),
         }
     }
 
@@ -114,3 +124,8 @@ impl Error {
 
 /// `Result` with tapeflow's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A node's source line as `file:line`, or `graph` for a node without one.
+fn loc_text(loc: Option<Loc>) -> String {
+    loc.map_or_else(|| "graph".into(), |l| format!("{}:{}", l.file(), l.line()))
+}

@@ -13,11 +13,11 @@
 //!   live at once, varies from run to run, and this keeps the demand of every run the
 //!   same). A variable's old value goes back when the run replaces it. From the second
 //!   call on, a run allocates no tensor buffer except for the values that escape
-//!   (outputs). In order, the values live in
-//!   plain cells of the run state (no lock or atomic operation per step); as a dataflow
-//!   graph, behind locks and atomic counts. `fused` steps also overwrite a dying operand in place where the memory
-//!   plan says so; in a parallel run only where every other reader of that operand is
-//!   an ancestor of the step, so that no run's buffer demand depends on timing.
+//!   (outputs). In order, the values live in plain cells of the run state (no lock or
+//!   atomic operation per step); as a dataflow graph, behind locks and atomic counts.
+//!   `fused` steps also overwrite a dying operand in place where the memory plan says
+//!   so; in a parallel run only where every other reader of that operand is an ancestor
+//!   of the step, so that no run's buffer demand depends on timing.
 //! - **Schedule.** A plan with a big matmul or convolution, called from outside the
 //!   rayon pool, runs on one of its workers ([`ON_WORKERS_MIN_MACS`]); any other runs
 //!   on the calling thread. Sources (inputs, constants, variable reads) are bound first,
@@ -217,6 +217,9 @@ trait Slots {
     /// locked until the value is stored, so another reader of it waits for the value
     /// instead of finding neither.
     fn finish_pending(&self, i: usize, wait: impl FnOnce(Pending) -> Result<Data>) -> Result<bool>;
+    /// Runs the plan's kernel steps on these slots: as a dataflow graph on the rayon
+    /// pool ([`SharedSlots`]) or in plan order on this thread ([`OwnSlots`]).
+    fn run_steps(&self, plan: &Plan, stats: &mut RunStats) -> Result<()>;
 }
 
 impl Slots for SharedSlots {
@@ -250,6 +253,9 @@ impl Slots for SharedSlots {
         };
         self.set(i, wait(p)?);
         Ok(true)
+    }
+    fn run_steps(&self, plan: &Plan, stats: &mut RunStats) -> Result<()> {
+        plan.run_dataflow(self, stats)
     }
 }
 
@@ -285,6 +291,9 @@ impl Slots for OwnSlots {
         };
         self.set(i, wait(p)?);
         Ok(true)
+    }
+    fn run_steps(&self, plan: &Plan, stats: &mut RunStats) -> Result<()> {
+        plan.run_in_order(self, stats)
     }
 }
 
@@ -734,7 +743,7 @@ impl Plan {
     }
 
     /// [`Plan::run_with`] on the slots of its schedule.
-    fn run_on<S: Slots + Schedules>(
+    fn run_on<S: Slots>(
         &self,
         st: &S,
         inputs: &[&Data],
@@ -780,7 +789,7 @@ impl Plan {
             .zip(vars.iter_mut())
             .filter_map(|(h, v)| Some((h?, v.take()?.1)))
             .collect();
-        S::run_steps(self, st, stats)?;
+        st.run_steps(self, stats)?;
         // collectives whose values leave the run (outputs, assignments)
         for (i, s) in self.steps.iter().enumerate() {
             if s.op.is_collective() {
@@ -1003,17 +1012,9 @@ impl Plan {
                 let guards = read_inputs(s, st);
                 let args: SmallVec<[&Data; 4]> =
                     s.operands.iter().map(|&o| operand(s, &guards, o)).collect();
-                let v = op.eval(&args, &node.shape).map_err(|msg| {
-                    let loc = node
-                        .loc
-                        .map(|l| format!("{}:{}", l.file(), l.line()))
-                        .unwrap_or_else(|| "graph".into());
-                    Error::Op {
-                        op: op.name(),
-                        msg,
-                        loc,
-                    }
-                })?;
+                let v = op
+                    .eval(&args, &node.shape)
+                    .map_err(|msg| Error::op_in_graph(op.name(), msg, node.loc))?;
                 (v, true)
             }
         };
@@ -1034,15 +1035,7 @@ impl Plan {
         let finished = st.finish_pending(o, |p| {
             p.wait().map_err(|msg| {
                 let node = self.graph.node(self.steps[o].node);
-                let loc = node
-                    .loc
-                    .map(|l| format!("{}:{}", l.file(), l.line()))
-                    .unwrap_or_else(|| "graph".into());
-                Error::Op {
-                    op: self.steps[o].op.name(),
-                    msg,
-                    loc,
-                }
+                Error::op_in_graph(self.steps[o].op.name(), msg, node.loc)
             })
         })?;
         if !finished && needed && st.get(o).is_none() {
@@ -1062,23 +1055,6 @@ impl Plan {
                 }
             }
         }
-    }
-}
-
-/// How each kind of slots runs a plan's kernel steps.
-trait Schedules: Sized {
-    fn run_steps(plan: &Plan, st: &Self, stats: &mut RunStats) -> Result<()>;
-}
-
-impl Schedules for SharedSlots {
-    fn run_steps(plan: &Plan, st: &Self, stats: &mut RunStats) -> Result<()> {
-        plan.run_dataflow(st, stats)
-    }
-}
-
-impl Schedules for OwnSlots {
-    fn run_steps(plan: &Plan, st: &Self, stats: &mut RunStats) -> Result<()> {
-        plan.run_in_order(st, stats)
     }
 }
 
@@ -1149,7 +1125,7 @@ fn issue_collectives_early(g: &Graph, order: Vec<NodeId>) -> Vec<NodeId> {
         .collect()
 }
 
-/// Operand `o` of step `s`, from the guards of [`Plan::read_inputs`] (an operand taken
+/// Operand `o` of step `s`, from the borrows of [`read_inputs`] (an operand taken
 /// for in-place use is never looked up).
 fn operand<'a, G: Deref<Target = Option<Data>>>(s: &Step, guards: &'a [G], o: usize) -> &'a Data {
     // `inputs` is sorted
