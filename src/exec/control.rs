@@ -107,6 +107,11 @@ impl RegionPlan {
             + self.bodies.iter().map(Plan::row_split_scans).sum::<usize>()
     }
 
+    /// The step groups of its bodies' plans ([`Plan::step_groups`]).
+    pub(crate) fn step_groups(&self) -> Vec<usize> {
+        self.bodies.iter().flat_map(Plan::step_groups).collect()
+    }
+
     /// This step (when it is an accumulation loop) and the steps of its bodies that are
     /// ([`Plan::accumulation_loops`]).
     pub(crate) fn accumulation_loops(&self) -> usize {

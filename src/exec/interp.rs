@@ -52,6 +52,7 @@
 use super::codegen::Codegen;
 use super::control::RegionPlan;
 use super::fused::{self, OutBuf};
+use super::group::{self, Groups};
 use super::plan_memory::{plan_memory, MemoryPlan};
 use crate::comm::{self, Pending};
 use crate::error::{Error, Result};
@@ -307,6 +308,8 @@ pub struct Plan {
     /// The compiled program of each `fused` step (boxed: a `Program` is large, and
     /// most steps have none).
     programs: Vec<Option<Box<fused::Program>>>,
+    /// Elementwise steps an in-order run runs as one loop (see [`group`]).
+    groups: Groups,
     /// The planned bodies of each control-flow step.
     regions: Vec<Option<Box<RegionPlan>>>,
     /// For each control-flow step, its `get` steps: `(result index, step)`; the
@@ -470,7 +473,16 @@ impl Plan {
                 _ => None,
             })
             .collect();
-        fused::reserve_registers(programs.iter().flatten().map(|p| &**p));
+        let views: Vec<group::StepView> = (steps.iter())
+            .map(|s| group::StepView {
+                node: s.node,
+                operands: &s.operands,
+            })
+            .collect();
+        let groups = group::plan_groups(&graph, &views);
+        drop(views);
+        let grouped = groups.groups.iter().map(|g| &g.program);
+        fused::reserve_registers(programs.iter().flatten().map(|p| &**p).chain(grouped));
         let regions = order
             .iter()
             .map(|&n| match graph.node(n).op {
@@ -506,6 +518,7 @@ impl Plan {
             assigns,
             memory,
             programs,
+            groups,
             regions,
             gets,
             total_bytes,
@@ -572,9 +585,24 @@ impl Plan {
     /// way; see [`crate::exec::codegen`]). [`Codegen::Force`] waits until
     /// every fused step's kernel is compiled.
     pub fn set_codegen(&self, mode: Codegen) {
-        for p in self.programs.iter().flatten() {
+        for p in self.all_programs() {
             p.set_codegen(mode);
         }
+    }
+
+    /// The compiled loops: each `fused` step's, then each step group's.
+    fn all_programs(&self) -> impl Iterator<Item = &fused::Program> + Clone {
+        let grouped = self.groups.groups.iter().map(|g| &g.program);
+        self.programs.iter().flatten().map(|p| &**p).chain(grouped)
+    }
+
+    /// The step groups an in-order run of this plan and of its bodies runs, each as
+    /// one loop with several outputs (see the README's "How a compiled step runs"): the
+    /// number of steps of each, this plan's first, then its bodies' in plan order.
+    pub fn step_groups(&self) -> Vec<usize> {
+        let here = self.groups.groups.iter().map(|g| g.members.len());
+        let bodies = self.regions.iter().flatten().flat_map(|r| r.step_groups());
+        here.chain(bodies).collect()
     }
 
     /// In [`Codegen::Auto`](crate::exec::codegen::Codegen), starts compiling the
@@ -582,14 +610,15 @@ impl Plan {
     /// length (auto mode alone leaves loops below `codegen::AUTO_MIN_ELEMS` to the
     /// interpreter): for a plan that runs many times per call, such as a loop body.
     pub fn request_generated_code(&self) {
-        for p in self.programs.iter().flatten() {
+        for p in self.all_programs() {
             p.request_code();
         }
     }
 
-    /// `(running generated code now, all)` fused steps.
+    /// `(running generated code now, all)` fused loops: the `fused` steps', then the
+    /// step groups'.
     pub fn generated_steps(&self) -> (usize, usize) {
-        let all = self.programs.iter().flatten();
+        let all = self.all_programs();
         let generated = all.clone().filter(|p| p.uses_generated_code()).count();
         (generated, all.count())
     }
@@ -924,6 +953,16 @@ impl Plan {
     /// Computes step `i` from its operands, stores it, and releases operands whose last
     /// consumer it was. Returns whether a kernel ran.
     fn exec<S: Slots>(&self, i: usize, st: &S) -> Result<bool> {
+        if !S::PARALLEL {
+            if let Some(g) = self.groups.of_step[i] {
+                let g = &self.groups.groups[g as usize];
+                // the group ran at its seed's place
+                return match g.members[0] == i {
+                    true => self.exec_group(g, st),
+                    false => Ok(false),
+                };
+            }
+        }
         let s = &self.steps[i];
         let node = self.graph.node(s.node);
         for &o in &s.inputs {
@@ -1027,6 +1066,45 @@ impl Plan {
         st.set(i, v);
         self.release_operands(s, st);
         Ok(kernel)
+    }
+
+    /// Runs step group `g` (in order, at its seed's place): one loop computes every
+    /// member's value.
+    fn exec_group<S: Slots>(&self, g: &group::Group, st: &S) -> Result<bool> {
+        let guards: SmallVec<[S::Ref<'_>; 8]> = g.params.iter().map(|&p| st.get(p)).collect();
+        let args: SmallVec<[Option<&Data>; 8]> = (guards.iter())
+            .map(|r| {
+                Some(
+                    r.as_ref()
+                        .expect("a group's operands are computed before it"),
+                )
+            })
+            .collect();
+        let mut outs = g.program.run_all(&args);
+        drop(args);
+        drop(guards);
+        // the result is the last member's value, the further outputs the others'
+        outs.rotate_left(1);
+        for (&m, v) in g.members.iter().zip(outs) {
+            if crate::debugging::check_numerics_enabled() {
+                if let Some((k, x)) = v.first_non_finite() {
+                    let node = self.graph.node(self.steps[m].node);
+                    let ty = type_str(node.dtype, &node.shape);
+                    return Err(Error::non_finite(
+                        self.steps[m].op.name(),
+                        k,
+                        x,
+                        ty,
+                        node.loc,
+                    ));
+                }
+            }
+            st.set(m, v);
+        }
+        for &m in &g.members {
+            self.release_operands(&self.steps[m], st);
+        }
+        Ok(true)
     }
 
     /// Waits for collective step `o` if it is still running and stores its value.

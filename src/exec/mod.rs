@@ -22,6 +22,7 @@ pub(crate) mod buffers;
 pub mod codegen;
 mod control;
 mod fused;
+mod group;
 mod interp;
 pub mod kernels;
 mod plan_memory;

@@ -22,6 +22,9 @@ pub(super) struct Lowered {
     pub params: Vec<(DType, usize)>,
     /// dtype and element count of the output.
     pub out: (DType, usize),
+    /// Further outputs of a step group (see [`lower`]): each of the output's type, its
+    /// buffer passed after the params (`in[params.len() + k]`).
+    pub extra_outs: usize,
     /// Elements the loop computes: the output's, or for a sum the summed value's.
     pub elems: usize,
 }
@@ -195,8 +198,9 @@ fn statements(
 }
 
 /// Writes a loop over the row-major elements `i..{end}` of a coalesced loop of `dims`
-/// (each load's `strides`), which stores each element's `value` at `{dst} + t`, `t` its
-/// position in the row being written (`i` is declared and set by the caller).
+/// (each load's `strides`), which stores each element's values, `(dst, value)` of
+/// `stores`, at `{dst}[t]`, `t` its position in the row being written (`i` is declared
+/// and set by the caller).
 /// An outer loop runs over the rows of the innermost axis, each row's offsets from a
 /// division by constants; the inner loop's loads have constant strides (0 for a
 /// broadcast value, hoisted out of the row) and it carries `#pragma GCC ivdep`.
@@ -208,8 +212,7 @@ fn row_loop(
     loads: &[Load],
     body: &str,
     end: &str,
-    dst: &str,
-    value: &str,
+    stores: &[(String, String)],
 ) {
     let r = dims.len();
     let last = dims[r - 1];
@@ -267,11 +270,10 @@ fn row_loop(
         }
     }
     w.push_str(body);
-    writeln!(
-        w,
-        "            {dst}[t] = {value};\n        }}\n        i += n;\n    }}"
-    )
-    .expect("to a String");
+    for (dst, value) in stores {
+        writeln!(w, "            {dst}[t] = {value};").expect("to a String");
+    }
+    w.push_str("        }\n        i += n;\n    }\n");
 }
 
 /// The loop's dims and each load's strides along them (see [`coalesce`]).
@@ -290,17 +292,23 @@ const SUM_BLOCK: usize = 1024;
 /// longer than [`SUM_BLOCK`], an empty loop, or an op the emitter does not know. Of a
 /// matmul prologue only the epilogue is generated: it reads the product from the output
 /// buffer, where the interpreter has put it.
+///
+/// `extra`: instructions whose values are further outputs, of the result's exact type,
+/// each stored in the same loop (a step group, see `exec::group`); only for an
+/// elementwise region without a matmul.
 pub(super) fn lower(
     e: &FusedExpr,
     params: &[(DType, &[usize])],
     shape: &[usize],
+    extra: &[usize],
 ) -> Result<Lowered, String> {
     let n_out = numel(shape);
     if n_out == 0 {
         return Err("an empty loop".into());
     }
     let (code, elems) = match e.sum_index() {
-        None => (elementwise(e, params, shape)?, n_out),
+        None => (elementwise(e, params, shape, extra)?, n_out),
+        Some(_) if !extra.is_empty() => return Err("a sum with further outputs".into()),
         Some(s) => sum_region(e, s, params, shape)?,
     };
     let out_dtype = e.result().dtype;
@@ -311,6 +319,7 @@ pub(super) fn lower(
         source: w,
         params: params.iter().map(|(d, sh)| (*d, numel(sh))).collect(),
         out: (out_dtype, n_out),
+        extra_outs: extra.len(),
         elems,
     })
 }
@@ -320,7 +329,17 @@ fn elementwise(
     e: &FusedExpr,
     params: &[(DType, &[usize])],
     shape: &[usize],
+    extra: &[usize],
 ) -> Result<String, String> {
+    let out = e.result();
+    if !extra.is_empty() && e.matmul().is_some() {
+        return Err("a matmul prologue with further outputs".into());
+    }
+    if let Some(&k) =
+        (extra.iter()).find(|&&k| (e.insts[k].dtype, &e.insts[k].shape[..]) != (out.dtype, shape))
+    {
+        return Err(format!("further output #{k} is not of the result's type"));
+    }
     let mut loads = Loads::new(e, params, shape, 'a');
     // a matmul prologue's product is already in the output buffer (the interpreter runs
     // the product first): its value at an element is read there, just before the element
@@ -341,18 +360,14 @@ fn elementwise(
         loads.iter().map(|l| l.param),
         e.result().dtype,
     );
+    let t = c_type(out.dtype);
+    let mut stores = vec![("(out + i)".to_string(), format!("v{}", e.insts.len() - 1))];
+    for (x, &k) in extra.iter().enumerate() {
+        writeln!(w, "    {t} *out{x} = ({t} *)in[{}];", params.len() + x).expect("to a String");
+        stores.push((format!("(out{x} + i)"), format!("v{k}")));
+    }
     w.push_str("    tf_i64 i = start;\n");
-    let result = format!("v{}", e.insts.len() - 1);
-    row_loop(
-        &mut w,
-        &dims,
-        &strides,
-        &loads,
-        &body,
-        "end",
-        "(out + i)",
-        &result,
-    );
+    row_loop(&mut w, &dims, &strides, &loads, &body, "end", &stores);
     w.push_str("}\n");
     Ok(w)
 }
@@ -423,8 +438,7 @@ fn sum_region(
             &loads,
             &body,
             "stop",
-            &format!("(buf + (i - {first}))"),
-            &src,
+            &[(format!("(buf + (i - {first}))"), src.clone())],
         );
     }
     let indent = |w: &mut String, rows: &str| {

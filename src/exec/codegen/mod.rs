@@ -195,8 +195,15 @@ impl Kernel {
     /// Lowers `e` (for operands of `params` types; `shape` is the fused node's) and,
     /// unless the [default mode](Codegen::from_env) says otherwise, asks for it to be
     /// compiled. `None` when the region cannot be generated (see the `emit` module).
-    pub fn new(e: &FusedExpr, params: &[(DType, &[usize])], shape: &[usize]) -> Option<Kernel> {
-        let lowered = emit::lower(e, params, shape).ok()?;
+    /// `extra`: instructions whose values are further outputs of the result's type (a
+    /// step group's members, see `exec::group`), written by [`Ready::call_with`].
+    pub fn new(
+        e: &FusedExpr,
+        params: &[(DType, &[usize])],
+        shape: &[usize],
+        extra: &[usize],
+    ) -> Option<Kernel> {
+        let lowered = emit::lower(e, params, shape, extra).ok()?;
         let k = Kernel {
             source: Arc::from(lowered.source.as_str()),
             lowered,
@@ -323,8 +330,35 @@ impl<'a> Ready<'a> {
     /// Computes output elements `off..off + chunk.len()` into `chunk`.
     ///
     /// # Panics
-    /// If `O` is not the result's element type or the chunk runs past the output.
+    /// If `O` is not the result's element type, the chunk runs past the output, or the
+    /// kernel has further outputs (see [`Ready::call_with`]).
     pub fn call<O: Copy + 'static>(&self, b: &Bound, chunk: &mut [MaybeUninit<O>], off: usize) {
+        // SAFETY: no further outputs are passed, and the assertion in `call_with`
+        // checks the kernel writes none.
+        unsafe { self.call_with(b, chunk, off, &[]) }
+    }
+
+    /// [`Ready::call`] for a kernel with further outputs: it also writes their elements
+    /// `off..off + chunk.len()`, `extra[k]` being output `k`'s element 0.
+    ///
+    /// # Safety
+    /// Each `extra[k]` points to a buffer of the result's element type and length that
+    /// nothing else reads or writes at elements `off..off + chunk.len()` during the call.
+    ///
+    /// # Panics
+    /// As [`Ready::call`]; and if `extra` has not one pointer per further output.
+    pub unsafe fn call_with<O: Copy + 'static>(
+        &self,
+        b: &Bound,
+        chunk: &mut [MaybeUninit<O>],
+        off: usize,
+        extra: &[*mut c_void],
+    ) {
+        assert_eq!(
+            extra.len(),
+            self.kernel.lowered.extra_outs,
+            "fused kernel: further outputs"
+        );
         let (dt, n) = self.kernel.lowered.out;
         let elem_ok = match dt {
             DType::F32 => std::any::TypeId::of::<O>() == std::any::TypeId::of::<f32>(),
@@ -338,15 +372,15 @@ impl<'a> Ready<'a> {
         );
         // the generated code indexes the output (and in-place params) from element 0
         let base = chunk.as_mut_ptr().wrapping_sub(off).cast::<c_void>();
-        let ptrs: SmallVec<[*const c_void; 8]> = b
-            .ptrs
-            .iter()
+        let ptrs: SmallVec<[*const c_void; 8]> = (b.ptrs.iter())
             .map(|p| p.unwrap_or(base.cast_const()))
+            .chain(extra.iter().map(|p| p.cast_const()))
             .collect();
         // SAFETY: `bind` checked each param's dtype and length against the ones the code
         // was generated for, which reads only elements below those lengths; the code
-        // writes exactly output elements off..off + chunk.len(), all inside `chunk`, and
-        // reads an in-place param only at the element it is about to write.
+        // writes exactly output elements off..off + chunk.len(), all inside `chunk` (and
+        // of each further output, which the caller vouches for), and reads an in-place
+        // param only at the element it is about to write.
         unsafe { (self.f)(ptrs.as_ptr(), base, off as i64, (off + chunk.len()) as i64) }
     }
 }

@@ -442,7 +442,31 @@ impl Program {
     /// # Panics
     /// If `e` does not infer for these operands (the verifier checks it).
     pub fn new(e: &FusedExpr, params: &[(DType, &[usize])], shape: &[usize]) -> Program {
+        Program::with_outputs(e, params, shape, &[])
+    }
+
+    /// [`Program::new`] with further outputs: the values of instructions `extra`, each
+    /// of the result's exact type, written in the same loop ([`Program::run_all`]).
+    ///
+    /// # Panics
+    /// As [`Program::new`]; and if `e` has a sum or a matmul while `extra` is not empty,
+    /// or an `extra` instruction is not of the result's type.
+    pub fn with_outputs(
+        e: &FusedExpr,
+        params: &[(DType, &[usize])],
+        shape: &[usize],
+        extra_insts: &[usize],
+    ) -> Program {
         let (dtype, _) = e.infer(params).expect("a verified fused expression");
+        assert!(
+            extra_insts.is_empty() || (e.sum_index().is_none() && e.matmul().is_none()),
+            "only an elementwise region has further outputs"
+        );
+        assert!(
+            (extra_insts.iter())
+                .all(|&k| e.insts[k].dtype == dtype && e.insts[k].shape[..] == *shape),
+            "further outputs have the result's type"
+        );
         let s = e.sum_index();
         let it: Shape = match s.map(|s| e.insts[s].args[0]) {
             Some(Arg::Param(p)) => Shape::from_slice(params[p as usize].1),
@@ -464,8 +488,10 @@ impl Program {
         let tile = TILE.min(numel(shape).max(numel(&it))).max(1);
         let split = if sum.is_some() { split } else { steps.len() };
         let result_reg = reg_of[e.insts.len() - 1];
+        let extra: SmallVec<[usize; 4]> = extra_insts.iter().map(|&k| reg_of[k]).collect();
         let mut keep: Vec<usize> = inner.regs.iter().chain(&outer.regs).copied().collect();
         keep.push(result_reg);
+        keep.extend(&extra);
         if let Some(sp) = &sum {
             keep.extend([sp.reg, sp.src]);
         }
@@ -488,7 +514,8 @@ impl Program {
             inner,
             outer,
             tile,
-            gen: codegen::Kernel::new(e, params, shape),
+            gen: codegen::Kernel::new(e, params, shape, extra_insts),
+            extra,
         };
         p.drop_unused_registers();
         p
@@ -527,6 +554,7 @@ impl Program {
             .copied()
             .chain(sum)
             .chain([self.result_reg])
+            .chain(self.extra.iter().copied())
         {
             used[r] = true;
         }
@@ -549,6 +577,9 @@ impl Program {
             (sp.reg, sp.src) = (new[sp.reg], new[sp.src]);
         }
         self.result_reg = new[self.result_reg];
+        for r in &mut self.extra {
+            *r = new[*r];
+        }
     }
 }
 

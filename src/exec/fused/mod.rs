@@ -119,6 +119,9 @@ pub struct Program {
     /// Steps before this index run in the summed loop.
     split: usize,
     result_reg: usize,
+    /// The registers of further outputs (a step group's, see `exec::group`), each of
+    /// the result's type, written in the same loop.
+    extra: SmallVec<[usize; 4]>,
     sum: Option<SumPlan>,
     inner: Loop,
     outer: Loop,

@@ -9,6 +9,7 @@ use crate::tensor::{numel, Arr, DType, Data, Float};
 use ndarray::IxDyn;
 use rayon::prelude::*;
 use smallvec::SmallVec;
+use std::ffi::c_void;
 use std::mem::MaybeUninit;
 
 /// A register: one value per element of the current tile.
@@ -481,6 +482,17 @@ fn par_outputs<O: Send>(out: &mut [O], work: usize, f: impl Fn(usize, &mut [O]) 
     }
 }
 
+/// Where a further output's elements go: its buffer's first slot, shared by the chunks
+/// of one run, which write disjoint ranges of it.
+#[derive(Clone, Copy)]
+struct OutPtr<O>(*mut MaybeUninit<O>);
+
+// SAFETY: the chunks of a run write disjoint ranges through it (see `Program::run_as`),
+// and the buffer outlives the run's rayon work, which is joined before it returns.
+unsafe impl<O: Send> Send for OutPtr<O> {}
+// SAFETY: as above.
+unsafe impl<O: Send> Sync for OutPtr<O> {}
+
 /// The result buffer of a run (see [`Program::output`]).
 struct Output<O> {
     /// A buffer holding values already (the matmul result, an overwritten operand).
@@ -494,10 +506,25 @@ struct Output<O> {
 impl Program {
     /// Runs on the operands (`None` only for the one given as [`OutBuf::Operand`]).
     pub fn run(&self, x: &[Option<&Data>], out: OutBuf) -> Data {
+        let mut extra = SmallVec::new();
+        self.run_into(x, out, &mut extra)
+    }
+
+    /// Runs a program with further outputs (see [`Program::with_outputs`]) on its
+    /// operands: the result, then each further output, all in fresh buffers.
+    pub fn run_all(&self, x: &[Option<&Data>]) -> SmallVec<[Data; 8]> {
+        let mut all = SmallVec::new();
+        let first = self.run_into(x, OutBuf::Fresh, &mut all);
+        all.insert(0, first);
+        all
+    }
+
+    /// The result; the further outputs are pushed to `extra`.
+    fn run_into(&self, x: &[Option<&Data>], out: OutBuf, extra: &mut SmallVec<[Data; 8]>) -> Data {
         match self.dtype {
-            DType::F32 => self.run_as::<f32>(x, out),
-            DType::F64 => self.run_as::<f64>(x, out),
-            DType::I64 => self.run_as::<i64>(x, out),
+            DType::F32 => self.run_as::<f32>(x, out, extra),
+            DType::F64 => self.run_as::<f64>(x, out, extra),
+            DType::I64 => self.run_as::<i64>(x, out, extra),
         }
     }
 
@@ -538,7 +565,12 @@ impl Program {
         o
     }
 
-    fn run_as<O: Elem>(&self, x: &[Option<&Data>], out: OutBuf) -> Data {
+    fn run_as<O: Elem>(
+        &self,
+        x: &[Option<&Data>],
+        out: OutBuf,
+        extra: &mut SmallVec<[Data; 8]>,
+    ) -> Data {
         let shape = &self.shape[..];
         let n_out = numel(shape);
         let Output {
@@ -555,6 +587,23 @@ impl Program {
         // element has been written.
         unsafe { buf.set_len(0) };
         let slots = &mut buf.spare_capacity_mut()[..n_out];
+        // further outputs: fresh buffers, written by the same chunks at the same offsets
+        let mut extra_bufs: SmallVec<[Vec<O>; 8]> = (self.extra.iter())
+            .map(|_| crate::exec::buffers::take(n_out))
+            .collect();
+        let extra_ptrs: SmallVec<[OutPtr<O>; 8]> = (extra_bufs.iter_mut())
+            .map(|b| {
+                // SAFETY: as for `buf`; the length is set once every element is written
+                unsafe { b.set_len(0) };
+                OutPtr(b.spare_capacity_mut()[..n_out].as_mut_ptr())
+            })
+            .collect();
+        // Further output `k`'s elements `at..at + n`.
+        let extra_seg = |k: usize, at: usize, n: usize| -> &mut [MaybeUninit<O>] {
+            // SAFETY: each buffer holds `n_out` slots, and the chunks and tiles of one
+            // call write disjoint ranges `at..at + n` of it (those of the result)
+            unsafe { std::slice::from_raw_parts_mut(extra_ptrs[k].0.add(at), n) }
+        };
         // The values of an output segment before the kernel writes it.
         let values = |seg: &[MaybeUninit<O>]| -> Option<&[O]> {
             // SAFETY: with `prior` the buffer held `n_out` values when it was handed in.
@@ -585,10 +634,17 @@ impl Program {
                     })
                     .collect();
                 let bound = k.bind(&params);
+                let call = |chunk: &mut [MaybeUninit<O>], off: usize| {
+                    let ptrs: SmallVec<[*mut c_void; 8]> =
+                        extra_ptrs.iter().map(|p| p.0.cast()).collect();
+                    // SAFETY: each further output's buffer has the result's element type
+                    // and length, and the chunks write disjoint ranges of it
+                    unsafe { k.call_with(&bound, chunk, off, &ptrs) }
+                };
                 match sum {
-                    Some(sp) if sp.full => k.call(&bound, slots, 0),
+                    Some(sp) if sp.full => call(slots, 0),
                     _ => par_outputs(slots, sum.as_ref().map_or(1, |sp| sp.lane), |off, chunk| {
-                        k.call(&bound, chunk, off)
+                        call(chunk, off)
                     }),
                 }
             }
@@ -598,12 +654,17 @@ impl Program {
                     with_regs(&self.dtypes, self.tile, |regs| {
                         let mut views = no_views(regs.len());
                         let mut c = Cursor::new(&self.outer.dims, &self.outer.strides, off);
+                        let mut at = off;
                         for seg in chunk.chunks_mut(self.tile) {
                             let n = seg.len();
                             self.outer
                                 .fill(&osrcs, &mut c, regs, &mut views, n, values(seg));
                             eval_steps(&self.steps, regs, &views, n);
                             O::write_out(read(regs, &views, self.result_reg), seg);
+                            for (k, &r) in self.extra.iter().enumerate() {
+                                O::write_out(read(regs, &views, r), extra_seg(k, at, n));
+                            }
+                            at += n;
                         }
                     })
                 })
@@ -655,8 +716,16 @@ impl Program {
             }
         }
         // SAFETY: the chunks cover the `n_out` slots and each tile wrote its whole segment
-        // (a panic propagates before this line, leaving the length 0).
+        // (a panic propagates before this line, leaving the length 0), of the result and
+        // of every further output alike.
         unsafe { buf.set_len(n_out) };
+        for mut b in extra_bufs {
+            // SAFETY: as above
+            unsafe { b.set_len(n_out) };
+            extra.push(O::wrap(
+                Arr::from_shape_vec(IxDyn(shape), b).expect("length matches shape"),
+            ));
+        }
         O::wrap(Arr::from_shape_vec(IxDyn(shape), buf).expect("length matches shape"))
     }
 }
