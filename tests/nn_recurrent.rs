@@ -704,7 +704,8 @@ fn assert_compiled_has_eager_bits(
 /// halves give the bits of the whole batch; the accumulator's loop runs as the GEMM
 /// adding each product in place, by column halves (`exec/accumulate.rs`), with the bits
 /// of its body's ops: compiled outputs and gradients equal the eager ones, and one
-/// thread's (where the scans run whole) equal two's and four's.
+/// thread's (where the scans run whole) equal two's and four's. Each cell's elementwise
+/// steps run as one loop (a step group), with the same bits.
 #[test]
 fn a_row_separable_loop_runs_as_two_half_batch_scans_with_the_same_bits() {
     let x = Tensor::random_uniform(&[64, 5, 8], -1.0, 1.0, 9, DType::F32);
@@ -730,5 +731,12 @@ fn a_row_separable_loop_runs_as_two_half_batch_scans_with_the_same_bits() {
         plan.accumulation_loops(),
         1,
         "the accumulator's loop runs in place, by column halves:\n{text}"
+    );
+    // the forward cell (four gates, c, tanh c, h) runs as one loop with seven outputs
+    // (`exec/group.rs`), and so do the backward cell's six gradients
+    let groups = plan.step_groups();
+    assert!(
+        groups.contains(&7) && groups.contains(&6),
+        "step groups {groups:?}:\n{text}"
     );
 }

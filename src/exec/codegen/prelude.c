@@ -50,32 +50,7 @@ TF_BIT_CAST(tf_from_bits32, tf_u32, float)
 
 /* ---- fastmath.rs ---- */
 
-#define TF_ROUND_MAGIC 6755399441055744.0
 #define TF_ONE_BITS 0x3FF0000000000000ULL
-
-TF_INLINE double tf_exp_reduced(double r) {
-    double p = 1.0 / 3628800.0;
-    p = __builtin_fma(p, r, 1.0 / 362880.0);
-    p = __builtin_fma(p, r, 1.0 / 40320.0);
-    p = __builtin_fma(p, r, 1.0 / 5040.0);
-    p = __builtin_fma(p, r, 1.0 / 720.0);
-    p = __builtin_fma(p, r, 1.0 / 120.0);
-    p = __builtin_fma(p, r, 1.0 / 24.0);
-    p = __builtin_fma(p, r, 1.0 / 6.0);
-    p = __builtin_fma(p, r, 1.0 / 2.0);
-    p = __builtin_fma(p, r, 1.0);
-    return __builtin_fma(p, r, 1.0);
-}
-
-TF_INLINE double tf_exp_f64_kernel(double x) {
-    double t = x * TF_LOG2_E + TF_ROUND_MAGIC;
-    double k = t - TF_ROUND_MAGIC;
-    tf_u64 kbits = tf_bits(t);
-    double r = __builtin_fma(-k, TF_LN_2, x);
-    double scale = tf_from_bits((kbits + 1023) << 52);
-    return tf_exp_reduced(r) * scale;
-}
-
 
 TF_INLINE float tf_exp_f32(float x) {
     float xc = x > 89.0f ? 89.0f : x;
@@ -166,20 +141,22 @@ TF_INLINE float tf_cos_f32(float x) {
 }
 
 TF_INLINE float tf_tanh_f32(float x) {
-    double xd = (double)x;
-    double ax = __builtin_fabs(xd);
-    double e = tf_exp_f64_kernel(2.0 * ax > 40.0 ? 40.0 : 2.0 * ax);
-    double big = __builtin_copysign((e - 1.0) / (e + 1.0), xd);
-    double z = xd * xd;
-    double p = -1382.0 / 155925.0;
-    p = __builtin_fma(p, z, 62.0 / 2835.0);
-    p = __builtin_fma(p, z, -17.0 / 315.0);
-    p = __builtin_fma(p, z, 2.0 / 15.0);
-    p = __builtin_fma(p, z, -1.0 / 3.0);
-    double small = xd * __builtin_fma(z, p, 1.0);
-    double y = ax < 0.0625 ? small : big;
-    float yf = (float)y;
-    return x != x ? x : yf;
+    float a = __builtin_fabsf(x);
+    float e = tf_exp_f32(2.0f * a);
+    float big = 1.0f - 2.0f / (e + 1.0f);
+    float z = a * a;
+    float p = (float)(6404582.0 / 10854718875.0);
+    p = __builtin_fmaf(p, z, (float)(-929569.0 / 638512875.0));
+    p = __builtin_fmaf(p, z, (float)(21844.0 / 6081075.0));
+    p = __builtin_fmaf(p, z, (float)(-1382.0 / 155925.0));
+    p = __builtin_fmaf(p, z, (float)(62.0 / 2835.0));
+    p = __builtin_fmaf(p, z, (float)(-17.0 / 315.0));
+    p = __builtin_fmaf(p, z, (float)(2.0 / 15.0));
+    p = __builtin_fmaf(p, z, (float)(-1.0 / 3.0));
+    float small = __builtin_fmaf(a * z, p, a);
+    float y = a < 0.6f ? small : big;
+    y = __builtin_copysignf(y, x);
+    return x != x ? x : y;
 }
 
 /* ---- f64: the C library, as Rust's f64 methods ---- */

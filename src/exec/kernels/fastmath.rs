@@ -7,18 +7,18 @@
 //! the fused-loop kernel and vectorize there.
 //!
 //! Two working precisions:
-//! - **`exp`, `sin`, `cos` work in f32**, 16 lanes per AVX-512 register, with
-//!   Cody–Waite range reduction (the reduction constant split into parts whose products
-//!   with `k` are exact) and Taylor polynomials. `exp` is within 1 ulp of the correctly
-//!   rounded result everywhere; `sin` and `cos` within 2 ulp for |x| ≤ 12867. They
-//!   carry the fused loops of transcendental-heavy programs (W5's second derivative of
-//!   sin·e^(−x²): 2x faster than the same code in f64) and the gates of recurrent
-//!   layers (`sigmoid` is built on `exp`).
-//! - **`ln` and `tanh` widen to f64**, work there and round to f32 once: the f64
-//!   intermediate carries about 40 more bits than the answer needs, so they are within
-//!   1 ulp and mostly correctly rounded; working in f64 also makes f32 subnormals
-//!   normal. (`tanh`'s `(e−1)/(e+1)` form cancels near 0.06, which f32 could not
-//!   absorb.)
+//! - **`exp`, `sin`, `cos` and `tanh` work in f32**, 16 lanes per AVX-512 register.
+//!   `exp`, `sin` and `cos` use Cody–Waite range reduction (the reduction constant split
+//!   into parts whose products with `k` are exact) and Taylor polynomials; `tanh` is
+//!   its Taylor series near 0 and `1 − 2/(e^{2|x|} + 1)` beyond. `exp` and `tanh` are
+//!   within 1 ulp of the correctly rounded result everywhere; `sin` and `cos` within 2
+//!   ulp for |x| ≤ 12867. They carry the fused loops of transcendental-heavy programs
+//!   (W5's second derivative of sin·e^(−x²): 2x faster than the same code in f64) and
+//!   the cells of recurrent layers (`sigmoid` is built on `exp`; `tanh` over an LSTM
+//!   cell's 64×128 values ran 2.2–2.9x slower on AVX2 when it worked in f64).
+//! - **`ln` widens to f64**, works there and rounds to f32 once: the f64 intermediate
+//!   carries about 40 more bits than the answer needs, so it is within 1 ulp and mostly
+//!   correctly rounded; working in f64 also makes f32 subnormals normal.
 //!
 //! Invariants: only IEEE operations that round once and the same on every ISA — the
 //! basic ones (+ − × ÷, conversions, bit moves, `copysign`) and fused multiply-add,
@@ -39,57 +39,10 @@
 //! (`exec/codegen/prelude.c`): change both together; `tests/codegen.rs`
 //! compares their bits.
 
-use std::f64::consts::{LN_2, LOG2_E};
-
-/// 1.5·2⁵²: adding and subtracting it rounds an f64 of magnitude below 2⁵¹ to the
-/// nearest integer, and the low mantissa bits of the sum are that integer in two's
-/// complement.
-const ROUND_MAGIC: f64 = 6755399441055744.0;
+use std::f64::consts::LN_2;
 
 /// The biased exponent bits of 1.0.
 const ONE_BITS: u64 = 0x3FF0_0000_0000_0000;
-
-/// `n` rounded to the nearest integer (ties to even), as an f64 and as the low bits of a
-/// u64. Valid for `|n| < 2⁵¹`.
-#[inline(always)]
-fn round_to_int(n: f64) -> (f64, u64) {
-    let t = n + ROUND_MAGIC;
-    (t - ROUND_MAGIC, t.to_bits())
-}
-
-/// `eʳ` for `|r| ≤ ln2/2` by Taylor series through r¹⁰ (truncation < 3e-13 relative).
-#[inline(always)]
-fn exp_reduced(r: f64) -> f64 {
-    const C: [f64; 10] = [
-        1.0 / 3628800.0,
-        1.0 / 362880.0,
-        1.0 / 40320.0,
-        1.0 / 5040.0,
-        1.0 / 720.0,
-        1.0 / 120.0,
-        1.0 / 24.0,
-        1.0 / 6.0,
-        1.0 / 2.0,
-        1.0,
-    ];
-    let mut p = C[0];
-    for &c in &C[1..] {
-        p = p.mul_add(r, c);
-    }
-    p.mul_add(r, 1.0)
-}
-
-/// `eˣ` in f64 for `x` in [-708, 709], where 2ᵏ is a normal f64 (callers clamp first);
-/// relative error below 1e-12.
-#[inline(always)]
-fn exp_f64(x: f64) -> f64 {
-    // x = k·ln2 + r, |r| ≤ ln2/2; eˣ = 2ᵏ·eʳ
-    let (k, kbits) = round_to_int(x * LOG2_E);
-    let r = (-k).mul_add(LN_2, x);
-    // the low 12 bits of kbits are k mod 2¹²; k + 1023 is a valid biased exponent here
-    let scale = f64::from_bits(kbits.wrapping_add(1023) << 52);
-    exp_reduced(r) * scale
-}
 
 /// 1.5·2²³: adding and subtracting it rounds an f32 of magnitude below 2²² to the
 /// nearest integer, and the low mantissa bits of the sum are that integer in two's
@@ -252,32 +205,47 @@ pub fn sin_cos(x: f32) -> (f32, f32) {
     (quadrant(s, c, k), quadrant(s, c, k.wrapping_add(1)))
 }
 
-/// `tanh x` for f32, within 1 ulp of the correctly rounded result for every input.
+/// Where [`tanh`] switches from its series to `1 − 2/(e^{2|x|} + 1)`.
+const TANH_SERIES_MAX: f32 = 0.6;
+
+/// The series of tanh x = x + x·Σₖ cₖ·x²ᵏ, k = 1..8, highest power first: the
+/// coefficients of x³ … x¹⁷, each the f32 nearest the exact fraction.
+const TANH_SERIES: [f32; 8] = [
+    (6404582.0 / 10854718875.0_f64) as f32,
+    (-929569.0 / 638512875.0_f64) as f32,
+    (21844.0 / 6081075.0_f64) as f32,
+    (-1382.0 / 155925.0_f64) as f32,
+    (62.0 / 2835.0_f64) as f32,
+    (-17.0 / 315.0_f64) as f32,
+    (2.0 / 15.0_f64) as f32,
+    (-1.0 / 3.0_f64) as f32,
+];
+
+/// `tanh x` for f32, within 1 ulp of the correctly rounded result for every input
+/// (checked exhaustively over all finite f32 values; the tests sweep them densely).
 ///
-/// Odd (keeps the sign of zero), saturates to ±1 from |x| ≈ 9; NaN stays NaN.
+/// Works in f32 throughout, on a = |x|, the sign copied back at the end (odd, keeps the
+/// sign of zero): for a ≥ [`TANH_SERIES_MAX`], `1 − 2/(e + 1)` with e = [`exp`]`(2a)`;
+/// there tanh ≥ 0.537, so the subtraction loses nothing and 2/(e + 1) ≤ 0.46 carries
+/// exp's error into the result at most halved. Below, the Taylor series through x¹⁷
+/// (truncation below 2⁻²⁶ relative at 0.6), which is exact for subnormals. Saturates to
+/// ±1 from |x| ≈ 9 (and for ±inf, where e = inf); NaN stays NaN.
 #[inline(always)]
 pub fn tanh(x: f32) -> f32 {
-    let xd = x as f64;
-    let ax = xd.abs();
-    // |x| ≥ 1/16: (e − 1)/(e + 1) with e = e^{2|x|}. e − 1 is exact for e ≤ 2, so the
-    // cancellation only magnifies e's 1e-12 error by at most e/(e−1) ≤ 8.5. From
-    // 2|x| = 40 the quotient rounds to 1 in f64; the clamp also turns inf into 1.
-    let e = exp_f64(if 2.0 * ax > 40.0 { 40.0 } else { 2.0 * ax });
-    let big = ((e - 1.0) / (e + 1.0)).copysign(xd);
-    // |x| < 1/16: x − x³/3 + 2x⁵/15 − 17x⁷/315 + 62x⁹/2835 − 1382x¹¹/155925 + …,
-    // truncation < 1e-14 relative
-    let z = xd * xd;
-    let mut p: f64 = -1382.0 / 155925.0;
-    for c in [62.0 / 2835.0, -17.0 / 315.0, 2.0 / 15.0, -1.0 / 3.0] {
+    let a = x.abs();
+    let e = exp(2.0 * a);
+    let big = 1.0 - 2.0 / (e + 1.0);
+    let z = a * a;
+    let mut p = TANH_SERIES[0];
+    for &c in &TANH_SERIES[1..] {
         p = p.mul_add(z, c);
     }
-    let small = xd * z.mul_add(p, 1.0);
-    let y = if ax < 0.0625 { small } else { big };
-    let y = y as f32;
+    let small = (a * z).mul_add(p, a);
+    let y = if a < TANH_SERIES_MAX { small } else { big };
     if x.is_nan() {
         x
     } else {
-        y
+        y.copysign(x)
     }
 }
 
@@ -517,7 +485,9 @@ mod tests {
         assert_eq!(tanh(-1e30), -1.0);
         assert!(tanh(f32::NAN).is_nan());
         // both sides of the switch between the series and the exp form
-        for x in [0.0624999, 0.0625, 0.0625001, 1e-3, 0.5, 9.0, 9.1] {
+        let below = f32::from_bits(TANH_SERIES_MAX.to_bits() - 1);
+        let above = f32::from_bits(TANH_SERIES_MAX.to_bits() + 1);
+        for x in [below, TANH_SERIES_MAX, above, 1e-3, 0.0625, 0.5, 9.0, 9.1] {
             for x in [x, -x] {
                 assert!(ulps(tanh(x), (x as f64).tanh() as f32) <= 1, "tanh({x})");
             }
