@@ -31,7 +31,7 @@
 use super::fused;
 use crate::ir::{Arg, FusedExpr, Graph, Inst, NodeId};
 use crate::ops::{FusionClass, Op};
-use crate::tensor::{numel, DType, Shape};
+use crate::tensor::{numel, DType};
 use smallvec::SmallVec;
 use std::collections::HashMap;
 
@@ -47,8 +47,8 @@ pub(crate) struct Group {
     pub members: SmallVec<[usize; 8]>,
     /// The steps whose values are the program's params, in param order.
     pub params: SmallVec<[usize; 8]>,
-    /// The loop: its result is the last member's value, its further outputs the other
-    /// members' in plan order.
+    /// The loop: its further outputs are the members' values but the last's, in plan
+    /// order, and its result is the last member's.
     pub program: fused::Program,
 }
 
@@ -58,10 +58,12 @@ pub(crate) struct Groups {
     pub of_step: Vec<Option<u32>>,
 }
 
-/// A step as grouping sees it: its node and its operands' steps.
+/// A step as grouping sees it: its node, its operands' steps, and whether it is a
+/// source (input, constant, variable read: bound before any step runs).
 pub(crate) struct StepView<'a> {
     pub node: NodeId,
     pub operands: &'a [usize],
+    pub source: bool,
 }
 
 /// The expression of an eligible step (see the module docs), over its operands.
@@ -102,17 +104,13 @@ pub(crate) fn plan_groups(g: &Graph, steps: &[StepView]) -> Groups {
                 .flatten()
         })
         .collect();
-    // inputs, constants and variable reads are bound before any step runs
-    let source: Vec<bool> = (steps.iter())
-        .map(|s| matches!(g.node(s.node).op, Op::Input(_) | Op::Const | Op::ReadVar(_)))
-        .collect();
     for seed in 0..n {
         if of_step[seed].is_some() || exprs[seed].is_none() {
             continue;
         }
         let key = |i: usize| {
             let node = g.node(steps[i].node);
-            (node.dtype, node.shape.clone())
+            (node.dtype, &node.shape[..])
         };
         let want = key(seed);
         let mut members: SmallVec<[usize; 8]> = SmallVec::from_elem(seed, 1);
@@ -125,7 +123,7 @@ pub(crate) fn plan_groups(g: &Graph, steps: &[StepView]) -> Groups {
                 continue;
             }
             let ops = steps[t].operands;
-            let ready = |o: &usize| *o < seed || members.contains(o) || source[*o];
+            let ready = |o: &usize| *o < seed || members.contains(o) || steps[*o].source;
             let views_member = e.insts.iter().any(|inst| {
                 matches!(inst.op, Op::Reshape | Op::Slice { .. })
                     && inst
@@ -140,7 +138,8 @@ pub(crate) fn plan_groups(g: &Graph, steps: &[StepView]) -> Groups {
         if members.len() < 2 {
             continue;
         }
-        if let Some(group) = build(g, steps, &exprs, members, &want) {
+        let (dtype, shape) = want;
+        if let Some(group) = build(g, steps, &exprs, members, dtype, shape) {
             let id = groups.len() as u32;
             for &m in &group.members {
                 of_step[m] = Some(id);
@@ -158,7 +157,8 @@ fn build(
     steps: &[StepView],
     exprs: &[Option<FusedExpr>],
     members: SmallVec<[usize; 8]>,
-    (dtype, shape): &(DType, Shape),
+    dtype: DType,
+    shape: &[usize],
 ) -> Option<Group> {
     let mut params: SmallVec<[usize; 8]> = SmallVec::new();
     let mut insts: Vec<Inst> = Vec::new();
@@ -199,7 +199,7 @@ fn build(
         })
         .collect();
     match e.infer(&types) {
-        Ok((d, s)) if d == *dtype && s == *shape => {}
+        Ok((d, s)) if d == dtype && s[..] == *shape => {}
         _ => return None,
     }
     let extra: Vec<usize> = (members[..members.len() - 1].iter())

@@ -477,10 +477,10 @@ impl Plan {
             .map(|s| group::StepView {
                 node: s.node,
                 operands: &s.operands,
+                source: is_source(s),
             })
             .collect();
         let groups = group::plan_groups(&graph, &views);
-        drop(views);
         let grouped = groups.groups.iter().map(|g| &g.program);
         fused::reserve_registers(programs.iter().flatten().map(|p| &**p).chain(grouped));
         let regions = order
@@ -1057,12 +1057,7 @@ impl Plan {
                 (v, true)
             }
         };
-        if crate::debugging::check_numerics_enabled() {
-            if let Some((k, x)) = v.first_non_finite() {
-                let ty = type_str(node.dtype, &node.shape);
-                return Err(Error::non_finite(s.op.name(), k, x, ty, node.loc));
-            }
-        }
+        self.check_finite(i, &v)?;
         st.set(i, v);
         self.release_operands(s, st);
         Ok(kernel)
@@ -1080,31 +1075,37 @@ impl Plan {
                 )
             })
             .collect();
-        let mut outs = g.program.run_all(&args);
+        let outs = g.program.run_all(&args);
         drop(args);
         drop(guards);
-        // the result is the last member's value, the further outputs the others'
-        outs.rotate_left(1);
+        // the further outputs are the members' values but the last's, then the result
         for (&m, v) in g.members.iter().zip(outs) {
-            if crate::debugging::check_numerics_enabled() {
-                if let Some((k, x)) = v.first_non_finite() {
-                    let node = self.graph.node(self.steps[m].node);
-                    let ty = type_str(node.dtype, &node.shape);
-                    return Err(Error::non_finite(
-                        self.steps[m].op.name(),
-                        k,
-                        x,
-                        ty,
-                        node.loc,
-                    ));
-                }
-            }
+            self.check_finite(m, &v)?;
             st.set(m, v);
         }
         for &m in &g.members {
             self.release_operands(&self.steps[m], st);
         }
         Ok(true)
+    }
+
+    /// With `check_numerics` on, an error naming step `i`'s op, type and source line if
+    /// its value `v` holds a NaN or an infinity.
+    fn check_finite(&self, i: usize, v: &Data) -> Result<()> {
+        if crate::debugging::check_numerics_enabled() {
+            if let Some((k, x)) = v.first_non_finite() {
+                let node = self.graph.node(self.steps[i].node);
+                let ty = type_str(node.dtype, &node.shape);
+                return Err(Error::non_finite(
+                    self.steps[i].op.name(),
+                    k,
+                    x,
+                    ty,
+                    node.loc,
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Waits for collective step `o` if it is still running and stores its value.

@@ -511,11 +511,11 @@ impl Program {
     }
 
     /// Runs a program with further outputs (see [`Program::with_outputs`]) on its
-    /// operands: the result, then each further output, all in fresh buffers.
+    /// operands: each further output, then the result, all in fresh buffers.
     pub fn run_all(&self, x: &[Option<&Data>]) -> SmallVec<[Data; 8]> {
         let mut all = SmallVec::new();
-        let first = self.run_into(x, OutBuf::Fresh, &mut all);
-        all.insert(0, first);
+        let result = self.run_into(x, OutBuf::Fresh, &mut all);
+        all.push(result);
         all
     }
 
