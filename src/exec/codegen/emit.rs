@@ -580,8 +580,8 @@ fn signature(
 
 /// The constants and the prelude every kernel starts with.
 fn header(w: &mut String) {
-    // the f64 constants of std that fastmath uses, printed exactly (shortest round trip)
-    writeln!(w, "#define TF_LOG2_E {:e}", std::f64::consts::LOG2_E).expect("to a String");
+    // the f64 constant of std that fastmath uses (`ln`), printed exactly (shortest round
+    // trip)
     writeln!(w, "#define TF_LN_2 {:e}", std::f64::consts::LN_2).expect("to a String");
     // and its f32 constants, as float literals (shortest round trip, then `f`)
     use crate::exec::kernels::fastmath as fm;

@@ -2,13 +2,13 @@
  * the interpreter computes it, for a C compiler to inline and vectorize.
  *
  * The f32 transcendentals are an operation-for-operation port of
- * `src/exec/kernels/fastmath.rs` (exp, sin, cos in f32; log and tanh in f64 with one rounding
+ * `src/exec/kernels/fastmath.rs` (exp, sin, cos and tanh in f32; log in f64 with one rounding
  * to f32 at the end; selects instead of branches); the f64 ones call the C library, as Rust's `f64` methods do. Compiled
  * with -ffp-contract=off and without -ffast-math, every line below computes the bits of
  * its Rust original: the same IEEE operations on the same values in the same order
  * (Rust's `mul_add` is `__builtin_fma`/`__builtin_fmaf` here: one rounding, a vfmadd
  * under -mfma, the C library's correctly rounded fma otherwise).
- * Constants the emitter writes before this file, from the Rust ones: TF_LOG2_E, TF_LN_2,
+ * Constants the emitter writes before this file, from the Rust ones: TF_LN_2,
  * TF_ROUND_MAGIC_F32, TF_LOG2_E_F32, TF_FRAC_2_PI_F32, TF_LN2_HI, TF_LN2_LO, TF_PIO2_1 .. TF_PIO2_4. */
 
 #include <stdint.h>
