@@ -867,6 +867,53 @@ fn auto_mode_swaps_in_generated_code_without_changing_a_bit() {
     }
 }
 
+/// A loop shorter than the size threshold runs in the interpreter until it is hot
+/// (`HOT_ELEMS` of its elements over its calls), then compiles in the background and
+/// runs generated code, with the same bits.
+#[test]
+fn auto_mode_compiles_a_short_loop_once_it_is_hot() {
+    if !compiler() {
+        return;
+    }
+    let n = 4096 - 3;
+    let t = ty(DType::F32, &[n]);
+    let text = format!(
+        "graph(%0: {t}) {{
+  %1 = fused %0 : {t}
+    #0 = sigmoid $0 : {t}
+    #1 = tanh #0 : {t}
+    #2 = add #1, $0 : {t}
+  return %1
+}}"
+    );
+    let plan = Plan::new(parse(&text).unwrap()).unwrap();
+    let x = data(DType::F32, &[n], 14);
+    plan.set_codegen(Codegen::Off);
+    let want = bits(&plan.run(&[&x], &mut RunStats::default()).unwrap()[0]);
+    plan.set_codegen(Codegen::Auto);
+    let cold = (codegen::HOT_ELEMS / n as u64) as usize;
+    for _ in 0..cold {
+        assert_eq!(plan.generated_steps(), (0, 1), "compiled before it was hot");
+        let got = plan.run(&[&x], &mut RunStats::default()).unwrap();
+        assert!(bits(&got[0]) == want);
+    }
+    // the next run makes it hot; from then on it compiles in the background
+    let start = std::time::Instant::now();
+    loop {
+        let generated = plan.generated_steps().0 == 1;
+        let got = plan.run(&[&x], &mut RunStats::default()).unwrap();
+        assert!(bits(&got[0]) == want);
+        if generated {
+            break;
+        }
+        assert!(
+            start.elapsed().as_secs() < 120,
+            "the hot kernel did not compile in 2 minutes"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 /// `function`'s pipeline fuses exactly the loops long enough for generated code (the
 /// threshold lives in `passes`, which may not import `exec`).
 #[test]

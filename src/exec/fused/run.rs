@@ -621,7 +621,7 @@ impl Program {
                 })
                 .collect()
         };
-        match (&self.sum, self.gen.as_ref().and_then(|k| k.ready())) {
+        match (&self.sum, self.gen.as_ref().and_then(|k| k.ready_to_run())) {
             // generated code, once compiled, runs the region in place of the steps: a
             // full sum's one element, else output chunks (a partial sum's outputs in
             // `reduce::sum`'s order, see `codegen`; with a matmul prologue, the product
