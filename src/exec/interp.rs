@@ -170,6 +170,8 @@ struct RunState {
     shared: SharedSlots,
     /// The slots of an in-order run: this thread's alone.
     own: OwnSlots,
+    /// Whether the last run used `shared` (else `own`): only that half needs clearing.
+    used_shared: bool,
 }
 
 /// A dataflow run's values: locks and atomic counts, as its tasks run on any thread.
@@ -310,6 +312,10 @@ pub struct Plan {
     programs: Vec<Option<Box<fused::Program>>>,
     /// Elementwise steps an in-order run runs as one loop (see [`group`]).
     groups: Groups,
+    /// The source steps (inputs, constants, variable reads), bound before the kernels run.
+    sources: Vec<usize>,
+    /// The collective steps, in plan order.
+    collectives: Vec<usize>,
     /// The planned bodies of each control-flow step.
     regions: Vec<Option<Box<RegionPlan>>>,
     /// For each control-flow step, its `get` steps: `(result index, step)`; the
@@ -508,6 +514,7 @@ impl Plan {
             })
             .collect();
         let work = steps.iter().map(|s| s.work).sum();
+        let sources = (0..steps.len()).filter(|&i| is_source(&steps[i])).collect();
         let on_workers = (steps.iter()).any(|s| macs_of(&graph, s.node) >= ON_WORKERS_MIN_MACS);
         let split = crate::exec::kernels::gemm::SPLIT_GEMM_MIN as u64;
         let forks_products = (steps.iter()).any(|s| macs_of(&graph, s.node) >= split);
@@ -519,6 +526,8 @@ impl Plan {
             memory,
             programs,
             groups,
+            sources,
+            collectives,
             regions,
             gets,
             total_bytes,
@@ -717,30 +726,40 @@ impl Plan {
                     uses: (0..n).map(|_| Cell::new(0)).collect(),
                     comm: (0..n).map(|_| RefCell::new(None)).collect(),
                 },
+                used_shared: false,
             })
         })
     }
 
-    /// Clears a run's state (its values go back to the pool) and keeps it for reuse.
-    /// The state is this thread's alone now: no locking.
+    /// Clears a run's state (its values go back to the pool) and keeps it for reuse:
+    /// the half its run used (the other is clear from the run before). The state is
+    /// this thread's alone now: no locking. A failed run may leave collectives unread;
+    /// they finish on their own.
     fn put_state(&self, mut st: Box<RunState>) {
-        let shared = &mut st.shared;
-        let own = &mut st.own;
-        let left = (shared.vals.iter_mut().map(slot_mut))
-            .chain(own.vals.iter_mut().map(RefCell::get_mut))
-            .filter_map(Option::take);
-        let retired = shared.retired.get_mut();
-        for d in left.chain(retired.unwrap_or_else(|e| e.into_inner()).drain(..)) {
-            self.pool.recycle(d);
+        if st.used_shared {
+            let shared = &mut st.shared;
+            let left = shared
+                .vals
+                .iter_mut()
+                .map(slot_mut)
+                .filter_map(Option::take);
+            let retired = shared.retired.get_mut();
+            for d in left.chain(retired.unwrap_or_else(|e| e.into_inner()).drain(..)) {
+                self.pool.recycle(d);
+            }
+            for p in &mut shared.comm {
+                drop(p.get_mut().unwrap_or_else(|e| e.into_inner()).take());
+            }
+            *shared.error.get_mut().unwrap_or_else(|e| e.into_inner()) = None;
+        } else {
+            let own = &mut st.own;
+            for d in own.vals.iter_mut().filter_map(|v| v.get_mut().take()) {
+                self.pool.recycle(d);
+            }
+            for p in &mut own.comm {
+                drop(p.get_mut().take());
+            }
         }
-        // a failed run may leave collectives unread; they finish on their own
-        for p in &mut shared.comm {
-            drop(p.get_mut().unwrap_or_else(|e| e.into_inner()).take());
-        }
-        for p in &mut own.comm {
-            drop(p.get_mut().take());
-        }
-        *shared.error.get_mut().unwrap_or_else(|e| e.into_inner()) = None;
         lock(&self.states).push(st);
     }
 
@@ -754,6 +773,7 @@ impl Plan {
         let checked = crate::debugging::check_numerics_enabled(); // report the first, in order
         let parallel = self.parallel() && !stats.collect_profile && !checked;
         stats.parallel = parallel;
+        st.used_shared = parallel;
         if parallel {
             let sh = &mut st.shared;
             for (i, s) in self.steps.iter().enumerate() {
@@ -785,7 +805,8 @@ impl Plan {
             false => variable::read_all(handles()),
         };
         // Sources first, on this thread.
-        for (i, s) in self.steps.iter().enumerate() {
+        for &i in &self.sources {
+            let s = &self.steps[i];
             let node = g.node(s.node);
             let v = match s.op {
                 Op::Input(k) => {
@@ -809,7 +830,7 @@ impl Plan {
                     })?;
                     value.data()?.clone()
                 }
-                _ => continue,
+                _ => unreachable!("sources are inputs, constants and variable reads"),
             };
             st.set(i, v);
         }
@@ -820,10 +841,8 @@ impl Plan {
             .collect();
         st.run_steps(self, stats)?;
         // collectives whose values leave the run (outputs, assignments)
-        for (i, s) in self.steps.iter().enumerate() {
-            if s.op.is_collective() {
-                self.finish_collective(i, st, false)?;
-            }
+        for &i in &self.collectives {
+            self.finish_collective(i, st, false)?;
         }
         let mut writes: SmallVec<[(&Variable, Tensor); 8]> = self
             .assigns
