@@ -832,20 +832,7 @@ fn auto_mode_swaps_in_generated_code_without_changing_a_bit() {
     let want = bits(&plan.run(&[&x], &mut RunStats::default()).unwrap()[0]);
     plan.set_codegen(Codegen::Auto);
     // runs return the same bits before and after the background compile lands
-    let start = std::time::Instant::now();
-    loop {
-        let generated = plan.generated_steps().0 == 1;
-        let got = plan.run(&[&x], &mut RunStats::default()).unwrap();
-        assert!(bits(&got[0]) == want);
-        if generated {
-            break;
-        }
-        assert!(
-            start.elapsed().as_secs() < 120,
-            "the kernel did not compile in 2 minutes"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    run_until_generated(&plan, &x, &want);
     // below the size threshold, auto mode leaves a region to the interpreter
     let small = "graph(%0: f32[100]) {
   %1 = fused %0 : f32[100]
@@ -898,17 +885,23 @@ fn auto_mode_compiles_a_short_loop_once_it_is_hot() {
         assert!(bits(&got[0]) == want);
     }
     // the next run makes it hot; from then on it compiles in the background
+    run_until_generated(&plan, &x, &want);
+}
+
+/// Runs the one-step `plan` on `x` until its step runs generated code (at most 2
+/// minutes), checking that every run gives the bits `want`.
+fn run_until_generated(plan: &Plan, x: &Data, want: &[u64]) {
     let start = std::time::Instant::now();
     loop {
         let generated = plan.generated_steps().0 == 1;
-        let got = plan.run(&[&x], &mut RunStats::default()).unwrap();
+        let got = plan.run(&[x], &mut RunStats::default()).unwrap();
         assert!(bits(&got[0]) == want);
         if generated {
-            break;
+            return;
         }
         assert!(
             start.elapsed().as_secs() < 120,
-            "the hot kernel did not compile in 2 minutes"
+            "the kernel did not compile in 2 minutes"
         );
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
