@@ -170,8 +170,6 @@ struct RunState {
     shared: SharedSlots,
     /// The slots of an in-order run: this thread's alone.
     own: OwnSlots,
-    /// Whether the last run used `shared` (else `own`): only that half needs clearing.
-    used_shared: bool,
 }
 
 /// A dataflow run's values: locks and atomic counts, as its tasks run on any thread.
@@ -696,7 +694,7 @@ impl Plan {
         let result = loop {
             let mut st = self.take_state();
             let result = with_pool(&self.pool, || self.run_with(&mut st, inputs, stats));
-            self.put_state(st);
+            self.put_state(st, stats.parallel);
             match result {
                 Ok(None) => continue, // a variable it read changed meanwhile: run again
                 Ok(Some(out)) => break Ok(out),
@@ -726,17 +724,17 @@ impl Plan {
                     uses: (0..n).map(|_| Cell::new(0)).collect(),
                     comm: (0..n).map(|_| RefCell::new(None)).collect(),
                 },
-                used_shared: false,
             })
         })
     }
 
     /// Clears a run's state (its values go back to the pool) and keeps it for reuse:
-    /// the half its run used (the other is clear from the run before). The state is
-    /// this thread's alone now: no locking. A failed run may leave collectives unread;
-    /// they finish on their own.
-    fn put_state(&self, mut st: Box<RunState>) {
-        if st.used_shared {
+    /// the half its run used, the dataflow slots if `parallel` (see
+    /// [`RunStats::parallel`]), else the in-order ones; the other half is clear from its
+    /// last use. The state is this thread's alone now: no locking. A failed run may
+    /// leave collectives unread; they finish on their own.
+    fn put_state(&self, mut st: Box<RunState>, parallel: bool) {
+        if parallel {
             let shared = &mut st.shared;
             let left = shared
                 .vals
@@ -773,7 +771,6 @@ impl Plan {
         let checked = crate::debugging::check_numerics_enabled(); // report the first, in order
         let parallel = self.parallel() && !stats.collect_profile && !checked;
         stats.parallel = parallel;
-        st.used_shared = parallel;
         if parallel {
             let sh = &mut st.shared;
             for (i, s) in self.steps.iter().enumerate() {
