@@ -36,8 +36,9 @@
 //! reader can check (rounded to the working precision), at the cost of a term or two.
 //!
 //! Generated fused loops carry an operation-for-operation C port of these functions
-//! (`exec/codegen/prelude.c`): change both together; `tests/codegen.rs`
-//! compares their bits.
+//! (`exec/codegen/prelude.c`; three of its selects are written in another form that
+//! gcc vectorizes better, for the same values): change both together;
+//! `tests/codegen.rs` compares their bits.
 
 use std::f64::consts::LN_2;
 
