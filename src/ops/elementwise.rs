@@ -104,13 +104,12 @@ impl Unary {
                 }
             }
             Unary::Sigmoid => {
-                // one exponential of a non-positive argument for both signs
+                // one exponential of a non-positive argument for both signs, and one
+                // division: 1/(1 + e) for x ≥ 0, e/(1 + e) below (a vectorized loop
+                // computed both quotients when the select came after the divisions)
                 let e = (-x.abs()).kernel_exp();
-                if x >= T::zero() {
-                    T::one() / (T::one() + e)
-                } else {
-                    e / (T::one() + e)
-                }
+                let num = if x >= T::zero() { T::one() } else { e };
+                num / (T::one() + e)
             }
         }
     }

@@ -180,7 +180,7 @@ TF_INLINE double tf_tanh_f64(double x) { return tanh(x); }
     TF_INLINE T tf_sign_##S(T x) { return x > (T)0 ? (T)1 : (x < (T)0 ? (T)-1 : x); }     \
     TF_INLINE T tf_sigmoid_##S(T x) {                                                      \
         T e = tf_exp_##S(-FABS(x));                                                        \
-        return x >= (T)0 ? (T)1 / ((T)1 + e) : e / ((T)1 + e);                             \
+        return (x >= (T)0 ? (T)1 : e) / ((T)1 + e);                                        \
     }                                                                                      \
     TF_INLINE T tf_add_##S(T a, T b) { return a + b; }                                     \
     TF_INLINE T tf_sub_##S(T a, T b) { return a - b; }                                     \
