@@ -222,8 +222,8 @@ fn conv2d_then<T: Float>(
 const SMALL_K: usize = 16;
 
 /// `y[r, :] = col[r, :] · w` for `col` `[rows, k]` and `w` `[k, n]`: each output sums
-/// its `k` products from +0 in order with fused multiply-adds. Eight rows and 16 outputs
-/// at a time, in registers, so eight independent sums hide the multiply-add latency.
+/// its `k` products from +0 in order with fused multiply-adds. [`ROWS`] rows and 16
+/// outputs at a time, in registers, so independent sums hide the multiply-add latency.
 /// (Every instruction-set copy rounds alike: a fused multiply-add is exact before its
 /// one rounding, in hardware and in `mul_add`'s software fallback.)
 fn small_k_product<T: Float>(col: &[T], w: &[T], y: &mut [T], k: usize, n: usize) {
@@ -244,7 +244,8 @@ fn small_k_product<T: Float>(col: &[T], w: &[T], y: &mut [T], k: usize, n: usize
     );
 }
 
-/// Rows of [`small_k_product`] at a time.
+/// Rows of [`small_k_product`] at a time. Eight ran the tutorial CNN's first layer
+/// (`[32,28,28,1]`, 3x3, 32 filters) 15% slower on one Zen 4 core: 472 against 411 µs.
 const ROWS: usize = 4;
 
 /// [`small_k_product`] for the `R` rows at the start of `col` and `y`.
