@@ -303,10 +303,13 @@ pub struct Ready<'a> {
     f: KernelFn,
 }
 
-/// The param buffers of one call; `None` marks a param overwritten in place, which the
-/// generated code reads from the output buffer.
+/// The param buffers of one call; a null pointer marks a param overwritten in place,
+/// which the generated code reads from the output buffer.
 pub struct Bound {
-    ptrs: SmallVec<[Option<*const c_void>; 8]>,
+    /// Null for a param overwritten in place.
+    ptrs: SmallVec<[*const c_void; 8]>,
+    /// Whether a param is overwritten in place (its pointer is the output's, per call).
+    in_place: bool,
 }
 
 // SAFETY: the pointers are read-only views of the call's operand buffers, which outlive
@@ -325,7 +328,7 @@ impl<'a> Ready<'a> {
     pub fn bind(&self, params: &[Option<&Data>]) -> Bound {
         let want = &self.kernel.lowered.params;
         assert_eq!(params.len(), want.len(), "fused kernel: operand count");
-        let ptrs = params
+        let ptrs: SmallVec<[*const c_void; 8]> = params
             .iter()
             .zip(want)
             .map(|(d, &(dt, n))| match d {
@@ -335,7 +338,7 @@ impl<'a> Ready<'a> {
                         self.kernel.lowered.out,
                         "fused kernel: an operand overwritten in place has the result's type"
                     );
-                    None
+                    std::ptr::null()
                 }
                 Some(d) => {
                     assert!(
@@ -349,11 +352,12 @@ impl<'a> Ready<'a> {
                         Data::F64(a) => a.as_slice().map(|s| s.as_ptr().cast()),
                         Data::I64(a) => a.as_slice().map(|s| s.as_ptr().cast()),
                     };
-                    Some(p.expect("kernel results are in standard layout"))
+                    p.expect("kernel results are in standard layout")
                 }
             })
             .collect();
-        Bound { ptrs }
+        let in_place = params.iter().any(Option::is_none);
+        Bound { ptrs, in_place }
     }
 
     /// Computes output elements `off..off + chunk.len()` into `chunk`.
@@ -401,15 +405,21 @@ impl<'a> Ready<'a> {
         );
         // the generated code indexes the output (and in-place params) from element 0
         let base = chunk.as_mut_ptr().wrapping_sub(off).cast::<c_void>();
-        let ptrs: SmallVec<[*const c_void; 8]> = (b.ptrs.iter())
-            .map(|p| p.unwrap_or(base.cast_const()))
-            .chain(extra.iter().map(|p| p.cast_const()))
-            .collect();
+        let built: SmallVec<[*const c_void; 8]>;
+        let ptrs = if !b.in_place && extra.is_empty() {
+            b.ptrs.as_ptr() // the bound pointers as they are
+        } else {
+            built = (b.ptrs.iter())
+                .map(|&p| if p.is_null() { base.cast_const() } else { p })
+                .chain(extra.iter().map(|p| p.cast_const()))
+                .collect();
+            built.as_ptr()
+        };
         // SAFETY: `bind` checked each param's dtype and length against the ones the code
         // was generated for, which reads only elements below those lengths; the code
         // writes exactly output elements off..off + chunk.len(), all inside `chunk` (and
         // of each further output, which the caller vouches for), and reads an in-place
         // param only at the element it is about to write.
-        unsafe { (self.f)(ptrs.as_ptr(), base, off as i64, (off + chunk.len()) as i64) }
+        unsafe { (self.f)(ptrs, base, off as i64, (off + chunk.len()) as i64) }
     }
 }

@@ -588,16 +588,17 @@ impl Program {
         unsafe { buf.set_len(0) };
         let slots = &mut buf.spare_capacity_mut()[..n_out];
         // further outputs: fresh buffers, written by the same chunks at the same offsets
-        let mut extra_bufs: SmallVec<[Vec<O>; 8]> = (self.extra.iter())
-            .map(|_| crate::exec::buffers::take(n_out))
-            .collect();
-        let extra_ptrs: SmallVec<[OutPtr<O>; 8]> = (extra_bufs.iter_mut())
-            .map(|b| {
+        // (filled in place, and only for a group: most programs have none)
+        let mut extra_bufs: SmallVec<[Vec<O>; 8]> = SmallVec::new();
+        let mut extra_ptrs: SmallVec<[OutPtr<O>; 8]> = SmallVec::new();
+        if !self.extra.is_empty() {
+            extra_bufs.extend((self.extra.iter()).map(|_| crate::exec::buffers::take(n_out)));
+            extra_ptrs.extend(extra_bufs.iter_mut().map(|b| {
                 // SAFETY: as for `buf`; the length is set once every element is written
                 unsafe { b.set_len(0) };
                 OutPtr(b.spare_capacity_mut()[..n_out].as_mut_ptr())
-            })
-            .collect();
+            }));
+        }
         // Further output `k`'s elements `at..at + n`.
         let extra_seg = |k: usize, at: usize, n: usize| -> &mut [MaybeUninit<O>] {
             // SAFETY: each buffer holds `n_out` slots, and the chunks and tiles of one
@@ -627,14 +628,24 @@ impl Program {
             // `reduce::sum`'s order, see `codegen`; with a matmul prologue, the product
             // is in the output buffer already and the generated epilogue reads it there)
             (sum, Some(k)) => {
-                let params: SmallVec<[Option<&Data>; 8]> = (0..x.len())
-                    .map(|p| {
-                        (from_out != Some(p))
-                            .then(|| x[p].or(held.as_ref()).expect("every operand is given"))
-                    })
-                    .collect();
-                let bound = k.bind(&params);
+                let bound = match (from_out, &held) {
+                    // a fresh output: every operand is given, as the kernel reads them
+                    (None, None) => k.bind(x),
+                    _ => {
+                        let params: SmallVec<[Option<&Data>; 8]> = (0..x.len())
+                            .map(|p| {
+                                (from_out != Some(p)).then(|| {
+                                    x[p].or(held.as_ref()).expect("every operand is given")
+                                })
+                            })
+                            .collect();
+                        k.bind(&params)
+                    }
+                };
                 let call = |chunk: &mut [MaybeUninit<O>], off: usize| {
+                    if extra_ptrs.is_empty() {
+                        return k.call(&bound, chunk, off); // no pointer list to build
+                    }
                     let ptrs: SmallVec<[*mut c_void; 8]> =
                         extra_ptrs.iter().map(|p| p.0.cast()).collect();
                     // SAFETY: each further output's buffer has the result's element type
