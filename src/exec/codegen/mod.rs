@@ -306,10 +306,7 @@ pub struct Ready<'a> {
 /// The param buffers of one call; a null pointer marks a param overwritten in place,
 /// which the generated code reads from the output buffer.
 pub struct Bound {
-    /// Null for a param overwritten in place.
     ptrs: SmallVec<[*const c_void; 8]>,
-    /// Whether a param is overwritten in place (its pointer is the output's, per call).
-    in_place: bool,
 }
 
 // SAFETY: the pointers are read-only views of the call's operand buffers, which outlive
@@ -356,8 +353,7 @@ impl<'a> Ready<'a> {
                 }
             })
             .collect();
-        let in_place = params.iter().any(Option::is_none);
-        Bound { ptrs, in_place }
+        Bound { ptrs }
     }
 
     /// Computes output elements `off..off + chunk.len()` into `chunk`.
@@ -406,7 +402,7 @@ impl<'a> Ready<'a> {
         // the generated code indexes the output (and in-place params) from element 0
         let base = chunk.as_mut_ptr().wrapping_sub(off).cast::<c_void>();
         let built: SmallVec<[*const c_void; 8]>;
-        let ptrs = if !b.in_place && extra.is_empty() {
+        let ptrs = if extra.is_empty() && b.ptrs.iter().all(|p| !p.is_null()) {
             b.ptrs.as_ptr() // the bound pointers as they are
         } else {
             built = (b.ptrs.iter())

@@ -37,7 +37,8 @@
 //!
 //! Generated fused loops carry an operation-for-operation C port of these functions
 //! (`exec/codegen/prelude.c`; three of its selects are written in another form that
-//! gcc vectorizes better, for the same values): change both together;
+//! gcc vectorizes better, and tanh and sigmoid skip the `exp` clamp their argument
+//! cannot reach, for the same values): change both together;
 //! `tests/codegen.rs` compares their bits.
 
 use std::f64::consts::LN_2;
