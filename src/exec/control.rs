@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::ir::{Graph, Region, RegionKind};
 use crate::tensor::{type_str, Arr, DType, Data};
 use ndarray::Axis;
+use smallvec::SmallVec;
 use std::cell::RefCell;
 use std::time::Duration;
 
@@ -105,6 +106,17 @@ impl RegionPlan {
     pub(crate) fn row_split_scans(&self) -> usize {
         self.halves.is_some() as usize
             + self.bodies.iter().map(Plan::row_split_scans).sum::<usize>()
+    }
+
+    /// Pool misses of its bodies' plans ([`Plan::pool_misses`]), the half-batch plans
+    /// included.
+    pub(crate) fn pool_misses(&self) -> usize {
+        let halves = self.halves.iter().flat_map(|(h, _)| h.iter());
+        self.bodies
+            .iter()
+            .chain(halves)
+            .map(Plan::pool_misses)
+            .sum()
     }
 
     /// The step groups of its bodies' plans ([`Plan::step_groups`]).
@@ -276,10 +288,15 @@ impl RegionPlan {
         loop {
             let ins = inputs(&carry, &[], caps);
             let c = cond.run(&ins, stats)?;
-            if !truth(&c[0])? {
+            let go = truth(&c[0])?;
+            // the predicate's buffer goes back to the pool it came from (dropped, the
+            // pool would draw a fresh one every iteration)
+            recycle(cond, c);
+            if !go {
                 break;
             }
             let next = body.run(&ins, stats)?;
+            drop(ins);
             recycle(body, std::mem::replace(&mut carry, next));
             trips += 1;
         }
@@ -311,7 +328,9 @@ impl RegionPlan {
     }
 }
 
-fn inputs<'a>(a: &'a [Data], b: &'a [Data], c: &[&'a Data]) -> Vec<&'a Data> {
+/// A body's operands: carries, then this step's rows, then captured values (on the stack
+/// for up to 8).
+fn inputs<'a>(a: &'a [Data], b: &'a [Data], c: &[&'a Data]) -> SmallVec<[&'a Data; 8]> {
     a.iter().chain(b).chain(c.iter().copied()).collect()
 }
 

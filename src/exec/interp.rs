@@ -15,6 +15,9 @@
 //!   call on, a run allocates no tensor buffer except for the values that escape
 //!   (outputs). In order, the values live in plain cells of the run state (no lock or
 //!   atomic operation per step); as a dataflow graph, behind locks and atomic counts.
+//!   A constant stays bound in the kept run state from one run to the next (no copy
+//!   of its array per run: a constant is never released or overwritten), and each
+//!   output leaves its slot by moving out, not by a copy.
 //!   `fused` steps also overwrite a dying operand in place where the memory plan says
 //!   so; in a parallel run only where every other reader of that operand is an ancestor
 //!   of the step, so that no run's buffer demand depends on timing.
@@ -142,7 +145,8 @@ struct Step {
     inputs: SmallVec<[usize; 4]>,
     /// Distinct steps that consume this one.
     consumers: SmallVec<[usize; 4]>,
-    /// Consumers plus one if the value must outlive the run (output, assigned value).
+    /// Consumers plus one if the value must outlive the run (output, assigned value);
+    /// [`PINNED`] for a constant.
     uses: u32,
     /// Estimated work of this step.
     work: u64,
@@ -163,6 +167,11 @@ struct Step {
     /// hand-over to the communication thread and back.
     nothing_to_overlap: bool,
 }
+
+/// The use count of a constant: more than any run counts down, so a constant's slot
+/// is never released or overwritten in place, and keeps its value from one run to the
+/// next.
+const PINNED: u32 = u32::MAX / 2;
 
 /// The per-run state, kept between runs so a steady-state run allocates none of it.
 struct RunState {
@@ -302,7 +311,10 @@ impl Slots for OwnSlots {
 pub struct Plan {
     graph: Graph,
     steps: Vec<Step>,
-    outputs: Vec<usize>,
+    /// The output steps, each with whether it moves out of its slot (its last
+    /// occurrence among the outputs, and not a constant, which stays bound) or is
+    /// copied.
+    outputs: Vec<(usize, bool)>,
     assigns: Vec<(u32, usize)>,
     memory: MemoryPlan,
     /// The compiled program of each `fused` step (boxed: a `Program` is large, and
@@ -445,6 +457,15 @@ impl Plan {
         for &o in outputs.iter().chain(assigns.iter().map(|(_, p)| p)) {
             steps[o].uses += 1;
         }
+        for s in steps.iter_mut().filter(|s| matches!(s.op, Op::Const)) {
+            s.uses = PINNED;
+        }
+        let outputs: Vec<(usize, bool)> = (outputs.iter().enumerate())
+            .map(|(k, &o)| {
+                let last = !outputs[k + 1..].contains(&o);
+                (o, last && !matches!(steps[o].op, Op::Const))
+            })
+            .collect();
         let total_bytes = order
             .iter()
             .map(|&n| graph.node(n).shape.iter().product::<usize>() * graph.node(n).dtype.size())
@@ -567,6 +588,17 @@ impl Plan {
     /// The buffer pool (spare buffers kept between runs).
     pub fn pool(&self) -> &BufferPool {
         &self.pool
+    }
+
+    /// Buffers allocated since the plan was made because a pool had none of the size
+    /// asked for: this plan's pool and those of its control-flow bodies (each body plan
+    /// has its own), so a test can tell that loop iterations draw every buffer from a
+    /// pool in steady state.
+    pub fn pool_misses(&self) -> usize {
+        self.pool.misses()
+            + (self.regions.iter().flatten())
+                .map(|r| r.pool_misses())
+                .sum::<usize>()
     }
 
     /// How steps are scheduled.
@@ -736,11 +768,9 @@ impl Plan {
     fn put_state(&self, mut st: Box<RunState>, parallel: bool) {
         if parallel {
             let shared = &mut st.shared;
-            let left = shared
-                .vals
-                .iter_mut()
-                .map(slot_mut)
-                .filter_map(Option::take);
+            let left = (shared.vals.iter_mut().zip(&self.steps))
+                .filter(|(_, s)| s.uses != PINNED)
+                .filter_map(|(v, _)| slot_mut(v).take());
             let retired = shared.retired.get_mut();
             for d in left.chain(retired.unwrap_or_else(|e| e.into_inner()).drain(..)) {
                 self.pool.recycle(d);
@@ -751,7 +781,10 @@ impl Plan {
             *shared.error.get_mut().unwrap_or_else(|e| e.into_inner()) = None;
         } else {
             let own = &mut st.own;
-            for d in own.vals.iter_mut().filter_map(|v| v.get_mut().take()) {
+            let left = (own.vals.iter_mut().zip(&self.steps))
+                .filter(|(_, s)| s.uses != PINNED)
+                .filter_map(|(v, _)| v.get_mut().take());
+            for d in left {
                 self.pool.recycle(d);
             }
             for p in &mut own.comm {
@@ -808,7 +841,7 @@ impl Plan {
             let v = match s.op {
                 Op::Input(k) => {
                     let d = inputs[k as usize];
-                    if d.dtype() != node.dtype || d.shape() != node.shape {
+                    if d.dtype() != node.dtype || d.dims() != &node.shape[..] {
                         return Err(Error::Function(format!(
                             "input {k} is {}, the graph expects {}",
                             type_str(d.dtype(), &d.shape()),
@@ -817,6 +850,8 @@ impl Plan {
                     }
                     d.clone()
                 }
+                // bound by an earlier run of this state
+                Op::Const if st.get(i).is_some() => continue,
                 Op::Const => node.value.clone().expect("verified const"),
                 Op::ReadVar(v) => {
                     let (value, _) = vars[v as usize].as_ref().ok_or_else(|| {
@@ -861,7 +896,13 @@ impl Plan {
         Ok(Some(
             self.outputs
                 .iter()
-                .map(|&o| st.get(o).clone().expect("output computed"))
+                .map(|&(o, moves)| {
+                    match moves {
+                        true => st.take(o),
+                        false => st.get(o).clone(),
+                    }
+                    .expect("output computed")
+                })
                 .collect(),
         ))
     }

@@ -189,6 +189,11 @@ impl Data {
         with_data!(self, a => Shape::from_slice(a.shape()))
     }
 
+    /// The shape as a borrowed slice (no copy: for comparisons on hot paths).
+    pub fn dims(&self) -> &[usize] {
+        with_data!(self, a => a.shape())
+    }
+
     /// Number of elements.
     pub fn len(&self) -> usize {
         with_data!(self, a => a.len())
