@@ -183,46 +183,57 @@ fn steady_state_calls_allocate_no_buffers() {
     while_loop_iterations_allocate_no_buffers();
 }
 
-/// A `while` loop of 200 iterations (a `fori_loop`, one op in the graph) over an f32
-/// carry: from the second call on, neither its condition's nor its body's plan draws a
-/// buffer their pools do not have, iteration after iteration (`Plan::pool_misses`
-/// counts every body's pool; the predicate's one-element buffer is below `BIG`, so
-/// only that count sees it).
+/// `while` loops of 200 iterations over an f32 carry: a `fori_loop` (one op in the
+/// graph, its counter tested without the condition's plan) and a `while_loop` whose
+/// trip count is an argument (its condition's plan runs every iteration). From the
+/// second call on, neither the condition's nor the body's plan draws a buffer their
+/// pools do not have, iteration after iteration (`Plan::pool_misses` counts every body's
+/// pool; the predicate's one-element buffer is below `BIG`, so only that count sees it).
 fn while_loop_iterations_allocate_no_buffers() {
     let x = Tensor::random_uniform(&[1024], -1.0, 1.0, 9, tapeflow::DType::F32);
-    let step = function(|x: &Tensor| {
-        let out = tapeflow::fori_loop(
-            0,
-            200,
-            |_, v| Ok(vec![&v[0] * 0.5 + 1.0]),
-            std::slice::from_ref(x),
-        )?;
+    let n = Tensor::from(200i64);
+    let fori = function(|x: &Tensor, _n: &Tensor| {
+        let body = |_: &Tensor, v: &[Tensor]| Ok(vec![&v[0] * 0.5 + 1.0]);
+        let out = tapeflow::fori_loop(0, 200, body, std::slice::from_ref(x))?;
         Ok(out[0].sum_all())
     });
-    let c = step.concrete(&[&x]).unwrap();
-    assert!(c.text().contains("while["), "{}", c.text());
-    let plan = c.plan();
-    let data = [x.data().unwrap()];
-    for schedule in [Schedule::Sequential, Schedule::Parallel] {
-        plan.set_schedule(schedule);
-        for _ in 0..3 {
-            plan.run(&data, &mut RunStats::default()).unwrap();
+    let general = function(|x: &Tensor, n: &Tensor| {
+        let out = tapeflow::while_loop(
+            |v| Ok(v[0].lt(n)),
+            |v| Ok(vec![&v[0] + 1i64, &v[1] * 0.5 + 1.0]),
+            &[Tensor::from(0i64), x.clone()],
+        )?;
+        Ok(out[1].sum_all())
+    });
+    let loops = [
+        ("fori_loop", fori.concrete(&[&x, &n]).unwrap()),
+        ("while_loop", general.concrete(&[&x, &n]).unwrap()),
+    ];
+    for (name, c) in loops {
+        assert!(c.text().contains("while["), "{}", c.text());
+        let plan = c.plan();
+        let data = [x.data().unwrap(), n.data().unwrap()];
+        for schedule in [Schedule::Sequential, Schedule::Parallel] {
+            plan.set_schedule(schedule);
+            for _ in 0..3 {
+                plan.run(&data, &mut RunStats::default()).unwrap();
+            }
+            let misses = plan.pool_misses();
+            BIG_ALLOCS.store(0, Ordering::SeqCst);
+            COUNTING.store(true, Ordering::SeqCst);
+            let mut stats = RunStats::default();
+            for _ in 0..3 {
+                drop(plan.run(&data, &mut stats).unwrap());
+            }
+            COUNTING.store(false, Ordering::SeqCst);
+            let allocs = BIG_ALLOCS.load(Ordering::SeqCst);
+            // the loop's sum (a scalar output) leaves the outer pool once per run
+            assert_eq!(
+                (allocs, plan.pool_misses() - misses),
+                (0, 3),
+                "{name} {schedule:?}: big allocations, and pool misses in 3 runs of 200 iterations"
+            );
         }
-        let misses = plan.pool_misses();
-        BIG_ALLOCS.store(0, Ordering::SeqCst);
-        COUNTING.store(true, Ordering::SeqCst);
-        let mut stats = RunStats::default();
-        for _ in 0..3 {
-            drop(plan.run(&data, &mut stats).unwrap());
-        }
-        COUNTING.store(false, Ordering::SeqCst);
-        let allocs = BIG_ALLOCS.load(Ordering::SeqCst);
-        // the loop's sum (a scalar output) leaves the outer pool once per run
-        assert_eq!(
-            (allocs, plan.pool_misses() - misses),
-            (0, 3),
-            "while loop {schedule:?}: big allocations, and pool misses in 3 runs of 200 iterations"
-        );
     }
 }
 

@@ -17,6 +17,7 @@ use super::kernels::ew;
 use super::row_split;
 use crate::error::{Error, Result};
 use crate::ir::{Graph, Region, RegionKind};
+use crate::ops::{Compare, Op};
 use crate::tensor::{type_str, Arr, DType, Data};
 use ndarray::Axis;
 use smallvec::SmallVec;
@@ -61,6 +62,10 @@ pub(crate) struct RegionPlan {
     /// in place, without the body's plan (which a profiled run, and one that checks
     /// numerics op by op, take instead).
     accumulation: Option<Accumulation>,
+    /// A `while` whose condition is `operand k < c` for a scalar `i64` operand and a
+    /// constant `c` (the counter of a [`crate::control::fori_loop`]): `(k, c)`. The
+    /// loop tests it directly instead of running the condition's plan each iteration.
+    counter_bound: Option<(usize, i64)>,
 }
 
 impl RegionPlan {
@@ -89,7 +94,12 @@ impl RegionPlan {
             }
             _ => None,
         };
+        let counter_bound = match region.kind {
+            RegionKind::While => counter_bound(&region.bodies[0]),
+            _ => None,
+        };
         Ok(RegionPlan {
+            counter_bound,
             awake,
             halves,
             accumulation: accumulate::find(region),
@@ -287,11 +297,17 @@ impl RegionPlan {
         let mut trips: i64 = 0;
         loop {
             let ins = inputs(&carry, &[], caps);
-            let c = cond.run(&ins, stats)?;
-            let go = truth(&c[0])?;
-            // the predicate's buffer goes back to the pool it came from (dropped, the
-            // pool would draw a fresh one every iteration)
-            recycle(cond, c);
+            let go = match self.counter_bound {
+                Some((k, bound)) => scalar_i64(ins[k]) < bound,
+                None => {
+                    let c = cond.run(&ins, stats)?;
+                    let go = truth(&c[0])?;
+                    // the predicate's buffer goes back to the pool it came from
+                    // (dropped, the pool would draw a fresh one every iteration)
+                    recycle(cond, c);
+                    go
+                }
+            };
             if !go {
                 break;
             }
@@ -352,6 +368,39 @@ fn adopt(body: &Plan, out: Vec<Data>) -> Vec<Data> {
 fn recycle(body: &Plan, old: Vec<Data>) {
     for d in old {
         body.pool().recycle(d);
+    }
+}
+
+/// `(k, c)` if the condition graph `cond` is `less(input k, const c)` with both scalar
+/// `i64` (the counter test `fori_loop` makes): the same comparison as the `less`
+/// kernel's, without running a plan.
+fn counter_bound(cond: &Graph) -> Option<(usize, i64)> {
+    let &[out] = &cond.outputs[..] else {
+        return None;
+    };
+    if !matches!(cond.node(out).op, Op::Compare(Compare::Lt)) {
+        return None;
+    }
+    let ops = cond.operands(out);
+    let &[a, b] = &ops[..] else {
+        return None;
+    };
+    let scalar_i64 = |n| cond.node(n).dtype == DType::I64 && cond.node(n).shape.is_empty();
+    let (Op::Input(k), Op::Const) = (cond.node(a).op, cond.node(b).op) else {
+        return None;
+    };
+    let Some(Data::I64(c)) = &cond.node(b).value else {
+        return None;
+    };
+    let c = *c.first()?;
+    (scalar_i64(a) && scalar_i64(b)).then_some((k as usize, c))
+}
+
+/// The value of a scalar `i64` (a loop counter [`counter_bound`] found).
+fn scalar_i64(d: &Data) -> i64 {
+    match d {
+        Data::I64(a) => *a.first().expect("a scalar counter"),
+        _ => unreachable!("counter_bound checked the dtype"),
     }
 }
 
@@ -515,4 +564,34 @@ fn join_rows(a: &Data, b: &Data) -> Result<Data> {
             )))
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cond_graph(body: &str) -> Graph {
+        crate::ir::parse(&format!(
+            "graph(%0: i64[], %1: f32[4], %2: i64[]) {{\n{body}\n}}"
+        ))
+        .unwrap()
+    }
+
+    /// `fori_loop`'s condition (the counter against a constant) is tested without its
+    /// plan; any other condition runs its plan.
+    #[test]
+    fn only_a_counter_against_a_constant_skips_the_condition_plan() {
+        let counter = "  %3 = const 500 : i64[]\n  %4 = less %0, %3 : i64[]\n  return %4";
+        assert_eq!(counter_bound(&cond_graph(counter)), Some((0, 500)));
+        for other in [
+            // against a captured (run-time) bound
+            "  %3 = less %0, %2 : i64[]\n  return %3",
+            // another comparison
+            "  %3 = const 500 : i64[]\n  %4 = less_equal %0, %3 : i64[]\n  return %4",
+            // the constant first
+            "  %3 = const 500 : i64[]\n  %4 = less %3, %0 : i64[]\n  return %4",
+        ] {
+            assert_eq!(counter_bound(&cond_graph(other)), None, "{other}");
+        }
+    }
 }
