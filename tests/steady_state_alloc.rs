@@ -66,12 +66,14 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-/// Big allocations and fresh pool buffers over 3 steady-state runs (after 3 warm-up runs) of `c`'s plan.
+/// Big allocations, fresh buffers of the plan's pool, and pool misses of the plan and
+/// all its body plans ([`Plan::pool_misses`](tapeflow::exec::Plan::pool_misses)), over
+/// 3 steady-state runs (after 3 warm-up runs) of `c`'s plan.
 fn steady_state(
     c: &ConcreteFunction,
     inputs: &[&Tensor],
     schedule: Schedule,
-) -> (usize, usize, usize) {
+) -> (usize, usize, usize, usize) {
     let plan = c.plan();
     plan.set_schedule(schedule);
     let data: Vec<_> = inputs.iter().map(|t| t.data().unwrap()).collect();
@@ -87,6 +89,7 @@ fn steady_state(
     BIG_ALLOCS.store(0, Ordering::SeqCst);
     BIG_BYTES.store(0, Ordering::SeqCst);
     let mut stats = RunStats::default();
+    let misses = plan.pool_misses();
     COUNTING.store(true, Ordering::SeqCst);
     for _ in 0..3 {
         let out = plan.run(&data, &mut stats).unwrap();
@@ -97,6 +100,7 @@ fn steady_state(
         BIG_ALLOCS.load(Ordering::SeqCst),
         BIG_BYTES.load(Ordering::SeqCst),
         stats.fresh_buffers,
+        plan.pool_misses() - misses,
     )
 }
 
@@ -169,7 +173,7 @@ fn steady_state_calls_allocate_no_buffers() {
         let refs: Vec<&Tensor> = inputs.iter().collect();
         let total = c.plan().total_bytes();
         for schedule in [Schedule::Sequential, Schedule::Parallel] {
-            let (allocs, bytes, fresh) = steady_state(&c, &refs, schedule);
+            let (allocs, bytes, fresh, _) = steady_state(&c, &refs, schedule);
             assert_eq!(
                 (allocs, bytes),
                 (0, 0),
@@ -211,27 +215,13 @@ fn while_loop_iterations_allocate_no_buffers() {
     ];
     for (name, c) in loops {
         assert!(c.text().contains("while["), "{}", c.text());
-        let plan = c.plan();
-        let data = [x.data().unwrap(), n.data().unwrap()];
         for schedule in [Schedule::Sequential, Schedule::Parallel] {
-            plan.set_schedule(schedule);
-            for _ in 0..3 {
-                plan.run(&data, &mut RunStats::default()).unwrap();
-            }
-            let misses = plan.pool_misses();
-            BIG_ALLOCS.store(0, Ordering::SeqCst);
-            COUNTING.store(true, Ordering::SeqCst);
-            let mut stats = RunStats::default();
-            for _ in 0..3 {
-                drop(plan.run(&data, &mut stats).unwrap());
-            }
-            COUNTING.store(false, Ordering::SeqCst);
-            let allocs = BIG_ALLOCS.load(Ordering::SeqCst);
+            let (allocs, bytes, _, misses) = steady_state(&c, &[&x, &n], schedule);
             // the loop's sum (a scalar output) leaves the outer pool once per run
             assert_eq!(
-                (allocs, plan.pool_misses() - misses),
-                (0, 3),
-                "{name} {schedule:?}: big allocations, and pool misses in 3 runs of 200 iterations"
+                (allocs, bytes, misses),
+                (0, 0, 3),
+                "{name} {schedule:?}: big allocations and bytes, and pool misses in 3 runs of 200 iterations"
             );
         }
     }

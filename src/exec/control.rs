@@ -385,7 +385,7 @@ fn counter_bound(cond: &Graph) -> Option<(usize, i64)> {
     let &[a, b] = &ops[..] else {
         return None;
     };
-    let scalar_i64 = |n| cond.node(n).dtype == DType::I64 && cond.node(n).shape.is_empty();
+    let is_scalar_i64 = |n| cond.node(n).dtype == DType::I64 && cond.node(n).shape.is_empty();
     let (Op::Input(k), Op::Const) = (cond.node(a).op, cond.node(b).op) else {
         return None;
     };
@@ -393,7 +393,7 @@ fn counter_bound(cond: &Graph) -> Option<(usize, i64)> {
         return None;
     };
     let c = *c.first()?;
-    (scalar_i64(a) && scalar_i64(b)).then_some((k as usize, c))
+    (is_scalar_i64(a) && is_scalar_i64(b)).then_some((k as usize, c))
 }
 
 /// The value of a scalar `i64` (a loop counter [`counter_bound`] found).
