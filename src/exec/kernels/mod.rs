@@ -18,5 +18,6 @@ pub mod conv;
 pub(crate) mod ew;
 pub(crate) mod fastmath;
 pub mod gemm;
+pub(crate) mod handoff;
 pub mod pool;
 pub(crate) mod reduce;
