@@ -377,6 +377,9 @@ fn gemm_row_blocks_have_the_bits_of_the_whole_product() {
         // a half of at most 64 rows and columns: one block of k (a longer k is cut
         // differently there, so row-split loops take no such product)
         (128, 512, 64),
+        // a whole of at most 64 rows and columns: its blocks cut a longer k alike
+        (64, 784, 64),
+        (48, 2000, 50),
     ];
     for (m, k, n) in shapes {
         let a: Vec<f32> = r.vec(m * k);

@@ -10,8 +10,9 @@
 //! same order whatever the number of rows: elementwise ops element by element,
 //! reductions over non-batch axes one sequential fold per row, and the GEMM backend's
 //! per-element sum over `k` does not depend on `m` for `m ≥ 2` where
-//! [`row_blocks_keep_bits`] says so (`k` of one block, or halves of more than 64 rows
-//! or columns; `tests/kernels.rs` checks row blocks against the whole product), so the
+//! [`row_blocks_keep_bits`] says so (`k` of one block, halves of more than 64 rows
+//! or columns, or a whole of at most 64 rows and columns; `tests/kernels.rs` checks row
+//! blocks against the whole product), so the
 //! halves give the bits of the whole batch — and the eager ops. Each half has at least
 //! [`MIN_HALF_ROWS`] rows.
 //!
@@ -125,7 +126,7 @@ fn keeps_rows(op: Op, which: &[bool], shapes: &[&[usize]], rank: usize) -> bool 
                 return false;
             };
             let n = shapes.get(1).and_then(|s| s.last()).copied().unwrap_or(0);
-            which == [true, false] && !ta && !tb && row_blocks_keep_bits(rows / 2, k, n)
+            which == [true, false] && !ta && !tb && row_blocks_keep_bits(rows, rows / 2, k, n)
         }
         Op::Sum { axes, .. } | Op::Max { axes, .. } => !axes.contains(0),
         Op::ArgMax { axis } => axis != 0,

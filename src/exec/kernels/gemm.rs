@@ -46,57 +46,38 @@ pub const SPLIT_GEMM_MIN: usize = 1 << 21;
 /// The fewest output columns a product is split by ([`SPLIT_GEMM_MIN`]).
 pub const SPLIT_MIN_COLS: usize = 128;
 
-/// Whether blocks of `block_rows` rows of a product `[m, k]·[k, n]` (`b` not
+/// Whether blocks of `block_rows` rows of a product `[rows, k]·[k, n]` (`b` not
 /// transposed, blocks of at least 2 rows) have the bits of those rows of the whole
-/// product, as far as the sum over `k` goes: always for a `k` of one block of the
-/// backend, and for a longer `k` when the blocks have more than 64 rows or the product
-/// more than 64 columns (the backend cuts a longer `k` differently for products of at
-/// most 64 rows and columns: 7406 of the 8192 elements of a 128x784x64 product differ
-/// from its 64-row halves'). What both row splits rely on: [`row_halves`] here and the
-/// half-batch loops of `exec/row_split.rs`.
-pub(crate) fn row_blocks_keep_bits(block_rows: usize, k: usize, n: usize) -> bool {
-    k <= ONE_BLOCK_MAX_K || block_rows > 64 || n > 64
+/// product, as far as the sum over `k` goes. The backend cuts `k` into blocks of at
+/// most 512 for products of at most 64 rows and 64 columns, and into blocks that depend
+/// on `k` and the caches alone for any other (7406 of the 8192 elements of a
+/// 128x784x64 product differ from its 64-row halves'). So the bits are kept for a `k`
+/// of one block of the backend, when the blocks have more than 64 rows or the product
+/// more than 64 columns (both the whole and the blocks are cut the second way), and
+/// when the whole product has at most 64 rows and 64 columns (both are cut the first
+/// way). What both row splits rely on: [`row_halves`] here and the half-batch loops of
+/// `exec/row_split.rs`.
+pub(crate) fn row_blocks_keep_bits(rows: usize, block_rows: usize, k: usize, n: usize) -> bool {
+    k <= ONE_BLOCK_MAX_K || block_rows > 64 || n > 64 || rows <= 64
 }
 
 /// Whether a product too narrow for column halves (`n <` [`SPLIT_MIN_COLS`]) but of
 /// [`SPLIT_GEMM_MIN`] multiply-adds or more is computed as two row halves instead (the
-/// MLP 784-64-64-10's weight gradient `xᵀ·dh`, 784x64x64, which ran on one core). Only
-/// where each half has the bits of those rows of the whole product, so that the split
-/// changes no bit (the tests below pin it): `b` not transposed (whether it is copied
-/// first depends on the product's size), `k > 2` and `n > 1` (the backend's
-/// outer-product and matrix-vector paths start from the first product), halves of at
-/// least 64 rows with more than `HORIZONTAL_MAX_ELEMS` elements (smaller ones may take
-/// its dot-product kernels), and [`row_blocks_keep_bits`].
+/// MLP 784-64-64-10's forward `x·W₁`, 64x784x64, and its weight gradient `xᵀ·dh`,
+/// 784x64x64, which each ran on one core). Only where each half has the bits of those
+/// rows of the whole product, so that the split changes no bit (the tests below pin
+/// it): `b` not transposed (whether it is copied first depends on the product's size),
+/// `k > 2` and `n > 1` (the backend's outer-product and matrix-vector paths start from
+/// the first product), halves with more than `HORIZONTAL_MAX_ELEMS` elements (smaller
+/// ones may take its dot-product kernels), and [`row_blocks_keep_bits`]. Row halves of
+/// the 64x784x64 product took 28 µs each on one Zen 4 core, 32-column halves 34 µs.
 fn row_halves(m: usize, k: usize, n: usize, tb: bool) -> bool {
     let half = m / 2;
     !tb && n > 1
         && n < SPLIT_MIN_COLS
         && k > 2
-        && row_blocks_keep_bits(half, k, n)
-        && half >= 64
+        && row_blocks_keep_bits(m, half, k, n)
         && half * n > HORIZONTAL_MAX_ELEMS
-}
-
-/// Whether a product of exactly 64 columns, too narrow for [`SPLIT_MIN_COLS`] and not
-/// taken by [`row_halves`] (the MLP 784-64-64-10's forward `x·W₁`, 64x784x64), is
-/// computed as two 32-column halves: each column's sum over `k` is formed in the same
-/// order whatever columns are around it, so the halves have the bits of the whole
-/// (the tests below pin it over rows 2–130, `k` 3–2000 and both layouts of `a`; a
-/// transposed `b`, or another width, can take other paths). Each half took 32 µs
-/// against 60 µs for the whole on one Zen 4 core.
-fn narrow_halves(k: usize, n: usize, tb: bool) -> bool {
-    n == 64 && !tb && k > 2
-}
-
-/// The first column of the right half of a product split by columns: near the middle
-/// at a multiple of 64 columns (the backend's widest tile), at least 64 on each side,
-/// for products of at least [`SPLIT_MIN_COLS`]; the middle of a [`narrow_halves`] one.
-fn column_split(n: usize) -> usize {
-    if n >= SPLIT_MIN_COLS {
-        ((n / 2 + 32) / 64 * 64).clamp(64, n - 64)
-    } else {
-        n / 2
-    }
 }
 
 /// Runs `left` and `right` on two workers when called from inside a pool of more than
@@ -116,7 +97,7 @@ fn in_halves(left: impl FnOnce() + Send, right: impl FnOnce() + Send) {
 enum Par {
     /// On the calling thread.
     Serial,
-    /// Two column halves, each on the calling thread or a worker ([`column_split`]).
+    /// Two column halves, each on the calling thread or a worker.
     Halves,
     /// Two row halves, each on the calling thread or a worker ([`row_halves`]).
     RowHalves,
@@ -162,8 +143,6 @@ pub fn gemm<T: Float>(
         Par::Halves
     } else if macs >= SPLIT_GEMM_MIN && row_halves(m, k, n, tb) {
         Par::RowHalves
-    } else if macs >= SPLIT_GEMM_MIN && narrow_halves(k, n, tb) {
-        Par::Halves
     } else {
         Par::Serial
     };
@@ -455,7 +434,9 @@ fn multiply<T: Float>(
                 in_halves(|| rows(0, mid), || rows(mid, m));
             }
             Par::Halves => {
-                let mid = column_split(n);
+                // split near the middle at a multiple of 64 columns (the backend's
+                // widest tile), at least 64 on each side (n >= SPLIT_MIN_COLS = 128)
+                let mid = ((n / 2 + 32) / 64 * 64).clamp(64, n - 64);
                 in_halves(
                     || part(0, mid, ::gemm::Parallelism::None),
                     || part(mid, n, ::gemm::Parallelism::None),
@@ -574,7 +555,8 @@ mod tests {
 
     /// The row halves have the bits of the whole product computed in one piece (so
     /// splitting changes no result), whichever layout `a` has, on one thread and on
-    /// two; and `gemm` takes them exactly where `row_halves` says.
+    /// two, and from outside the pool; and `gemm` takes them exactly where `row_halves`
+    /// says.
     #[test]
     fn row_halves_have_the_bits_of_the_whole_product() {
         let shapes = [
@@ -586,6 +568,12 @@ mod tests {
             (256, 1024, 10),
             (130, 784, 64),
             (128, 600, 100),
+            // a whole of at most 64 rows and columns: halves cut k alike
+            (64, 784, 64),
+            (64, 3000, 33),
+            (40, 1000, 64),
+            (64, 64, 64),
+            (17, 513, 40),
         ];
         for (m, k, n) in shapes {
             assert!(row_halves(m, k, n, false), "{m}x{k}x{n}");
@@ -593,6 +581,11 @@ mod tests {
                 let (a, b) = (values(m * k, 1), values(k * n, 2));
                 let mut whole = vec![0f32; m * n];
                 multiply(&a, &b, &mut whole, m, k, n, ta, false, Par::Serial);
+                // from outside any pool: one half here, the other offered to a worker
+                let mut outside = vec![f32::NAN; m * n];
+                multiply(&a, &b, &mut outside, m, k, n, ta, false, Par::RowHalves);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&outside), bits(&whole), "{m}x{k}x{n} ta={ta} outside");
                 for threads in [1, 2] {
                     let pool = rayon::ThreadPoolBuilder::new()
                         .num_threads(threads)
@@ -602,7 +595,6 @@ mod tests {
                     pool.install(|| {
                         multiply(&a, &b, &mut halves, m, k, n, ta, false, Par::RowHalves)
                     });
-                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                     assert_eq!(
                         bits(&halves),
                         bits(&whole),
@@ -617,54 +609,8 @@ mod tests {
         assert!(!row_halves(128, 784, 10, false));
         assert!(!row_halves(784, 64, 1, false)); // a matrix-vector product
         assert!(!row_halves(784, 2, 64, false)); // an outer product
-        assert!(!row_halves(64, 64, 64, false)); // halves under 64 rows
+        assert!(!row_halves(16, 64, 32, false)); // halves the dot-product kernels take
+        assert!(!row_halves(66, 784, 64, false)); // a whole over 64 rows, halves under
         assert!(!row_halves(784, 64, 128, false)); // wide enough for column halves
-    }
-
-    /// The 32-column halves of a 64-column product have the bits of the whole product
-    /// computed in one piece, whichever layout `a` has, on one thread and on two, and
-    /// from outside the pool (the caller keeps one half and offers the other); and
-    /// `gemm` takes them exactly where `narrow_halves` says.
-    #[test]
-    fn narrow_column_halves_have_the_bits_of_the_whole_product() {
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        for (m, k) in [
-            (64, 784),
-            (2, 3000),
-            (17, 100),
-            (33, 2000),
-            (128, 513),
-            (130, 64),
-            (64, 3),
-        ] {
-            let n = 64;
-            assert!(narrow_halves(k, n, false), "{m}x{k}x{n}");
-            for ta in [false, true] {
-                let (a, b) = (values(m * k, 3), values(k * n, 4));
-                let mut whole = vec![0f32; m * n];
-                multiply(&a, &b, &mut whole, m, k, n, ta, false, Par::Serial);
-                let mut outside = vec![f32::NAN; m * n];
-                multiply(&a, &b, &mut outside, m, k, n, ta, false, Par::Halves);
-                assert_eq!(bits(&outside), bits(&whole), "{m}x{k}x{n} ta={ta} outside");
-                for threads in [1, 2] {
-                    let pool = rayon::ThreadPoolBuilder::new()
-                        .num_threads(threads)
-                        .build()
-                        .unwrap();
-                    let mut halves = vec![f32::NAN; m * n];
-                    pool.install(|| multiply(&a, &b, &mut halves, m, k, n, ta, false, Par::Halves));
-                    assert_eq!(
-                        bits(&halves),
-                        bits(&whole),
-                        "{m}x{k}x{n} ta={ta} {threads}t"
-                    );
-                }
-            }
-        }
-        assert!(!narrow_halves(784, 64, true)); // a transposed b
-        assert!(!narrow_halves(784, 66, false)); // another width
-        assert!(!narrow_halves(2, 64, false)); // an outer product
-        assert_eq!(column_split(64), 32);
-        assert_eq!(column_split(512), 256);
     }
 }
