@@ -195,6 +195,15 @@ fn conv2d_then<T: Float>(
         return y;
     }
     let chunk = g.chunk_rows();
+    if k <= SMALL_K {
+        y.par_chunks_mut(chunk * cout)
+            .enumerate()
+            .for_each(|(i, yc)| {
+                small_k_conv(x, g, w, i * chunk, yc);
+                then(yc);
+            });
+        return y;
+    }
     let multiply = piece_gemm(rows.div_ceil(chunk));
     let pool = buffers::current();
     y.par_chunks_mut(chunk * cout).enumerate().for_each_init(
@@ -203,11 +212,7 @@ fn conv2d_then<T: Float>(
             let nr = yc.len() / cout;
             let col = col.resize(nr * k);
             im2col(x, g, i * chunk, col);
-            if k <= SMALL_K {
-                small_k_product(col, w, yc, k, cout);
-            } else {
-                multiply(col, w, yc, nr, k, cout, false, false);
-            }
+            multiply(col, w, yc, nr, k, cout, false, false);
             then(yc);
         },
     );
@@ -215,40 +220,100 @@ fn conv2d_then<T: Float>(
 }
 
 /// Receptive fields of at most this many elements (a 3x3 filter over one or a few
-/// channels) multiply in [`small_k_product`] instead of the GEMM, whose packing costs
+/// channels) multiply in [`small_k_conv`] instead of the GEMM, whose packing costs
 /// more than such short sums. Measured on the 2-core Zen 5 machine (2 threads): the
 /// tutorial CNN's first layer (`[32,28,28,1]`, 3x3, 32 filters, K = 9) 269 → 192 µs,
-/// of which the products are now about a third (the rest is im2col).
+/// of which the products were then about a third (the rest was im2col, since gathered
+/// a few rows at a time into registers' reach instead).
 const SMALL_K: usize = 16;
 
-/// `y[r, :] = col[r, :] · w` for `col` `[rows, k]` and `w` `[k, n]`: each output sums
-/// its `k` products from +0 in order with fused multiply-adds. [`ROWS`] rows and 16
+/// Output rows `r0..` of the convolution (as many as `y` holds) for a receptive field
+/// of at most [`SMALL_K`] elements: `y[r, :] = field(r) · w`, each output summing its
+/// `k` products from +0 in order with fused multiply-adds. [`ROWS`] rows and 16
 /// outputs at a time, in registers, so independent sums hide the multiply-add latency.
+/// The fields are gathered [`ROWS`] at a time into a buffer on the stack — straight
+/// from fixed offsets of `x` for a window inside the image, through [`walk_field`]
+/// (zeros for padding) for one that hangs over its edge — so there is no im2col matrix:
+/// the same products as im2col and a product, in the same order, so the same bits.
 /// (Every instruction-set copy rounds alike: a fused multiply-add is exact before its
 /// one rounding, in hardware and in `mul_add`'s software fallback.)
-fn small_k_product<T: Float>(col: &[T], w: &[T], y: &mut [T], k: usize, n: usize) {
+fn small_k_conv<T: Float>(x: &[T], g: &Conv2dGeom, w: &[T], r0: usize, y: &mut [T]) {
+    let (k, n) = (g.k(), g.cout);
+    let offsets = field_offsets(g);
+    let gather = |pixel, field: &mut [T]| gather_field(x, g, &offsets[..k], pixel, field);
     super::ew::vectorized_wide(
         #[inline(always)]
         || {
             let rows = y.len() / n.max(1);
+            let mut pixels = output_pixels(g, r0);
+            let mut fields = [T::zero(); ROWS * SMALL_K];
             let mut r = 0;
-            while r + ROWS <= rows {
-                rows_product::<T, ROWS>(&col[r * k..], w, &mut y[r * n..], k, n);
-                r += ROWS;
-            }
             while r < rows {
-                rows_product::<T, 1>(&col[r * k..], w, &mut y[r * n..], k, n);
-                r += 1;
+                let here = if r + ROWS <= rows { ROWS } else { 1 };
+                for field in fields.chunks_exact_mut(k).take(here) {
+                    gather(pixels.next().expect("endless"), field);
+                }
+                let y = &mut y[r * n..];
+                match here {
+                    ROWS => rows_product::<T, ROWS>(&fields, w, y, k, n),
+                    _ => rows_product::<T, 1>(&fields, w, y, k, n),
+                }
+                r += here;
             }
         },
     );
 }
 
-/// Rows of [`small_k_product`] at a time. Eight ran the tutorial CNN's first layer
+/// Where each element `(ky, kx, ci)` of a receptive field of at most [`SMALL_K`]
+/// elements lies in `x` relative to its window's first element (the first `k` entries).
+fn field_offsets(g: &Conv2dGeom) -> [usize; SMALL_K] {
+    let mut offsets = [0usize; SMALL_K];
+    for (j, o) in offsets[..g.k()].iter_mut().enumerate() {
+        let (ky, kx, ci) = (j / (g.kw * g.cin), j / g.cin % g.kw, j % g.cin);
+        *o = (ky * g.w + kx) * g.cin + ci;
+    }
+    offsets
+}
+
+/// Copies the receptive field of output pixel `pixel` into `field` (`k` elements, in
+/// filter order): from `offsets` ([`field_offsets`]) for a window inside the image,
+/// through [`walk_field`] (zeros for padding) for one over its edge — the values
+/// [`im2col`] puts in that pixel's row.
+#[inline(always)]
+fn gather_field<T: Float>(
+    x: &[T],
+    g: &Conv2dGeom,
+    offsets: &[usize],
+    pixel: (usize, usize, usize),
+    field: &mut [T],
+) {
+    let (b, oy, ox) = pixel;
+    let (y0, x0) = (
+        window_start(oy, g.sh, g.pad_top),
+        window_start(ox, g.sw, g.pad_left),
+    );
+    let inside = y0 >= 0 && x0 >= 0 && y0 as usize + g.kh <= g.h && x0 as usize + g.kw <= g.w;
+    if inside {
+        let at = ((b * g.h + y0 as usize) * g.w + x0 as usize) * g.cin;
+        for (f, &o) in field.iter_mut().zip(offsets) {
+            *f = x[at + o];
+        }
+    } else {
+        walk_field(g, pixel, |part, at| {
+            let dst = &mut field[part];
+            match at {
+                Some(at) => dst.copy_from_slice(&x[at..at + dst.len()]),
+                None => dst.fill(T::zero()),
+            }
+        });
+    }
+}
+
+/// Rows of [`small_k_conv`] at a time. Eight ran the tutorial CNN's first layer
 /// (`[32,28,28,1]`, 3x3, 32 filters) 15% slower on one Zen 4 core: 472 against 411 µs.
 const ROWS: usize = 4;
 
-/// [`small_k_product`] for the `R` rows at the start of `col` and `y`.
+/// [`small_k_conv`]'s product for the `R` rows at the start of `col` (`[R, k]`) and `y`.
 #[inline(always)]
 fn rows_product<T: Float, const R: usize>(col: &[T], w: &[T], y: &mut [T], k: usize, n: usize) {
     const BLOCK: usize = 16;
@@ -460,6 +525,15 @@ where
 /// Fills `col` (`col.len() / K` rows) with the receptive fields of the output rows
 /// starting at `r0`; padding positions get zero.
 fn im2col<T: Float>(x: &[T], g: &Conv2dGeom, r0: usize, col: &mut [T]) {
+    if g.k() <= SMALL_K {
+        // a few elements per field: fixed offsets beat a walk per filter row
+        let offsets = field_offsets(g);
+        let offsets = &offsets[..g.k()];
+        for (pixel, field) in output_pixels(g, r0).zip(col.chunks_exact_mut(g.k())) {
+            gather_field(x, g, offsets, pixel, field);
+        }
+        return;
+    }
     for (pixel, field) in output_pixels(g, r0).zip(col.chunks_exact_mut(g.k())) {
         walk_field(g, pixel, |part, at| {
             let dst = &mut field[part];
