@@ -412,7 +412,8 @@ fn gemm_row_blocks_have_the_bits_of_the_whole_product() {
 /// `accumulate` against its definition, a product then an element-wise add per step,
 /// bit for bit: on the in-place path (one block of `k`, each part bigger than the
 /// dot-product kernels take) and on the others (`k` ≤ 2 or beyond one block,
-/// transposed `b`, tiny products), on 1 and 2 threads (two column halves).
+/// transposed `b`, tiny products), on 1 and 2 threads (two column halves) and from
+/// outside the pool.
 fn check_accumulate<T: Float>(r: &mut Lcg, m: usize, k: usize, n: usize, ta: bool, tb: bool) {
     use tapeflow::exec::kernels::gemm::accumulate;
     let steps = r.int(1, 4);
@@ -451,6 +452,15 @@ fn check_accumulate<T: Float>(r: &mut Lcg, m: usize, k: usize, n: usize, ta: boo
             "accumulate {m}x{k}x{n} ta={ta} tb={tb}, {steps} steps, {threads} threads"
         );
     }
+    // from outside any pool: one half on this thread, the other offered to a worker
+    let mut got = init.clone();
+    accumulate(&mut got, m, k, n, ta, tb, steps, |s| {
+        (&a[s * la..][..la], &b[s * lb..][..lb])
+    });
+    assert!(
+        same_bits(&got, &want),
+        "accumulate {m}x{k}x{n} ta={ta} tb={tb}, {steps} steps, outside the pool"
+    );
 }
 
 #[test]

@@ -185,7 +185,8 @@ const HORIZONTAL_MAX_ELEMS: usize = 16 * 16;
 /// product bigger than the dot-product kernels take) every step adds its product
 /// into `c` in place, `c + (a·b)` rounded once per element, as the add would; and
 /// with more than one rayon thread, two column halves of `c` run the whole loop at
-/// once, one per worker, meeting only at the end (a column's bits do not depend on
+/// once, one per worker (or, called from outside the pool, one on the caller and one
+/// on a lingering worker, as in `in_halves`), meeting only at the end (a column's bits do not depend on
 /// the other columns). Otherwise each product goes to a scratch buffer first and is
 /// added after.
 ///
@@ -270,7 +271,7 @@ pub fn accumulate<'p, T: Float>(
     };
     if halves {
         let mid = ((n / 2 + 32) / 64 * 64).clamp(64, n - 64);
-        rayon::join(|| part(0, mid), || part(mid, n));
+        in_halves(|| part(0, mid), || part(mid, n));
     } else {
         part(0, n);
     }
