@@ -39,6 +39,11 @@ pub(crate) const LINGER: Duration = Duration::from_millis(1);
 /// Pause hints between two looks at the mailbox.
 const SPINS: u32 = 16;
 
+/// Pause hints a caller spends waiting for the helper to finish the half it took
+/// before it yields its core at each further look: some tens of microseconds (a pause
+/// takes 15–40 ns, by CPU), about as long as the longest half that splits this way.
+const WAIT_SPINS: u32 = 1 << 12;
+
 /// The type-erased part of an [`Offer`], which the mailbox points to.
 #[repr(C)]
 struct Header {
@@ -181,8 +186,17 @@ impl<F: FnOnce() + Send> Settle<'_, F> {
         {
             return false;
         }
+        // The helper's half is under way and about as long as ours: spin, but give the
+        // core away once that takes far longer than it should (the helper's thread was
+        // preempted, say by another process on a busy machine).
+        let mut spins = 0u32;
         while !self.offer.header.done.load(Ordering::Acquire) {
-            std::hint::spin_loop();
+            if spins < WAIT_SPINS {
+                spins += 1;
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
         }
         true
     }
