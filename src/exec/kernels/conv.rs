@@ -223,17 +223,16 @@ fn conv2d_then<T: Float>(
 /// channels) multiply in [`small_k_conv`] instead of the GEMM, whose packing costs
 /// more than such short sums. Measured on the 2-core Zen 5 machine (2 threads): the
 /// tutorial CNN's first layer (`[32,28,28,1]`, 3x3, 32 filters, K = 9) 269 → 192 µs,
-/// of which the products were then about a third (the rest was im2col, since gathered
-/// a few rows at a time into registers' reach instead).
+/// of which the products were then about a third (the rest was im2col; the fields are
+/// now gathered a few rows at a time instead, see [`small_k_conv`]).
 const SMALL_K: usize = 16;
 
 /// Output rows `r0..` of the convolution (as many as `y` holds) for a receptive field
 /// of at most [`SMALL_K`] elements: `y[r, :] = field(r) · w`, each output summing its
 /// `k` products from +0 in order with fused multiply-adds. [`ROWS`] rows and 16
 /// outputs at a time, in registers, so independent sums hide the multiply-add latency.
-/// The fields are gathered [`ROWS`] at a time into a buffer on the stack — straight
-/// from fixed offsets of `x` for a window inside the image, through [`walk_field`]
-/// (zeros for padding) for one that hangs over its edge — so there is no im2col matrix:
+/// The fields are gathered [`ROWS`] at a time into a buffer on the stack
+/// ([`gather_field`]), so there is no im2col matrix:
 /// the same products as im2col and a product, in the same order, so the same bits.
 /// (Every instruction-set copy rounds alike: a fused multiply-add is exact before its
 /// one rounding, in hardware and in `mul_add`'s software fallback.)
@@ -277,7 +276,7 @@ fn field_offsets(g: &Conv2dGeom) -> [usize; SMALL_K] {
 
 /// Copies the receptive field of output pixel `pixel` into `field` (`k` elements, in
 /// filter order): from `offsets` ([`field_offsets`]) for a window inside the image,
-/// through [`walk_field`] (zeros for padding) for one over its edge — the values
+/// through [`walk_into`] (zeros for padding) for one over its edge — the values
 /// [`im2col`] puts in that pixel's row.
 #[inline(always)]
 fn gather_field<T: Float>(
@@ -299,13 +298,7 @@ fn gather_field<T: Float>(
             *f = x[at + o];
         }
     } else {
-        walk_field(g, pixel, |part, at| {
-            let dst = &mut field[part];
-            match at {
-                Some(at) => dst.copy_from_slice(&x[at..at + dst.len()]),
-                None => dst.fill(T::zero()),
-            }
-        });
+        walk_into(x, g, pixel, field);
     }
 }
 
@@ -535,14 +528,20 @@ fn im2col<T: Float>(x: &[T], g: &Conv2dGeom, r0: usize, col: &mut [T]) {
         return;
     }
     for (pixel, field) in output_pixels(g, r0).zip(col.chunks_exact_mut(g.k())) {
-        walk_field(g, pixel, |part, at| {
-            let dst = &mut field[part];
-            match at {
-                Some(at) => copy_short(dst, &x[at..at + dst.len()]),
-                None => dst.fill(T::zero()),
-            }
-        });
+        walk_into(x, g, pixel, field);
     }
+}
+
+/// Copies the receptive field of output pixel `pixel` into `field` (`k` elements, in
+/// filter order) along [`walk_field`]: a filter row at a time, zeros for padding.
+fn walk_into<T: Float>(x: &[T], g: &Conv2dGeom, pixel: (usize, usize, usize), field: &mut [T]) {
+    walk_field(g, pixel, |part, at| {
+        let dst = &mut field[part];
+        match at {
+            Some(at) => copy_short(dst, &x[at..at + dst.len()]),
+            None => dst.fill(T::zero()),
+        }
+    });
 }
 
 /// `dst.copy_from_slice(src)`, with the lengths of a small filter's rows (a 3x3

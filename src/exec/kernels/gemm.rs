@@ -186,9 +186,9 @@ const HORIZONTAL_MAX_ELEMS: usize = 16 * 16;
 /// into `c` in place, `c + (a·b)` rounded once per element, as the add would; and
 /// with more than one rayon thread, two column halves of `c` run the whole loop at
 /// once, one per worker (or, called from outside the pool, one on the caller and one
-/// on a lingering worker, as in `in_halves`), meeting only at the end (a column's bits do not depend on
-/// the other columns). Otherwise each product goes to a scratch buffer first and is
-/// added after.
+/// on a lingering worker, as in `in_halves`), meeting only at the end (a column's bits
+/// do not depend on the other columns). Otherwise each product goes to a scratch buffer
+/// first and is added after.
 ///
 /// # Panics
 /// If `c` or a product's slice does not match its shape.
