@@ -11,7 +11,7 @@ use tapeflow::exec::kernels::conv::{
 };
 use tapeflow::exec::kernels::gemm::gemm;
 use tapeflow::exec::kernels::pool::{
-    max_pool2d, max_pool2d_backprop, max_pool2d_gather, Pool2dGeom,
+    max_pool2d, max_pool2d_backprop, max_pool2d_backprop_then, max_pool2d_gather, Pool2dGeom,
 };
 use tapeflow::tensor::Float;
 use tapeflow::Padding;
@@ -808,6 +808,36 @@ fn pool_wide_channels_and_tiling_windows_match_naive() {
         check_pool(&p, &x, &mut r);
         let x: Vec<f64> = r.vec(len);
         check_pool(&p, &x, &mut r);
+    }
+}
+
+/// The backprop with an epilogue (a ReLU's gate, as `max_pool2d_grad_gated` runs it)
+/// has the bits of the plain backprop followed by the epilogue, on tiling windows
+/// (stored once per pixel, 16 channels at a time, then the channel tail) and on
+/// overlapping or gapped ones (summed, then gated).
+#[test]
+fn pool_backprop_with_epilogue_is_backprop_then_epilogue() {
+    use Padding::{Same, Valid};
+    let mut r = Lcg(23);
+    let cases = [
+        ([2, 26, 26, 32], (2, 2), (2, 2), Valid),
+        ([2, 11, 11, 64], (2, 2), (2, 2), Valid),
+        ([2, 5, 7, 37], (2, 2), (2, 2), Same),
+        ([1, 6, 6, 19], (3, 3), (3, 3), Valid),
+        ([2, 7, 7, 20], (2, 2), (3, 3), Valid),
+        ([1, 9, 8, 17], (3, 2), (1, 2), Same),
+        ([2, 6, 6, 3], (3, 3), (1, 1), Valid),
+    ];
+    let gate = |p: f32, v: f32| p * if v > 0.25 { 1.0 } else { 0.0 };
+    for (shape, k, s, pad) in cases {
+        let g = Pool2dGeom::new(&shape, k, s, pad).unwrap();
+        let x: Vec<f32> = r.vec(shape.iter().product());
+        let gy: Vec<f32> = r.vec(g.out_shape().iter().product());
+        let plain = max_pool2d_backprop(&x, &gy, &g);
+        let want: Vec<f32> = plain.iter().zip(&x).map(|(&p, &v)| gate(p, v)).collect();
+        let got = max_pool2d_backprop_then(&x, &gy, &g, gate);
+        assert!(same_bits(&got, &want), "{shape:?} {k:?} {s:?} {pad:?}");
+        assert!(got.iter().any(|&v| v != 0.0) && got.contains(&0.0));
     }
 }
 

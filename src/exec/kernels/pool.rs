@@ -76,6 +76,7 @@ impl Pool2dGeom {
     }
 
     /// The part of the window of output coordinate `o` inside `0..len`.
+    #[inline(always)]
     fn clip(o: usize, stride: usize, pad: usize, k: usize, len: usize) -> std::ops::Range<usize> {
         let start = (o * stride) as isize - pad as isize;
         let end = (start + k as isize).min(len as isize);
@@ -170,46 +171,34 @@ fn backprop<T: Float, F: Fn(T, T) -> T + Copy + Sync>(
         .for_each_init(
             || (vec![T::zero(); g.c], vec![0; g.c]),
             |(best, pos), (b, (gxb, gyb))| {
-                if tiles {
-                    zero_untiled(gxb, g);
-                }
+                let xb = &x[b * image..(b + 1) * image];
                 // a copy on this stack frame: its captured values stay in registers
                 let epi_here = epi;
                 super::ew::vectorized_wide(
                     #[inline(always)]
                     || {
+                        if tiles {
+                            zero_untiled(gxb, g);
+                            for (o, gyp) in gyb.chunks_exact(g.c).enumerate() {
+                                let win = Window::new(g, 0, o / g.ow, o % g.ow);
+                                win.store_winners(xb, gyp, gxb, epi_here);
+                            }
+                            return;
+                        }
                         for (o, gyp) in gyb.chunks_exact(g.c).enumerate() {
-                            let win = Window::new(g, b, o / g.ow, o % g.ow);
-                            win.argmax(x, best, pos);
-                            // Every pixel of the window gets gy where it won and +0 where
-                            // not, added to +0 (tiles: a store) or to the sum so far:
-                            // branch-free, and the same bits either way (a sum that
-                            // starts at +0 is never -0).
+                            let win = Window::new(g, 0, o / g.ow, o % g.ow);
+                            win.argmax(xb, best, pos);
+                            // Every pixel of the window gets gy where it won and +0
+                            // where not, added to the sum so far: branch-free.
                             for (p, at) in win.pixels() {
-                                let at = at - b * image;
                                 let gxp = &mut gxb[at..at + g.c];
-                                let terms = pos.iter().zip(gyp);
-                                let term =
-                                    |(&q, &v): (&u32, &T)| if q == p { v } else { T::zero() };
-                                if let (true, Some(epi)) = (tiles, epi_here) {
-                                    let xp = &x[at + b * image..at + b * image + g.c];
-                                    for ((acc, t), &v) in gxp.iter_mut().zip(terms).zip(xp) {
-                                        *acc = epi(T::zero() + term(t), v);
-                                    }
-                                } else if tiles {
-                                    for (acc, t) in gxp.iter_mut().zip(terms) {
-                                        *acc = T::zero() + term(t);
-                                    }
-                                } else {
-                                    for (acc, t) in gxp.iter_mut().zip(terms) {
-                                        *acc = *acc + term(t);
-                                    }
+                                for (acc, (&q, &v)) in gxp.iter_mut().zip(pos.iter().zip(gyp)) {
+                                    *acc = *acc + if q == p { v } else { T::zero() };
                                 }
                             }
                         }
                         // windows that overlap: the sums are complete only now
-                        if let (false, Some(epi)) = (tiles, epi_here) {
-                            let xb = &x[b * image..(b + 1) * image];
+                        if let Some(epi) = epi_here {
                             for (acc, &v) in gxb.iter_mut().zip(xb) {
                                 *acc = epi(*acc, v);
                             }
@@ -389,9 +378,7 @@ impl Window {
         }
     }
 
-    /// [`Window::argmax`] for channels `ch0..ch0 + L`. The running winners live in
-    /// fixed-size local arrays so that the selects compile to vector blends rather
-    /// than branches around conditional stores.
+    /// [`Window::argmax`] for channels `ch0..ch0 + L` ([`Window::argmax_of`]).
     #[inline(always)]
     fn argmax_lanes<T: Float, const L: usize>(
         &self,
@@ -400,27 +387,94 @@ impl Window {
         best: &mut [T],
         arg: &mut [u32],
     ) {
-        let mut bv = [T::zero(); L];
+        let (bv, av) = self.argmax_of::<T, L>(x, ch0);
+        best[ch0..ch0 + L].copy_from_slice(&bv);
+        arg[ch0..ch0 + L].copy_from_slice(&av);
+    }
+
+    /// The winners' values and position numbers for channels `ch0..ch0 + L`, in local
+    /// arrays, so that the selects compile to vector blends rather than branches
+    /// around conditional stores. The scan starts from the first pixel and compares
+    /// it with itself, which never wins (not even a NaN: it beats numbers only), so
+    /// the loop has no first-pixel branch and vectorizes across the lanes.
+    #[inline(always)]
+    fn argmax_of<T: Float, const L: usize>(&self, x: &[T], ch0: usize) -> ([T; L], [u32; L]) {
+        let first: &[T; L] = x[self.base + ch0..][..L].try_into().expect("L elements");
+        let mut bv = *first;
         let mut av = [0u32; L];
         let mut p = 0u32;
         for r in 0..self.rows {
             for col in 0..self.cols {
                 let at = self.base + r * self.row_stride + col * self.c + ch0;
                 let px: &[T; L] = x[at..at + L].try_into().expect("L elements");
-                if p == 0 {
-                    bv = *px;
-                } else {
-                    for l in 0..L {
-                        let w = wins(px[l], bv[l]);
-                        bv[l] = if w { px[l] } else { bv[l] };
-                        av[l] = if w { p } else { av[l] };
-                    }
+                for l in 0..L {
+                    let w = wins(px[l], bv[l]);
+                    bv[l] = if w { px[l] } else { bv[l] };
+                    av[l] = if w { p } else { av[l] };
                 }
                 p += 1;
             }
         }
-        best[ch0..ch0 + L].copy_from_slice(&bv);
-        arg[ch0..ch0 + L].copy_from_slice(&av);
+        (bv, av)
+    }
+}
+
+impl Window {
+    /// The backprop of one window of a tiling geometry (each pixel in one window
+    /// only): every pixel of the window gets `gy` per channel where it won the window
+    /// and +0 where not, through `epi` if there is one — `epi(+0 + term, x)`, the bits
+    /// of a store into a zeroed buffer followed by the epilogue. [`LANES`] channels at
+    /// a time: the winners stay in registers between the scan and the stores.
+    #[inline(always)]
+    fn store_winners<T: Float, F: Fn(T, T) -> T + Copy>(
+        &self,
+        x: &[T],
+        gy: &[T],
+        gx: &mut [T],
+        epi: Option<F>,
+    ) {
+        let mut ch = 0;
+        while ch + LANES <= self.c {
+            self.store_winners_lanes::<T, F, LANES>(x, gy, gx, epi, ch);
+            ch += LANES;
+        }
+        while ch < self.c {
+            self.store_winners_lanes::<T, F, 1>(x, gy, gx, epi, ch);
+            ch += 1;
+        }
+    }
+
+    #[inline(always)]
+    fn store_winners_lanes<T: Float, F: Fn(T, T) -> T + Copy, const L: usize>(
+        &self,
+        x: &[T],
+        gy: &[T],
+        gx: &mut [T],
+        epi: Option<F>,
+        ch0: usize,
+    ) {
+        let (_, av) = self.argmax_of::<T, L>(x, ch0);
+        let gyv: [T; L] = gy[ch0..ch0 + L].try_into().expect("L elements");
+        for (p, at) in self.pixels() {
+            let at = at + ch0;
+            // (a mask array first, then the selects: written as one `if` per lane, the
+            // selects compiled to a branch per lane)
+            let mut hit = [false; L];
+            for l in 0..L {
+                hit[l] = av[l] == p;
+            }
+            let mut v = [T::zero(); L];
+            for l in 0..L {
+                v[l] = T::zero() + if hit[l] { gyv[l] } else { T::zero() };
+            }
+            if let Some(epi) = epi {
+                let xv: [T; L] = x[at..at + L].try_into().expect("L elements");
+                for l in 0..L {
+                    v[l] = epi(v[l], xv[l]);
+                }
+            }
+            gx[at..at + L].copy_from_slice(&v);
+        }
     }
 }
 
