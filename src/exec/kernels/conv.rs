@@ -36,6 +36,8 @@ const COL_CHUNK_ELEMS: usize = 1 << 16;
 const MIN_CHUNK_ROWS: usize = 64;
 /// Most output rows per chunk, so large batches still split across threads.
 const MAX_CHUNK_ROWS: usize = 2048;
+/// Below this many chunks, [`Conv2dGeom::chunk_rows`] evens them out.
+const EVEN_CHUNKS: usize = 8;
 /// Budget, in elements, for the filter grad's per-group partial sums (8 MiB of f32).
 const PARTIALS_ELEMS: usize = 1 << 21;
 /// Most groups the filter grad splits its reduction into.
@@ -95,9 +97,25 @@ impl Conv2dGeom {
         self.kh == 1 && self.kw == 1 && self.sh == 1 && self.sw == 1
     }
 
-    /// Output rows per chunk: depends on the geometry only (determinism).
+    /// Output rows per chunk: depends on the geometry only (determinism). About
+    /// [`COL_CHUNK_ELEMS`] per chunk; but a product that makes three to
+    /// [`EVEN_CHUNKS`] chunks is cut into a multiple of four equal ones instead (when
+    /// they keep [`MIN_CHUNK_ROWS`]), so two or four threads share it evenly: the
+    /// tutorial CNN's third layer (288 rows of K = 576) made three chunks, which two
+    /// threads ran as two rounds.
     fn chunk_rows(&self) -> usize {
-        (COL_CHUNK_ELEMS / self.k().max(1)).clamp(MIN_CHUNK_ROWS, MAX_CHUNK_ROWS)
+        let rows = self.rows();
+        let chunk = (COL_CHUNK_ELEMS / self.k().max(1)).clamp(MIN_CHUNK_ROWS, MAX_CHUNK_ROWS);
+        let chunks = rows.div_ceil(chunk);
+        // (one chunk runs the parallel GEMM, two split evenly already)
+        if chunks <= 2 || chunks >= EVEN_CHUNKS || chunks.is_multiple_of(4) {
+            return chunk;
+        }
+        let even = rows.div_ceil(chunks.next_multiple_of(4));
+        match even >= MIN_CHUNK_ROWS {
+            true => even,
+            false => chunk,
+        }
     }
 
     fn check(&self, what: &str, len: usize, shape: [usize; 4]) {
@@ -231,15 +249,31 @@ const SMALL_K: usize = 16;
 /// of at most [`SMALL_K`] elements: `y[r, :] = field(r) · w`, each output summing its
 /// `k` products from +0 in order with fused multiply-adds. [`ROWS`] rows and 16
 /// outputs at a time, in registers, so independent sums hide the multiply-add latency.
-/// The fields are gathered [`ROWS`] at a time into a buffer on the stack
-/// ([`gather_field`]), so there is no im2col matrix:
+/// [`ROWS`] consecutive pixels of an output row whose windows lie inside the image
+/// read their fields straight from `x`; others (at the edges, over padding) are
+/// gathered into a buffer on the stack ([`gather_field`]). There is no im2col matrix:
 /// the same products as im2col and a product, in the same order, so the same bits.
 /// (Every instruction-set copy rounds alike: a fused multiply-add is exact before its
 /// one rounding, in hardware and in `mul_add`'s software fallback.)
 fn small_k_conv<T: Float>(x: &[T], g: &Conv2dGeom, w: &[T], r0: usize, y: &mut [T]) {
     let (k, n) = (g.k(), g.cout);
     let offsets = field_offsets(g);
-    let gather = |pixel, field: &mut [T]| gather_field(x, g, &offsets[..k], pixel, field);
+    let offsets = &offsets[..k];
+    // consecutive pixels of an output row, all windows inside the image
+    let step = g.sw * g.cin;
+    let direct = |(b, oy, ox): (usize, usize, usize)| {
+        let (y0, x0) = (
+            window_start(oy, g.sh, g.pad_top),
+            window_start(ox, g.sw, g.pad_left),
+        );
+        let last = x0 + ((ROWS - 1) * g.sw) as isize;
+        let inside = ox + ROWS <= g.ow
+            && y0 >= 0
+            && x0 >= 0
+            && y0 as usize + g.kh <= g.h
+            && last as usize + g.kw <= g.w;
+        inside.then(|| ((b * g.h + y0 as usize) * g.w + x0 as usize) * g.cin)
+    };
     super::ew::vectorized_wide(
         #[inline(always)]
         || {
@@ -248,14 +282,32 @@ fn small_k_conv<T: Float>(x: &[T], g: &Conv2dGeom, w: &[T], r0: usize, y: &mut [
             let mut fields = [T::zero(); ROWS * SMALL_K];
             let mut r = 0;
             while r < rows {
-                let here = if r + ROWS <= rows { ROWS } else { 1 };
-                for field in fields.chunks_exact_mut(k).take(here) {
-                    gather(pixels.next().expect("endless"), field);
-                }
                 let y = &mut y[r * n..];
+                let pixel = pixels.next().expect("endless");
+                if r + ROWS <= rows {
+                    if let Some(at) = direct(pixel) {
+                        // the fields straight from `x`: no copy
+                        let field = |i: usize, j: usize| x[at + i * step + offsets[j]];
+                        rows_product::<T, ROWS>(field, w, y, k, n);
+                        for _ in 1..ROWS {
+                            pixels.next();
+                        }
+                        r += ROWS;
+                        continue;
+                    }
+                }
+                let here = if r + ROWS <= rows { ROWS } else { 1 };
+                let mut pixel = Some(pixel);
+                for field in fields.chunks_exact_mut(k).take(here) {
+                    let p = pixel
+                        .take()
+                        .unwrap_or_else(|| pixels.next().expect("endless"));
+                    gather_field(x, g, offsets, p, field);
+                }
+                let field = |i: usize, j: usize| fields[i * k + j];
                 match here {
-                    ROWS => rows_product::<T, ROWS>(&fields, w, y, k, n),
-                    _ => rows_product::<T, 1>(&fields, w, y, k, n),
+                    ROWS => rows_product::<T, ROWS>(field, w, y, k, n),
+                    _ => rows_product::<T, 1>(field, w, y, k, n),
                 }
                 r += here;
             }
@@ -306,9 +358,17 @@ fn gather_field<T: Float>(
 /// (`[32,28,28,1]`, 3x3, 32 filters) 15% slower on one Zen 4 core: 472 against 411 µs.
 const ROWS: usize = 4;
 
-/// [`small_k_conv`]'s product for the `R` rows at the start of `col` (`[R, k]`) and `y`.
+/// [`small_k_conv`]'s product for `R` rows: `y[i, :] = field(i, ·) · w` for `i < R`,
+/// where `field(i, j)` is element `j` of row `i`'s receptive field (read from the
+/// gathered copy or straight from `x`: the same values, so the same bits).
 #[inline(always)]
-fn rows_product<T: Float, const R: usize>(col: &[T], w: &[T], y: &mut [T], k: usize, n: usize) {
+fn rows_product<T: Float, const R: usize>(
+    field: impl Fn(usize, usize) -> T,
+    w: &[T],
+    y: &mut [T],
+    k: usize,
+    n: usize,
+) {
     const BLOCK: usize = 16;
     let full = n / BLOCK * BLOCK;
     for c0 in (0..full).step_by(BLOCK) {
@@ -317,7 +377,7 @@ fn rows_product<T: Float, const R: usize>(col: &[T], w: &[T], y: &mut [T], k: us
             let wj: &[T; BLOCK] =
                 (w[j * n + c0..j * n + c0 + BLOCK].try_into()).expect("BLOCK elements");
             for (i, acc) in acc.iter_mut().enumerate() {
-                let a = col[i * k + j];
+                let a = field(i, j);
                 for l in 0..BLOCK {
                     acc[l] = a.mul_add(wj[l], acc[l]);
                 }
@@ -331,7 +391,7 @@ fn rows_product<T: Float, const R: usize>(col: &[T], w: &[T], y: &mut [T], k: us
         for c in full..n {
             let mut acc = T::zero();
             for j in 0..k {
-                acc = col[i * k + j].mul_add(w[j * n + c], acc);
+                acc = field(i, j).mul_add(w[j * n + c], acc);
             }
             y[i * n + c] = acc;
         }
