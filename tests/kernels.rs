@@ -729,6 +729,9 @@ struct Pool {
 }
 
 impl Pool {
+    const fn new(shape: [usize; 4], k: (usize, usize), s: (usize, usize), pad: Padding) -> Pool {
+        Pool { shape, k, s, pad }
+    }
     fn random(r: &mut Lcg) -> Pool {
         let k = (r.int(1, 3), r.int(1, 3));
         let pad = r.padding();
@@ -786,24 +789,25 @@ fn check_pool<T: Float>(p: &Pool, x: &[T], r: &mut Lcg) {
     );
 }
 
+/// Pooling geometries with channel counts across the 16-channel runs and their tails;
+/// windows that tile the input exactly (the tutorial CNN's pools), leave a last
+/// row/column uncovered, hang over the edge under Same padding, leave gaps (stride >
+/// window) or overlap (stride < window).
+const POOL_CASES: [Pool; 7] = [
+    Pool::new([2, 26, 26, 32], (2, 2), (2, 2), Padding::Valid),
+    Pool::new([2, 11, 11, 64], (2, 2), (2, 2), Padding::Valid),
+    Pool::new([2, 5, 7, 37], (2, 2), (2, 2), Padding::Same),
+    Pool::new([1, 6, 6, 19], (3, 3), (3, 3), Padding::Valid),
+    Pool::new([2, 7, 7, 20], (2, 2), (3, 3), Padding::Valid),
+    Pool::new([1, 9, 8, 17], (3, 2), (1, 2), Padding::Same),
+    Pool::new([2, 6, 6, 3], (3, 3), (1, 1), Padding::Valid),
+];
+
 #[test]
 fn pool_wide_channels_and_tiling_windows_match_naive() {
-    use Padding::{Same, Valid};
     let mut r = Lcg(21);
-    // channel counts across the 16-channel runs and their tails; windows that tile the
-    // input exactly (the tutorial CNN's pools), leave a last row/column uncovered, hang
-    // over the edge under Same padding, or leave gaps (stride > window)
-    let cases = [
-        ([2, 26, 26, 32], (2, 2), (2, 2), Valid),
-        ([2, 11, 11, 64], (2, 2), (2, 2), Valid),
-        ([2, 5, 7, 37], (2, 2), (2, 2), Same),
-        ([1, 6, 6, 19], (3, 3), (3, 3), Valid),
-        ([2, 7, 7, 20], (2, 2), (3, 3), Valid),
-        ([1, 9, 8, 17], (3, 2), (1, 2), Same),
-    ];
-    for (shape, k, s, pad) in cases {
-        let p = Pool { shape, k, s, pad };
-        let len = shape.iter().product();
+    for p in POOL_CASES {
+        let len = p.shape.iter().product();
         let x: Vec<f32> = r.ties(len);
         check_pool(&p, &x, &mut r);
         let x: Vec<f64> = r.vec(len);
@@ -817,26 +821,16 @@ fn pool_wide_channels_and_tiling_windows_match_naive() {
 /// overlapping or gapped ones (summed, then gated).
 #[test]
 fn pool_backprop_with_epilogue_is_backprop_then_epilogue() {
-    use Padding::{Same, Valid};
     let mut r = Lcg(23);
-    let cases = [
-        ([2, 26, 26, 32], (2, 2), (2, 2), Valid),
-        ([2, 11, 11, 64], (2, 2), (2, 2), Valid),
-        ([2, 5, 7, 37], (2, 2), (2, 2), Same),
-        ([1, 6, 6, 19], (3, 3), (3, 3), Valid),
-        ([2, 7, 7, 20], (2, 2), (3, 3), Valid),
-        ([1, 9, 8, 17], (3, 2), (1, 2), Same),
-        ([2, 6, 6, 3], (3, 3), (1, 1), Valid),
-    ];
     let gate = |p: f32, v: f32| p * if v > 0.25 { 1.0 } else { 0.0 };
-    for (shape, k, s, pad) in cases {
-        let g = Pool2dGeom::new(&shape, k, s, pad).unwrap();
-        let x: Vec<f32> = r.vec(shape.iter().product());
+    for p in POOL_CASES {
+        let g = p.geom();
+        let x: Vec<f32> = r.vec(p.shape.iter().product());
         let gy: Vec<f32> = r.vec(g.out_shape().iter().product());
         let plain = max_pool2d_backprop(&x, &gy, &g);
         let want: Vec<f32> = plain.iter().zip(&x).map(|(&p, &v)| gate(p, v)).collect();
         let got = max_pool2d_backprop_then(&x, &gy, &g, gate);
-        assert!(same_bits(&got, &want), "{shape:?} {k:?} {s:?} {pad:?}");
+        assert!(same_bits(&got, &want), "{p:?}");
         assert!(got.iter().any(|&v| v != 0.0) && got.contains(&0.0));
     }
 }
