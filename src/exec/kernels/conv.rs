@@ -17,8 +17,9 @@
 //! Invariants:
 //! - Memory stays bounded: `col` (and the input grad's `dcol`) is built per chunk of
 //!   output rows, about `COL_CHUNK_ELEMS` elements per worker (twice that in the
-//!   filter grad), never for the whole batch; the filter grad keeps at most `MAX_PARTIALS` partial sums, within about
-//!   `PARTIALS_ELEMS` elements (or a single one, when the filter alone is larger).
+//!   filter grad), never for the whole batch; the filter grad keeps at most
+//!   `MAX_PARTIALS` partial sums, within about `PARTIALS_ELEMS` elements (or a single
+//!   one, when the filter alone is larger).
 //! - Deterministic: chunk and task boundaries depend only on the geometry, never on
 //!   the thread count, and so does every choice between the serial and the parallel
 //!   GEMM. Forward chunks are independent; input-grad tasks own whole images (their
