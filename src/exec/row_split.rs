@@ -12,9 +12,8 @@
 //! per-element sum over `k` does not depend on `m` for `m ≥ 2` where
 //! [`row_blocks_keep_bits`] says so (`k` of one block, halves of more than 64 rows
 //! or columns, or a whole of at most 64 rows and columns; `tests/kernels.rs` checks row
-//! blocks against the whole product), so the
-//! halves give the bits of the whole batch — and the eager ops. Each half has at least
-//! [`MIN_HALF_ROWS`] rows.
+//! blocks against the whole product), so the halves give the bits of the whole batch —
+//! and the eager ops. Each half has at least [`MIN_HALF_ROWS`] rows.
 //!
 //! **Which ops.** Per-step values carry the batch on axis 0 (the carries, and the
 //! scanned operands' slices). An op of such a value keeps rows apart when it is

@@ -274,21 +274,8 @@ fn small_k_conv<T: Float>(x: &[T], g: &Conv2dGeom, w: &[T], r0: usize, y: &mut [
     let (k, n) = (g.k(), g.cout);
     let offsets = field_offsets(g);
     let offsets = &offsets[..k];
-    // consecutive pixels of an output row, all windows inside the image
+    // from one pixel's window to the next one's along an output row
     let step = g.sw * g.cin;
-    let direct = |(b, oy, ox): (usize, usize, usize)| {
-        let (y0, x0) = (
-            window_start(oy, g.sh, g.pad_top),
-            window_start(ox, g.sw, g.pad_left),
-        );
-        let last = x0 + ((ROWS - 1) * g.sw) as isize;
-        let inside = ox + ROWS <= g.ow
-            && y0 >= 0
-            && x0 >= 0
-            && y0 as usize + g.kh <= g.h
-            && last as usize + g.kw <= g.w;
-        inside.then(|| ((b * g.h + y0 as usize) * g.w + x0 as usize) * g.cin)
-    };
     super::ew::vectorized_wide(
         #[inline(always)]
         || {
@@ -300,7 +287,7 @@ fn small_k_conv<T: Float>(x: &[T], g: &Conv2dGeom, w: &[T], r0: usize, y: &mut [
                 let y = &mut y[r * n..];
                 let pixel = pixels.next().expect("endless");
                 if r + ROWS <= rows {
-                    if let Some(at) = direct(pixel) {
+                    if let Some(at) = windows_inside(g, pixel, ROWS) {
                         // the fields straight from `x`: no copy
                         let field = |i: usize, j: usize| x[at + i * step + offsets[j]];
                         rows_product::<T, ROWS>(field, w, y, k, n);
@@ -312,12 +299,9 @@ fn small_k_conv<T: Float>(x: &[T], g: &Conv2dGeom, w: &[T], r0: usize, y: &mut [
                     }
                 }
                 let here = if r + ROWS <= rows { ROWS } else { 1 };
-                let mut pixel = Some(pixel);
-                for field in fields.chunks_exact_mut(k).take(here) {
-                    let p = pixel
-                        .take()
-                        .unwrap_or_else(|| pixels.next().expect("endless"));
-                    gather_field(x, g, offsets, p, field);
+                gather_field(x, g, offsets, pixel, &mut fields[..k]);
+                for field in fields.chunks_exact_mut(k).take(here).skip(1) {
+                    gather_field(x, g, offsets, pixels.next().expect("endless"), field);
                 }
                 let field = |i: usize, j: usize| fields[i * k + j];
                 match here {
@@ -353,20 +337,36 @@ fn gather_field<T: Float>(
     pixel: (usize, usize, usize),
     field: &mut [T],
 ) {
-    let (b, oy, ox) = pixel;
+    match windows_inside(g, pixel, 1) {
+        Some(at) => {
+            for (f, &o) in field.iter_mut().zip(offsets) {
+                *f = x[at + o];
+            }
+        }
+        None => walk_into(x, g, pixel, field),
+    }
+}
+
+/// For the windows of `count` consecutive output pixels of one output row, starting at
+/// `pixel`: the flat index into `x` of the first window's first element, if every one
+/// of them lies inside the image (no padding).
+#[inline(always)]
+fn windows_inside(
+    g: &Conv2dGeom,
+    (b, oy, ox): (usize, usize, usize),
+    count: usize,
+) -> Option<usize> {
     let (y0, x0) = (
         window_start(oy, g.sh, g.pad_top),
         window_start(ox, g.sw, g.pad_left),
     );
-    let inside = y0 >= 0 && x0 >= 0 && y0 as usize + g.kh <= g.h && x0 as usize + g.kw <= g.w;
-    if inside {
-        let at = ((b * g.h + y0 as usize) * g.w + x0 as usize) * g.cin;
-        for (f, &o) in field.iter_mut().zip(offsets) {
-            *f = x[at + o];
-        }
-    } else {
-        walk_into(x, g, pixel, field);
-    }
+    let last = x0 + ((count - 1) * g.sw) as isize;
+    let inside = ox + count <= g.ow
+        && y0 >= 0
+        && x0 >= 0
+        && y0 as usize + g.kh <= g.h
+        && last as usize + g.kw <= g.w;
+    inside.then(|| ((b * g.h + y0 as usize) * g.w + x0 as usize) * g.cin)
 }
 
 /// Rows of [`small_k_conv`] at a time. Eight ran the tutorial CNN's first layer

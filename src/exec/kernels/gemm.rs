@@ -80,6 +80,13 @@ fn row_halves(m: usize, k: usize, n: usize, tb: bool) -> bool {
         && half * n > HORIZONTAL_MAX_ELEMS
 }
 
+/// The first column of the right half of a product of `n >= 128` columns split by
+/// columns: near the middle at a multiple of 64 columns (the backend's widest tile),
+/// at least 64 on each side.
+fn column_split(n: usize) -> usize {
+    ((n / 2 + 32) / 64 * 64).clamp(64, n - 64)
+}
+
 /// Runs `left` and `right` on two workers when called from inside a pool of more than
 /// one thread; from outside, `left` on the calling thread and `right` on a lingering
 /// worker if one takes it in time (`handoff`); else one after the other (the same work
@@ -97,7 +104,7 @@ fn in_halves(left: impl FnOnce() + Send, right: impl FnOnce() + Send) {
 enum Par {
     /// On the calling thread.
     Serial,
-    /// Two column halves, each on the calling thread or a worker.
+    /// Two column halves, each on the calling thread or a worker ([`column_split`]).
     Halves,
     /// Two row halves, each on the calling thread or a worker ([`row_halves`]).
     RowHalves,
@@ -270,7 +277,7 @@ pub fn accumulate<'p, T: Float>(
         }
     };
     if halves {
-        let mid = ((n / 2 + 32) / 64 * 64).clamp(64, n - 64);
+        let mid = column_split(n);
         in_halves(|| part(0, mid), || part(mid, n));
     } else {
         part(0, n);
@@ -435,9 +442,7 @@ fn multiply<T: Float>(
                 in_halves(|| rows(0, mid), || rows(mid, m));
             }
             Par::Halves => {
-                // split near the middle at a multiple of 64 columns (the backend's
-                // widest tile), at least 64 on each side (n >= SPLIT_MIN_COLS = 128)
-                let mid = ((n / 2 + 32) / 64 * 64).clamp(64, n - 64);
+                let mid = column_split(n);
                 in_halves(
                     || part(0, mid, ::gemm::Parallelism::None),
                     || part(mid, n, ::gemm::Parallelism::None),
