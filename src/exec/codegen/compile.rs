@@ -277,7 +277,39 @@ fn cache_dir() -> Option<PathBuf> {
         .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("tapeflow-kernels")))
         .or_else(|| env("HOME").map(|d| d.join(".cache").join("tapeflow-kernels")))
         .unwrap_or_else(|| std::env::temp_dir().join("tapeflow-kernels"));
-    make_private_dir(&dir).ok().map(|()| dir)
+    make_private_dir(&dir).ok()?;
+    sweep_orphans(&dir, ORPHAN_AGE);
+    Some(dir)
+}
+
+/// How old a compile's temporary file must be before a later process deletes it as
+/// an orphan. A compile takes well under a second; only a process that ended while its
+/// compile thread was writing (killed, or returning from `main` meanwhile) leaves one.
+const ORPHAN_AGE: Duration = Duration::from_secs(600);
+
+/// Deletes the temporary files (named by [`unique`]: `{key}.{pid}.{n}.tmp{ext}`) that
+/// processes which ended mid-compile left in the cache directory `dir`, once they are
+/// `age` old, so the cache does not grow by a pair of files per interrupted compile.
+/// Returns how many it deleted; a file it cannot read or delete is left alone.
+fn sweep_orphans(dir: &Path, age: Duration) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let now = std::time::SystemTime::now();
+    let so = format!(".tmp.{}", std::env::consts::DLL_EXTENSION);
+    entries
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.ends_with(".tmp.c") || name.ends_with(&so)
+        })
+        .filter(|e| {
+            let modified = e.metadata().and_then(|m| m.modified());
+            modified.is_ok_and(|m| now.duration_since(m).is_ok_and(|d| d >= age))
+        })
+        .filter(|e| std::fs::remove_file(e.path()).is_ok())
+        .count()
 }
 
 /// Creates `dir` (owner-only on Unix) if needed and checks that only this user can
@@ -409,5 +441,34 @@ fn load(so: &Path) -> Result<(libloading::Library, KernelFn), String> {
             .get::<KernelFn>(SYMBOL.as_bytes())
             .map_err(|e| format!("loading: {e}"))?;
         Ok((lib, f))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only compile temporaries older than the age go; finished kernels, their sources
+    /// and a compile still running stay.
+    #[test]
+    fn sweeping_deletes_only_old_temporaries() {
+        let dir = std::env::temp_dir().join(unique("tapeflow-sweep-test", ""));
+        make_private_dir(&dir).unwrap();
+        let dll = std::env::consts::DLL_EXTENSION;
+        let old_so = dir.join(format!("ab.1.0.tmp.{dll}"));
+        let old_c = dir.join("ab.1.1.tmp.c");
+        let running = dir.join("cd.2.0.tmp.c");
+        let kept = [dir.join(format!("ab.{dll}")), dir.join("ab.c"), dir.join("notes.tmp")];
+        let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+        for path in [&old_so, &old_c, &running].into_iter().chain(&kept) {
+            let f = std::fs::File::create(path).unwrap();
+            if path != &running {
+                f.set_modified(hour_ago).unwrap();
+            }
+        }
+        assert_eq!(sweep_orphans(&dir, ORPHAN_AGE), 2);
+        assert!(!old_so.exists() && !old_c.exists());
+        assert!(running.exists() && kept.iter().all(|p| p.exists()));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

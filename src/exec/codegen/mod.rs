@@ -69,7 +69,9 @@
 //! of the source, the compiler's identity and the flags, in `$TAPEFLOW_CACHE_DIR` or `tapeflow-kernels` under the user's cache
 //! directory (`$XDG_CACHE_HOME`, `~/.cache`, else the temp directory); a directory
 //! another user could write to is never used (the cache holds code this process runs).
-//! The generated `.c` file sits beside its `.so` for reading.
+//! The generated `.c` file sits beside its `.so` for reading. A process that ends
+//! while its compile thread is writing leaves that compile's temporary files; the
+//! next process to open the cache deletes those older than ten minutes.
 //!
 //! **Without a C compiler.** The compiler is `$CC`, else the first of `cc`, `gcc`,
 //! `clang` that runs, found on first use; if there is none, or a compile fails, the
