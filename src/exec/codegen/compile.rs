@@ -458,7 +458,11 @@ mod tests {
         let old_so = dir.join(format!("ab.1.0.tmp.{dll}"));
         let old_c = dir.join("ab.1.1.tmp.c");
         let running = dir.join("cd.2.0.tmp.c");
-        let kept = [dir.join(format!("ab.{dll}")), dir.join("ab.c"), dir.join("notes.tmp")];
+        let kept = [
+            dir.join(format!("ab.{dll}")),
+            dir.join("ab.c"),
+            dir.join("notes.tmp"),
+        ];
         let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
         for path in [&old_so, &old_c, &running].into_iter().chain(&kept) {
             let f = std::fs::File::create(path).unwrap();

@@ -77,12 +77,8 @@ fn copy_rows<T: Copy, D: ndarray::Dimension>(v: ndarray::ArrayView<'_, T, D>, ou
     }
 }
 
-/// Rows of source elements a step of [`transposed_matrix`] walks at once, so that both
-/// the rows it reads and the row it writes stay in L1.
-const TRANSPOSE_STRIP: usize = 8;
-
 /// `v` copied to standard layout when `v` is the transpose of a whole row-major matrix
-/// (shape `[r, c]`, strides `[1, r]`), by strips of [`TRANSPOSE_STRIP`] columns.
+/// (shape `[r, c]`, strides `[1, r]`).
 fn transposed_matrix<T: Pooled>(v: &ndarray::ArrayViewD<'_, T>) -> Option<Arr<T>> {
     let (r, c) = match *v.shape() {
         [r, c] if r > 1 && c > 1 => (r, c),
@@ -93,14 +89,7 @@ fn transposed_matrix<T: Pooled>(v: &ndarray::ArrayViewD<'_, T>) -> Option<Arr<T>
     }
     let src = v.as_slice_memory_order()?; // `[c, r]`, row-major
     let mut out = buffers::overwritable::<T>(r * c);
-    for j0 in (0..c).step_by(TRANSPOSE_STRIP) {
-        let j1 = (j0 + TRANSPOSE_STRIP).min(c);
-        for (i, row) in out.chunks_exact_mut(c).enumerate() {
-            for j in j0..j1 {
-                row[j] = src[j * r + i];
-            }
-        }
-    }
+    super::transpose::transpose(src, &mut out, c, r);
     Some(wrap(&[r, c], out))
 }
 

@@ -382,7 +382,7 @@ fn multiply<T: Float>(
         // Zen 5 machine, 256x1024x1024: ≈137 GFLOP/s with tb vs ≈227 without, one
         // core; 1-2 KiB apart is nearly as bad); a transposed copy costs far less.
         let mut bt = crate::exec::buffers::overwritable::<T>(k * n);
-        transpose(b, &mut bt, n, k);
+        super::transpose::transpose(b, &mut bt, n, k);
         multiply(a, &bt, c, m, k, n, ta, false, par);
         crate::exec::buffers::current().give(bt);
         return;
@@ -488,37 +488,6 @@ fn aliasing_stride<T>(m: usize, k: usize, n: usize) -> bool {
     (k * std::mem::size_of::<T>()).is_multiple_of(1024)
         && n >= 32
         && m.saturating_mul(k).saturating_mul(n) >= 1 << 20
-}
-
-/// Elements of `dst` per parallel task of [`transpose`].
-const TRANSPOSE_TASK: usize = 1 << 16;
-
-/// `dst[k, n] = srcᵀ` for `src` `[n, k]`, both row-major. Tasks own whole rows of
-/// `dst` (fixed by the shape), so the copy is the same on any thread count.
-fn transpose<T: Float>(src: &[T], dst: &mut [T], n: usize, k: usize) {
-    use rayon::prelude::*;
-    // a task fills `rows` rows of dst, walking src in 8-row strips so both sides
-    // stay in L1
-    let fill = |j0: usize, out: &mut [T]| {
-        let rows = out.len() / n;
-        for i0 in (0..n).step_by(8) {
-            let i1 = (i0 + 8).min(n);
-            for jj in 0..rows {
-                let row = &mut out[jj * n..(jj + 1) * n];
-                for i in i0..i1 {
-                    row[i] = src[i * k + j0 + jj];
-                }
-            }
-        }
-    };
-    let rows = (TRANSPOSE_TASK / n.max(1)).max(1);
-    if dst.len() <= TRANSPOSE_TASK {
-        fill(0, dst);
-    } else {
-        dst.par_chunks_mut(rows * n)
-            .enumerate()
-            .for_each(|(t, out)| fill(t * rows, out));
-    }
 }
 
 /// (row stride, column stride) of `op(s)` as a `[rows, cols]` matrix, where `s` is

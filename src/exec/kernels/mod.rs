@@ -21,3 +21,4 @@ pub mod gemm;
 pub(crate) mod handoff;
 pub mod pool;
 pub(crate) mod reduce;
+pub(crate) mod transpose;
