@@ -182,3 +182,42 @@ fn symbolic_tensor_escaping_its_trace_is_an_error() {
     let e = g.call(&Tensor::scalar(1.0)).unwrap_err().to_string();
     assert!(e.contains("belongs to another traced function"), "{e}");
 }
+
+/// A call with the previous call's types runs what that call ran without matching the
+/// cache again (a symbolic trace's instance without binding its signature again).
+/// Repeated and alternating batch sizes through a declared symbolic signature, a
+/// generalized trace (`reduce_retracing`) and concrete traces give every call its own
+/// batch's result, and trace nothing more.
+#[test]
+fn repeated_and_alternating_types_run_their_own_trace() {
+    use tapeflow::trace::TensorSpec;
+    let body = |x: &Tensor| Ok(x.sum(&[1], false) * 2.0);
+    let declared =
+        tapeflow::function_with_signature(body, &[TensorSpec::new(&[None, Some(3)], DType::F32)]);
+    let generalized = function(body);
+    let concrete = function(body).reduce_retracing(false);
+    let calls: [&dyn Fn(&Tensor) -> Tensor; 3] = [
+        &|x| declared.call(x).unwrap(),
+        &|x| generalized.call(x).unwrap(),
+        &|x| concrete.call(x).unwrap(),
+    ];
+    for (k, call) in calls.iter().enumerate() {
+        for n in [2usize, 2, 5, 5, 2, 7, 7, 7, 2, 5] {
+            let v: Vec<f32> = (0..n * 3).map(|i| (i * n) as f32).collect();
+            let x = Tensor::from_vec(v, &[n, 3]).unwrap();
+            let want: Vec<f32> = (0..n)
+                .map(|r| 2.0 * (0..3).map(|c| ((r * 3 + c) * n) as f32).sum::<f32>())
+                .collect();
+            let y = call(&x);
+            assert_eq!(y.shape(), [n], "function {k}, batch {n}");
+            assert_eq!(y.to_vec_f32().unwrap(), want, "function {k}, batch {n}");
+        }
+    }
+    assert_eq!(declared.trace_count(), 1);
+    // one instance per batch size: 2, 5 and 7
+    let c = declared.concrete(&[&Tensor::zeros(&[4, 3])]).unwrap();
+    assert_eq!(c.instance_count(), 3);
+    // [2,3], then [5,3] generalizes to [?,3]: one symbolic trace serves the rest
+    assert_eq!(generalized.trace_count(), 2);
+    assert_eq!(concrete.trace_count(), 3);
+}

@@ -304,6 +304,9 @@ struct State {
     clock: u64,
     /// The signature of the previous call (what a retrace reason compares with).
     last: Option<Signature>,
+    /// The function the previous call ran, when it found one cached (with its types in
+    /// `last`): a call with the same types runs it again without matching the cache.
+    last_hit: Option<Arc<ConcreteFunction>>,
     traces: usize,
     reasons: Vec<String>,
     /// Whether each of the last `RETRACE_WARN_WINDOW` calls retraced.
@@ -383,6 +386,7 @@ pub fn function_with<A, F: Traceable<A>>(f: F, config: PassConfig) -> Function<A
             tracing: Vec::new(),
             clock: 0,
             last: None,
+            last_hit: None,
             traces: 0,
             reasons: Vec::new(),
             recent: VecDeque::with_capacity(RETRACE_WARN_WINDOW),
@@ -505,19 +509,33 @@ impl<A, F: Traceable<A>> Function<A, F> {
             )));
         }
         let checked = crate::debugging::check_numerics_enabled();
-        if self.input_signature.is_none() {
-            // the common case, a call with the types of a cached trace, allocates nothing
+        {
+            // the common cases allocate nothing: the types of the previous call (for a
+            // symbolic trace too, without binding its signature again), or those of a
+            // cached concrete trace
             let mut st = lock(&self.state);
-            let hit = (st.cache.iter()).position(|e| {
-                e.function.checked == checked && same_types(&e.function.signature, args)
-            });
+            let repeat = st.last.as_ref().is_some_and(|l| same_types(l, args));
+            let previous = st
+                .last_hit
+                .as_ref()
+                .filter(|c| repeat && c.checked == checked);
+            let hit = match previous {
+                Some(c) => (st.cache.iter()).position(|e| Arc::ptr_eq(&e.function, c)),
+                None if self.input_signature.is_none() => (st.cache.iter()).position(|e| {
+                    e.function.checked == checked && same_types(&e.function.signature, args)
+                }),
+                None => None,
+            };
             if let Some(i) = hit {
                 st.clock += 1;
                 let now = st.clock;
                 st.cache[i].last_used = now;
                 let c = st.cache[i].function.clone();
-                if !st.last.as_ref().is_some_and(|l| same_types(l, args)) {
+                if !repeat {
                     st.last = Some(st.cache[i].function.signature.clone());
+                }
+                if !st.last_hit.as_ref().is_some_and(|l| Arc::ptr_eq(l, &c)) {
+                    st.last_hit = Some(c.clone());
                 }
                 record_call(&mut st, false, None);
                 return Ok(c);
@@ -542,6 +560,7 @@ impl<A, F: Traceable<A>> Function<A, F> {
                 e.last_used = now;
                 let c = e.function.clone();
                 st.last = Some(sig);
+                st.last_hit = Some(c.clone());
                 record_call(&mut st, false, None);
                 return Ok(c);
             }
@@ -579,6 +598,7 @@ impl<A, F: Traceable<A>> Function<A, F> {
             });
         st.tracing.push(key.clone());
         st.last = Some(sig.clone());
+        st.last_hit = None;
         drop(st);
         // The guard takes the signature off `tracing` (and wakes waiters) when it drops:
         // after the entry is cached, or on an error or a panic.

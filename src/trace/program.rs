@@ -41,11 +41,27 @@ type Instance = (Vec<(u32, usize)>, Arc<Plan>, Duration);
 struct Instances {
     /// Most recently used last.
     list: Vec<Instance>,
+    /// The argument types of the latest call that found or made an instance, and that
+    /// instance's plan: a call with the same types runs it without binding the
+    /// signature again (see [`Program::run`]).
+    last: Option<(Signature, Arc<Plan>)>,
 }
 
 /// Locks a mutex whose data stays consistent even if a holder panicked.
 pub(crate) fn lock_any<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Symbolic {
+    /// The plan of the latest call's instance if `datas` have that call's types (a
+    /// binding is a function of the types, so theirs is the same).
+    fn repeat(&self, datas: &[&Data]) -> Option<Arc<Plan>> {
+        let inst = lock_any(&self.instances);
+        let (types, plan) = inst.last.as_ref()?;
+        let same = types.len() == datas.len()
+            && (types.iter().zip(datas)).all(|((d, s), x)| *d == x.dtype() && s[..] == *x.dims());
+        same.then(|| plan.clone())
+    }
 }
 
 impl Program {
@@ -138,6 +154,7 @@ impl Program {
                 let e = inst.list.remove(i);
                 let plan = e.1.clone();
                 inst.list.push(e);
+                inst.last = Some((types.clone(), plan.clone()));
                 return Ok(plan);
             }
         }
@@ -155,6 +172,7 @@ impl Program {
         if inst.list.len() > DEFAULT_INSTANCES {
             inst.list.remove(0);
         }
+        inst.last = Some((types.clone(), plan.clone()));
         Ok(plan)
     }
 
@@ -171,10 +189,14 @@ impl Program {
         let plan = match self {
             // a concrete plan checks its inputs itself: no types to collect per call
             Program::Concrete(p) => p.clone(),
-            Program::Symbolic(_) => {
-                let types: Signature = datas.iter().map(|d| (d.dtype(), d.shape())).collect();
-                self.plan_for_types(signature, source, &types, loc)?
-            }
+            Program::Symbolic(s) => match s.repeat(&datas) {
+                // the types of the latest call: its instance, without binding again
+                Some(plan) => plan,
+                None => {
+                    let types: Signature = datas.iter().map(|d| (d.dtype(), d.shape())).collect();
+                    self.plan_for_types(signature, source, &types, loc)?
+                }
+            },
         };
         let out = plan.run(&datas, &mut RunStats::default())?;
         Ok(out
