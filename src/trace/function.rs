@@ -432,7 +432,10 @@ impl<A, F: Traceable<A>> Function<A, F> {
     /// traced before.
     pub fn input_signature(mut self, specs: &[TensorSpec]) -> Self {
         self.input_signature = Some(signature::resolve(specs));
-        lock(&self.state).cache.clear();
+        let mut st = lock(&self.state);
+        st.cache.clear();
+        st.last_hit = None;
+        drop(st);
         self
     }
 
@@ -767,7 +770,15 @@ fn evict(st: &mut State) {
             .min_by_key(|(_, e)| e.last_used)
             .map(|(i, _)| i)
             .expect("cache is not empty");
-        st.cache.remove(oldest);
+        let gone = st.cache.remove(oldest);
+        // the previous call's function no longer stays alive for the repeat check
+        if st
+            .last_hit
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(c, &gone.function))
+        {
+            st.last_hit = None;
+        }
     }
 }
 
