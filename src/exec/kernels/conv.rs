@@ -485,34 +485,32 @@ pub fn conv2d_backprop_filter<T: Float>(x: &[T], gy: &[T], g: &Conv2dGeom) -> Ve
     let groups = chunks.div_ceil(per_group);
     let multiply = piece_gemm(groups);
     let pool = buffers::current();
-    let partials: Vec<Vec<T>> = (0..groups)
-        .into_par_iter()
-        .map_init(
-            || (Scratch::new(pool), Scratch::new(pool)),
-            |(col, part), grp| {
-                let mut sum = pool.take(k * cout);
-                sum.resize(k * cout, T::zero());
-                let part = part.resize(k * cout);
-                for r0 in (grp * per_group * chunk..rows)
-                    .step_by(chunk)
-                    .take(per_group)
-                {
-                    let nr = chunk.min(rows - r0);
-                    let col = col.resize(nr * k);
-                    im2col(x, g, r0, col);
-                    let gyc = &gy[r0 * cout..(r0 + nr) * cout];
-                    multiply(col, gyc, part, k, nr, cout, true, false);
-                    add_into(&mut sum, part);
-                }
-                sum
-            },
-        )
-        .collect();
+    // One buffer holds every group's sum, taken before the groups run: per-group takes
+    // of the scratch's length would use up the spares a scratch miss stocks for the
+    // tasks that rayon happens to run at once, and a later run could then miss.
+    let mut partials = buffers::zeroed::<T>(groups * k * cout);
+    partials.par_chunks_mut(k * cout).enumerate().for_each_init(
+        || (Scratch::new(pool), Scratch::new(pool)),
+        |(col, part), (grp, sum)| {
+            let part = part.resize(k * cout);
+            for r0 in (grp * per_group * chunk..rows)
+                .step_by(chunk)
+                .take(per_group)
+            {
+                let nr = chunk.min(rows - r0);
+                let col = col.resize(nr * k);
+                im2col(x, g, r0, col);
+                let gyc = &gy[r0 * cout..(r0 + nr) * cout];
+                multiply(col, gyc, part, k, nr, cout, true, false);
+                add_into(sum, part);
+            }
+        },
+    );
     // Fixed left-to-right order over groups: the same bits for any pool.
-    for sum in partials {
-        add_into(&mut gw, &sum);
-        pool.give(sum);
+    for sum in partials.chunks_exact(k * cout) {
+        add_into(&mut gw, sum);
     }
+    pool.give(partials);
     gw
 }
 
