@@ -169,7 +169,12 @@ fn backprop<T: Float, F: Fn(T, T) -> T + Copy + Sync>(
         .zip(gy.par_chunks(out_image))
         .enumerate()
         .for_each_init(
-            || (vec![T::zero(); g.c], vec![0; g.c]),
+            // the running winners of the summing path (the tiling path keeps its own
+            // in registers)
+            || match tiles {
+                true => (Vec::new(), Vec::new()),
+                false => (vec![T::zero(); g.c], vec![0; g.c]),
+            },
             |(best, pos), (b, (gxb, gyb))| {
                 let xb = &x[b * image..(b + 1) * image];
                 // a copy on this stack frame: its captured values stay in registers
@@ -417,9 +422,7 @@ impl Window {
         }
         (bv, av)
     }
-}
 
-impl Window {
     /// The backprop of one window of a tiling geometry (each pixel in one window
     /// only): every pixel of the window gets `gy` per channel where it won the window
     /// and +0 where not, through `epi` if there is one — `epi(+0 + term, x)`, the bits

@@ -3,8 +3,8 @@
 //! operand whose rows alias in L1, and the `transpose` op's two-axis case).
 //!
 //! Tiles of 16x16 elements, each as four 8x8 blocks transposed in AVX registers (on
-//! x86-64 with AVX, for 4-byte elements); the edges, and elements of other sizes, one at
-//! a time in strips of 8 source rows. Large matrices are cut into bands of destination
+//! x86-64 CPUs with AVX2, for 4-byte elements); the edges, and elements of other sizes,
+//! one at a time in strips of 8 source rows. Large matrices are cut into bands of destination
 //! rows, one rayon task each. A copy moves bits only, so every path and thread count
 //! gives the same result.
 //!
@@ -60,11 +60,13 @@ fn transpose_with<T: Copy + Send + Sync>(
         .for_each(|(t, out)| band(src, out, rows, cols, t * band_rows, simd));
 }
 
-/// Whether the register tiles can copy elements of type `T` on this CPU.
+/// Whether the register tiles can copy elements of type `T` on this CPU (the kernels'
+/// one CPU check, [`Isa::detect`](super::ew::Isa::detect): AVX2 implies the AVX the
+/// tiles use).
 fn simd_available<T>() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::mem::size_of::<T>() == 4 && std::arch::is_x86_feature_detected!("avx")
+        std::mem::size_of::<T>() == 4 && super::ew::has_avx2()
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
