@@ -243,7 +243,7 @@ fn conv2d_then<T: Float>(
         || Scratch::new(pool),
         |col, (i, yc)| {
             let nr = yc.len() / cout;
-            let col = col.resize(nr * k);
+            let col = col.overwritable(nr * k);
             im2col(x, g, i * chunk, col);
             multiply(col, w, yc, nr, k, cout, false, false);
             then(yc);
@@ -445,7 +445,7 @@ pub fn conv2d_backprop_input<T: Float>(gy: &[T], w: &[T], g: &Conv2dGeom) -> Vec
             let task_rows = gxc.len() / image * pixels;
             for r in (0..task_rows).step_by(chunk) {
                 let nr = chunk.min(task_rows - r);
-                let dcol = dcol.resize(nr * k);
+                let dcol = dcol.overwritable(nr * k);
                 let gyc = &gy[(first + r) * cout..(first + r + nr) * cout];
                 multiply(gyc, w, dcol, nr, cout, k, false, true);
                 col2im(dcol, g, r, gxc);
@@ -492,13 +492,13 @@ pub fn conv2d_backprop_filter<T: Float>(x: &[T], gy: &[T], g: &Conv2dGeom) -> Ve
     partials.par_chunks_mut(k * cout).enumerate().for_each_init(
         || (Scratch::new(pool), Scratch::new(pool)),
         |(col, part), (grp, sum)| {
-            let part = part.resize(k * cout);
+            let part = part.overwritable(k * cout);
             for r0 in (grp * per_group * chunk..rows)
                 .step_by(chunk)
                 .take(per_group)
             {
                 let nr = chunk.min(rows - r0);
-                let col = col.resize(nr * k);
+                let col = col.overwritable(nr * k);
                 im2col(x, g, r0, col);
                 let gyc = &gy[r0 * cout..(r0 + nr) * cout];
                 multiply(col, gyc, part, k, nr, cout, true, false);
