@@ -28,6 +28,20 @@ use std::any::TypeId;
 /// Products with fewer multiply-adds than this run single-threaded (measured on the
 /// 2-core machine: the MLP 784-64-64-10 step at batch 64, whose largest product has
 /// 3.2M multiply-adds, is faster serial).
+///
+/// From this size up a product uses every thread of the pool: the backend's own
+/// threading, except in a pool of exactly two threads, where a product of at least
+/// `2 *` [`SPLIT_MIN_COLS`] columns is computed as two column halves, each on one
+/// thread: the backend's threading meets its threads at every block of `k`, the halves
+/// only at the end. Measured on the 2-core Intel Xeon VM (AVX-512), W3's products on
+/// their own: 256x784x1024 1479–1554 → 1400–1401 µs, 256x1024x1024 1827–1853 →
+/// 1748–1808, the weight gradients (`aᵀ`) 1–3% faster; the W3 step 9.46–10.07 →
+/// 9.49–9.84 ms in four alternated runs (W2 and W6 unchanged within the host's swing).
+/// The halves have the bits of the whole product (each has more than 64 columns, so
+/// the backend cuts `k` as for the whole, see `row_blocks_keep_bits`, and a column's
+/// sums do not depend on the other columns), so the bits still do not depend on the
+/// thread count (`tests/kernels.rs` checks 1, 2 and 4 threads on products above this
+/// size).
 pub const PAR_GEMM_MIN: usize = 1 << 23;
 
 /// Products from this many multiply-adds up to [`PAR_GEMM_MIN`], with at least
@@ -145,7 +159,10 @@ pub fn gemm<T: Float>(
     // small products run on the calling thread: waking workers costs more than it saves
     let macs = m * k * n;
     let par = if macs >= PAR_GEMM_MIN {
-        Par::Pool
+        match rayon::current_num_threads() == 2 && n >= 2 * SPLIT_MIN_COLS {
+            true => Par::Halves,
+            false => Par::Pool,
+        }
     } else if macs >= SPLIT_GEMM_MIN && n >= SPLIT_MIN_COLS {
         Par::Halves
     } else if macs >= SPLIT_GEMM_MIN && row_halves(m, k, n, tb) {
