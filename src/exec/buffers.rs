@@ -122,17 +122,13 @@ impl BufferPool {
         BufferPool::default()
     }
 
-    /// An empty buffer with room for `n` elements: a spare one, or on a miss a new one,
-    /// after stocking `spares` more of that length.
-    fn pop<T: Pooled>(&self, n: usize, spares: usize) -> Vec<T> {
+    /// An empty buffer with room for `n` elements: a spare one, or on a miss a new one.
+    fn pop<T: Pooled>(&self, n: usize) -> Vec<T> {
         if let Some(mut v) = T::shelf(self).pop(n) {
             v.clear();
             return v;
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
-        for _ in 0..spares {
-            self.give(Vec::<T>::with_capacity(n), n);
-        }
         Vec::with_capacity(n)
     }
 
@@ -237,7 +233,7 @@ impl PoolRef {
     /// An empty `Vec` with room for `n` elements (from the pool if it has one).
     pub(crate) fn take<T: Pooled>(self, n: usize) -> Vec<T> {
         match self.get() {
-            Some(p) => p.pop(n, 0),
+            Some(p) => p.pop(n),
             None => Vec::with_capacity(n),
         }
     }

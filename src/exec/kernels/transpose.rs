@@ -104,21 +104,53 @@ fn band<T: Copy>(src: &[T], out: &mut [T], rows: usize, cols: usize, c0: usize, 
     #[cfg(target_arch = "x86_64")]
     if tiled_rows > 0 && tiled_cols > 0 {
         let (src, out) = (src.as_ptr().cast::<f32>(), out.as_mut_ptr().cast::<f32>());
-        let tiled = (tiled_rows, tiled_cols);
+        let at = Tiling {
+            rows,
+            cols,
+            c0,
+            tiled: (tiled_rows, tiled_cols),
+        };
         // SAFETY: `simd` is only `Avx512` or `Avx` when the CPU has those instructions
         // and `T` is 4 bytes (see `tiles_available`); the tiles lie inside both
         // matrices (checked lengths, whole tiles of the first `tiled_rows` rows and
         // `tiled_cols` columns).
         unsafe {
             match simd {
-                Tiles::Avx512 => avx512::tiles(src, out, (rows, cols), c0, tiled),
-                _ => avx::tiles(src, out, (rows, cols), c0, tiled),
+                Tiles::Avx512 => avx512::tiles(src, out, at),
+                _ => avx::tiles(src, out, at),
             }
         };
     }
     // the rows below the tiles, across the band; then the columns right of the tiles
     strips(src, out, rows, cols, c0, tiled_rows..rows, 0..width);
     strips(src, out, rows, cols, c0, 0..tiled_rows, tiled_cols..width);
+}
+
+/// Where a band's register tiles lie: the matrix is `[rows, cols]`, the band's first
+/// column `c0`, and its tiles cover source rows `0..tiled.0` and band columns
+/// `0..tiled.1`.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct Tiling {
+    rows: usize,
+    cols: usize,
+    c0: usize,
+    tiled: (usize, usize),
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Tiling {
+    /// Calls `tile(from, to)` for each 16x16 tile, with the offsets of its first element
+    /// in the source and in the band. Inlined into each instruction set's walker, so
+    /// its tile copy inlines too.
+    #[inline(always)]
+    fn each(self, mut tile: impl FnMut(usize, usize)) {
+        for i in (0..self.tiled.0).step_by(16) {
+            for j in (0..self.tiled.1).step_by(16) {
+                tile(i * self.cols + self.c0 + j, j * self.rows + i);
+            }
+        }
+    }
 }
 
 /// Element by element: source rows `i` × band columns `j` (relative to `c0`).
@@ -146,35 +178,27 @@ fn strips<T: Copy>(
 mod avx {
     use std::arch::x86_64::*;
 
-    /// The 16x16 tiles of source rows `0..tiled.0` and band columns `0..tiled.1` (source
-    /// columns from `c0`), each as four 8x8 blocks.
+    /// The band's 16x16 tiles (`at`), each as four 8x8 blocks.
     ///
     /// # Safety
     /// The CPU has AVX; `src` holds `rows * cols` elements and `out` the band's
     /// `rows` elements per column, with every tile inside both.
     #[target_feature(enable = "avx")]
-    pub(super) unsafe fn tiles(
-        src: *const f32,
-        out: *mut f32,
-        (rows, cols): (usize, usize),
-        c0: usize,
-        tiled: (usize, usize),
-    ) {
-        for i in (0..tiled.0).step_by(16) {
-            for j in (0..tiled.1).step_by(16) {
-                for (di, dj) in [(0, 0), (0, 8), (8, 0), (8, 8)] {
-                    // SAFETY: inside the tile (see the function's contract)
-                    unsafe {
-                        block(
-                            src.add((i + di) * cols + c0 + j + dj),
-                            cols,
-                            out.add((j + dj) * rows + i + di),
-                            rows,
-                        )
-                    };
-                }
+    pub(super) unsafe fn tiles(src: *const f32, out: *mut f32, at: super::Tiling) {
+        let (rows, cols) = (at.rows, at.cols);
+        at.each(|from, to| {
+            for (di, dj) in [(0, 0), (0, 8), (8, 0), (8, 8)] {
+                // SAFETY: inside the tile (see the function's contract)
+                unsafe {
+                    block(
+                        src.add(from + di * cols + dj),
+                        cols,
+                        out.add(to + dj * rows + di),
+                        rows,
+                    )
+                };
             }
-        }
+        });
     }
 
     /// `out[c][r] = src[r][c]` for an 8x8 block: rows of `src` are `src_stride`
@@ -223,33 +247,16 @@ mod avx {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    /// The 16x16 tiles of source rows `0..tiled.0` and band columns `0..tiled.1` (source
-    /// columns from `c0`), each read as sixteen 64-byte rows and written as sixteen.
+    /// The band's 16x16 tiles (`at`), each read as sixteen 64-byte rows and written as
+    /// sixteen.
     ///
     /// # Safety
     /// The CPU has AVX-512 F; `src` holds `rows * cols` elements and `out` the band's
     /// `rows` elements per column, with every tile inside both.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn tiles(
-        src: *const f32,
-        out: *mut f32,
-        (rows, cols): (usize, usize),
-        c0: usize,
-        tiled: (usize, usize),
-    ) {
-        for i in (0..tiled.0).step_by(16) {
-            for j in (0..tiled.1).step_by(16) {
-                // SAFETY: inside the tile (see the function's contract)
-                unsafe {
-                    tile(
-                        src.add(i * cols + c0 + j),
-                        cols,
-                        out.add(j * rows + i),
-                        rows,
-                    )
-                };
-            }
-        }
+    pub(super) unsafe fn tiles(src: *const f32, out: *mut f32, at: super::Tiling) {
+        // SAFETY: inside the tile (see the function's contract)
+        at.each(|from, to| unsafe { tile(src.add(from), at.cols, out.add(to), at.rows) });
     }
 
     /// `out[c][r] = src[r][c]` for a 16x16 tile: rows of `src` are `src_stride`
