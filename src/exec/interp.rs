@@ -67,7 +67,7 @@ use smallvec::SmallVec;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU8, Ordering};
 use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
@@ -307,6 +307,40 @@ impl Slots for OwnSlots {
     }
 }
 
+/// At most one run state, handed between runs with one atomic swap (see `Plan::spare`).
+#[derive(Default)]
+struct StateSlot(AtomicPtr<RunState>);
+
+// A state moves between the threads that run a plan: it must be `Send` (as it must be
+// for the `Mutex<Vec<Box<RunState>>>` beside it, which the compiler checks).
+const _: fn() = || {
+    fn send<T: Send>() {}
+    send::<RunState>();
+};
+
+impl StateSlot {
+    /// The state kept, if any.
+    fn take(&self) -> Option<Box<RunState>> {
+        let p = self.0.swap(std::ptr::null_mut(), Ordering::Acquire);
+        // SAFETY: a non-null pointer came from `Box::into_raw` in `put`, and the swap
+        // took it out of the slot, so no other caller can get it
+        (!p.is_null()).then(|| unsafe { Box::from_raw(p) })
+    }
+
+    /// Keeps `st`, handing back the state it displaces (a concurrent run's).
+    fn put(&self, st: Box<RunState>) -> Option<Box<RunState>> {
+        let p = self.0.swap(Box::into_raw(st), Ordering::AcqRel);
+        // SAFETY: as in `take`
+        (!p.is_null()).then(|| unsafe { Box::from_raw(p) })
+    }
+}
+
+impl Drop for StateSlot {
+    fn drop(&mut self) {
+        drop(self.take());
+    }
+}
+
 /// An execution plan for one graph.
 pub struct Plan {
     graph: Graph,
@@ -336,7 +370,10 @@ pub struct Plan {
     schedule: AtomicU8,
     pool: BufferPool,
     /// Run states kept for reuse (boxed: a run moves only a pointer in and out, not the
-    /// state's 240 bytes twice, 6% of a one-step run).
+    /// state's 240 bytes twice, 6% of a one-step run): one in `spare`, taken and put
+    /// back with one atomic swap each (runs one at a time, the usual case, never lock),
+    /// the others of concurrent runs in `states`.
+    spare: StateSlot,
     #[allow(clippy::vec_box)]
     states: Mutex<Vec<Box<RunState>>>,
     /// Whether a run called from outside the rayon pool moves to one of its workers
@@ -553,6 +590,7 @@ impl Plan {
             work,
             schedule: AtomicU8::new(0),
             pool: BufferPool::new(),
+            spare: StateSlot::default(),
             states: Mutex::new(Vec::new()),
             on_workers,
             forks_products,
@@ -738,7 +776,8 @@ impl Plan {
     }
 
     fn take_state(&self) -> Box<RunState> {
-        let cached = self.states.lock().ok().and_then(|mut s| s.pop());
+        let cached =
+            (self.spare.take()).or_else(|| self.states.lock().ok().and_then(|mut s| s.pop()));
         let n = self.steps.len();
         cached.unwrap_or_else(|| {
             Box::new(RunState {
@@ -791,7 +830,9 @@ impl Plan {
                 drop(p.get_mut().take());
             }
         }
-        lock(&self.states).push(st);
+        if let Some(displaced) = self.spare.put(st) {
+            lock(&self.states).push(displaced);
+        }
     }
 
     /// One run; `None` if a variable it read was written before it could commit.
@@ -866,31 +907,32 @@ impl Plan {
             };
             st.set(i, v);
         }
-        // keep only the versions, so old values can be recycled when replaced
-        let versions: SmallVec<[(&Variable, u64); 8]> = handles()
-            .zip(vars.iter_mut())
-            .filter_map(|(h, v)| Some((h?, v.take()?.1)))
-            .collect();
-        st.run_steps(self, stats)?;
-        // collectives whose values leave the run (outputs, assignments)
-        for &i in &self.collectives {
-            self.finish_collective(i, st, false)?;
-        }
-        let mut writes: SmallVec<[(&Variable, Tensor); 8]> = self
-            .assigns
-            .iter()
-            .filter_map(|&(v, p)| {
-                let var = g.vars[v as usize].handle.as_ref()?;
-                let d = st.get(p).clone().expect("assign computed");
-                Some((var, Tensor::from_data(d)))
-            })
-            .collect();
-        if !writes.is_empty() && !variable::commit(&versions, &mut writes) {
-            return Ok(None);
-        }
-        for (_, old) in writes {
-            if let Some(old) = old.into_unshared_data() {
-                self.pool.recycle(old);
+        if g.vars.is_empty() {
+            // nothing to read or commit: no bookkeeping of versions and writes
+            self.run_kernels(st, stats)?;
+        } else {
+            // keep only the versions, so old values can be recycled when replaced
+            let versions: SmallVec<[(&Variable, u64); 8]> = handles()
+                .zip(vars.iter_mut())
+                .filter_map(|(h, v)| Some((h?, v.take()?.1)))
+                .collect();
+            self.run_kernels(st, stats)?;
+            let mut writes: SmallVec<[(&Variable, Tensor); 8]> = self
+                .assigns
+                .iter()
+                .filter_map(|&(v, p)| {
+                    let var = g.vars[v as usize].handle.as_ref()?;
+                    let d = st.get(p).clone().expect("assign computed");
+                    Some((var, Tensor::from_data(d)))
+                })
+                .collect();
+            if !writes.is_empty() && !variable::commit(&versions, &mut writes) {
+                return Ok(None);
+            }
+            for (_, old) in writes {
+                if let Some(old) = old.into_unshared_data() {
+                    self.pool.recycle(old);
+                }
             }
         }
         Ok(Some(
@@ -905,6 +947,16 @@ impl Plan {
                 })
                 .collect(),
         ))
+    }
+
+    /// The kernel steps (after the sources are bound), then the collectives whose values
+    /// leave the run (outputs, assignments).
+    fn run_kernels<S: Slots>(&self, st: &S, stats: &mut RunStats) -> Result<()> {
+        st.run_steps(self, stats)?;
+        for &i in &self.collectives {
+            self.finish_collective(i, st, false)?;
+        }
+        Ok(())
     }
 
     /// Runs every kernel step in plan order on this thread.
@@ -1291,6 +1343,55 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs of one plan from several threads at once: each takes a run state (the one in
+    /// `spare`, else one of `states`, else a new one) and puts it back (displacing
+    /// another into `states`); every run computes its own inputs' values, and afterwards
+    /// the slot holds one state and `states` the rest, none lost or shared.
+    #[test]
+    fn concurrent_runs_of_one_plan_each_get_their_own_state() {
+        let g = crate::ir::parse(
+            "graph(%0: f32[4]) {
+  %1 = exp %0 : f32[4]
+  %2 = add %1, %0 : f32[4]
+  return %2
+}",
+        )
+        .unwrap();
+        let plan = Plan::new(g).unwrap();
+        let expect = |k: usize| -> Vec<f32> {
+            (0..4)
+                .map(|i| (k + i) as f32 * 0.125)
+                .map(|x| crate::exec::kernels::fastmath::exp(x) + x)
+                .collect()
+        };
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let plan = &plan;
+                s.spawn(move || {
+                    for r in 0..200 {
+                        let k = (t * 200 + r) % 8;
+                        let x: Vec<f32> = (0..4).map(|i| (k + i) as f32 * 0.125).collect();
+                        let x = Data::F32(
+                            ndarray::ArrayD::from_shape_vec(vec![4], x)
+                                .unwrap()
+                                .into_shared(),
+                        );
+                        let out = plan.run(&[&x], &mut RunStats::default()).unwrap();
+                        assert_eq!(
+                            out[0].to_f64_vec(),
+                            expect(k).iter().map(|&v| v as f64).collect::<Vec<_>>()
+                        );
+                    }
+                });
+            }
+        });
+        let kept = plan.spare.take().is_some() as usize + lock(&plan.states).len();
+        assert!(
+            (1..=4).contains(&kept),
+            "{kept} states kept after 4 concurrent callers"
+        );
+    }
 
     /// `%3 = exp %2` reads `%2` too, so `%4` may overwrite `%2` in place only where
     /// `%3` has run first: in order always, in a dataflow run only when `%4` depends on

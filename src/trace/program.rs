@@ -185,7 +185,11 @@ impl Program {
         args: &[&Tensor],
         loc: &'static Location<'static>,
     ) -> Result<Vec<Tensor>> {
-        let datas = (args.iter().map(|a| a.data())).collect::<Result<SmallVec<[&Data; 4]>>>()?;
+        // a loop, not a `collect` of `Result`s: a per-call cost of small compiled functions
+        let mut datas: SmallVec<[&Data; 4]> = SmallVec::with_capacity(args.len());
+        for a in args {
+            datas.push(a.data()?);
+        }
         let plan = match self {
             // a concrete plan checks its inputs itself: no types to collect per call
             Program::Concrete(p) => p.clone(),
