@@ -29,7 +29,6 @@ use crate::ir::Graph;
 use crate::passes::{PassConfig, PassStat};
 use crate::tensor::{type_str, Shape, Tensor};
 use smallvec::SmallVec;
-use std::collections::VecDeque;
 use std::marker::PhantomData;
 use std::panic::Location;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -40,6 +39,8 @@ pub const DEFAULT_CACHE_SIZE: usize = 64;
 
 /// The window of recent calls in which frequent retracing is detected.
 pub const RETRACE_WARN_WINDOW: usize = 10;
+// the window is kept as the low bits of a `u32` (`State::recent`)
+const _: () = assert!(RETRACE_WARN_WINDOW <= 32);
 
 /// A warning is logged when this many of the last [`RETRACE_WARN_WINDOW`] calls retraced.
 pub const RETRACE_WARN_COUNT: usize = 5;
@@ -309,8 +310,11 @@ struct State {
     last_hit: Option<Arc<ConcreteFunction>>,
     traces: usize,
     reasons: Vec<String>,
-    /// Whether each of the last `RETRACE_WARN_WINDOW` calls retraced.
-    recent: VecDeque<bool>,
+    /// Whether each of the last `RETRACE_WARN_WINDOW` calls retraced (bit 0: the
+    /// latest), of the `window` calls recorded since the last warning (at most the
+    /// window): two integer updates a call.
+    recent: u32,
+    window: usize,
     /// The (argument, axis) positions the last generalization made symbolic.
     varying: Vec<(usize, usize)>,
     /// A generalized trace failed: trace concrete shapes from now on.
@@ -389,7 +393,8 @@ pub fn function_with<A, F: Traceable<A>>(f: F, config: PassConfig) -> Function<A
             last_hit: None,
             traces: 0,
             reasons: Vec::new(),
-            recent: VecDeque::with_capacity(RETRACE_WARN_WINDOW),
+            recent: 0,
+            window: 0,
             varying: Vec::new(),
             generalize_failed: false,
         }),
@@ -785,24 +790,22 @@ fn evict(st: &mut State) {
 /// Records whether a call retraced and logs a warning when retraces are frequent
 /// (`what`: the argument changes of this retrace and where it was called).
 fn record_call(st: &mut State, retraced: bool, what: Option<String>) {
-    if st.recent.len() == RETRACE_WARN_WINDOW {
-        st.recent.pop_front();
-    }
-    st.recent.push_back(retraced);
+    st.recent = (st.recent << 1 | retraced as u32) & ((1 << RETRACE_WARN_WINDOW) - 1);
+    st.window = (st.window + 1).min(RETRACE_WARN_WINDOW);
     if !retraced {
         return;
     }
-    let n = st.recent.iter().filter(|&&r| r).count();
+    let n = st.recent.count_ones() as usize;
     if n >= RETRACE_WARN_COUNT {
         log::warn!(
             "{n} of the last {} calls retraced: {}; tracing is expensive: declare the \
              lengths that vary as symbols (function_with_signature), keep reduce_retracing \
              on, or pass tensors of fixed shapes",
-            st.recent.len(),
+            st.window,
             what.unwrap_or_default()
         );
         // one warning per window of frequent retracing
-        st.recent.clear();
+        (st.recent, st.window) = (0, 0);
     }
 }
 
