@@ -8,12 +8,16 @@
 //! ```
 //!
 //! - **Bandwidth**, 4 KiB … 64 MiB f32 buffers (every 4x): seconds per all-reduce (sum)
-//!   of `Tensor::all_reduce` run eagerly (the op's kernel: queued to the communication
-//!   thread, which runs `MPI_Allreduce` into a fresh buffer, and waited for), of a
-//!   compiled function made of that one op, and of a plain loop of `MPI_Allreduce` into
-//!   one preallocated buffer on the same thread (the baseline); bandwidth = bytes /
-//!   time, and the ratio op / plain. Iteration counts depend only on the size, so both
-//!   ranks run the same collectives.
+//!   of `Tensor::all_reduce` run eagerly (with nothing queued, the op runs
+//!   `MPI_Allreduce` on the calling thread into a recycled buffer), of a compiled
+//!   function made of that one op, and of a plain loop of `MPI_Allreduce` into one
+//!   preallocated buffer: the baseline, on the calling thread too (as a plain MPI program
+//!   runs it, and where the op runs), and for comparison the same loop on tapeflow's
+//!   communication thread (its threads land on cores otherwise; on the 2-core VMs it was
+//!   up to 0.5 µs faster or slower per 16 KiB call than the calling thread's);
+//!   bandwidth = bytes / time, and the ratios of the baseline's time to the op's and to
+//!   the compiled function's. Iteration counts depend only on the size, so both ranks
+//!   run the same collectives.
 //! - **Noise.** The development machine is shared, so every number is the best of 5
 //!   rounds (2 with `--quick`) that run the variants in turn: for bandwidth the fastest
 //!   round's time per call, for W3 the fastest round's median step (8 steps a round).
@@ -41,7 +45,10 @@ struct Bandwidth {
     iters: usize,
     op_s: f64,
     compiled_s: f64,
+    /// The plain loop on the calling thread (the baseline).
     plain_s: f64,
+    /// The plain loop on the communication thread.
+    plain_comm_s: f64,
 }
 
 impl Bandwidth {
@@ -71,12 +78,17 @@ fn bandwidth(bytes: usize, rounds: usize) -> Result<Bandwidth> {
         x.all_reduce(ReduceOp::Sum).to_vec_f32()?;
         f.call(&x)?;
     }
-    tapeflow::comm::plain_all_reduce_seconds(&data, 2)?;
+    tapeflow::comm::plain_all_reduce_seconds(&data, 2, true)?;
+    tapeflow::comm::plain_all_reduce_seconds(&data, 2, false)?;
     let (mut plain_s, mut op_s, mut compiled_s) = (f64::MAX, f64::MAX, f64::MAX);
+    let mut plain_comm_s = f64::MAX;
     for _ in 0..rounds {
         distributed::barrier()?;
-        let plain = tapeflow::comm::plain_all_reduce_seconds(&data, iters)?;
+        let plain = tapeflow::comm::plain_all_reduce_seconds(&data, iters, true)?;
         plain_s = plain_s.min(plain / iters as f64);
+        distributed::barrier()?;
+        let plain = tapeflow::comm::plain_all_reduce_seconds(&data, iters, false)?;
+        plain_comm_s = plain_comm_s.min(plain / iters as f64);
         distributed::barrier()?;
         let t = Instant::now();
         for _ in 0..iters {
@@ -96,6 +108,7 @@ fn bandwidth(bytes: usize, rounds: usize) -> Result<Bandwidth> {
         op_s,
         compiled_s,
         plain_s,
+        plain_comm_s,
     })
 }
 
@@ -253,12 +266,13 @@ fn main() -> Result<()> {
         let mut items = Vec::new();
         for b in &bw {
             items.push(format!(
-                "{{\"kind\":\"all_reduce\",\"ranks\":{ranks},\"bytes\":{},\"iterations\":{},\"op_us\":{:.2},\"compiled_us\":{:.2},\"plain_us\":{:.2},\"op_gbps\":{:.3},\"plain_gbps\":{:.3},\"ratio\":{:.3},\"compiled_ratio\":{:.3}}}",
+                "{{\"kind\":\"all_reduce\",\"ranks\":{ranks},\"bytes\":{},\"iterations\":{},\"op_us\":{:.2},\"compiled_us\":{:.2},\"plain_us\":{:.2},\"plain_comm_thread_us\":{:.2},\"op_gbps\":{:.3},\"plain_gbps\":{:.3},\"ratio\":{:.3},\"compiled_ratio\":{:.3}}}",
                 b.bytes,
                 b.iters,
                 b.op_s * 1e6,
                 b.compiled_s * 1e6,
                 b.plain_s * 1e6,
+                b.plain_comm_s * 1e6,
                 b.gbps(b.op_s),
                 b.gbps(b.plain_s),
                 b.ratios().0,
@@ -281,8 +295,8 @@ fn main() -> Result<()> {
         return Ok(());
     }
     println!("ranks = {ranks}, rayon threads per rank = {threads}\n");
-    println!("| buffer | calls | op µs | compiled µs | plain MPI_Allreduce µs | op GB/s | plain GB/s | ratio op/plain | ratio compiled/plain |");
-    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| buffer | calls | op µs | compiled µs | plain MPI_Allreduce µs | plain on the comm thread µs | op GB/s | plain GB/s | ratio op/plain | ratio compiled/plain |");
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for b in &bw {
         let size = if b.bytes >= 1 << 20 {
             format!("{} MiB", b.bytes >> 20)
@@ -290,11 +304,12 @@ fn main() -> Result<()> {
             format!("{} KiB", b.bytes >> 10)
         };
         println!(
-            "| {size} | {} | {:.1} | {:.1} | {:.1} | {:.3} | {:.3} | {:.2} | {:.2} |",
+            "| {size} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.3} | {:.3} | {:.2} | {:.2} |",
             b.iters,
             b.op_s * 1e6,
             b.compiled_s * 1e6,
             b.plain_s * 1e6,
+            b.plain_comm_s * 1e6,
             b.gbps(b.op_s),
             b.gbps(b.plain_s),
             b.ratios().0,

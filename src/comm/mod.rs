@@ -294,24 +294,31 @@ pub fn broadcast(x: &Data, root: usize) -> Result<Data> {
     Ok(x.clone())
 }
 
-/// Seconds for `iterations` plain `MPI_Allreduce` sums of the f32 `x`, back to back on
-/// the communication thread into one preallocated buffer: the baseline the collective
-/// op is measured against (`examples/bench_distributed`). Every rank must call it with
-/// the same size and count. Not part of the API.
+/// Seconds for `iterations` plain `MPI_Allreduce` sums of the f32 `x`, back to back
+/// into one preallocated buffer: the baseline the collective op is measured against
+/// (`examples/bench_distributed`). With `here`, on the calling thread (where the op
+/// and a compiled function run their all-reduces when nothing is queued: what a plain
+/// MPI program does), else on the communication thread. Every rank must call it with
+/// the same size, count and `here`. Not part of the API.
 ///
 /// # Errors
 /// In a world of one, for data that is not f32, or if the communication thread died.
 #[doc(hidden)]
-pub fn plain_all_reduce_seconds(x: &Data, iterations: usize) -> Result<f64> {
+pub fn plain_all_reduce_seconds(x: &Data, iterations: usize, here: bool) -> Result<f64> {
     #[cfg(feature = "mpi")]
     if let Some(w) = mpi::world() {
-        let secs = w
-            .submit(mpi::Kind::PlainLoop(x.clone(), iterations))
-            .wait()
-            .map_err(|e| Error::Distributed(format!("plain all-reduce loop: {e}")))?;
+        let inline = match here {
+            true => w.run_now(mpi::Call::PlainLoop(x, iterations)),
+            false => None,
+        };
+        let secs = match inline {
+            Some(r) => r,
+            None => w.submit(mpi::Kind::PlainLoop(x.clone(), iterations)).wait(),
+        }
+        .map_err(|e| Error::Distributed(format!("plain all-reduce loop: {e}")))?;
         return Ok(secs.to_f64_vec()[0]);
     }
-    let _ = (x, iterations);
+    let _ = (x, iterations, here);
     Err(Error::Distributed(
         "plain all-reduce loop: MPI is not running (distributed::init)".into(),
     ))

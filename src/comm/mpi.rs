@@ -82,6 +82,8 @@ pub(super) enum Call<'a> {
     AllReduce(&'a Data, ReduceOp),
     Broadcast(&'a Data, usize),
     Barrier,
+    /// The benchmark's baseline loop ([`super::plain_all_reduce_seconds`]).
+    PlainLoop(&'a Data, usize),
 }
 
 /// What the communication thread is asked to do.
@@ -213,6 +215,7 @@ impl World {
                 world.barrier();
                 Ok(Data::zeros(DType::F32, &[]))
             }
+            Call::PlainLoop(d, n) => plain_loop(&world, d, n),
         };
         self.watch.end(seq);
         Some(r)
@@ -371,6 +374,7 @@ fn what(call: &Call<'_>) -> What {
         Call::AllReduce(d, op) => What::AllReduce(op, d.dtype(), d.shape()),
         Call::Broadcast(d, root) => What::Broadcast(root, d.dtype(), d.shape()),
         Call::Barrier => What::Barrier,
+        Call::PlainLoop(d, n) => What::PlainLoop(n, d.dtype(), d.shape()),
     }
 }
 
@@ -379,7 +383,7 @@ fn what_job(kind: &Kind) -> What {
         Kind::AllReduce(d, op) => what(&Call::AllReduce(d, *op)),
         Kind::Broadcast(d, root) => what(&Call::Broadcast(d, *root)),
         Kind::Barrier => What::Barrier,
-        Kind::PlainLoop(d, n) => What::PlainLoop(*n, d.dtype(), d.shape()),
+        Kind::PlainLoop(d, n) => what(&Call::PlainLoop(d, *n)),
         Kind::Shutdown => What::Shutdown,
     }
 }

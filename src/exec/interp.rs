@@ -1110,16 +1110,21 @@ impl Plan {
                 (v, false)
             }
             Op::AllReduce(r) => {
-                // start it; the value arrives while later steps run
                 let guards = read_inputs(s, st);
                 let x = operand(s, &guards, s.operands[0]);
-                let p = if s.nothing_to_overlap {
-                    comm::Pending::done(comm::all_reduce(x, r))
+                if s.nothing_to_overlap {
+                    // run it now, blocking: its value is there before the next step
+                    // (a consumer's `finish_collective` finds nothing pending)
+                    let v = comm::all_reduce(x, r)
+                        .map_err(|msg| Error::op_in_graph(s.op.name(), msg, node.loc))?;
+                    drop(guards);
+                    st.set(i, v);
                 } else {
-                    comm::start_all_reduce(x, r)
-                };
-                drop(guards);
-                st.put_pending(i, p);
+                    // start it; the value arrives while later steps run
+                    let p = comm::start_all_reduce(x, r);
+                    drop(guards);
+                    st.put_pending(i, p);
+                }
                 self.release_operands(s, st);
                 return Ok(true);
             }
