@@ -205,12 +205,6 @@ enum PendingInner {
 }
 
 impl Pending {
-    /// A collective that has already finished with `r` (for a caller that ran it
-    /// blocking, with nothing to overlap it with, but hands results on as `Pending`).
-    pub fn done(r: std::result::Result<Data, String>) -> Pending {
-        Pending(PendingInner::Ready(r))
-    }
-
     /// Blocks until the collective has finished on this rank.
     ///
     /// # Errors
