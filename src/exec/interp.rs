@@ -1243,8 +1243,11 @@ impl Plan {
     fn release_operands<S: Slots>(&self, s: &Step, st: &S) {
         for &o in &s.inputs {
             if st.used(o) {
-                if let Some(d) = st.take(o) {
-                    st.release(d, &self.pool);
+                match st.take(o) {
+                    // the caller's argument: its buffer is the caller's, never the pool's
+                    Some(d) if matches!(self.steps[o].op, Op::Input(_)) => drop(d),
+                    Some(d) => st.release(d, &self.pool),
+                    None => {}
                 }
             }
         }
