@@ -53,7 +53,7 @@ fn transpose_with<T: Copy + Send + Sync>(
     widest: Tiles,
 ) {
     use rayon::prelude::*;
-    let simd = widest.min(tiles_available::<T>());
+    let tiles = widest.min(tiles_available::<T>());
     let n = rows * cols;
     assert!(
         src.len() == n && dst.len() == n,
@@ -65,13 +65,13 @@ fn transpose_with<T: Copy + Send + Sync>(
         return;
     }
     if n <= TASK {
-        band(src, dst, rows, cols, 0, simd);
+        band(src, dst, rows, cols, 0, tiles);
         return;
     }
     let band_rows = (TASK / rows).next_multiple_of(16);
     dst.par_chunks_mut(band_rows * rows)
         .enumerate()
-        .for_each(|(t, out)| band(src, out, rows, cols, t * band_rows, simd));
+        .for_each(|(t, out)| band(src, out, rows, cols, t * band_rows, tiles));
 }
 
 /// The widest tiles that can copy elements of type `T` on this CPU (the kernels' one
@@ -94,10 +94,10 @@ fn tiles_available<T>() -> Tiles {
 }
 
 /// Destination rows `c0..c0 + out.len() / rows` (source columns) of the transpose;
-/// `simd` no wider than [`tiles_available`] allows.
-fn band<T: Copy>(src: &[T], out: &mut [T], rows: usize, cols: usize, c0: usize, simd: Tiles) {
+/// `tiles` no wider than [`tiles_available`] allows.
+fn band<T: Copy>(src: &[T], out: &mut [T], rows: usize, cols: usize, c0: usize, tiles: Tiles) {
     let width = out.len() / rows;
-    let (tiled_rows, tiled_cols) = match simd {
+    let (tiled_rows, tiled_cols) = match tiles {
         Tiles::Strips => (0, 0),
         _ => (rows / 16 * 16, width / 16 * 16),
     };
@@ -110,12 +110,12 @@ fn band<T: Copy>(src: &[T], out: &mut [T], rows: usize, cols: usize, c0: usize, 
             c0,
             tiled: (tiled_rows, tiled_cols),
         };
-        // SAFETY: `simd` is only `Avx512` or `Avx` when the CPU has those instructions
+        // SAFETY: `tiles` is only `Avx512` or `Avx` when the CPU has those instructions
         // and `T` is 4 bytes (see `tiles_available`); the tiles lie inside both
         // matrices (checked lengths, whole tiles of the first `tiled_rows` rows and
         // `tiled_cols` columns).
         unsafe {
-            match simd {
+            match tiles {
                 Tiles::Avx512 => avx512::tiles(src, out, at),
                 _ => avx::tiles(src, out, at),
             }
