@@ -1,4 +1,5 @@
-"""tapeflow's bench workloads W1-W6 in JAX (jax.jit) and PyTorch (eager, torch.compile).
+"""tapeflow's bench workloads W1-W6 in TensorFlow (tf.function, with and without XLA), JAX
+(jax.jit) and PyTorch (eager, torch.compile).
 
 Measures, on the CPU, the same six steps as `examples/bench.rs` (workloads in
 `benches/workloads/mod.rs`), timed the way bench.rs times them: a warm-up call (three
@@ -18,6 +19,10 @@ the next call. f32 throughout, synthetic MNIST-shaped data from fixed seeds.
   softmax cross-entropy from logits, Adam 1e-3 (eps 1e-7).
 
 Where the peers differ from tapeflow's steps (none changes the work done):
+- TensorFlow runs each step as the TF2 tutorials write it: a Keras model (Keras 3 on the
+  TensorFlow backend), a GradientTape and `optimizer.apply_gradients` inside one
+  `tf.function` (`tf_xla`: `tf.function(jit_compile=True)`); W4 with two tf.Variables and
+  `assign_sub`, W5 with two nested GradientTapes, as tapeflow's tutorials do.
 - torch.compile compiles the forward + loss (AOTAutograd its backward) and the optimizer
   step, as PyTorch's tutorials do; loss.backward() runs in between. Dynamo does not
   trace nn.LSTM (a graph break), so in w6 the LSTM itself runs eagerly. w4 and w5 under
@@ -38,7 +43,7 @@ Numbers depend on the machine and on whatever else runs on it (torch's OpenMP th
 suffer most from a busy core; the first and last lines record the load average): read
 them as ratios to tapeflow's bench run on the same machine in the same session.
 
-Options: --only w1,w3 (workload name prefixes), --frameworks jax,torch,torch_compile,
+Options: --only w1,w3 (workload name prefixes), --frameworks tf,tf_xla,jax,torch,torch_compile,
 --budget SECONDS of timed calls per row (default 2; bench.rs uses 3), --quick (0.2 s per
 row, torch.compile only for w1 unless --only names workloads: its cold compiles take
 10-30 s each on 2 cores). JAX's rows run in a Python process of their own, eager
@@ -68,8 +73,9 @@ import traceback
 import numpy as np
 
 WORKLOADS = ["w1_mlp_small", "w2_cnn", "w3_mlp_large", "w4_linreg", "w5_second_order", "w6_lstm"]
-FRAMEWORKS = ["jax", "torch", "torch_compile"]
-FRAMEWORK_NAMES = {"jax": "jax.jit", "torch": "torch.eager", "torch_compile": "torch.compile"}
+FRAMEWORKS = ["tf", "tf_xla", "jax", "torch", "torch_compile"]
+FRAMEWORK_NAMES = {"tf": "tf.function", "tf_xla": "tf.function(jit_compile)", "jax": "jax.jit",
+                   "torch": "torch.eager", "torch_compile": "torch.compile"}
 
 
 def parse_args():
@@ -90,6 +96,8 @@ ARGS = parse_args()
 os.environ["JAX_PLATFORMS"] = "cpu"
 os.environ["CUDA_VISIBLE_DEVICES"] = ""
 os.environ["OMP_NUM_THREADS"] = str(ARGS.threads)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 # torch.compile: no on-disk caches, so that every run's first call is a cold compile (as
 # JAX's, whose persistent cache is off by default); TORCHINDUCTOR_FORCE_DISABLE_CACHES=0
 # in the environment keeps them
@@ -422,6 +430,144 @@ def jax_second_order(name):
 
 
 # ---------------------------------------------------------------------------------------
+# TensorFlow: the TF2 tutorials' custom training loop, one tf.function per step (traced
+# and compiled by its first call); `tf_xla` adds jit_compile=True.
+
+TF_WARMUPS = 2  # the first call traces and compiles; the second runs the graph once more
+
+
+def tf_modules():
+    import keras
+    import tensorflow as tf
+
+    return tf, keras
+
+
+def setup_tf():
+    """Thread counts before TensorFlow starts its runtime (once a process)."""
+    tf, _ = tf_modules()
+    if not getattr(setup_tf, "done", False):
+        tf.config.threading.set_intra_op_parallelism_threads(ARGS.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(ARGS.threads)
+        setup_tf.done = True
+
+
+def tf_time(step):
+    """Times a tf.function step; its compile time is what the warm-up calls took beyond
+    as many steady steps (the first call traces and compiles)."""
+    row = time_steps(step, warmups=TF_WARMUPS)
+    row["compile_s"] = max(0.0, sum(row["warmup_s"]) - TF_WARMUPS * row["us_per_step"] * 1e-6)
+    return row
+
+
+def tf_with_weights(model, values):
+    """Sets a built Keras model's weights (in `model.get_weights()` order) from numpy."""
+    model.set_weights([np.asarray(v) for v in values])
+    return model
+
+
+def tf_mlp_model(name):
+    _, keras = tf_modules()
+    rng = np.random.default_rng(100 + SEEDS[name])
+    widths = MLP_WIDTHS[name]
+    init = [dense_init(rng, i, o) for i, o in zip(widths, widths[1:])]
+    layers = [keras.Input((widths[0],))]
+    for i, (_, n_out) in enumerate(zip(widths, widths[1:])):
+        layers.append(keras.layers.Dense(n_out, activation="relu" if i + 2 < len(widths) else None))
+    model = tf_with_weights(keras.Sequential(layers), [t for wb in init for t in wb])
+    return model, *classifier_batch((MLP_BATCH[name], 784), SEEDS[name])
+
+
+def tf_cnn_model(name):
+    _, keras = tf_modules()
+    convs, dense = cnn_init(np.random.default_rng(100 + SEEDS[name]))
+    L = keras.layers
+    model = keras.Sequential([
+        keras.Input((28, 28, 1)),
+        L.Conv2D(32, 3, activation="relu"), L.MaxPooling2D(2),
+        L.Conv2D(64, 3, activation="relu"), L.MaxPooling2D(2),
+        L.Conv2D(64, 3, activation="relu"),
+        L.Flatten(), L.Dense(64, activation="relu"), L.Dense(10),
+    ])
+    model = tf_with_weights(model, [t for wb in convs + dense for t in wb])
+    return model, *classifier_batch((32, 28, 28, 1), SEEDS[name])
+
+
+def tf_lstm_model(name):
+    _, keras = tf_modules()
+    rng = np.random.default_rng(100 + SEEDS[name])
+    lstm = lstm_init(rng, 28, 128)
+    dense = dense_init(rng, 128, 10)
+    model = keras.Sequential([keras.Input((28, 28)), keras.layers.LSTM(128), keras.layers.Dense(10)])
+    model = tf_with_weights(model, [*lstm, *dense])
+    return model, *classifier_batch((64, 28, 28), SEEDS[name])
+
+
+def tf_classifier(name, make_model, xla):
+    tf, keras = tf_modules()
+    model, x, y = make_model(name)
+    x, y = tf.constant(x), tf.constant(y)
+    if name in ("w2_cnn", "w6_lstm"):
+        opt = keras.optimizers.Adam(1e-3, epsilon=1e-7)
+    else:
+        opt = keras.optimizers.SGD(1e-3)
+    opt.build(model.trainable_variables)
+    loss_obj = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    @tf.function(jit_compile=xla)
+    def train_step(x, y):
+        with tf.GradientTape() as tape:
+            loss = loss_obj(y, model(x, training=True))
+        grads = tape.gradient(loss, model.trainable_variables)
+        opt.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+
+    return tf_time(lambda: train_step(x, y).numpy())
+
+
+def tf_linreg(name, xla):
+    tf, _ = tf_modules()
+    x, y = (tf.constant(t) for t in linreg_data())
+    a, b = tf.Variable(0.0), tf.Variable(0.0)
+
+    @tf.function(jit_compile=xla)
+    def train_step(x, y):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.square(a * x + b - y))
+        ga, gb = tape.gradient(loss, [a, b])
+        a.assign_sub(1e-4 * ga)
+        b.assign_sub(1e-4 * gb)
+        return loss
+
+    return tf_time(lambda: train_step(x, y).numpy())
+
+
+def tf_second_order(name, xla):
+    tf, _ = tf_modules()
+    x = tf.constant(second_order_data())
+
+    @tf.function(jit_compile=xla)
+    def d2(x):
+        with tf.GradientTape() as outer:
+            outer.watch(x)
+            with tf.GradientTape() as inner:
+                inner.watch(x)
+                y = tf.reduce_sum(tf.sin(x) * tf.exp(-(x * x)))
+            s = tf.reduce_sum(inner.gradient(y, x))
+        return outer.gradient(s, x)
+
+    return tf_time(lambda: d2(x).numpy())
+
+
+def tf_run(name, xla):
+    models = {"w1_mlp_small": tf_mlp_model, "w2_cnn": tf_cnn_model,
+              "w3_mlp_large": tf_mlp_model, "w6_lstm": tf_lstm_model}
+    if name in models:
+        return tf_classifier(name, models[name], xla)
+    return {"w4_linreg": tf_linreg, "w5_second_order": tf_second_order}[name](name, xla)
+
+
+# ---------------------------------------------------------------------------------------
 # PyTorch: nn.Module models with torch.optim optimizers, the usual eager loop
 # (zero_grad, forward, loss, backward, step). torch.compile compiles the forward + loss
 # (AOTAutograd compiles its backward too) and the optimizer step, as the PyTorch
@@ -645,6 +791,8 @@ def torch_run(name, compiled):
 def run_one(name, framework):
     if framework == "jax":
         return JAX_RUNS[name](name)
+    if framework in ("tf", "tf_xla"):
+        return tf_run(name, xla=framework == "tf_xla")
     return torch_run(name, compiled=framework == "torch_compile")
 
 
@@ -664,10 +812,13 @@ def child(pairs):
         name, framework = pair.split(":")
         row = {"workload": name, "framework": FRAMEWORK_NAMES[framework]}
         try:
-            if framework != "jax":
+            torch_like = framework in ("torch", "torch_compile")
+            if torch_like:
                 setup_torch()
+            if framework in ("tf", "tf_xla"):
+                setup_tf()
             row.update(finish(name, run_one(name, framework)))
-            if framework != "jax":
+            if torch_like:
                 import torch
 
                 row["torch_threads"] = torch.get_num_threads()
@@ -697,7 +848,7 @@ def machine_info():
         pass
     if hasattr(os, "sched_getaffinity"):
         info["cpus_allowed"] = sorted(os.sched_getaffinity(0))
-    for package in ("numpy", "jax", "jaxlib", "torch"):
+    for package in ("numpy", "tensorflow", "tensorflow-cpu", "keras", "jax", "jaxlib", "torch"):
         info[package] = version(package)
     info["loadavg"] = list(os.getloadavg())
     info.update(threads=ARGS.threads, budget_s=BUDGET, xla_flags=os.environ["XLA_FLAGS"],
@@ -769,7 +920,7 @@ def main():
     emit(machine_info())
     for framework in frameworks:
         if framework != "torch_compile":
-            # one process for all of jax's (or eager torch's) rows
+            # one process for all of a framework's rows (torch.compile's excepted)
             run_isolated([(name, framework) for name in names])
             continue
         for name in names:
