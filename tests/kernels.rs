@@ -512,6 +512,47 @@ fn gemm_large_products_match_naive() {
     }
 }
 
+/// A transposed `b` whose rows alias in L1 is copied transposed before the product (in
+/// column halves past the splitting threshold, each half copying its own columns): the
+/// result has the bits of transposing `b` first and multiplying it plain, on one and two
+/// threads, inside a pool and from outside it (what transpose folding relies on: the
+/// compiled `matmul[tb]` must equal the eager `transpose` then `matmul`).
+fn tb_has_the_bits_of_a_transposed_copy<T: Float>(m: usize, k: usize, n: usize) {
+    let mut r = Lcg(11);
+    let a: Vec<T> = r.vec(m * k);
+    let b: Vec<T> = r.vec(k * n); // [n, k]
+    let bt: Vec<T> = (0..k * n).map(|i| b[(i % n) * k + i / n]).collect(); // [k, n]
+    for ta in [false, true] {
+        let mut want = vec![T::nan(); m * n];
+        gemm(&a, &bt, &mut want, m, k, n, ta, false);
+        let mut got = vec![T::nan(); m * n];
+        gemm(&a, &b, &mut got, m, k, n, ta, true); // from outside any pool
+        let what = format!("gemm {m}x{k}x{n} ta={ta} tb=true");
+        assert!(same_bits(&got, &want), "{what}, outside a pool");
+        for threads in [1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let mut got = vec![T::nan(); m * n];
+            pool.install(|| gemm(&a, &b, &mut got, m, k, n, ta, true));
+            assert!(same_bits(&got, &want), "{what}, {threads} threads");
+        }
+    }
+}
+
+#[test]
+fn gemm_aliasing_transposed_b_keeps_the_bits_of_a_transposed_copy() {
+    // column halves (at least 2^21 multiply-adds and 128 columns; at 2^23 and up on two
+    // threads, the pool's threading on one), a whole copy on one thread (below the
+    // halves), and a product too small to copy (b read with its strides)
+    tb_has_the_bits_of_a_transposed_copy::<f32>(65, 256, 129);
+    tb_has_the_bits_of_a_transposed_copy::<f32>(96, 1024, 300);
+    tb_has_the_bits_of_a_transposed_copy::<f64>(70, 512, 260);
+    tb_has_the_bits_of_a_transposed_copy::<f64>(9, 128, 1100);
+    tb_has_the_bits_of_a_transposed_copy::<f32>(20, 256, 100);
+}
+
 #[test]
 fn gemm_degenerate_sizes() {
     // k = 0: the empty sum, zeros (c's NaNs are not read).

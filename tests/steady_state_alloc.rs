@@ -111,6 +111,34 @@ fn mlp_step() -> (std::sync::Arc<ConcreteFunction>, Vec<Tensor>) {
     (step.concrete(&[&x, &y]).unwrap(), vec![x, y])
 }
 
+/// A train step whose input gradient `dy·W₂ᵀ` multiplies by a transposed weight whose
+/// rows are 1 KiB apart (`W₂` is `[512, 256]`): the GEMM copies it transposed first, in
+/// column halves on two threads, each half into a buffer of its own from the pool.
+fn transposed_weight_step() -> (std::sync::Arc<ConcreteFunction>, Vec<Tensor>) {
+    let w = |name: &str, shape: &[usize], seed: u64| {
+        tapeflow::Variable::named(
+            name,
+            Tensor::random_uniform(shape, -0.05, 0.05, seed, tapeflow::DType::F32),
+        )
+    };
+    let (w1, w2) = (w("w1", &[256, 512], 3), w("w2", &[512, 256], 4));
+    let x = Tensor::random_uniform(&[128, 256], 0.0, 1.0, 5, tapeflow::DType::F32);
+    let step = function(move |x: &Tensor| {
+        let tape = tapeflow::GradientTape::new();
+        let vars = [w1.clone(), w2.clone()];
+        let loss = tape.record(|| {
+            let h = x.matmul(&w1.read()).relu();
+            (h.matmul(&w2.read()) * 0.01).tanh().sum(&[0, 1], false)
+        });
+        let grads = tape.gradient(&loss, &vars)?;
+        for (v, g) in vars.iter().zip(grads) {
+            v.assign_sub(&(g.expect("connected") * 0.1));
+        }
+        Ok(loss)
+    });
+    (step.concrete(&[&x]).unwrap(), vec![x])
+}
+
 fn cnn_step() -> (std::sync::Arc<ConcreteFunction>, Vec<Tensor>) {
     let (step, x, _) = conv_train_step();
     (step.concrete(&[&x]).unwrap(), vec![x])
@@ -164,6 +192,7 @@ fn lstm_row_split_step() -> (std::sync::Arc<ConcreteFunction>, Vec<Tensor>) {
 fn steady_state_calls_allocate_no_buffers() {
     let cases = [
         ("mlp", mlp_step()),
+        ("transposed weight", transposed_weight_step()),
         ("cnn", cnn_step()),
         ("generated", generated_step()),
         ("lstm", lstm_step()),

@@ -238,6 +238,15 @@ impl PoolRef {
         }
     }
 
+    /// `n` elements with unspecified values (from the pool if it has one), as
+    /// [`overwritable`] but for this handle's pool.
+    pub(crate) fn overwritable<T: Pooled>(self, n: usize) -> Vec<T> {
+        match self.get() {
+            Some(p) => p.pop_filled(n, 0),
+            None => vec![T::default(); n],
+        }
+    }
+
     /// Gives a buffer of `v.len()` elements back to the pool (drops it if none).
     pub(crate) fn give<T: Pooled>(self, v: Vec<T>) {
         if let Some(p) = self.get() {
@@ -273,10 +282,7 @@ pub(crate) fn take<T: Pooled>(n: usize) -> Vec<T> {
 /// `n` elements with unspecified values (a recycled buffer's old contents, or zeros),
 /// for kernels that overwrite every element: it skips the zeroing pass of [`zeroed`].
 pub(crate) fn overwritable<T: Pooled>(n: usize) -> Vec<T> {
-    match current().get() {
-        Some(p) => p.pop_filled(n, 0),
-        None => vec![T::default(); n],
-    }
+    current().overwritable(n)
 }
 
 /// `n` copies of `T::default()` (zero), in a buffer from the installed pool if any.

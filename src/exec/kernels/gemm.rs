@@ -398,6 +398,9 @@ fn multiply<T: Float>(
         // Packing `b`'s columns 4 KiB apart maps them onto one L1 set (measured on the
         // Zen 5 machine, 256x1024x1024: ≈137 GFLOP/s with tb vs ≈227 without, one
         // core; 1-2 KiB apart is nearly as bad); a transposed copy costs far less.
+        if matches!(par, Par::Halves) {
+            return transposed_halves(a, b, c, m, k, n, ta);
+        }
         let mut bt = crate::exec::buffers::overwritable::<T>(k * n);
         super::transpose::transpose(b, &mut bt, n, k);
         multiply(a, &bt, c, m, k, n, ta, false, par);
@@ -492,6 +495,52 @@ fn multiply<T: Float>(
         c.par_chunks_mut(1 << 14).for_each(positive_zero);
     } else {
         positive_zero(c);
+    }
+}
+
+/// [`multiply`] of a transposed `b` whose rows alias in L1, in column halves: each half
+/// copies its own columns of `op(b)` (rows `j0..j1` of `b`, contiguous) into a
+/// transposed buffer on the thread that multiplies them, so the copy is made where it
+/// is read, and the two copies run at once as the two products do. The bits are those
+/// of the whole product from a whole transposed copy (a half's columns of `op(b)` are
+/// the same values; a column's sums do not depend on the other columns).
+#[allow(clippy::too_many_arguments)]
+fn transposed_halves<T: Float>(
+    a: &[T],
+    b: &[T],
+    c: &mut [T],
+    m: usize,
+    k: usize,
+    n: usize,
+    ta: bool,
+) {
+    let pool = crate::exec::buffers::current();
+    let mid = column_split(n);
+    let mut bufs = [0..mid, mid..n].map(|cols| (pool.overwritable::<T>(k * cols.len()), cols));
+    let (a_rs, a_cs) = strides(m, k, ta);
+    let (a_p, c_p) = (Shared(a.as_ptr()), Shared(c.as_mut_ptr()));
+    let half = |(bt, cols): &mut (Vec<T>, std::ops::Range<usize>)| {
+        let w = cols.len();
+        super::transpose::transpose_here(&b[cols.start * k..cols.end * k], bt, w, k);
+        // SAFETY: as in `multiply`'s `part`: `c` is a unique borrow aliasing neither
+        // input; the half writes columns `cols` of it (from its first column on, `n`
+        // apart), the other half the other columns; `bt` is `[k, w]` row-major
+        unsafe {
+            backend_columns(
+                (c_p.get().add(cols.start), n),
+                (a_p.get(), a_rs, a_cs),
+                (bt.as_ptr(), w as isize, 1),
+                (m, k),
+                0..w,
+                false,
+                ::gemm::Parallelism::None,
+            )
+        };
+    };
+    let [left, right] = &mut bufs;
+    in_halves(|| half(left), || half(right));
+    for (bt, _) in bufs {
+        pool.give(bt);
     }
 }
 

@@ -32,6 +32,29 @@ pub(crate) fn transpose<T: Copy + Send + Sync>(src: &[T], dst: &mut [T], rows: u
     transpose_with(src, dst, rows, cols, Tiles::Avx512);
 }
 
+/// [`transpose`] on the calling thread only (for a kernel that already runs its parts
+/// in parallel, each on one thread); the same bits.
+///
+/// # Panics
+/// If `src` or `dst` does not hold `rows * cols` elements.
+pub(crate) fn transpose_here<T: Copy>(src: &[T], dst: &mut [T], rows: usize, cols: usize) {
+    let n = rows * cols;
+    assert!(
+        src.len() == n && dst.len() == n,
+        "transpose: {} and {} elements for a {rows}x{cols} matrix",
+        src.len(),
+        dst.len()
+    );
+    band(
+        src,
+        dst,
+        rows,
+        cols,
+        0,
+        Tiles::Avx512.min(tiles_available::<T>()),
+    );
+}
+
 /// How the 16x16 tiles are transposed, narrowest first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Tiles {
