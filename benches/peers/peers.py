@@ -35,9 +35,14 @@ Where the peers differ from tapeflow's steps (none changes the work done):
   kernel, forget-gate bias 1) from numpy with fixed seeds, the same in JAX and torch,
   so the first losses agree; tapeflow's own random values differ.
 
+The frameworks come from PyPI, best in a virtual environment of their own (numpy is needed;
+a missing framework costs its rows only: they report the import error):
+
+    python3 -m venv ~/peers && ~/peers/bin/pip install tensorflow-cpu "jax[cpu]" torch
+
 Run it pinned to 2 cores, right after tapeflow's bench, on the same machine:
 
-    taskset -c 0,1 python3 benches/peers/peers.py --threads 2
+    taskset -c 0,1 ~/peers/bin/python benches/peers/peers.py --threads 2
 
 Numbers depend on the machine and on whatever else runs on it (torch's OpenMP threads
 suffer most from a busy core; the first and last lines record the load average): read
