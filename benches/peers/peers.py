@@ -567,9 +567,8 @@ def tf_second_order(name, xla):
 def tf_run(name, xla):
     models = {"w1_mlp_small": tf_mlp_model, "w2_cnn": tf_cnn_model,
               "w3_mlp_large": tf_mlp_model, "w6_lstm": tf_lstm_model}
-    if name in models:
-        return tf_classifier(name, models[name], xla)
-    return {"w4_linreg": tf_linreg, "w5_second_order": tf_second_order}[name](name, xla)
+    others = {"w4_linreg": tf_linreg, "w5_second_order": tf_second_order}
+    return run_workload(name, xla, tf_classifier, models, others)
 
 
 # ---------------------------------------------------------------------------------------
@@ -788,9 +787,17 @@ JAX_RUNS = {
 def torch_run(name, compiled):
     models = {"w1_mlp_small": torch_mlp_model, "w2_cnn": torch_cnn_model,
               "w3_mlp_large": torch_mlp_model, "w6_lstm": torch_lstm_model}
+    others = {"w4_linreg": torch_linreg, "w5_second_order": torch_second_order}
+    return run_workload(name, compiled, torch_classifier, models, others)
+
+
+def run_workload(name, flag, classifier, models, others):
+    """One workload in one framework: a classifier's train step from `models` (name ->
+    model maker), else its own step from `others` (linear regression, the second
+    derivative); `flag` picks the compiled variant (XLA, torch.compile)."""
     if name in models:
-        return torch_classifier(name, models[name], compiled)
-    return {"w4_linreg": torch_linreg, "w5_second_order": torch_second_order}[name](name, compiled)
+        return classifier(name, models[name], flag)
+    return others[name](name, flag)
 
 
 def run_one(name, framework):

@@ -38,13 +38,9 @@ pub(crate) fn transpose<T: Copy + Send + Sync>(src: &[T], dst: &mut [T], rows: u
 /// # Panics
 /// If `src` or `dst` does not hold `rows * cols` elements.
 pub(crate) fn transpose_here<T: Copy>(src: &[T], dst: &mut [T], rows: usize, cols: usize) {
-    let n = rows * cols;
-    assert!(
-        src.len() == n && dst.len() == n,
-        "transpose: {} and {} elements for a {rows}x{cols} matrix",
-        src.len(),
-        dst.len()
-    );
+    if check_lengths(src, dst, rows, cols) == 0 {
+        return;
+    }
     band(
         src,
         dst,
@@ -53,6 +49,18 @@ pub(crate) fn transpose_here<T: Copy>(src: &[T], dst: &mut [T], rows: usize, col
         0,
         Tiles::Avx512.min(tiles_available::<T>()),
     );
+}
+
+/// Panics unless `src` and `dst` both hold `rows * cols` elements; returns that count.
+fn check_lengths<T>(src: &[T], dst: &[T], rows: usize, cols: usize) -> usize {
+    let n = rows * cols;
+    assert!(
+        src.len() == n && dst.len() == n,
+        "transpose: {} and {} elements for a {rows}x{cols} matrix",
+        src.len(),
+        dst.len()
+    );
+    n
 }
 
 /// How the 16x16 tiles are transposed, narrowest first.
@@ -77,13 +85,7 @@ fn transpose_with<T: Copy + Send + Sync>(
 ) {
     use rayon::prelude::*;
     let tiles = widest.min(tiles_available::<T>());
-    let n = rows * cols;
-    assert!(
-        src.len() == n && dst.len() == n,
-        "transpose: {} and {} elements for a {rows}x{cols} matrix",
-        src.len(),
-        dst.len()
-    );
+    let n = check_lengths(src, dst, rows, cols);
     if n == 0 {
         return;
     }
