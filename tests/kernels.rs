@@ -324,7 +324,8 @@ fn gemm_zero_results_are_positive_zero_on_every_path() {
     // skips its sign pass where the backend's kernels start from +0; this covers the
     // outer-product (k ≤ 2), matrix-vector (m or n = 1), small-block and blocked paths,
     // every layout, one and two threads (the last shapes are past the threading
-    // thresholds: 65x256x129 splits into two column halves, 257x130x300 uses the pool).
+    // thresholds: 65x256x129 and 1x2048x1024 split into two column halves, 257x130x300
+    // uses the pool).
     fn check<T: Float>(m: usize, k: usize, n: usize, ta: bool, tb: bool) {
         let a = vec![T::zero(); m * k];
         let b = vec![T::zero() - T::one(); k * n];
@@ -355,6 +356,9 @@ fn gemm_zero_results_are_positive_zero_on_every_path() {
         for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
             check::<f32>(65, 256, 129, ta, tb);
             check::<f32>(257, 130, 300, ta, tb);
+            // one row, split into column halves: with tb, each half copies its columns
+            // of the transposed `b` (rows 8 KiB apart) and takes the matrix-vector path
+            check::<f32>(1, 2048, 1024, ta, tb);
         }
     });
 }

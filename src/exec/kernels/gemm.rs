@@ -394,12 +394,15 @@ fn multiply<T: Float>(
         c.len()
     );
     let is = |t: TypeId| TypeId::of::<T>() == t;
+    let backend = is(TypeId::of::<f32>()) || is(TypeId::of::<f64>());
     if tb && aliasing_stride::<T>(m, k, n) {
         // Packing `b`'s columns 4 KiB apart maps them onto one L1 set (measured on the
         // Zen 5 machine, 256x1024x1024: ≈137 GFLOP/s with tb vs ≈227 without, one
         // core; 1-2 KiB apart is nearly as bad); a transposed copy costs far less.
-        if matches!(par, Par::Halves) {
-            return transposed_halves(a, b, c, m, k, n, ta);
+        if backend && matches!(par, Par::Halves) {
+            // SAFETY: `T` is f32 or f64 (`backend`); the lengths are checked above
+            unsafe { transposed_halves(a, b, c, m, k, n, ta) };
+            return positive_zeros(c, (m, k, n), backend, par);
         }
         let mut bt = crate::exec::buffers::overwritable::<T>(k * n);
         super::transpose::transpose(b, &mut bt, n, k);
@@ -407,7 +410,6 @@ fn multiply<T: Float>(
         crate::exec::buffers::current().give(bt);
         return;
     }
-    let backend = is(TypeId::of::<f32>()) || is(TypeId::of::<f64>());
     if backend {
         let (a_rs, a_cs) = strides(m, k, ta);
         let (b_rs, b_cs) = strides(k, n, tb);
@@ -475,17 +477,27 @@ fn multiply<T: Float>(
         let mut cv = ArrayViewMut2::from_shape((m, n), c).expect("length checked");
         general_mat_mul(T::one(), &av, &bv, T::zero(), &mut cv);
     }
-    // Every element is a sum that starts at +0, so it is never -0 — but the backend's
-    // kernels differ on this by layout (a transposed operand could give -0 where the
-    // plain one gives +0; found by tests/fuzz.rs as a compiled/eager mismatch once
-    // transpose folding changed the layout). Adding +0 maps -0 to +0 and leaves every
-    // other value, NaN included, as it is. (A parallel product's pass is split the
-    // same way: it is one pass over memory that the cores share.) The `gemm` crate's
-    // blocked and small-block kernels accumulate from +0; only its outer-product path
-    // (k ≤ 2) and matrix-vector paths (m or n = 1) start from the first product, so
-    // only they need the pass (a read and a write of the whole result; W1's step ran
-    // ≈2% faster without it, medians of 4 alternated rounds, 100.9 -> 99.4 µs).
-    // `tests/kernels.rs` checks every path and layout for a -0.
+    positive_zeros(c, (m, k, n), backend, par);
+}
+
+/// Maps any -0 of a product's result `c` to +0 where the path that computed it may
+/// leave one. Every element is a sum that starts at +0, so it is never -0 — but the
+/// backend's kernels differ on this by layout (a transposed operand could give -0 where
+/// the plain one gives +0; found by tests/fuzz.rs as a compiled/eager mismatch once
+/// transpose folding changed the layout). Adding +0 maps -0 to +0 and leaves every
+/// other value, NaN included, as it is. (A parallel product's pass is split the same
+/// way: it is one pass over memory that the cores share.) The `gemm` crate's blocked
+/// and small-block kernels accumulate from +0; only its outer-product path (k ≤ 2) and
+/// matrix-vector paths (m or n = 1) start from the first product, so only they need
+/// the pass (a read and a write of the whole result; W1's step ran ≈2% faster without
+/// it, medians of 4 alternated rounds, 100.9 -> 99.4 µs). `tests/kernels.rs` checks
+/// every path and layout for a -0.
+fn positive_zeros<T: Float>(
+    c: &mut [T],
+    (m, k, n): (usize, usize, usize),
+    backend: bool,
+    par: Par,
+) {
     if backend && k > 2 && m > 1 && n > 1 {
         return;
     }
@@ -498,14 +510,19 @@ fn multiply<T: Float>(
     }
 }
 
-/// [`multiply`] of a transposed `b` whose rows alias in L1, in column halves: each half
-/// copies its own columns of `op(b)` (rows `j0..j1` of `b`, contiguous) into a
-/// transposed buffer on the thread that multiplies them, so the copy is made where it
-/// is read, and the two copies run at once as the two products do. The bits are those
-/// of the whole product from a whole transposed copy (a half's columns of `op(b)` are
-/// the same values; a column's sums do not depend on the other columns).
+/// [`multiply`] of a transposed `b` whose rows alias in L1, in column halves, by the
+/// backend: each half copies its own columns of `op(b)` (rows `j0..j1` of `b`,
+/// contiguous) into a transposed buffer on the thread that multiplies them, so the copy
+/// is made where it is read, and the two copies run at once as the two products do.
+/// The bits are those of the whole product from a whole transposed copy (a half's
+/// columns of `op(b)` are the same values; a column's sums do not depend on the other
+/// columns).
+///
+/// # Safety
+/// `T` is f32 or f64 (the backend's types), and `a`, `b`, `c` hold `m·k`, `k·n` and
+/// `m·n` elements.
 #[allow(clippy::too_many_arguments)]
-fn transposed_halves<T: Float>(
+unsafe fn transposed_halves<T: Float>(
     a: &[T],
     b: &[T],
     c: &mut [T],
@@ -522,9 +539,10 @@ fn transposed_halves<T: Float>(
     let half = |(bt, cols): &mut (Vec<T>, std::ops::Range<usize>)| {
         let w = cols.len();
         super::transpose::transpose_here(&b[cols.start * k..cols.end * k], bt, w, k);
-        // SAFETY: as in `multiply`'s `part`: `c` is a unique borrow aliasing neither
-        // input; the half writes columns `cols` of it (from its first column on, `n`
-        // apart), the other half the other columns; `bt` is `[k, w]` row-major
+        // SAFETY: `T` is a backend type and the lengths fit (the caller's contract);
+        // as in `multiply`'s `part`: `c` is a unique borrow aliasing neither input; the
+        // half writes columns `cols` of it (from its first column on, `n` apart), the
+        // other half the other columns; `bt` is `[k, w]` row-major
         unsafe {
             backend_columns(
                 (c_p.get().add(cols.start), n),
