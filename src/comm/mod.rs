@@ -301,11 +301,8 @@ pub fn broadcast(x: &Data, root: usize) -> Result<Data> {
 pub fn plain_all_reduce_seconds(x: &Data, iterations: usize, here: bool) -> Result<f64> {
     #[cfg(feature = "mpi")]
     if let Some(w) = mpi::world() {
-        let inline = match here {
-            true => w.run_now(mpi::Call::PlainLoop(x, iterations)),
-            false => None,
-        };
-        let secs = match inline {
+        let inline = here.then(|| w.run_now(mpi::Call::PlainLoop(x, iterations)));
+        let secs = match inline.flatten() {
             Some(r) => r,
             None => w.submit(mpi::Kind::PlainLoop(x.clone(), iterations)).wait(),
         }

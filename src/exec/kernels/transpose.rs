@@ -5,9 +5,11 @@
 //! Tiles of 16x16 elements transposed in registers, for 4-byte elements on x86-64: with
 //! AVX-512, each tile as sixteen 64-byte rows (every cache line of both matrices
 //! touched once, as a whole); with AVX2, as four 8x8 blocks. The edges, and elements of
-//! other sizes, one at a time in strips of 8 source rows. Large matrices are cut into bands of destination
-//! rows, one rayon task each. A copy moves bits only, so every path and thread count
-//! gives the same result.
+//! other sizes, one at a time in strips of 8 source rows. Large matrices are cut into
+//! bands of destination rows, one rayon task each ([`transpose`]), unless the caller
+//! already runs in parallel parts ([`transpose_here`]: a GEMM half copying its own
+//! columns). A copy moves bits only, so every path and thread count gives the same
+//! result.
 //!
 //! Measured on the 2-core Zen 4 VM against the two strip-walking copies this replaced
 //! (GEMM's and the `transpose` op's): the LSTM's recurrent weight, 128x512 f32
