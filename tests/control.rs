@@ -1315,3 +1315,65 @@ fn a_row_separable_scan_over_a_long_product_keeps_the_eager_bits() {
         common::assert_eager_bits_on_1_2_4_threads(&eager, || f.call(&xs, &w, &h0).unwrap());
     }
 }
+
+/// A recurrent step for [`scan_bodies_write_stacked_rows_in_place`]: `a = tanh(x·w + c)`,
+/// `b = sigmoid(a)·c` and the carry `b - a` (one step group computes the three), `b`
+/// stacked, and so is the concatenation of `a` and `b`; with `grad`, the gradients of the stacked values' sum with
+/// respect to `w` and `h0` too (a reverse scan over the saved per-step carries).
+fn stacked_rows_step(xs: &Tensor, w: &Tensor, h0: &Tensor, grad: bool) -> Vec<Tensor> {
+    let tape = GradientTape::persistent();
+    let (h, ys) = tape.record(|| {
+        tape.watch(w);
+        tape.watch(h0);
+        scan(
+            |c, x| {
+                let a = (&x[0].matmul(w) + &c[0]).tanh();
+                let b = &a.sigmoid() * &c[0];
+                let cat = Tensor::concat(&[&a, &b], 1);
+                Ok((vec![&b - &a], vec![b, cat]))
+            },
+            std::slice::from_ref(h0),
+            std::slice::from_ref(xs),
+        )
+        .unwrap()
+    });
+    let mut out = vec![h[0].clone(), ys[0].clone(), ys[1].clone()];
+    if grad {
+        let loss = tape.record(|| &ys[0].sum(&[0, 1, 2], false) + &ys[1].sum(&[0, 1, 2], false));
+        out.push(tape.gradient(&loss, w).unwrap());
+        out.push(tape.gradient(&loss, h0).unwrap());
+    }
+    out
+}
+
+/// A scan's body writes the values a step group computes and a `concat` straight into
+/// the rows of its stacked results, and its carries into the rows that save them for
+/// the next step (`exec::control`): in steady state the only rows copied into place are
+/// the first step's saved carries (one per half of a row-split scan). The bits stay the
+/// eager ones on 1, 2 and 4 threads, whole-batch and row-split (130 rows: halves of 65).
+#[test]
+fn scan_bodies_write_stacked_rows_in_place() {
+    for batch in [16, 130] {
+        let xs = Tensor::random_uniform(&[4, batch, 600], -1.0, 1.0, 5, DType::F32);
+        let w = Tensor::random_uniform(&[600, 32], -0.1, 0.1, 6, DType::F32);
+        let h0 = Tensor::random_uniform(&[batch, 32], -0.5, 0.5, 7, DType::F32);
+        for grad in [false, true] {
+            let eager = stacked_rows_step(&xs, &w, &h0, grad);
+            let f = function(move |xs: &Tensor, w: &Tensor, h0: &Tensor| {
+                Ok(stacked_rows_step(xs, w, h0, grad))
+            });
+            common::assert_eager_bits_on_1_2_4_threads(&eager, || f.call(&xs, &w, &h0).unwrap());
+            let plan = f.concrete(&[&xs, &w, &h0]).unwrap().plan();
+            let halves = 1 + plan.row_split_scans().min(1);
+            let before = plan.stacked_row_copies();
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(2)
+                .build()
+                .unwrap();
+            pool.install(|| f.call(&xs, &w, &h0).unwrap());
+            let copies = plan.stacked_row_copies() - before;
+            let saved_first_rows = if grad { halves } else { 0 };
+            assert_eq!(copies, saved_first_rows, "batch {batch}, grad {grad}");
+        }
+    }
+}

@@ -5,12 +5,15 @@
 //! body's pool, so a loop in steady state draws its kernels' outputs from the pool.
 //! A scan reads each step's row of its inputs in place (a view of the stacked input;
 //! copied only where the row is not contiguous), and its stacked outputs are written
-//! row by row (one block copy each) into buffers taken once per run and never zeroed
-//! (every step writes its row). A loop whose body forks products
+//! row by row into buffers taken once per run and never zeroed (every step writes its
+//! row): a value a step group computes is written straight into its row (and a carry
+//! into the row that saves it for the next step, see [`Part::dest`]), any other is
+//! copied there after the step (one block copy). A loop whose body forks products
 //! keeps the pool's other workers awake while it runs (`kernels::awake`).
 
 use super::accumulate::{self, Accumulation};
 use super::buffers::{self, BufferPool};
+use super::fused::Dest;
 use super::interp::{add_time, Plan, RunStats};
 use super::kernels::awake::with_workers_awake;
 use super::kernels::ew;
@@ -22,6 +25,7 @@ use crate::tensor::{type_str, Arr, DType, Data};
 use ndarray::Axis;
 use smallvec::SmallVec;
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 thread_local! {
@@ -62,6 +66,11 @@ pub(crate) struct RegionPlan {
     /// in place, without the body's plan (which a profiled run, and one that checks
     /// numerics op by op, take instead).
     accumulation: Option<Accumulation>,
+    /// A scan whose body also returns its carries, stacked as its last results (the
+    /// per-step carries reverse mode reads).
+    saved: bool,
+    /// Rows of stacked results copied into place so far ([`Plan::stacked_row_copies`]).
+    row_copies: AtomicUsize,
     /// A `while` whose condition is `operand k < c` for a scalar `i64` operand and a
     /// constant `c` (the counter of a [`crate::control::fori_loop`]): `(k, c)`. The
     /// loop tests it directly instead of running the condition's plan each iteration.
@@ -99,6 +108,8 @@ impl RegionPlan {
             _ => None,
         };
         Ok(RegionPlan {
+            saved: region.saved && matches!(region.kind, RegionKind::Scan { .. }),
+            row_copies: AtomicUsize::new(0),
             counter_bound,
             awake,
             halves,
@@ -127,6 +138,15 @@ impl RegionPlan {
             .chain(halves)
             .map(Plan::pool_misses)
             .sum()
+    }
+
+    /// Stacked rows this step and its bodies' steps copied ([`Plan::stacked_row_copies`]).
+    pub(crate) fn stacked_row_copies(&self) -> usize {
+        let halves = self.halves.iter().flat_map(|(h, _)| h.iter());
+        self.row_copies.load(Ordering::Relaxed)
+            + (self.bodies.iter().chain(halves))
+                .map(Plan::stacked_row_copies)
+                .sum::<usize>()
     }
 
     /// The step groups of its bodies' plans ([`Plan::step_groups`]).
@@ -204,28 +224,19 @@ impl RegionPlan {
             .iter()
             .map(|(d, s)| stacked_buffer(*d, s))
             .collect();
-        let (mut top, mut bottom): (Vec<RowsMut>, Vec<RowsMut>) = stacked
+        let h = rows / 2;
+        let (top, bottom): (Vec<Part>, Vec<Part>) = stacked
             .iter_mut()
             .map(|d| {
-                let [t, b] = blocks::<2>(d);
+                let [t, b] = Part::split(d, [Some(0..h), Some(h..rows)]);
                 (t, b)
             })
             .unzip();
         let (mut s0, mut s1) = (RunStats::default(), RunStats::default());
-        let h = rows / 2;
         let [p0, p1] = halves;
         let (c0, c1) = rayon::join(
-            || self.steps(p0, Some(0..h), reverse, args, writer(&mut top), &mut s0),
-            || {
-                self.steps(
-                    p1,
-                    Some(h..rows),
-                    reverse,
-                    args,
-                    writer(&mut bottom),
-                    &mut s1,
-                )
-            },
+            || self.steps(p0, Some(0..h), reverse, args, &top, &mut s0),
+            || self.steps(p1, Some(h..rows), reverse, args, &bottom, &mut s1),
         );
         drop((top, bottom));
         let (c0, c1) = (c0?, c1?);
@@ -241,15 +252,16 @@ impl RegionPlan {
     }
 
     /// The scan's steps with `body` over batch rows `rows` of the carries and scanned
-    /// operands (all rows with `None`), handing step `t`'s stacked outputs to `write`;
-    /// returns the final carries (buffers of `body`'s pool).
+    /// operands (all rows with `None`), writing step `t`'s stacked outputs into block
+    /// `t` of `out` (this part of each stacked result); returns the final carries
+    /// (buffers of `body`'s pool).
     fn steps(
         &self,
         body: &Plan,
         rows: Option<std::ops::Range<usize>>,
         reverse: bool,
         args: &[&Data],
-        mut write: impl FnMut(usize, &[Data]) -> Result<()>,
+        out: &[Part],
         stats: &mut RunStats,
     ) -> Result<Vec<Data>> {
         let (nc, nx) = (self.carries, self.xs);
@@ -270,10 +282,28 @@ impl RegionPlan {
                 .map(|x| row_block(body.pool(), x, Some(t), rows.clone()))
                 .collect();
             let ins = inputs(&carry, &x_t, caps);
-            let mut outs = body.run(&ins, stats)?;
-            drop(ins);
+            // the stacked outputs' rows of this step and, when the carries are saved,
+            // the carries' rows of the next step, for the body to write in place
+            let saved = if self.saved { nc } else { 0 };
+            let ys = out.len() - saved;
+            let mut dests: SmallVec<[(usize, Dest); 8]> = (out[..ys].iter().enumerate())
+                .filter_map(|(j, p)| Some((nc + j, p.dest(t)?)))
+                .collect();
+            if saved > 0 && k + 1 < n {
+                let next = if reverse { t - 1 } else { t + 1 };
+                let rows = out[ys..].iter().enumerate();
+                dests.extend(rows.filter_map(|(i, p)| Some((i, p.dest(next)?))));
+            }
+            let mut outs = body.run_into(&ins, &dests, stats)?;
+            drop((ins, dests));
             let ys = outs.split_off(nc);
-            write(t, &ys)?;
+            let mut copies = 0;
+            for (p, y) in out.iter().zip(&ys) {
+                copies += p.put(t, y)? as usize;
+            }
+            if copies > 0 {
+                self.row_copies.fetch_add(copies, Ordering::Relaxed);
+            }
             recycle(body, std::mem::replace(&mut carry, outs));
             recycle(body, x_t);
             recycle(body, ys);
@@ -329,15 +359,14 @@ impl RegionPlan {
             .iter()
             .map(|(d, s)| stacked_buffer(*d, s))
             .collect();
-        let mut rows: Vec<RowsMut> = stacked
-            .iter_mut()
+        let parts: Vec<Part> = (stacked.iter_mut())
             .map(|d| {
-                let [r] = blocks::<1>(d);
-                r
+                let [p] = Part::split(d, [None]);
+                p
             })
             .collect();
-        let carry = self.steps(body, None, reverse, args, writer(&mut rows), stats)?;
-        drop(rows);
+        let carry = self.steps(body, None, reverse, args, &parts, stats)?;
+        drop(parts);
         let mut carry = adopt(body, carry);
         carry.extend(stacked);
         Ok(carry)
@@ -443,14 +472,7 @@ fn row_block(
     t: Option<usize>,
     rows: Option<std::ops::Range<usize>>,
 ) -> Data {
-    crate::map_data!(d, a => {
-        let mut r = a.clone();
-        if let Some(t) = t {
-            r.index_axis_inplace(Axis(0), t);
-        }
-        if let Some(rows) = rows {
-            r.slice_axis_inplace(Axis(0), ndarray::Slice::from(rows));
-        }
+    crate::map_data!(row_view(d, t, rows), r => {
         if r.is_standard_layout() {
             r
         } else {
@@ -459,81 +481,148 @@ fn row_block(
     })
 }
 
-/// One part of a stacked result `[steps, rows, ..]` ([`blocks`]): for each step, the
-/// part's block of rows, written by one loop alone (the whole row for a scan over all
-/// rows, a half's rows for a row-split scan).
-enum RowsMut<'a> {
-    F32(Vec<&'a mut [f32]>),
-    F64(Vec<&'a mut [f64]>),
-    I64(Vec<&'a mut [i64]>),
+/// Row `t` of `d`'s leading axis (when given), then rows `rows` of what is left (when
+/// given): a view sharing `d`'s buffer.
+fn row_view(d: &Data, t: Option<usize>, rows: Option<std::ops::Range<usize>>) -> Data {
+    crate::map_data!(d, a => {
+        let mut r = a.clone();
+        if let Some(t) = t {
+            r.index_axis_inplace(Axis(0), t);
+        }
+        if let Some(rows) = rows {
+            r.slice_axis_inplace(Axis(0), ndarray::Slice::from(rows));
+        }
+        r
+    })
 }
 
-impl RowsMut<'_> {
-    /// Writes a step's output `y` (the part's rows) as step `t`'s block.
-    fn put(&mut self, t: usize, y: &Data) -> Result<()> {
-        fn copy<T: Copy>(dst: &mut [T], y: &Arr<T>) -> bool {
-            if dst.len() != y.len() {
-                return false;
+/// One part of a stacked result `[steps, rows, ..]` (contiguous, rows a multiple of
+/// `parts`): for each step, the part's block of rows, written by one loop alone (the
+/// whole row for a scan over all rows, a half's rows for a row-split scan). Block `t`
+/// of part `p` is the `(t * parts + p)`-th run of `block` elements.
+struct Part {
+    /// The stacked result: a handle on its buffer, for the views of its blocks.
+    all: Data,
+    /// Its first element.
+    base: *mut u8,
+    /// Elements per block, and the element's size in bytes.
+    block: usize,
+    elem: usize,
+    part: usize,
+    parts: usize,
+    /// The part's rows of a step (all of them with `None`).
+    rows: Option<std::ops::Range<usize>>,
+}
+
+// SAFETY: each part is written by the one loop that owns it (see `RegionPlan::steps`),
+// and the parts of one stacked result are disjoint blocks of its buffer, which outlives
+// them (the caller holds it, and drops the parts before handing it out).
+unsafe impl Send for Part {}
+// SAFETY: as above; a shared `Part` is only read (its views are cloned handles).
+unsafe impl Sync for Part {}
+
+impl Part {
+    /// The `P` parts of the stacked buffer `d` (unshared and contiguous: a fresh
+    /// [`stacked_buffer`]), part `p` made of rows `rows[p]` of each step.
+    fn split<const P: usize>(d: &mut Data, rows: [Option<std::ops::Range<usize>>; P]) -> [Part; P] {
+        fn base<T: Clone>(a: &mut Arr<T>) -> *mut u8 {
+            let all = a.as_slice_mut().expect("a stacked buffer is contiguous");
+            all.as_mut_ptr().cast()
+        }
+        // the pointer first, while `d` is unshared: the parts' handles share it after
+        let (base, elem) = match d {
+            Data::F32(a) => (base(a), 4),
+            Data::F64(a) => (base(a), 8),
+            Data::I64(a) => (base(a), 8),
+        };
+        let steps = d.dims()[0];
+        let block = d.len() / (P * steps).max(1);
+        let mut rows = rows.into_iter();
+        std::array::from_fn(|part| Part {
+            all: d.clone(),
+            base,
+            block,
+            elem,
+            part,
+            parts: P,
+            rows: rows.next().flatten(),
+        })
+    }
+
+    /// The first byte of block `t`.
+    fn at(&self, t: usize) -> *mut u8 {
+        let off = (t * self.parts + self.part) * self.block * self.elem;
+        // SAFETY: block `t` lies inside the buffer (`t` < steps)
+        unsafe { self.base.add(off) }
+    }
+
+    /// Block `t` as a destination a step writes in place ([`Plan::run_into`]): its
+    /// memory, and a view of the stacked result over it. `None` for empty blocks.
+    fn dest(&self, t: usize) -> Option<Dest> {
+        if self.block == 0 {
+            return None;
+        }
+        let view = row_view(&self.all, Some(t), self.rows.clone());
+        Some(Dest {
+            ptr: self.at(t),
+            view,
+        })
+    }
+
+    /// Writes a step's output `y` (the part's rows) as block `t`, unless the step
+    /// wrote it there itself ([`Part::dest`]); whether it copied.
+    fn put(&self, t: usize, y: &Data) -> Result<bool> {
+        fn copy<T: Copy>(dst: *mut u8, n: usize, y: &Arr<T>) -> bool {
+            if y.as_ptr().cast::<u8>() == dst.cast_const() {
+                return false; // the step wrote it in place: `y` is a view of the block
             }
+            // SAFETY: block `t` holds `n` elements of `T`, written by this part's loop
+            // alone, and `y` starts elsewhere: its own buffer, or a block of another
+            // stacked result (a carry the step wrote in place), never overlapping it
+            let dst = unsafe { std::slice::from_raw_parts_mut(dst.cast::<T>(), n) };
             match y.as_slice() {
                 Some(s) => dst.copy_from_slice(s),
                 None => dst.iter_mut().zip(y.iter()).for_each(|(d, v)| *d = *v),
             }
             true
         }
-        let fits = match (self, y) {
-            (RowsMut::F32(r), Data::F32(b)) => copy(r[t], b),
-            (RowsMut::F64(r), Data::F64(b)) => copy(r[t], b),
-            (RowsMut::I64(r), Data::I64(b)) => copy(r[t], b),
-            _ => false,
-        };
+        let fits = y.len() == self.block && y.dtype() == self.all.dtype();
         if !fits {
             return Err(Error::Graph(format!(
                 "scan: a step's output {} does not fit its stacked result",
                 type_str(y.dtype(), &y.shape())
             )));
         }
-        Ok(())
+        let dst = self.at(t);
+        Ok(crate::with_data!(y, a => copy(dst, self.block, a)))
     }
 }
 
-/// Writes a step's stacked outputs into one part's blocks `out` (for
-/// [`RegionPlan::steps`]).
-fn writer<'a, 'b: 'a>(
-    out: &'a mut [RowsMut<'b>],
-) -> impl FnMut(usize, &[Data]) -> Result<()> + use<'a, 'b> {
-    move |t, ys| {
-        for (dst, y) in out.iter_mut().zip(ys) {
-            dst.put(t, y)?;
-        }
-        Ok(())
+/// `concat` along `axis` of `x` (the step's result `shape`) written into `dest` (a
+/// stacked row, see [`Part::dest`], that fits the result); returns its view, or `None`
+/// if an operand's dtype differs from the result's.
+pub(crate) fn concat_into(x: &[&Data], axis: usize, shape: &[usize], dest: &Dest) -> Option<Data> {
+    fn write<T: buffers::Pooled>(x: &[&Data], axis: usize, shape: &[usize], dest: &Dest) -> bool {
+        let Some(parts) = x.iter().map(|d| T::array_of(d)).collect::<Option<Vec<_>>>() else {
+            return false;
+        };
+        let n = dest.view.len();
+        // SAFETY: the destination holds `n` elements of the result's type (the caller
+        // checked that it fits), which nothing else reads or writes during the step
+        let out = unsafe { std::slice::from_raw_parts_mut(dest.ptr.cast::<T>(), n) };
+        let mut at = 0;
+        crate::ops::shape::concat_runs(&parts, axis, shape, |run| {
+            out[at..at + run.len()].clone_from_slice(run);
+            at += run.len();
+        });
+        at == n
     }
-}
-
-/// The `P` parts of a stacked result `[steps, rows, ..]` (contiguous, with rows a
-/// multiple of `P`): per step, part 0's rows, then part 1's, and so on.
-fn blocks<const P: usize>(d: &mut Data) -> [RowsMut<'_>; P] {
-    fn parts<T: Clone, const P: usize>(a: &mut Arr<T>) -> [Vec<&mut [T]>; P] {
-        let steps = a.shape()[0];
-        let block = a.len() / (P * steps).max(1);
-        let all = a.as_slice_mut().expect("a stacked buffer is contiguous");
-        let mut out: [Vec<&mut [T]>; P] = std::array::from_fn(|_| Vec::with_capacity(steps));
-        if block == 0 {
-            for part in &mut out {
-                part.extend((0..steps).map(|_| <&mut [T]>::default()));
-            }
-            return out;
-        }
-        for (i, c) in all.chunks_mut(block).enumerate() {
-            out[i % P].push(c);
-        }
-        out
-    }
-    match d {
-        Data::F32(a) => parts::<_, P>(a).map(RowsMut::F32),
-        Data::F64(a) => parts::<_, P>(a).map(RowsMut::F64),
-        Data::I64(a) => parts::<_, P>(a).map(RowsMut::I64),
-    }
+    let done = match dest.view.dtype() {
+        DType::F32 => write::<f32>(x, axis, shape, dest),
+        DType::F64 => write::<f64>(x, axis, shape, dest),
+        DType::I64 => write::<i64>(x, axis, shape, dest),
+    };
+    done.then(|| dest.view.clone())
 }
 
 /// `a`'s rows followed by `b`'s (the two halves of a carry), in a buffer of the

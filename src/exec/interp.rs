@@ -54,7 +54,7 @@
 
 use super::codegen::Codegen;
 use super::control::RegionPlan;
-use super::fused::{self, OutBuf};
+use super::fused::{self, Dest, OutBuf};
 use super::group::{self, Groups};
 use super::plan_memory::{plan_memory, MemoryPlan};
 use crate::comm::{self, Pending};
@@ -200,6 +200,9 @@ struct OwnSlots {
     vals: Vec<RefCell<Option<Data>>>,
     uses: Vec<Cell<u32>>,
     comm: Vec<RefCell<Option<Pending>>>,
+    /// Where this run writes the values of some steps (by step): the rows of a scan's
+    /// stacked results (see [`Plan::run_into`]). Empty outside such runs.
+    dests: RefCell<SmallVec<[(usize, Dest); 8]>>,
 }
 
 /// How a step reaches the values of its run ([`SharedSlots`] or [`OwnSlots`]); one
@@ -230,6 +233,9 @@ trait Slots {
     /// Runs the plan's kernel steps on these slots: as a dataflow graph on the rayon
     /// pool ([`SharedSlots`]) or in plan order on this thread ([`OwnSlots`]).
     fn run_steps(&self, plan: &Plan, stats: &mut RunStats) -> Result<()>;
+    /// Where step `i`'s value is to be written, if this run was given a place for it
+    /// (an in-order run only, see [`Plan::run_into`]).
+    fn dest(&self, i: usize) -> Option<Dest>;
 }
 
 impl Slots for SharedSlots {
@@ -266,6 +272,9 @@ impl Slots for SharedSlots {
     }
     fn run_steps(&self, plan: &Plan, stats: &mut RunStats) -> Result<()> {
         plan.run_dataflow(self, stats)
+    }
+    fn dest(&self, _: usize) -> Option<Dest> {
+        None
     }
 }
 
@@ -304,6 +313,10 @@ impl Slots for OwnSlots {
     }
     fn run_steps(&self, plan: &Plan, stats: &mut RunStats) -> Result<()> {
         plan.run_in_order(self, stats)
+    }
+    fn dest(&self, i: usize) -> Option<Dest> {
+        let dests = self.dests.borrow();
+        (dests.iter()).find_map(|(s, d)| (*s == i).then(|| d.clone()))
     }
 }
 
@@ -738,20 +751,51 @@ impl Plan {
             .sum()
     }
 
+    /// How many rows of `scan` stacked results this plan's loops (and their bodies')
+    /// have copied into place since the plan was made: a step's value computed
+    /// elsewhere, then copied. Most are written in place instead (a step group's
+    /// members, a `concat`, a carry saved for the next step: see `exec::control`), so a
+    /// test can tell that they are.
+    pub fn stacked_row_copies(&self) -> usize {
+        (self.regions.iter().flatten())
+            .map(|r| r.stacked_row_copies())
+            .sum()
+    }
+
     /// Runs the plan. Inputs must match the graph's signature.
     pub fn run(&self, inputs: &[&Data], stats: &mut RunStats) -> Result<Vec<Data>> {
+        self.run_into(inputs, &[], stats)
+    }
+
+    /// [`Plan::run`], writing output `k`'s value to `d` for each `(k, d)` of `dests`
+    /// where the step computing it can (a step group's member, in an in-order run);
+    /// that output is then `d`'s view. The others are computed as by `run`. Each
+    /// destination's memory must be left alone by everything else during the run.
+    pub(crate) fn run_into(
+        &self,
+        inputs: &[&Data],
+        dests: &[(usize, Dest)],
+        stats: &mut RunStats,
+    ) -> Result<Vec<Data>> {
         if self.on_workers && rayon::current_thread_index().is_none() {
             // see `ON_WORKERS_MIN_MACS`: the whole run moves to a worker of the pool
             // and keeps the other workers awake for its forks (see `exec::kernels::awake`)
             return rayon::scope(|_| {
-                crate::exec::kernels::awake::with_workers_awake(|| self.run_here(inputs, stats))
+                crate::exec::kernels::awake::with_workers_awake(|| {
+                    self.run_here(inputs, dests, stats)
+                })
             });
         }
-        self.run_here(inputs, stats)
+        self.run_here(inputs, dests, stats)
     }
 
-    /// [`Plan::run`] on the calling thread.
-    fn run_here(&self, inputs: &[&Data], stats: &mut RunStats) -> Result<Vec<Data>> {
+    /// [`Plan::run_into`] on the calling thread.
+    fn run_here(
+        &self,
+        inputs: &[&Data],
+        dests: &[(usize, Dest)],
+        stats: &mut RunStats,
+    ) -> Result<Vec<Data>> {
         let g = &self.graph;
         if inputs.len() != g.inputs.len() {
             return Err(Error::Function(format!(
@@ -763,7 +807,7 @@ impl Plan {
         let misses = self.pool.misses();
         let result = loop {
             let mut st = self.take_state();
-            let result = with_pool(&self.pool, || self.run_with(&mut st, inputs, stats));
+            let result = with_pool(&self.pool, || self.run_with(&mut st, inputs, dests, stats));
             self.put_state(st, stats.parallel);
             match result {
                 Ok(None) => continue, // a variable it read changed meanwhile: run again
@@ -794,6 +838,7 @@ impl Plan {
                     vals: (0..n).map(|_| RefCell::new(None)).collect(),
                     uses: (0..n).map(|_| Cell::new(0)).collect(),
                     comm: (0..n).map(|_| RefCell::new(None)).collect(),
+                    dests: RefCell::new(SmallVec::new()),
                 },
             })
         })
@@ -840,6 +885,7 @@ impl Plan {
         &self,
         st: &mut RunState,
         inputs: &[&Data],
+        dests: &[(usize, Dest)],
         stats: &mut RunStats,
     ) -> Result<Option<Vec<Data>>> {
         let checked = crate::debugging::check_numerics_enabled(); // report the first, in order
@@ -858,7 +904,21 @@ impl Plan {
             for (u, s) in st.own.uses.iter().zip(&self.steps) {
                 u.set(s.uses);
             }
-            self.run_on(&st.own, inputs, stats)
+            if dests.is_empty() {
+                return self.run_on(&st.own, inputs, stats);
+            }
+            // by step: the first output a step computes gets its destination
+            let own = st.own.dests.get_mut();
+            for (k, d) in dests {
+                if let Some(&(o, _)) = self.outputs.get(*k) {
+                    if !own.iter().any(|(s, _)| *s == o) {
+                        own.push((o, d.clone()));
+                    }
+                }
+            }
+            let out = self.run_on(&st.own, inputs, stats);
+            st.own.dests.get_mut().clear();
+            out
         }
     }
 
@@ -1079,6 +1139,23 @@ impl Plan {
                 self.finish_collective(o, st, true)?;
             }
         }
+        if let (Op::Concat { axis }, Some(d)) = (s.op, st.dest(i)) {
+            // a scan's stacked row: written in place (see `Plan::run_into`)
+            if d.fits(node.dtype, &node.shape) {
+                let v = {
+                    let guards = read_inputs(s, st);
+                    let args: SmallVec<[&Data; 4]> =
+                        s.operands.iter().map(|&o| operand(s, &guards, o)).collect();
+                    super::control::concat_into(&args, axis as usize, &node.shape, &d)
+                };
+                if let Some(v) = v {
+                    self.check_finite(i, &v)?;
+                    st.set(i, v);
+                    self.release_operands(s, st);
+                    return Ok(true);
+                }
+            }
+        }
         let (v, kernel) = match s.op {
             Op::Cond(_) | Op::While(_) | Op::Scan(_) => {
                 let guards = read_inputs(s, st);
@@ -1189,7 +1266,8 @@ impl Plan {
                 )
             })
             .collect();
-        let outs = g.program.run_all(&args);
+        let dests: SmallVec<[Option<Dest>; 8]> = g.members.iter().map(|&m| st.dest(m)).collect();
+        let outs = g.program.run_all(&args, &dests);
         drop(args);
         drop(guards);
         // the further outputs are the members' values but the last's, then the result

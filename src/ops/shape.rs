@@ -322,17 +322,29 @@ fn pad_view<T: Pooled>(a: &Arr<T>, axis: usize, before: usize, shape: &[usize]) 
 /// read the result as a slice rely on that): for each index of the leading axes, each
 /// part's contiguous block in turn.
 fn concat<T: Pooled>(parts: &[&Arr<T>], axis: usize, shape: &[usize]) -> Arr<T> {
-    let outer: usize = shape[..axis].iter().product();
     let mut out = buffers::take(shape.iter().product());
+    concat_runs(parts, axis, shape, |run| out.extend_from_slice(run));
+    ew::wrap(shape, out)
+}
+
+/// The concatenation of `parts` along `axis` (the result's `shape`) as runs of
+/// elements handed to `put` in the result's memory order: what `concat` stores, for a
+/// kernel that writes it elsewhere (a scan's stacked row, `exec::control`).
+pub fn concat_runs<T: Clone>(
+    parts: &[&Arr<T>],
+    axis: usize,
+    shape: &[usize],
+    mut put: impl FnMut(&[T]),
+) {
+    let outer: usize = shape[..axis].iter().product();
     let standard: Vec<_> = parts.iter().map(|p| p.as_standard_layout()).collect();
     for o in 0..outer {
         for p in &standard {
             let s = p.as_slice().expect("standard layout");
             let block = s.len() / outer;
-            out.extend_from_slice(&s[o * block..(o + 1) * block]);
+            put(&s[o * block..(o + 1) * block]);
         }
     }
-    ew::wrap(shape, out)
 }
 
 pub(super) fn eval(op: &Op, x: &[&Data], shape: &[usize]) -> Data {

@@ -46,6 +46,32 @@ pub enum OutBuf {
     Operand(usize, Data),
 }
 
+/// Memory a program writes one of its outputs into instead of a fresh buffer: the
+/// output's elements, of its dtype, from `ptr` on; `view` is an array of the output's
+/// type sharing that memory, handed out as the value once it is written. A scan gives
+/// the rows of its stacked results this way (`exec::control`), so that a step's saved
+/// values are written where the stacked result keeps them instead of being copied
+/// there after the step.
+#[derive(Clone)]
+pub(crate) struct Dest {
+    pub ptr: *mut u8,
+    pub view: Data,
+}
+
+// SAFETY: a `Dest` only travels with the run it was made for (in its run state, on the
+// thread running it); the memory it points to is the view's, which outlives that run.
+unsafe impl Send for Dest {}
+// SAFETY: a shared `Dest` is only read (cloned); the kernel it is given to writes
+// through its pointer on the run's threads, which join before the run ends.
+unsafe impl Sync for Dest {}
+
+impl Dest {
+    /// Whether this destination holds a `dtype` array of exactly `shape`.
+    pub fn fits(&self, dtype: DType, shape: &[usize]) -> bool {
+        self.view.dtype() == dtype && self.view.dims() == shape
+    }
+}
+
 /// Elements evaluated together: each instruction runs over a tile of this many loop
 /// elements held in a small register (reused for every tile), never over a tensor.
 /// Long enough that dispatching an instruction costs little next to its loop, short

@@ -2,7 +2,7 @@
 //! tile, and the writes of the result.
 
 use super::accum::new_accum;
-use super::{From, Loop, OutBuf, Program, Step, TILE};
+use super::{Dest, From, Loop, OutBuf, Program, Step, TILE};
 use crate::exec::kernels::ew::{awake_chunk, vectorized_wide, PAR_CHUNK, PAR_MIN};
 use crate::ops::{Binary, Compare, Op, Unary};
 use crate::tensor::{numel, Arr, DType, Data, Float};
@@ -507,24 +507,32 @@ impl Program {
     /// Runs on the operands (`None` only for the one given as [`OutBuf::Operand`]).
     pub fn run(&self, x: &[Option<&Data>], out: OutBuf) -> Data {
         let mut extra = SmallVec::new();
-        self.run_into(x, out, &mut extra)
+        self.run_into(x, out, &[], &mut extra)
     }
 
     /// Runs a program with further outputs (see [`Program::with_outputs`]) on its
-    /// operands: each further output, then the result, all in fresh buffers.
-    pub fn run_all(&self, x: &[Option<&Data>]) -> SmallVec<[Data; 8]> {
+    /// operands: each further output, then the result. Output `k` (in that order) goes
+    /// to `dests[k]` where one is given that [fits](Dest::fits) it, else to a fresh
+    /// buffer.
+    pub fn run_all(&self, x: &[Option<&Data>], dests: &[Option<Dest>]) -> SmallVec<[Data; 8]> {
         let mut all = SmallVec::new();
-        let result = self.run_into(x, OutBuf::Fresh, &mut all);
+        let result = self.run_into(x, OutBuf::Fresh, dests, &mut all);
         all.push(result);
         all
     }
 
     /// The result; the further outputs are pushed to `extra`.
-    fn run_into(&self, x: &[Option<&Data>], out: OutBuf, extra: &mut SmallVec<[Data; 8]>) -> Data {
+    fn run_into(
+        &self,
+        x: &[Option<&Data>],
+        out: OutBuf,
+        dests: &[Option<Dest>],
+        extra: &mut SmallVec<[Data; 8]>,
+    ) -> Data {
         match self.dtype {
-            DType::F32 => self.run_as::<f32>(x, out, extra),
-            DType::F64 => self.run_as::<f64>(x, out, extra),
-            DType::I64 => self.run_as::<i64>(x, out, extra),
+            DType::F32 => self.run_as::<f32>(x, out, dests, extra),
+            DType::F64 => self.run_as::<f64>(x, out, dests, extra),
+            DType::I64 => self.run_as::<i64>(x, out, dests, extra),
         }
     }
 
@@ -569,10 +577,13 @@ impl Program {
         &self,
         x: &[Option<&Data>],
         out: OutBuf,
+        dests: &[Option<Dest>],
         extra: &mut SmallVec<[Data; 8]>,
     ) -> Data {
         let shape = &self.shape[..];
         let n_out = numel(shape);
+        // output `k`'s destination, if it is given and fits
+        let dest = |k: usize| (dests.get(k)?.as_ref()).filter(|d| d.fits(self.dtype, shape));
         let Output {
             buf,
             held,
@@ -581,23 +592,50 @@ impl Program {
         // the kernel writes every element, so a fresh buffer is never zeroed first; a
         // matmul result or an overwritten operand keeps its values for `Src::Out` loads
         let prior = buf.is_some();
-        let mut buf = buf.unwrap_or_else(|| crate::exec::buffers::take(n_out));
-        // SAFETY: `n_out` elements fit (a taken buffer's capacity, or the length of a
-        // held one); length 0 only hides the held values until the end, when every
-        // element has been written.
-        unsafe { buf.set_len(0) };
-        let slots = &mut buf.spare_capacity_mut()[..n_out];
-        // further outputs: fresh buffers, written by the same chunks at the same offsets
-        // (filled in place, and only for a group: most programs have none)
-        let mut extra_bufs: SmallVec<[Vec<O>; 8]> = SmallVec::new();
+        let result_dest = match prior {
+            true => None,
+            false => dest(self.extra.len()),
+        };
+        let mut buf = match result_dest {
+            Some(_) => None,
+            None => Some(buf.unwrap_or_else(|| crate::exec::buffers::take(n_out))),
+        };
+        let slots: &mut [MaybeUninit<O>] = match (&mut buf, result_dest) {
+            (Some(buf), _) => {
+                // SAFETY: `n_out` elements fit (a taken buffer's capacity, or the length
+                // of a held one); length 0 only hides the held values until the end,
+                // when every element has been written.
+                unsafe { buf.set_len(0) };
+                &mut buf.spare_capacity_mut()[..n_out]
+            }
+            // SAFETY: the destination holds `n_out` elements of this type (`fits`), which
+            // nothing reads or writes while the program runs (see `Dest`)
+            (None, Some(d)) => unsafe {
+                std::slice::from_raw_parts_mut(d.ptr.cast::<MaybeUninit<O>>(), n_out)
+            },
+            (None, None) => unreachable!("a buffer is taken where no destination is"),
+        };
+        // further outputs: their destinations, or fresh buffers, written by the same
+        // chunks at the same offsets (filled in place, and only for a group: most
+        // programs have none)
+        let mut extra_bufs: SmallVec<[Option<Vec<O>>; 8]> = SmallVec::new();
         let mut extra_ptrs: SmallVec<[OutPtr<O>; 8]> = SmallVec::new();
-        if !self.extra.is_empty() {
-            extra_bufs.extend((self.extra.iter()).map(|_| crate::exec::buffers::take(n_out)));
-            extra_ptrs.extend(extra_bufs.iter_mut().map(|b| {
-                // SAFETY: as for `buf`; the length is set once every element is written
-                unsafe { b.set_len(0) };
-                OutPtr(b.spare_capacity_mut()[..n_out].as_mut_ptr())
-            }));
+        for k in 0..self.extra.len() {
+            let ptr = match dest(k) {
+                Some(d) => {
+                    extra_bufs.push(None);
+                    d.ptr.cast::<MaybeUninit<O>>()
+                }
+                None => {
+                    let mut b = crate::exec::buffers::take(n_out);
+                    // SAFETY: as for `buf`; the length is set once every element is written
+                    unsafe { b.set_len(0) };
+                    let p = b.spare_capacity_mut()[..n_out].as_mut_ptr();
+                    extra_bufs.push(Some(b));
+                    p
+                }
+            };
+            extra_ptrs.push(OutPtr(ptr));
         }
         // Further output `k`'s elements `at..at + n`.
         let extra_seg = |k: usize, at: usize, n: usize| -> &mut [MaybeUninit<O>] {
@@ -728,16 +766,19 @@ impl Program {
         }
         // SAFETY: the chunks cover the `n_out` slots and each tile wrote its whole segment
         // (a panic propagates before this line, leaving the length 0), of the result and
-        // of every further output alike.
-        unsafe { buf.set_len(n_out) };
-        for mut b in extra_bufs {
-            // SAFETY: as above
-            unsafe { b.set_len(n_out) };
-            extra.push(O::wrap(
-                Arr::from_shape_vec(IxDyn(shape), b).expect("length matches shape"),
-            ));
+        // of every further output alike; a destination's view hands out what was written.
+        let done = |b: Option<Vec<O>>, d: Option<&Dest>| match (b, d) {
+            (Some(mut b), _) => {
+                unsafe { b.set_len(n_out) };
+                O::wrap(Arr::from_shape_vec(IxDyn(shape), b).expect("length matches shape"))
+            }
+            (None, Some(d)) => d.view.clone(),
+            (None, None) => unreachable!("an output without a buffer has a destination"),
+        };
+        for (k, b) in extra_bufs.into_iter().enumerate() {
+            extra.push(done(b, dest(k)));
         }
-        O::wrap(Arr::from_shape_vec(IxDyn(shape), buf).expect("length matches shape"))
+        done(buf, result_dest)
     }
 }
 
