@@ -1346,6 +1346,22 @@ fn stacked_rows_step(xs: &Tensor, w: &Tensor, h0: &Tensor, grad: bool) -> Vec<Te
     out
 }
 
+/// Two `tape.gradient` calls of a persistent tape through one `scan` each build the same
+/// reverse scan; CSE merges control-flow nodes whose regions and operands are the same,
+/// so the compiled step runs the backward loop once.
+#[test]
+fn twin_backward_loops_of_a_persistent_tape_merge() {
+    let xs = Tensor::random_uniform(&[4, 16, 600], -1.0, 1.0, 5, DType::F32);
+    let w = Tensor::random_uniform(&[600, 32], -0.1, 0.1, 6, DType::F32);
+    let h0 = Tensor::random_uniform(&[16, 32], -0.5, 0.5, 7, DType::F32);
+    let f = function(|xs: &Tensor, w: &Tensor, h0: &Tensor| Ok(stacked_rows_step(xs, w, h0, true)));
+    let text = f.concrete(&[&xs, &w, &h0]).unwrap().text();
+    // the forward loop and one backward loop
+    assert_eq!(text.matches("= scan[").count(), 2, "{text}");
+    let eager = stacked_rows_step(&xs, &w, &h0, true);
+    common::assert_eager_bits_on_1_2_4_threads(&eager, || f.call(&xs, &w, &h0).unwrap());
+}
+
 /// A scan's body writes the values a step group computes and a `concat` straight into
 /// the rows of its stacked results, and its carries into the rows that save them for
 /// the next step (`exec::control`): in steady state the only rows copied into place are

@@ -3,10 +3,13 @@
 //! Algorithm: hash-consing in one sweep over the canonical (topological) order. A
 //! node's [`Key`](super::rewrite::Key) is its op, its operands (already merged, since
 //! operands come first; sorted for ops that are bit-for-bit commutative), its type, a
-//! constant's value bits and a fused node's expression. The first node with a key
+//! constant's value bits, a fused node's expression and a control-flow node's region
+//! (its [`region_text`](super::rewrite::region_text): two loops with the same bodies over
+//! the same operands merge, and then so do their `get`s). The first node with a key
 //! stays; later ones have their uses pointed at it. One sweep reaches the fixpoint.
 //!
-//! It does not merge `assign`s or inputs (never equal by construction), does not treat
+//! It does not merge `assign`s, inputs (never equal by construction) or control-flow
+//! nodes whose bodies assign variables, does not treat
 //! `0.0` and `-0.0` (or two NaN payloads) as the same constant, does not sort the
 //! operands of `maximum`/`minimum` (they are not bitwise commutative on ±0), and does
 //! not reorder operands in the graph itself (only the key is canonical).

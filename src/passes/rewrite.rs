@@ -14,7 +14,8 @@ use crate::tensor::{DType, Data, Shape};
 use smallvec::SmallVec;
 
 /// Everything that makes two nodes compute the same value: op, operands (sorted for
-/// commutative ops), type, a constant's value bits and a fused node's expression.
+/// commutative ops), type, a constant's value bits, a fused node's expression and a
+/// control-flow node's region (its [`region_text`]).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Key {
     op: Op,
@@ -23,6 +24,7 @@ pub struct Key {
     shape: Shape,
     value: Option<Vec<u64>>,
     fused: Option<FusedExpr>,
+    region: Option<String>,
 }
 
 /// The value bits of a constant (so `0.0` and `-0.0` differ and NaN equals itself).
@@ -34,17 +36,27 @@ fn bits(d: &Data) -> Vec<u64> {
     }
 }
 
-/// The key of a node, or `None` for nodes that must never merge (inputs, assigns).
+/// The key of a node, or `None` for nodes that must never merge (inputs, assigns, and
+/// control-flow nodes whose bodies assign variables).
 pub fn key(g: &Graph, id: NodeId) -> Option<Key> {
     let node = g.node(id);
     let mut operands = g.operands(id);
     let mut op = node.op;
-    let mut fused = None;
+    let (mut fused, mut region) = (None, None);
     match node.op {
         Op::Input(_) | Op::Assign(_) => return None,
         Op::Fused(f) => {
             op = Op::Fused(0); // the table index is not structure; the expression is
             fused = Some(g.fused[f as usize].clone());
+        }
+        // likewise a region's index: its structure is its text
+        Op::Cond(r) | Op::While(r) | Op::Scan(r) => {
+            op = match node.op {
+                Op::Cond(_) => Op::Cond(0),
+                Op::While(_) => Op::While(0),
+                _ => Op::Scan(0),
+            };
+            region = Some(region_text(g, r)?);
         }
         op if op.is_commutative() => operands.sort_unstable(),
         _ => {}
@@ -56,7 +68,41 @@ pub fn key(g: &Graph, id: NodeId) -> Option<Key> {
         shape: node.shape.clone(),
         value: node.value.as_ref().map(bits),
         fused,
+        region,
     })
+}
+
+/// What makes two regions of `g` the same computation on the same operands: their kind,
+/// counts and result types, and each body's canonical text (which names every op and
+/// attribute; constants by value, the large ones by their bits) with the identities of
+/// the variables it reads. `None` for a
+/// region with a body that assigns a variable (at any depth): two such loops are two
+/// writes, never one. Two `scan`s that two `tape.gradient` calls of a persistent tape
+/// build for the same loop are merged by it into one backward loop.
+pub fn region_text(g: &Graph, r: u32) -> Option<String> {
+    fn assigns(b: &Graph) -> bool {
+        !b.assigns.is_empty() || b.regions.iter().any(|r| r.bodies.iter().any(assigns))
+    }
+    let region = &g.regions[r as usize];
+    if region.bodies.iter().any(assigns) {
+        return None;
+    }
+    let mut text = format!(
+        "{:?} carries={} xs={} saved={} results={:?}\n",
+        region.kind, region.carries, region.xs, region.saved, region.results
+    );
+    for b in &region.bodies {
+        let vars: Vec<Option<u64>> = b
+            .vars
+            .iter()
+            .map(|v| Some(v.handle.as_ref()?.id()))
+            .collect();
+        // constants the text cannot hold bit for bit are listed after it, by their bits
+        let (body, consts) = crate::ir::print_with_constants(b);
+        let consts: Vec<Vec<u64>> = consts.iter().map(bits).collect();
+        text += &format!("vars {vars:?}\n{body}consts {consts:?}\n");
+    }
+    Some(text)
 }
 
 /// Adds `op(operands)` with its inferred type (`shape` for ops that need one), or
