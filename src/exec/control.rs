@@ -285,14 +285,14 @@ impl RegionPlan {
             // the stacked outputs' rows of this step and, when the carries are saved,
             // the carries' rows of the next step, for the body to write in place
             let saved = if self.saved { nc } else { 0 };
-            let ys = out.len() - saved;
-            let mut dests: SmallVec<[(usize, Dest); 8]> = (out[..ys].iter().enumerate())
+            let (stacked_ys, saved_carries) = out.split_at(out.len() - saved);
+            let mut dests: SmallVec<[(usize, Dest); 8]> = (stacked_ys.iter().enumerate())
                 .filter_map(|(j, p)| Some((nc + j, p.dest(t)?)))
                 .collect();
             if saved > 0 && k + 1 < n {
                 let next = if reverse { t - 1 } else { t + 1 };
-                let rows = out[ys..].iter().enumerate();
-                dests.extend(rows.filter_map(|(i, p)| Some((i, p.dest(next)?))));
+                let carries = saved_carries.iter().enumerate();
+                dests.extend(carries.filter_map(|(i, p)| Some((i, p.dest(next)?))));
             }
             let mut outs = body.run_into(&ins, &dests, stats)?;
             drop((ins, dests));
