@@ -505,9 +505,8 @@ struct Part {
     all: Data,
     /// Its first element.
     base: *mut u8,
-    /// Elements per block, and the element's size in bytes.
+    /// Elements per block.
     block: usize,
-    elem: usize,
     part: usize,
     parts: usize,
     /// The part's rows of a step (all of them with `None`).
@@ -530,11 +529,7 @@ impl Part {
             all.as_mut_ptr().cast()
         }
         // the pointer first, while `d` is unshared: the parts' handles share it after
-        let (base, elem) = match d {
-            Data::F32(a) => (base(a), 4),
-            Data::F64(a) => (base(a), 8),
-            Data::I64(a) => (base(a), 8),
-        };
+        let base = crate::with_data!(d, a => base(a));
         let steps = d.dims()[0];
         let block = d.len() / (P * steps).max(1);
         let mut rows = rows.into_iter();
@@ -542,7 +537,6 @@ impl Part {
             all: d.clone(),
             base,
             block,
-            elem,
             part,
             parts: P,
             rows: rows.next().flatten(),
@@ -551,7 +545,7 @@ impl Part {
 
     /// The first byte of block `t`.
     fn at(&self, t: usize) -> *mut u8 {
-        let off = (t * self.parts + self.part) * self.block * self.elem;
+        let off = (t * self.parts + self.part) * self.block * self.all.dtype().size();
         // SAFETY: block `t` lies inside the buffer (`t` < steps)
         unsafe { self.base.add(off) }
     }

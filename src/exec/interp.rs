@@ -1139,23 +1139,6 @@ impl Plan {
                 self.finish_collective(o, st, true)?;
             }
         }
-        if let (Op::Concat { axis }, Some(d)) = (s.op, st.dest(i)) {
-            // a scan's stacked row: written in place (see `Plan::run_into`)
-            if d.fits(node.dtype, &node.shape) {
-                let v = {
-                    let guards = read_inputs(s, st);
-                    let args: SmallVec<[&Data; 4]> =
-                        s.operands.iter().map(|&o| operand(s, &guards, o)).collect();
-                    super::control::concat_into(&args, axis as usize, &node.shape, &d)
-                };
-                if let Some(v) = v {
-                    self.check_finite(i, &v)?;
-                    st.set(i, v);
-                    self.release_operands(s, st);
-                    return Ok(true);
-                }
-            }
-        }
         let (v, kernel) = match s.op {
             Op::Cond(_) | Op::While(_) | Op::Scan(_) => {
                 let guards = read_inputs(s, st);
@@ -1242,9 +1225,23 @@ impl Plan {
                 let guards = read_inputs(s, st);
                 let args: SmallVec<[&Data; 4]> =
                     s.operands.iter().map(|&o| operand(s, &guards, o)).collect();
-                let v = op
-                    .eval(&args, &node.shape)
-                    .map_err(|msg| Error::op_in_graph(op.name(), msg, node.loc))?;
+                // a `concat` that is a scan's stacked row: written in place (see
+                // `Plan::run_into`)
+                let in_place = match op {
+                    Op::Concat { axis } => st
+                        .dest(i)
+                        .filter(|d| d.fits(node.dtype, &node.shape))
+                        .and_then(|d| {
+                            super::control::concat_into(&args, axis as usize, &node.shape, &d)
+                        }),
+                    _ => None,
+                };
+                let v = match in_place {
+                    Some(v) => v,
+                    None => op
+                        .eval(&args, &node.shape)
+                        .map_err(|msg| Error::op_in_graph(op.name(), msg, node.loc))?,
+                };
                 (v, true)
             }
         };

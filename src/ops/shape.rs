@@ -330,7 +330,7 @@ fn concat<T: Pooled>(parts: &[&Arr<T>], axis: usize, shape: &[usize]) -> Arr<T> 
 /// The concatenation of `parts` along `axis` (the result's `shape`) as runs of
 /// elements handed to `put` in the result's memory order: what `concat` stores, for a
 /// kernel that writes it elsewhere (a scan's stacked row, `exec::control`).
-pub fn concat_runs<T: Clone>(
+pub(crate) fn concat_runs<T: Clone>(
     parts: &[&Arr<T>],
     axis: usize,
     shape: &[usize],
