@@ -777,25 +777,41 @@ impl Plan {
         dests: &[(usize, Dest)],
         stats: &mut RunStats,
     ) -> Result<Vec<Data>> {
+        let mut out = Vec::with_capacity(self.outputs.len());
+        self.run_to(inputs, dests, stats, &mut |d| out.push(d))?;
+        Ok(out)
+    }
+
+    /// [`Plan::run_into`], handing the output values to `sink` in order, once the run
+    /// has succeeded: a compiled call turns them into its result tensors as they come,
+    /// with no list of values in between.
+    pub(crate) fn run_to(
+        &self,
+        inputs: &[&Data],
+        dests: &[(usize, Dest)],
+        stats: &mut RunStats,
+        sink: &mut (dyn FnMut(Data) + Send),
+    ) -> Result<()> {
         if self.on_workers && rayon::current_thread_index().is_none() {
             // see `ON_WORKERS_MIN_MACS`: the whole run moves to a worker of the pool
             // and keeps the other workers awake for its forks (see `exec::kernels::awake`)
             return rayon::scope(|_| {
                 crate::exec::kernels::awake::with_workers_awake(|| {
-                    self.run_here(inputs, dests, stats)
+                    self.run_here(inputs, dests, stats, sink)
                 })
             });
         }
-        self.run_here(inputs, dests, stats)
+        self.run_here(inputs, dests, stats, sink)
     }
 
-    /// [`Plan::run_into`] on the calling thread.
+    /// [`Plan::run_to`] on the calling thread.
     fn run_here(
         &self,
         inputs: &[&Data],
         dests: &[(usize, Dest)],
         stats: &mut RunStats,
-    ) -> Result<Vec<Data>> {
+        sink: &mut (dyn FnMut(Data) + Send),
+    ) -> Result<()> {
         let g = &self.graph;
         if inputs.len() != g.inputs.len() {
             return Err(Error::Function(format!(
@@ -807,11 +823,13 @@ impl Plan {
         let misses = self.pool.misses();
         let result = loop {
             let mut st = self.take_state();
-            let result = with_pool(&self.pool, || self.run_with(&mut st, inputs, dests, stats));
+            let result = with_pool(&self.pool, || {
+                self.run_with(&mut st, inputs, dests, stats, &mut *sink)
+            });
             self.put_state(st, stats.parallel);
             match result {
-                Ok(None) => continue, // a variable it read changed meanwhile: run again
-                Ok(Some(out)) => break Ok(out),
+                Ok(false) => continue, // a variable it read changed meanwhile: run again
+                Ok(true) => break Ok(()),
                 Err(e) => break Err(e),
             }
         };
@@ -880,14 +898,16 @@ impl Plan {
         }
     }
 
-    /// One run; `None` if a variable it read was written before it could commit.
+    /// One run, its outputs handed to `sink`; `false` (and no outputs) if a variable it
+    /// read was written before it could commit.
     fn run_with(
         &self,
         st: &mut RunState,
         inputs: &[&Data],
         dests: &[(usize, Dest)],
         stats: &mut RunStats,
-    ) -> Result<Option<Vec<Data>>> {
+        sink: &mut dyn FnMut(Data),
+    ) -> Result<bool> {
         let checked = crate::debugging::check_numerics_enabled(); // report the first, in order
         let parallel = self.parallel() && !stats.collect_profile && !checked;
         stats.parallel = parallel;
@@ -899,13 +919,13 @@ impl Plan {
                 *sh.uses[i].get_mut() = s.uses;
             }
             *sh.failed.get_mut() = false;
-            self.run_on(&st.shared, inputs, stats)
+            self.run_on(&st.shared, inputs, stats, sink)
         } else {
             for (u, s) in st.own.uses.iter().zip(&self.steps) {
                 u.set(s.uses);
             }
             if dests.is_empty() {
-                return self.run_on(&st.own, inputs, stats);
+                return self.run_on(&st.own, inputs, stats, sink);
             }
             // by step: the first output a step computes gets its destination
             let own = st.own.dests.get_mut();
@@ -916,7 +936,7 @@ impl Plan {
                     }
                 }
             }
-            let out = self.run_on(&st.own, inputs, stats);
+            let out = self.run_on(&st.own, inputs, stats, sink);
             st.own.dests.get_mut().clear();
             out
         }
@@ -928,7 +948,8 @@ impl Plan {
         st: &S,
         inputs: &[&Data],
         stats: &mut RunStats,
-    ) -> Result<Option<Vec<Data>>> {
+        sink: &mut dyn FnMut(Data),
+    ) -> Result<bool> {
         let g = &self.graph;
         let handles = || g.vars.iter().map(|v| v.handle.as_ref());
         let mut vars = match g.vars.is_empty() {
@@ -987,7 +1008,7 @@ impl Plan {
                 })
                 .collect();
             if !writes.is_empty() && !variable::commit(&versions, &mut writes) {
-                return Ok(None);
+                return Ok(false);
             }
             for (_, old) in writes {
                 if let Some(old) = old.into_unshared_data() {
@@ -995,18 +1016,14 @@ impl Plan {
                 }
             }
         }
-        Ok(Some(
-            self.outputs
-                .iter()
-                .map(|&(o, moves)| {
-                    match moves {
-                        true => st.take(o),
-                        false => st.get(o).clone(),
-                    }
-                    .expect("output computed")
-                })
-                .collect(),
-        ))
+        for &(o, moves) in &self.outputs {
+            let v = match moves {
+                true => st.take(o),
+                false => st.get(o).clone(),
+            };
+            sink(v.expect("output computed"));
+        }
+        Ok(true)
     }
 
     /// The kernel steps (after the sources are bound), then the collectives whose values

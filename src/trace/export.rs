@@ -767,7 +767,10 @@ impl LoadedFunction {
         })?;
         let source = self.traced.as_ref().unwrap_or(self.program.graph());
         let args: SmallVec<[&Tensor; 4]> = args.iter().collect();
-        self.program.run(&self.signature, source, &args, loc)
+        Ok(self
+            .program
+            .run(&self.signature, source, &args, loc)?
+            .into_vec())
     }
 
     /// The function's variables (created from the export's values), in the order the

@@ -51,7 +51,16 @@ pub trait Outputs: Sized {
     fn flatten(self) -> Vec<Tensor>;
     /// Rebuilds the value from tensors in the same order.
     fn unflatten(v: Vec<Tensor>) -> Self;
+    /// [`Outputs::unflatten`] from the small vector a compiled call returns its results
+    /// in; by default through a `Vec`. The types made of a few tensors take them
+    /// straight from it, so their calls allocate no list.
+    fn unflatten_results(v: Results) -> Self {
+        Self::unflatten(v.into_vec())
+    }
 }
+
+/// The results of a compiled call, in order: inline up to four.
+pub type Results = SmallVec<[Tensor; 4]>;
 
 impl Outputs for Tensor {
     fn flatten(self) -> Vec<Tensor> {
@@ -60,6 +69,11 @@ impl Outputs for Tensor {
     fn unflatten(mut v: Vec<Tensor>) -> Self {
         v.remove(0)
     }
+    fn unflatten_results(v: Results) -> Self {
+        v.into_iter()
+            .next()
+            .expect("a function returning a tensor has a result")
+    }
 }
 
 impl Outputs for () {
@@ -67,6 +81,7 @@ impl Outputs for () {
         Vec::new()
     }
     fn unflatten(_: Vec<Tensor>) -> Self {}
+    fn unflatten_results(_: Results) -> Self {}
 }
 
 impl Outputs for Vec<Tensor> {
@@ -83,9 +98,16 @@ impl Outputs for (Tensor, Tensor) {
         vec![self.0, self.1]
     }
     fn unflatten(v: Vec<Tensor>) -> Self {
-        let mut it = v.into_iter();
-        (it.next().expect("2 outputs"), it.next().expect("2 outputs"))
+        pair(v)
     }
+    fn unflatten_results(v: Results) -> Self {
+        pair(v)
+    }
+}
+
+fn pair(v: impl IntoIterator<Item = Tensor>) -> (Tensor, Tensor) {
+    let mut it = v.into_iter();
+    (it.next().expect("2 outputs"), it.next().expect("2 outputs"))
 }
 
 impl Outputs for (Tensor, Tensor, Tensor) {
@@ -93,13 +115,20 @@ impl Outputs for (Tensor, Tensor, Tensor) {
         vec![self.0, self.1, self.2]
     }
     fn unflatten(v: Vec<Tensor>) -> Self {
-        let mut it = v.into_iter();
-        (
-            it.next().expect("3"),
-            it.next().expect("3"),
-            it.next().expect("3"),
-        )
+        triple(v)
     }
+    fn unflatten_results(v: Results) -> Self {
+        triple(v)
+    }
+}
+
+fn triple(v: impl IntoIterator<Item = Tensor>) -> (Tensor, Tensor, Tensor) {
+    let mut it = v.into_iter();
+    (
+        it.next().expect("3 outputs"),
+        it.next().expect("3 outputs"),
+        it.next().expect("3 outputs"),
+    )
 }
 
 /// A closure that `function` can trace, for each arity `A = (Tensor, ...)`.
@@ -242,11 +271,11 @@ impl ConcreteFunction {
     #[track_caller]
     pub fn run(&self, args: &[Tensor]) -> Result<Vec<Tensor>> {
         let args: SmallVec<[&Tensor; 4]> = args.iter().collect();
-        self.run_refs(&args, Location::caller())
+        Ok(self.run_refs(&args, Location::caller())?.into_vec())
     }
 
     /// [`ConcreteFunction::run`] on borrowed arguments, recording `loc` in the results.
-    fn run_refs(&self, args: &[&Tensor], loc: &'static Location<'static>) -> Result<Vec<Tensor>> {
+    fn run_refs(&self, args: &[&Tensor], loc: &'static Location<'static>) -> Result<Results> {
         self.program.run(&self.signature, &self.traced, args, loc)
     }
 
@@ -739,7 +768,9 @@ impl<A, F: Traceable<A>> Function<A, F> {
             return self.f.invoke(&owned);
         }
         let c = self.concrete(args)?;
-        Ok(F::Out::unflatten(c.run_refs(args, Location::caller())?))
+        Ok(F::Out::unflatten_results(
+            c.run_refs(args, Location::caller())?,
+        ))
     }
 }
 

@@ -4,6 +4,7 @@
 //! [`LoadedFunction`](super::LoadedFunction), so an exported function specializes each
 //! batch size exactly as the function it was exported from.
 
+use super::function::Results;
 use super::signature::{self, Signature};
 use crate::error::{Error, Result};
 use crate::exec::{Plan, RunStats};
@@ -184,28 +185,32 @@ impl Program {
         source: &Graph,
         args: &[&Tensor],
         loc: &'static Location<'static>,
-    ) -> Result<Vec<Tensor>> {
+    ) -> Result<Results> {
         // a loop, not a `collect` of `Result`s: a per-call cost of small compiled functions
         let mut datas: SmallVec<[&Data; 4]> = SmallVec::with_capacity(args.len());
         for a in args {
             datas.push(a.data()?);
         }
-        let plan = match self {
+        let instance;
+        let plan: &Plan = match self {
             // a concrete plan checks its inputs itself: no types to collect per call
-            Program::Concrete(p) => p.clone(),
-            Program::Symbolic(s) => match s.repeat(&datas) {
-                // the types of the latest call: its instance, without binding again
-                Some(plan) => plan,
-                None => {
-                    let types: Signature = datas.iter().map(|d| (d.dtype(), d.shape())).collect();
-                    self.plan_for_types(signature, source, &types, loc)?
-                }
-            },
+            Program::Concrete(p) => p,
+            Program::Symbolic(s) => {
+                instance = match s.repeat(&datas) {
+                    // the types of the latest call: its instance, without binding again
+                    Some(plan) => plan,
+                    None => {
+                        let types: Signature =
+                            datas.iter().map(|d| (d.dtype(), d.shape())).collect();
+                        self.plan_for_types(signature, source, &types, loc)?
+                    }
+                };
+                &instance
+            }
         };
-        let out = plan.run(&datas, &mut RunStats::default())?;
-        Ok(out
-            .into_iter()
-            .map(|d| Tensor::from_data_at(d, loc))
-            .collect())
+        let mut out = Results::new();
+        let mut sink = |d| out.push(Tensor::from_data_at(d, loc));
+        plan.run_to(&datas, &[], &mut RunStats::default(), &mut sink)?;
+        Ok(out)
     }
 }
