@@ -505,7 +505,8 @@ fn driver() {
     });
     for (mode, says) in [
         ("panic", "this rank panicked"),
-        ("err", "has waited"),
+        // rank 0 waits in the second all-reduce, and the watchdog says which
+        ("err", "(all_reduce[op=sum] of f32[3]) has waited"),
         ("exit", ""),
         ("abort", ""),
     ] {

@@ -141,12 +141,16 @@ impl Reply {
     }
 }
 
-/// The watchdog's view of the collective in progress. Starting and ending one costs a
-/// lock and an atomic store, and no clock read: the watchdog times a collective from
-/// when it first sees it running.
+/// The watchdog's view of the collective in progress. Starting one costs a few plain
+/// (relaxed) atomic stores and one release store, ending one a release store: no lock,
+/// no allocation and no clock read (the watchdog times a collective from when it first
+/// sees it running).
 struct Watch {
-    /// The number of the collective running or last run, and what it is.
-    current: Mutex<(u64, Option<What>)>,
+    /// One more than the number of the collective running or last run (0: none yet).
+    started: AtomicU64,
+    /// What the collective numbered by `started` is, packed ([`Packed`]): written before
+    /// `started`, read by the watchdog only.
+    what: [AtomicU64; PACKED_WORDS],
     /// One more than the number of the last collective that finished (0: none yet).
     finished: AtomicU64,
     timeout: Option<Duration>,
@@ -154,10 +158,23 @@ struct Watch {
 }
 
 impl Watch {
+    fn new(timeout: Option<Duration>) -> Watch {
+        Watch {
+            started: AtomicU64::new(0),
+            what: Default::default(),
+            finished: AtomicU64::new(0),
+            timeout,
+            stop: AtomicBool::new(false),
+        }
+    }
+
     /// Collective `seq` starts (only recorded when there is a watchdog).
-    fn begin(&self, seq: u64, what: impl FnOnce() -> What) {
+    fn begin(&self, seq: u64, what: impl FnOnce() -> Packed) {
         if self.timeout.is_some() {
-            *self.current.lock().unwrap_or_else(|e| e.into_inner()) = (seq, Some(what()));
+            for (w, v) in self.what.iter().zip(what().0) {
+                w.store(v, Ordering::Relaxed);
+            }
+            self.started.store(seq + 1, Ordering::Release);
         }
     }
 
@@ -166,11 +183,17 @@ impl Watch {
         self.finished.store(seq + 1, Ordering::Release);
     }
 
-    /// The collective running now, if any: its number and what it is.
+    /// The collective running now, if any: its number and what it is. `None` too when
+    /// another collective started while this looked (the next look sees that one).
     fn running(&self) -> Option<(u64, String)> {
-        let cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
-        let (seq, what) = (cur.0, cur.1.as_ref()?);
-        (self.finished.load(Ordering::Acquire) != seq + 1).then(|| (seq, what.to_string()))
+        let started = self.started.load(Ordering::Acquire);
+        if started == 0 || self.finished.load(Ordering::Acquire) == started {
+            return None;
+        }
+        let words = std::array::from_fn(|i| self.what[i].load(Ordering::Relaxed));
+        std::sync::atomic::fence(Ordering::Acquire);
+        (self.started.load(Ordering::Relaxed) == started)
+            .then(|| (started - 1, Packed(words).to_string()))
     }
 }
 
@@ -207,7 +230,7 @@ impl World {
         }
         let world = SimpleCommunicator::world();
         let seq = turn.next();
-        self.watch.begin(seq, || what(&call));
+        self.watch.begin(seq, || Packed::of_call(&call));
         let r = match call {
             Call::AllReduce(d, op) => all_reduce(&world, d, op, self.size, &mut turn.recent),
             Call::Broadcast(d, root) => broadcast(&world, d, root),
@@ -261,12 +284,7 @@ pub(super) fn init() -> Result<()> {
                 .into(),
         ));
     }
-    let watch = Arc::new(Watch {
-        current: Mutex::new((0, None)),
-        finished: AtomicU64::new(0),
-        timeout: timeout_from_env()?,
-        stop: AtomicBool::new(false),
-    });
+    let watch = Arc::new(Watch::new(timeout_from_env()?));
     let (tx, rx) = mpsc::channel::<Job>();
     let (ready_tx, ready_rx) = mpsc::channel();
     let turn = Arc::new(Mutex::new(Turn {
@@ -359,49 +377,109 @@ fn watchdog(w: &Watch, limit: Duration, rank: usize, size: usize) {
     }
 }
 
-/// What a collective is, for the watchdog's message: kept as a few numbers (and
-/// formatted only when the watchdog fires, off the path of every collective).
-enum What {
-    AllReduce(ReduceOp, DType, Shape),
-    Broadcast(usize, DType, Shape),
-    Barrier,
-    PlainLoop(usize, DType, Shape),
-    Shutdown,
-}
+/// Lengths of a collective's shape the watchdog's message shows (more as `…`).
+const DIMS_KEPT: usize = 4;
 
-fn what(call: &Call<'_>) -> What {
-    match *call {
-        Call::AllReduce(d, op) => What::AllReduce(op, d.dtype(), d.shape()),
-        Call::Broadcast(d, root) => What::Broadcast(root, d.dtype(), d.shape()),
-        Call::Barrier => What::Barrier,
-        Call::PlainLoop(d, n) => What::PlainLoop(n, d.dtype(), d.shape()),
+/// Words of a [`Packed`] description.
+const PACKED_WORDS: usize = 2 + DIMS_KEPT;
+
+/// What a collective is, for the watchdog's message, as a few numbers (formatted only
+/// when the watchdog fires, off the path of every collective): the kind, the dtype and
+/// the rank of the shape; the kind's parameter (the reduce op, the root, the count);
+/// the first [`DIMS_KEPT`] lengths.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Packed([u64; PACKED_WORDS]);
+
+const ALL_REDUCE: u64 = 0;
+const BROADCAST: u64 = 1;
+const BARRIER: u64 = 2;
+const PLAIN_LOOP: u64 = 3;
+const SHUTDOWN: u64 = 4;
+
+impl Packed {
+    fn new(kind: u64, param: usize, data: Option<&Data>) -> Packed {
+        let mut w = [0; PACKED_WORDS];
+        w[1] = param as u64;
+        if let Some(d) = data {
+            let dims = d.dims();
+            let dtype = match d.dtype() {
+                DType::F32 => 0,
+                DType::F64 => 1,
+                DType::I64 => 2,
+            };
+            w[0] = dtype << 8 | (dims.len() as u64) << 16;
+            for (k, &n) in dims.iter().take(DIMS_KEPT).enumerate() {
+                w[2 + k] = n as u64;
+            }
+        }
+        w[0] |= kind;
+        Packed(w)
+    }
+
+    fn of_call(call: &Call<'_>) -> Packed {
+        match *call {
+            Call::AllReduce(d, op) => {
+                let op = match op {
+                    ReduceOp::Sum => 0,
+                    ReduceOp::Mean => 1,
+                };
+                Packed::new(ALL_REDUCE, op, Some(d))
+            }
+            Call::Broadcast(d, root) => Packed::new(BROADCAST, root, Some(d)),
+            Call::Barrier => Packed::new(BARRIER, 0, None),
+            Call::PlainLoop(d, n) => Packed::new(PLAIN_LOOP, n, Some(d)),
+        }
+    }
+
+    fn of_job(kind: &Kind) -> Packed {
+        match kind {
+            Kind::AllReduce(d, op) => Packed::of_call(&Call::AllReduce(d, *op)),
+            Kind::Broadcast(d, root) => Packed::of_call(&Call::Broadcast(d, *root)),
+            Kind::Barrier => Packed::new(BARRIER, 0, None),
+            Kind::PlainLoop(d, n) => Packed::of_call(&Call::PlainLoop(d, *n)),
+            Kind::Shutdown => Packed::new(SHUTDOWN, 0, None),
+        }
+    }
+
+    /// The data's type as `f32[2,3]` (`f32[2,3,4,5,…]` beyond [`DIMS_KEPT`] lengths).
+    fn data_type(&self) -> String {
+        let w = &self.0;
+        let dtype = match (w[0] >> 8) & 0xff {
+            0 => DType::F32,
+            1 => DType::F64,
+            _ => DType::I64,
+        };
+        let rank = (w[0] >> 16) as usize;
+        let dims: Shape = (0..rank.min(DIMS_KEPT))
+            .map(|k| w[2 + k] as usize)
+            .collect();
+        let text = type_str(dtype, &dims);
+        match rank > DIMS_KEPT {
+            true => format!("{},…]", text.trim_end_matches(']')),
+            false => text,
+        }
     }
 }
 
-fn what_job(kind: &Kind) -> What {
-    match kind {
-        Kind::AllReduce(d, op) => what(&Call::AllReduce(d, *op)),
-        Kind::Broadcast(d, root) => what(&Call::Broadcast(d, *root)),
-        Kind::Barrier => What::Barrier,
-        Kind::PlainLoop(d, n) => what(&Call::PlainLoop(d, *n)),
-        Kind::Shutdown => What::Shutdown,
-    }
-}
-
-impl std::fmt::Display for What {
+impl std::fmt::Display for Packed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            What::AllReduce(op, t, s) => {
-                write!(f, "all_reduce[op={}] of {}", op.name(), type_str(*t, s))
+        let param = self.0[1];
+        match self.0[0] & 0xff {
+            ALL_REDUCE => {
+                let op = match param {
+                    0 => ReduceOp::Sum,
+                    _ => ReduceOp::Mean,
+                };
+                write!(f, "all_reduce[op={}] of {}", op.name(), self.data_type())
             }
-            What::Broadcast(root, t, s) => {
-                write!(f, "broadcast from rank {root} of {}", type_str(*t, s))
-            }
-            What::Barrier => write!(f, "barrier"),
-            What::PlainLoop(n, t, s) => {
-                write!(f, "{n} plain MPI_Allreduce calls on {}", type_str(*t, s))
-            }
-            What::Shutdown => write!(f, "shutdown barrier"),
+            BROADCAST => write!(f, "broadcast from rank {param} of {}", self.data_type()),
+            BARRIER => write!(f, "barrier"),
+            PLAIN_LOOP => write!(
+                f,
+                "{param} plain MPI_Allreduce calls on {}",
+                self.data_type()
+            ),
+            _ => write!(f, "shutdown barrier"),
         }
     }
 }
@@ -435,7 +513,7 @@ fn communicate(
     while let Ok(job) = rx.recv() {
         let mut turn = turn.lock().unwrap_or_else(|e| e.into_inner());
         let seq = turn.next();
-        watch.begin(seq, || what_job(&job.kind));
+        watch.begin(seq, || Packed::of_job(&job.kind));
         let (r, last) = match job.kind {
             Kind::AllReduce(d, op) => (all_reduce(&world, &d, op, size, &mut turn.recent), false),
             Kind::Broadcast(d, root) => (broadcast(&world, &d, root), false),
@@ -490,19 +568,22 @@ const RECENT_RESULTS: usize = 8;
 
 /// An array of `shape` with unspecified contents, for MPI to overwrite: a result of
 /// that shape its caller has dropped (reused as it is: no allocation), or a new one.
+/// Every array in `recent` was made here, contiguous in standard layout, and a unique
+/// one is no longer seen by anyone else, so it still is.
 fn result_array<T: Pooled>(recent: &mut Vec<Data>, shape: &[usize]) -> Arr<T> {
-    let free = recent.iter().position(|d| {
-        T::array_of(d)
-            .is_some_and(|a| a.shape() == shape && a.is_standard_layout() && a.is_unique())
-    });
-    free.and_then(|i| T::into_array(recent.remove(i)))
+    let free = recent
+        .iter()
+        .position(|d| T::array_of(d).is_some_and(|a| a.shape() == shape && a.is_unique()));
+    // the last entry takes its place: `recent` is a set, its order does not matter
+    free.and_then(|i| T::into_array(recent.swap_remove(i)))
         .unwrap_or_else(|| Arr::from_elem(IxDyn(shape), T::default()))
 }
 
-/// Remembers a result handed out, forgetting the oldest beyond [`RECENT_RESULTS`].
+/// Remembers a result handed out, forgetting another beyond [`RECENT_RESULTS`] (the
+/// first, one of the older ones).
 fn keep(recent: &mut Vec<Data>, d: &Data) {
     if recent.len() == RECENT_RESULTS {
-        recent.remove(0);
+        recent.swap_remove(0);
     }
     recent.push(d.clone());
 }
