@@ -14,6 +14,8 @@
 //! The same holds for one symbolic train step (`f32[b,784]`) called at two batch sizes
 //! in turn: each binding keeps its own plan.
 //!
+//! A small compiled call allocates its result tensors and nothing else.
+//!
 //! This binary holds a single test so no other test allocates while it counts.
 
 mod common;
@@ -38,10 +40,15 @@ struct Counting;
 static COUNTING: AtomicBool = AtomicBool::new(false);
 static BIG_ALLOCS: AtomicUsize = AtomicUsize::new(0);
 static BIG_BYTES: AtomicUsize = AtomicUsize::new(0);
+/// Allocations of any size while `COUNTING` is set.
+static ALL_ALLOCS: AtomicUsize = AtomicUsize::new(0);
 
 // SAFETY: forwards to the system allocator unchanged; only counts.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALL_ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
         if l.size() >= BIG && COUNTING.load(Ordering::Relaxed) && !in_backend_call() {
             BIG_ALLOCS.fetch_add(1, Ordering::Relaxed);
             BIG_BYTES.fetch_add(l.size(), Ordering::Relaxed);
@@ -214,6 +221,44 @@ fn steady_state_calls_allocate_no_buffers() {
     }
     symbolic_steps_at_alternating_batch_sizes_allocate_no_buffers();
     while_loop_iterations_allocate_no_buffers();
+    small_calls_allocate_only_their_results();
+}
+
+/// A compiled call of a small function, on the in-order schedule, allocates its
+/// results and nothing else: per result tensor its shared header, its array's shared
+/// header and its buffer (which leaves the plan's pool with it); no list of values or
+/// tensors on the way out (for one to four results), no run state, no argument list.
+fn small_calls_allocate_only_their_results() {
+    let x = Tensor::random_uniform(&[16], -1.0, 1.0, 11, tapeflow::DType::F32);
+    let one = function(|x: &Tensor| Ok(x.exp()));
+    let two = function(|x: &Tensor| Ok((x.exp(), x.tanh())));
+    one.concrete(&[&x])
+        .unwrap()
+        .plan()
+        .set_schedule(Schedule::Sequential);
+    two.concrete(&[&x])
+        .unwrap()
+        .plan()
+        .set_schedule(Schedule::Sequential);
+    let per_call = |call: &dyn Fn()| {
+        for _ in 0..10 {
+            call();
+        }
+        ALL_ALLOCS.store(0, Ordering::SeqCst);
+        COUNTING.store(true, Ordering::SeqCst);
+        for _ in 0..100 {
+            call();
+        }
+        COUNTING.store(false, Ordering::SeqCst);
+        ALL_ALLOCS.load(Ordering::SeqCst) as f64 / 100.0
+    };
+    let one_result = per_call(&|| drop(one.call(&x).unwrap()));
+    let two_results = per_call(&|| drop(two.call(&x).unwrap()));
+    assert_eq!(
+        (one_result, two_results),
+        (3.0, 6.0),
+        "allocations per compiled call of one and of two results"
+    );
 }
 
 /// `while` loops of 200 iterations over an f32 carry: a `fori_loop` (one op in the
