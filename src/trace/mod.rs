@@ -9,7 +9,7 @@ mod signature;
 
 pub use export::{load_function, LoadedFunction, EXPORT_FORMAT_VERSION};
 pub use function::{
-    function, function_with, function_with_signature, ConcreteFunction, Function, Outputs,
+    function, function_with, function_with_signature, ConcreteFunction, Function, Outputs, Results,
     Traceable, DEFAULT_CACHE_SIZE, RETRACE_WARN_COUNT, RETRACE_WARN_WINDOW,
 };
 pub use program::DEFAULT_INSTANCES;
