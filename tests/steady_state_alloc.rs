@@ -46,10 +46,11 @@ static ALL_ALLOCS: AtomicUsize = AtomicUsize::new(0);
 // SAFETY: forwards to the system allocator unchanged; only counts.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
+        let counting = COUNTING.load(Ordering::Relaxed);
+        if counting {
             ALL_ALLOCS.fetch_add(1, Ordering::Relaxed);
         }
-        if l.size() >= BIG && COUNTING.load(Ordering::Relaxed) && !in_backend_call() {
+        if l.size() >= BIG && counting && !in_backend_call() {
             BIG_ALLOCS.fetch_add(1, Ordering::Relaxed);
             BIG_BYTES.fetch_add(l.size(), Ordering::Relaxed);
         }

@@ -531,6 +531,17 @@ impl Op {
         self.family() == Family::Collective
     }
 
+    /// A control-flow op (`cond`, `while`, `scan`) of the same kind running region `r`
+    /// of its graph's region table instead; any other op as it is.
+    pub fn with_region(self, r: u32) -> Op {
+        match self {
+            Op::Cond(_) => Op::Cond(r),
+            Op::While(_) => Op::While(r),
+            Op::Scan(_) => Op::Scan(r),
+            op => op,
+        }
+    }
+
     /// Whether the op has a gradient path at all (false for masks, argmax, casts to int, stop_gradient).
     pub fn is_differentiable(&self) -> bool {
         !matches!(

@@ -195,12 +195,7 @@ fn inline(dst: &mut Graph, src: &Graph, args: &[NodeId]) -> Vec<NodeId> {
         node.op = match node.op {
             Op::Cond(r) | Op::While(r) | Op::Scan(r) => {
                 dst.regions.push(src.regions[r as usize].clone());
-                let k = dst.regions.len() as u32 - 1;
-                match node.op {
-                    Op::Cond(_) => Op::Cond(k),
-                    Op::While(_) => Op::While(k),
-                    _ => Op::Scan(k),
-                }
+                node.op.with_region(dst.regions.len() as u32 - 1)
             }
             Op::Fused(f) => {
                 dst.fused.push(src.fused[f as usize].clone());

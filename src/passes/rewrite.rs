@@ -51,11 +51,7 @@ pub fn key(g: &Graph, id: NodeId) -> Option<Key> {
         }
         // likewise a region's index: its structure is its text
         Op::Cond(r) | Op::While(r) | Op::Scan(r) => {
-            op = match node.op {
-                Op::Cond(_) => Op::Cond(0),
-                Op::While(_) => Op::While(0),
-                _ => Op::Scan(0),
-            };
+            op = node.op.with_region(0);
             region = Some(region_text(g, r)?);
         }
         op if op.is_commutative() => operands.sort_unstable(),
