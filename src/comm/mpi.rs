@@ -402,12 +402,7 @@ impl Packed {
         w[1] = param as u64;
         if let Some(d) = data {
             let dims = d.dims();
-            let dtype = match d.dtype() {
-                DType::F32 => 0,
-                DType::F64 => 1,
-                DType::I64 => 2,
-            };
-            w[0] = dtype << 8 | (dims.len() as u64) << 16;
+            w[0] = (d.dtype().index() as u64) << 8 | (dims.len() as u64) << 16;
             for (k, &n) in dims.iter().take(DIMS_KEPT).enumerate() {
                 w[2 + k] = n as u64;
             }
@@ -444,11 +439,7 @@ impl Packed {
     /// The data's type as `f32[2,3]` (`f32[2,3,4,5,…]` beyond [`DIMS_KEPT`] lengths).
     fn data_type(&self) -> String {
         let w = &self.0;
-        let dtype = match (w[0] >> 8) & 0xff {
-            0 => DType::F32,
-            1 => DType::F64,
-            _ => DType::I64,
-        };
+        let dtype = DType::ALL[((w[0] >> 8) & 0xff) as usize];
         let rank = (w[0] >> 16) as usize;
         let dims: Shape = (0..rank.min(DIMS_KEPT))
             .map(|k| w[2 + k] as usize)

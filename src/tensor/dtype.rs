@@ -37,6 +37,19 @@ impl DType {
         }
     }
 
+    /// Every dtype, in the order of [`DType::index`].
+    pub const ALL: [DType; 3] = [DType::F32, DType::F64, DType::I64];
+
+    /// The dtype's position in [`DType::ALL`] (0, 1, 2): for tables kept per dtype and
+    /// for packing a dtype into a number.
+    pub const fn index(self) -> usize {
+        match self {
+            DType::F32 => 0,
+            DType::F64 => 1,
+            DType::I64 => 2,
+        }
+    }
+
     /// Whether this is a floating-point dtype (differentiable).
     pub fn is_float(self) -> bool {
         matches!(self, DType::F32 | DType::F64)
@@ -165,4 +178,21 @@ pub fn broadcast_shapes(a: &[usize], b: &[usize]) -> Option<Shape> {
         });
     }
     Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `DType::ALL` lists each dtype at its `index`, so a dtype packed as its index (the
+    /// MPI watchdog's record, the fused kernels' per-dtype registers) comes back as itself.
+    #[test]
+    fn every_dtype_sits_at_its_index() {
+        for (i, d) in DType::ALL.into_iter().enumerate() {
+            assert_eq!(d.index(), i, "{d}");
+            assert_eq!(DType::ALL[d.index()], d);
+        }
+        let names: Vec<&str> = DType::ALL.iter().map(|d| d.name()).collect();
+        assert_eq!(names, ["f32", "f64", "i64"]);
+    }
 }

@@ -827,11 +827,7 @@ pub(crate) fn reserve_registers<'a>(programs: impl Iterator<Item = &'a Program>)
     for p in programs {
         let mut count = [0usize; 3];
         for &d in &p.dtypes {
-            count[match d {
-                DType::F32 => 0,
-                DType::F64 => 1,
-                DType::I64 => 2,
-            }] += 1;
+            count[d.index()] += 1;
         }
         for k in 0..3 {
             need[k] = need[k].max(count[k]);
@@ -846,11 +842,6 @@ pub(crate) fn reserve_registers<'a>(programs: impl Iterator<Item = &'a Program>)
 
 /// Runs `f` with registers of `dtypes`, each at least `len` long, reusing this thread's.
 fn with_regs<R>(dtypes: &[DType], len: usize, f: impl FnOnce(&mut [Tile]) -> R) -> R {
-    let kind = |d: DType| match d {
-        DType::F32 => 0,
-        DType::F64 => 1,
-        DType::I64 => 2,
-    };
     let (mut regs, mut spares) = REGS.with(|r| std::mem::take(&mut *r.borrow_mut()));
     for t in regs.drain(..) {
         match t {
@@ -867,7 +858,7 @@ fn with_regs<R>(dtypes: &[DType], len: usize, f: impl FnOnce(&mut [Tile]) -> R) 
             Tile::I64(v) => v.len() >= len,
             Tile::Lent => false,
         };
-        let spare = &mut spares[kind(d)];
+        let spare = &mut spares[d.index()];
         let t = match spare.last() {
             Some(t) if fits(t) => spare.pop().expect("checked"),
             _ => Tile::new(d, len.max(TILE)),
