@@ -275,6 +275,28 @@ fn buffers() -> Result<()> {
             return Err(Error::Invalid(format!("rank {r}: the held result changed")));
         }
     }
+    // one shape in three dtypes, in turn: each reuses results of its own dtype; the
+    // mean divides the sum by the number of ranks; an i64 mean is an error (the op
+    // takes floats only: i64 through `comm`)
+    let sum = (n * (n + 1) / 2) as f64;
+    for _ in 0..3 {
+        for dtype in [DType::F32, DType::F64, DType::I64] {
+            let x = Tensor::full(&[3], (r + 1) as f64, dtype);
+            let reduce = |op| tapeflow::comm::all_reduce(x.data()?, op).map_err(Error::Invalid);
+            let s = reduce(ReduceOp::Sum)?.to_f64_vec();
+            if s != [sum; 3] {
+                return Err(Error::Invalid(format!("rank {r}: {dtype:?} sum {s:?}")));
+            }
+            let m = reduce(ReduceOp::Mean);
+            match (dtype, m) {
+                (DType::I64, Err(e)) if e.to_string().contains("cast to a float first") => {}
+                (DType::F32 | DType::F64, Ok(m)) if m.to_f64_vec() == [sum / n as f64; 3] => {}
+                (_, m) => {
+                    return Err(Error::Invalid(format!("rank {r}: {dtype:?} mean {m:?}")));
+                }
+            }
+        }
+    }
     if r == 0 {
         println!("BUFFERS OK");
     }

@@ -12,10 +12,9 @@
 
 use super::{exit_now, ReduceOp, DEFAULT_TIMEOUT_SECS};
 use crate::error::{Error, Result};
-use crate::exec::buffers::Pooled;
 use crate::tensor::data::Arr;
 use crate::tensor::data::Data;
-use crate::tensor::dtype::{type_str, DType, Shape};
+use crate::tensor::dtype::{same_shape, type_str, DType, Shape};
 use ::mpi::collective::SystemOperation;
 use ::mpi::datatype::Equivalence;
 use ::mpi::topology::SimpleCommunicator;
@@ -557,44 +556,62 @@ fn contiguous<T: Clone>(a: &Arr<T>) -> std::borrow::Cow<'_, [T]> {
 /// Most dropped results [`Turn::recent`] holds on to.
 const RECENT_RESULTS: usize = 8;
 
-/// An array of `shape` with unspecified contents, for MPI to overwrite: a result of
-/// that shape its caller has dropped (reused as it is: no allocation), or a new one.
-/// Every array in `recent` was made here, contiguous in standard layout, and a unique
-/// one is no longer seen by anyone else, so it still is.
-fn result_array<T: Pooled>(recent: &mut Vec<Data>, shape: &[usize]) -> Arr<T> {
-    let free = recent
-        .iter()
-        .position(|d| T::array_of(d).is_some_and(|a| a.shape() == shape && a.is_unique()));
-    // the last entry takes its place: `recent` is a set, its order does not matter
-    free.and_then(|i| T::into_array(recent.swap_remove(i)))
-        .unwrap_or_else(|| Arr::from_elem(IxDyn(shape), T::default()))
+/// Where an all-reduce of `d` writes its result: the index in `recent` of an earlier
+/// result of `d`'s type that its caller has dropped (reused as it is: no allocation),
+/// else of a new one, which forgets another beyond [`RECENT_RESULTS`] (the first, one
+/// of the older ones). Every array in `recent` was made here, contiguous in standard
+/// layout, and a unique one is no longer seen by anyone else, so it still is.
+fn result_slot(recent: &mut Vec<Data>, d: &Data) -> usize {
+    let free = recent.iter().position(|r| {
+        r.dtype() == d.dtype()
+            && same_shape(r.dims(), d.dims())
+            && crate::with_data!(r, a => a.is_unique())
+    });
+    free.unwrap_or_else(|| {
+        if recent.len() == RECENT_RESULTS {
+            recent.swap_remove(0);
+        }
+        recent.push(Data::zeros(d.dtype(), d.dims()));
+        recent.len() - 1
+    })
 }
 
-/// Remembers a result handed out, forgetting another beyond [`RECENT_RESULTS`] (the
-/// first, one of the older ones).
-fn keep(recent: &mut Vec<Data>, d: &Data) {
-    if recent.len() == RECENT_RESULTS {
-        recent.swap_remove(0);
-    }
-    recent.push(d.clone());
-}
-
-fn reduce<T, C>(comm: &C, a: &Arr<T>, recent: &mut Vec<Data>) -> std::result::Result<Arr<T>, String>
+/// Sums `a` over the ranks into `r` (of `a`'s shape, unique, standard layout), then
+/// divides by `mean` if given.
+fn sum_into<T, C>(
+    comm: &C,
+    a: &Arr<T>,
+    r: &mut Arr<T>,
+    mean: Option<T>,
+) -> std::result::Result<(), String>
 where
-    T: Equivalence + Pooled,
+    T: Equivalence + Copy + std::ops::Div<Output = T>,
     C: CommunicatorCollectives,
 {
-    count(a.len())?;
     let send = contiguous(a);
-    let mut recv = result_array::<T>(recent, a.shape());
-    // unique and in standard layout (`result_array`), so this neither copies nor fails
-    let out = recv
-        .as_slice_mut()
-        .ok_or("all_reduce: the result buffer is not contiguous")?;
+    count(send.len())?;
+    debug_assert!(r.is_unique() && r.is_standard_layout() && r.len() == send.len());
+    // Pairs with the release by which the last other handle of `r` was dropped (before
+    // `result_slot` saw it unique): that handle's reads happen before these writes.
+    std::sync::atomic::fence(Ordering::Acquire);
+    // SAFETY: `result_slot` chose `r`: made by `Data::zeros` (contiguous, in standard
+    // layout, `send.len()` elements, as its shape is `a`'s), never handed out mutably,
+    // and no other handle of its buffer is left (the strong count of its `Arc` is 1 and
+    // ndarray makes no weak ones), so nothing else reads or writes these elements while
+    // `recent`, under the `turn` lock, holds it. (`as_slice_mut` would prove the same
+    // again with an atomic read-modify-write, a cost of every small collective.)
+    let out = unsafe { std::slice::from_raw_parts_mut(r.as_ptr() as *mut T, send.len()) };
     comm.all_reduce_into(&send[..], out, SystemOperation::sum());
-    Ok(recv)
+    if let Some(n) = mean {
+        for v in out {
+            *v = *v / n;
+        }
+    }
+    Ok(())
 }
 
+/// The all-reduce of `d` over the ranks, written into a result kept in `recent` (see
+/// [`Turn::recent`]); the caller gets a handle of it.
 fn all_reduce<C: CommunicatorCollectives>(
     comm: &C,
     d: &Data,
@@ -602,36 +619,18 @@ fn all_reduce<C: CommunicatorCollectives>(
     size: usize,
     recent: &mut Vec<Data>,
 ) -> std::result::Result<Data, String> {
-    let r = reduce_data(comm, d, op, size, recent)?;
-    keep(recent, &r);
-    Ok(r)
-}
-
-fn reduce_data<C: CommunicatorCollectives>(
-    comm: &C,
-    d: &Data,
-    op: ReduceOp,
-    size: usize,
-    recent: &mut Vec<Data>,
-) -> std::result::Result<Data, String> {
-    Ok(match (d, op) {
-        (Data::F32(a), ReduceOp::Sum) => Data::F32(reduce(comm, a, recent)?),
-        (Data::F64(a), ReduceOp::Sum) => Data::F64(reduce(comm, a, recent)?),
-        (Data::I64(a), ReduceOp::Sum) => Data::I64(reduce(comm, a, recent)?),
-        (Data::F32(a), ReduceOp::Mean) => {
-            let (mut r, n) = (reduce(comm, a, recent)?, size as f32);
-            r.mapv_inplace(|v| v / n);
-            Data::F32(r)
-        }
-        (Data::F64(a), ReduceOp::Mean) => {
-            let (mut r, n) = (reduce(comm, a, recent)?, size as f64);
-            r.mapv_inplace(|v| v / n);
-            Data::F64(r)
-        }
-        (Data::I64(_), ReduceOp::Mean) => {
-            return Err("the mean of i64 values is not an i64: cast to a float first".into())
-        }
-    })
+    let mean = op == ReduceOp::Mean;
+    if mean && d.dtype() == DType::I64 {
+        return Err("the mean of i64 values is not an i64: cast to a float first".into());
+    }
+    let i = result_slot(recent, d);
+    match (d, &mut recent[i]) {
+        (Data::F32(a), Data::F32(r)) => sum_into(comm, a, r, mean.then_some(size as f32)),
+        (Data::F64(a), Data::F64(r)) => sum_into(comm, a, r, mean.then_some(size as f64)),
+        (Data::I64(a), Data::I64(r)) => sum_into(comm, a, r, None),
+        _ => unreachable!("a result slot has its operand's dtype"),
+    }?;
+    Ok(recent[i].clone())
 }
 
 /// Seconds for `n` back-to-back `MPI_Allreduce` sums of `d` (f32) into one buffer.

@@ -62,6 +62,7 @@ use crate::error::{Error, Result};
 use crate::exec::buffers::{with_pool, BufferPool};
 use crate::ir::{Graph, Node, NodeId};
 use crate::ops::Op;
+use crate::tensor::dtype::same_shape;
 use crate::tensor::{type_str, variable, DType, Data, Tensor, Variable};
 use smallvec::SmallVec;
 use std::cell::{Cell, RefCell};
@@ -1447,7 +1448,7 @@ fn all_reduce_now(s: &Step, node: &Node, x: &Data, r: comm::ReduceOp) -> Result<
 
 /// An error unless input `k` of a call, `d`, has the type of its input node.
 fn check_input(k: usize, d: &Data, node: &Node) -> Result<()> {
-    if d.dtype() != node.dtype || d.dims() != &node.shape[..] {
+    if d.dtype() != node.dtype || !same_shape(d.dims(), &node.shape) {
         return Err(Error::Function(format!(
             "input {k} is {}, the graph expects {}",
             type_str(d.dtype(), &d.shape()),

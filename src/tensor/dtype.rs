@@ -88,6 +88,14 @@ pub const MAX_ELEMENTS: usize = if usize::BITS >= 64 {
     isize::MAX as usize / 8
 };
 
+/// Whether two shapes are equal: `a == b`, compared in line. Slices of `usize` compare
+/// with a call to `memcmp`, which costs more than the comparison itself for the few
+/// lengths of a shape; this runs on every call of a compiled function.
+#[inline]
+pub(crate) fn same_shape(a: &[usize], b: &[usize]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
+}
+
 /// Number of elements of a shape (saturating at `usize::MAX`).
 ///
 /// Shapes of tensors and graph nodes are checked against [`MAX_ELEMENTS`] when they are

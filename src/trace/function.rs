@@ -27,6 +27,7 @@ use crate::error::{Error, Result};
 use crate::exec::Plan;
 use crate::ir::Graph;
 use crate::passes::{PassConfig, PassStat};
+use crate::tensor::dtype::same_shape;
 use crate::tensor::{type_str, Shape, Tensor};
 use smallvec::SmallVec;
 use std::marker::PhantomData;
@@ -777,7 +778,7 @@ impl<A, F: Traceable<A>> Function<A, F> {
 /// Whether `args` have exactly the types of `sig`.
 fn same_types(sig: &Signature, args: &[&Tensor]) -> bool {
     sig.len() == args.len()
-        && (sig.iter().zip(args)).all(|((d, s), a)| *d == a.dtype() && s[..] == *a.shape())
+        && (sig.iter().zip(args)).all(|((d, s), a)| *d == a.dtype() && same_shape(s, a.shape()))
 }
 
 /// The cached entry for these concrete types: one traced for exactly them, else a
