@@ -18,9 +18,14 @@
 //!   bandwidth = bytes / time, and the ratios of the baseline's time to the op's and to
 //!   the compiled function's. Iteration counts depend only on the size, so both ranks
 //!   run the same collectives.
-//! - **Noise.** The development machine is shared, so every number is the best of 5
-//!   rounds (2 with `--quick`) that run the variants in turn: for bandwidth the fastest
-//!   round's time per call, for W3 the fastest round's median step (8 steps a round).
+//! - **Noise.** The development machine is shared. Bandwidth: each variant's time per
+//!   call is the median over 10 rounds (40 for buffers of at most 64 KiB, whose rounds
+//!   take milliseconds) that run the variants in turn, and each ratio the median over
+//!   the rounds of that round's ratio, so a slow or fast phase of the machine moves
+//!   both sides of a ratio alike (a 2-rank 4 KiB call of 3 µs swings by ±10% from one
+//!   round to the next on the 2-core VMs, and a best-of-rounds ratio compared one
+//!   variant's luckiest round with another's). W3: the fastest round's median step
+//!   (8 steps a round) of 5 rounds. `--quick`: 2 rounds of each.
 //! - **W3** (MLP 784-1024-1024-10, batch 256 per rank, SGD, compiled, 1 rayon thread per
 //!   process): seconds per step of one process alone (rank 0 while rank 1 waits at a
 //!   barrier) and of 2 ranks averaging their gradients (each step then trains on 2×256
@@ -40,15 +45,26 @@ use tapeflow::ops::ReduceOp;
 use tapeflow::passes::PassConfig;
 use tapeflow::{function, function_with, DType, GradientTape, Result, Tensor};
 
+/// Buffers up to this size all-reduce in short rounds (500 calls of at most ≈ 20 µs),
+/// so they get more of them.
+const SHORT_ROUNDS_BYTES: usize = 64 << 10;
+
 struct Bandwidth {
     bytes: usize,
     iters: usize,
-    op_s: f64,
-    compiled_s: f64,
-    /// The plain loop on the calling thread (the baseline).
-    plain_s: f64,
-    /// The plain loop on the communication thread.
-    plain_comm_s: f64,
+    /// Per-call seconds of each round: the op, the compiled function, the plain loop on
+    /// the calling thread (the baseline) and on the communication thread.
+    op: Vec<f64>,
+    compiled: Vec<f64>,
+    plain: Vec<f64>,
+    plain_comm: Vec<f64>,
+}
+
+/// The median of `v` (the upper one of an even count).
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 impl Bandwidth {
@@ -57,15 +73,20 @@ impl Bandwidth {
         self.bytes as f64 / secs / 1e9
     }
 
-    /// Time of the plain loop over time of the op, and over the compiled function's.
+    /// The plain loop's time over the op's, and over the compiled function's: the
+    /// median over the rounds of each round's ratio (the variants of a round run within
+    /// milliseconds of each other, so a slow or fast phase of the shared machine moves
+    /// both sides of a round's ratio alike).
     fn ratios(&self) -> (f64, f64) {
-        (self.plain_s / self.op_s, self.plain_s / self.compiled_s)
+        let over = |ours: &[f64]| -> Vec<f64> {
+            self.plain.iter().zip(ours).map(|(p, o)| p / o).collect()
+        };
+        (median(&over(&self.op)), median(&over(&self.compiled)))
     }
 }
 
-/// Per-call seconds of the three ways to all-reduce `bytes` bytes, each the best of
-/// `rounds` rounds that run them in turn (the machine is shared: the least disturbed
-/// round is the closest to what each costs).
+/// Per-call seconds of the three ways to all-reduce `bytes` bytes in each of `rounds`
+/// rounds that run them in turn.
 fn bandwidth(bytes: usize, rounds: usize) -> Result<Bandwidth> {
     let n = bytes / 4;
     // ≈ 64 MiB moved per round and way, between 3 and 500 calls (the same on every rank)
@@ -80,36 +101,42 @@ fn bandwidth(bytes: usize, rounds: usize) -> Result<Bandwidth> {
     }
     tapeflow::comm::plain_all_reduce_seconds(&data, 2, true)?;
     tapeflow::comm::plain_all_reduce_seconds(&data, 2, false)?;
-    let (mut plain_s, mut op_s, mut compiled_s) = (f64::MAX, f64::MAX, f64::MAX);
-    let mut plain_comm_s = f64::MAX;
-    for _ in 0..rounds {
-        distributed::barrier()?;
-        let plain = tapeflow::comm::plain_all_reduce_seconds(&data, iters, true)?;
-        plain_s = plain_s.min(plain / iters as f64);
-        distributed::barrier()?;
-        let plain = tapeflow::comm::plain_all_reduce_seconds(&data, iters, false)?;
-        plain_comm_s = plain_comm_s.min(plain / iters as f64);
-        distributed::barrier()?;
-        let t = Instant::now();
-        for _ in 0..iters {
-            x.all_reduce(ReduceOp::Sum).data()?;
-        }
-        op_s = op_s.min(t.elapsed().as_secs_f64() / iters as f64);
-        distributed::barrier()?;
-        let t = Instant::now();
-        for _ in 0..iters {
-            f.call(&x)?;
-        }
-        compiled_s = compiled_s.min(t.elapsed().as_secs_f64() / iters as f64);
-    }
-    Ok(Bandwidth {
+    let mut b = Bandwidth {
         bytes,
         iters,
-        op_s,
-        compiled_s,
-        plain_s,
-        plain_comm_s,
-    })
+        op: Vec::new(),
+        compiled: Vec::new(),
+        plain: Vec::new(),
+        plain_comm: Vec::new(),
+    };
+    let per_call = |secs: f64| secs / iters as f64;
+    // each variant's timed calls follow one untimed call of it (the buffers in cache as
+    // it leaves them, its thread awake): the big buffers take as few as 3 calls a round
+    let plain = |here: bool| -> Result<f64> {
+        tapeflow::comm::plain_all_reduce_seconds(&data, 1, here)?;
+        tapeflow::comm::plain_all_reduce_seconds(&data, iters, here)
+    };
+    let timed = |call: &dyn Fn() -> Result<()>| -> Result<f64> {
+        call()?;
+        let t = Instant::now();
+        for _ in 0..iters {
+            call()?;
+        }
+        Ok(t.elapsed().as_secs_f64())
+    };
+    for _ in 0..rounds {
+        distributed::barrier()?;
+        b.plain.push(per_call(plain(true)?));
+        distributed::barrier()?;
+        b.plain_comm.push(per_call(plain(false)?));
+        distributed::barrier()?;
+        let op = timed(&|| x.all_reduce(ReduceOp::Sum).data().map(|_| ()))?;
+        b.op.push(per_call(op));
+        distributed::barrier()?;
+        let compiled = timed(&|| f.call(&x).map(|_| ()))?;
+        b.compiled.push(per_call(compiled));
+    }
+    Ok(b)
 }
 
 fn w3_model() -> Model {
@@ -195,11 +222,15 @@ fn main() -> Result<()> {
     let (ranks, lead) = (distributed::size(), distributed::rank() == 0);
     let threads = rayon::current_num_threads();
 
-    let rounds = if quick { 2 } else { 5 };
+    let (rounds, bw_rounds) = if quick { (2, 2) } else { (5, 10) };
     let mut bw = Vec::new();
     let mut bytes = 4usize << 10;
     while bytes <= 64 << 20 {
-        bw.push(bandwidth(bytes, rounds)?);
+        let short = bytes <= SHORT_ROUNDS_BYTES;
+        bw.push(bandwidth(
+            bytes,
+            if short { 4 * bw_rounds } else { bw_rounds },
+        )?);
         bytes *= 4;
     }
 
@@ -269,12 +300,12 @@ fn main() -> Result<()> {
                 "{{\"kind\":\"all_reduce\",\"ranks\":{ranks},\"bytes\":{},\"iterations\":{},\"op_us\":{:.2},\"compiled_us\":{:.2},\"plain_us\":{:.2},\"plain_comm_thread_us\":{:.2},\"op_gbps\":{:.3},\"plain_gbps\":{:.3},\"ratio\":{:.3},\"compiled_ratio\":{:.3}}}",
                 b.bytes,
                 b.iters,
-                b.op_s * 1e6,
-                b.compiled_s * 1e6,
-                b.plain_s * 1e6,
-                b.plain_comm_s * 1e6,
-                b.gbps(b.op_s),
-                b.gbps(b.plain_s),
+                median(&b.op) * 1e6,
+                median(&b.compiled) * 1e6,
+                median(&b.plain) * 1e6,
+                median(&b.plain_comm) * 1e6,
+                b.gbps(median(&b.op)),
+                b.gbps(median(&b.plain)),
                 b.ratios().0,
                 b.ratios().1
             ));
@@ -306,12 +337,12 @@ fn main() -> Result<()> {
         println!(
             "| {size} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.3} | {:.3} | {:.2} | {:.2} |",
             b.iters,
-            b.op_s * 1e6,
-            b.compiled_s * 1e6,
-            b.plain_s * 1e6,
-            b.plain_comm_s * 1e6,
-            b.gbps(b.op_s),
-            b.gbps(b.plain_s),
+            median(&b.op) * 1e6,
+            median(&b.compiled) * 1e6,
+            median(&b.plain) * 1e6,
+            median(&b.plain_comm) * 1e6,
+            b.gbps(median(&b.op)),
+            b.gbps(median(&b.plain)),
             b.ratios().0,
             b.ratios().1
         );

@@ -237,7 +237,7 @@ impl World {
                 world.barrier();
                 Ok(Data::zeros(DType::F32, &[]))
             }
-            Call::PlainLoop(d, n) => plain_loop(&world, d, n),
+            Call::PlainLoop(d, n) => plain_loop(&world, d, n, &mut turn.recent),
         };
         self.watch.end(seq);
         Some(r)
@@ -507,7 +507,7 @@ fn communicate(
         let (r, last) = match job.kind {
             Kind::AllReduce(d, op) => (all_reduce(&world, &d, op, size, &mut turn.recent), false),
             Kind::Broadcast(d, root) => (broadcast(&world, &d, root), false),
-            Kind::PlainLoop(d, n) => (plain_loop(&world, &d, n), false),
+            Kind::PlainLoop(d, n) => (plain_loop(&world, &d, n, &mut turn.recent), false),
             Kind::Barrier => {
                 world.barrier();
                 (
@@ -576,6 +576,22 @@ fn result_slot(recent: &mut Vec<Data>, d: &Data) -> usize {
     })
 }
 
+/// The `len` elements of `r`, a result array [`result_slot`] chose, to overwrite.
+fn slot_elements<T>(r: &mut Arr<T>, len: usize) -> &mut [T] {
+    debug_assert!(r.is_unique() && r.is_standard_layout() && r.len() == len);
+    // Pairs with the release by which the last other handle of `r` was dropped (before
+    // `result_slot` saw it unique): that handle's reads happen before these writes.
+    std::sync::atomic::fence(Ordering::Acquire);
+    // SAFETY: `result_slot` chose `r`: made by `Data::zeros` (contiguous, in standard
+    // layout, `len` elements, the number of its operand's), never handed out mutably,
+    // and no other handle of its buffer is left (the strong count of its `Arc` is 1 and
+    // ndarray makes no weak ones), so nothing else reads or writes these elements while
+    // `recent`, under the `turn` lock, holds it and `r` is borrowed. (`as_slice_mut`
+    // would prove the same again with an atomic read-modify-write, a cost of every
+    // small collective.)
+    unsafe { std::slice::from_raw_parts_mut(r.as_ptr() as *mut T, len) }
+}
+
 /// Sums `a` over the ranks into `r` (of `a`'s shape, unique, standard layout), then
 /// divides by `mean` if given.
 fn sum_into<T, C>(
@@ -590,17 +606,7 @@ where
 {
     let send = contiguous(a);
     count(send.len())?;
-    debug_assert!(r.is_unique() && r.is_standard_layout() && r.len() == send.len());
-    // Pairs with the release by which the last other handle of `r` was dropped (before
-    // `result_slot` saw it unique): that handle's reads happen before these writes.
-    std::sync::atomic::fence(Ordering::Acquire);
-    // SAFETY: `result_slot` chose `r`: made by `Data::zeros` (contiguous, in standard
-    // layout, `send.len()` elements, as its shape is `a`'s), never handed out mutably,
-    // and no other handle of its buffer is left (the strong count of its `Arc` is 1 and
-    // ndarray makes no weak ones), so nothing else reads or writes these elements while
-    // `recent`, under the `turn` lock, holds it. (`as_slice_mut` would prove the same
-    // again with an atomic read-modify-write, a cost of every small collective.)
-    let out = unsafe { std::slice::from_raw_parts_mut(r.as_ptr() as *mut T, send.len()) };
+    let out = slot_elements(r, send.len());
     comm.all_reduce_into(&send[..], out, SystemOperation::sum());
     if let Some(n) = mean {
         for v in out {
@@ -633,18 +639,28 @@ fn all_reduce<C: CommunicatorCollectives>(
     Ok(recent[i].clone())
 }
 
-/// Seconds for `n` back-to-back `MPI_Allreduce` sums of `d` (f32) into one buffer.
+/// Seconds for `n` back-to-back `MPI_Allreduce` sums of `d` (f32) into one buffer: the
+/// one an all-reduce of `d` would write into now ([`result_slot`]), so that the
+/// baseline and the op it is compared with receive into the same memory. (Into a
+/// buffer of its own, the baseline's place in physical memory against the op's moved
+/// the 2-rank ratio at 64-256 KiB by up to ±10% from one process to the next, in every
+/// round alike.)
 fn plain_loop<C: CommunicatorCollectives>(
     comm: &C,
     d: &Data,
     n: usize,
+    recent: &mut Vec<Data>,
 ) -> std::result::Result<Data, String> {
     let Data::F32(a) = d else {
         return Err("the plain loop takes f32 data".into());
     };
-    count(a.len())?;
     let send = contiguous(a);
-    let mut recv = vec![0f32; a.len()];
+    count(send.len())?;
+    let i = result_slot(recent, d);
+    let Data::F32(r) = &mut recent[i] else {
+        unreachable!("a result slot has its operand's dtype");
+    };
+    let recv = slot_elements(r, send.len());
     let t = Instant::now();
     for _ in 0..n {
         comm.all_reduce_into(&send[..], &mut recv[..], SystemOperation::sum());
