@@ -289,8 +289,9 @@ pub fn broadcast(x: &Data, root: usize) -> Result<Data> {
 }
 
 /// Seconds for `iterations` plain `MPI_Allreduce` sums of the f32 `x`, back to back
-/// into one preallocated buffer: the baseline the collective op is measured against
-/// (`examples/bench_distributed`). With `here`, on the calling thread (where the op
+/// into one buffer, the one the op's next all-reduce of `x` would receive into (so the
+/// two are compared on the same memory): the baseline the collective op is measured
+/// against (`examples/bench_distributed`). With `here`, on the calling thread (where the op
 /// and a compiled function run their all-reduces when nothing is queued: what a plain
 /// MPI program does), else on the communication thread. Every rank must call it with
 /// the same size, count and `here`. Not part of the API.

@@ -30,7 +30,9 @@
 //!   the consumers it made ready and spawns the others. Small graphs (below
 //!   [`INTER_OP_MIN_WORK`]) run their steps in order on the running thread, where any
 //!   task overhead would cost more than it buys. Either way, big kernels split their
-//!   own loops across the pool.
+//!   own loops across the pool. A plan that is one op on the call's inputs (a compiled
+//!   function of one op) runs without a run state at all: its operands are the caller's
+//!   arrays and its value goes straight to the caller (`Direct`).
 //! - **Determinism.** Every kernel's bits are independent of the thread count and of
 //!   which buffer it writes into, and each value is computed exactly once from the same
 //!   operands, so the schedule never changes a result.
