@@ -11,7 +11,9 @@
 //!   of `Tensor::all_reduce` run eagerly (with nothing queued, the op runs
 //!   `MPI_Allreduce` on the calling thread into a recycled buffer), of a compiled
 //!   function made of that one op, and of a plain loop of `MPI_Allreduce` into one
-//!   preallocated buffer: the baseline, on the calling thread too (as a plain MPI program
+//!   buffer, the one the op receives into (the same memory on both sides: with a buffer
+//!   of its own the ratio moved by up to ±10% from one process to the next, with where
+//!   the two buffers landed): the baseline, on the calling thread too (as a plain MPI program
 //!   runs it, and where the op runs), and for comparison the same loop on tapeflow's
 //!   communication thread (its threads land on cores otherwise; on the 2-core VMs it was
 //!   up to 0.5 µs faster or slower per 16 KiB call than the calling thread's);
