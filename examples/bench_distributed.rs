@@ -62,6 +62,19 @@ struct Bandwidth {
     plain_comm: Vec<f64>,
 }
 
+/// The JSON key of each number of a bandwidth row ([`Bandwidth::row`]) and its digits
+/// after the point in the markdown table and in JSON.
+const ROW_KEYS: [(&str, usize, usize); 8] = [
+    ("op_us", 1, 2),
+    ("compiled_us", 1, 2),
+    ("plain_us", 1, 2),
+    ("plain_comm_thread_us", 1, 2),
+    ("op_gbps", 3, 3),
+    ("plain_gbps", 3, 3),
+    ("ratio", 2, 3),
+    ("compiled_ratio", 2, 3),
+];
+
 /// The median of `v` (the upper one of an even count).
 fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
@@ -73,6 +86,24 @@ impl Bandwidth {
     /// GB/s at `secs` per call.
     fn gbps(&self, secs: f64) -> f64 {
         self.bytes as f64 / secs / 1e9
+    }
+
+    /// The row's numbers in [`ROW_KEYS`] order: µs per call (medians over the rounds) of
+    /// the op, the compiled function, the plain loop and the plain loop on the
+    /// communication thread; GB/s of the op and of the plain loop; the ratios.
+    fn row(&self) -> [f64; 8] {
+        let (op, plain) = (median(&self.op), median(&self.plain));
+        let (ratio_op, ratio_compiled) = self.ratios();
+        [
+            op * 1e6,
+            median(&self.compiled) * 1e6,
+            plain * 1e6,
+            median(&self.plain_comm) * 1e6,
+            self.gbps(op),
+            self.gbps(plain),
+            ratio_op,
+            ratio_compiled,
+        ]
     }
 
     /// The plain loop's time over the op's, and over the compiled function's: the
@@ -298,18 +329,14 @@ fn main() -> Result<()> {
     if json {
         let mut items = Vec::new();
         for b in &bw {
+            let fields: Vec<String> = (ROW_KEYS.iter().zip(b.row()))
+                .map(|((key, _, digits), v)| format!("\"{key}\":{v:.digits$}"))
+                .collect();
             items.push(format!(
-                "{{\"kind\":\"all_reduce\",\"ranks\":{ranks},\"bytes\":{},\"iterations\":{},\"op_us\":{:.2},\"compiled_us\":{:.2},\"plain_us\":{:.2},\"plain_comm_thread_us\":{:.2},\"op_gbps\":{:.3},\"plain_gbps\":{:.3},\"ratio\":{:.3},\"compiled_ratio\":{:.3}}}",
+                "{{\"kind\":\"all_reduce\",\"ranks\":{ranks},\"bytes\":{},\"iterations\":{},{}}}",
                 b.bytes,
                 b.iters,
-                median(&b.op) * 1e6,
-                median(&b.compiled) * 1e6,
-                median(&b.plain) * 1e6,
-                median(&b.plain_comm) * 1e6,
-                b.gbps(median(&b.op)),
-                b.gbps(median(&b.plain)),
-                b.ratios().0,
-                b.ratios().1
+                fields.join(",")
             ));
         }
         for r in &rows {
@@ -336,18 +363,10 @@ fn main() -> Result<()> {
         } else {
             format!("{} KiB", b.bytes >> 10)
         };
-        println!(
-            "| {size} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.3} | {:.3} | {:.2} | {:.2} |",
-            b.iters,
-            median(&b.op) * 1e6,
-            median(&b.compiled) * 1e6,
-            median(&b.plain) * 1e6,
-            median(&b.plain_comm) * 1e6,
-            b.gbps(median(&b.op)),
-            b.gbps(median(&b.plain)),
-            b.ratios().0,
-            b.ratios().1
-        );
+        let cells: Vec<String> = (ROW_KEYS.iter().zip(b.row()))
+            .map(|((_, digits, _), v)| format!("{v:.digits$}"))
+            .collect();
+        println!("| {size} | {} | {} |", b.iters, cells.join(" | "));
     }
     println!("\n| W3 train step | fusion | overlap | all_reduce ops | ms/step | steps/s | samples/s | scaling efficiency |");
     println!("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |");

@@ -418,8 +418,8 @@ struct Direct {
 
 impl Direct {
     /// The direct form of a plan with these steps and outputs, if it has one: no
-    /// variables, one output, and a single kernel step (an op evaluated on its
-    /// operands, or an all-reduce, outside any step group) whose operands are inputs.
+    /// variables, one output, and a single kernel step ([`Op::is_kernel`], outside any
+    /// step group) whose operands are inputs.
     fn of(g: &Graph, steps: &[Step], outputs: &[(usize, bool)], groups: &Groups) -> Option<Direct> {
         if !g.vars.is_empty() || !g.assigns.is_empty() {
             return None;
@@ -428,21 +428,9 @@ impl Direct {
             return None;
         };
         let s = &steps[step];
-        let plain = !matches!(
-            s.op,
-            Op::Input(_)
-                | Op::Const
-                | Op::ReadVar(_)
-                | Op::Cond(_)
-                | Op::While(_)
-                | Op::Scan(_)
-                | Op::Get(_)
-                | Op::Assign(_)
-                | Op::Fused(_)
-        ) && (!s.op.is_collective() || matches!(s.op, Op::AllReduce(_)));
         let alone =
             (steps.iter().enumerate()).all(|(i, t)| i == step || matches!(t.op, Op::Input(_)));
-        if !plain || !alone || groups.of_step[step].is_some() {
+        if !s.op.is_kernel() || !alone || groups.of_step[step].is_some() {
             return None;
         }
         let args = (s.operands.iter())
@@ -1437,8 +1425,7 @@ impl Plan {
     }
 }
 
-/// Step `s`'s op evaluated on `args` (an op without a state of the run: not control
-/// flow, `get`, `assign`, `fused` or a collective).
+/// Step `s`'s op evaluated on `args` (an [`Op::is_kernel`] op other than a collective).
 fn kernel(s: &Step, node: &Node, args: &[&Data]) -> Result<Data> {
     (s.op.eval(args, &node.shape)).map_err(|msg| Error::op_in_graph(s.op.name(), msg, node.loc))
 }

@@ -525,6 +525,17 @@ impl Op {
         )
     }
 
+    /// Whether the op's value is computed from its operands' values alone: not a source
+    /// (input, constant, variable read or assignment), a fused loop (a compiled program)
+    /// or control flow (regions to run). An interpreter runs such an op by its
+    /// [`Op::eval`], an all-reduce by its collective.
+    pub fn is_kernel(&self) -> bool {
+        !matches!(
+            self.family(),
+            Family::Source | Family::Fused | Family::Control
+        )
+    }
+
     /// Whether the op is a collective ([`Op::AllReduce`]): its value depends on the other
     /// ranks, so it is never constant-folded, and every rank must run it in the same order.
     pub fn is_collective(&self) -> bool {
